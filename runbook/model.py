@@ -97,6 +97,10 @@ class Secrets(Strict):
         description="Extra environment names for keys of the file (the plan's DB_* to libpq's PG*)",
     )
     required: list[str] = Field(default_factory=list, description="Keys that must be present in the file")
+    public: list[str] = Field(
+        default_factory=lambda: ["DB_HOST", "DB_PORT", "DB_NAME"],
+        description="Keys whose values are not secret (not masked in output); every other value is masked",
+    )
     optional: bool = Field(False, description="Run without the file when it does not exist")
 
 

@@ -1,0 +1,632 @@
+"""The engine: walks a run's steps as a state machine, one decision of the operator at a time.
+
+Front ends iterate `Engine.events()` and answer `Waiting` events with `confirm`, `ack`, `mark`, `skip`,
+`retry`, `rerun`, `mark_done`, `provide_value`, `abort` or `detach`; `note` and `cancel` work at any time.
+Every step with a command runs as a supervised child process (see `runbook.executor`), so it outlives the
+front end; everything that happens is journaled before it is shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from runbook import events as ev
+from runbook.clock import Clock, iso
+from runbook.errors import RunbookError
+from runbook.events import StepStatus, Wait
+from runbook.executor import StepLaunch, StepProcess, StepResult
+from runbook.journal import Journal
+from runbook.lock import RunLock
+from runbook.model import ConfirmKind, Runbook, Step
+from runbook.params import to_text
+from runbook.redact import Redactor
+from runbook.rto import RtoClock, rto_clock
+from runbook.secrets import LoadedSecrets
+from runbook.state import RunState, apply_event, step_dir
+from runbook.templating import MissingValue, Ref, render, render_obj
+
+KILL_GRACE_S = 10.0
+
+
+class ConfirmRefused(RunbookError):
+    """The typed confirmation did not match: nothing runs."""
+
+
+class NotWaiting(RunbookError):
+    """A decision that does not fit what the engine waits for right now."""
+
+
+@dataclass
+class RunContext:
+    runbook: Runbook
+    runbook_path: Path
+    state_dir: Path
+    rdir: Path
+    state: RunState
+    params: dict[str, Any]
+    secrets: LoadedSecrets
+    redactor: Redactor
+    journal: Journal
+    lock: RunLock | None
+    expected: dict[str, float] = field(default_factory=dict)
+    python: str = sys.executable
+
+    @property
+    def mode(self) -> str:
+        return self.state.mode
+
+    @property
+    def scenario(self) -> str:
+        return self.state.scenario
+
+
+@dataclass(frozen=True)
+class _Decision:
+    kind: str  # confirm | ack | mark | skip | retry | rerun | done | value | abort | detach
+    text: str = ""
+    ok: bool = True
+    how: str = ""
+
+
+class _Abort(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class _Detach(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class Engine:
+    def __init__(self, ctx: RunContext, clock: Clock, *, resumed: bool = False) -> None:
+        self.ctx = ctx
+        self.clock = clock
+        self.resumed = resumed
+        self.steps: list[Step] = [ctx.runbook.step(s) for s in ctx.state.order]
+        explicit = [s.id for s in self.steps if s.rto_end]
+        self.rto_end_step = explicit[0] if explicit else (self.steps[-1].id if self.steps else None)
+        self.waiting: ev.Waiting | None = None
+        self.current: str | None = None
+        self._queue: asyncio.Queue[ev.Event] = asyncio.Queue()
+        self._decision: asyncio.Future[_Decision] | None = None
+        self._proc: StepProcess | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._abort_reason: str | None = None
+        self._detach_reason: str | None = None
+        self.finished: ev.RunFinished | None = None
+
+    # ---- reading ---------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> RunState:
+        return self.ctx.state
+
+    @property
+    def run_id(self) -> str:
+        return self.ctx.state.run_id
+
+    def step_state(self, step_id: str) -> Any:
+        return self.ctx.state.steps[step_id]
+
+    def clock_status(self) -> RtoClock:
+        left = [s.id for s in self.steps if not self.state.steps[s.id].status.done]
+        return rto_clock(self.state, self.clock.now(), self.ctx.expected, left)
+
+    def display_command(self, step: Step) -> str | None:
+        """The command as it will run, values substituted, secrets masked (placeholders where unknown)."""
+        try:
+            return self._render_command(step, placeholders=True)[0]
+        except RunbookError as e:
+            return f"<cannot render: {e.message}>"
+
+    # ---- the event stream ------------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[ev.Event]:
+        if self._task is None:
+            self._task = asyncio.create_task(self._main())
+        while True:
+            item = await self._queue.get()
+            yield item
+            if isinstance(item, ev.RunFinished):
+                await self._task
+                return
+
+    def _emit(self, event: ev.Event) -> None:
+        self._queue.put_nowait(event)
+
+    def _journal(self, type_: str, **data: Any) -> dict[str, Any]:
+        entry = self.ctx.journal.append(type_, **data)
+        apply_event(self.ctx.state, entry)
+        return entry
+
+    # ---- decisions from the front end ------------------------------------------------------------
+
+    def _answer(self, allowed: tuple[Wait, ...], decision: _Decision, step_id: str | None) -> None:
+        w = self.waiting
+        if w is None or self._decision is None or self._decision.done():
+            raise NotWaiting("nothing is waiting for a decision right now")
+        if step_id is not None and step_id != w.step_id:
+            raise NotWaiting(f"step {step_id} is not the current step ({w.step_id} is)")
+        if w.wait not in allowed:
+            raise NotWaiting(f"step {w.step_id} waits for {w.wait.value}, not {decision.kind}")
+        self._decision.set_result(decision)
+
+    async def confirm(self, step_id: str | None = None, typed: str | None = None, how: str = "operator") -> None:
+        w = self.waiting
+        if w is not None and w.wait == Wait.confirm and w.typed_expected is not None:
+            if typed is None or typed.strip() != w.typed_expected:
+                self._journal("confirm-refused", step=w.step_id, how=how, reason="typed value did not match")
+                self._emit(ev.Notice("error", f"typed value does not match {w.typed_expected!r}: nothing runs", w.step_id))
+                raise ConfirmRefused(f"typed value does not match {w.typed_expected!r}: nothing runs")
+        self._answer((Wait.confirm,), _Decision("confirm", how=how), step_id)
+
+    async def ack(self, step_id: str | None = None, how: str = "operator") -> None:
+        self._answer((Wait.ack,), _Decision("ack", how=how), step_id)
+
+    async def mark(self, step_id: str | None, ok: bool, note: str = "") -> None:
+        if not ok and not note.strip():
+            raise RunbookError("marking a step failed needs a note saying what went wrong")
+        self._answer((Wait.mark,), _Decision("mark", text=note.strip(), ok=ok), step_id)
+
+    async def skip(self, step_id: str | None, reason: str) -> None:
+        if not reason.strip():
+            raise RunbookError("skipping a step needs a reason")
+        allowed = (Wait.confirm, Wait.ack, Wait.mark, Wait.failed, Wait.interrupted, Wait.value)
+        self._answer(allowed, _Decision("skip", text=reason.strip()), step_id)
+
+    async def retry(self, step_id: str | None = None) -> None:
+        self._answer((Wait.failed,), _Decision("retry"), step_id)
+
+    async def rerun(self, step_id: str | None = None) -> None:
+        self._answer((Wait.interrupted,), _Decision("rerun"), step_id)
+
+    async def mark_done(self, step_id: str | None, note: str) -> None:
+        if not note.strip():
+            raise RunbookError("marking an interrupted step done needs a note (how do you know it finished?)")
+        self._answer((Wait.interrupted,), _Decision("done", text=note.strip()), step_id)
+
+    async def provide_value(self, step_id: str | None, value: str) -> None:
+        self._answer((Wait.value,), _Decision("value", text=value), step_id)
+
+    async def note(self, text: str) -> None:
+        if not text.strip():
+            return
+        self._journal("note", text=text.strip(), step=self.current)
+        self._emit(ev.Notice("note", self.ctx.redactor.redact(text.strip()), self.current))
+
+    async def cancel(self, step_id: str | None = None) -> bool:
+        """Stop the running step (SIGTERM to its process group, SIGKILL after a grace). False if none runs."""
+        if self._proc is None or (step_id is not None and step_id != self.current):
+            return False
+        self._journal("cancel-requested", step=self.current)
+        await asyncio.to_thread(self._proc.cancel)
+        return True
+
+    async def abort(self, reason: str) -> None:
+        """Close the run as aborted; a running step is cancelled first."""
+        self._abort_reason = reason.strip() or "aborted by the operator"
+        if self._proc is not None:
+            await self.cancel()
+        elif self._decision is not None and not self._decision.done():
+            self._decision.set_result(_Decision("abort", text=self._abort_reason))
+
+    async def detach(self, reason: str = "the operator quit") -> None:
+        """Leave without closing the run: it stays resumable; a running step goes on under its supervisor."""
+        self._detach_reason = reason
+        if self._decision is not None and not self._decision.done():
+            self._decision.set_result(_Decision("detach", text=reason))
+
+    async def _wait_for(self, waiting: ev.Waiting) -> _Decision:
+        self.waiting = waiting
+        self._decision = asyncio.get_running_loop().create_future()
+        if self._abort_reason:
+            self._decision.set_result(_Decision("abort", text=self._abort_reason))
+        elif self._detach_reason:
+            self._decision.set_result(_Decision("detach", text=self._detach_reason))
+        else:
+            self._emit(waiting)
+        try:
+            decision = await self._decision
+        finally:
+            self.waiting = None
+            self._decision = None
+        if decision.kind == "abort":
+            raise _Abort(decision.text)
+        if decision.kind == "detach":
+            raise _Detach(decision.text)
+        return decision
+
+    # ---- the walk --------------------------------------------------------------------------------
+
+    async def _main(self) -> None:
+        st = self.state
+        self._emit(ev.RunOpened(self.run_id, self.resumed))
+        for w in self.ctx.journal.warnings:
+            self._emit(ev.Notice("warning", w))
+        try:
+            for step in self.steps:
+                self.current = step.id
+                await self._settle(step)
+            self.current = None
+            failed = [s.id for s in self.steps if st.steps[s.id].status == StepStatus.failed]
+            detail = f"failed steps (on_failure: continue): {', '.join(failed)}" if failed else ""
+            self._close("completed", detail)
+        except _Abort as a:
+            self._close("aborted", a.reason)
+        except _Detach as d:
+            self._journal("run-detached", reason=d.reason, step=self.current)
+            self._release(closed=False)
+            self._finish(ev.RunFinished("detached", d.reason, self._summary()))
+        except _StopRun as s:
+            self._close("failed", s.reason)
+
+    async def _settle(self, step: Step) -> None:
+        """Drive one step until it is done (succeeded, skipped, or failed with on_failure: continue)."""
+        while True:
+            s = self.state.steps[step.id]
+            if s.status in (StepStatus.succeeded, StepStatus.skipped):
+                return
+            if s.status == StepStatus.failed:
+                if step.on_failure == "continue":
+                    return
+                await self._after_failure(step)
+            elif s.status == StepStatus.running:
+                await self._reconcile(step)
+            elif s.status == StepStatus.interrupted:
+                if await self._decide_interrupted(step):
+                    await self._walk_step(step, retrying=True)
+            else:
+                await self._walk_step(step)
+
+    async def _after_failure(self, step: Step) -> None:
+        """A failed step with on_failure: stop: the operator retries, skips or aborts."""
+        s = self.state.steps[step.id]
+        d = await self._wait_for(ev.Waiting(step.id, Wait.failed, s.command, detail=s.detail))
+        if d.kind == "skip":
+            self._skip(step, d.text)
+        elif d.kind == "retry":
+            self._journal("retry-requested", step=step.id)
+            await self._walk_step(step, retrying=True)
+        elif d.kind == "stop":
+            raise _StopRun(f"step {step.id} failed: {s.detail}")
+
+    async def stop_failed(self, step_id: str | None = None) -> None:
+        """Headless, no operator: close the run as failed at a failed step."""
+        self._answer((Wait.failed,), _Decision("stop"), step_id)
+
+    async def _decide_interrupted(self, step: Step) -> bool:
+        """Returns True when the step should be (re-)walked."""
+        s = self.state.steps[step.id]
+        d = await self._wait_for(ev.Waiting(step.id, Wait.interrupted, s.command, detail=s.detail))
+        if d.kind == "skip":
+            self._skip(step, d.text)
+            return False
+        if d.kind == "done":
+            self._journal(
+                "step-finished", step=step.id, attempt=s.attempt, status="succeeded", detail="marked done by the operator",
+                note=d.text, marked=True, rto_end=step.id == self.rto_end_step,
+            )
+            self._emit(ev.StepFinished(step.id, StepStatus.succeeded, "marked done: " + d.text))
+            return False
+        self._journal("rerun-chosen", step=step.id)
+        return True
+
+    def _skip(self, step: Step, reason: str) -> None:
+        self._journal("step-skipped", step=step.id, reason=reason)
+        self._emit(ev.StepFinished(step.id, StepStatus.skipped, reason))
+
+    async def _walk_step(self, step: Step, *, retrying: bool = False) -> None:
+        command, launch = await self._prepare(step)
+        if self.state.steps[step.id].status == StepStatus.skipped:
+            return
+        shown = self.clock.monotonic()
+        self._journal("step-awaiting", step=step.id, command=command, kind=step.kind)
+        if step.kind == "manual":
+            await self._walk_manual(step, shown)
+            return
+        if self.ctx.mode == "rehearsal":
+            await self._walk_rehearsal(step, command, shown)
+            return
+        if not retrying:
+            expected = self._typed_expected(step)
+            kind = step.confirm_kind
+            if kind != ConfirmKind.none:
+                d = await self._wait_for(ev.Waiting(step.id, Wait.confirm, command, typed_expected=expected))
+                if d.kind == "skip":
+                    self._skip(step, d.text)
+                    return
+                self._journal("step-confirmed", step=step.id, how=d.how, typed=expected is not None)
+        if launch is None:  # skipped while a value was asked for
+            return
+        await self._execute_with_retries(step, command, launch)
+
+    def _typed_expected(self, step: Step) -> str | None:
+        tmpl = step.typed_template
+        if tmpl is None:
+            return None
+        return render(tmpl, self._lookup(placeholders=False), shell=False)
+
+    async def _walk_manual(self, step: Step, shown: float) -> None:
+        items = step.manual or []
+        s = self.state.steps[step.id]
+        for i, item in enumerate(items):
+            if i in s.acked:
+                continue
+            d = await self._wait_for(ev.Waiting(step.id, Wait.ack, item=item, item_index=i))
+            if d.kind == "skip":
+                self._skip(step, d.text)
+                return
+            self._journal("item-acked", step=step.id, index=i, item=item, how=d.how)
+        self._finish_step(step, StepStatus.succeeded, "checklist done", self.clock.monotonic() - shown)
+
+    async def _walk_rehearsal(self, step: Step, command: str | None, shown: float) -> None:
+        expected = self._typed_expected(step)
+        d = await self._wait_for(ev.Waiting(step.id, Wait.mark, command, typed_expected=expected))
+        if d.kind == "skip":
+            self._skip(step, d.text)
+            return
+        status = StepStatus.succeeded if d.ok else StepStatus.failed
+        detail = "rehearsed: marked " + ("succeeded" if d.ok else "failed")
+        self._finish_step(step, status, detail, self.clock.monotonic() - shown, rehearsal=True, note=d.text or None)
+
+    def _finish_step(self, step: Step, status: StepStatus, detail: str, duration: float, **extra: Any) -> None:
+        self._journal(
+            "step-finished", step=step.id, status=status.value, detail=detail, duration_s=round(duration, 3),
+            rto_end=step.id == self.rto_end_step and status == StepStatus.succeeded, **extra,
+        )
+        self._emit(ev.StepFinished(step.id, status, detail, duration))
+
+    async def _execute_with_retries(self, step: Step, command: str | None, launch: StepLaunch) -> None:
+        tries = 0
+        while True:
+            tries += 1
+            result = await self._execute(step, command, launch)
+            if result is None:  # the process vanished without a result: interrupted
+                return
+            s = self.state.steps[step.id]
+            will_retry = (
+                not result.ok and tries <= step.retries and not result.cancelled and not self._abort_reason
+            )
+            self._record_result(step, s.attempt, result, will_retry=will_retry)
+            if not will_retry:
+                if self._abort_reason:
+                    raise _Abort(self._abort_reason)
+                return
+            delay = step.retry_delay.total_seconds()
+            self._emit(ev.Notice("warning", f"retrying in {delay:.0f}s (attempt {tries + 1} of {step.retries + 1})", step.id))
+            await asyncio.sleep(delay)
+            if self._abort_reason:
+                raise _Abort(self._abort_reason)
+
+    def _record_result(self, step: Step, attempt: int, r: StepResult, *, will_retry: bool) -> None:
+        status = StepStatus.succeeded if r.ok else StepStatus.failed
+        self._journal(
+            "step-finished", step=step.id, attempt=attempt, status=status.value, detail=r.describe(),
+            exit_code=r.exit_code, signal=r.signal, timed_out=r.timed_out, cancelled=r.cancelled,
+            duration_s=round(r.duration_s, 3), will_retry=will_retry,
+            rto_end=step.id == self.rto_end_step and r.ok,
+        )
+        self._emit(ev.StepFinished(step.id, status, r.describe(), r.duration_s, will_retry))
+
+    async def _execute(self, step: Step, command: str | None, launch: StepLaunch) -> StepResult | None:
+        s = self.state.steps[step.id]
+        attempt = s.attempt + 1
+        sdir = step_dir(self.ctx.rdir, step.id, attempt)
+        try:
+            proc = await asyncio.to_thread(StepProcess.launch, sdir, launch)
+        except (OSError, RuntimeError) as e:
+            raise RunbookError(f"could not start the supervisor of step {step.id}: {e}") from e
+        self._proc = proc
+        pids = proc.pids
+        self._journal(
+            "step-started", step=step.id, attempt=attempt, command=command, dir=str(sdir.relative_to(self.ctx.rdir)),
+            supervisor_pid=pids.supervisor, pgid=pids.pgid,
+        )
+        self._emit(ev.StepStarted(step.id, attempt, command))
+        try:
+            return await self._follow(step, proc)
+        finally:
+            self._proc = None
+
+    async def _follow(self, step: Step, proc: StepProcess) -> StepResult | None:
+        async for item in proc.follow():
+            if isinstance(item, list):
+                if item:
+                    self._emit(ev.OutputLines(step.id, item))
+            else:
+                self._on_action_event(step, item)
+            if self._detach_reason:
+                raise _Detach(self._detach_reason)
+        result = proc.result
+        if result is None:
+            self._journal("step-interrupted", step=step.id, detail="its process ended without recording a result")
+            self._emit(ev.StepFinished(step.id, StepStatus.interrupted, "process gone without a result"))
+        return result
+
+    def _on_action_event(self, step: Step, e: dict[str, Any]) -> None:
+        kind = e.get("type")
+        if kind == "progress":
+            self._emit(ev.Progress(step.id, float(e.get("done") or 0), e.get("total"), e.get("unit", ""), e.get("label", "")))
+        elif kind == "check":
+            self._journal("step-check", step=step.id, name=str(e.get("name")), status=str(e.get("status")), hint=str(e.get("hint", "")))
+            self._emit(ev.CheckReported(step.id, str(e.get("name")), str(e.get("status")), str(e.get("hint", ""))))
+        elif kind == "output":
+            self._journal("step-output", step=step.id, name=str(e.get("name")), value=e.get("value"))
+            self._emit(ev.OutputValue(step.id, str(e.get("name")), e.get("value")))
+
+    async def _reconcile(self, step: Step) -> None:
+        """On resume: the journal says this step started and never ended. Ask its supervisor."""
+        s = self.state.steps[step.id]
+        sdir = step_dir(self.ctx.rdir, step.id, s.attempt)
+        proc = StepProcess.attach(sdir) if (sdir / "supervisor.json").exists() else None
+        state = proc.state() if proc else "lost"
+        if proc is None or state == "lost":
+            self._journal("step-interrupted", step=step.id, detail="its process is gone and recorded no result")
+            self._emit(ev.Notice("warning", f"step {step.id} was interrupted: its process is gone without a result", step.id))
+            return
+        if state == "running":
+            self._journal("step-reattached", step=step.id, attempt=s.attempt)
+            self._emit(ev.Notice("info", f"step {step.id} is still running; watching it again", step.id))
+            self._emit(ev.StepStarted(step.id, s.attempt, s.command, reattached=True))
+        else:
+            self._emit(ev.Notice("info", f"step {step.id} ended while nobody watched; its result was recorded", step.id))
+        self._proc = proc
+        try:
+            already = {(c["name"]) for c in s.checks} | set(s.outputs)
+            result = await self._follow_known(step, proc, already)
+        finally:
+            self._proc = None
+        if result is not None:
+            self._record_result(step, s.attempt, result, will_retry=False)
+            if self._abort_reason:
+                raise _Abort(self._abort_reason)
+
+    async def _follow_known(self, step: Step, proc: StepProcess, already: set[str]) -> StepResult | None:
+        """Like `_follow`, but outputs/checks journaled before the runner died are not journaled twice."""
+        async for item in proc.follow():
+            if isinstance(item, list):
+                if item:
+                    self._emit(ev.OutputLines(step.id, item))
+            elif item.get("type") in ("check", "output") and str(item.get("name")) in already:
+                continue
+            else:
+                self._on_action_event(step, item)
+            if self._detach_reason:
+                raise _Detach(self._detach_reason)
+        result = proc.result
+        if result is None:
+            self._journal("step-interrupted", step=step.id, detail="its process ended without recording a result")
+            self._emit(ev.StepFinished(step.id, StepStatus.interrupted, "process gone without a result"))
+        return result
+
+    # ---- commands --------------------------------------------------------------------------------
+
+    def _lookup(self, *, placeholders: bool) -> Any:
+        ctx = self.ctx
+        run_values = {
+            "id": self.run_id,
+            "dir": str(ctx.rdir),
+            "mode": ctx.mode,
+            "scenario": ctx.scenario,
+            "incident_start": iso(self.state.incident_start) if self.state.incident_start else "",
+            "state_dir": str(ctx.state_dir),
+        }
+
+        def lookup(ref: Ref) -> str:
+            if ref.kind == "param":
+                if ref.name in ctx.params:
+                    return to_text(ctx.params[ref.name])
+            elif ref.kind == "run":
+                return run_values[ref.name]
+            elif ref.kind == "step":
+                assert ref.step is not None
+                outs = self.state.steps[ref.step].outputs if ref.step in self.state.steps else {}
+                if ref.name in outs:
+                    v = outs[ref.name]
+                    return v if isinstance(v, str) else json.dumps(v) if isinstance(v, dict | list) else str(v)
+            if placeholders:
+                return f"<{ref.key}>"
+            raise MissingValue(ref)
+
+        return lookup
+
+    def _render_command(self, step: Step, *, placeholders: bool) -> tuple[str | None, StepLaunch | None]:
+        lookup = self._lookup(placeholders=placeholders)
+        red = self.ctx.redactor.redact
+        if step.kind == "manual":
+            return None, None
+        env = dict(os.environ)
+        env.update(self.ctx.secrets.env)
+        env.update({k: render(v, lookup, shell=False) for k, v in step.env.items()})
+        env.update({
+            "RUNBOOK_RUN_ID": self.run_id, "RUNBOOK_RUN_DIR": str(self.ctx.rdir),
+            "RUNBOOK_MODE": self.ctx.mode, "RUNBOOK_SCENARIO": self.ctx.scenario, "RUNBOOK_STEP": step.id,
+        })
+        cwd = render(step.cwd, lookup, shell=False) if step.cwd else None
+        timeout = step.timeout.total_seconds() if step.timeout else None
+        common = dict(env=env, cwd=cwd, timeout_s=timeout, kill_grace_s=KILL_GRACE_S, redact=list(self.ctx.redactor.secrets))
+        if step.kind == "run":
+            assert step.run is not None
+            script = render(step.run, lookup, shell=True)
+            return red(script), StepLaunch(argv=["bash", "-eo", "pipefail", "-c", script], **common)  # type: ignore[arg-type]
+        if step.kind == "argv":
+            assert step.argv is not None
+            argv = [render(a, lookup, shell=False) for a in step.argv]
+            return red(shlex.join(argv)), StepLaunch(argv=argv, **common)  # type: ignore[arg-type]
+        assert step.action is not None
+        args = render_obj(step.with_ or {}, lookup)
+        shown = f"{step.action} {json.dumps(args, ensure_ascii=False)}" if args else step.action
+        launch = StepLaunch(
+            argv=[self.ctx.python, "-m", "steps", step.action], stdin_data=json.dumps(args),
+            event_fd=True, **common,  # type: ignore[arg-type]
+        )
+        return red(shown), launch
+
+    async def _prepare(self, step: Step) -> tuple[str | None, StepLaunch | None]:
+        """Render the step's command; a value nobody produced is asked of the operator (journaled)."""
+        placeholders = self.ctx.mode == "rehearsal"
+        while True:
+            try:
+                return self._render_command(step, placeholders=placeholders)
+            except MissingValue as m:
+                ref = m.ref
+                if ref.kind != "step" or ref.step is None:
+                    raise RunbookError(f"step {step.id}: no value for {{{{ {ref.key} }}}}") from None
+                why = f"step {ref.step} produced no {ref.name!r} (it was skipped or failed)"
+                d = await self._wait_for(ev.Waiting(step.id, Wait.value, value_key=ref.key, detail=why))
+                if d.kind == "skip":
+                    self._skip(step, d.text)
+                    return None, None
+                self._journal("value-provided", step=ref.step, name=ref.name, value=d.text, for_step=step.id)
+
+    # ---- closing ---------------------------------------------------------------------------------
+
+    def _summary(self) -> dict[str, Any]:
+        c = self.clock_status()
+        st = self.state
+        return {
+            "run_id": self.run_id, "rto_s": c.elapsed_s, "rto_target_s": c.target_s, "rto_verdict": c.verdict,
+            "failed": [s for s in st.order if st.steps[s].status == StepStatus.failed],
+            "skipped": [s for s in st.order if st.steps[s].status == StepStatus.skipped],
+            "run_dir": str(self.ctx.rdir),
+        }
+
+    def _close(self, status: str, detail: str) -> None:
+        if self.state.rto_end_at is None and status == "completed":
+            pass  # fold sets the RTO end to the run's end when no rto_end step succeeded
+        self._journal("run-finished", status=status, detail=detail)
+        self._release(closed=True)
+        self._finish(ev.RunFinished(status, detail, self._summary()))
+
+    def _release(self, *, closed: bool) -> None:
+        if self.ctx.lock is not None:
+            self.ctx.lock.release(closed=closed)
+            self.ctx.lock = None
+
+    def _finish(self, event: ev.RunFinished) -> None:
+        self.finished = event
+        self.ctx.journal.close()
+        self._emit(event)
+
+
+class _StopRun(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def now_iso(clock: Clock) -> str:
+    return iso(clock.now())
+
+
+def as_datetime(value: str | datetime) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)

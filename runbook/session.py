@@ -1,0 +1,231 @@
+"""Opening a run: a new one from a runbook file and flags, or a resumed one from its journal.
+
+Everything that can be wrong (the file, a parameter, the secrets file, the lock, the journal) is checked
+here, before the engine exists, so nothing runs on bad input.
+"""
+
+from __future__ import annotations
+
+import difflib
+import getpass
+import json
+import os
+import secrets as pysecrets
+import shutil
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from runbook import __version__
+from runbook.clock import Clock, iso, parse_iso
+from runbook.engine import Engine, RunContext
+from runbook.errors import RunbookError, UsageError
+from runbook.history import expected_durations, past_runs
+from runbook.journal import Journal
+from runbook.loader import load_model, load_runbook
+from runbook.lock import Holder, RunLock
+from runbook.model import Runbook, Strict
+from runbook.params import resolve, to_text
+from runbook.redact import Redactor
+from runbook.secrets import LoadedSecrets, load_secrets
+from runbook.state import CLOSED, load_state, run_dir
+from runbook.templating import render
+
+MODES = ("live", "drill", "rehearsal")
+
+
+class Profile(Strict):
+    """One environment's values for a runbook (e.g. the sandbox's): `runbook run --profile FILE`."""
+
+    version: Literal[1] = 1
+    description: str = ""
+    mode: Literal["live", "drill", "rehearsal"] | None = None
+    scenario: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict, description="Non-secret environment, e.g. PGHOST")
+    repository: str | None = None
+
+
+@dataclass
+class RunOptions:
+    runbook_path: Path = Path("runbook.yaml")
+    scenario: str | None = None
+    mode: str | None = None
+    sets: dict[str, str] = field(default_factory=dict)
+    profile: Path | None = None
+    incident_start: str | None = None
+    data_lost_at: str | None = None
+    state_dir: Path | None = None
+    break_lock: bool = False
+
+
+def operator() -> dict[str, Any]:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return {"user": user, "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def new_run_id(clock: Clock, scenario: str) -> str:
+    return f"{clock.now():%Y%m%dT%H%M%SZ}-{scenario}-{pysecrets.token_hex(2)}"
+
+
+def parse_when(text: str | None, flag: str, default: datetime) -> datetime:
+    if not text:
+        return default
+    try:
+        return parse_iso(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    except ValueError as e:
+        raise UsageError(f"{flag} {text!r}: {e}", hint="give ISO 8601 with a zone, e.g. 2026-11-25T03:10:00+07:00") from None
+
+
+def pick_scenario(rb: Runbook, wanted: str | None) -> str:
+    names = list(rb.scenarios)
+    if not names:
+        return wanted or "default"
+    if wanted is None:
+        if len(names) == 1:
+            return names[0]
+        raise UsageError(f"choose a scenario with --scenario: {', '.join(names)}")
+    if wanted not in names:
+        close = difflib.get_close_matches(wanted, names, n=1)
+        hint = f' (did you mean "{close[0]}"?)' if close else ""
+        raise UsageError(f'unknown scenario "{wanted}"{hint}; this runbook has: {", ".join(names)}')
+    return wanted
+
+
+def _secret_params(rb: Runbook, params: dict[str, Any]) -> list[str]:
+    return [to_text(v) for k, v in params.items() if k in rb.params and rb.params[k].secret and to_text(v)]
+
+
+def _load_secrets(rb: Runbook, base: Path, mode: str, warnings: list[str]) -> LoadedSecrets:
+    if rb.secrets is None:
+        return LoadedSecrets()
+    if mode == "rehearsal" and not Path(os.path.expanduser(rb.secrets.env_file)).exists():
+        warnings.append(f"rehearsal: secrets file {rb.secrets.env_file} not found; nothing runs, so none is needed")
+        return LoadedSecrets()
+    return load_secrets(rb.secrets, base)
+
+
+def _target(rb: Runbook, params: dict[str, Any]) -> str:
+    if not rb.target:
+        return "default"
+    return render(rb.target, lambda ref: to_text(params[ref.name]) if ref.name in params else f"<{ref.key}>", shell=False)
+
+
+def _lock(state_dir: Path, rb: Runbook, target: str, run_id: str, clock: Clock, break_lock: bool) -> tuple[RunLock, Holder | None]:
+    op = operator()
+    holder = Holder(run_id=run_id, user=op["user"], host=op["host"], pid=op["pid"], since=iso(clock.now()), target=target)
+
+    def closed(rid: str) -> bool:
+        try:
+            return load_state(state_dir, rid).status in CLOSED
+        except RunbookError:
+            return True  # a run whose journal is gone or unreadable holds nothing
+
+    return RunLock.acquire(state_dir, rb.name, target, holder, run_closed=closed, break_lock=break_lock)
+
+
+def open_new_run(opts: RunOptions, clock: Clock, *, state_dir: Path) -> Engine:
+    path = opts.runbook_path
+    rb = load_runbook(path)
+    profile = load_model(opts.profile, Profile, filename=str(opts.profile)) if opts.profile else Profile()
+    scenario = pick_scenario(rb, opts.scenario or profile.scenario)
+    mode = opts.mode or profile.mode or "live"
+    if mode not in MODES:
+        raise UsageError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    given: dict[str, Any] = {**profile.params, **opts.sets}
+    params = resolve(rb, scenario, given)
+    warnings: list[str] = []
+    base = path.resolve().parent
+    loaded = _load_secrets(rb, base, mode, warnings)
+    loaded.env.update(profile.env)
+    now = clock.now()
+    incident = parse_when(opts.incident_start, "--incident-start", now)
+    lost = parse_when(opts.data_lost_at, "--data-lost-at", incident)
+    redactor = Redactor(loaded.redact + _secret_params(rb, params))
+    run_id = new_run_id(clock, scenario)
+    rdir = run_dir(state_dir, run_id)
+    target = _target(rb, params)
+    lock, replaced = (None, None) if mode == "rehearsal" else _lock(state_dir, rb, target, run_id, clock, opts.break_lock)
+    try:
+        rdir.mkdir(parents=True, exist_ok=False)
+        shutil.copyfile(path, rdir / "runbook.yaml")
+        shown_params = {k: ("••••••" if rb.params[k].secret else to_text(v)) for k, v in params.items() if k in rb.params}
+        (rdir / "params.json").write_text(json.dumps(redactor.redact_obj(shown_params), indent=2) + "\n")
+        journal = Journal(rdir / "journal.jsonl", clock, redactor)
+        steps = [s.id for s in rb.steps_for(scenario, mode)]
+        journal.append(
+            "run-started", run_id=run_id,
+            runbook={"name": rb.name, "path": str(path.resolve()), "version": rb.version},
+            scenario=scenario, mode=mode, target=target, incident_start=iso(incident), data_lost_at=iso(lost),
+            operator=operator(), params=shown_params, secrets_keys=loaded.keys, profile=str(opts.profile or ""),
+            targets={"rto_s": rb.targets.rto.total_seconds(), "rpo_s": rb.targets.rpo.total_seconds()},
+            steps=steps, tool_version=__version__,
+        )
+        if replaced is not None:
+            journal.append("lock-broken", previous=replaced.__dict__)
+        for w in warnings:
+            journal.append("warning", text=w)
+    except BaseException:
+        if lock is not None:
+            lock.release(closed=True)
+        raise
+    journal.warnings = warnings
+    st = load_state(state_dir, run_id)
+    return _engine(rb, path, state_dir, rdir, st, params, loaded, redactor, journal, lock, clock, resumed=False)
+
+
+def _engine(rb: Runbook, path: Path, state_dir: Path, rdir: Path, st: Any, params: dict[str, Any],
+            loaded: LoadedSecrets, redactor: Redactor, journal: Journal, lock: RunLock | None, clock: Clock,
+            *, resumed: bool) -> Engine:
+    declared = {s.id: s.expect_duration.total_seconds() for s in rb.steps if s.expect_duration}
+    expected = expected_durations(past_runs(state_dir, rb.name, exclude=st.run_id), declared)
+    ctx = RunContext(
+        runbook=rb, runbook_path=path, state_dir=state_dir, rdir=rdir, state=st, params=params,
+        secrets=loaded, redactor=redactor, journal=journal, lock=lock, expected=expected,
+    )
+    return Engine(ctx, clock, resumed=resumed)
+
+
+def open_resume(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str, str] | None = None,
+                break_lock: bool = False) -> Engine:
+    """Rebuild a run from its journal and go on where it stopped. Closed runs (completed, aborted) refuse."""
+    st = load_state(state_dir, run_id)
+    rdir = run_dir(state_dir, run_id)
+    if st.status in ("completed", "aborted"):
+        raise RunbookError(f"run {run_id} is {st.status}; there is nothing to resume",
+                           hint="start a new run with `runbook run`; `runbook report` shows this one")
+    # The runbook as it was when the run started (the file may have changed since).
+    rb = load_runbook(rdir / "runbook.yaml")
+    original = Path(st.runbook_path) if st.runbook_path else rdir / "runbook.yaml"
+    params_given: dict[str, Any] = {k: v for k, v in st.params.items() if not (k in rb.params and rb.params[k].secret)}
+    params_given.update(sets or {})
+    params = resolve(rb, st.scenario, params_given)
+    warnings: list[str] = list(st.warnings)
+    loaded = _load_secrets(rb, original.parent, st.mode, warnings)
+    redactor = Redactor(loaded.redact + _secret_params(rb, params))
+    lock = None
+    replaced = None
+    if st.mode != "rehearsal":
+        lock, replaced = _lock(state_dir, rb, st.target or "default", run_id, clock, break_lock)
+    try:
+        journal = Journal(rdir / "journal.jsonl", clock, redactor)
+        warnings = journal.warnings + [w for w in warnings if w not in journal.warnings]
+        if st.status == "failed":
+            journal.append("run-reopened", operator=operator())
+        journal.append("run-resumed", operator=operator(), warnings=warnings)
+        if replaced is not None:
+            journal.append("lock-broken", previous=replaced.__dict__)
+    except BaseException:
+        if lock is not None:
+            lock.release(closed=False)
+        raise
+    journal.warnings = warnings
+    st = load_state(state_dir, run_id)
+    return _engine(rb, original, state_dir, rdir, st, params, loaded, redactor, journal, lock, clock, resumed=True)

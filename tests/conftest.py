@@ -1,0 +1,84 @@
+"""Shared fixtures: a state directory, a runbook writer, a runner of the real CLI."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.pgcluster import Cluster
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "state"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def write_runbook(tmp_path: Path) -> Callable[[str], Path]:
+    def write(text: str, name: str = "runbook.yaml") -> Path:
+        p = tmp_path / name
+        p.write_text(textwrap.dedent(text).lstrip())
+        return p
+
+    return write
+
+
+def run_cli(*args: str, input: str | None = None, timeout: float = 60, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The real command line, in a child process, as an operator would run it."""
+    full_env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "120", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "runbook", *args], input=input, capture_output=True, text=True,
+        timeout=timeout, env=full_env, cwd=cwd or ROOT,
+    )
+
+
+@pytest.fixture(scope="session")
+def pg_base() -> Iterator[Path]:
+    from tests.pgcluster import PG_BIN, make_base_dir
+
+    if not (PG_BIN / "initdb").exists():
+        pytest.fail("PostgreSQL 15 server binaries are missing: run `make test` (scripts/setup.sh installs postgresql-15)")
+    base = make_base_dir("runbook-test-pg-")
+    yield base
+    import shutil
+
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_base: Path) -> Path:
+    from tests.pgcluster import initdb
+
+    tpl = pg_base / "template" / "data"
+    initdb(tpl)
+    return tpl
+
+
+@pytest.fixture
+def pg_cluster(pg_base: Path, pg_template: Path) -> Iterator[Cluster]:
+    from tests.pgcluster import clone_cluster
+
+    n = next(_cluster_numbers)
+    dest = pg_base / f"c{n}"
+    dest.mkdir()
+    cluster = clone_cluster(pg_template, dest)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+_cluster_numbers = itertools.count(1)

@@ -1,0 +1,324 @@
+"""The command line end to end, as an operator runs it: real processes, real files, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from runbook.journal import read_journal
+from tests.conftest import ROOT, run_cli
+
+
+def _runs(state_dir: Path) -> list[str]:
+    return sorted(p.name for p in (state_dir / "runs").iterdir())
+
+
+def _journal(state_dir: Path, run_id: str) -> list[dict]:
+    return read_journal(state_dir / "runs" / run_id / "journal.jsonl").events
+
+
+def test_shipped_runbook_validates() -> None:
+    r = run_cli("validate", "runbook.yaml")
+    assert r.returncode == 0, r.stderr
+    assert "valid" in r.stdout
+
+
+def test_rehearsal_of_the_shipped_runbook_and_its_report(state_dir: Path) -> None:
+    r = run_cli("run", "runbook.yaml", "--headless", "--mode", "rehearsal", "--yes", "--scenario", "restore-latest",
+                "--state-dir", str(state_dir))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "REHEARSAL" in r.stdout
+    (run_id,) = _runs(state_dir)
+    rep = run_cli("report", run_id, "--state-dir", str(state_dir))
+    assert rep.returncode == 0, rep.stderr
+    from runbook.loader import load_runbook
+
+    rb = load_runbook(ROOT / "runbook.yaml")
+    for step in rb.steps_for("restore-latest"):
+        assert step.display_title in rep.stdout
+    for step in rb.steps_for("pitr"):
+        if step.scenarios == ["pitr"]:
+            assert step.display_title not in rep.stdout
+    assert "## RTO" in rep.stdout and "Target | 2:00:00" in rep.stdout
+    assert "REHEARSAL" in rep.stdout
+    runs = run_cli("runs", "--json", "--state-dir", str(state_dir))
+    (row,) = json.loads(runs.stdout)
+    assert row["status"] == "completed" and row["mode"] == "rehearsal" and row["scenario"] == "restore-latest"
+
+
+def test_hostile_parameter_value_stays_literal(write_runbook, state_dir: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("x")
+    path = write_runbook("""
+        version: 1
+        name: t
+        params:
+          label: {help: free text}
+        steps:
+          - {id: echo, run: "echo got: {{ label }}", confirm: none}
+    """)
+    hostile = f"'; rm -rf {victim}; echo $(touch {tmp_path}/pwned) `touch {tmp_path}/pwned2` \""
+    r = run_cli("run", str(path), "--headless", "--yes", "--set", f"label={hostile}", "--state-dir", str(state_dir))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (victim / "keep").exists()
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
+    assert f"got: {hostile}" in r.stdout
+
+
+def test_value_failing_its_pattern_is_refused_before_anything_runs(write_runbook, state_dir: Path, tmp_path: Path) -> None:
+    path = write_runbook(f"""
+        version: 1
+        name: t
+        params:
+          db_name: {{default: app, pattern: '^[a-z_]+$'}}
+        steps:
+          - {{id: a, run: "touch {tmp_path}/ran", confirm: none}}
+    """)
+    r = run_cli("run", str(path), "--headless", "--yes", "--set", "db_name=x; rm -rf /", "--state-dir", str(state_dir))
+    assert r.returncode == 2
+    assert "db_name" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "ran").exists()
+    r = run_cli("run", str(path), "--headless", "--yes", "--set", "db_nmae=x", "--state-dir", str(state_dir))
+    assert r.returncode == 2 and 'did you mean "db_name"' in r.stderr
+
+
+def test_secret_never_reaches_disk_or_screen(write_runbook, state_dir: Path, tmp_path: Path) -> None:
+    secret = "Sup3r-S3cret-Pw"
+    env_file = tmp_path / "db.env"
+    env_file.write_text(f"DB_HOST=localhost\nDB_PASSWORD={secret}\n")
+    os.chmod(env_file, 0o600)
+    path = write_runbook(f"""
+        version: 1
+        name: t
+        secrets: {{env_file: {env_file}}}
+        steps:
+          - id: leak
+            run: |
+              echo "password is $PGPASSWORD"
+              printf '%s' "${{PGPASSWORD:0:6}}" >&2; sleep 0.4; printf '%s\\n' "${{PGPASSWORD:6}}" >&2
+              echo "host is $PGHOST"
+            confirm: none
+    """)
+    r = run_cli("run", str(path), "--headless", "--yes", "--state-dir", str(state_dir))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert secret not in r.stdout + r.stderr
+    assert "password is ••••••" in r.stdout and "host is localhost" in r.stdout
+    (run_id,) = _runs(state_dir)
+    rep = run_cli("report", run_id, "--state-dir", str(state_dir))
+    assert secret not in rep.stdout
+    for p in state_dir.rglob("*"):
+        if p.is_file():
+            assert secret.encode() not in p.read_bytes(), f"secret found in {p}"
+    assert any("••••••" in p.read_text() for p in state_dir.rglob("output.log"))
+
+
+def test_world_readable_secrets_file_is_refused(write_runbook, state_dir: Path, tmp_path: Path) -> None:
+    env_file = tmp_path / "db.env"
+    env_file.write_text("DB_PASSWORD=x\n")
+    os.chmod(env_file, 0o644)
+    path = write_runbook(f"""
+        version: 1
+        name: t
+        secrets: {{env_file: {env_file}}}
+        steps:
+          - {{id: a, run: "true"}}
+    """)
+    r = run_cli("run", str(path), "--headless", "--yes", "--state-dir", str(state_dir))
+    assert r.returncode == 2
+    assert str(env_file) in r.stderr and "chmod 600" in r.stderr and "Traceback" not in r.stderr
+    assert not (state_dir / "runs").exists() or not _runs(state_dir)
+
+
+def test_typed_step_needs_confirm_flag_under_yes(write_runbook, state_dir: Path, tmp_path: Path) -> None:
+    path = write_runbook(f"""
+        version: 1
+        name: t
+        params:
+          db_name: {{default: app_db}}
+        steps:
+          - id: drop
+            run: "touch {tmp_path}/dropped"
+            confirm: {{typed: "{{{{ db_name }}}}"}}
+    """)
+    r = run_cli("run", str(path), "--headless", "--yes", "--state-dir", str(state_dir))
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert "--confirm drop=" in r.stdout
+    assert not (tmp_path / "dropped").exists()
+    (run_id,) = _runs(state_dir)
+    # a wrong value refuses; the run stays open
+    r = run_cli("resume", run_id, "--headless", "--yes", "--confirm", "drop=prod_db", "--state-dir", str(state_dir))
+    assert r.returncode == 4 and not (tmp_path / "dropped").exists()
+    assert "confirm-refused" in [e["type"] for e in _journal(state_dir, run_id)]
+    r = run_cli("resume", run_id, "--headless", "--yes", "--confirm", "drop=app_db", "--state-dir", str(state_dir))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "dropped").exists()
+
+
+def test_interactive_prompts_on_stdin(write_runbook, state_dir: Path, tmp_path: Path) -> None:
+    path = write_runbook(f"""
+        version: 1
+        name: t
+        steps:
+          - {{id: a, run: "touch {tmp_path}/a"}}
+          - {{id: b, run: "touch {tmp_path}/b", confirm: {{typed: "yes-really"}}}}
+          - {{id: c, run: "touch {tmp_path}/c"}}
+    """)
+    answers = "y\nnope\nyes-really\ns\n\ns\nno time today\n"
+    r = run_cli("run", str(path), "--headless", "--state-dir", str(state_dir), input=answers)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "a").exists() and (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    assert "a skip needs a reason" in r.stdout
+    (run_id,) = _runs(state_dir)
+    events = _journal(state_dir, run_id)
+    assert [e["reason"] for e in events if e["type"] == "step-skipped"] == ["no time today"]
+
+
+def _start_runner(path: Path, state_dir: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runbook", "run", str(path), "--headless", "--yes", "--state-dir", str(state_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        env={**os.environ, "NO_COLOR": "1"}, start_new_session=True,
+    )
+
+
+def _wait_for_step_start(state_dir: Path, step: str, timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (state_dir / "runs").exists():
+            for run_id in _runs(state_dir):
+                try:
+                    events = _journal(state_dir, run_id)
+                except Exception:
+                    continue
+                if any(e["type"] == "step-started" and e["step"] == step for e in events):
+                    return run_id
+        time.sleep(0.1)
+    raise AssertionError(f"step {step} never started")
+
+
+KILL_RUNBOOK = """
+    version: 1
+    name: t
+    steps:
+      - {{id: first, run: "echo first", confirm: none}}
+      - {{id: long, run: "echo begin; sleep $(cat {sleep}); echo end; touch {marker}", confirm: none}}
+      - {{id: last, run: "echo last", confirm: none}}
+"""
+
+
+def test_kill_runner_alone_step_goes_on_and_resume_reattaches(write_runbook, state_dir: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "long-done"
+    (tmp_path / "sleep").write_text("3")
+    path = write_runbook(KILL_RUNBOOK.format(sleep=tmp_path / "sleep", marker=marker))
+    runner = _start_runner(path, state_dir)
+    run_id = _wait_for_step_start(state_dir, "long")
+    os.kill(runner.pid, signal.SIGKILL)  # the terminal dies: only the runner, not the step's session
+    runner.wait()
+    before = _journal(state_dir, run_id)
+    r = run_cli("resume", run_id, "--headless", "--yes", "--state-dir", str(state_dir))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert marker.exists()
+    after = _journal(state_dir, run_id)
+    assert after[: len(before)] == before  # every earlier event intact
+    types = [e["type"] for e in after]
+    assert "step-interrupted" not in types
+    long_started = [e for e in after if e["type"] == "step-started" and e["step"] == "long"]
+    assert len(long_started) == 1  # never run twice
+    fin = [e for e in after if e["type"] == "step-finished" and e["step"] == "long"]
+    assert fin[-1]["status"] == "succeeded"
+    assert types[-1] == "run-finished" and after[-1]["status"] == "completed"
+
+
+def test_kill_runner_and_step_session_marks_it_interrupted(write_runbook, state_dir: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "long-done"
+    (tmp_path / "sleep").write_text("60")
+    path = write_runbook(KILL_RUNBOOK.format(sleep=tmp_path / "sleep", marker=marker))
+    runner = _start_runner(path, state_dir)
+    run_id = _wait_for_step_start(state_dir, "long")
+    started = [e for e in _journal(state_dir, run_id) if e["type"] == "step-started" and e["step"] == "long"][0]
+    os.kill(runner.pid, signal.SIGKILL)
+    os.kill(started["supervisor_pid"], signal.SIGKILL)
+    os.killpg(started["pgid"], signal.SIGKILL)
+    runner.wait()
+    before = _journal(state_dir, run_id)
+    # headless without --rerun-interrupted: stops and says why; nothing re-runs by accident
+    r = run_cli("resume", run_id, "--headless", "--yes", "--state-dir", str(state_dir))
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert "interrupted" in r.stdout and "--rerun-interrupted" in r.stdout
+    mid = _journal(state_dir, run_id)
+    assert mid[: len(before)] == before
+    assert sum(1 for e in mid if e["type"] == "step-started" and e["step"] == "long") == 1
+    runs = run_cli("runs", "--state-dir", str(state_dir))
+    assert run_id in runs.stdout and "open" in runs.stdout
+    # a new run of the same runbook and target is refused while this one is open
+    other = run_cli("run", str(path), "--headless", "--yes", "--state-dir", str(state_dir))
+    assert other.returncode == 3 and f"runbook resume {run_id}" in other.stderr
+    # re-run by explicit choice (the step reads its sleep from a file, so the re-run is quick)
+    (tmp_path / "sleep").write_text("0")
+    r = run_cli("resume", run_id, "--headless", "--yes", "--rerun-interrupted", "--state-dir", str(state_dir),
+                timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    events = _journal(state_dir, run_id)
+    assert [e["type"] for e in events].count("step-interrupted") == 1
+    assert sum(1 for e in events if e["type"] == "step-started" and e["step"] == "long") == 2
+    assert marker.exists()
+
+
+def test_second_run_is_refused_while_one_is_active(write_runbook, state_dir: Path) -> None:
+    path = write_runbook("""
+        version: 1
+        name: t
+        target: "db1:5432/app"
+        steps:
+          - {id: long, run: "sleep 30", confirm: none}
+    """)
+    runner = _start_runner(path, state_dir)
+    try:
+        _wait_for_step_start(state_dir, "long")
+        r = run_cli("run", str(path), "--headless", "--yes", "--state-dir", str(state_dir))
+        assert r.returncode == 3
+        assert "db1:5432/app" in r.stderr and f"pid {runner.pid}" in r.stderr and "since" in r.stderr
+        assert "@" in r.stderr  # user@host
+    finally:
+        os.killpg(runner.pid, signal.SIGKILL)
+        runner.wait()
+        for run_id in _runs(state_dir):
+            for e in _journal(state_dir, run_id):
+                if e["type"] == "step-started":
+                    try:
+                        os.killpg(e["pgid"], signal.SIGKILL)
+                        os.kill(e["supervisor_pid"], signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
+
+def test_core_never_imports_textual() -> None:
+    code = (
+        "import sys, runbook, runbook.cli, runbook.engine, runbook.session, runbook.headless, runbook.loader,"
+        " runbook.journal, runbook.executor, runbook.report, runbook.state, runbook.supervisor, steps.registry\n"
+        "bad = [m for m in sys.modules if m == 'textual' or m.startswith('textual.')]\n"
+        "print(bad); sys.exit(1 if bad else 0)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_user_errors_have_no_traceback(tmp_path: Path, state_dir: Path) -> None:
+    r = run_cli("run", str(tmp_path / "missing.yaml"), "--headless", "--state-dir", str(state_dir))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "missing.yaml" in r.stderr
+    r = run_cli("resume", "no-such-run", "--headless", "--state-dir", str(state_dir))
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "runbook runs" in r.stderr
+    r = run_cli("report", "../etc", "--state-dir", str(state_dir))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    r = run_cli("run", "runbook.yaml", "--headless", "--scenario", "restore-lates", "--state-dir", str(state_dir))
+    assert r.returncode == 2 and 'did you mean "restore-latest"' in r.stderr
+    r = run_cli("run", "runbook.yaml", "--headless", "--mode", "rehearsal", "--scenario", "pitr",
+                "--set", "target_time=2026-11-25T03:00:00+07:00", "--incident-start", "2026-11-25T03:00",
+                "--state-dir", str(state_dir))
+    assert r.returncode == 2 and "zone" in r.stderr
