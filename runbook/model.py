@@ -148,7 +148,7 @@ class Step(Strict):
         None, description="Modes in which this step exists (default: all)"
     )
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     @model_validator(mode="after")
     def _one_kind(self) -> Step:
@@ -195,7 +195,7 @@ class Runbook(Strict):
     version: Literal[1] = Field(description="Schema version of this file")
     name: str
     description: str = ""
-    targets: Targets = Field(default_factory=Targets)
+    targets: Targets = Field(default_factory=lambda: Targets.model_validate({}))
     target: str | None = Field(
         None,
         description="Template naming what this runbook recovers (host:port/database); the lock is per target",
