@@ -103,6 +103,7 @@ class Engine:
         self._task: asyncio.Task[None] | None = None
         self._abort_reason: str | None = None
         self._detach_reason: str | None = None
+        self._detached = asyncio.Event()
         self.finished: ev.RunFinished | None = None
 
     # ---- reading ---------------------------------------------------------------------------------
@@ -163,11 +164,12 @@ class Engine:
 
     async def confirm(self, step_id: str | None = None, typed: str | None = None, how: str = "operator") -> None:
         w = self.waiting
-        if w is not None and w.wait == Wait.confirm and w.typed_expected is not None:
-            if typed is None or typed.strip() != w.typed_expected:
-                self._journal("confirm-refused", step=w.step_id, how=how, reason="typed value did not match")
-                self._emit(ev.Notice("error", f"typed value does not match {w.typed_expected!r}: nothing runs", w.step_id))
-                raise ConfirmRefused(f"typed value does not match {w.typed_expected!r}: nothing runs")
+        expected = w.typed_expected if w is not None and w.wait == Wait.confirm else None
+        if w is not None and expected is not None and (typed is None or typed.strip() != expected):
+            message = f"typed value does not match {expected!r}: nothing runs"
+            self._journal("confirm-refused", step=w.step_id, how=how, reason="typed value did not match")
+            self._emit(ev.Notice("error", message, w.step_id))
+            raise ConfirmRefused(message)
         self._answer((Wait.confirm,), _Decision("confirm", how=how), step_id)
 
     async def ack(self, step_id: str | None = None, how: str = "operator") -> None:
@@ -223,6 +225,7 @@ class Engine:
     async def detach(self, reason: str = "the operator quit") -> None:
         """Leave without closing the run: it stays resumable; a running step goes on under its supervisor."""
         self._detach_reason = reason
+        self._detached.set()
         if self._decision is not None and not self._decision.done():
             self._decision.set_result(_Decision("detach", text=reason))
 
@@ -438,20 +441,41 @@ class Engine:
         finally:
             self._proc = None
 
-    async def _follow(self, step: Step, proc: StepProcess) -> StepResult | None:
-        async for item in proc.follow():
+    async def _follow(self, step: Step, proc: StepProcess, already: frozenset[str] = frozenset()) -> StepResult | None:
+        """Stream a step's output and events until it ends; `already` names outputs/checks journaled
+        before a runner died (not journaled twice). A detach stops watching, never the step."""
+        async for item in self._watch(proc):
             if isinstance(item, list):
                 if item:
                     self._emit(ev.OutputLines(step.id, item))
+            elif item.get("type") in ("check", "output") and str(item.get("name")) in already:
+                continue
             else:
                 self._on_action_event(step, item)
-            if self._detach_reason:
-                raise _Detach(self._detach_reason)
         result = proc.result
         if result is None:
             self._journal("step-interrupted", step=step.id, detail="its process ended without recording a result")
             self._emit(ev.StepFinished(step.id, StepStatus.interrupted, "process gone without a result"))
         return result
+
+    async def _watch(self, proc: StepProcess) -> AsyncIterator[list[Any] | dict[str, Any]]:
+        """`proc.follow()`, interrupted at once by a detach (the step itself goes on)."""
+        agen = proc.follow()
+        detached = asyncio.ensure_future(self._detached.wait())
+        try:
+            while True:
+                nxt = asyncio.ensure_future(anext(agen))
+                done, _ = await asyncio.wait({nxt, detached}, return_when=asyncio.FIRST_COMPLETED)
+                if nxt not in done:
+                    nxt.cancel()
+                    raise _Detach(self._detach_reason or "the operator left")
+                try:
+                    yield nxt.result()
+                except StopAsyncIteration:
+                    return
+        finally:
+            detached.cancel()
+            await agen.aclose()  # type: ignore[attr-defined]
 
     def _on_action_event(self, step: Step, e: dict[str, Any]) -> None:
         kind = e.get("type")
@@ -482,32 +506,14 @@ class Engine:
             self._emit(ev.Notice("info", f"step {step.id} ended while nobody watched; its result was recorded", step.id))
         self._proc = proc
         try:
-            already = {(c["name"]) for c in s.checks} | set(s.outputs)
-            result = await self._follow_known(step, proc, already)
+            already = frozenset({c["name"] for c in s.checks} | set(s.outputs))
+            result = await self._follow(step, proc, already)
         finally:
             self._proc = None
         if result is not None:
             self._record_result(step, s.attempt, result, will_retry=False)
             if self._abort_reason:
                 raise _Abort(self._abort_reason)
-
-    async def _follow_known(self, step: Step, proc: StepProcess, already: set[str]) -> StepResult | None:
-        """Like `_follow`, but outputs/checks journaled before the runner died are not journaled twice."""
-        async for item in proc.follow():
-            if isinstance(item, list):
-                if item:
-                    self._emit(ev.OutputLines(step.id, item))
-            elif item.get("type") in ("check", "output") and str(item.get("name")) in already:
-                continue
-            else:
-                self._on_action_event(step, item)
-            if self._detach_reason:
-                raise _Detach(self._detach_reason)
-        result = proc.result
-        if result is None:
-            self._journal("step-interrupted", step=step.id, detail="its process ended without recording a result")
-            self._emit(ev.StepFinished(step.id, StepStatus.interrupted, "process gone without a result"))
-        return result
 
     # ---- commands --------------------------------------------------------------------------------
 

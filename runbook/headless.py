@@ -218,7 +218,7 @@ class Headless:
 
     async def _apply(self, w: ev.Waiting, a: str) -> bool:
         eng = self.engine
-        low = a.lower()
+        low: str = a.lower()
         if w.wait == Wait.value:
             if low in (":skip", ":abort", ":quit"):
                 low = low[1:2]
@@ -238,7 +238,7 @@ class Headless:
                 await eng.note(text)
             return False
         if low in ("s", "skip"):
-            reason = await self._ask("  reason for skipping (required): ")
+            reason = await self._ask("  reason for skipping (required): ") or ""
             if not reason:
                 self.out.print("  [red]a skip needs a reason[/]")
                 return False

@@ -105,7 +105,7 @@ def render_markdown(st: RunState, titles: dict[str, str], now: datetime) -> str:
         met = rto <= rto_target
         state = "service restored" if restored else "service NOT restored (clock still running at report time)"
         verdict = "**met**" if (restored and met) else ("**missed**" if not met else "not yet decided")
-        out.append(f"| | |\n|---|---|")
+        out.append("| | |\n|---|---|")
         out.append(f"| Target | {format_duration(rto_target)} |")
         out.append(f"| Achieved | {format_duration(rto)} ({state}) — {verdict} |")
         if restored:

@@ -143,7 +143,7 @@ def _group_alive(pgid: int) -> bool:
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
-                stat = open(f"/proc/{d}/stat").read()
+                stat = Path(f"/proc/{d}/stat").read_text()
             except OSError:
                 continue
             fields = stat.rsplit(")", 1)[1].split()
