@@ -11,10 +11,14 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runbook import __version__
 from runbook.clock import Clock
 from runbook.errors import RunbookError, UsageError
+
+if TYPE_CHECKING:
+    from runbook.session import RunOptions
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -58,14 +62,11 @@ def _headless_opts(args: argparse.Namespace) -> object:
 
 
 def _drive(engine: object, args: argparse.Namespace) -> int:
+    """Resume: the engine exists already; the TUI or the console drives it."""
     if not args.headless:
-        try:
-            from runbook.tui.app import run_tui  # type: ignore[import-not-found]
-        except ImportError:
-            raise UsageError(
-                "the interactive TUI is not part of this version yet; add --headless to walk the runbook in the console"
-            ) from None
-        return int(run_tui(engine, args))
+        from runbook.tui.app import run_engine
+
+        return run_engine(engine, _state_dir(args))  # type: ignore[arg-type]
     from runbook.headless import run_headless
 
     return run_headless(engine, _headless_opts(args))  # type: ignore[arg-type]
@@ -93,8 +94,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         profile=Path(args.profile) if args.profile else None, incident_start=args.incident_start,
         data_lost_at=args.data_lost_at, break_lock=args.break_lock,
     )
+    if not args.headless:
+        return _run_tui(opts, args)
     engine = open_new_run(opts, Clock(), state_dir=_state_dir(args))
     return _drive(engine, args)
+
+
+def _run_tui(opts: RunOptions, args: argparse.Namespace) -> int:
+    """The TUI asks for what the flags left open (scenario, params, incident start) before opening the run."""
+    from runbook.loader import load_model, load_runbook
+    from runbook.session import Profile
+    from runbook.tui.app import run_new
+
+    rb = load_runbook(opts.runbook_path)
+    profile = load_model(opts.profile, Profile, filename=str(opts.profile)) if opts.profile else Profile()
+    given = {**profile.params, **opts.sets}
+    opts.mode = opts.mode or profile.mode
+    opts.scenario = opts.scenario or profile.scenario
+    return run_new(opts, rb, given, _state_dir(args))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

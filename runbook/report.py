@@ -47,7 +47,12 @@ def _cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _event_detail(e: dict[str, object]) -> str:
+def event_text(e: dict[str, object]) -> str:
+    t = str(e["type"])
+    return EVENT_TEXT.get(t, t)
+
+
+def event_detail(e: dict[str, object]) -> str:
     t = e["type"]
     if t == "step-finished":
         parts = [str(e.get("status")), str(e.get("detail") or "")]
@@ -149,7 +154,7 @@ def render_markdown(st: RunState, titles: dict[str, str], now: datetime) -> str:
         if t == "step-awaiting":
             continue
         out.append(
-            f"| {e['ts']} | {e.get('step') or ''} | {EVENT_TEXT.get(t, t)} | {_cell(_event_detail(e))} |"
+            f"| {e['ts']} | {e.get('step') or ''} | {EVENT_TEXT.get(t, t)} | {_cell(event_detail(e))} |"
         )
     if st.warnings:
         out += ["", "## Journal warnings", ""]

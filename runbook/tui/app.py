@@ -1,0 +1,125 @@
+"""The Textual application: start (resume offer, parameter form), the run screen, the summary.
+
+Entry points for the CLI: `run_new` (runbook run without --headless) and `run_engine` (runbook resume).
+Exit codes match the headless runner: 0 completed, 1 failed or aborted, 4 left open (detached).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from textual.app import App
+from textual.binding import Binding
+
+from runbook.clock import Clock
+from runbook.engine import Engine
+from runbook.errors import RunbookError
+from runbook.model import Runbook
+from runbook.session import RunOptions, open_new_run, open_resume
+from runbook.state import RunState, list_runs
+from runbook.tui.run_screen import RunEnded, RunScreen
+from runbook.tui.start_screens import ParamsScreen, ResumeOfferScreen
+from runbook.tui.summary_screen import SummaryScreen
+
+EXIT_CODES = {"completed": 0, "failed": 1, "aborted": 1, "detached": 4}
+
+
+class RunbookApp(App[int]):
+    CSS_PATH = "app.tcss"
+    TITLE = "runbook"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [Binding("ctrl+c", "noop", show=False, priority=True, id="app.noop", tooltip="")]
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        state_dir: Path,
+        engine: Engine | None = None,
+        runbook: Runbook | None = None,
+        opts: RunOptions | None = None,
+        given: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.clock = clock
+        self.state_dir = state_dir
+        self.engine = engine
+        self.runbook = runbook
+        self.opts = opts or RunOptions()
+        self.given = given or {}
+        self.finished_status: str | None = None
+
+    def on_mount(self) -> None:
+        if self.engine is not None:
+            self.push_screen(RunScreen(self.engine))
+            return
+        assert self.runbook is not None
+        open_runs = [
+            r for r in list_runs(self.state_dir)
+            if isinstance(r, RunState) and r.runbook_name == self.runbook.name and not r.closed
+        ]
+        if open_runs:
+            self.push_screen(ResumeOfferScreen(self.runbook, open_runs))
+        else:
+            self.show_params()
+
+    def action_noop(self) -> None:
+        """Ctrl+C does not kill the cockpit mid-step; q quits (asking first while a step runs)."""
+        self.notify("Press q to quit (the run stays resumable).", severity="warning")
+
+    def show_params(self) -> None:
+        assert self.runbook is not None
+        screen = ParamsScreen(self.runbook, self.opts, self.given, self.clock.now())
+        if len(self.screen_stack) > 1:
+            self.switch_screen(screen)
+        else:
+            self.push_screen(screen)
+
+    def _start(self, engine: Engine) -> None:
+        self.engine = engine
+        if len(self.screen_stack) > 1:
+            self.switch_screen(RunScreen(engine))
+        else:
+            self.push_screen(RunScreen(engine))
+
+    def open_new(self, opts: RunOptions) -> str | None:
+        """Open the run; returns an error message for the form instead of raising."""
+        try:
+            engine = open_new_run(opts, self.clock, state_dir=self.state_dir)
+        except RunbookError as e:
+            return str(e)
+        self._start(engine)
+        return None
+
+    def resume(self, run_id: str) -> None:
+        try:
+            engine = open_resume(run_id, self.clock, state_dir=self.state_dir)
+        except RunbookError as e:
+            self.notify(str(e), title="Cannot resume", severity="error", timeout=10)
+            return
+        self._start(engine)
+
+    def on_run_ended(self, message: RunEnded) -> None:
+        self.finished_status = message.finished.status
+        if message.finished.status == "detached":
+            self.exit(EXIT_CODES["detached"])
+            return
+        assert self.engine is not None
+        self.switch_screen(SummaryScreen(self.engine, message.finished))
+
+
+def _exit_code(app: RunbookApp, code: int | None) -> int:
+    if code is not None:
+        return code
+    return EXIT_CODES.get(app.finished_status or "detached", 4)
+
+
+def run_new(opts: RunOptions, runbook: Runbook, given: dict[str, Any], state_dir: Path) -> int:
+    app = RunbookApp(clock=Clock(), state_dir=state_dir, runbook=runbook, opts=opts, given=given)
+    return _exit_code(app, app.run())
+
+
+def run_engine(engine: Engine, state_dir: Path) -> int:
+    app = RunbookApp(clock=engine.clock, state_dir=state_dir, engine=engine)
+    return _exit_code(app, app.run())

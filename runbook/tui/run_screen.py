@@ -1,0 +1,352 @@
+"""The run screen: where are we, how long is left, and what exactly happens if I press the key.
+
+One worker consumes the engine's events and redraws; key handlers call the engine's decision methods.
+Run/confirm keys are ignored for 750 ms after the current step changes (keys typed ahead are dropped);
+Enter and Space never run a step here.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.markup import escape
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Log, Markdown, ProgressBar, Static
+
+from runbook import events as ev
+from runbook.engine import ConfirmRefused, Engine
+from runbook.errors import RunbookError
+from runbook.events import StepStatus, Wait
+from runbook.tui.modals import ConfirmModal, TextModal, TypedConfirmModal
+from runbook.tui.widgets import checklist, header, hint_for, step_list
+
+ARM_DELAY_S = 0.75
+OUTPUT_MAX_LINES = 5000
+GUARDED = ("go", "mark_failed", "retry", "rerun")
+
+
+class RunScreen(Screen[None]):
+    BINDINGS = [
+        Binding("r", "go", "Run/confirm", id="run.go", tooltip="Run or confirm the current step (it is shown first)"),
+        Binding("f", "mark_failed", "Failed", id="run.failed", tooltip="Rehearsal: mark the step failed, with a note"),
+        Binding("t", "retry", "Retry", id="run.retry", tooltip="Run the failed step again"),
+        Binding("e", "rerun", "Re-run", id="run.rerun", tooltip="Re-run an interrupted step (asks first)"),
+        Binding("d", "mark_done", "Done", id="run.done", tooltip="Mark an interrupted step done, with a note"),
+        Binding("s", "skip", "Skip", id="run.skip", tooltip="Skip the current step; a reason is required"),
+        Binding("c", "cancel_step", "Cancel", id="run.cancel", tooltip="Stop the running step (asks first)"),
+        Binding("a", "abort", "Abort", id="run.abort", tooltip="Abort the whole run (asks first)"),
+        Binding("n", "note", "Note", id="run.note", tooltip="Add a note to the journal"),
+        Binding("o", "toggle_output", "Output", id="run.output", tooltip="Output full screen, or back"),
+        Binding("j", "journal", "Journal", id="run.journal", tooltip="The journal as a timeline"),
+        Binding("question_mark", "help", "Help", id="run.help", key_display="?", tooltip="What every key does"),
+        Binding("q", "quit_run", "Quit", id="run.quit", tooltip="Leave; the run stays resumable"),
+    ]
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__()
+        self.engine = engine
+        self.waiting: ev.Waiting | None = None
+        self.running: str | None = None
+        self.focus_step: str | None = engine.state.order[0] if engine.state.order else None
+        self._armed_at = 0.0
+        self._pending_modal = False
+
+    # ---- layout ----------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="header")
+        with Horizontal(id="body"):
+            yield Static(id="steps")
+            with Vertical(id="panel"):
+                yield Static(id="step-title")
+                with VerticalScroll(id="why-box"):
+                    yield Markdown(id="why")
+                yield Static(id="command")
+                yield Static(id="checklist")
+                yield Static(id="hint")
+                yield ProgressBar(id="progress", show_eta=False)
+                yield Log(id="output", max_lines=OUTPUT_MAX_LINES, auto_scroll=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#progress", ProgressBar).display = False
+        self.query_one("#output", Log).border_title = "output"
+        self.redraw()
+        self.set_interval(1.0, self._tick)
+        self.consume()
+
+    def _tick(self) -> None:
+        self.query_one("#header", Static).update(header(self.engine, self.size.width))
+
+    def redraw(self) -> None:
+        self._tick()
+        width = self.query_one("#steps", Static).size.width or 30
+        self.query_one("#steps", Static).update(step_list(self.engine, self.focus_step, width))
+        self._draw_panel()
+        self.refresh_bindings()
+
+    def _draw_panel(self) -> None:
+        sid = self.focus_step
+        if sid is None:
+            return
+        eng = self.engine
+        step = eng.ctx.runbook.step(sid)
+        s = eng.state.steps[sid]
+        n = eng.state.order.index(sid) + 1
+        title = Text.assemble((f"{n}/{len(eng.state.order)} {step.display_title}", "bold"))
+        if step.danger:
+            title.append("  ⚠ DANGER", style="bold white on red")
+        title.append(f"   {s.status.icon} {s.status.value}", style="dim")
+        self.query_one("#step-title", Static).update(title)
+        self.query_one("#why", Markdown).update(step.description.strip() or "_No description._")
+        w = self.waiting if self.waiting and self.waiting.step_id == sid else None
+        command = (w.command if w and w.command else None) or s.command or eng.display_command(step)
+        cmd = self.query_one("#command", Static)
+        if command:
+            cmd.update(Text("$ " + command.rstrip(), style="bold"))
+            cmd.display = True
+        else:
+            cmd.display = False
+        chk = self.query_one("#checklist", Static)
+        if step.manual:
+            current = w.item_index if w and w.wait == Wait.ack else None
+            chk.update(checklist(step, s.acked, current))
+            chk.display = True
+        else:
+            chk.display = False
+        hint = hint_for(w, step, self.running == sid, eng.state.mode == "rehearsal")
+        if w and w.detail and w.wait in (Wait.failed, Wait.interrupted, Wait.value):
+            hint = Text.assemble(hint, "\n", (w.detail, "yellow"))
+        self.query_one("#hint", Static).update(hint)
+
+    # ---- the engine's events ---------------------------------------------------------------------
+
+    @work(exclusive=True, exit_on_error=False, group="engine")
+    async def consume(self) -> None:
+        async for e in self.engine.events():
+            self._on_event(e)
+            if isinstance(e, ev.RunFinished):
+                self.app.post_message(RunEnded(e))
+                return
+
+    def _on_event(self, e: ev.Event) -> None:
+        log = self.query_one("#output", Log)
+        if isinstance(e, ev.Waiting):
+            if self.waiting is None or self.waiting.step_id != e.step_id or self.waiting.wait != e.wait:
+                self._armed_at = time.monotonic() + ARM_DELAY_S
+            self.waiting = e
+            self.focus_step = e.step_id
+            self.redraw()
+        elif isinstance(e, ev.StepStarted):
+            self.waiting = None
+            self.running = e.step_id
+            self.focus_step = e.step_id
+            log.clear()
+            again = " (re-attached)" if e.reattached else ""
+            log.write_line(f"── {e.step_id}: attempt {e.attempt}{again} ──")
+            self.query_one("#progress", ProgressBar).display = False
+            self.redraw()
+        elif isinstance(e, ev.OutputLines):
+            log.write_lines([("! " if ln.stream == "err" else "") + ln.text for ln in e.lines])
+        elif isinstance(e, ev.Progress):
+            bar = self.query_one("#progress", ProgressBar)
+            bar.display = True
+            bar.update(total=e.total, progress=e.done)
+        elif isinstance(e, ev.CheckReported):
+            mark = {"ok": "✓", "warning": "!"}.get(e.status, "✗")
+            log.write_line(f"{mark} check {e.name}: {e.status}" + (f" — {e.hint}" if e.hint else ""))
+        elif isinstance(e, ev.OutputValue):
+            log.write_line(f"→ {e.name} = {e.value}")
+        elif isinstance(e, ev.StepFinished):
+            if self.running == e.step_id:
+                self.running = None
+            self.waiting = None
+            log.write_line(f"{e.status.icon} {e.status.value} {e.detail}")
+            if e.status == StepStatus.failed:
+                self.notify(f"{e.step_id}: {e.detail}", title="Step failed", severity="error", timeout=8)
+            self.redraw()
+        elif isinstance(e, ev.Notice):
+            severity = {"warning": "warning", "error": "error"}.get(e.level, "information")
+            self.notify(escape(e.text), title=e.level, severity=severity)  # type: ignore[arg-type]
+
+    # ---- keys ------------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        w = self.waiting
+        rehearsal = self.engine.state.mode == "rehearsal"
+        if action == "go":
+            return True if (w is not None and w.wait in (Wait.confirm, Wait.ack, Wait.mark, Wait.value)) else None
+        if action == "mark_failed":
+            return rehearsal and w is not None and w.wait == Wait.mark
+        if action == "retry":
+            return w is not None and w.wait == Wait.failed
+        if action in ("rerun", "mark_done"):
+            return w is not None and w.wait == Wait.interrupted
+        if action == "skip":
+            return True if w is not None else None
+        if action == "cancel_step":
+            return self.running is not None
+        return True
+
+    def _armed(self, action: str) -> bool:
+        """Run-like keys within 750 ms of the step changing are dropped (typed ahead on a laggy link)."""
+        if action in GUARDED and time.monotonic() < self._armed_at:
+            return False
+        return not self._pending_modal
+
+    async def _call(self, coro: Any) -> bool:
+        try:
+            await coro
+            return True
+        except ConfirmRefused:
+            pass  # the engine journals the refusal and says so in a notice
+        except RunbookError as e:
+            self.notify(escape(e.message), title="Not now", severity="warning")
+        return False
+
+    @work(group="keys", exit_on_error=False)
+    async def action_go(self) -> None:
+        w = self.waiting
+        if w is None or not self._armed("go"):
+            return
+        eng = self.engine
+        step = eng.ctx.runbook.step(w.step_id)
+        if w.wait == Wait.confirm and w.typed_expected is not None:
+            self._pending_modal = True
+            typed = await self.app.push_screen_wait(TypedConfirmModal(step.display_title, w.typed_expected, w.command))
+            self._pending_modal = False
+            if typed is not None:
+                await self._call(eng.confirm(w.step_id, typed=typed, how="typed in the TUI"))
+        elif w.wait == Wait.confirm:
+            await self._call(eng.confirm(w.step_id, how="key r in the TUI"))
+        elif w.wait == Wait.ack:
+            await self._call(eng.ack(w.step_id, how="key r in the TUI"))
+        elif w.wait == Wait.mark:
+            await self._call(eng.mark(w.step_id, True))
+        elif w.wait == Wait.value:
+            value = await self._ask(f"A value for {w.value_key}", w.detail or "", required=False)
+            if value is not None:
+                await self._call(eng.provide_value(w.step_id, value))
+
+    async def _ask(self, title: str, body: str, *, required: bool = True) -> str | None:
+        self._pending_modal = True
+        try:
+            return await self.app.push_screen_wait(TextModal(title, escape(body), required=required))
+        finally:
+            self._pending_modal = False
+
+    async def _yes(self, title: str, body: str, yes: str, danger: bool = False) -> bool:
+        self._pending_modal = True
+        try:
+            modal: ConfirmModal = ConfirmModal(title, escape(body), yes, danger)
+            return bool(await self.app.push_screen_wait(modal))  # type: ignore[arg-type]
+        finally:
+            self._pending_modal = False
+
+    @work(group="keys", exit_on_error=False)
+    async def action_mark_failed(self) -> None:
+        w = self.waiting
+        if w is None or w.wait != Wait.mark or not self._armed("mark_failed"):
+            return
+        note = await self._ask("Mark failed", "What went wrong? (journaled)")
+        if note:
+            await self._call(self.engine.mark(w.step_id, False, note))
+
+    async def action_retry(self) -> None:
+        w = self.waiting
+        if w is not None and w.wait == Wait.failed and self._armed("retry"):
+            await self._call(self.engine.retry(w.step_id))
+
+    @work(group="keys", exit_on_error=False)
+    async def action_rerun(self) -> None:
+        w = self.waiting
+        if w is None or w.wait != Wait.interrupted or not self._armed("rerun"):
+            return
+        step = self.engine.ctx.runbook.step(w.step_id)
+        if await self._yes("Re-run an interrupted step?",
+                           f"{step.display_title} started earlier and its process vanished without a result; "
+                           "part of it may have run. Run it again from the start?", "Re-run", danger=True):
+            await self._call(self.engine.rerun(w.step_id))
+
+    @work(group="keys", exit_on_error=False)
+    async def action_mark_done(self) -> None:
+        w = self.waiting
+        if w is None or w.wait != Wait.interrupted:
+            return
+        note = await self._ask("Mark done", "How do you know it finished? (journaled)")
+        if note:
+            await self._call(self.engine.mark_done(w.step_id, note))
+
+    @work(group="keys", exit_on_error=False)
+    async def action_skip(self) -> None:
+        w = self.waiting
+        if w is None or self._pending_modal:
+            return
+        reason = await self._ask("Skip this step", "Why is it skipped? (required, journaled)")
+        if reason:
+            await self._call(self.engine.skip(w.step_id, reason))
+
+    @work(group="keys", exit_on_error=False)
+    async def action_cancel_step(self) -> None:
+        if self.running is None or self._pending_modal:
+            return
+        sid = self.running
+        if await self._yes("Cancel the running step?", f"Stop {sid}: SIGTERM to its processes, SIGKILL after a "
+                           "grace period.", "Cancel the step", danger=True) and self.running == sid:
+            await self.engine.cancel(sid)
+
+    @work(group="keys", exit_on_error=False)
+    async def action_abort(self) -> None:
+        if self._pending_modal:
+            return
+        reason = await self._ask("Abort the run", "Why is the run aborted? (required; a running step is cancelled)")
+        if reason:
+            await self.engine.abort(reason)
+
+    @work(group="keys", exit_on_error=False)
+    async def action_note(self) -> None:
+        if self._pending_modal:
+            return
+        text = await self._ask("Note", "Added to the journal with the time and the current step.")
+        if text:
+            await self.engine.note(text)
+
+    def action_toggle_output(self) -> None:
+        self.toggle_class("output-full")
+
+    def action_journal(self) -> None:
+        from runbook.tui.journal_screen import JournalScreen
+
+        self.app.push_screen(JournalScreen(self.engine.ctx.rdir / "journal.jsonl"))
+
+    def action_help(self) -> None:
+        from runbook.tui.help_screen import HelpScreen
+
+        self.app.push_screen(HelpScreen([b for b in self.BINDINGS if isinstance(b, Binding)]))
+
+    @work(group="keys", exit_on_error=False)
+    async def action_quit_run(self) -> None:
+        if self._pending_modal:
+            return
+        if self.running is not None:
+            ok = await self._yes("Quit while a step runs?",
+                                 f"{self.running} goes on under its supervisor. Resume with "
+                                 f"`runbook resume {self.engine.run_id}` to watch it again.", "Quit")
+            if not ok:
+                return
+        await self.engine.detach("the operator quit the TUI")
+
+
+class RunEnded(Message):
+    """The run finished (completed, failed, aborted) or the operator left it (detached)."""
+
+    def __init__(self, finished: ev.RunFinished) -> None:
+        super().__init__()
+        self.finished = finished

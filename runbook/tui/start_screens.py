@@ -1,0 +1,187 @@
+"""Before a run: offer to resume an open run of this runbook, then the parameter form.
+
+The form validates each value live against its type and pattern (the same code the engine uses);
+Start stays disabled while anything is wrong. Opening the run (lock, secrets) happens on Start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from rich.markup import escape
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, Footer, Input, Label, OptionList, Select, Static
+from textual.widgets.option_list import Option
+
+from runbook.errors import RunbookError
+from runbook.model import Runbook
+from runbook.params import coerce, to_text
+from runbook.session import RunOptions
+from runbook.state import RunState
+
+
+class ResumeOfferScreen(Screen[None]):
+    """Open runs of this runbook exist: resume one, or start a new run."""
+
+    BINDINGS = [Binding("q", "app.quit", "Quit", id="start.quit", tooltip="Leave without starting anything")]
+
+    def __init__(self, runbook: Runbook, open_runs: list[RunState]) -> None:
+        super().__init__()
+        self.runbook = runbook
+        self.open_runs = open_runs
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text.assemble((self.runbook.name, "bold"), " · unfinished runs"), id="start-title")
+        yield Static("These runs of this runbook were not closed. Resume one, or start a new run.",
+                     classes="explain")
+        options = [Option("Start a new run", id="new")]
+        for r in self.open_runs:
+            stuck = [s for s in r.order if r.steps[s].status.value in ("running", "interrupted", "failed", "awaiting")]
+            where = f" at {stuck[0]} ({r.steps[stuck[0]].status.value})" if stuck else ""
+            started = r.started_at.strftime("%Y-%m-%d %H:%M") if r.started_at else "?"
+            label = f"Resume {r.run_id} · {r.scenario} · {r.mode} · started {started} by {r.operator.get('user', '?')}{where}"
+            options.append(Option(label, id=r.run_id))
+        yield OptionList(*options, id="runs")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(OptionList).focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        app: Any = self.app
+        if event.option.id == "new":
+            app.show_params()
+        else:
+            app.resume(str(event.option.id))
+
+
+class ParamsScreen(Screen[None]):
+    """Scenario, parameters and incident start, validated as they are typed."""
+
+    BINDINGS = [
+        Binding("ctrl+s", "start", "Start", id="params.start", tooltip="Open the run with these values"),
+        Binding("escape", "app.quit", "Quit", id="params.quit", tooltip="Leave without starting anything"),
+    ]
+
+    def __init__(self, runbook: Runbook, opts: RunOptions, given: dict[str, Any], now: datetime) -> None:
+        super().__init__()
+        self.runbook = runbook
+        self.opts = opts
+        self.given = given
+        self.now = now
+        self.errors: dict[str, str] = {}
+
+    def compose(self) -> ComposeResult:
+        rb = self.runbook
+        mode = (self.opts.mode or "live").upper()
+        yield Static(Text.assemble((rb.name, "bold"), f" · new {mode} run"), id="start-title")
+        with VerticalScroll(id="form"):
+            if rb.scenarios:
+                options = [(f"{name} — {sc.help}" if sc.help else name, name) for name, sc in rb.scenarios.items()]
+                value = self.opts.scenario if self.opts.scenario in rb.scenarios else (
+                    next(iter(rb.scenarios)) if len(rb.scenarios) == 1 else Select.NULL)
+                yield Label("Scenario", classes="field-label")
+                yield Select(options, value=value, id="scenario", allow_blank=len(rb.scenarios) > 1, compact=True)
+            yield Label("Incident start (ISO 8601 with zone; the RTO clock starts here)", classes="field-label")
+            yield Input(value=self.opts.incident_start or self.now.astimezone().isoformat(timespec="seconds"),
+                        id="incident_start", compact=True)
+            yield Static("", id="err-incident_start", classes="field-error")
+            for name, p in rb.params.items():
+                raw = self.given.get(name, p.default)
+                text = "" if raw is None else (to_text(raw) if not isinstance(raw, str) else raw)
+                needs = " (required)" if p.required else (f" (required for {', '.join(p.scenarios)})" if p.scenarios else "")
+                yield Label(f"{name} · {p.type.value}{needs}", classes="field-label")
+                if p.help:
+                    yield Static(escape(p.help), classes="field-help")
+                yield Input(value=text, id=f"p-{name}", password=p.secret, placeholder=p.pattern or "", compact=True)
+                yield Static("", id=f"err-{name}", classes="field-error")
+        with Horizontal(id="start-buttons"):
+            yield Button("Start the run", id="start", variant="success")
+            yield Static("", id="start-error")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        for name in self.runbook.params:
+            self._check(name)
+        self._check_incident()
+        first = self.query("Input")
+        if first:
+            first.first().focus()
+
+    def _scenario(self) -> str | None:
+        if not self.runbook.scenarios:
+            return None
+        v = self.query_one("#scenario", Select).value
+        return v if isinstance(v, str) else None
+
+    def _check(self, name: str) -> None:
+        p = self.runbook.params[name]
+        value = self.query_one(f"#p-{name}", Input).value
+        scenario = self._scenario()
+        needed = p.required or (scenario is not None and p.scenarios is not None and scenario in p.scenarios)
+        msg = ""
+        if value == "":
+            if needed:
+                msg = "required here"
+        else:
+            try:
+                coerce(name, p, value)
+            except ValueError as e:
+                msg = str(e)
+        self._set_error(name, msg)
+
+    def _check_incident(self) -> None:
+        from runbook.session import parse_when
+
+        value = self.query_one("#incident_start", Input).value
+        try:
+            parse_when(value, "incident start", self.now)
+            self._set_error("incident_start", "")
+        except RunbookError as e:
+            self._set_error("incident_start", e.message)
+
+    def _set_error(self, key: str, msg: str) -> None:
+        self.query_one(f"#err-{key}", Static).update(Text(msg, style="bold red") if msg else "")
+        if msg:
+            self.errors[key] = msg
+        else:
+            self.errors.pop(key, None)
+        self.query_one("#start", Button).disabled = bool(self.errors) or (
+            bool(self.runbook.scenarios) and self._scenario() is None)
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        iid = event.input.id or ""
+        if iid.startswith("p-"):
+            self._check(iid[2:])
+        elif iid == "incident_start":
+            self._check_incident()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        for name in self.runbook.params:
+            self._check(name)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "start":
+            self.action_start()
+
+    def action_start(self) -> None:
+        if self.errors or (self.runbook.scenarios and self._scenario() is None):
+            self.query_one("#start-error", Static).update(Text("Fix the fields in red first.", style="bold red"))
+            return
+        sets = {}
+        for name in self.runbook.params:
+            value = self.query_one(f"#p-{name}", Input).value
+            if value != "":
+                sets[name] = value
+        opts = replace(self.opts, scenario=self._scenario(), sets=sets,
+                       incident_start=self.query_one("#incident_start", Input).value)
+        app: Any = self.app
+        error = app.open_new(opts)
+        if error:
+            self.query_one("#start-error", Static).update(Text(error, style="bold red"))

@@ -1,0 +1,77 @@
+"""The end of a run: RTO achieved against the target, failed and skipped steps, where the report is."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from runbook import events as ev
+from runbook.durations import format_duration
+from runbook.engine import Engine
+from runbook.events import StepStatus
+from runbook.report import render_markdown
+
+
+class SummaryScreen(Screen[None]):
+    BINDINGS = [
+        Binding("w", "write_report", "Write report", id="summary.report", tooltip="Write the Markdown report"),
+        Binding("j", "journal", "Journal", id="summary.journal", tooltip="The journal as a timeline"),
+        Binding("q", "quit_app", "Quit", id="summary.quit", tooltip="Leave"),
+    ]
+
+    def __init__(self, engine: Engine, finished: ev.RunFinished) -> None:
+        super().__init__()
+        self.engine = engine
+        self.finished = finished
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="summary"):
+            yield Static(self._body(), id="summary-body")
+            yield Static("", id="report-path")
+        yield Footer()
+
+    def _body(self) -> Table:
+        eng = self.engine
+        st = eng.state
+        c = eng.clock_status()
+        colour = {"completed": "bold green"}.get(self.finished.status, "bold red")
+        t = Table.grid(padding=(0, 2))
+        t.add_column(style="bold", no_wrap=True)
+        t.add_column()
+        t.add_row("Run", Text(f"{self.finished.status.upper()}", style=colour))
+        if self.finished.detail:
+            t.add_row("", self.finished.detail)
+        t.add_row("Mode", st.mode.upper())
+        rto_style = "bold green" if c.elapsed_s <= c.target_s else "bold red"
+        restored = "service restored" if st.rto_end_at else "service not restored"
+        t.add_row("RTO", Text(f"{format_duration(c.elapsed_s)} of {format_duration(c.target_s)} ({restored})",
+                              style=rto_style))
+        for label, status in (("Failed", StepStatus.failed), ("Skipped", StepStatus.skipped),
+                              ("Interrupted", StepStatus.interrupted)):
+            rows = [f"{s}: {st.steps[s].detail}" for s in st.order if st.steps[s].status == status]
+            if rows:
+                t.add_row(label, "\n".join(rows))
+        t.add_row("Journal", str(eng.ctx.rdir / "journal.jsonl"))
+        t.add_row("Report", f"press w, or: runbook report {eng.run_id}")
+        return t
+
+    def action_write_report(self) -> None:
+        eng = self.engine
+        titles = {s.id: s.display_title for s in eng.ctx.runbook.steps}
+        path = eng.ctx.rdir / "report.md"
+        path.write_text(render_markdown(eng.state, titles, eng.clock.now()))
+        self.query_one("#report-path", Static).update(Text(f"Report written: {path}", style="bold green"))
+        self.notify(f"Report written: {path}")
+
+    def action_journal(self) -> None:
+        from runbook.tui.journal_screen import JournalScreen
+
+        self.app.push_screen(JournalScreen(self.engine.ctx.rdir / "journal.jsonl"))
+
+    def action_quit_app(self) -> None:
+        self.app.exit(0 if self.finished.status == "completed" else 1)
