@@ -9,6 +9,7 @@ front end; everything that happens is journaled before it is shown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -272,6 +273,15 @@ class Engine:
             self._finish(ev.RunFinished("detached", d.reason, self._summary()))
         except _StopRun as s:
             self._close("failed", s.reason)
+        except Exception as exc:  # never leave a front end waiting forever: record, keep the run open
+            import traceback
+
+            (self.ctx.rdir / "engine-error.log").write_text(self.ctx.redactor.redact(traceback.format_exc()))
+            detail = exc.message if isinstance(exc, RunbookError) else f"internal error: {exc!r}"
+            self._journal("engine-error", step=self.current, detail=detail)
+            self._release(closed=False)
+            self._finish(ev.RunFinished("detached", f"{detail} (the run stays open; see engine-error.log)",
+                                        self._summary()))
 
     async def _settle(self, step: Step) -> None:
         """Drive one step until it is done (succeeded, skipped, or failed with on_failure: continue)."""
@@ -468,6 +478,8 @@ class Engine:
                 done, _ = await asyncio.wait({nxt, detached}, return_when=asyncio.FIRST_COMPLETED)
                 if nxt not in done:
                     nxt.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await nxt
                     raise _Detach(self._detach_reason or "the operator left")
                 try:
                     yield nxt.result()

@@ -106,10 +106,38 @@ def _secret_params(rb: Runbook, params: dict[str, Any]) -> list[str]:
 def _load_secrets(rb: Runbook, base: Path, mode: str, warnings: list[str]) -> LoadedSecrets:
     if rb.secrets is None:
         return LoadedSecrets()
-    if mode == "rehearsal" and not Path(os.path.expanduser(rb.secrets.env_file)).exists():
+    env_file = Path(os.path.expanduser(rb.secrets.env_file))
+    if mode == "rehearsal" and not (env_file if env_file.is_absolute() else base / env_file).exists():
         warnings.append(f"rehearsal: secrets file {rb.secrets.env_file} not found; nothing runs, so none is needed")
         return LoadedSecrets()
     return load_secrets(rb.secrets, base)
+
+
+def _check_used_params(rb: Runbook, scenario: str, mode: str, params: dict[str, Any]) -> None:
+    """Every param a step of this scenario uses must have a value before anything runs."""
+    from runbook.templating import parse_refs
+
+    problems = []
+    for step in rb.steps_for(scenario, mode):
+        texts = [step.run or "", *(step.argv or []), step.cwd or "", *step.env.values(), step.typed_template or ""]
+        texts += _strings(step.with_ or {})
+        for text in texts:
+            for ref in parse_refs(text):
+                if ref.kind == "param" and ref.name not in params:
+                    problems.append(f'step "{step.id}" uses {{{{ {ref.name} }}}}, which has no value: '
+                                    f"give it with --set {ref.name}=VALUE (or a default in the runbook)")
+    if problems:
+        raise UsageError("\n".join(dict.fromkeys(problems)))
+
+
+def _strings(obj: Any) -> list[str]:
+    if isinstance(obj, str):
+        return [obj]
+    if isinstance(obj, dict):
+        return [s for v in obj.values() for s in _strings(v)]
+    if isinstance(obj, list):
+        return [s for v in obj for s in _strings(v)]
+    return []
 
 
 def _target(rb: Runbook, params: dict[str, Any]) -> str:
@@ -141,6 +169,7 @@ def open_new_run(opts: RunOptions, clock: Clock, *, state_dir: Path) -> Engine:
         raise UsageError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     given: dict[str, Any] = {**profile.params, **opts.sets}
     params = resolve(rb, scenario, given)
+    _check_used_params(rb, scenario, mode, params)
     warnings: list[str] = []
     base = path.resolve().parent
     loaded = _load_secrets(rb, base, mode, warnings)

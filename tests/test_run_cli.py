@@ -322,3 +322,17 @@ def test_user_errors_have_no_traceback(tmp_path: Path, state_dir: Path) -> None:
                 "--set", "target_time=2026-11-25T03:00:00+07:00", "--incident-start", "2026-11-25T03:00",
                 "--state-dir", str(state_dir))
     assert r.returncode == 2 and "zone" in r.stderr
+
+
+def test_param_without_value_used_by_a_step_is_refused_up_front(write_runbook, state_dir: Path) -> None:
+    path = write_runbook("""
+        version: 1
+        name: t
+        params:
+          label: {help: "no default and not required"}
+        steps:
+          - {id: a, run: "echo {{ label }}", confirm: none}
+    """)
+    r = run_cli("run", str(path), "--headless", "--yes", "--mode", "drill", "--state-dir", str(state_dir), timeout=30)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "--set label=" in r.stderr
