@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import textwrap
@@ -42,10 +43,8 @@ def _kill_step_session(engine) -> None:  # type: ignore[no-untyped-def]
     started = [x for x in read_journal(engine.ctx.rdir / "journal.jsonl").events if x["type"] == "step-started"][-1]
     for kill in (lambda: os.kill(started["supervisor_pid"], signal.SIGKILL),
                  lambda: os.killpg(started["pgid"], signal.SIGKILL)):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             kill()
-        except ProcessLookupError:
-            pass
 
 
 async def _die_during(engine, step: str) -> None:  # type: ignore[no-untyped-def]
