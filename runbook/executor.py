@@ -36,7 +36,7 @@ __all__ = ["Line", "Pids", "StepLaunch", "StepProcess", "StepResult", "read_outp
 
 POLL_S = 0.05
 LAUNCH_TIMEOUT_S = 5.0
-MAX_BATCH_BYTES = 8 << 20
+MAX_BATCH_BYTES = 192 << 10  # ~6k records: parsed and drawn in a few ms, so keys stay responsive
 SUPERVISOR_ERR = "supervisor.err"
 _ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HOME", "TMPDIR")
 _STREAMS: dict[str, tuple[Literal["out", "err"], bool]] = {
@@ -295,6 +295,7 @@ class StepProcess:
                     yield ev
                 if not batch and not evs:
                     break
+                await asyncio.sleep(0)  # a backlog drains in slices: the front end handles keys in between
             if state != "running":
                 return
             await asyncio.sleep(POLL_S)

@@ -154,7 +154,9 @@ class RunScreen(Screen[None]):
             self.query_one("#progress", ProgressBar).display = False
             self.redraw()
         elif isinstance(e, ev.OutputLines):
-            log.write_lines([("! " if ln.stream == "err" else "") + ln.text for ln in e.lines])
+            # The pane keeps the last OUTPUT_MAX_LINES; the full output is in the step log on disk.
+            lines = e.lines[-OUTPUT_MAX_LINES:]
+            log.write_lines([("! " if ln.stream == "err" else "") + ln.text for ln in lines])
         elif isinstance(e, ev.Progress):
             bar = self.query_one("#progress", ProgressBar)
             bar.display = True
