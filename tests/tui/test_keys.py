@@ -256,7 +256,7 @@ async def test_summary_writes_the_report(make_app) -> None:
     """)
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, SummaryScreen))
-        assert "COMPLETED" in app.export_screenshot()
+        await until(pilot, lambda: "COMPLETED" in app.export_screenshot())
         await pilot.press("w")
         await until(pilot, lambda: (engine.ctx.rdir / "report.md").exists())
         assert "## RTO" in (engine.ctx.rdir / "report.md").read_text()
