@@ -229,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("-o", "--output")
     rep.add_argument("--state-dir")
     rep.set_defaults(func=cmd_report)
+    from steps.commands import register as register_backup_commands  # backup, backups, prune
+
+    register_backup_commands(sub)
     return p
 
 

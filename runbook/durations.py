@@ -56,6 +56,6 @@ def short_duration(td: timedelta | float | None) -> str:
     if secs < 60:
         return f"{secs}s"
     if secs < 3600:
-        return f"{secs // 60}m{secs % 60:02d}s" if secs < 600 else f"{round(secs / 60)}m"
+        return f"{round(secs / 60)}m"
     h, rem = divmod(secs, 3600)
     return f"{h}h{rem // 60:02d}m"

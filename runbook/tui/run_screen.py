@@ -110,7 +110,7 @@ class RunScreen(Screen[None]):
         command = (w.command if w and w.command else None) or s.command or eng.display_command(step)
         cmd = self.query_one("#command", Static)
         if command:
-            cmd.update(Text("$ " + command.rstrip(), style="bold"))
+            cmd.update(Text("$ " + command.rstrip().replace("\n", "\n  "), style="bold"))
             cmd.display = True
         else:
             cmd.display = False
@@ -230,6 +230,18 @@ class RunScreen(Screen[None]):
             await self._call(eng.confirm(w.step_id, how="key r in the TUI"))
         elif w.wait == Wait.ack:
             await self._call(eng.ack(w.step_id, how="key r in the TUI"))
+        elif w.wait == Wait.mark and w.typed_expected is not None:
+            # Rehearsal: nothing runs, but the operator practises the typed confirmation.
+            self._pending_modal = True
+            typed = await self.app.push_screen_wait(TypedConfirmModal(step.display_title, w.typed_expected, w.command))
+            self._pending_modal = False
+            if typed is None:
+                return
+            if typed.strip() != w.typed_expected:
+                self.notify("The typed value does not match: in a live run nothing would run.", severity="error")
+                await eng.note(f"rehearsal: typed confirmation of {w.step_id} did not match")
+                return
+            await self._call(eng.mark(w.step_id, True, "typed confirmation practised"))
         elif w.wait == Wait.mark:
             await self._call(eng.mark(w.step_id, True))
         elif w.wait == Wait.value:

@@ -110,9 +110,10 @@ class ParamsScreen(Screen[None]):
         for name in self.runbook.params:
             self._check(name)
         self._check_incident()
-        first = self.query("Input")
-        if first:
-            first.first().focus()
+        if self.runbook.scenarios and self._scenario() is None:
+            self.query_one("#scenario", Select).focus()  # the first choice to make
+        else:
+            self.query("Input").first().focus()
 
     def _scenario(self) -> str | None:
         if not self.runbook.scenarios:

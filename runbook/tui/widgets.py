@@ -49,7 +49,7 @@ def header(engine: Engine, width: int) -> RenderableType:
     top.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
     top.add_column(justify="right", no_wrap=True)
     top.add_row(
-        Text.assemble((st.runbook_name, "bold"), " · ", st.scenario),
+        Text.assemble((st.scenario, "bold"), " · ", st.runbook_name),
         Text.assemble((f" {label} ", badge_style), "  ", _clock_text(c)),
     )
     bottom = Table.grid(expand=True)
@@ -81,7 +81,7 @@ def _projection_text(c: RtoClock) -> Text:
 def step_list(engine: Engine, current: str | None, width: int) -> Text:
     st = engine.state
     out = Text(no_wrap=True, overflow="ellipsis")
-    title_w = max(8, width - 11)
+    title_w = max(8, width - 12)
     for n, sid in enumerate(st.order, start=1):
         s = st.steps[sid]
         step = engine.ctx.runbook.step(sid)
@@ -95,7 +95,7 @@ def step_list(engine: Engine, current: str | None, width: int) -> Text:
         title = step.display_title
         if len(title) > title_w:
             title = title[: title_w - 1] + "…"
-        line = Text(f"{s.status.icon} {n:>2} {title:<{title_w}}{danger}{dur:>5}", style=STATUS_STYLE[s.status])
+        line = Text(f"{s.status.icon} {n:>2} {title:<{title_w}}{danger}{dur:>6}", style=STATUS_STYLE[s.status])
         if sid == current:
             line.stylize("reverse")
         out.append(line)

@@ -303,3 +303,27 @@ async def test_secret_params_are_masked_in_the_form(make_app, tmp_path: Path) ->
         await until(pilot, waiting_on(app, "b"))
         assert "pw=••••••" in log_text(app) and "Pa55-w0rd-X" not in log_text(app)
         assert all(not isinstance(w, Input) or "Pa55" not in w.value for w in app.screen.query("*"))
+
+
+async def test_rehearsal_practises_the_typed_confirmation(make_app) -> None:
+    app, engine = make_app("""
+        version: 1
+        name: t
+        params:
+          db_name: {default: app_db}
+        steps:
+          - {id: drop, run: "echo {{ db_name }}", confirm: {typed: "{{ db_name }}"}}
+    """, mode="rehearsal")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, waiting_on(app, "drop", "mark"))
+        await pilot.press("r")
+        await until(pilot, lambda: isinstance(app.screen, TypedConfirmModal))
+        await pilot.press(*"prod", "enter")
+        await until(pilot, lambda: "note" in types(engine))
+        assert engine.state.steps["drop"].status == StepStatus.awaiting
+        await pilot.press("r")
+        await until(pilot, lambda: isinstance(app.screen, TypedConfirmModal))
+        await pilot.press(*"app_db", "enter")
+        await until(pilot, lambda: isinstance(app.screen, SummaryScreen))
+    assert engine.state.steps["drop"].notes == [
+        "rehearsal: typed confirmation of drop did not match", "typed confirmation practised"]
