@@ -1,0 +1,190 @@
+"""The catalogue: which backups exist in which repositories, at which verification level.
+
+A backup exists in a repository when its `manifest.json` does; its level there is the highest level of
+the passed verification records that vouch for that very manifest (by sha256). Copies of one backup
+(same cluster, database and id) in several repositories are merged into one entry with its locations.
+Directories without a manifest are incomplete (an interrupted backup): never listed as backups, only
+reported so that `prune` can remove them. A repository that cannot be read is reported, not fatal.
+
+`pick` answers the recovery's question: the newest backup of a database at `readable` or better.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from pydantic import ValidationError
+
+from steps import layout
+from steps.manifest import (
+    FilesManifest,
+    Level,
+    LogicalManifest,
+    VerificationRecord,
+    parse_files,
+    parse_logical,
+    parse_verification,
+    sha256_bytes,
+)
+from steps.repository import RepositoryError, Store
+
+Kind = Literal["logical", "files"]
+
+
+@dataclass
+class Copy:
+    """One backup in one repository."""
+
+    store: Store
+    prefix: str
+    manifest_sha256: str
+    level: Level
+    records: list[VerificationRecord]
+    keys: list[str]
+
+    @property
+    def verified_at(self) -> datetime | None:
+        passed = [r.checked_at for r in self.records if r.passed and r.manifest_sha256 == self.manifest_sha256]
+        return max(passed) if passed else None
+
+
+@dataclass
+class Entry:
+    kind: Kind
+    backup_id: str
+    db: str  # "" for files
+    cluster: str  # system identifier; "" for files
+    time: datetime  # snapshot time (logical) or creation time (files)
+    size_bytes: int
+    manifest: LogicalManifest | FilesManifest
+    copies: dict[str, Copy] = field(default_factory=dict)
+
+    @property
+    def level(self) -> Level:
+        return max((c.level for c in self.copies.values()), default=Level.none)
+
+    def locations(self) -> list[str]:
+        return [name for name in ("local", "s3") if name in self.copies]
+
+
+@dataclass
+class Incomplete:
+    store: Store
+    prefix: str
+    keys: list[str]
+    reason: str
+
+    @property
+    def backup_id(self) -> str:
+        return self.prefix.rstrip("/").rsplit("/", 1)[-1]
+
+
+@dataclass
+class Catalogue:
+    entries: list[Entry] = field(default_factory=list)  # logical backups, newest first
+    files: list[Entry] = field(default_factory=list)  # attachments snapshots, newest first
+    incomplete: list[Incomplete] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # repository name -> why it could not be read
+
+    def databases(self) -> list[str]:
+        return sorted({e.db for e in self.entries})
+
+
+def _copy(store: Store, prefix: str, keys: list[str], manifest: bytes) -> Copy:
+    digest = sha256_bytes(manifest)
+    records: list[VerificationRecord] = []
+    for key in keys:
+        if key.startswith(prefix + layout.VERIFICATIONS + "/") and key.endswith(".json"):
+            try:
+                records.append(parse_verification(store.get_bytes(key)))
+            except (ValueError, ValidationError):
+                continue  # an unreadable record vouches for nothing
+    level = max((r.level_value for r in records if r.manifest_sha256 == digest), default=Level.none)
+    return Copy(store=store, prefix=prefix, manifest_sha256=digest, level=level, records=records, keys=keys)
+
+
+def _scan_dir(store: Store, prefix: str, cat: Catalogue) -> tuple[bytes, Copy] | None:
+    keys = [k for k, _ in store.list_keys(prefix)]
+    if prefix + layout.MANIFEST not in keys:
+        cat.incomplete.append(Incomplete(store, prefix, keys, "no manifest.json (interrupted)"))
+        return None
+    data = store.get_bytes(prefix + layout.MANIFEST)
+    return data, _copy(store, prefix, keys, data)
+
+
+def _scan_store(store: Store, cat: Catalogue, merged: dict[tuple[str, str, str, str], Entry],
+                db: str | None, kinds: tuple[Kind, ...]) -> None:
+    if "logical" in kinds:
+        for sysid in store.list_dirs("clusters/"):
+            base = layout.logical_root(sysid)
+            for name in store.list_dirs(base):
+                if db is not None and name != db:
+                    continue
+                for bid in store.list_dirs(f"{base}{name}/"):
+                    if not layout.is_id(bid):
+                        continue
+                    prefix = f"{base}{name}/{bid}/"
+                    found = _scan_dir(store, prefix, cat)
+                    if found is None:
+                        continue
+                    data, copy = found
+                    try:
+                        m = parse_logical(data)
+                    except (ValueError, ValidationError) as e:
+                        cat.incomplete.append(Incomplete(store, prefix, copy.keys, f"unreadable manifest: {e}"))
+                        continue
+                    key = ("logical", sysid, name, bid)
+                    entry = merged.get(key)
+                    if entry is None:
+                        entry = merged[key] = Entry("logical", bid, name, sysid, m.snapshot_time, m.size_bytes, m)
+                    entry.copies[store.name] = copy
+    if "files" in kinds:
+        for bid in store.list_dirs("files/"):
+            if not layout.is_id(bid):
+                continue
+            prefix = layout.files_prefix(bid)
+            found = _scan_dir(store, prefix, cat)
+            if found is None:
+                continue
+            data, copy = found
+            try:
+                fm = parse_files(data)
+            except (ValueError, ValidationError) as e:
+                cat.incomplete.append(Incomplete(store, prefix, copy.keys, f"unreadable manifest: {e}"))
+                continue
+            key = ("files", "", "", bid)
+            entry = merged.get(key)
+            if entry is None:
+                entry = merged[key] = Entry("files", bid, "", "", fm.created_at, fm.size_bytes, fm)
+            entry.copies[store.name] = copy
+
+
+def scan(stores: list[Store], *, db: str | None = None, kinds: tuple[Kind, ...] = ("logical", "files")) -> Catalogue:
+    """Read every configured repository; a repository that fails is recorded in `errors`."""
+    cat = Catalogue()
+    merged: dict[tuple[str, str, str, str], Entry] = {}
+    for store in stores:
+        try:
+            _scan_store(store, cat, merged, db, kinds)
+        except RepositoryError as e:
+            cat.errors[store.name] = str(e)
+    entries = sorted(merged.values(), key=lambda e: (e.time, e.backup_id), reverse=True)
+    cat.entries = [e for e in entries if e.kind == "logical"]
+    cat.files = [e for e in entries if e.kind == "files"]
+    return cat
+
+
+def usable_copies(entry: Entry, min_level: Level = Level.readable, source: str = "any") -> list[Copy]:
+    """The copies a recovery may use, local first (fastest), then s3."""
+    return [entry.copies[n] for n in entry.locations()
+            if entry.copies[n].level >= min_level and source in ("any", n)]
+
+
+def pick(entries: list[Entry], db: str, *, min_level: Level = Level.readable, source: str = "any") -> Entry | None:
+    """The newest backup of `db` with a copy at `min_level` or better (in `source`), across clusters."""
+    for e in entries:  # newest first
+        if e.db == db and usable_copies(e, min_level, source):
+            return e
+    return None

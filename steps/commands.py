@@ -1,0 +1,164 @@
+"""The backup side of the command line: `runbook backup`, `runbook backups`, `runbook prune`.
+
+`register(subparsers)` adds them to `runbook`'s parser. Importing this module stays cheap: boto3,
+psycopg and the backup machinery are imported inside the handlers. `-c FILE` falls back to
+`$RUNBOOK_CONFIG`, then /etc/runbook/repository.yaml, never the current directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from runbook.errors import RunbookError
+
+
+def _config_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", metavar="REPO_CONFIG",
+                   help="the repository config (default: $RUNBOOK_CONFIG, then /etc/runbook/repository.yaml)")
+
+
+def register(sub: Any) -> None:
+    b = sub.add_parser("backup", help="the daily full backup: dump, verify, publish, local retention")
+    _config_flag(b)
+    b.add_argument("--db", action="append", metavar="NAME", help="back up this database (repeatable; "
+                   "default: cluster.databases of the config)")
+    b.set_defaults(func=cmd_backup)
+
+    c = sub.add_parser("backups", help="the catalogue: every backup, where it is, how verified; the one a recovery picks")
+    _config_flag(c)
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--db", metavar="NAME", help="only this database")
+    c.set_defaults(func=cmd_backups)
+
+    p = sub.add_parser("prune", help="apply retention to every repository (off-site included)")
+    _config_flag(p)
+    p.add_argument("--dry-run", action="store_true", help="say what would be deleted; delete nothing")
+    p.add_argument("--only", choices=["local", "s3"], help="one repository only")
+    p.set_defaults(func=cmd_prune)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from steps.backup import EXIT_CANNOT_RUN, BackupRun
+    from steps.config import load_repository_config
+
+    try:
+        cfg, path = load_repository_config(args.config)
+    except RunbookError as e:
+        print(f"runbook: backup could not run: {e}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    return BackupRun(cfg, path, args.db).run()
+
+
+def _age(seconds: float) -> str:
+    s = int(max(seconds, 0))
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m = s // 60
+    return f"{d}d{h:02d}h" if d else f"{h}h{m:02d}m"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
+
+
+def cmd_backups(args: argparse.Namespace) -> int:
+    from steps.catalogue import pick, scan
+    from steps.config import load_repository_config
+    from steps.repository import open_stores
+
+    cfg, _ = load_repository_config(args.config)
+    now = datetime.now(UTC)
+    stores, errors = [], {}
+    for which in ("local", "s3"):
+        if getattr(cfg, which) is None:
+            continue
+        try:
+            stores += open_stores(cfg, which)  # type: ignore[arg-type]
+        except RunbookError as err:
+            errors[which] = str(err)
+    cat = scan(stores, db=args.db)
+    errors.update(cat.errors)
+    picks = {db: pick(cat.entries, db) for db in cat.databases()}
+    picked_ids = {id(e) for e in picks.values() if e is not None}
+    if args.json:
+        print(json.dumps(_catalogue_json(cat, picks, picked_ids, errors, stores, now), indent=2))
+        return 1 if errors else 0
+    for name, msg in errors.items():
+        print(f"runbook: the {name} repository could not be read: {msg}", file=sys.stderr)
+    if not cat.entries:
+        print("no backups" + (f" of {args.db}" if args.db else "") + " in " + ", ".join(s.describe() for s in stores))
+    else:
+        print(f"  {'DATABASE':20} {'BACKUP':17} {'SNAPSHOT (UTC)':20} {'AGE':>7} {'SIZE':>10}  {'LEVEL':11} {'WHERE':9} CLUSTER")
+        for e in cat.entries:
+            mark = "*" if id(e) in picked_ids else " "
+            where = ",".join(e.locations())
+            when = e.time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{mark} {e.db:20} {e.backup_id:17} {when:20} {_age((now - e.time).total_seconds()):>7} "
+                  f"{_mb(e.size_bytes):>10}  {e.level.name:11} {where:9} {e.cluster}")
+        print("* = what a recovery picks: the newest backup of each database at readable or better")
+        for db, chosen in picks.items():
+            if chosen is None:
+                print(f"! {db}: no backup at readable or better: a recovery has nothing to start from")
+    if cat.files:
+        newest = cat.files[0]
+        n = len(getattr(newest.manifest, "files", []))
+        print(f"attachments: {len(cat.files)} snapshots; newest {newest.backup_id} ({n} files, "
+              f"{_mb(newest.size_bytes)}, {','.join(newest.locations())})")
+    if cat.incomplete:
+        print(f"{len(cat.incomplete)} incomplete backup directories (interrupted; `runbook prune` removes them "
+              "after a day)")
+    return 1 if errors else 0
+
+
+def _catalogue_json(cat: Any, picks: dict[str, Any], picked_ids: set[int], errors: dict[str, str],
+                    stores: list[Any], now: datetime) -> dict[str, Any]:
+    def entry(b: Any) -> dict[str, Any]:
+        return {
+            "kind": b.kind, "backup_id": b.backup_id, "db": b.db or None, "cluster": b.cluster or None,
+            "time": b.time.isoformat(), "age_s": round((now - b.time).total_seconds()), "size_bytes": b.size_bytes,
+            "level": b.level.name, "locations": b.locations(),
+            "copies": {n: {"level": c.level.name, "verified_at": c.verified_at.isoformat() if c.verified_at else None,
+                           "path": c.prefix} for n, c in b.copies.items()},
+            "picked": id(b) in picked_ids,
+        }
+
+    return {
+        "generated_at": now.isoformat(),
+        "repositories": {s.name: {"where": s.describe(), "error": errors.get(s.name)} for s in stores}
+        | {n: {"where": None, "error": m} for n, m in errors.items() if n not in {s.name for s in stores}},
+        "backups": [entry(e) for e in cat.entries],
+        "picks": {db: (b.backup_id if b else None) for db, b in picks.items()},
+        "attachments": [entry(e) for e in cat.files],
+        "incomplete": [{"repository": i.store.name, "path": i.prefix, "reason": i.reason} for i in cat.incomplete],
+    }
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from steps.config import load_repository_config
+    from steps.prune import prune_store
+    from steps.repository import open_stores
+
+    cfg, _ = load_repository_config(args.config)
+    now = datetime.now(UTC)
+    code = 0
+    for which in ("local", "s3"):
+        if getattr(cfg, which) is None or (args.only and args.only != which):
+            continue
+        try:
+            store = open_stores(cfg, which, for_prune=True)[0]  # type: ignore[arg-type]
+            report = prune_store(store, cfg.retention, now=now, dry_run=args.dry_run)
+        except RunbookError as e:
+            print(f"runbook: prune of the {which} repository failed: {e}", file=sys.stderr)
+            code = 1
+            continue
+        verb = "would delete" if args.dry_run else "deleted"
+        print(f"{report.repository}: kept {len(report.kept)}, {verb} {len(report.deleted)}")
+        for what, why in report.deleted:
+            print(f"  {verb} {what}: {why}")
+        for what, why in report.kept:
+            print(f"  kept {what}: {why}")
+    return code

@@ -1,0 +1,182 @@
+"""manifest.json, version 1, and the verification records beside it.
+
+A backup without a complete manifest does not exist: the manifest is written last and never changed.
+Each check of a backup is a verification record (`verifications/<UTC timestamp>.json`); a backup's level in
+one repository is the highest level among its passed records: `checksummed` (every object re-read from the
+repository matches its sha256) < `readable` (checksummed, and `pg_restore -f /dev/null` read every table's
+data) < `restored` (restored into a scratch cluster and checked). The drill and PITR issues read these too,
+so fields are only ever added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from enum import IntEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FORMAT_VERSION = 1
+
+
+class Level(IntEnum):
+    none = 0
+    checksummed = 1
+    readable = 2
+    restored = 3
+
+    @classmethod
+    def parse(cls, text: str) -> Level:
+        try:
+            return cls[text]
+        except KeyError:
+            return cls.none
+
+
+class _Record(BaseModel):
+    # Reading is lenient about fields added by later versions; writing emits exactly the model.
+    model_config = ConfigDict(extra="ignore")
+
+
+class ObjectEntry(_Record):
+    path: str = Field(description="Relative to the backup's directory, with /")
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Tool(_Record):
+    name: str = "runbook"
+    version: str
+
+
+class DatabaseSetting(_Record):
+    role: str | None = Field(None, description="None: ALTER DATABASE SET; else ALTER ROLE role IN DATABASE SET")
+    setting: str = Field(description="name=value, as in pg_db_role_setting")
+
+
+class AclEntry(_Record):
+    grantee: str = Field(description='A role name; "" for PUBLIC')
+    privilege: str = Field(description="CREATE | CONNECT | TEMPORARY")
+    grantable: bool = False
+
+
+class DatabaseFacts(_Record):
+    name: str
+    system_identifier: str
+    server_version: str
+    server_version_num: int
+    encoding: str
+    collation: str
+    ctype: str
+    locale_provider: str = "libc"
+    icu_locale: str | None = None
+    owner: str
+    size_bytes: int
+    connection_limit: int = -1
+    acl: list[AclEntry] | None = Field(None, description="The database's privileges; None: the defaults")
+    settings: list[DatabaseSetting] = Field(default_factory=list)
+
+
+class DumpInfo(_Record):
+    format: Literal["directory", "custom"] = "directory"
+    path: str = "dump"
+    compression: int = 1
+    jobs: int = 1
+    pg_dump_version: str = ""
+
+
+class GlobalsInfo(_Record):
+    path: str = "globals.sql"
+    role_passwords: bool = True
+
+
+class LogicalManifest(_Record):
+    format_version: int = FORMAT_VERSION
+    kind: Literal["logical"] = "logical"
+    backup_id: str
+    database: DatabaseFacts
+    snapshot_time: datetime = Field(description="The recovery point: when the dump's snapshot was taken")
+    started_at: datetime
+    stopped_at: datetime
+    dump: DumpInfo
+    globals: GlobalsInfo
+    row_counts: dict[str, int] = Field(description='Exact rows per table in the dump snapshot, "schema.table"')
+    objects: list[ObjectEntry]
+    tool: Tool
+    host: str = ""
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(o.size for o in self.objects)
+
+
+class FileEntry(_Record):
+    path: str
+    size: int
+    sha256: str
+    mode: int
+    mtime: float
+
+
+class FilesManifest(_Record):
+    format_version: int = FORMAT_VERSION
+    kind: Literal["files"] = "files"
+    backup_id: str
+    source: str
+    created_at: datetime
+    files: list[FileEntry]
+    objects: list[ObjectEntry]
+    tool: Tool
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(o.size for o in self.objects)
+
+
+class Check(_Record):
+    name: str
+    status: Literal["ok", "failed"]
+    detail: str = ""
+
+
+class VerificationRecord(_Record):
+    format_version: int = FORMAT_VERSION
+    backup_id: str
+    level: str = Field(description="checksummed | readable | restored")
+    passed: bool
+    checked_at: datetime
+    repository: str = Field(description="Which repository this record speaks for: local or s3")
+    manifest_sha256: str = Field(description="The manifest this record vouches for")
+    checks: list[Check]
+    tool: Tool
+    host: str = ""
+
+    @property
+    def level_value(self) -> Level:
+        return Level.parse(self.level) if self.passed else Level.none
+
+
+def to_json(model: BaseModel) -> bytes:
+    return (json.dumps(model.model_dump(mode="json"), indent=2, sort_keys=False) + "\n").encode()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def parse_logical(data: bytes) -> LogicalManifest:
+    return LogicalManifest.model_validate(_json(data))
+
+
+def parse_files(data: bytes) -> FilesManifest:
+    return FilesManifest.model_validate(_json(data))
+
+
+def parse_verification(data: bytes) -> VerificationRecord:
+    return VerificationRecord.model_validate(_json(data))
+
+
+def _json(data: bytes) -> Any:
+    return json.loads(data.decode("utf-8"))

@@ -1,0 +1,284 @@
+"""restore-logical: a fetched logical backup into a new database, with everything a logical restore carries.
+
+1. Re-check every file of the backup directory against its manifest (a tampered copy restores nothing).
+2. Refuse a target database that exists and is not empty (a half-restored target is dropped by the
+   operator, deliberately, never by this action).
+3. Restore the globals role by role (steps.globals_sql): existing roles are reported and left as they are.
+4. Same name as the backup's database, and no such database yet: `pg_restore --create`, which brings the
+   database-level settings, its ACL and `ALTER ROLE ... IN DATABASE ... SET` along (PostgreSQL 15 dumps them
+   only for --create). Another name (or an existing empty database): create it from template0 with the
+   manifest's encoding, locale and owner, then apply those settings and the ACL from the manifest.
+5. `pg_restore --jobs N --exit-on-error` (progress from its --verbose lines), then ANALYZE
+   (`vacuumdb --analyze-only --jobs N`), timed separately.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from runbook.errors import RunbookError
+from steps import layout
+from steps.events import Events
+from steps.manifest import DatabaseFacts, LogicalManifest, parse_logical
+from steps.pgtools import Conn, ToolFailed, connect, tool
+from steps.repository import sha256_file
+
+
+class Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    backup_dir: str = Field(min_length=1, description="A directory fetch-latest-backup made (dump/, globals.sql)")
+    db: str = Field(min_length=1, max_length=63, description="Name of the database to restore into")
+    jobs: int = Field(2, ge=1, le=64, description="pg_restore --jobs (about the target's cores)")
+    host: str | None = Field(None, description="Target server host or socket directory (default: PGHOST)")
+    port: int | None = Field(None, description="Target server port (default: PGPORT)")
+    user: str | None = Field(None, description="Role to restore as (default: PGUSER); must create roles/databases")
+    maintenance_db: str = Field("postgres", description="Database to connect to for CREATE DATABASE")
+    globals: bool = Field(True, description="Restore the roles (and tablespaces) of the backup's cluster first")
+    analyze: bool = Field(True, description="ANALYZE after the restore")
+    verify: bool = Field(True, description="Re-check every file's sha256 before restoring")
+    maintenance_work_mem: str = Field("256MB", pattern=r"^\d+\s*(kB|MB|GB)?$",
+                                      description="For the restore's index builds (per job)")
+
+
+_NOT_EMPTY = """
+select (select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace
+        where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%'
+          and n.nspname not like 'pg\\_temp\\_%')
+     + (select count(*) from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+        where n.nspname not in ('pg_catalog', 'information_schema'))
+     + (select count(*) from pg_largeobject_metadata)
+"""
+
+_PRIVILEGES = {"CREATE", "CONNECT", "TEMPORARY"}
+
+
+def _exists(pg: Any, name: str) -> bool:
+    with pg.cursor() as cur:
+        cur.execute("select 1 from pg_database where datname = %s", (name,))
+        return cur.fetchone() is not None
+
+
+def _role_exists(pg: Any, name: str) -> bool:
+    with pg.cursor() as cur:
+        cur.execute("select 1 from pg_roles where rolname = %s", (name,))
+        return cur.fetchone() is not None
+
+
+def create_like(pg: Any, db: str, facts: DatabaseFacts, *, create: bool) -> list[str]:
+    """Create `db` as the manifest describes it (when `create`), then its settings and ACL. Returns notes."""
+    from psycopg import sql
+
+    notes: list[str] = []
+    owner = facts.owner if _role_exists(pg, facts.owner) else None
+    if owner is None:
+        notes.append(f"role {facts.owner} (the original owner) does not exist: the database is owned by the restoring role")
+    ident = sql.Identifier(db)
+    if create:
+        parts = [sql.SQL("CREATE DATABASE {} WITH TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+            ident, sql.Literal(facts.encoding), sql.Literal(facts.collation), sql.Literal(facts.ctype))]
+        if facts.locale_provider == "icu" and facts.icu_locale:
+            parts.append(sql.SQL("LOCALE_PROVIDER icu ICU_LOCALE {}").format(sql.Literal(facts.icu_locale)))
+        if owner:
+            parts.append(sql.SQL("OWNER {}").format(sql.Identifier(owner)))
+        if facts.connection_limit != -1:
+            parts.append(sql.SQL("CONNECTION LIMIT {}").format(sql.Literal(facts.connection_limit)))
+        pg.execute(sql.SQL(" ").join(parts))
+    elif owner:
+        pg.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(ident, sql.Identifier(owner)))
+    for s in facts.settings:
+        name, _, value = s.setting.partition("=")
+        if s.role is not None and not _role_exists(pg, s.role):
+            notes.append(f"setting {name} for role {s.role} skipped: the role does not exist")
+            continue
+        # set_config takes the value exactly as pg_db_role_setting stores it (lists included); FROM CURRENT
+        # stores it back, so no quoting rules of individual settings are needed.
+        with pg.transaction():
+            pg.execute("select set_config(%s, %s, true)", (name, value))
+            if s.role is None:
+                pg.execute(sql.SQL("ALTER DATABASE {} SET {} FROM CURRENT").format(ident, sql.Identifier(name)))
+            else:
+                pg.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} SET {} FROM CURRENT").format(
+                    sql.Identifier(s.role), ident, sql.Identifier(name)))
+    if facts.acl is not None:
+        # The privileges exactly as recorded: the defaults (PUBLIC's CONNECT and TEMPORARY, the owner's all)
+        # are revoked first, then each recorded privilege is granted.
+        pg.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident))
+        if owner:
+            pg.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(ident, sql.Identifier(owner)))
+        for a in facts.acl:
+            if a.privilege not in _PRIVILEGES:
+                continue
+            if a.grantee and not _role_exists(pg, a.grantee):
+                notes.append(f"{a.privilege} of role {a.grantee} on the database skipped: the role does not exist")
+                continue
+            who = sql.SQL("PUBLIC") if a.grantee == "" else sql.Identifier(a.grantee)
+            stmt = sql.SQL("GRANT {} ON DATABASE {} TO {}").format(sql.SQL(a.privilege), ident, who)
+            if a.grantable:
+                stmt = sql.SQL("{} WITH GRANT OPTION").format(stmt)
+            pg.execute(stmt)
+        if owner is None:
+            notes.append("the original owner's privileges on the database were not restored (no such role)")
+    return notes
+
+
+def _verify_files(backup_dir: Path, manifest: LogicalManifest, events: Events) -> str | None:
+    total = manifest.size_bytes
+    done = 0
+    for o in manifest.objects:
+        path = backup_dir / o.path
+        if not path.is_file():
+            return f"{o.path} is missing from {backup_dir}"
+        size, digest = sha256_file(path)
+        if (size, digest) != (o.size, o.sha256):
+            return f"{o.path} in {backup_dir} does not match its sha256 in the manifest"
+        done += size
+        events.progress(done, total, "bytes", "checking the backup's sha256")
+    return None
+
+
+def _pg_restore(argv: list[str], env: dict[str, str], data_items: int, events: Events) -> None:
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stderr is not None
+    tail: list[str] = []
+    done = 0
+    for line in proc.stderr:
+        line = line.rstrip("\n")
+        print(line, flush=True)
+        tail = (tail + [line])[-20:]
+        if "processing data for table" in line or re.search(r"(launching|processing) item \d+ (TABLE DATA|BLOBS)", line):
+            done += 1
+            events.progress(min(done, data_items), data_items, "tables", "restoring table data")
+    code = proc.wait()
+    if code != 0:
+        raise ToolFailed("pg_restore", code, "\n".join(tail))
+
+
+def main(args: Args, events: Events) -> int:
+    import psycopg
+
+    t_start = time.monotonic()
+    backup_dir = Path(args.backup_dir)
+    try:
+        manifest = parse_logical((backup_dir / layout.MANIFEST).read_bytes())
+    except (OSError, ValueError) as e:
+        print(f"{backup_dir} is not a fetched backup (no readable manifest.json): {e}")
+        return 2
+    facts = manifest.database
+    dump_dir = backup_dir / manifest.dump.path
+    if args.verify:
+        problem = _verify_files(backup_dir, manifest, events)
+        if problem:
+            events.check("backup files", "failed", problem)
+            print(f"{problem}; nothing was restored")
+            return 1
+        events.check("backup files", "ok", f"{len(manifest.objects)} files match their sha256")
+
+    conn = Conn(args.host, args.port, args.user)
+    target = conn.describe(args.db)
+    try:
+        pg = connect(conn, args.maintenance_db, autocommit=True, application_name="runbook restore-logical")
+    except RunbookError as e:
+        print(str(e))
+        events.check("target server", "failed", str(e))
+        return 1
+    timings: dict[str, float] = {}
+    try:
+        exists = _exists(pg, args.db)
+        if exists:
+            with connect(conn, args.db, autocommit=True) as tpg, tpg.cursor() as cur:
+                cur.execute(_NOT_EMPTY)
+                n = int(cur.fetchone()[0])
+            if n:
+                msg = (f"database {args.db} exists on {target} and is not empty ({n} objects): nothing was restored. "
+                       "Check what it is, drop it deliberately, or restore under another name")
+                events.check("target database is new or empty", "failed", msg)
+                print(msg)
+                return 1
+            print(f"database {args.db} exists and is empty: restoring into it")
+        if args.globals and manifest.globals.path:
+            t0 = time.monotonic()
+            report = _restore_globals(pg, backup_dir / manifest.globals.path, manifest)
+            timings["globals_s"] = time.monotonic() - t0
+            events.check("roles", "ok", f"{len(report.created)} created, {len(report.existing)} existed")
+        use_create = not exists and args.db == facts.name
+        notes: list[str] = []
+        if not use_create:
+            notes = create_like(pg, args.db, facts, create=not exists)
+            for note in notes:
+                print(f"note: {note}")
+            print(f"{'created' if not exists else 'prepared'} database {args.db} ({facts.encoding}, "
+                  f"collate {facts.collation}, ctype {facts.ctype}), with {len(facts.settings)} settings and its ACL")
+    except psycopg.Error as e:
+        msg = f"preparing {target} failed: {str(e).strip()}"
+        events.check("prepare target", "failed", msg)
+        print(msg)
+        return 1
+    except RunbookError as e:
+        events.check("prepare target", "failed", str(e))
+        print(str(e))
+        return 1
+    finally:
+        pg.close()
+
+    from steps.archive_check import toc_entries
+
+    data_items = sum(1 for e in toc_entries(dump_dir) if " TABLE DATA " in e or " BLOBS " in e) or 1
+    argv = [tool("pg_restore"), *conn.args(), f"--jobs={args.jobs}", "--exit-on-error", "--verbose"]
+    argv += ["--create", f"--dbname={args.maintenance_db}"] if use_create else [f"--dbname={args.db}"]
+    argv.append(str(dump_dir))
+    env = {**os.environ, "PGOPTIONS": f"{os.environ.get('PGOPTIONS', '')} -c maintenance_work_mem={args.maintenance_work_mem}".strip()}
+    print(("restoring with --create (database-level settings and privileges come from the dump): " if use_create
+           else "restoring: ") + " ".join(argv), flush=True)
+    t0 = time.monotonic()
+    try:
+        _pg_restore(argv, env, data_items, events)
+    except ToolFailed as e:
+        timings["restore_s"] = time.monotonic() - t0
+        msg = (f"{e}\nthe database {args.db} on {target} is half-restored: drop it (after checking) before retrying")
+        events.check("pg_restore", "failed", msg)
+        print(msg)
+        return 1
+    timings["restore_s"] = time.monotonic() - t0
+    events.check("pg_restore", "ok", f"{data_items} data entries in {timings['restore_s']:.1f} s")
+
+    if args.analyze:
+        t1 = time.monotonic()
+        proc = subprocess.run([tool("vacuumdb"), *conn.args(), "--analyze-only", f"--jobs={args.jobs}",
+                               f"--dbname={args.db}"], capture_output=True, text=True)
+        timings["analyze_s"] = time.monotonic() - t1
+        if proc.returncode != 0:
+            events.check("ANALYZE", "warning", proc.stderr.strip())
+            print(f"ANALYZE failed (the data is restored; run it by hand): {proc.stderr.strip()}")
+        else:
+            events.check("ANALYZE", "ok", f"{timings['analyze_s']:.1f} s")
+    duration = time.monotonic() - t_start
+    print(f"restored {facts.name} backup {manifest.backup_id} into {target} in {duration:.1f} s ("
+          + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in timings.items()) + ")")
+    events.output("restored_db", args.db)
+    events.output("duration_s", round(duration, 1))
+    events.output("restore_s", round(timings["restore_s"], 1))
+    events.output("analyze_s", round(timings.get("analyze_s", 0.0), 1))
+    return 0
+
+
+def _restore_globals(pg: Any, path: Path, manifest: LogicalManifest) -> Any:
+    from steps.globals_sql import apply_globals
+
+    report = apply_globals(pg, path.read_text())
+    if report.created:
+        print(f"roles created: {', '.join(report.created)}")
+    if report.existing:
+        print(f"roles that exist already, kept as they are: {', '.join(report.existing)}")
+    for note in report.notes:
+        print(f"note: {note}")
+    if not manifest.globals.role_passwords and report.created:
+        print("note: the backup was taken without role passwords: set them (ALTER ROLE ... PASSWORD) "
+              "before the application connects")
+    return report

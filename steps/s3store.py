@@ -1,0 +1,281 @@
+"""The S3 backend of the repository, through boto3 (imported here only, so only when S3 is configured).
+
+Works with AWS and with S3-compatible stores (MinIO, Ceph) through `endpoint_url`. It codes only to
+behaviour AWS documents, and trusts no optional feature for safety: some stores accept but ignore
+conditional writes (`IfNoneMatch`) and checksum headers, so
+- never-overwrite is a look before each write (`HeadObject`), plus `IfNoneMatch: *` on manifests and
+  records (dropped if the store answers 501 NotImplemented);
+- integrity is our own sha256: callers re-read every object after writing it, and downloads hash as they
+  stream. botocore's own checksums are asked for only when an operation requires them.
+Requests are retried by botocore (standard mode: exponential backoff with jitter on 5xx, throttling and
+connection errors); a download whose body breaks half-way is read again (steps.retry). Large files go up
+in parts (TransferConfig). Every botocore error becomes a RepositoryError saying what to do.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from runbook.errors import UsageError
+from steps.config import S3Config
+from steps.repository import NotFound, ObjectExists, Progress, RepositoryError, Store, StoreName
+
+_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                     "TokenRefreshRequired", "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
+
+
+class S3Store(Store):
+    name: StoreName = "s3"
+
+    def __init__(self, cfg: S3Config, *, credentials_file: Path | None = None) -> None:
+        import boto3
+        import botocore.session
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.cfg = cfg
+        self.bucket = cfg.bucket
+        self.prefix = cfg.key_prefix
+        bs = botocore.session.Session()
+        if credentials_file is not None:
+            _check_credentials_file(credentials_file)
+            bs.set_config_variable("credentials_file", str(credentials_file))
+        if cfg.profile:
+            bs.set_config_variable("profile", cfg.profile)
+        session = boto3.Session(botocore_session=bs, region_name=cfg.region)
+        config = Config(
+            retries={"max_attempts": cfg.max_attempts, "mode": "standard"},
+            connect_timeout=cfg.connect_timeout_s,
+            read_timeout=cfg.read_timeout_s,
+            max_pool_connections=max(10, cfg.max_concurrency * 4),
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            s3={"addressing_style": "path"} if cfg.endpoint_url else None,
+        )
+        self.client: Any = session.client("s3", endpoint_url=cfg.endpoint_url, config=config)
+        self.transfer = TransferConfig(
+            multipart_threshold=cfg.multipart_threshold_mb * 1024 * 1024,
+            multipart_chunksize=cfg.multipart_chunk_mb * 1024 * 1024,
+            max_concurrency=cfg.max_concurrency,
+        )
+        self._if_none_match = True
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        where = f"s3://{self.bucket}/{self.prefix}"
+        return f"S3 repository {where}" + (f" at {self.cfg.endpoint_url}" if self.cfg.endpoint_url else "")
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def _sse(self) -> dict[str, str]:
+        if not self.cfg.sse:
+            return {}
+        extra: dict[str, str] = {"ServerSideEncryption": str(self.cfg.sse)}
+        if self.cfg.sse_kms_key_id:
+            extra["SSEKMSKeyId"] = self.cfg.sse_kms_key_id
+        return extra
+
+    def error(self, e: BaseException, what: str) -> RepositoryError:
+        return s3_error(e, what, self)
+
+    def read_retries(self) -> int:
+        return 3
+
+    def transient(self, e: BaseException) -> bool:
+        from botocore.exceptions import (
+            ConnectionClosedError,
+            EndpointConnectionError,
+            ReadTimeoutError,
+            ResponseStreamingError,
+        )
+        from urllib3.exceptions import ProtocolError
+
+        return isinstance(e, ConnectionClosedError | EndpointConnectionError | ReadTimeoutError
+                          | ResponseStreamingError | ProtocolError)
+
+    # --- the Store interface ---------------------------------------------------------------------
+
+    def check_access(self) -> None:
+        try:
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+        except Exception as e:
+            raise self.error(e, "listing the bucket") from None
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as e:
+            if _code(e) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise self.error(e, f"looking for {key}") from None
+        except Exception as e:
+            raise self.error(e, f"looking for {key}") from None
+
+    def put_file(self, key: str, src: Path, progress: Progress | None = None) -> None:
+        if self.exists(key):
+            raise ObjectExists(f"{key} already exists in {self.describe()}; backups are never overwritten")
+        try:
+            self.client.upload_file(str(src), self.bucket, self._key(key), ExtraArgs=self._sse() or None,
+                                    Config=self.transfer, Callback=progress)
+        except Exception as e:
+            raise self.error(e, f"uploading {key}") from None
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        from botocore.exceptions import ClientError
+
+        if self.exists(key):
+            raise ObjectExists(f"{key} already exists in {self.describe()}; backups are never overwritten")
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": data, **self._sse()}
+        try:
+            if self._if_none_match:
+                try:
+                    self.client.put_object(**args, IfNoneMatch="*")
+                    return
+                except ClientError as e:
+                    if _code(e) in ("PreconditionFailed", "412"):
+                        raise ObjectExists(f"{key} already exists in {self.describe()}; backups are never overwritten") from None
+                    if _status(e) != 501 and _code(e) not in ("NotImplemented",):
+                        raise
+                    self._if_none_match = False  # the store does not do conditional writes: HEAD alone
+            self.client.put_object(**args)
+        except RepositoryError:
+            raise
+        except Exception as e:
+            raise self.error(e, f"writing {key}") from None
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return bytes(resp["Body"].read())
+        except Exception as e:
+            raise self.error(e, f"reading {key}") from None
+
+    def iter_chunks(self, key: str) -> Iterator[bytes]:
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as e:
+            raise self.error(e, f"reading {key}") from None
+        body = resp["Body"]
+        try:
+            yield from body.iter_chunks(1024 * 1024)
+        finally:
+            body.close()
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        full = self._key(prefix)
+        names: list[str] = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full, Delimiter="/"
+            ):
+                for cp in page.get("CommonPrefixes", []):
+                    names.append(cp["Prefix"][len(full):].rstrip("/"))
+        except Exception as e:
+            raise self.error(e, f"listing {prefix or '/'}") from None
+        return sorted(n for n in names if n and not n.startswith("."))
+
+    def list_keys(self, prefix: str) -> list[tuple[str, int]]:
+        full = self._key(prefix)
+        out: list[tuple[str, int]] = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                for obj in page.get("Contents", []):
+                    out.append((obj["Key"][len(self.prefix):], int(obj["Size"])))
+        except Exception as e:
+            raise self.error(e, f"listing {prefix or '/'}") from None
+        return sorted(out)
+
+    def delete(self, keys: list[str]) -> None:
+        # One request per key keeps the order (the manifest goes first, so a half-deleted backup is never
+        # listed) and needs no Content-MD5, which some S3-compatible stores insist on for DeleteObjects.
+        for key in keys:
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+            except Exception as e:
+                raise self.error(e, f"deleting {key}") from None
+
+
+def _check_credentials_file(path: Path) -> None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise UsageError(f"the S3 credentials file {path} does not exist",
+                         hint="fix s3.credentials_file in the repository config") from None
+    except OSError as e:
+        raise UsageError(f"cannot read the S3 credentials file {path}: {e.strerror}") from None
+    if st.st_mode & (stat.S_IROTH | stat.S_IWOTH):
+        raise UsageError(f"the S3 credentials file {path} is readable by every user (mode {stat.S_IMODE(st.st_mode):04o})",
+                         hint=f"chmod 600 {path} (or 640 with the group of the user that runs backups)")
+
+
+def _code(e: Any) -> str:
+    return str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
+
+
+def _status(e: Any) -> int:
+    return int(getattr(e, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def s3_error(e: BaseException, what: str, store: S3Store) -> RepositoryError:
+    """Translate a boto3/botocore error into a RepositoryError with what to do."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import (
+        ClientError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+        ProfileNotFound,
+        ReadTimeoutError,
+    )
+
+    if isinstance(e, RepositoryError):
+        return e
+    if isinstance(e, S3UploadFailedError) and isinstance(e.__context__, ClientError):
+        e = e.__context__
+    where = store.describe()
+    attempts = store.cfg.max_attempts
+    if isinstance(e, NoCredentialsError | PartialCredentialsError):
+        return RepositoryError(f"{where}: no usable AWS credentials while {what}",
+                               hint="set s3.credentials_file in the repository config, or give the user that "
+                                    "runs this AWS credentials (AWS_PROFILE, ~/.aws/credentials, an instance role)")
+    if isinstance(e, ProfileNotFound):
+        return RepositoryError(f"{where}: {e}", hint="fix s3.profile or the credentials file")
+    if isinstance(e, EndpointConnectionError | ConnectTimeoutError):
+        return RepositoryError(f"{where}: cannot reach the S3 endpoint while {what} (after {attempts} attempts): {e}",
+                               hint="check s3.endpoint_url / s3.region and the network")
+    if isinstance(e, ReadTimeoutError):
+        return RepositoryError(f"{where}: the S3 endpoint stopped answering while {what}: {e}",
+                               hint="retry later; raise s3.read_timeout_s for a slow store")
+    if isinstance(e, ClientError):
+        code, status = _code(e), _status(e)
+        msg = e.response.get("Error", {}).get("Message", "") or str(e)
+        if code == "NoSuchBucket" or (code == "404" and "bucket" in what):
+            return RepositoryError(f"{where}: the bucket {store.bucket} does not exist",
+                                   hint="create it (with versioning or Object Lock, see the README) or fix s3.bucket")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return NotFound(f"{what}: no such object in {where}")
+        if code in _CREDENTIAL_CODES:
+            return RepositoryError(f"{where}: S3 refused the credentials ({code}) while {what}",
+                                   hint="check the access key and secret in s3.credentials_file or the boto3 chain")
+        if code in ("AccessDenied", "403", "AllAccessDisabled") or status == 403:
+            return RepositoryError(f"{where}: access denied while {what} ({code})",
+                                   hint="the credentials need s3:ListBucket, s3:GetObject and s3:PutObject on the "
+                                        "bucket and prefix (prune also s3:DeleteObject)")
+        if status >= 500:
+            return RepositoryError(f"{where}: S3 answered {status} {code} while {what}, after {attempts} attempts",
+                                   hint="the store is failing; retry later, the local copy (if configured) is kept")
+        return RepositoryError(f"{where}: {code or status} while {what}: {msg}")
+    if isinstance(e, OSError):
+        from steps.repository import local_error
+
+        return local_error(e, what)
+    return RepositoryError(f"{where}: {type(e).__name__} while {what}: {e}")
