@@ -127,43 +127,83 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from runbook.durations import format_duration
+    from runbook.report import rto_facts
+    from runbook.staleness import STALE_AFTER, last_good_drills
     from runbook.state import RunState, list_runs
 
-    clock = Clock()
+    now = Clock().now()
     runs = list_runs(_state_dir(args))
+    scenarios: dict[str, list[str]] = {}
+    if args.file:
+        from runbook.loader import load_runbook
+
+        rb = load_runbook(Path(args.file))
+        scenarios[rb.name] = list(rb.scenarios) or ["default"]
+    drills = last_good_drills(runs, now, scenarios=scenarios)
+
+    def last_good(key: tuple[str, str]) -> dict[str, object] | None:
+        d = drills[key]
+        if d.run_id is None:
+            return None
+        return {"run_id": d.run_id, "mode": d.mode, "rto_s": d.rto_s, "rto_target_s": d.rto_target_s,
+                "ended_at": d.ended_at.isoformat() if d.ended_at else None, "age_days": round(d.age_days or 0, 3)}
+
     if args.json:
-        rows = []
+        rows: list[dict[str, object]] = []
+        seen: set[tuple[str, str]] = set()
         for r in runs:
             if isinstance(r, RunState):
+                key = (r.runbook_name, r.scenario)
+                seen.add(key)
+                rto = rto_facts(r, now)
                 rows.append({
                     "run_id": r.run_id, "runbook": r.runbook_name, "scenario": r.scenario, "mode": r.mode,
                     "status": r.status, "started_at": r.started_at.isoformat() if r.started_at else None,
-                    "rto_s": r.rto_s(clock.now()), "rto_target_s": r.targets.get("rto_s"),
+                    "ended_at": r.ended_at.isoformat() if r.ended_at else None,
+                    "rto_s": rto.achieved_s, "rto_target_s": r.targets.get("rto_s"), "rto_verdict": rto.verdict,
                     "service_restored": r.rto_end_at is not None, "operator": r.operator,
+                    "last_good": last_good(key), "stale": drills[key].stale,
                 })
             else:
                 rows.append({"run_id": r[0], "error": r[1]})
+        for key, d in drills.items():  # scenarios of FILE that were never run: one row each, no run id
+            if key not in seen:
+                rows.append({"run_id": None, "runbook": d.runbook, "scenario": d.scenario, "status": "never run",
+                             "last_good": None, "stale": True})
         print(json.dumps(rows, indent=2))
         return 0
-    if not runs:
+    if not runs and not drills:
         print(f"no runs under {_state_dir(args)}")
         return 0
-    print(f"{'RUN':40} {'SCENARIO':16} {'MODE':10} {'STATUS':10} {'STARTED':20} RTO")
+    if runs:
+        print(f"{'RUN':40} {'SCENARIO':16} {'MODE':10} {'STATUS':10} {'STARTED':17} RTO")
     for r in runs:
         if not isinstance(r, RunState):
             print(f"{r[0]:40} unreadable: {r[1]}")
             continue
-        rto = r.rto_s(clock.now())
+        rto = rto_facts(r, now)
         so_far = "" if r.rto_end_at or r.closed else " so far"
+        verdict = f" ({rto.verdict})" if rto.verdict in ("met", "missed") else ""
         started = r.started_at.strftime("%Y-%m-%d %H:%M") if r.started_at else "?"
-        print(f"{r.run_id:40} {r.scenario:16} {r.mode:10} {r.status:10} {started:20} "
-              f"{format_duration(rto)}{so_far} of {format_duration(r.targets.get('rto_s'))}")
+        print(f"{r.run_id:40} {r.scenario:16} {r.mode:10} {r.status:10} {started:17} "
+              f"{format_duration(rto.achieved_s)}{so_far} of {format_duration(r.targets.get('rto_s'))}{verdict}")
+    if drills:
+        if runs:
+            print()
+        print(f"Last successful live or drill run per scenario (stale after {STALE_AFTER.days} days without one):")
+        print(f"{'RUNBOOK':30} {'SCENARIO':16} {'LAST GOOD RUN':40} {'RTO':9} AGE")
+        for d in drills.values():
+            name = d.runbook if len(d.runbook) <= 30 else d.runbook[:29] + "…"
+            rto_text = format_duration(d.rto_s) if d.run_id else ""
+            flag = "  STALE" if d.stale else ""
+            print(f"{name:30} {d.scenario:16} {d.run_id or 'none':40} {rto_text:9} {d.age_text}{flag}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from runbook.loader import load_runbook
     from runbook.report import render_markdown
+    from runbook.report_html import render_html
     from runbook.state import load_state, run_dir
 
     state_dir = _state_dir(args)
@@ -173,9 +213,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         titles = {s.id: s.display_title for s in rb.steps}
     except RunbookError:
         titles = {}
-    text = render_markdown(st, titles, Clock().now())
+    render = render_html if args.format == "html" else render_markdown
+    text = render(st, titles, Clock().now())
     if args.output:
-        Path(args.output).write_text(text)
+        Path(args.output).write_text(text, encoding="utf-8")
         print(f"report written to {args.output}")
     else:
         sys.stdout.write(text)
@@ -218,20 +259,24 @@ def build_parser() -> argparse.ArgumentParser:
     run_flags(re_)
     re_.set_defaults(func=cmd_resume)
 
-    ls = sub.add_parser("runs", help="list runs")
+    ls = sub.add_parser("runs", help="list runs, their RTO, and the last good drill per scenario (stale ones)")
+    ls.add_argument("file", nargs="?", help="a runbook file: its scenarios never run show as stale too")
     ls.add_argument("--json", action="store_true")
     ls.add_argument("--state-dir")
     ls.set_defaults(func=cmd_runs)
 
-    rep = sub.add_parser("report", help="the Markdown report of a run")
+    rep = sub.add_parser("report", help="the recovery report of a run (Markdown, or one self-contained HTML file)")
     rep.add_argument("run_id")
-    rep.add_argument("--format", choices=["md"], default="md")
+    rep.add_argument("--format", choices=["md", "html"], default="md")
     rep.add_argument("-o", "--output")
     rep.add_argument("--state-dir")
     rep.set_defaults(func=cmd_report)
     from steps.commands import register as register_backup_commands  # backup, backups, prune
 
     register_backup_commands(sub)
+    from steps.demo import register as register_demo  # demo: the sandbox drill
+
+    register_demo(sub)
     return p
 
 

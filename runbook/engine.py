@@ -351,7 +351,7 @@ class Engine:
             await self._walk_rehearsal(step, command, shown)
             return
         if not retrying:
-            expected = self._typed_expected(step)
+            expected = self.typed_expected(step)
             kind = step.confirm_kind
             if kind != ConfirmKind.none:
                 d = await self._wait_for(ev.Waiting(step.id, Wait.confirm, command, typed_expected=expected))
@@ -363,7 +363,8 @@ class Engine:
             return
         await self._execute_with_retries(step, command, launch)
 
-    def _typed_expected(self, step: Step) -> str | None:
+    def typed_expected(self, step: Step) -> str | None:
+        """What the operator must type to run `step` (None: no typed confirmation)."""
         tmpl = step.typed_template
         if tmpl is None:
             return None
@@ -383,7 +384,7 @@ class Engine:
         self._finish_step(step, StepStatus.succeeded, "checklist done", self.clock.monotonic() - shown)
 
     async def _walk_rehearsal(self, step: Step, command: str | None, shown: float) -> None:
-        expected = self._typed_expected(step)
+        expected = self.typed_expected(step)
         d = await self._wait_for(ev.Waiting(step.id, Wait.mark, command, typed_expected=expected))
         if d.kind == "skip":
             self._skip(step, d.text)

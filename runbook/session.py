@@ -28,7 +28,7 @@ from runbook.history import expected_durations, past_runs
 from runbook.journal import Journal
 from runbook.loader import load_model, load_runbook
 from runbook.lock import Holder, RunLock
-from runbook.model import Runbook, Strict
+from runbook.model import Runbook, Secrets, Strict
 from runbook.params import resolve, to_text
 from runbook.redact import Redactor
 from runbook.secrets import LoadedSecrets, load_secrets
@@ -47,6 +47,8 @@ class Profile(Strict):
     scenario: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict, description="Non-secret environment, e.g. PGHOST")
+    secrets_env_file: str | None = Field(
+        None, description="This environment's secrets file (mode 0600), instead of the runbook's secrets.env_file")
     repository: str | None = None
 
 
@@ -172,6 +174,10 @@ def open_new_run(opts: RunOptions, clock: Clock, *, state_dir: Path) -> Engine:
     _check_used_params(rb, scenario, mode, params)
     warnings: list[str] = []
     base = path.resolve().parent
+    if profile.secrets_env_file:
+        spec = (rb.secrets.model_copy(update={"env_file": profile.secrets_env_file}) if rb.secrets
+                else Secrets(env_file=profile.secrets_env_file))
+        rb = rb.model_copy(update={"secrets": spec})
     loaded = _load_secrets(rb, base, mode, warnings)
     loaded.env.update(profile.env)
     now = clock.now()
@@ -193,7 +199,8 @@ def open_new_run(opts: RunOptions, clock: Clock, *, state_dir: Path) -> Engine:
             "run-started", run_id=run_id,
             runbook={"name": rb.name, "path": str(path.resolve()), "version": rb.version},
             scenario=scenario, mode=mode, target=target, incident_start=iso(incident), data_lost_at=iso(lost),
-            operator=operator(), params=shown_params, secrets_keys=loaded.keys, profile=str(opts.profile or ""),
+            operator=operator(), params=shown_params, secrets_keys=loaded.keys, secrets_file=loaded.source or "",
+            profile=str(opts.profile or ""),
             targets={"rto_s": rb.targets.rto.total_seconds(), "rpo_s": rb.targets.rpo.total_seconds()},
             steps=steps, tool_version=__version__,
         )
@@ -237,6 +244,9 @@ def open_resume(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str, s
     params_given.update(sets or {})
     params = resolve(rb, st.scenario, params_given)
     warnings: list[str] = list(st.warnings)
+    secrets_file = st.events[0].get("secrets_file") if st.events else None
+    if secrets_file and rb.secrets is not None:  # the file this run started with (a profile may have named it)
+        rb = rb.model_copy(update={"secrets": rb.secrets.model_copy(update={"env_file": secrets_file})})
     loaded = _load_secrets(rb, original.parent, st.mode, warnings)
     redactor = Redactor(loaded.redact + _secret_params(rb, params))
     lock = None

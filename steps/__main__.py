@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 
 def main(argv: list[str]) -> int:
+    from runbook.errors import RunbookError
     from steps.events import Events
     from steps.registry import ACTIONS
 
@@ -29,6 +30,9 @@ def main(argv: list[str]) -> int:
         return int(spec.entry()(args, events))
     except KeyboardInterrupt:
         print(f"{spec.name}: interrupted", file=sys.stderr)
+        return 1
+    except RunbookError as e:  # a problem the operator can act on: its message, no traceback
+        print(f"{spec.name}: {e}", file=sys.stderr)
         return 1
     finally:
         events.close()

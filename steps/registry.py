@@ -36,5 +36,61 @@ ACTIONS: dict[str, ActionSpec] = {
             module="steps.wait_postgres",
             outputs={"waited_s": "seconds until the server answered"},
         ),
+        ActionSpec(
+            name="fetch-latest-backup",
+            summary="The newest logical backup at readable or better (S3 or local), sha256-verified, into a directory",
+            module="steps.fetch",
+            outputs={
+                "backup_dir": "directory holding dump/, globals.sql and manifest.json",
+                "backup_id": "id of the backup (its UTC start, YYYYmmddTHHMMSSZ)",
+                "snapshot_time": "the recovery point: when the dump's snapshot was taken (ISO 8601)",
+                "db": "the database the backup is of",
+                "cluster": "system identifier of the cluster it came from",
+                "size_bytes": "size of the backup's objects",
+                "source": "where it was fetched from: local, s3 (or existing)",
+            },
+        ),
+        ActionSpec(
+            name="restore-logical",
+            summary="Restore a fetched backup into a new database: globals, pg_restore --jobs, ANALYZE",
+            module="steps.restore_logical",
+            outputs={
+                "restored_db": "name of the restored database",
+                "duration_s": "seconds for the whole action",
+                "restore_s": "seconds of pg_restore",
+                "analyze_s": "seconds of ANALYZE",
+            },
+        ),
+        ActionSpec(
+            name="restore-attachments",
+            summary="Restore the user-uploaded files of a backup run, byte-identical, into a directory",
+            module="steps.restore_attachments",
+            outputs={
+                "dest": "the directory restored into",
+                "attachments_id": "id of the attachments snapshot (the backup run)",
+                "files": "number of files restored",
+            },
+        ),
+        ActionSpec(
+            name="notify",
+            summary="POST a JSON message to a chat webhook (or print it to post by hand when none is configured)",
+            module="steps.notify",
+            outputs={"sent": "true when the webhook accepted the message"},
+        ),
+        ActionSpec(
+            name="check-target",
+            summary="Can this server receive the recovery: answers, major version, database absent, free disk",
+            module="steps.check_target",
+            outputs={"server_version": "server_version_num of the target"},
+        ),
+        ActionSpec(
+            name="verify-database",
+            summary="Expected tables exist, row counts equal the backup's manifest, smoke queries pass",
+            module="steps.verify_database",
+            outputs={
+                "tables_checked": "tables whose row counts were compared",
+                "rows_lost": "drills: rows written after the backup and lost (needs disaster_counts)",
+            },
+        ),
     ]
 }

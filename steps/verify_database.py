@@ -1,0 +1,109 @@
+"""verify-database: is the recovered database what the backup held? Each check: name, status, hint.
+
+Checks, with psycopg: the expected tables exist (repository config `checks.expect_tables`, plus `tables`),
+every table's exact row count equals the count the backup's manifest took in the dump's own snapshot,
+and the smoke queries (each must return true). With `disaster_counts` (a JSON of per-table counts taken
+at the moment of the disaster, as the sandbox writes), it also counts the rows that were really lost.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from steps.events import Events
+
+
+class Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    db: str = Field(min_length=1)
+    host: str | None = Field(None, description="Default: PGHOST")
+    port: int | None = Field(None, description="Default: PGPORT")
+    user: str | None = Field(None, description="Default: PGUSER")
+    backup_dir: str | None = Field(None, description="A fetched backup: its manifest.json gives the row counts")
+    config: str | None = Field(None, description="Repository config: its `checks:` are run")
+    tables: list[str] = Field(default_factory=list, description="More tables that must exist")
+    smoke: list[str] = Field(default_factory=list, description="More queries that must return true")
+    disaster_counts: str = Field("", description="JSON {schema.table: rows} at the disaster (drills): rows lost")
+
+
+def _checks_from_config(path: str | None) -> tuple[list[str], list[str]]:
+    if not path:
+        return [], []
+    from steps.config import load_repository_config
+
+    cfg, _ = load_repository_config(path)
+    return list(cfg.checks.expect_tables), list(cfg.checks.smoke)
+
+
+def _qualified(name: str) -> str:
+    return name if "." in name else f"public.{name}"
+
+
+def main(args: Args, events: Events) -> int:
+    import psycopg
+    from psycopg import sql
+
+    tables, smoke = _checks_from_config(args.config)
+    tables += args.tables
+    smoke += args.smoke
+    expected: dict[str, int] = {}
+    if args.backup_dir:
+        manifest = json.loads((Path(args.backup_dir) / "manifest.json").read_text())
+        expected = {str(k): int(v) for k, v in manifest.get("row_counts", {}).items()}
+    conninfo: dict[str, Any] = {"dbname": args.db}
+    conninfo.update({k: v for k, v in (("host", args.host), ("port", args.port), ("user", args.user)) if v})
+    failed = 0
+    try:
+        conn = psycopg.connect(**conninfo, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as e:
+        events.check("connect", "failed", f"cannot connect to {args.db}: {str(e).strip().splitlines()[0]}")
+        print(f"verify-database: cannot connect to {args.db}: {e}")
+        return 1
+    with conn:
+        present = {f"{s}.{t}" for s, t in conn.execute(
+            "select schemaname, tablename from pg_tables where schemaname not in ('pg_catalog', 'information_schema')")}
+        for t in tables:
+            ok = _qualified(t) in present
+            failed += not ok
+            events.check(f"table {t} exists", "ok" if ok else "failed",
+                         "" if ok else "missing after the restore: was it in the backup? see the restore step's output")
+        counts: dict[str, int] = {}
+        for name in sorted(set(expected) | set(present)):
+            if name not in present:
+                continue
+            schema, table = name.split(".", 1)
+            counts[name] = conn.execute(sql.SQL("select count(*) from {}.{}").format(
+                sql.Identifier(schema), sql.Identifier(table))).fetchone()[0]  # type: ignore[index]
+        for name, want in sorted(expected.items()):
+            got = counts.get(name)
+            ok = got == want
+            failed += not ok
+            hint = f"{got} rows" if ok else (f"{got} rows, the backup holds {want}" if got is not None else "table missing")
+            events.check(f"rows in {name}", "ok" if ok else "failed", hint)
+            print(f"{'ok  ' if ok else 'FAIL'} {name}: {got} rows (backup: {want})")
+        for q in smoke:
+            try:
+                row = conn.execute(q).fetchone()  # type: ignore[arg-type]
+                ok = bool(row and row[0] is True)
+                hint = "" if ok else f"returned {row[0] if row else 'no row'!r}, expected true"
+            except psycopg.Error as e:
+                ok, hint = False, str(e).strip().splitlines()[0]
+            failed += not ok
+            events.check(f"smoke: {q}", "ok" if ok else "failed", hint)
+            print(f"{'ok  ' if ok else 'FAIL'} smoke: {q} {hint}")
+    events.output("tables_checked", len(expected))
+    if args.disaster_counts:
+        at_disaster = json.loads(Path(args.disaster_counts).read_text())
+        lost = {t: n - counts.get(t, 0) for t, n in at_disaster.items() if n > counts.get(t, 0)}
+        total = sum(lost.values())
+        events.output("rows_lost", total)
+        detail = ", ".join(f"{t}: {n}" for t, n in sorted(lost.items())) or "none"
+        print(f"rows written after the backup and lost in the disaster: {total} ({detail})")
+        events.check("rows lost since the backup", "warning" if total else "ok",
+                     f"{total} rows ({detail}); only WAL archiving (scenario pitr) recovers them" if total else "none")
+    print(f"{failed} failed check(s)" if failed else "all checks passed")
+    return 1 if failed else 0

@@ -1,0 +1,207 @@
+"""The drill's built-in actions against real parts: notify (a local HTTP server), check-target and
+verify-database (a real PostgreSQL 15 cluster), each through the real engine and its child processes."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runbook import events as ev
+from runbook.events import StepStatus, Wait
+from tests.test_engine import drive, open_run, yes
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: list[dict[str, Any]] = []
+    status = 200
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append({"path": self.path, "json": json.loads(body),
+                                    "type": self.headers["Content-Type"]})
+        self.send_response(type(self).status)
+        self.end_headers()
+        self.wfile.write(b"ok" if type(self).status == 200 else b"invalid token")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, type[_Hook]]]:
+    handler = type("Hook", (_Hook,), {"received": [], "status": 200})
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/hooks/T0K3N-secret", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+NOTIFY = """
+    version: 1
+    name: t
+    params:
+      db_name: {default: assetflow_prod}
+    steps:
+      - id: tell
+        action: notify
+        with: {text: "outage of {{ db_name }}", extra: {channel: "#incident"}}
+        confirm: none
+"""
+
+
+async def test_notify_posts_json_with_the_url_from_the_secrets_file(write_runbook, state_dir: Path,
+                                                                    tmp_path: Path, webhook) -> None:
+    url, hook = webhook
+    env = tmp_path / "db.env"
+    env.write_text(f"NOTIFY_WEBHOOK_URL={url}\n")
+    env.chmod(0o600)
+    path = write_runbook(NOTIFY.replace("    steps:", f"    secrets: {{env_file: {env}}}\n    steps:"))
+    engine = open_run(path, state_dir)
+    finished, seen = await drive(engine, yes)
+    assert finished.status == "completed", finished.detail
+    assert hook.received == [{"path": "/hooks/T0K3N-secret", "type": "application/json",
+                              "json": {"channel": "#incident", "text": "outage of assetflow_prod"}}]
+    assert engine.state.steps["tell"].outputs["sent"] is True
+    for p in state_dir.rglob("*"):  # the webhook URL came from the secrets file: masked everywhere
+        if p.is_file():
+            assert b"T0K3N-secret" not in p.read_bytes(), p
+
+
+async def test_notify_failure_is_clear_and_the_step_can_be_retried(write_runbook, state_dir: Path, webhook) -> None:
+    url, hook = webhook
+    hook.status = 403
+    path = write_runbook(NOTIFY.replace('with: {text:', f'with: {{url: "{url}", text:'))
+    engine = open_run(path, state_dir)
+    attempts: list[str] = []
+
+    async def script(e: Any, w: ev.Waiting) -> None:
+        if w.wait == Wait.failed:
+            attempts.append(w.detail or "")
+            hook.status = 200  # the on-call fixed the webhook
+            await e.retry(w.step_id)
+        else:
+            await yes(e, w)
+
+    finished, seen = await drive(engine, script)
+    assert finished.status == "completed"
+    text = "\n".join(ln.text for e in seen if isinstance(e, ev.OutputLines) for ln in e.lines)
+    assert "answered 403: invalid token" in text
+    assert len(hook.received) == 2 and engine.state.steps["tell"].attempt == 2
+
+
+async def test_notify_endpoint_down_fails_then_can_be_skipped(write_runbook, state_dir: Path) -> None:
+    path = write_runbook(NOTIFY.replace('with: {text:', 'with: {url: "http://127.0.0.1:9/x", timeout_s: 2, text:'))
+    engine = open_run(path, state_dir)
+
+    async def script(e: Any, w: ev.Waiting) -> None:
+        assert w.wait == Wait.failed
+        await e.skip(w.step_id, "webhook down; posted by hand")
+
+    finished, seen = await drive(engine, script)
+    assert finished.status == "completed"
+    checks = [e for e in seen if isinstance(e, ev.CheckReported)]
+    assert checks[0].status == "failed" and "unreachable" in checks[0].hint
+    assert engine.state.steps["tell"].status == StepStatus.skipped
+
+
+def _db(cluster: Any) -> None:
+    cluster.psql("create database app")
+    cluster.psql("create table items (id int primary key, name text); insert into items select g, 'x' || g "
+                 "from generate_series(1, 100) g", db="app")
+
+
+async def test_verify_database_reports_each_check(write_runbook, state_dir: Path, tmp_path: Path, pg_cluster) -> None:
+    _db(pg_cluster)
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "manifest.json").write_text(json.dumps({"row_counts": {"public.items": 100}}))
+    path = write_runbook(f"""
+        version: 1
+        name: t
+        steps:
+          - id: verify
+            action: verify-database
+            with: {{db: app, host: "{pg_cluster.socket_dir}", port: {pg_cluster.port}, user: postgres,
+                    backup_dir: "{backup}", tables: [items, missing_table], smoke: ["select count(*) = 100 from items"]}}
+            confirm: none
+    """)
+    engine = open_run(path, state_dir)
+    finished, seen = await drive(engine, yes)
+    checks = {e.name: e for e in seen if isinstance(e, ev.CheckReported)}
+    assert checks["table items exists"].status == "ok"
+    assert checks["table missing_table exists"].status == "failed"
+    assert checks["rows in public.items"].status == "ok"
+    assert checks["smoke: select count(*) = 100 from items"].status == "ok"
+    assert finished.status == "failed"  # one check failed: the step fails
+
+
+async def test_verify_database_catches_a_short_table(write_runbook, state_dir: Path, tmp_path: Path, pg_cluster) -> None:
+    _db(pg_cluster)
+    pg_cluster.psql("delete from items where id > 95", db="app")
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "manifest.json").write_text(json.dumps({"row_counts": {"public.items": 100}}))
+    path = write_runbook(f"""
+        version: 1
+        name: t
+        steps:
+          - id: verify
+            action: verify-database
+            with: {{db: app, host: "{pg_cluster.socket_dir}", port: {pg_cluster.port}, user: postgres, backup_dir: "{backup}"}}
+            confirm: none
+    """)
+    engine = open_run(path, state_dir)
+    finished, seen = await drive(engine, yes)
+    checks = {e.name: e for e in seen if isinstance(e, ev.CheckReported)}
+    assert checks["rows in public.items"].status == "failed"
+    assert checks["rows in public.items"].hint == "95 rows, the backup holds 100"
+    assert finished.status == "failed"
+
+
+async def test_check_target(write_runbook, state_dir: Path, tmp_path: Path, pg_cluster) -> None:
+    _db(pg_cluster)
+    path = write_runbook(f"""
+        version: 1
+        name: t
+        steps:
+          - id: provision
+            action: check-target
+            with: {{db: app, host: "{pg_cluster.socket_dir}", port: {pg_cluster.port}, user: postgres,
+                    dest: "{tmp_path}/restore"}}
+            confirm: none
+    """)
+    engine = open_run(path, state_dir)
+    finished, seen = await drive(engine, yes)
+    assert finished.status == "completed", finished.detail
+    checks = {e.name: e for e in seen if isinstance(e, ev.CheckReported)}
+    assert checks["server answers"].status == "ok"
+    assert checks["database app absent"].status == "warning"  # it exists: the restore would refuse
+    assert checks["free space for the fetch"].status == "ok"
+    assert engine.state.steps["provision"].outputs["server_version"] // 10000 == 15
+
+
+async def test_check_target_server_down(write_runbook, state_dir: Path, tmp_path: Path) -> None:
+    path = write_runbook(f"""
+        version: 1
+        name: t
+        steps:
+          - id: provision
+            action: check-target
+            with: {{db: app, host: "{tmp_path}", port: 5999, dest: "{tmp_path}"}}
+            confirm: none
+    """)
+    engine = open_run(path, state_dir)
+    finished, seen = await drive(engine, yes)
+    assert finished.status == "failed"
+    checks = [e for e in seen if isinstance(e, ev.CheckReported)]
+    assert checks[0].name == "server answers" and checks[0].status == "failed"
