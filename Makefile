@@ -8,7 +8,7 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	$(VENV)/bin/runbook run runbook.yaml --headless --mode rehearsal --yes --scenario restore-latest
+	$(VENV)/bin/runbook demo
 
 test: setup
 	$(PY) -m pytest -q
