@@ -115,7 +115,6 @@ def extract(tar_path: Path, files: list[FileEntry], dest: Path, *, overwrite: bo
     if dest.exists() and any(dest.iterdir()) and not overwrite:
         raise AttachmentsError(f"{dest} is not empty; nothing was restored",
                                hint="restore into an empty directory, or pass overwrite: true")
-    dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(tar_path, "r:") as tar:
         members = tar.getmembers()
         seen: set[str] = set()
@@ -131,6 +130,7 @@ def extract(tar_path: Path, files: list[FileEntry], dest: Path, *, overwrite: bo
         missing = sorted(set(expected) - seen)
         if missing:
             raise AttachmentsError(f"the attachments archive lacks {len(missing)} files of its manifest, e.g. {missing[0]}")
+        dest.mkdir(parents=True, exist_ok=True)
         tar.extractall(dest, filter="data")
     for rel, entry in expected.items():
         path = dest / rel

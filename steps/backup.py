@@ -181,6 +181,7 @@ class BackupRun:
         code = max((o.exit_code for o in self.outcomes), default=EXIT_OK)
         for o in self.outcomes:
             where = ", ".join(o.published) or "nowhere"
+            published = f"published in {where}" if o.published else "published nowhere"
             if o.exit_code == EXIT_OK:
                 line = f"{o.target} {o.backup_id}: ok, {_mb(o.size_bytes)}, {o.level} in {where}"
                 print(line)
@@ -188,7 +189,7 @@ class BackupRun:
                 continue
             reasons = ([o.error] if o.error else []) + [f"{k}: {v}" for k, v in o.failed.items()] + o.warnings
             head = f"{o.target} {o.backup_id or ''}".strip()
-            msg = f"backup of {head}: {o.status} (published in {where}): " + "; ".join(r.replace("\n", " ") for r in reasons)
+            msg = f"backup of {head}: {o.status} ({published}): " + "; ".join(r.replace("\n", " ") for r in reasons)
             print(f"runbook: {msg}", file=sys.stderr)
             log.debug("%s", msg)
         self._write_status()

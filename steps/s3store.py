@@ -31,6 +31,7 @@ class S3Store(Store):
     name: StoreName = "s3"
 
     def __init__(self, cfg: S3Config, *, credentials_file: Path | None = None) -> None:
+        """`credentials_file` overrides the config's (prune's own credentials); else boto3's chain."""
         import boto3
         import botocore.session
         from boto3.s3.transfer import TransferConfig
@@ -40,6 +41,7 @@ class S3Store(Store):
         self.bucket = cfg.bucket
         self.prefix = cfg.key_prefix
         bs = botocore.session.Session()
+        credentials_file = credentials_file or cfg.credentials_file
         if credentials_file is not None:
             _check_credentials_file(credentials_file)
             bs.set_config_variable("credentials_file", str(credentials_file))
@@ -47,7 +49,7 @@ class S3Store(Store):
             bs.set_config_variable("profile", cfg.profile)
         session = boto3.Session(botocore_session=bs, region_name=cfg.region)
         config = Config(
-            retries={"max_attempts": cfg.max_attempts, "mode": "standard"},
+            retries={"total_max_attempts": cfg.max_attempts, "mode": "standard"},
             connect_timeout=cfg.connect_timeout_s,
             read_timeout=cfg.read_timeout_s,
             max_pool_connections=max(10, cfg.max_concurrency * 4),

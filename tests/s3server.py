@@ -40,7 +40,8 @@ class S3Endpoint:
     def set_auth(self, enforced: bool) -> None:
         """moto checks credentials against its IAM only when told to (process-wide in moto)."""
         count = "0" if enforced else "inf"
-        req = urllib.request.Request(f"{self.url}/moto-api/reset-auth", data=count.encode(), method="POST")
+        req = urllib.request.Request(f"{self.url}/moto-api/reset-auth", data=count.encode(), method="POST",
+                                     headers={"Content-Type": "text/plain"})
         with urllib.request.urlopen(req, timeout=10) as resp:
             json.loads(resp.read())
 
@@ -81,12 +82,16 @@ class FaultProxy:
     """An HTTP server on 127.0.0.1 that forwards to `upstream` (host, port), or fails.
 
     `fail(method, path)` True: the request is answered `500 InternalError` (an S3 error document) and
-    never reaches the upstream. Without an upstream every request fails. `seen` records (method, path, status).
+    never reaches the upstream. Without an upstream every request fails. `drop_headers` are removed from
+    forwarded requests (a store that ignores conditional writes: `If-None-Match`). `seen` records
+    (method, path, status).
     """
 
-    def __init__(self, upstream: tuple[str, int] | None, fail: Callable[[str, str], bool] = lambda m, p: True) -> None:
+    def __init__(self, upstream: tuple[str, int] | None, fail: Callable[[str, str], bool] = lambda m, p: True,
+                 drop_headers: tuple[str, ...] = ()) -> None:
         self.upstream = upstream
         self.fail = fail
+        self.drop = {"expect", "connection", *(h.lower() for h in drop_headers)}
         self.seen: list[tuple[str, str, int]] = []
         proxy = self
 
@@ -111,7 +116,7 @@ class FaultProxy:
                         self.wfile.write(doc)
                     return
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("expect", "connection")}
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in proxy.drop}
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()

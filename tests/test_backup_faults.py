@@ -1,0 +1,255 @@
+"""`runbook backup` and the recovery actions when things go wrong, against a real cluster and moto.
+
+Each fault of issue 4 with its promise: S3 failing (500 on the manifest, 500 on everything, unreachable,
+wrong credentials, no bucket): the local copy is kept, the exit code says "published in some but not all",
+nothing is half-published; a flipped byte: found at fetch with the object named, nothing restored;
+pg_dump failing mid-way: no manifest, no retention, exit 2; a full disk: a clean failure, older backups
+untouched; plus the lock, the size-drop warning and the status file monitoring reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from steps.backup_lock import BackupLock
+from tests.backup_helpers import (  # noqa: F401
+    BACKUP_ROLE,
+    backup,
+    backups_json,
+    run_action,
+    source_cluster,
+    status,
+    write_config,
+)
+from tests.pgcluster import Cluster
+from tests.s3server import FaultProxy, S3Endpoint, s3_bucket, s3_server  # noqa: F401
+
+_dbs = iter(range(1, 1000))
+
+
+@pytest.fixture
+def db(source_cluster: Cluster) -> str:  # noqa: F811
+    """A fresh small database in the module's cluster."""
+    name = f"d{next(_dbs)}"
+    source_cluster.psql(f"create database {name}")
+    source_cluster.psql("create table items(id int primary key, body text); "
+                        "insert into items select g, repeat(md5(g::text), 4) from generate_series(1, 2000) g; "
+                        "create table notes(id int primary key, n text); insert into notes values (1, 'x')", name)
+    return name
+
+
+def manifests(root: Path) -> list[Path]:
+    return sorted(root.glob("clusters/*/logical/*/*/manifest.json"))
+
+
+def s3_keys(s3: S3Endpoint, bucket: str) -> list[str]:
+    resp = s3.client().list_objects_v2(Bucket=bucket)
+    return [o["Key"] for o in resp.get("Contents", [])]
+
+
+def test_s3_failing_on_the_manifest_keeps_the_local_copy_and_publishes_nothing_half(
+    source_cluster: Cluster, db: str, s3_server: S3Endpoint, s3_bucket: str, tmp_path: Path  # noqa: F811
+) -> None:
+    fail = lambda method, path: method == "PUT" and path.split("?")[0].endswith("/manifest.json")  # noqa: E731
+    with FaultProxy(("127.0.0.1", s3_server.port), fail=fail) as proxy:
+        cfg = write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db], local=tmp_path / "repo",
+                           s3={"bucket": s3_bucket, "prefix": "p", "endpoint_url": proxy.url, "max_attempts": 2})
+        proc = backup(cfg)
+    assert proc.returncode == 1, proc.stderr
+    assert "published in local" in proc.stderr and "s3:" in proc.stderr and "answered 500" in proc.stderr
+    assert any(status_ == 500 for _, _, status_ in proxy.seen)
+    st = status(tmp_path)
+    assert st["status"] == "warning" and st["targets"][db]["published"] == ["local"] and "s3" in st["targets"][db]["failed"]
+    assert len(manifests(tmp_path / "repo")) == 1
+    keys = s3_keys(s3_server, s3_bucket)
+    assert any(k.endswith("toc.dat") for k in keys)  # the objects went up ...
+    assert not any(k.endswith("manifest.json") or "/verifications/" in k for k in keys)  # ... but no backup exists
+    cfg_direct = write_config(tmp_path / "direct.yaml", source_cluster, dbs=[db], local=tmp_path / "repo",
+                              s3={"bucket": s3_bucket, "prefix": "p", "endpoint_url": s3_server.url})
+    cat = backups_json(cfg_direct)
+    assert [b["locations"] for b in cat["backups"]] == [["local"]]
+    assert [i["repository"] for i in cat["incomplete"]] == ["s3"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("fault", ["answers-500", "unreachable", "wrong-credentials", "no-bucket"])
+def test_s3_unusable_still_backs_up_locally(
+    source_cluster: Cluster, db: str, s3_server: S3Endpoint, s3_bucket: str, tmp_path: Path, fault: str  # noqa: F811
+) -> None:
+    s3 = {"bucket": s3_bucket, "prefix": "p", "endpoint_url": s3_server.url, "max_attempts": 2}
+    expect = {"answers-500": "answered 500", "unreachable": "cannot reach the S3 endpoint",
+              "wrong-credentials": "refused the credentials", "no-bucket": "does not exist"}[fault]
+    proxy = FaultProxy(None)
+    with proxy:
+        if fault == "answers-500":
+            s3["endpoint_url"] = proxy.url
+        elif fault == "unreachable":
+            s3["endpoint_url"] = f"http://127.0.0.1:{_closed_port()}"
+        elif fault == "no-bucket":
+            s3["bucket"] = "nobody-made-this-bucket"
+        cfg = write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db], local=tmp_path / "repo", s3=s3)
+        if fault == "wrong-credentials":
+            s3_server.set_auth(True)
+        try:
+            proc = backup(cfg)
+        finally:
+            s3_server.set_auth(False)
+    assert proc.returncode == 1, proc.stderr
+    assert expect in proc.stderr and "Traceback" not in proc.stderr
+    assert len(manifests(tmp_path / "repo")) == 1
+    assert status(tmp_path)["repositories"]["local"] == "ok"
+    assert not any(k.startswith("p/") for k in s3_keys(s3_server, s3_bucket))
+
+
+def test_s3_only_and_unreachable_could_not_run(source_cluster: Cluster, db: str, tmp_path: Path) -> None:  # noqa: F811
+    cfg = write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db],
+                       s3={"bucket": "whatever", "endpoint_url": f"http://127.0.0.1:{_closed_port()}", "max_attempts": 1})
+    proc = backup(cfg)
+    assert proc.returncode == 3
+    assert "could not run" in proc.stderr and "cannot reach" in proc.stderr
+    assert status(tmp_path)["status"] == "could-not-run"
+
+
+def test_a_flipped_byte_is_caught_at_fetch_and_nothing_is_restored(
+    source_cluster: Cluster, db: str, s3_server: S3Endpoint, s3_bucket: str, tmp_path: Path  # noqa: F811
+) -> None:
+    cfg = write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db], local=tmp_path / "repo",
+                       s3={"bucket": s3_bucket, "prefix": "p", "endpoint_url": s3_server.url})
+    assert backup(cfg).returncode == 0
+    (m,) = manifests(tmp_path / "repo")
+    manifest = json.loads(m.read_text())
+    biggest = max(manifest["objects"], key=lambda o: o["size"])
+    victim = m.parent / biggest["path"]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    victim.write_bytes(bytes(data))
+    # pg_restore --list alone would not notice: the table of contents is intact.
+    assert subprocess.run(["/usr/lib/postgresql/15/bin/pg_restore", "--list", str(m.parent / "dump")],
+                          capture_output=True).returncode == 0
+
+    dest = tmp_path / "restore"
+    res = run_action("fetch-latest-backup", {"config": str(cfg), "db": db, "dest": str(dest), "from": "local"})
+    assert res.code == 1
+    assert biggest["path"] in res.stdout and "corrupt object" in res.stdout and "nothing was restored" in res.stdout
+    failed = res.checks("failed")
+    assert failed and biggest["path"] in failed[0]["name"]
+    assert "backup_dir" not in res.outputs
+    assert os.listdir(dest) == []
+    restored = run_action("restore-logical", {"backup_dir": str(m.parent), "db": "never"},
+                          env={"PGHOST": str(source_cluster.socket_dir), "PGPORT": str(source_cluster.port)})
+    assert restored.code == 1 and biggest["path"] in restored.stdout
+    assert source_cluster.psql("select count(*) from pg_database where datname = 'never'") == "0"
+
+    # With both repositories allowed, the intact S3 copy of the same backup is used, and it says so.
+    res = run_action("fetch-latest-backup", {"config": str(cfg), "db": db, "dest": str(dest)})
+    assert res.code == 0, res.stdout
+    assert res.outputs["source"] == "s3" and biggest["path"] in res.stdout
+
+
+def test_pg_dump_failing_midway_publishes_nothing_and_runs_no_retention(
+    source_cluster: Cluster, db: str, tmp_path: Path  # noqa: F811
+) -> None:
+    repo = tmp_path / "repo"
+    cfg = write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db], local=repo)
+    assert backup(cfg).returncode == 0
+    assert backup(cfg).returncode == 0
+    before = manifests(repo)
+    assert len(before) == 2
+    # A table the backup role may not dump in full: row-level security, and the role has no BYPASSRLS.
+    source_cluster.psql("create table secrets(id int, s text); insert into secrets values (1, 'a'); "
+                        "alter table secrets enable row level security; "
+                        "create policy only_owner on secrets using (current_user = 'postgres')", db)
+    strict = write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db], local=repo,
+                          extra="retention: {keep_last: 1, keep_days: 0}")
+    proc = backup(strict)
+    assert proc.returncode == 2, proc.stderr
+    assert "pg_dump failed" in proc.stderr and "row-level security" in proc.stderr and "BYPASSRLS" in proc.stderr
+    assert manifests(repo) == before  # retention (keep 1) did not run
+    assert list((repo / ".staging").iterdir()) == []
+    assert len(list(repo.glob("clusters/*/logical/*/*"))) == 2  # no incomplete directory either
+    assert status(tmp_path)["targets"][db]["status"] == "failed"
+    # The same retention after a good backup does delete: the check above could fail.
+    source_cluster.psql(f"alter role {BACKUP_ROLE} bypassrls")
+    try:
+        assert backup(strict).returncode == 0
+    finally:
+        source_cluster.psql(f"alter role {BACKUP_ROLE} nobypassrls")
+    after = manifests(repo)
+    assert len(after) == 1 and after[0] not in before
+    assert json.loads(after[0].read_text())["row_counts"]["public.secrets"] == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_full_disk_fails_cleanly_and_leaves_older_backups_untouched(
+    source_cluster: Cluster, db: str, small_disk: Path, tmp_path: Path  # noqa: F811
+) -> None:
+    cfg = write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db], local=small_disk)
+    assert backup(cfg).returncode == 0
+    (m,) = manifests(small_disk)
+    first = {p: p.read_bytes() for p in m.parent.rglob("*") if p.is_file()}
+    # About 4 MB of bytes gzip cannot shrink: more than the 2 MB disk holds.
+    source_cluster.psql("create table blobs(id int, b bytea); insert into blobs select g, "
+                        "decode(string_agg(md5(g::text || '-' || h::text || random()::text), ''), 'hex') "
+                        "from generate_series(1, 100) g, generate_series(1, 2500) h group by g", db)
+    proc = backup(cfg)
+    assert proc.returncode == 2, proc.stderr
+    assert "No space left on device" in proc.stderr or "no space left" in proc.stderr
+    assert manifests(small_disk) == [m]
+    assert {p: p.read_bytes() for p in m.parent.rglob("*") if p.is_file()} == first
+    assert list((small_disk / ".staging").iterdir()) == []
+    cat = backups_json(cfg)
+    assert [b["level"] for b in cat["backups"]] == ["readable"] and cat["backups"][0]["picked"]
+
+
+def test_two_backups_of_one_database_never_overlap(source_cluster: Cluster, db: str, tmp_path: Path) -> None:  # noqa: F811
+    cfg = write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db], local=tmp_path / "repo")
+    target = f"{source_cluster.socket_dir}:{source_cluster.port}/{db}"
+    held = BackupLock.acquire(tmp_path / "repo" / "locks", target)
+    held.record("20000101T000000Z")
+    try:
+        proc = backup(cfg)
+    finally:
+        held.release()
+    assert proc.returncode == 3 and "already running" in proc.stderr and f"pid {os.getpid()}" in proc.stderr
+    assert manifests(tmp_path / "repo") == []
+    assert backup(cfg).returncode == 0
+
+
+def test_a_much_smaller_dump_is_a_warning_and_skips_retention(
+    source_cluster: Cluster, db: str, tmp_path: Path  # noqa: F811
+) -> None:
+    cfg = write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db], local=tmp_path / "repo",
+                       extra="retention: {keep_last: 1, keep_days: 0}\n")
+    cfg.write_text(cfg.read_text().replace("backup: {", "backup: {max_size_drop: 0.3, "))
+    assert backup(cfg).returncode == 0
+    source_cluster.psql("delete from items where id > 100", db)
+    proc = backup(cfg)
+    assert proc.returncode == 1
+    assert "smaller than the previous backup" in proc.stderr and "check that no data was lost" in proc.stderr
+    assert len(manifests(tmp_path / "repo")) == 2  # published, and retention (keep 1) did not run
+    st = status(tmp_path)
+    assert st["exit_code"] == 1 and st["targets"][db]["warnings"]
+    shutil.rmtree(tmp_path / "state")
