@@ -1,13 +1,21 @@
-"""The recovery report: what happened in a run, from its journal alone, as Markdown.
+"""The recovery report: what happened in a run, from its journal alone.
 
-Facts only: the timeline, each step's outcome, exit code and duration, skips with their reasons,
-notes, and the RTO achieved against the target (service restored vs run closed).
+This module holds the facts every form of the report shares (the RTO and the RPO of a run, the span of
+each step on the timeline), computed once here, and the Markdown form. `runbook.report_html` draws the
+same facts as one self-contained HTML page.
+
+Facts only: the timeline, each step's outcome, exit code and duration, skips with their reasons, notes,
+the RTO achieved against the target (service restored vs run closed) and, when a step reported a
+recovery point, the data-loss window against the RPO target.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
+from runbook.clock import parse_iso
 from runbook.durations import format_duration
 from runbook.events import StepStatus
 from runbook.state import RunState
@@ -38,9 +46,228 @@ EVENT_TEXT = {
     "lock-broken": "lock taken over",
 }
 
+MODE_BADGE = {"live": "LIVE", "drill": "DRILL", "rehearsal": "REHEARSAL"}
 
-def _t(dt: datetime | None) -> str:
+# Step outputs that name a recovery point (ISO 8601), in order of preference within one step.
+RECOVERY_POINT_OUTPUTS = ("recovery_point", "snapshot_time")
+# Built-in actions whose recovery point is a logical dump's snapshot.
+LOGICAL_BACKUP_ACTIONS = frozenset({"fetch-latest-backup"})
+PITR_SCENARIO = "pitr"
+
+
+# ---- the facts ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RtoFacts:
+    """The RTO of a run: from the incident start to the service being back (the `rto_end` step)."""
+
+    target_s: float
+    achieved_s: float | None  # None: no incident start recorded
+    restored: bool  # the service is back (the rto_end step succeeded, or the run completed)
+    restored_at: datetime | None
+    restored_step: str | None  # None with `restored`: the end of the run stopped the clock
+    closed_at: datetime | None
+    closed_after_s: float | None  # run closed, counted from the incident start
+    verdict: str  # met | missed | not yet decided | unknown
+    rehearsal: bool
+
+    @property
+    def state_text(self) -> str:
+        if self.restored:
+            return "service restored"
+        return "service NOT restored (clock still running at report time)"
+
+
+def rto_facts(st: RunState, now: datetime) -> RtoFacts:
+    target = float(st.targets.get("rto_s", 0.0))
+    achieved = st.rto_s(now)
+    restored = st.rto_end_at is not None
+    if achieved is None:
+        verdict = "unknown"
+    elif achieved > target:
+        verdict = "missed"
+    else:
+        verdict = "met" if restored else "not yet decided"
+    closed_after = (
+        (st.ended_at - st.incident_start).total_seconds() if st.ended_at and st.incident_start else None
+    )
+    return RtoFacts(
+        target_s=target, achieved_s=achieved, restored=restored, restored_at=st.rto_end_at,
+        restored_step=st.rto_end_step, closed_at=st.ended_at, closed_after_s=closed_after, verdict=verdict,
+        rehearsal=st.mode == "rehearsal",
+    )
+
+
+@dataclass(frozen=True)
+class RpoFacts:
+    """The RPO of a run: the moment data was lost minus the recovery point the recovery reached."""
+
+    target_s: float | None
+    recovery_point: datetime | None  # None when the reported value could not be read (see `problem`)
+    recovery_point_raw: str
+    source_step: str
+    source_output: str  # recovery_point | snapshot_time
+    data_lost_at: datetime | None
+    data_lost_is_incident_start: bool  # --data-lost-at was not given (or equals the incident start)
+    window_s: float | None  # data_lost_at - recovery_point, never below 0
+    logical: bool  # the recovery point is a logical dump's snapshot
+    rows_lost: Any  # a step's `rows_lost` output, as reported; None when no step counted them
+    rows_lost_step: str | None
+    problem: str | None = None
+
+    @property
+    def verdict(self) -> str:
+        if self.window_s is None or self.target_s is None:
+            return "unknown"
+        return "met" if self.window_s <= self.target_s else "missed"
+
+    @property
+    def logical_warning(self) -> str | None:
+        """Plain words when a logical backup was the recovery point and the target asks for better."""
+        if not self.logical or (self.target_s is not None and self.target_s >= 86400):
+            return None
+        target = f"a {_phrase(self.target_s)} RPO" if self.target_s else "a tight RPO"
+        return (
+            f"This recovery point is a logical backup: a logical backup alone cannot meet {target}, "
+            "because everything written after its snapshot is lost. To lose at most minutes, recover with "
+            f"scenario 2 (`{PITR_SCENARIO}`: a base backup plus the archived WAL, up to a moment in time)."
+        )
+
+
+def _phrase(seconds: float) -> str:
+    """300 -> `5-minute`, 3600 -> `1-hour`, 90 -> `90-second`."""
+    s = round(seconds)
+    if s % 3600 == 0:
+        return f"{s // 3600}-hour"
+    if s % 60 == 0:
+        return f"{s // 60}-minute"
+    return f"{s}-second"
+
+
+def step_action(st: RunState, step_id: str) -> str | None:
+    """The built-in action a step ran, from the journal (`step-awaiting` of kind `action`)."""
+    for e in st.events:
+        if e.get("type") == "step-awaiting" and e.get("step") == step_id and e.get("kind") == "action":
+            command = str(e.get("command") or "").strip()
+            return command.split(None, 1)[0] if command else None
+    return None
+
+
+def rpo_facts(st: RunState) -> RpoFacts | None:
+    """The RPO facts, or None when no step reported a recovery point (nor rows lost).
+
+    The recovery point is the `recovery_point` (else `snapshot_time`) output of the last step, in journal
+    order, that reported one; `rows_lost` is the last such output of any step.
+    """
+    source: tuple[str, str] | None = None
+    rows: tuple[str, Any] | None = None
+    for e in st.events:
+        if e.get("type") not in ("step-output", "value-provided") or not e.get("step"):
+            continue
+        sid, name = str(e["step"]), e.get("name")
+        if name in RECOVERY_POINT_OUTPUTS:
+            source = (sid, str(name))
+        elif name == "rows_lost":
+            rows = (sid, e.get("value"))
+    if source is None and rows is None:
+        return None
+    target = st.targets.get("rpo_s")
+    lost_at = st.data_lost_at or st.incident_start
+    lost_is_start = st.data_lost_at is None or st.data_lost_at == st.incident_start
+    if source is None:
+        return RpoFacts(
+            target_s=target, recovery_point=None, recovery_point_raw="", source_step="", source_output="",
+            data_lost_at=lost_at, data_lost_is_incident_start=lost_is_start, window_s=None, logical=False,
+            rows_lost=rows[1] if rows else None, rows_lost_step=rows[0] if rows else None,
+            problem="no step reported a recovery point (an output named recovery_point or snapshot_time)",
+        )
+    sid, _ = source
+    outputs = st.steps[sid].outputs if sid in st.steps else {}
+    name = next((n for n in RECOVERY_POINT_OUTPUTS if n in outputs), source[1])
+    raw = str(outputs.get(name, ""))
+    point: datetime | None = None
+    problem = None
+    try:
+        point = parse_iso(raw)
+    except ValueError as e:
+        problem = f"the recovery point {raw!r} reported by step {sid} is not an ISO 8601 time with a zone ({e})"
+    window = max(0.0, (lost_at - point).total_seconds()) if (point and lost_at) else None
+    logical = str(outputs.get("kind", "")).lower() == "logical" or step_action(st, sid) in LOGICAL_BACKUP_ACTIONS
+    return RpoFacts(
+        target_s=target, recovery_point=point, recovery_point_raw=raw, source_step=sid, source_output=name,
+        data_lost_at=lost_at, data_lost_is_incident_start=lost_is_start, window_s=window, logical=logical,
+        rows_lost=rows[1] if rows else None, rows_lost_step=rows[0] if rows else None, problem=problem,
+    )
+
+
+@dataclass(frozen=True)
+class StepSpan:
+    """Where a step sits on the timeline: from its first start (or when it was shown, for steps that
+    never start a process: manual, rehearsed, skipped) to its end (or to `now` while it is open)."""
+
+    step_id: str
+    status: StepStatus
+    start: datetime
+    end: datetime
+    open: bool  # not ended yet: the bar runs to the report time
+    rehearsed: bool
+    failed_attempts: tuple[tuple[datetime, datetime], ...] = ()  # attempts that failed before a retry
+
+
+def step_spans(st: RunState, now: datetime) -> list[StepSpan]:
+    """One span per step that was reached, in runbook order; steps never reached have none."""
+    shown: dict[str, datetime] = {}
+    interrupted: dict[str, datetime] = {}
+    attempt_start: dict[str, datetime] = {}
+    failed: dict[str, list[tuple[datetime, datetime]]] = {}
+    for e in st.events:
+        sid = e.get("step")
+        if not sid or not isinstance(e.get("ts"), str):
+            continue
+        ts = parse_iso(e["ts"])
+        if e["type"] == "step-awaiting" and sid not in shown:
+            shown[sid] = ts
+        elif e["type"] == "step-started":
+            attempt_start[sid] = ts
+        elif e["type"] == "step-finished" and e.get("status") == "failed" and sid in attempt_start:
+            failed.setdefault(sid, []).append((attempt_start[sid], ts))
+        elif e["type"] == "step-interrupted":
+            interrupted[sid] = ts
+    out: list[StepSpan] = []
+    for sid in st.order:
+        s = st.steps[sid]
+        start = s.first_started_at or shown.get(sid) or s.ended_at
+        if start is None:
+            continue
+        end = s.ended_at
+        if s.status == StepStatus.interrupted:
+            end = interrupted.get(sid, end)
+        is_open = end is None or s.status in (StepStatus.running, StepStatus.awaiting)
+        if is_open:
+            end = st.ended_at if st.closed and st.ended_at else now
+        assert end is not None
+        earlier = tuple(failed.get(sid, ())) if s.status != StepStatus.failed else ()
+        out.append(StepSpan(sid, s.status, start, max(start, end), is_open, s.rehearsed, earlier))
+    return out
+
+
+def step_counts(st: RunState) -> dict[StepStatus, int]:
+    counts: dict[StepStatus, int] = {}
+    for sid in st.order:
+        status = st.steps[sid].status
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+# ---- shared text -------------------------------------------------------------------------------------
+
+
+def fmt_time(dt: datetime | None) -> str:
     return dt.strftime("%Y-%m-%d %H:%M:%S %Z") if dt else "—"
+
+
+_t = fmt_time
 
 
 def _cell(text: object) -> str:
@@ -69,7 +296,7 @@ def event_detail(e: dict[str, object]) -> str:
         return str(e.get("item"))
     if t in ("note", "warning"):
         return str(e.get("text"))
-    if t == "step-output":
+    if t in ("step-output", "value-provided"):
         return f"{e.get('name')} = {e.get('value')}"
     if t == "step-check":
         return f"{e.get('name')}: {e.get('status')} {e.get('hint') or ''}".strip()
@@ -83,14 +310,39 @@ def event_detail(e: dict[str, object]) -> str:
     return ""
 
 
+WINDOW_LABEL = "Data-loss window"
+
+
+def rpo_rows(rpo: RpoFacts) -> list[tuple[str, str]]:
+    """The RPO section as (label, value) rows, the same in every form of the report; the row labelled
+    `WINDOW_LABEL` gets the verdict beside it in each form."""
+    rows: list[tuple[str, str]] = []
+    rows.append(("Target", format_duration(rpo.target_s) if rpo.target_s is not None else "none set"))
+    if rpo.source_step:
+        rows.append((
+            "Recovery point",
+            f"{fmt_time(rpo.recovery_point) if rpo.recovery_point else rpo.recovery_point_raw}"
+            f" (output {rpo.source_output} of step {rpo.source_step}"
+            f"{', a logical backup' if rpo.logical else ''})",
+        ))
+    lost = fmt_time(rpo.data_lost_at)
+    rows.append(("Data lost at", lost + (" (the incident start)" if rpo.data_lost_is_incident_start else "")))
+    if rpo.window_s is not None:
+        rows.append((WINDOW_LABEL, format_duration(rpo.window_s)))
+    if rpo.rows_lost is not None:
+        rows.append(("Rows lost", f"{rpo.rows_lost} (counted by step {rpo.rows_lost_step})"))
+    return rows
+
+
+# ---- Markdown ----------------------------------------------------------------------------------------
+
+
 def render_markdown(st: RunState, titles: dict[str, str], now: datetime) -> str:
-    rto_target = st.targets.get("rto_s", 0.0)
-    rto = st.rto_s(now)
-    restored = st.rto_end_at
+    rto = rto_facts(st, now)
     out: list[str] = []
     out.append(f"# Recovery report: {st.runbook_name}")
     out.append("")
-    badge = {"live": "LIVE", "drill": "DRILL", "rehearsal": "REHEARSAL (nothing was run)"}.get(st.mode, st.mode)
+    badge = {"rehearsal": "REHEARSAL (nothing was run)"}.get(st.mode) or MODE_BADGE.get(st.mode, st.mode)
     op = st.operator
     out += [
         f"- **Run**: `{st.run_id}` · **mode**: {badge} · **scenario**: {st.scenario} · **status**: {st.status}",
@@ -104,22 +356,31 @@ def render_markdown(st: RunState, titles: dict[str, str], now: datetime) -> str:
     out.append("")
     out.append("## RTO")
     out.append("")
-    if rto is None:
+    if rto.achieved_s is None:
         out.append("No incident start recorded.")
     else:
-        met = rto <= rto_target
-        state = "service restored" if restored else "service NOT restored (clock still running at report time)"
-        verdict = "**met**" if (restored and met) else ("**missed**" if not met else "not yet decided")
+        verdict = f"**{rto.verdict}**" if rto.verdict in ("met", "missed") else rto.verdict
         out.append("| | |\n|---|---|")
-        out.append(f"| Target | {format_duration(rto_target)} |")
-        out.append(f"| Achieved | {format_duration(rto)} ({state}) — {verdict} |")
-        if restored:
-            out.append(f"| Service restored at | {_t(restored)} (step {st.rto_end_step or 'end of run'}) |")
-        if st.ended_at and st.incident_start:
-            out.append(f"| Run closed | {_t(st.ended_at)} ({format_duration((st.ended_at - st.incident_start).total_seconds())} after the incident start) |")
-        if st.mode == "rehearsal":
+        out.append(f"| Target | {format_duration(rto.target_s)} |")
+        out.append(f"| Achieved | {format_duration(rto.achieved_s)} ({rto.state_text}) — {verdict} |")
+        if rto.restored:
+            out.append(f"| Service restored at | {_t(rto.restored_at)} (step {rto.restored_step or 'end of run'}) |")
+        if rto.closed_at and rto.closed_after_s is not None:
+            out.append(f"| Run closed | {_t(rto.closed_at)} ({format_duration(rto.closed_after_s)} after the incident start) |")
+        if rto.rehearsal:
             out.append("")
             out.append("This was a rehearsal: commands were shown, not run; durations are the time the team took.")
+    rpo = rpo_facts(st)
+    if rpo is not None:
+        out += ["", "## RPO", "", "| | |", "|---|---|"]
+        for label, value in rpo_rows(rpo):
+            if label == WINDOW_LABEL:
+                value += f" — **{rpo.verdict}**" if rpo.verdict != "unknown" else " (no RPO target)"
+            out.append(f"| {label} | {_cell(value)} |")
+        if rpo.problem:
+            out += ["", f"The RPO could not be measured: {rpo.problem}."]
+        if rpo.logical_warning:
+            out += ["", f"> {rpo.logical_warning}"]
     out.append("")
     out.append("## Steps")
     out.append("")

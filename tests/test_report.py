@@ -1,0 +1,242 @@
+"""The report's facts (RTO, RPO, step spans) and its Markdown form.
+
+The RPO needs a step output (`recovery_point`, `snapshot_time`) that only built-in actions produce, so
+those tests fold a hand-made event list through the real `runbook.state.fold`; the RTO and the
+Markdown are also checked on a real run of the engine.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from runbook.events import StepStatus
+from runbook.report import render_markdown, rpo_facts, rto_facts, step_spans
+from runbook.state import RunState, fold
+from tests.conftest import run_cli
+
+T0 = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)  # the incident start
+
+
+def at(minutes: float) -> str:
+    return (T0 + timedelta(minutes=minutes)).isoformat(timespec="milliseconds")
+
+
+class JournalBuilder:
+    """A journal's events, as the engine writes them, with times in minutes from T0."""
+
+    def __init__(self, steps: list[str], *, mode: str = "drill", scenario: str = "restore-latest",
+                 run_start: float = 0.0, data_lost_at: float | None = None, rto: float = 7200,
+                 rpo: float = 300) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.add(run_start, "run-started", run_id="r1", runbook={"name": "AssetFlow PostgreSQL disaster recovery",
+                 "path": "/x/runbook.yaml", "version": 1}, scenario=scenario, mode=mode,
+                 target="db1:5432/assetflow_prod", incident_start=at(0),
+                 data_lost_at=at(data_lost_at if data_lost_at is not None else 0),
+                 operator={"user": "alice", "host": "ops1", "pid": 1}, params={},
+                 targets={"rto_s": rto, "rpo_s": rpo}, steps=steps)
+
+    def add(self, minutes: float, type_: str, **data: Any) -> JournalBuilder:
+        self.events.append({"seq": len(self.events) + 1, "ts": at(minutes), "type": type_, **data})
+        return self
+
+    def shown(self, minutes: float, step: str, kind: str = "run", command: str | None = "true") -> JournalBuilder:
+        return self.add(minutes, "step-awaiting", step=step, command=command, kind=kind)
+
+    def ran(self, start: float, end: float, step: str, *, status: str = "succeeded", exit_code: int = 0,
+            rto_end: bool = False, attempt: int = 1, detail: str = "") -> JournalBuilder:
+        self.add(start, "step-started", step=step, attempt=attempt, command="true")
+        return self.add(end, "step-finished", step=step, attempt=attempt, status=status, exit_code=exit_code,
+                        duration_s=(end - start) * 60, detail=detail or f"exit {exit_code}", rto_end=rto_end)
+
+    def manual(self, start: float, end: float, step: str, *, rto_end: bool = False) -> JournalBuilder:
+        self.shown(start, step, kind="manual", command=None)
+        return self.add(end, "step-finished", step=step, status="succeeded", detail="checklist done",
+                        duration_s=(end - start) * 60, rto_end=rto_end)
+
+    def output(self, minutes: float, step: str, name: str, value: Any) -> JournalBuilder:
+        return self.add(minutes, "step-output", step=step, name=name, value=value)
+
+    def finish(self, minutes: float, status: str = "completed", detail: str = "") -> JournalBuilder:
+        return self.add(minutes, "run-finished", status=status, detail=detail)
+
+    def state(self) -> RunState:
+        return fold("r1", self.events)
+
+
+def logical_drill(*, note: str = "restore slower than usual: disk busy") -> JournalBuilder:
+    """A realistic scenario-1 drill: 20 minutes to start, a logical backup 9 h old, 42 rows lost."""
+    steps = ["communicate", "isolate", "provision", "fetch", "create-db", "restore", "verify", "switch-over",
+             "maintenance-off", "reprotect", "all-clear"]
+    b = JournalBuilder(steps, run_start=20)
+    b.manual(20, 23, "communicate")
+    b.shown(23, "isolate").ran(23.2, 24, "isolate")
+    b.shown(24, "provision").ran(24.1, 25.5, "provision", status="failed", exit_code=2, detail="exit 2")
+    b.add(26, "retry-requested", step="provision")
+    b.ran(26, 27, "provision", attempt=2)
+    b.shown(27, "fetch", kind="action", command='fetch-latest-backup {"dest": "/var/tmp/restore"}')
+    b.add(27.1, "step-started", step="fetch", attempt=1, command="fetch-latest-backup")
+    b.output(33, "fetch", "snapshot_time", (T0 - timedelta(hours=9)).isoformat())
+    b.output(33, "fetch", "backup_dir", "/var/tmp/restore/20261124T180000Z")
+    b.add(35, "step-finished", step="fetch", attempt=1, status="succeeded", exit_code=0, duration_s=470,
+          detail="exit 0", rto_end=False)
+    b.shown(35, "create-db").ran(36, 36.5, "create-db")
+    b.shown(36.5, "restore").add(37, "step-started", step="restore", attempt=1, command="pg_restore")
+    b.add(45, "note", step="restore", text=note)
+    b.add(58, "step-finished", step="restore", attempt=1, status="succeeded", exit_code=0, duration_s=1260,
+          detail="exit 0", rto_end=False)
+    b.shown(58, "verify", kind="action", command="verify-database {}")
+    b.add(58.1, "step-started", step="verify", attempt=1, command="verify-database")
+    for name, status, hint in [("tables present", "ok", ""), ("row counts match the manifest", "ok", ""),
+                               ("smoke: select count(*) > 0 from assets", "warning", "slow: 4.2 s")]:
+        b.add(60, "step-check", step="verify", name=name, status=status, hint=hint)
+    b.output(61, "verify", "rows_lost", 42)
+    b.add(62, "step-finished", step="verify", attempt=1, status="succeeded", exit_code=0, duration_s=230,
+          detail="exit 0", rto_end=False)
+    b.manual(62, 66, "switch-over", rto_end=True)
+    b.shown(66, "maintenance-off")
+    b.add(67, "step-skipped", step="maintenance-off", reason="the load balancer was never switched: sandbox")
+    b.manual(67, 88, "reprotect")
+    b.manual(88, 90, "all-clear")
+    return b.finish(90)
+
+
+# ---- RPO ---------------------------------------------------------------------------------------------
+
+
+def test_rpo_of_a_logical_backup_says_plainly_it_cannot_meet_five_minutes() -> None:
+    st = logical_drill().state()
+    rpo = rpo_facts(st)
+    assert rpo is not None
+    assert rpo.recovery_point == T0 - timedelta(hours=9)
+    assert rpo.source_step == "fetch" and rpo.source_output == "snapshot_time"
+    assert rpo.data_lost_at == T0 and rpo.data_lost_is_incident_start
+    assert rpo.window_s == 9 * 3600
+    assert rpo.target_s == 300 and rpo.verdict == "missed"
+    assert rpo.logical  # the producing step's action is fetch-latest-backup
+    assert rpo.rows_lost == 42 and rpo.rows_lost_step == "verify"
+    warning = rpo.logical_warning
+    assert warning is not None
+    assert "logical backup alone cannot meet a 5-minute RPO" in warning and "`pitr`" in warning
+
+
+def test_rpo_uses_data_lost_at_and_prefers_recovery_point_over_snapshot_time() -> None:
+    b = JournalBuilder(["restore"], data_lost_at=-30)  # the data went bad half an hour before the incident
+    b.shown(1, "restore").ran(1, 5, "restore")
+    b.output(4, "restore", "snapshot_time", at(-120))
+    b.output(4, "restore", "recovery_point", at(-33))
+    b.output(4, "restore", "kind", "logical")
+    st = b.finish(6).state()
+    rpo = rpo_facts(st)
+    assert rpo is not None
+    assert rpo.source_output == "recovery_point" and rpo.window_s == 3 * 60
+    assert not rpo.data_lost_is_incident_start and rpo.data_lost_at == T0 - timedelta(minutes=30)
+    assert rpo.verdict == "met"
+    assert rpo.logical  # output kind == logical
+    assert rpo.logical_warning is not None and "5-minute" in rpo.logical_warning
+
+
+def test_pitr_recovery_point_is_not_called_logical_and_the_last_one_wins() -> None:
+    b = JournalBuilder(["base", "replay"], scenario="pitr", rpo=600)
+    b.shown(1, "base").ran(1, 2, "base").output(2, "base", "snapshot_time", at(-600))
+    b.shown(2, "replay").ran(2, 9, "replay").output(9, "replay", "recovery_point", at(-4))
+    rpo = rpo_facts(b.finish(10).state())
+    assert rpo is not None
+    assert rpo.source_step == "replay" and rpo.window_s == 240 and rpo.verdict == "met"
+    assert not rpo.logical and rpo.logical_warning is None
+    assert rpo.rows_lost is None
+
+
+def test_no_recovery_point_means_no_rpo_section() -> None:
+    b = JournalBuilder(["a"])
+    st = b.shown(0, "a").ran(0, 1, "a", rto_end=True).finish(1).state()
+    assert rpo_facts(st) is None
+    md = render_markdown(st, {}, T0 + timedelta(hours=1))
+    assert "## RPO" not in md and "## RTO" in md
+
+
+def test_unreadable_recovery_point_is_reported_not_guessed() -> None:
+    b = JournalBuilder(["a"])
+    st = b.shown(0, "a").ran(0, 1, "a").output(1, "a", "recovery_point", "yesterday at noon").finish(1).state()
+    rpo = rpo_facts(st)
+    assert rpo is not None and rpo.recovery_point is None and rpo.window_s is None
+    assert rpo.problem is not None and "yesterday at noon" in rpo.problem
+    md = render_markdown(st, {}, T0)
+    assert "The RPO could not be measured" in md
+
+
+def test_markdown_gains_the_rpo_section() -> None:
+    st = logical_drill().state()
+    md = render_markdown(st, {"fetch": "Fetch the newest backup"}, T0 + timedelta(hours=2))
+    rpo_part = md.split("## RPO", 1)[1].split("## Steps", 1)[0]
+    assert "| Target | 0:05:00 |" in rpo_part
+    assert "| Data-loss window | 9:00:00 — **missed** |" in rpo_part
+    assert "output snapshot_time of step fetch, a logical backup" in rpo_part
+    assert "(the incident start)" in rpo_part
+    assert "| Rows lost | 42 (counted by step verify) |" in rpo_part
+    assert "> This recovery point is a logical backup" in rpo_part and "scenario 2 (`pitr`" in rpo_part
+
+
+# ---- RTO and spans -----------------------------------------------------------------------------------
+
+
+def test_rto_stops_at_service_restored_not_at_run_closed() -> None:
+    st = logical_drill().state()
+    rto = rto_facts(st, T0 + timedelta(days=3))
+    assert rto.achieved_s == 66 * 60 and rto.restored and rto.restored_step == "switch-over"
+    assert rto.closed_after_s == 90 * 60
+    assert rto.verdict == "met" and rto.target_s == 7200
+    md = render_markdown(st, {}, T0 + timedelta(days=3))
+    assert "| Achieved | 1:06:00 (service restored) — **met** |" in md
+    assert "(1:30:00 after the incident start)" in md
+
+
+def test_rto_missed_and_not_yet_decided() -> None:
+    b = JournalBuilder(["a", "b"], rto=3600)
+    b.shown(0, "a").ran(0, 70, "a", rto_end=True)
+    assert rto_facts(b.state(), T0 + timedelta(hours=5)).verdict == "missed"
+    b = JournalBuilder(["a", "b"], rto=3600)
+    b.shown(0, "a").ran(0, 10, "a")  # still open: the clock runs to `now`
+    open_rto = rto_facts(b.state(), T0 + timedelta(minutes=20))
+    assert open_rto.verdict == "not yet decided" and open_rto.achieved_s == 20 * 60 and not open_rto.restored
+    assert rto_facts(b.state(), T0 + timedelta(minutes=61)).verdict == "missed"
+
+
+def test_step_spans_start_when_shown_for_manual_steps_and_at_the_first_attempt() -> None:
+    st = logical_drill().state()
+    spans = {s.step_id: s for s in step_spans(st, T0 + timedelta(hours=3))}
+    assert set(spans) == set(st.order)
+    assert spans["communicate"].start == T0 + timedelta(minutes=20)  # manual: from step-awaiting
+    assert spans["provision"].start == T0 + timedelta(minutes=24.1)  # the first of two attempts
+    assert spans["provision"].end == T0 + timedelta(minutes=27)
+    assert spans["provision"].failed_attempts == ((T0 + timedelta(minutes=24.1), T0 + timedelta(minutes=25.5)),)
+    assert spans["isolate"].start == T0 + timedelta(minutes=23.2)  # a run step: from its start, not when shown
+    assert spans["maintenance-off"].status == StepStatus.skipped
+    b = JournalBuilder(["a", "b", "c"])
+    b.shown(0, "a").ran(0, 1, "a").shown(1, "b").add(1, "step-started", step="b", attempt=1, command="sleep")
+    now = T0 + timedelta(minutes=9)
+    spans2 = {s.step_id: s for s in step_spans(b.state(), now)}
+    assert spans2["b"].open and spans2["b"].end == now and "c" not in spans2
+
+
+def test_markdown_report_of_a_real_run(write_runbook, state_dir: Path) -> None:
+    path = write_runbook("""
+        version: 1
+        name: t
+        targets: {rto: 1h, rpo: 5m}
+        steps:
+          - {id: a, run: "echo a", confirm: none}
+          - {id: back, title: "Service | back", run: "echo b", confirm: none, rto_end: true}
+          - {id: c, run: "echo c", confirm: none}
+    """)
+    r = run_cli("run", str(path), "--headless", "--yes", "--mode", "drill", "--state-dir", str(state_dir),
+                "--incident-start", (datetime.now(UTC) - timedelta(minutes=10)).isoformat())
+    assert r.returncode == 0, r.stdout + r.stderr
+    (run_id,) = [p.name for p in (state_dir / "runs").iterdir()]
+    rep = run_cli("report", run_id, "--format", "md", "--state-dir", str(state_dir))
+    assert rep.returncode == 0, rep.stderr
+    assert "**mode**: DRILL" in rep.stdout
+    assert "| Target | 1:00:00 |" in rep.stdout and "(service restored) — **met**" in rep.stdout
+    assert "(step back)" in rep.stdout and "Service \\| back" in rep.stdout
+    assert "## RPO" not in rep.stdout  # shell steps report no recovery point
