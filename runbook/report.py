@@ -128,11 +128,22 @@ class RpoFacts:
         if not self.logical or (self.target_s is not None and self.target_s >= 86400):
             return None
         target = f"a {_phrase(self.target_s)} RPO" if self.target_s else "a tight RPO"
-        return (
+        text = (
             f"This recovery point is a logical backup: a logical backup alone cannot meet {target}, "
-            "because everything written after its snapshot is lost. To lose at most minutes, recover with "
-            f"scenario 2 (`{PITR_SCENARIO}`: a base backup plus the archived WAL, up to a moment in time)."
+            "because everything written after its snapshot is lost, and a disaster can strike up to a whole "
+            "backup interval after it."
         )
+        if self.verdict == "met" and self.window_s is not None:
+            text += f" This run met the target only because the data was lost {window_text(self.window_s)} after the backup."
+        return text + (
+            f" To lose at most minutes whenever the disaster comes, recover with scenario 2 (`{PITR_SCENARIO}`: "
+            "a base backup plus the archived WAL, up to a moment in time)."
+        )
+
+
+def window_text(seconds: float) -> str:
+    """A data-loss window: `0.8 s` below a minute (a drill's window is often that short), else `9:00:00`."""
+    return f"{seconds:.1f} s" if seconds < 60 else format_duration(seconds)
 
 
 def _phrase(seconds: float) -> str:
@@ -328,7 +339,7 @@ def rpo_rows(rpo: RpoFacts) -> list[tuple[str, str]]:
     lost = fmt_time(rpo.data_lost_at)
     rows.append(("Data lost at", lost + (" (the incident start)" if rpo.data_lost_is_incident_start else "")))
     if rpo.window_s is not None:
-        rows.append((WINDOW_LABEL, format_duration(rpo.window_s)))
+        rows.append((WINDOW_LABEL, window_text(rpo.window_s)))
     if rpo.rows_lost is not None:
         rows.append(("Rows lost", f"{rpo.rows_lost} (counted by step {rpo.rows_lost_step})"))
     return rows

@@ -31,6 +31,7 @@ from runbook.report import (
     rto_facts,
     step_counts,
     step_spans,
+    window_text,
 )
 from runbook.state import RunState
 
@@ -426,7 +427,7 @@ def _cards(st: RunState, rto: RtoFacts, rpo: RpoFacts | None) -> str:
         of = f'<span class="of">of {h(format_duration(rpo.target_s))}</span>' if rpo.target_s is not None else ""
         cards.append(
             f'<div class="card {pc}"><div class="label">RPO · data-loss window</div>'
-            f'<div class="big">{h(format_duration(rpo.window_s))} {of}</div>'
+            f'<div class="big">{h(window_text(rpo.window_s))} {of}</div>'
             f'<div class="verdict {pc}">{h(rpo.verdict)}</div></div>'
         )
     counts = step_counts(st)

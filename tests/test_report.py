@@ -240,3 +240,16 @@ def test_markdown_report_of_a_real_run(write_runbook, state_dir: Path) -> None:
     assert "| Target | 1:00:00 |" in rep.stdout and "(service restored) — **met**" in rep.stdout
     assert "(step back)" in rep.stdout and "Service \\| back" in rep.stdout
     assert "## RPO" not in rep.stdout  # shell steps report no recovery point
+
+
+def test_a_short_window_from_a_logical_backup_is_met_but_the_warning_stays_honest() -> None:
+    b = JournalBuilder(["fetch"])
+    b.shown(0, "fetch", kind="action", command="fetch-latest-backup {}").ran(0, 1, "fetch")
+    b.output(1, "fetch", "snapshot_time", (T0 - timedelta(seconds=0.8)).isoformat())
+    rpo = rpo_facts(b.finish(2).state())
+    assert rpo is not None and rpo.verdict == "met" and rpo.logical
+    assert rpo.logical_warning is not None
+    assert "cannot meet a 5-minute RPO" in rpo.logical_warning
+    assert "met the target only because the data was lost 0.8 s after the backup" in rpo.logical_warning
+    md = render_markdown(b.state(), {}, T0)
+    assert "| Data-loss window | 0.8 s — **met** |" in md
