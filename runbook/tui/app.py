@@ -70,7 +70,16 @@ class RunbookApp(App[int]):
 
     def show_params(self) -> None:
         assert self.runbook is not None
-        screen = ParamsScreen(self.runbook, self.opts, self.given, self.clock.now())
+        from runbook.staleness import last_good_drills
+
+        rb = self.runbook
+        drills = last_good_drills(list_runs(self.state_dir), self.clock.now(), scenarios={rb.name: list(rb.scenarios)})
+        mine = {scenario: d for (name, scenario), d in drills.items() if name == rb.name}
+        stale = [s for s, d in mine.items() if d.stale]
+        if stale:
+            self.notify(f"Not drilled in 30 days: {', '.join(stale)}. Rehearse it (runbook demo) before you need it.",
+                        title="Stale scenario", severity="warning", timeout=12)
+        screen = ParamsScreen(rb, self.opts, self.given, self.clock.now(), mine)
         if len(self.screen_stack) > 1:
             self.switch_screen(screen)
         else:

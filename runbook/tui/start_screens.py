@@ -69,19 +69,37 @@ class ParamsScreen(Screen[None]):
         Binding("escape", "app.quit", "Quit", id="params.quit", tooltip="Leave without starting anything"),
     ]
 
-    def __init__(self, runbook: Runbook, opts: RunOptions, given: dict[str, Any], now: datetime) -> None:
+    def __init__(self, runbook: Runbook, opts: RunOptions, given: dict[str, Any], now: datetime,
+                 drills: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.runbook = runbook
         self.opts = opts
         self.given = given
         self.now = now
+        self.drills = drills or {}
         self.errors: dict[str, str] = {}
+
+    def _drill_lines(self) -> Text:
+        """The last good live or drill run of each scenario; STALE past 30 days or never."""
+        from runbook.durations import format_duration
+
+        out = Text()
+        for scenario, d in sorted(self.drills.items()):
+            if d.stale:
+                when = f"last good run {d.age_text} ago" if d.run_id else "never drilled"
+                out.append(f"  STALE {scenario}: {when}\n", style="bold yellow")
+            else:
+                age = d.age_text if d.age_text == "today" else f"{d.age_text} ago"
+                out.append(f"  ok    {scenario}: drilled {age}, RTO {format_duration(d.rto_s)}\n", style="green")
+        return out
 
     def compose(self) -> ComposeResult:
         rb = self.runbook
         mode = (self.opts.mode or "live").upper()
         yield Static(Text.assemble((rb.name, "bold"), f" · new {mode} run"), id="start-title")
         with VerticalScroll(id="form"):
+            if self.drills:
+                yield Static(self._drill_lines(), id="drills")
             if rb.scenarios:
                 options = [(f"{name} — {sc.help}" if sc.help else name, name) for name, sc in rb.scenarios.items()]
                 value = self.opts.scenario if self.opts.scenario in rb.scenarios else (

@@ -185,3 +185,31 @@ async def test_interrupted_step_marked_done_needs_a_note(tmp_path: Path, state_d
         await pilot.press(*"checked the table by hand", "enter")
         await until(pilot, lambda: resumed.state.steps["long"].status == StepStatus.succeeded)
     assert "checked the table by hand" in resumed.state.steps["long"].notes
+
+
+async def test_stale_scenarios_are_flagged_at_start(tmp_path: Path, state_dir: Path) -> None:
+    from datetime import timedelta
+
+    from runbook.clock import FrozenClock
+    from tests.test_engine import drive, yes
+
+    path = _write(tmp_path, """
+        version: 1
+        name: staleness
+        scenarios:
+          fresh: {help: drilled}
+          old: {help: never drilled}
+        steps:
+          - {id: a, run: "true", confirm: none}
+    """)
+    engine = open_new_run(RunOptions(runbook_path=path, scenario="fresh", mode="drill"), Clock(), state_dir=state_dir)
+    finished, _ = await drive(engine, yes)
+    assert finished.status == "completed"
+    clock = FrozenClock(Clock().now() + timedelta(days=3))
+    app = RunbookApp(clock=clock, state_dir=state_dir, runbook=load_runbook(path),
+                     opts=RunOptions(runbook_path=path), given={})
+    async with app.run_test(size=(80, 30)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ParamsScreen))
+        text = str(app.screen.query_one("#drills", Static).render())
+        assert "STALE old: never drilled" in text
+        assert "ok    fresh: drilled 3 days ago" in text
