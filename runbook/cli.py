@@ -277,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     from steps.demo import register as register_demo  # demo: the sandbox drill
 
     register_demo(sub)
+    from steps.base_commands import register as register_base_commands  # basebackup
+
+    register_base_commands(sub)
     return p
 
 

@@ -19,10 +19,12 @@ from pydantic import ValidationError
 
 from steps import layout
 from steps.manifest import (
+    BaseManifest,
     FilesManifest,
     Level,
     LogicalManifest,
     VerificationRecord,
+    parse_base,
     parse_files,
     parse_logical,
     parse_verification,
@@ -30,7 +32,7 @@ from steps.manifest import (
 )
 from steps.repository import RepositoryError, Store
 
-Kind = Literal["logical", "files"]
+Kind = Literal["logical", "files", "base"]
 
 
 @dataclass
@@ -54,11 +56,11 @@ class Copy:
 class Entry:
     kind: Kind
     backup_id: str
-    db: str  # "" for files
+    db: str  # "" for files and base backups
     cluster: str  # system identifier; "" for files
-    time: datetime  # snapshot time (logical) or creation time (files)
+    time: datetime  # snapshot time (logical), creation time (files), stop time (base: the earliest target)
     size_bytes: int
-    manifest: LogicalManifest | FilesManifest
+    manifest: LogicalManifest | FilesManifest | BaseManifest
     copies: dict[str, Copy] = field(default_factory=dict)
 
     @property
@@ -85,6 +87,7 @@ class Incomplete:
 class Catalogue:
     entries: list[Entry] = field(default_factory=list)  # logical backups, newest first
     files: list[Entry] = field(default_factory=list)  # attachments snapshots, newest first
+    base: list[Entry] = field(default_factory=list)  # physical base backups, newest first
     incomplete: list[Incomplete] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # repository name -> why it could not be read
 
@@ -140,6 +143,26 @@ def _scan_store(store: Store, cat: Catalogue, merged: dict[tuple[str, str, str, 
                     if entry is None:
                         entry = merged[key] = Entry("logical", bid, name, sysid, m.snapshot_time, m.size_bytes, m)
                     entry.copies[store.name] = copy
+    if "base" in kinds:
+        for sysid in store.list_dirs("clusters/"):
+            for bid in store.list_dirs(layout.base_root(sysid)):
+                if not layout.is_id(bid):
+                    continue
+                prefix = layout.base_prefix(sysid, bid)
+                found = _scan_dir(store, prefix, cat)
+                if found is None:
+                    continue
+                data, copy = found
+                try:
+                    bm = parse_base(data)
+                except (ValueError, ValidationError) as e:
+                    cat.incomplete.append(Incomplete(store, prefix, copy.keys, f"unreadable manifest: {e}"))
+                    continue
+                key = ("base", sysid, "", bid)
+                entry = merged.get(key)
+                if entry is None:
+                    entry = merged[key] = Entry("base", bid, "", sysid, bm.stopped_at, bm.size_bytes, bm)
+                entry.copies[store.name] = copy
     if "files" in kinds:
         for bid in store.list_dirs("files/"):
             if not layout.is_id(bid):
@@ -173,6 +196,7 @@ def scan(stores: list[Store], *, db: str | None = None, kinds: tuple[Kind, ...] 
     entries = sorted(merged.values(), key=lambda e: (e.time, e.backup_id), reverse=True)
     cat.entries = [e for e in entries if e.kind == "logical"]
     cat.files = [e for e in entries if e.kind == "files"]
+    cat.base = [e for e in entries if e.kind == "base"]
     return cat
 
 
@@ -186,5 +210,18 @@ def pick(entries: list[Entry], db: str, *, min_level: Level = Level.readable, so
     """The newest backup of `db` with a copy at `min_level` or better (in `source`), across clusters."""
     for e in entries:  # newest first
         if e.db == db and usable_copies(e, min_level, source):
+            return e
+    return None
+
+
+def pick_base(entries: list[Entry], *, before: datetime | None = None, cluster: str | None = None,
+              min_level: Level = Level.readable, source: str = "any") -> Entry | None:
+    """The newest base backup (of `cluster`, or any) that ended before `before`, with a usable copy."""
+    for e in entries:  # newest first
+        if e.kind != "base" or (cluster is not None and e.cluster != cluster):
+            continue
+        if before is not None and not e.time < before:
+            continue
+        if usable_copies(e, min_level, source):
             return e
     return None

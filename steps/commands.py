@@ -80,7 +80,7 @@ def cmd_backups(args: argparse.Namespace) -> int:
             stores += open_stores(cfg, which)  # type: ignore[arg-type]
         except RunbookError as err:
             errors[which] = str(err)
-    cat = scan(stores, db=args.db)
+    cat = scan(stores, db=args.db, kinds=("logical", "files", "base"))
     errors.update(cat.errors)
     picks = {db: pick(cat.entries, db) for db in cat.databases()}
     picked_ids = {id(e) for e in picks.values() if e is not None}
@@ -90,7 +90,7 @@ def cmd_backups(args: argparse.Namespace) -> int:
     for name, msg in errors.items():
         print(f"runbook: the {name} repository could not be read: {msg}", file=sys.stderr)
     if not cat.entries:
-        print("no backups" + (f" of {args.db}" if args.db else "") + " in " + ", ".join(s.describe() for s in stores))
+        print(("no logical backups" if cat.base else "no backups") + (f" of {args.db}" if args.db else "") + " in " + ", ".join(s.describe() for s in stores))
     else:
         print(f"  {'DATABASE':20} {'BACKUP':17} {'SNAPSHOT (UTC)':20} {'AGE':>7} {'SIZE':>10}  {'LEVEL':11} {'WHERE':9} CLUSTER")
         for e in cat.entries:
@@ -103,6 +103,8 @@ def cmd_backups(args: argparse.Namespace) -> int:
         for db, chosen in picks.items():
             if chosen is None:
                 print(f"! {db}: no backup at readable or better: a recovery has nothing to start from")
+    if cat.base:
+        _print_base(cat.base, now)
     if cat.files:
         newest = cat.files[0]
         n = len(getattr(newest.manifest, "files", []))
@@ -133,13 +135,34 @@ def _catalogue_json(cat: Any, picks: dict[str, Any], picked_ids: set[int], error
         "backups": [entry(e) for e in cat.entries],
         "picks": {db: (b.backup_id if b else None) for db, b in picks.items()},
         "attachments": [entry(e) for e in cat.files],
+        "base_backups": [entry(e) | _base_json(e) for e in cat.base],
         "incomplete": [{"repository": i.store.name, "path": i.prefix, "reason": i.reason} for i in cat.incomplete],
     }
 
 
+def _base_json(e: Any) -> dict[str, Any]:
+    m = e.manifest
+    return {"timeline": m.timeline, "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn, "start_wal": m.start_wal,
+            "stop_wal": m.stop_wal, "started_at": m.started_at.isoformat(), "stopped_at": m.stopped_at.isoformat(),
+            "wal_segment_size": m.wal_segment_size, "compression": m.backup.compression,
+            "server_version": m.cluster.server_version}
+
+
+def _print_base(entries: list[Any], now: datetime) -> None:
+    """Base backups: a PITR can reach any moment after a backup's end, as far as the archived WAL goes."""
+    print(f"  {'BASE BACKUP':17} {'ENDED (UTC)':20} {'AGE':>7} {'SIZE':>10}  {'LEVEL':11} {'WHERE':9} "
+          f"{'TL':>3} {'WAL FROM':24} CLUSTER")
+    for e in entries:
+        m = e.manifest
+        when = e.time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"  {e.backup_id:17} {when:20} {_age((now - e.time).total_seconds()):>7} {_mb(e.size_bytes):>10}  "
+              f"{e.level.name:11} {','.join(e.locations()):9} {m.timeline:>3} {m.start_wal:24} {e.cluster}")
+    print("a point-in-time recovery starts from the newest readable base backup that ended before its target")
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from steps.config import load_repository_config
-    from steps.prune import prune_store
+    from steps.prune import prune_base, prune_store
     from steps.repository import open_stores
 
     cfg, _ = load_repository_config(args.config)
@@ -151,6 +174,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         try:
             store = open_stores(cfg, which, for_prune=True)[0]  # type: ignore[arg-type]
             report = prune_store(store, cfg.retention, now=now, dry_run=args.dry_run)
+            base = prune_base(store, cfg.retention, now=now, dry_run=args.dry_run)
+            report.kept += base.kept
+            report.deleted += base.deleted
         except RunbookError as e:
             print(f"runbook: prune of the {which} repository failed: {e}", file=sys.stderr)
             code = 1

@@ -54,3 +54,23 @@ def files_prefix(bid: str) -> str:
 def verification_key(prefix: str, checked_at: datetime) -> str:
     stamp = checked_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     return f"{prefix}{VERIFICATIONS}/{stamp}.json"
+
+
+# --- base backups (physical, for PITR) ----------------------------------------------------------------
+# clusters/<system identifier>/base/<backup id>/   base.tar[.zst|.lz4|.gz], backup_manifest, manifest.json
+# clusters/<system identifier>/base/<backup id>/verifications/<UTC timestamp>.json
+
+BACKUP_MANIFEST = "backup_manifest"
+
+
+def base_root(system_identifier: str) -> str:
+    return f"clusters/{system_identifier}/base/"
+
+
+def base_prefix(system_identifier: str, bid: str) -> str:
+    """The directory (ending in /) of one base backup."""
+    if not system_identifier.isdigit():
+        raise ValueError(f"not a system identifier: {system_identifier!r}")
+    if not is_id(bid):
+        raise ValueError(f"not a backup id: {bid!r}")
+    return f"clusters/{system_identifier}/base/{bid}/"

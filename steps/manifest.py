@@ -135,6 +135,51 @@ class FilesManifest(_Record):
         return sum(o.size for o in self.objects)
 
 
+class ClusterFacts(_Record):
+    """The cluster a base backup is of (the whole cluster: every database)."""
+
+    system_identifier: str
+    server_version: str
+    server_version_num: int
+    data_checksums: bool = False
+    size_bytes: int = Field(0, description="Sum of the sizes of the files in the server's backup_manifest")
+
+
+class BaseBackupInfo(_Record):
+    format: Literal["tar"] = "tar"
+    compression: str = Field(description="pg_basebackup --compress, e.g. server-zstd:level=1, or none")
+    wal_method: Literal["none", "stream"] = Field("none", description="none: the WAL comes from the archive")
+    manifest_checksums: str = "SHA256"
+    pg_basebackup_version: str = ""
+    tablespaces: int = 0
+    files: int = Field(0, description="Files in the server's backup_manifest")
+
+
+class BaseManifest(_Record):
+    """A physical base backup (pg_basebackup, tar format) plus the WAL range it needs from the archive."""
+
+    format_version: int = FORMAT_VERSION
+    kind: Literal["base"] = "base"
+    backup_id: str
+    cluster: ClusterFacts
+    timeline: int = Field(ge=1)
+    start_lsn: str
+    stop_lsn: str
+    start_wal: str = Field(description="The first WAL segment the backup needs")
+    stop_wal: str = Field(description="The last WAL segment the backup needs")
+    wal_segment_size: int
+    started_at: datetime = Field(description="Server time when the backup started (backup_label START TIME)")
+    stopped_at: datetime = Field(description="Server time just after the backup stopped: the earliest target")
+    backup: BaseBackupInfo
+    objects: list[ObjectEntry]
+    tool: Tool
+    host: str = ""
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(o.size for o in self.objects)
+
+
 class Check(_Record):
     name: str
     status: Literal["ok", "failed"]
@@ -172,6 +217,10 @@ def parse_logical(data: bytes) -> LogicalManifest:
 
 def parse_files(data: bytes) -> FilesManifest:
     return FilesManifest.model_validate(_json(data))
+
+
+def parse_base(data: bytes) -> BaseManifest:
+    return BaseManifest.model_validate(_json(data))
 
 
 def parse_verification(data: bytes) -> VerificationRecord:

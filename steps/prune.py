@@ -94,3 +94,85 @@ def prune_store(store: Store, retention: RetentionConfig, *, now: datetime, dry_
         if not dry_run:
             store.delete(_delete_order(inc.prefix, inc.keys))
     return report
+
+
+# --- base backups and the WAL they need --------------------------------------------------------------
+
+
+def wal_to_delete(keys: list[str], kept_starts: list[tuple[str, int]], segment_size: int) -> list[str]:
+    """Archive keys older than every kept base backup's start: `kept_starts` is (start segment, segment size)
+    of each kept base backup. Segments (and `.backup` files) whose segment number is below the oldest kept
+    start go; `.history` files always stay (they are tiny and recovery needs them to follow timelines).
+    With no kept base backup nothing goes: WAL is then the only way to recover anything."""
+    from steps.walnames import parse_segment
+
+    if not kept_starts:
+        return []
+    cutoff = min(parse_segment(start, size)[1] for start, size in kept_starts)
+    out = []
+    for key in keys:
+        name = key.rsplit("/", 1)[-1]
+        head = name[:24]
+        if len(head) < 24 or ".history" in name:
+            continue
+        try:
+            _tli, segno = parse_segment(head, segment_size)
+        except ValueError:
+            continue
+        if segno < cutoff:
+            out.append(key)
+    return out
+
+
+def prune_base(store: Store, retention: RetentionConfig, *, now: datetime, dry_run: bool = False,
+               catalogue: Catalogue | None = None) -> PruneReport:
+    """Retention for base backups, per cluster (same keep_last/keep_days as the logical backups, and the
+    newest `readable` one always kept), then the WAL no kept base backup needs. Raises RepositoryError."""
+    from steps.manifest import BaseManifest
+    from steps.repository import RepositoryError
+    from steps.walnames import wal_dir
+
+    cat = catalogue or scan([store], kinds=("base",))
+    if store.name in cat.errors:
+        raise RepositoryError(cat.errors[store.name])
+    report = PruneReport(repository=store.describe())
+    clusters: dict[str, list[Entry]] = {}
+    for e in cat.base:
+        if store.name in e.copies:
+            clusters.setdefault(e.cluster, []).append(e)
+    for sysid, items in sorted(clusters.items()):
+        by_prefix = {e.copies[store.name].prefix: e for e in items}
+        p = plan([Item(pfx, e.time, e.copies[store.name].level) for pfx, e in by_prefix.items()],
+                 now=now, keep_last=retention.keep_last, keep_days=retention.keep_days, min_good=Level.readable)
+        for pfx, why in p.keep.items():
+            report.kept.append((f"base {sysid} {by_prefix[pfx].backup_id}", why))
+        for pfx, why in sorted(p.delete.items()):
+            report.deleted.append((f"base {sysid} {by_prefix[pfx].backup_id}", why))
+            log.info("%s: base %s %s: %s", "would delete" if dry_run else "deleting", sysid,
+                     by_prefix[pfx].backup_id, why)
+            if not dry_run:
+                store.delete(_delete_order(pfx, by_prefix[pfx].copies[store.name].keys))
+        kept = [by_prefix[pfx].manifest for pfx in p.keep]
+        starts = [(m.start_wal, m.wal_segment_size) for m in kept if isinstance(m, BaseManifest)]
+        if not starts:
+            continue
+        size = starts[0][1]
+        keys = [k for k, _ in store.list_keys(wal_dir(sysid))]
+        old = wal_to_delete(keys, starts, size)
+        if old:
+            oldest = min(starts, key=lambda s: s[0][8:])[0]
+            report.deleted.append((f"wal {sysid}: {len(old)} files before {oldest}",
+                                   "older than the oldest kept base backup's start segment"))
+            log.info("%s %d WAL files of %s before %s", "would delete" if dry_run else "deleting", len(old), sysid,
+                     oldest)
+            if not dry_run:
+                store.delete(sorted(old))
+    for inc in cat.incomplete:
+        if inc.store is not store or "/base/" not in inc.prefix:
+            continue
+        if not layout.is_id(inc.backup_id) or now - layout.parse_id(inc.backup_id) < INCOMPLETE_GRACE:
+            continue
+        report.deleted.append((inc.prefix, f"incomplete ({inc.reason}), older than a day"))
+        if not dry_run:
+            store.delete(_delete_order(inc.prefix, inc.keys))
+    return report
