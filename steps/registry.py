@@ -92,5 +92,20 @@ ACTIONS: dict[str, ActionSpec] = {
                 "rows_lost": "drills: rows written after the backup and lost (needs disaster_counts)",
             },
         ),
+        ActionSpec(
+            name="pitr",
+            summary="Point-in-time recovery: the newest base backup that ended before the target, archived WAL "
+                    "replayed into a new data directory, waited for until promoted",
+            module="steps.pitr",
+            outputs={
+                "recovery_point": "the last replayed transaction's time (ISO 8601): what the database now holds",
+                "timeline": "the restored server's new timeline (2 after the first PITR)",
+                "replay_s": "seconds from the server's start to the end of recovery",
+                "data_directory": "the restored data directory",
+                "lsn": "where redo ended",
+                "backup_id": "the base backup it started from",
+                "log_file": "the restored server's log",
+            },
+        ),
     ]
 }

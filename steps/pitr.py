@@ -1,0 +1,582 @@
+"""pitr: point-in-time recovery from a base backup plus archived WAL, into a new data directory.
+
+1. The target: a time (ISO 8601 **with** a zone; one without is refused), an xid, an LSN, a restore point
+   name, or `latest`. The base backup is the newest `readable` one that **ended before** the target (its
+   stop time < the target time; for an LSN, its stop LSN <= the target); none: "target before the backup
+   ends", with the oldest backup's end, and what to do.
+2. The data directory must not exist or be empty (a half-restored one is refused); it is created 0700 and
+   owned by the server's user. With `debian_cluster`, a new cluster is made with `pg_createcluster` first
+   (configuration in /etc/postgresql/15/NAME) and its fresh, empty data directory is replaced; an existing
+   data directory is never deleted.
+3. The backup's objects are fetched (sha256 checked as they stream) and its tars are extracted while every
+   file is checked against the server's backup_manifest; `pg_wal` is left empty.
+4. `recovery.signal`; in postgresql.auto.conf: `restore_command` (`runbook wal-fetch`, with the absolute
+   path of an executable the server's user can run), `recovery_target_*`, `recovery_target_action =
+   'promote'`, and `archive_mode = off` (or archiving to a separate directory): the restored copy keeps the
+   production system identifier and must never write into the production archive.
+5. The server is started with `pg_ctl -w` as the server's user (or `pg_ctlcluster`), then the real end of
+   recovery is waited for: `pg_is_in_recovery()` polled until false, the postmaster checked alive, its log
+   scanned for FATAL/PANIC. "recovery ended before configured recovery target was reached" means the target
+   is beyond the archived WAL: a clear error, with what to do.
+6. Reported: the new timeline, the recovery point (the last replayed transaction's time, from the log line
+   "last completed transaction was at log time ...", else `pg_last_xact_replay_timestamp()`), the replay
+   time and the LSN where redo ended. The recovery settings are then removed (ALTER SYSTEM RESET).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from runbook.errors import RunbookError
+from steps.events import Events
+
+TargetKind = Literal["time", "xid", "lsn", "name", "latest"]
+LAST_XACT_RE = re.compile(r"last completed transaction was at log time (.+?)\s*$", re.M)
+REDO_DONE_RE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
+NEW_TLI_RE = re.compile(r"selected new timeline ID: (\d+)")
+NOT_REACHED = "recovery ended before configured recovery target was reached"
+RECOVERY_SETTINGS = ["restore_command", "recovery_target_time", "recovery_target_xid", "recovery_target_lsn",
+                     "recovery_target_name", "recovery_target", "recovery_target_inclusive",
+                     "recovery_target_action", "recovery_target_timeline"]
+
+
+class PitrError(RunbookError):
+    title = "pitr"
+
+
+def default_runbook_exe() -> str:
+    """The `runbook` next to this interpreter (the venv's), which the server's user must be able to run."""
+    return str(Path(sys.executable).parent / "runbook")
+
+
+def parse_target_time(text: str) -> datetime:
+    """ISO 8601 with a zone. A time without one is refused: the server would read it in *its* zone."""
+    try:
+        dt = datetime.fromisoformat(text.strip().replace(" ", "T", 1) if "T" not in text else text.strip())
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 time: {text!r} (e.g. 2026-11-25T03:10:00+07:00)") from None
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError(f"the target time {text!r} has no time zone: add one (Z, +07:00) so that it means one "
+                         "moment, whatever the server's TimeZone")
+    return dt
+
+
+class Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    config: str = Field(min_length=1, description="The repository config (local and/or S3) to recover from")
+    target_kind: TargetKind = Field("time", description="time | xid | lsn | name | latest")
+    target: str = Field("", description="The target: an ISO 8601 time with zone, an xid, an LSN, a restore point")
+    target_time: str = Field("", description="The time target (kind time), when `target` is not given: so that a "
+                             "runbook can pass its target_time parameter and a separate target for other kinds")
+    inclusive: bool = Field(True, description="Stop just after the target (true) or just before it (false)")
+    pgdata: str = Field(min_length=1, description="New data directory: must not exist or be empty")
+    port: int = Field(5432, ge=1, le=65535, description="Port of the restored server")
+    socket_dir: str | None = Field(None, description="Unix socket directory of the restored server "
+                                   "(default: /var/run/postgresql when it exists, else the data directory's parent)")
+    listen_addresses: str = Field("", description="listen_addresses of the restored server ('' = socket only)")
+    runbook_exe: str | None = Field(None, description="Absolute path of `runbook` that the server's user can "
+                                    "run, for restore_command (default: the one beside this Python)")
+    restore_command: str | None = Field(None, description="Override the restore_command (%f %p) entirely")
+    archive_to: str | None = Field(None, description="Archive the restored copy's WAL into this directory "
+                                   "(never the production archive); default: archiving off")
+    source: Literal["any", "local", "s3"] = Field("any", description="Where to fetch the base backup from")
+    backup_id: str | None = Field(None, description="Use this base backup rather than picking one")
+    cluster: str | None = Field(None, description="System identifier, when the repository holds several clusters")
+    debian_cluster: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$",
+                                       description="Restore into a new Debian cluster of this name (pg_createcluster)")
+    pg_version: str = Field("15", description="Debian clusters: the major version")
+    user: str = Field("postgres", description="Superuser role of the restored cluster, to watch the recovery")
+    timeout_s: float = Field(4 * 3600, gt=0, description="Give up waiting for the end of recovery after this")
+    fetch_dir: str | None = Field(None, description="Where the backup is fetched (default: a temp dir beside pgdata)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_none(cls, data: Any) -> Any:
+        if isinstance(data, dict):  # a runbook passes '' for "not set"
+            for key in ("debian_cluster", "runbook_exe", "restore_command", "archive_to", "backup_id", "cluster",
+                        "socket_dir", "fetch_dir"):
+                if data.get(key) == "":
+                    data = {**data, key: None}
+        return data
+
+    @model_validator(mode="after")
+    def _target(self) -> Args:
+        if self.target_kind == "time" and not self.target.strip():
+            self.target = self.target_time
+        if not Path(self.pgdata).is_absolute():
+            raise ValueError(f"pgdata must be an absolute path, not {self.pgdata!r}")
+        if self.target_kind == "latest":
+            return self
+        if not self.target.strip():
+            raise ValueError(f"target_kind {self.target_kind} needs a target")
+        if self.target_kind == "time":
+            parse_target_time(self.target)
+        elif self.target_kind == "xid" and not self.target.strip().isdigit():
+            raise ValueError(f"an xid is a number, not {self.target!r}")
+        elif self.target_kind == "lsn":
+            from steps.walnames import parse_lsn
+
+            parse_lsn(self.target)
+        return self
+
+
+@dataclass
+class Outcome:
+    timeline: int
+    recovery_point: str | None
+    replay_s: float
+    lsn: str | None
+    log_file: Path
+
+
+# --- picking the base backup ---------------------------------------------------------------------------
+
+
+def choose_backup(entries: list[Any], args: Args) -> Any:
+    """The base backup to start from, or a PitrError that says why none fits."""
+    from steps.catalogue import pick_base, usable_copies
+    from steps.walnames import parse_lsn
+
+    pool = [e for e in entries if args.cluster is None or e.cluster == args.cluster]
+    usable = [e for e in pool if usable_copies(e, source=args.source)]
+    if not usable:
+        where = "" if args.source == "any" else f" in {args.source}"
+        raise PitrError(f"no readable base backup{where} in the repository" +
+                        (f" for cluster {args.cluster}" if args.cluster else ""),
+                        hint="take one with `runbook basebackup`; without a base backup only a logical restore "
+                             "(scenario 1) is possible")
+    if args.backup_id:
+        chosen = next((e for e in usable if e.backup_id == args.backup_id), None)
+        if chosen is None:
+            raise PitrError(f"no readable base backup {args.backup_id}", hint="`runbook backups` lists them")
+        return chosen
+    if args.target_kind == "time":
+        when = parse_target_time(args.target)
+        chosen = pick_base(usable, before=when, source=args.source)
+        if chosen is None:
+            oldest = min(usable, key=lambda e: e.time)
+            raise PitrError(
+                f"target before the backup ends: the target {when.isoformat()} is before the end of the oldest "
+                f"base backup ({oldest.backup_id}, ended {oldest.time.isoformat()}); a base backup can only be "
+                "recovered to a moment after it ended",
+                hint="choose a later target, or restore an older logical backup (scenario 1)")
+        return chosen
+    if args.target_kind == "lsn":
+        target = parse_lsn(args.target)
+        for e in usable:  # newest first
+            if parse_lsn(e.manifest.stop_lsn) <= target:
+                return e
+        oldest = min(usable, key=lambda e: e.time)
+        raise PitrError(f"target before the backup ends: LSN {args.target} is before the end of the oldest base "
+                        f"backup ({oldest.backup_id}, stop LSN {oldest.manifest.stop_lsn})",
+                        hint="choose a later LSN, or restore an older logical backup (scenario 1)")
+    return usable[0]  # xid, name, latest: the newest (a target before it fails in recovery, with its message)
+
+
+# --- the data directory ----------------------------------------------------------------------------------
+
+
+def _check_empty(pgdata: Path) -> None:
+    if pgdata.exists():
+        if not pgdata.is_dir():
+            raise PitrError(f"{pgdata} exists and is not a directory")
+        if any(pgdata.iterdir()):
+            raise PitrError(f"{pgdata} is not empty: PITR restores only into a new or empty data directory "
+                            "(it never overwrites one, and refuses a half-restored one)",
+                            hint="choose a new path, or move that directory aside yourself once you are sure")
+
+
+def _prepare_bare(pgdata: Path) -> None:
+    from steps.pgserver import server_user
+
+    _check_empty(pgdata)
+    pgdata.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(pgdata, 0o700)
+    pw = server_user()
+    if pw is not None:
+        os.chown(pgdata, pw.pw_uid, pw.pw_gid)
+        probe = subprocess.run(["runuser", "-u", pw.pw_name, "--", "test", "-w", str(pgdata)], capture_output=True)
+        if probe.returncode != 0:
+            raise PitrError(f"the server's user {pw.pw_name} cannot reach {pgdata}",
+                            hint="every parent directory must be traversable (x) by that user")
+
+
+def _prepare_debian(args: Args, pgdata: Path) -> None:
+    """pg_createcluster makes a new cluster (config in /etc/postgresql/V/NAME); its fresh data directory is
+    emptied for the base backup. Refuses a name or a data directory that exists already."""
+    conf = Path("/etc/postgresql") / args.pg_version / str(args.debian_cluster)
+    if conf.exists():
+        raise PitrError(f"the Debian cluster {args.pg_version}/{args.debian_cluster} exists already ({conf})",
+                        hint="choose a new cluster name; an existing cluster is never overwritten")
+    _check_empty(pgdata)
+    exe = shutil.which("pg_createcluster")
+    if exe is None:
+        raise PitrError("pg_createcluster is not installed", hint="apt-get install postgresql-common")
+    proc = subprocess.run([exe, args.pg_version, str(args.debian_cluster), "-d", str(pgdata), "-p", str(args.port),
+                           "--", "--no-sync"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PitrError(f"pg_createcluster failed: {proc.stderr.strip()[-800:]}")
+    # The cluster was made a moment ago by us, for this: its initdb output makes way for the backup.
+    for child in pgdata.iterdir():
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
+# --- configuration --------------------------------------------------------------------------------------
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def restore_command(args: Args, config_path: Path) -> str:
+    if args.restore_command:
+        return args.restore_command
+    exe = args.runbook_exe or default_runbook_exe()
+    if not os.path.isabs(exe):
+        raise PitrError(f"runbook_exe must be an absolute path, not {exe!r}")
+    return f"{shlex.quote(exe)} wal-fetch -c {shlex.quote(str(config_path))} %f %p"
+
+
+def recovery_settings(args: Args, config_path: Path) -> dict[str, str]:
+    s: dict[str, str] = {"restore_command": restore_command(args, config_path),
+                         "recovery_target_action": "promote", "recovery_target_timeline": "latest"}
+    if args.target_kind == "time":
+        s["recovery_target_time"] = parse_target_time(args.target).isoformat(sep=" ")
+    elif args.target_kind == "xid":
+        s["recovery_target_xid"] = args.target.strip()
+    elif args.target_kind == "lsn":
+        s["recovery_target_lsn"] = args.target.strip()
+    elif args.target_kind == "name":
+        s["recovery_target_name"] = args.target
+    if args.target_kind != "latest":
+        s["recovery_target_inclusive"] = "on" if args.inclusive else "off"
+    return s
+
+
+def server_settings(args: Args, socket_dir: str) -> dict[str, str]:
+    s = {"port": str(args.port), "listen_addresses": args.listen_addresses}
+    if not args.debian_cluster:
+        s["unix_socket_directories"] = socket_dir
+    if args.archive_to:
+        dest = shlex.quote(args.archive_to)
+        s["archive_mode"] = "on"
+        s["archive_command"] = f"test ! -f {dest}/%f && cp %p {dest}/%f"
+    else:
+        s["archive_mode"] = "off"
+    return s
+
+
+def write_auto_conf(pgdata: Path, recovery: dict[str, str], server: dict[str, str]) -> None:
+    path = pgdata / "postgresql.auto.conf"
+    text = path.read_text() if path.exists() else "# Do not edit this file manually!\n"
+    if not text.endswith("\n"):
+        text += "\n"
+    lines = [f"{k} = {_quote(v)}" for k, v in {**server, **recovery}.items()]
+    path.write_text(text + "\n".join(lines) + "\n")
+    (pgdata / "recovery.signal").write_text("")
+
+
+# --- the server -----------------------------------------------------------------------------------------
+
+
+def _psql(pgdata_socket: str, port: int, user: str, sql: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+    from steps.pgserver import as_server
+    from steps.pgtools import tool
+
+    return subprocess.run(as_server([tool("psql"), "-h", pgdata_socket, "-p", str(port), "-U", user, "-d", "postgres",
+                                     "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql]),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _alive(pgdata: Path) -> bool:
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _log_tail(log: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def _fatal_lines(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if re.search(r"\b(FATAL|PANIC):", ln)]
+
+
+def _start(args: Args, pgdata: Path, log: Path) -> None:
+    from steps.pgserver import as_server, server_user
+    from steps.pgtools import PG_BIN
+
+    if args.debian_cluster:
+        cmd = ["pg_ctlcluster", args.pg_version, args.debian_cluster, "start"]
+    else:
+        log.touch()
+        pw = server_user()
+        if pw is not None:
+            os.chown(log, pw.pw_uid, pw.pw_gid)
+        # -w returns once the server accepts connections (consistent); the end of recovery is waited below.
+        cmd = as_server([os.path.join(PG_BIN, "pg_ctl"), "-D", str(pgdata), "-l", str(log), "-w",
+                         "-t", str(int(min(args.timeout_s, 3600))), "start"])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        text = _log_tail(log, 30)
+        raise _recovery_failed(text, f"the restored server did not start (exit {proc.returncode}): "
+                                     f"{(proc.stderr or proc.stdout).strip()[-400:]}")
+
+
+def _recovery_failed(log_text: str, fallback: str) -> PitrError:
+    fatal = _fatal_lines(log_text)
+    if any(NOT_REACHED in ln for ln in fatal) or NOT_REACHED in log_text:
+        last = LAST_XACT_RE.findall(log_text)
+        redo = REDO_DONE_RE.findall(log_text)
+        reached = (f"; the archive ends at LSN {redo[-1]}" if redo else "") + \
+                  (f", last transaction at {last[-1]}" if last else "")
+        return PitrError(
+            f"target beyond the archived WAL: recovery ended before the target was reached{reached}",
+            hint="choose an earlier target (or 'latest'); if the WAL should be there, check archiving "
+                 "(`runbook check`, pg_stat_archiver on the old server) and copy any surviving pg_wal segments "
+                 "into the archive. This data directory is left as it is: start again into a new one")
+    detail = "\n".join(fatal[-5:]) if fatal else log_text
+    return PitrError(f"{fallback}\n{detail}", hint="the server log above says why; the data directory is left "
+                     "as it is for inspection: start again into a new one")
+
+
+def _watch(args: Args, pgdata: Path, log: Path, socket_dir: str, events: Events, start_lsn: int,
+           end_lsn: int | None, t0: float) -> tuple[str | None, str | None]:
+    """Poll until recovery ended; returns (last replayed xact time from SQL, last replay LSN)."""
+    from steps.walnames import format_lsn, parse_lsn
+
+    deadline = time.monotonic() + args.timeout_s
+    last_ts: str | None = None
+    last_lsn: str | None = None
+    sql = ("select pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn()::text, ''), "
+           "coalesce(pg_last_xact_replay_timestamp()::text, '')")
+    next_event = 0.0
+    while True:
+        if not args.debian_cluster and not _alive(pgdata):
+            raise _recovery_failed(_log_tail(log, 40), "the restored server stopped during recovery")
+        text = log.read_text(errors="replace") if log.exists() else ""
+        fatal = [ln for ln in _fatal_lines(text) if "the database system is" not in ln]
+        if fatal or "PANIC" in text:
+            raise _recovery_failed(text, "the restored server reported a fatal error during recovery")
+        proc = _psql(socket_dir, args.port, args.user, sql)
+        if proc.returncode == 0 and proc.stdout.strip():
+            in_rec, lsn, ts = (proc.stdout.strip().split("|") + ["", ""])[:3]
+            last_lsn = lsn or last_lsn
+            last_ts = ts or last_ts
+            if in_rec == "f":
+                return last_ts, last_lsn
+            now = time.monotonic()
+            if lsn and now >= next_event:
+                next_event = now + 2
+                done = parse_lsn(lsn) - start_lsn
+                total = (end_lsn - start_lsn) if end_lsn and end_lsn > start_lsn else None
+                label = f"replayed to {lsn}" + (f" of {format_lsn(end_lsn)}" if end_lsn else "") + \
+                        (f", last transaction {ts}" if ts else "") + f", target {args.target_kind} {args.target}".rstrip()
+                events.progress(max(done, 0) / 1e6, total / 1e6 if total else None, "MB", label)
+                print(f"pitr: {label} ({now - t0:.0f} s)", flush=True)
+        if time.monotonic() > deadline:
+            raise PitrError(f"recovery did not end within {args.timeout_s:.0f} s; the server is still replaying",
+                            hint=f"watch {log}; raise timeout_s for a long replay")
+        time.sleep(0.5)
+
+
+def _finish(args: Args, socket_dir: str) -> tuple[int, str | None]:
+    """After promotion: the timeline, the current LSN; then the recovery settings are removed."""
+    q = "select ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int, pg_current_wal_lsn()"
+    proc = _psql(socket_dir, args.port, args.user, q)
+    if proc.returncode != 0:
+        raise PitrError(f"cannot query the promoted server: {proc.stderr.strip()}")
+    tli, lsn = proc.stdout.strip().split("|")
+    resets = "; ".join(f"ALTER SYSTEM RESET {s}" for s in RECOVERY_SETTINGS)
+    proc = subprocess.run(
+        _psql_argv(socket_dir, args.port, args.user), input=resets + ";",
+        capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise PitrError(f"recovered, but removing the recovery settings failed: {proc.stderr.strip()}",
+                        hint="run ALTER SYSTEM RESET restore_command (and recovery_target_*) by hand")
+    return int(tli), lsn
+
+
+def _psql_argv(socket_dir: str, port: int, user: str) -> list[str]:
+    from steps.pgserver import as_server
+    from steps.pgtools import tool
+
+    return as_server([tool("psql"), "-h", socket_dir, "-p", str(port), "-U", user, "-d", "postgres", "-XAtq",
+                      "-v", "ON_ERROR_STOP=1", "-f", "-"])
+
+
+def _archive_end(store: Any, sysid: str, segsize: int) -> int | None:
+    from steps.walnames import archived_segment, parse_segment, wal_dir
+
+    best = None
+    for key, _ in store.list_keys(wal_dir(sysid)):
+        seg = archived_segment(key)
+        if seg is not None:
+            n = parse_segment(seg, segsize)[1]
+            best = n if best is None or n > best else best
+    return None if best is None else (best + 1) * segsize
+
+
+# --- the action -----------------------------------------------------------------------------------------
+
+
+def main(args: Args, events: Events) -> int:
+    from steps.basetar import check_tars, parse_server_manifest, tar_files
+    from steps.catalogue import scan, usable_copies
+    from steps.config import load_repository_config
+    from steps.layout import BACKUP_MANIFEST
+    from steps.manifest import BaseManifest
+    from steps.pgserver import give_to_server
+    from steps.repository import open_stores
+    from steps.walnames import parse_lsn
+
+    t_begin = time.monotonic()
+    cfg, config_path = load_repository_config(args.config)
+    config_path = config_path.resolve()
+    pgdata = Path(args.pgdata)
+    stores = open_stores(cfg, "all")
+    cat = scan(stores, kinds=("base",))
+    for name, err in cat.errors.items():
+        events.check(f"{name} repository", "warning", err)
+    entry = choose_backup(cat.base, args)
+    m: BaseManifest = entry.manifest
+    events.check("base backup chosen", "ok", f"{entry.backup_id} of cluster {entry.cluster}, ended "
+                 f"{entry.time.isoformat()}, {m.size_bytes / 1e6:.1f} MB, {entry.level.name}")
+    print(f"pitr: base backup {entry.backup_id} (cluster {entry.cluster}, timeline {m.timeline}, ended "
+          f"{entry.time.isoformat()}, {', '.join(entry.locations())})", flush=True)
+
+    if args.debian_cluster:
+        _prepare_debian(args, pgdata)
+    else:
+        _prepare_bare(pgdata)
+    socket_dir = args.socket_dir or ("/var/run/postgresql" if Path("/var/run/postgresql").is_dir()
+                                     else str(pgdata.parent))
+    fetch_root = Path(args.fetch_dir) if args.fetch_dir else pgdata.parent
+    fetch_dir = Path(tempfile.mkdtemp(prefix=f".pitr-fetch-{entry.backup_id}-", dir=fetch_root))
+    try:
+        copies = usable_copies(entry, source=args.source)
+        t0 = time.monotonic()
+        last_err: Exception | None = None
+        for copy in copies:
+            try:
+                total = sum(o.size for o in m.objects)
+                done = [0]
+
+                def progress(n: int, total: int = total, done: list[int] = done) -> None:
+                    done[0] += n
+                    events.progress(round(done[0] / 1e6, 1), round(total / 1e6, 1), "MB", "fetching the base backup")
+
+                for o in m.objects:
+                    copy.store.fetch_file(copy.prefix + o.path, fetch_dir / o.path, size=o.size, sha256=o.sha256,
+                                          progress=progress)
+                last_err = None
+                events.check("fetched", "ok", f"{len(m.objects)} objects from {copy.store.describe()}, sha256 checked")
+                break
+            except RunbookError as e:
+                last_err = e
+                events.check(f"fetch from {copy.store.name}", "warning", str(e))
+        if last_err is not None:
+            raise last_err
+        fetch_s = time.monotonic() - t0
+
+        t1 = time.monotonic()
+        smanifest = parse_server_manifest((fetch_dir / BACKUP_MANIFEST).read_bytes())
+        tars = tar_files(fetch_dir)
+        size = smanifest.size_bytes
+        got = [0]
+
+        def extracted(n: int) -> None:
+            got[0] += n
+            if got[0] % (64 << 20) < n or got[0] == size:
+                events.progress(round(got[0] / 1e6, 1), round(size / 1e6, 1), "MB", "extracting and checking")
+
+        checked = check_tars(tars, smanifest, dest=pgdata, progress=extracted,
+                             skip=lambda p: p.startswith("pg_wal/"))
+        extract_s = time.monotonic() - t1
+        events.check("restored", "ok", f"{checked.files} files match the backup_manifest ({checked.size / 1e6:.1f} MB)")
+    finally:
+        shutil.rmtree(fetch_dir, ignore_errors=True)
+
+    wal = pgdata / "pg_wal"
+    if wal.exists():
+        for child in wal.iterdir():
+            if child.name != "archive_status":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    (wal / "archive_status").mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_auto_conf(pgdata, recovery_settings(args, config_path), server_settings(args, socket_dir))
+    give_to_server(pgdata)
+    if args.archive_to:
+        Path(args.archive_to).mkdir(parents=True, exist_ok=True)
+        give_to_server(Path(args.archive_to))
+
+    log = (Path("/var/log/postgresql") / f"postgresql-{args.pg_version}-{args.debian_cluster}.log"
+           if args.debian_cluster else pgdata.parent / f"{pgdata.name}.recovery.log")
+    end_lsn = _archive_end(copies[0].store, entry.cluster, m.wal_segment_size)
+    print(f"pitr: starting the restored server on {socket_dir}:{args.port}; replaying to "
+          f"{args.target_kind} {args.target}".rstrip(), flush=True)
+    t2 = time.monotonic()
+    _start(args, pgdata, log)
+    last_ts, last_lsn = _watch(args, pgdata, log, socket_dir, events, parse_lsn(m.start_lsn), end_lsn, t2)
+    replay_s = time.monotonic() - t2
+    timeline, _current = _finish(args, socket_dir)
+    text = log.read_text(errors="replace") if log.exists() else ""
+    from_log = LAST_XACT_RE.findall(text)
+    recovery_point = _iso(from_log[-1]) if from_log else (_iso(last_ts) if last_ts else None)
+    redo = REDO_DONE_RE.findall(text)
+    lsn = redo[-1] if redo else last_lsn
+
+    events.check("recovery ended", "ok", f"promoted on timeline {timeline}; recovery point {recovery_point}")
+    if recovery_point is None:
+        events.check("recovery point", "warning", "no transaction was replayed after the base backup: the "
+                     "recovery point is the backup's end")
+        recovery_point = m.stopped_at.isoformat()
+    events.output("recovery_point", recovery_point)
+    events.output("timeline", timeline)
+    events.output("replay_s", round(replay_s, 1))
+    events.output("data_directory", str(pgdata))
+    events.output("lsn", lsn)
+    events.output("backup_id", entry.backup_id)
+    events.output("log_file", str(log))
+    print(f"pitr: recovered to {recovery_point} (last replayed transaction), timeline {timeline}, redo done at "
+          f"{lsn}; fetch {fetch_s:.1f} s, restore {extract_s:.1f} s, replay {replay_s:.1f} s, total "
+          f"{time.monotonic() - t_begin:.1f} s", flush=True)
+    print(f"pitr: the restored server runs on {socket_dir}:{args.port} with archiving "
+          f"{'to ' + args.archive_to if args.archive_to else 'off'}; re-protect it before the all-clear", flush=True)
+    return 0
+
+
+def _iso(text: str) -> str:
+    """PostgreSQL's `2026-11-25 14:35:03.2588+00` as ISO 8601."""
+    t = text.strip()
+    try:
+        dt = datetime.fromisoformat(t)
+    except ValueError:
+        try:
+            dt = datetime.strptime(t, "%Y-%m-%d %H:%M:%S.%f%z")
+        except ValueError:
+            return t
+    return dt.isoformat()

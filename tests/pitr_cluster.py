@@ -1,0 +1,132 @@
+"""An archiving primary for base backup and PITR tests: 1 MB WAL segments, a non-superuser backup role with
+REPLICATION, WAL archived into a repository, a repository config, and helpers to write timestamped rows.
+
+Archiving goes through the real `runbook wal-push` / `wal-fetch` when the package offers them (run from the
+server-readable virtual environment of tests/server_venv.py); until then through `cp` into the same layout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.pgcluster import PG_BIN, Cluster, as_server_user, chown_server_user
+
+BACKUP_ROLE = "backup_user"
+
+
+def sysid(datadir: Path) -> str:
+    """The system identifier: the first 8 bytes of global/pg_control, little-endian."""
+    return str(int.from_bytes((datadir / "global" / "pg_control").read_bytes()[:8], "little"))
+
+
+@dataclass
+class Primary:
+    cluster: Cluster
+    repo: Path
+    config: Path
+    sysid: str
+    archive_command: str
+    restore_command: str | None  # None: the pitr action's default (runbook wal-fetch)
+    runbook_exe: str | None
+    restored: list[Path] = field(default_factory=list)
+
+    @property
+    def wal_dir(self) -> Path:
+        return self.repo / "clusters" / self.sysid / "wal"
+
+    def psql(self, sql: str, db: str = "postgres") -> str:
+        return self.cluster.psql(sql, db)
+
+    def switch_wal(self) -> None:
+        """Close the current segment and wait until the archive has it."""
+        name = self.psql("select pg_walfile_name(pg_current_wal_lsn())")
+        if self.psql("select pg_current_wal_lsn() = pg_switch_wal()") == "t":
+            pass
+        deadline = time.monotonic() + 30
+        while not any(p.name.startswith(name) for p in self.wal_dir.glob(f"{name}*")):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} did not reach the archive {self.wal_dir}")
+            time.sleep(0.1)
+
+    def crash(self) -> None:
+        subprocess.run(as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(self.cluster.datadir), "-m", "immediate",
+                                       "-w", "stop"]), capture_output=True)
+
+    def pitr_args(self, pgdata: Path, **kw: object) -> dict[str, object]:
+        args: dict[str, object] = {"config": str(self.config), "pgdata": str(pgdata), "socket_dir": str(pgdata.parent),
+                                   "port": 5432, **kw}
+        if self.restore_command:
+            args["restore_command"] = self.restore_command
+        if self.runbook_exe:
+            args["runbook_exe"] = self.runbook_exe
+        self.restored.append(pgdata)
+        return args
+
+    def stop_restored(self) -> None:
+        for d in self.restored:
+            if (d / "postmaster.pid").exists():
+                subprocess.run(as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(d), "-m", "immediate", "-w", "stop"]),
+                               capture_output=True)
+
+
+def restored_psql(pgdata: Path, sql: str, db: str = "postgres") -> str:
+    out = subprocess.run([str(PG_BIN / "psql"), "-h", str(pgdata.parent), "-p", "5432", "-U", "postgres", "-d", db,
+                          "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def wal_commands(repo: Path, config: Path, sid: str, venv_runbook: str | None) -> tuple[str, str | None]:
+    """(archive_command, restore_command or None for the action's default)."""
+    if venv_runbook:
+        return f"{venv_runbook} wal-push -c {config} %p", None
+    wal = repo / "clusters" / sid / "wal"
+    return f"test ! -f {wal}/%f && cp %p {wal}/%f", f"cp {wal}/%f %p"
+
+
+def make_primary(template: Path, dest: Path, *, s3: dict[str, str] | None = None, local: bool = True,
+                 venv_runbook: str | None = None, extra_conf: str = "") -> Primary:
+    """A fresh archiving primary copied from `template` (initdb --wal-segsize=1), started, with the backup role."""
+    shutil.copytree(template, dest / "data", symlinks=True)
+    datadir = dest / "data"
+    repo = dest / "repo"
+    sid = sysid(datadir)
+    (repo / "clusters" / sid / "wal").mkdir(parents=True)
+    config = dest / "repository.yaml"
+    lines = ["version: 1", f"cluster: {{host: {dest}, port: 5432, user: {BACKUP_ROLE}}}",
+             f"backup: {{state_dir: {dest / 'state'}}}", "basebackup: {wal_wait_s: 20}"]
+    if local:
+        lines.append(f"local: {{path: {repo}}}")
+    if s3:
+        lines.append("s3: {" + ", ".join(f"{k}: {v}" for k, v in s3.items()) + "}")
+    config.write_text("\n".join(lines) + "\n")
+    archive_command, restore_command = wal_commands(repo, config, sid, venv_runbook)
+    with open(datadir / "postgresql.auto.conf", "a") as f:
+        f.write(f"archive_mode = on\narchive_command = '{archive_command}'\nwal_level = replica\n"
+                f"log_min_messages = info\n{extra_conf}")
+    chown_server_user(dest)
+    os.chmod(datadir, 0o700)
+    os.chmod(dest, 0o755)
+    os.chmod(config, 0o644)
+    cluster = Cluster(datadir=datadir, socket_dir=dest)
+    cluster.start()
+    cluster.psql(f"CREATE ROLE {BACKUP_ROLE} LOGIN REPLICATION; GRANT pg_read_all_data TO {BACKUP_ROLE}")
+    cluster.psql("CREATE TABLE events (id serial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp(), "
+                 "note text)")
+    return Primary(cluster, repo, config, sid, archive_command, restore_command,
+                   venv_runbook if venv_runbook else None)
+
+
+def write_rows(p: Primary, n: int, note: str, pause: float = 0.0) -> list[str]:
+    """n rows, each its own transaction; returns their commit-order notes."""
+    notes = []
+    for i in range(n):
+        p.psql(f"INSERT INTO events (note) VALUES ('{note}-{i}')")
+        notes.append(f"{note}-{i}")
+        if pause:
+            time.sleep(pause)
+    return notes
