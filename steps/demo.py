@@ -6,6 +6,11 @@ attachments. The operator then recovers it with the shipped `runbook.yaml` in dr
 unattended with `--headless --yes` (the sandbox supplies its own typed confirmations). `--down` removes it.
 The sandbox's values live in a profile beside the runbook (`sandbox.profile.yaml`), so nothing in
 `runbook.yaml` is sandbox-specific and `runbook run --profile` can replay the drill.
+
+`--scenario pitr` (scenario 2): the primary archives its WAL with `runbook wal-push` into the sandbox's
+repository, a base backup is taken with `runbook basebackup`, then a steady stream of timestamped writes
+runs while a wrong `DROP TABLE` strikes half-way; the moment just before it is the profile's target_time,
+and the operator recovers to it with the `pitr` action into a new data directory.
 """
 
 from __future__ import annotations
@@ -38,10 +43,12 @@ def _say(text: str) -> None:
     print(f"demo: {text}", flush=True)
 
 
-def write_profile(sb: Any, runbook_path: Path, scenario: str) -> Path:
+def write_profile(sb: Any, runbook_path: Path, scenario: str, pitr: dict[str, Any] | None = None) -> Path:
     """The sandbox's values for the runbook, beside it (or in the sandbox when that place is read-only)."""
     import yaml
 
+    from steps.pgserver import as_server
+    from steps.pgtools import PG_BIN
     from steps.sandbox import DB
 
     profile = {
@@ -63,6 +70,15 @@ def write_profile(sb: Any, runbook_path: Path, scenario: str) -> Path:
         },
         "secrets_env_file": str(sb.env_file),
     }
+    if pitr is not None:
+        stop = as_server([f"{PG_BIN}/pg_ctl", "-D", str(sb.server.datadir), "-m", "fast", "-w", "stop"])
+        profile["params"].update({  # type: ignore[attr-defined]
+            "target_time": pitr["target_time"],
+            "target_kind": "time",
+            "pgdata": str(sb.pitr_datadir),
+            "runbook_exe": sb.server_runbook(),
+            "stop_server": " ".join(stop),
+        })
     text = (
         "# Written by `runbook demo`: the sandbox's values for the runbook. Replay the drill with\n"
         f"#   runbook run {runbook_path.name} --profile sandbox.profile.yaml\n"
@@ -97,6 +113,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.scenario not in rb.scenarios:
         raise UsageError(f"scenario {args.scenario!r} is not in {runbook_path}: {', '.join(rb.scenarios)}")
     _say(f"building the sandbox in {sb.base}")
+    if args.scenario == "pitr":
+        sb.build(args.scale, args.files, say=_say, archive=True)
+        sb.basebackup(say=_say)
+        story = sb.pitr_disaster(say=_say)
+        lost_at = datetime.fromisoformat(story["disaster_at"])
+        profile = write_profile(sb, runbook_path, args.scenario, pitr=story)
+        _say(f"profile: {profile}")
+        return _recover(args, rb, runbook_path, profile, lost_at)
     sb.build(args.scale, args.files, say=_say)
     sb.backup(say=_say)
     sb.keep_writing(25, say=_say)

@@ -5,14 +5,23 @@ Layout under the sandbox directory (mode 0755, so the server's user can traverse
 `uploads/` (the application's attachment files), `restore/` (where a drill fetches the backup),
 `repository.yaml` (the repository config), `at-backup.json` and `at-disaster.json` (per-table row counts
 and checksums), `sandbox.json` (what was built and when).
+
+Scenario 2 (`pitr`) adds: WAL archiving on the primary (`archive_command` = `runbook wal-push` into `repo/`,
+`archive_timeout` = 30 s), `venv/` (a virtual environment made with /usr/bin/python3 holding this package,
+because the server's user cannot run root's interpreter: built once, re-installed only when the package's
+sources change), `pgdata-pitr/` (where the operator recovers to), `writes.json` (the stream of timestamped
+writes around the disaster) and `at-target.json` (the tables just before the disaster).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -74,6 +83,14 @@ class Sandbox:
     def info_file(self) -> Path:
         return self.base / "sandbox.json"
 
+    @property
+    def pitr_datadir(self) -> Path:
+        return self.base / "pgdata-pitr"
+
+    @property
+    def venv(self) -> Path:
+        return self.base / "venv"
+
     def info(self) -> dict[str, Any]:
         try:
             return dict(json.loads(self.info_file.read_text()))
@@ -82,17 +99,30 @@ class Sandbox:
 
     # ---- building ----------------------------------------------------------------------------------
 
-    def build(self, scale: int, files: int, say: Any = print) -> None:
-        """A primary with AssetFlow loaded, fresh. Reuses the initialised cluster when there is one."""
+    def build(self, scale: int, files: int, say: Any = print, *, archive: bool = False) -> None:
+        """A primary with AssetFlow loaded, fresh. Reuses the initialised cluster when there is one.
+
+        `archive`: WAL archiving on, into the sandbox's repository, with `runbook wal-push` (scenario 2)."""
         self.base.mkdir(parents=True, exist_ok=True)
         os.chmod(self.base, 0o755)
+        self._stop_recovered()
         srv = self.server
         if not (srv.datadir / "PG_VERSION").exists():
             say("initialising a PostgreSQL 15 cluster")
             remove_tree(srv.datadir)
             srv.initdb("--data-checksums")
-        srv.start("fsync=off", "archive_mode=off")
-        say(f"server up on {srv.socket_dir}")
+        srv.stop()  # the settings below need a restart (archive_mode)
+        remove_tree(self.repo)
+        self.repo.mkdir()
+        give_to_server(self.repo)  # wal-push writes here as the server's user
+        if archive:
+            exe = self.server_runbook(say)
+            self.config.write_text(self._config_text())
+            srv.start("fsync=off", "archive_mode=on", "archive_timeout=30", "wal_level=replica",
+                      f"archive_command='{exe} wal-push -c {self.config} %p'")
+        else:
+            srv.start("fsync=off", "archive_mode=off")
+        say(f"server up on {srv.socket_dir}" + (" with WAL archiving into the repository" if archive else ""))
         srv.psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
         for role in (assetflow.APP_ROLE, BACKUP_ROLE):
             srv.psql(f"DROP ROLE IF EXISTS {role}")
@@ -112,9 +142,7 @@ class Sandbox:
         srv.psql("ANALYZE", db=DB)
         size = srv.psql(f"select pg_size_pretty(pg_database_size('{DB}'))")
         say(f"AssetFlow loaded: {size}, {len(written)} attachment files ({time.monotonic() - t0:.1f}s)")
-        remove_tree(self.repo)
         remove_tree(self.restore_dir)
-        self.repo.mkdir()
         self.restore_dir.mkdir()
         give_to_server(self.restore_dir)
         self.config.write_text(self._config_text())
@@ -181,9 +209,149 @@ class Sandbox:
         return lost_at
 
     def down(self) -> None:
+        self._stop_recovered()
         if (self.server.datadir / "PG_VERSION").exists():
             self.server.stop("immediate")
         remove_tree(self.base)
+
+    # ---- scenario 2: WAL archiving, a base backup, writes, a wrong DROP TABLE ------------------------------
+
+    def _stop_recovered(self) -> None:
+        """A server recovered by an earlier drill listens on the same socket: stop it and remove it."""
+        if (self.pitr_datadir / "PG_VERSION").exists():
+            Server(self.pitr_datadir, self.server.socket_dir).stop("immediate")
+        remove_tree(self.pitr_datadir)
+        (self.base / f"{self.pitr_datadir.name}.recovery.log").unlink(missing_ok=True)
+
+    def server_runbook(self, say: Any = print) -> str:
+        """The `runbook` the server's user runs for archive_command/restore_command.
+
+        Not root: the server runs as us, so this interpreter's `runbook` does. Root: a venv under the sandbox
+        made with /usr/bin/python3 holding a copy of this package (root's interpreter may live where the
+        server's user cannot go), built when missing, re-installed when the package's sources changed."""
+        own = Path(sys.executable).parent / "runbook"
+        if os.geteuid() != 0:
+            return str(own)
+        src_root = Path(__file__).resolve().parent.parent
+        if not (src_root / "pyproject.toml").exists():
+            return str(own)  # an installed package: its interpreter is wherever the operator installed it
+        stamp = _source_stamp(src_root)
+        marker = self.venv / ".runbook-sources"
+        exe = self.venv / "bin" / "runbook"
+        if exe.exists() and marker.exists() and marker.read_text() == stamp:
+            return str(exe)
+        t0 = time.monotonic()
+        src = self.base / "venv-src"
+        remove_tree(src)
+        src.mkdir(parents=True)
+        for name in ("pyproject.toml", "README.md", "runbook", "steps"):
+            p = src_root / name
+            if p.is_dir():
+                shutil.copytree(p, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            elif p.exists():
+                shutil.copy2(p, src / name)
+        fresh = not exe.exists()
+        if fresh:
+            say("making the server's virtual environment (/usr/bin/python3, once)")
+            remove_tree(self.venv)
+            _run([shutil.which("python3", path="/usr/bin") or "python3", "-m", "venv", str(self.venv)], "venv")
+        pip = [str(self.venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        _run(pip + ([] if fresh else ["--no-deps", "--force-reinstall"]) + [str(src)], "pip install")
+        remove_tree(src)
+        for root, dirs, _files in os.walk(self.venv):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o755)
+        marker.write_text(stamp)
+        say(f"server venv ready: {exe} ({time.monotonic() - t0:.0f}s)")
+        return str(exe)
+
+    def basebackup(self, say: Any = print) -> None:
+        say("taking a base backup with `runbook basebackup`")
+        proc = subprocess.run([sys.executable, "-m", "runbook", "basebackup", "-c", str(self.config), "--quiet"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RunbookError(f"the sandbox's base backup failed (exit {proc.returncode}):\n{proc.stderr.strip()}")
+        say(proc.stdout.strip())
+
+    def pitr_disaster(self, seconds: float = 4.0, interval: float = 0.1, say: Any = print) -> dict[str, Any]:
+        """A steady stream of timestamped writes into audit_log; half-way, a wrong `DROP TABLE`.
+
+        Records the moment just before the disaster (the recovery target, server time), which writes were
+        acknowledged before it and which started after it, forces a WAL switch so that everything up to the
+        disaster is archived, and waits for the archive. The primary keeps running: stopping it is the
+        runbook's first PITR step."""
+        import psycopg
+
+        srv = self.server
+        conninfo = {"host": str(srv.socket_dir), "port": srv.port, "user": "postgres", "dbname": DB,
+                    "autocommit": True}
+        acked: list[tuple[int, float]] = []  # (seq, monotonic time of the acknowledgement)
+        started: list[tuple[int, float]] = []
+        stop = threading.Event()
+        errors: list[str] = []
+
+        def writer() -> None:
+            try:
+                with psycopg.connect(**conninfo) as c:  # type: ignore[arg-type]
+                    seq = 0
+                    while not stop.is_set():
+                        seq += 1
+                        started.append((seq, time.monotonic()))
+                        c.execute("INSERT INTO audit_log (actor, action, detail) VALUES ('writer', 'tick', %s)",
+                                  (json.dumps({"seq": seq}),))
+                        acked.append((seq, time.monotonic()))
+                        time.sleep(interval)
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(str(e))
+
+        t = threading.Thread(target=writer, daemon=True)
+        t.start()
+        time.sleep(seconds / 2)
+        facts = self.table_facts()
+        with psycopg.connect(**conninfo) as c:  # type: ignore[arg-type]
+            before = time.monotonic()
+            target = c.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+            after = time.monotonic()
+            time.sleep(0.2)
+            c.execute("DROP TABLE maintenance_records")
+            disaster_at = c.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+        time.sleep(seconds / 2)
+        stop.set()
+        t.join(timeout=10)
+        if errors:
+            raise RunbookError(f"the sandbox's writer failed: {errors[0]}")
+        self._switch_and_wait()
+        record = {
+            "target_time": target.isoformat(), "disaster_at": disaster_at.isoformat(),
+            "acked_before_target": [s for s, at in acked if at < before],
+            "started_after_target": [s for s, at in started if at > after],
+            "writes": len(acked), "interval_s": interval,
+        }
+        (self.base / "writes.json").write_text(json.dumps(record, indent=2))
+        (self.base / "at-target.json").write_text(json.dumps(facts, indent=2))
+        info = self.info()
+        info.update({"disaster_at": disaster_at.isoformat(), "target_time": target.isoformat(), "scenario": "pitr"})
+        self.info_file.write_text(json.dumps(info, indent=2))
+        say(f"{len(acked)} timestamped writes into audit_log every {interval * 1000:.0f} ms; DISASTER at "
+            f"{disaster_at:%H:%M:%S.%f} UTC: DROP TABLE maintenance_records; the moment just before it: "
+            f"{target.isoformat()}")
+        return record
+
+    def _switch_and_wait(self, timeout: float = 60) -> None:
+        """pg_switch_wal(), then wait until the archiver has archived that segment."""
+        srv = self.server
+        seg = srv.psql("SELECT pg_walfile_name(pg_switch_wal())")
+        deadline = time.monotonic() + timeout
+        while True:
+            row = srv.psql("SELECT coalesce(last_archived_wal, ''), failed_count, coalesce(last_failed_wal, '') "
+                           "FROM pg_stat_archiver")
+            last, failed, last_failed = row.split("|")
+            if last and last[:24] >= seg:
+                return
+            if time.monotonic() > deadline:
+                raise RunbookError(f"WAL segment {seg} was not archived within {timeout:.0f} s "
+                                   f"(failures: {failed}, last failed: {last_failed or 'none'}); see {srv.log}")
+            time.sleep(0.2)
 
     # ---- facts -------------------------------------------------------------------------------------
 
@@ -207,3 +375,20 @@ class Sandbox:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def _source_stamp(root: Path) -> str:
+    h = hashlib.sha256()
+    for top in ("pyproject.toml", "runbook", "steps"):
+        p = root / top
+        files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
+        for f in files:
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _run(cmd: list[str], what: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RunbookError(f"{what} failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-1500:]}")
