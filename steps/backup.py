@@ -1,10 +1,10 @@
 """`runbook backup`: the daily full backup (section 3 of the plan, done right), run by cron or systemd.
 
 Per database, under a lock: dump into a staging directory (steps.dump: directory format, parallel jobs,
-gzip level 1, exact row counts in the dump's snapshot, globals beside it), check the archive with
-pg_restore (steps.archive_check), compare its size with the previous good backup, publish into every
-configured repository (steps.publish: objects, re-read, manifest last, `readable` record), then, only
-after a full success, apply local retention. The attachments directory, when configured, is captured
+gzip level 1, exact row counts in the dump's snapshot, globals beside it), compare its size with the
+previous good backup, store the objects in every configured repository and re-read them while
+pg_restore checks the archive (steps.archive_check), and only when both passed write the manifests and
+their `readable` records (steps.publish); then, only after a full success, apply local retention. The attachments directory, when configured, is captured
 once per run under the same id. Off-site retention is `runbook prune`, which may use other credentials.
 
 Exit codes: 0 ok; 1 a warning (size drop, retention failed) or published in some but not all
@@ -23,6 +23,7 @@ import socket
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -282,42 +283,30 @@ class BackupRun:
     # --- one database ----------------------------------------------------------------------------
 
     def _backup_db(self, db: str) -> Outcome:
-        from steps.archive_check import check_archive
         from steps.dump import take_dump
 
         assert self.backup_id is not None
         out = Outcome(target=db, backup_id=self.backup_id)
         self._not_published(out)
-        staging: Path | None = None
+        staging = self._staging_root() / f"{db}-{self.backup_id}"
+        shutil.rmtree(staging, ignore_errors=True)
         try:
-            staging = self._staging_root() / f"{db}-{self.backup_id}"
-            shutil.rmtree(staging, ignore_errors=True)
             log.info("backing up %s as %s", self.conn.describe(db), self.backup_id)
             t0 = time.monotonic()
-            result = take_dump(self.conn, db, staging, jobs=self.cfg.backup.jobs, compression=self.cfg.backup.compression)
+            try:
+                result = take_dump(self.conn, db, staging, jobs=self.cfg.backup.jobs,
+                                   compression=self.cfg.backup.compression)
+            except RunbookError as e:
+                out.error = str(e)
+                out.raise_to(EXIT_FAILED)
+                log.error("backup of %s failed, nothing published: %s", db, e)
+                return out
             out.timings.update(result.timings)
             out.timings["dump_total_s"] = time.monotonic() - t0
             out.size_bytes = result.size_bytes
             out.snapshot_time = result.snapshot_time.isoformat()
             log.info("dumped %s: %s in %d objects, %d tables (%.1f s)", db, _mb(result.size_bytes),
                      len(result.objects), len(result.row_counts), out.timings["dump_total_s"])
-            t1 = time.monotonic()
-            checks = check_archive(staging / layout.DUMP_DIR)
-            out.timings["check_s"] = time.monotonic() - t1
-            log.info("archive readable: %s", "; ".join(c.detail for c in checks))
-        except RunbookError as e:
-            out.error = str(e)
-            out.raise_to(EXIT_FAILED)
-            log.error("backup of %s failed, nothing published: %s", db, e)
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
-            return out
-        except BaseException:
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
-            raise
-
-        try:
             manifest = LogicalManifest(
                 backup_id=self.backup_id, database=result.facts, snapshot_time=result.snapshot_time,
                 started_at=result.started_at, stopped_at=result.stopped_at, dump=result.dump, globals=result.globals,
@@ -326,12 +315,85 @@ class BackupRun:
             )
             self._size_check(out, manifest)
             prefix = layout.logical_prefix(result.facts.system_identifier, db, self.backup_id)
-            self._publish_all(out, prefix, staging, result.objects, to_json(manifest), Level.readable, checks)
+            self._verify_and_publish(out, prefix, staging, result.objects, to_json(manifest))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         if out.published and out.exit_code == EXIT_OK:
             self._local_retention(out, db=db)
         return out
+
+    def _verify_and_publish(self, out: Outcome, prefix: str, staging: Path, objects: list[ObjectEntry],
+                            manifest: bytes) -> None:
+        """The archive checks run while the objects travel; the manifests wait for both."""
+        from steps.archive_check import check_archive
+
+        def checked() -> list[Check]:
+            t1 = time.monotonic()
+            try:
+                return check_archive(staging / layout.DUMP_DIR)
+            finally:
+                out.timings["check_s"] = time.monotonic() - t1
+
+        pool = ThreadPoolExecutor(max_workers=1)
+        try:
+            checks_future = pool.submit(checked)
+            stored = self._store_all(out, prefix, staging, objects)
+            try:
+                checks = checks_future.result()
+            except RunbookError as e:
+                out.error = str(e)
+                out.failed.update({s.name: "not published: the archive checks failed" for s in stored})
+                out.raise_to(EXIT_FAILED)
+                log.error("%s: the dump cannot be read back, nothing published: %s", out.target, e)
+                for store in stored:
+                    if isinstance(store, LocalStore):  # S3: no delete right needed; prune removes it later
+                        store.delete([prefix + o.path for o in objects])
+                return
+            log.info("archive readable: %s", "; ".join(c.detail for c in checks))
+            self._commit_all(out, stored, prefix, objects, manifest, Level.readable, checks)
+        finally:
+            pool.shutdown(wait=False)
+
+    def _store_all(self, out: Outcome, prefix: str, staging: Path, objects: list[ObjectEntry]) -> list[Store]:
+        from steps.publish import store_objects
+
+        stored: list[Store] = []
+        for store in self.stores:
+            workers = self.cfg.s3.max_concurrency if store.name == "s3" and self.cfg.s3 else 1
+            t0 = time.monotonic()
+            try:
+                timings = store_objects(store, prefix, staging, objects, workers=workers)
+            except RepositoryError as e:
+                out.failed[store.name] = str(e)
+                log.error("%s: not published in %s: %s", out.target, store.describe(), e)
+                continue
+            finally:
+                out.timings[f"publish_{store.name}_s"] = time.monotonic() - t0
+            for k, v in timings.items():
+                out.timings[f"publish_{store.name}_{k}"] = v
+            stored.append(store)
+        return stored
+
+    def _commit_all(self, out: Outcome, stored: list[Store], prefix: str, objects: list[ObjectEntry],
+                    manifest: bytes, level: Level, checks: list[Check]) -> None:
+        from steps.publish import commit
+
+        for store in stored:
+            t0 = time.monotonic()
+            try:
+                commit(store, prefix, objects, manifest, backup_id=out.backup_id or "", level=level, checks=checks)
+            except RepositoryError as e:
+                out.failed[store.name] = str(e)
+                log.error("%s: not published in %s: %s", out.target, store.describe(), e)
+                continue
+            out.timings[f"publish_{store.name}_s"] = out.timings.get(f"publish_{store.name}_s", 0) + time.monotonic() - t0
+            out.published.append(store.name)
+            out.level = level.name
+            log.info("%s: published in %s (%s)", out.target, store.describe(), level.name)
+        if not out.published:
+            out.raise_to(EXIT_FAILED)
+        elif out.failed:
+            out.raise_to(EXIT_WARNING)
 
     def _size_check(self, out: Outcome, manifest: LogicalManifest) -> None:
         from steps.catalogue import pick, scan
@@ -348,33 +410,6 @@ class BackupRun:
             out.warnings.append(msg)
             out.raise_to(EXIT_WARNING)
             log.warning("%s", msg)
-
-    def _publish_all(self, out: Outcome, prefix: str, staging: Path, objects: list[ObjectEntry], manifest: bytes,
-                     level: Level, checks: list[Check]) -> None:
-        from steps.publish import publish
-
-        for store in self.stores:
-            workers = self.cfg.s3.max_concurrency if store.name == "s3" and self.cfg.s3 else 1
-            t0 = time.monotonic()
-            try:
-                done = publish(store, prefix, staging, objects, manifest, backup_id=out.backup_id or "",
-                               level=level, checks=checks, workers=workers)
-            except RepositoryError as e:
-                out.failed[store.name] = str(e)
-                log.error("%s: not published in %s: %s", out.target, store.describe(), e)
-                continue
-            finally:
-                out.timings[f"publish_{store.name}_s"] = time.monotonic() - t0
-            for k, v in done.timings.items():
-                out.timings[f"publish_{store.name}_{k}"] = v
-            out.published.append(store.name)
-            out.level = level.name
-            log.info("%s: published in %s (%s, %.1f s)", out.target, store.describe(), level.name,
-                     time.monotonic() - t0)
-        if not out.published:
-            out.raise_to(EXIT_FAILED)
-        elif out.failed:
-            out.raise_to(EXIT_WARNING)
 
     def _local_retention(self, out: Outcome, *, db: str | None = None, files: bool = False) -> None:
         from steps.prune import prune_store
@@ -420,8 +455,9 @@ class BackupRun:
                                      created_at=_now(), files=cap.files, objects=objects, tool=Tool(version=__version__))
             log.info("attachments: %d files, %s", len(cap.files), _mb(size))
             checks = [Check(name="archived", status="ok", detail=f"{len(cap.files)} files hashed as they were archived")]
-            self._publish_all(out, layout.files_prefix(self.backup_id), staging, objects, to_json(manifest),
-                              Level.checksummed, checks)
+            prefix = layout.files_prefix(self.backup_id)
+            stored = self._store_all(out, prefix, staging, objects)
+            self._commit_all(out, stored, prefix, objects, to_json(manifest), Level.checksummed, checks)
         except (AttachmentsError, RepositoryError, OSError) as e:
             out.error = str(e)
             out.raise_to(EXIT_FAILED)

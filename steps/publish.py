@@ -1,9 +1,10 @@
 """Publishing a staged backup into one repository, so that it exists only once it is whole and verified.
 
 Order, per repository: refuse a directory that already holds anything (backups are never overwritten);
-store every object; re-read every object from the repository and compare its sha256 with the manifest;
-only then store `manifest.json` (the backup now exists) and re-read it; then the verification record
-(level `readable` for a dump whose archive checks passed). An interruption before the manifest leaves an
+store every object; re-read every object from the repository and compare its sha256 with the manifest
+(`store_objects`); only then store `manifest.json` (the backup now exists) and re-read it; then the
+verification record (`commit`; level `readable` for a dump whose archive checks passed). The two phases
+are separate so that the archive checks can run while the objects travel: the manifest waits for both. An interruption before the manifest leaves an
 incomplete directory that nothing lists (and `prune` removes after a day); a repository failing at any
 point gets no manifest.
 """
@@ -51,27 +52,25 @@ class _Counter:
                 self.report(self.done, self.total)
 
 
-def publish(
+def store_objects(
     store: Store,
     prefix: str,
     staging: Path,
     objects: list[ObjectEntry],
-    manifest: bytes,
     *,
-    backup_id: str,
-    level: Level,
-    checks: list[Check],
     workers: int = 1,
     progress: ByteProgress | None = None,
-) -> Published:
-    """Publish `objects` (files under `staging`) and `manifest` under `prefix` in `store`. Raises RepositoryError."""
+) -> dict[str, float]:
+    """Phase 1: store every object under `prefix` and re-read it; no manifest yet, so no backup yet.
+
+    Refuses a prefix that already holds anything. Returns timings. Raises RepositoryError.
+    """
     timings: dict[str, float] = {}
     existing = store.list_keys(prefix)
     if existing:
         raise ObjectExists(f"{prefix} already holds {len(existing)} objects in {store.describe()}; "
                            "backups are never overwritten")
     total = sum(o.size for o in objects)
-
     t0 = time.monotonic()
     up = _Counter(total, progress)
     _each(objects, lambda o: store.put_file(prefix + o.path, staging / o.path, up), workers)
@@ -87,13 +86,26 @@ def publish(
 
     _each(objects, reread, workers)
     timings["reread_s"] = time.monotonic() - t1
+    return timings
 
+
+def commit(
+    store: Store,
+    prefix: str,
+    objects: list[ObjectEntry],
+    manifest: bytes,
+    *,
+    backup_id: str,
+    level: Level,
+    checks: list[Check],
+) -> VerificationRecord:
+    """Phase 2, after `store_objects`: the manifest (now the backup exists), re-read, then its record."""
     key = prefix + layout.MANIFEST
     store.put_bytes(key, manifest)
     if store.get_bytes(key) != manifest:
         raise CorruptObject(store.describe(), key, f"sha256 {sha256_bytes(manifest)}", "different bytes")
-
     now = datetime.now(UTC)
+    total = sum(o.size for o in objects)
     record = VerificationRecord(
         backup_id=backup_id, level=level.name, passed=True, checked_at=now, repository=store.name,
         manifest_sha256=sha256_bytes(manifest),
@@ -102,6 +114,26 @@ def publish(
         tool=Tool(version=__version__), host=socket.gethostname(),
     )
     store.put_bytes(layout.verification_key(prefix, now), to_json(record))
+    return record
+
+
+def publish(
+    store: Store,
+    prefix: str,
+    staging: Path,
+    objects: list[ObjectEntry],
+    manifest: bytes,
+    *,
+    backup_id: str,
+    level: Level,
+    checks: list[Check],
+    workers: int = 1,
+    progress: ByteProgress | None = None,
+) -> Published:
+    """Both phases: publish `objects` (files under `staging`) and `manifest` under `prefix`. Raises RepositoryError."""
+    t0 = time.monotonic()
+    timings = store_objects(store, prefix, staging, objects, workers=workers, progress=progress)
+    record = commit(store, prefix, objects, manifest, backup_id=backup_id, level=level, checks=checks)
     timings["total_s"] = time.monotonic() - t0
     return Published(store=store, record=record, timings=timings)
 

@@ -253,3 +253,56 @@ def test_a_much_smaller_dump_is_a_warning_and_skips_retention(
     st = status(tmp_path)
     assert st["exit_code"] == 1 and st["targets"][db]["warnings"]
     shutil.rmtree(tmp_path / "state")
+
+
+def test_an_archive_that_does_not_read_back_is_not_published(
+    source_cluster: Cluster, db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """pg_restore's checks run while the objects are stored: their failure stops the manifests."""
+    from steps import archive_check
+    from steps.backup import BackupRun
+    from steps.config import load_repository_config
+    from steps.pgtools import ToolFailed
+
+    def unreadable(dump_dir: Path) -> list[object]:
+        raise ToolFailed("pg_restore --file=/dev/null", 1, "pg_restore: error: could not uncompress data")
+
+    monkeypatch.setattr(archive_check, "check_archive", unreadable)
+    cfg, path = load_repository_config(write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db],
+                                                    local=tmp_path / "repo"))
+    assert BackupRun(cfg, path).run(console=False) == 2
+    assert manifests(tmp_path / "repo") == []
+    assert not list((tmp_path / "repo").glob("clusters/*/logical/*/*/dump/*"))  # stored objects removed again
+    st = status(tmp_path)["targets"][db]
+    assert st["status"] == "failed" and "could not uncompress" in st["error"] and st["published"] == []
+
+
+def test_sigterm_stops_the_backup_cleanly(source_cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
+    import signal
+    import sys
+    import time
+
+    from tests.backup_helpers import cli_env
+    from tests.conftest import ROOT
+
+    source_cluster.psql("create database big")
+    source_cluster.psql("create table t as select g, repeat(md5(g::text), 20) body from generate_series(1, 150000) g",
+                        "big")
+    cfg = write_config(tmp_path / "repo.yaml", source_cluster, dbs=["big"], local=tmp_path / "repo")
+    proc = subprocess.Popen([sys.executable, "-m", "runbook", "backup", "-c", str(cfg)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **cli_env()})
+    deadline = time.monotonic() + 30
+    while not list((tmp_path / "repo").glob(".staging/big-*/dump")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "interrupted: terminated (SIGTERM)" in err
+    assert manifests(tmp_path / "repo") == []
+    assert list((tmp_path / "repo" / ".staging").iterdir()) == []
+    for _ in range(100):  # pg_dump was stopped with us: its sessions go away
+        if source_cluster.psql("select count(*) from pg_stat_activity where datname = 'big'") == "0":
+            break
+        time.sleep(0.1)
+    assert source_cluster.psql("select count(*) from pg_stat_activity where datname = 'big'") == "0"
+    assert status(tmp_path)["status"] == "failed"
