@@ -13,11 +13,18 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from steps.basetar import BaseBackupInvalid, check_tars, parse_server_manifest, tar_files
 from steps.basebackup import parse_label_time
+from steps.basetar import BaseBackupInvalid, check_tars, parse_server_manifest, tar_files
 from steps.pitr import Args, choose_backup, recovery_settings
 from steps.prune import wal_to_delete
-from steps.walnames import archived_segment, format_lsn, parse_lsn, parse_segment, segment_name, segments_between
+from steps.walnames import (
+    archived_segment,
+    format_lsn,
+    parse_lsn,
+    parse_segment,
+    segment_name,
+    segments_between,
+)
 
 MB = 1024 * 1024
 
