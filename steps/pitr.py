@@ -376,7 +376,7 @@ def _watch(args: Args, pgdata: Path, log: Path, socket_dir: str, events: Events,
            "coalesce(pg_last_xact_replay_timestamp()::text, '')")
     next_event = 0.0
     while True:
-        if not args.debian_cluster and not _alive(pgdata):
+        if not _alive(pgdata):
             raise _recovery_failed(_log_tail(log, 40), "the restored server stopped during recovery")
         text = log.read_text(errors="replace") if log.exists() else ""
         fatal = [ln for ln in _fatal_lines(text) if "the database system is" not in ln]
