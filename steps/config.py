@@ -120,6 +120,30 @@ class BaseBackupSettings(_Strict):
     staging_dir: Path | None = Field(None, description="Default: <local.path>/.staging, else a temp dir")
 
 
+class WalConfig(_Strict):
+    """WAL archiving (`wal-push`, `wal-fetch`): compression, the asynchronous mode, fetch read-ahead."""
+
+    compression: Literal["zstd"] = Field("zstd", description="How WAL is stored: zstd, chosen by measurement "
+                                         "(bench/wal_bench.py: smaller and faster than gzip -1, smaller than lz4)")
+    compression_level: int = Field(1, ge=1, le=19, description="zstd level; 1 is the fast one")
+    async_: bool = Field(False, alias="async", description="Spool and upload in parallel by a background worker "
+                         "(wal-push still confirms a segment only once every repository holds it)")
+    spool_dir: Path | None = Field(None, description="Spool of the asynchronous mode and of fetch read-ahead, "
+                                   "writable by the server's user (default: $XDG_STATE_HOME/runbook/wal-spool)")
+    max_parallel: int = Field(4, ge=1, le=32, description="Segments the asynchronous worker uploads at once")
+    push_timeout_s: float = Field(60, gt=0, le=3600, description="How long wal-push waits for its segment's upload")
+    worker_idle_s: float = Field(30, gt=0, le=3600, description="A worker with nothing to do exits after this")
+    prefetch: int = Field(8, ge=0, le=128, description="Segments wal-fetch reads ahead into the spool (0: off)")
+    fetch_attempts: int = Field(3, ge=1, le=20, description="Attempts per repository before wal-fetch gives up "
+                                "(exit 126: recovery stops rather than ending early)")
+
+    @model_validator(mode="after")
+    def _absolute(self) -> WalConfig:
+        if self.spool_dir is not None and not self.spool_dir.is_absolute():
+            raise ValueError(f"wal.spool_dir must be an absolute path, not {str(self.spool_dir)!r}")
+        return self
+
+
 class RepositoryConfig(_Strict):
     version: Literal[1]
     cluster: ClusterConfig = Field(default_factory=lambda: ClusterConfig.model_validate({}))
@@ -130,6 +154,7 @@ class RepositoryConfig(_Strict):
     checks: ChecksConfig = Field(default_factory=lambda: ChecksConfig.model_validate({}))
     backup: BackupConfig = Field(default_factory=lambda: BackupConfig.model_validate({}))
     basebackup: BaseBackupSettings = Field(default_factory=lambda: BaseBackupSettings.model_validate({}))
+    wal: WalConfig = Field(default_factory=lambda: WalConfig.model_validate({}))
 
     @model_validator(mode="after")
     def _somewhere(self) -> RepositoryConfig:
