@@ -280,10 +280,21 @@ def build_parser() -> argparse.ArgumentParser:
     from steps.base_commands import register as register_base_commands  # basebackup
 
     register_base_commands(sub)
+    from steps.wal_commands import register as register_wal_commands  # wal-push, wal-fetch, check
+
+    register_wal_commands(sub)
+    from steps.proof_commands import register as register_proof_commands  # verify-backup, status
+
+    register_proof_commands(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("wal-push", "wal-fetch"):  # PostgreSQL runs these per segment: no full parser
+        from steps.walfast import main as wal_main
+
+        return wal_main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
