@@ -82,3 +82,4 @@ def pg_cluster(pg_base: Path, pg_template: Path) -> Iterator[Cluster]:
 
 
 _cluster_numbers = itertools.count(1)
+from tests.server_venv import server_venv  # noqa: E402,F401  (session: the venv the server user runs)

@@ -1,0 +1,279 @@
+"""wal-push and wal-fetch as PostgreSQL runs them: archive_command/restore_command of real PostgreSQL 15
+clusters (1 MB segments), run by the server as `postgres` from the server venv, into a local repository and
+moto's S3 over HTTP.
+
+Segments arrive compressed and checked in both; fetch restores them byte for byte; a push of the same
+content succeeds and of other content is refused without touching the archive; a missing file is a quiet
+exit 1; a damaged copy, an unreachable S3 or bad arguments stop recovery (exit 126); a segment of another
+cluster and a root caller are refused; the asynchronous mode keeps up with pgbench with no gap; a real
+recovery replays through wal-fetch and its read-ahead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from steps.layout import next_segment, parse_wal_name, wal_key, wal_name_from_key
+from steps.walfile import CorruptWal, read_header, unpack
+from tests.conftest import ROOT
+from tests.pgcluster import PG_BIN, as_server_user, chown_server_user
+from tests.s3server import S3Endpoint, s3_bucket, s3_server  # noqa: F401
+from tests.wal_helpers import (
+    WalCluster,
+    credentials_file,
+    pgbench,
+    s3_keys,
+    s3_section,
+    server_dir,
+    wal_cluster,  # noqa: F401
+    wal_template,  # noqa: F401
+    write_config,
+)
+
+Factory = Callable[..., WalCluster]
+
+
+def _archived_segments(wc: WalCluster) -> list[str]:
+    status = wc.datadir / "pg_wal" / "archive_status"
+    return sorted(n.removesuffix(".done") for n in os.listdir(status) if n.endswith(".done"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def both(wal_cluster: Factory, s3_server: S3Endpoint, s3_bucket: str) -> tuple[WalCluster, Path, Path]:  # noqa: F811
+    """A running cluster archiving into a local repository and S3; (cluster, config, local repository)."""
+    wc = wal_cluster()
+    repo = server_dir(wc.base, "repo")
+    cfg = write_config(wc.base / "repository.yaml", wc.cluster, local=repo,
+                       s3=s3_section(s3_server.url, s3_bucket, credentials_file(wc.base)),
+                       wal={"spool_dir": str(server_dir(wc.base, "spool"))})
+    wc.archive_with(cfg)
+    wc.cluster.start()
+    return wc, cfg, repo
+
+
+def test_segments_arrive_compressed_in_both_and_fetch_restores_them_byte_for_byte(
+        both: tuple[WalCluster, Path, Path], s3_server: S3Endpoint, s3_bucket: str) -> None:  # noqa: F811
+    wc, cfg, repo = both
+    wc.psql("create table t as select g, md5(g::text) as h from generate_series(1, 20000) g")
+    last = wc.switch()
+    wc.wait_archived(last)
+    sysid, seg_size = wc.sysid(), wc.segment_size()
+    assert seg_size == 1024 * 1024
+    names = _archived_segments(wc)
+    assert last in names and len(names) >= 2
+    objects = s3_keys(s3_server, s3_bucket, f"wal-tests/clusters/{sysid}/wal/")
+    fetched = server_dir(wc.base, "fetched")
+    for name in names:
+        key = wal_key(sysid, name)
+        local = (repo / key).read_bytes()
+        assert len(local) < seg_size // 2, f"{name} is not compressed: {len(local)} bytes"
+        meta, _ = read_header(local)
+        assert meta["name"] == name and meta["size"] == seg_size
+        assert f"wal-tests/{key}" in objects
+        original = (wc.datadir / "pg_wal" / name).read_bytes()
+        for source in ("local", "s3"):
+            dest = fetched / f"{name}.{source}"
+            r = wc.runbook("wal-fetch", "-c", str(cfg), "--from", source, name, str(dest))
+            assert r.returncode == 0, r.stderr
+            assert dest.read_bytes() == original
+    head = s3_server.client().head_object(Bucket=s3_bucket, Key=f"wal-tests/{wal_key(sysid, last)}")
+    assert head["Metadata"]["sha256"] == read_header((repo / wal_key(sysid, last)).read_bytes())[0]["sha256"]
+
+
+def test_push_is_idempotent_and_never_overwrites_other_content(
+        both: tuple[WalCluster, Path, Path], s3_server: S3Endpoint, s3_bucket: str) -> None:  # noqa: F811
+    wc, cfg, repo = both
+    name = wc.switch()
+    wc.wait_archived(name)
+    key = wal_key(wc.sysid(), name)
+    before_local = (repo / key).read_bytes()
+    before_s3 = s3_server.client().get_object(Bucket=s3_bucket, Key=f"wal-tests/{key}")["Body"].read()
+
+    same = wc.runbook("wal-push", "-c", str(cfg), f"pg_wal/{name}")
+    assert same.returncode == 0, same.stderr
+
+    other = server_dir(wc.base, "elsewhere/pg_wal") / name
+    data = bytearray((wc.datadir / "pg_wal" / name).read_bytes())
+    data[5000:5016] = os.urandom(16)
+    other.write_bytes(bytes(data))
+    chown_server_user(other)
+    r = wc.runbook("wal-push", "-c", str(cfg), str(other))
+    assert 0 < r.returncode < 126, r
+    assert "DIFFERENT content" in r.stderr and name in r.stderr and "nothing is overwritten" in r.stderr
+    assert (repo / key).read_bytes() == before_local
+    assert s3_server.client().get_object(Bucket=s3_bucket, Key=f"wal-tests/{key}")["Body"].read() == before_s3
+
+
+def test_missing_files_exit_1_quietly(both: tuple[WalCluster, Path, Path]) -> None:
+    wc, cfg, _ = both
+    dest = server_dir(wc.base, "fetched") / "x"
+    for name in ("00000099.history", "0000000100000000000000FF", "00000001000000000000000A.00000028.backup"):
+        r = wc.runbook("wal-fetch", "-c", str(cfg), name, str(dest))
+        assert (r.returncode, r.stderr) == (1, ""), (name, r)
+    assert not dest.exists()
+
+
+def test_a_damaged_copy_stops_recovery_unless_another_copy_is_good(
+        both: tuple[WalCluster, Path, Path], s3_server: S3Endpoint, s3_bucket: str) -> None:  # noqa: F811
+    wc, cfg, repo = both
+    name = wc.switch()
+    wc.wait_archived(name)
+    key = wal_key(wc.sysid(), name)
+    obj = repo / key
+    blob = bytearray(obj.read_bytes())
+    blob[-100] ^= 0xFF  # inside the zstd frame
+    os.chmod(obj, 0o640)
+    obj.write_bytes(bytes(blob))
+    with pytest.raises(CorruptWal):
+        unpack(bytes(blob), name)
+    dest = server_dir(wc.base, "fetched") / "RECOVERYXLOG"
+    # Local is damaged, S3 is good: restored from S3, with a warning naming the damaged copy.
+    r = wc.runbook("wal-fetch", "-c", str(cfg), name, str(dest))
+    assert r.returncode == 0 and "damaged" in r.stderr and name in r.stderr, r
+    assert dest.read_bytes() == (wc.datadir / "pg_wal" / name).read_bytes()
+    dest.unlink()
+    # Local only: nothing good is left, recovery must stop (exit > 125), naming the segment.
+    r = wc.runbook("wal-fetch", "-c", str(cfg), "--from", "local", name, str(dest))
+    assert r.returncode == 126 and name in r.stderr and "damaged" in r.stderr, r
+    assert not dest.exists()
+    # The same for a copy whose header lies about the content (sha256 mismatch after decompression).
+    s3_server.client().put_object(Bucket=s3_bucket, Key=f"wal-tests/{key}", Body=bytes(blob))
+    r = wc.runbook("wal-fetch", "-c", str(cfg), name, str(dest))
+    assert r.returncode == 126 and name in r.stderr
+
+
+def test_unreachable_s3_stops_recovery_and_fails_the_push(wal_cluster: Factory) -> None:  # noqa: F811
+    wc = wal_cluster()
+    dead = f"http://127.0.0.1:{_free_port()}"
+    cfg = write_config(wc.base / "repository.yaml", wc.cluster, local=server_dir(wc.base, "repo"),
+                       s3=s3_section(dead, "nowhere", credentials_file(wc.base), max_attempts=1),
+                       wal={"fetch_attempts": 2, "spool_dir": str(server_dir(wc.base, "spool"))})
+    wc.cluster.start()
+    name = wc.switch()
+    t0 = time.monotonic()
+    push = wc.runbook("wal-push", "-c", str(cfg), f"pg_wal/{name}")
+    assert 0 < push.returncode < 126 and "cannot reach the S3 endpoint" in push.stderr, push
+    fetch = wc.runbook("wal-fetch", "-c", str(cfg), "0000000100000000000000FE", str(wc.base / "x"))
+    assert fetch.returncode == 126 and "cannot reach" in fetch.stderr, fetch
+    assert time.monotonic() - t0 < 30  # bounded retries
+
+
+def test_a_segment_of_another_cluster_is_refused(wal_cluster: Factory) -> None:  # noqa: F811
+    a, b = wal_cluster(), wal_cluster(True)
+    for wc in (a, b):
+        wc.cluster.start()
+    assert a.sysid() != b.sysid()
+    repo = server_dir(b.base, "repo")
+    cfg = write_config(b.base / "repository.yaml", b.cluster, local=repo)
+    name = a.switch()
+    foreign = server_dir(b.base, "foreign/pg_wal") / name
+    foreign.write_bytes((a.datadir / "pg_wal" / name).read_bytes())
+    chown_server_user(foreign)
+    r = b.runbook("wal-push", "-c", str(cfg), str(foreign))  # run in b's data directory, as the server would
+    assert 0 < r.returncode < 126 and "refusing" in r.stderr and a.sysid() in r.stderr, r
+    assert not any(repo.rglob("*.zst"))
+    # Its own segment goes to its own directory, named by its own identifier.
+    own = b.switch()
+    r = b.runbook("wal-push", "-c", str(cfg), f"pg_wal/{own}")
+    assert r.returncode == 0, r.stderr
+    assert (repo / wal_key(b.sysid(), own)).exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_root_is_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(f"version: 1\nlocal: {{path: {tmp_path / 'repo'}}}\n")
+    env = {**os.environ, "NO_COLOR": "1"}
+    push = subprocess.run([sys.executable, "-m", "runbook", "wal-push", "-c", str(cfg), "pg_wal/000000010000000000000001"],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    assert push.returncode == 2 and "refuses to run as root" in push.stderr and "runuser -u postgres" in push.stderr
+    fetch = subprocess.run([sys.executable, "-m", "runbook", "wal-fetch", "-c", str(cfg), "000000010000000000000001",
+                            str(tmp_path / "x")], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert fetch.returncode == 126 and "refuses to run as root" in fetch.stderr
+
+
+def test_fetch_argument_errors_stop_recovery(both: tuple[WalCluster, Path, Path]) -> None:
+    wc, cfg, _ = both
+    for args in (["-c", str(cfg)], ["-c", str(cfg), "not-a-wal-name", "x"], ["--bogus"]):
+        r = wc.runbook("wal-fetch", *args)
+        assert r.returncode == 126, (args, r)
+
+
+def test_async_mode_keeps_up_with_pgbench_without_gaps(wal_cluster: Factory, s3_server: S3Endpoint,  # noqa: F811
+                                                       s3_bucket: str) -> None:  # noqa: F811
+    wc = wal_cluster()
+    repo, spool = server_dir(wc.base, "repo"), server_dir(wc.base, "spool")
+    cfg = write_config(wc.base / "repository.yaml", wc.cluster, local=repo,
+                       s3=s3_section(s3_server.url, s3_bucket, credentials_file(wc.base)),
+                       wal={"async": True, "spool_dir": str(spool), "max_parallel": 4, "worker_idle_s": 3})
+    wc.archive_with(cfg)
+    wc.cluster.start()
+    sysid = wc.sysid()
+    pgbench(wc.cluster, "-i", "-s", "3", "-q")
+    pgbench(wc.cluster, "-c", "4", "-j", "2", "-T", "4", "-n")
+    last = wc.switch()
+    wc.wait_archived(last, timeout=60)
+    status = wc.datadir / "pg_wal" / "archive_status"
+    assert not [n for n in os.listdir(status) if n.endswith(".ready")]
+    assert wc.psql("select failed_count from pg_stat_archiver") == "0", wc.log_tail()
+    seg_size = wc.segment_size()
+    local = sorted(n for k in (repo / f"clusters/{sysid}/wal").iterdir() if (n := wal_name_from_key(k.name)))
+    remote = sorted(n for k in s3_keys(s3_server, s3_bucket, f"wal-tests/clusters/{sysid}/wal/")
+                    if (n := wal_name_from_key(k)))
+    assert local == remote
+    segments = [n for n in local if parse_wal_name(n).kind == "segment"]
+    assert len(segments) >= 20, segments
+    for a, b in zip(segments, segments[1:], strict=False):
+        assert b == next_segment(a, seg_size), f"gap between {a} and {b}"
+    assert segments[-1] == last
+    (log_file,) = (spool / sysid).glob("push-*/push-worker.log")
+    log = log_file.read_text()
+    assert "uploader started" in log and "FAILED" not in log
+
+
+def test_a_recovery_replays_through_wal_fetch_and_its_read_ahead(both: tuple[WalCluster, Path, Path],
+                                                                 wal_cluster: Factory) -> None:  # noqa: F811
+    wc, cfg, _ = both
+    base = server_dir(wc.base, "basebackup")
+    subprocess.run(as_server_user([str(PG_BIN / "pg_basebackup"), "-h", str(wc.cluster.socket_dir), "-p",
+                                   str(wc.cluster.port), "-U", "postgres", "-D", str(base / "data"), "-X", "none",
+                                   "-c", "fast"]), check=True, capture_output=True)
+    wc.psql("create table r as select g from generate_series(1, 1000) g")
+    for _ in range(12):
+        wc.psql("insert into r select g from generate_series(1, 3000) g")
+        wc.switch()
+    expected = wc.psql("select count(*) from r")
+    last = wc.switch()
+    wc.wait_archived(last)
+    restored = wal_cluster()
+    data = restored.datadir
+    subprocess.run(as_server_user(["rm", "-rf", str(data)]), check=True)
+    subprocess.run(as_server_user(["cp", "-a", str(base / "data"), str(data)]), check=True)
+    restored.configure(restore_command=f"{restored.venv.runbook} wal-fetch -c {cfg} %f %p",
+                       recovery_target_timeline="latest", archive_mode="off")
+    (data / "recovery.signal").touch()
+    chown_server_user(data)
+    restored.cluster.start()
+    deadline = time.monotonic() + 60
+    while restored.psql("select pg_is_in_recovery()") == "t":
+        assert time.monotonic() < deadline, restored.log_tail()
+        time.sleep(0.2)
+    assert restored.psql("select count(*) from r") == expected
+    log = restored.log_tail(200)
+    assert "restored log file" in log and "FATAL" not in log
+    spools = list((wc.base / "spool" / wc.sysid()).glob("in-*"))
+    assert spools and (spools[0] / ".want").exists(), "the read-ahead never ran"

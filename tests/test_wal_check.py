@@ -1,0 +1,94 @@
+"""`runbook check` against real clusters, as a non-superuser (pg_monitor, EXECUTE on pg_switch_wal).
+
+A cluster whose archive_command is broken is reported failed (exit 2) with the archiver's last failure; a
+healthy one archiving through wal-push into a local repository and S3 passes `--force-switch` (the switched
+segment reaches both), with its newest logical backup found and the missing base backup said; a config
+that cannot connect exits 3.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import run_cli
+from tests.s3server import S3Endpoint, credentials_env, s3_bucket, s3_server  # noqa: F401
+from tests.wal_helpers import (
+    WalCluster,
+    credentials_file,
+    s3_section,
+    server_dir,
+    wal_cluster,  # noqa: F401
+    wal_template,  # noqa: F401
+    write_config,
+)
+
+Factory = Callable[..., WalCluster]
+ROLE = "monitor"
+
+
+def _monitor_role(wc: WalCluster) -> None:
+    wc.psql(f"create role {ROLE} login in role pg_monitor, pg_read_all_data")
+    wc.psql(f"grant execute on function pg_switch_wal() to {ROLE}")
+
+
+def _check(cfg: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    r = run_cli("check", "-c", str(cfg), "--json", *args, env=credentials_env(), timeout=120)
+    assert r.stdout.strip(), r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["exit_code"] == r.returncode
+    return r.returncode, {c["name"]: c for c in doc["checks"]}
+
+
+def test_a_broken_archive_command_is_reported_failed(wal_cluster: Factory) -> None:  # noqa: F811
+    wc = wal_cluster()
+    wc.configure(archive_mode="on", archive_command="/bin/false", archive_timeout="60")
+    wc.cluster.start()
+    _monitor_role(wc)
+    cfg = write_config(wc.base / "repository.yaml", wc.cluster, local=server_dir(wc.base, "repo"), user=ROLE)
+    wc.switch()
+    deadline = time.monotonic() + 30
+    while wc.psql("select failed_count from pg_stat_archiver") == "0":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    code, checks = _check(cfg, "--force-switch", "--timeout", "3")
+    assert code == 2
+    assert checks["pg_stat_archiver"]["status"] == "failed" and "archiving is failing" in checks["pg_stat_archiver"]["detail"]
+    assert checks["archive_command"]["status"] == "warning" and "/bin/false" in checks["archive_command"]["detail"]
+    assert checks["wal_switch"]["status"] == "failed"
+    assert checks["connection"]["status"] == "ok" and ROLE in checks["connection"]["detail"]
+    human = run_cli("check", "-c", str(cfg))
+    assert human.returncode == 2 and "FAILED   pg_stat_archiver" in human.stdout and "hint:" in human.stdout
+
+
+def test_a_healthy_cluster_passes_force_switch_as_a_non_superuser(
+        wal_cluster: Factory, s3_server: S3Endpoint, s3_bucket: str) -> None:  # noqa: F811
+    wc = wal_cluster()
+    repo = server_dir(wc.base, "repo")
+    cfg = write_config(wc.base / "repository.yaml", wc.cluster, local=repo, user=ROLE,
+                       s3=s3_section(s3_server.url, s3_bucket, credentials_file(wc.base)),
+                       wal={"spool_dir": str(server_dir(wc.base, "spool"))})
+    wc.archive_with(cfg, archive_timeout="60")
+    wc.cluster.start()
+    _monitor_role(wc)
+    server_dir(wc.base, "state")
+    # The daily backup runs as the server's user too (cron), so the repository stays writable for wal-push.
+    backup = wc.runbook("backup", "-c", str(cfg), timeout=180)
+    assert backup.returncode in (0, 1), backup.stderr
+    code, checks = _check(cfg, "--force-switch", "--timeout", "30")
+    for name in ("connection", "repository:local", "repository:s3", "archive_mode", "archive_command",
+                 "archive_timeout", "pg_stat_archiver", "archived_wal", "wal_switch", "logical_backup"):
+        assert checks[name]["status"] == "ok", (checks[name], wc.log_tail())
+    assert "reached every repository" in checks["wal_switch"]["detail"]
+    assert checks["base_backup"]["status"] == "warning" and "no base backup" in checks["base_backup"]["detail"]
+    assert code == 1  # the missing base backup is the only warning
+
+
+def test_no_connection_means_could_not_run(wal_cluster: Factory) -> None:  # noqa: F811
+    wc = wal_cluster()  # never started
+    cfg = write_config(wc.base / "repository.yaml", wc.cluster, local=server_dir(wc.base, "repo"))
+    code, checks = _check(cfg)
+    assert code == 3 and checks["connection"]["status"] == "failed"
