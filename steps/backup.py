@@ -242,7 +242,7 @@ class BackupRun:
     def _lock_dir(self) -> Path:
         if self.cfg.backup.lock_dir is not None:
             return self.cfg.backup.lock_dir
-        if self.cfg.local is not None:
+        if self.cfg.local is not None and self.repositories.get("local") == "ok":
             return self.cfg.local.path / "locks"
         return self.state_dir / "locks"
 
@@ -264,15 +264,23 @@ class BackupRun:
             lk.record(bid)
 
     def _staging_root(self) -> Path:
-        if self.cfg.backup.staging_dir is not None:
-            root = self.cfg.backup.staging_dir
-        elif self.cfg.local is not None:
-            root = self.cfg.local.path / ".staging"
-        else:
-            if self._tmp_staging is None:
-                self._tmp_staging = Path(tempfile.mkdtemp(prefix="runbook-backup-", dir="/var/tmp"))
-            return self._tmp_staging
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Where dumps are written before publishing: inside the local repository when it is usable (the
+        same filesystem, so publishing is a hard link), else `backup.staging_dir`, else a temp dir."""
+        from steps.repository import local_error
+
+        try:
+            if self.cfg.backup.staging_dir is not None:
+                root = self.cfg.backup.staging_dir
+            elif self.cfg.local is not None and self.repositories.get("local") == "ok":
+                root = self.cfg.local.path / ".staging"
+            else:
+                if self._tmp_staging is None:
+                    self._tmp_staging = Path(tempfile.mkdtemp(prefix="runbook-backup-", dir="/var/tmp"))
+                return self._tmp_staging
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise RunbookError(str(local_error(e, "creating the staging directory")),
+                               hint="set backup.staging_dir to a directory with room for one dump") from None
         return root
 
     def _not_published(self, out: Outcome) -> None:
@@ -286,16 +294,22 @@ class BackupRun:
         from steps.dump import take_dump
 
         assert self.backup_id is not None
+        from steps.repository import local_error
+
         out = Outcome(target=db, backup_id=self.backup_id)
         self._not_published(out)
-        staging = self._staging_root() / f"{db}-{self.backup_id}"
-        shutil.rmtree(staging, ignore_errors=True)
+        staging: Path | None = None
         try:
             log.info("backing up %s as %s", self.conn.describe(db), self.backup_id)
             t0 = time.monotonic()
             try:
-                result = take_dump(self.conn, db, staging, jobs=self.cfg.backup.jobs,
-                                   compression=self.cfg.backup.compression)
+                staging = self._staging_root() / f"{db}-{self.backup_id}"
+                shutil.rmtree(staging, ignore_errors=True)
+                try:
+                    result = take_dump(self.conn, db, staging, jobs=self.cfg.backup.jobs,
+                                       compression=self.cfg.backup.compression)
+                except OSError as e:
+                    raise local_error(e, f"writing the dump into {staging}") from None
             except RunbookError as e:
                 out.error = str(e)
                 out.raise_to(EXIT_FAILED)
@@ -317,7 +331,8 @@ class BackupRun:
             prefix = layout.logical_prefix(result.facts.system_identifier, db, self.backup_id)
             self._verify_and_publish(out, prefix, staging, result.objects, to_json(manifest))
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
         if out.published and out.exit_code == EXIT_OK:
             self._local_retention(out, db=db)
         return out
@@ -433,14 +448,15 @@ class BackupRun:
     # --- the attachments -------------------------------------------------------------------------
 
     def _backup_attachments(self) -> Outcome:
-        from steps.attachments import AttachmentsError, capture
+        from steps.attachments import capture
 
         assert self.cfg.attachments is not None and self.backup_id is not None
         out = Outcome(target=ATTACHMENTS, backup_id=self.backup_id)
         self._not_published(out)
-        staging = self._staging_root() / f"attachments-{self.backup_id}"
-        shutil.rmtree(staging, ignore_errors=True)
+        staging: Path | None = None
         try:
+            staging = self._staging_root() / f"attachments-{self.backup_id}"
+            shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True, mode=0o700)
             t0 = time.monotonic()
             tar = staging / layout.ATTACHMENTS_TAR
@@ -458,12 +474,13 @@ class BackupRun:
             prefix = layout.files_prefix(self.backup_id)
             stored = self._store_all(out, prefix, staging, objects)
             self._commit_all(out, stored, prefix, objects, to_json(manifest), Level.checksummed, checks)
-        except (AttachmentsError, RepositoryError, OSError) as e:
+        except (RunbookError, OSError) as e:
             out.error = str(e)
             out.raise_to(EXIT_FAILED)
             log.error("attachments not captured: %s", e)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
         if out.published and out.exit_code == EXIT_OK and not out.warnings:
             self._local_retention(out, files=True)
         return out

@@ -3,8 +3,8 @@
 An `flock` on `<lock dir>/backup-<target>.lock`, held for the whole backup (released by the kernel when
 the process dies, so a crash leaves no stale lock). The file names its holder and remembers the last
 backup id taken under it, so that two runs in the same second never get the same id. The default lock
-directory is `<local repository>/locks` (one place that root, cron and the `postgres` user all share),
-else `<state dir>/locks`.
+directory is `<local repository>/locks` (one place that root, cron and the `postgres` user all share)
+when the local repository is usable, else `<state dir>/locks`.
 """
 
 from __future__ import annotations

@@ -306,3 +306,19 @@ def test_sigterm_stops_the_backup_cleanly(source_cluster: Cluster, tmp_path: Pat
         time.sleep(0.1)
     assert source_cluster.psql("select count(*) from pg_stat_activity where datname = 'big'") == "0"
     assert status(tmp_path)["status"] == "failed"
+
+
+def test_an_unusable_local_repository_still_publishes_off_site(
+    source_cluster: Cluster, db: str, s3_server: S3Endpoint, s3_bucket: str, tmp_path: Path  # noqa: F811
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the repository should be")
+    cfg = write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db], local=blocker / "repo",
+                       s3={"bucket": s3_bucket, "prefix": "p", "endpoint_url": s3_server.url})
+    proc = backup(cfg)
+    assert proc.returncode == 1, proc.stderr
+    assert "published in s3" in proc.stderr and "local:" in proc.stderr and "Traceback" not in proc.stderr
+    st = status(tmp_path)
+    assert st["targets"][db]["published"] == ["s3"] and st["repositories"]["local"] != "ok"
+    assert any(k.endswith("/manifest.json") for k in s3_keys(s3_server, s3_bucket))
+    assert not list(Path("/var/tmp").glob("runbook-backup-*"))  # the temp staging went away
