@@ -105,6 +105,7 @@ def cmd_backups(args: argparse.Namespace) -> int:
                 print(f"! {db}: no backup at readable or better: a recovery has nothing to start from")
     if cat.base:
         _print_base(cat.base, now)
+        _print_wal(stores, sorted({e.cluster for e in cat.base}))
     if cat.files:
         newest = cat.files[0]
         n = len(getattr(newest.manifest, "files", []))
@@ -158,6 +159,23 @@ def _print_base(entries: list[Any], now: datetime) -> None:
         print(f"  {e.backup_id:17} {when:20} {_age((now - e.time).total_seconds()):>7} {_mb(e.size_bytes):>10}  "
               f"{e.level.name:11} {','.join(e.locations()):9} {m.timeline:>3} {m.start_wal:24} {e.cluster}")
     print("a point-in-time recovery starts from the newest readable base backup that ended before its target")
+
+
+def _print_wal(stores: list[Any], clusters: list[str]) -> None:
+    """The archived WAL range of each cluster with base backups: how far a PITR can go."""
+    from steps.walnames import archived_segment, wal_dir
+
+    for store in stores:
+        for sysid in clusters:
+            try:
+                segs = sorted(s for k, _ in store.list_keys(wal_dir(sysid)) if (s := archived_segment(k)))
+            except RunbookError as e:
+                print(f"WAL of {sysid} in {store.name}: cannot list: {e}")
+                continue
+            if segs:
+                print(f"WAL of {sysid} in {store.name}: {len(segs)} segments, {segs[0]} .. {segs[-1]}")
+            else:
+                print(f"! WAL of {sysid} in {store.name}: none archived: no PITR past a base backup's end")
 
 
 def cmd_prune(args: argparse.Namespace) -> int:

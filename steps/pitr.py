@@ -48,6 +48,9 @@ LAST_XACT_RE = re.compile(r"last completed transaction was at log time (.+?)\s*$
 REDO_DONE_RE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
 NEW_TLI_RE = re.compile(r"selected new timeline ID: (\d+)")
 NOT_REACHED = "recovery ended before configured recovery target was reached"
+# FATALs that end a client's connection, not the recovery (our own polling while the server starts, others)
+CLIENT_FATALS = ("the database system is", "role \"", "database \"", "password authentication failed",
+                 "no pg_hba.conf entry", "Peer authentication failed", "terminating connection due to")
 RECOVERY_SETTINGS = ["restore_command", "recovery_target_time", "recovery_target_xid", "recovery_target_lsn",
                      "recovery_target_name", "recovery_target", "recovery_target_inclusive",
                      "recovery_target_action", "recovery_target_timeline"]
@@ -267,7 +270,8 @@ def recovery_settings(args: Args, config_path: Path) -> dict[str, str]:
 
 
 def server_settings(args: Args, socket_dir: str) -> dict[str, str]:
-    s = {"port": str(args.port), "listen_addresses": args.listen_addresses}
+    # hot_standby: connections during recovery, so that its progress can be watched
+    s = {"port": str(args.port), "listen_addresses": args.listen_addresses, "hot_standby": "on"}
     if not args.debian_cluster:
         s["unix_socket_directories"] = socket_dir
     if args.archive_to:
@@ -379,8 +383,8 @@ def _watch(args: Args, pgdata: Path, log: Path, socket_dir: str, events: Events,
         if not _alive(pgdata):
             raise _recovery_failed(_log_tail(log, 40), "the restored server stopped during recovery")
         text = log.read_text(errors="replace") if log.exists() else ""
-        fatal = [ln for ln in _fatal_lines(text) if "the database system is" not in ln]
-        if fatal or "PANIC" in text:
+        fatal = [ln for ln in _fatal_lines(text) if not any(b in ln for b in CLIENT_FATALS)]
+        if fatal or "PANIC:" in text:
             raise _recovery_failed(text, "the restored server reported a fatal error during recovery")
         proc = _psql(socket_dir, args.port, args.user, sql)
         if proc.returncode == 0 and proc.stdout.strip():

@@ -59,14 +59,15 @@ ARCHIVED_RE = re.compile(r"^([0-9A-F]{24})(\.[a-z0-9]+)?$")
 
 
 def archived_segment(key: str) -> str | None:
-    """The segment name an archive object holds (`<segment>` or `<segment>.<compression>`, the last part of a
-    key), or None for `.history`, `.backup`, `.partial` files and anything else."""
+    """The segment name an archive object holds (`<segment>.zst` as wal-push stores it, or any
+    `<segment>[.<suffix>]` a plain `cp` archive holds), or None for `.history`, `.backup`, `.partial` files
+    and anything else."""
     m = ARCHIVED_RE.match(key.rsplit("/", 1)[-1])
     return m.group(1) if m else None
 
 
 def wal_dir(system_identifier: str) -> str:
     """A cluster's WAL archive directory (ending in /): `clusters/<sysid>/wal/`, where wal-push writes."""
-    if not system_identifier.isdigit():
-        raise ValueError(f"not a system identifier: {system_identifier!r}")
-    return f"clusters/{system_identifier}/wal/"
+    from steps.layout import wal_prefix
+
+    return wal_prefix(system_identifier)

@@ -1,18 +1,25 @@
 """An archiving primary for base backup and PITR tests: 1 MB WAL segments, a non-superuser backup role with
 REPLICATION, WAL archived into a repository, a repository config, and helpers to write timestamped rows.
 
-Archiving goes through the real `runbook wal-push` / `wal-fetch` when the package offers them (run from the
-server-readable virtual environment of tests/server_venv.py); until then through `cp` into the same layout.
+Archiving goes through the real `runbook wal-push` / `wal-fetch`, run from the server-readable virtual
+environment of tests/server_venv.py. Test modules import the fixtures: `pitr_template_fixture`,
+`primary_fixture` (registered as `pitr_template` and `primary`).
 """
 
 from __future__ import annotations
 
+import atexit
+import itertools
 import os
 import shutil
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 from tests.pgcluster import PG_BIN, Cluster, as_server_user, chown_server_user
 
@@ -43,14 +50,16 @@ class Primary:
         return self.cluster.psql(sql, db)
 
     def switch_wal(self) -> None:
-        """Close the current segment and wait until the archive has it."""
-        name = self.psql("select pg_walfile_name(pg_current_wal_lsn())")
-        if self.psql("select pg_current_wal_lsn() = pg_switch_wal()") == "t":
-            pass
+        """Close the current segment and wait until the archiver has archived it (pg_stat_archiver)."""
+        name = self.psql("select pg_walfile_name(pg_switch_wal())")
         deadline = time.monotonic() + 30
-        while not any(p.name.startswith(name) for p in self.wal_dir.glob(f"{name}*")):
+        while True:
+            last, failed = self.psql("select coalesce(last_archived_wal, ''), failed_count from pg_stat_archiver"
+                                     ).split("|")
+            if last[:24] >= name:
+                return
             if time.monotonic() > deadline:
-                raise AssertionError(f"{name} did not reach the archive {self.wal_dir}")
+                raise AssertionError(f"{name} was not archived ({failed} failures); see {self.cluster.datadir}")
             time.sleep(0.1)
 
     def crash(self) -> None:
@@ -89,7 +98,7 @@ def wal_commands(repo: Path, config: Path, sid: str, venv_runbook: str | None) -
 
 
 def make_primary(template: Path, dest: Path, *, s3: dict[str, str] | None = None, local: bool = True,
-                 venv_runbook: str | None = None, extra_conf: str = "") -> Primary:
+                 venv_runbook: str | None = None, extra_conf: str = "", config_lines: tuple[str, ...] = ()) -> Primary:
     """A fresh archiving primary copied from `template` (initdb --wal-segsize=1), started, with the backup role."""
     shutil.copytree(template, dest / "data", symlinks=True)
     datadir = dest / "data"
@@ -103,6 +112,7 @@ def make_primary(template: Path, dest: Path, *, s3: dict[str, str] | None = None
         lines.append(f"local: {{path: {repo}}}")
     if s3:
         lines.append("s3: {" + ", ".join(f"{k}: {v}" for k, v in s3.items()) + "}")
+    lines += config_lines
     config.write_text("\n".join(lines) + "\n")
     archive_command, restore_command = wal_commands(repo, config, sid, venv_runbook)
     with open(datadir / "postgresql.auto.conf", "a") as f:
@@ -130,3 +140,55 @@ def write_rows(p: Primary, n: int, note: str, pause: float = 0.0) -> list[str]:
         if pause:
             time.sleep(pause)
     return notes
+
+
+_n = itertools.count(1)
+
+
+def next_dir(base: Path) -> Path:
+    d = base / f"pitr{next(_n)}"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture(scope="session", name="pitr_template")
+def pitr_template_fixture(pg_base: Path) -> Path:
+    """initdb once per session, with 1 MB WAL segments."""
+    from tests.pgcluster import initdb
+
+    tpl = pg_base / "pitr-template" / "data"
+    if not (tpl / "PG_VERSION").exists():  # modules that import this fixture share the one template
+        initdb(tpl, "--wal-segsize=1")
+    return tpl
+
+
+_venv: list[str] = []
+
+
+def server_runbook() -> str:
+    """`runbook` of a server-readable venv (tests/server_venv.py), built once per test process however many
+    modules ask for it."""
+    if not _venv:
+        from tests.conftest import ROOT
+        from tests.server_venv import build_server_venv
+
+        base = Path(tempfile.mkdtemp(prefix="runbook-server-venv-"))
+        atexit.register(shutil.rmtree, base, True)
+        _venv.append(str(build_server_venv(ROOT, base).runbook))
+    return _venv[0]
+
+
+@pytest.fixture(scope="session", name="server_runbook")
+def server_runbook_fixture() -> str:
+    return server_runbook()
+
+
+@pytest.fixture(name="primary")
+def primary_fixture(pg_base: Path, pitr_template: Path, server_runbook: str) -> Iterator[Primary]:
+    """An archiving primary whose archive_command is the real `runbook wal-push` (the server venv's)."""
+    p = make_primary(pitr_template, next_dir(pg_base), venv_runbook=server_runbook)
+    try:
+        yield p
+    finally:
+        p.stop_restored()
+        p.crash()

@@ -7,47 +7,29 @@ restores into a new data directory, where the rows are checked.
 
 from __future__ import annotations
 
-import itertools
 import json
+import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, run_cli
-from tests.pitr_cluster import Primary, make_primary, restored_psql, write_rows
-
-_n = itertools.count(1)
-
-
-@pytest.fixture(scope="session")
-def pitr_template(pg_base: Path) -> Path:
-    from tests.pgcluster import initdb
-
-    tpl = pg_base / "pitr-template" / "data"
-    initdb(tpl, "--wal-segsize=1")
-    return tpl
-
-
-def _venv_runbook(request: pytest.FixtureRequest) -> str | None:
-    """`runbook` in a virtual environment the server's user can run (tests/server_venv.py), for wal-push and
-    wal-fetch; None: archive with cp (until both commands are in the package)."""
-    return None
-
-
-@pytest.fixture
-def primary(pg_base: Path, pitr_template: Path, request: pytest.FixtureRequest) -> Iterator[Primary]:
-    dest = pg_base / f"pitr{next(_n)}"
-    dest.mkdir()
-    p = make_primary(pitr_template, dest, venv_runbook=_venv_runbook(request))
-    try:
-        yield p
-    finally:
-        p.stop_restored()
-        p.crash()
+from tests.pgcluster import as_server_user
+from tests.pitr_cluster import (  # noqa: F401 - fixtures
+    Primary,
+    make_primary,
+    next_dir,
+    pitr_template_fixture,
+    primary_fixture,
+    restored_psql,
+    server_runbook_fixture,
+    write_rows,
+)
+from tests.s3server import S3Endpoint, s3_bucket, s3_server  # noqa: F401
 
 
 def pitr(args: dict[str, object], timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -160,3 +142,69 @@ def test_pitr_to_latest_replays_everything_archived(primary: Primary) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert notes(pgdata) == rows
     assert outputs(r)["timeline"] == 2
+
+
+def test_base_backup_round_trip_through_s3(pg_base: Path, pitr_template: Path, s3_server: S3Endpoint,  # noqa: F811
+                                           s3_bucket: str, server_runbook: str) -> None:  # noqa: F811
+    """S3 only: WAL archived by wal-push, the base backup published and checked there, PITR fetched from there."""
+    dest = next_dir(pg_base)
+    s3 = {"bucket": s3_bucket, "prefix": "assetflow", "endpoint_url": s3_server.url, "region": "us-east-1"}
+    p = make_primary(pitr_template, dest, s3=s3, local=False, venv_runbook=server_runbook)
+    try:
+        write_rows(p, 3, "pre")
+        r = run_cli("basebackup", "-c", str(p.config), timeout=120)
+        assert r.returncode == 0 and "readable in s3" in r.stdout, r.stdout + r.stderr
+        keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_bucket)["Contents"]]
+        base = [k for k in keys if "/base/" in k]
+        assert {k.rsplit("/", 1)[1] for k in base} >= {"manifest.json", "backup_manifest", "base.tar.zst"}
+        kept = write_rows(p, 4, "kept")
+        target = p.psql("select now()")
+        write_rows(p, 4, "lost")
+        p.switch_wal()
+        p.crash()
+        pgdata = dest / "restored"
+        r = pitr(p.pitr_args(pgdata, target=target, source="s3"))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "from s3" in r.stdout + r.stderr or "s3" in r.stdout
+        assert notes(pgdata) == [f"pre-{i}" for i in range(3)] + kept
+        assert outputs(r)["timeline"] == 2
+    finally:
+        p.stop_restored()
+        p.crash()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("pg_createcluster"),
+                    reason="a Debian cluster needs root and postgresql-common")
+def test_pitr_into_a_new_debian_cluster(primary: Primary) -> None:
+    """pg_createcluster-style: configuration under /etc/postgresql/15/NAME, started with pg_ctlcluster."""
+    basebackup(primary)
+    rows = write_rows(primary, 6, "row")
+    primary.switch_wal()
+    primary.crash()
+    name = f"rbtest{os.getpid()}"
+    pgdata = Path("/var/lib/postgresql/15") / name
+    port = _free_port()
+    try:
+        r = pitr(primary.pitr_args(pgdata, target_kind="latest", debian_cluster=name, port=port,
+                                   socket_dir="/var/run/postgresql"))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert (Path("/etc/postgresql/15") / name / "postgresql.conf").exists()
+        out = subprocess.run(as_server_user(["/usr/lib/postgresql/15/bin/psql", "-h", "/var/run/postgresql", "-p",
+                                             str(port), "-XAtc", "select string_agg(note, ',' order by id) from events"]),
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert out.split(",") == rows and outputs(r)["timeline"] == 2
+        assert outputs(r)["log_file"] == f"/var/log/postgresql/postgresql-15-{name}.log"
+        # the same cluster name again is refused: an existing cluster is never overwritten
+        r = pitr(primary.pitr_args(Path("/var/lib/postgresql/15") / f"{name}b", target_kind="latest",
+                                   debian_cluster=name, port=port))
+        assert r.returncode == 1 and "exists already" in r.stderr
+    finally:
+        subprocess.run(["pg_dropcluster", "--stop", "15", name], capture_output=True)

@@ -1,0 +1,64 @@
+"""Retention of base backups and of the WAL they need, on a real archive: `basebackup` applies it to the local
+repository after a success, `runbook prune` to every repository; a kept base backup never loses its WAL."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tests.conftest import run_cli
+from tests.pitr_cluster import (  # noqa: F401 - fixtures
+    make_primary,
+    next_dir,
+    pitr_template_fixture,
+    server_runbook_fixture,
+    write_rows,
+)
+from tests.test_pitr import notes, outputs, pitr
+
+
+def _segments(wal: Path) -> set[str]:
+    return {p.name[:24] for p in wal.iterdir() if len(p.name) >= 24 and ".history" not in p.name
+            and ".backup" not in p.name and ".partial" not in p.name}
+
+
+def test_only_wal_older_than_the_oldest_kept_base_backup_goes(pg_base: Path, pitr_template: Path,
+                                                              server_runbook: str) -> None:
+    p = make_primary(pitr_template, next_dir(pg_base), venv_runbook=server_runbook,
+                     config_lines=("retention: {keep_last: 2, keep_days: 0}",))
+    try:
+        manifests = []
+        for i in range(3):
+            write_rows(p, 3, f"b{i}")
+            p.switch_wal()
+            r = run_cli("basebackup", "-c", str(p.config), timeout=120)
+            assert r.returncode == 0, r.stdout + r.stderr
+            manifests.append(json.loads(sorted((p.repo / "clusters" / p.sysid / "base").glob("*/manifest.json"))[-1]
+                                        .read_text()))
+        kept = sorted(d.name for d in (p.repo / "clusters" / p.sysid / "base").iterdir())
+        assert kept == [m["backup_id"] for m in manifests[1:]]  # keep_last 2: the oldest went
+        left = _segments(p.wal_dir)
+        oldest_start = manifests[1]["start_wal"]
+        assert min(left) == oldest_start  # everything before the oldest kept start is gone, nothing after
+        assert all(s >= oldest_start for s in left)
+        # the kept backups are whole: `runbook backups` lists both as readable, and a PITR from the older works
+        cat = json.loads(run_cli("backups", "-c", str(p.config), "--json").stdout)
+        assert [b["level"] for b in cat["base_backups"]] == ["readable", "readable"]
+        # prune again: nothing more to delete
+        r = run_cli("prune", "-c", str(p.config))
+        assert r.returncode == 0 and "deleted 0" in r.stdout, r.stdout + r.stderr
+        rows = write_rows(p, 2, "after")
+        p.switch_wal()
+        p.crash()
+        pgdata = p.cluster.datadir.parent / "restored"
+        r = pitr(p.pitr_args(pgdata, target_kind="latest", backup_id=manifests[1]["backup_id"]))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert notes(pgdata)[-2:] == rows and outputs(r)["backup_id"] == manifests[1]["backup_id"]
+        # a target before the oldest kept backup's end is now out of reach
+        early = datetime.fromisoformat(manifests[0]["stopped_at"]).astimezone(UTC).isoformat()
+        r = pitr(p.pitr_args(p.cluster.datadir.parent / "r2", target=early))
+        assert r.returncode == 1 and "target before the backup ends" in r.stderr
+    finally:
+        p.stop_restored()
+        p.crash()
