@@ -196,6 +196,8 @@ def _member(tf: tarfile.TarFile, m: tarfile.TarInfo, tar: Path, prefix: str, roo
         return
     if not m.isfile():
         raise BaseBackupInvalid(f"{tar.name}: unexpected member type for {m.name!r}")
+    if target is not None and root is not None and not target.parent.resolve().is_relative_to(root.resolve()):
+        raise BaseBackupInvalid(f"{tar.name}: {rel} would be written outside {root} (through a symlink)")
     key = prefix + rel
     spec = manifest.files.get(key)
     if spec is None:

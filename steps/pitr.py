@@ -468,6 +468,12 @@ def main(args: Args, events: Events) -> int:
         events.check(f"{name} repository", "warning", err)
     entry = choose_backup(cat.base, args)
     m: BaseManifest = entry.manifest
+    if m.backup.tablespaces:
+        # tablespace_map would point the restored copy at the production tablespaces' directories
+        raise PitrError(f"base backup {entry.backup_id} has {m.backup.tablespaces} tablespace(s): pitr restores "
+                        "only clusters without tablespaces for now",
+                        hint="restore by hand: extract each <oid>.tar.zst to a new directory and point "
+                             "tablespace_map at it before starting the server")
     events.check("base backup chosen", "ok", f"{entry.backup_id} of cluster {entry.cluster}, ended "
                  f"{entry.time.isoformat()}, {m.size_bytes / 1e6:.1f} MB, {entry.level.name}")
     print(f"pitr: base backup {entry.backup_id} (cluster {entry.cluster}, timeline {m.timeline}, ended "

@@ -152,3 +152,35 @@ def test_no_base_backup_before_the_target_is_a_clear_error() -> None:
         choose_backup([], Args(config="/c.yaml", pgdata="/x", target="2026-11-25T10:00:00Z"))
     assert json.dumps(recovery_settings(Args(config="/c.yaml", pgdata="/x", target_kind="latest",
                                              restore_command="true"), Path("/c")))
+
+
+def test_extraction_never_follows_a_symlink_out_of_the_data_directory(tmp_path: Path) -> None:
+    d = tmp_path / "bb"
+    d.mkdir()
+    outside = tmp_path / "production"
+    outside.mkdir()
+    with tarfile.open(d / "base.tar", "w") as tf:
+        link = tarfile.TarInfo("global")
+        link.type = tarfile.SYMTYPE
+        link.linkname = str(outside)
+        tf.addfile(link)
+        for name, data in FILES.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    (d / "backup_manifest").write_bytes(_manifest(FILES))
+    out = tmp_path / "pgdata"
+    out.mkdir()
+    with pytest.raises(BaseBackupInvalid, match="outside"):
+        check_tars(tar_files(d), parse_server_manifest((d / "backup_manifest").read_bytes()), dest=out)
+    assert not any(outside.iterdir())
+
+
+def test_the_restored_copy_never_archives_into_production() -> None:
+    from steps.pitr import server_settings
+
+    a = Args(config="/c.yaml", pgdata="/x", target_kind="latest")
+    assert server_settings(a, "/run")["archive_mode"] == "off"
+    b = Args(config="/c.yaml", pgdata="/x", target_kind="latest", archive_to="/srv/restored-wal")
+    s = server_settings(b, "/run")
+    assert s["archive_mode"] == "on" and s["archive_command"].startswith("test ! -f /srv/restored-wal/%f")
