@@ -65,6 +65,9 @@ select (select system_identifier::text from pg_control_system()),
        (select setting::bigint from pg_settings where name = 'wal_segment_size'), current_setting('data_checksums') = 'on',
        current_setting('archive_mode'), now()
 """
+# The server waits at the end of a backup until its last WAL segment is archived: a NOTICE after ~5 s, then
+# WARNINGs at 60, 120, 240... s. The wait is cut `wal_wait_s` after the NOTICE (or at a WARNING past it).
+WAITING_NOTICE = "waiting for required WAL segments to be archived"
 WAITING_RE = re.compile(r"still waiting for all required WAL segments to be archived \((\d+) seconds elapsed\)")
 
 
@@ -336,32 +339,45 @@ class BaseBackupRun:
         log.debug("running %s", " ".join(argv))
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         lines: list[str] = []
-        waited = [0.0]
+        waiting_since: list[float] = []  # when the server said it waits for the archive
+        gave_up: list[float] = []  # seconds waited, when we stopped it
 
         def read() -> None:
             assert proc.stderr is not None
             for line in proc.stderr:
                 lines.append(line.rstrip())
                 log.debug("pg_basebackup: %s", line.rstrip())
+                if WAITING_NOTICE in line and not waiting_since:
+                    waiting_since.append(time.monotonic() - 5)
+                    log.warning("the server waits for the backup's WAL to be archived")
                 m = WAITING_RE.search(line)
-                if m:
-                    waited[0] = float(m.group(1))
-                    if waited[0] >= bb.wal_wait_s:
-                        proc.kill()
+                if m and float(m.group(1)) >= bb.wal_wait_s and proc.poll() is None:
+                    gave_up.append(float(m.group(1)))
+                    proc.kill()
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
+        deadline = time.monotonic() + bb.timeout_s
         try:
-            proc.wait(timeout=bb.timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise BaseBackupFailed(f"pg_basebackup took longer than {bb.timeout_s:.0f} s; stopped") from None
+            while proc.poll() is None:
+                now = time.monotonic()
+                if waiting_since and now - waiting_since[0] >= bb.wal_wait_s:
+                    gave_up.append(now - waiting_since[0])
+                    proc.kill()
+                elif now > deadline:
+                    proc.kill()
+                    proc.wait()
+                    raise BaseBackupFailed(f"pg_basebackup took longer than {bb.timeout_s:.0f} s; stopped")
+                time.sleep(0.2)
         finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
             reader.join(timeout=10)
-        if waited[0] >= bb.wal_wait_s:
+        if gave_up:
             raise BaseBackupFailed(
-                f"the server waited {waited[0]:.0f} s for the backup's WAL to be archived: archiving is not working",
+                f"the server waited {gave_up[0]:.0f} s for the backup's WAL to be archived: archiving is not working; "
+                "no base backup was published",
                 hint="look at pg_stat_archiver and the server log for archive_command errors; `runbook check`")
         if proc.returncode != 0:
             tail = "\n".join(ln for ln in lines[-8:] if ln.strip())

@@ -107,7 +107,9 @@ def make_primary(template: Path, dest: Path, *, s3: dict[str, str] | None = None
     (repo / "clusters" / sid / "wal").mkdir(parents=True)
     config = dest / "repository.yaml"
     lines = ["version: 1", f"cluster: {{host: {dest}, port: 5432, user: {BACKUP_ROLE}}}",
-             f"backup: {{state_dir: {dest / 'state'}}}", "basebackup: {wal_wait_s: 20}"]
+             f"backup: {{state_dir: {dest / 'state'}}}"]
+    if not any(ln.startswith("basebackup:") for ln in config_lines):
+        lines.append("basebackup: {wal_wait_s: 20}")
     if local:
         lines.append(f"local: {{path: {repo}}}")
     if s3:

@@ -62,3 +62,25 @@ def test_only_wal_older_than_the_oldest_kept_base_backup_goes(pg_base: Path, pit
     finally:
         p.stop_restored()
         p.crash()
+
+
+def test_a_broken_archive_command_fails_the_base_backup_in_bounded_time(pg_base: Path, pitr_template: Path,
+                                                                       server_runbook: str) -> None:
+    """-X none relies on the archive: when archiving is broken the server waits for ever; we do not."""
+    import time
+
+    p = make_primary(pitr_template, next_dir(pg_base), venv_runbook=server_runbook,
+                     config_lines=("basebackup: {wal_wait_s: 2}",))
+    try:
+        p.psql("ALTER SYSTEM SET archive_command = 'false'")
+        p.psql("SELECT pg_reload_conf()")
+        t0 = time.monotonic()
+        r = run_cli("basebackup", "-c", str(p.config), timeout=120)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "archiving is not working" in r.stderr
+        assert time.monotonic() - t0 < 40
+        assert not list((p.repo / "clusters").glob("*/base/*/manifest.json"))
+        status = json.loads((p.config.parent / "state" / "basebackup-status.json").read_text())
+        assert status["status"] == "failed" and status["kind"] == "base"
+    finally:
+        p.crash()
