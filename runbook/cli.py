@@ -283,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     from steps.wal_commands import register as register_wal_commands  # wal-push, wal-fetch, check
 
     register_wal_commands(sub)
+    from steps.proof_commands import register as register_proof_commands  # verify-backup, status
+
+    register_proof_commands(sub)
     return p
 
 

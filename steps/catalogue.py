@@ -6,7 +6,9 @@ the passed verification records that vouch for that very manifest (by sha256). C
 Directories without a manifest are incomplete (an interrupted backup): never listed as backups, only
 reported so that `prune` can remove them. A repository that cannot be read is reported, not fatal.
 
-`pick` answers the recovery's question: the newest backup of a database at `readable` or better.
+`pick` answers the recovery's question: the newest backup of a database at `readable` or better. A copy
+whose latest verification record failed (verify-backup's test restore, a checksum) is demoted to `none`
+until a later check passes: recovery never picks it.
 """
 
 from __future__ import annotations
@@ -50,6 +52,18 @@ class Copy:
     def verified_at(self) -> datetime | None:
         passed = [r.checked_at for r in self.records if r.passed and r.manifest_sha256 == self.manifest_sha256]
         return max(passed) if passed else None
+
+    def latest_record(self, level: Level | None = None) -> VerificationRecord | None:
+        """The newest record vouching for (or failing) this manifest, of `level` when given."""
+        mine = [r for r in self.records if r.manifest_sha256 == self.manifest_sha256
+                and (level is None or Level.parse(r.level) == level)]
+        return max(mine, key=lambda r: r.checked_at) if mine else None
+
+    @property
+    def failed(self) -> VerificationRecord | None:
+        """The latest record, when it failed: the copy is demoted until a later check passes."""
+        last = self.latest_record()
+        return last if last is not None and not last.passed else None
 
 
 @dataclass
@@ -104,8 +118,17 @@ def _copy(store: Store, prefix: str, keys: list[str], manifest: bytes) -> Copy:
                 records.append(parse_verification(store.get_bytes(key)))
             except (ValueError, ValidationError):
                 continue  # an unreadable record vouches for nothing
-    level = max((r.level_value for r in records if r.manifest_sha256 == digest), default=Level.none)
-    return Copy(store=store, prefix=prefix, manifest_sha256=digest, level=level, records=records, keys=keys)
+    return Copy(store=store, prefix=prefix, manifest_sha256=digest, level=copy_level(records, digest),
+                records=records, keys=keys)
+
+
+def copy_level(records: list[VerificationRecord], manifest_sha256: str) -> Level:
+    """The highest level among the passed records for this manifest that are newer than its latest failed
+    one: a failed verification (a test restore, a checksum) demotes a backup until a later one passes."""
+    mine = [r for r in records if r.manifest_sha256 == manifest_sha256]
+    failed = [r.checked_at for r in mine if not r.passed]
+    since = max(failed) if failed else None
+    return max((r.level_value for r in mine if since is None or r.checked_at > since), default=Level.none)
 
 
 def _scan_dir(store: Store, prefix: str, cat: Catalogue) -> tuple[bytes, Copy] | None:

@@ -2,7 +2,8 @@
 
 A backup without a complete manifest does not exist: the manifest is written last and never changed.
 Each check of a backup is a verification record (`verifications/<UTC timestamp>.json`); a backup's level in
-one repository is the highest level among its passed records: `checksummed` (every object re-read from the
+one repository is the highest level among its passed records (newer than its latest failed one: a failed
+check demotes the backup until a later check passes again): `checksummed` (every object re-read from the
 repository matches its sha256) < `readable` (checksummed, and `pg_restore -f /dev/null` read every table's
 data) < `restored` (restored into a scratch cluster and checked). The drill and PITR issues read these too,
 so fields are only ever added.
@@ -197,6 +198,13 @@ class VerificationRecord(_Record):
     checks: list[Check]
     tool: Tool
     host: str = ""
+    # Added by verify-backup (a test restore); absent from older records.
+    kind: str | None = Field(None, description="logical | base: what was restored")
+    duration_s: float | None = Field(None, description="The whole verification, seconds")
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds per part: fetch_s, restore_s, "
+                                      "checks_s (restore_s: how long the restore itself took)")
+    restored_size_bytes: int | None = Field(None, description="Size of what the restore produced (the database, "
+                                            "or the whole cluster for a base backup): scales the projected RTO")
 
     @property
     def level_value(self) -> Level:
