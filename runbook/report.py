@@ -71,6 +71,9 @@ class RtoFacts:
     closed_after_s: float | None  # run closed, counted from the incident start
     verdict: str  # met | missed | not yet decided | unknown
     rehearsal: bool
+    protected_at: datetime | None = None  # a step's `protected_at` output (reprotect): backups run again
+    protected_step: str | None = None
+    protected_after_s: float | None = None  # counted from the incident start
 
     @property
     def state_text(self) -> str:
@@ -92,10 +95,21 @@ def rto_facts(st: RunState, now: datetime) -> RtoFacts:
     closed_after = (
         (st.ended_at - st.incident_start).total_seconds() if st.ended_at and st.incident_start else None
     )
+    protected_at, protected_step = None, None
+    for sid in st.order:
+        value = st.steps[sid].outputs.get("protected_at") if sid in st.steps else None
+        if isinstance(value, str) and value:
+            try:
+                protected_at, protected_step = datetime.fromisoformat(value), sid
+            except ValueError:
+                continue
+    protected_after = ((protected_at - st.incident_start).total_seconds()
+                       if protected_at and st.incident_start else None)
     return RtoFacts(
         target_s=target, achieved_s=achieved, restored=restored, restored_at=st.rto_end_at,
         restored_step=st.rto_end_step, closed_at=st.ended_at, closed_after_s=closed_after, verdict=verdict,
-        rehearsal=st.mode == "rehearsal",
+        rehearsal=st.mode == "rehearsal", protected_at=protected_at, protected_step=protected_step,
+        protected_after_s=protected_after,
     )
 
 
@@ -376,6 +390,11 @@ def render_markdown(st: RunState, titles: dict[str, str], now: datetime) -> str:
         out.append(f"| Achieved | {format_duration(rto.achieved_s)} ({rto.state_text}) — {verdict} |")
         if rto.restored:
             out.append(f"| Service restored at | {_t(rto.restored_at)} (step {rto.restored_step or 'end of run'}) |")
+        if rto.protected_at is not None:
+            after = f", {format_duration(rto.protected_after_s)} after the incident start" \
+                if rto.protected_after_s is not None else ""
+            out.append(f"| Protection restored | {_t(rto.protected_at)} (step {rto.protected_step}{after}: archiving "
+                       "and fresh backups of the recovered server) |")
         if rto.closed_at and rto.closed_after_s is not None:
             out.append(f"| Run closed | {_t(rto.closed_at)} ({format_duration(rto.closed_after_s)} after the incident start) |")
         if rto.rehearsal:

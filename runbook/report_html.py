@@ -456,6 +456,12 @@ def _rto_section(st: RunState, titles: dict[str, str], rto: RtoFacts) -> str:
     if rto.restored:
         where = titles.get(rto.restored_step, rto.restored_step) if rto.restored_step else "end of the run"
         rows.append(("Service restored", f"{fmt_time(rto.restored_at)} — at the end of step: {where}", ""))
+    if rto.protected_at is not None:
+        after = f" ({format_duration(rto.protected_after_s)} after the incident start)" \
+            if rto.protected_after_s is not None else ""
+        where = titles.get(rto.protected_step or "", rto.protected_step or "")
+        rows.append(("Protection restored", f"{fmt_time(rto.protected_at)}{after} — archiving and fresh backups of "
+                                            f"the recovered server, step: {where}", ""))
     if rto.closed_at and rto.closed_after_s is not None:
         rows.append(("Run closed", f"{fmt_time(rto.closed_at)} ({format_duration(rto.closed_after_s)} after the "
                                    "incident start)", ""))

@@ -107,5 +107,19 @@ ACTIONS: dict[str, ActionSpec] = {
                 "log_file": "the restored server's log",
             },
         ),
+        ActionSpec(
+            name="reprotect",
+            summary="Protect the recovered server again: WAL archiving into its cluster directory of the "
+                    "repository, a base backup, a logical backup, `runbook check` until green",
+            module="steps.reprotect",
+            outputs={
+                "protected_at": "when protection was restored (ISO 8601): the report shows it",
+                "system_identifier": "the recovered cluster's system identifier: its directory in the repository",
+                "timeline": "the timeline it archives on (a new one after PITR)",
+                "base_backup_id": "the base backup taken",
+                "logical_backup_id": "the logical backup taken",
+                "config": "the repository config the scheduled jobs must use for the recovered server",
+            },
+        ),
     ]
 }

@@ -1,12 +1,15 @@
 """The sandbox: a throwaway AssetFlow on this machine, its backup repository, and a disaster.
 
 Layout under the sandbox directory (mode 0755, so the server's user can traverse it when we are root):
-`pgdata/` (the primary), `run/` (its socket and log), `repo/` (the local backup repository),
+`pgdata/` (the primary; in scenario 1 the disaster replaces it with a fresh, empty cluster, as a provisioned
+replacement server), `run/` (its socket and log), `repo/` (the local backup repository),
 `uploads/` (the application's attachment files), `restore/` (where a drill fetches the backup),
 `repository.yaml` (the repository config), `at-backup.json` and `at-disaster.json` (per-table row counts
 and checksums), `sandbox.json` (what was built and when).
 
-Scenario 2 (`pitr`) adds: WAL archiving on the primary (`archive_command` = `runbook wal-push` into `repo/`,
+Both scenarios end with re-protection (the `reprotect` action): the recovered cluster archives into its own
+directory of `repo/` through the server venv's `runbook wal-push`. Scenario 2 (`pitr`) adds: WAL archiving on
+the primary (`archive_command` = `runbook wal-push` into `repo/`,
 `archive_timeout` = 30 s), `venv/` (a virtual environment made with /usr/bin/python3 holding this package,
 because the server's user cannot run root's interpreter: built once, re-installed only when the package's
 sources change), `pgdata-pitr/` (where the operator recovers to), `writes.json` (the stream of timestamped
@@ -193,16 +196,25 @@ class Sandbox:
         return 2 * loans
 
     def disaster(self, say: Any = print) -> datetime:
-        """The database is dropped and the attachments are wiped. Returns the moment data was lost."""
+        """The server is lost with its database, and the attachments are wiped; a freshly built replacement
+        server (a new cluster: a new system identifier) waits on the same socket for the recovery, as a
+        provisioned one would. Returns the moment data was lost."""
         self._snapshot("at-disaster.json")
         lost_at = datetime.now(UTC)
-        self.server.psql(f"DROP DATABASE {DB} WITH (FORCE)")
+        srv = self.server
+        srv.psql(f"DROP DATABASE {DB} WITH (FORCE)")
+        srv.stop("immediate")
+        remove_tree(srv.datadir)
+        srv.initdb("--data-checksums")
+        srv.start("fsync=off")
         for child in self.uploads.iterdir():
             remove_tree(child) if child.is_dir() else child.unlink()
         remove_tree(self.restore_dir)
         self.restore_dir.mkdir()
         give_to_server(self.restore_dir)
-        say(f"DISASTER at {lost_at:%H:%M:%S} UTC: database {DB} dropped, attachments wiped")
+        say(f"DISASTER at {lost_at:%H:%M:%S} UTC: the server is lost with database {DB}, attachments wiped; a "
+            f"fresh replacement server (a new cluster, system identifier {self.system_identifier()}) waits on "
+            f"{srv.socket_dir}")
         info = self.info()
         info["disaster_at"] = lost_at.isoformat()
         self.info_file.write_text(json.dumps(info, indent=2))
@@ -230,6 +242,9 @@ class Sandbox:
         made with /usr/bin/python3 holding a copy of this package (root's interpreter may live where the
         server's user cannot go), built when missing, re-installed when the package's sources changed."""
         own = Path(sys.executable).parent / "runbook"
+        given = os.environ.get("RUNBOOK_SERVER_RUNBOOK")  # a venv built already (the tests share one)
+        if given and os.access(given, os.X_OK):
+            return given
         if os.geteuid() != 0:
             return str(own)
         src_root = Path(__file__).resolve().parent.parent
@@ -354,6 +369,11 @@ class Sandbox:
             time.sleep(0.2)
 
     # ---- facts -------------------------------------------------------------------------------------
+
+    def system_identifier(self, datadir: Path | None = None) -> str:
+        """The cluster's system identifier: its directory in the repository."""
+        data = ((datadir or self.server.datadir) / "global" / "pg_control").read_bytes()
+        return str(int.from_bytes(data[:8], "little"))
 
     def table_facts(self, db: str = DB) -> dict[str, dict[str, Any]]:
         """Per table: exact row count and an md5 of its content in a stable order."""

@@ -14,15 +14,16 @@ from steps.assetflow import dir_tree_digest
 from steps.sandbox import DB, Sandbox
 from tests.conftest import run_cli
 from tests.pgcluster import make_base_dir
+from tests.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv (reprotect's archive_command)
 
 
 @pytest.fixture(scope="module")
-def drill() -> Iterator[tuple[Sandbox, Path, object]]:
+def drill(server_runbook: str) -> Iterator[tuple[Sandbox, Path, object]]:  # noqa: F811
     base = make_base_dir("runbook-demo-")
     sb = Sandbox(base / "sandbox")
     state = base / "state"
     r = run_cli("demo", "--headless", "--yes", "--dir", str(sb.base), "--state-dir", str(state), "--files", "60",
-                timeout=300)
+                timeout=300, env={"RUNBOOK_SERVER_RUNBOOK": server_runbook})
     try:
         yield sb, state, r
     finally:
@@ -81,14 +82,38 @@ def test_the_run_is_a_drill_with_a_report(drill) -> None:
             assert secret.encode() not in p.read_bytes(), p
 
 
-def test_down_removes_the_sandbox_and_a_second_demo_rebuilds(tmp_path: Path) -> None:
+def test_the_recovered_cluster_is_protected_again_in_its_new_cluster_directory(drill) -> None:
+    sb, state, r = drill
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr
+    (run_dir,) = (state / "runs").iterdir()
+    outputs = {e["name"]: e["value"] for e in read_journal(run_dir / "journal.jsonl").events
+               if e["type"] == "step-output"}
+    old = outputs["cluster"]  # the cluster the backup was taken of (fetch-latest-backup says)
+    new = sb.system_identifier()
+    assert new != old and outputs["system_identifier"] == new  # a logical restore: a new cluster
+    clusters = sb.repo / "clusters"
+    # archiving on, into the new cluster's own directory, and a forced switch arrived there
+    assert sb.server.psql("show archive_mode") == "on" and "wal-push" in sb.server.psql("show archive_command")
+    assert any((clusters / new / "wal").glob("0000000100000000000000*.zst"))
+    assert not (clusters / old / "wal").exists()  # nothing written into the old cluster's directory
+    # a fresh base backup and a logical backup of the recovered cluster, both readable
+    (base,) = (clusters / new / "base").iterdir()
+    assert base.name == outputs["base_backup_id"] and (base / "manifest.json").exists()
+    (logical,) = (clusters / new / "logical" / DB).iterdir()
+    assert logical.name == outputs["logical_backup_id"] and (logical / "manifest.json").exists()
+    assert outputs["protected_at"]
+    rep = run_cli("report", run_dir.name, "--state-dir", str(state))
+    assert "Protection restored" in rep.stdout
+
+
+def test_down_removes_the_sandbox_and_a_second_demo_rebuilds(tmp_path: Path, server_runbook: str) -> None:  # noqa: F811
     base = make_base_dir("runbook-demo2-")
     try:
         sb = Sandbox(base / "sb")
         state = base / "state"
         for _ in range(2):  # a second demo on the same directory reuses the cluster and rebuilds the data
             r = run_cli("demo", "--headless", "--yes", "--dir", str(sb.base), "--state-dir", str(state),
-                        "--files", "5", timeout=300)
+                        "--files", "5", timeout=300, env={"RUNBOOK_SERVER_RUNBOOK": server_runbook})
             assert r.returncode == 0, r.stdout[-3000:] + r.stderr
         assert len(list((state / "runs").iterdir())) == 2
         r = run_cli("demo", "--down", "--dir", str(sb.base), timeout=120)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,15 +15,16 @@ from runbook.journal import read_journal
 from steps.sandbox import DB, Sandbox
 from tests.conftest import run_cli
 from tests.pgcluster import make_base_dir
+from tests.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv (archive/restore_command)
 
 
 @pytest.fixture(scope="module")
-def drill() -> Iterator[tuple[Sandbox, Path, object]]:
+def drill(server_runbook: str) -> Iterator[tuple[Sandbox, Path, object]]:  # noqa: F811
     base = make_base_dir("runbook-demo-pitr-")
     sb = Sandbox(base / "sandbox")
     state = base / "state"
     r = run_cli("demo", "--headless", "--yes", "--scenario", "pitr", "--dir", str(sb.base), "--state-dir", str(state),
-                "--files", "5", timeout=400)
+                "--files", "5", timeout=400, env={"RUNBOOK_SERVER_RUNBOOK": server_runbook})
     try:
         yield sb, state, r
     finally:
@@ -77,3 +78,29 @@ def test_the_report_has_the_recovery_point_and_timeline_2(drill) -> None:
     assert sb.server.psql("select pg_is_in_recovery()") == "f"
     rep = run_cli("report", run_dir.name, "--state-dir", str(state))
     assert rep.returncode == 0 and "output recovery_point of step pitr" in rep.stdout
+
+
+def test_the_recovered_cluster_archives_on_the_new_timeline_with_a_fresh_base_backup(drill) -> None:
+    sb, state, r = drill
+    assert r.returncode == 0, r.stdout[-5000:] + r.stderr
+    (run_dir,) = (state / "runs").iterdir()
+    events = read_journal(run_dir / "journal.jsonl").events
+    outputs = {e["name"]: e["value"] for e in events if e["type"] == "step-output"}
+    sysid = sb.system_identifier(sb.pitr_datadir)
+    assert outputs["system_identifier"] == sysid and outputs["timeline"] == 2  # the same cluster, a new timeline
+    wal = sb.repo / "clusters" / sysid / "wal"
+    assert (wal / "00000002.history.zst").exists()
+    assert any(wal.glob("00000002" + "[0-9A-F]" * 16 + ".zst"))  # the new timeline's segments arrive
+    assert sb.server.psql("show archive_mode") == "on"
+    # no segment of the old timeline was written after re-protection began (wal-push never overwrites)
+    started = next(datetime.fromisoformat(e["ts"]) for e in events
+                   if e["type"] == "step-started" and e.get("step") == "reprotect")
+    old = list(wal.glob("00000001*.zst"))
+    assert old and all(datetime.fromtimestamp(p.stat().st_mtime, UTC) < started for p in old)
+    # a fresh base backup, taken on timeline 2 after the recovery, and a logical backup
+    bases = sorted((sb.repo / "clusters" / sysid / "base").iterdir())
+    newest = json.loads((bases[-1] / "manifest.json").read_text())
+    assert newest["timeline"] == 2 and bases[-1].name == outputs["base_backup_id"] and len(bases) == 2
+    assert (sb.repo / "clusters" / sysid / "logical" / DB / outputs["logical_backup_id"] / "manifest.json").exists()
+    rep = run_cli("report", run_dir.name, "--state-dir", str(state))
+    assert "Protection restored" in rep.stdout
