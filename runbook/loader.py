@@ -809,9 +809,10 @@ class _RunbookChecks:
     # templates
 
     def _sites(self) -> Iterator[_Site]:
-        target = self.data.get("target")
-        if isinstance(target, str):
-            yield _Site(("target",), target, None)
+        for key in ("target", "repository"):
+            value = self.data.get(key)
+            if isinstance(value, str):
+                yield _Site((key,), value, None)
         for i, s in self.steps:
             yield from self._step_sites(i, s)
 
@@ -838,7 +839,7 @@ class _RunbookChecks:
         quoted = quoted_template_spans(site.text) if site.shell else []
         heredoc = heredoc_template_spans(site.text) if site.shell else []
         for ref in refs:
-            message = self._ref_problem(ref, site.step_index)
+            message = self._ref_problem(ref, site.step_index, str(site.loc[0]))
             if message:
                 self._at(site, ref.start, ref.end, message)
         for ref in quoted:
@@ -862,7 +863,7 @@ class _RunbookChecks:
     def _at(self, site: _Site, start: int, end: int, message: str) -> None:
         self.problems.append(self.smap.text_problem(site.loc, site.text, start, end, message))
 
-    def _ref_problem(self, ref: Ref, step_index: int | None) -> str | None:
+    def _ref_problem(self, ref: Ref, step_index: int | None, where: str = "target") -> str | None:
         if ref.kind == "param":
             if ref.name in self.params:
                 return None
@@ -874,7 +875,7 @@ class _RunbookChecks:
             hint = _did_you_mean(f"run.{ref.name}", [f"run.{n}" for n in RUN_NAMES]) or f" (there are: {names})"
             return f'unknown run built-in "run.{ref.name}"{hint}'
         if step_index is None:
-            return f"{{{{ {ref.key} }}}}: the target can use params and run.* only, not step outputs"
+            return f"{{{{ {ref.key} }}}}: the {where} can use params and run.* only, not step outputs"
         return self._step_ref_problem(ref, step_index)
 
     def _step_ref_problem(self, ref: Ref, here: int) -> str | None:

@@ -7,6 +7,7 @@ left without closing keeps its claim, which passes only to `resume` of that run 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -44,6 +45,7 @@ class RunLock:
         self.path = path
         self._fd = fd
         self.holder = holder
+        self.on_release: list[Callable[[bool], None]] = []  # e.g. the repository's lock object (steps.recovery_lock)
 
     @classmethod
     def acquire(
@@ -99,6 +101,9 @@ class RunLock:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = -1
+        for fn in self.on_release:
+            with contextlib.suppress(Exception):  # releasing never fails a run; the object names its holder
+                fn(closed)
 
 
 def _read_holder(fd: int) -> Holder | None:

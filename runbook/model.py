@@ -202,7 +202,8 @@ class Runbook(Strict):
     )
     params: dict[Annotated[str, Field(pattern=PARAM_NAME)], Param] = Field(default_factory=dict)
     secrets: Secrets | None = None
-    repository: str | None = Field(None, description="Path of the repository config (backups, WAL)")
+    repository: str | None = Field(None, description="Template: path of the repository config (backups, WAL); "
+                                   "live and drill runs take the recovery lock in it (locks/<target>.json)")
     scenarios: dict[Annotated[str, Field(pattern=STEP_ID)], Scenario] = Field(default_factory=dict)
     steps: list[Step] = Field(min_length=1)
 

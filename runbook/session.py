@@ -1,7 +1,9 @@
 """Opening a run: a new one from a runbook file and flags, or a resumed one from its journal.
 
 Everything that can be wrong (the file, a parameter, the secrets file, the lock, the journal) is checked
-here, before the engine exists, so nothing runs on bad input.
+here, before the engine exists, so nothing runs on bad input. Live and drill runs take the local lock
+(runbook.lock) and, when the runbook (or the profile) names a repository, the recovery lock in it
+(steps.recovery_lock: `locks/<target>.json`, seen by every host); both are released when the run closes.
 """
 
 from __future__ import annotations
@@ -161,6 +163,74 @@ def _lock(state_dir: Path, rb: Runbook, target: str, run_id: str, clock: Clock, 
     return RunLock.acquire(state_dir, rb.name, target, holder, run_closed=closed, break_lock=break_lock)
 
 
+def _run_closed_here(state_dir: Path) -> Any:
+    """For the repository lock: a run is void only when this state directory knows it and it has ended (a run
+    of another state directory, another host's, is never presumed dead)."""
+
+    def closed(rid: str) -> bool:
+        try:
+            return load_state(state_dir, rid).status in CLOSED
+        except RunbookError:
+            return False
+
+    return closed
+
+
+def _repository_lock(repository: str | None, rb: Runbook, target: str, run_id: str, state_dir: Path, clock: Clock,
+                     break_lock: bool, warnings: list[str]) -> Any:
+    """The lock object in the repository the runbook names (`locks/<target>.json`), or None without one.
+
+    A repository that cannot be reached does not stop a recovery (the disaster may have taken it): the run goes
+    on under its local lock, with a journaled warning that no other host can see it."""
+    if not repository:
+        return None
+    from runbook.errors import LockHeld
+    from steps.recovery_lock import acquire, open_for_runbook
+
+    op = operator()
+    holder = {"run_id": run_id, "user": op["user"], "host": op["host"], "pid": op["pid"], "since": iso(clock.now()),
+              "runbook": rb.name}
+    try:
+        cfg = open_for_runbook(repository)
+        return acquire(cfg, target, holder, break_lock=break_lock, run_closed=_run_closed_here(state_dir))
+    except LockHeld:
+        raise
+    except RunbookError as e:
+        warnings.append(f"no recovery lock in the repository ({repository}): {e.message}; other hosts cannot see "
+                        "this run")
+    except Exception as e:  # noqa: BLE001 - an unreachable store fails in many ways: said, not fatal
+        warnings.append(f"no recovery lock in the repository ({repository}): {type(e).__name__}: {e}; other hosts "
+                        "cannot see this run")
+    return None
+
+
+def repository_path(rb: Runbook, profile_repository: str | None, params: dict[str, Any]) -> str | None:
+    text = profile_repository or rb.repository
+    if not text:
+        return None
+    return render(text, lambda ref: to_text(params[ref.name]) if ref.name in params else "", shell=False) or None
+
+
+def _tie(lock: RunLock | None, rlock: Any, repository: str | None = None, state_dir: Path | None = None,
+         run_id: str | None = None) -> None:
+    """The repository lock goes with the local one: released (removed) when the run closes, kept otherwise.
+    When the run closes, its summary goes to the repository's `runs/` too (steps.run_summaries)."""
+    if lock is None:
+        return
+    if rlock is not None:
+        lock.on_release.append(lambda closed: rlock.release() if closed else None)
+    if repository and state_dir is not None and run_id:
+        lock.on_release.append(lambda closed: _write_summary(repository, state_dir, run_id) if closed else None)
+
+
+def _write_summary(repository: str, state_dir: Path, run_id: str) -> None:
+    from steps.recovery_lock import open_for_runbook
+    from steps.repository import open_stores
+    from steps.run_summaries import write
+
+    write(open_stores(open_for_runbook(repository)), load_state(state_dir, run_id))
+
+
 def open_new_run(opts: RunOptions, clock: Clock, *, state_dir: Path) -> Engine:
     path = opts.runbook_path
     rb = load_runbook(path)
@@ -188,6 +258,16 @@ def open_new_run(opts: RunOptions, clock: Clock, *, state_dir: Path) -> Engine:
     rdir = run_dir(state_dir, run_id)
     target = _target(rb, params)
     lock, replaced = (None, None) if mode == "rehearsal" else _lock(state_dir, rb, target, run_id, clock, opts.break_lock)
+    repository = repository_path(rb, profile.repository, params)
+    rlock = None
+    try:
+        if lock is not None:
+            rlock = _repository_lock(repository, rb, target, run_id, state_dir, clock, opts.break_lock, warnings)
+            _tie(lock, rlock, repository, state_dir, run_id)
+    except BaseException:
+        if lock is not None:
+            lock.release(closed=True)
+        raise
     try:
         rdir.mkdir(parents=True, exist_ok=False)
         shutil.copyfile(path, rdir / "runbook.yaml")
@@ -202,10 +282,12 @@ def open_new_run(opts: RunOptions, clock: Clock, *, state_dir: Path) -> Engine:
             operator=operator(), params=shown_params, secrets_keys=loaded.keys, secrets_file=loaded.source or "",
             profile=str(opts.profile or ""),
             targets={"rto_s": rb.targets.rto.total_seconds(), "rpo_s": rb.targets.rpo.total_seconds()},
-            steps=steps, tool_version=__version__,
+            steps=steps, tool_version=__version__, repository=repository or "",
         )
         if replaced is not None:
             journal.append("lock-broken", previous=replaced.__dict__)
+        for other in (rlock.replaced if rlock is not None else []):
+            journal.append("lock-broken", previous={**other, "where": f"repository {other['where']}"})
         for w in warnings:
             journal.append("warning", text=w)
     except BaseException:
@@ -251,8 +333,18 @@ def open_resume(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str, s
     redactor = Redactor(loaded.redact + _secret_params(rb, params))
     lock = None
     replaced = None
+    rlock = None
     if st.mode != "rehearsal":
         lock, replaced = _lock(state_dir, rb, st.target or "default", run_id, clock, break_lock)
+        try:
+            started = st.events[0] if st.events else {}
+            repository = started.get("repository") if "repository" in started else repository_path(rb, None, params)
+            rlock = _repository_lock(repository, rb, st.target or "default", run_id, state_dir, clock, break_lock,
+                                     warnings)
+            _tie(lock, rlock, repository, state_dir, run_id)
+        except BaseException:
+            lock.release(closed=False)
+            raise
     try:
         journal = Journal(rdir / "journal.jsonl", clock, redactor)
         warnings = journal.warnings + [w for w in warnings if w not in journal.warnings]
@@ -261,6 +353,8 @@ def open_resume(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str, s
         journal.append("run-resumed", operator=operator(), warnings=warnings)
         if replaced is not None:
             journal.append("lock-broken", previous=replaced.__dict__)
+        for other in (rlock.replaced if rlock is not None else []):
+            journal.append("lock-broken", previous={**other, "where": f"repository {other['where']}"})
     except BaseException:
         if lock is not None:
             lock.release(closed=False)

@@ -342,14 +342,9 @@ def _drills(rb: Any, scenarios: list[str], state_dir: Path, stores: list[Any], n
             rto: Verdict) -> list[dict[str, Any]]:
     from runbook.staleness import last_good_drills
     from runbook.state import list_runs
+    from steps.run_summaries import merge, read_summaries
 
-    runs: list[Any] = list(list_runs(state_dir))
-    try:
-        from runbook.run_summaries import read_summaries
-
-        runs += read_summaries(stores)
-    except ImportError:
-        pass
+    runs = merge(list(list_runs(state_dir)), read_summaries(stores))  # every host's drills, from runs/
     drills = last_good_drills(runs, now, scenarios={rb.name: scenarios})
     out = []
     for sc in scenarios:
