@@ -23,6 +23,7 @@ from runbook.tui.start_screens import ParamsScreen, ResumeOfferScreen
 from runbook.tui.summary_screen import SummaryScreen
 
 EXIT_CODES = {"completed": 0, "failed": 1, "aborted": 1, "detached": 4}
+STATUS_TIMEOUT_S = 8.0  # the start screen's verdict line (runbook status) gives up after this
 
 
 class RunbookApp(App[int]):
@@ -79,11 +80,49 @@ class RunbookApp(App[int]):
         if stale:
             self.notify(f"Not drilled in 30 days: {', '.join(stale)}. Rehearse it (runbook demo) before you need it.",
                         title="Stale scenario", severity="warning", timeout=12)
-        screen = ParamsScreen(rb, self.opts, self.given, self.clock.now(), mine)
+        repository = self._repository()
+        screen = ParamsScreen(rb, self.opts, self.given, self.clock.now(), mine, status_pending=repository is not None)
         if len(self.screen_stack) > 1:
             self.switch_screen(screen)
         else:
             self.push_screen(screen)
+        if repository is not None:
+            self.run_worker(self._verdict(screen, repository), group="status", exclusive=True, exit_on_error=False)
+
+    def _repository(self) -> str | None:
+        """The repository config the runbook names (`repository:`, rendered with the form's starting values),
+        when it exists; None: no verdict line."""
+        assert self.runbook is not None
+        from runbook.session import repository_path
+
+        rb = self.runbook
+        params = {name: p.default for name, p in rb.params.items() if p.default is not None}
+        params.update(self.given)
+        try:
+            path = repository_path(rb, None, params)
+        except Exception:  # noqa: BLE001 - a template that cannot render yet: no verdict, the form says why
+            return None
+        return path if path and Path(path).expanduser().is_file() else None
+
+    async def _verdict(self, screen: ParamsScreen, repository: str) -> None:
+        """`runbook status --one-line` in a child process, bounded: the UI never waits on the network."""
+        import asyncio
+        import sys
+
+        argv = [sys.executable, "-m", "runbook", "status", str(self.opts.runbook_path), "-c", repository,
+                "--state-dir", str(self.state_dir), "--one-line", "--connect-timeout", "3"]
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout=STATUS_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            screen.set_verdict(f"would we make it now? no answer within {STATUS_TIMEOUT_S:g} s "
+                               f"(runbook status -c {repository})", 3)
+            return
+        lines = (out or err).decode(errors="replace").strip().splitlines()
+        screen.set_verdict(lines[-1] if lines else "would we make it now? unknown", proc.returncode)
 
     def _start(self, engine: Engine) -> None:
         self.engine = engine

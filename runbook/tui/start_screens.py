@@ -6,6 +6,7 @@ Start stays disabled while anything is wrong. Opening the run (lock, secrets) ha
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -70,14 +71,21 @@ class ParamsScreen(Screen[None]):
     ]
 
     def __init__(self, runbook: Runbook, opts: RunOptions, given: dict[str, Any], now: datetime,
-                 drills: dict[str, Any] | None = None) -> None:
+                 drills: dict[str, Any] | None = None, status_pending: bool = False) -> None:
         super().__init__()
         self.runbook = runbook
         self.opts = opts
         self.given = given
         self.now = now
         self.drills = drills or {}
+        self.status_pending = status_pending  # a repository is known: `runbook status` is being asked
         self.errors: dict[str, str] = {}
+
+    def set_verdict(self, line: str, exit_code: int | None) -> None:
+        """`runbook status --one-line`, coloured by its exit code (0 ok, 1 warning, 2 red, 3 could not run)."""
+        style = {0: "green", 1: "bold yellow", 2: "bold red"}.get(exit_code if exit_code is not None else 3, "yellow")
+        with contextlib.suppress(Exception):  # the screen may be gone already (the run started)
+            self.query_one("#verdict", Static).update(Text(line, style=style))
 
     def _drill_lines(self) -> Text:
         """The last good live or drill run of each scenario; STALE past 30 days or never."""
@@ -97,6 +105,8 @@ class ParamsScreen(Screen[None]):
         rb = self.runbook
         mode = (self.opts.mode or "live").upper()
         yield Static(Text.assemble((rb.name, "bold"), f" · new {mode} run"), id="start-title")
+        if self.status_pending:
+            yield Static(Text("would we make it now? asking runbook status…", style="dim"), id="verdict")
         with VerticalScroll(id="form"):
             if self.drills:
                 yield Static(self._drill_lines(), id="drills")
