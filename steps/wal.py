@@ -4,9 +4,10 @@
     restore_command = '/opt/runbook/venv/bin/runbook wal-fetch -c /etc/runbook/repository.yaml %f %p'
 
 **They never lie to PostgreSQL** (DESIGN.md):
-- `wal-push` exits 0 only when every configured repository (off-site included) holds the file, durably,
-  read back and checked. A file already archived with the same content is a success (PostgreSQL re-runs the
-  command after a crash); different content fails loudly (exit 1) and the archived copy is never replaced.
+- `wal-push` exits 0 only when every configured repository (off-site included) holds the file durably:
+  locally fsync, link(2) and fsync of the directory; on S3 a completed PutObject, read back and checked. A file
+  already archived with the same content is a success (PostgreSQL re-runs the command after a crash);
+  different content fails loudly (exit 1) and the archived copy is never replaced.
   A segment whose system identifier (its page header) is not the one of the cluster it is pushed from is
   refused. Failures exit 1 (PostgreSQL retries): never above 125, which would restart the archiver.
 - `wal-fetch` exits 0 with DEST written atomically (a temporary name, then rename) when the file is found and
@@ -152,7 +153,8 @@ def _check_existing(store: WalStore, key: str, name: str, existing: bytes, meta:
 
 
 def push_one(store: WalStore, key: str, name: str, blob: bytes, meta: dict[str, Any]) -> str:
-    """Store `blob` at `key` in one repository; "stored" or "already archived". Look, write once, read back."""
+    """Store `blob` at `key` in one repository; "stored" or "already archived". Look, write once,
+    read back where the store could have let another writer in (S3: `verify_after_write`)."""
     existing = store.get(key)
     if existing is not None:
         _check_existing(store, key, name, existing, meta)
@@ -166,6 +168,8 @@ def push_one(store: WalStore, key: str, name: str, blob: bytes, meta: dict[str, 
                                   hint="retry; if it persists the store's conditional writes are broken") from None
         _check_existing(store, key, name, existing, meta)
         return "already archived"
+    if not store.verify_after_write:
+        return "stored"
     back = store.get(key)
     if back is None:
         raise RepositoryError(f"{key} was written to {store.describe()} but cannot be read back",
@@ -204,7 +208,9 @@ def cmd_push(args: argparse.Namespace) -> int:
         raise UsageError(f"wal-push {args.path}: {e}") from None
     sysid, datadir = cluster_identity(args.path, settings, args.sysid)
     if settings.async_mode and sysid is not None:
-        return walfast.push_via_worker(settings, str(path), name, sysid, str(datadir) if datadir else None)
+        rc = walfast.push_via_worker(settings, str(path), name, sysid, str(datadir) if datadir else None)
+        if rc is not None:
+            return rc
     data, archived_as = prepare(path, parse_wal_name(name), sysid)
     stores = open_wal_stores(settings.local_path, settings.s3)
     push_data(stores, name, data, archived_as, settings.level)
@@ -219,6 +225,13 @@ def fetch_blob(stores: Sequence[WalStore], key: str, name: str, attempts: int,
     """The checked original bytes from the first repository with a good copy, or None and why not.
 
     None with no problems: every repository said the file does not exist."""
+    data, _, problems = fetch_checked(stores, key, name, attempts, sysid)
+    return data, problems
+
+
+def fetch_checked(stores: Sequence[WalStore], key: str, name: str, attempts: int,
+                  sysid: int) -> tuple[bytes | None, str, list[str]]:
+    """`fetch_blob`, with the sha256 of the bytes (checked against the archive's header)."""
     problems: list[str] = []
     for store in stores:
         blob: bytes | None = None
@@ -236,7 +249,7 @@ def fetch_blob(stores: Sequence[WalStore], key: str, name: str, attempts: int,
         if blob is None:
             continue
         try:
-            data, _ = unpack(blob, name)
+            data, meta = unpack(blob, name)
             if parse_wal_name(name).has_header:
                 hdr = segment_header(data)
                 if hdr.system_identifier != sysid:
@@ -246,8 +259,8 @@ def fetch_blob(stores: Sequence[WalStore], key: str, name: str, attempts: int,
             continue
         for p in problems:  # a good copy after a bad one: say so, but go on
             print(f"runbook wal-fetch: warning: {p}", file=sys.stderr)
-        return data, []
-    return None, problems
+        return data, str(meta["sha256"]), []
+    return None, "", problems
 
 
 def write_atomically(dest: Path, data: bytes | memoryview) -> None:

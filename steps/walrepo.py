@@ -35,6 +35,7 @@ class Listed:
 
 class WalStore(Protocol):
     name: str
+    verify_after_write: bool  # read the object back after writing it (a store that may ignore IfNoneMatch)
 
     def describe(self) -> str: ...
 
@@ -51,6 +52,7 @@ class LocalWal:
     """The WAL archive in a local repository directory (directories 0750, files 0640)."""
 
     name = "local"
+    verify_after_write = False  # link(2) cannot replace a file: what is there is the fsynced file we wrote
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -151,6 +153,7 @@ class S3Wal:
     """The WAL archive under the S3 repository's prefix."""
 
     name = "s3"
+    verify_after_write = True
 
     def __init__(self, s3: dict[str, Any]) -> None:
         import boto3
@@ -275,6 +278,10 @@ def _check_credentials_file(path: Path) -> None:
         raise UsageError(f"the S3 credentials file {path} cannot be read: {e.strerror}",
                          hint="fix s3.credentials_file in the repository config; it must be readable by the "
                               "server's user (archive_command runs as that user)") from None
+    if not os.access(path, os.R_OK):  # botocore would skip it silently, then report "no credentials"
+        raise UsageError(f"the S3 credentials file {path} is not readable by this user (uid {os.geteuid()})",
+                         hint="archive_command and restore_command run as the server's user: make the file "
+                              "0640 with that user's group, or 0600 owned by it")
     if st.st_mode & (stat.S_IROTH | stat.S_IWOTH):
         raise UsageError(f"the S3 credentials file {path} is readable by every user (mode {stat.S_IMODE(st.st_mode):04o})",
                          hint=f"chmod 640 {path} (group: the server's user) or 600")

@@ -12,7 +12,7 @@ archive-push, with `wal: {async: true}`:
 - The uploader (`wal-push --async-worker`, one per cluster, an flock on `push-worker.lock`, started detached by
   `wal-push`, its log in `push-worker.log`) reads ahead of `pg_wal/archive_status/*.ready` (history files
   first, then oldest first, as PostgreSQL does), pushes up to `max_parallel` files at once through the very
-  code of the synchronous mode (steps.wal.push_data: checked, written once, read back, in every repository),
+  code of the synchronous mode (steps.wal.push_data: checked, written once, durable, in every repository),
   and records `.ok` only after that. It removes the records of files PostgreSQL has marked `.done`, and exits
   after `worker_idle_s` with nothing to do.
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import time
@@ -183,9 +182,9 @@ def _sweep(out: Path, status_dir: Path, ready: set[str]) -> None:
 
 
 def _prefetch_task(stores: list[WalStore], spool: Path, name: str, sysid: int) -> str:
-    from steps.wal import fetch_blob
+    from steps.wal import fetch_checked
 
-    data, problems = fetch_blob(stores, wal_key(str(sysid), name), name, 1, sysid)
+    data, digest, problems = fetch_checked(stores, wal_key(str(sysid), name), name, 1, sysid)
     if data is None:
         return "error" if problems else "missing"
     tmp = spool / f".tmp-{name}"
@@ -194,7 +193,7 @@ def _prefetch_task(stores: list[WalStore], spool: Path, name: str, sysid: int) -
         f.write(data)
     os.replace(tmp, spool / name)
     write_record(spool / f"{name}.json",
-                  json.dumps({"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}))
+                  json.dumps({"size": len(data), "sha256": digest}))  # checked by unpack just now
     return "ok"
 
 

@@ -25,7 +25,7 @@ from steps.layout import next_segment, parse_wal_name, wal_key, wal_name_from_ke
 from steps.walfile import CorruptWal, read_header, unpack
 from tests.conftest import ROOT
 from tests.pgcluster import PG_BIN, as_server_user, chown_server_user
-from tests.s3server import S3Endpoint, s3_bucket, s3_server  # noqa: F401
+from tests.s3server import FaultProxy, S3Endpoint, s3_bucket, s3_server  # noqa: F401
 from tests.wal_helpers import (
     WalCluster,
     credentials_file,
@@ -116,6 +116,30 @@ def test_push_is_idempotent_and_never_overwrites_other_content(
     assert "DIFFERENT content" in r.stderr and name in r.stderr and "nothing is overwritten" in r.stderr
     assert (repo / key).read_bytes() == before_local
     assert s3_server.client().get_object(Bucket=s3_bucket, Key=f"wal-tests/{key}")["Body"].read() == before_s3
+
+
+def test_never_overwrites_on_a_store_that_ignores_conditional_writes(
+        wal_cluster: Factory, s3_server: S3Endpoint, s3_bucket: str) -> None:  # noqa: F811
+    wc = wal_cluster()
+    with FaultProxy(("127.0.0.1", s3_server.port), fail=lambda m, p: False,
+                    drop_headers=("If-None-Match",)) as proxy:
+        cfg = write_config(wc.base / "repository.yaml", wc.cluster,
+                           s3=s3_section(proxy.url, s3_bucket, credentials_file(wc.base)))
+        wc.cluster.start()
+        name = wc.switch()
+        assert wc.runbook("wal-push", "-c", str(cfg), f"pg_wal/{name}").returncode == 0
+        key = f"wal-tests/{wal_key(wc.sysid(), name)}"
+        before = s3_server.client().get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+        other = server_dir(wc.base, "elsewhere/pg_wal") / name
+        data = bytearray((wc.datadir / "pg_wal" / name).read_bytes())
+        data[7000:7008] = os.urandom(8)
+        other.write_bytes(bytes(data))
+        chown_server_user(other)
+        r = wc.runbook("wal-push", "-c", str(cfg), str(other))
+        assert 0 < r.returncode < 126 and "DIFFERENT content" in r.stderr, r
+        assert s3_server.client().get_object(Bucket=s3_bucket, Key=key)["Body"].read() == before
+        puts = [p for m, p, _ in proxy.seen if m == "PUT"]
+        assert len(puts) == 1  # the look found the object: no second write was even tried
 
 
 def test_missing_files_exit_1_quietly(both: tuple[WalCluster, Path, Path]) -> None:

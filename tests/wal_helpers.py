@@ -59,8 +59,8 @@ def write_config(path: Path, cluster: Cluster, *, local: Path | None = None, s3:
         lines.append("local: " + json.dumps({"path": str(local)}))
     if s3 is not None:
         lines.append("s3: " + json.dumps(s3))
-    if wal is not None:
-        lines.append("wal: " + json.dumps(wal))
+    # Workers the commands start (uploader, read-ahead) leave soon after a test.
+    lines.append("wal: " + json.dumps({"worker_idle_s": 3, **(wal or {})}))
     lines.append("backup: " + json.dumps({"state_dir": str(path.parent / "state")}))
     path.write_text("\n".join(lines) + "\n" + extra)
     os.chmod(path, 0o644)
