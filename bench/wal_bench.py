@@ -1,0 +1,504 @@
+"""WAL archiving and replay, ours against `cp`, side by side in one run (by hand, not a test).
+
+    .venv/bin/python bench/wal_bench.py [--segments 24] [--replay-segments 40] [--load-s 30] [--repeat 2]
+
+Run as root (servers and commands run as `postgres`, from a venv that user can run, built like the tests'
+server venv), with moto's S3 server on 127.0.0.1 in this process. 16 MB segments throughout.
+
+1. compression of real pgbench segments: zstd -1 (ours), gzip -1, lz4 (if installed): ms a segment, ratio;
+2. per-segment `wal-push` latency and sustained throughput, one process per segment as PostgreSQL runs it:
+   `cp` + `sync` (the floor), ours to the local repository, to S3, to both; and the asynchronous mode
+   (the client's latency while the uploader works ahead of `archive_status/*.ready`);
+3. the archive lag under pgbench load (time from a segment's `.ready` to its `.done`), for `cp` + `sync`,
+   ours synchronous (local + S3) and ours asynchronous (local + S3);
+4. the replay of the same WAL (~40 segments after a pg_basebackup) with `restore_command` = `cp`, ours from
+   the local repository, ours from S3 (both with read-ahead) and ours without read-ahead.
+Each figure is min and median of the repeats; ratios are against `cp` in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.pgcluster import PG_BIN, as_server_user, chown_server_user  # noqa: E402
+from tests.s3server import ACCESS_KEY, SECRET_KEY  # noqa: E402
+from tests.server_venv import build_server_venv  # noqa: E402
+
+SEG = 16 * 1024 * 1024
+
+
+def sh(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def as_pg(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(as_server_user(cmd), capture_output=True, text=True, **kw)
+
+
+class Server:
+    def __init__(self, base: Path, name: str) -> None:
+        self.dir = base / name
+        self.dir.mkdir()
+        chown_server_user(self.dir)
+        self.data = self.dir / "data"
+
+    def initdb(self) -> None:
+        as_pg([str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync"],
+              check=True)
+
+    def conf(self, **settings: str) -> None:
+        with open(self.data / "postgresql.auto.conf", "a") as f:
+            f.write("".join(f"{k} = '{v}'\n" for k, v in settings.items()))
+
+    def start(self) -> None:
+        opts = (f"-c listen_addresses='' -c unix_socket_directories='{self.dir}' -c max_wal_size=4GB "
+                "-c synchronous_commit=off")  # pgbench at full speed: WAL as fast as this machine makes it
+        as_pg([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"), "-o", opts, "-w",
+               "-t", "120", "start"], check=True)
+
+    def stop(self) -> None:
+        as_pg([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
+
+    def psql(self, sql: str) -> str:
+        return sh([str(PG_BIN / "psql"), "-h", str(self.dir), "-U", "postgres", "-XAtq", "-c", sql, "postgres"]).stdout.strip()
+
+    def pgbench(self, *args: str) -> str:
+        return sh([str(PG_BIN / "pgbench"), "-h", str(self.dir), "-U", "postgres", *args, "postgres"]).stdout
+
+
+def stats(xs: list[float]) -> tuple[float, float]:
+    return (min(xs), statistics.median(xs)) if xs else (float("nan"), float("nan"))
+
+
+def table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    sys.stdout.flush()
+
+
+# --- setup --------------------------------------------------------------------------------------------
+
+
+def start_s3() -> tuple[Any, str]:
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    import boto3
+
+    boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=ACCESS_KEY,
+                 aws_secret_access_key=SECRET_KEY).create_bucket(Bucket="bench")
+    return server, url
+
+
+def write_configs(base: Path, url: str, spool: Path) -> dict[str, Path]:
+    creds = base / "aws-credentials"
+    creds.write_text(f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n")
+    os.chmod(creds, 0o600)
+    shutil.chown(creds, "postgres", "postgres")
+    s3 = {"bucket": "bench", "prefix": "", "endpoint_url": url, "region": "us-east-1", "credentials_file": str(creds)}
+    out: dict[str, Path] = {}
+
+    def cfg(name: str, local: bool, with_s3: bool, wal: dict[str, Any]) -> None:
+        repo = base / f"repo-{name}"
+        repo.mkdir()
+        chown_server_user(repo)
+        lines = ["version: 1"]
+        if local:
+            lines.append("local: " + json.dumps({"path": str(repo)}))
+        if with_s3:
+            lines.append("s3: " + json.dumps({**s3, "prefix": name}))
+        lines.append("wal: " + json.dumps({"spool_dir": str(spool / name), **wal}))
+        p = base / f"{name}.yaml"
+        p.write_text("\n".join(lines) + "\n")
+        os.chmod(p, 0o644)
+        out[name] = p
+
+    cfg("local", True, False, {})
+    cfg("s3", False, True, {})
+    cfg("both", True, True, {})
+    cfg("local-async", True, False, {"async": True, "worker_idle_s": 5})
+    cfg("s3-async", False, True, {"async": True, "worker_idle_s": 5})
+    cfg("both-async", True, True, {"async": True, "worker_idle_s": 5})
+    cfg("noprefetch", True, True, {"prefetch": 0})
+    return out
+
+
+# --- 1. compression -----------------------------------------------------------------------------------
+
+
+def bench_compression(corpus: list[Path]) -> None:
+    import zstandard
+
+    codecs: list[tuple[str, Callable[[bytes], bytes], Callable[[bytes], bytes]]] = [
+        ("zstd -1 (ours)", zstandard.ZstdCompressor(level=1).compress, zstandard.ZstdDecompressor().decompress),
+        ("zstd -3", zstandard.ZstdCompressor(level=3).compress, zstandard.ZstdDecompressor().decompress),
+        ("gzip -1", lambda d: zlib.compress(d, 1), zlib.decompress),
+    ]
+    try:
+        import lz4.frame
+
+        codecs.append(("lz4", lz4.frame.compress, lz4.frame.decompress))
+    except ImportError:
+        pass
+    datas = [p.read_bytes() for p in corpus]
+    rows = []
+    for name, comp, decomp in codecs:
+        ct, dt, sizes = [], [], []
+        for d in datas:
+            t = time.perf_counter()
+            c = comp(d)
+            ct.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            decomp(c)
+            dt.append((time.perf_counter() - t) * 1000)
+            sizes.append(len(c))
+        ratio = sum(len(d) for d in datas) / sum(sizes)
+        rows.append([name, f"{ratio:.2f}x", f"{sum(sizes) / len(sizes) / 1e6:.2f} MB", "{:.1f} / {:.1f}".format(*stats(ct)),
+                     "{:.1f} / {:.1f}".format(*stats(dt))])
+    table(f"Compression of {len(datas)} pgbench WAL segments (16 MB)", ["codec", "ratio", "size/segment",
+          "compress ms (min / median)", "decompress ms (min / median)"], rows)
+
+
+# --- 2. per-segment push ------------------------------------------------------------------------------
+
+
+def fake_datadir(base: Path, name: str, src: Server, corpus: list[Path]) -> Path:
+    """A directory that looks like the source's data directory: global/pg_control, pg_wal with .ready files."""
+    d = base / name
+    (d / "global").mkdir(parents=True)
+    shutil.copy2(src.data / "global" / "pg_control", d / "global" / "pg_control")
+    (d / "pg_wal" / "archive_status").mkdir(parents=True)
+    for p in corpus:
+        shutil.copy2(p, d / "pg_wal" / p.name)
+        (d / "pg_wal" / "archive_status" / f"{p.name}.ready").touch()
+    chown_server_user(d)
+    return d
+
+
+def push_series(cmd: Callable[[str], list[str]], datadir: Path, corpus: list[Path]) -> tuple[list[float], float]:
+    """PostgreSQL's archiver: one command per segment, oldest first, .ready -> .done after exit 0."""
+    times = []
+    t0 = time.perf_counter()
+    for p in corpus:
+        t = time.perf_counter()
+        r = as_pg(cmd(p.name), cwd=datadir)
+        times.append((time.perf_counter() - t) * 1000)
+        if r.returncode != 0:
+            raise SystemExit(f"push failed: {r.stderr}")
+        st = datadir / "pg_wal" / "archive_status"
+        os.replace(st / f"{p.name}.ready", st / f"{p.name}.done")
+    return times, time.perf_counter() - t0
+
+
+def bench_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs: dict[str, Path], repeat: int) -> None:
+    cp_dir = base / "cp-archive"
+    methods: dict[str, Callable[[str], list[str]]] = {
+        "cp + sync (floor)": lambda n: ["sh", "-c", f"cp pg_wal/{n} {cp_dir}/{n}.tmp && sync {cp_dir}/{n}.tmp && "
+                                        f"mv {cp_dir}/{n}.tmp {cp_dir}/{n}"],
+    }
+    for name in ("local", "s3", "both", "local-async", "s3-async", "both-async"):
+        methods[f"ours: {name}"] = lambda n, c=cfgs[name]: [runbook, "wal-push", "-c", str(c), f"pg_wal/{n}"]
+    results: dict[str, tuple[list[float], list[float]]] = {m: ([], []) for m in methods}
+    for rep in range(repeat):
+        for m, cmd in methods.items():
+            d = fake_datadir(base, f"push-{rep}-{m.split(':')[-1].strip().split()[0]}", src, corpus)
+            if m.startswith("cp"):
+                shutil.rmtree(cp_dir, ignore_errors=True)
+                cp_dir.mkdir()
+                chown_server_user(cp_dir)
+            times, total = push_series(cmd, d, corpus)
+            results[m][0].extend(times)
+            results[m][1].append(len(corpus) / total)
+            _reset_repos(base)
+    floor = stats(results["cp + sync (floor)"][0])[1]
+    rows = []
+    for m, (times, rates) in results.items():
+        lo, med = stats(times)
+        rows.append([m, f"{lo:.0f}", f"{med:.0f}", f"{med / floor:.1f}x", f"{max(rates):.1f} seg/s "
+                     f"({max(rates) * 16:.0f} MB/s)"])
+    table(f"wal-push, one process per 16 MB segment ({len(corpus)} segments x {repeat})",
+          ["method", "min ms", "median ms", "median vs cp", "sustained (best run)"], rows)
+
+
+def _reset_repos(base: Path) -> None:
+    for d in base.glob("repo-*"):
+        for child in d.iterdir():
+            shutil.rmtree(child, ignore_errors=True)
+    _S3_RESET()
+
+
+def _s3_reset_factory(url: str) -> Callable[[], None]:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=ACCESS_KEY,
+                          aws_secret_access_key=SECRET_KEY)
+
+    def reset() -> None:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket="bench"):
+            for obj in page.get("Contents", []):
+                client.delete_object(Bucket="bench", Key=obj["Key"])
+
+    return reset
+
+
+_S3_RESET: Callable[[], None] = lambda: None  # noqa: E731
+
+
+# --- 3. archive lag under load ------------------------------------------------------------------------
+
+
+def watch_lag(pg_wal: Path, stop: threading.Event, out: dict[str, list[float]]) -> None:
+    status = pg_wal / "archive_status"
+    ready_at: dict[str, float] = {}
+    done: dict[str, float] = {}
+    while not stop.is_set():
+        now = time.monotonic()
+        try:
+            names = os.listdir(status)
+        except FileNotFoundError:
+            names = []
+        for n in names:
+            base, _, kind = n.rpartition(".")
+            if kind == "ready" and base not in ready_at:
+                ready_at[base] = now
+            elif kind == "done" and base in ready_at and base not in done:
+                done[base] = now
+        time.sleep(0.02)
+    out["lags"] = [done[n] - ready_at[n] for n in done]
+    out["pending"] = [time.monotonic() - ready_at[n] for n in ready_at if n not in done]
+
+
+def bench_lag(base: Path, runbook: str, cfgs: dict[str, Path], load_s: int) -> None:
+    cp_dir = base / "lag-cp"
+    cp_dir.mkdir()
+    chown_server_user(cp_dir)
+    commands = {
+        "cp + sync": f"cp %p {cp_dir}/%f.tmp && sync {cp_dir}/%f.tmp && mv {cp_dir}/%f.tmp {cp_dir}/%f",
+        "ours sync, local + S3": f"{runbook} wal-push -c {cfgs['both']} %p",
+        "ours async, local + S3": f"{runbook} wal-push -c {cfgs['both-async']} %p",
+    }
+    rows = []
+    for label, command in commands.items():
+        s = Server(base, f"lag-{len(rows)}")
+        s.initdb()
+        s.conf(archive_mode="on", archive_command=command, synchronous_commit="off", wal_compression="off")
+        s.start()
+        try:
+            s.pgbench("-i", "-s", "10", "-q")
+            s.psql("create table bulk (id int, payload text)")
+            script = base / "bulk.sql"
+            script.write_text("insert into bulk select g, repeat(md5(g::text), 4) from generate_series(1, 500) g;\n")
+            lsn0 = s.psql("select pg_current_wal_lsn()")
+            out: dict[str, list[float]] = {}
+            stop = threading.Event()
+            t = threading.Thread(target=watch_lag, args=(s.data / "pg_wal", stop, out))
+            t.start()
+            t0 = time.monotonic()
+            report = s.pgbench("-c", "8", "-j", "2", "-T", str(load_s), "-n", "-b", "tpcb-like@1",
+                               "-f", f"{script}@1")
+            tps = report.split("tps = ", 1)[1].split()[0]
+            elapsed = time.monotonic() - t0
+            wal_mb = int(s.psql(f"select pg_current_wal_lsn() - '{lsn0}'::pg_lsn")) / 1e6
+            time.sleep(1)
+            stop.set()
+            t.join()
+            lags = out["lags"]
+            pending = out["pending"]
+            lo, med = stats(lags)
+            worst = max(lags + pending) if lags or pending else float("nan")
+            rows.append([label, f"{float(tps):.0f}", f"{wal_mb / elapsed:.1f} MB/s ({wal_mb / 16 / elapsed:.1f} seg/s)",
+                         str(len(lags)), f"{med:.2f}", f"{worst:.2f}", str(len(pending))])
+        finally:
+            s.stop()
+        _reset_repos(base)
+    table(f"Archive lag under pgbench load (-c 8 -j 2, tpcb-like + 500-row inserts, synchronous_commit=off, "
+          f"{load_s} s)",
+          ["archive_command", "tps", "WAL rate", "segments", "median lag s (.ready to .done)", "max lag s",
+           "still .ready 1 s after"], rows)
+
+
+# --- 4. replay -----------------------------------------------------------------------------------------
+
+
+def bench_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: int, repeat: int) -> None:
+    src = Server(base, "replay-src")
+    src.initdb()
+    cp_dir = base / "replay-cp"
+    cp_dir.mkdir()
+    chown_server_user(cp_dir)
+    src.conf(archive_mode="on", archive_command=f"cp %p {cp_dir}/%f && {runbook} wal-push -c {cfgs['both']} %p",
+             wal_compression="off")
+    src.start()
+    src.pgbench("-i", "-s", "10", "-q")
+    backup = base / "replay-base"
+    backup.mkdir(mode=0o700)
+    chown_server_user(backup)
+    as_pg([str(PG_BIN / "pg_basebackup"), "-h", str(src.dir), "-U", "postgres", "-D", str(backup), "-X", "none",
+           "-c", "fast"], check=True)
+    lsn0 = src.psql("select pg_current_wal_lsn()")
+    while int(src.psql(f"select pg_current_wal_lsn() - '{lsn0}'::pg_lsn")) < n_segments * SEG:
+        src.pgbench("-c", "4", "-j", "2", "-T", "3", "-n")  # full segments: no forced switch
+    last = src.psql("select pg_walfile_name(pg_switch_wal())")
+    deadline = time.monotonic() + 300
+    while not (src.data / "pg_wal" / "archive_status" / f"{last}.done").exists():
+        if time.monotonic() > deadline:
+            raise SystemExit("the replay WAL was not archived in time")
+        time.sleep(0.2)
+    src.stop()
+    segs = len([n for n in os.listdir(cp_dir) if len(n) == 24])
+    methods = {
+        "cp (floor)": f"cp {cp_dir}/%f %p",
+        "ours, local (read-ahead)": f"{runbook} wal-fetch -c {cfgs['both']} --from local %f %p",
+        "ours, S3 (read-ahead)": f"{runbook} wal-fetch -c {cfgs['both']} --from s3 %f %p",
+        "ours, local, no read-ahead": f"{runbook} wal-fetch -c {cfgs['noprefetch']} --from local %f %p",
+    }
+    # noprefetch has its own (empty) repositories: point it at the 'both' local repository instead
+    noprefetch = cfgs["noprefetch"]
+    text = noprefetch.read_text().replace(str(base / "repo-noprefetch"), str(base / "repo-both"))
+    noprefetch.write_text(text)
+    results: dict[str, list[float]] = {m: [] for m in methods}
+    for rep in range(repeat):
+        for m, command in methods.items():
+            r = Server(base, f"replay-{rep}-{list(methods).index(m)}")
+            as_pg(["cp", "-a", str(backup), str(r.data)], check=True)
+            r.conf(restore_command=command, archive_mode="off", recovery_target_timeline="current")
+            (r.data / "recovery.signal").touch()
+            chown_server_user(r.data)
+            t0 = time.monotonic()
+            r.start()
+            while True:
+                try:
+                    if r.psql("select pg_is_in_recovery()") == "f":
+                        break
+                except subprocess.CalledProcessError:
+                    pass
+                if time.monotonic() - t0 > 600:
+                    raise SystemExit(f"replay with {m} did not finish: see {r.dir / 'log'}")
+                time.sleep(0.05)
+            results[m].append(time.monotonic() - t0)
+            log = (r.dir / "log").read_text()
+            if "FATAL" in log:
+                raise SystemExit(f"replay with {m} failed: see {r.dir / 'log'}")
+            r.stop()
+            shutil.rmtree(r.dir, ignore_errors=True)
+    floor = stats(results["cp (floor)"])[1]
+    rows = [[m, f"{stats(t)[0]:.2f}", f"{stats(t)[1]:.2f}", f"{stats(t)[1] / floor:.2f}x"] for m, t in results.items()]
+    table(f"PITR replay of {segs} archived 16 MB segments into a pg_basebackup (x {repeat})",
+          ["restore_command", "min s", "median s", "median vs cp"], rows)
+
+
+def stop_workers(spool: Path) -> None:
+    """End the uploaders and prefetchers this run started, by the pid in their lock files."""
+    import signal
+
+    from steps.walfast import worker_alive
+
+    for lock in [*spool.rglob("push-worker.lock"), *spool.rglob(".lock")]:
+        try:
+            pid = int(lock.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if worker_alive(lock):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--segments", type=int, default=24, help="segments pushed one by one (part 2)")
+    ap.add_argument("--replay-segments", type=int, default=40)
+    ap.add_argument("--load-s", type=int, default=30)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--venv", help="an existing server venv (else one is built, and removed at the end)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (clusters, logs, repositories)")
+    ap.add_argument("--only", choices=["compression", "push", "lag", "replay"], action="append")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: the servers and the commands run as postgres")
+    base = Path(tempfile.mkdtemp(prefix="wal-bench-", dir="/var/tmp"))
+    os.chmod(base, 0o755)
+    server, url = start_s3()
+    cleanup: list[Path] = []
+    global _S3_RESET
+    _S3_RESET = _s3_reset_factory(url)
+    try:
+        if args.venv:
+            runbook = str(Path(args.venv) / "bin" / "runbook")
+        else:
+            venv_dir = Path(tempfile.mkdtemp(prefix="wal-bench-venv-", dir="/var/tmp"))
+            cleanup.append(venv_dir)
+            runbook = str(build_server_venv(ROOT, venv_dir).runbook)
+        spool = base / "spool"
+        spool.mkdir()
+        chown_server_user(spool)
+        cfgs = write_configs(base, url, spool)
+        only = set(args.only or ["compression", "push", "lag", "replay"])
+        if only & {"compression", "push"}:
+            src = Server(base, "corpus")
+            src.initdb()
+            corpus_dir = base / "corpus-wal"
+            corpus_dir.mkdir()
+            chown_server_user(corpus_dir)
+            src.conf(archive_mode="on", archive_command=f"cp %p {corpus_dir}/%f", wal_compression="off")
+            src.start()
+            src.pgbench("-i", "-s", "10", "-q")
+            init_end = src.psql("select pg_walfile_name(pg_switch_wal())")
+            while not (src.data / "pg_wal" / "archive_status" / f"{init_end}.done").exists():
+                time.sleep(0.1)
+            before = set(os.listdir(corpus_dir))
+            while len(set(os.listdir(corpus_dir)) - before) < args.segments + 1:
+                src.pgbench("-c", "4", "-j", "2", "-T", "3", "-n")  # full segments: no forced switch
+                time.sleep(0.5)
+            corpus = sorted(corpus_dir / n for n in set(os.listdir(corpus_dir)) - before if len(n) == 24)[:args.segments]
+            print(f"corpus: {len(corpus)} pgbench segments of 16 MB in {corpus_dir}")
+            if "compression" in only:
+                bench_compression(corpus)
+            if "push" in only:
+                bench_push(base, src, corpus, runbook, cfgs, args.repeat)
+            src.stop()
+        if "lag" in only:
+            bench_lag(base, runbook, cfgs, args.load_s)
+        if "replay" in only:
+            bench_replay(base, runbook, cfgs, args.replay_segments, args.repeat)
+    finally:
+        for pid_file in base.glob("*/data/postmaster.pid"):  # servers an error left running
+            as_pg([str(PG_BIN / "pg_ctl"), "-D", str(pid_file.parent), "-m", "immediate", "-w", "stop"])
+        stop_workers(base / "spool")
+        server.stop()
+        for d in cleanup:
+            shutil.rmtree(d, ignore_errors=True)
+        if args.keep:
+            print(f"\n(work directory: {base})")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
