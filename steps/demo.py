@@ -71,6 +71,7 @@ def write_profile(sb: Any, runbook_path: Path, scenario: str, pitr: dict[str, An
         "secrets_env_file": str(sb.env_file),
     }
     profile["params"]["runbook_exe"] = sb.server_runbook()  # type: ignore[index]  # reprotect's archive_command
+    profile["params"]["drill_reprotect"] = True  # type: ignore[index]  # the sandbox's own repository
     if pitr is not None:
         stop = as_server([f"{PG_BIN}/pg_ctl", "-D", str(sb.server.datadir), "-m", "fast", "-w", "stop"])
         profile["params"].update({  # type: ignore[attr-defined]

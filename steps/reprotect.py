@@ -20,6 +20,10 @@ Until this step the recovered service has no backup at all. In order:
 5. **A WAL switch** (as the superuser) waited for until the archiver reports it archived, then **`runbook
    check` until green** (every check ok), bounded by `check_timeout_s`.
 
+In a **drill** nothing is written unless `drill_writes` says the repository is the drill's own (the sandbox's):
+a drill reads backups from a repository and writes none into it (after PITR the drill's copy has production's
+system identifier; its new timeline in production's archive would be followed by a later real recovery).
+
 Outputs: `protected_at` (when protection was restored; the report shows it), `system_identifier`,
 `timeline`, `base_backup_id`, `logical_backup_id`, `config`.
 """
@@ -35,7 +39,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -65,6 +69,9 @@ class Args(BaseModel):
     config_out: str | None = Field(None, description="Where the config for the recovered server is written when "
                                    "its cluster section points elsewhere (default: <config>.recovered.yaml)")
     check_timeout_s: float = Field(180, gt=0, le=3600, description="How long `check` may take to turn green")
+    mode: Literal["live", "drill", "rehearsal"] = Field("live", description="The run's mode ({{ run.mode }})")
+    drill_writes: bool = Field(False, description="In a drill, re-protect for real: only when the repository is "
+                               "the drill's own (the sandbox's), never production's")
     rpo_s: float = Field(300, gt=0, description="The RPO target `check` holds archive_timeout to")
 
     @field_validator("db", mode="before")
@@ -261,6 +268,14 @@ def main(args: Args, events: Events) -> int:
     from steps.pitr import default_runbook_exe
 
     t0 = time.monotonic()
+    if args.mode == "drill" and not args.drill_writes:
+        msg = ("drill: re-protection is not done. A drill writes nothing into the repository it recovers from: "
+               "after PITR the drill's copy has production's system identifier, and its new timeline in production's "
+               "archive would be followed by a later real recovery. In a sandbox with its own repository, set "
+               "drill_writes (the demo's profile does)")
+        events.check("drill", "warning", msg)
+        print(f"reprotect: {msg}")
+        return 0
     cfg, path = load_repository_config(args.config)
     path = path.absolute()
     conn = Conn(args.host, args.port, args.user)
