@@ -97,9 +97,13 @@ def cmd_backups(args: argparse.Namespace) -> int:
             mark = "*" if id(e) in picked_ids else " "
             where = ",".join(e.locations())
             when = e.time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+            level = e.level.name if not any(c.failed for c in e.copies.values()) else f"{e.level.name}!"
             print(f"{mark} {e.db:20} {e.backup_id:17} {when:20} {_age((now - e.time).total_seconds()):>7} "
-                  f"{_mb(e.size_bytes):>10}  {e.level.name:11} {where:9} {e.cluster}")
+                  f"{_mb(e.size_bytes):>10}  {level:11} {where:9} {e.cluster}")
         print("* = what a recovery picks: the newest backup of each database at readable or better")
+        if any(c.failed for e in cat.entries for c in e.copies.values()):
+            print("! after a level = its latest verification FAILED (runbook verify-backup): that copy is not "
+                  "picked until a later verification passes")
         for db, chosen in picks.items():
             if chosen is None:
                 print(f"! {db}: no backup at readable or better: a recovery has nothing to start from")
@@ -125,6 +129,7 @@ def _catalogue_json(cat: Any, picks: dict[str, Any], picked_ids: set[int], error
             "time": b.time.isoformat(), "age_s": round((now - b.time).total_seconds()), "size_bytes": b.size_bytes,
             "level": b.level.name, "locations": b.locations(),
             "copies": {n: {"level": c.level.name, "verified_at": c.verified_at.isoformat() if c.verified_at else None,
+                           "failed_at": c.failed.checked_at.isoformat() if c.failed else None,
                            "path": c.prefix} for n, c in b.copies.items()},
             "picked": id(b) in picked_ids,
         }

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -136,8 +137,10 @@ def test_an_object_altered_after_the_manifest_fails_and_recovery_stops_picking_i
     cat = backups_json(cfg)
     assert cat["picks"]["shop"] is None  # a recovery no longer picks it
     assert cat["backups"][0]["level"] == "none"
-    fetch = run_cli("backups", "-c", str(cfg), env=cli_env())
-    assert "no backup at readable or better" in fetch.stdout
+    failed_at = datetime.fromisoformat(cat["backups"][0]["copies"]["local"]["failed_at"])
+    assert failed_at == datetime.fromisoformat(str(failed["checked_at"]))
+    listing = run_cli("backups", "-c", str(cfg), env=cli_env())
+    assert "no backup at readable or better" in listing.stdout and "verification FAILED" in listing.stdout
 
 
 def test_a_scratch_disk_that_fills_fails_cleanly_and_touches_nothing_else(shop: Cluster, base: Path) -> None:
@@ -183,12 +186,15 @@ def test_two_runs_at_once_the_second_refuses_and_sigterm_removes_the_scratch(sho
         deadline = time.monotonic() + 60
         while not (lock.exists() and lock.read_text().strip() and list(scratch.glob("runbook-verify-*/cluster/*"))):
             assert time.monotonic() < deadline and first.poll() is None, first.communicate()
-            time.sleep(0.05)
+            time.sleep(0.01)
+        first.send_signal(signal.SIGSTOP)  # frozen mid-run, holding its lock: no race with a fast restore
+        assert first.poll() is None
         r = verify(cfg, "--lock-wait", "0.5", scratch=scratch)
         assert r.returncode == 3, r.stdout + r.stderr
         assert "another verify-backup is running" in r.stderr and f"pid {first.pid}" in r.stderr
         assert "waited 0.5 s, refusing" in r.stderr
         first.send_signal(signal.SIGTERM)
+        first.send_signal(signal.SIGCONT)
         out, err = first.communicate(timeout=60)
         assert first.returncode == 3, out + err
         assert "terminated (SIGTERM)" in err
