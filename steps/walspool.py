@@ -201,6 +201,10 @@ def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
     lock = Lock(spool / ".lock")
     if not lock.try_acquire():
         return 0
+    # Replay is one process waiting for us: read-ahead needs a fraction of a core to stay ahead of it, and
+    # must not take that core from it when the machine is busy.
+    with contextlib.suppress(OSError):
+        os.nice(10)
     for entry in os.scandir(spool):  # what an earlier prefetcher left: unknown freshness, start clean
         if not entry.name.startswith("."):
             os.unlink(entry.path)
