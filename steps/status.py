@@ -12,7 +12,8 @@
   with its measured RTO, from this host's runs and the repository's `runs/` summaries (every host's).
 - **Projected RTO** per scenario, for a recovery started now: the newest verified test restore's time
   (verify-backup's record), scaled to today's database size, plus the expected durations of the scenario's
-  other steps up to the service being back (runbook.history: medians of earlier runs, else `expect_duration`).
+  other steps up to the service being back (runbook.history: medians of earlier runs, else `expect_duration`;
+  a manual checklist counts at least its `expect_duration`, since an unattended drill acknowledges it at once).
 
 Verdicts: `ok`, `warning` (not proven: stale or never drilled, no verified restore, archiving settings that allow
 more loss than the target), `red` (a target is not met now). Exit codes for monitoring: 0 all ok, 1 a warning,
@@ -376,7 +377,9 @@ def _project(rb: Any, scenario: str, state_dir: Path, logical: list[Any], base: 
     expected = expected_durations(past_runs(state_dir, rb.name), declared)
     restore_steps = [s for s in steps if s.action in RESTORE_ACTIONS]
     others = [s for s in steps if s not in restore_steps]
-    other_s = sum(expected.get(s.id, 0.0) for s in others)
+    # A checklist acknowledged with --yes in an unattended drill took no time; people will need what it declares.
+    other_s = sum(max(expected.get(s.id, 0.0), declared.get(s.id, 0.0)) if s.kind == "manual"
+                  else expected.get(s.id, 0.0) for s in others)
     unknown = [s.id for s in others if s.id not in expected and s.kind != "manual"]
     out: dict[str, Any] = {"other_steps_s": round(other_s, 1), "unknown_steps": unknown, "restore_s": None,
                            "basis": None, "total_s": None}
