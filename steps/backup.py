@@ -37,7 +37,7 @@ from steps.backup_lock import BackupLock
 from steps.config import RepositoryConfig
 from steps.manifest import Check, FilesManifest, Level, LogicalManifest, ObjectEntry, Tool, to_json
 from steps.pgtools import Conn
-from steps.repository import LocalStore, RepositoryError, Store, sha256_file
+from steps.repository import LocalStore, RepositoryError, Store, checked_stores, sha256_file
 
 log = logging.getLogger("runbook.backup")
 
@@ -74,6 +74,19 @@ class Outcome:
     def raise_to(self, code: int) -> None:
         self.exit_code = max(self.exit_code, code)
 
+    def note_unusable(self, repositories: dict[str, str]) -> None:
+        """A repository that could not be used is a failed copy from the start."""
+        for name, reason in repositories.items():
+            if reason != "ok":
+                self.failed[name] = reason
+
+    def settle_published(self) -> None:
+        """Once every repository was tried: published nowhere fails, missing from some is a warning."""
+        if not self.published:
+            self.raise_to(EXIT_FAILED)
+        elif self.failed:
+            self.raise_to(EXIT_WARNING)
+
     def as_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["status"] = self.status
@@ -107,6 +120,30 @@ def setup_logging(log_file: Path, *, console: bool = True) -> None:
         ch.setLevel(logging.INFO)
         logger.addHandler(ch)
     logger.propagate = False
+
+
+def write_status_file(path: Path, data: dict[str, Any], label: str) -> None:
+    """The run's status JSON for monitoring, replaced atomically; a failure is said on stderr, not raised."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        print(f"runbook: cannot write {label}: {e.strerror}", file=sys.stderr)
+
+
+def open_usable_stores(cfg: RepositoryConfig, repositories: dict[str, str], log: logging.Logger) -> list[Store]:
+    """The configured repositories that can be used, local first; `repositories` gets "ok" or why not, each."""
+    stores: list[Store] = []
+    for which, got in checked_stores(cfg, RunbookError):
+        if isinstance(got, RunbookError):
+            repositories[which] = str(got)
+            log.error("%s repository unusable: %s", which, got)
+            continue
+        repositories[which] = "ok"
+        stores.append(got)
+    return stores
 
 
 class BackupRun:
@@ -206,38 +243,12 @@ class BackupRun:
             "exit_code": code, "status": STATUS[code], "repositories": self.repositories,
             "targets": {o.target: o.as_json() for o in self.outcomes},
         }
-        try:
-            self.status_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.status_file.with_name(f".{self.status_file.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(data, indent=2) + "\n")
-            os.replace(tmp, self.status_file)
-        except OSError as e:
-            print(f"runbook: cannot write the backup status {self.status_file}: {e.strerror}", file=sys.stderr)
+        write_status_file(self.status_file, data, f"the backup status {self.status_file}")
 
     # --- set-up ----------------------------------------------------------------------------------
 
     def _open_stores(self) -> None:
-        candidates: list[tuple[str, Any]] = []
-        local, s3 = self.cfg.local, self.cfg.s3
-        if local is not None:
-            candidates.append(("local", lambda: LocalStore(local.path)))
-        if s3 is not None:
-            def make_s3() -> Store:
-                from steps.s3store import S3Store
-
-                return S3Store(s3, credentials_file=s3.credentials_file)
-
-            candidates.append(("s3", make_s3))
-        for name, make in candidates:
-            try:
-                store = make()
-                store.check_access()
-            except RunbookError as e:
-                self.repositories[name] = str(e)
-                log.error("%s repository unusable: %s", name, e)
-                continue
-            self.repositories[name] = "ok"
-            self.stores.append(store)
+        self.stores += open_usable_stores(self.cfg, self.repositories, log)
 
     def _lock_dir(self) -> Path:
         if self.cfg.backup.lock_dir is not None:
@@ -283,11 +294,6 @@ class BackupRun:
                                hint="set backup.staging_dir to a directory with room for one dump") from None
         return root
 
-    def _not_published(self, out: Outcome) -> None:
-        for name, reason in self.repositories.items():
-            if reason != "ok":
-                out.failed[name] = reason
-
     # --- one database ----------------------------------------------------------------------------
 
     def _backup_db(self, db: str) -> Outcome:
@@ -297,7 +303,7 @@ class BackupRun:
         from steps.repository import local_error
 
         out = Outcome(target=db, backup_id=self.backup_id)
-        self._not_published(out)
+        out.note_unusable(self.repositories)
         staging: Path | None = None
         try:
             log.info("backing up %s as %s", self.conn.describe(db), self.backup_id)
@@ -405,10 +411,7 @@ class BackupRun:
             out.published.append(store.name)
             out.level = level.name
             log.info("%s: published in %s (%s)", out.target, store.describe(), level.name)
-        if not out.published:
-            out.raise_to(EXIT_FAILED)
-        elif out.failed:
-            out.raise_to(EXIT_WARNING)
+        out.settle_published()
 
     def _size_check(self, out: Outcome, manifest: LogicalManifest) -> None:
         from steps.catalogue import pick, scan
@@ -452,7 +455,7 @@ class BackupRun:
 
         assert self.cfg.attachments is not None and self.backup_id is not None
         out = Outcome(target=ATTACHMENTS, backup_id=self.backup_id)
-        self._not_published(out)
+        out.note_unusable(self.repositories)
         staging: Path | None = None
         try:
             staging = self._staging_root() / f"attachments-{self.backup_id}"

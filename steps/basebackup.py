@@ -21,9 +21,7 @@ base backups and the WAL no kept base backup needs). Exit codes as `runbook back
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import shutil
 import socket
@@ -39,7 +37,17 @@ from typing import Any
 from runbook import __version__
 from runbook.errors import RunbookError
 from steps import layout
-from steps.backup import EXIT_CANNOT_RUN, EXIT_FAILED, EXIT_OK, EXIT_WARNING, STATUS, Outcome, setup_logging
+from steps.backup import (
+    EXIT_CANNOT_RUN,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_WARNING,
+    STATUS,
+    Outcome,
+    open_usable_stores,
+    setup_logging,
+    write_status_file,
+)
 from steps.backup_lock import BackupLock
 from steps.basetar import BaseBackupInvalid, check_tars, parse_server_manifest, tar_files
 from steps.config import RepositoryConfig
@@ -158,9 +166,7 @@ class BaseBackupRun:
             except RunbookError as e:
                 return self._cannot_run(str(e))
             self.outcome.backup_id = bid
-            for name, reason in self.repositories.items():
-                if reason != "ok":
-                    self.outcome.failed[name] = reason
+            self.outcome.note_unusable(self.repositories)
             try:
                 self._backup(bid, facts)
             except (RunbookError, OSError) as e:
@@ -208,31 +214,12 @@ class BaseBackupRun:
             "exit_code": self.outcome.exit_code, "status": STATUS[self.outcome.exit_code],
             "repositories": self.repositories, "outcome": self.outcome.as_json(),
         }
-        try:
-            self.status_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.status_file.with_name(f".{self.status_file.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(data, indent=2) + "\n")
-            os.replace(tmp, self.status_file)
-        except OSError as e:
-            print(f"runbook: cannot write {self.status_file}: {e.strerror}", file=sys.stderr)
+        write_status_file(self.status_file, data, str(self.status_file))
 
     # --- set-up --------------------------------------------------------------------------------------
 
     def _open_stores(self) -> None:
-        from steps.repository import open_stores
-
-        for which in ("local", "s3"):
-            if getattr(self.cfg, which) is None:
-                continue
-            try:
-                store = open_stores(self.cfg, which)[0]  # type: ignore[arg-type]
-                store.check_access()
-            except RunbookError as e:
-                self.repositories[which] = str(e)
-                log.error("%s repository unusable: %s", which, e)
-                continue
-            self.repositories[which] = "ok"
-            self.stores.append(store)
+        self.stores += open_usable_stores(self.cfg, self.repositories, log)
 
     def _lock_dir(self) -> Path:
         if self.cfg.backup.lock_dir is not None:
@@ -427,10 +414,7 @@ class BaseBackupRun:
             out.published.append(store.name)
             out.level = level.name if out.level is None else min(out.level, level.name, key=Level.parse)
             log.info("published in %s (%s, %.1f s)", store.describe(), level.name, done.timings.get("total_s", 0))
-        if not out.published:
-            out.raise_to(EXIT_FAILED)
-        elif out.failed:
-            out.raise_to(EXIT_WARNING)
+        out.settle_published()
 
     def _local_retention(self) -> None:
         from steps.prune import prune_base

@@ -19,7 +19,7 @@ import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from runbook.errors import RunbookError
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 CHUNK = 1024 * 1024
 Progress = Callable[[int], None]
 StoreName = Literal["local", "s3"]
+E = TypeVar("E", bound=RunbookError)
 
 
 class RepositoryError(RunbookError):
@@ -361,3 +362,19 @@ def open_stores(
         raise RepositoryError(f"no {which} repository is configured",
                               hint="add local: {path: ...} or s3: {bucket: ...} to the repository config")
     return stores
+
+
+def checked_stores(cfg: RepositoryConfig, catch: type[E]) -> Iterator[tuple[StoreName, Store | E]]:
+    """Each configured repository (local first), opened and its access checked: the store, or the `catch`
+    error saying why it cannot be used (any other error propagates)."""
+    names: tuple[StoreName, ...] = ("local", "s3")
+    for which in names:
+        if getattr(cfg, which) is None:
+            continue
+        got: Store | E
+        try:
+            got = open_stores(cfg, which)[0]
+            got.check_access()
+        except catch as e:
+            got = e
+        yield which, got

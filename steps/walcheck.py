@@ -101,20 +101,15 @@ class Checker:
         return worst
 
     def _stores(self) -> list[Any]:
-        from steps.repository import RepositoryError, open_stores
+        from steps.repository import RepositoryError, checked_stores
 
         out = []
-        for which in ("local", "s3"):
-            if getattr(self.cfg, which) is None:
+        for which, got in checked_stores(self.cfg, RepositoryError):
+            if isinstance(got, RepositoryError):
+                self.add(f"repository:{which}", "failed", got.message, got.hint)
                 continue
-            try:
-                store = open_stores(self.cfg, which)[0]  # type: ignore[arg-type]
-                store.check_access()
-            except RepositoryError as e:
-                self.add(f"repository:{which}", "failed", e.message, e.hint)
-                continue
-            self.add(f"repository:{which}", "ok", store.describe())
-            out.append(store)
+            self.add(f"repository:{which}", "ok", got.describe())
+            out.append(got)
         return out
 
     def _connect(self) -> Any:
