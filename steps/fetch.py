@@ -24,6 +24,7 @@ from steps import layout
 from steps.events import Events
 from steps.manifest import LogicalManifest, parse_logical, sha256_bytes
 from steps.repository import CorruptObject, RepositoryError, sha256_file
+from steps.verified import write_stamp
 
 
 class Args(BaseModel):
@@ -111,6 +112,8 @@ def main(args: Args, events: Events) -> int:
         return 1
     if final.exists():
         if _verify_local(final, m):
+            write_stamp(final, sha256_bytes((final / layout.MANIFEST).read_bytes()), [o.path for o in m.objects],
+                        "fetch-latest-backup")
             print(f"{final} already holds this backup, every object verified: using it")
             _outputs(events, final, entry.backup_id, m, entry.cluster, "existing")
             return 0
@@ -135,6 +138,7 @@ def main(args: Args, events: Events) -> int:
                 store.fetch_file(copy.prefix + o.path, partial / o.path, size=o.size, sha256=o.sha256,
                                  progress=progress)
             (partial / layout.MANIFEST).write_bytes(data)
+            write_stamp(partial, sha256_bytes(data), [o.path for o in manifest.objects], "fetch-latest-backup")
             os.replace(partial, final)
         except RepositoryError as e:
             shutil.rmtree(partial, ignore_errors=True)

@@ -1,6 +1,7 @@
 """restore-logical: a fetched logical backup into a new database, with everything a logical restore carries.
 
-1. Re-check every file of the backup directory against its manifest (a tampered copy restores nothing).
+1. Re-check every file of the backup directory against its manifest (a tampered copy restores nothing),
+   unless fetch-latest-backup checked them and they are unchanged since (steps.verified).
 2. Refuse a target database that exists and is not empty (a half-restored target is dropped by the
    operator, deliberately, never by this action).
 3. Restore the globals role by role (steps.globals_sql): existing roles are reported and left as they are.
@@ -26,9 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from runbook.errors import RunbookError
 from steps import layout
 from steps.events import Events
-from steps.manifest import DatabaseFacts, LogicalManifest, parse_logical
+from steps.manifest import DatabaseFacts, LogicalManifest, parse_logical, sha256_bytes
 from steps.pgtools import Conn, ToolFailed, connect, tool
 from steps.repository import sha256_file
+from steps.verified import checked_unchanged
 
 
 class Args(BaseModel):
@@ -173,12 +175,21 @@ def main(args: Args, events: Events) -> int:
     facts = manifest.database
     dump_dir = backup_dir / manifest.dump.path
     if args.verify:
-        problem = _verify_files(backup_dir, manifest, events)
-        if problem:
-            events.check("backup files", "failed", problem)
-            print(f"{problem}; nothing was restored")
-            return 1
-        events.check("backup files", "ok", f"{len(manifest.objects)} files match their sha256")
+        t0 = time.monotonic()
+        paths = [o.path for o in manifest.objects]
+        stamp = checked_unchanged(backup_dir, sha256_bytes((backup_dir / layout.MANIFEST).read_bytes()), paths)
+        if stamp is not None:
+            by, at = stamp
+            note = f"{len(paths)} files checked against their sha256 by {by} at {at}, unchanged since"
+            print(f"{note}: not hashed again")
+        else:
+            problem = _verify_files(backup_dir, manifest, events)
+            if problem:
+                events.check("backup files", "failed", problem)
+                print(f"{problem}; nothing was restored")
+                return 1
+            note = f"{len(paths)} files match their sha256 ({time.monotonic() - t0:.1f} s)"
+        events.check("backup files", "ok", note)
 
     conn = Conn(args.host, args.port, args.user)
     target = conn.describe(args.db)

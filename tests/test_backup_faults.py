@@ -158,6 +158,18 @@ def test_a_flipped_byte_is_caught_at_fetch_and_nothing_is_restored(
     assert res.code == 0, res.stdout
     assert res.outputs["source"] == "s3" and biggest["path"] in res.stdout
 
+    # The fetch checked every file: the restore does not hash them again ... unless one changed since.
+    fetched = Path(res.outputs["backup_dir"])
+    victim = fetched / biggest["path"]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    victim.write_bytes(bytes(data))  # same size; only its mtime tells
+    restored = run_action("restore-logical", {"backup_dir": str(fetched), "db": "never"},
+                          env={"PGHOST": str(source_cluster.socket_dir), "PGPORT": str(source_cluster.port)})
+    assert restored.code == 1 and "does not match its sha256" in restored.stdout and "nothing was restored" in restored.stdout
+    assert "not hashed again" not in restored.stdout
+    assert source_cluster.psql("select count(*) from pg_database where datname = 'never'") == "0"
+
 
 def test_pg_dump_failing_midway_publishes_nothing_and_runs_no_retention(
     source_cluster: Cluster, db: str, tmp_path: Path  # noqa: F811

@@ -162,6 +162,7 @@ def test_roundtrip_through_s3_into_a_new_database_on_a_fresh_cluster(
         assert restored.code == 0, restored.stdout + restored.stderr
         assert restored.outputs["restored_db"] == "app_restored" and restored.outputs["duration_s"] >= 0
         assert "roles created: " in restored.stdout and "app_owner" in restored.stdout
+        assert "checked against their sha256 by fetch-latest-backup" in restored.stdout  # not hashed twice
         after = table_checksums(target, "app_restored")
         assert after == before
         assert inside_facts(target, "app_restored", oid) == inside_facts(src, "app", oid)
