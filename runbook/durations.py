@@ -59,3 +59,15 @@ def short_duration(td: timedelta | float | None) -> str:
         return f"{round(secs / 60)}m"
     h, rem = divmod(secs, 3600)
     return f"{h}h{rem // 60:02d}m"
+
+
+def rough_duration(seconds: float) -> str:
+    """An age or a span for people, at the precision that matters: `45 s`, `12 min`, `3.5 h`, `2.1 days`."""
+    s = int(max(seconds, 0))
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    if s < 172800:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} days"

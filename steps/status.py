@@ -32,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from runbook.durations import rough_duration
 from runbook.errors import RunbookError
 
 EXIT = {"ok": 0, "warning": 1, "red": 2, "could not run": 3}
@@ -46,16 +47,7 @@ def worst(*verdicts: str) -> str:
 
 
 def human(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown"
-    s = int(max(seconds, 0))
-    if s < 120:
-        return f"{s} s"
-    if s < 7200:
-        return f"{s // 60} min"
-    if s < 172800:
-        return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} days"
+    return "unknown" if seconds is None else rough_duration(seconds)
 
 
 @dataclass

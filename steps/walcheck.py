@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from runbook.durations import rough_duration
 from runbook.errors import RunbookError
 
 Status = Literal["ok", "warning", "failed", "info"]
@@ -43,17 +44,6 @@ class Check:
     status: Status
     detail: str
     hint: str | None = None
-
-
-def _age(seconds: float) -> str:
-    s = int(max(seconds, 0))
-    if s < 120:
-        return f"{s} s"
-    if s < 7200:
-        return f"{s // 60} min"
-    if s < 172800:
-        return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} days"
 
 
 class Checker:
@@ -204,7 +194,7 @@ class Checker:
         if failing:
             self.add("pg_stat_archiver", "failed",
                      f"archiving is failing: {a['failed_count']} failures, the last for {a['last_failed_wal']} "
-                     f"{_age((self.now - a['last_failed_time']).total_seconds())} ago, after the last success "
+                     f"{rough_duration((self.now - a['last_failed_time']).total_seconds())} ago, after the last success "
                      f"({a['last_archived_wal'] or 'none'})",
                      "read the server log for archive_command's message; WAL piles up in pg_wal meanwhile")
         else:
@@ -229,14 +219,14 @@ class Checker:
             "in_recovery"] else None
         pending = self._pending(insert_lsn, last, int(facts["segment_size"]))
         if missing:
-            self.add("archived_wal", "failed", f"the server archived {last} {_age(age)} ago, but "
+            self.add("archived_wal", "failed", f"the server archived {last} {rough_duration(age)} ago, but "
                      f"{', '.join(missing)} do(es) not hold it", "is archive_command using another repository "
                      "config? compare it with this one")
             return
-        exposure = f"RPO exposure now: up to {_age(age)} of WAL not yet archived" if pending else \
+        exposure = f"RPO exposure now: up to {rough_duration(age)} of WAL not yet archived" if pending else \
             "no WAL written since: nothing at risk"
         status: Status = "warning" if pending and age > self.args.rpo else "ok"
-        self.add("archived_wal", status, f"newest archived {last}, {_age(age)} ago, in every repository; {exposure}",
+        self.add("archived_wal", status, f"newest archived {last}, {rough_duration(age)} ago, in every repository; {exposure}",
                  "archiving lags behind: check pg_stat_archiver and the server log" if status == "warning" else None)
 
     @staticmethod
@@ -318,7 +308,7 @@ class Checker:
             age = (self.now - newest.time).total_seconds()
             status: Status = "ok" if age <= self.args.max_logical_age else "warning"
             self.add("logical_backup", status, f"newest {newest.db} {newest.backup_id} ({newest.level.name}, in "
-                     f"{', '.join(newest.locations())}), {_age(age)} old",
+                     f"{', '.join(newest.locations())}), {rough_duration(age)} old",
                      None if status == "ok" else "is the daily `runbook backup` job running? see its status file")
         else:
             self.add("logical_backup", "warning", f"no readable logical backup of cluster {sysid}",
@@ -338,7 +328,7 @@ class Checker:
         else:
             age = (self.now - layout.parse_id(newest_base[0])).total_seconds()
             status = "ok" if age <= self.args.max_base_age else "warning"
-            self.add("base_backup", status, f"newest {newest_base[0]} (in {newest_base[1]}), {_age(age)} old",
+            self.add("base_backup", status, f"newest {newest_base[0]} (in {newest_base[1]}), {rough_duration(age)} old",
                      None if status == "ok" else "is the weekly `runbook basebackup` job running?")
 
 
