@@ -300,9 +300,9 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     if settings.prefetch > 0 and w.kind == "segment" and datadir is not None:
         spool = walfast.fetch_spool(settings, sysid, str(datadir))
         if spool is not None and walfast.take(spool, name, str(dest)):
-            walfast.request_after(settings, spool, sysid, name, walfast.segment_size_of(str(dest)))
+            walfast.request_after(settings, spool, sysid, name, walfast.segment_size_of(str(dest)), args.source)
             return 0
-    stores = [s for s in open_wal_stores(settings.local_path, settings.s3) if args.source in ("any", s.name)]
+    stores = open_wal_stores(settings.local_path, settings.s3, args.source)
     data, problems = fetch_blob(stores, wal_key(str(sysid), name), name, settings.fetch_attempts, sysid)
     if data is None:
         if not problems:
@@ -312,7 +312,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
                                "(or use the other copy: --from local|s3) and start the server again")
     write_atomically(dest, data)
     if spool is not None:
-        walfast.request_after(settings, spool, sysid, name, segment_header(data).segment_size)
+        walfast.request_after(settings, spool, sysid, name, segment_header(data).segment_size, args.source)
     return 0
 
 

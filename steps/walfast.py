@@ -3,8 +3,9 @@
 PostgreSQL starts these commands once per segment and waits for each: during a replay the startup process
 is stalled for as long as `wal-fetch` runs, so every millisecond of interpreter start and import is paid
 per segment. Two paths need no more than this module:
-- `wal-fetch -c CONFIG NAME DEST` when the read-ahead spool (steps.walspool) holds NAME: check its sha256,
-  rename it into place, ask for the next ones;
+- `wal-fetch -c CONFIG [--from R] NAME DEST` when the read-ahead spool (steps.walspool) holds NAME, or its
+  prefetcher is fetching it: check its size against the prefetcher's record, rename it into place, ask for
+  the next ones;
 - `wal-push -c CONFIG PATH` in the asynchronous mode: wait for the uploader's `.ok` record of this very file
   (its sha256), or report its `.error`.
 Everything else (and every doubt: an option, a missing cache, an unexpected error) goes to steps.wal, which
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from steps.walconf import WalSettings
 
 POLL_S = 0.01
+PREFETCH_WAIT_S = 10.0  # the longest a wal-fetch waits for a segment the prefetcher is fetching
 _HEX = frozenset("0123456789ABCDEF")
 
 
@@ -199,33 +201,34 @@ def fetch_spool(settings: WalSettings, sysid: int, datadir: str) -> str | None:
 
 
 def take(spool: str, name: str, dest: str) -> bool:
-    """Move a prefetched segment to DEST when it is there and its sha256 still matches its record: a rename
-    when the spool shares pg_wal's file system, else a copy written whole (temporary name, then rename)."""
-    data_path, rec_path = os.path.join(spool, name), os.path.join(spool, f"{name}.json")
-    import mmap
+    """Move a prefetched segment to DEST when it is there whole: a rename when the spool shares pg_wal's file
+    system, else a copy written whole (temporary name, then rename).
 
+    No second sha256 here: the prefetcher checked the bytes against the archive's sha256 before it wrote
+    them, and its record (written after the file) carries their size, compared with the file's. Hashing the
+    16 MB again cost ~30 ms on replay's critical path, per segment, to guard only the few seconds a file
+    spends in the spool; PostgreSQL still checks every record's CRC as it replays."""
+    data_path, rec_path = os.path.join(spool, name), os.path.join(spool, f"{name}.json")
     try:
         with open(rec_path) as f:
             rec = json.load(f)
-        with open(data_path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            # hashed through a mapping of the page cache: no 16 MB copy into this process
-            data: bytes | mmap.mmap = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) if size else b""
+        size = os.stat(data_path).st_size
     except (OSError, ValueError):
         return False
-    if len(data) != rec.get("size") or hashlib.sha256(data).hexdigest() != rec.get("sha256"):
-        print(f"runbook wal-fetch: warning: the prefetched {name} in {spool} is damaged; reading it from the "
-              "repository", file=sys.stderr)
+    if size != rec.get("size"):
+        print(f"runbook wal-fetch: warning: the prefetched {name} in {spool} is {size} bytes, not the "
+              f"{rec.get('size')} archived; reading it from the repository", file=sys.stderr)
         _unlink(data_path)
+        _unlink(rec_path)
         return False
     try:
         os.replace(data_path, dest)
     except OSError:
+        import shutil
+
         tmp = os.path.join(os.path.dirname(os.path.abspath(dest)), f".{os.path.basename(dest)}.runbook-{os.getpid()}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            shutil.copyfile(data_path, tmp)
             os.replace(tmp, dest)
         except OSError:
             _unlink(tmp)
@@ -235,10 +238,60 @@ def take(spool: str, name: str, dest: str) -> bool:
     return True
 
 
-def request_after(settings: WalSettings, spool: str, sysid: int, name: str, segment_size: int) -> None:
+def _segment_index(name: str, segment_size: int) -> tuple[int, int]:
+    """(timeline, position) of a segment name: the position counts segments from the start of WAL."""
+    per_log = 0x100000000 // segment_size
+    return int(name[:8], 16), int(name[8:16], 16) * per_log + int(name[16:], 16)
+
+
+def in_window(want: dict[str, object], name: str, depth: int) -> bool:
+    """Is `name` among the segments the prefetcher was asked for (the `depth` after want["name"])?"""
+    try:
+        size = int(want["segment_size"])  # type: ignore[call-overload]  # JSON: checked by int()
+        tli, pos = _segment_index(name, size)
+        want_tli, want_pos = _segment_index(str(want["name"]), size)
+    except (KeyError, ValueError, TypeError, ZeroDivisionError):
+        return False
+    return tli == want_tli and 1 <= pos - want_pos <= depth
+
+
+def wait_prefetched(settings: WalSettings, spool: str, name: str, dest: str, source: str) -> bool:
+    """Take `name` from the spool once the running prefetcher has it, when it is already fetching it.
+
+    Replay asks for segment X+1 the moment X is replayed; when that is faster than the read-ahead, waiting
+    for the prefetcher's copy (a few ms) beats reading the repository again from a cold process. False at
+    once when no prefetcher runs or `name` is not in what it was asked for, and as soon as it says it could
+    not get it (`NAME.none`), or after a bound: the caller then reads the repository itself."""
+    try:
+        with open(os.path.join(spool, ".want")) as f:
+            want = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if want.get("source", "any") != source or not in_window(want, name, settings.prefetch):
+        return False
+    lock = os.path.join(spool, ".lock")
+    none = os.path.join(spool, f"{name}.none")
+    deadline = time.monotonic() + PREFETCH_WAIT_S
+    next_look = 0.0
+    while True:
+        if take(spool, name, dest):
+            return True
+        now = time.monotonic()
+        if os.path.exists(none) or now >= deadline:
+            return False
+        if now >= next_look:
+            if not worker_alive(lock):
+                return False
+            next_look = now + 0.5
+        time.sleep(0.002)
+
+
+def request_after(settings: WalSettings, spool: str, sysid: int, name: str, segment_size: int,
+                  source: str = "any") -> None:
     """Ask the prefetcher for the segments after `name`, and start it when none runs."""
     try:
-        write_record(os.path.join(spool, ".want"), json.dumps({"name": name, "segment_size": segment_size}))
+        write_record(os.path.join(spool, ".want"),
+                     json.dumps({"name": name, "segment_size": segment_size, "source": source}))
         if not worker_alive(os.path.join(spool, ".lock")):
             spawn(["wal-fetch", "-c", str(settings.path), "--prefetch-worker", "--spool", spool,
                    "--sysid", str(sysid)], os.path.join(spool, ".prefetch.log"), None)
@@ -256,38 +309,46 @@ def segment_size_of(path: str) -> int:
 # --- the entry ---------------------------------------------------------------------------------------
 
 
-def _simple(argv: list[str], positionals: int) -> tuple[str | None, list[str]] | None:
-    """`-c CONFIG ARG...` (or `--config=CONFIG`, or no -c) and nothing else; None for any other form."""
+def _simple(argv: list[str], positionals: int, source: bool = False) -> tuple[str | None, list[str], str] | None:
+    """`-c CONFIG ARG...` (or `--config=CONFIG`, or no -c; with `source`, also `--from local|s3|any`) and
+    nothing else: (config, arguments, source); None for any other form."""
     config: str | None = None
     rest: list[str] = []
+    origin = "any"
     i = 0
     while i < len(argv):
         a = argv[i]
         if a in ("-c", "--config") and i + 1 < len(argv):
             config, i = argv[i + 1], i + 2
             continue
+        if source and a == "--from" and i + 1 < len(argv) and argv[i + 1] in ("local", "s3", "any"):
+            origin, i = argv[i + 1], i + 2
+            continue
         if a.startswith("--config="):
             config = a.split("=", 1)[1]
+        elif source and a in ("--from=local", "--from=s3", "--from=any"):
+            origin = a.split("=", 1)[1]
         elif a.startswith("-"):
             return None
         else:
             rest.append(a)
         i += 1
-    return (config, rest) if len(rest) == positionals else None
+    return (config, rest, origin) if len(rest) == positionals else None
 
 
 def _fast(argv: list[str]) -> int | None:
     if os.geteuid() == 0:
         return None
     command = argv[0]
-    parsed = _simple(argv[1:], 2 if command == "wal-fetch" else 1)
+    fetch = command == "wal-fetch"
+    parsed = _simple(argv[1:], 2 if fetch else 1, source=fetch)
     if parsed is None:
         return None
-    config, args = parsed
+    config, args, source = parsed
     from steps.walconf import WalSettings
 
     settings = WalSettings.load(config)
-    if command == "wal-fetch":
+    if fetch:
         name, dest = args
         if settings.prefetch <= 0 or not is_segment_name(name):
             return None
@@ -295,9 +356,9 @@ def _fast(argv: list[str]) -> int | None:
         if sysid is None or datadir is None:
             return None
         spool = fetch_spool(settings, sysid, datadir)
-        if spool is None or not take(spool, name, dest):
+        if spool is None or not (take(spool, name, dest) or wait_prefetched(settings, spool, name, dest, source)):
             return None
-        request_after(settings, spool, sysid, name, segment_size_of(dest))
+        request_after(settings, spool, sysid, name, segment_size_of(dest), source)
         return 0
     if not settings.async_mode:
         return None
@@ -320,7 +381,7 @@ def main(argv: list[str]) -> int:
         return rc
     command = argv[0]
     fetch = command == "wal-fetch"
-    parsed = _simple(argv[1:], 2 if fetch else 1)
+    parsed = _simple(argv[1:], 2 if fetch else 1, source=fetch)
     if parsed is None:
         from steps.wal import main as full_main
 
@@ -329,9 +390,9 @@ def main(argv: list[str]) -> int:
 
     from steps.wal import run
 
-    config, args = parsed
+    config, args, source = parsed
     if fetch:
-        ns = SimpleNamespace(config=config, name=args[0], dest=args[1], source="any", sysid=None,
+        ns = SimpleNamespace(config=config, name=args[0], dest=args[1], source=source, sysid=None,
                              prefetch_worker=False, spool=None)
     else:
         ns = SimpleNamespace(config=config, path=args[0], sysid=None, async_worker=False, pg_wal=None)

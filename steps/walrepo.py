@@ -287,13 +287,17 @@ def _check_credentials_file(path: Path) -> None:
                          hint=f"chmod 640 {path} (group: the server's user) or 600")
 
 
-def open_wal_stores(local_path: Path | None, s3: dict[str, Any] | None) -> list[WalStore]:
-    """The configured repositories, local first (the fastest to read, the first written)."""
+def open_wal_stores(local_path: Path | None, s3: dict[str, Any] | None, source: str = "any") -> list[WalStore]:
+    """The configured repositories, local first (the fastest to read, the first written); with `source`
+    ("local" or "s3") only that one, and boto3 is not even loaded for a local one."""
     stores: list[WalStore] = []
-    if local_path is not None:
+    if local_path is not None and source in ("any", "local"):
         stores.append(LocalWal(local_path))
-    if s3 is not None:
+    if s3 is not None and source in ("any", "s3"):
         stores.append(S3Wal(s3))
     if not stores:
+        if source != "any":
+            raise RepositoryError(f"no {source} repository is configured",
+                                  hint=f"add {source}: to the repository config, or read from the other one")
         raise RepositoryError("no repository is configured", hint="add local: or s3: to the repository config")
     return stores

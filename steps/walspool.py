@@ -16,12 +16,15 @@ archive-push, with `wal: {async: true}`:
   and records `.ok` only after that. It removes the records of files PostgreSQL has marked `.done`, and exits
   after `worker_idle_s` with nothing to do.
 
-Fetch read-ahead (`wal.prefetch: N`, on by default): after restoring segment X, `wal-fetch` writes X to
-`<spool_dir>/<sysid>/in-<data directory hash>/.want` and makes sure the prefetcher
-(`wal-fetch --prefetch-worker`) runs; it keeps X+1..X+N fetched, checked and decompressed in the spool, each
-with its sha256. A later `wal-fetch` takes its segment from there after checking that sha256 again (a rename
-when the spool is on pg_wal's file system). The spool never answers "missing": a segment it does not hold is
-read from the repository as usual.
+Fetch read-ahead (`wal.prefetch: N`, on by default): after restoring segment X, `wal-fetch` writes X (and
+the repository it reads, `--from`) to `<spool_dir>/<sysid>/in-<data directory hash>/.want` and makes sure the
+prefetcher (`wal-fetch --prefetch-worker`) runs; it keeps X+1..X+N fetched from that repository, checked
+against the archive's sha256 and decompressed in the spool, each with a record of its size and sha256
+written after it. A later `wal-fetch` takes its segment from there (a rename when the spool is on pg_wal's
+file system); when the prefetcher is still fetching it, it waits for it rather than read the repository a
+second time. A segment the prefetcher could not get is marked `NAME.none` (and tried again later): the
+waiting `wal-fetch` then reads the repository itself. The spool never answers "missing": only the
+repository does.
 """
 
 from __future__ import annotations
@@ -186,6 +189,7 @@ def _prefetch_task(stores: list[WalStore], spool: Path, name: str, sysid: int) -
 
     data, digest, problems = fetch_checked(stores, wal_key(str(sysid), name), name, 1, sysid)
     if data is None:
+        (spool / f"{name}.none").touch()
         return "error" if problems else "missing"
     tmp = spool / f".tmp-{name}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -208,7 +212,7 @@ def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
     for entry in os.scandir(spool):  # what an earlier prefetcher left: unknown freshness, start clean
         if not entry.name.startswith("."):
             os.unlink(entry.path)
-    stores = open_wal_stores(settings.local_path, settings.s3)
+    opened: dict[str, list[WalStore]] = {}
     pool = ThreadPoolExecutor(max_workers=min(settings.max_parallel, settings.prefetch), thread_name_prefix="prefetch")
     inflight: dict[str, Future[str]] = {}
     retry_at: dict[str, float] = {}
@@ -226,22 +230,32 @@ def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
             if now - changed > settings.worker_idle_s and not inflight:
                 break
             if want:
+                source = str(want.get("source") or "any")
+                if source not in opened:
+                    try:
+                        opened[source] = open_wal_stores(settings.local_path, settings.s3, source)
+                    except RunbookError as e:  # wal-fetch itself reports it to PostgreSQL
+                        _log(f"cannot read ahead from {source}: {e}")
+                        break
                 window = [next_segment(want["name"], int(want["segment_size"]), i)
                           for i in range(1, settings.prefetch + 1)]
                 keep = set(window)
                 for entry in os.scandir(spool):
-                    base = entry.name.removesuffix(".json")
+                    base = entry.name.removesuffix(".json").removesuffix(".none")
                     if not entry.name.startswith(".") and base not in keep:
                         os.unlink(entry.path)
                 for n in window:
                     if n in inflight or retry_at.get(n, 0) > now or (spool / f"{n}.json").exists():
                         continue
-                    inflight[n] = pool.submit(_prefetch_task, stores, spool, n, sysid)
+                    with contextlib.suppress(FileNotFoundError):
+                        (spool / f"{n}.none").unlink()  # tried again: a waiting wal-fetch waits for this try
+                    inflight[n] = pool.submit(_prefetch_task, opened[source], spool, n, sysid)
             for n in [n for n, f in inflight.items() if f.done()]:
                 fut = inflight.pop(n)
                 try:
                     result = fut.result()
                 except Exception:  # noqa: BLE001 - a failed read-ahead only means wal-fetch reads it itself
+                    (spool / f"{n}.none").touch()
                     result = "error"
                 if result != "ok":
                     retry_at[n] = now + (1.0 if result == "missing" else 3.0)

@@ -3,12 +3,15 @@ the fast path's argument forms, and what the hot paths import."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import struct
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,9 +24,11 @@ from steps.layout import (
     wal_name_from_key,
     wal_prefix,
 )
+from steps.repository import RepositoryError
 from steps.walconf import WalSettings, load_config_dict
-from steps.walfast import _simple, is_segment_name
+from steps.walfast import _simple, in_window, is_segment_name, take, wait_prefetched
 from steps.walfile import CorruptWal, WalFileError, check_segment, pack, read_header, segment_header, unpack
+from steps.walrepo import open_wal_stores
 from tests.conftest import ROOT
 
 MB = 1024 * 1024
@@ -119,12 +124,91 @@ def test_the_config_is_validated_once_then_read_from_the_cache(tmp_path: Path, m
 
 
 def test_the_fast_path_takes_only_the_plain_forms() -> None:
-    assert _simple(["-c", "x.yaml", "pg_wal/1"], 1) == ("x.yaml", ["pg_wal/1"])
-    assert _simple(["--config=x.yaml", "a", "b"], 2) == ("x.yaml", ["a", "b"])
-    assert _simple(["a", "b"], 2) == (None, ["a", "b"])
-    assert _simple(["-c", "x", "--from", "s3", "a", "b"], 2) is None
+    assert _simple(["-c", "x.yaml", "pg_wal/1"], 1) == ("x.yaml", ["pg_wal/1"], "any")
+    assert _simple(["--config=x.yaml", "a", "b"], 2) == ("x.yaml", ["a", "b"], "any")
+    assert _simple(["a", "b"], 2) == (None, ["a", "b"], "any")
+    assert _simple(["-c", "x", "--from", "s3", "a", "b"], 2, source=True) == ("x", ["a", "b"], "s3")
+    assert _simple(["--from=local", "a", "b"], 2, source=True) == (None, ["a", "b"], "local")
+    assert _simple(["-c", "x", "--from", "s3", "a", "b"], 2) is None  # wal-push has no --from
+    assert _simple(["--from", "ftp", "a", "b"], 2, source=True) is None  # argparse says what is wrong
     assert _simple(["-c", "x", "a"], 2) is None
     assert is_segment_name("000000010000000000000001") and not is_segment_name("00000001.history")
+
+
+def test_the_read_ahead_window_follows_timeline_and_segment_size() -> None:
+    want = {"name": "0000000100000000000000FE", "segment_size": 16 * MB, "source": "any"}
+    assert in_window(want, "0000000100000000000000FF", 8)
+    assert in_window(want, "000000010000000100000000", 8)  # 256 segments of 16 MB per log file
+    assert in_window(want, "000000010000000100000006", 8) and not in_window(want, "000000010000000100000007", 8)
+    assert not in_window(want, "0000000100000000000000FE", 8)  # itself: already taken
+    assert not in_window(want, "0000000200000000000000FF", 8)  # another timeline
+    big = {"name": "00000001000000000000003F", "segment_size": 64 * MB}  # 64 segments of 64 MB per log file
+    assert in_window(big, "000000010000000100000000", 1)
+    assert not in_window({"name": "junk"}, "000000010000000100000000", 8)
+
+
+def _spooled(spool: Path, name: str, data: bytes) -> None:
+    (spool / name).write_bytes(data)
+    (spool / f"{name}.json").write_text(json.dumps({"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}))
+
+
+def test_a_spooled_segment_is_taken_whole_or_not_at_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spool, dest = tmp_path / "spool", tmp_path / "pg_wal" / "RECOVERYXLOG"
+    spool.mkdir()
+    dest.parent.mkdir()
+    name = "000000010000000000000003"
+    assert not take(str(spool), name, str(dest))  # nothing there
+    (spool / name).write_bytes(b"x" * 100)  # the file without its record: still being written
+    assert not take(str(spool), name, str(dest)) and not dest.exists()
+    _spooled(spool, name, b"y" * 100)
+    (spool / name).write_bytes(b"y" * 99)  # cut short after it was recorded
+    assert not take(str(spool), name, str(dest)) and not dest.exists()
+    assert "99 bytes, not the 100 archived" in capsys.readouterr().err
+    assert not (spool / name).exists()  # dropped: the repository is read instead
+    _spooled(spool, name, b"z" * 100)
+    assert take(str(spool), name, str(dest)) and dest.read_bytes() == b"z" * 100
+    assert os.listdir(spool) == []
+
+
+def test_a_wait_for_the_prefetcher_ends_when_it_cannot_help(tmp_path: Path) -> None:
+    spool, dest = tmp_path / "spool", tmp_path / "RECOVERYXLOG"
+    spool.mkdir()
+    cfg = tmp_path / "repo.yaml"
+    cfg.write_text(f"version: 1\nlocal: {{path: {tmp_path / 'repo'}}}\n")
+    settings = WalSettings.load(str(cfg))
+    name = "000000010000000000000003"
+    t0 = time.monotonic()
+    assert not wait_prefetched(settings, str(spool), name, str(dest), "any")  # nothing asked for
+    (spool / ".want").write_text(json.dumps({"name": "000000010000000000000002", "segment_size": 16 * MB,
+                                             "source": "any"}))
+    assert not wait_prefetched(settings, str(spool), name, str(dest), "s3")  # asked for another repository
+    assert not wait_prefetched(settings, str(spool), name, str(dest), "any")  # no prefetcher holds the lock
+    fd = os.open(spool / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a prefetcher at work
+    try:
+        (spool / f"{name}.none").touch()  # ... that could not get it
+        assert not wait_prefetched(settings, str(spool), name, str(dest), "any")
+        assert time.monotonic() - t0 < 2  # every case above answers at once
+        (spool / f"{name}.none").unlink()
+
+        def deliver() -> None:
+            time.sleep(0.3)
+            _spooled(spool, name, b"w" * 10)
+
+        threading.Thread(target=deliver).start()
+        assert wait_prefetched(settings, str(spool), name, str(dest), "any") and dest.read_bytes() == b"w" * 10
+    finally:
+        os.close(fd)
+
+
+def test_a_local_read_opens_no_s3_client_and_a_missing_repository_is_an_error(tmp_path: Path) -> None:
+    code = ("import sys; from pathlib import Path; from steps.walrepo import open_wal_stores;"
+            f"stores = open_wal_stores(Path({str(tmp_path)!r}), {{'bucket': 'b'}}, 'local');"
+            "print([s.name for s in stores], 'boto3' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "['local'] False"
+    with pytest.raises(RepositoryError, match="no s3 repository is configured"):
+        open_wal_stores(tmp_path, None, "s3")
 
 
 def test_the_hot_paths_import_neither_pydantic_boto3_psycopg_textual_nor_rich(tmp_path: Path) -> None:
