@@ -81,7 +81,7 @@ class RunLock:
         if previous and previous.run_id != holder.run_id and not run_closed(previous.run_id):
             if not break_lock:
                 os.close(fd)
-                alive = _pid_alive(previous.pid) if previous.host == socket.gethostname() else None
+                alive = pid_alive(previous.pid) if previous.host == socket.gethostname() else None
                 state = "its runner is gone" if alive is False else "it was left open"
                 raise LockHeld(
                     f"{runbook_name} on {target} belongs to an unfinished run: {previous.describe()}; {state}",
@@ -126,7 +126,8 @@ def _write_holder(fd: int, holder: Holder) -> None:
     os.fsync(fd)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is a process `pid` running on this host (one of another user's counts)?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

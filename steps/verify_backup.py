@@ -550,14 +550,9 @@ class VerifyRun:
                                            f"{m.stop_wal}, each checked"))
 
     def _prepare_recovery(self, pgdata: Path, wal_dir: Path, server: Any, timeline: int) -> None:
-        from steps.pitr import write_auto_conf
+        from steps.pitr import empty_pg_wal, write_auto_conf
 
-        wal = pgdata / "pg_wal"
-        if wal.exists():
-            for child in wal.iterdir():
-                if child.name != "archive_status":
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
-        (wal / "archive_status").mkdir(parents=True, exist_ok=True, mode=0o700)
+        empty_pg_wal(pgdata)
         for name in ("postmaster.pid", "postmaster.opts", "standby.signal"):
             (pgdata / name).unlink(missing_ok=True)
         if not (pgdata / "postgresql.conf").exists():  # a Debian cluster keeps it under /etc
