@@ -17,9 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from runbook.errors import RunbookError, UsageError
-
-DEFAULT_CONFIG = Path("/etc/runbook/repository.yaml")
-CONFIG_ENV = "RUNBOOK_CONFIG"
+from steps.walconf import CONFIG_ENV, DEFAULT_CONFIG, chosen_config_path
 
 
 class _Strict(BaseModel):
@@ -172,12 +170,7 @@ class RepositoryConfig(_Strict):
 
 def resolve_config_path(given: str | os.PathLike[str] | None) -> Path:
     """`-c FILE`, else `$RUNBOOK_CONFIG`, else /etc/runbook/repository.yaml; never the current directory."""
-    if given:
-        path = Path(given)
-    elif os.environ.get(CONFIG_ENV):
-        path = Path(os.environ[CONFIG_ENV])
-    else:
-        path = DEFAULT_CONFIG
+    path = chosen_config_path(given, DEFAULT_CONFIG)  # this module's DEFAULT_CONFIG: a test may point it elsewhere
     if not path.exists():
         how = "given with -c" if given else (f"from ${CONFIG_ENV}" if os.environ.get(CONFIG_ENV) else "the default")
         raise UsageError(

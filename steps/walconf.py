@@ -22,9 +22,19 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms 
 if TYPE_CHECKING:
     from typing import Any
 
-# The same fallbacks as steps.config.resolve_config_path (not imported from there: it loads pydantic).
+# Where the config is looked for; steps.config.resolve_config_path uses these too (they live here because
+# steps.config loads pydantic, which this fast path never imports).
 CONFIG_ENV = "RUNBOOK_CONFIG"
 DEFAULT_CONFIG = Path("/etc/runbook/repository.yaml")
+
+
+def chosen_config_path(given: str | os.PathLike[str] | None, default: Path = DEFAULT_CONFIG) -> Path:
+    """`-c FILE`, else `$RUNBOOK_CONFIG`, else `default`; never the current directory. Not checked to exist."""
+    if given:
+        return Path(given)
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    return default
 
 
 def _cache_dir() -> Path:
@@ -51,13 +61,7 @@ def _validate(path: Path) -> dict[str, Any]:
 
 def load_config_dict(given: str | None) -> tuple[dict[str, Any], Path]:
     """The validated config as plain data (keys as in the file, defaults filled in), and its path."""
-    if given:
-        path = Path(given)
-    elif os.environ.get(CONFIG_ENV):
-        path = Path(os.environ[CONFIG_ENV])
-    else:
-        path = DEFAULT_CONFIG
-    path = path.absolute()
+    path = chosen_config_path(given).absolute()
     try:
         stamp = _stamp(path)
     except OSError:
