@@ -13,9 +13,10 @@ until a later check passes: recovery never picks it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import ValidationError
 
@@ -140,6 +141,29 @@ def _scan_dir(store: Store, prefix: str, cat: Catalogue) -> tuple[bytes, Copy] |
     return data, _copy(store, prefix, keys, data)
 
 
+M = TypeVar("M", LogicalManifest, FilesManifest, BaseManifest)
+
+
+def _add_copy(store: Store, cat: Catalogue, merged: dict[tuple[str, str, str, str], Entry], prefix: str,
+              kind: Kind, backup_id: str, db: str, cluster: str, parse: Callable[[bytes], M],
+              when: Callable[[M], datetime]) -> None:
+    """The backup under `prefix` in `store`: a copy of its entry (made at the first copy), or incomplete."""
+    found = _scan_dir(store, prefix, cat)
+    if found is None:
+        return
+    data, copy = found
+    try:
+        m = parse(data)
+    except (ValueError, ValidationError) as e:
+        cat.incomplete.append(Incomplete(store, prefix, copy.keys, f"unreadable manifest: {e}"))
+        return
+    key = (kind, cluster, db, backup_id)
+    entry = merged.get(key)
+    if entry is None:
+        entry = merged[key] = Entry(kind, backup_id, db, cluster, when(m), m.size_bytes, m)
+    entry.copies[store.name] = copy
+
+
 def _scan_store(store: Store, cat: Catalogue, merged: dict[tuple[str, str, str, str], Entry],
                 db: str | None, kinds: tuple[Kind, ...]) -> None:
     if "logical" in kinds:
@@ -151,60 +175,21 @@ def _scan_store(store: Store, cat: Catalogue, merged: dict[tuple[str, str, str, 
                 for bid in store.list_dirs(f"{base}{name}/"):
                     if not layout.is_id(bid):
                         continue
-                    prefix = f"{base}{name}/{bid}/"
-                    found = _scan_dir(store, prefix, cat)
-                    if found is None:
-                        continue
-                    data, copy = found
-                    try:
-                        m = parse_logical(data)
-                    except (ValueError, ValidationError) as e:
-                        cat.incomplete.append(Incomplete(store, prefix, copy.keys, f"unreadable manifest: {e}"))
-                        continue
-                    key = ("logical", sysid, name, bid)
-                    entry = merged.get(key)
-                    if entry is None:
-                        entry = merged[key] = Entry("logical", bid, name, sysid, m.snapshot_time, m.size_bytes, m)
-                    entry.copies[store.name] = copy
+                    _add_copy(store, cat, merged, f"{base}{name}/{bid}/", "logical", bid, name, sysid,
+                              parse_logical, lambda m: m.snapshot_time)
     if "base" in kinds:
         for sysid in store.list_dirs("clusters/"):
             for bid in store.list_dirs(layout.base_root(sysid)):
                 if not layout.is_id(bid):
                     continue
-                prefix = layout.base_prefix(sysid, bid)
-                found = _scan_dir(store, prefix, cat)
-                if found is None:
-                    continue
-                data, copy = found
-                try:
-                    bm = parse_base(data)
-                except (ValueError, ValidationError) as e:
-                    cat.incomplete.append(Incomplete(store, prefix, copy.keys, f"unreadable manifest: {e}"))
-                    continue
-                key = ("base", sysid, "", bid)
-                entry = merged.get(key)
-                if entry is None:
-                    entry = merged[key] = Entry("base", bid, "", sysid, bm.stopped_at, bm.size_bytes, bm)
-                entry.copies[store.name] = copy
+                _add_copy(store, cat, merged, layout.base_prefix(sysid, bid), "base", bid, "", sysid,
+                          parse_base, lambda m: m.stopped_at)
     if "files" in kinds:
         for bid in store.list_dirs("files/"):
             if not layout.is_id(bid):
                 continue
-            prefix = layout.files_prefix(bid)
-            found = _scan_dir(store, prefix, cat)
-            if found is None:
-                continue
-            data, copy = found
-            try:
-                fm = parse_files(data)
-            except (ValueError, ValidationError) as e:
-                cat.incomplete.append(Incomplete(store, prefix, copy.keys, f"unreadable manifest: {e}"))
-                continue
-            key = ("files", "", "", bid)
-            entry = merged.get(key)
-            if entry is None:
-                entry = merged[key] = Entry("files", bid, "", "", fm.created_at, fm.size_bytes, fm)
-            entry.copies[store.name] = copy
+            _add_copy(store, cat, merged, layout.files_prefix(bid), "files", bid, "", "",
+                      parse_files, lambda m: m.created_at)
 
 
 def scan(stores: list[Store], *, db: str | None = None, kinds: tuple[Kind, ...] = ("logical", "files")) -> Catalogue:
