@@ -15,7 +15,7 @@ import hashlib
 import json
 from datetime import datetime
 from enum import IntEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,6 +50,17 @@ class ObjectEntry(_Record):
 class Tool(_Record):
     name: str = "runbook"
     version: str
+
+
+class _Backup(_Record):
+    """A backup's manifest: its stored objects (each manifest declares the field itself, where its JSON has it)."""
+
+    if TYPE_CHECKING:
+        objects: list[ObjectEntry]
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(o.size for o in self.objects)
 
 
 class DatabaseSetting(_Record):
@@ -93,7 +104,7 @@ class GlobalsInfo(_Record):
     role_passwords: bool = True
 
 
-class LogicalManifest(_Record):
+class LogicalManifest(_Backup):
     format_version: int = FORMAT_VERSION
     kind: Literal["logical"] = "logical"
     backup_id: str
@@ -108,10 +119,6 @@ class LogicalManifest(_Record):
     tool: Tool
     host: str = ""
 
-    @property
-    def size_bytes(self) -> int:
-        return sum(o.size for o in self.objects)
-
 
 class FileEntry(_Record):
     path: str
@@ -121,7 +128,7 @@ class FileEntry(_Record):
     mtime: float
 
 
-class FilesManifest(_Record):
+class FilesManifest(_Backup):
     format_version: int = FORMAT_VERSION
     kind: Literal["files"] = "files"
     backup_id: str
@@ -130,10 +137,6 @@ class FilesManifest(_Record):
     files: list[FileEntry]
     objects: list[ObjectEntry]
     tool: Tool
-
-    @property
-    def size_bytes(self) -> int:
-        return sum(o.size for o in self.objects)
 
 
 class ClusterFacts(_Record):
@@ -156,7 +159,7 @@ class BaseBackupInfo(_Record):
     files: int = Field(0, description="Files in the server's backup_manifest")
 
 
-class BaseManifest(_Record):
+class BaseManifest(_Backup):
     """A physical base backup (pg_basebackup, tar format) plus the WAL range it needs from the archive."""
 
     format_version: int = FORMAT_VERSION
@@ -175,10 +178,6 @@ class BaseManifest(_Record):
     objects: list[ObjectEntry]
     tool: Tool
     host: str = ""
-
-    @property
-    def size_bytes(self) -> int:
-        return sum(o.size for o in self.objects)
 
 
 class Check(_Record):
