@@ -211,6 +211,14 @@ def repository_path(rb: Runbook, profile_repository: str | None, params: dict[st
     return render(text, lambda ref: to_text(params[ref.name]) if ref.name in params else "", shell=False) or None
 
 
+def _journal_broken_locks(journal: Journal, replaced: Holder | None, rlock: Any) -> None:
+    """The claims this run took over: the local lock's previous holder, the repository lock's."""
+    if replaced is not None:
+        journal.append("lock-broken", previous=replaced.__dict__)
+    for other in (rlock.replaced if rlock is not None else []):
+        journal.append("lock-broken", previous={**other, "where": f"repository {other['where']}"})
+
+
 def _tie(lock: RunLock | None, rlock: Any, repository: str | None = None, state_dir: Path | None = None,
          run_id: str | None = None) -> None:
     """The repository lock goes with the local one: released (removed) when the run closes, kept otherwise.
@@ -284,10 +292,7 @@ def open_new_run(opts: RunOptions, clock: Clock, *, state_dir: Path) -> Engine:
             targets={"rto_s": rb.targets.rto.total_seconds(), "rpo_s": rb.targets.rpo.total_seconds()},
             steps=steps, tool_version=__version__, repository=repository or "",
         )
-        if replaced is not None:
-            journal.append("lock-broken", previous=replaced.__dict__)
-        for other in (rlock.replaced if rlock is not None else []):
-            journal.append("lock-broken", previous={**other, "where": f"repository {other['where']}"})
+        _journal_broken_locks(journal, replaced, rlock)
         for w in warnings:
             journal.append("warning", text=w)
     except BaseException:
@@ -351,10 +356,7 @@ def open_resume(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str, s
         if st.status == "failed":
             journal.append("run-reopened", operator=operator())
         journal.append("run-resumed", operator=operator(), warnings=warnings)
-        if replaced is not None:
-            journal.append("lock-broken", previous=replaced.__dict__)
-        for other in (rlock.replaced if rlock is not None else []):
-            journal.append("lock-broken", previous={**other, "where": f"repository {other['where']}"})
+        _journal_broken_locks(journal, replaced, rlock)
     except BaseException:
         if lock is not None:
             lock.release(closed=False)
