@@ -60,6 +60,7 @@ class Outcome:
     published: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # repository -> reason
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the backup cannot carry: said every run, exit code unchanged
     error: str | None = None
     size_bytes: int | None = None
     snapshot_time: str | None = None
@@ -331,8 +332,11 @@ class BackupRun:
                 backup_id=self.backup_id, database=result.facts, snapshot_time=result.snapshot_time,
                 started_at=result.started_at, stopped_at=result.stopped_at, dump=result.dump, globals=result.globals,
                 row_counts=result.row_counts, objects=result.objects, tool=Tool(version=__version__),
-                host=socket.gethostname(),
+                host=socket.gethostname(), user_mappings=result.user_mappings, notes=result.notes,
             )
+            for note in result.notes:
+                out.notes.append(note)
+                log.warning("%s: %s", db, note)
             self._size_check(out, manifest)
             prefix = layout.logical_prefix(result.facts.system_identifier, db, self.backup_id)
             self._verify_and_publish(out, prefix, staging, result.objects, to_json(manifest))

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,29 @@ where c.relkind = 'r' and n.nspname not in ('pg_catalog', 'information_schema')
 order by 1, 2
 """
 
+# User mapping options pg_dump cannot see: it reads the pg_user_mappings view, which shows a mapping's options
+# only to a superuser, the server's owner or the mapped user itself; pg_read_all_data reads the catalog.
+_USER_MAPPINGS = """
+select format('ALTER USER MAPPING FOR %s SERVER %I OPTIONS (%s);',
+              case when m.umuser = 0 then 'PUBLIC' else quote_ident(pg_get_userbyid(m.umuser)) end, s.srvname,
+              (select string_agg(format('ADD %I %L', o.option_name, o.option_value), ', ')
+               from pg_options_to_table(m.umoptions) o))
+from pg_catalog.pg_user_mapping m join pg_foreign_server s on s.oid = m.umserver
+join pg_user_mappings v on v.umid = m.oid
+where m.umoptions is not null and v.umoptions is null
+order by s.srvname, m.umuser = 0, pg_get_userbyid(m.umuser)
+"""
+
+# pg_dump dumps subscriptions only as a superuser (it says "subscriptions not dumped" and goes on).
+_SUBSCRIPTIONS = """
+select s.subname from pg_subscription s
+where s.subdbid = (select oid from pg_database where datname = current_database())
+  and not (select rolsuper from pg_roles where rolname = current_user)
+order by 1
+"""
+
+USER_MAPPINGS = "user_mappings.sql"
+
 
 @dataclass
 class DumpResult:
@@ -72,6 +96,8 @@ class DumpResult:
     dump: DumpInfo
     globals: GlobalsInfo
     timings: dict[str, float]
+    user_mappings: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def size_bytes(self) -> int:
@@ -117,6 +143,15 @@ def take_dump(conn: Conn, db: str, staging: Path, *, jobs: int, compression: int
             row = cur.fetchone()
             cur.execute(_SETTINGS)
             settings = [DatabaseSetting(role=r, setting=s) for r, s in cur.fetchall()]
+            cur.execute("select has_table_privilege('pg_catalog.pg_user_mapping', 'SELECT'), "
+                        "(select count(*) from pg_user_mappings where umoptions is null)")
+            can_read_mappings, unseen_mappings = cur.fetchone()
+            mappings: list[str] = []
+            if can_read_mappings:
+                cur.execute(_USER_MAPPINGS)
+                mappings = [r[0] for r in cur.fetchall()]
+            cur.execute(_SUBSCRIPTIONS)
+            subscriptions = [r[0] for r in cur.fetchall()]
         (sysid, server_version, version_num, encoding, collate, ctype, provider, icu, owner, size, connlimit,
          acl, can_read_authid) = row
         facts = DatabaseFacts(
@@ -142,6 +177,17 @@ def take_dump(conn: Conn, db: str, staging: Path, *, jobs: int, compression: int
         if proc.returncode != 0:
             raise ToolFailed("pg_dump", proc.returncode, stderr, _dump_hint(stderr))
         proc = None
+        notes = _notes(stderr, subscriptions)
+        if not can_read_mappings and unseen_mappings:
+            notes.append(f"{unseen_mappings} user mappings' options may not be in the backup: pg_dump sees them only "
+                         "as a superuser, and this role cannot read pg_user_mapping (GRANT pg_read_all_data TO it)")
+
+        user_mappings = None
+        if mappings:
+            user_mappings = USER_MAPPINGS
+            (staging / USER_MAPPINGS).write_text("".join(m + "\n" for m in mappings))
+            log.info("%d user mappings' options kept in %s (pg_dump cannot read them as a non-superuser)",
+                     len(mappings), USER_MAPPINGS)
 
         t1 = time.monotonic()
         globals_argv = [tool("pg_dumpall"), *conn.args(), "--globals-only", f"--file={staging / layout.GLOBALS}"]
@@ -151,6 +197,7 @@ def take_dump(conn: Conn, db: str, staging: Path, *, jobs: int, compression: int
         out = subprocess.run(globals_argv, capture_output=True, text=True, env={**os.environ, "PGDATABASE": db})
         if out.returncode != 0:
             raise ToolFailed("pg_dumpall", out.returncode, out.stderr, _dump_hint(out.stderr))
+        notes += _notes(out.stderr, [])
         timings["globals_s"] = time.monotonic() - t1
         pg.rollback()  # read only: nothing to commit; ends the snapshot
     except psycopg.Error as e:
@@ -176,8 +223,23 @@ def take_dump(conn: Conn, db: str, staging: Path, *, jobs: int, compression: int
         dump=DumpInfo(format="directory", path=layout.DUMP_DIR, compression=compression, jobs=jobs,
                       pg_dump_version=version("pg_dump")),
         globals=GlobalsInfo(path=layout.GLOBALS, role_passwords=bool(can_read_authid)),
-        timings=timings,
+        timings=timings, user_mappings=user_mappings, notes=notes,
     )
+
+
+def _notes(stderr: str, subscriptions: list[str]) -> list[str]:
+    """What the dump does not carry: the subscriptions (said with their names and what to do), and any other
+    warning pg_dump or pg_dumpall printed on success (never dropped with their stderr)."""
+    notes: list[str] = []
+    if subscriptions:
+        notes.append(f"subscriptions not in the backup: {', '.join(subscriptions)} (pg_dump dumps subscriptions "
+                     "only as a superuser); after a restore re-create them with CREATE SUBSCRIPTION ... "
+                     "WITH (connect = false), or run the backup as a superuser")
+    for line in stderr.splitlines():
+        m = re.match(r"^(pg_dump|pg_dumpall): warning: (.*)$", line.strip())
+        if m and not (subscriptions and "subscriptions not dumped" in m.group(2)):
+            notes.append(f"{m.group(1)} warned: {m.group(2)}")
+    return notes
 
 
 def _count_rows(pg: Any, sql: Any) -> dict[str, int]:

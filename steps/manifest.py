@@ -118,6 +118,11 @@ class LogicalManifest(_Backup):
     objects: list[ObjectEntry]
     tool: Tool
     host: str = ""
+    user_mappings: str | None = Field(
+        None, description="A SQL file of ALTER USER MAPPING ... OPTIONS (ADD ...) that restore-logical runs after "
+                          "pg_restore: the options pg_dump cannot see as a non-superuser (pg_user_mappings hides them)")
+    notes: list[str] = Field(default_factory=list,
+                             description="What this backup does not carry (e.g. subscriptions), said again at restore")
 
 
 class FileEntry(_Record):

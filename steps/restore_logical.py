@@ -10,7 +10,9 @@
    only for --create). Another name (or an existing empty database): create it from template0 with the
    manifest's encoding, locale and owner, then apply those settings and the ACL from the manifest.
 5. `pg_restore --jobs N --exit-on-error` (progress from its --verbose lines), then ANALYZE
-   (`vacuumdb --analyze-only --jobs N`), timed separately.
+   (`vacuumdb --analyze-only --jobs N`), timed separately. Between the two, the user mappings' options the
+   backup kept beside the dump (`user_mappings.sql`: pg_dump cannot see them as a non-superuser). The
+   manifest's notes (what the backup does not carry, e.g. subscriptions) are printed first.
 """
 
 from __future__ import annotations
@@ -174,6 +176,9 @@ def main(args: Args, events: Events) -> int:
         return 2
     facts = manifest.database
     dump_dir = backup_dir / manifest.dump.path
+    for note in manifest.notes:
+        print(f"note: the backup says: {note}")
+        events.check("what the backup carries", "warning", note)
     if args.verify:
         t0 = time.monotonic()
         paths = [o.path for o in manifest.objects]
@@ -259,6 +264,15 @@ def main(args: Args, events: Events) -> int:
     timings["restore_s"] = time.monotonic() - t0
     events.check("pg_restore", "ok", f"{data_items} data entries in {timings['restore_s']:.1f} s")
 
+    if manifest.user_mappings:
+        problem = _restore_user_mappings(conn, args.db, backup_dir / manifest.user_mappings)
+        if problem:
+            msg = (f"the database {args.db} is restored, but its user mappings' options are not: {problem}; "
+                   f"set them by hand from {backup_dir / manifest.user_mappings}")
+            events.check("user mapping options", "failed", msg)
+            print(msg)
+            return 1
+
     if args.analyze:
         t1 = time.monotonic()
         proc = subprocess.run([tool("vacuumdb"), *conn.args(), "--analyze-only", f"--jobs={args.jobs}",
@@ -277,6 +291,24 @@ def main(args: Args, events: Events) -> int:
     events.output("restore_s", round(timings["restore_s"], 1))
     events.output("analyze_s", round(timings.get("analyze_s", 0.0), 1))
     return 0
+
+
+def _restore_user_mappings(conn: Conn, db: str, path: Path) -> str | None:
+    """The options pg_dump could not see (the backup kept them: steps.dump). Returns what went wrong, if anything."""
+    import psycopg
+
+    from steps.globals_sql import split_statements
+
+    statements = split_statements(path.read_text())
+    try:
+        with connect(conn, db, autocommit=True, application_name="runbook restore-logical") as pg, pg.transaction():
+            for stmt in statements:
+                pg.execute(stmt)
+    except (psycopg.Error, RunbookError) as e:
+        return str(e).strip()
+    # Never echo the statements: they carry passwords.
+    print(f"user mappings' options restored: {len(statements)} mappings (pg_dump cannot dump them as a non-superuser)")
+    return None
 
 
 def _restore_globals(pg: Any, path: Path, manifest: LogicalManifest) -> Any:
