@@ -304,7 +304,10 @@ def _restore_user_mappings(conn: Conn, db: str, path: Path) -> str | None:
         with connect(conn, db, autocommit=True, application_name="runbook restore-logical") as pg, pg.transaction():
             for stmt in statements:
                 pg.execute(stmt)
-    except (psycopg.Error, RunbookError) as e:
+    except psycopg.Error as e:
+        # The server's primary message and code only: its context lines would quote the statement, passwords too.
+        return f"{e.diag.message_primary or type(e).__name__} (SQLSTATE {e.sqlstate or '?'})"
+    except RunbookError as e:
         return str(e).strip()
     # Never echo the statements: they carry passwords.
     print(f"user mappings' options restored: {len(statements)} mappings (pg_dump cannot dump them as a non-superuser)")

@@ -534,3 +534,17 @@ def test_every_kind_of_object_survives_backup_and_restore_into_a_fresh_cluster(
         if target is not None:
             target.stop()
     assert time.monotonic() - t_start < 60
+
+
+def test_a_user_mapping_that_cannot_be_restored_is_reported_without_its_password(
+    pg_cluster: Cluster, tmp_path: Path
+) -> None:
+    from steps.pgtools import Conn
+    from steps.restore_logical import _restore_user_mappings
+
+    sql = tmp_path / "user_mappings.sql"
+    sql.write_text("ALTER USER MAPPING FOR PUBLIC SERVER nowhere OPTIONS (SET password 'hunter2-secret' oops);\n")
+    conn = Conn(str(pg_cluster.socket_dir), pg_cluster.port, "postgres")
+    problem = _restore_user_mappings(conn, "postgres", sql)
+    assert problem is not None and "syntax error" in problem and "42601" in problem
+    assert "hunter2" not in problem
