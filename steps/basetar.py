@@ -8,7 +8,10 @@ file the manifest does not list. The same pass can extract the files (PITR): not
 not checked, and a mismatch stops the extraction with the file named.
 
 `base.tar*` holds the main data directory; `<oid>.tar*` holds the tablespace with that OID, whose files
-the manifest lists under `pg_tblspc/<oid>/`.
+the manifest lists under `pg_tblspc/<oid>/`. base.tar has no `pg_tblspc/<oid>` symlinks: its
+`tablespace_map` ("OID PATH" per line) names each tablespace's directory, and the server makes the symlinks
+from it at the start of recovery. A restore extracts each `<oid>.tar*` into a directory of its own
+(`tablespace_dest`) and rewrites `tablespace_map` to point at it (`format_tablespace_map`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import os
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,8 @@ from typing import IO, Any
 from runbook.errors import RunbookError
 
 CHUNK = 1024 * 1024
+TABLESPACE_MAP = "tablespace_map"
+MAXPGPATH = 1024  # the server reads tablespace_map lines into a buffer of this size
 SUFFIXES = {".tar": None, ".tar.gz": "gzip", ".tar.zst": "zstd", ".tar.lz4": "lz4"}
 
 
@@ -97,6 +102,88 @@ def tar_files(directory: Path) -> list[tuple[Path, str]]:
     return out
 
 
+def tablespace_oids(tars: list[tuple[Path, str]]) -> list[str]:
+    """The OIDs of the tablespaces whose tars are in `tars` (from their `pg_tblspc/<oid>/` prefixes)."""
+    return [prefix.split("/")[1] for _, prefix in tars if prefix]
+
+
+def parse_tablespace_map(data: bytes) -> dict[str, str]:
+    """PostgreSQL's tablespace_map: "OID PATH" per line (the path may start with spaces); in the path a
+    backslash escapes the next character (the server escapes backslash, newline and carriage return)."""
+    out: dict[str, str] = {}
+    line = bytearray()
+    escaped = False
+    for byte in data if data.endswith(b"\n") else data + b"\n":
+        if not escaped and byte in (0x0A, 0x0D):
+            if not line:
+                continue
+            oid, sep, path = bytes(line).partition(b" ")
+            if not sep or not oid.isdigit() or not path:
+                raise BaseBackupInvalid(f"tablespace_map: bad line {bytes(line)!r}")
+            out[oid.decode()] = os.fsdecode(path)
+            line.clear()
+        elif not escaped and byte == 0x5C:
+            escaped = True
+        else:
+            line.append(byte)
+            escaped = False
+    return out
+
+
+def format_tablespace_map(entries: Mapping[str, str]) -> bytes:
+    """tablespace_map for these OIDs and directories, escaped as the server writes it."""
+    lines = []
+    for oid in sorted(entries, key=int):
+        path = os.fsencode(entries[oid])
+        esc = bytearray()
+        for byte in path:
+            if byte in (0x0A, 0x0D, 0x5C):
+                esc.append(0x5C)
+            esc.append(byte)
+        line = oid.encode() + b" " + bytes(esc)
+        if len(line) >= MAXPGPATH - 1:
+            raise RunbookError(f"the tablespace directory {entries[oid]!r} is too long for tablespace_map "
+                               f"(at most about {MAXPGPATH - len(oid) - 3} bytes)")
+        lines.append(line + b"\n")
+    return b"".join(lines)
+
+
+def tablespace_names(heap: bytes) -> dict[str, set[str]]:
+    """Name -> OIDs of the rows of pg_tablespace (`global/1213`, the heap file as it is in the backup) that
+    look live: a normal line pointer, an inserting transaction not known to have aborted, no deleting
+    transaction (or one known to have aborted, or a lock only). Hint bits may be missing in a backup, so a
+    row deleted or renamed lately can still look live: a name that maps to several OIDs is ambiguous and
+    the caller asks for the OID instead."""
+    import struct
+
+    page_size = 8192
+    out: dict[str, set[str]] = {}
+    for start in range(0, len(heap) - page_size + 1, page_size):
+        page = heap[start:start + page_size]
+        lower, upper = struct.unpack_from("<HH", page, 12)
+        if lower < 24 or upper > page_size or lower > upper:
+            continue  # a new (all-zero) or unreadable page
+        for off in range(24, lower, 4):
+            (lp,) = struct.unpack_from("<I", page, off)
+            lp_off, lp_flags, lp_len = lp & 0x7FFF, (lp >> 15) & 3, lp >> 17
+            if lp_flags != 1 or lp_off + lp_len > page_size or lp_len < 23 + 68:
+                continue  # unused, redirect or dead
+            xmin, xmax = struct.unpack_from("<II", page, lp_off)
+            (infomask,) = struct.unpack_from("<H", page, lp_off + 20)
+            hoff = page[lp_off + 22]
+            if infomask & 0x0300 == 0x0200:  # HEAP_XMIN_INVALID without COMMITTED: inserted by an abort
+                continue
+            if xmax != 0 and not infomask & 0x0800 and not infomask & 0x0080:  # XMAX_INVALID, XMAX_LOCK_ONLY
+                continue
+            if hoff + 68 > lp_len:
+                continue
+            (oid,) = struct.unpack_from("<I", page, lp_off + hoff)
+            raw = page[lp_off + hoff + 4: lp_off + hoff + 68]
+            name = raw.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+            out.setdefault(name, set()).add(str(oid))
+    return out
+
+
 def _method(path: Path) -> str | None:
     for suffix, method in SUFFIXES.items():
         if path.name.endswith(suffix):
@@ -150,18 +237,28 @@ def check_tars(
     tars: list[tuple[Path, str]], manifest: ServerManifest, *, dest: Path | None = None,
     progress: Callable[[int], None] | None = None, skip: Callable[[str], bool] | None = None,
     capture: tuple[str, ...] = ("backup_label", "global/pg_control"),
+    tablespace_dest: Mapping[str, Path] | None = None,
 ) -> TarCheck:
     """Stream every tar, compare each file with the manifest; with `dest`, extract as it goes.
 
     `skip(path)`: files not to extract (still checked); `capture`: files whose bytes are kept in the
-    result. Raises BaseBackupInvalid on any mismatch.
+    result; `tablespace_dest`: OID -> the directory its tar is extracted into (else `dest/pg_tblspc/<oid>`).
+    Raises BaseBackupInvalid on any mismatch.
     """
     seen: set[str] = set()
     result = TarCheck()
     result.captured = {name: b"" for name in capture}
     for path, prefix in tars:
         result.tars += 1
-        root = dest if dest is None or not prefix else dest / prefix.rstrip("/")
+        oid = prefix.split("/")[1] if prefix else ""
+        if dest is None:
+            root = None
+        elif not prefix:
+            root = dest
+        elif tablespace_dest is not None and oid in tablespace_dest:
+            root = tablespace_dest[oid]
+        else:
+            root = dest / prefix.rstrip("/")
         with open_stream(path) as stream:
             try:
                 with tarfile.open(fileobj=stream, mode="r|") as tf:

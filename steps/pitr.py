@@ -9,7 +9,10 @@
    (configuration in /etc/postgresql/15/NAME) and its fresh, empty data directory is replaced; an existing
    data directory is never deleted.
 3. The backup's objects are fetched (sha256 checked as they stream) and its tars are extracted while every
-   file is checked against the server's backup_manifest; `pg_wal` is left empty.
+   file is checked against the server's backup_manifest; `pg_wal` is left empty. Each tablespace's
+   `<oid>.tar` goes into a new directory (`tablespaces` mapping by OID, original location or name; else
+   `<tablespace_dir or <pgdata>_tablespaces>/<oid>`), never its production one, and `tablespace_map` is
+   rewritten to point there; after promotion each tablespace is checked to be there.
 4. `recovery.signal`; in postgresql.auto.conf: `restore_command` (`runbook wal-fetch`, with the absolute
    path of an executable the server's user can run), `recovery_target_*`, `recovery_target_action =
    'promote'`, and `archive_mode = off` (or archiving to a separate directory): the restored copy keeps the
@@ -105,15 +108,24 @@ class Args(BaseModel):
     user: str = Field("postgres", description="Superuser role of the restored cluster, to watch the recovery")
     timeout_s: float = Field(4 * 3600, gt=0, description="Give up waiting for the end of recovery after this")
     fetch_dir: str | None = Field(None, description="Where the backup is fetched (default: a temp dir beside pgdata)")
+    tablespaces: dict[str, str] = Field(default_factory=dict, description="Where tablespaces go: {OID, name or "
+                                        "original location: absolute directory, missing or empty}; also "
+                                        "'KEY=DIR, KEY=DIR' as text")
+    tablespace_dir: str | None = Field(None, description="Tablespaces not in `tablespaces` go to DIR/<oid> "
+                                       "(default: <pgdata>_tablespaces/<oid>)")
 
     @model_validator(mode="before")
     @classmethod
     def _empty_is_none(cls, data: Any) -> Any:
         if isinstance(data, dict):  # a runbook passes '' for "not set"
             for key in ("debian_cluster", "runbook_exe", "restore_command", "archive_to", "backup_id", "cluster",
-                        "socket_dir", "fetch_dir"):
+                        "socket_dir", "fetch_dir", "tablespace_dir"):
                 if data.get(key) == "":
                     data = {**data, key: None}
+            if isinstance(data.get("tablespaces"), str):
+                data = {**data, "tablespaces": parse_tablespace_mapping(data["tablespaces"])}
+            elif data.get("tablespaces") is None and "tablespaces" in data:
+                data = {**data, "tablespaces": {}}
         return data
 
     @model_validator(mode="after")
@@ -122,6 +134,13 @@ class Args(BaseModel):
             self.target = self.target_time
         if not Path(self.pgdata).is_absolute():
             raise ValueError(f"pgdata must be an absolute path, not {self.pgdata!r}")
+        for key, directory in self.tablespaces.items():
+            if not key.strip():
+                raise ValueError("tablespaces: an empty key (use the tablespace's OID, name or original location)")
+            if not os.path.isabs(directory):
+                raise ValueError(f"tablespaces: the directory for {key!r} must be an absolute path, not {directory!r}")
+        if self.tablespace_dir is not None and not os.path.isabs(self.tablespace_dir):
+            raise ValueError(f"tablespace_dir must be an absolute path, not {self.tablespace_dir!r}")
         if self.target_kind == "latest":
             return self
         if not self.target.strip():
@@ -135,6 +154,20 @@ class Args(BaseModel):
 
             parse_lsn(self.target)
         return self
+
+
+def parse_tablespace_mapping(text: str) -> dict[str, str]:
+    """'KEY=DIR, KEY=DIR' (commas or newlines) as a dict; a directory with a comma needs the dict form."""
+    out: dict[str, str] = {}
+    for item in re.split(r"[,\n]", text):
+        if not item.strip():
+            continue
+        key, sep, directory = item.partition("=")
+        if not sep or not key.strip() or not directory.strip():
+            raise ValueError(f"tablespaces: {item.strip()!r} is not KEY=DIRECTORY (KEY: an OID, a name or the "
+                             "original location)")
+        out[key.strip()] = directory.strip()
+    return out
 
 
 @dataclass
@@ -218,9 +251,8 @@ def _prepare_bare(pgdata: Path) -> None:
                             hint="every parent directory must be traversable (x) by that user")
 
 
-def _prepare_debian(args: Args, pgdata: Path) -> None:
-    """pg_createcluster makes a new cluster (config in /etc/postgresql/V/NAME); its fresh data directory is
-    emptied for the base backup. Refuses a name or a data directory that exists already."""
+def _precheck_debian(args: Args, pgdata: Path) -> str:
+    """Refuses a cluster name or a data directory that exists already; returns pg_createcluster's path."""
     conf = Path("/etc/postgresql") / args.pg_version / str(args.debian_cluster)
     if conf.exists():
         raise PitrError(f"the Debian cluster {args.pg_version}/{args.debian_cluster} exists already ({conf})",
@@ -229,6 +261,13 @@ def _prepare_debian(args: Args, pgdata: Path) -> None:
     exe = shutil.which("pg_createcluster")
     if exe is None:
         raise PitrError("pg_createcluster is not installed", hint="apt-get install postgresql-common")
+    return exe
+
+
+def _prepare_debian(args: Args, pgdata: Path) -> None:
+    """pg_createcluster makes a new cluster (config in /etc/postgresql/V/NAME); its fresh data directory is
+    emptied for the base backup. Refuses a name or a data directory that exists already."""
+    exe = _precheck_debian(args, pgdata)
     proc = subprocess.run([exe, args.pg_version, str(args.debian_cluster), "-d", str(pgdata), "-p", str(args.port),
                            "--", "--no-sync"], capture_output=True, text=True)
     if proc.returncode != 0:
@@ -236,6 +275,198 @@ def _prepare_debian(args: Args, pgdata: Path) -> None:
     # The cluster was made a moment ago by us, for this: its initdb output makes way for the backup.
     for child in pgdata.iterdir():
         shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
+# --- tablespaces -----------------------------------------------------------------------------------------
+#
+# base.tar's tablespace_map names the production directory of each tablespace; the server would make its
+# pg_tblspc/<oid> symlink point there at the start of recovery. Each <oid>.tar is extracted into a new
+# directory instead (a mapping, else <pgdata>_tablespaces/<oid>) and tablespace_map is rewritten to match.
+
+
+@dataclass
+class TablespacePlan:
+    oid: str
+    original: str  # its directory in the backup's tablespace_map (production's)
+    directory: Path  # where the restored copy's tablespace goes
+    key: str | None = None  # the `tablespaces` key that chose the directory (None: the default)
+
+
+def backup_tablespace_oids(manifest: Any) -> list[str]:
+    """The tablespace OIDs of a base backup, from its objects (`<oid>.tar*`)."""
+    return sorted({o.path.split(".", 1)[0] for o in manifest.objects
+                   if o.path.split(".", 1)[0].isdigit() and ".tar" in o.path}, key=int)
+
+
+def _norm(path: str | Path) -> Path:
+    return Path(os.path.normpath(os.path.abspath(path)))
+
+
+def _within(a: Path, b: Path) -> bool:
+    """a is b or lies under it (symlinks of existing parts followed)."""
+    ra, rb = a.resolve(), b.resolve()
+    return ra == rb or ra.is_relative_to(rb) or a == b or a.is_relative_to(b)
+
+
+def _check_target(directory: Path, pgdata: Path, what: str) -> None:
+    if _within(directory, pgdata) or _within(pgdata, directory):
+        raise PitrError(f"{what}: {directory} and the data directory {pgdata} lie inside one another",
+                        hint="choose a directory outside the new data directory (and not one of its parents)")
+    if directory.exists() or directory.is_symlink():
+        if not directory.is_dir():
+            raise PitrError(f"{what}: {directory} exists and is not a directory")
+        if any(directory.iterdir()):
+            raise PitrError(f"{what}: {directory} is not empty: a restored tablespace goes only into a new or "
+                            "empty directory (never over existing files)",
+                            hint="choose a new directory, or move that one aside yourself once you are sure")
+
+
+def precheck_tablespaces(args: Args, pgdata: Path, oids: list[str]) -> None:
+    """Before anything is fetched or created: the mapping's directories, and its OID keys."""
+    if args.tablespaces and not oids:
+        raise PitrError(f"tablespaces: the base backup has no tablespace, yet a mapping was given "
+                        f"({', '.join(args.tablespaces)})", hint="leave `tablespaces` out for this backup")
+    for key, directory in args.tablespaces.items():
+        if key.isdigit() and key not in oids:
+            raise PitrError(f"tablespaces: the base backup has no tablespace with OID {key}",
+                            hint=f"its tablespaces' OIDs: {', '.join(oids)}")
+        _check_target(_norm(directory), pgdata, f"tablespace {key}")
+
+
+def plan_tablespaces(tsmap: dict[str, str], oids: list[str], mapping: dict[str, str], default_root: Path,
+                     pgdata: Path, names: Any = None) -> list[TablespacePlan]:
+    """Each tablespace's new directory: `mapping` keyed by OID, original location or name (`names()`:
+    name -> OIDs, read from the backup only when a key is a name), else `default_root/<oid>`. Refused:
+    a directory that is (or is inside, or holds) a production tablespace directory or the data directory,
+    two tablespaces in one directory, a directory that exists and is not empty."""
+    if sorted(tsmap, key=int) != sorted(oids, key=int):
+        raise PitrError(f"the base backup is inconsistent: tablespace_map names OIDs {sorted(tsmap, key=int)}, "
+                        f"its tars are for {sorted(oids, key=int)}")
+    listing = ", ".join(f"{oid} ({tsmap[oid]})" for oid in sorted(tsmap, key=int))
+    chosen: dict[str, tuple[str, str]] = {}
+    known_names: dict[str, set[str]] | None = None
+    for key, directory in mapping.items():
+        if key.isdigit():
+            oid = key
+        elif key.startswith("/"):
+            hits = [o for o, loc in tsmap.items() if _norm(loc) == _norm(key)]
+            if not hits:
+                raise PitrError(f"tablespaces: no tablespace of the base backup was at {key}",
+                                hint=f"its tablespaces (OID and original location): {listing}")
+            oid = hits[0]
+        else:
+            if known_names is None:
+                known_names = names() if names else {}
+            found = sorted((known_names or {}).get(key, set()) & set(tsmap), key=int)
+            if not found:
+                raise PitrError(f"tablespaces: the base backup has no tablespace named {key!r}",
+                                hint=f"use an OID or the original location; its tablespaces: {listing}")
+            if len(found) > 1:
+                raise PitrError(f"tablespaces: the name {key!r} is ambiguous in the backup's pg_tablespace "
+                                f"(OIDs {', '.join(found)})", hint=f"use the OID; its tablespaces: {listing}")
+            oid = found[0]
+        if oid in chosen:
+            raise PitrError(f"tablespaces: {chosen[oid][0]!r} and {key!r} both name tablespace {oid}")
+        chosen[oid] = (key, directory)
+    plan = [TablespacePlan(oid, tsmap[oid], _norm(chosen[oid][1]) if oid in chosen else _norm(default_root / oid),
+                           chosen[oid][0] if oid in chosen else None) for oid in sorted(tsmap, key=int)]
+    for p in plan:
+        what = f"tablespace {p.oid}" + (f" ({p.key})" if p.key and p.key != p.oid else "")
+        for other in tsmap.values():
+            if _within(p.directory, _norm(other)) or _within(_norm(other), p.directory):
+                raise PitrError(f"{what}: {p.directory} is (or holds, or lies in) the original tablespace "
+                                f"directory {other}: a restored copy never writes there (it may be in use, "
+                                "or belong to the lost server)", hint="choose a new directory")
+        for q in plan:
+            if q is not p and (_within(p.directory, q.directory) or _within(q.directory, p.directory)):
+                raise PitrError(f"tablespaces {p.oid} and {q.oid} would share {p.directory} / {q.directory}",
+                                hint="give each tablespace a directory of its own")
+        _check_target(p.directory, pgdata, what)
+    return plan
+
+
+def make_tablespace_dirs(plan: list[TablespacePlan]) -> None:
+    """Each directory 0700 and owned by the server's user (like the data directory), which must reach it."""
+    from steps.pgserver import server_user
+
+    pw = server_user()
+    for p in plan:
+        made_parent = not p.directory.parent.exists()
+        p.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(p.directory, 0o700)
+        if pw is not None:
+            if made_parent and p.key is None:  # <pgdata>_tablespaces: ours, like the data directory
+                os.chown(p.directory.parent, pw.pw_uid, pw.pw_gid)
+                os.chmod(p.directory.parent, 0o700)
+            os.chown(p.directory, pw.pw_uid, pw.pw_gid)
+            probe = subprocess.run(["runuser", "-u", pw.pw_name, "--", "test", "-w", str(p.directory)],
+                                   capture_output=True)
+            if probe.returncode != 0:
+                raise PitrError(f"the server's user {pw.pw_name} cannot reach {p.directory}",
+                                hint="every parent directory must be traversable (x) by that user")
+
+
+def write_tablespace_map(pgdata: Path, plan: list[TablespacePlan]) -> None:
+    from steps.basetar import TABLESPACE_MAP, format_tablespace_map
+
+    path = pgdata / TABLESPACE_MAP
+    path.write_bytes(format_tablespace_map({p.oid: str(p.directory) for p in plan}))
+    os.chmod(path, 0o600)
+
+
+def read_tablespace_facts(tars: list[tuple[Path, str]]) -> tuple[dict[str, str], Any]:
+    """(tablespace_map of the backup, a loader of pg_tablespace's names) from the fetched base tar."""
+    from steps.basetar import (
+        TABLESPACE_MAP,
+        BaseBackupInvalid,
+        parse_tablespace_map,
+        read_member,
+        tablespace_names,
+    )
+
+    base = next(p for p, prefix in tars if not prefix)
+    data = read_member(base, TABLESPACE_MAP)
+    if data is None:
+        raise BaseBackupInvalid(f"{base.name} has tablespace tars but no {TABLESPACE_MAP}")
+
+    def names() -> dict[str, set[str]]:
+        heap = read_member(base, "global/1213")  # pg_tablespace
+        return tablespace_names(heap) if heap else {}
+
+    return parse_tablespace_map(data), names
+
+
+TABLESPACES_SQL = ("select oid, spcname, pg_tablespace_location(oid) from pg_tablespace "
+                   "where spcname not in ('pg_default', 'pg_global') order by oid")
+
+
+def placed_tablespaces(rows: str, plan: list[TablespacePlan]) -> tuple[list[dict[str, str]], list[str], list[str]]:
+    """From the restored server's TABLESPACES_SQL rows: the report, the problems (a tablespace not where
+    the plan put it, or one the base backup did not have) and the warnings."""
+    by_oid = {p.oid: p for p in plan}
+    report: list[dict[str, str]] = []
+    problems: list[str] = []
+    warnings: list[str] = []
+    for line in rows.splitlines():
+        if not line.strip():
+            continue
+        oid, name, location = line.split("|", 2)
+        p = by_oid.get(oid)
+        if p is None:
+            problems.append(f"tablespace {name} (OID {oid}) at {location} is not in the base backup: it was "
+                            "created during the replayed WAL, and replay put it at that (production) location")
+            continue
+        report.append({"oid": oid, "name": name, "location": location, "original": p.original})
+        if _norm(location) != p.directory:
+            problems.append(f"tablespace {name} (OID {oid}) is at {location}, not at {p.directory}")
+        if p.key and not p.key.isdigit() and not p.key.startswith("/") and p.key != name:
+            warnings.append(f"tablespace {oid} was mapped by the name {p.key!r} but is named {name!r} after "
+                            "recovery (renamed during the replayed WAL)")
+    missing = sorted(set(by_oid) - {r["oid"] for r in report}, key=int)
+    if missing:
+        warnings.append(f"tablespace(s) {', '.join(missing)} of the base backup were dropped during the replayed "
+                        "WAL (their restored directories can go)")
+    return report, problems, warnings
 
 
 # --- configuration --------------------------------------------------------------------------------------
@@ -431,6 +662,41 @@ def _finish(args: Args, socket_dir: str) -> tuple[int, str | None]:
     return int(tli), lsn
 
 
+def _check_tablespaces(args: Args, pgdata: Path, socket_dir: str, plan: list[TablespacePlan],
+                       events: Events) -> list[dict[str, str]]:
+    """After promotion: every tablespace where the plan put it, reported with its name. One the backup did
+    not have (created in the replayed WAL) points at a production directory: the server is stopped."""
+    from steps.pgserver import as_server
+    from steps.pgtools import PG_BIN
+
+    proc = _psql(socket_dir, args.port, args.user, TABLESPACES_SQL)
+    if proc.returncode != 0:
+        raise PitrError(f"recovered, but the tablespaces cannot be listed: {proc.stderr.strip()}")
+    placed, problems, warnings = placed_tablespaces(proc.stdout, plan)
+    for w in warnings:
+        events.check("tablespaces", "warning", w)
+    if problems:
+        if not args.debian_cluster:
+            subprocess.run(as_server([os.path.join(PG_BIN, "pg_ctl"), "-D", str(pgdata), "-m", "immediate", "-w",
+                                      "stop"]), capture_output=True)
+        else:
+            subprocess.run(["pg_ctlcluster", args.pg_version, str(args.debian_cluster), "stop", "-m", "immediate"],
+                           capture_output=True)
+        new_one = any("not in the base backup" in p for p in problems)
+        raise PitrError("recovered, but " + "; ".join(problems) + "; the restored server was stopped",
+                        hint="a tablespace created after the base backup is replayed at its original location: "
+                             "take a base backup after CREATE TABLESPACE, and recover from it" if new_one else
+                             f"check {pgdata}/pg_tblspc and {pgdata}/tablespace_map.old; start again into a "
+                             "new data directory")
+    for t in placed:
+        print(f"pitr: tablespace {t['name']} (OID {t['oid']}) is at {t['location']} (it was at {t['original']})",
+              flush=True)
+    if placed:
+        events.check("tablespaces", "ok", "; ".join(f"{t['name']} (OID {t['oid']}) at {t['location']}"
+                                                    for t in placed))
+    return placed
+
+
 def _psql_argv(socket_dir: str, port: int, user: str) -> list[str]:
     from steps.pgserver import as_server
     from steps.pgtools import tool
@@ -455,7 +721,15 @@ def _archive_end(store: Any, sysid: str, segsize: int) -> int | None:
 
 
 def main(args: Args, events: Events) -> int:
-    from steps.basetar import check_tars, parse_server_manifest, tar_files
+    from steps.basetar import (
+        TABLESPACE_MAP,
+        BaseBackupInvalid,
+        check_tars,
+        parse_server_manifest,
+        parse_tablespace_map,
+        tablespace_oids,
+        tar_files,
+    )
     from steps.catalogue import scan, usable_copies
     from steps.config import load_repository_config
     from steps.layout import BACKUP_MANIFEST
@@ -474,25 +748,25 @@ def main(args: Args, events: Events) -> int:
         events.check(f"{name} repository", "warning", err)
     entry = choose_backup(cat.base, args)
     m: BaseManifest = entry.manifest
-    if m.backup.tablespaces:
-        # tablespace_map would point the restored copy at the production tablespaces' directories
-        raise PitrError(f"base backup {entry.backup_id} has {m.backup.tablespaces} tablespace(s): pitr restores "
-                        "only clusters without tablespaces for now",
-                        hint="restore by hand: extract each <oid>.tar.zst to a new directory and point "
-                             "tablespace_map at it before starting the server")
+    ts_oids = backup_tablespace_oids(m)
     events.check("base backup chosen", "ok", f"{entry.backup_id} of cluster {entry.cluster}, ended "
-                 f"{entry.time.isoformat()}, {m.size_bytes / 1e6:.1f} MB, {entry.level.name}")
+                 f"{entry.time.isoformat()}, {m.size_bytes / 1e6:.1f} MB, {entry.level.name}" +
+                 (f", {len(ts_oids)} tablespace(s)" if ts_oids else ""))
     print(f"pitr: base backup {entry.backup_id} (cluster {entry.cluster}, timeline {m.timeline}, ended "
           f"{entry.time.isoformat()}, {', '.join(entry.locations())})", flush=True)
 
+    # What can be refused is refused before anything is fetched or created.
     if args.debian_cluster:
-        _prepare_debian(args, pgdata)
+        _precheck_debian(args, pgdata)
     else:
-        _prepare_bare(pgdata)
+        _check_empty(pgdata)
+    precheck_tablespaces(args, pgdata, ts_oids)
     socket_dir = args.socket_dir or ("/var/run/postgresql" if Path("/var/run/postgresql").is_dir()
                                      else str(pgdata.parent))
     fetch_root = Path(args.fetch_dir) if args.fetch_dir else pgdata.parent
+    fetch_root.mkdir(parents=True, exist_ok=True)
     fetch_dir = Path(tempfile.mkdtemp(prefix=f".pitr-fetch-{entry.backup_id}-", dir=fetch_root))
+    plan: list[TablespacePlan] = []
     try:
         copies = usable_copies(entry, source=args.source)
         t0 = time.monotonic()
@@ -519,9 +793,25 @@ def main(args: Args, events: Events) -> int:
             raise last_err
         fetch_s = time.monotonic() - t0
 
-        t1 = time.monotonic()
         smanifest = parse_server_manifest((fetch_dir / BACKUP_MANIFEST).read_bytes())
         tars = tar_files(fetch_dir)
+        if sorted(tablespace_oids(tars), key=int) != ts_oids:
+            raise PitrError(f"base backup {entry.backup_id}: its tablespace tars ({tablespace_oids(tars)}) are "
+                            f"not those of its manifest ({ts_oids})")
+        tsmap: dict[str, str] = {}
+        if ts_oids:
+            tsmap, names = read_tablespace_facts(tars)
+            default_root = Path(args.tablespace_dir) if args.tablespace_dir else Path(f"{pgdata}_tablespaces")
+            plan = plan_tablespaces(tsmap, ts_oids, args.tablespaces, default_root, pgdata, names)
+        if args.debian_cluster:
+            _prepare_debian(args, pgdata)
+        else:
+            _prepare_bare(pgdata)
+        make_tablespace_dirs(plan)
+        for p in plan:
+            print(f"pitr: tablespace {p.oid} (at {p.original} in the backup) goes to {p.directory}", flush=True)
+
+        t1 = time.monotonic()
         size = smanifest.size_bytes
         got = [0]
 
@@ -531,15 +821,27 @@ def main(args: Args, events: Events) -> int:
                 events.progress(round(got[0] / 1e6, 1), round(size / 1e6, 1), "MB", "extracting and checking")
 
         checked = check_tars(tars, smanifest, dest=pgdata, progress=extracted,
-                             skip=lambda p: p.startswith("pg_wal/"))
+                             skip=lambda p: p.startswith("pg_wal/"),
+                             capture=("backup_label", "global/pg_control", TABLESPACE_MAP),
+                             tablespace_dest={p.oid: p.directory for p in plan})
+        if plan and parse_tablespace_map(checked.captured[TABLESPACE_MAP]) != tsmap:
+            raise PitrError(f"{TABLESPACE_MAP} changed between two reads of the fetched base.tar")
         extract_s = time.monotonic() - t1
-        events.check("restored", "ok", f"{checked.files} files match the backup_manifest ({checked.size / 1e6:.1f} MB)")
+        events.check("restored", "ok", f"{checked.files} files match the backup_manifest ({checked.size / 1e6:.1f} MB)"
+                     + (f", {len(plan)} tablespace(s) among them" if plan else ""))
+    except BaseBackupInvalid as e:
+        raise PitrError(f"base backup {entry.backup_id}: {e.message}", hint="choose another base backup "
+                        "(backup_id), and verify this one with `runbook verify-backup --backup ID`") from None
     finally:
         shutil.rmtree(fetch_dir, ignore_errors=True)
 
     empty_pg_wal(pgdata)
+    if plan:
+        write_tablespace_map(pgdata, plan)
     write_auto_conf(pgdata, recovery_settings(args, config_path), server_settings(args, socket_dir))
     give_to_server(pgdata)
+    for p in plan:
+        give_to_server(p.directory)
     if args.archive_to:
         Path(args.archive_to).mkdir(parents=True, exist_ok=True)
         give_to_server(Path(args.archive_to))
@@ -554,6 +856,7 @@ def main(args: Args, events: Events) -> int:
     last_ts, last_lsn = _watch(args, pgdata, log, socket_dir, events, parse_lsn(m.start_lsn), end_lsn, t2)
     replay_s = time.monotonic() - t2
     timeline, _current = _finish(args, socket_dir)
+    placed = _check_tablespaces(args, pgdata, socket_dir, plan, events)  # also when the backup had none
     text = log.read_text(errors="replace") if log.exists() else ""
     from_log = LAST_XACT_RE.findall(text)
     recovery_point = _iso(from_log[-1]) if from_log else (_iso(last_ts) if last_ts else None)
@@ -572,6 +875,8 @@ def main(args: Args, events: Events) -> int:
     events.output("lsn", lsn)
     events.output("backup_id", entry.backup_id)
     events.output("log_file", str(log))
+    if plan or placed:
+        events.output("tablespaces", placed)
     print(f"pitr: recovered to {recovery_point} (last replayed transaction), timeline {timeline}, redo done at "
           f"{lsn}; fetch {fetch_s:.1f} s, restore {extract_s:.1f} s, replay {replay_s:.1f} s, total "
           f"{time.monotonic() - t_begin:.1f} s", flush=True)

@@ -9,7 +9,8 @@
 3. **Restore** into a throwaway cluster on this host (steps.pgserver: under a 0755 temp dir, run as the
    server's user when we are root, listening on its own socket only): a logical backup with
    restore-logical's machinery (`initdb`, globals, `pg_restore --jobs`); a base backup extracted with
-   every file checked against the server's backup_manifest, then replayed with its WAL until consistent
+   every file checked against the server's backup_manifest (each tablespace into `<scratch>/cluster/
+   tablespaces/<oid>`, with tablespace_map rewritten to match), then replayed with its WAL until consistent
    (`recovery_target = 'immediate'`), promoted, with archiving off (the copy shares the production system
    identifier and must never write into its archive).
 4. **Check** the database as the drills do (steps.verify_database: `checks.expect_tables`, per-table row
@@ -482,9 +483,24 @@ class VerifyRun:
     # --- base -----------------------------------------------------------------------------------
 
     def _verify_base(self, entry: Any, copy: Any, scratch: Path, server: Any) -> None:
-        from steps.basetar import BaseBackupInvalid, check_tars, parse_server_manifest, tar_files
+        from steps.basetar import (
+            BaseBackupInvalid,
+            check_tars,
+            parse_server_manifest,
+            tablespace_oids,
+            tar_files,
+        )
         from steps.layout import BACKUP_MANIFEST
         from steps.pgserver import give_to_server
+        from steps.pitr import (
+            PitrError,
+            TablespacePlan,
+            backup_tablespace_oids,
+            make_tablespace_dirs,
+            plan_tablespaces,
+            read_tablespace_facts,
+            write_tablespace_map,
+        )
 
         m = entry.manifest
         fetched = scratch / "fetch"
@@ -496,23 +512,61 @@ class VerifyRun:
         pgdata = server.datadir
         pgdata.mkdir(mode=0o700)
         t1 = time.monotonic()
+        plan: list[TablespacePlan] = []
         try:
             smanifest = parse_server_manifest((fetched / BACKUP_MANIFEST).read_bytes())
-            checked = check_tars(tar_files(fetched), smanifest, dest=pgdata, skip=lambda p: p.startswith("pg_wal/"))
+            tars = tar_files(fetched)
+            oids = sorted(tablespace_oids(tars), key=int)
+            if oids != backup_tablespace_oids(m):
+                raise BaseBackupInvalid(f"its tablespace tars ({oids}) are not those of its manifest "
+                                        f"({backup_tablespace_oids(m)})")
+            if oids:
+                # Each tablespace into the scratch directory, never its production location.
+                tsmap, _ = read_tablespace_facts(tars)
+                try:
+                    plan = plan_tablespaces(tsmap, oids, {}, scratch / "cluster" / "tablespaces", pgdata)
+                except PitrError as e:
+                    raise BackupBad("tablespaces", e.message) from None
+                make_tablespace_dirs(plan)
+            checked = check_tars(tars, smanifest, dest=pgdata, skip=lambda p: p.startswith("pg_wal/"),
+                                 tablespace_dest={p.oid: p.directory for p in plan})
         except BaseBackupInvalid as e:
             if _no_space(e.message):
                 raise ScratchFull(f"the scratch disk filled up while extracting the base backup: {e.message}") from None
             raise BackupBad("base backup files", e.message) from None
         shutil.rmtree(fetched, ignore_errors=True)  # extracted: its room goes to the replay
         self.out.checks.append(CheckResult("backup_manifest", "ok", f"{checked.files} files extracted, each "
-                                           f"matching the server's backup_manifest ({checked.size / 1e6:.1f} MB)"))
+                                           f"matching the server's backup_manifest ({checked.size / 1e6:.1f} MB)"
+                                           + (f", {len(plan)} tablespace(s) among them" if plan else "")))
         self._prepare_recovery(pgdata, wal_dir, server, m.timeline)
+        if plan:
+            write_tablespace_map(pgdata, plan)
         give_to_server(scratch)
         self._replay(server, m)
+        if plan:
+            self._check_tablespaces(server, plan)
         self.out.timings["restore_s"] = round(time.monotonic() - t1, 2)
         self.out.restored_size_bytes = self._size(server, None)
         dbs = [self.db] if self.db else list(self.cfg.cluster.databases)
         self._checks(server, dbs, None)
+
+    def _check_tablespaces(self, server: Any, plan: list[Any]) -> None:
+        """Every tablespace of the backup, after the replay, in its scratch directory."""
+        from steps.pgserver import as_server
+        from steps.pgtools import PG_BIN
+        from steps.pitr import TABLESPACES_SQL, placed_tablespaces
+
+        q = subprocess.run(as_server([os.path.join(PG_BIN, "psql"), "-h", str(server.socket_dir), "-p",
+                                      str(server.port), "-U", self.superuser, "-d", "postgres", "-XAtq", "-c",
+                                      TABLESPACES_SQL]), capture_output=True, text=True)
+        if q.returncode != 0:
+            raise CannotRun(f"the tablespaces of the restored copy cannot be listed: {q.stderr.strip()}")
+        placed, problems, _warnings = placed_tablespaces(q.stdout, plan)
+        if problems:
+            raise BackupBad("tablespaces", "; ".join(problems))
+        self.out.checks.append(CheckResult("tablespaces", "ok", "; ".join(
+            f"{t['name']} (OID {t['oid']}, {t['original']} in production) restored in the scratch directory"
+            for t in placed)))
 
     def _fetch_wal(self, entry: Any, copy: Any, dest: Path) -> None:
         """The archived WAL from the backup's start to its stop segment (and its timeline's history), each
