@@ -11,7 +11,9 @@ For monitoring and for the last step of re-protection. Each check is `Check(name
   that archive when WAL has been written since;
 - wal_switch (`--force-switch`): commits a transaction, `pg_switch_wal()`, and waits (`--timeout`) until every
   repository holds the finished segment;
-- logical_backup / base_backup: the age of the newest (base backups may not exist yet: said so).
+- logical_backup / base_backup: the age of the newest (base backups may not exist yet: said so);
+- tablespaces: every tablespace is in the newest base backup (a point-in-time recovery from a backup taken
+  before a CREATE TABLESPACE replays it at the original path: on the same host, the live directory).
 
 It needs a role with `pg_monitor` (and EXECUTE on `pg_switch_wal` for `--force-switch`), never a superuser.
 Exit codes: 0 all ok, 1 a warning, 2 a check failed, 3 the check could not run (config, connection).
@@ -86,7 +88,10 @@ class Checker:
                 self._switch(conn, facts, wal_stores)
                 self.now = datetime.now(UTC)
             self._archived(conn, facts, wal_stores)
-        self._backups(facts["sysid"], stores)
+            tablespaces = conn.execute(
+                "select oid::text, spcname, pg_tablespace_location(oid) from pg_tablespace"
+                " where spcname not in ('pg_default', 'pg_global') order by oid").fetchall()
+        self._backups(facts["sysid"], stores, tablespaces)
         worst = max((EXIT[c.status] for c in self.checks), default=0)
         return worst
 
@@ -294,7 +299,7 @@ class Checker:
         else:
             self.add("wal_switch", "ok", f"switched WAL: {seg} reached every repository in {took:.1f} s")
 
-    def _backups(self, sysid: str, stores: list[Any]) -> None:
+    def _backups(self, sysid: str, stores: list[Any], tablespaces: list[tuple[str, str, str]]) -> None:
         from steps import layout
         from steps.catalogue import scan
         from steps.manifest import Level
@@ -314,14 +319,17 @@ class Checker:
             self.add("logical_backup", "warning", f"no readable logical backup of cluster {sysid}",
                      "run `runbook backup -c CONFIG` (and schedule it daily)")
         newest_base: tuple[str, str] | None = None
+        base_store: Any = None
         for s in stores:
             try:
                 for bid in s.list_dirs(f"clusters/{sysid}/base/"):
                     if (layout.is_id(bid) and (newest_base is None or bid > newest_base[0])
                             and s.exists(f"clusters/{sysid}/base/{bid}/{layout.MANIFEST}")):
-                        newest_base = (bid, s.name)
+                        newest_base, base_store = (bid, s.name), s
             except RunbookError:
                 continue
+        if newest_base is not None and tablespaces:
+            self._tablespaces(sysid, newest_base[0], base_store, tablespaces)
         if newest_base is None:
             self.add("base_backup", "warning", f"no base backup of cluster {sysid} yet: point-in-time recovery "
                      "has nothing to start from", "run `runbook basebackup -c CONFIG` (and schedule it weekly)")
@@ -330,6 +338,31 @@ class Checker:
             status = "ok" if age <= self.args.max_base_age else "warning"
             self.add("base_backup", status, f"newest {newest_base[0]} (in {newest_base[1]}), {rough_duration(age)} old",
                      None if status == "ok" else "is the weekly `runbook basebackup` job running?")
+
+
+    def _tablespaces(self, sysid: str, bid: str, store: Any, tablespaces: list[tuple[str, str, str]]) -> None:
+        """Every tablespace must be in the newest base backup: one created after it is re-created by a
+        point-in-time recovery's replay at its original path, which on this host is the live directory."""
+        import re
+
+        from steps import layout
+        from steps.manifest import parse_base
+
+        try:
+            m = parse_base(store.get_bytes(f"clusters/{sysid}/base/{bid}/{layout.MANIFEST}"))
+        except (RunbookError, ValueError) as e:
+            self.add("tablespaces", "warning", f"cannot read base backup {bid}'s manifest: {e}")
+            return
+        in_backup = {g.group(1) for o in m.objects if (g := re.match(r"^(\d+)\.tar(\.\w+)?$", o.path))}
+        missing = [(oid, name, where) for oid, name, where in tablespaces if oid not in in_backup]
+        if not missing:
+            self.add("tablespaces", "ok", f"{len(tablespaces)} tablespace(s), all in base backup {bid}")
+            return
+        names = ", ".join(f"{name} (OID {oid}, {where})" for oid, name, where in missing)
+        self.add("tablespaces", "warning",
+                 f"not in the newest base backup {bid}: {names}. A point-in-time recovery from it replays "
+                 "CREATE TABLESPACE at the original path: on this host, into the live tablespace's directory",
+                 "run `runbook basebackup -c CONFIG` now (and after every CREATE TABLESPACE)")
 
 
 def _print(checks: list[Check], code: int) -> None:

@@ -231,3 +231,21 @@ def test_a_tablespace_created_after_the_base_backup_is_reported_and_the_server_s
     assert "Traceback" not in r.stderr and not (pgdata / "postmaster.pid").exists()
     # the tablespace of the backup was put in its new directory all the same
     assert os.readlink(pgdata / "pg_tblspc" / t.oid) == str(Path(f"{pgdata}_tablespaces") / t.oid)
+
+
+def test_check_warns_of_a_tablespace_the_newest_base_backup_lacks(ts_primary: TsPrimary) -> None:
+    def tablespaces_check() -> dict[str, str]:
+        r = run_cli("check", "-c", str(ts_primary.p.config), "--json", timeout=120)
+        assert r.stdout.strip(), r.stderr
+        return {c["name"]: c for c in json.loads(r.stdout)["checks"]}["tablespaces"]
+
+    ok = tablespaces_check()
+    assert ok["status"] == "ok" and "1 tablespace(s), all in base backup" in ok["detail"], ok
+    later = ts_primary.ts_dir.parent / "later_tablespace"
+    later.mkdir(mode=0o700)
+    chown_server_user(later)
+    ts_primary.p.psql(f"CREATE TABLESPACE later LOCATION '{later}'")
+    warned = tablespaces_check()
+    assert warned["status"] == "warning", warned
+    assert "later" in warned["detail"] and str(later) in warned["detail"] and "fast" not in warned["detail"]
+    assert "runbook basebackup" in warned["hint"]
