@@ -385,6 +385,46 @@ def plan_tablespaces(tsmap: dict[str, str], oids: list[str], mapping: dict[str, 
     return plan
 
 
+def refuse_later_tablespaces(cfg: Any, sysid: str, backup_id: str, ts_oids: list[str], events: Events) -> None:
+    """Refuse before anything is made when the production cluster (the config's `cluster:`, if it answers)
+    has a tablespace the base backup lacks whose directory exists on this host: replay re-creates a
+    tablespace at its original path, so the restored copy would write into that live directory, over the
+    production cluster's own files. Best effort: a cluster that does not answer (the disaster) is noted."""
+    import psycopg
+
+    from steps.pgtools import Conn
+
+    c = cfg.cluster
+    conn = Conn(c.host, c.port, c.user)
+    dbname = c.databases[0] if c.databases else "postgres"
+    where = conn.describe(dbname)
+    try:
+        with psycopg.connect(**conn.kwargs(dbname), connect_timeout=5,
+                             application_name="runbook pitr", autocommit=True) as pg:
+            row = pg.execute("select system_identifier from pg_control_system()").fetchone()
+            live_sysid = str(row[0]) if row else ""
+            rows = pg.execute(TABLESPACES_SQL).fetchall()
+    except psycopg.Error as e:
+        note = (f"could not ask the cluster at {where} which tablespaces it has ({str(e).strip().splitlines()[0]}): "
+                "a tablespace created after the base backup would be re-created at its original path")
+        print(f"pitr: note: {note}", flush=True)
+        events.check("tablespaces created after the backup", "warning", note)
+        return
+    if live_sysid != sysid:
+        return  # another cluster answers there: nothing to compare
+    later = [(str(oid), str(name), str(loc)) for oid, name, loc in rows
+             if str(oid) not in ts_oids and loc and os.path.exists(loc)]
+    if later:
+        names = ", ".join(f"{name} (OID {oid}) at {loc}" for oid, name, loc in later)
+        raise PitrError(f"the running cluster has tablespace(s) created after base backup {backup_id}: {names}. "
+                        "Replaying their CREATE TABLESPACE would make the restored copy write into those live "
+                        "directories on this host, over the running cluster's files; nothing was restored",
+                        hint="recover on another host (where those directories do not exist), or from a base "
+                             "backup that has the tablespace if the target is after it; take a base backup after "
+                             "every CREATE TABLESPACE (`runbook check` warns when one is missing)")
+    events.check("tablespaces created after the backup", "ok", f"none on {where}")
+
+
 def make_tablespace_dirs(plan: list[TablespacePlan]) -> None:
     """Each directory 0700 and owned by the server's user (like the data directory), which must reach it."""
     from steps.pgserver import server_user
@@ -761,6 +801,7 @@ def main(args: Args, events: Events) -> int:
     else:
         _check_empty(pgdata)
     precheck_tablespaces(args, pgdata, ts_oids)
+    refuse_later_tablespaces(cfg, entry.cluster, entry.backup_id, ts_oids, events)
     socket_dir = args.socket_dir or ("/var/run/postgresql" if Path("/var/run/postgresql").is_dir()
                                      else str(pgdata.parent))
     fetch_root = Path(args.fetch_dir) if args.fetch_dir else pgdata.parent

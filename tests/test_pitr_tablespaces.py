@@ -211,20 +211,36 @@ def test_verify_backup_restores_the_tablespace_in_the_scratch_directory(ts_prima
     assert list(scratch.iterdir()) == [] and snapshot(t.ts_dir) == files
 
 
-def test_a_tablespace_created_after_the_base_backup_is_reported_and_the_server_stopped(ts_primary: TsPrimary) -> None:
-    """Replay of CREATE TABLESPACE points the restored copy at that tablespace's production directory: the
-    action cannot redirect it, so it says so, names it, and stops the restored server."""
+def test_a_tablespace_created_after_the_base_backup_is_refused_or_reported_and_the_server_stopped(
+        ts_primary: TsPrimary) -> None:
+    """Replay of CREATE TABLESPACE points the restored copy at that tablespace's production directory, which
+    the action cannot redirect. While the production cluster answers, it is asked first and the recovery is
+    refused before anything is made; when it does not (the disaster), the restored server is stopped after
+    promotion with the tablespace named."""
     t = ts_primary
     late = t.p.cluster.datadir.parent / "late_tablespace"
     late.mkdir(mode=0o700)
     chown_server_user(late)
     t.p.psql(f"CREATE TABLESPACE late LOCATION '{late}'")
     t.p.psql("CREATE TABLE later (id int) TABLESPACE late")
+    t.p.psql("INSERT INTO later SELECT generate_series(1, 100)")
     late_oid = t.p.psql("select oid from pg_tablespace where spcname = 'late'")
     _settle(t)
+    live = snapshot(late)
+
     pgdata = new_pgdata(t.p.cluster.datadir.parent, "r3")
     r = pitr(t.p.pitr_args(pgdata, target_kind="latest"))
     assert r.returncode == 1, r.stdout + r.stderr
+    assert (f"tablespace(s) created after base backup {t.base['backup_id']}: late (OID {late_oid}) at {late}"
+            in r.stderr and "nothing was restored" in r.stderr and "another host" in r.stderr), r.stderr
+    assert "Traceback" not in r.stderr and not pgdata.exists() and not Path(f"{pgdata}_tablespaces").exists()
+    assert snapshot(late) == live
+
+    t.p.crash()  # the production cluster no longer answers: the action cannot ask it
+    pgdata = new_pgdata(t.p.cluster.datadir.parent, "r4")
+    r = pitr(t.p.pitr_args(pgdata, target_kind="latest"))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "could not ask the cluster" in r.stdout, r.stdout
     assert (f"tablespace late (OID {late_oid}) at {late} is not in the base backup" in r.stderr
             and "the restored server was stopped" in r.stderr and "take a base backup after CREATE TABLESPACE"
             in r.stderr), r.stderr
