@@ -226,14 +226,19 @@ def choose_backup(entries: list[Any], args: Args) -> Any:
 # --- the data directory ----------------------------------------------------------------------------------
 
 
+def _require_new_or_empty(path: Path, prefix: str, why: str, hint: str) -> None:
+    """`path` does not exist, or is an empty directory; else a PitrError starting with `prefix`."""
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise PitrError(f"{prefix}{path} exists and is not a directory")
+        if any(path.iterdir()):
+            raise PitrError(f"{prefix}{path} is not empty: {why}", hint=hint)
+
+
 def _check_empty(pgdata: Path) -> None:
-    if pgdata.exists():
-        if not pgdata.is_dir():
-            raise PitrError(f"{pgdata} exists and is not a directory")
-        if any(pgdata.iterdir()):
-            raise PitrError(f"{pgdata} is not empty: PITR restores only into a new or empty data directory "
-                            "(it never overwrites one, and refuses a half-restored one)",
-                            hint="choose a new path, or move that directory aside yourself once you are sure")
+    _require_new_or_empty(pgdata, "", "PITR restores only into a new or empty data directory (it never "
+                          "overwrites one, and refuses a half-restored one)",
+                          "choose a new path, or move that directory aside yourself once you are sure")
 
 
 def _prepare_bare(pgdata: Path) -> None:
@@ -312,13 +317,9 @@ def _check_target(directory: Path, pgdata: Path, what: str) -> None:
     if _within(directory, pgdata) or _within(pgdata, directory):
         raise PitrError(f"{what}: {directory} and the data directory {pgdata} lie inside one another",
                         hint="choose a directory outside the new data directory (and not one of its parents)")
-    if directory.exists() or directory.is_symlink():
-        if not directory.is_dir():
-            raise PitrError(f"{what}: {directory} exists and is not a directory")
-        if any(directory.iterdir()):
-            raise PitrError(f"{what}: {directory} is not empty: a restored tablespace goes only into a new or "
-                            "empty directory (never over existing files)",
-                            hint="choose a new directory, or move that one aside yourself once you are sure")
+    _require_new_or_empty(directory, f"{what}: ", "a restored tablespace goes only into a new or empty directory "
+                          "(never over existing files)",
+                          "choose a new directory, or move that one aside yourself once you are sure")
 
 
 def precheck_tablespaces(args: Args, pgdata: Path, oids: list[str]) -> None:
