@@ -122,7 +122,7 @@ class Args(BaseModel):
                         "socket_dir", "fetch_dir", "tablespace_dir"):
                 if data.get(key) == "":
                     data = {**data, key: None}
-            if isinstance(data.get("tablespaces"), str):
+            if isinstance(data.get("tablespaces"), str) and "{{" not in data["tablespaces"]:  # a template: later
                 data = {**data, "tablespaces": parse_tablespace_mapping(data["tablespaces"])}
             elif data.get("tablespaces") is None and "tablespaces" in data:
                 data = {**data, "tablespaces": {}}

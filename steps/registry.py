@@ -19,6 +19,7 @@ class ActionSpec:
     summary: str
     module: str  # steps.<module> holds `Args` (a pydantic model) and `main(args, events) -> int`
     outputs: dict[str, str] = field(default_factory=dict)  # output name -> what it holds
+    details: str = ""  # more than the summary, for the runbook file reference (docs/runbook-file.md)
 
     def args_model(self) -> type[BaseModel]:
         return importlib.import_module(self.module).Args  # type: ignore[no-any-return]
@@ -34,6 +35,7 @@ ACTIONS: dict[str, ActionSpec] = {
             name="wait-postgres",
             summary="Wait until a PostgreSQL server accepts connections (pg_isready), with a deadline",
             module="steps.wait_postgres",
+            details="Fails at once (exit 2, no waiting) on bad connection parameters.",
             outputs={"waited_s": "seconds until the server answered"},
         ),
         ActionSpec(
@@ -105,13 +107,20 @@ ACTIONS: dict[str, ActionSpec] = {
                 "lsn": "where redo ended",
                 "backup_id": "the base backup it started from",
                 "log_file": "the restored server's log",
+                "tablespaces": "where each tablespace went: a list of {oid, name, location, original}",
             },
+            details="Never into the production data or tablespace directories; `recovery.signal`, "
+                    "`restore_command` = `runbook wal-fetch`, archiving off (or `archive_to`), waits for the real "
+                    "end of recovery. docs/basebackup.md",
         ),
         ActionSpec(
             name="reprotect",
             summary="Protect the recovered server again: WAL archiving into its cluster directory of the "
                     "repository, a base backup, a logical backup, `runbook check` until green",
             module="steps.reprotect",
+            details="Archiving is turned on with `ALTER SYSTEM`, then a reload or restart; after PITR the new "
+                    "timeline's `.history` is queued first. In a drill it writes nothing unless `drill_writes` "
+                    "(the sandbox's own repository).",
             outputs={
                 "protected_at": "when protection was restored (ISO 8601): the report shows it",
                 "system_identifier": "the recovered cluster's system identifier: its directory in the repository",
