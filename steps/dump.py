@@ -185,7 +185,10 @@ def take_dump(conn: Conn, db: str, staging: Path, *, jobs: int, compression: int
         user_mappings = None
         if mappings:
             user_mappings = USER_MAPPINGS
-            (staging / USER_MAPPINGS).write_text("".join(m + "\n" for m in mappings))
+            # remote passwords inside: readable by the backup's owner only, whatever the umask
+            fd = os.open(staging / USER_MAPPINGS, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write("".join(m + "\n" for m in mappings))
             log.info("%d user mappings' options kept in %s (pg_dump cannot read them as a non-superuser)",
                      len(mappings), USER_MAPPINGS)
 

@@ -486,6 +486,8 @@ def test_every_kind_of_object_survives_backup_and_restore_into_a_fresh_cluster(
         manifest = json.loads((Path(fetched.outputs["backup_dir"]) / "manifest.json").read_text())
         assert manifest["notes"] == [SUBSCRIPTION_NOTE]
         assert manifest["user_mappings"] == "user_mappings.sql"
+        (kept,) = (tmp_path / "repo").glob("clusters/*/logical/*/*/user_mappings.sql")
+        assert kept.stat().st_mode & 0o007 == 0, oct(kept.stat().st_mode)  # as the dump itself: no other user
         assert manifest["row_counts"]["eo.kinds"] == 503 and manifest["row_counts"]["eo.events_2025_a"] > 0
 
         target = fresh_cluster(pg_base, pg_template, "eo-target")
