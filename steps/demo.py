@@ -100,6 +100,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     sb = Sandbox(Path(args.dir).resolve() if args.dir else default_dir())
     if args.down:
+        if not sb.base.exists():
+            _say(f"no sandbox at {sb.base}: nothing to remove")
+            return 0
         sb.down()
         _say(f"sandbox removed ({sb.base})")
         return 0

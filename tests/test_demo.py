@@ -120,3 +120,9 @@ def test_down_removes_the_sandbox_and_a_second_demo_rebuilds(tmp_path: Path, ser
         assert r.returncode == 0 and not sb.base.exists()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_down_without_a_sandbox_says_there_is_nothing_to_remove(tmp_path: Path) -> None:
+    r = run_cli("demo", "--down", "--dir", str(tmp_path / "never-made"), timeout=60)
+    assert r.returncode == 0 and "no sandbox at" in r.stdout + r.stderr and "nothing to remove" in r.stdout + r.stderr
+    assert not (tmp_path / "never-made").exists()
