@@ -14,14 +14,13 @@ in parts (TransferConfig). Every botocore error becomes a RepositoryError saying
 
 from __future__ import annotations
 
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from runbook.errors import UsageError
 from steps.config import S3Config
 from steps.repository import NotFound, ObjectExists, Progress, RepositoryError, Store, StoreName
+from steps.s3common import NOT_FOUND, ConditionalWrites, error_code, http_status, new_client
 
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
                      "TokenRefreshRequired", "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
@@ -32,38 +31,22 @@ class S3Store(Store):
 
     def __init__(self, cfg: S3Config, *, credentials_file: Path | None = None) -> None:
         """`credentials_file` overrides the config's (prune's own credentials); else boto3's chain."""
-        import boto3
-        import botocore.session
         from boto3.s3.transfer import TransferConfig
-        from botocore.config import Config
 
         self.cfg = cfg
         self.bucket = cfg.bucket
         self.prefix = cfg.key_prefix
-        bs = botocore.session.Session()
-        credentials_file = credentials_file or cfg.credentials_file
-        if credentials_file is not None:
-            _check_credentials_file(credentials_file)
-            bs.set_config_variable("credentials_file", str(credentials_file))
-        if cfg.profile:
-            bs.set_config_variable("profile", cfg.profile)
-        session = boto3.Session(botocore_session=bs, region_name=cfg.region)
-        config = Config(
-            retries={"total_max_attempts": cfg.max_attempts, "mode": "standard"},
-            connect_timeout=cfg.connect_timeout_s,
-            read_timeout=cfg.read_timeout_s,
-            max_pool_connections=max(10, cfg.max_concurrency * 4),
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            s3={"addressing_style": "path"} if cfg.endpoint_url else None,
-        )
-        self.client: Any = session.client("s3", endpoint_url=cfg.endpoint_url, config=config)
+        self.client: Any = new_client(
+            credentials_file=credentials_file or cfg.credentials_file, who="the user that runs backups",
+            profile=cfg.profile, region=cfg.region, endpoint_url=cfg.endpoint_url, max_attempts=cfg.max_attempts,
+            connect_timeout=cfg.connect_timeout_s, read_timeout=cfg.read_timeout_s,
+            max_pool=max(10, cfg.max_concurrency * 4))
         self.transfer = TransferConfig(
             multipart_threshold=cfg.multipart_threshold_mb * 1024 * 1024,
             multipart_chunksize=cfg.multipart_chunk_mb * 1024 * 1024,
             max_concurrency=cfg.max_concurrency,
         )
-        self._if_none_match = True
+        self.conditional = ConditionalWrites()
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -115,7 +98,7 @@ class S3Store(Store):
             self.client.head_object(Bucket=self.bucket, Key=self._key(key))
             return True
         except ClientError as e:
-            if _code(e) in ("404", "NoSuchKey", "NotFound"):
+            if error_code(e) in NOT_FOUND:
                 return False
             raise self.error(e, f"looking for {key}") from None
         except Exception as e:
@@ -131,27 +114,16 @@ class S3Store(Store):
             raise self.error(e, f"uploading {key}") from None
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        from botocore.exceptions import ClientError
-
+        exists = ObjectExists(f"{key} already exists in {self.describe()}; backups are never overwritten")
         if self.exists(key):
-            raise ObjectExists(f"{key} already exists in {self.describe()}; backups are never overwritten")
+            raise exists
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": data, **self._sse()}
         try:
-            if self._if_none_match:
-                try:
-                    self.client.put_object(**args, IfNoneMatch="*")
-                    return
-                except ClientError as e:
-                    if _code(e) in ("PreconditionFailed", "412"):
-                        raise ObjectExists(f"{key} already exists in {self.describe()}; backups are never overwritten") from None
-                    if _status(e) != 501 and _code(e) not in ("NotImplemented",):
-                        raise
-                    self._if_none_match = False  # the store does not do conditional writes: HEAD alone
-            self.client.put_object(**args)
-        except RepositoryError:
-            raise
+            written = self.conditional.put_if_absent(self.client, args)
         except Exception as e:
             raise self.error(e, f"writing {key}") from None
+        if not written:
+            raise exists
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -205,27 +177,6 @@ class S3Store(Store):
                 raise self.error(e, f"deleting {key}") from None
 
 
-def _check_credentials_file(path: Path) -> None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise UsageError(f"the S3 credentials file {path} does not exist",
-                         hint="fix s3.credentials_file in the repository config") from None
-    except OSError as e:
-        raise UsageError(f"cannot read the S3 credentials file {path}: {e.strerror}") from None
-    if st.st_mode & (stat.S_IROTH | stat.S_IWOTH):
-        raise UsageError(f"the S3 credentials file {path} is readable by every user (mode {stat.S_IMODE(st.st_mode):04o})",
-                         hint=f"chmod 600 {path} (or 640 with the group of the user that runs backups)")
-
-
-def _code(e: Any) -> str:
-    return str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
-
-
-def _status(e: Any) -> int:
-    return int(getattr(e, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-
-
 def s3_error(e: BaseException, what: str, store: S3Store) -> RepositoryError:
     """Translate a boto3/botocore error into a RepositoryError with what to do."""
     from boto3.exceptions import S3UploadFailedError
@@ -258,7 +209,7 @@ def s3_error(e: BaseException, what: str, store: S3Store) -> RepositoryError:
         return RepositoryError(f"{where}: the S3 endpoint stopped answering while {what}: {e}",
                                hint="retry later; raise s3.read_timeout_s for a slow store")
     if isinstance(e, ClientError):
-        code, status = _code(e), _status(e)
+        code, status = error_code(e), http_status(e)
         msg = e.response.get("Error", {}).get("Message", "") or str(e)
         if code == "NoSuchBucket" or (code == "404" and "bucket" in what):
             return RepositoryError(f"{where}: the bucket {store.bucket} does not exist",

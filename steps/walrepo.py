@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from runbook.errors import UsageError
 from steps.repository import ObjectExists, RepositoryError, local_error
+from steps.s3common import NOT_FOUND, ConditionalWrites, error_code, new_client
 
 
 @dataclass(frozen=True)
@@ -156,10 +155,6 @@ class S3Wal:
     verify_after_write = True
 
     def __init__(self, s3: dict[str, Any]) -> None:
-        import boto3
-        import botocore.session
-        from botocore.config import Config
-
         self.bucket: str = s3["bucket"]
         p = str(s3.get("prefix") or "").strip("/")
         self.prefix = f"{p}/" if p else ""
@@ -170,25 +165,13 @@ class S3Wal:
             self.sse["ServerSideEncryption"] = str(s3["sse"])
             if s3.get("sse_kms_key_id"):
                 self.sse["SSEKMSKeyId"] = str(s3["sse_kms_key_id"])
-        bs = botocore.session.Session()
-        if s3.get("credentials_file"):
-            creds = Path(s3["credentials_file"])
-            _check_credentials_file(creds)
-            bs.set_config_variable("credentials_file", str(creds))
-        if s3.get("profile"):
-            bs.set_config_variable("profile", s3["profile"])
-        session = boto3.Session(botocore_session=bs, region_name=s3.get("region"))
-        config = Config(
-            retries={"total_max_attempts": self.cfg.max_attempts, "mode": "standard"},
-            connect_timeout=float(s3.get("connect_timeout_s") or 10),
-            read_timeout=float(s3.get("read_timeout_s") or 60),
-            max_pool_connections=32,
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            s3={"addressing_style": "path"} if self.endpoint_url else None,
-        )
-        self.client: Any = session.client("s3", endpoint_url=self.endpoint_url, config=config)
-        self._if_none_match = True
+        self.client: Any = new_client(
+            credentials_file=Path(s3["credentials_file"]) if s3.get("credentials_file") else None,
+            who="the server's user (archive_command and restore_command run as that user)",
+            profile=s3.get("profile"), region=s3.get("region"), endpoint_url=self.endpoint_url,
+            max_attempts=self.cfg.max_attempts, connect_timeout=float(s3.get("connect_timeout_s") or 10),
+            read_timeout=float(s3.get("read_timeout_s") or 60), max_pool=32)
+        self.conditional = ConditionalWrites()
 
     def describe(self) -> str:
         where = f"s3://{self.bucket}/{self.prefix}"
@@ -206,36 +189,24 @@ class S3Wal:
             resp = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
             return bytes(resp["Body"].read())
         except ClientError as e:
-            if _code(e) in ("NoSuchKey", "404", "NotFound"):
+            if error_code(e) in NOT_FOUND:
                 return None  # NoSuchBucket is not "no such segment": it is an error
             raise self._error(e, f"reading {key}") from None
         except Exception as e:
             raise self._error(e, f"reading {key}") from None
 
     def put_new(self, key: str, blob: bytes, meta: dict[str, Any]) -> None:
-        from botocore.exceptions import ClientError
-
         args: dict[str, Any] = {
             "Bucket": self.bucket, "Key": self.prefix + key, "Body": blob, **self.sse,
             "Metadata": {"sha256": str(meta["sha256"]), "size": str(meta["size"]),
                          "system-identifier": str(meta["system_identifier"])},
         }
         try:
-            if self._if_none_match:
-                try:
-                    self.client.put_object(**args, IfNoneMatch="*")
-                    return
-                except ClientError as e:
-                    if _code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict") or _status(e) in (409, 412):
-                        raise ObjectExists(f"{key} already exists in {self.describe()}") from None
-                    if _status(e) != 501 and _code(e) != "NotImplemented":
-                        raise
-                    self._if_none_match = False  # the store has no conditional writes: look + verify alone
-            self.client.put_object(**args)
-        except RepositoryError:
-            raise
+            written = self.conditional.put_if_absent(self.client, args)
         except Exception as e:
             raise self._error(e, f"writing {key}") from None
+        if not written:
+            raise ObjectExists(f"{key} already exists in {self.describe()}")
 
     def stat(self, key: str) -> Listed | None:
         from botocore.exceptions import ClientError
@@ -243,7 +214,7 @@ class S3Wal:
         try:
             resp = self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
         except ClientError as e:
-            if _code(e) in ("NoSuchKey", "404", "NotFound"):
+            if error_code(e) in NOT_FOUND:
                 return None
             raise self._error(e, f"looking for {key}") from None
         except Exception as e:
@@ -260,31 +231,6 @@ class S3Wal:
         except Exception as e:
             raise self._error(e, f"listing {prefix}") from None
         return sorted(out, key=lambda x: x.key)
-
-
-def _code(e: Any) -> str:
-    return str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
-
-
-def _status(e: Any) -> int:
-    return int(getattr(e, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-
-
-def _check_credentials_file(path: Path) -> None:
-    """As steps.s3store does: the file must exist and must not be readable by every user."""
-    try:
-        st = path.stat()
-    except OSError as e:
-        raise UsageError(f"the S3 credentials file {path} cannot be read: {e.strerror}",
-                         hint="fix s3.credentials_file in the repository config; it must be readable by the "
-                              "server's user (archive_command runs as that user)") from None
-    if not os.access(path, os.R_OK):  # botocore would skip it silently, then report "no credentials"
-        raise UsageError(f"the S3 credentials file {path} is not readable by this user (uid {os.geteuid()})",
-                         hint="archive_command and restore_command run as the server's user: make the file "
-                              "0640 with that user's group, or 0600 owned by it")
-    if st.st_mode & (stat.S_IROTH | stat.S_IWOTH):
-        raise UsageError(f"the S3 credentials file {path} is readable by every user (mode {stat.S_IMODE(st.st_mode):04o})",
-                         hint=f"chmod 640 {path} (group: the server's user) or 600")
 
 
 def open_wal_stores(local_path: Path | None, s3: dict[str, Any] | None, source: str = "any") -> list[WalStore]:
