@@ -78,6 +78,20 @@ def build(c: Cluster, env: dict[str, str], scale: int, text_mb: int) -> None:
     print(f"built: pgbench scale {scale} + {rows} text rows = {size} in {time.monotonic() - t0:.0f} s", flush=True)
 
 
+def source_cluster(prefix: str) -> tuple[Path, Path, Path, Cluster]:
+    """A base directory, its world-writable `work/`, an initdb template and a started cluster made from it."""
+    base = make_base_dir(prefix)
+    work = base / "work"
+    work.mkdir()
+    os.chmod(work, 0o777)
+    tpl = base / "tpl" / "data"
+    initdb(tpl)
+    (base / "c").mkdir()
+    c = clone_cluster(tpl, base / "c")
+    c.start()
+    return base, work, tpl, c
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=int, default=10)
@@ -87,15 +101,7 @@ def main() -> None:
     ap.add_argument("--no-s3", action="store_true", help="local repository only")
     args = ap.parse_args()
 
-    base = make_base_dir("runbook-backup-bench-")
-    work = base / "work"
-    work.mkdir()
-    os.chmod(work, 0o777)
-    tpl = base / "tpl" / "data"
-    initdb(tpl)
-    (base / "c").mkdir()
-    c = clone_cluster(tpl, base / "c")
-    c.start()
+    base, work, _tpl, c = source_cluster("runbook-backup-bench-")
     server = None
     try:
         env = {**os.environ, **c.env}

@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from backup_bench import ROLE, build  # noqa: E402
+from backup_bench import ROLE, build, source_cluster  # noqa: E402
 
-from tests.pgcluster import PG_BIN, clone_cluster, initdb, make_base_dir  # noqa: E402
+from tests.pgcluster import PG_BIN, clone_cluster  # noqa: E402
 
 PY = sys.executable
 
@@ -48,15 +48,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
-    base = make_base_dir("runbook-verify-bench-")
-    work = base / "work"
-    work.mkdir()
-    os.chmod(work, 0o777)
-    tpl = base / "tpl" / "data"
-    initdb(tpl)
-    (base / "c").mkdir()
-    c = clone_cluster(tpl, base / "c")
-    c.start()
+    base, work, tpl, c = source_cluster("runbook-verify-bench-")
     (base / "t").mkdir()
     target = clone_cluster(tpl, base / "t")  # where the plain pg_restore goes
     target.start()
