@@ -46,7 +46,8 @@ class Args(BaseModel):
     maintenance_db: str = Field("postgres", description="Database to connect to for CREATE DATABASE")
     globals: bool = Field(True, description="Restore the roles (and tablespaces) of the backup's cluster first")
     analyze: bool = Field(True, description="ANALYZE after the restore")
-    verify: bool = Field(True, description="Re-check every file's sha256 before restoring")
+    verify: bool = Field(True, description="Check every file's sha256 before restoring (files fetch-latest-backup "
+                                           "checked and that are unchanged since are not hashed again)")
     maintenance_work_mem: str = Field("256MB", pattern=r"^\d+\s*(kB|MB|GB)?$",
                                       description="For the restore's index builds (per job)")
 
