@@ -33,10 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from steps.basetar import check_tars, parse_server_manifest, tar_files  # noqa: E402
-from steps.pgserver import Server, as_server, give_to_server  # noqa: E402
-from steps.pgtools import PG_BIN  # noqa: E402
-from steps.sandbox import Sandbox  # noqa: E402
+from steps.backup.basetar import check_tars, parse_server_manifest, tar_files  # noqa: E402
+from steps.pg.server import Server, as_server, give_to_server  # noqa: E402
+from steps.pg.tools import PG_BIN  # noqa: E402
+from steps.sandbox.build import Sandbox  # noqa: E402
 
 COMPRESSIONS = ["none", "server-lz4", "server-zstd:level=1", "client-lz4", "client-zstd:level=1", "client-gzip:1"]
 

@@ -417,7 +417,7 @@ def stop_workers(spool: Path) -> None:
     """End the uploaders and prefetchers this run started, by the pid in their lock files."""
     import signal
 
-    from steps.walfast import worker_alive
+    from steps.wal.fast import worker_alive
 
     for lock in [*spool.rglob("push-worker.lock"), *spool.rglob(".lock")]:
         try:

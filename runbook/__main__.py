@@ -1,5 +1,5 @@
 """`python -m runbook` is the same as the `runbook` console script."""
 
-from runbook.cli import main
+from runbook.cli.main import main
 
 raise SystemExit(main())

@@ -45,7 +45,7 @@ class RunLock:
         self.path = path
         self._fd = fd
         self.holder = holder
-        self.on_release: list[Callable[[bool], None]] = []  # e.g. the repository's lock object (steps.recovery_lock)
+        self.on_release: list[Callable[[bool], None]] = []  # e.g. the repository's lock object (steps.repository.recovery_lock)
 
     @classmethod
     def acquire(

@@ -3,7 +3,7 @@
 Everything that can be wrong (the file, a parameter, the secrets file, the lock, the journal) is checked
 here, before the engine exists, so nothing runs on bad input. Live and drill runs take the local lock
 (runbook.lock) and, when the runbook (or the profile) names a repository, the recovery lock in it
-(steps.recovery_lock: `locks/<target>.json`, seen by every host); both are released when the run closes.
+(steps.repository.recovery_lock: `locks/<target>.json`, seen by every host); both are released when the run closes.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def _repository_lock(repository: str | None, rb: Runbook, target: str, run_id: s
     if not repository:
         return None
     from runbook.errors import LockHeld
-    from steps.recovery_lock import acquire, open_for_runbook
+    from steps.repository.recovery_lock import acquire, open_for_runbook
 
     op = operator()
     holder = {"run_id": run_id, "user": op["user"], "host": op["host"], "pid": op["pid"], "since": iso(clock.now()),
@@ -222,7 +222,7 @@ def _journal_broken_locks(journal: Journal, replaced: Holder | None, rlock: Any)
 def _tie(lock: RunLock | None, rlock: Any, repository: str | None = None, state_dir: Path | None = None,
          run_id: str | None = None) -> None:
     """The repository lock goes with the local one: released (removed) when the run closes, kept otherwise.
-    When the run closes, its summary goes to the repository's `runs/` too (steps.run_summaries)."""
+    When the run closes, its summary goes to the repository's `runs/` too (steps.repository.run_summaries)."""
     if lock is None:
         return
     if rlock is not None:
@@ -232,9 +232,9 @@ def _tie(lock: RunLock | None, rlock: Any, repository: str | None = None, state_
 
 
 def _write_summary(repository: str, state_dir: Path, run_id: str) -> None:
-    from steps.recovery_lock import open_for_runbook
-    from steps.repository import open_stores
-    from steps.run_summaries import write
+    from steps.repository.recovery_lock import open_for_runbook
+    from steps.repository.run_summaries import write
+    from steps.repository.store import open_stores
 
     write(open_stores(open_for_runbook(repository)), load_state(state_dir, run_id))
 

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from steps.events import Events
-from steps.pgtools import tool
+from steps.pg.tools import tool
 
 EXPANSION = 2.0
 
@@ -38,9 +38,9 @@ def _newest(config: str | None, db: str) -> tuple[int, int] | None:
     """(size in bytes, server_version_num) of the backup a recovery would pick, if a repository is given."""
     if not config:
         return None
-    from steps.catalogue import pick, scan
-    from steps.config import load_repository_config
-    from steps.repository import open_stores
+    from steps.repository.catalogue import pick, scan
+    from steps.repository.config import load_repository_config
+    from steps.repository.store import open_stores
 
     cfg, _ = load_repository_config(config)
     entry = pick(scan(open_stores(cfg), db=db, kinds=("logical",)).entries, db)

@@ -20,11 +20,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from runbook.errors import RunbookError
-from steps import layout
 from steps.events import Events
-from steps.manifest import LogicalManifest, parse_logical, sha256_bytes
-from steps.repository import CorruptObject, RepositoryError, sha256_file
-from steps.verified import write_stamp
+from steps.repository import layout
+from steps.repository.manifest import LogicalManifest, parse_logical, sha256_bytes
+from steps.repository.store import CorruptObject, RepositoryError, sha256_file
+from steps.repository.verified import write_stamp
 
 
 class Args(BaseModel):
@@ -53,9 +53,9 @@ def _verify_local(final: Path, manifest: LogicalManifest) -> bool:
 
 
 def main(args: Args, events: Events) -> int:
-    from steps.catalogue import pick, scan, usable_copies
-    from steps.config import load_repository_config
-    from steps.repository import open_stores
+    from steps.repository.catalogue import pick, scan, usable_copies
+    from steps.repository.config import load_repository_config
+    from steps.repository.store import open_stores
 
     try:
         cfg, cfg_path = load_repository_config(args.config)

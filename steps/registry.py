@@ -98,7 +98,7 @@ ACTIONS: dict[str, ActionSpec] = {
             name="pitr",
             summary="Point-in-time recovery: the newest base backup that ended before the target, archived WAL "
                     "replayed into a new data directory, waited for until promoted",
-            module="steps.pitr",
+            module="steps.pitr.action",
             outputs={
                 "recovery_point": "the last replayed transaction's time (ISO 8601): what the database now holds",
                 "timeline": "the restored server's new timeline (2 after the first PITR)",

@@ -137,15 +137,15 @@ def config_for(cfg: Any, path: Path, args: Args) -> Path:
     if os.geteuid() == 0:
         os.chown(tmp, st.st_uid, st.st_gid)
     os.replace(tmp, out)
-    from steps.config import load_repository_config
+    from steps.repository.config import load_repository_config
 
     load_repository_config(out)  # the copy must load as the original does
     return out
 
 
 def _restart(args: Args, facts: dict[str, Any]) -> None:
-    from steps.pgserver import as_server
-    from steps.pgtools import PG_BIN
+    from steps.pg.server import as_server
+    from steps.pg.tools import PG_BIN
 
     if args.restart_command:
         cmd = ["bash", "-c", args.restart_command]
@@ -168,7 +168,7 @@ def _restart(args: Args, facts: dict[str, Any]) -> None:
 
 def _server_log(datadir: Path) -> Path:
     """Where the restarted server logs: beside its data directory (made for the server's user), else inside it."""
-    from steps.pgserver import server_user
+    from steps.pg.server import server_user
 
     log = datadir.parent / f"{datadir.name}.server.log"
     try:
@@ -183,7 +183,7 @@ def _server_log(datadir: Path) -> Path:
 
 def _queue_history(facts: dict[str, Any]) -> str | None:
     """After PITR: mark the new timeline's history file `.ready`, so the archiver sends it first."""
-    from steps.pgserver import as_server
+    from steps.pg.server import as_server
 
     tli = int(facts["timeline"])
     if tli <= 1:
@@ -203,9 +203,9 @@ def _cli(*argv: str, timeout: float) -> subprocess.CompletedProcess[str]:
 
 
 def _newest(config: Path, sysid: str, kind: str, db: str | None = None) -> str | None:
-    from steps.catalogue import scan
-    from steps.config import load_repository_config
-    from steps.repository import open_stores
+    from steps.repository.catalogue import scan
+    from steps.repository.config import load_repository_config
+    from steps.repository.store import open_stores
 
     cfg, _ = load_repository_config(config)
     cat = scan(open_stores(cfg), db=db, kinds=(kind,))  # type: ignore[arg-type]
@@ -216,7 +216,7 @@ def _newest(config: Path, sysid: str, kind: str, db: str | None = None) -> str |
 def switch_and_wait(conn: Any, timeout_s: float) -> str:
     """A commit, `pg_switch_wal()` (as the superuser: the backup role may not have EXECUTE on it), then wait until
     the archiver reports that segment archived (pg_stat_archiver), or its failure."""
-    from steps.pgtools import connect
+    from steps.pg.tools import connect
 
     with connect(conn, "postgres", autocommit=True, application_name="runbook reprotect") as pg:
         pg.execute("select txid_current()")
@@ -235,9 +235,9 @@ def switch_and_wait(conn: Any, timeout_s: float) -> str:
 
 
 def check_until_green(config: Path, timeout_s: float, rpo_s: float, events: Events | None = None) -> list[Any]:
-    """`runbook check` (steps.walcheck) again and again until every check is ok, for at most
+    """`runbook check` (steps.proof.check) again and again until every check is ok, for at most
     `timeout_s`. Returns the last checks; raises ReprotectError when it never turned green."""
-    from steps.walcheck import Checker
+    from steps.proof.check import Checker
 
     deadline = time.monotonic() + timeout_s
     attempt = 0
@@ -263,9 +263,9 @@ def check_until_green(config: Path, timeout_s: float, rpo_s: float, events: Even
 
 
 def main(args: Args, events: Events) -> int:
-    from steps.config import load_repository_config
-    from steps.pgtools import Conn, connect
-    from steps.pitr import default_runbook_exe
+    from steps.pg.tools import Conn, connect
+    from steps.pitr.action import default_runbook_exe
+    from steps.repository.config import load_repository_config
 
     t0 = time.monotonic()
     if args.mode == "drill" and not args.drill_writes:

@@ -2,7 +2,7 @@
 
 Picks the attachments snapshot with the given id (pair it with the database: `{{ steps.fetch.backup_id }}`)
 or else the newest one, downloads its tar with the sha256 checked as it streams, and extracts it with the
-checks of steps.attachments (safe paths only, every file re-hashed). A non-empty destination is refused
+checks of steps.backup.attachments (safe paths only, every file re-hashed). A non-empty destination is refused
 unless `overwrite: true`.
 """
 
@@ -15,10 +15,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from runbook.errors import RunbookError
-from steps import layout
 from steps.events import Events
-from steps.manifest import FilesManifest, Level, parse_files, sha256_bytes
-from steps.repository import CorruptObject, RepositoryError
+from steps.repository import layout
+from steps.repository.manifest import FilesManifest, Level, parse_files, sha256_bytes
+from steps.repository.store import CorruptObject, RepositoryError
 
 
 class Args(BaseModel):
@@ -32,10 +32,10 @@ class Args(BaseModel):
 
 
 def main(args: Args, events: Events) -> int:
-    from steps.attachments import AttachmentsError, extract
-    from steps.catalogue import scan, usable_copies
-    from steps.config import load_repository_config
-    from steps.repository import open_stores
+    from steps.backup.attachments import AttachmentsError, extract
+    from steps.repository.catalogue import scan, usable_copies
+    from steps.repository.config import load_repository_config
+    from steps.repository.store import open_stores
 
     try:
         cfg, _ = load_repository_config(args.config)

@@ -1,10 +1,10 @@
 """restore-logical: a fetched logical backup into a new database, with everything a logical restore carries.
 
 1. Re-check every file of the backup directory against its manifest (a tampered copy restores nothing),
-   unless fetch-latest-backup checked them and they are unchanged since (steps.verified).
+   unless fetch-latest-backup checked them and they are unchanged since (steps.repository.verified).
 2. Refuse a target database that exists and is not empty (a half-restored target is dropped by the
    operator, deliberately, never by this action).
-3. Restore the globals role by role (steps.globals_sql): existing roles are reported and left as they are.
+3. Restore the globals role by role (steps.backup.globals_sql): existing roles are reported and left as they are.
 4. Same name as the backup's database, and no such database yet: `pg_restore --create`, which brings the
    database-level settings, its ACL and `ALTER ROLE ... IN DATABASE ... SET` along (PostgreSQL 15 dumps them
    only for --create). Another name (or an existing empty database): create it from template0 with the
@@ -27,12 +27,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from runbook.errors import RunbookError
-from steps import layout
 from steps.events import Events
-from steps.manifest import DatabaseFacts, LogicalManifest, parse_logical, sha256_bytes
-from steps.pgtools import Conn, ToolFailed, connect, tool
-from steps.repository import sha256_file
-from steps.verified import checked_unchanged
+from steps.pg.tools import Conn, ToolFailed, connect, tool
+from steps.repository import layout
+from steps.repository.manifest import DatabaseFacts, LogicalManifest, parse_logical, sha256_bytes
+from steps.repository.store import sha256_file
+from steps.repository.verified import checked_unchanged
 
 
 class Args(BaseModel):
@@ -244,7 +244,7 @@ def main(args: Args, events: Events) -> int:
     finally:
         pg.close()
 
-    from steps.archive_check import toc_entries
+    from steps.backup.archive_check import toc_entries
 
     data_items = sum(1 for e in toc_entries(dump_dir) if " TABLE DATA " in e or " BLOBS " in e) or 1
     argv = [tool("pg_restore"), *conn.args(), f"--jobs={args.jobs}", "--exit-on-error", "--verbose"]
@@ -295,10 +295,10 @@ def main(args: Args, events: Events) -> int:
 
 
 def _restore_user_mappings(conn: Conn, db: str, path: Path) -> str | None:
-    """The options pg_dump could not see (the backup kept them: steps.dump). Returns what went wrong, if anything."""
+    """The options pg_dump could not see (the backup kept them: steps.backup.dump). Returns what went wrong, if anything."""
     import psycopg
 
-    from steps.globals_sql import split_statements
+    from steps.backup.globals_sql import split_statements
 
     statements = split_statements(path.read_text())
     try:
@@ -316,7 +316,7 @@ def _restore_user_mappings(conn: Conn, db: str, path: Path) -> str | None:
 
 
 def _restore_globals(pg: Any, path: Path, manifest: LogicalManifest) -> Any:
-    from steps.globals_sql import apply_globals
+    from steps.backup.globals_sql import apply_globals
 
     report = apply_globals(pg, path.read_text())
     if report.created:

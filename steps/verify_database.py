@@ -33,7 +33,7 @@ class Args(BaseModel):
 def _checks_from_config(path: str | None) -> tuple[list[str], list[str]]:
     if not path:
         return [], []
-    from steps.config import load_repository_config
+    from steps.repository.config import load_repository_config
 
     cfg, _ = load_repository_config(path)
     return list(cfg.checks.expect_tables), list(cfg.checks.smoke)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from steps.backup_lock import BackupLock
+from steps.backup.lock import BackupLock
 from tests.backup_helpers import (  # noqa: F401
     BACKUP_ROLE,
     backup,
@@ -271,10 +271,9 @@ def test_an_archive_that_does_not_read_back_is_not_published(
     source_cluster: Cluster, db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
     """pg_restore's checks run while the objects are stored: their failure stops the manifests."""
-    from steps import archive_check
-    from steps.backup import BackupRun
-    from steps.config import load_repository_config
-    from steps.pgtools import ToolFailed
+    from steps.backup.logical import BackupRun, archive_check
+    from steps.pg.tools import ToolFailed
+    from steps.repository.config import load_repository_config
 
     def unreadable(dump_dir: Path) -> list[object]:
         raise ToolFailed("pg_restore --file=/dev/null", 1, "pg_restore: error: could not uncompress data")

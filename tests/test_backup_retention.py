@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from steps.manifest import Level
-from steps.retention import Item, plan
+from steps.repository.manifest import Level
+from steps.repository.retention import Item, plan
 
 NOW = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
 

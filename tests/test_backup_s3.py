@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from runbook.errors import UsageError
-from steps.config import S3Config
-from steps.repository import CorruptObject, ObjectExists, RepositoryError, sha256_file
-from steps.s3store import S3Store
+from steps.repository.config import S3Config
+from steps.repository.s3 import S3Store
+from steps.repository.store import CorruptObject, ObjectExists, RepositoryError, sha256_file
 from tests.s3server import ACCESS_KEY, SECRET_KEY, FaultProxy, S3Endpoint, s3_bucket, s3_server  # noqa: F401
 
 

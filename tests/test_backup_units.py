@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from runbook.errors import InvalidFile, LockHeld, UsageError
-from steps.attachments import AttachmentsError, capture, extract
-from steps.backup_lock import BackupLock
-from steps.config import RepositoryConfig, load_repository_config, resolve_config_path
-from steps.globals_sql import split_statements, unquote_ident
-from steps.manifest import FileEntry
-from steps.repository import CorruptObject, LocalStore, ObjectExists, sha256_file
+from steps.backup.attachments import AttachmentsError, capture, extract
+from steps.backup.globals_sql import split_statements, unquote_ident
+from steps.backup.lock import BackupLock
+from steps.repository.config import RepositoryConfig, load_repository_config, resolve_config_path
+from steps.repository.manifest import FileEntry
+from steps.repository.store import CorruptObject, LocalStore, ObjectExists, sha256_file
 from tests.conftest import ROOT, run_cli
 
 GOOD = """\
@@ -66,7 +66,7 @@ def test_config_path_falls_back_to_env_then_etc_never_cwd(tmp_path: Path, monkey
     assert resolve_config_path(None) == env_file
     assert resolve_config_path(str(here / "repository.yaml")) == here / "repository.yaml"
     monkeypatch.delenv("RUNBOOK_CONFIG")
-    monkeypatch.setattr("steps.config.DEFAULT_CONFIG", tmp_path / "etc" / "repository.yaml")
+    monkeypatch.setattr("steps.repository.config.DEFAULT_CONFIG", tmp_path / "etc" / "repository.yaml")
     with pytest.raises(UsageError) as e:
         resolve_config_path(None)
     assert str(tmp_path / "etc" / "repository.yaml") in str(e.value) and "RUNBOOK_CONFIG" in str(e.value)
@@ -83,7 +83,7 @@ def test_backup_with_a_bad_config_could_not_run(tmp_path: Path) -> None:
 
 
 def test_the_cli_imports_neither_boto3_nor_psycopg() -> None:
-    code = ("import sys, runbook.cli, steps.commands, steps.registry; runbook.cli.build_parser(); "
+    code = ("import sys, runbook.cli.main, runbook.cli.backup, steps.registry; runbook.cli.main.build_parser(); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('boto3', 'botocore', 'psycopg')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"

@@ -13,11 +13,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from steps.basebackup import parse_label_time
-from steps.basetar import BaseBackupInvalid, check_tars, parse_server_manifest, tar_files
-from steps.pitr import Args, choose_backup, recovery_settings
-from steps.prune import wal_to_delete
-from steps.walnames import (
+from steps.backup.base import parse_label_time
+from steps.backup.basetar import BaseBackupInvalid, check_tars, parse_server_manifest, tar_files
+from steps.pg.walnames import (
     archived_segment,
     format_lsn,
     parse_lsn,
@@ -25,6 +23,8 @@ from steps.walnames import (
     segment_name,
     segments_between,
 )
+from steps.pitr.action import Args, choose_backup, recovery_settings
+from steps.repository.prune import wal_to_delete
 
 MB = 1024 * 1024
 
@@ -146,7 +146,7 @@ def test_pitr_arguments() -> None:
 
 
 def test_no_base_backup_before_the_target_is_a_clear_error() -> None:
-    from steps.pitr import PitrError
+    from steps.pitr.action import PitrError
 
     with pytest.raises(PitrError, match="no readable base backup"):
         choose_backup([], Args(config="/c.yaml", pgdata="/x", target="2026-11-25T10:00:00Z"))
@@ -177,7 +177,7 @@ def test_extraction_never_follows_a_symlink_out_of_the_data_directory(tmp_path: 
 
 
 def test_the_restored_copy_never_archives_into_production() -> None:
-    from steps.pitr import server_settings
+    from steps.pitr.action import server_settings
 
     a = Args(config="/c.yaml", pgdata="/x", target_kind="latest")
     assert server_settings(a, "/run")["archive_mode"] == "off"

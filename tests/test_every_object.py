@@ -541,7 +541,7 @@ def test_every_kind_of_object_survives_backup_and_restore_into_a_fresh_cluster(
 def test_a_user_mapping_that_cannot_be_restored_is_reported_without_its_password(
     pg_cluster: Cluster, tmp_path: Path
 ) -> None:
-    from steps.pgtools import Conn
+    from steps.pg.tools import Conn
     from steps.restore_logical import _restore_user_mappings
 
     sql = tmp_path / "user_mappings.sql"

@@ -126,8 +126,8 @@ def test_a_rehearsal_takes_no_lock(setup: tuple[Path, Path, dict[str, str]], tmp
 
 def test_a_store_that_ignores_if_none_match_still_refuses_the_second(tmp_path: Path, s3_server: S3Endpoint,  # noqa: F811
                                                                      s3_bucket: str) -> None:  # noqa: F811
-    from steps.config import RepositoryConfig
-    from steps.recovery_lock import acquire
+    from steps.repository.config import RepositoryConfig
+    from steps.repository.recovery_lock import acquire
 
     host, port = s3_server.url.rsplit(":", 1)[0].split("//")[1], s3_server.port
     with FaultProxy((host, port), fail=lambda m, p: False, drop_headers=("If-None-Match",)) as proxy:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from steps.config import load_repository_config
+from steps.repository.config import load_repository_config
 from steps.reprotect import Args, config_for
 from tests.backup_helpers import run_action
 

@@ -300,7 +300,7 @@ def test_second_run_is_refused_while_one_is_active(write_runbook, state_dir: Pat
 
 def test_core_never_imports_textual() -> None:
     code = (
-        "import sys, runbook, runbook.cli, runbook.engine, runbook.session, runbook.headless, runbook.loader,"
+        "import sys, runbook, runbook.cli.main, runbook.engine, runbook.session, runbook.cli.headless, runbook.loader,"
         " runbook.journal, runbook.executor, runbook.report, runbook.state, runbook.supervisor, steps.registry\n"
         "bad = [m for m in sys.modules if m == 'textual' or m.startswith('textual.')]\n"
         "print(bad); sys.exit(1 if bad else 0)\n"

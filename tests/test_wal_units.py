@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from steps.layout import (
+from steps.repository.layout import (
     next_segment,
     parse_wal_name,
     segment_name,
@@ -24,11 +24,19 @@ from steps.layout import (
     wal_name_from_key,
     wal_prefix,
 )
-from steps.repository import RepositoryError
-from steps.walconf import WalSettings, load_config_dict
-from steps.walfast import _simple, in_window, is_segment_name, take, wait_prefetched
-from steps.walfile import CorruptWal, WalFileError, check_segment, pack, read_header, segment_header, unpack
-from steps.walrepo import open_wal_stores
+from steps.repository.store import RepositoryError
+from steps.wal.fast import _simple, in_window, is_segment_name, take, wait_prefetched
+from steps.wal.segment import (
+    CorruptWal,
+    WalFileError,
+    check_segment,
+    pack,
+    read_header,
+    segment_header,
+    unpack,
+)
+from steps.wal.settings import WalSettings, load_config_dict
+from steps.wal.store import open_wal_stores
 from tests.conftest import ROOT
 
 MB = 1024 * 1024
@@ -202,7 +210,7 @@ def test_a_wait_for_the_prefetcher_ends_when_it_cannot_help(tmp_path: Path) -> N
 
 
 def test_a_local_read_opens_no_s3_client_and_a_missing_repository_is_an_error(tmp_path: Path) -> None:
-    code = ("import sys; from pathlib import Path; from steps.walrepo import open_wal_stores;"
+    code = ("import sys; from pathlib import Path; from steps.wal.store import open_wal_stores;"
             f"stores = open_wal_stores(Path({str(tmp_path)!r}), {{'bucket': 'b'}}, 'local');"
             "print([s.name for s in stores], 'boto3' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
@@ -212,11 +220,11 @@ def test_a_local_read_opens_no_s3_client_and_a_missing_repository_is_an_error(tm
 
 
 def test_the_hot_paths_import_neither_pydantic_boto3_psycopg_textual_nor_rich(tmp_path: Path) -> None:
-    code = ("import sys; from steps.walfast import main; from steps import wal, walspool, walrepo;"
+    code = ("import sys; from steps.wal.fast import main; import steps.wal.archive, steps.wal.spool, steps.wal.store;"
             "heavy = {'pydantic', 'boto3', 'psycopg', 'textual', 'rich', 'yaml'} & set(sys.modules);"
             "print(sorted(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
-    code = "import sys, runbook.launch; print('runbook.cli' in sys.modules, 'argparse' in sys.modules)"
+    code = "import sys, runbook.launch; print('runbook.cli.main' in sys.modules, 'argparse' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False False"

@@ -1,0 +1,213 @@
+"""The backup side of the command line: `runbook backup`, `runbook backups`, `runbook prune`.
+
+`register(subparsers)` adds them to `runbook`'s parser. Importing this module stays cheap: boto3,
+psycopg and the backup machinery are imported inside the handlers. `-c FILE` falls back to
+`$RUNBOOK_CONFIG`, then /etc/runbook/repository.yaml, never the current directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from runbook.errors import RunbookError
+
+
+def _config_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", metavar="REPO_CONFIG",
+                   help="the repository config (default: $RUNBOOK_CONFIG, then /etc/runbook/repository.yaml)")
+
+
+def register(sub: Any) -> None:
+    b = sub.add_parser("backup", help="the daily full backup: dump, verify, publish, local retention")
+    _config_flag(b)
+    b.add_argument("--db", action="append", metavar="NAME", help="back up this database (repeatable; "
+                   "default: cluster.databases of the config)")
+    b.set_defaults(func=cmd_backup)
+
+    c = sub.add_parser("backups", help="the catalogue: every backup, where it is, how verified; the one a recovery picks")
+    _config_flag(c)
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--db", metavar="NAME", help="only this database")
+    c.set_defaults(func=cmd_backups)
+
+    p = sub.add_parser("prune", help="apply retention to every repository (off-site included)")
+    _config_flag(p)
+    p.add_argument("--dry-run", action="store_true", help="say what would be deleted; delete nothing")
+    p.add_argument("--only", choices=["local", "s3"], help="one repository only")
+    p.set_defaults(func=cmd_prune)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from steps.backup.logical import EXIT_CANNOT_RUN, BackupRun
+    from steps.repository.config import load_repository_config
+
+    try:
+        cfg, path = load_repository_config(args.config)
+    except RunbookError as e:
+        print(f"runbook: backup could not run: {e}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    return BackupRun(cfg, path, args.db).run()
+
+
+def _age(seconds: float) -> str:
+    s = int(max(seconds, 0))
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m = s // 60
+    return f"{d}d{h:02d}h" if d else f"{h}h{m:02d}m"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
+
+
+def cmd_backups(args: argparse.Namespace) -> int:
+    from steps.repository.catalogue import pick, scan
+    from steps.repository.config import load_repository_config
+    from steps.repository.store import open_stores
+
+    cfg, _ = load_repository_config(args.config)
+    now = datetime.now(UTC)
+    stores, errors = [], {}
+    for which in ("local", "s3"):
+        if getattr(cfg, which) is None:
+            continue
+        try:
+            stores += open_stores(cfg, which)  # type: ignore[arg-type]
+        except RunbookError as err:
+            errors[which] = str(err)
+    cat = scan(stores, db=args.db, kinds=("logical", "files", "base"))
+    errors.update(cat.errors)
+    picks = {db: pick(cat.entries, db) for db in cat.databases()}
+    picked_ids = {id(e) for e in picks.values() if e is not None}
+    if args.json:
+        print(json.dumps(_catalogue_json(cat, picks, picked_ids, errors, stores, now), indent=2))
+        return 1 if errors else 0
+    for name, msg in errors.items():
+        print(f"runbook: the {name} repository could not be read: {msg}", file=sys.stderr)
+    if not cat.entries:
+        print(("no logical backups" if cat.base else "no backups") + (f" of {args.db}" if args.db else "") + " in " + ", ".join(s.describe() for s in stores))
+    else:
+        print(f"  {'DATABASE':20} {'BACKUP':17} {'SNAPSHOT (UTC)':20} {'AGE':>7} {'SIZE':>10}  {'LEVEL':11} {'WHERE':9} CLUSTER")
+        for e in cat.entries:
+            mark = "*" if id(e) in picked_ids else " "
+            where = ",".join(e.locations())
+            when = e.time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+            level = e.level.name if not any(c.failed for c in e.copies.values()) else f"{e.level.name}!"
+            print(f"{mark} {e.db:20} {e.backup_id:17} {when:20} {_age((now - e.time).total_seconds()):>7} "
+                  f"{_mb(e.size_bytes):>10}  {level:11} {where:9} {e.cluster}")
+        print("* = what a recovery picks: the newest backup of each database at readable or better")
+        if any(c.failed for e in cat.entries for c in e.copies.values()):
+            print("! after a level = its latest verification FAILED (runbook verify-backup): that copy is not "
+                  "picked until a later verification passes")
+        for db, chosen in picks.items():
+            if chosen is None:
+                print(f"! {db}: no backup at readable or better: a recovery has nothing to start from")
+    if cat.base:
+        _print_base(cat.base, now)
+        _print_wal(stores, sorted({e.cluster for e in cat.base}))
+    if cat.files:
+        newest = cat.files[0]
+        n = len(getattr(newest.manifest, "files", []))
+        print(f"attachments: {len(cat.files)} snapshots; newest {newest.backup_id} ({n} files, "
+              f"{_mb(newest.size_bytes)}, {','.join(newest.locations())})")
+    if cat.incomplete:
+        print(f"{len(cat.incomplete)} incomplete backup directories (interrupted; `runbook prune` removes them "
+              "after a day)")
+    return 1 if errors else 0
+
+
+def _catalogue_json(cat: Any, picks: dict[str, Any], picked_ids: set[int], errors: dict[str, str],
+                    stores: list[Any], now: datetime) -> dict[str, Any]:
+    def entry(b: Any) -> dict[str, Any]:
+        return {
+            "kind": b.kind, "backup_id": b.backup_id, "db": b.db or None, "cluster": b.cluster or None,
+            "time": b.time.isoformat(), "age_s": round((now - b.time).total_seconds()), "size_bytes": b.size_bytes,
+            "level": b.level.name, "locations": b.locations(),
+            "copies": {n: {"level": c.level.name, "verified_at": c.verified_at.isoformat() if c.verified_at else None,
+                           "failed_at": c.failed.checked_at.isoformat() if c.failed else None,
+                           "path": c.prefix} for n, c in b.copies.items()},
+            "picked": id(b) in picked_ids,
+        }
+
+    return {
+        "generated_at": now.isoformat(),
+        "repositories": {s.name: {"where": s.describe(), "error": errors.get(s.name)} for s in stores}
+        | {n: {"where": None, "error": m} for n, m in errors.items() if n not in {s.name for s in stores}},
+        "backups": [entry(e) for e in cat.entries],
+        "picks": {db: (b.backup_id if b else None) for db, b in picks.items()},
+        "attachments": [entry(e) for e in cat.files],
+        "base_backups": [entry(e) | _base_json(e) for e in cat.base],
+        "incomplete": [{"repository": i.store.name, "path": i.prefix, "reason": i.reason} for i in cat.incomplete],
+    }
+
+
+def _base_json(e: Any) -> dict[str, Any]:
+    m = e.manifest
+    return {"timeline": m.timeline, "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn, "start_wal": m.start_wal,
+            "stop_wal": m.stop_wal, "started_at": m.started_at.isoformat(), "stopped_at": m.stopped_at.isoformat(),
+            "wal_segment_size": m.wal_segment_size, "compression": m.backup.compression,
+            "server_version": m.cluster.server_version}
+
+
+def _print_base(entries: list[Any], now: datetime) -> None:
+    """Base backups: a PITR can reach any moment after a backup's end, as far as the archived WAL goes."""
+    print(f"  {'BASE BACKUP':17} {'ENDED (UTC)':20} {'AGE':>7} {'SIZE':>10}  {'LEVEL':11} {'WHERE':9} "
+          f"{'TL':>3} {'WAL FROM':24} CLUSTER")
+    for e in entries:
+        m = e.manifest
+        when = e.time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"  {e.backup_id:17} {when:20} {_age((now - e.time).total_seconds()):>7} {_mb(e.size_bytes):>10}  "
+              f"{e.level.name:11} {','.join(e.locations()):9} {m.timeline:>3} {m.start_wal:24} {e.cluster}")
+    print("a point-in-time recovery starts from the newest readable base backup that ended before its target")
+
+
+def _print_wal(stores: list[Any], clusters: list[str]) -> None:
+    """The archived WAL range of each cluster with base backups: how far a PITR can go."""
+    from steps.pg.walnames import archived_segment, wal_dir
+
+    for store in stores:
+        for sysid in clusters:
+            try:
+                segs = sorted(s for k, _ in store.list_keys(wal_dir(sysid)) if (s := archived_segment(k)))
+            except RunbookError as e:
+                print(f"WAL of {sysid} in {store.name}: cannot list: {e}")
+                continue
+            if segs:
+                print(f"WAL of {sysid} in {store.name}: {len(segs)} segments, {segs[0]} .. {segs[-1]}")
+            else:
+                print(f"! WAL of {sysid} in {store.name}: none archived: no PITR past a base backup's end")
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from steps.repository.config import load_repository_config
+    from steps.repository.prune import prune_base, prune_store
+    from steps.repository.store import open_stores
+
+    cfg, _ = load_repository_config(args.config)
+    now = datetime.now(UTC)
+    code = 0
+    for which in ("local", "s3"):
+        if getattr(cfg, which) is None or (args.only and args.only != which):
+            continue
+        try:
+            store = open_stores(cfg, which, for_prune=True)[0]  # type: ignore[arg-type]
+            report = prune_store(store, cfg.retention, now=now, dry_run=args.dry_run)
+            base = prune_base(store, cfg.retention, now=now, dry_run=args.dry_run)
+            report.kept += base.kept
+            report.deleted += base.deleted
+        except RunbookError as e:
+            print(f"runbook: prune of the {which} repository failed: {e}", file=sys.stderr)
+            code = 1
+            continue
+        verb = "would delete" if args.dry_run else "deleted"
+        print(f"{report.repository}: kept {len(report.kept)}, {verb} {len(report.deleted)}")
+        for what, why in report.deleted:
+            print(f"  {verb} {what}: {why}")
+        for what, why in report.kept:
+            print(f"  kept {what}: {why}")
+    return code

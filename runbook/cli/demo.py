@@ -1,0 +1,165 @@
+"""`runbook demo`: a whole recovery on this machine, for training and for scheduled drills.
+
+It builds the sandbox (a PostgreSQL 15 primary with AssetFlow, a local repository), takes the daily backup
+with `runbook backup`, lets the application write more, then a disaster drops the database and wipes the
+attachments. The operator then recovers it with the shipped `runbook.yaml` in drill mode: in the TUI, or
+unattended with `--headless --yes` (the sandbox supplies its own typed confirmations). `--down` removes it.
+The sandbox's values live in a profile beside the runbook (`sandbox.profile.yaml`), so nothing in
+`runbook.yaml` is sandbox-specific and `runbook run --profile` can replay the drill.
+
+`--scenario pitr` (scenario 2): the primary archives its WAL with `runbook wal-push` into the sandbox's
+repository, a base backup is taken with `runbook basebackup`, then a steady stream of timestamped writes
+runs while a wrong `DROP TABLE` strikes half-way; the moment just before it is the profile's target_time,
+and the operator recovers to it with the `pitr` action into a new data directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from runbook.errors import RunbookError, UsageError
+
+
+def register(sub: Any) -> None:
+    d = sub.add_parser("demo", help="a local sandbox, a disaster, and the real recovery: the whole drill on this machine")
+    d.add_argument("--runbook", default="runbook.yaml", help="the runbook to walk (default: ./runbook.yaml)")
+    d.add_argument("--scenario", default="restore-latest")
+    d.add_argument("--headless", action="store_true", help="the console front end instead of the TUI")
+    d.add_argument("--yes", action="store_true", help="unattended: confirm every step with the sandbox's values")
+    d.add_argument("--down", action="store_true", help="stop and remove the sandbox")
+    d.add_argument("--scale", type=int, default=1, help="data size: 1 ≈ 2,000 assets and 4,000 loans (default 1)")
+    d.add_argument("--files", type=int, default=200, help="attachment files (default 200)")
+    d.add_argument("--dir", help="sandbox directory (default: /var/tmp/runbook-sandbox as root, else under "
+                   "~/.local/state/runbook)")
+    d.add_argument("--state-dir", help="where runs are kept (default: $XDG_STATE_HOME/runbook)")
+    d.set_defaults(func=cmd_demo)
+
+
+def _say(text: str) -> None:
+    print(f"demo: {text}", flush=True)
+
+
+def write_profile(sb: Any, runbook_path: Path, scenario: str, pitr: dict[str, Any] | None = None) -> Path:
+    """The sandbox's values for the runbook, beside it (or in the sandbox when that place is read-only)."""
+    import yaml
+
+    from steps.pg.server import as_server
+    from steps.pg.tools import PG_BIN
+    from steps.sandbox.build import DB
+
+    profile = {
+        "version": 1,
+        "description": "the local sandbox made by runbook demo",
+        "mode": "drill",
+        "scenario": scenario,
+        "params": {
+            "db_name": DB,
+            "db_host": str(sb.server.socket_dir),
+            "db_port": sb.server.port,
+            "repository": str(sb.config),
+            "restore_dir": str(sb.restore_dir),
+            "attachments_dir": str(sb.uploads),
+            "disaster_counts": str(sb.base / "at-disaster-counts.json"),
+            "maintenance_on": "echo 'sandbox: maintenance page ON (nothing to switch here)'",
+            "maintenance_off": "echo 'sandbox: maintenance page OFF'",
+            "switch_over": "echo 'sandbox: the application would now point at the recovered database'",
+        },
+        "secrets_env_file": str(sb.env_file),
+    }
+    profile["params"]["runbook_exe"] = sb.server_runbook()  # type: ignore[index]  # reprotect's archive_command
+    profile["params"]["drill_reprotect"] = True  # type: ignore[index]  # the sandbox's own repository
+    if pitr is not None:
+        stop = as_server([f"{PG_BIN}/pg_ctl", "-D", str(sb.server.datadir), "-m", "fast", "-w", "stop"])
+        profile["params"].update({  # type: ignore[attr-defined]
+            "target_time": pitr["target_time"],
+            "target_kind": "time",
+            "pgdata": str(sb.pitr_datadir),
+            "stop_server": " ".join(stop),
+        })
+    text = (
+        "# Written by `runbook demo`: the sandbox's values for the runbook. Replay the drill with\n"
+        f"#   runbook run {runbook_path.name} --profile sandbox.profile.yaml\n"
+        + yaml.safe_dump(profile, sort_keys=False, allow_unicode=True)
+    )
+    for place in (runbook_path.resolve().parent, sb.base):
+        path = place / "sandbox.profile.yaml"
+        try:
+            path.write_text(text)
+            return path
+        except OSError:
+            continue
+    raise RunbookError("cannot write the sandbox profile beside the runbook nor in the sandbox")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from steps.sandbox.build import Sandbox, default_dir
+
+    sb = Sandbox(Path(args.dir).resolve() if args.dir else default_dir())
+    if args.down:
+        if not sb.base.exists():
+            _say(f"no sandbox at {sb.base}: nothing to remove")
+            return 0
+        sb.down()
+        _say(f"sandbox removed ({sb.base})")
+        return 0
+    if args.yes and not args.headless:
+        raise UsageError("--yes is for unattended drills: add --headless (the TUI asks the operator)")
+    runbook_path = Path(args.runbook)
+    if not runbook_path.exists():
+        raise UsageError(f"{runbook_path} not found", hint="run from the project's directory, or pass --runbook FILE")
+    from runbook.loader import load_runbook
+
+    rb = load_runbook(runbook_path)  # a broken runbook fails before the sandbox is touched
+    if args.scenario not in rb.scenarios:
+        raise UsageError(f"scenario {args.scenario!r} is not in {runbook_path}: {', '.join(rb.scenarios)}")
+    _say(f"building the sandbox in {sb.base}")
+    if args.scenario == "pitr":
+        sb.build(args.scale, args.files, say=_say, archive=True)
+        sb.basebackup(say=_say)
+        story = sb.pitr_disaster(say=_say)
+        lost_at = datetime.fromisoformat(story["disaster_at"])
+        profile = write_profile(sb, runbook_path, args.scenario, pitr=story)
+        _say(f"profile: {profile}")
+        return _recover(args, rb, runbook_path, profile, lost_at)
+    sb.build(args.scale, args.files, say=_say)
+    sb.backup(say=_say)
+    sb.keep_writing(25, say=_say)
+    lost_at = sb.disaster(say=_say)
+    profile = write_profile(sb, runbook_path, args.scenario)
+    _say(f"profile: {profile}")
+    return _recover(args, rb, runbook_path, profile, lost_at)
+
+
+def _recover(args: argparse.Namespace, rb: Any, runbook_path: Path, profile: Path, lost_at: datetime) -> int:
+    from runbook.clock import Clock
+    from runbook.session import RunOptions, open_new_run
+    from runbook.state import default_state_dir
+
+    state_dir = Path(args.state_dir).expanduser() if args.state_dir else default_state_dir()
+    opts = RunOptions(runbook_path=runbook_path, scenario=args.scenario, mode="drill", profile=profile,
+                      incident_start=lost_at.isoformat(), data_lost_at=lost_at.isoformat(), state_dir=state_dir)
+    if not args.headless:
+        from runbook.loader import load_model
+        from runbook.session import Profile
+        from runbook.tui.app import run_new
+
+        given = load_model(profile, Profile, filename=str(profile)).params
+        _say("opening the runbook: recover AssetFlow step by step")
+        return run_new(opts, rb, given, state_dir)
+    from runbook.cli.headless import HeadlessOptions, run_headless
+
+    engine = open_new_run(opts, Clock(), state_dir=state_dir)
+    confirms = {s.id: v for s in engine.steps if (v := engine.typed_expected(s)) is not None} if args.yes else {}
+    code = run_headless(engine, HeadlessOptions(yes=args.yes, confirms=confirms))
+    c = engine.clock_status()
+    from runbook.durations import format_duration
+
+    verdict = "met" if c.elapsed_s <= c.target_s else "MISSED"
+    print(f"demo: measured RTO {format_duration(c.elapsed_s)} against {format_duration(c.target_s)}: {verdict}"
+          f" · report: runbook report {engine.run_id}" + (f" --state-dir {state_dir}" if args.state_dir else ""))
+    sys.stdout.flush()
+    return code

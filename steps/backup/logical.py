@@ -1,0 +1,497 @@
+"""`runbook backup`: the daily full backup (section 3 of the plan, done right), run by cron or systemd.
+
+Per database, under a lock: dump into a staging directory (steps.backup.dump: directory format, parallel jobs,
+gzip level 1, exact row counts in the dump's snapshot, globals beside it), compare its size with the
+previous good backup, store the objects in every configured repository and re-read them while
+pg_restore checks the archive (steps.backup.archive_check), and only when both passed write the manifests and
+their `readable` records (steps.repository.publish); then, only after a full success, apply local retention. The attachments directory, when configured, is captured
+once per run under the same id. Off-site retention is `runbook prune`, which may use other credentials.
+
+Exit codes: 0 ok; 1 a warning (size drop, retention failed) or published in some but not all
+repositories; 2 published nowhere; 3 could not run (config, lock held, no repository usable). The reason
+goes to stderr; everything goes to the log file; `backup-status.json` tells monitoring what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from runbook import __version__
+from runbook.errors import RunbookError
+from steps.backup.lock import BackupLock
+from steps.pg.tools import Conn
+from steps.repository import layout
+from steps.repository.config import RepositoryConfig
+from steps.repository.manifest import Check, FilesManifest, Level, LogicalManifest, ObjectEntry, Tool, to_json
+from steps.repository.store import LocalStore, RepositoryError, Store, checked_stores, sha256_file
+
+log = logging.getLogger("runbook.backup")
+
+EXIT_OK, EXIT_WARNING, EXIT_FAILED, EXIT_CANNOT_RUN = 0, 1, 2, 3
+STATUS = {EXIT_OK: "ok", EXIT_WARNING: "warning", EXIT_FAILED: "failed", EXIT_CANNOT_RUN: "could-not-run"}
+ATTACHMENTS = "attachments"
+
+
+class Interrupted(Exception):
+    """SIGTERM (systemd stop, cron kill): clean up and report."""
+
+
+@dataclass
+class Outcome:
+    """What happened to one target (a database, or the attachments) in this run."""
+
+    target: str
+    exit_code: int = EXIT_OK
+    backup_id: str | None = None
+    published: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # repository -> reason
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the backup cannot carry: said every run, exit code unchanged
+    error: str | None = None
+    size_bytes: int | None = None
+    snapshot_time: str | None = None
+    level: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    retention: dict[str, Any] | None = None
+
+    @property
+    def status(self) -> str:
+        return STATUS[self.exit_code]
+
+    def raise_to(self, code: int) -> None:
+        self.exit_code = max(self.exit_code, code)
+
+    def note_unusable(self, repositories: dict[str, str]) -> None:
+        """A repository that could not be used is a failed copy from the start."""
+        for name, reason in repositories.items():
+            if reason != "ok":
+                self.failed[name] = reason
+
+    def settle_published(self) -> None:
+        """Once every repository was tried: published nowhere fails, missing from some is a warning."""
+        if not self.published:
+            self.raise_to(EXIT_FAILED)
+        elif self.failed:
+            self.raise_to(EXIT_WARNING)
+
+    def as_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["status"] = self.status
+        d["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
+        return d
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def setup_logging(log_file: Path, *, console: bool = True) -> None:
+    """Everything to the log file (with times); INFO and up to the console (stderr)."""
+    logger = logging.getLogger("runbook")
+    logger.setLevel(logging.DEBUG)
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file, encoding="utf-8")
+    except OSError as e:
+        raise RunbookError(f"cannot write the backup log {log_file}: {e.strerror}",
+                           hint="set backup.log_file (or backup.state_dir) to a writable place") from None
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(message)s"))
+    fh.setLevel(logging.DEBUG)
+    logger.addHandler(fh)
+    if console:
+        ch = logging.StreamHandler(sys.stderr)
+        ch.setFormatter(logging.Formatter("backup: %(message)s"))
+        ch.setLevel(logging.INFO)
+        logger.addHandler(ch)
+    logger.propagate = False
+
+
+def write_status_file(path: Path, data: dict[str, Any], label: str) -> None:
+    """The run's status JSON for monitoring, replaced atomically; a failure is said on stderr, not raised."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        print(f"runbook: cannot write {label}: {e.strerror}", file=sys.stderr)
+
+
+def open_usable_stores(cfg: RepositoryConfig, repositories: dict[str, str], log: logging.Logger) -> list[Store]:
+    """The configured repositories that can be used, local first; `repositories` gets "ok" or why not, each."""
+    stores: list[Store] = []
+    for which, got in checked_stores(cfg, RunbookError):
+        if isinstance(got, RunbookError):
+            repositories[which] = str(got)
+            log.error("%s repository unusable: %s", which, got)
+            continue
+        repositories[which] = "ok"
+        stores.append(got)
+    return stores
+
+
+class BackupRun:
+    def __init__(self, cfg: RepositoryConfig, config_path: Path, dbs: list[str] | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.dbs = list(dbs) if dbs else list(cfg.cluster.databases)
+        self.conn = Conn(cfg.cluster.host, cfg.cluster.port, cfg.cluster.user)
+        self.state_dir = cfg.state_dir()
+        self.status_file = cfg.backup.status_file or self.state_dir / "backup-status.json"
+        self.log_file = cfg.backup.log_file or self.state_dir / "backup.log"
+        self.started_at = _now()
+        self.backup_id: str | None = None
+        self.outcomes: list[Outcome] = []
+        self.repositories: dict[str, str] = {}
+        self.stores: list[Store] = []
+        self._locks: list[BackupLock] = []
+        self._tmp_staging: Path | None = None
+
+    # --- the whole run ---------------------------------------------------------------------------
+
+    def run(self, *, console: bool = True) -> int:
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            raise Interrupted("terminated (SIGTERM)")
+
+        signal.signal(signal.SIGTERM, on_term)
+        try:
+            return self._run(console)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            for lock in self._locks:
+                lock.release()
+            if self._tmp_staging is not None:
+                shutil.rmtree(self._tmp_staging, ignore_errors=True)
+
+    def _run(self, console: bool) -> int:
+        try:
+            setup_logging(self.log_file, console=console)
+        except RunbookError as e:
+            return self._cannot_run(str(e))
+        log.info("runbook %s backup with %s: %s", __version__, self.config_path, ", ".join(self.dbs) or "no database")
+        if not self.dbs:
+            return self._cannot_run("no database to back up: list them in cluster.databases or pass --db NAME")
+        self._open_stores()
+        if not self.stores:
+            return self._cannot_run("no repository is usable: " + "; ".join(f"{k}: {v}" for k, v in self.repositories.items()))
+        try:
+            self._lock_and_pick_id()
+        except RunbookError as e:
+            return self._cannot_run(str(e))
+        try:
+            for db in self.dbs:
+                self.outcomes.append(self._backup_db(db))
+            if self.cfg.attachments is not None:
+                self.outcomes.append(self._backup_attachments())
+        except (Interrupted, KeyboardInterrupt) as e:
+            out = Outcome(target="run", exit_code=EXIT_FAILED, backup_id=self.backup_id,
+                          error=f"interrupted: {e or 'SIGINT'}; nothing more was published")
+            log.error("%s", out.error)
+            self.outcomes.append(out)
+        return self._finish()
+
+    def _cannot_run(self, reason: str) -> int:
+        self.outcomes.append(Outcome(target="run", exit_code=EXIT_CANNOT_RUN, error=reason))
+        print(f"runbook: backup could not run: {reason}", file=sys.stderr)
+        logging.getLogger("runbook.backup").debug("could not run: %s", reason)
+        self._write_status()
+        return EXIT_CANNOT_RUN
+
+    def _finish(self) -> int:
+        code = max((o.exit_code for o in self.outcomes), default=EXIT_OK)
+        for o in self.outcomes:
+            where = ", ".join(o.published) or "nowhere"
+            published = f"published in {where}" if o.published else "published nowhere"
+            if o.exit_code == EXIT_OK:
+                line = f"{o.target} {o.backup_id}: ok, {_mb(o.size_bytes)}, {o.level} in {where}"
+                print(line)
+                log.debug("%s", line)
+                continue
+            reasons = ([o.error] if o.error else []) + [f"{k}: {v}" for k, v in o.failed.items()] + o.warnings
+            head = f"{o.target} {o.backup_id or ''}".strip()
+            msg = f"backup of {head}: {o.status} ({published}): " + "; ".join(r.replace("\n", " ") for r in reasons)
+            print(f"runbook: {msg}", file=sys.stderr)
+            log.debug("%s", msg)
+        self._write_status()
+        log.info("backup run finished: %s (exit %d)", STATUS[code], code)
+        return code
+
+    def _write_status(self) -> None:
+        code = max((o.exit_code for o in self.outcomes), default=EXIT_OK)
+        data = {
+            "format_version": 1, "tool": {"name": "runbook", "version": __version__}, "host": socket.gethostname(),
+            "config": str(self.config_path), "backup_id": self.backup_id,
+            "started_at": self.started_at.isoformat(), "finished_at": _now().isoformat(),
+            "exit_code": code, "status": STATUS[code], "repositories": self.repositories,
+            "targets": {o.target: o.as_json() for o in self.outcomes},
+        }
+        write_status_file(self.status_file, data, f"the backup status {self.status_file}")
+
+    # --- set-up ----------------------------------------------------------------------------------
+
+    def _open_stores(self) -> None:
+        self.stores += open_usable_stores(self.cfg, self.repositories, log)
+
+    def _lock_dir(self) -> Path:
+        if self.cfg.backup.lock_dir is not None:
+            return self.cfg.backup.lock_dir
+        if self.cfg.local is not None and self.repositories.get("local") == "ok":
+            return self.cfg.local.path / "locks"
+        return self.state_dir / "locks"
+
+    def _lock_and_pick_id(self) -> None:
+        lock_dir = self._lock_dir()
+        targets = [self.conn.describe(db) for db in self.dbs]
+        if self.cfg.attachments is not None:
+            targets.append(f"attachments:{self.cfg.attachments.path}")
+        for target in targets:
+            self._locks.append(BackupLock.acquire(lock_dir, target))
+        # One id for the whole run (the attachments pair with the dumps by it), never reused for a target.
+        last = max((lk.last_id for lk in self._locks if lk.last_id), default="")
+        bid = layout.backup_id(_now())
+        while bid <= last:
+            time.sleep(0.2)
+            bid = layout.backup_id(_now())
+        self.backup_id = bid
+        for lk in self._locks:
+            lk.record(bid)
+
+    def _staging_root(self) -> Path:
+        """Where dumps are written before publishing: inside the local repository when it is usable (the
+        same filesystem, so publishing is a hard link), else `backup.staging_dir`, else a temp dir."""
+        from steps.repository.store import local_error
+
+        try:
+            if self.cfg.backup.staging_dir is not None:
+                root = self.cfg.backup.staging_dir
+            elif self.cfg.local is not None and self.repositories.get("local") == "ok":
+                root = self.cfg.local.path / ".staging"
+            else:
+                if self._tmp_staging is None:
+                    self._tmp_staging = Path(tempfile.mkdtemp(prefix="runbook-backup-", dir="/var/tmp"))
+                return self._tmp_staging
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise RunbookError(str(local_error(e, "creating the staging directory")),
+                               hint="set backup.staging_dir to a directory with room for one dump") from None
+        return root
+
+    # --- one database ----------------------------------------------------------------------------
+
+    def _backup_db(self, db: str) -> Outcome:
+        from steps.backup.dump import take_dump
+
+        assert self.backup_id is not None
+        from steps.repository.store import local_error
+
+        out = Outcome(target=db, backup_id=self.backup_id)
+        out.note_unusable(self.repositories)
+        staging: Path | None = None
+        try:
+            log.info("backing up %s as %s", self.conn.describe(db), self.backup_id)
+            t0 = time.monotonic()
+            try:
+                staging = self._staging_root() / f"{db}-{self.backup_id}"
+                shutil.rmtree(staging, ignore_errors=True)
+                try:
+                    result = take_dump(self.conn, db, staging, jobs=self.cfg.backup.jobs,
+                                       compression=self.cfg.backup.compression)
+                except OSError as e:
+                    raise local_error(e, f"writing the dump into {staging}") from None
+            except RunbookError as e:
+                out.error = str(e)
+                out.raise_to(EXIT_FAILED)
+                log.error("backup of %s failed, nothing published: %s", db, e)
+                return out
+            out.timings.update(result.timings)
+            out.timings["dump_total_s"] = time.monotonic() - t0
+            out.size_bytes = result.size_bytes
+            out.snapshot_time = result.snapshot_time.isoformat()
+            log.info("dumped %s: %s in %d objects, %d tables (%.1f s)", db, _mb(result.size_bytes),
+                     len(result.objects), len(result.row_counts), out.timings["dump_total_s"])
+            manifest = LogicalManifest(
+                backup_id=self.backup_id, database=result.facts, snapshot_time=result.snapshot_time,
+                started_at=result.started_at, stopped_at=result.stopped_at, dump=result.dump, globals=result.globals,
+                row_counts=result.row_counts, objects=result.objects, tool=Tool(version=__version__),
+                host=socket.gethostname(), user_mappings=result.user_mappings, notes=result.notes,
+            )
+            for note in result.notes:
+                out.notes.append(note)
+                log.warning("%s: %s", db, note)
+            self._size_check(out, manifest)
+            prefix = layout.logical_prefix(result.facts.system_identifier, db, self.backup_id)
+            self._verify_and_publish(out, prefix, staging, result.objects, to_json(manifest))
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+        if out.published and out.exit_code == EXIT_OK:
+            self._local_retention(out, db=db)
+        return out
+
+    def _verify_and_publish(self, out: Outcome, prefix: str, staging: Path, objects: list[ObjectEntry],
+                            manifest: bytes) -> None:
+        """The archive checks run while the objects travel; the manifests wait for both."""
+        from steps.backup.archive_check import check_archive
+
+        def checked() -> list[Check]:
+            t1 = time.monotonic()
+            try:
+                return check_archive(staging / layout.DUMP_DIR)
+            finally:
+                out.timings["check_s"] = time.monotonic() - t1
+
+        pool = ThreadPoolExecutor(max_workers=1)
+        try:
+            checks_future = pool.submit(checked)
+            stored = self._store_all(out, prefix, staging, objects)
+            try:
+                checks = checks_future.result()
+            except RunbookError as e:
+                out.error = str(e)
+                out.failed.update({s.name: "not published: the archive checks failed" for s in stored})
+                out.raise_to(EXIT_FAILED)
+                log.error("%s: the dump cannot be read back, nothing published: %s", out.target, e)
+                for store in stored:
+                    if isinstance(store, LocalStore):  # S3: no delete right needed; prune removes it later
+                        store.delete([prefix + o.path for o in objects])
+                return
+            log.info("archive readable: %s", "; ".join(c.detail for c in checks))
+            self._commit_all(out, stored, prefix, objects, manifest, Level.readable, checks)
+        finally:
+            pool.shutdown(wait=False)
+
+    def _store_all(self, out: Outcome, prefix: str, staging: Path, objects: list[ObjectEntry]) -> list[Store]:
+        from steps.repository.publish import store_objects
+
+        stored: list[Store] = []
+        for store in self.stores:
+            workers = self.cfg.s3.max_concurrency if store.name == "s3" and self.cfg.s3 else 1
+            t0 = time.monotonic()
+            try:
+                timings = store_objects(store, prefix, staging, objects, workers=workers)
+            except RepositoryError as e:
+                out.failed[store.name] = str(e)
+                log.error("%s: not published in %s: %s", out.target, store.describe(), e)
+                continue
+            finally:
+                out.timings[f"publish_{store.name}_s"] = time.monotonic() - t0
+            for k, v in timings.items():
+                out.timings[f"publish_{store.name}_{k}"] = v
+            stored.append(store)
+        return stored
+
+    def _commit_all(self, out: Outcome, stored: list[Store], prefix: str, objects: list[ObjectEntry],
+                    manifest: bytes, level: Level, checks: list[Check]) -> None:
+        from steps.repository.publish import commit
+
+        for store in stored:
+            t0 = time.monotonic()
+            try:
+                commit(store, prefix, objects, manifest, backup_id=out.backup_id or "", level=level, checks=checks)
+            except RepositoryError as e:
+                out.failed[store.name] = str(e)
+                log.error("%s: not published in %s: %s", out.target, store.describe(), e)
+                continue
+            out.timings[f"publish_{store.name}_s"] = out.timings.get(f"publish_{store.name}_s", 0) + time.monotonic() - t0
+            out.published.append(store.name)
+            out.level = level.name
+            log.info("%s: published in %s (%s)", out.target, store.describe(), level.name)
+        out.settle_published()
+
+    def _size_check(self, out: Outcome, manifest: LogicalManifest) -> None:
+        from steps.repository.catalogue import pick, scan
+
+        cat = scan(self.stores, db=manifest.database.name, kinds=("logical",))
+        prev = pick(cat.entries, manifest.database.name)
+        if prev is None or prev.size_bytes <= 0:
+            return
+        new, old = manifest.size_bytes, prev.size_bytes
+        limit = self.cfg.backup.max_size_drop
+        if new < old * (1 - limit):
+            msg = (f"the dump is {100 * (1 - new / old):.0f}% smaller than the previous backup {prev.backup_id} "
+                   f"({_mb(new)} vs {_mb(old)}; limit {limit:.0%}): check that no data was lost")
+            out.warnings.append(msg)
+            out.raise_to(EXIT_WARNING)
+            log.warning("%s", msg)
+
+    def _local_retention(self, out: Outcome, *, db: str | None = None, files: bool = False) -> None:
+        from steps.repository.prune import prune_store
+
+        local = next((s for s in self.stores if s.name == "local"), None)
+        if local is None or "local" not in out.published:
+            return
+        t0 = time.monotonic()
+        try:
+            report = prune_store(local, self.cfg.retention, now=_now(), db=db, logical=not files, files=files)
+        except RepositoryError as e:
+            out.warnings.append(f"local retention failed: {e}")
+            out.raise_to(EXIT_WARNING)
+            log.error("local retention failed: %s", e)
+            return
+        out.timings["retention_s"] = time.monotonic() - t0
+        out.retention = {"kept": len(report.kept), "deleted": [what for what, _ in report.deleted]}
+        for what, why in report.deleted:
+            log.info("retention: deleted %s (%s)", what, why)
+
+    # --- the attachments -------------------------------------------------------------------------
+
+    def _backup_attachments(self) -> Outcome:
+        from steps.backup.attachments import capture
+
+        assert self.cfg.attachments is not None and self.backup_id is not None
+        out = Outcome(target=ATTACHMENTS, backup_id=self.backup_id)
+        out.note_unusable(self.repositories)
+        staging: Path | None = None
+        try:
+            staging = self._staging_root() / f"attachments-{self.backup_id}"
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True, mode=0o700)
+            t0 = time.monotonic()
+            tar = staging / layout.ATTACHMENTS_TAR
+            cap = capture(self.cfg.attachments.path, tar)
+            size, digest = sha256_file(tar)
+            out.timings["capture_s"] = time.monotonic() - t0
+            out.size_bytes = size
+            for rel in cap.skipped:
+                out.warnings.append(f"skipped {rel}: not a regular file")
+            objects = [ObjectEntry(path=layout.ATTACHMENTS_TAR, size=size, sha256=digest)]
+            manifest = FilesManifest(backup_id=self.backup_id, source=str(self.cfg.attachments.path),
+                                     created_at=_now(), files=cap.files, objects=objects, tool=Tool(version=__version__))
+            log.info("attachments: %d files, %s", len(cap.files), _mb(size))
+            checks = [Check(name="archived", status="ok", detail=f"{len(cap.files)} files hashed as they were archived")]
+            prefix = layout.files_prefix(self.backup_id)
+            stored = self._store_all(out, prefix, staging, objects)
+            self._commit_all(out, stored, prefix, objects, to_json(manifest), Level.checksummed, checks)
+        except (RunbookError, OSError) as e:
+            out.error = str(e)
+            out.raise_to(EXIT_FAILED)
+            log.error("attachments not captured: %s", e)
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+        if out.published and out.exit_code == EXIT_OK and not out.warnings:
+            self._local_retention(out, files=True)
+        return out
+
+
+def _mb(n: int | None) -> str:
+    return "?" if n is None else f"{n / 1e6:.1f} MB"

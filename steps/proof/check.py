@@ -1,0 +1,398 @@
+"""`runbook check`: is WAL archiving configured and working, are the backups fresh, what is the RPO exposure now.
+
+For monitoring and for the last step of re-protection. Each check is `Check(name, status, detail, hint)`:
+- connection: the cluster of the config's `cluster:` section (libpq conventions), its system identifier;
+- repositories: each configured one can be read;
+- archive_mode / archive_command: archiving on, through `runbook wal-push` (and this very config);
+- archive_timeout: set, and no longer than the RPO target (`--rpo`, 5 min): a quiet database's last writes
+  otherwise wait in pg_wal until a segment fills;
+- pg_stat_archiver: a failure newer than the last success means archiving is failing now;
+- archived_wal: the last file the server archived is in every repository; the RPO exposure now is the age of
+  that archive when WAL has been written since;
+- wal_switch (`--force-switch`): commits a transaction, `pg_switch_wal()`, and waits (`--timeout`) until every
+  repository holds the finished segment;
+- logical_backup / base_backup: the age of the newest (base backups may not exist yet: said so);
+- tablespaces: every tablespace is in the newest base backup (a point-in-time recovery from a backup taken
+  before a CREATE TABLESPACE replays it at the original path: on the same host, the live directory).
+
+It needs a role with `pg_monitor` (and EXECUTE on `pg_switch_wal` for `--force-switch`), never a superuser.
+Exit codes: 0 all ok, 1 a warning, 2 a check failed, 3 the check could not run (config, connection).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from runbook.durations import rough_duration
+from runbook.errors import RunbookError
+
+Status = Literal["ok", "warning", "failed", "info"]
+EXIT = {"ok": 0, "info": 0, "warning": 1, "failed": 2}
+EXIT_CANNOT_RUN = 3
+
+
+@dataclass
+class Check:
+    name: str
+    status: Status
+    detail: str
+    hint: str | None = None
+
+
+class Checker:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.checks: list[Check] = []
+        self.now = datetime.now(UTC)
+
+    def add(self, name: str, status: Status, detail: str, hint: str | None = None) -> Check:
+        c = Check(name, status, detail, hint)
+        self.checks.append(c)
+        return c
+
+    # --- the run ----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        from steps.repository.config import load_repository_config
+
+        try:
+            cfg, path = load_repository_config(self.args.config)
+        except RunbookError as e:
+            self.add("config", "failed", str(e))
+            return EXIT_CANNOT_RUN
+        self.cfg, self.path = cfg, path.absolute()
+        stores = self._stores()
+        try:
+            conn = self._connect()
+        except RunbookError as e:
+            self.add("connection", "failed", e.message, e.hint)
+            return EXIT_CANNOT_RUN
+        with conn:
+            facts = self._facts(conn)
+            self._settings(facts)
+            from steps.wal.store import open_wal_stores
+
+            wal_stores = open_wal_stores(cfg.local.path if cfg.local else None,
+                                         cfg.s3.model_dump(mode="json") if cfg.s3 else None)
+            wal_stores = [s for s in wal_stores if s.name in {x.name for x in stores}]
+            if self.args.force_switch:
+                self._switch(conn, facts, wal_stores)
+                self.now = datetime.now(UTC)
+            self._archived(conn, facts, wal_stores)
+            tablespaces = conn.execute(
+                "select oid::text, spcname, pg_tablespace_location(oid) from pg_tablespace"
+                " where spcname not in ('pg_default', 'pg_global') order by oid").fetchall()
+        self._backups(facts["sysid"], stores, tablespaces)
+        worst = max((EXIT[c.status] for c in self.checks), default=0)
+        return worst
+
+    def _stores(self) -> list[Any]:
+        from steps.repository.store import RepositoryError, checked_stores
+
+        out = []
+        for which, got in checked_stores(self.cfg, RepositoryError):
+            if isinstance(got, RepositoryError):
+                self.add(f"repository:{which}", "failed", got.message, got.hint)
+                continue
+            self.add(f"repository:{which}", "ok", got.describe())
+            out.append(got)
+        return out
+
+    def _connect(self) -> Any:
+        from steps.pg.tools import Conn, connect
+
+        c = self.cfg.cluster
+        self.conn_info = Conn(c.host, c.port, c.user)
+        self.dbname = c.databases[0] if c.databases else "postgres"
+        return connect(self.conn_info, self.dbname, autocommit=True, application_name="runbook check")
+
+    def _facts(self, conn: Any) -> dict[str, Any]:
+        row = conn.execute(
+            "select current_user, current_setting('server_version'), pg_is_in_recovery(),"
+            " (select system_identifier::text from pg_control_system()),"
+            " current_setting('archive_mode'), current_setting('archive_command'),"
+            " (select setting::int from pg_settings where name = 'archive_timeout'),"
+            " current_setting('archive_library'), current_setting('wal_segment_size'),"
+            " (select setting::bigint from pg_settings where name = 'wal_segment_size')").fetchone()
+        keys = ["user", "version", "in_recovery", "sysid", "archive_mode", "archive_command", "archive_timeout",
+                "archive_library", "segment_size_text", "segment_size"]
+        facts = dict(zip(keys, row, strict=True))
+        where = self.conn_info.describe(self.dbname)
+        role = "a standby (in recovery)" if facts["in_recovery"] else "a primary"
+        self.add("connection", "ok", f"{where} as {facts['user']}: PostgreSQL {facts['version']}, {role}, "
+                 f"system identifier {facts['sysid']}, WAL segments of {facts['segment_size_text']}")
+        return facts
+
+    def _settings(self, f: dict[str, Any]) -> None:
+        mode = f["archive_mode"]
+        if mode == "off":
+            self.add("archive_mode", "failed", "archive_mode = off: no WAL is archived, point-in-time recovery "
+                     "is impossible", "set archive_mode = on (needs a restart) and archive_command")
+        elif mode == "always" or not f["in_recovery"]:
+            self.add("archive_mode", "ok", f"archive_mode = {mode}")
+        else:
+            self.add("archive_mode", "warning", "archive_mode = on on a standby: it archives nothing until promoted")
+        cmd = f["archive_command"] or ""
+        if f["archive_library"]:
+            self.add("archive_command", "warning", f"archive_library = {f['archive_library']!r} is used, "
+                     "not archive_command", "clear archive_library to archive with runbook wal-push")
+        elif not cmd.strip():
+            self.add("archive_command", "failed", "archive_command is empty: WAL piles up in pg_wal unarchived",
+                     "archive_command = '/path/to/venv/bin/runbook wal-push -c CONFIG %p'")
+        elif "wal-push" not in cmd:
+            self.add("archive_command", "warning", f"archive_command = {cmd!r} does not use runbook wal-push",
+                     "the repository gets no WAL from this server: "
+                     "archive_command = '/path/to/venv/bin/runbook wal-push -c CONFIG %p'")
+        else:
+            other = self._other_config(cmd)
+            if other:
+                self.add("archive_command", "warning", f"archive_command = {cmd!r} uses the repository config "
+                         f"{other}, not {self.path}", "the WAL goes elsewhere than this config's repositories")
+            else:
+                self.add("archive_command", "ok", f"archive_command = {cmd!r}")
+        timeout = int(f["archive_timeout"] or 0)
+        rpo = self.args.rpo
+        if timeout == 0:
+            self.add("archive_timeout", "warning", "archive_timeout = 0: on a quiet database the last writes wait "
+                     "in pg_wal until a segment fills, for hours", f"set archive_timeout to at most {rpo:g} s "
+                     "(the RPO target); 60 s is common")
+        elif timeout > rpo:
+            self.add("archive_timeout", "warning", f"archive_timeout = {timeout} s is longer than the RPO target "
+                     f"{rpo:g} s", f"set archive_timeout to at most {rpo:g} s")
+        else:
+            self.add("archive_timeout", "ok", f"archive_timeout = {timeout} s (RPO target {rpo:g} s)")
+
+    def _other_config(self, cmd: str) -> str | None:
+        try:
+            words = shlex.split(cmd)
+        except ValueError:
+            return None
+        for i, w in enumerate(words):
+            given = words[i + 1] if w in ("-c", "--config") and i + 1 < len(words) else (
+                w.split("=", 1)[1] if w.startswith("--config=") else None)
+            if given:
+                return None if Path(given).absolute() == self.path else given
+        return None
+
+    def _stat_archiver(self, conn: Any) -> dict[str, Any]:
+        row = conn.execute("select archived_count, last_archived_wal, last_archived_time, failed_count,"
+                           " last_failed_wal, last_failed_time, stats_reset from pg_stat_archiver").fetchone()
+        keys = ["archived_count", "last_archived_wal", "last_archived_time", "failed_count", "last_failed_wal",
+                "last_failed_time", "stats_reset"]
+        return dict(zip(keys, row, strict=True))
+
+    def _archived(self, conn: Any, facts: dict[str, Any], stores: list[Any]) -> None:
+        from steps.repository.layout import wal_key
+
+        a = self._stat_archiver(conn)
+        failing = a["last_failed_time"] is not None and (
+            a["last_archived_time"] is None or a["last_failed_time"] > a["last_archived_time"])
+        if failing:
+            self.add("pg_stat_archiver", "failed",
+                     f"archiving is failing: {a['failed_count']} failures, the last for {a['last_failed_wal']} "
+                     f"{rough_duration((self.now - a['last_failed_time']).total_seconds())} ago, after the last success "
+                     f"({a['last_archived_wal'] or 'none'})",
+                     "read the server log for archive_command's message; WAL piles up in pg_wal meanwhile")
+        else:
+            extra = f" ({a['failed_count']} failures earlier, all followed by successes)" if a["failed_count"] else ""
+            self.add("pg_stat_archiver", "ok", f"{a['archived_count']} files archived since "
+                     f"{a['stats_reset']:%Y-%m-%d %H:%M}, no failure since the last success{extra}")
+        last = a["last_archived_wal"]
+        if not last:
+            self.add("archived_wal", "warning", "the server has archived nothing yet (since its statistics reset)",
+                     "runbook check --force-switch archives a segment now")
+            return
+        key = wal_key(facts["sysid"], last)
+        missing = []
+        for s in stores:
+            try:
+                if s.stat(key) is None:
+                    missing.append(s.describe())
+            except RunbookError as e:
+                missing.append(f"{s.describe()} ({e.message})")
+        age = (self.now - a["last_archived_time"]).total_seconds()
+        insert_lsn = conn.execute("select pg_current_wal_insert_lsn()::text").fetchone()[0] if not facts[
+            "in_recovery"] else None
+        pending = self._pending(insert_lsn, last, int(facts["segment_size"]))
+        if missing:
+            self.add("archived_wal", "failed", f"the server archived {last} {rough_duration(age)} ago, but "
+                     f"{', '.join(missing)} do(es) not hold it", "is archive_command using another repository "
+                     "config? compare it with this one")
+            return
+        exposure = f"RPO exposure now: up to {rough_duration(age)} of WAL not yet archived" if pending else \
+            "no WAL written since: nothing at risk"
+        status: Status = "warning" if pending and age > self.args.rpo else "ok"
+        self.add("archived_wal", status, f"newest archived {last}, {rough_duration(age)} ago, in every repository; {exposure}",
+                 "archiving lags behind: check pg_stat_archiver and the server log" if status == "warning" else None)
+
+    @staticmethod
+    def _pending(insert_lsn: str | None, last: str, segment_size: int) -> bool:
+        """Has WAL been written after the last archived segment?"""
+        from steps.repository.layout import parse_wal_name
+
+        if insert_lsn is None:
+            return False
+        hi, lo = insert_lsn.split("/")
+        lsn = (int(hi, 16) << 32) | int(lo, 16)
+        try:
+            w = parse_wal_name(last)
+        except ValueError:
+            return True
+        if w.kind not in ("segment", "partial"):
+            return True
+        archived_end = (w.segno(segment_size) + 1) * segment_size
+        return lsn > archived_end + 40  # past the next segment's long page header: records were written
+
+    def _switch(self, conn: Any, facts: dict[str, Any], stores: list[Any]) -> None:
+        from steps.repository.layout import wal_key
+
+        if facts["in_recovery"]:
+            self.add("wal_switch", "failed", "cannot switch WAL on a standby", "run check against the primary")
+            return
+        started = datetime.now(UTC)
+        try:
+            conn.execute("select txid_current()")  # something to switch away from: a commit record
+            seg = conn.execute("select pg_walfile_name(pg_switch_wal())").fetchone()[0]
+        except Exception as e:  # noqa: BLE001 - psycopg's errors, reported as a check
+            self.add("wal_switch", "failed", f"pg_switch_wal() failed: {str(e).strip()}",
+                     f"grant execute on function pg_switch_wal() to {facts['user']}")
+            return
+        key = wal_key(facts["sysid"], seg)
+        t0 = time.monotonic()
+        waiting = {s.describe(): s for s in stores}
+        while waiting and time.monotonic() - t0 < self.args.timeout:
+            for where, s in list(waiting.items()):
+                try:
+                    if s.stat(key) is not None:
+                        del waiting[where]
+                except RunbookError:
+                    pass
+            if not waiting:
+                break
+            a = self._stat_archiver(conn)
+            if a["last_failed_wal"] == seg and a["last_failed_time"] and a["last_failed_time"] >= started:
+                self.add("wal_switch", "failed", f"switched to a new segment; archiving {seg} FAILED "
+                         f"({a['failed_count']} failures)", "read the server log for archive_command's message")
+                return
+            time.sleep(0.2)
+        took = time.monotonic() - t0
+        # The server records the success just after the command returns: let pg_stat_archiver catch up.
+        settle = time.monotonic() + 5
+        while not waiting and time.monotonic() < settle:
+            done = self._stat_archiver(conn)["last_archived_wal"]
+            if done and done[:24] >= seg:
+                break
+            time.sleep(0.05)
+        if waiting:
+            self.add("wal_switch", "failed", f"switched WAL: {seg} did not reach {', '.join(waiting)} within "
+                     f"{self.args.timeout:g} s", "is archive_command set and working? see pg_stat_archiver and "
+                     "the server log")
+        else:
+            self.add("wal_switch", "ok", f"switched WAL: {seg} reached every repository in {took:.1f} s")
+
+    def _backups(self, sysid: str, stores: list[Any], tablespaces: list[tuple[str, str, str]]) -> None:
+        from steps.repository import layout
+        from steps.repository.catalogue import scan
+        from steps.repository.manifest import Level
+
+        if not stores:
+            return
+        cat = scan(stores, kinds=("logical",))
+        mine = [e for e in cat.entries if e.cluster == sysid and e.level >= Level.readable]
+        if mine:
+            newest = mine[0]
+            age = (self.now - newest.time).total_seconds()
+            status: Status = "ok" if age <= self.args.max_logical_age else "warning"
+            self.add("logical_backup", status, f"newest {newest.db} {newest.backup_id} ({newest.level.name}, in "
+                     f"{', '.join(newest.locations())}), {rough_duration(age)} old",
+                     None if status == "ok" else "is the daily `runbook backup` job running? see its status file")
+        else:
+            self.add("logical_backup", "warning", f"no readable logical backup of cluster {sysid}",
+                     "run `runbook backup -c CONFIG` (and schedule it daily)")
+        newest_base: tuple[str, str] | None = None
+        base_store: Any = None
+        for s in stores:
+            try:
+                for bid in s.list_dirs(f"clusters/{sysid}/base/"):
+                    if (layout.is_id(bid) and (newest_base is None or bid > newest_base[0])
+                            and s.exists(f"clusters/{sysid}/base/{bid}/{layout.MANIFEST}")):
+                        newest_base, base_store = (bid, s.name), s
+            except RunbookError:
+                continue
+        if newest_base is not None and tablespaces:
+            self._tablespaces(sysid, newest_base[0], base_store, tablespaces)
+        if newest_base is None:
+            self.add("base_backup", "warning", f"no base backup of cluster {sysid} yet: point-in-time recovery "
+                     "has nothing to start from", "run `runbook basebackup -c CONFIG` (and schedule it weekly)")
+        else:
+            age = (self.now - layout.parse_id(newest_base[0])).total_seconds()
+            status = "ok" if age <= self.args.max_base_age else "warning"
+            self.add("base_backup", status, f"newest {newest_base[0]} (in {newest_base[1]}), {rough_duration(age)} old",
+                     None if status == "ok" else "is the weekly `runbook basebackup` job running?")
+
+
+    def _tablespaces(self, sysid: str, bid: str, store: Any, tablespaces: list[tuple[str, str, str]]) -> None:
+        """Every tablespace must be in the newest base backup: one created after it is re-created by a
+        point-in-time recovery's replay at its original path, which on this host is the live directory."""
+        import re
+
+        from steps.repository import layout
+        from steps.repository.manifest import parse_base
+
+        try:
+            m = parse_base(store.get_bytes(f"clusters/{sysid}/base/{bid}/{layout.MANIFEST}"))
+        except (RunbookError, ValueError) as e:
+            self.add("tablespaces", "warning", f"cannot read base backup {bid}'s manifest: {e}")
+            return
+        in_backup = {g.group(1) for o in m.objects if (g := re.match(r"^(\d+)\.tar(\.\w+)?$", o.path))}
+        missing = [(oid, name, where) for oid, name, where in tablespaces if oid not in in_backup]
+        if not missing:
+            self.add("tablespaces", "ok", f"{len(tablespaces)} tablespace(s), all in base backup {bid}")
+            return
+        names = ", ".join(f"{name} (OID {oid}, {where})" for oid, name, where in missing)
+        self.add("tablespaces", "warning",
+                 f"not in the newest base backup {bid}: {names}. A point-in-time recovery from it replays "
+                 "CREATE TABLESPACE at the original path: on this host, into the live tablespace's directory",
+                 "run `runbook basebackup -c CONFIG` now (and after every CREATE TABLESPACE)")
+
+
+def _print(checks: list[Check], code: int) -> None:
+    label = {"ok": "ok", "info": "info", "warning": "WARNING", "failed": "FAILED"}
+    width = max((len(c.name) for c in checks), default=10)
+    for c in checks:
+        print(f"{label[c.status]:8} {c.name:{width}}  {c.detail}")
+        if c.hint:
+            print(f"{'':8} {'':{width}}  hint: {c.hint}")
+    verdict = {0: "all checks passed", 1: "warnings", 2: "FAILED", 3: "could not run"}[code]
+    print(f"check: {verdict}")
+
+
+def run_check(args: argparse.Namespace) -> int:
+    checker = Checker(args)
+    try:
+        code = checker.run()
+    except RunbookError as e:
+        checker.add("check", "failed", e.message, e.hint)
+        code = EXIT_CANNOT_RUN
+    except Exception as e:  # noqa: BLE001 - a query failing (privileges): say so, exit "could not run"
+        checker.add("check", "failed", f"{type(e).__name__}: {str(e).strip()}",
+                    "the role needs pg_monitor (and EXECUTE on pg_switch_wal for --force-switch)")
+        code = EXIT_CANNOT_RUN
+    if args.json:
+        verdict = {0: "ok", 1: "warning", 2: "failed", 3: "could not run"}[code]
+        print(json.dumps({"status": verdict, "exit_code": code, "generated_at": checker.now.isoformat(),
+                          "config": str(getattr(checker, "path", args.config or os.environ.get("RUNBOOK_CONFIG"))),
+                          "checks": [asdict(c) for c in checker.checks]}, indent=2))
+    else:
+        _print(checker.checks, code)
+    sys.stdout.flush()
+    return code

@@ -1,0 +1,193 @@
+"""The repository config: what to back up, where the backups live, how long they are kept.
+
+One YAML file shared by `backup`, `backups`, `prune` and the recovery actions (`fetch-latest-backup`,
+`restore-attachments`). It is loaded with `runbook.loader.load_model`, so every problem is reported
+as `FILE:LINE:COL: message`; unknown keys are errors. Which file: `-c FILE`, else `$RUNBOOK_CONFIG`,
+else `/etc/runbook/repository.yaml`; never the current directory (cron and systemd run elsewhere).
+
+The reference for every key is docs/repository-config.md.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from runbook.errors import RunbookError, UsageError
+from steps.wal.settings import CONFIG_ENV, DEFAULT_CONFIG, chosen_config_path
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClusterConfig(_Strict):
+    """The PostgreSQL cluster being protected, reached by libpq conventions."""
+
+    host: str | None = Field(None, description="Host name or socket directory (default: PGHOST)")
+    port: int | None = Field(None, ge=1, le=65535, description="Port (default: PGPORT)")
+    user: str | None = Field(None, description="Role the backup runs as (default: PGUSER); password from .pgpass")
+    databases: list[str] = Field(default_factory=list, description="What `backup` dumps (`--db` overrides)")
+    data_directory: str | None = Field(None, description="The cluster's data directory (base backups, PITR)")
+
+
+class LocalConfig(_Strict):
+    path: Path = Field(description="Directory of the local repository (absolute)")
+
+    @model_validator(mode="after")
+    def _absolute(self) -> LocalConfig:
+        if not self.path.is_absolute():
+            raise ValueError(f"local.path must be an absolute path, not {str(self.path)!r}")
+        return self
+
+
+class S3Config(_Strict):
+    bucket: str = Field(min_length=3, max_length=63)
+    prefix: str = Field("", description="Key prefix inside the bucket, e.g. assetflow")
+    region: str | None = None
+    endpoint_url: str | None = Field(None, description="MinIO, Ceph, any S3-compatible store")
+    sse: Literal["AES256", "aws:kms"] | None = Field(None, description="Server-side encryption")
+    sse_kms_key_id: str | None = Field(None, description="KMS key for sse: aws:kms (default: the bucket's)")
+    credentials_file: Path | None = Field(
+        None, description="An AWS shared credentials file (else boto3's own chain); mode 0600 or 0640"
+    )
+    profile: str | None = Field(None, description="Profile in that file (default: default)")
+    prune_credentials_file: Path | None = Field(
+        None, description="Credentials `runbook prune` uses (may delete); the backup's need no delete right"
+    )
+    multipart_threshold_mb: int = Field(64, ge=5, description="Objects from this size are uploaded in parts")
+    multipart_chunk_mb: int = Field(64, ge=5)
+    max_concurrency: int = Field(4, ge=1, le=64, description="Parallel object transfers")
+    max_attempts: int = Field(5, ge=1, le=20, description="Attempts per request on transient errors")
+    connect_timeout_s: float = Field(10, gt=0)
+    read_timeout_s: float = Field(60, gt=0)
+
+    @model_validator(mode="after")
+    def _kms(self) -> S3Config:
+        if self.sse_kms_key_id and self.sse != "aws:kms":
+            raise ValueError("sse_kms_key_id needs sse: aws:kms")
+        return self
+
+    @property
+    def key_prefix(self) -> str:
+        p = self.prefix.strip("/")
+        return f"{p}/" if p else ""
+
+
+class RetentionConfig(_Strict):
+    keep_last: int = Field(7, ge=1, description="Keep the newest N backups of each database")
+    keep_days: float = Field(7, ge=0, description="Keep every backup younger than this many days")
+
+
+class AttachmentsConfig(_Strict):
+    path: Path = Field(description="Directory of user-uploaded files captured by every backup")
+
+
+class ChecksConfig(_Strict):
+    expect_tables: list[str] = Field(default_factory=list)
+    smoke: list[str] = Field(default_factory=list)
+
+
+class BackupConfig(_Strict):
+    jobs: int = Field(2, ge=1, le=64, description="pg_dump --jobs (directory format)")
+    compression: int = Field(1, ge=0, le=9, description="pg_dump gzip level; 1 is ~4x faster than 6")
+    max_size_drop: float = Field(
+        0.5, ge=0, le=1, description="A dump smaller than the previous one by more than this share is a warning"
+    )
+    state_dir: Path | None = Field(None, description="Status JSON, log and lock (default: $XDG_STATE_HOME/runbook)")
+    log_file: Path | None = Field(None, description="Default: <state_dir>/backup.log")
+    status_file: Path | None = Field(None, description="Default: <state_dir>/backup-status.json")
+    lock_dir: Path | None = Field(None, description="Default: <local.path>/locks, else <state_dir>/locks")
+    staging_dir: Path | None = Field(None, description="Default: <local.path>/.staging, else a temp dir")
+
+
+class BaseBackupSettings(_Strict):
+    """`runbook basebackup`: pg_basebackup in tar format, compressed, its WAL from the archive."""
+
+    compression: str = Field(
+        "server-zstd:level=1", pattern=r"^(none|((server|client)-)?(gzip|lz4|zstd)(:[a-z0-9=,]+)?)$",
+        description="pg_basebackup --compress; server-side zstd level 1 was the fastest and smallest measured "
+                    "(docs/basebackup.md)")
+    checkpoint: Literal["fast", "spread"] = Field("fast", description="pg_basebackup --checkpoint")
+    wal_wait_s: float = Field(
+        300, gt=0, description="How long to wait for the backup's WAL to reach the archive before failing")
+    timeout_s: float = Field(6 * 3600, gt=0, description="The whole pg_basebackup run, at most")
+    staging_dir: Path | None = Field(None, description="Default: <local.path>/.staging, else a temp dir")
+
+
+class WalConfig(_Strict):
+    """WAL archiving (`wal-push`, `wal-fetch`): compression, the asynchronous mode, fetch read-ahead."""
+
+    compression: Literal["zstd"] = Field("zstd", description="How WAL is stored: zstd, chosen by measurement "
+                                         "(bench/wal_bench.py: smaller and faster than gzip -1, smaller than lz4)")
+    compression_level: int = Field(1, ge=1, le=19, description="zstd level; 1 is the fast one")
+    async_: bool = Field(False, alias="async", description="Spool and upload in parallel by a background worker "
+                         "(wal-push still confirms a segment only once every repository holds it)")
+    spool_dir: Path | None = Field(None, description="Spool of the asynchronous mode and of fetch read-ahead, "
+                                   "writable by the server's user (default: $XDG_STATE_HOME/runbook/wal-spool)")
+    max_parallel: int = Field(4, ge=1, le=32, description="Segments the asynchronous worker uploads at once")
+    push_timeout_s: float = Field(60, gt=0, le=3600, description="How long wal-push waits for its segment's upload")
+    worker_idle_s: float = Field(30, gt=0, le=3600, description="A worker with nothing to do exits after this")
+    prefetch: int = Field(8, ge=0, le=128, description="Segments wal-fetch reads ahead into the spool (0: off)")
+    fetch_attempts: int = Field(3, ge=1, le=20, description="Attempts per repository before wal-fetch gives up "
+                                "(exit 126: recovery stops rather than ending early)")
+
+    @model_validator(mode="after")
+    def _absolute(self) -> WalConfig:
+        if self.spool_dir is not None and not self.spool_dir.is_absolute():
+            raise ValueError(f"wal.spool_dir must be an absolute path, not {str(self.spool_dir)!r}")
+        return self
+
+
+class RepositoryConfig(_Strict):
+    version: Literal[1]
+    cluster: ClusterConfig = Field(default_factory=lambda: ClusterConfig.model_validate({}))
+    local: LocalConfig | None = None
+    s3: S3Config | None = None
+    retention: RetentionConfig = Field(default_factory=lambda: RetentionConfig.model_validate({}))
+    attachments: AttachmentsConfig | None = None
+    checks: ChecksConfig = Field(default_factory=lambda: ChecksConfig.model_validate({}))
+    backup: BackupConfig = Field(default_factory=lambda: BackupConfig.model_validate({}))
+    basebackup: BaseBackupSettings = Field(default_factory=lambda: BaseBackupSettings.model_validate({}))
+    wal: WalConfig = Field(default_factory=lambda: WalConfig.model_validate({}))
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> RepositoryConfig:
+        if self.local is None and self.s3 is None:
+            raise ValueError("configure at least one repository: local: {path: ...} and/or s3: {bucket: ...}")
+        return self
+
+    def state_dir(self) -> Path:
+        if self.backup.state_dir is not None:
+            return self.backup.state_dir
+        from runbook.state import default_state_dir
+
+        return default_state_dir()
+
+
+def resolve_config_path(given: str | os.PathLike[str] | None) -> Path:
+    """`-c FILE`, else `$RUNBOOK_CONFIG`, else /etc/runbook/repository.yaml; never the current directory."""
+    path = chosen_config_path(given, DEFAULT_CONFIG)  # this module's DEFAULT_CONFIG: a test may point it elsewhere
+    if not path.exists():
+        how = "given with -c" if given else (f"from ${CONFIG_ENV}" if os.environ.get(CONFIG_ENV) else "the default")
+        raise UsageError(
+            f"repository config {path} ({how}) does not exist",
+            hint=f"pass -c FILE, or set {CONFIG_ENV}; docs/repository-config.md describes the file",
+        )
+    return path
+
+
+def load_repository_config(given: str | os.PathLike[str] | None) -> tuple[RepositoryConfig, Path]:
+    """Find and load the repository config. Raises InvalidFile (every problem, FILE:LINE:COL) or UsageError."""
+    from runbook.loader import load_model
+
+    path = resolve_config_path(given)
+    try:
+        return load_model(path, RepositoryConfig), path
+    except RunbookError:
+        raise
+    except OSError as e:
+        raise UsageError(f"cannot read the repository config {path}: {e.strerror}") from None

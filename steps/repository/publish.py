@@ -1,0 +1,167 @@
+"""Publishing a staged backup into one repository, so that it exists only once it is whole and verified.
+
+Order, per repository: refuse a directory that already holds anything (backups are never overwritten);
+store every object; re-read every object from the repository and compare its sha256 with the manifest
+(`store_objects`); only then store `manifest.json` (the backup now exists) and re-read it; then the
+verification record (`commit`; level `readable` for a dump whose archive checks passed). The two phases
+are separate so that the archive checks can run while the objects travel: the manifest waits for both. An interruption before the manifest leaves an
+incomplete directory that nothing lists (and `prune` removes after a day); a repository failing at any
+point gets no manifest.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from runbook import __version__
+from steps.repository import layout
+from steps.repository.manifest import (
+    Check,
+    Level,
+    ObjectEntry,
+    Tool,
+    VerificationRecord,
+    sha256_bytes,
+    to_json,
+)
+from steps.repository.store import CorruptObject, ObjectExists, RepositoryError, Store
+
+ByteProgress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+@dataclass
+class Published:
+    store: Store
+    record: VerificationRecord
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _Counter:
+    def __init__(self, total: int, report: ByteProgress | None) -> None:
+        self.total = total
+        self.done = 0
+        self.report = report
+        self._lock = threading.Lock()
+        self._last = 0.0
+
+    def __call__(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+            now = time.monotonic()
+            if self.report and (now - self._last > 0.5 or self.done >= self.total):
+                self._last = now
+                self.report(self.done, self.total)
+
+
+def store_objects(
+    store: Store,
+    prefix: str,
+    staging: Path,
+    objects: list[ObjectEntry],
+    *,
+    workers: int = 1,
+    progress: ByteProgress | None = None,
+) -> dict[str, float]:
+    """Phase 1: store every object under `prefix` and re-read it; no manifest yet, so no backup yet.
+
+    Refuses a prefix that already holds anything. Returns timings. Raises RepositoryError.
+    """
+    timings: dict[str, float] = {}
+    existing = store.list_keys(prefix)
+    if existing:
+        raise ObjectExists(f"{prefix} already holds {len(existing)} objects in {store.describe()}; "
+                           "backups are never overwritten")
+    total = sum(o.size for o in objects)
+    t0 = time.monotonic()
+    up = _Counter(total, progress)
+    _each(objects, lambda o: store.put_file(prefix + o.path, staging / o.path, up), workers)
+    timings["upload_s"] = time.monotonic() - t0
+
+    t1 = time.monotonic()
+
+    def reread(o: ObjectEntry) -> None:
+        size, digest = store.hash_object(prefix + o.path)
+        if digest != o.sha256 or size != o.size:
+            raise CorruptObject(store.describe(), prefix + o.path, f"sha256 {o.sha256} ({o.size} bytes)",
+                                f"sha256 {digest} ({size} bytes)")
+
+    _each(objects, reread, workers)
+    timings["reread_s"] = time.monotonic() - t1
+    return timings
+
+
+def commit(
+    store: Store,
+    prefix: str,
+    objects: list[ObjectEntry],
+    manifest: bytes,
+    *,
+    backup_id: str,
+    level: Level,
+    checks: list[Check],
+) -> VerificationRecord:
+    """Phase 2, after `store_objects`: the manifest (now the backup exists), re-read, then its record."""
+    key = prefix + layout.MANIFEST
+    store.put_bytes(key, manifest)
+    if store.get_bytes(key) != manifest:
+        raise CorruptObject(store.describe(), key, f"sha256 {sha256_bytes(manifest)}", "different bytes")
+    now = datetime.now(UTC)
+    total = sum(o.size for o in objects)
+    record = VerificationRecord(
+        backup_id=backup_id, level=level.name, passed=True, checked_at=now, repository=store.name,
+        manifest_sha256=sha256_bytes(manifest),
+        checks=[Check(name="sha256 re-read", status="ok",
+                      detail=f"{len(objects)} objects, {total} bytes re-read from {store.describe()}"), *checks],
+        tool=Tool(version=__version__), host=socket.gethostname(),
+    )
+    store.put_bytes(layout.verification_key(prefix, now), to_json(record))
+    return record
+
+
+def publish(
+    store: Store,
+    prefix: str,
+    staging: Path,
+    objects: list[ObjectEntry],
+    manifest: bytes,
+    *,
+    backup_id: str,
+    level: Level,
+    checks: list[Check],
+    workers: int = 1,
+    progress: ByteProgress | None = None,
+) -> Published:
+    """Both phases: publish `objects` (files under `staging`) and `manifest` under `prefix`. Raises RepositoryError."""
+    t0 = time.monotonic()
+    timings = store_objects(store, prefix, staging, objects, workers=workers, progress=progress)
+    record = commit(store, prefix, objects, manifest, backup_id=backup_id, level=level, checks=checks)
+    timings["total_s"] = time.monotonic() - t0
+    return Published(store=store, record=record, timings=timings)
+
+
+def _each(objects: list[ObjectEntry], fn: Callable[[ObjectEntry], None], workers: int) -> None:
+    if workers <= 1 or len(objects) <= 1:
+        for o in objects:
+            fn(o)
+        return
+    # Biggest first, so one large table does not start last.
+    ordered = sorted(objects, key=lambda o: o.size, reverse=True)
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        futures = [pool.submit(fn, o) for o in ordered]
+        for f in as_completed(futures):
+            e = f.exception()
+            if e is not None:  # the first failure ends the publication: no point sending the rest
+                pool.shutdown(wait=True, cancel_futures=True)
+                if isinstance(e, RepositoryError):
+                    raise e
+                raise RepositoryError(f"{type(e).__name__}: {e}")
+    finally:
+        pool.shutdown(wait=True)

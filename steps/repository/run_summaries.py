@@ -1,0 +1,98 @@
+"""Run summaries in the repository: `runs/<run id>.json`, so that every host sees every drill.
+
+Every live or drill run that closes writes its summary (runbook, scenario, mode, status, times, measured RTO
+and its target, the RPO facts, operator and host, when protection was restored) into each configured
+repository; `runbook status` reads them beside the local state directory's runs, so a drill run on another
+host counts for staleness and for the RTO verdict. Writing never fails a run: a problem is returned, and the
+session journals nothing after the run closed (the summary is a copy of what the journal holds).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from runbook.state import RunState
+
+PREFIX = "runs/"
+
+
+def summary(st: RunState) -> dict[str, Any]:
+    from runbook.report import rpo_facts, rto_facts
+
+    now = st.ended_at or datetime.now().astimezone()
+    rto = rto_facts(st, now)
+    rpo = rpo_facts(st)
+
+    def t(d: datetime | None) -> str | None:
+        return d.isoformat() if d else None
+
+    return {
+        "format_version": 1, "run_id": st.run_id, "runbook": st.runbook_name, "scenario": st.scenario,
+        "mode": st.mode, "status": st.status, "target": st.target, "incident_start": t(st.incident_start),
+        "data_lost_at": t(st.data_lost_at), "started_at": t(st.started_at), "ended_at": t(st.ended_at),
+        "rto_end_at": t(st.rto_end_at), "rto_s": rto.achieved_s, "rto_target_s": st.targets.get("rto_s"),
+        "rto_verdict": rto.verdict, "rpo_target_s": st.targets.get("rpo_s"),
+        "rpo_window_s": rpo.window_s if rpo else None, "recovery_point": t(rpo.recovery_point) if rpo else None,
+        "protected_at": t(rto.protected_at), "operator": st.operator,
+    }
+
+
+def write(stores: list[Any], st: RunState) -> list[str]:
+    """Store the summary in every repository (replacing this run's own earlier one); returns problems."""
+    from steps.repository.store import ObjectExists
+
+    data = (json.dumps(summary(st), indent=2) + "\n").encode()
+    key = f"{PREFIX}{st.run_id}.json"
+    problems = []
+    for store in stores:
+        try:
+            try:
+                store.put_bytes(key, data)
+            except ObjectExists:  # a failed run reopened and closed again: its own summary, replaced
+                store.delete([key])
+                store.put_bytes(key, data)
+        except Exception as e:  # noqa: BLE001 - a summary never fails a run
+            problems.append(f"{store.describe()}: {e}")
+    return problems
+
+
+def from_summary(data: dict[str, Any]) -> RunState:
+    """A RunState as staleness and status read it (no steps, no events)."""
+
+    def t(key: str) -> datetime | None:
+        v = data.get(key)
+        return datetime.fromisoformat(v) if isinstance(v, str) and v else None
+
+    targets = {k: float(data[f"{k}_target_s"]) for k in ("rto", "rpo") if data.get(f"{k}_target_s") is not None}
+    return RunState(run_id=str(data["run_id"]), runbook_name=str(data.get("runbook", "")),
+                    scenario=str(data.get("scenario", "")), mode=str(data.get("mode", "")),
+                    target=str(data.get("target", "")), incident_start=t("incident_start"),
+                    data_lost_at=t("data_lost_at"), started_at=t("started_at"), ended_at=t("ended_at"),
+                    rto_end_at=t("rto_end_at"), status=str(data.get("status", "")),
+                    operator=dict(data.get("operator") or {}),
+                    targets={f"{k}_s": v for k, v in targets.items()})
+
+
+def read_summaries(stores: list[Any]) -> list[RunState]:
+    """Every run summary in these repositories (each run once); unreadable ones are skipped."""
+    seen: dict[str, RunState] = {}
+    for store in stores:
+        try:
+            keys = [k for k, _ in store.list_keys(PREFIX) if k.endswith(".json")]
+        except Exception:  # noqa: BLE001 - the repository's own errors are reported by status
+            continue
+        for key in keys:
+            try:
+                st = from_summary(json.loads(store.get_bytes(key)))
+            except Exception:  # noqa: BLE001 - a summary that cannot be read vouches for nothing
+                continue
+            seen.setdefault(st.run_id, st)
+    return list(seen.values())
+
+
+def merge(local: list[Any], remote: list[RunState]) -> list[Any]:
+    """This host's runs (the full state) first; a remote summary only for runs this host does not have."""
+    have = {r.run_id for r in local if isinstance(r, RunState)}
+    return list(local) + [r for r in remote if r.run_id not in have]

@@ -1,0 +1,234 @@
+"""The S3 backend of the repository, through boto3 (imported here only, so only when S3 is configured).
+
+Works with AWS and with S3-compatible stores (MinIO, Ceph) through `endpoint_url`. It codes only to
+behaviour AWS documents, and trusts no optional feature for safety: some stores accept but ignore
+conditional writes (`IfNoneMatch`) and checksum headers, so
+- never-overwrite is a look before each write (`HeadObject`), plus `IfNoneMatch: *` on manifests and
+  records (dropped if the store answers 501 NotImplemented);
+- integrity is our own sha256: callers re-read every object after writing it, and downloads hash as they
+  stream. botocore's own checksums are asked for only when an operation requires them.
+Requests are retried by botocore (standard mode: exponential backoff with jitter on 5xx, throttling and
+connection errors); a download whose body breaks half-way is read again (steps.repository.retry). Large files go up
+in parts (TransferConfig). Every botocore error becomes a RepositoryError saying what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from steps.repository.config import S3Config
+from steps.repository.s3common import NOT_FOUND, ConditionalWrites, error_code, http_status, new_client
+from steps.repository.store import NotFound, ObjectExists, Progress, RepositoryError, Store, StoreName
+
+_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                     "TokenRefreshRequired", "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
+
+
+class S3Store(Store):
+    name: StoreName = "s3"
+
+    def __init__(self, cfg: S3Config, *, credentials_file: Path | None = None) -> None:
+        """`credentials_file` overrides the config's (prune's own credentials); else boto3's chain."""
+        from boto3.s3.transfer import TransferConfig
+
+        self.cfg = cfg
+        self.bucket = cfg.bucket
+        self.prefix = cfg.key_prefix
+        self.client: Any = new_client(
+            credentials_file=credentials_file or cfg.credentials_file, who="the user that runs backups",
+            profile=cfg.profile, region=cfg.region, endpoint_url=cfg.endpoint_url, max_attempts=cfg.max_attempts,
+            connect_timeout=cfg.connect_timeout_s, read_timeout=cfg.read_timeout_s,
+            max_pool=max(10, cfg.max_concurrency * 4))
+        self.transfer = TransferConfig(
+            multipart_threshold=cfg.multipart_threshold_mb * 1024 * 1024,
+            multipart_chunksize=cfg.multipart_chunk_mb * 1024 * 1024,
+            max_concurrency=cfg.max_concurrency,
+        )
+        self.conditional = ConditionalWrites()
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        where = f"s3://{self.bucket}/{self.prefix}"
+        return f"S3 repository {where}" + (f" at {self.cfg.endpoint_url}" if self.cfg.endpoint_url else "")
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def _sse(self) -> dict[str, str]:
+        if not self.cfg.sse:
+            return {}
+        extra: dict[str, str] = {"ServerSideEncryption": str(self.cfg.sse)}
+        if self.cfg.sse_kms_key_id:
+            extra["SSEKMSKeyId"] = self.cfg.sse_kms_key_id
+        return extra
+
+    def error(self, e: BaseException, what: str) -> RepositoryError:
+        return s3_error(e, what, self)
+
+    def read_retries(self) -> int:
+        return 3
+
+    def transient(self, e: BaseException) -> bool:
+        from botocore.exceptions import (
+            ConnectionClosedError,
+            EndpointConnectionError,
+            ReadTimeoutError,
+            ResponseStreamingError,
+        )
+        from urllib3.exceptions import ProtocolError
+
+        return isinstance(e, ConnectionClosedError | EndpointConnectionError | ReadTimeoutError
+                          | ResponseStreamingError | ProtocolError)
+
+    # --- the Store interface ---------------------------------------------------------------------
+
+    def check_access(self) -> None:
+        try:
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+        except Exception as e:
+            raise self.error(e, "listing the bucket") from None
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as e:
+            if error_code(e) in NOT_FOUND:
+                return False
+            raise self.error(e, f"looking for {key}") from None
+        except Exception as e:
+            raise self.error(e, f"looking for {key}") from None
+
+    def put_file(self, key: str, src: Path, progress: Progress | None = None) -> None:
+        if self.exists(key):
+            raise ObjectExists(f"{key} already exists in {self.describe()}; backups are never overwritten")
+        try:
+            self.client.upload_file(str(src), self.bucket, self._key(key), ExtraArgs=self._sse() or None,
+                                    Config=self.transfer, Callback=progress)
+        except Exception as e:
+            raise self.error(e, f"uploading {key}") from None
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        exists = ObjectExists(f"{key} already exists in {self.describe()}; backups are never overwritten")
+        if self.exists(key):
+            raise exists
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": data, **self._sse()}
+        try:
+            written = self.conditional.put_if_absent(self.client, args)
+        except Exception as e:
+            raise self.error(e, f"writing {key}") from None
+        if not written:
+            raise exists
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return bytes(resp["Body"].read())
+        except Exception as e:
+            raise self.error(e, f"reading {key}") from None
+
+    def iter_chunks(self, key: str) -> Iterator[bytes]:
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as e:
+            raise self.error(e, f"reading {key}") from None
+        body = resp["Body"]
+        try:
+            yield from body.iter_chunks(1024 * 1024)
+        finally:
+            body.close()
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        full = self._key(prefix)
+        names: list[str] = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full, Delimiter="/"
+            ):
+                for cp in page.get("CommonPrefixes", []):
+                    names.append(cp["Prefix"][len(full):].rstrip("/"))
+        except Exception as e:
+            raise self.error(e, f"listing {prefix or '/'}") from None
+        return sorted(n for n in names if n and not n.startswith("."))
+
+    def list_keys(self, prefix: str) -> list[tuple[str, int]]:
+        full = self._key(prefix)
+        out: list[tuple[str, int]] = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                for obj in page.get("Contents", []):
+                    out.append((obj["Key"][len(self.prefix):], int(obj["Size"])))
+        except Exception as e:
+            raise self.error(e, f"listing {prefix or '/'}") from None
+        return sorted(out)
+
+    def delete(self, keys: list[str]) -> None:
+        # One request per key keeps the order (the manifest goes first, so a half-deleted backup is never
+        # listed) and needs no Content-MD5, which some S3-compatible stores insist on for DeleteObjects.
+        for key in keys:
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+            except Exception as e:
+                raise self.error(e, f"deleting {key}") from None
+
+
+def s3_error(e: BaseException, what: str, store: S3Store) -> RepositoryError:
+    """Translate a boto3/botocore error into a RepositoryError with what to do."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import (
+        ClientError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+        ProfileNotFound,
+        ReadTimeoutError,
+    )
+
+    if isinstance(e, RepositoryError):
+        return e
+    if isinstance(e, S3UploadFailedError) and isinstance(e.__context__, ClientError):
+        e = e.__context__
+    where = store.describe()
+    attempts = store.cfg.max_attempts
+    if isinstance(e, NoCredentialsError | PartialCredentialsError):
+        return RepositoryError(f"{where}: no usable AWS credentials while {what}",
+                               hint="set s3.credentials_file in the repository config, or give the user that "
+                                    "runs this AWS credentials (AWS_PROFILE, ~/.aws/credentials, an instance role)")
+    if isinstance(e, ProfileNotFound):
+        return RepositoryError(f"{where}: {e}", hint="fix s3.profile or the credentials file")
+    if isinstance(e, EndpointConnectionError | ConnectTimeoutError):
+        return RepositoryError(f"{where}: cannot reach the S3 endpoint while {what} (after {attempts} attempts): {e}",
+                               hint="check s3.endpoint_url / s3.region and the network")
+    if isinstance(e, ReadTimeoutError):
+        return RepositoryError(f"{where}: the S3 endpoint stopped answering while {what}: {e}",
+                               hint="retry later; raise s3.read_timeout_s for a slow store")
+    if isinstance(e, ClientError):
+        code, status = error_code(e), http_status(e)
+        msg = e.response.get("Error", {}).get("Message", "") or str(e)
+        if code == "NoSuchBucket" or (code == "404" and "bucket" in what):
+            return RepositoryError(f"{where}: the bucket {store.bucket} does not exist",
+                                   hint="create it (with versioning or Object Lock, see the README) or fix s3.bucket")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return NotFound(f"{what}: no such object in {where}")
+        if code in _CREDENTIAL_CODES:
+            return RepositoryError(f"{where}: S3 refused the credentials ({code}) while {what}",
+                                   hint="check the access key and secret in s3.credentials_file or the boto3 chain")
+        if code in ("AccessDenied", "403", "AllAccessDisabled") or status == 403:
+            return RepositoryError(f"{where}: access denied while {what} ({code})",
+                                   hint="the credentials need s3:ListBucket, s3:GetObject and s3:PutObject on the "
+                                        "bucket and prefix (prune also s3:DeleteObject)")
+        if status >= 500:
+            return RepositoryError(f"{where}: S3 answered {status} {code} while {what}, after {attempts} attempts",
+                                   hint="the store is failing; retry later, the local copy (if configured) is kept")
+        return RepositoryError(f"{where}: {code or status} while {what}: {msg}")
+    if isinstance(e, OSError):
+        from steps.repository.store import local_error
+
+        return local_error(e, what)
+    return RepositoryError(f"{where}: {type(e).__name__} while {what}: {e}")

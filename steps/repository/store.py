@@ -1,0 +1,380 @@
+"""The backup repository: one layout (steps.repository.layout) on two backends, a local directory and S3.
+
+A `Store` holds objects by key (relative to the repository root, `/`-separated). Its rules:
+- **never overwrite**: every write looks first and refuses an existing key (`ObjectExists`); locally the
+  final name is made with `link(2)`, which cannot replace a file; on S3 see steps.repository.s3;
+- **verify**: reading an object to a file hashes it while it streams and refuses a mismatch
+  (`CorruptObject`, naming the object); after writing, callers re-read (`hash_object`) and compare;
+- errors a user can act on are `RepositoryError`s with a message saying what to do.
+
+`open_stores` builds the configured stores; boto3 is imported only when S3 is configured.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, TypeVar
+
+from runbook.errors import RunbookError
+
+if TYPE_CHECKING:
+    from steps.repository.config import RepositoryConfig
+
+CHUNK = 1024 * 1024
+Progress = Callable[[int], None]
+StoreName = Literal["local", "s3"]
+E = TypeVar("E", bound=RunbookError)
+
+
+class RepositoryError(RunbookError):
+    """A repository could not be read or written: unreachable, refused, full, missing."""
+
+    exit_code = 1
+    title = "repository"
+
+
+class ObjectExists(RepositoryError):
+    """A write would replace an existing object: backups are never overwritten."""
+
+
+class NotFound(RepositoryError):
+    """The object does not exist in the repository."""
+
+
+class CorruptObject(RepositoryError):
+    """An object's bytes do not match the sha256 (or size) recorded in its manifest."""
+
+    def __init__(self, where: str, key: str, expected: str, got: str) -> None:
+        super().__init__(
+            f"corrupt object {key} in {where}: expected {expected}, read {got}",
+            hint="this copy cannot be trusted; use another copy (from: s3 / from: local) or another backup",
+        )
+        self.key = key
+
+
+def sha256_file(path: Path, progress: Progress | None = None) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+            if progress:
+                progress(len(chunk))
+    return size, h.hexdigest()
+
+
+def _check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", ".."):
+        raise ValueError(f"bad repository key {key!r}")
+    return key
+
+
+class Store(ABC):
+    """One repository backend. Keys are relative to the repository root."""
+
+    name: StoreName
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where this repository is, for messages: a path or an s3:// URL."""
+
+    @abstractmethod
+    def check_access(self) -> None:
+        """Raise a RepositoryError saying what to do when the repository cannot be used at all."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def put_file(self, key: str, src: Path, progress: Progress | None = None) -> None:
+        """Store a file under `key`; refuses an existing key."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Store small bytes (manifests, records) under `key`; refuses an existing key."""
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes:
+        """The whole object; NotFound when it does not exist."""
+
+    @abstractmethod
+    def iter_chunks(self, key: str) -> Iterator[bytes]:
+        """The object's bytes, streamed."""
+
+    @abstractmethod
+    def list_dirs(self, prefix: str) -> list[str]:
+        """Names of the immediate 'directories' under `prefix` (which ends in / or is empty)."""
+
+    @abstractmethod
+    def list_keys(self, prefix: str) -> list[tuple[str, int]]:
+        """Every key under `prefix`, recursively, with its size."""
+
+    @abstractmethod
+    def delete(self, keys: list[str]) -> None:
+        """Delete these keys, in order (missing keys are fine)."""
+
+    def read_retries(self) -> int:
+        return 1
+
+    def transient(self, e: BaseException) -> bool:
+        return False
+
+    def hash_object(self, key: str, progress: Progress | None = None) -> tuple[int, str]:
+        """Re-read an object from the repository: (size, sha256)."""
+        from steps.repository.retry import retry
+
+        def once() -> tuple[int, str]:
+            h = hashlib.sha256()
+            size = 0
+            for chunk in self.iter_chunks(key):
+                h.update(chunk)
+                size += len(chunk)
+                if progress:
+                    progress(len(chunk))
+            return size, h.hexdigest()
+
+        return retry(once, attempts=self.read_retries(), transient=self.transient)
+
+    def fetch_file(self, key: str, dest: Path, *, size: int, sha256: str, progress: Progress | None = None) -> None:
+        """Copy an object to `dest`, verifying size and sha256 as it streams; a mismatch leaves no file."""
+        from steps.repository.retry import retry
+
+        def once() -> tuple[int, str]:
+            h = hashlib.sha256()
+            n = 0
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with open(dest, "wb") as f:
+                for chunk in self.iter_chunks(key):
+                    h.update(chunk)
+                    f.write(chunk)
+                    n += len(chunk)
+                    if progress:
+                        progress(len(chunk))
+                f.flush()
+                os.fsync(f.fileno())
+            return n, h.hexdigest()
+
+        try:
+            got_size, got = retry(once, attempts=self.read_retries(), transient=self.transient)
+        except OSError as e:
+            dest.unlink(missing_ok=True)
+            raise local_error(e, f"writing {dest}") from None
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+        if got != sha256 or got_size != size:
+            dest.unlink(missing_ok=True)
+            raise CorruptObject(self.describe(), key, f"sha256 {sha256} ({size} bytes)", f"sha256 {got} ({got_size} bytes)")
+
+
+def local_error(e: OSError, what: str) -> RepositoryError:
+    if e.errno == errno.ENOSPC:
+        return RepositoryError(f"no space left on the device while {what}", hint="free space or point the repository at a bigger disk")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return RepositoryError(f"permission denied while {what}: {e.strerror}",
+                               hint="run as the user that owns the repository, or fix its permissions")
+    return RepositoryError(f"{what}: {e.strerror or e}")
+
+
+class LocalStore(Store):
+    """A repository in a local directory. Directories 0750, files 0640."""
+
+    name: StoreName = "local"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def describe(self) -> str:
+        return f"local repository {self.root}"
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def check_access(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o750)
+        except OSError as e:
+            raise local_error(e, f"creating {self.root}") from None
+        if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
+            raise RepositoryError(f"{self.describe()} is not writable by this user",
+                                  hint="run as the user that owns it, or fix its permissions")
+
+    def exists(self, key: str) -> bool:
+        return os.path.lexists(self._path(key))
+
+    def _mkdirs(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True, mode=0o750)
+
+    def put_file(self, key: str, src: Path, progress: Progress | None = None) -> None:
+        dst = self._path(key)
+        try:
+            if os.path.lexists(dst):
+                raise ObjectExists(f"{key} already exists in {self.describe()}; backups are never overwritten")
+            self._mkdirs(dst.parent)
+            try:
+                # Same filesystem (staging inside the repository): a hard link, no copy. fsync the inode.
+                os.link(src, dst)
+                with open(dst, "rb") as f:
+                    os.fsync(f.fileno())
+                os.chmod(dst, 0o640)
+                if progress:
+                    progress(dst.stat().st_size)
+                return
+            except FileExistsError:
+                raise ObjectExists(f"{key} already exists in {self.describe()}; backups are never overwritten") from None
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                    raise
+            tmp = dst.parent / f".tmp-{dst.name}-{os.getpid()}"
+            try:
+                with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                    while chunk := fin.read(CHUNK):
+                        fout.write(chunk)
+                        if progress:
+                            progress(len(chunk))
+                    fout.flush()
+                    os.fsync(fout.fileno())
+                os.chmod(tmp, 0o640)
+                self._link_final(tmp, dst, key)
+            finally:
+                tmp.unlink(missing_ok=True)
+        except OSError as e:
+            raise local_error(e, f"writing {dst}") from None
+
+    def _link_final(self, tmp: Path, dst: Path, key: str) -> None:
+        try:
+            os.link(tmp, dst)
+        except FileExistsError:
+            raise ObjectExists(f"{key} already exists in {self.describe()}; backups are never overwritten") from None
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        dst = self._path(key)
+        tmp = dst.parent / f".tmp-{dst.name}-{os.getpid()}"
+        try:
+            if os.path.lexists(dst):
+                raise ObjectExists(f"{key} already exists in {self.describe()}; backups are never overwritten")
+            self._mkdirs(dst.parent)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                self._link_final(tmp, dst, key)
+                self.sync_dir(dst.parent)
+            finally:
+                tmp.unlink(missing_ok=True)
+        except OSError as e:
+            raise local_error(e, f"writing {dst}") from None
+
+    def sync_dir(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"{key} does not exist in {self.describe()}") from None
+        except OSError as e:
+            raise local_error(e, f"reading {self._path(key)}") from None
+
+    def iter_chunks(self, key: str) -> Iterator[bytes]:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    yield chunk
+        except FileNotFoundError:
+            raise NotFound(f"{key} does not exist in {self.describe()}") from None
+        except OSError as e:
+            raise local_error(e, f"reading {path}") from None
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        base = self.root / prefix if prefix else self.root
+        try:
+            return sorted(e.name for e in os.scandir(base) if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as e:
+            raise local_error(e, f"listing {base}") from None
+
+    def list_keys(self, prefix: str) -> list[tuple[str, int]]:
+        base = self.root / prefix if prefix else self.root
+        out: list[tuple[str, int]] = []
+        if not base.is_dir():
+            return out
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                if name.startswith(".tmp-"):
+                    continue
+                full = Path(dirpath) / name
+                out.append((full.relative_to(self.root).as_posix(), full.lstat().st_size))
+        return sorted(out)
+
+    def delete(self, keys: list[str]) -> None:
+        parents: set[Path] = set()
+        try:
+            for key in keys:
+                path = self._path(key)
+                path.unlink(missing_ok=True)
+                parents.add(path.parent)
+            # Remove directories left empty, deepest first, never the root.
+            for d in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+                while d != self.root and self.root in d.parents:
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        break
+                    d = d.parent
+        except OSError as e:
+            raise local_error(e, "deleting from the local repository") from None
+
+    def remove_tree(self, prefix: str) -> None:
+        shutil.rmtree(self.root / prefix, ignore_errors=True)
+
+
+def open_stores(
+    cfg: RepositoryConfig, which: Literal["local", "s3", "any", "all"] = "all", *, for_prune: bool = False
+) -> list[Store]:
+    """The configured repositories (local first). `which`: only one of them, or all (`any` = `all`)."""
+    stores: list[Store] = []
+    if cfg.local is not None and which in ("local", "any", "all"):
+        stores.append(LocalStore(cfg.local.path))
+    if cfg.s3 is not None and which in ("s3", "any", "all"):
+        from steps.repository.s3 import S3Store
+
+        creds = cfg.s3.prune_credentials_file if for_prune and cfg.s3.prune_credentials_file else cfg.s3.credentials_file
+        stores.append(S3Store(cfg.s3, credentials_file=creds))
+    if not stores:
+        raise RepositoryError(f"no {which} repository is configured",
+                              hint="add local: {path: ...} or s3: {bucket: ...} to the repository config")
+    return stores
+
+
+def checked_stores(cfg: RepositoryConfig, catch: type[E]) -> Iterator[tuple[StoreName, Store | E]]:
+    """Each configured repository (local first), opened and its access checked: the store, or the `catch`
+    error saying why it cannot be used (any other error propagates)."""
+    names: tuple[StoreName, ...] = ("local", "s3")
+    for which in names:
+        if getattr(cfg, which) is None:
+            continue
+        got: Store | E
+        try:
+            got = open_stores(cfg, which)[0]
+            got.check_access()
+        except catch as e:
+            got = e
+        yield which, got

@@ -1,0 +1,414 @@
+"""The sandbox: a throwaway AssetFlow on this machine, its backup repository, and a disaster.
+
+Layout under the sandbox directory (mode 0755, so the server's user can traverse it when we are root):
+`pgdata/` (the primary; in scenario 1 the disaster replaces it with a fresh, empty cluster, as a provisioned
+replacement server), `run/` (its socket and log), `repo/` (the local backup repository),
+`uploads/` (the application's attachment files), `restore/` (where a drill fetches the backup),
+`repository.yaml` (the repository config), `at-backup.json` and `at-disaster.json` (per-table row counts
+and checksums), `sandbox.json` (what was built and when).
+
+Both scenarios end with re-protection (the `reprotect` action): the recovered cluster archives into its own
+directory of `repo/` through the server venv's `runbook wal-push`. Scenario 2 (`pitr`) adds: WAL archiving on
+the primary (`archive_command` = `runbook wal-push` into `repo/`,
+`archive_timeout` = 30 s), `venv/` (a virtual environment made with /usr/bin/python3 holding this package,
+because the server's user cannot run root's interpreter: built once, re-installed only when the package's
+sources change), `pgdata-pitr/` (where the operator recovers to), `writes.json` (the stream of timestamped
+writes around the disaster) and `at-target.json` (the tables just before the disaster).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from runbook.errors import RunbookError
+from steps.pg.server import Server, give_to_server, remove_tree
+from steps.sandbox import assetflow
+
+DB = "assetflow_prod"
+BACKUP_ROLE = "backup_user"
+
+
+def default_dir() -> Path:
+    if os.environ.get("RUNBOOK_SANDBOX_DIR"):
+        return Path(os.environ["RUNBOOK_SANDBOX_DIR"])
+    if os.geteuid() == 0:
+        return Path("/var/tmp/runbook-sandbox")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "runbook" / "sandbox"
+
+
+TABLE_SQL = """
+select n.nspname || '.' || c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
+where c.relkind in ('r', 'p') and n.nspname not in ('pg_catalog', 'information_schema') order by 1
+"""
+
+
+@dataclass
+class Sandbox:
+    base: Path
+
+    @property
+    def server(self) -> Server:
+        return Server(self.base / "pgdata", self.base / "run")
+
+    @property
+    def repo(self) -> Path:
+        return self.base / "repo"
+
+    @property
+    def uploads(self) -> Path:
+        return self.base / "uploads"
+
+    @property
+    def config(self) -> Path:
+        return self.base / "repository.yaml"
+
+    @property
+    def restore_dir(self) -> Path:
+        return self.base / "restore"
+
+    @property
+    def env_file(self) -> Path:
+        return self.base / "db.env"
+
+    @property
+    def info_file(self) -> Path:
+        return self.base / "sandbox.json"
+
+    @property
+    def pitr_datadir(self) -> Path:
+        return self.base / "pgdata-pitr"
+
+    @property
+    def venv(self) -> Path:
+        return self.base / "venv"
+
+    def info(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.info_file.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    # ---- building ----------------------------------------------------------------------------------
+
+    def build(self, scale: int, files: int, say: Any = print, *, archive: bool = False) -> None:
+        """A primary with AssetFlow loaded, fresh. Reuses the initialised cluster when there is one.
+
+        `archive`: WAL archiving on, into the sandbox's repository, with `runbook wal-push` (scenario 2)."""
+        self.base.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.base, 0o755)
+        self._stop_recovered()
+        srv = self.server
+        if not (srv.datadir / "PG_VERSION").exists():
+            say("initialising a PostgreSQL 15 cluster")
+            remove_tree(srv.datadir)
+            srv.initdb("--data-checksums")
+        srv.stop()  # the settings below need a restart (archive_mode)
+        remove_tree(self.repo)
+        self.repo.mkdir()
+        give_to_server(self.repo)  # wal-push writes here as the server's user
+        if archive:
+            exe = self.server_runbook(say)
+            self.config.write_text(self._config_text())
+            srv.start("fsync=off", "archive_mode=on", "archive_timeout=30", "wal_level=replica",
+                      f"archive_command='{exe} wal-push -c {self.config} %p'")
+        else:
+            srv.start("fsync=off", "archive_mode=off")
+        say(f"server up on {srv.socket_dir}" + (" with WAL archiving into the repository" if archive else ""))
+        srv.psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+        for role in (assetflow.APP_ROLE, BACKUP_ROLE):
+            srv.psql(f"DROP ROLE IF EXISTS {role}")
+        srv.psql(assetflow.setup_sql(DB))
+        srv.psql(f"CREATE ROLE {BACKUP_ROLE} LOGIN REPLICATION; GRANT pg_read_all_data TO {BACKUP_ROLE}")
+        t0 = time.monotonic()
+        srv.psql(f"SET ROLE {assetflow.APP_ROLE};\n" + assetflow.SCHEMA, db=DB)
+        srv.psql(f"SET ROLE {assetflow.APP_ROLE};\n" + assetflow.data_sql(scale), db=DB)
+        remove_tree(self.uploads)
+        self.uploads.mkdir(parents=True)
+        written = assetflow.write_attachments(self.uploads, files)
+        if written:
+            srv.psql(f"SET ROLE {assetflow.APP_ROLE};\n" + assetflow.attachments_sql(written), db=DB)
+        # pg_read_all_data does not cover large objects in PostgreSQL 15: grant each one to the backup role.
+        srv.psql(f"SELECT format('GRANT SELECT ON LARGE OBJECT %s TO {BACKUP_ROLE}', oid) "
+                 "FROM pg_largeobject_metadata \\gexec", db=DB)
+        srv.psql("ANALYZE", db=DB)
+        size = srv.psql(f"select pg_size_pretty(pg_database_size('{DB}'))")
+        say(f"AssetFlow loaded: {size}, {len(written)} attachment files ({time.monotonic() - t0:.1f}s)")
+        remove_tree(self.restore_dir)
+        self.restore_dir.mkdir()
+        give_to_server(self.restore_dir)
+        self.config.write_text(self._config_text())
+        self.env_file.write_text(  # the plan's secrets file; trust auth here, but the password is masked all the same
+            f"DB_HOST={srv.socket_dir}\nDB_PORT={srv.port}\nDB_USER=postgres\nDB_PASSWORD=sandbox-pw-{os.getpid()}\n")
+        os.chmod(self.env_file, 0o600)
+        self.info_file.write_text(json.dumps({"built_at": _now(), "scale": scale, "files": files, "db": DB}, indent=2))
+
+    def _config_text(self) -> str:
+        return (
+            "# The sandbox's repository config, written by `runbook demo`.\n"
+            "version: 1\n"
+            f"cluster: {{host: {self.server.socket_dir}, port: {self.server.port}, user: {BACKUP_ROLE}, "
+            f"databases: [{DB}]}}\n"
+            f"local: {{path: {self.repo}}}\n"
+            "retention: {keep_last: 3, keep_days: 7}\n"
+            f"attachments: {{path: {self.uploads}}}\n"
+            "checks:\n"
+            "  expect_tables: [assets, locations, users, loans, maintenance_records, attachments]\n"
+            "  smoke:\n"
+            "    - select count(*) > 0 from assets\n"
+            "    - select count(*) = 0 from loans where due_at <= loaned_at\n"
+            f"backup: {{state_dir: {self.base / 'backup-state'}}}\n"
+        )
+
+    # ---- the drill's story -------------------------------------------------------------------------
+
+    def backup(self, say: Any = print) -> None:
+        say("taking the daily backup with `runbook backup`")
+        proc = subprocess.run([sys.executable, "-m", "runbook", "backup", "-c", str(self.config)],
+                              capture_output=True, text=True)
+        if proc.returncode not in (0, 1):
+            raise RunbookError(f"the sandbox's backup failed (exit {proc.returncode}):\n{proc.stderr.strip()}")
+        self._snapshot("at-backup.json")
+        (self.base / "attachments-at-backup.json").write_text(
+            json.dumps(assetflow.dir_tree_digest(self.uploads), indent=2, sort_keys=True))
+
+    def keep_writing(self, loans: int, say: Any = print) -> int:
+        """The application goes on after the backup: these rows exist only in the database that will burn."""
+        self.server.psql(
+            f"SET ROLE {assetflow.APP_ROLE};\n"
+            f"INSERT INTO loans (asset_id, user_id, loaned_at, due_at) SELECT 1 + i, 1 + i, now(), now() + interval '7 days' "
+            f"FROM generate_series(1, {loans}) i;\n"
+            f"INSERT INTO audit_log (actor, action) SELECT 'user1', 'loan after backup' FROM generate_series(1, {loans});",
+            db=DB,
+        )
+        say(f"the application kept writing: {2 * loans} rows after the backup")
+        return 2 * loans
+
+    def disaster(self, say: Any = print) -> datetime:
+        """The server is lost with its database, and the attachments are wiped; a freshly built replacement
+        server (a new cluster: a new system identifier) waits on the same socket for the recovery, as a
+        provisioned one would. Returns the moment data was lost."""
+        self._snapshot("at-disaster.json")
+        lost_at = datetime.now(UTC)
+        srv = self.server
+        srv.psql(f"DROP DATABASE {DB} WITH (FORCE)")
+        srv.stop("immediate")
+        remove_tree(srv.datadir)
+        srv.initdb("--data-checksums")
+        srv.start("fsync=off")
+        for child in self.uploads.iterdir():
+            remove_tree(child) if child.is_dir() else child.unlink()
+        remove_tree(self.restore_dir)
+        self.restore_dir.mkdir()
+        give_to_server(self.restore_dir)
+        say(f"DISASTER at {lost_at:%H:%M:%S} UTC: the server is lost with database {DB}, attachments wiped; a "
+            f"fresh replacement server (a new cluster, system identifier {self.system_identifier()}) waits on "
+            f"{srv.socket_dir}")
+        info = self.info()
+        info["disaster_at"] = lost_at.isoformat()
+        self.info_file.write_text(json.dumps(info, indent=2))
+        return lost_at
+
+    def down(self) -> None:
+        self._stop_recovered()
+        if (self.server.datadir / "PG_VERSION").exists():
+            self.server.stop("immediate")
+        remove_tree(self.base)
+
+    # ---- scenario 2: WAL archiving, a base backup, writes, a wrong DROP TABLE ------------------------------
+
+    def _stop_recovered(self) -> None:
+        """A server recovered by an earlier drill listens on the same socket: stop it and remove it."""
+        if (self.pitr_datadir / "PG_VERSION").exists():
+            Server(self.pitr_datadir, self.server.socket_dir).stop("immediate")
+        remove_tree(self.pitr_datadir)
+        (self.base / f"{self.pitr_datadir.name}.recovery.log").unlink(missing_ok=True)
+
+    def server_runbook(self, say: Any = print) -> str:
+        """The `runbook` the server's user runs for archive_command/restore_command.
+
+        Not root: the server runs as us, so this interpreter's `runbook` does. Root: a venv under the sandbox
+        made with /usr/bin/python3 holding a copy of this package (root's interpreter may live where the
+        server's user cannot go), built when missing, re-installed when the package's sources changed."""
+        own = Path(sys.executable).parent / "runbook"
+        given = os.environ.get("RUNBOOK_SERVER_RUNBOOK")  # a venv built already (the tests share one)
+        if given and os.access(given, os.X_OK):
+            return given
+        if os.geteuid() != 0:
+            return str(own)
+        src_root = Path(__file__).resolve().parent.parent
+        if not (src_root / "pyproject.toml").exists():
+            return str(own)  # an installed package: its interpreter is wherever the operator installed it
+        stamp = _source_stamp(src_root)
+        marker = self.venv / ".runbook-sources"
+        exe = self.venv / "bin" / "runbook"
+        if exe.exists() and marker.exists() and marker.read_text() == stamp:
+            return str(exe)
+        t0 = time.monotonic()
+        src = self.base / "venv-src"
+        remove_tree(src)
+        src.mkdir(parents=True)
+        for name in ("pyproject.toml", "README.md", "runbook", "steps"):
+            p = src_root / name
+            if p.is_dir():
+                shutil.copytree(p, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            elif p.exists():
+                shutil.copy2(p, src / name)
+        fresh = not exe.exists()
+        if fresh:
+            say("making the server's virtual environment (/usr/bin/python3, once)")
+            remove_tree(self.venv)
+            _run([shutil.which("python3", path="/usr/bin") or "python3", "-m", "venv", str(self.venv)], "venv")
+        pip = [str(self.venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        _run(pip + ([] if fresh else ["--no-deps", "--force-reinstall"]) + [str(src)], "pip install")
+        remove_tree(src)
+        for root, dirs, _files in os.walk(self.venv):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o755)
+        marker.write_text(stamp)
+        say(f"server venv ready: {exe} ({time.monotonic() - t0:.0f}s)")
+        return str(exe)
+
+    def basebackup(self, say: Any = print) -> None:
+        say("taking a base backup with `runbook basebackup`")
+        proc = subprocess.run([sys.executable, "-m", "runbook", "basebackup", "-c", str(self.config), "--quiet"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RunbookError(f"the sandbox's base backup failed (exit {proc.returncode}):\n{proc.stderr.strip()}")
+        say(proc.stdout.strip())
+
+    def pitr_disaster(self, seconds: float = 4.0, interval: float = 0.1, say: Any = print) -> dict[str, Any]:
+        """A steady stream of timestamped writes into audit_log; half-way, a wrong `DROP TABLE`.
+
+        Records the moment just before the disaster (the recovery target, server time), which writes were
+        acknowledged before it and which started after it, forces a WAL switch so that everything up to the
+        disaster is archived, and waits for the archive. The primary keeps running: stopping it is the
+        runbook's first PITR step."""
+        import psycopg
+
+        srv = self.server
+        conninfo = {"host": str(srv.socket_dir), "port": srv.port, "user": "postgres", "dbname": DB,
+                    "autocommit": True}
+        acked: list[tuple[int, float]] = []  # (seq, monotonic time of the acknowledgement)
+        started: list[tuple[int, float]] = []
+        stop = threading.Event()
+        errors: list[str] = []
+
+        def writer() -> None:
+            try:
+                with psycopg.connect(**conninfo) as c:  # type: ignore[arg-type]
+                    seq = 0
+                    while not stop.is_set():
+                        seq += 1
+                        started.append((seq, time.monotonic()))
+                        c.execute("INSERT INTO audit_log (actor, action, detail) VALUES ('writer', 'tick', %s)",
+                                  (json.dumps({"seq": seq}),))
+                        acked.append((seq, time.monotonic()))
+                        time.sleep(interval)
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(str(e))
+
+        t = threading.Thread(target=writer, daemon=True)
+        t.start()
+        time.sleep(seconds / 2)
+        facts = self.table_facts()
+        with psycopg.connect(**conninfo) as c:  # type: ignore[arg-type]
+            before = time.monotonic()
+            target = c.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+            after = time.monotonic()
+            time.sleep(0.2)
+            c.execute("DROP TABLE maintenance_records")
+            disaster_at = c.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+        time.sleep(seconds / 2)
+        stop.set()
+        t.join(timeout=10)
+        if errors:
+            raise RunbookError(f"the sandbox's writer failed: {errors[0]}")
+        self._switch_and_wait()
+        record = {
+            "target_time": target.isoformat(), "disaster_at": disaster_at.isoformat(),
+            "acked_before_target": [s for s, at in acked if at < before],
+            "started_after_target": [s for s, at in started if at > after],
+            "writes": len(acked), "interval_s": interval,
+        }
+        (self.base / "writes.json").write_text(json.dumps(record, indent=2))
+        (self.base / "at-target.json").write_text(json.dumps(facts, indent=2))
+        info = self.info()
+        info.update({"disaster_at": disaster_at.isoformat(), "target_time": target.isoformat(), "scenario": "pitr"})
+        self.info_file.write_text(json.dumps(info, indent=2))
+        say(f"{len(acked)} timestamped writes into audit_log every {interval * 1000:.0f} ms; DISASTER at "
+            f"{disaster_at:%H:%M:%S.%f} UTC: DROP TABLE maintenance_records; the moment just before it: "
+            f"{target.isoformat()}")
+        return record
+
+    def _switch_and_wait(self, timeout: float = 60) -> None:
+        """pg_switch_wal(), then wait until the archiver has archived that segment."""
+        srv = self.server
+        seg = srv.psql("SELECT pg_walfile_name(pg_switch_wal())")
+        deadline = time.monotonic() + timeout
+        while True:
+            row = srv.psql("SELECT coalesce(last_archived_wal, ''), failed_count, coalesce(last_failed_wal, '') "
+                           "FROM pg_stat_archiver")
+            last, failed, last_failed = row.split("|")
+            if last and last[:24] >= seg:
+                return
+            if time.monotonic() > deadline:
+                raise RunbookError(f"WAL segment {seg} was not archived within {timeout:.0f} s "
+                                   f"(failures: {failed}, last failed: {last_failed or 'none'}); see {srv.log}")
+            time.sleep(0.2)
+
+    # ---- facts -------------------------------------------------------------------------------------
+
+    def system_identifier(self, datadir: Path | None = None) -> str:
+        """The cluster's system identifier: its directory in the repository."""
+        data = ((datadir or self.server.datadir) / "global" / "pg_control").read_bytes()
+        return str(int.from_bytes(data[:8], "little"))
+
+    def table_facts(self, db: str = DB) -> dict[str, dict[str, Any]]:
+        """Per table: exact row count and an md5 of its content in a stable order."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in self.server.psql(TABLE_SQL, db=db).splitlines():
+            schema, table = name.split(".", 1)
+            q = (f'select count(*), coalesce(md5(string_agg(t::text, \'|\' order by t::text)), \'\') '
+                 f'from "{schema}"."{table}" t')
+            count, digest = self.server.psql(q, db=db).split("|")
+            out[name] = {"rows": int(count), "md5": digest}
+        return out
+
+    def _snapshot(self, name: str) -> None:
+        facts = self.table_facts()
+        (self.base / name).write_text(json.dumps(facts, indent=2))
+        (self.base / name.replace(".json", "-counts.json")).write_text(
+            json.dumps({t: f["rows"] for t, f in facts.items()}, indent=2))
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _source_stamp(root: Path) -> str:
+    h = hashlib.sha256()
+    for top in ("pyproject.toml", "runbook", "steps"):
+        p = root / top
+        files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
+        for f in files:
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _run(cmd: list[str], what: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RunbookError(f"{what} failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-1500:]}")

@@ -1,0 +1,400 @@
+"""`runbook wal-push` (PostgreSQL's archive_command) and `runbook wal-fetch` (its restore_command).
+
+    archive_command = '/opt/runbook/venv/bin/runbook wal-push -c /etc/runbook/repository.yaml %p'
+    restore_command = '/opt/runbook/venv/bin/runbook wal-fetch -c /etc/runbook/repository.yaml %f %p'
+
+**They never lie to PostgreSQL** (DESIGN.md):
+- `wal-push` exits 0 only when every configured repository (off-site included) holds the file durably:
+  locally fsync, link(2) and fsync of the directory; on S3 a completed PutObject, read back and checked. A file
+  already archived with the same content is a success (PostgreSQL re-runs the command after a crash);
+  different content fails loudly (exit 1) and the archived copy is never replaced.
+  A segment whose system identifier (its page header) is not the one of the cluster it is pushed from is
+  refused. Failures exit 1 (PostgreSQL retries): never above 125, which would restart the archiver.
+- `wal-fetch` exits 0 with DEST written atomically (a temporary name, then rename) when the file is found and
+  checked; 1, silently, **only** when every repository answers that it does not exist (PostgreSQL asks for
+  `.history` files that never existed, and for the segment after the last one); anything else, after
+  bounded retries (a repository that cannot be reached, a damaged copy with no good copy elsewhere, a bad
+  config, bad arguments) exits 126, so that recovery stops instead of ending early with data missing.
+
+**Which cluster.** The repository directory is `clusters/<system identifier>/wal/`. The identity of a segment
+is in its own header; the identity of the cluster running the command is in `global/pg_control` of its data
+directory, which PostgreSQL makes the working directory of both commands (else the parent of the file's
+`pg_wal`, else `cluster.data_directory` of the config). A `.history` or `.backup` file has no header: it goes
+to the running cluster's directory. Reading pg_control needs no connection and no password, works during
+recovery, and is what the segments themselves are checked against.
+
+**Starting fast.** PostgreSQL starts these once per segment, so this module imports only the standard library,
+PyYAML-free cached config (steps.wal.settings) and `zstandard`; boto3 only when S3 is configured; never pydantic,
+psycopg, rich or textual once the config is cached. `runbook.cli.main.main` hands `wal-push`/`wal-fetch` here
+before building its full parser.
+
+The asynchronous mode (`wal: {async: true}`) and fetch read-ahead live in steps.wal.spool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from runbook.errors import RunbookError, UsageError
+from steps.repository.layout import WalName, parse_wal_name, wal_key
+from steps.repository.store import ObjectExists, RepositoryError
+from steps.wal import fast as walfast
+from steps.wal.segment import (
+    Buffer,
+    CorruptWal,
+    WalFileError,
+    check_segment,
+    pack,
+    read_file,
+    read_header,
+    segment_header,
+    unpack,
+)
+from steps.wal.settings import WalSettings
+from steps.wal.store import WalStore, open_wal_stores
+
+if TYPE_CHECKING:
+    import argparse
+
+EXIT_MISSING = 1
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_ABORT_RECOVERY = 126  # restore_command: > 125 makes PostgreSQL stop recovery (FATAL), never end it early
+
+
+class WalConflict(RepositoryError):
+    """The archive already holds this name with other content, or a damaged copy: never overwritten."""
+
+
+class WrongCluster(RunbookError):
+    """A file whose system identifier is not the one of the cluster it is pushed from."""
+
+
+# --- who runs us --------------------------------------------------------------------------------------
+
+
+def refuse_root(command: str) -> None:
+    if os.geteuid() == 0:
+        raise UsageError(
+            f"{command} refuses to run as root: PostgreSQL runs it as the server's user, and files written "
+            "by root would be unreadable to that user later",
+            hint=f"run it as the server's user, e.g. runuser -u postgres -- runbook {command} ...")
+
+
+def cluster_identity(wal_path: str, settings: WalSettings, given: str | None) -> tuple[int | None, Path | None]:
+    """(system identifier, data directory) of the cluster running us, when it can be told (steps.wal.fast)."""
+    if given:
+        if not given.isdigit():
+            raise UsageError(f"--sysid {given!r}: a system identifier is a number")
+        return int(given), None
+    sysid, datadir = walfast.cluster_identity(wal_path, settings.data_directory)
+    return sysid, Path(datadir) if datadir else None
+
+
+# --- push -------------------------------------------------------------------------------------------
+
+
+def prepare(path: Path, w: WalName, cluster_sysid: int | None) -> tuple[Buffer, int]:
+    """The file's bytes and the system identifier it is archived under, after the identity checks."""
+    try:
+        data = read_file(path)
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist") from None
+    except OSError as e:
+        raise RunbookError(f"cannot read {path}: {e.strerror}", hint="run as the server's user") from None
+    if not w.has_header:
+        if cluster_sysid is None:
+            raise RunbookError(
+                f"cannot tell which cluster {w.name} belongs to: no global/pg_control in the working directory, "
+                "beside the file's pg_wal, or at cluster.data_directory",
+                hint="PostgreSQL runs archive_command in the data directory; run by hand, cd there first, or set "
+                     "cluster.data_directory in the repository config")
+        return data, cluster_sysid
+    try:
+        hdr = segment_header(data)
+        check_segment(w.name, data, w.segno(hdr.segment_size))
+    except WalFileError as e:
+        raise WrongCluster(f"refusing {path}: {e}") from None
+    if cluster_sysid is not None and hdr.system_identifier != cluster_sysid:
+        raise WrongCluster(
+            f"refusing {w.name}: its system identifier is {hdr.system_identifier}, but the cluster pushing it is "
+            f"{cluster_sysid}", hint="a segment from another cluster is in this pg_wal, or archive_command points "
+                                     "at the wrong data directory; it is not archived")
+    return data, hdr.system_identifier
+
+
+def _check_existing(store: WalStore, key: str, name: str, existing: bytes, meta: dict[str, Any]) -> None:
+    """An object is already there: succeed only if it holds exactly these bytes, intact."""
+    where = store.describe()
+    try:
+        old, _ = read_header(existing)
+    except CorruptWal as e:
+        raise WalConflict(f"{key} already exists in {where} and is not an archived WAL file ({e}); "
+                          "it is not overwritten",
+                          hint="look at it, move it aside by hand, and the next attempt archives this one") from None
+    if old.get("sha256") != meta["sha256"] or old.get("size") != meta["size"]:
+        raise WalConflict(
+            f"{name} is already archived in {where} with DIFFERENT content (sha256 {old.get('sha256')}, "
+            f"{old.get('size')} bytes; this file: {meta['sha256']}, {meta['size']} bytes); the archived copy is "
+            "kept and nothing is overwritten",
+            hint="two clusters with one system identifier archive into one repository, or pg_wal was altered; "
+                 "find out which copy is right before anything else")
+    try:
+        unpack(existing, name)
+    except CorruptWal as e:
+        raise WalConflict(f"{name} is archived in {where}, but that copy is damaged ({e}); it is not overwritten",
+                          hint="move the damaged object aside by hand; the next attempt archives this file") from None
+
+
+def push_one(store: WalStore, key: str, name: str, blob: bytes, meta: dict[str, Any]) -> str:
+    """Store `blob` at `key` in one repository; "stored" or "already archived". Look, write once,
+    read back where the store could have let another writer in (S3: `verify_after_write`)."""
+    existing = store.get(key)
+    if existing is not None:
+        _check_existing(store, key, name, existing, meta)
+        return "already archived"
+    try:
+        store.put_new(key, blob, meta)
+    except ObjectExists:
+        existing = store.get(key)
+        if existing is None:
+            raise RepositoryError(f"{key}: {store.describe()} refused the write as existing, yet has no such object",
+                                  hint="retry; if it persists the store's conditional writes are broken") from None
+        _check_existing(store, key, name, existing, meta)
+        return "already archived"
+    if not store.verify_after_write:
+        return "stored"
+    back = store.get(key)
+    if back is None:
+        raise RepositoryError(f"{key} was written to {store.describe()} but cannot be read back",
+                              hint="an eventually consistent store? retry; the segment is not confirmed")
+    if back != blob:
+        # Someone else wrote this key at the same time (a store that ignores IfNoneMatch): what is there now
+        # must be the same segment, or it is a conflict.
+        _check_existing(store, key, name, back, meta)
+    return "stored"
+
+
+def push_data(stores: Sequence[WalStore], name: str, data: Buffer, sysid: int, level: int) -> dict[str, Any]:
+    """Archive checked bytes into every repository; the header written (name, sha256, size, sysid), plus
+    `stored` (per repository: "stored" or "already archived") and `compressed_size`."""
+    blob, meta = pack(name, data, system_identifier=sysid, level=level)
+    key = wal_key(str(sysid), name)
+    meta["stored"] = {s.name: push_one(s, key, name, blob, meta) for s in stores}
+    meta["compressed_size"] = len(blob)
+    return meta
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    refuse_root("wal-push")
+    settings = WalSettings.load(args.config)
+    if args.async_worker:
+        from steps.wal.spool import run_push_worker
+
+        return run_push_worker(settings, Path(args.pg_wal), int(args.sysid))
+    if not args.path:
+        raise UsageError("wal-push needs the path of the file to archive (%p)")
+    path = Path(args.path)
+    name = path.name
+    try:
+        parse_wal_name(name)
+    except ValueError as e:
+        raise UsageError(f"wal-push {args.path}: {e}") from None
+    sysid, datadir = cluster_identity(args.path, settings, args.sysid)
+    if settings.async_mode and sysid is not None:
+        rc = walfast.push_via_worker(settings, str(path), name, sysid, str(datadir) if datadir else None)
+        if rc is not None:
+            return rc
+    data, archived_as = prepare(path, parse_wal_name(name), sysid)
+    stores = open_wal_stores(settings.local_path, settings.s3)
+    push_data(stores, name, data, archived_as, settings.level)
+    return 0
+
+
+# --- fetch ------------------------------------------------------------------------------------------
+
+
+def fetch_blob(stores: Sequence[WalStore], key: str, name: str, attempts: int,
+               sysid: int) -> tuple[bytes | None, list[str]]:
+    """The checked original bytes from the first repository with a good copy, or None and why not.
+
+    None with no problems: every repository said the file does not exist."""
+    data, _, problems = fetch_checked(stores, key, name, attempts, sysid)
+    return data, problems
+
+
+def fetch_checked(stores: Sequence[WalStore], key: str, name: str, attempts: int,
+                  sysid: int) -> tuple[bytes | None, str, list[str]]:
+    """`fetch_blob`, with the sha256 of the bytes (checked against the archive's header)."""
+    problems: list[str] = []
+    for store in stores:
+        blob: bytes | None = None
+        for attempt in range(1, attempts + 1):
+            try:
+                blob = store.get(key)
+                break
+            except RepositoryError as e:
+                if attempt == attempts:
+                    problems.append(f"{store.describe()}: {e.message} (after {attempts} attempts)")
+                else:
+                    time.sleep(min(0.25 * 2 ** attempt, 4))
+        else:
+            continue
+        if blob is None:
+            continue
+        try:
+            data, meta = unpack(blob, name)
+            if parse_wal_name(name).has_header:
+                hdr = segment_header(data)
+                if hdr.system_identifier != sysid:
+                    raise CorruptWal(f"the segment belongs to cluster {hdr.system_identifier}, not {sysid}")
+        except (CorruptWal, WalFileError) as e:
+            problems.append(f"{store.describe()}: {key} is damaged: {e}")
+            continue
+        for p in problems:  # a good copy after a bad one: say so, but go on
+            print(f"runbook wal-fetch: warning: {p}", file=sys.stderr)
+        return data, str(meta["sha256"]), []
+    return None, "", problems
+
+
+def write_atomically(dest: Path, data: bytes | memoryview) -> None:
+    """DEST appears whole or not at all: a temporary name beside it, then rename."""
+    tmp = dest.with_name(f".{dest.name}.runbook-{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    refuse_root("wal-fetch")
+    settings = WalSettings.load(args.config)
+    if args.prefetch_worker:
+        from steps.wal.spool import run_prefetch_worker
+
+        return run_prefetch_worker(settings, Path(args.spool), int(args.sysid))
+    name = args.name
+    try:
+        w = parse_wal_name(name)
+    except ValueError as e:
+        raise UsageError(f"wal-fetch: {e}") from None
+    dest = Path(args.dest)
+    sysid, datadir = cluster_identity(args.dest, settings, args.sysid)
+    if sysid is None:
+        raise RunbookError(
+            f"cannot tell which cluster's archive to read {name} from: no global/pg_control in the working "
+            "directory, beside DEST's pg_wal, or at cluster.data_directory",
+            hint="PostgreSQL runs restore_command in the data directory; by hand, pass --sysid")
+    spool = None
+    if settings.prefetch > 0 and w.kind == "segment" and datadir is not None:
+        spool = walfast.fetch_spool(settings, sysid, str(datadir))
+        if spool is not None and walfast.take(spool, name, str(dest)):
+            walfast.request_after(settings, spool, sysid, name, walfast.segment_size_of(str(dest)), args.source)
+            return 0
+    stores = open_wal_stores(settings.local_path, settings.s3, args.source)
+    data, problems = fetch_blob(stores, wal_key(str(sysid), name), name, settings.fetch_attempts, sysid)
+    if data is None:
+        if not problems:
+            return EXIT_MISSING  # every repository says it does not exist: quietly
+        raise FetchFailed(f"cannot restore {name}: " + "; ".join(problems),
+                          hint="recovery stops here rather than end early with this WAL missing; fix the repository "
+                               "(or use the other copy: --from local|s3) and start the server again")
+    write_atomically(dest, data)
+    if spool is not None:
+        walfast.request_after(settings, spool, sysid, name, segment_header(data).segment_size, args.source)
+    return 0
+
+
+class FetchFailed(RunbookError):
+    exit_code = EXIT_ABORT_RECOVERY
+
+
+# --- the command line (fast path) -------------------------------------------------------------------
+
+
+def _fetch_parser() -> argparse.ArgumentParser:
+    """restore_command's argument errors must stop recovery too: exit 126, never 2 (2 would mean "missing")."""
+    import argparse
+
+    class FetchParser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            self.print_usage(sys.stderr)
+            print(f"{self.prog}: error: {message}", file=sys.stderr)
+            raise SystemExit(EXIT_ABORT_RECOVERY)
+
+    return FetchParser(prog="runbook wal-fetch", description="restore_command: fetch one archived WAL file")
+
+
+def add_push_arguments(p: argparse.ArgumentParser) -> None:
+    import argparse
+
+    p.add_argument("-c", "--config", metavar="REPO_CONFIG",
+                   help="the repository config (default: $RUNBOOK_CONFIG, then /etc/runbook/repository.yaml)")
+    p.add_argument("path", nargs="?", metavar="PATH", help="the file to archive (%%p)")
+    p.add_argument("--sysid", help=argparse.SUPPRESS)
+    p.add_argument("--async-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--pg-wal", help=argparse.SUPPRESS)
+
+
+def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
+    import argparse
+
+    p.add_argument("-c", "--config", metavar="REPO_CONFIG",
+                   help="the repository config (default: $RUNBOOK_CONFIG, then /etc/runbook/repository.yaml)")
+    p.add_argument("name", nargs="?", default="", metavar="NAME", help="the WAL file PostgreSQL asks for (%%f)")
+    p.add_argument("dest", nargs="?", default="", metavar="DEST", help="where to write it (%%p)")
+    p.add_argument("--from", dest="source", choices=["local", "s3", "any"], default="any",
+                   help="read only this repository (default: local first, then s3)")
+    p.add_argument("--sysid", help="the cluster's system identifier (default: from global/pg_control)")
+    p.add_argument("--prefetch-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--spool", help=argparse.SUPPRESS)
+
+
+def main(argv: Sequence[str]) -> int:
+    """`runbook wal-push ...` / `runbook wal-fetch ...` (argv starts with the command)."""
+    command, rest = argv[0], list(argv[1:])
+    fetch = command == "wal-fetch"
+    parser: argparse.ArgumentParser
+    if fetch:
+        parser = _fetch_parser()
+        add_fetch_arguments(parser)
+    else:
+        import argparse
+
+        parser = argparse.ArgumentParser(prog="runbook wal-push", description="archive_command: archive one WAL file")
+        add_push_arguments(parser)
+    args = parser.parse_args(rest)
+    if fetch and not args.prefetch_worker and not (args.name and args.dest):
+        parser.error("the arguments NAME and DEST (%f %p) are required")
+    return run(command, args)
+
+
+def run(command: str, args: argparse.Namespace) -> int:
+    fetch = command == "wal-fetch"
+    try:
+        return cmd_fetch(args) if fetch else cmd_push(args)
+    except RunbookError as e:
+        print(f"runbook {command}: {e}", file=sys.stderr)
+        if fetch:
+            return EXIT_ABORT_RECOVERY
+        return EXIT_USAGE if isinstance(e, UsageError) else EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"runbook {command}: interrupted", file=sys.stderr)
+        return EXIT_ABORT_RECOVERY if fetch else EXIT_FAILED
+    except Exception as e:  # noqa: BLE001 - an unexpected failure must still keep the contract's exit codes
+        import traceback
+
+        traceback.print_exc()
+        print(f"runbook {command}: unexpected {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_ABORT_RECOVERY if fetch else EXIT_FAILED

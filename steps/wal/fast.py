@@ -1,0 +1,399 @@
+"""The hot paths of `wal-push`/`wal-fetch`, on the standard library alone (os, json, hashlib, struct, fcntl).
+
+PostgreSQL starts these commands once per segment and waits for each: during a replay the startup process
+is stalled for as long as `wal-fetch` runs, so every millisecond of interpreter start and import is paid
+per segment. Two paths need no more than this module:
+- `wal-fetch -c CONFIG [--from R] NAME DEST` when the read-ahead spool (steps.wal.spool) holds NAME, or its
+  prefetcher is fetching it: check its size against the prefetcher's record, rename it into place, ask for
+  the next ones;
+- `wal-push -c CONFIG PATH` in the asynchronous mode: wait for the uploader's `.ok` record of this very file
+  (its sha256), or report its `.error`.
+Everything else (and every doubt: an option, a missing cache, an unexpected error) goes to steps.wal.archive, which
+does the whole job. Both paths keep the contract of steps.wal.archive: an `.ok` is the only confirmation a segment
+gets, and the spool never answers "missing".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: typing costs an import
+if TYPE_CHECKING:
+
+    from steps.wal.settings import WalSettings
+
+POLL_S = 0.01
+PREFETCH_WAIT_S = 10.0  # the longest a wal-fetch waits for a segment the prefetcher is fetching
+_HEX = frozenset("0123456789ABCDEF")
+
+
+def is_segment_name(name: str) -> bool:
+    return len(name) == 24 and set(name) <= _HEX
+
+
+def sha256_file(path: str | os.PathLike[str]) -> tuple[int, str]:
+    """(size, sha256) of a file, hashed through a mapping (no copy of a 16 MB segment into the process)."""
+    import mmap
+
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if not size:
+            return 0, hashlib.sha256(b"").hexdigest()
+        with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+            return size, hashlib.sha256(m).hexdigest()
+
+
+def write_record(path: str | os.PathLike[str], text: str) -> None:
+    """Write a small file whole or not at all (a temporary name, then rename), mode 0600."""
+    path = os.fspath(path)
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}-{os.getpid()}-{id(text)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def worker_alive(lock_path: str | os.PathLike[str]) -> bool:
+    """Does a worker hold this lock? (it holds an exclusive flock for its whole life)"""
+    import fcntl
+
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def spawn(argv: list[str], log: str | os.PathLike[str], cwd: str | os.PathLike[str] | None) -> None:
+    """Start `runbook ARGV...` detached (own session, no terminal), its output appended to `log`."""
+    import subprocess
+
+    try:
+        if os.stat(log).st_size > 5 * 1024 * 1024:
+            os.replace(log, f"{os.fspath(log)}.1")
+    except OSError:
+        pass
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        subprocess.Popen([sys.executable, "-m", "runbook", *argv], stdin=subprocess.DEVNULL, stdout=fd,
+                         stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                         cwd=os.fspath(cwd) if cwd else None)
+    finally:
+        os.close(fd)
+
+
+def cluster_identity(wal_path: str, configured: str | None) -> tuple[int | None, str | None]:
+    """(system identifier, data directory) from `global/pg_control` of the data directory running us: the
+    working directory PostgreSQL gives both commands, else the parent of the file's pg_wal, else the config's."""
+    candidates = [os.getcwd(), os.path.dirname(os.path.dirname(os.path.abspath(wal_path)))]
+    if configured:
+        candidates.append(configured)
+    for d in candidates:
+        try:
+            with open(os.path.join(d, "global", "pg_control"), "rb") as f:
+                head = f.read(8)
+        except OSError:
+            continue
+        if len(head) == 8:
+            return int.from_bytes(head, "little"), d
+    return None, None
+
+
+# --- asynchronous push: the waiting side -------------------------------------------------------------
+
+
+def push_root(settings: WalSettings, sysid: int, pg_wal: str) -> str:
+    """The spool of one cluster's pg_wal: a restored copy of a cluster (same identifier) on the same host
+    gets an uploader of its own."""
+    tag = hashlib.sha256(os.path.abspath(pg_wal).encode()).hexdigest()[:12]
+    return os.path.join(os.fspath(settings.spool_dir), str(sysid), f"push-{tag}")
+
+
+def push_via_worker(settings: WalSettings, path: str, name: str, sysid: int, datadir: str | None) -> int | None:
+    """Exit 0 only on the uploader's `.ok` record of this very file; 1 on its `.error` or after the bound.
+    None: the file is not marked ready in its pg_wal (run by hand), so the uploader would never see it:
+    the caller pushes it itself."""
+    pg_wal = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(os.path.join(pg_wal, "archive_status", f"{name}.ready")):
+        return None
+    root = push_root(settings, sysid, pg_wal)
+    out = os.path.join(root, "out")
+    try:
+        os.makedirs(out, mode=0o700, exist_ok=True)
+    except OSError as e:
+        print(f"runbook wal-push: cannot create the WAL spool {out}: {e.strerror}\n"
+              "  hint: wal.spool_dir must be writable by the server's user", file=sys.stderr)
+        return 1
+    ok, err = os.path.join(out, f"{name}.ok"), os.path.join(out, f"{name}.error")
+    lock = os.path.join(root, "push-worker.lock")
+    deadline = time.monotonic() + settings.push_timeout_s
+    next_look = 0.0
+    mine: tuple[int, str] | None = None
+    while True:
+        try:
+            with open(ok) as f:
+                rec = json.load(f)
+        except FileNotFoundError:
+            rec = None
+        except ValueError:
+            rec = {}
+        if rec is not None:
+            if mine is None:
+                try:
+                    mine = sha256_file(path)
+                except OSError as e:
+                    print(f"runbook wal-push: cannot read {path}: {e.strerror}", file=sys.stderr)
+                    return 1
+            if rec.get("sha256") == mine[1] and rec.get("size") == mine[0]:
+                return 0
+            _unlink(ok)  # a record of other bytes under this name: this file is pushed afresh
+        try:
+            with open(err) as f:
+                message = f.read()
+        except FileNotFoundError:
+            message = None
+        if message is not None:
+            _unlink(err)  # the next attempt starts afresh
+            print(f"runbook wal-push: {name} was not archived: {message.strip()}", file=sys.stderr)
+            return 1
+        now = time.monotonic()
+        if now >= deadline:
+            print(f"runbook wal-push: {name} was not confirmed within {settings.push_timeout_s:g} s by the "
+                  f"asynchronous uploader; see {os.path.join(root, 'push-worker.log')}", file=sys.stderr)
+            return 1
+        if now >= next_look:
+            if not worker_alive(lock):
+                spawn(["wal-push", "-c", str(settings.path), "--async-worker", "--pg-wal", pg_wal,
+                       "--sysid", str(sysid)], os.path.join(root, "push-worker.log"), datadir)
+            next_look = now + 1.0
+        time.sleep(POLL_S)
+
+
+def _unlink(path: str) -> None:
+    try:  # noqa: SIM105 - contextlib would be one more import on the per-segment path
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+# --- fetch read-ahead: the taking side ---------------------------------------------------------------
+
+
+def fetch_spool(settings: WalSettings, sysid: int, datadir: str) -> str | None:
+    """The read-ahead spool of one recovering data directory (created), or None when it cannot be."""
+    tag = hashlib.sha256(os.path.abspath(datadir).encode()).hexdigest()[:12]
+    path = os.path.join(os.fspath(settings.spool_dir), str(sysid), f"in-{tag}")
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError:
+        return None
+    return path
+
+
+def take(spool: str, name: str, dest: str) -> bool:
+    """Move a prefetched segment to DEST when it is there whole: a rename when the spool shares pg_wal's file
+    system, else a copy written whole (temporary name, then rename).
+
+    No second sha256 here: the prefetcher checked the bytes against the archive's sha256 before it wrote
+    them, and its record (written after the file) carries their size, compared with the file's. Hashing the
+    16 MB again cost ~30 ms on replay's critical path, per segment, to guard only the few seconds a file
+    spends in the spool; PostgreSQL still checks every record's CRC as it replays."""
+    data_path, rec_path = os.path.join(spool, name), os.path.join(spool, f"{name}.json")
+    try:
+        with open(rec_path) as f:
+            rec = json.load(f)
+        size = os.stat(data_path).st_size
+    except (OSError, ValueError):
+        return False
+    if size != rec.get("size"):
+        print(f"runbook wal-fetch: warning: the prefetched {name} in {spool} is {size} bytes, not the "
+              f"{rec.get('size')} archived; reading it from the repository", file=sys.stderr)
+        _unlink(data_path)
+        _unlink(rec_path)
+        return False
+    try:
+        os.replace(data_path, dest)
+    except OSError:
+        import shutil
+
+        tmp = os.path.join(os.path.dirname(os.path.abspath(dest)), f".{os.path.basename(dest)}.runbook-{os.getpid()}")
+        try:
+            shutil.copyfile(data_path, tmp)
+            os.replace(tmp, dest)
+        except OSError:
+            _unlink(tmp)
+            return False
+        _unlink(data_path)
+    _unlink(rec_path)
+    return True
+
+
+def _segment_index(name: str, segment_size: int) -> tuple[int, int]:
+    """(timeline, position) of a segment name: the position counts segments from the start of WAL."""
+    per_log = 0x100000000 // segment_size
+    return int(name[:8], 16), int(name[8:16], 16) * per_log + int(name[16:], 16)
+
+
+def in_window(want: dict[str, object], name: str, depth: int) -> bool:
+    """Is `name` among the segments the prefetcher was asked for (the `depth` after want["name"])?"""
+    try:
+        size = int(want["segment_size"])  # type: ignore[call-overload]  # JSON: checked by int()
+        tli, pos = _segment_index(name, size)
+        want_tli, want_pos = _segment_index(str(want["name"]), size)
+    except (KeyError, ValueError, TypeError, ZeroDivisionError):
+        return False
+    return tli == want_tli and 1 <= pos - want_pos <= depth
+
+
+def wait_prefetched(settings: WalSettings, spool: str, name: str, dest: str, source: str) -> bool:
+    """Take `name` from the spool once the running prefetcher has it, when it is already fetching it.
+
+    Replay asks for segment X+1 the moment X is replayed; when that is faster than the read-ahead, waiting
+    for the prefetcher's copy (a few ms) beats reading the repository again from a cold process. False at
+    once when no prefetcher runs or `name` is not in what it was asked for, and as soon as it says it could
+    not get it (`NAME.none`), or after a bound: the caller then reads the repository itself."""
+    try:
+        with open(os.path.join(spool, ".want")) as f:
+            want = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if want.get("source", "any") != source or not in_window(want, name, settings.prefetch):
+        return False
+    lock = os.path.join(spool, ".lock")
+    none = os.path.join(spool, f"{name}.none")
+    deadline = time.monotonic() + PREFETCH_WAIT_S
+    next_look = 0.0
+    while True:
+        if take(spool, name, dest):
+            return True
+        now = time.monotonic()
+        if os.path.exists(none) or now >= deadline:
+            return False
+        if now >= next_look:
+            if not worker_alive(lock):
+                return False
+            next_look = now + 0.5
+        time.sleep(0.002)
+
+
+def request_after(settings: WalSettings, spool: str, sysid: int, name: str, segment_size: int,
+                  source: str = "any") -> None:
+    """Ask the prefetcher for the segments after `name`, and start it when none runs."""
+    try:
+        write_record(os.path.join(spool, ".want"),
+                     json.dumps({"name": name, "segment_size": segment_size, "source": source}))
+        if not worker_alive(os.path.join(spool, ".lock")):
+            spawn(["wal-fetch", "-c", str(settings.path), "--prefetch-worker", "--spool", spool,
+                   "--sysid", str(sysid)], os.path.join(spool, ".prefetch.log"), None)
+    except OSError as e:
+        print(f"runbook wal-fetch: warning: read-ahead not started: {e}", file=sys.stderr)
+
+
+def segment_size_of(path: str) -> int:
+    """The segment size in a segment's long page header (bytes 32-35)."""
+    with open(path, "rb") as f:
+        head = f.read(40)
+    return int.from_bytes(head[32:36], "little")
+
+
+# --- the entry ---------------------------------------------------------------------------------------
+
+
+def _simple(argv: list[str], positionals: int, source: bool = False) -> tuple[str | None, list[str], str] | None:
+    """`-c CONFIG ARG...` (or `--config=CONFIG`, or no -c; with `source`, also `--from local|s3|any`) and
+    nothing else: (config, arguments, source); None for any other form."""
+    config: str | None = None
+    rest: list[str] = []
+    origin = "any"
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-c", "--config") and i + 1 < len(argv):
+            config, i = argv[i + 1], i + 2
+            continue
+        if source and a == "--from" and i + 1 < len(argv) and argv[i + 1] in ("local", "s3", "any"):
+            origin, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("--config="):
+            config = a.split("=", 1)[1]
+        elif source and a in ("--from=local", "--from=s3", "--from=any"):
+            origin = a.split("=", 1)[1]
+        elif a.startswith("-"):
+            return None
+        else:
+            rest.append(a)
+        i += 1
+    return (config, rest, origin) if len(rest) == positionals else None
+
+
+def _fast(argv: list[str]) -> int | None:
+    if os.geteuid() == 0:
+        return None
+    command = argv[0]
+    fetch = command == "wal-fetch"
+    parsed = _simple(argv[1:], 2 if fetch else 1, source=fetch)
+    if parsed is None:
+        return None
+    config, args, source = parsed
+    from steps.wal.settings import WalSettings
+
+    settings = WalSettings.load(config)
+    if fetch:
+        name, dest = args
+        if settings.prefetch <= 0 or not is_segment_name(name):
+            return None
+        sysid, datadir = cluster_identity(dest, settings.data_directory)
+        if sysid is None or datadir is None:
+            return None
+        spool = fetch_spool(settings, sysid, datadir)
+        if spool is None or not (take(spool, name, dest) or wait_prefetched(settings, spool, name, dest, source)):
+            return None
+        request_after(settings, spool, sysid, name, segment_size_of(dest), source)
+        return 0
+    if not settings.async_mode:
+        return None
+    path = args[0]
+    name = os.path.basename(path)
+    sysid, datadir = cluster_identity(path, settings.data_directory)
+    if sysid is None:
+        return None
+    return push_via_worker(settings, path, name, sysid, datadir)
+
+
+def main(argv: list[str]) -> int:
+    """`runbook wal-push ...` / `runbook wal-fetch ...`: the fast path when it applies, else steps.wal.archive (with
+    the plain forms parsed here, so that argparse is loaded only for the others)."""
+    try:
+        rc = _fast(argv)
+    except Exception:  # noqa: BLE001 - any doubt: the full path below does the whole job and reports
+        rc = None
+    if rc is not None:
+        return rc
+    command = argv[0]
+    fetch = command == "wal-fetch"
+    parsed = _simple(argv[1:], 2 if fetch else 1, source=fetch)
+    if parsed is None:
+        from steps.wal.archive import main as full_main
+
+        return full_main(argv)
+    from types import SimpleNamespace
+
+    from steps.wal.archive import run
+
+    config, args, source = parsed
+    if fetch:
+        ns = SimpleNamespace(config=config, name=args[0], dest=args[1], source=source, sysid=None,
+                             prefetch_worker=False, spool=None)
+    else:
+        ns = SimpleNamespace(config=config, path=args[0], sysid=None, async_worker=False, pg_wal=None)
+    return run(command, ns)  # type: ignore[arg-type]  # the attributes argparse would give

@@ -1,0 +1,115 @@
+"""The repository config on the WAL commands' fast path: validated once, then read from a cache.
+
+PostgreSQL starts `wal-push` once per segment and `wal-fetch` once per segment replayed, so their start
+time is paid thousands of times. Validating the YAML with the schema (pydantic, `steps.repository.config`) costs
+~140 ms; this module validates it **with that same schema** the first time (every problem reported as
+`FILE:LINE:COL`, as everywhere), then keeps the validated form as JSON in the running user's cache
+(`$XDG_CACHE_HOME/runbook/`, else `~/.cache/runbook/`, mode 0600), keyed by the file's device, inode,
+size, mtime and ctime and by the schema module's own mtime. A changed file, or a changed tool, is
+validated again. When the cache cannot be written the file is simply validated every time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from runbook import __version__
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms on a path run per segment
+if TYPE_CHECKING:
+    from typing import Any
+
+# Where the config is looked for; steps.repository.config.resolve_config_path uses these too (they live here because
+# steps.repository.config loads pydantic, which this fast path never imports).
+CONFIG_ENV = "RUNBOOK_CONFIG"
+DEFAULT_CONFIG = Path("/etc/runbook/repository.yaml")
+
+
+def chosen_config_path(given: str | os.PathLike[str] | None, default: Path = DEFAULT_CONFIG) -> Path:
+    """`-c FILE`, else `$RUNBOOK_CONFIG`, else `default`; never the current directory. Not checked to exist."""
+    if given:
+        return Path(given)
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    return default
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "runbook"
+
+
+def _stamp(path: Path) -> list[Any]:
+    st = path.stat()
+    schema = Path(__file__).with_name("config.py")
+    try:
+        schema_mtime = schema.stat().st_mtime_ns
+    except OSError:
+        schema_mtime = 0
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, __version__, schema_mtime]
+
+
+def _validate(path: Path) -> dict[str, Any]:
+    from steps.repository.config import load_repository_config
+
+    cfg, _ = load_repository_config(path)
+    return cfg.model_dump(mode="json", by_alias=True)
+
+
+def load_config_dict(given: str | None) -> tuple[dict[str, Any], Path]:
+    """The validated config as plain data (keys as in the file, defaults filled in), and its path."""
+    path = chosen_config_path(given).absolute()
+    try:
+        stamp = _stamp(path)
+    except OSError:
+        return _validate(path), path  # raises the usual "does not exist" UsageError
+    cache = _cache_dir() / f"repository-{hashlib.sha256(str(path).encode()).hexdigest()[:20]}.json"
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("path") == str(path) and cached.get("stamp") == stamp:
+            return dict(cached["config"]), path
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    data = _validate(path)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"path": str(path), "stamp": stamp, "config": data}, f)
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # no cache for this user: validated every time, still correct
+    return data, path
+
+
+class WalSettings:
+    """What the WAL commands read from the config (plain values, no schema objects, no dataclass import)."""
+
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        wal = data.get("wal") or {}
+        spool = wal.get("spool_dir")
+        if not spool:
+            state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+            spool = os.path.join(state, "runbook", "wal-spool")
+        local = data.get("local")
+        self.path = path
+        self.local_path: Path | None = Path(local["path"]) if local else None
+        self.s3: dict[str, Any] | None = data.get("s3")
+        self.data_directory: str | None = (data.get("cluster") or {}).get("data_directory")
+        self.level = int(wal.get("compression_level", 1))
+        self.async_mode = bool(wal.get("async", False))
+        self.spool_dir = Path(spool)
+        self.max_parallel = int(wal.get("max_parallel", 4))
+        self.push_timeout_s = float(wal.get("push_timeout_s", 60))
+        self.worker_idle_s = float(wal.get("worker_idle_s", 30))
+        self.prefetch = int(wal.get("prefetch", 8))
+        self.fetch_attempts = int(wal.get("fetch_attempts", 3))
+
+    @classmethod
+    def load(cls, given: str | None) -> WalSettings:
+        data, path = load_config_dict(given)
+        return cls(path, data)

@@ -1,0 +1,266 @@
+"""The asynchronous side of WAL archiving: a spool, a long-lived uploader, and fetch read-ahead.
+
+One Python process per segment costs an interpreter start, and with S3 a boto3 start and a fresh connection
+(~0.4 s a segment, BENCHMARKS.md): too slow for a busy server. In the spirit of pgBackRest's asynchronous
+archive-push, with `wal: {async: true}`:
+
+- `wal-push PATH` looks in the spool (`<spool_dir>/<system identifier>/push-<pg_wal hash>/out/`) for its
+  segment's status. An
+  `.ok` record whose sha256 matches the file means every repository holds it: exit 0. An `.error` record is
+  reported and removed (the next attempt tries again): exit 1. With no status it makes sure the uploader runs
+  and waits (at most `push_timeout_s`) for one; it never confirms a segment whose record is missing.
+- The uploader (`wal-push --async-worker`, one per cluster, an flock on `push-worker.lock`, started detached by
+  `wal-push`, its log in `push-worker.log`) reads ahead of `pg_wal/archive_status/*.ready` (history files
+  first, then oldest first, as PostgreSQL does), pushes up to `max_parallel` files at once through the very
+  code of the synchronous mode (steps.wal.archive.push_data: checked, written once, durable, in every repository),
+  and records `.ok` only after that. It removes the records of files PostgreSQL has marked `.done`, and exits
+  after `worker_idle_s` with nothing to do.
+
+Fetch read-ahead (`wal.prefetch: N`, on by default): after restoring segment X, `wal-fetch` writes X (and
+the repository it reads, `--from`) to `<spool_dir>/<sysid>/in-<data directory hash>/.want` and makes sure the
+prefetcher (`wal-fetch --prefetch-worker`) runs; it keeps X+1..X+N fetched from that repository, checked
+against the archive's sha256 and decompressed in the spool, each with a record of its size and sha256
+written after it. A later `wal-fetch` takes its segment from there (a rename when the spool is on pg_wal's
+file system); when the prefetcher is still fetching it, it waits for it rather than read the repository a
+second time. A segment the prefetcher could not get is marked `NAME.none` (and tried again later): the
+waiting `wal-fetch` then reads the repository itself. The spool never answers "missing": only the
+repository does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import time
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from runbook.errors import RunbookError
+from steps.repository.layout import next_segment, parse_wal_name, wal_key
+from steps.wal.fast import push_root, write_record
+from steps.wal.settings import WalSettings
+from steps.wal.store import WalStore, open_wal_stores
+
+
+def _mkdirs(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def _log(msg: str) -> None:
+    print(f"{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')} [{os.getpid()}] {msg}", flush=True)
+
+
+class Lock:
+    """One worker per spool: an exclusive flock held for the worker's life (released by the kernel at exit)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+# --- asynchronous push ----------------------------------------------------------------------------------
+
+
+def push_spool(settings: WalSettings, sysid: int, pg_wal: Path) -> Path:
+    return Path(push_root(settings, sysid, str(pg_wal)))
+
+
+def _push_task(stores: list[WalStore], pg_wal: Path, name: str, sysid: int, level: int, out: Path) -> None:
+    from steps.wal.archive import prepare, push_data
+
+    t0 = time.monotonic()
+    try:
+        data, archived_as = prepare(pg_wal / name, parse_wal_name(name), sysid)
+        meta = push_data(stores, name, data, archived_as, level)
+    except (RunbookError, ValueError) as e:
+        write_record(out / f"{name}.error", str(e))
+        _log(f"{name}: FAILED: {e}")
+        return
+    except Exception as e:  # noqa: BLE001 - recorded for the waiting wal-push, which exits non-zero
+        write_record(out / f"{name}.error", f"unexpected {type(e).__name__}: {e}")
+        _log(f"{name}: FAILED:\n{traceback.format_exc()}")
+        return
+    record = {"name": name, "sha256": meta["sha256"], "size": meta["size"], "stored": meta["stored"],
+              "at": datetime.now(UTC).isoformat()}
+    write_record(out / f"{name}.ok", json.dumps(record))
+    _log(f"{name}: {', '.join(f'{k} {v}' for k, v in meta['stored'].items())} "
+         f"({meta['compressed_size']} bytes, {time.monotonic() - t0:.3f} s)")
+
+
+def _ready(status_dir: Path) -> list[str]:
+    names = [n[: -len(".ready")] for n in os.listdir(status_dir) if n.endswith(".ready")]
+    return sorted(names, key=lambda n: (not n.endswith(".history"), n))
+
+
+def run_push_worker(settings: WalSettings, pg_wal: Path, sysid: int) -> int:
+    root = push_spool(settings, sysid, pg_wal)
+    out = root / "out"
+    _mkdirs(out)
+    lock = Lock(root / "push-worker.lock")
+    if not lock.try_acquire():
+        return 0  # another uploader serves this cluster
+    status_dir = pg_wal / "archive_status"
+    _log(f"uploader started for {pg_wal} (cluster {sysid}, {settings.max_parallel} in parallel)")
+    stores = open_wal_stores(settings.local_path, settings.s3)
+    pool = ThreadPoolExecutor(max_workers=settings.max_parallel, thread_name_prefix="wal-push")
+    inflight: dict[str, Future[None]] = {}
+    idle_since = time.monotonic()
+    next_sweep = 0.0
+    try:
+        while True:
+            try:
+                ready = _ready(status_dir)
+            except FileNotFoundError:
+                _log(f"{status_dir} is gone: stopping")
+                break
+            for name in ready:
+                if len(inflight) >= settings.max_parallel * 2:
+                    break
+                if name in inflight or (out / f"{name}.ok").exists() or (out / f"{name}.error").exists():
+                    continue
+                inflight[name] = pool.submit(_push_task, stores, pg_wal, name, sysid, settings.level, out)
+            for name in [n for n, f in inflight.items() if f.done()]:
+                del inflight[name]
+            now = time.monotonic()
+            if inflight:
+                idle_since = now
+            if now >= next_sweep:
+                _sweep(out, status_dir, set(ready))
+                next_sweep = now + 10
+            if not inflight and now - idle_since > settings.worker_idle_s:
+                _log("idle: stopping")
+                break
+            time.sleep(0.02 if inflight else 0.05)
+    finally:
+        pool.shutdown(wait=True)
+        lock.release()
+    return 0
+
+
+def _sweep(out: Path, status_dir: Path, ready: set[str]) -> None:
+    """Drop records of files PostgreSQL no longer lists as ready (archived: `.done`), once nobody can be
+    waiting for them; errors nobody asked about are dropped after ten minutes (they are retried then)."""
+    now = time.time()
+    for entry in os.scandir(out):
+        if entry.name.startswith("."):
+            if now - entry.stat().st_mtime > 600:
+                os.unlink(entry.path)
+            continue
+        name, _, kind = entry.name.rpartition(".")
+        try:
+            age = now - entry.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if (kind == "ok" and name not in ready and age > 60) or (kind == "error" and age > 600):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+
+
+# --- fetch read-ahead -------------------------------------------------------------------------------------
+
+
+def _prefetch_task(stores: list[WalStore], spool: Path, name: str, sysid: int) -> str:
+    from steps.wal.archive import fetch_checked
+
+    data, digest, problems = fetch_checked(stores, wal_key(str(sysid), name), name, 1, sysid)
+    if data is None:
+        (spool / f"{name}.none").touch()
+        return "error" if problems else "missing"
+    tmp = spool / f".tmp-{name}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, spool / name)
+    write_record(spool / f"{name}.json",
+                  json.dumps({"size": len(data), "sha256": digest}))  # checked by unpack just now
+    return "ok"
+
+
+def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
+    lock = Lock(spool / ".lock")
+    if not lock.try_acquire():
+        return 0
+    # Replay is one process waiting for us: read-ahead needs a fraction of a core to stay ahead of it, and
+    # must not take that core from it when the machine is busy.
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    for entry in os.scandir(spool):  # what an earlier prefetcher left: unknown freshness, start clean
+        if not entry.name.startswith("."):
+            os.unlink(entry.path)
+    opened: dict[str, list[WalStore]] = {}
+    pool = ThreadPoolExecutor(max_workers=min(settings.max_parallel, settings.prefetch), thread_name_prefix="prefetch")
+    inflight: dict[str, Future[str]] = {}
+    retry_at: dict[str, float] = {}
+    last_want: Any = None
+    changed = time.monotonic()
+    try:
+        while True:
+            try:
+                want = json.loads((spool / ".want").read_text())
+            except (OSError, ValueError):
+                want = None
+            now = time.monotonic()
+            if want != last_want:
+                last_want, changed = want, now
+            if now - changed > settings.worker_idle_s and not inflight:
+                break
+            if want:
+                source = str(want.get("source") or "any")
+                if source not in opened:
+                    try:
+                        opened[source] = open_wal_stores(settings.local_path, settings.s3, source)
+                    except RunbookError as e:  # wal-fetch itself reports it to PostgreSQL
+                        _log(f"cannot read ahead from {source}: {e}")
+                        break
+                window = [next_segment(want["name"], int(want["segment_size"]), i)
+                          for i in range(1, settings.prefetch + 1)]
+                keep = set(window)
+                for entry in os.scandir(spool):
+                    base = entry.name.removesuffix(".json").removesuffix(".none")
+                    if not entry.name.startswith(".") and base not in keep:
+                        os.unlink(entry.path)
+                for n in window:
+                    if n in inflight or retry_at.get(n, 0) > now or (spool / f"{n}.json").exists():
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        (spool / f"{n}.none").unlink()  # tried again: a waiting wal-fetch waits for this try
+                    inflight[n] = pool.submit(_prefetch_task, opened[source], spool, n, sysid)
+            for n in [n for n, f in inflight.items() if f.done()]:
+                fut = inflight.pop(n)
+                try:
+                    result = fut.result()
+                except Exception:  # noqa: BLE001 - a failed read-ahead only means wal-fetch reads it itself
+                    (spool / f"{n}.none").touch()
+                    result = "error"
+                if result != "ok":
+                    retry_at[n] = now + (1.0 if result == "missing" else 3.0)
+            time.sleep(0.01)
+    finally:
+        pool.shutdown(wait=True)
+        lock.release()
+    return 0
