@@ -1,8 +1,8 @@
-# Two entry points, both idempotent: `make demo` and `make test`.
+# Two entry points, both idempotent: `make demo` and `make test`; `make test-fast` is the unit layer alone.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-fast lint clean
 
 setup:
 	bash scripts/setup.sh
@@ -12,6 +12,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q tests/unit
 
 lint: setup
 	$(VENV)/bin/ruff check runbook steps tests

@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.pgcluster import PG_BIN, Cluster, clone_cluster, initdb, make_base_dir  # noqa: E402
+from tests.support.pgcluster import PG_BIN, Cluster, clone_cluster, initdb, make_base_dir  # noqa: E402
 
 PY = sys.executable
 ROLE = "backup_user"

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from backup_bench import ROLE, build, source_cluster  # noqa: E402
 
-from tests.pgcluster import PG_BIN, clone_cluster  # noqa: E402
+from tests.support.pgcluster import PG_BIN, clone_cluster  # noqa: E402
 
 PY = sys.executable
 

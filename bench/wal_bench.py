@@ -37,9 +37,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.pgcluster import PG_BIN, as_server_user, chown_server_user  # noqa: E402
-from tests.s3server import ACCESS_KEY, SECRET_KEY  # noqa: E402
-from tests.server_venv import build_server_venv  # noqa: E402
+from tests.support.pgcluster import PG_BIN, as_server_user, chown_server_user  # noqa: E402
+from tests.support.s3server import ACCESS_KEY, SECRET_KEY  # noqa: E402
+from tests.support.server_venv import build_server_venv  # noqa: E402
 
 SEG = 16 * 1024 * 1024
 

@@ -1,4 +1,11 @@
-"""Shared fixtures: a state directory, a runbook writer, a runner of the real CLI."""
+"""Shared fixtures: a state directory, a runbook writer, a runner of the real CLI, PostgreSQL clusters.
+
+The suite is laid out by layer, and each test is marked with its layer from where it lives:
+- `tests/unit/`: no PostgreSQL, no network; child processes only where the unit is one (`make test-fast`);
+- `tests/integration/`: real PostgreSQL 15 clusters, S3 over HTTP, the real command line and supervisor;
+- `tests/tui/`: the cockpit, through Textual's pilot, snapshots and tmux;
+- `tests/support/`: what they share (clusters, the S3 endpoint, the server user's venv, helpers).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pgcluster import Cluster
+from tests.support.pgcluster import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +53,7 @@ def run_cli(*args: str, input: str | None = None, timeout: float = 60, env: dict
 
 @pytest.fixture(scope="session")
 def pg_base() -> Iterator[Path]:
-    from tests.pgcluster import PG_BIN, make_base_dir
+    from tests.support.pgcluster import PG_BIN, make_base_dir
 
     if not (PG_BIN / "initdb").exists():
         pytest.fail("PostgreSQL 15 server binaries are missing: run `make test` (scripts/setup.sh installs postgresql-15)")
@@ -59,7 +66,7 @@ def pg_base() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def pg_template(pg_base: Path) -> Path:
-    from tests.pgcluster import initdb
+    from tests.support.pgcluster import initdb
 
     tpl = pg_base / "template" / "data"
     initdb(tpl)
@@ -68,7 +75,7 @@ def pg_template(pg_base: Path) -> Path:
 
 @pytest.fixture
 def pg_cluster(pg_base: Path, pg_template: Path) -> Iterator[Cluster]:
-    from tests.pgcluster import clone_cluster
+    from tests.support.pgcluster import clone_cluster
 
     n = next(_cluster_numbers)
     dest = pg_base / f"c{n}"
@@ -82,4 +89,14 @@ def pg_cluster(pg_base: Path, pg_template: Path) -> Iterator[Cluster]:
 
 
 _cluster_numbers = itertools.count(1)
-from tests.server_venv import server_venv  # noqa: E402,F401  (session: the venv the server user runs)
+
+_LAYERS = {"unit": "unit", "integration": "integration", "tui": "tui"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its layer (the directory under tests/ it lives in): `-m unit` is the fast lane."""
+    for item in items:
+        layer = _LAYERS.get(Path(str(item.path)).relative_to(ROOT / "tests").parts[0])
+        if layer is not None:
+            item.add_marker(getattr(pytest.mark, layer))
+from tests.support.server_venv import server_venv  # noqa: E402,F401  (session: the venv the server user runs)

@@ -191,7 +191,7 @@ async def test_stale_scenarios_are_flagged_at_start(tmp_path: Path, state_dir: P
     from datetime import timedelta
 
     from runbook.clock import FrozenClock
-    from tests.test_engine import drive, yes
+    from tests.support.engine import drive, yes
 
     path = _write(tmp_path, """
         version: 1

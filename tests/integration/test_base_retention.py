@@ -8,14 +8,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.conftest import run_cli
-from tests.pitr_cluster import (  # noqa: F401 - fixtures
+from tests.support.pitr_cluster import (  # noqa: F401 - fixtures
     make_primary,
     next_dir,
+    notes,
+    outputs,
+    pitr,
     pitr_template_fixture,
     server_runbook_fixture,
     write_rows,
 )
-from tests.test_pitr import notes, outputs, pitr
 
 
 def _segments(wal: Path) -> set[str]:

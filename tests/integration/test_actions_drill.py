@@ -14,7 +14,7 @@ import pytest
 
 from runbook import events as ev
 from runbook.events import StepStatus, Wait
-from tests.test_engine import drive, open_run, yes
+from tests.support.engine import drive, open_run, yes
 
 
 class _Hook(BaseHTTPRequestHandler):

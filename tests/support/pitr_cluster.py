@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.pgcluster import PG_BIN, Cluster, as_server_user, chown_server_user
+from tests.conftest import ROOT, run_cli
+from tests.support.pgcluster import PG_BIN, Cluster, as_server_user, chown_server_user
 
 BACKUP_ROLE = "backup_user"
 
@@ -156,7 +159,7 @@ def next_dir(base: Path) -> Path:
 @pytest.fixture(scope="session", name="pitr_template")
 def pitr_template_fixture(pg_base: Path) -> Path:
     """initdb once per session, with 1 MB WAL segments."""
-    from tests.pgcluster import initdb
+    from tests.support.pgcluster import initdb
 
     tpl = pg_base / "pitr-template" / "data"
     if not (tpl / "PG_VERSION").exists():  # modules that import this fixture share the one template
@@ -172,7 +175,7 @@ def server_runbook() -> str:
     modules ask for it."""
     if not _venv:
         from tests.conftest import ROOT
-        from tests.server_venv import build_server_venv
+        from tests.support.server_venv import build_server_venv
 
         base = Path(tempfile.mkdtemp(prefix="runbook-server-venv-"))
         atexit.register(shutil.rmtree, base, True)
@@ -194,3 +197,34 @@ def primary_fixture(pg_base: Path, pitr_template: Path, server_runbook: str) -> 
     finally:
         p.stop_restored()
         p.crash()
+
+
+# --- running the pitr action and basebackup as the engine and an operator would ---------------------
+
+
+def pitr(args: dict[str, object], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "steps", "pitr"], input=json.dumps(args), capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+def outputs(proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    out = {}
+    for line in proc.stderr.splitlines():
+        if line.startswith("[event] "):
+            ev = json.loads(line[8:])
+            if ev["type"] == "output":
+                out[ev["name"]] = ev["value"]
+    return out
+
+
+def basebackup(p: Primary) -> dict[str, object]:
+    r = run_cli("basebackup", "-c", str(p.config), timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "readable in local" in r.stdout
+    (bdir,) = (p.repo / "clusters" / p.sysid / "base").iterdir()
+    return dict(json.loads((bdir / "manifest.json").read_text()))
+
+
+def notes(pgdata: Path) -> list[str]:
+    out = restored_psql(pgdata, "select coalesce(string_agg(note, ',' order by id), '') from events")
+    return out.split(",") if out else []

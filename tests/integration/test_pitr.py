@@ -11,53 +11,28 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli
-from tests.pgcluster import as_server_user
-from tests.pitr_cluster import (  # noqa: F401 - fixtures
+from tests.conftest import run_cli
+from tests.support.pgcluster import as_server_user
+from tests.support.pitr_cluster import (  # noqa: F401 - fixtures
     Primary,
+    basebackup,
     make_primary,
     next_dir,
+    notes,
+    outputs,
+    pitr,
     pitr_template_fixture,
     primary_fixture,
     restored_psql,
     server_runbook_fixture,
     write_rows,
 )
-from tests.s3server import S3Endpoint, s3_bucket, s3_server  # noqa: F401
-
-
-def pitr(args: dict[str, object], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "steps", "pitr"], input=json.dumps(args), capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
-
-
-def outputs(proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
-    out = {}
-    for line in proc.stderr.splitlines():
-        if line.startswith("[event] "):
-            ev = json.loads(line[8:])
-            if ev["type"] == "output":
-                out[ev["name"]] = ev["value"]
-    return out
-
-
-def basebackup(p: Primary) -> dict[str, object]:
-    r = run_cli("basebackup", "-c", str(p.config), timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "readable in local" in r.stdout
-    (bdir,) = (p.repo / "clusters" / p.sysid / "base").iterdir()
-    return dict(json.loads((bdir / "manifest.json").read_text()))
-
-
-def notes(pgdata: Path) -> list[str]:
-    out = restored_psql(pgdata, "select coalesce(string_agg(note, ',' order by id), '') from events")
-    return out.split(",") if out else []
+from tests.support.s3server import S3Endpoint, s3_bucket, s3_server  # noqa: F401
 
 
 def test_basebackup_as_non_superuser_then_pitr_to_a_time(primary: Primary, tmp_path: Path) -> None:

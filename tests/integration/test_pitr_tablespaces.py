@@ -17,16 +17,18 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from tests.pgcluster import chown_server_user
-from tests.pitr_cluster import (  # noqa: F401 - fixtures
+from tests.support.pgcluster import chown_server_user
+from tests.support.pitr_cluster import (  # noqa: F401 - fixtures
     Primary,
+    basebackup,
     make_primary,
     next_dir,
+    outputs,
+    pitr,
     pitr_template_fixture,
     restored_psql,
     server_runbook_fixture,
 )
-from tests.test_pitr import basebackup, outputs, pitr
 
 
 @dataclass

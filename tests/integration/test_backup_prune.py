@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.backup_helpers import backup, backups_json, source_cluster, status, write_config  # noqa: F401
 from tests.conftest import run_cli
-from tests.pgcluster import Cluster
-from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Endpoint, credentials_env, s3_bucket, s3_server  # noqa: F401
+from tests.support.backup_helpers import backup, backups_json, source_cluster, status, write_config  # noqa: F401
+from tests.support.pgcluster import Cluster
+from tests.support.s3server import ACCESS_KEY, SECRET_KEY, S3Endpoint, credentials_env, s3_bucket, s3_server  # noqa: F401
 
 
 def _iam_key(s3: S3Endpoint) -> tuple[str, str]:

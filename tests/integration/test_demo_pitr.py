@@ -14,8 +14,8 @@ import pytest
 from runbook.journal import read_journal
 from steps.sandbox.build import DB, Sandbox
 from tests.conftest import run_cli
-from tests.pgcluster import make_base_dir
-from tests.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv (archive/restore_command)
+from tests.support.pgcluster import make_base_dir
+from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv (archive/restore_command)
 
 
 @pytest.fixture(scope="module")

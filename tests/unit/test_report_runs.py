@@ -13,7 +13,7 @@ from pathlib import Path
 from runbook.staleness import Drill, is_good_drill, last_good_drills
 from runbook.state import RunState, fold, list_runs
 from tests.conftest import run_cli
-from tests.test_report import JournalBuilder
+from tests.support.journals import JournalBuilder
 
 T0 = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
 NAME = "AssetFlow PostgreSQL disaster recovery"

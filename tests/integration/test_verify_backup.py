@@ -23,17 +23,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.backup_helpers import backup, backups_json, cli_env, source_cluster, write_config  # noqa: F401
 from tests.conftest import ROOT, run_cli
-from tests.pgcluster import Cluster, make_base_dir
-from tests.pitr_cluster import (  # noqa: F401 - fixtures
+from tests.support.backup_helpers import backup, backups_json, cli_env, source_cluster, write_config  # noqa: F401
+from tests.support.pgcluster import Cluster, make_base_dir
+from tests.support.pitr_cluster import (  # noqa: F401 - fixtures
     Primary,
     pitr_template_fixture,
     primary_fixture,
     server_runbook_fixture,
     write_rows,
 )
-from tests.s3server import S3Endpoint, s3_bucket, s3_server  # noqa: F401
+from tests.support.s3server import S3Endpoint, s3_bucket, s3_server  # noqa: F401
 
 CHECKS = """
 checks:

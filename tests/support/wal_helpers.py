@@ -1,5 +1,5 @@
 """Helpers for the WAL tests: archiving clusters with 1 MB segments, repository configs the server's user can
-read, and `runbook wal-push|wal-fetch|check` run as that user from the server venv (tests.server_venv).
+read, and `runbook wal-push|wal-fetch|check` run as that user from the server venv (tests.support.server_venv).
 
 Fixtures here are imported by the test modules that use them.
 """
@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.pgcluster import PG_BIN, Cluster, as_server_user, chown_server_user, clone_cluster, initdb
-from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Endpoint
-from tests.server_venv import ServerVenv
+from tests.support.pgcluster import PG_BIN, Cluster, as_server_user, chown_server_user, clone_cluster, initdb
+from tests.support.s3server import ACCESS_KEY, SECRET_KEY, S3Endpoint
+from tests.support.server_venv import ServerVenv
 
 _numbers = itertools.count(1)
 

@@ -25,8 +25,8 @@ from runbook.engine import Engine
 from runbook.events import Wait
 from runbook.report_html import render_html, tick_label, tick_step
 from tests.conftest import run_cli
-from tests.test_engine import drive, open_run, yes
-from tests.test_report import T0, JournalBuilder, logical_drill
+from tests.support.engine import drive, open_run, yes
+from tests.support.journals import T0, JournalBuilder, logical_drill
 
 HOSTILE = "<script>alert(1)</script>"
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}

@@ -3,7 +3,7 @@
 `s3_server` (session) starts one ThreadedMotoServer on a free port and stops it at the end; `s3_bucket`
 makes a fresh bucket per test. `FaultProxy` forwards every request to an upstream S3 endpoint except those
 its rule rejects (answered 500), or answers 500 to everything without an upstream. Test modules import
-these fixtures: `from tests.s3server import s3_server, s3_bucket  # noqa: F401`.
+these fixtures: `from tests.support.s3server import s3_server, s3_bucket  # noqa: F401`.
 """
 
 from __future__ import annotations

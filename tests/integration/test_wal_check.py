@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import run_cli
-from tests.s3server import S3Endpoint, credentials_env, s3_bucket, s3_server  # noqa: F401
-from tests.wal_helpers import (
+from tests.support.s3server import S3Endpoint, credentials_env, s3_bucket, s3_server  # noqa: F401
+from tests.support.wal_helpers import (
     WalCluster,
     credentials_file,
     s3_section,

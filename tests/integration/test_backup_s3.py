@@ -19,7 +19,7 @@ from runbook.errors import UsageError
 from steps.repository.config import S3Config
 from steps.repository.s3 import S3Store
 from steps.repository.store import CorruptObject, ObjectExists, RepositoryError, sha256_file
-from tests.s3server import ACCESS_KEY, SECRET_KEY, FaultProxy, S3Endpoint, s3_bucket, s3_server  # noqa: F401
+from tests.support.s3server import ACCESS_KEY, SECRET_KEY, FaultProxy, S3Endpoint, s3_bucket, s3_server  # noqa: F401
 
 
 def store_for(url: str, bucket: str, **kw: object) -> S3Store:

@@ -13,8 +13,8 @@ from runbook.journal import read_journal
 from steps.sandbox.assetflow import dir_tree_digest
 from steps.sandbox.build import DB, Sandbox
 from tests.conftest import run_cli
-from tests.pgcluster import make_base_dir
-from tests.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv (reprotect's archive_command)
+from tests.support.pgcluster import make_base_dir
+from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv (reprotect's archive_command)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from tests.backup_helpers import (  # noqa: F401
+from tests.support.backup_helpers import (  # noqa: F401
     BACKUP_ROLE,
     backup,
     backups_json,
@@ -24,8 +24,8 @@ from tests.backup_helpers import (  # noqa: F401
     table_checksums,
     write_config,
 )
-from tests.pgcluster import Cluster
-from tests.s3server import S3Endpoint, s3_bucket, s3_server  # noqa: F401
+from tests.support.pgcluster import Cluster
+from tests.support.s3server import S3Endpoint, s3_bucket, s3_server  # noqa: F401
 
 LOB_BYTES = bytes(range(256)) * 40  # 10 KiB, every byte value
 

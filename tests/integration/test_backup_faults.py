@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from steps.backup.lock import BackupLock
-from tests.backup_helpers import (  # noqa: F401
+from tests.support.backup_helpers import (  # noqa: F401
     BACKUP_ROLE,
     backup,
     backups_json,
@@ -29,8 +29,8 @@ from tests.backup_helpers import (  # noqa: F401
     status,
     write_config,
 )
-from tests.pgcluster import Cluster
-from tests.s3server import FaultProxy, S3Endpoint, s3_bucket, s3_server  # noqa: F401
+from tests.support.pgcluster import Cluster
+from tests.support.s3server import FaultProxy, S3Endpoint, s3_bucket, s3_server  # noqa: F401
 
 _dbs = iter(range(1, 1000))
 
@@ -293,8 +293,8 @@ def test_sigterm_stops_the_backup_cleanly(source_cluster: Cluster, tmp_path: Pat
     import sys
     import time
 
-    from tests.backup_helpers import cli_env
     from tests.conftest import ROOT
+    from tests.support.backup_helpers import cli_env
 
     source_cluster.psql("create database big")
     source_cluster.psql("create table t as select g, repeat(md5(g::text), 20) body from generate_series(1, 150000) g",

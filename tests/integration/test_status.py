@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tests.conftest import run_cli
-from tests.pitr_cluster import (  # noqa: F401 - fixtures
+from tests.support.pitr_cluster import (  # noqa: F401 - fixtures
     Primary,
     make_primary,
     next_dir,

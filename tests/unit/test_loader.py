@@ -81,7 +81,7 @@ def test_the_full_runbook_loads() -> None:
 
 
 def test_the_project_runbook_is_valid() -> None:
-    path = Path(__file__).parent.parent / "runbook.yaml"
+    path = Path(__file__).parent.parent.parent / "runbook.yaml"
     if not path.exists():
         pytest.skip("no runbook.yaml at the top of the project yet")
     load_runbook(path)

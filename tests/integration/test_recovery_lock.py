@@ -19,7 +19,7 @@ import pytest
 from runbook.errors import LockHeld
 from runbook.journal import read_journal
 from tests.conftest import run_cli
-from tests.s3server import FaultProxy, S3Endpoint, credentials_env, s3_bucket, s3_server  # noqa: F401
+from tests.support.s3server import FaultProxy, S3Endpoint, credentials_env, s3_bucket, s3_server  # noqa: F401
 
 RUNBOOK = """
 version: 1

@@ -24,9 +24,9 @@ import pytest
 from steps.repository.layout import next_segment, parse_wal_name, wal_key, wal_name_from_key
 from steps.wal.segment import CorruptWal, read_header, unpack
 from tests.conftest import ROOT
-from tests.pgcluster import PG_BIN, as_server_user, chown_server_user
-from tests.s3server import FaultProxy, S3Endpoint, s3_bucket, s3_server  # noqa: F401
-from tests.wal_helpers import (
+from tests.support.pgcluster import PG_BIN, as_server_user, chown_server_user
+from tests.support.s3server import FaultProxy, S3Endpoint, s3_bucket, s3_server  # noqa: F401
+from tests.support.wal_helpers import (
     WalCluster,
     credentials_file,
     pgbench,

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, run_cli
-from tests.pgcluster import PG_BIN, Cluster, clone_cluster
-from tests.s3server import credentials_env
+from tests.support.pgcluster import PG_BIN, Cluster, clone_cluster
+from tests.support.s3server import credentials_env
 
 BACKUP_ROLE = "backup_user"
 

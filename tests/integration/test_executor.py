@@ -20,7 +20,7 @@ from runbook.executor import Line, StepLaunch, StepProcess, StepResult, read_out
 from runbook.redact import MASK
 from runbook.supervisor import group_members
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BASE_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
 SECRET = "hunter2pass"
 

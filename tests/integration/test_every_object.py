@@ -22,9 +22,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.backup_helpers import BACKUP_ROLE, backup, run_action, status, write_config
-from tests.pgcluster import PG_BIN, Cluster, clone_cluster
-from tests.s3server import S3Endpoint, s3_bucket, s3_server  # noqa: F401
+from tests.support.backup_helpers import BACKUP_ROLE, backup, run_action, status, write_config
+from tests.support.pgcluster import PG_BIN, Cluster, clone_cluster
+from tests.support.s3server import S3Endpoint, s3_bucket, s3_server  # noqa: F401
 
 DB = "eo_db"
 LOB_A = bytes(range(256)) * 33

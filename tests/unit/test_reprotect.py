@@ -10,7 +10,7 @@ import yaml
 
 from steps.repository.config import load_repository_config
 from steps.reprotect import Args, config_for
-from tests.backup_helpers import run_action
+from tests.support.backup_helpers import run_action
 
 
 def test_a_drill_writes_nothing_unless_the_repository_is_its_own(tmp_path: Path) -> None:
