@@ -6,7 +6,6 @@ steps/<step>/<attempt>/...}`, and the listing of past runs.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -16,13 +15,13 @@ from runbook.clock import parse_iso
 from runbook.errors import JournalError, RunbookError
 from runbook.events import StepStatus
 from runbook.journal import read_journal
+from runbook.paths import state_home
 
 CLOSED = ("completed", "failed", "aborted")
 
 
 def default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "runbook"
+    return state_home()
 
 
 def runs_dir(state_dir: Path) -> Path:

@@ -30,7 +30,6 @@ Outputs: `protected_at` (when protection was restored; the report shows it), `sy
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import subprocess
@@ -237,15 +236,13 @@ def switch_and_wait(conn: Any, timeout_s: float) -> str:
 def check_until_green(config: Path, timeout_s: float, rpo_s: float, events: Events | None = None) -> list[Any]:
     """`runbook check` (steps.proof.check) again and again until every check is ok, for at most
     `timeout_s`. Returns the last checks; raises ReprotectError when it never turned green."""
-    from steps.proof.check import Checker
+    from steps.proof.check import Checker, CheckOptions
 
     deadline = time.monotonic() + timeout_s
     attempt = 0
     while True:
         attempt += 1
-        ns = argparse.Namespace(config=str(config), force_switch=False, timeout=min(60.0, timeout_s), rpo=rpo_s,
-                                max_logical_age=26 * 3600.0, max_base_age=8 * 86400.0, json=False)
-        checker = Checker(ns)
+        checker = Checker(CheckOptions(config=str(config), timeout=min(60.0, timeout_s), rpo=rpo_s))
         try:
             code = checker.run()
         except RunbookError as e:

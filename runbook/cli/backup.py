@@ -1,8 +1,7 @@
-"""The backup side of the command line: `runbook backup`, `runbook backups`, `runbook prune`.
+"""The backup side of the command line: `runbook backup`, `runbook backups`, `runbook prune`, `runbook basebackup`.
 
 `register(subparsers)` adds them to `runbook`'s parser. Importing this module stays cheap: boto3,
-psycopg and the backup machinery are imported inside the handlers. `-c FILE` falls back to
-`$RUNBOOK_CONFIG`, then /etc/runbook/repository.yaml, never the current directory.
+psycopg and the backup machinery are imported inside the handlers.
 """
 
 from __future__ import annotations
@@ -13,32 +12,36 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from runbook.cli.options import add_config
 from runbook.errors import RunbookError
-
-
-def _config_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", metavar="REPO_CONFIG",
-                   help="the repository config (default: $RUNBOOK_CONFIG, then /etc/runbook/repository.yaml)")
 
 
 def register(sub: Any) -> None:
     b = sub.add_parser("backup", help="the daily full backup: dump, verify, publish, local retention")
-    _config_flag(b)
+    add_config(b)
     b.add_argument("--db", action="append", metavar="NAME", help="back up this database (repeatable; "
                    "default: cluster.databases of the config)")
     b.set_defaults(func=cmd_backup)
 
     c = sub.add_parser("backups", help="the catalogue: every backup, where it is, how verified; the one a recovery picks")
-    _config_flag(c)
+    add_config(c)
     c.add_argument("--json", action="store_true")
     c.add_argument("--db", metavar="NAME", help="only this database")
     c.set_defaults(func=cmd_backups)
 
     p = sub.add_parser("prune", help="apply retention to every repository (off-site included)")
-    _config_flag(p)
+    add_config(p)
     p.add_argument("--dry-run", action="store_true", help="say what would be deleted; delete nothing")
     p.add_argument("--only", choices=["local", "s3"], help="one repository only")
     p.set_defaults(func=cmd_prune)
+
+    b = sub.add_parser("basebackup", help="physical base backup for PITR: pg_basebackup, verified against its "
+                       "manifest and the WAL archive, published with manifest.json last")
+    add_config(b)
+    b.add_argument("--compress", metavar="METHOD", help="override basebackup.compression "
+                   "(pg_basebackup -Z: server-zstd:level=1, server-lz4, client-zstd, none, ...)")
+    b.add_argument("--quiet", action="store_true", help="only the result line and errors on the console")
+    b.set_defaults(func=cmd_basebackup)
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -211,3 +214,19 @@ def cmd_prune(args: argparse.Namespace) -> int:
         for what, why in report.kept:
             print(f"  kept {what}: {why}")
     return code
+
+
+def cmd_basebackup(args: argparse.Namespace) -> int:
+    from steps.backup.base import BaseBackupRun
+    from steps.backup.logical import EXIT_CANNOT_RUN
+    from steps.repository.config import load_repository_config
+
+    try:
+        cfg, path = load_repository_config(args.config)
+        if args.compress:
+            bb = cfg.basebackup.model_validate({**cfg.basebackup.model_dump(), "compression": args.compress})
+            cfg = cfg.model_copy(update={"basebackup": bb})
+    except (RunbookError, ValueError) as e:
+        print(f"runbook: basebackup could not run: {e}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    return BaseBackupRun(cfg, path, console=not args.quiet).run()

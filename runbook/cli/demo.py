@@ -21,7 +21,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from runbook.errors import RunbookError, UsageError
+from runbook.cli.options import add_state_dir, state_dir
+from runbook.errors import UsageError
 
 
 def register(sub: Any) -> None:
@@ -35,7 +36,7 @@ def register(sub: Any) -> None:
     d.add_argument("--files", type=int, default=200, help="attachment files (default 200)")
     d.add_argument("--dir", help="sandbox directory (default: /var/tmp/runbook-sandbox as root, else under "
                    "~/.local/state/runbook)")
-    d.add_argument("--state-dir", help="where runs are kept (default: $XDG_STATE_HOME/runbook)")
+    add_state_dir(d)
     d.set_defaults(func=cmd_demo)
 
 
@@ -43,60 +44,9 @@ def _say(text: str) -> None:
     print(f"demo: {text}", flush=True)
 
 
-def write_profile(sb: Any, runbook_path: Path, scenario: str, pitr: dict[str, Any] | None = None) -> Path:
-    """The sandbox's values for the runbook, beside it (or in the sandbox when that place is read-only)."""
-    import yaml
-
-    from steps.pg.server import as_server
-    from steps.pg.tools import PG_BIN
-    from steps.sandbox.build import DB
-
-    profile = {
-        "version": 1,
-        "description": "the local sandbox made by runbook demo",
-        "mode": "drill",
-        "scenario": scenario,
-        "params": {
-            "db_name": DB,
-            "db_host": str(sb.server.socket_dir),
-            "db_port": sb.server.port,
-            "repository": str(sb.config),
-            "restore_dir": str(sb.restore_dir),
-            "attachments_dir": str(sb.uploads),
-            "disaster_counts": str(sb.base / "at-disaster-counts.json"),
-            "maintenance_on": "echo 'sandbox: maintenance page ON (nothing to switch here)'",
-            "maintenance_off": "echo 'sandbox: maintenance page OFF'",
-            "switch_over": "echo 'sandbox: the application would now point at the recovered database'",
-        },
-        "secrets_env_file": str(sb.env_file),
-    }
-    profile["params"]["runbook_exe"] = sb.server_runbook()  # type: ignore[index]  # reprotect's archive_command
-    profile["params"]["drill_reprotect"] = True  # type: ignore[index]  # the sandbox's own repository
-    if pitr is not None:
-        stop = as_server([f"{PG_BIN}/pg_ctl", "-D", str(sb.server.datadir), "-m", "fast", "-w", "stop"])
-        profile["params"].update({  # type: ignore[attr-defined]
-            "target_time": pitr["target_time"],
-            "target_kind": "time",
-            "pgdata": str(sb.pitr_datadir),
-            "stop_server": " ".join(stop),
-        })
-    text = (
-        "# Written by `runbook demo`: the sandbox's values for the runbook. Replay the drill with\n"
-        f"#   runbook run {runbook_path.name} --profile sandbox.profile.yaml\n"
-        + yaml.safe_dump(profile, sort_keys=False, allow_unicode=True)
-    )
-    for place in (runbook_path.resolve().parent, sb.base):
-        path = place / "sandbox.profile.yaml"
-        try:
-            path.write_text(text)
-            return path
-        except OSError:
-            continue
-    raise RunbookError("cannot write the sandbox profile beside the runbook nor in the sandbox")
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from steps.sandbox.build import Sandbox, default_dir
+    from steps.sandbox.profile import write_profile
 
     sb = Sandbox(Path(args.dir).resolve() if args.dir else default_dir())
     if args.down:
@@ -137,11 +87,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _recover(args: argparse.Namespace, rb: Any, runbook_path: Path, profile: Path, lost_at: datetime) -> int:
     from runbook.clock import Clock
     from runbook.session import RunOptions, open_new_run
-    from runbook.state import default_state_dir
-
-    state_dir = Path(args.state_dir).expanduser() if args.state_dir else default_state_dir()
+    sdir = state_dir(args)
     opts = RunOptions(runbook_path=runbook_path, scenario=args.scenario, mode="drill", profile=profile,
-                      incident_start=lost_at.isoformat(), data_lost_at=lost_at.isoformat(), state_dir=state_dir)
+                      incident_start=lost_at.isoformat(), data_lost_at=lost_at.isoformat(), state_dir=sdir)
     if not args.headless:
         from runbook.loader import load_model
         from runbook.session import Profile
@@ -149,10 +97,10 @@ def _recover(args: argparse.Namespace, rb: Any, runbook_path: Path, profile: Pat
 
         given = load_model(profile, Profile, filename=str(profile)).params
         _say("opening the runbook: recover AssetFlow step by step")
-        return run_new(opts, rb, given, state_dir)
+        return run_new(opts, rb, given, sdir)
     from runbook.cli.headless import HeadlessOptions, run_headless
 
-    engine = open_new_run(opts, Clock(), state_dir=state_dir)
+    engine = open_new_run(opts, Clock(), state_dir=sdir)
     confirms = {s.id: v for s in engine.steps if (v := engine.typed_expected(s)) is not None} if args.yes else {}
     code = run_headless(engine, HeadlessOptions(yes=args.yes, confirms=confirms))
     c = engine.clock_status()
@@ -160,6 +108,6 @@ def _recover(args: argparse.Namespace, rb: Any, runbook_path: Path, profile: Pat
 
     verdict = "met" if c.elapsed_s <= c.target_s else "MISSED"
     print(f"demo: measured RTO {format_duration(c.elapsed_s)} against {format_duration(c.target_s)}: {verdict}"
-          f" · report: runbook report {engine.run_id}" + (f" --state-dir {state_dir}" if args.state_dir else ""))
+          f" · report: runbook report {engine.run_id}" + (f" --state-dir {sdir}" if args.state_dir else ""))
     sys.stdout.flush()
     return code

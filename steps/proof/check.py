@@ -21,13 +21,9 @@ Exit codes: 0 all ok, 1 a warning, 2 a check failed, 3 the check could not run (
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import shlex
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -48,8 +44,32 @@ class Check:
     hint: str | None = None
 
 
+@dataclass
+class CheckOptions:
+    """What `runbook check` is asked (its flags), and what re-protection and `status` ask of it."""
+
+    config: str | None = None  # the repository config; None: $RUNBOOK_CONFIG, then the default path
+    force_switch: bool = False  # switch WAL and wait until every repository holds the finished segment
+    timeout: float = 60.0  # how long force_switch waits
+    rpo: float = 300.0  # the RPO target, seconds
+    max_logical_age: float = 26 * 3600.0  # a daily job
+    max_base_age: float = 8 * 86400.0  # a weekly job
+
+
+@dataclass
+class CheckResult:
+    code: int  # 0 ok, 1 warning, 2 failed, 3 could not run
+    checks: list[Check]
+    generated_at: datetime
+    config: Path | None = field(default=None)  # the config read, when it could be
+
+    @property
+    def verdict(self) -> str:
+        return {0: "ok", 1: "warning", 2: "failed", 3: "could not run"}[self.code]
+
+
 class Checker:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: CheckOptions) -> None:
         self.args = args
         self.checks: list[Check] = []
         self.now = datetime.now(UTC)
@@ -365,19 +385,9 @@ class Checker:
                  "run `runbook basebackup -c CONFIG` now (and after every CREATE TABLESPACE)")
 
 
-def _print(checks: list[Check], code: int) -> None:
-    label = {"ok": "ok", "info": "info", "warning": "WARNING", "failed": "FAILED"}
-    width = max((len(c.name) for c in checks), default=10)
-    for c in checks:
-        print(f"{label[c.status]:8} {c.name:{width}}  {c.detail}")
-        if c.hint:
-            print(f"{'':8} {'':{width}}  hint: {c.hint}")
-    verdict = {0: "all checks passed", 1: "warnings", 2: "FAILED", 3: "could not run"}[code]
-    print(f"check: {verdict}")
-
-
-def run_check(args: argparse.Namespace) -> int:
-    checker = Checker(args)
+def run_check(opts: CheckOptions) -> CheckResult:
+    """Every check, the worst status as the exit code; never raises for what the operator can fix."""
+    checker = Checker(opts)
     try:
         code = checker.run()
     except RunbookError as e:
@@ -387,12 +397,4 @@ def run_check(args: argparse.Namespace) -> int:
         checker.add("check", "failed", f"{type(e).__name__}: {str(e).strip()}",
                     "the role needs pg_monitor (and EXECUTE on pg_switch_wal for --force-switch)")
         code = EXIT_CANNOT_RUN
-    if args.json:
-        verdict = {0: "ok", 1: "warning", 2: "failed", 3: "could not run"}[code]
-        print(json.dumps({"status": verdict, "exit_code": code, "generated_at": checker.now.isoformat(),
-                          "config": str(getattr(checker, "path", args.config or os.environ.get("RUNBOOK_CONFIG"))),
-                          "checks": [asdict(c) for c in checker.checks]}, indent=2))
-    else:
-        _print(checker.checks, code)
-    sys.stdout.flush()
-    return code
+    return CheckResult(code, checker.checks, checker.now, getattr(checker, "path", None))

@@ -23,10 +23,6 @@ The clock is injectable (`now`), so tests (and a what-if) evaluate it at any mom
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -138,11 +134,9 @@ def _open(cfg: Any, rep: Report) -> list[Any]:
 
 def _cluster(cfg: Any, config_path: Path, rpo_s: float, rep: Report) -> dict[str, Any] | None:
     """`runbook check`'s findings on the protected cluster, when it answers (None when it does not)."""
-    from steps.proof.check import Checker
+    from steps.proof.check import Checker, CheckOptions
 
-    ns = argparse.Namespace(config=str(config_path), force_switch=False, timeout=10.0, rpo=rpo_s,
-                            max_logical_age=26 * 3600.0, max_base_age=8 * 86400.0, json=True)
-    checker = Checker(ns)
+    checker = Checker(CheckOptions(config=str(config_path), timeout=10.0, rpo=rpo_s))
     try:
         checker.run()
     except Exception as e:  # noqa: BLE001 - a query failing: the cluster's facts are unknown, said so
@@ -409,91 +403,3 @@ def _project(rb: Any, scenario: str, state_dir: Path, logical: list[Any], base: 
         rto.raise_to("red", f"scenario {scenario}: a recovery started now is projected at {human(total)}, over the "
                      f"target {human(target)}")
     return out
-
-
-# --- the command ----------------------------------------------------------------------------------------
-
-
-def print_report(rep: Report) -> None:
-    if rep.error:
-        print(f"runbook: status: {rep.error}", file=sys.stderr)
-    t = rep.runbook.get("targets", {})
-    print(f"Would we make it now? {rep.verdict.upper()}  (targets: RTO {human(t.get('rto_s'))}, "
-          f"RPO {human(t.get('rpo_s'))}; {rep.now:%Y-%m-%d %H:%M} UTC)")
-    for name, r in rep.repositories.items():
-        print(f"  repository {name}: {r['where'] if r['ok'] else 'UNREADABLE: ' + str(r['error'])}")
-    c = rep.cluster
-    print(f"  cluster: {'answers, system identifier ' + str(c.get('system_identifier')) if c.get('reachable') else 'does not answer: ' + str(c.get('error'))}")
-    r = rep.rpo
-    print(f"RPO {r.get('verdict', '?').upper()}: exposure now {human(r.get('exposure_s'))} "
-          f"(basis: {r.get('basis', 'none')})")
-    if r.get("newest_wal"):
-        w = r["newest_wal"]
-        print(f"  newest archived WAL {w['name']} at {w['archived_at']} ({human(w['age_s'])} ago, {w['where']})")
-    if "archive_timeout_s" in r:
-        print(f"  archive_timeout {r['archive_timeout_s']} s")
-    for reason in r.get("reasons", []):
-        print(f"  - {reason}")
-    print("Backups (newest at each level):")
-    for kind, levels in rep.backups.items():
-        for level, b in levels.items():
-            what = "none" if b is None else f"{b['backup_id']}" + (f" of {b['db']}" if b.get("db") else "") + \
-                f", {human(b['age_s'])} old, in {','.join(b['locations'])}"
-            print(f"  {kind:8} {level:12} {what}")
-    print(f"RTO {rep.rto.get('verdict', '?').upper()}:")
-    for d in rep.drills:
-        last = "never" if d["run_id"] is None else f"{d['run_id']}, RTO {human(d['rto_s'])}, {d['age_days']:.1f} days ago"
-        print(f"  last good drill of {d['scenario']}: {last}{'  STALE' if d['stale'] else ''}")
-    for sc, p in rep.projected.items():
-        print(f"  projected RTO of {sc} if started now: {human(p.get('total_s'))} (restore {human(p.get('restore_s'))}"
-              f" + other steps {human(p.get('other_steps_s'))}); basis: {p.get('basis')}")
-    for reason in rep.rto.get("reasons", []):
-        print(f"  - {reason}")
-    sys.stdout.flush()
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from runbook.state import default_state_dir
-
-    now = None
-    if args.now:
-        try:
-            now = datetime.fromisoformat(args.now.replace("Z", "+00:00"))
-        except ValueError:
-            print(f"runbook: status: --now {args.now!r} is not an ISO 8601 time", file=sys.stderr)
-            return EXIT["could not run"]
-        if now.tzinfo is None:
-            now = now.replace(tzinfo=UTC)
-    os.environ.setdefault("PGCONNECT_TIMEOUT", str(int(args.connect_timeout)))
-    state_dir = Path(args.state_dir).expanduser() if args.state_dir else default_state_dir()
-    explicit = args.file is not None
-    file = Path(args.file) if explicit else Path("runbook.yaml")
-    try:
-        rep = gather(args.config, file, explicit_file=explicit, state_dir=state_dir, now=now,
-                     cluster=not args.no_cluster)
-    except RunbookError as e:
-        rep = Report(now=now or datetime.now(UTC), verdict="could not run", error=str(e))
-    if args.json:
-        print(json.dumps(rep.as_json(), indent=2, default=str))
-        sys.stdout.flush()
-    elif args.one_line:
-        print(rep.one_line())
-    else:
-        print_report(rep)
-    return rep.exit_code
-
-
-def register(sub: Any) -> None:
-    s = sub.add_parser("status", help="would we make it now? RPO exposure, backups per level, drills, projected RTO "
-                       "against the runbook's targets (exit 0 ok, 1 warning, 2 red, 3 could not run)")
-    s.add_argument("file", nargs="?", help="the runbook whose targets and scenarios count (default: ./runbook.yaml)")
-    s.add_argument("-c", "--config", metavar="REPO_CONFIG",
-                   help="the repository config (default: $RUNBOOK_CONFIG, then /etc/runbook/repository.yaml)")
-    s.add_argument("--json", action="store_true", help="one JSON document for monitoring")
-    s.add_argument("--one-line", action="store_true", help="only the verdict line")
-    s.add_argument("--state-dir", help="where runs are kept (default: $XDG_STATE_HOME/runbook)")
-    s.add_argument("--now", metavar="TIME", help="evaluate as if at this ISO 8601 time (what-if; tests)")
-    s.add_argument("--no-cluster", action="store_true", help="do not connect to the cluster (repository facts only)")
-    s.add_argument("--connect-timeout", type=float, default=5.0, metavar="S",
-                   help="give up connecting to the cluster after this (default 5; PGCONNECT_TIMEOUT wins)")
-    s.set_defaults(func=cmd_status)

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from runbook.errors import RunbookError, UsageError
-from steps.wal.settings import CONFIG_ENV, DEFAULT_CONFIG, chosen_config_path
+from runbook.paths import CONFIG_ENV, DEFAULT_CONFIG, chosen_config_path
 
 
 class _Strict(BaseModel):

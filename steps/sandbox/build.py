@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from runbook.errors import RunbookError
+from runbook.paths import state_home
 from steps.pg.server import Server, give_to_server, remove_tree
 from steps.sandbox import assetflow
 
@@ -44,8 +45,7 @@ def default_dir() -> Path:
         return Path(os.environ["RUNBOOK_SANDBOX_DIR"])
     if os.geteuid() == 0:
         return Path("/var/tmp/runbook-sandbox")
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "runbook" / "sandbox"
+    return state_home() / "sandbox"
 
 
 TABLE_SQL = """

@@ -17,25 +17,11 @@ import os
 from pathlib import Path
 
 from runbook import __version__
+from runbook.paths import chosen_config_path, state_home
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms on a path run per segment
 if TYPE_CHECKING:
     from typing import Any
-
-# Where the config is looked for; steps.repository.config.resolve_config_path uses these too (they live here because
-# steps.repository.config loads pydantic, which this fast path never imports).
-CONFIG_ENV = "RUNBOOK_CONFIG"
-DEFAULT_CONFIG = Path("/etc/runbook/repository.yaml")
-
-
-def chosen_config_path(given: str | os.PathLike[str] | None, default: Path = DEFAULT_CONFIG) -> Path:
-    """`-c FILE`, else `$RUNBOOK_CONFIG`, else `default`; never the current directory. Not checked to exist."""
-    if given:
-        return Path(given)
-    if os.environ.get(CONFIG_ENV):
-        return Path(os.environ[CONFIG_ENV])
-    return default
-
 
 def _cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -93,8 +79,7 @@ class WalSettings:
         wal = data.get("wal") or {}
         spool = wal.get("spool_dir")
         if not spool:
-            state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-            spool = os.path.join(state, "runbook", "wal-spool")
+            spool = str(state_home() / "wal-spool")
         local = data.get("local")
         self.path = path
         self.local_path: Path | None = Path(local["path"]) if local else None
