@@ -277,7 +277,7 @@ def _yaml_float(text: str) -> float:
 # --- reading and parsing ------------------------------------------------------------------------
 
 
-def _read(path: Path, filename: str) -> str:
+def read_text(path: Path, filename: str) -> str:
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -310,23 +310,23 @@ def _yaml_problem(e: yaml.YAMLError, smap: SourceMap) -> Problem:
     return Problem(smap.filename, 1, 1, f"YAML syntax error: {e}")
 
 
-_NOTHING = object()
+NOTHING = object()
 
 
-def _parse(text: str, filename: str) -> tuple[Any, SourceMap, list[Problem]]:
-    """Plain Python data (or `_NOTHING` when the YAML cannot be read), positions, and problems so far."""
+def parse(text: str, filename: str) -> tuple[Any, SourceMap, list[Problem]]:
+    """Plain Python data (or `NOTHING` when the YAML cannot be read), positions, and problems so far."""
     smap = SourceMap(filename, text)
     problems: list[Problem] = []
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as e:
-        return _NOTHING, smap, [_yaml_problem(e, smap)]
+        return NOTHING, smap, [_yaml_problem(e, smap)]
     if node is None:
-        return _NOTHING, smap, [Problem(filename, 1, 1, "the file is empty")]
+        return NOTHING, smap, [Problem(filename, 1, 1, "the file is empty")]
     try:
         data = _Builder(smap, problems).build(node, ())
     except (_TooBig, RecursionError):
-        return _NOTHING, smap, [Problem(filename, 1, 1, "the file is too large or nested too deeply")]
+        return NOTHING, smap, [Problem(filename, 1, 1, "the file is too large or nested too deeply")]
     return data, smap, problems
 
 
@@ -393,7 +393,7 @@ def _singular(key: str | int | None) -> str:
     return key[:-1] if key.endswith("s") and not key.endswith("ss") else key
 
 
-def _has(data: Any, seg: Any) -> bool:
+def has_item(data: Any, seg: Any) -> bool:
     if isinstance(data, dict):
         return isinstance(seg, str) and seg in data
     if isinstance(data, list):
@@ -424,7 +424,7 @@ class _Walk:
 
 
 @dataclass
-class _Scope:
+class Scope:
     """The model validated, its data, and where that data sits in the file."""
 
     model: type[BaseModel]
@@ -434,7 +434,7 @@ class _Scope:
     rel: Loc = ()
 
 
-def _walk(scope: _Scope, loc: Loc) -> _Walk:
+def _walk(scope: Scope, loc: Loc) -> _Walk:
     ann: Any = scope.model
     cur = scope.data
     w = _Walk(path=scope.base, owner=scope.owner, rel=scope.rel)
@@ -454,7 +454,7 @@ def _walk(scope: _Scope, loc: Loc) -> _Walk:
             ann = next((m for m in members if getattr(m, "__name__", None) == seg), Any)
             i += 1
             continue
-        if not _has(cur, seg):
+        if not has_item(cur, seg):
             break
         ann = _descend(w, ann, container, seg, cur[seg])
         w.path = (*w.path, seg)
@@ -517,7 +517,7 @@ def _got(value: Any) -> str:
     return "a list" if isinstance(value, list) else "a mapping"
 
 
-def _did_you_mean(word: str, candidates: list[str]) -> str:
+def did_you_mean(word: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
     return f' (did you mean "{close[0]}"?)' if close else ""
 
@@ -567,7 +567,7 @@ def _problem(err: dict[str, Any], w: _Walk, smap: SourceMap) -> Problem:
     kind = err["type"]
     if kind == "extra_forbidden":
         key = str(w.path[-1])
-        hint = _did_you_mean(key, _field_names(w.parent_model))
+        hint = did_you_mean(key, _field_names(w.parent_model))
         if err.get("input") is None and " " in key:
             hint += "; a comma inside { } starts a new key: put text with commas in quotes"
         return smap.problem(w.path, f'unknown key "{key}"{_where(w.owner, w.rel[:-1])}{hint}', at_key=True)
@@ -585,7 +585,7 @@ def _is_shallow_mismatch(err: dict[str, Any], w: _Walk) -> bool:
     return err["type"] in _MISMATCH and w.path == w.union and not w.rest
 
 
-def _union_problem(group: list[tuple[dict[str, Any], _Walk]], scope: _Scope, smap: SourceMap) -> list[Problem]:
+def _union_problem(group: list[tuple[dict[str, Any], _Walk]], scope: Scope, smap: SourceMap) -> list[Problem]:
     """One union (`confirm: yes | {typed: ...}`): the member that fits the input, or one merged message."""
     by_tag: dict[str | None, list[tuple[dict[str, Any], _Walk]]] = {}
     for err, w in group:
@@ -604,7 +604,7 @@ def _union_problem(group: list[tuple[dict[str, Any], _Walk]], scope: _Scope, sma
     return [smap.problem(first_w.path, message)]
 
 
-def _union_member_named(scope: _Scope, w: _Walk) -> Any:
+def _union_member_named(scope: Scope, w: _Walk) -> Any:
     for cls in _models_in(scope.model):
         if cls.__name__ == w.tag:
             return cls
@@ -625,7 +625,7 @@ def _models_in(model: type[BaseModel]) -> Iterator[type[BaseModel]]:
             stack.extend(get_args(ann))
 
 
-def _translate(errors: list[dict[str, Any]], scope: _Scope, smap: SourceMap) -> list[Problem]:
+def translate(errors: list[dict[str, Any]], scope: Scope, smap: SourceMap) -> list[Problem]:
     """Every pydantic error of one validation as a Problem at the nearest position."""
     problems: list[Problem] = []
     unions: dict[Loc, list[tuple[dict[str, Any], _Walk]]] = {}
@@ -640,11 +640,11 @@ def _translate(errors: list[dict[str, Any]], scope: _Scope, smap: SourceMap) -> 
     return problems
 
 
-def _validate(scope: _Scope, smap: SourceMap) -> tuple[BaseModel | None, list[Problem]]:
+def validate(scope: Scope, smap: SourceMap) -> tuple[BaseModel | None, list[Problem]]:
     try:
         return scope.model.model_validate(scope.data), []
     except ValidationError as e:
-        return None, _translate(e.errors(include_url=False), scope, smap)  # type: ignore[arg-type]
+        return None, translate(e.errors(include_url=False), scope, smap)  # type: ignore[arg-type]
 
 
 # --- generic loading ----------------------------------------------------------------------------
@@ -653,7 +653,7 @@ def _validate(scope: _Scope, smap: SourceMap) -> tuple[BaseModel | None, list[Pr
 def _source(path_or_text: str | Path, filename: str | None) -> tuple[str, str]:
     if isinstance(path_or_text, Path):
         name = filename or str(path_or_text)
-        return _read(path_or_text, name), name
+        return read_text(path_or_text, name), name
     return path_or_text, filename or "<string>"
 
 
@@ -672,10 +672,10 @@ def load_model(path_or_text: str | Path, model_cls: type[M], *, filename: str | 
 
 
 def _load(text: str, filename: str, model_cls: type[M], checks: Checks | None) -> M:
-    data, smap, problems = _parse(text, filename)
-    if data is _NOTHING:
+    data, smap, problems = parse(text, filename)
+    if data is NOTHING:
         raise InvalidFile(problems)
-    model, found = _validate(_Scope(model_cls, data), smap)
+    model, found = validate(Scope(model_cls, data), smap)
     problems += found
     if checks is not None and isinstance(data, dict):
         problems = checks(data, smap, problems)
@@ -775,7 +775,7 @@ class _RunbookChecks:
         declared = ", ".join(self.scenarios)
         for j, name in enumerate(names):
             if isinstance(name, str) and name not in self.scenarios:
-                hint = _did_you_mean(name, self.scenarios) or f" (declared: {declared})"
+                hint = did_you_mean(name, self.scenarios) or f" (declared: {declared})"
                 self._add((*loc, j), f'unknown scenario "{name}" in {owner}{hint}')
 
     # actions
@@ -786,7 +786,7 @@ class _RunbookChecks:
             if not isinstance(action, str):
                 continue
             if action not in ACTIONS:
-                hint = _did_you_mean(action, list(ACTIONS)) or f" (built-in actions: {', '.join(sorted(ACTIONS))})"
+                hint = did_you_mean(action, list(ACTIONS)) or f" (built-in actions: {', '.join(sorted(ACTIONS))})"
                 self._add(("steps", i, "action"), f'unknown action "{action}"{hint}')
                 continue
             args = s.get("with", {})
@@ -803,8 +803,8 @@ class _RunbookChecks:
             model.model_validate(args)
         except ValidationError as e:
             errors = [err for err in e.errors(include_url=False) if not _templated(args, tuple(err["loc"]))]
-            scope = _Scope(model, args, base=("steps", i, "with"), owner=self._step_name(i), rel=("with",))
-            self.problems.extend(_translate(errors, scope, self.smap))  # type: ignore[arg-type]
+            scope = Scope(model, args, base=("steps", i, "with"), owner=self._step_name(i), rel=("with",))
+            self.problems.extend(translate(errors, scope, self.smap))  # type: ignore[arg-type]
 
     # templates
 
@@ -867,12 +867,12 @@ class _RunbookChecks:
         if ref.kind == "param":
             if ref.name in self.params:
                 return None
-            return f'unknown param "{ref.name}" in template{_did_you_mean(ref.name, list(self.params))}'
+            return f'unknown param "{ref.name}" in template{did_you_mean(ref.name, list(self.params))}'
         if ref.kind == "run":
             if ref.name in RUN_NAMES:
                 return None
             names = ", ".join(f"run.{n}" for n in sorted(RUN_NAMES))
-            hint = _did_you_mean(f"run.{ref.name}", [f"run.{n}" for n in RUN_NAMES]) or f" (there are: {names})"
+            hint = did_you_mean(f"run.{ref.name}", [f"run.{n}" for n in RUN_NAMES]) or f" (there are: {names})"
             return f'unknown run built-in "run.{ref.name}"{hint}'
         if step_index is None:
             return f"{{{{ {ref.key} }}}}: the {where} can use params and run.* only, not step outputs"
@@ -882,7 +882,7 @@ class _RunbookChecks:
         sid = ref.step or ""
         shown = f"{{{{ {ref.key} }}}}"
         if sid not in self.first_index:
-            return f'{shown}: no step "{sid}"{_did_you_mean(sid, list(self.first_index))}'
+            return f'{shown}: no step "{sid}"{did_you_mean(sid, list(self.first_index))}'
         there = self.first_index[sid]
         if there >= here:
             which = "this step" if there == here else "a later step"
@@ -896,7 +896,7 @@ class _RunbookChecks:
         outputs = ACTIONS[action].outputs
         if ref.name not in outputs:
             listed = ", ".join(outputs) or "none"
-            hint = _did_you_mean(ref.name, list(outputs)) or f" (it has: {listed})"
+            hint = did_you_mean(ref.name, list(outputs)) or f" (it has: {listed})"
             return f'{shown}: action "{action}" of step "{sid}" has no output "{ref.name}"{hint}'
         return self._scenario_overlap(shown, sid, step, here)
 
@@ -967,7 +967,7 @@ def _templated(data: Any, loc: Loc) -> bool:
     for seg in loc:
         if isinstance(cur, str):
             break
-        if not _has(cur, seg):
+        if not has_item(cur, seg):
             return False
         cur = cur[seg]
     return isinstance(cur, str) and has_template(cur)
@@ -976,7 +976,7 @@ def _templated(data: Any, loc: Loc) -> bool:
 # --- public entry points ------------------------------------------------------------------------
 
 
-def _runbook_checks(data: dict[str, Any], smap: SourceMap, schema: list[Problem]) -> list[Problem]:
+def runbook_checks(data: dict[str, Any], smap: SourceMap, schema: list[Problem]) -> list[Problem]:
     """The schema's problems (less those a whole-file check says better) and the whole-file checks'."""
     kept = [p for p in schema if _ONE_KIND not in p.message]
     return kept + _RunbookChecks(data, smap).run()
@@ -985,12 +985,12 @@ def _runbook_checks(data: dict[str, Any], smap: SourceMap, schema: list[Problem]
 def load_runbook(path: str | Path) -> Runbook:
     """Load and fully validate a runbook file. Raises InvalidFile with every problem of the file."""
     text, name = _source(Path(path), str(path))
-    return _load(text, name, Runbook, _runbook_checks)
+    return _load(text, name, Runbook, runbook_checks)
 
 
 def load_runbook_text(text: str, filename: str = "<string>") -> Runbook:
     """`load_runbook` for text already in memory (tests, editors). Raises InvalidFile."""
-    return _load(text, filename, Runbook, _runbook_checks)
+    return _load(text, filename, Runbook, runbook_checks)
 
 
 _DURATION_SCHEMA: dict[str, Any] = {
