@@ -1,7 +1,7 @@
 """The runbook file, version 1, as pydantic models (unknown keys are errors).
 
 The models hold what the file says, already type-checked; semantic checks that need the whole file
-(template references, duplicate ids, scenario names) live in `runbook.loader`.
+(template references, duplicate ids, scenario names) live in `runbook.loader.runbook_checks`.
 """
 
 from __future__ import annotations
