@@ -617,8 +617,7 @@ class Engine:
         }
 
     def _close(self, status: str, detail: str) -> None:
-        if self.state.rto_end_at is None and status == "completed":
-            pass  # fold sets the RTO end to the run's end when no rto_end step succeeded
+        # a completed run with no rto_end step done: folding run-finished sets the RTO end to its time
         self._journal("run-finished", status=status, detail=detail)
         self._release(closed=True)
         self._finish(ev.RunFinished(status, detail, self._summary()))
