@@ -119,11 +119,6 @@ class TypedConfirm(Strict):
     typed: str = Field(description="Template of the value the operator must type, e.g. '{{ db_name }}'")
 
 
-class OnFailure(StrEnum):
-    stop = "stop"
-    continue_ = "continue"
-
-
 class Step(Strict):
     id: Annotated[str, Field(pattern=STEP_ID)]
     title: str | None = None
