@@ -16,7 +16,6 @@ import shlex
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -116,9 +115,6 @@ class Engine:
     @property
     def run_id(self) -> str:
         return self.ctx.state.run_id
-
-    def step_state(self, step_id: str) -> Any:
-        return self.ctx.state.steps[step_id]
 
     def clock_status(self) -> RtoClock:
         left = [s.id for s in self.steps if not self.state.steps[s.id].status.done]
@@ -621,8 +617,7 @@ class Engine:
         }
 
     def _close(self, status: str, detail: str) -> None:
-        if self.state.rto_end_at is None and status == "completed":
-            pass  # fold sets the RTO end to the run's end when no rto_end step succeeded
+        # a completed run with no rto_end step done: folding run-finished sets the RTO end to its time
         self._journal("run-finished", status=status, detail=detail)
         self._release(closed=True)
         self._finish(ev.RunFinished(status, detail, self._summary()))
@@ -641,11 +636,3 @@ class Engine:
 class _StopRun(Exception):
     def __init__(self, reason: str) -> None:
         self.reason = reason
-
-
-def now_iso(clock: Clock) -> str:
-    return iso(clock.now())
-
-
-def as_datetime(value: str | datetime) -> datetime:
-    return value if isinstance(value, datetime) else datetime.fromisoformat(value)

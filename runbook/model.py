@@ -1,7 +1,7 @@
 """The runbook file, version 1, as pydantic models (unknown keys are errors).
 
 The models hold what the file says, already type-checked; semantic checks that need the whole file
-(template references, duplicate ids, scenario names) live in `runbook.loader`.
+(template references, duplicate ids, scenario names) live in `runbook.loader.runbook_checks`.
 """
 
 from __future__ import annotations
@@ -117,11 +117,6 @@ class ConfirmKind(StrEnum):
 
 class TypedConfirm(Strict):
     typed: str = Field(description="Template of the value the operator must type, e.g. '{{ db_name }}'")
-
-
-class OnFailure(StrEnum):
-    stop = "stop"
-    continue_ = "continue"
 
 
 class Step(Strict):

@@ -86,7 +86,3 @@ def last_good_drills(
             stale=age > stale_after,
         )
     return out
-
-
-def stale_scenarios(drills: Mapping[tuple[str, str], Drill]) -> list[Drill]:
-    return [d for d in drills.values() if d.stale]

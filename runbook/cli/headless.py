@@ -7,7 +7,6 @@ nothing runs, `--yes` passes them too, journaled as such). Without `--yes` the o
 from __future__ import annotations
 
 import asyncio
-import sys
 from dataclasses import dataclass, field
 
 from rich.console import Console
@@ -285,7 +284,3 @@ def run_headless(engine: Engine, opts: HeadlessOptions) -> int:
     if finished.status == "completed":
         return 0
     return 4 if finished.status == "detached" else 1
-
-
-def stderr_console() -> Console:
-    return Console(file=sys.stderr, highlight=False)

@@ -1,8 +1,8 @@
 """PostgreSQL client tools and connections, by libpq conventions.
 
 One place that finds `pg_dump`, `pg_restore`, ... (PostgreSQL 15's own binaries first, then PATH),
-builds their connection arguments from the repository config or an action's host/port, and runs them
-with their stderr kept for the error message. psycopg is imported only by `connect`.
+builds their connection arguments from the repository config or an action's host/port, and says how one
+failed (`ToolFailed`, with its last stderr lines). psycopg is imported only by `connect`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,16 +84,6 @@ def connect(conn: Conn, dbname: str, *, autocommit: bool = False, application_na
     except psycopg.OperationalError as e:
         raise RunbookError(f"cannot connect to {conn.describe(dbname)}: {str(e).strip()}",
                            hint="check the host/port/user (libpq: PGHOST, PGPORT, PGUSER) and ~/.pgpass") from None
-
-
-def run_tool(argv: Sequence[str], *, env: dict[str, str] | None = None, hint: str | None = None,
-             stdout: Any = subprocess.DEVNULL) -> str:
-    """Run a tool to completion; its stderr is returned, or carried by ToolFailed."""
-    proc = subprocess.run(list(argv), stdout=stdout, stderr=subprocess.PIPE, text=True,
-                          env={**os.environ, **(env or {})})
-    if proc.returncode != 0:
-        raise ToolFailed(os.path.basename(argv[0]), proc.returncode, proc.stderr, hint)
-    return proc.stderr
 
 
 def version(name: str) -> str:

@@ -16,7 +16,6 @@ if it is still ours. boto3 is imported only when S3 is configured (steps.reposit
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -255,11 +254,3 @@ def open_for_runbook(config_path: str | os.PathLike[str]) -> Any:
 
     cfg, _ = load_repository_config(config_path)
     return cfg
-
-
-def release_quietly(lock: RecoveryLock | None) -> list[str]:
-    if lock is None:
-        return []
-    with contextlib.suppress(Exception):
-        return lock.release()
-    return ["the recovery lock could not be released"]
