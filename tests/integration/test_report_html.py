@@ -1,7 +1,7 @@
 """The HTML report: one self-contained file, well-formed, escaped, and rendered by a real browser.
 
 The end-to-end test runs a small runbook through the real engine and asks the real CLI for the report;
-a realistic drill (a folded hand-made journal, see tests/test_report.py) shows the RPO and a long timeline.
+a realistic drill (a folded hand-made journal, see tests/support/journals.py) shows the RPO and a long timeline.
 Both are rendered with headless Chromium (Debian's `chromium`) to a PNG. Set RUNBOOK_KEEP_SCREENSHOTS=DIR
 to keep the pictures for a look.
 """

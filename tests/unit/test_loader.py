@@ -1,6 +1,6 @@
 """The loader: real runbook files in, a model or every problem at its exact `file:line:col` out.
 
-Each file of `tests/corpus/bad/` says what it must produce in `# expect: LINE:COL: TEXT` lines at
+Each file of `tests/unit/corpus/bad/` says what it must produce in `# expect: LINE:COL: TEXT` lines at
 its top; the file must produce exactly those problems (each TEXT a substring of the message), no
 more and no fewer.
 """

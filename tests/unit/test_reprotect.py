@@ -1,6 +1,6 @@
 """reprotect's own rules, without a recovery: a drill against a repository that is not its own writes nothing;
 a recovered server elsewhere than the config's `cluster:` gets a copy of the config pointing at it.
-(The whole action runs at the end of both sandbox drills: tests/test_demo.py, tests/test_demo_pitr.py.)"""
+(The whole action runs at the end of both sandbox drills: tests/integration/test_demo.py, tests/integration/test_demo_pitr.py.)"""
 
 from __future__ import annotations
 
