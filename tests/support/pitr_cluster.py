@@ -2,7 +2,7 @@
 REPLICATION, WAL archived into a repository, a repository config, and helpers to write timestamped rows.
 
 Archiving goes through the real `runbook wal-push` / `wal-fetch`, run from the server-readable virtual
-environment of tests/server_venv.py. Test modules import the fixtures: `pitr_template_fixture`,
+environment of tests/support/server_venv.py. Test modules import the fixtures: `pitr_template_fixture`,
 `primary_fixture` (registered as `pitr_template` and `primary`).
 """
 
@@ -171,7 +171,7 @@ _venv: list[str] = []
 
 
 def server_runbook() -> str:
-    """`runbook` of a server-readable venv (tests/server_venv.py), built once per test process however many
+    """`runbook` of a server-readable venv (tests/support/server_venv.py), built once per test process however many
     modules ask for it."""
     if not _venv:
         from tests.conftest import ROOT
