@@ -171,12 +171,12 @@ def _print_base(entries: list[Any], now: datetime) -> None:
 
 def _print_wal(stores: list[Any], clusters: list[str]) -> None:
     """The archived WAL range of each cluster with base backups: how far a PITR can go."""
-    from steps.pg.walnames import archived_segment, wal_dir
+    from steps.repository.layout import archived_segment, wal_prefix
 
     for store in stores:
         for sysid in clusters:
             try:
-                segs = sorted(s for k, _ in store.list_keys(wal_dir(sysid)) if (s := archived_segment(k)))
+                segs = sorted(s for k, _ in store.list_keys(wal_prefix(sysid)) if (s := archived_segment(k)))
             except RunbookError as e:
                 print(f"WAL of {sysid} in {store.name}: cannot list: {e}")
                 continue

@@ -50,9 +50,10 @@ from steps.backup.logical import (
     write_status_file,
 )
 from steps.pg.tools import Conn, connect, tool, version
-from steps.pg.walnames import archived_segment, parse_lsn, segments_between, wal_dir
+from steps.pg.walnames import parse_lsn, segments_between
 from steps.repository import layout
 from steps.repository.config import RepositoryConfig
+from steps.repository.layout import archived_segment, wal_prefix
 from steps.repository.manifest import (
     BaseBackupInfo,
     BaseManifest,
@@ -93,7 +94,7 @@ def _mb(n: int | None) -> str:
 
 def present_segments(store: Store, sysid: str) -> set[str]:
     """The WAL segment names archived in a repository (whatever suffix wal-push gave them)."""
-    prefix = wal_dir(sysid)
+    prefix = wal_prefix(sysid)
     out: set[str] = set()
     for key, _size in store.list_keys(prefix):
         seg = archived_segment(key)
@@ -401,7 +402,7 @@ class BaseBackupRun:
                 else:
                     level = Level.readable
                     wal_check = Check(name="WAL in the archive", status="ok",
-                                      detail=f"{len(needed)} segments {needed[0]}..{needed[-1]} in {wal_dir(sysid)}")
+                                      detail=f"{len(needed)} segments {needed[0]}..{needed[-1]} in {wal_prefix(sysid)}")
                 workers = self.cfg.s3.max_concurrency if store.name == "s3" and self.cfg.s3 else 1
                 done = publish(store, prefix, staging, objects, data, backup_id=bid, level=level,
                                checks=[tar_check, wal_check], workers=workers)

@@ -53,21 +53,3 @@ def segments_between(timeline: int, start_lsn: int, stop_lsn: int, segment_size:
     first = segment_number(start_lsn, segment_size)
     last = segment_number(max(stop_lsn - 1, start_lsn), segment_size)
     return [segment_name(timeline, n, segment_size) for n in range(first, last + 1)]
-
-
-ARCHIVED_RE = re.compile(r"^([0-9A-F]{24})(\.[a-z0-9]+)?$")
-
-
-def archived_segment(key: str) -> str | None:
-    """The segment name an archive object holds (`<segment>.zst` as wal-push stores it, or any
-    `<segment>[.<suffix>]` a plain `cp` archive holds), or None for `.history`, `.backup`, `.partial` files
-    and anything else."""
-    m = ARCHIVED_RE.match(key.rsplit("/", 1)[-1])
-    return m.group(1) if m else None
-
-
-def wal_dir(system_identifier: str) -> str:
-    """A cluster's WAL archive directory (ending in /): `clusters/<sysid>/wal/`, where wal-push writes."""
-    from steps.repository.layout import wal_prefix
-
-    return wal_prefix(system_identifier)

@@ -747,10 +747,11 @@ def _psql_argv(socket_dir: str, port: int, user: str) -> list[str]:
 
 
 def _archive_end(store: Any, sysid: str, segsize: int) -> int | None:
-    from steps.pg.walnames import archived_segment, parse_segment, wal_dir
+    from steps.pg.walnames import parse_segment
+    from steps.repository.layout import archived_segment, wal_prefix
 
     best = None
-    for key, _ in store.list_keys(wal_dir(sysid)):
+    for key, _ in store.list_keys(wal_prefix(sysid)):
         seg = archived_segment(key)
         if seg is not None:
             n = parse_segment(seg, segsize)[1]

@@ -143,6 +143,17 @@ def next_segment(name: str, segment_size: int, n: int = 1) -> str:
     return segment_name(w.timeline, w.segno(segment_size) + n, segment_size)
 
 
+ARCHIVED_RE = re.compile(r"^([0-9A-F]{24})(\.[a-z0-9]+)?$")
+
+
+def archived_segment(key: str) -> str | None:
+    """The segment name an archive object holds (`<segment>.zst` as wal-push stores it, or any
+    `<segment>[.<suffix>]` a plain `cp` archive holds), or None for `.history`, `.backup`, `.partial` files
+    and anything else."""
+    m = ARCHIVED_RE.match(key.rsplit("/", 1)[-1])
+    return m.group(1) if m else None
+
+
 def wal_prefix(system_identifier: str) -> str:
     """The directory (ending in /) of a cluster's WAL archive."""
     if not system_identifier.isdigit():

@@ -128,7 +128,6 @@ def prune_base(store: Store, retention: RetentionConfig, *, now: datetime, dry_r
                catalogue: Catalogue | None = None) -> PruneReport:
     """Retention for base backups, per cluster (same keep_last/keep_days as the logical backups, and the
     newest `readable` one always kept), then the WAL no kept base backup needs. Raises RepositoryError."""
-    from steps.pg.walnames import wal_dir
     from steps.repository.manifest import BaseManifest
     from steps.repository.store import RepositoryError
 
@@ -157,7 +156,7 @@ def prune_base(store: Store, retention: RetentionConfig, *, now: datetime, dry_r
         if not starts:
             continue
         size = starts[0][1]
-        keys = [k for k, _ in store.list_keys(wal_dir(sysid))]
+        keys = [k for k, _ in store.list_keys(layout.wal_prefix(sysid))]
         old = wal_to_delete(keys, starts, size)
         if old:
             oldest = min(starts, key=lambda s: s[0][8:])[0]

@@ -16,7 +16,6 @@ from pydantic import ValidationError
 from steps.backup.base import parse_label_time
 from steps.backup.basetar import BaseBackupInvalid, check_tars, parse_server_manifest, tar_files
 from steps.pg.walnames import (
-    archived_segment,
     format_lsn,
     parse_lsn,
     parse_segment,
@@ -24,6 +23,7 @@ from steps.pg.walnames import (
     segments_between,
 )
 from steps.pitr.action import Args, choose_backup, recovery_settings
+from steps.repository.layout import archived_segment
 from steps.repository.prune import wal_to_delete
 
 MB = 1024 * 1024
