@@ -221,9 +221,7 @@ class RunScreen(Screen[None]):
         eng = self.engine
         step = eng.ctx.runbook.step(w.step_id)
         if w.wait == Wait.confirm and w.typed_expected is not None:
-            self._pending_modal = True
-            typed = await self.app.push_screen_wait(TypedConfirmModal(step.display_title, w.typed_expected, w.command))
-            self._pending_modal = False
+            typed = await self._typed(step.display_title, w.typed_expected, w.command)
             if typed is not None:
                 await self._call(eng.confirm(w.step_id, typed=typed, how="typed in the TUI"))
         elif w.wait == Wait.confirm:
@@ -232,9 +230,7 @@ class RunScreen(Screen[None]):
             await self._call(eng.ack(w.step_id, how="key r in the TUI"))
         elif w.wait == Wait.mark and w.typed_expected is not None:
             # Rehearsal: nothing runs, but the operator practises the typed confirmation.
-            self._pending_modal = True
-            typed = await self.app.push_screen_wait(TypedConfirmModal(step.display_title, w.typed_expected, w.command))
-            self._pending_modal = False
+            typed = await self._typed(step.display_title, w.typed_expected, w.command)
             if typed is None:
                 return
             if typed.strip() != w.typed_expected:
@@ -248,6 +244,13 @@ class RunScreen(Screen[None]):
             value = await self._ask(f"A value for {w.value_key}", w.detail or "", required=False)
             if value is not None:
                 await self._call(eng.provide_value(w.step_id, value))
+
+    async def _typed(self, title: str, expected: str, command: str | None) -> str | None:
+        self._pending_modal = True
+        try:
+            return await self.app.push_screen_wait(TypedConfirmModal(title, expected, command))
+        finally:
+            self._pending_modal = False
 
     async def _ask(self, title: str, body: str, *, required: bool = True) -> str | None:
         self._pending_modal = True
