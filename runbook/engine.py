@@ -203,6 +203,30 @@ class Engine:
         self._journal("note", text=text.strip(), step=self.current)
         self._emit(ev.Notice("note", self.ctx.redactor.redact(text.strip()), self.current))
 
+    def record_frontend_error(self, exc: BaseException, *, source: str, where: str = "") -> Path | None:
+        """A front end's own error, recorded without touching the run: it stays open and resumable (a running
+        step goes on under its supervisor). Journaled as `frontend-error`; for an error that is not a
+        `RunbookError`, the traceback (redacted) is appended to `<source>-error.log` in the run directory,
+        whose path is returned. Raises RunbookError when the run is no longer open here (its journal is closed).
+        """
+        if self.finished is not None:
+            raise RunbookError(f"run {self.run_id} is no longer open here; the error was not journaled")
+        log = None
+        if isinstance(exc, RunbookError):
+            message, hint = exc.message, exc.hint or ""
+        else:
+            import traceback
+
+            message, hint = str(exc), ""
+            log = self.ctx.rdir / f"{source}-error.log"
+            text = f"--- {iso(self.clock.now())} {where}\n" + "".join(traceback.format_exception(exc))
+            fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "a", encoding="utf-8") as f:
+                f.write(self.ctx.redactor.redact(text))
+        self._journal("frontend-error", step=self.current, source=source, where=where, error=type(exc).__name__,
+                      message=message, hint=hint, log=log.name if log else "")
+        return log
+
     async def cancel(self, step_id: str | None = None) -> bool:
         """Stop the running step (SIGTERM to its process group, SIGKILL after a grace). False if none runs."""
         if self._proc is None or (step_id is not None and step_id != self.current):

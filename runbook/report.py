@@ -44,6 +44,7 @@ EVENT_TEXT = {
     "note": "note",
     "warning": "warning",
     "lock-broken": "lock taken over",
+    "frontend-error": "front end error; run stays open",
 }
 
 MODE_BADGE = {"live": "LIVE", "drill": "DRILL", "rehearsal": "REHEARSAL"}
@@ -329,6 +330,9 @@ def event_detail(e: dict[str, object]) -> str:
         return f"{e.get('status', '')} {e.get('detail') or e.get('reason') or ''}".strip()
     if t == "step-interrupted":
         return str(e.get("detail", ""))
+    if t == "frontend-error":
+        text = f"{e.get('error')}: {e.get('message')}" if e.get("message") else str(e.get("error"))
+        return text + (f" — hint: {e['hint']}" if e.get("hint") else "")
     if t == "lock-broken":
         prev = e.get("previous") or {}
         return f"from run {prev.get('run_id')} of {prev.get('user')}@{prev.get('host')}" if isinstance(prev, dict) else ""

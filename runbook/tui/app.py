@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from textual.app import App
 from textual.binding import Binding
+from textual.worker import Worker, WorkerState
 
 from runbook.clock import Clock
 from runbook.engine import Engine
@@ -18,6 +20,7 @@ from runbook.errors import RunbookError
 from runbook.model import Runbook
 from runbook.session import RunOptions, open_new_run, open_resume
 from runbook.state import RunState, list_runs
+from runbook.tui.modals import ErrorModal
 from runbook.tui.run_screen import RunEnded, RunScreen
 from runbook.tui.start_screens import ParamsScreen, ResumeOfferScreen
 from runbook.tui.summary_screen import SummaryScreen
@@ -68,6 +71,36 @@ class RunbookApp(App[int]):
     def action_noop(self) -> None:
         """Ctrl+C does not kill the cockpit mid-step; q quits (asking first while a step runs)."""
         self.notify("Press q to quit (the run stays resumable).", severity="warning")
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one place a worker's error lands (the run screen relays its own workers' here): the operator
+        sees it, the journal records it, and the run stays open and resumable."""
+        error = event.worker.error
+        if event.state != WorkerState.ERROR or not isinstance(error, Exception):
+            return
+        self.worker_failed(error, event.worker.name or event.worker.description)
+
+    def worker_failed(self, error: Exception, where: str) -> None:
+        engine = self.engine
+        redact = engine.ctx.redactor.redact if engine is not None else str
+        if isinstance(error, RunbookError):
+            title = f"Error: {error.title}"
+            lines = [redact(error.message)] + ([f"hint: {redact(error.hint)}"] if error.hint else [])
+        else:
+            title = "Unexpected error"
+            lines = [redact(f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)]
+        if engine is not None:
+            lines.append("")
+            try:
+                log = engine.record_frontend_error(error, source="tui", where=where)
+            except Exception as e:  # noqa: BLE001 - the journal itself may be what failed; say so, go on
+                lines.append(f"It could not be journaled ({type(e).__name__}: {redact(str(e))}).")
+            else:
+                lines.append("It is in the journal" + (f"; details in {log.name} in the run directory." if log else "."))
+            if engine.finished is None or engine.finished.status == "detached":
+                lines.append(f"The run is kept: it stays open, running steps go on under their supervisors; "
+                             f"resume it with `runbook resume {engine.run_id}`.")
+        self.push_screen(ErrorModal(title, escape("\n".join(lines))))
 
     def show_params(self) -> None:
         assert self.runbook is not None

@@ -1,6 +1,7 @@
-"""Modal dialogs: yes/no confirmation, typed confirmation, a required text (reason, note, value).
+"""Modal dialogs: yes/no confirmation, typed confirmation, a required text (reason, note, value), an error.
 
-Every modal focuses its safe choice (Cancel), except the text ones, where Enter submits the typed text.
+Every modal focuses its safe choice (Cancel), except the text ones, where Enter submits the typed text,
+and the error one, which only has OK.
 """
 
 from __future__ import annotations
@@ -100,3 +101,30 @@ class TypedConfirmModal(TextModal):
             body = f"{escape(command.rstrip())}\n\n{body}"
         super().__init__(f"Run: {step_title}", body, placeholder="type the value shown above")
         self.expected = expected
+
+
+class ErrorModal(ModalScreen[None]):
+    """An error the operator must see: it stays until dismissed (OK, Enter or Escape). Never a traceback."""
+
+    BINDINGS = [Binding("escape", "close", "Close", id="modal.close", tooltip="Close this message")]
+
+    def __init__(self, title: str, body: str) -> None:
+        super().__init__()
+        self.title_text = title
+        self.body = body
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="modal error-modal"):
+            yield Label(self.title_text, classes="modal-title")
+            yield Static(self.body, classes="modal-body", id="error-body")
+            with Horizontal(classes="modal-buttons"):
+                yield Button("OK", id="ok", variant="primary")
+
+    def on_mount(self) -> None:
+        self.query_one("#ok", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(None)
+
+    def action_close(self) -> None:
+        self.dismiss(None)

@@ -19,6 +19,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Log, Markdown, ProgressBar, Static
+from textual.worker import Worker, WorkerState
 
 from runbook import events as ev
 from runbook.engine import ConfirmRefused, Engine
@@ -30,6 +31,7 @@ from runbook.tui.widgets import checklist, header, hint_for, step_list
 ARM_DELAY_S = 0.75
 OUTPUT_MAX_LINES = 5000
 GUARDED = ("go", "mark_failed", "retry", "rerun")
+REDRAW_FAILURES_MAX = 3  # after this many failures the consumer only follows the stream to its end, drawing nothing
 
 
 class RunScreen(Screen[None]):
@@ -57,6 +59,8 @@ class RunScreen(Screen[None]):
         self.focus_step: str | None = engine.state.order[0] if engine.state.order else None
         self._armed_at = 0.0
         self._pending_modal = False
+        self._consumer_failures = 0
+        self._ended = False
 
     # ---- layout ----------------------------------------------------------------------------------
 
@@ -129,12 +133,36 @@ class RunScreen(Screen[None]):
     # ---- the engine's events ---------------------------------------------------------------------
 
     @work(exclusive=True, exit_on_error=False, group="engine")
-    async def consume(self) -> None:
+    async def consume(self, *, draw: bool = True, resync: bool = False) -> None:
+        if resync:  # the failed consumer may have dropped an event: take the engine's word for where we are
+            self.waiting = self.engine.waiting
+            current = self.engine.current
+            running = current is not None and self.engine.state.steps[current].status == StepStatus.running
+            self.running = current if running else None
+            self._armed_at = time.monotonic() + ARM_DELAY_S
+            if draw:
+                self.redraw()
         async for e in self.engine.events():
-            self._on_event(e)
+            if draw:
+                self._on_event(e)
             if isinstance(e, ev.RunFinished):
+                self._ended = True
                 self.app.post_message(RunEnded(e))
                 return
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """Relayed to the app's one handler (this message does not bubble). A failed consumer is started
+        again, in step with the engine, so the screen keeps following the run and q still leaves it."""
+        self.app.post_message(Worker.StateChanged(event.worker, event.state))
+        if event.state != WorkerState.ERROR or event.worker.group != "engine" or self._ended:
+            return
+        self._consumer_failures += 1
+        draw = self._consumer_failures < REDRAW_FAILURES_MAX
+        if not draw:
+            self.notify(f"This screen no longer follows the run. Press q to leave; the run stays open: "
+                        f"`runbook resume {self.engine.run_id}`.", title="Screen stopped", severity="error",
+                        timeout=24 * 3600)
+        self.consume(draw=draw, resync=True)
 
     def _on_event(self, e: ev.Event) -> None:
         log = self.query_one("#output", Log)
@@ -221,9 +249,7 @@ class RunScreen(Screen[None]):
         eng = self.engine
         step = eng.ctx.runbook.step(w.step_id)
         if w.wait == Wait.confirm and w.typed_expected is not None:
-            self._pending_modal = True
-            typed = await self.app.push_screen_wait(TypedConfirmModal(step.display_title, w.typed_expected, w.command))
-            self._pending_modal = False
+            typed = await self._typed(step.display_title, w.typed_expected, w.command)
             if typed is not None:
                 await self._call(eng.confirm(w.step_id, typed=typed, how="typed in the TUI"))
         elif w.wait == Wait.confirm:
@@ -232,9 +258,7 @@ class RunScreen(Screen[None]):
             await self._call(eng.ack(w.step_id, how="key r in the TUI"))
         elif w.wait == Wait.mark and w.typed_expected is not None:
             # Rehearsal: nothing runs, but the operator practises the typed confirmation.
-            self._pending_modal = True
-            typed = await self.app.push_screen_wait(TypedConfirmModal(step.display_title, w.typed_expected, w.command))
-            self._pending_modal = False
+            typed = await self._typed(step.display_title, w.typed_expected, w.command)
             if typed is None:
                 return
             if typed.strip() != w.typed_expected:
@@ -248,6 +272,13 @@ class RunScreen(Screen[None]):
             value = await self._ask(f"A value for {w.value_key}", w.detail or "", required=False)
             if value is not None:
                 await self._call(eng.provide_value(w.step_id, value))
+
+    async def _typed(self, title: str, expected: str, command: str | None) -> str | None:
+        self._pending_modal = True
+        try:
+            return await self.app.push_screen_wait(TypedConfirmModal(title, expected, command))
+        finally:
+            self._pending_modal = False
 
     async def _ask(self, title: str, body: str, *, required: bool = True) -> str | None:
         self._pending_modal = True

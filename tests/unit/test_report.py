@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from runbook.events import StepStatus
-from runbook.report import render_markdown, rpo_facts, rto_facts, step_spans
+from runbook.report import event_detail, event_text, render_markdown, rpo_facts, rto_facts, step_spans
 from tests.conftest import run_cli
 from tests.support.journals import T0, JournalBuilder, at, logical_drill
 
@@ -166,3 +166,23 @@ def test_a_short_window_from_a_logical_backup_is_met_but_the_warning_stays_hones
     assert "met the target only because the data was lost 0.8 s after the backup" in rpo.logical_warning
     md = render_markdown(b.state(), {}, T0)
     assert "| Data-loss window | 0.8 s — **met** |" in md
+
+
+# ---- a front end's error -----------------------------------------------------------------------------
+
+
+def test_a_front_end_error_is_on_the_timeline_and_changes_nothing_in_the_run() -> None:
+    b = JournalBuilder(["restore"]).shown(1, "restore")
+    before = b.state()
+    b.add(2, "frontend-error", step="restore", source="tui", where="action_go", error="RuntimeError",
+          message="the confirm path broke", hint="", log="tui-error.log")
+    b.add(3, "frontend-error", step=None, source="tui", where="action_note", error="RunbookError",
+          message="notes are refused", hint="add it later", log="")
+    st = b.state()
+    assert st.status == "open" and not st.closed
+    assert st.steps["restore"].status == before.steps["restore"].status == StepStatus.awaiting
+    assert st.notes == [] and st.steps["restore"].notes == []
+    first, second = st.events[-2:]
+    assert event_text(first) == "front end error; run stays open"
+    assert event_detail(first) == "RuntimeError: the confirm path broke"
+    assert event_detail(second) == "RunbookError: notes are refused — hint: add it later"
