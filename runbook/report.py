@@ -45,6 +45,7 @@ EVENT_TEXT = {
     "warning": "warning",
     "lock-broken": "lock taken over",
     "frontend-error": "front end error; run stays open",
+    "engine-error": "engine error; run stays open",
 }
 
 MODE_BADGE = {"live": "LIVE", "drill": "DRILL", "rehearsal": "REHEARSAL"}
@@ -328,7 +329,7 @@ def event_detail(e: dict[str, object]) -> str:
         return f"{e.get('name')}: {e.get('status')} {e.get('hint') or ''}".strip()
     if t in ("run-finished", "run-detached"):
         return f"{e.get('status', '')} {e.get('detail') or e.get('reason') or ''}".strip()
-    if t == "step-interrupted":
+    if t in ("step-interrupted", "engine-error"):
         return str(e.get("detail", ""))
     if t == "frontend-error":
         text = f"{e.get('error')}: {e.get('message')}" if e.get("message") else str(e.get("error"))

@@ -186,3 +186,11 @@ def test_a_front_end_error_is_on_the_timeline_and_changes_nothing_in_the_run() -
     assert event_text(first) == "front end error; run stays open"
     assert event_detail(first) == "RuntimeError: the confirm path broke"
     assert event_detail(second) == "RunbookError: notes are refused — hint: add it later"
+
+
+def test_an_engine_error_is_named_on_the_timeline_with_its_detail() -> None:
+    b = JournalBuilder(["restore"]).shown(1, "restore")
+    b.add(2, "engine-error", step="restore", detail="OSError: disk full")
+    (last,) = b.state().events[-1:]
+    assert event_text(last) == "engine error; run stays open"
+    assert event_detail(last) == "OSError: disk full"
