@@ -298,17 +298,6 @@ def test_second_run_is_refused_while_one_is_active(write_runbook, state_dir: Pat
                         pass
 
 
-def test_core_never_imports_textual() -> None:
-    code = (
-        "import sys, runbook, runbook.cli.main, runbook.engine, runbook.session, runbook.cli.headless, runbook.loader,"
-        " runbook.journal, runbook.executor, runbook.report, runbook.state, runbook.supervisor, steps.registry\n"
-        "bad = [m for m in sys.modules if m == 'textual' or m.startswith('textual.')]\n"
-        "print(bad); sys.exit(1 if bad else 0)\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0, r.stdout + r.stderr
-
-
 def test_user_errors_have_no_traceback(tmp_path: Path, state_dir: Path) -> None:
     r = run_cli("run", str(tmp_path / "missing.yaml"), "--headless", "--state-dir", str(state_dir))
     assert r.returncode == 2 and "Traceback" not in r.stderr and "missing.yaml" in r.stderr

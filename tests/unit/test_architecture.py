@@ -55,3 +55,19 @@ def test_a_forbidden_import_and_a_cycle_break_the_contracts(tmp_path: Path) -> N
     assert "The core never imports Textual, the TUI or the command line BROKEN" in out.stdout
     assert "runbook.engine -> runbook.tui.app" in out.stdout
     assert "No import cycles between the packages of steps/, nor inside them BROKEN" in out.stdout
+
+
+def test_importing_everything_but_the_tui_loads_no_textual() -> None:
+    """The runtime side of the contracts: every module of runbook/ (but the TUI) and steps/, imported."""
+    code = (
+        "import importlib, pkgutil, sys, runbook, steps\n"
+        "for pkg in (runbook, steps):\n"
+        "    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
+        "        if not m.name.startswith('runbook.tui') and not m.name.endswith('__main__'):\n"
+        "            importlib.import_module(m.name)\n"
+        "bad = sorted(m for m in sys.modules if m == 'textual' or m.startswith('textual.'))\n"
+        "print(len(sys.modules), bad[:3])\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
