@@ -4,6 +4,10 @@ Front ends iterate `Engine.events()` and answer `Waiting` events with `confirm`,
 `retry`, `rerun`, `mark_done`, `provide_value`, `abort` or `detach`; `note` and `cancel` work at any time.
 Every step with a command runs as a supervised child process (see `runbook.executor`), so it outlives the
 front end; everything that happens is journaled before it is shown.
+
+Why one module of ~660 lines: it is one state machine (`Engine`), whose every transition journals, emits and
+waits in the same few private methods; the parts that are not transitions live elsewhere already (the
+executor, the journal, the templating, the RTO clock, the state fold).
 """
 
 from __future__ import annotations

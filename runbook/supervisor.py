@@ -18,6 +18,9 @@ The child runs in its own process group. The supervisor alone writes STEP_DIR (e
 Timeouts and cancel (SIGTERM/SIGINT to the supervisor) terminate the child's whole process group:
 SIGTERM, then SIGKILL after the grace period. SIGHUP is ignored: the terminal died, the step goes on.
 Start-up must stay light: stdlib and `runbook.redact` only.
+
+Why one module of ~540 lines: it is started once per step with `python -S -P`, and everything it needs is
+here on purpose (one file read, no package machinery, nothing a later refactor could make it import).
 """
 
 from __future__ import annotations
