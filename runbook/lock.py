@@ -1,24 +1,25 @@
 """The local run lock: one active run per runbook and target on this host.
 
-A lock file per target under `<state dir>/locks/`, held with `flock` while a runner lives, and naming its
-holder (run id, user, host, pid, since). The file's content outlives the runner: a run that crashed or was
-left without closing keeps its claim, which passes only to `resume` of that run or to `--break-lock`.
+A lock file per target under `<state dir>/locks/` (a runbook.lockfile.LockFile), held with `flock` while a
+runner lives, and naming its holder (run id, user, host, pid, since). The file's content outlives the
+runner: a run that crashed or was left without closing keeps its claim, which passes only to `resume` of
+that run or to `--break-lock`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
-import json
 import os
 import re
 import socket
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from runbook.errors import LockHeld
+from runbook.lockfile import LockFile
 
 
 @dataclass
@@ -40,15 +41,26 @@ def lock_name(runbook_name: str, target: str) -> str:
     return f"{slug}-{digest}.lock"
 
 
-class RunLock:
-    def __init__(self, path: Path, fd: int, holder: Holder) -> None:
-        self.path = path
-        self._fd = fd
+class RunLock(LockFile):
+    """The run lock of one runbook and target: refuses at once (no wait) while a runner holds it, and while
+    the file names an unfinished run (see the module's docstring)."""
+
+    dir_mode = 0o777  # as `mkdir` makes it (the umask applies)
+    fsync = True  # the claim must survive a crash of the host too
+
+    def __init__(self, path: Path, holder: Holder, *, what: str = "",
+                 run_closed: Callable[[str], bool] = lambda run_id: False, break_lock: bool = False) -> None:
+        super().__init__(path)
+        self.path: Path = path
         self.holder = holder
+        self.what = what or path.name
+        self.run_closed = run_closed
+        self.break_lock = break_lock
+        self.replaced: Holder | None = None
         self.on_release: list[Callable[[bool], None]] = []  # e.g. the repository's lock object (steps.repository.recovery_lock)
 
     @classmethod
-    def acquire(
+    def take(
         cls,
         state_dir: Path,
         runbook_name: str,
@@ -62,68 +74,53 @@ class RunLock:
 
         `run_closed(run_id)` says whether a run recorded in the file has ended (then its claim is void).
         """
-        locks = state_dir / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        path = locks / lock_name(runbook_name, target)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            previous = _read_holder(fd)
-            os.close(fd)
-            who = previous.describe() if previous else "another process on this host"
-            raise LockHeld(
-                f"{runbook_name} on {target} is being run right now: {who}",
-                hint="work in that run, or wait until it ends; `runbook runs` lists runs",
-            ) from None
-        previous = _read_holder(fd)
-        replaced: Holder | None = None
-        if previous and previous.run_id != holder.run_id and not run_closed(previous.run_id):
-            if not break_lock:
-                os.close(fd)
-                alive = pid_alive(previous.pid) if previous.host == socket.gethostname() else None
-                state = "its runner is gone" if alive is False else "it was left open"
-                raise LockHeld(
-                    f"{runbook_name} on {target} belongs to an unfinished run: {previous.describe()}; {state}",
-                    hint=f"continue it with `runbook resume {previous.run_id}`, or take over with --break-lock",
-                )
-            replaced = previous
-        _write_holder(fd, holder)
-        return cls(path, fd, holder), replaced
+        lock = cls(state_dir / "locks" / lock_name(runbook_name, target), holder, what=f"{runbook_name} on {target}",
+                   run_closed=run_closed, break_lock=break_lock)
+        lock.acquire()
+        return lock, lock.replaced
 
-    def release(self, *, closed: bool) -> None:
+    def refusal(self, holder: dict[str, Any] | None, wait: float) -> LockHeld:
+        previous = _as_holder(holder)
+        who = previous.describe() if previous else "another process on this host"
+        return LockHeld(f"{self.what} is being run right now: {who}",
+                        hint="work in that run, or wait until it ends; `runbook runs` lists runs")
+
+    def taken(self, previous: dict[str, Any] | None) -> None:
+        """A claim left by a run that has not ended passes only to that run (resume) or to --break-lock."""
+        claim = _as_holder(previous)
+        if not claim or claim.run_id == self.holder.run_id or self.run_closed(claim.run_id):
+            return
+        if not self.break_lock:
+            alive = pid_alive(claim.pid) if claim.host == socket.gethostname() else None
+            state = "its runner is gone" if alive is False else "it was left open"
+            raise LockHeld(
+                f"{self.what} belongs to an unfinished run: {claim.describe()}; {state}",
+                hint=f"continue it with `runbook resume {claim.run_id}`, or take over with --break-lock",
+            )
+        self.replaced = claim
+
+    def holder_record(self) -> dict[str, Any]:
+        return asdict(self.holder)
+
+    def release(self, *, closed: bool = False) -> None:
         """Let go. `closed=True` (the run ended) also clears the claim; otherwise it stays for `resume`."""
-        if self._fd < 0:
+        if not self.held:
             return
         if closed:
-            os.ftruncate(self._fd, 0)
-            os.fsync(self._fd)
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-        self._fd = -1
+            self.clear()
+        super().release()
         for fn in self.on_release:
             with contextlib.suppress(Exception):  # releasing never fails a run; the object names its holder
                 fn(closed)
 
 
-def _read_holder(fd: int) -> Holder | None:
-    os.lseek(fd, 0, os.SEEK_SET)
-    raw = b""
-    while chunk := os.read(fd, 65536):
-        raw += chunk
-    if not raw.strip():
+def _as_holder(record: dict[str, Any] | None) -> Holder | None:
+    if not record:
         return None
     try:
-        return Holder(**json.loads(raw))
-    except (ValueError, TypeError):
+        return Holder(**record)
+    except TypeError:
         return None
-
-
-def _write_holder(fd: int, holder: Holder) -> None:
-    os.ftruncate(fd, 0)
-    os.lseek(fd, 0, os.SEEK_SET)
-    os.write(fd, json.dumps(asdict(holder)).encode())
-    os.fsync(fd)
 
 
 def pid_alive(pid: int) -> bool:

@@ -160,7 +160,7 @@ def _lock(state_dir: Path, rb: Runbook, target: str, run_id: str, clock: Clock, 
         except RunbookError:
             return True  # a run whose journal is gone or unreadable holds nothing
 
-    return RunLock.acquire(state_dir, rb.name, target, holder, run_closed=closed, break_lock=break_lock)
+    return RunLock.take(state_dir, rb.name, target, holder, run_closed=closed, break_lock=break_lock)
 
 
 def _run_closed_here(state_dir: Path) -> Any:

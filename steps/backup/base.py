@@ -158,7 +158,7 @@ class BaseBackupRun:
                                         "; ".join(f"{k}: {v}" for k, v in self.repositories.items()))
             try:
                 facts = self._facts()
-                lock = BackupLock.acquire(self._lock_dir(), f"basebackup:{self.conn.describe('cluster')}")
+                lock = BackupLock.take(self._lock_dir(), f"basebackup:{self.conn.describe('cluster')}")
                 bid = layout.backup_id(_now())
                 while lock.last_id and bid <= lock.last_id:
                     time.sleep(0.2)

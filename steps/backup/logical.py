@@ -264,7 +264,7 @@ class BackupRun:
         if self.cfg.attachments is not None:
             targets.append(f"attachments:{self.cfg.attachments.path}")
         for target in targets:
-            self._locks.append(BackupLock.acquire(lock_dir, target))
+            self._locks.append(BackupLock.take(lock_dir, target))
         # One id for the whole run (the attachments pair with the dumps by it), never reused for a target.
         last = max((lk.last_id for lk in self._locks if lk.last_id), default="")
         bid = layout.backup_id(_now())

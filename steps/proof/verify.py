@@ -32,10 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
-import getpass
 import io
-import json
 import os
 import shutil
 import signal
@@ -44,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +49,7 @@ from types import FrameType
 from typing import Any
 
 from runbook.errors import LockHeld, RunbookError
+from runbook.lockfile import LockFile
 
 EXIT_VERIFIED = 0
 EXIT_FAILED = 2
@@ -118,61 +116,39 @@ class Outcome:
 # --- the lock ---------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def verify_lock(lock_dir: Path, wait_s: float, what: str) -> Iterator[None]:
+class VerifyLock(LockFile):
     """One verify-backup at a time on this host: wait up to `wait_s` for the holder, then refuse."""
-    try:
-        lock_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        path = lock_dir / "verify-backup.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
-    except OSError as e:
-        raise CannotRun(f"cannot create the verify-backup lock in {lock_dir}: {e.strerror}",
-                        hint="set backup.state_dir to a directory this user can write") from None
-    try:
-        deadline = time.monotonic() + max(wait_s, 0)
-        waited = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = _read_holder(fd)
-                    who = (f"pid {holder.get('pid')} ({holder.get('user')}@{holder.get('host')}) verifying "
-                           f"{holder.get('what')} since {holder.get('since')}") if holder else "another process"
-                    raise LockHeld(
-                        f"another verify-backup is running on this host: {who}; waited {wait_s:g} s, refusing",
-                        hint="two test restores at once would compete for this host's disk and cores; "
-                             "let it finish, or raise --lock-wait") from None
-                if not waited:
-                    print(f"verify-backup: another verify-backup holds {path}; waiting up to {wait_s:g} s",
-                          file=sys.stderr, flush=True)
-                    waited = True
-                time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, json.dumps({"pid": os.getpid(), "user": _user(), "host": socket.gethostname(),
-                                 "what": what, "since": datetime.now(UTC).isoformat(timespec="seconds")}).encode())
-        yield
-    finally:
-        os.close(fd)  # closing releases the flock
 
+    file_mode = 0o640
+    dir_mode = 0o750
 
-def _read_holder(fd: int) -> dict[str, Any] | None:
-    try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        data = os.read(fd, 65536)
-        value = json.loads(data) if data.strip() else None
-        return value if isinstance(value, dict) else None
-    except (OSError, ValueError):
-        return None
+    def __init__(self, lock_dir: Path, wait_s: float, what: str) -> None:
+        super().__init__(lock_dir / "verify-backup.lock", wait=wait_s)
+        self.lock_dir = lock_dir
+        self.what = what
 
+    def holder_record(self) -> dict[str, Any]:
+        return {**super().holder_record(), "what": self.what}
 
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
+    def describe(self, holder: dict[str, Any] | None) -> str:
+        if not holder:
+            return "another process"
+        return (f"pid {holder.get('pid')} ({holder.get('user')}@{holder.get('host')}) verifying "
+                f"{holder.get('what')} since {holder.get('since')}")
+
+    def waiting(self, holder: dict[str, Any] | None, wait: float) -> None:
+        print(f"verify-backup: another verify-backup holds {self.path}; waiting up to {wait:g} s",
+              file=sys.stderr, flush=True)
+
+    def refusal(self, holder: dict[str, Any] | None, wait: float) -> LockHeld:
+        return LockHeld(
+            f"another verify-backup is running on this host: {self.describe(holder)}; waited {wait:g} s, refusing",
+            hint="two test restores at once would compete for this host's disk and cores; "
+                 "let it finish, or raise --lock-wait")
+
+    def cannot_open(self, error: OSError) -> CannotRun:
+        return CannotRun(f"cannot create the verify-backup lock in {self.lock_dir}: {error.strerror}",
+                         hint="set backup.state_dir to a directory this user can write")
 
 
 # --- events from the reused actions ---------------------------------------------------------------------
@@ -237,8 +213,8 @@ class VerifyRun:
             signal.signal(signal.SIGTERM, on_term)
         t0 = time.monotonic()
         try:
-            with verify_lock(self.cfg.state_dir() / "locks", self.lock_wait,
-                             self.backup_id or f"the newest {self.kind} backup"):
+            with VerifyLock(self.cfg.state_dir() / "locks", self.lock_wait,
+                            self.backup_id or f"the newest {self.kind} backup"):
                 self._run()
         except Terminated:
             self.out.error = "terminated (SIGTERM): the scratch cluster was removed, no record written"

@@ -58,20 +58,10 @@ def write_record(path: str | os.PathLike[str], text: str) -> None:
 
 
 def worker_alive(lock_path: str | os.PathLike[str]) -> bool:
-    """Does a worker hold this lock? (it holds an exclusive flock for its whole life)"""
-    import fcntl
+    """Does a worker hold this lock? (it holds an exclusive flock for its whole life: steps.wal.spool.WorkerLock)"""
+    from runbook.lockfile import LockFile
 
-    try:
-        fd = os.open(lock_path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return LockFile.is_held(lock_path)
 
 
 def spawn(argv: list[str], log: str | os.PathLike[str], cwd: str | os.PathLike[str] | None) -> None:

@@ -30,8 +30,6 @@ repository does.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import time
@@ -42,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from runbook.errors import RunbookError
+from runbook.lockfile import LockFile
 from steps.repository.layout import next_segment, parse_wal_name, wal_key
 from steps.wal.fast import push_root, write_record
 from steps.wal.settings import WalSettings
@@ -56,31 +55,23 @@ def _log(msg: str) -> None:
     print(f"{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')} [{os.getpid()}] {msg}", flush=True)
 
 
-class Lock:
-    """One worker per spool: an exclusive flock held for the worker's life (released by the kernel at exit)."""
+class WorkerLock(LockFile):
+    """One worker per spool: an exclusive flock held for the worker's life (released by the kernel at exit),
+    the file naming its pid (a line: `steps.wal.fast.worker_alive` probes the lock, bench/ reads the pid)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd: int | None = None
+    def holder_record(self) -> dict[str, Any]:
+        return {"pid": os.getpid()}
 
-    def try_acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+    @classmethod
+    def encode(cls, record: dict[str, Any]) -> bytes:
+        return f"{record['pid']}\n".encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> dict[str, Any] | None:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return False
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-        return True
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+            return {"pid": int(raw.split()[0])}
+        except (ValueError, IndexError):
+            return None
 
 
 # --- asynchronous push ----------------------------------------------------------------------------------
@@ -121,7 +112,7 @@ def run_push_worker(settings: WalSettings, pg_wal: Path, sysid: int) -> int:
     root = push_spool(settings, sysid, pg_wal)
     out = root / "out"
     _mkdirs(out)
-    lock = Lock(root / "push-worker.lock")
+    lock = WorkerLock(root / "push-worker.lock")
     if not lock.try_acquire():
         return 0  # another uploader serves this cluster
     status_dir = pg_wal / "archive_status"
@@ -202,7 +193,7 @@ def _prefetch_task(stores: list[WalStore], spool: Path, name: str, sysid: int) -
 
 
 def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
-    lock = Lock(spool / ".lock")
+    lock = WorkerLock(spool / ".lock")
     if not lock.try_acquire():
         return 0
     # Replay is one process waiting for us: read-ahead needs a fraction of a core to stay ahead of it, and

@@ -239,7 +239,7 @@ def test_a_full_disk_fails_cleanly_and_leaves_older_backups_untouched(
 def test_two_backups_of_one_database_never_overlap(source_cluster: Cluster, db: str, tmp_path: Path) -> None:  # noqa: F811
     cfg = write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db], local=tmp_path / "repo")
     target = f"{source_cluster.socket_dir}:{source_cluster.port}/{db}"
-    held = BackupLock.acquire(tmp_path / "repo" / "locks", target)
+    held = BackupLock.take(tmp_path / "repo" / "locks", target)
     held.record("20000101T000000Z")
     try:
         proc = backup(cfg)

@@ -196,16 +196,16 @@ def test_local_store_never_overwrites_and_verifies_on_read(tmp_path: Path) -> No
 
 
 def test_backup_lock_is_exclusive(tmp_path: Path) -> None:
-    first = BackupLock.acquire(tmp_path, "host:5432/app")
+    first = BackupLock.take(tmp_path, "host:5432/app")
     first.record("20261125T020000Z")
     try:
         with pytest.raises(LockHeld, match="already running: pid"):
-            BackupLock.acquire(tmp_path, "host:5432/app")
-        other = BackupLock.acquire(tmp_path, "host:5432/other")
+            BackupLock.take(tmp_path, "host:5432/app")
+        other = BackupLock.take(tmp_path, "host:5432/other")
         other.release()
     finally:
         first.release()
-    again = BackupLock.acquire(tmp_path, "host:5432/app")
+    again = BackupLock.take(tmp_path, "host:5432/app")
     assert again.last_id == "20261125T020000Z"
     again.release()
     assert os.listdir(tmp_path)
