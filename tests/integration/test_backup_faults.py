@@ -271,7 +271,8 @@ def test_an_archive_that_does_not_read_back_is_not_published(
     source_cluster: Cluster, db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
     """pg_restore's checks run while the objects are stored: their failure stops the manifests."""
-    from steps.backup.logical import BackupRun, archive_check
+    from steps.backup import archive_check
+    from steps.backup.logical import BackupRun
     from steps.pg.tools import ToolFailed
     from steps.repository.config import load_repository_config
 
