@@ -45,8 +45,8 @@ from steps.backup.logical import (
     EXIT_WARNING,
     STATUS,
     Outcome,
+    backup_logging,
     open_usable_stores,
-    setup_logging,
     write_status_file,
 )
 from steps.pg.tools import Conn, connect, tool, version
@@ -142,15 +142,16 @@ class BaseBackupRun:
     # --- the run -------------------------------------------------------------------------------------
 
     def run(self) -> int:
+        try:
+            logs = backup_logging("basebackup", self.log_file, console=self.console)
+        except RunbookError as e:
+            return self._cannot_run(str(e))
+        with logs:
+            return self._logged_run()
+
+    def _logged_run(self) -> int:
         lock: BackupLock | None = None
         try:
-            try:
-                setup_logging(self.log_file, console=self.console)
-            except RunbookError as e:
-                return self._cannot_run(str(e))
-            for h in logging.getLogger("runbook").handlers:
-                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-                    h.setFormatter(logging.Formatter("basebackup: %(message)s"))
             log.info("runbook %s basebackup with %s", __version__, self.config_path)
             self._open_stores()
             if not self.stores:

@@ -32,6 +32,7 @@ from typing import Any
 
 from runbook import __version__
 from runbook.errors import RunbookError
+from runbook.logs import CommandLogging, command_logging
 from steps.backup.lock import BackupLock
 from steps.pg.tools import Conn
 from steps.repository import layout
@@ -99,28 +100,14 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def setup_logging(log_file: Path, *, console: bool = True) -> None:
-    """Everything to the log file (with times); INFO and up to the console (stderr)."""
-    logger = logging.getLogger("runbook")
-    logger.setLevel(logging.DEBUG)
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
-        h.close()
+def backup_logging(label: str, log_file: Path, *, console: bool = True) -> CommandLogging:
+    """`runbook backup` and `runbook basebackup` set up their run's logging (runbook.logs) with their own label;
+    a log file that cannot be written is the same could-not-run reason for both."""
     try:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(log_file, encoding="utf-8")
+        return command_logging(label, log_file, console=console)
     except OSError as e:
         raise RunbookError(f"cannot write the backup log {log_file}: {e.strerror}",
                            hint="set backup.log_file (or backup.state_dir) to a writable place") from None
-    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(message)s"))
-    fh.setLevel(logging.DEBUG)
-    logger.addHandler(fh)
-    if console:
-        ch = logging.StreamHandler(sys.stderr)
-        ch.setFormatter(logging.Formatter("backup: %(message)s"))
-        ch.setLevel(logging.INFO)
-        logger.addHandler(ch)
-    logger.propagate = False
 
 
 def write_status_file(path: Path, data: dict[str, Any], label: str) -> None:
@@ -184,9 +171,13 @@ class BackupRun:
 
     def _run(self, console: bool) -> int:
         try:
-            setup_logging(self.log_file, console=console)
+            logs = backup_logging("backup", self.log_file, console=console)
         except RunbookError as e:
             return self._cannot_run(str(e))
+        with logs:
+            return self._logged_run()
+
+    def _logged_run(self) -> int:
         log.info("runbook %s backup with %s: %s", __version__, self.config_path, ", ".join(self.dbs) or "no database")
         if not self.dbs:
             return self._cannot_run("no database to back up: list them in cluster.databases or pass --db NAME")
@@ -212,7 +203,7 @@ class BackupRun:
     def _cannot_run(self, reason: str) -> int:
         self.outcomes.append(Outcome(target="run", exit_code=EXIT_CANNOT_RUN, error=reason))
         print(f"runbook: backup could not run: {reason}", file=sys.stderr)
-        logging.getLogger("runbook.backup").debug("could not run: %s", reason)
+        log.debug("could not run: %s", reason)
         self._write_status()
         return EXIT_CANNOT_RUN
 

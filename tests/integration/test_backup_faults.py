@@ -271,7 +271,10 @@ def test_an_archive_that_does_not_read_back_is_not_published(
     source_cluster: Cluster, db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
     """pg_restore's checks run while the objects are stored: their failure stops the manifests."""
-    from steps.backup.logical import BackupRun, archive_check
+    import logging
+
+    from steps.backup import archive_check
+    from steps.backup.logical import BackupRun
     from steps.pg.tools import ToolFailed
     from steps.repository.config import load_repository_config
 
@@ -282,6 +285,7 @@ def test_an_archive_that_does_not_read_back_is_not_published(
     cfg, path = load_repository_config(write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db],
                                                     local=tmp_path / "repo"))
     assert BackupRun(cfg, path).run(console=False) == 2
+    assert not logging.getLogger("runbook").handlers  # the in-process run took its logging down again
     assert manifests(tmp_path / "repo") == []
     assert not list((tmp_path / "repo").glob("clusters/*/logical/*/*/dump/*"))  # stored objects removed again
     st = status(tmp_path)["targets"][db]
