@@ -232,9 +232,9 @@ def _tie(lock: RunLock | None, rlock: Any, repository: str | None = None, state_
 
 
 def _write_summary(repository: str, state_dir: Path, run_id: str) -> None:
+    from steps.repository.configured import open_stores
     from steps.repository.recovery_lock import open_for_runbook
     from steps.repository.run_summaries import write
-    from steps.repository.store import open_stores
 
     write(open_stores(open_for_runbook(repository)), load_state(state_dir, run_id))
 

@@ -40,7 +40,7 @@ def _newest(config: str | None, db: str) -> tuple[int, int] | None:
         return None
     from steps.repository.catalogue import pick, scan
     from steps.repository.config import load_repository_config
-    from steps.repository.store import open_stores
+    from steps.repository.configured import open_stores
 
     cfg, _ = load_repository_config(config)
     entry = pick(scan(open_stores(cfg), db=db, kinds=("logical",)).entries, db)

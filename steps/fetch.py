@@ -55,7 +55,7 @@ def _verify_local(final: Path, manifest: LogicalManifest) -> bool:
 def main(args: Args, events: Events) -> int:
     from steps.repository.catalogue import pick, scan, usable_copies
     from steps.repository.config import load_repository_config
-    from steps.repository.store import open_stores
+    from steps.repository.configured import open_stores
 
     try:
         cfg, cfg_path = load_repository_config(args.config)

@@ -204,7 +204,7 @@ def _cli(*argv: str, timeout: float) -> subprocess.CompletedProcess[str]:
 def _newest(config: Path, sysid: str, kind: str, db: str | None = None) -> str | None:
     from steps.repository.catalogue import scan
     from steps.repository.config import load_repository_config
-    from steps.repository.store import open_stores
+    from steps.repository.configured import open_stores
 
     cfg, _ = load_repository_config(config)
     cat = scan(open_stores(cfg), db=db, kinds=(kind,))  # type: ignore[arg-type]

@@ -35,7 +35,7 @@ def main(args: Args, events: Events) -> int:
     from steps.backup.attachments import AttachmentsError, extract
     from steps.repository.catalogue import scan, usable_copies
     from steps.repository.config import load_repository_config
-    from steps.repository.store import open_stores
+    from steps.repository.configured import open_stores
 
     try:
         cfg, _ = load_repository_config(args.config)

@@ -71,7 +71,7 @@ def _mb(n: int) -> str:
 def cmd_backups(args: argparse.Namespace) -> int:
     from steps.repository.catalogue import pick, scan
     from steps.repository.config import load_repository_config
-    from steps.repository.store import open_stores
+    from steps.repository.configured import open_stores
 
     cfg, _ = load_repository_config(args.config)
     now = datetime.now(UTC)
@@ -188,8 +188,8 @@ def _print_wal(stores: list[Any], clusters: list[str]) -> None:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from steps.repository.config import load_repository_config
+    from steps.repository.configured import open_stores
     from steps.repository.prune import prune_base, prune_store
-    from steps.repository.store import open_stores
 
     cfg, _ = load_repository_config(args.config)
     now = datetime.now(UTC)

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("wal-push", "wal-fetch"):  # PostgreSQL runs these per segment: no full parser
-        from steps.wal.fast import main as wal_main
+        from runbook.cli.wal_fast import main as wal_main
 
         return wal_main(argv)
     parser = build_parser()

@@ -37,8 +37,9 @@ from steps.backup.lock import BackupLock
 from steps.pg.tools import Conn
 from steps.repository import layout
 from steps.repository.config import RepositoryConfig
+from steps.repository.configured import checked_stores
 from steps.repository.manifest import Check, FilesManifest, Level, LogicalManifest, ObjectEntry, Tool, to_json
-from steps.repository.store import LocalStore, RepositoryError, Store, checked_stores, sha256_file
+from steps.repository.store import LocalStore, RepositoryError, Store, sha256_file
 
 log = logging.getLogger("runbook.backup")
 

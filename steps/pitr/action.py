@@ -776,9 +776,9 @@ def main(args: Args, events: Events) -> int:
     from steps.pg.walnames import parse_lsn
     from steps.repository.catalogue import scan, usable_copies
     from steps.repository.config import load_repository_config
+    from steps.repository.configured import open_stores
     from steps.repository.layout import BACKUP_MANIFEST
     from steps.repository.manifest import BaseManifest
-    from steps.repository.store import open_stores
 
     t_begin = time.monotonic()
     cfg, config_path = load_repository_config(args.config)

@@ -116,7 +116,8 @@ class Checker:
         return worst
 
     def _stores(self) -> list[Any]:
-        from steps.repository.store import RepositoryError, checked_stores
+        from steps.repository.configured import checked_stores
+        from steps.repository.store import RepositoryError
 
         out = []
         for which, got in checked_stores(self.cfg, RepositoryError):

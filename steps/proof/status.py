@@ -110,7 +110,7 @@ def _runbook_facts(file: Path | None, explicit: bool) -> tuple[Any, dict[str, An
 
 
 def _open(cfg: Any, rep: Report) -> list[Any]:
-    from steps.repository.store import open_stores
+    from steps.repository.configured import open_stores
 
     stores = []
     for which in ("local", "s3"):

@@ -230,8 +230,8 @@ class VerifyRun:
 
     def _run(self) -> None:
         from steps.repository.catalogue import scan, usable_copies
+        from steps.repository.configured import open_stores
         from steps.repository.manifest import Level
-        from steps.repository.store import open_stores
 
         stores = []
         problems = []

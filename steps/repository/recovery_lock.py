@@ -156,7 +156,7 @@ class _S3Place(_Place):
 
 
 def _places(cfg: Any, key: str) -> list[_Place]:
-    from steps.repository.store import open_stores
+    from steps.repository.configured import open_stores
 
     places: list[_Place] = []
     if cfg.local is not None:

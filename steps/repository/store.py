@@ -7,7 +7,7 @@ A `Store` holds objects by key (relative to the repository root, `/`-separated).
   (`CorruptObject`, naming the object); after writing, callers re-read (`hash_object`) and compare;
 - errors a user can act on are `RepositoryError`s with a message saying what to do.
 
-`open_stores` builds the configured stores; boto3 is imported only when S3 is configured.
+The S3 backend is steps.repository.s3; steps.repository.configured opens the stores a config names.
 """
 
 from __future__ import annotations
@@ -19,17 +19,13 @@ import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import Literal
 
 from runbook.errors import RunbookError
-
-if TYPE_CHECKING:
-    from steps.repository.config import RepositoryConfig
 
 CHUNK = 1024 * 1024
 Progress = Callable[[int], None]
 StoreName = Literal["local", "s3"]
-E = TypeVar("E", bound=RunbookError)
 
 
 class RepositoryError(RunbookError):
@@ -345,36 +341,3 @@ class LocalStore(Store):
     def remove_tree(self, prefix: str) -> None:
         shutil.rmtree(self.root / prefix, ignore_errors=True)
 
-
-def open_stores(
-    cfg: RepositoryConfig, which: Literal["local", "s3", "any", "all"] = "all", *, for_prune: bool = False
-) -> list[Store]:
-    """The configured repositories (local first). `which`: only one of them, or all (`any` = `all`)."""
-    stores: list[Store] = []
-    if cfg.local is not None and which in ("local", "any", "all"):
-        stores.append(LocalStore(cfg.local.path))
-    if cfg.s3 is not None and which in ("s3", "any", "all"):
-        from steps.repository.s3 import S3Store
-
-        creds = cfg.s3.prune_credentials_file if for_prune and cfg.s3.prune_credentials_file else cfg.s3.credentials_file
-        stores.append(S3Store(cfg.s3, credentials_file=creds))
-    if not stores:
-        raise RepositoryError(f"no {which} repository is configured",
-                              hint="add local: {path: ...} or s3: {bucket: ...} to the repository config")
-    return stores
-
-
-def checked_stores(cfg: RepositoryConfig, catch: type[E]) -> Iterator[tuple[StoreName, Store | E]]:
-    """Each configured repository (local first), opened and its access checked: the store, or the `catch`
-    error saying why it cannot be used (any other error propagates)."""
-    names: tuple[StoreName, ...] = ("local", "s3")
-    for which in names:
-        if getattr(cfg, which) is None:
-            continue
-        got: Store | E
-        try:
-            got = open_stores(cfg, which)[0]
-            got.check_access()
-        except catch as e:
-            got = e
-        yield which, got

@@ -25,10 +25,12 @@ recovery, and is what the segments themselves are checked against.
 
 **Starting fast.** PostgreSQL starts these once per segment, so this module imports only the standard library,
 PyYAML-free cached config (steps.wal.settings) and `zstandard`; boto3 only when S3 is configured; never pydantic,
-psycopg, rich or textual once the config is cached. `runbook.cli.main.main` hands `wal-push`/`wal-fetch` here
-before building its full parser.
+psycopg, rich or textual once the config is cached. The command line (runbook.cli.wal_fast for the plain forms,
+runbook.cli.wal for the rest) parses the arguments and calls `push_file`/`fetch_file`; it turns their errors into
+the exit codes above.
 
-The asynchronous mode (`wal: {async: true}`) and fetch read-ahead live in steps.wal.spool.
+The asynchronous mode (`wal: {async: true}`) and fetch read-ahead live in steps.wal.spool, which builds on this
+module (its uploader pushes through `push_data`); this module uses only steps.wal.fast's side of them.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any
 
 from runbook.errors import RunbookError, UsageError
 from steps.repository.layout import WalName, parse_wal_name, wal_key
@@ -58,9 +60,6 @@ from steps.wal.segment import (
 )
 from steps.wal.settings import WalSettings
 from steps.wal.store import WalStore, open_wal_stores
-
-if TYPE_CHECKING:
-    import argparse
 
 EXIT_MISSING = 1
 EXIT_FAILED = 1
@@ -191,27 +190,23 @@ def push_data(stores: Sequence[WalStore], name: str, data: Buffer, sysid: int, l
     return meta
 
 
-def cmd_push(args: argparse.Namespace) -> int:
-    refuse_root("wal-push")
-    settings = WalSettings.load(args.config)
-    if args.async_worker:
-        from steps.wal.spool import run_push_worker
-
-        return run_push_worker(settings, Path(args.pg_wal), int(args.sysid))
-    if not args.path:
-        raise UsageError("wal-push needs the path of the file to archive (%p)")
-    path = Path(args.path)
-    name = path.name
+def push_file(settings: WalSettings, path: str, sysid: str | None = None) -> int:
+    """Archive one file (`%p`) into every repository: 0 once each holds it (in the asynchronous mode, once the
+    uploader has recorded it); 1 when the uploader does not confirm it (its error, or none in time). Every other
+    failure raises.
+    `sysid`: the cluster's system identifier as given (`--sysid`), else read from its pg_control."""
+    file = Path(path)
+    name = file.name
     try:
         parse_wal_name(name)
     except ValueError as e:
-        raise UsageError(f"wal-push {args.path}: {e}") from None
-    sysid, datadir = cluster_identity(args.path, settings, args.sysid)
-    if settings.async_mode and sysid is not None:
-        rc = walfast.push_via_worker(settings, str(path), name, sysid, str(datadir) if datadir else None)
+        raise UsageError(f"wal-push {path}: {e}") from None
+    cluster_sysid, datadir = cluster_identity(path, settings, sysid)
+    if settings.async_mode and cluster_sysid is not None:
+        rc = walfast.push_via_worker(settings, str(file), name, cluster_sysid, str(datadir) if datadir else None)
         if rc is not None:
             return rc
-    data, archived_as = prepare(path, parse_wal_name(name), sysid)
+    data, archived_as = prepare(file, parse_wal_name(name), cluster_sysid)
     stores = open_wal_stores(settings.local_path, settings.s3)
     push_data(stores, name, data, archived_as, settings.level)
     return 0
@@ -277,124 +272,42 @@ def write_atomically(dest: Path, data: bytes | memoryview) -> None:
         raise
 
 
-def cmd_fetch(args: argparse.Namespace) -> int:
-    refuse_root("wal-fetch")
-    settings = WalSettings.load(args.config)
-    if args.prefetch_worker:
-        from steps.wal.spool import run_prefetch_worker
-
-        return run_prefetch_worker(settings, Path(args.spool), int(args.sysid))
-    name = args.name
+def fetch_file(settings: WalSettings, name: str, dest: str, source: str = "any", sysid: str | None = None) -> int:
+    """Restore one archived file (`%f`) to `dest` (`%p`), written whole: 0; EXIT_MISSING when every repository
+    says it does not exist. Every other failure raises (FetchFailed: no good copy could be read).
+    `source`: "local", "s3" or "any" repository; `sysid` as given (`--sysid`), else read from pg_control."""
     try:
         w = parse_wal_name(name)
     except ValueError as e:
         raise UsageError(f"wal-fetch: {e}") from None
-    dest = Path(args.dest)
-    sysid, datadir = cluster_identity(args.dest, settings, args.sysid)
-    if sysid is None:
+    target = Path(dest)
+    cluster_sysid, datadir = cluster_identity(dest, settings, sysid)
+    if cluster_sysid is None:
         raise RunbookError(
             f"cannot tell which cluster's archive to read {name} from: no global/pg_control in the working "
             "directory, beside DEST's pg_wal, or at cluster.data_directory",
             hint="PostgreSQL runs restore_command in the data directory; by hand, pass --sysid")
     spool = None
     if settings.prefetch > 0 and w.kind == "segment" and datadir is not None:
-        spool = walfast.fetch_spool(settings, sysid, str(datadir))
-        if spool is not None and walfast.take(spool, name, str(dest)):
-            walfast.request_after(settings, spool, sysid, name, walfast.segment_size_of(str(dest)), args.source)
+        spool = walfast.fetch_spool(settings, cluster_sysid, str(datadir))
+        if spool is not None and walfast.take(spool, name, str(target)):
+            walfast.request_after(settings, spool, cluster_sysid, name, walfast.segment_size_of(str(target)), source)
             return 0
-    stores = open_wal_stores(settings.local_path, settings.s3, args.source)
-    data, problems = fetch_blob(stores, wal_key(str(sysid), name), name, settings.fetch_attempts, sysid)
+    stores = open_wal_stores(settings.local_path, settings.s3, source)
+    data, problems = fetch_blob(stores, wal_key(str(cluster_sysid), name), name, settings.fetch_attempts,
+                                cluster_sysid)
     if data is None:
         if not problems:
             return EXIT_MISSING  # every repository says it does not exist: quietly
         raise FetchFailed(f"cannot restore {name}: " + "; ".join(problems),
                           hint="recovery stops here rather than end early with this WAL missing; fix the repository "
                                "(or use the other copy: --from local|s3) and start the server again")
-    write_atomically(dest, data)
+    write_atomically(target, data)
     if spool is not None:
-        walfast.request_after(settings, spool, sysid, name, segment_header(data).segment_size, args.source)
+        walfast.request_after(settings, spool, cluster_sysid, name, segment_header(data).segment_size, source)
     return 0
 
 
 class FetchFailed(RunbookError):
     exit_code = EXIT_ABORT_RECOVERY
 
-
-# --- the command line (fast path) -------------------------------------------------------------------
-
-
-def _fetch_parser() -> argparse.ArgumentParser:
-    """restore_command's argument errors must stop recovery too: exit 126, never 2 (2 would mean "missing")."""
-    import argparse
-
-    class FetchParser(argparse.ArgumentParser):
-        def error(self, message: str) -> NoReturn:
-            self.print_usage(sys.stderr)
-            print(f"{self.prog}: error: {message}", file=sys.stderr)
-            raise SystemExit(EXIT_ABORT_RECOVERY)
-
-    return FetchParser(prog="runbook wal-fetch", description="restore_command: fetch one archived WAL file")
-
-
-def add_push_arguments(p: argparse.ArgumentParser) -> None:
-    import argparse
-
-    p.add_argument("-c", "--config", metavar="REPO_CONFIG",
-                   help="the repository config (default: $RUNBOOK_CONFIG, then /etc/runbook/repository.yaml)")
-    p.add_argument("path", nargs="?", metavar="PATH", help="the file to archive (%%p)")
-    p.add_argument("--sysid", help=argparse.SUPPRESS)
-    p.add_argument("--async-worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--pg-wal", help=argparse.SUPPRESS)
-
-
-def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
-    import argparse
-
-    p.add_argument("-c", "--config", metavar="REPO_CONFIG",
-                   help="the repository config (default: $RUNBOOK_CONFIG, then /etc/runbook/repository.yaml)")
-    p.add_argument("name", nargs="?", default="", metavar="NAME", help="the WAL file PostgreSQL asks for (%%f)")
-    p.add_argument("dest", nargs="?", default="", metavar="DEST", help="where to write it (%%p)")
-    p.add_argument("--from", dest="source", choices=["local", "s3", "any"], default="any",
-                   help="read only this repository (default: local first, then s3)")
-    p.add_argument("--sysid", help="the cluster's system identifier (default: from global/pg_control)")
-    p.add_argument("--prefetch-worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--spool", help=argparse.SUPPRESS)
-
-
-def main(argv: Sequence[str]) -> int:
-    """`runbook wal-push ...` / `runbook wal-fetch ...` (argv starts with the command)."""
-    command, rest = argv[0], list(argv[1:])
-    fetch = command == "wal-fetch"
-    parser: argparse.ArgumentParser
-    if fetch:
-        parser = _fetch_parser()
-        add_fetch_arguments(parser)
-    else:
-        import argparse
-
-        parser = argparse.ArgumentParser(prog="runbook wal-push", description="archive_command: archive one WAL file")
-        add_push_arguments(parser)
-    args = parser.parse_args(rest)
-    if fetch and not args.prefetch_worker and not (args.name and args.dest):
-        parser.error("the arguments NAME and DEST (%f %p) are required")
-    return run(command, args)
-
-
-def run(command: str, args: argparse.Namespace) -> int:
-    fetch = command == "wal-fetch"
-    try:
-        return cmd_fetch(args) if fetch else cmd_push(args)
-    except RunbookError as e:
-        print(f"runbook {command}: {e}", file=sys.stderr)
-        if fetch:
-            return EXIT_ABORT_RECOVERY
-        return EXIT_USAGE if isinstance(e, UsageError) else EXIT_FAILED
-    except KeyboardInterrupt:
-        print(f"runbook {command}: interrupted", file=sys.stderr)
-        return EXIT_ABORT_RECOVERY if fetch else EXIT_FAILED
-    except Exception as e:  # noqa: BLE001 - an unexpected failure must still keep the contract's exit codes
-        import traceback
-
-        traceback.print_exc()
-        print(f"runbook {command}: unexpected {type(e).__name__}: {e}", file=sys.stderr)
-        return EXIT_ABORT_RECOVERY if fetch else EXIT_FAILED

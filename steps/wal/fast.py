@@ -8,9 +8,11 @@ per segment. Two paths need no more than this module:
   the next ones;
 - `wal-push -c CONFIG PATH` in the asynchronous mode: wait for the uploader's `.ok` record of this very file
   (its sha256), or report its `.error`.
-Everything else (and every doubt: an option, a missing cache, an unexpected error) goes to steps.wal.archive, which
-does the whole job. Both paths keep the contract of steps.wal.archive: an `.ok` is the only confirmation a segment
-gets, and the spool never answers "missing".
+`fetch_prefetched` and `push_async` are those two answers; runbook.cli.wal_fast, the command line of the hot path,
+calls them, and sends everything else (and every doubt: an option, a missing cache, an unexpected error) to
+steps.wal.archive, which does the whole job. Both paths keep the contract of steps.wal.archive: an `.ok` is the
+only confirmation a segment gets, and the spool never answers "missing". This module imports no other module
+of steps.wal at run time (the settings are only a type here): archive and spool build on it, never the reverse.
 """
 
 from __future__ import annotations
@@ -296,94 +298,33 @@ def segment_size_of(path: str) -> int:
     return int.from_bytes(head[32:36], "little")
 
 
-# --- the entry ---------------------------------------------------------------------------------------
+
+# --- the two quick answers ---------------------------------------------------------------------------
 
 
-def _simple(argv: list[str], positionals: int, source: bool = False) -> tuple[str | None, list[str], str] | None:
-    """`-c CONFIG ARG...` (or `--config=CONFIG`, or no -c; with `source`, also `--from local|s3|any`) and
-    nothing else: (config, arguments, source); None for any other form."""
-    config: str | None = None
-    rest: list[str] = []
-    origin = "any"
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a in ("-c", "--config") and i + 1 < len(argv):
-            config, i = argv[i + 1], i + 2
-            continue
-        if source and a == "--from" and i + 1 < len(argv) and argv[i + 1] in ("local", "s3", "any"):
-            origin, i = argv[i + 1], i + 2
-            continue
-        if a.startswith("--config="):
-            config = a.split("=", 1)[1]
-        elif source and a in ("--from=local", "--from=s3", "--from=any"):
-            origin = a.split("=", 1)[1]
-        elif a.startswith("-"):
-            return None
-        else:
-            rest.append(a)
-        i += 1
-    return (config, rest, origin) if len(rest) == positionals else None
+def fetch_prefetched(settings: WalSettings, name: str, dest: str, source: str = "any") -> bool:
+    """`wal-fetch NAME DEST` from the read-ahead spool: True when DEST now holds NAME (taken from the spool,
+    or waited for while the prefetcher was fetching it) and the segments after it are asked for; False when
+    the spool cannot answer (no read-ahead, not a segment, no identity, not prefetched): read the repository."""
+    if settings.prefetch <= 0 or not is_segment_name(name):
+        return False
+    sysid, datadir = cluster_identity(dest, settings.data_directory)
+    if sysid is None or datadir is None:
+        return False
+    spool = fetch_spool(settings, sysid, datadir)
+    if spool is None or not (take(spool, name, dest) or wait_prefetched(settings, spool, name, dest, source)):
+        return False
+    request_after(settings, spool, sysid, name, segment_size_of(dest), source)
+    return True
 
 
-def _fast(argv: list[str]) -> int | None:
-    if os.geteuid() == 0:
-        return None
-    command = argv[0]
-    fetch = command == "wal-fetch"
-    parsed = _simple(argv[1:], 2 if fetch else 1, source=fetch)
-    if parsed is None:
-        return None
-    config, args, source = parsed
-    from steps.wal.settings import WalSettings
-
-    settings = WalSettings.load(config)
-    if fetch:
-        name, dest = args
-        if settings.prefetch <= 0 or not is_segment_name(name):
-            return None
-        sysid, datadir = cluster_identity(dest, settings.data_directory)
-        if sysid is None or datadir is None:
-            return None
-        spool = fetch_spool(settings, sysid, datadir)
-        if spool is None or not (take(spool, name, dest) or wait_prefetched(settings, spool, name, dest, source)):
-            return None
-        request_after(settings, spool, sysid, name, segment_size_of(dest), source)
-        return 0
+def push_async(settings: WalSettings, path: str) -> int | None:
+    """`wal-push PATH` in the asynchronous mode: the exit code from the uploader's record (push_via_worker);
+    None when the mode is off, the cluster cannot be told, or the file is not marked ready: push it in full."""
     if not settings.async_mode:
         return None
-    path = args[0]
     name = os.path.basename(path)
     sysid, datadir = cluster_identity(path, settings.data_directory)
     if sysid is None:
         return None
     return push_via_worker(settings, path, name, sysid, datadir)
-
-
-def main(argv: list[str]) -> int:
-    """`runbook wal-push ...` / `runbook wal-fetch ...`: the fast path when it applies, else steps.wal.archive (with
-    the plain forms parsed here, so that argparse is loaded only for the others)."""
-    try:
-        rc = _fast(argv)
-    except Exception:  # noqa: BLE001 - any doubt: the full path below does the whole job and reports
-        rc = None
-    if rc is not None:
-        return rc
-    command = argv[0]
-    fetch = command == "wal-fetch"
-    parsed = _simple(argv[1:], 2 if fetch else 1, source=fetch)
-    if parsed is None:
-        from steps.wal.archive import main as full_main
-
-        return full_main(argv)
-    from types import SimpleNamespace
-
-    from steps.wal.archive import run
-
-    config, args, source = parsed
-    if fetch:
-        ns = SimpleNamespace(config=config, name=args[0], dest=args[1], source=source, sysid=None,
-                             prefetch_worker=False, spool=None)
-    else:
-        ns = SimpleNamespace(config=config, path=args[0], sysid=None, async_worker=False, pg_wal=None)
-    return run(command, ns)  # type: ignore[arg-type]  # the attributes argparse would give

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from runbook.cli.wal_fast import plain_args
 from steps.repository.layout import (
     next_segment,
     parse_wal_name,
@@ -25,7 +26,7 @@ from steps.repository.layout import (
     wal_prefix,
 )
 from steps.repository.store import RepositoryError
-from steps.wal.fast import _simple, in_window, is_segment_name, take, wait_prefetched
+from steps.wal.fast import in_window, is_segment_name, take, wait_prefetched
 from steps.wal.segment import (
     CorruptWal,
     WalFileError,
@@ -132,14 +133,14 @@ def test_the_config_is_validated_once_then_read_from_the_cache(tmp_path: Path, m
 
 
 def test_the_fast_path_takes_only_the_plain_forms() -> None:
-    assert _simple(["-c", "x.yaml", "pg_wal/1"], 1) == ("x.yaml", ["pg_wal/1"], "any")
-    assert _simple(["--config=x.yaml", "a", "b"], 2) == ("x.yaml", ["a", "b"], "any")
-    assert _simple(["a", "b"], 2) == (None, ["a", "b"], "any")
-    assert _simple(["-c", "x", "--from", "s3", "a", "b"], 2, source=True) == ("x", ["a", "b"], "s3")
-    assert _simple(["--from=local", "a", "b"], 2, source=True) == (None, ["a", "b"], "local")
-    assert _simple(["-c", "x", "--from", "s3", "a", "b"], 2) is None  # wal-push has no --from
-    assert _simple(["--from", "ftp", "a", "b"], 2, source=True) is None  # argparse says what is wrong
-    assert _simple(["-c", "x", "a"], 2) is None
+    assert plain_args(["-c", "x.yaml", "pg_wal/1"], 1) == ("x.yaml", ["pg_wal/1"], "any")
+    assert plain_args(["--config=x.yaml", "a", "b"], 2) == ("x.yaml", ["a", "b"], "any")
+    assert plain_args(["a", "b"], 2) == (None, ["a", "b"], "any")
+    assert plain_args(["-c", "x", "--from", "s3", "a", "b"], 2, source=True) == ("x", ["a", "b"], "s3")
+    assert plain_args(["--from=local", "a", "b"], 2, source=True) == (None, ["a", "b"], "local")
+    assert plain_args(["-c", "x", "--from", "s3", "a", "b"], 2) is None  # wal-push has no --from
+    assert plain_args(["--from", "ftp", "a", "b"], 2, source=True) is None  # argparse says what is wrong
+    assert plain_args(["-c", "x", "a"], 2) is None
     assert is_segment_name("000000010000000000000001") and not is_segment_name("00000001.history")
 
 
@@ -220,11 +221,13 @@ def test_a_local_read_opens_no_s3_client_and_a_missing_repository_is_an_error(tm
 
 
 def test_the_hot_paths_import_neither_pydantic_boto3_psycopg_textual_nor_rich(tmp_path: Path) -> None:
-    code = ("import sys; from steps.wal.fast import main; import steps.wal.archive, steps.wal.spool, steps.wal.store;"
+    code = ("import sys; from runbook.cli.wal_fast import main; import runbook.cli.wal, steps.wal.fast, steps.wal.archive,"
+            " steps.wal.spool, steps.wal.store;"
             "heavy = {'pydantic', 'boto3', 'psycopg', 'textual', 'rich', 'yaml'} & set(sys.modules);"
             "print(sorted(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
-    code = "import sys, runbook.launch; print('runbook.cli.main' in sys.modules, 'argparse' in sys.modules)"
+    code = ("import sys, runbook.launch, runbook.cli.wal_fast, runbook.cli.wal;"
+            "print('runbook.cli.main' in sys.modules, 'argparse' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False False"

@@ -1,0 +1,81 @@
+"""The command line of `runbook wal-push`/`wal-fetch` on the per-segment path: standard library only at import.
+
+PostgreSQL starts these once per segment and waits for each (runbook.launch sends them here before loading
+anything else). The plain forms, all PostgreSQL ever uses, are parsed here by hand, so that argparse is not
+even loaded for them:
+
+    wal-push  [-c CONFIG | --config=CONFIG] PATH
+    wal-fetch [-c CONFIG | --config=CONFIG] [--from local|s3|any | --from=...] NAME DEST
+
+For those, the quick answers of steps.wal.fast come first (a segment the read-ahead holds, a push the
+asynchronous uploader confirms); then the whole job (runbook.cli.wal's `push`/`fetch`). Any other form, and
+every doubt, goes to runbook.cli.wal's argparse parser, which says what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def plain_args(argv: list[str], positionals: int, source: bool = False) -> tuple[str | None, list[str], str] | None:
+    """`-c CONFIG ARG...` (or `--config=CONFIG`, or no -c; with `source`, also `--from local|s3|any`) and
+    nothing else: (config, arguments, source); None for any other form."""
+    config: str | None = None
+    rest: list[str] = []
+    origin = "any"
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-c", "--config") and i + 1 < len(argv):
+            config, i = argv[i + 1], i + 2
+            continue
+        if source and a == "--from" and i + 1 < len(argv) and argv[i + 1] in ("local", "s3", "any"):
+            origin, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("--config="):
+            config = a.split("=", 1)[1]
+        elif source and a in ("--from=local", "--from=s3", "--from=any"):
+            origin = a.split("=", 1)[1]
+        elif a.startswith("-"):
+            return None
+        else:
+            rest.append(a)
+        i += 1
+    return (config, rest, origin) if len(rest) == positionals else None
+
+
+def _quick(fetch: bool, config: str | None, args: list[str], source: str) -> int | None:
+    """The answer of steps.wal.fast, or None when it has none (and always as root: the full path refuses)."""
+    if os.geteuid() == 0:
+        return None
+    from steps.wal import fast
+    from steps.wal.settings import WalSettings
+
+    settings = WalSettings.load(config)
+    if fetch:
+        name, dest = args
+        return 0 if fast.fetch_prefetched(settings, name, dest, source) else None
+    return fast.push_async(settings, args[0])
+
+
+def main(argv: list[str]) -> int:
+    """`runbook wal-push ...` / `runbook wal-fetch ...` (argv starts with the command): the exit code."""
+    command = argv[0]
+    fetch = command == "wal-fetch"
+    parsed = plain_args(argv[1:], 2 if fetch else 1, source=fetch)
+    if parsed is None:
+        from runbook.cli.wal import main as full_main
+
+        return full_main(argv)
+    config, args, source = parsed
+    try:
+        rc = _quick(fetch, config, args, source)
+    except Exception:  # noqa: BLE001 - any doubt: the full path below does the whole job and reports
+        rc = None
+    if rc is not None:
+        return rc
+    from runbook.cli import wal
+
+    if fetch:
+        return wal.fetch(config, args[0], args[1], source=source)
+    return wal.push(config, args[0])
