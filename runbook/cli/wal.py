@@ -57,8 +57,9 @@ def _fetch_parser() -> argparse.ArgumentParser:
 def add_push_arguments(p: argparse.ArgumentParser) -> None:
     import argparse
 
-    p.add_argument("-c", "--config", metavar="REPO_CONFIG",
-                   help="the repository config (default: $RUNBOOK_CONFIG, then /etc/runbook/repository.yaml)")
+    from runbook.cli.options import add_config
+
+    add_config(p)
     p.add_argument("path", nargs="?", metavar="PATH", help="the file to archive (%%p)")
     p.add_argument("--sysid", help=argparse.SUPPRESS)
     p.add_argument("--async-worker", action="store_true", help=argparse.SUPPRESS)
@@ -68,8 +69,9 @@ def add_push_arguments(p: argparse.ArgumentParser) -> None:
 def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
     import argparse
 
-    p.add_argument("-c", "--config", metavar="REPO_CONFIG",
-                   help="the repository config (default: $RUNBOOK_CONFIG, then /etc/runbook/repository.yaml)")
+    from runbook.cli.options import add_config
+
+    add_config(p)
     p.add_argument("name", nargs="?", default="", metavar="NAME", help="the WAL file PostgreSQL asks for (%%f)")
     p.add_argument("dest", nargs="?", default="", metavar="DEST", help="where to write it (%%p)")
     p.add_argument("--from", dest="source", choices=["local", "s3", "any"], default="any",
