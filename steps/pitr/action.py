@@ -50,7 +50,6 @@ from steps.events import Events
 TargetKind = Literal["time", "xid", "lsn", "name", "latest"]
 LAST_XACT_RE = re.compile(r"last completed transaction was at log time (.+?)\s*$", re.M)
 REDO_DONE_RE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
-NEW_TLI_RE = re.compile(r"selected new timeline ID: (\d+)")
 NOT_REACHED = "recovery ended before configured recovery target was reached"
 # FATALs that end a client's connection, not the recovery (our own polling while the server starts, others)
 CLIENT_FATALS = ("the database system is", "role \"", "database \"", "password authentication failed",
@@ -168,15 +167,6 @@ def parse_tablespace_mapping(text: str) -> dict[str, str]:
                              "original location)")
         out[key.strip()] = directory.strip()
     return out
-
-
-@dataclass
-class Outcome:
-    timeline: int
-    recovery_point: str | None
-    replay_s: float
-    lsn: str | None
-    log_file: Path
 
 
 # --- picking the base backup ---------------------------------------------------------------------------
