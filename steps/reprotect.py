@@ -261,7 +261,7 @@ def check_until_green(config: Path, timeout_s: float, rpo_s: float, events: Even
 
 def main(args: Args, events: Events) -> int:
     from steps.pg.tools import Conn, connect
-    from steps.pitr.action import default_runbook_exe
+    from steps.pitr.args import default_runbook_exe
     from steps.repository.config import load_repository_config
 
     t0 = time.monotonic()

@@ -467,8 +467,8 @@ class VerifyRun:
             tar_files,
         )
         from steps.pg.server import give_to_server
-        from steps.pitr.action import (
-            PitrError,
+        from steps.pitr.errors import PitrError
+        from steps.pitr.tablespaces import (
             TablespacePlan,
             backup_tablespace_oids,
             make_tablespace_dirs,
@@ -530,7 +530,7 @@ class VerifyRun:
         """Every tablespace of the backup, after the replay, in its scratch directory."""
         from steps.pg.server import as_server
         from steps.pg.tools import PG_BIN
-        from steps.pitr.action import TABLESPACES_SQL, placed_tablespaces
+        from steps.pitr.tablespaces import TABLESPACES_SQL, placed_tablespaces
 
         q = subprocess.run(as_server([os.path.join(PG_BIN, "psql"), "-h", str(server.socket_dir), "-p",
                                       str(server.port), "-U", self.superuser, "-d", "postgres", "-XAtq", "-c",
@@ -580,7 +580,7 @@ class VerifyRun:
                                            f"{m.stop_wal}, each checked"))
 
     def _prepare_recovery(self, pgdata: Path, wal_dir: Path, server: Any, timeline: int) -> None:
-        from steps.pitr.action import empty_pg_wal, write_auto_conf
+        from steps.pitr.recovery import empty_pg_wal, write_auto_conf
 
         empty_pg_wal(pgdata)
         for name in ("postmaster.pid", "postmaster.opts", "standby.signal"):
@@ -605,7 +605,7 @@ class VerifyRun:
     def _replay(self, server: Any, m: Any) -> None:
         from steps.pg.server import as_server
         from steps.pg.tools import PG_BIN
-        from steps.pitr.action import _alive, _fatal_lines, _log_tail
+        from steps.pitr.recovery import fatal_lines, log_tail, postmaster_alive
 
         log = server.socket_dir / "recovery.log"
         log.touch()
@@ -621,18 +621,18 @@ class VerifyRun:
             if _no_space(text):
                 raise ScratchFull("the scratch disk filled up during the replay: "
                                   f"{_last_line(chr(10).join(ln for ln in text.splitlines() if NO_SPACE in ln))}")
-            fatal = [ln for ln in _fatal_lines(text) if "the database system is" not in ln]
+            fatal = [ln for ln in fatal_lines(text) if "the database system is" not in ln]
             if fatal:
                 raise BackupBad("replay to consistency", "\n".join(fatal[-4:]))
-            if proc.returncode != 0 and not _alive(server.datadir):
-                raise BackupBad("replay to consistency", f"the restored server did not start:\n{_log_tail(log, 12)}")
+            if proc.returncode != 0 and not postmaster_alive(server.datadir):
+                raise BackupBad("replay to consistency", f"the restored server did not start:\n{log_tail(log, 12)}")
             q = subprocess.run(as_server([os.path.join(PG_BIN, "psql"), "-h", str(server.socket_dir), "-p",
                                           str(server.port), "-U", self.superuser, "-d", "postgres", "-XAtq", "-c",
                                           "select pg_is_in_recovery()"]), capture_output=True, text=True)
             if q.returncode == 0 and q.stdout.strip() == "f":
                 break
-            if not _alive(server.datadir):
-                raise BackupBad("replay to consistency", f"the restored server stopped:\n{_log_tail(log, 12)}")
+            if not postmaster_alive(server.datadir):
+                raise BackupBad("replay to consistency", f"the restored server stopped:\n{log_tail(log, 12)}")
             if time.monotonic() > deadline:
                 raise CannotRun(f"the replay did not end within {self.timeout_s:.0f} s")
             time.sleep(0.2)

@@ -22,7 +22,9 @@ from steps.pg.walnames import (
     segment_name,
     segments_between,
 )
-from steps.pitr.action import Args, choose_backup, recovery_settings
+from steps.pitr.args import Args
+from steps.pitr.backup import choose_backup
+from steps.pitr.recovery import recovery_settings
 from steps.repository.layout import archived_segment
 from steps.repository.prune import wal_to_delete
 
@@ -146,7 +148,7 @@ def test_pitr_arguments() -> None:
 
 
 def test_no_base_backup_before_the_target_is_a_clear_error() -> None:
-    from steps.pitr.action import PitrError
+    from steps.pitr.errors import PitrError
 
     with pytest.raises(PitrError, match="no readable base backup"):
         choose_backup([], Args(config="/c.yaml", pgdata="/x", target="2026-11-25T10:00:00Z"))
@@ -177,7 +179,7 @@ def test_extraction_never_follows_a_symlink_out_of_the_data_directory(tmp_path: 
 
 
 def test_the_restored_copy_never_archives_into_production() -> None:
-    from steps.pitr.action import server_settings
+    from steps.pitr.recovery import server_settings
 
     a = Args(config="/c.yaml", pgdata="/x", target_kind="latest")
     assert server_settings(a, "/run")["archive_mode"] == "off"
