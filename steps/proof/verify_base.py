@@ -1,0 +1,213 @@
+"""verify-backup of a base backup: its archived WAL fetched from start to stop segment (each file checked),
+its tars extracted against the server's backup_manifest (each tablespace into the scratch directory), then
+replayed to consistency (`recovery_target = 'immediate'`) with archiving off and promoted, and checked.
+
+What it shares with the `pitr` action is steps.pitr's public interface: steps.pitr.errors,
+steps.pitr.tablespaces (the plan, tablespace_map, the placement check) and steps.pitr.recovery
+(empty_pg_wal, write_auto_conf, and reading the postmaster and its log).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from steps.proof.verification import (
+    NO_SPACE,
+    BackupBad,
+    CannotRun,
+    CheckResult,
+    ScratchFull,
+    Verification,
+    last_line,
+    no_space,
+)
+
+
+class BaseVerification(Verification):
+    """The steps of a base backup's test restore."""
+
+    def _verify_base(self, entry: Any, copy: Any, scratch: Path, server: Any) -> None:
+        from steps.backup.basetar import (
+            BaseBackupInvalid,
+            check_tars,
+            parse_server_manifest,
+            tablespace_oids,
+            tar_files,
+        )
+        from steps.pg.server import give_to_server
+        from steps.pitr.errors import PitrError
+        from steps.pitr.tablespaces import (
+            TablespacePlan,
+            backup_tablespace_oids,
+            make_tablespace_dirs,
+            plan_tablespaces,
+            read_tablespace_facts,
+            write_tablespace_map,
+        )
+        from steps.repository.layout import BACKUP_MANIFEST
+
+        m = entry.manifest
+        fetched = scratch / "fetch"
+        self._fetch(copy, m, fetched)
+        wal_dir = scratch / "wal"
+        t0 = time.monotonic()
+        self._fetch_wal(entry, copy, wal_dir)
+        self.out.timings["fetch_s"] = round(self.out.timings.get("fetch_s", 0) + time.monotonic() - t0, 2)
+        pgdata = server.datadir
+        pgdata.mkdir(mode=0o700)
+        t1 = time.monotonic()
+        plan: list[TablespacePlan] = []
+        try:
+            smanifest = parse_server_manifest((fetched / BACKUP_MANIFEST).read_bytes())
+            tars = tar_files(fetched)
+            oids = sorted(tablespace_oids(tars), key=int)
+            if oids != backup_tablespace_oids(m):
+                raise BaseBackupInvalid(f"its tablespace tars ({oids}) are not those of its manifest "
+                                        f"({backup_tablespace_oids(m)})")
+            if oids:
+                # Each tablespace into the scratch directory, never its production location.
+                tsmap, _ = read_tablespace_facts(tars)
+                try:
+                    plan = plan_tablespaces(tsmap, oids, {}, scratch / "cluster" / "tablespaces", pgdata)
+                except PitrError as e:
+                    raise BackupBad("tablespaces", e.message) from None
+                make_tablespace_dirs(plan)
+            checked = check_tars(tars, smanifest, dest=pgdata, skip=lambda p: p.startswith("pg_wal/"),
+                                 tablespace_dest={p.oid: p.directory for p in plan})
+        except BaseBackupInvalid as e:
+            if no_space(e.message):
+                raise ScratchFull(f"the scratch disk filled up while extracting the base backup: {e.message}") from None
+            raise BackupBad("base backup files", e.message) from None
+        shutil.rmtree(fetched, ignore_errors=True)  # extracted: its room goes to the replay
+        self.out.checks.append(CheckResult("backup_manifest", "ok", f"{checked.files} files extracted, each "
+                                           f"matching the server's backup_manifest ({checked.size / 1e6:.1f} MB)"
+                                           + (f", {len(plan)} tablespace(s) among them" if plan else "")))
+        self._prepare_recovery(pgdata, wal_dir, server, m.timeline)
+        if plan:
+            write_tablespace_map(pgdata, plan)
+        give_to_server(scratch)
+        self._replay(server, m)
+        if plan:
+            self._check_tablespaces(server, plan)
+        self.out.timings["restore_s"] = round(time.monotonic() - t1, 2)
+        self.out.restored_size_bytes = self._size(server, None)
+        dbs = [self.db] if self.db else list(self.cfg.cluster.databases)
+        self._checks(server, dbs, None)
+
+    def _check_tablespaces(self, server: Any, plan: list[Any]) -> None:
+        """Every tablespace of the backup, after the replay, in its scratch directory."""
+        from steps.pg.server import as_server
+        from steps.pg.tools import PG_BIN
+        from steps.pitr.tablespaces import TABLESPACES_SQL, placed_tablespaces
+
+        q = subprocess.run(as_server([os.path.join(PG_BIN, "psql"), "-h", str(server.socket_dir), "-p",
+                                      str(server.port), "-U", self.superuser, "-d", "postgres", "-XAtq", "-c",
+                                      TABLESPACES_SQL]), capture_output=True, text=True)
+        if q.returncode != 0:
+            raise CannotRun(f"the tablespaces of the restored copy cannot be listed: {q.stderr.strip()}")
+        placed, problems, _warnings = placed_tablespaces(q.stdout, plan)
+        if problems:
+            raise BackupBad("tablespaces", "; ".join(problems))
+        self.out.checks.append(CheckResult("tablespaces", "ok", "; ".join(
+            f"{t['name']} (OID {t['oid']}, {t['original']} in production) restored in the scratch directory"
+            for t in placed)))
+
+    def _fetch_wal(self, entry: Any, copy: Any, dest: Path) -> None:
+        """The archived WAL from the backup's start to its stop segment (and its timeline's history), each
+        file checked by steps.wal.archive's reader; a gap or a damaged file fails the backup, naming the segment."""
+        from steps.repository.layout import next_segment, wal_key
+        from steps.wal.archive import fetch_blob
+        from steps.wal.store import open_wal_stores
+
+        m = entry.manifest
+        cfg = self.cfg
+        stores = [s for s in open_wal_stores(cfg.local.path if cfg.local else None,
+                                             cfg.s3.model_dump(mode="json") if cfg.s3 else None)
+                  if s.name == copy.store.name or self.source == "any"]
+        dest.mkdir(mode=0o755)
+        names = [m.start_wal]
+        while names[-1] != m.stop_wal and len(names) < 1_000_000:
+            names.append(next_segment(names[-1], m.wal_segment_size))
+        sysid = int(entry.cluster)
+        for name in names:
+            data, problems = fetch_blob(stores, wal_key(entry.cluster, name), name, 2, sysid)
+            if data is None:
+                if problems:
+                    raise BackupBad(f"WAL {name}", f"damaged in the archive: {'; '.join(problems)}")
+                raise BackupBad(f"WAL {name}", f"the archive has a gap: {name} (needed from {m.start_wal} to "
+                                f"{m.stop_wal}) is missing; the backup cannot become consistent")
+            (dest / name).write_bytes(data)
+        if m.timeline > 1:
+            hist = f"{m.timeline:08X}.history"
+            data, _ = fetch_blob(stores, wal_key(entry.cluster, hist), hist, 2, sysid)
+            if data is not None:
+                (dest / hist).write_bytes(data)
+        for p in dest.iterdir():
+            os.chmod(p, 0o644)
+        self.out.checks.append(CheckResult("archived WAL", "ok", f"{len(names)} segments {m.start_wal} .. "
+                                           f"{m.stop_wal}, each checked"))
+
+    def _prepare_recovery(self, pgdata: Path, wal_dir: Path, server: Any, timeline: int) -> None:
+        from steps.pitr.recovery import empty_pg_wal, write_auto_conf
+
+        empty_pg_wal(pgdata)
+        for name in ("postmaster.pid", "postmaster.opts", "standby.signal"):
+            (pgdata / name).unlink(missing_ok=True)
+        if not (pgdata / "postgresql.conf").exists():  # a Debian cluster keeps it under /etc
+            (pgdata / "postgresql.conf").write_text("")
+        # A throwaway copy: only this host's superuser, over its own socket.
+        (pgdata / "pg_hba.conf").write_text("local all all trust\n")
+        (pgdata / "pg_ident.conf").write_text("")
+        server.socket_dir.mkdir(parents=True, exist_ok=True)
+        settings = {
+            "port": str(server.port), "listen_addresses": "", "unix_socket_directories": str(server.socket_dir),
+            "archive_mode": "off", "shared_preload_libraries": "", "ssl": "off", "logging_collector": "off",
+            "log_destination": "stderr", "hba_file": str(pgdata / "pg_hba.conf"),
+            "ident_file": str(pgdata / "pg_ident.conf"), "external_pid_file": "", "fsync": "off",
+            "hot_standby": "on",
+        }
+        recovery = {"restore_command": f"cp {wal_dir}/%f %p", "recovery_target": "immediate",
+                    "recovery_target_action": "promote", "recovery_target_timeline": "current"}
+        write_auto_conf(pgdata, recovery, settings)
+
+    def _replay(self, server: Any, m: Any) -> None:
+        from steps.pg.server import as_server
+        from steps.pg.tools import PG_BIN
+        from steps.pitr.recovery import fatal_lines, log_tail, postmaster_alive
+
+        log = server.socket_dir / "recovery.log"
+        log.touch()
+        from steps.pg.server import give_to_server
+
+        give_to_server(server.socket_dir)
+        proc = subprocess.run(as_server([os.path.join(PG_BIN, "pg_ctl"), "-D", str(server.datadir), "-l", str(log),
+                                         "-w", "-t", str(int(min(self.timeout_s, 3600))), "start"]),
+                              capture_output=True, text=True)
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if no_space(text):
+                raise ScratchFull("the scratch disk filled up during the replay: "
+                                  f"{last_line(chr(10).join(ln for ln in text.splitlines() if NO_SPACE in ln))}")
+            fatal = [ln for ln in fatal_lines(text) if "the database system is" not in ln]
+            if fatal:
+                raise BackupBad("replay to consistency", "\n".join(fatal[-4:]))
+            if proc.returncode != 0 and not postmaster_alive(server.datadir):
+                raise BackupBad("replay to consistency", f"the restored server did not start:\n{log_tail(log, 12)}")
+            q = subprocess.run(as_server([os.path.join(PG_BIN, "psql"), "-h", str(server.socket_dir), "-p",
+                                          str(server.port), "-U", self.superuser, "-d", "postgres", "-XAtq", "-c",
+                                          "select pg_is_in_recovery()"]), capture_output=True, text=True)
+            if q.returncode == 0 and q.stdout.strip() == "f":
+                break
+            if not postmaster_alive(server.datadir):
+                raise BackupBad("replay to consistency", f"the restored server stopped:\n{log_tail(log, 12)}")
+            if time.monotonic() > deadline:
+                raise CannotRun(f"the replay did not end within {self.timeout_s:.0f} s")
+            time.sleep(0.2)
+        self.out.checks.append(CheckResult("replay to consistency", "ok",
+                                           f"WAL {m.start_wal} .. {m.stop_wal} replayed, promoted"))
