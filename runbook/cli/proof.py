@@ -135,10 +135,14 @@ def cmd_verify_backup(args: argparse.Namespace) -> int:
         else:
             print(f"runbook: {out.error}", file=sys.stderr)
         return verify.EXIT_CANNOT_RUN
-    say = (lambda text: print(f"verify-backup: {text}", file=sys.stderr, flush=True)) if args.json else None
-    run = verify.VerifyRun(cfg, path.absolute(), backup_id=args.backup, kind=args.kind, db=args.db, source=args.source,
-                    scratch_root=Path(args.scratch_dir) if args.scratch_dir else None, lock_wait=args.lock_wait,
-                    jobs=args.jobs, superuser=args.superuser, say=say)
+    progress = sys.stderr if args.json else sys.stdout  # --json keeps stdout for the document
+
+    def say(text: str) -> None:
+        print(f"verify-backup: {text}", file=progress, flush=True)
+
+    run = verify.VerifyRun(cfg, path.absolute(), backup_id=args.backup, kind=args.kind, db=args.db,
+                           source=args.source, scratch_root=Path(args.scratch_dir) if args.scratch_dir else None,
+                           lock_wait=args.lock_wait, jobs=args.jobs, superuser=args.superuser, say=say)
     out = run.run()
     if args.json:
         print(json.dumps(out.as_json(), indent=2))
