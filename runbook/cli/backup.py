@@ -35,6 +35,8 @@ def register(sub: Any) -> None:
     p.add_argument("--only", choices=["local", "s3"], help="one repository only")
     p.set_defaults(func=cmd_prune)
 
+
+def register_basebackup(sub: Any) -> None:
     b = sub.add_parser("basebackup", help="physical base backup for PITR: pg_basebackup, verified against its "
                        "manifest and the WAL archive, published with manifest.json last")
     add_config(b)

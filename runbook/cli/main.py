@@ -22,8 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"runbook {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     runs.register(sub)  # validate, schema, run, resume, runs, report
-    backup.register(sub)  # backup, backups, prune, basebackup
+    backup.register(sub)  # backup, backups, prune
     demo.register(sub)  # demo: the sandbox drill
+    backup.register_basebackup(sub)  # basebackup
     wal.register(sub)  # wal-push, wal-fetch
     proof.register(sub)  # check, verify-backup, status
     return p
