@@ -40,6 +40,11 @@ DB = "assetflow_prod"
 BACKUP_ROLE = "backup_user"
 
 
+# The project's checkout when running from one (steps/sandbox/build.py is two packages below it); an installed
+# package has no pyproject.toml there, and its own interpreter is then the one the operator installed.
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
+
 def default_dir() -> Path:
     if os.environ.get("RUNBOOK_SANDBOX_DIR"):
         return Path(os.environ["RUNBOOK_SANDBOX_DIR"])
@@ -247,7 +252,7 @@ class Sandbox:
             return given
         if os.geteuid() != 0:
             return str(own)
-        src_root = Path(__file__).resolve().parent.parent
+        src_root = SOURCE_ROOT
         if not (src_root / "pyproject.toml").exists():
             return str(own)  # an installed package: its interpreter is wherever the operator installed it
         stamp = _source_stamp(src_root)

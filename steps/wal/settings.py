@@ -22,6 +22,9 @@ from runbook.paths import chosen_config_path, state_home
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms on a path run per segment
 if TYPE_CHECKING:
     from typing import Any
+# The config's schema: a cached config is validated again when it changes.
+SCHEMA = Path(__file__).parents[1] / "repository" / "config.py"
+
 
 def _cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -30,9 +33,8 @@ def _cache_dir() -> Path:
 
 def _stamp(path: Path) -> list[Any]:
     st = path.stat()
-    schema = Path(__file__).with_name("config.py")
     try:
-        schema_mtime = schema.stat().st_mtime_ns
+        schema_mtime = SCHEMA.stat().st_mtime_ns
     except OSError:
         schema_mtime = 0
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, __version__, schema_mtime]
