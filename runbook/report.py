@@ -71,11 +71,12 @@ class RtoFacts:
     restored_step: str | None  # None with `restored`: the end of the run stopped the clock
     closed_at: datetime | None
     closed_after_s: float | None  # run closed, counted from the incident start
-    verdict: str  # met | missed | not yet decided | unknown
+    verdict: str  # met | missed | not yet decided | unknown | impossible
     rehearsal: bool
     protected_at: datetime | None = None  # a step's `protected_at` output (reprotect): backups run again
     protected_step: str | None = None
     protected_after_s: float | None = None  # counted from the incident start
+    problem: str | None = None  # a premise of the verdict does not hold (then the verdict is "impossible")
 
     @property
     def state_text(self) -> str:
@@ -88,7 +89,12 @@ def rto_facts(st: RunState, now: datetime) -> RtoFacts:
     target = float(st.targets.get("rto_s", 0.0))
     achieved = st.rto_s(now)
     restored = st.rto_end_at is not None
-    if achieved is None:
+    problem = None
+    if achieved is not None and achieved < 0:
+        problem = (f"the service is recorded back at {_t(st.rto_end_at or now)}, before the incident start "
+                   f"{_t(st.incident_start)}: a wrong --incident-start, or a clock that went backwards")
+        verdict = "impossible"
+    elif achieved is None:
         verdict = "unknown"
     elif achieved > target:
         verdict = "missed"
@@ -111,7 +117,7 @@ def rto_facts(st: RunState, now: datetime) -> RtoFacts:
         target_s=target, achieved_s=achieved, restored=restored, restored_at=st.rto_end_at,
         restored_step=st.rto_end_step, closed_at=st.ended_at, closed_after_s=closed_after, verdict=verdict,
         rehearsal=st.mode == "rehearsal", protected_at=protected_at, protected_step=protected_step,
-        protected_after_s=protected_after,
+        protected_after_s=protected_after, problem=problem,
     )
 
 
@@ -131,9 +137,12 @@ class RpoFacts:
     rows_lost: Any  # a step's `rows_lost` output, as reported; None when no step counted them
     rows_lost_step: str | None
     problem: str | None = None
+    impossible: bool = False  # a premise does not hold: the recovery point is after the loss
 
     @property
     def verdict(self) -> str:
+        if self.impossible:
+            return "impossible"
         if self.window_s is None or self.target_s is None:
             return "unknown"
         return "met" if self.window_s <= self.target_s else "missed"
@@ -220,11 +229,19 @@ def rpo_facts(st: RunState) -> RpoFacts | None:
     except ValueError as e:
         problem = f"the recovery point {raw!r} reported by step {sid} is not an ISO 8601 time with a zone ({e})"
     window = max(0.0, (lost_at - point).total_seconds()) if (point and lost_at) else None
+    impossible = bool(point and lost_at and point > lost_at)
+    if impossible:
+        window = None
+        problem = (f"the recovery point {raw} (step {sid}) is after the moment data was lost, {_t(lost_at)}: the "
+                   "recovery restored something taken after the loss (another backup or cluster than the one "
+                   "expected, a sandbox rebuilt during the drill, a wrong --data-lost-at, or a clock that went "
+                   "backwards); no data-loss window can be claimed")
     logical = str(outputs.get("kind", "")).lower() == "logical" or step_action(st, sid) in LOGICAL_BACKUP_ACTIONS
     return RpoFacts(
         target_s=target, recovery_point=point, recovery_point_raw=raw, source_step=sid, source_output=name,
         data_lost_at=lost_at, data_lost_is_incident_start=lost_is_start, window_s=window, logical=logical,
         rows_lost=rows[1] if rows else None, rows_lost_step=rows[0] if rows else None, problem=problem,
+        impossible=impossible,
     )
 
 
@@ -389,7 +406,7 @@ def render_markdown(st: RunState, titles: dict[str, str], now: datetime) -> str:
     if rto.achieved_s is None:
         out.append("No incident start recorded.")
     else:
-        verdict = f"**{rto.verdict}**" if rto.verdict in ("met", "missed") else rto.verdict
+        verdict = f"**{rto.verdict}**" if rto.verdict in ("met", "missed", "impossible") else rto.verdict
         out.append("| | |\n|---|---|")
         out.append(f"| Target | {format_duration(rto.target_s)} |")
         out.append(f"| Achieved | {format_duration(rto.achieved_s)} ({rto.state_text}) — {verdict} |")
@@ -402,6 +419,8 @@ def render_markdown(st: RunState, titles: dict[str, str], now: datetime) -> str:
                        "and fresh backups of the recovered server) |")
         if rto.closed_at and rto.closed_after_s is not None:
             out.append(f"| Run closed | {_t(rto.closed_at)} ({format_duration(rto.closed_after_s)} after the incident start) |")
+        if rto.problem:
+            out += ["", f"**The RTO cannot be trusted**: {rto.problem}."]
         if rto.rehearsal:
             out.append("")
             out.append("This was a rehearsal: commands were shown, not run; durations are the time the team took.")
@@ -412,7 +431,9 @@ def render_markdown(st: RunState, titles: dict[str, str], now: datetime) -> str:
             if label == WINDOW_LABEL:
                 value += f" — **{rpo.verdict}**" if rpo.verdict != "unknown" else " (no RPO target)"
             out.append(f"| {label} | {_cell(value)} |")
-        if rpo.problem:
+        if rpo.impossible:
+            out += ["", f"**RPO: impossible, not met**: {rpo.problem}."]
+        elif rpo.problem:
             out += ["", f"The RPO could not be measured: {rpo.problem}."]
         if rpo.logical_warning:
             out += ["", f"> {rpo.logical_warning}"]

@@ -166,7 +166,7 @@ def _status_pill(status: StepStatus, rehearsed: bool = False) -> str:
 
 
 def _verdict_class(verdict: str) -> str:
-    return {"met": "good", "missed": "bad"}.get(verdict, "open")
+    return {"met": "good", "missed": "bad", "impossible": "bad"}.get(verdict, "open")
 
 
 def _span_text(seconds: float) -> str:
@@ -219,7 +219,7 @@ def _rto_meter(rto: RtoFacts) -> str:
     full = max(rto.target_s, rto.achieved_s) * 1.02
     def x(t: float) -> float:
         return x0 + (x1 - x0) * t / full
-    colour = {"met": "#2f855a", "missed": "#c53030"}.get(rto.verdict, "#2b6cb0")
+    colour = {"met": "#2f855a", "missed": "#c53030", "impossible": "#c53030"}.get(rto.verdict, "#2b6cb0")
     tx = x(rto.target_s)
     anchor = "end" if tx > w - 160 else "start"
     dx = -6 if anchor == "end" else 6
@@ -425,6 +425,9 @@ def _cards(st: RunState, rto: RtoFacts, rpo: RpoFacts | None) -> str:
             f'{h(format_duration(rto.target_s))}</span></div>'
             f'<div class="verdict {vc}">{h(rto.verdict)}</div></div>'
         )
+    if rpo is not None and rpo.impossible:
+        cards.append('<div class="card bad"><div class="label">RPO · data-loss window</div>'
+                     '<div class="big">—</div><div class="verdict bad">impossible</div></div>')
     if rpo is not None and rpo.window_s is not None:
         pc = _verdict_class(rpo.verdict)
         of = f'<span class="of">of {h(format_duration(rpo.target_s))}</span>' if rpo.target_s is not None else ""
@@ -472,6 +475,8 @@ def _rto_section(st: RunState, titles: dict[str, str], rto: RtoFacts) -> str:
     out += [f"<tr><th>{h(k)}</th><td>{h(v)}{extra}</td></tr>" for k, v, extra in rows]
     out.append("</table>")
     out.append(_rto_meter(rto))
+    if rto.problem:
+        out.append(f'<p class="callout bad"><strong>The RTO cannot be trusted.</strong> {h(rto.problem)}.</p>')
     if rto.rehearsal:
         out.append('<p class="callout info">This was a rehearsal: commands were shown, not run; durations are '
                    "the time the team took.</p>")
@@ -487,7 +492,9 @@ def _rpo_section(rpo: RpoFacts) -> str:
             extra = f' — <span class="verdict {_verdict_class(rpo.verdict)}">{h(rpo.verdict)}</span>'
         out.append(f"<tr><th>{h(label)}</th><td>{h(value)}{extra}</td></tr>")
     out.append("</table>")
-    if rpo.problem:
+    if rpo.impossible:
+        out.append(f'<p class="callout bad"><strong>RPO: impossible, not met.</strong> {h(rpo.problem or "")}.</p>')
+    elif rpo.problem:
         out.append(f'<p class="callout bad">The RPO could not be measured: {h(rpo.problem)}.</p>')
     if rpo.logical_warning:
         out.append(f'<p class="callout"><strong>Logical backup.</strong> {_code(rpo.logical_warning)}</p>')

@@ -18,6 +18,7 @@ class RtoClock:
     stopped: bool  # the service is back (the rto_end step succeeded)
     projected_s: float | None  # elapsed + expected durations of the steps left; None if none is known
     unknown_steps: int  # steps left whose duration nobody knows (the projection is a lower bound then)
+    impossible: bool = False  # the end is before the incident start: a wrong start, or a clock gone backwards
 
     @property
     def remaining_s(self) -> float:
@@ -29,13 +30,15 @@ class RtoClock:
 
     @property
     def level(self) -> str:
-        """green, then amber past 75 % of the target, red past it."""
-        if self.elapsed_s > self.target_s:
+        """green, then amber past 75 % of the target, red past it (and when the clock cannot be right)."""
+        if self.impossible or self.elapsed_s > self.target_s:
             return "red"
         return "amber" if self.fraction >= 0.75 else "green"
 
     @property
     def verdict(self) -> str:
+        if self.impossible:
+            return "impossible"
         if self.stopped:
             return "met" if self.elapsed_s <= self.target_s else "missed"
         if self.projected_s is None:
@@ -55,11 +58,12 @@ def rto_clock(
     target = float(st.targets.get("rto_s", 7200))
     start = st.incident_start or st.started_at or now
     end = st.rto_end_at or now
+    impossible = end < start
     elapsed = max(0.0, (end - start).total_seconds())
     stopped = st.rto_end_at is not None
     if stopped:
-        return RtoClock(elapsed, target, True, elapsed, 0)
+        return RtoClock(elapsed, target, True, elapsed, 0, impossible)
     known = [expected[s] for s in remaining_steps if s in expected]
     unknown = len(remaining_steps) - len(known)
     projected = elapsed + sum(known) if (known or not remaining_steps) else None
-    return RtoClock(elapsed, target, False, projected, unknown)
+    return RtoClock(elapsed, target, False, projected, unknown, impossible)

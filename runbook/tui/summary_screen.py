@@ -14,7 +14,7 @@ from runbook import events as ev
 from runbook.durations import format_duration
 from runbook.engine import Engine
 from runbook.events import StepStatus
-from runbook.report import render_markdown
+from runbook.report import render_markdown, rpo_facts, window_text
 
 
 class SummaryScreen(Screen[None]):
@@ -47,10 +47,19 @@ class SummaryScreen(Screen[None]):
         if self.finished.detail:
             t.add_row("", self.finished.detail)
         t.add_row("Mode", st.mode.upper())
-        rto_style = "bold green" if c.elapsed_s <= c.target_s else "bold red"
+        rto_style = "bold green" if c.verdict == "met" or (c.elapsed_s <= c.target_s and not c.impossible) \
+            else "bold red"
         restored = "service restored" if st.rto_end_at else "service not restored"
-        t.add_row("RTO", Text(f"{format_duration(c.elapsed_s)} of {format_duration(c.target_s)} ({restored})",
-                              style=rto_style))
+        t.add_row("RTO", Text(f"{format_duration(c.elapsed_s)} of {format_duration(c.target_s)} ({restored})"
+                              + (": IMPOSSIBLE, the service is back before the incident start" if c.impossible
+                                 else ""), style=rto_style))
+        rpo = rpo_facts(st)
+        if rpo is not None and rpo.impossible:
+            t.add_row("RPO", Text(f"IMPOSSIBLE, not met: {rpo.problem}", style="bold red"))
+        elif rpo is not None and rpo.window_s is not None:
+            t.add_row("RPO", Text(f"data-loss window {window_text(rpo.window_s)} ({rpo.verdict}); recovery point "
+                                  f"{rpo.recovery_point_raw}", style="bold green" if rpo.verdict == "met"
+                                  else "bold red"))
         for label, status in (("Failed", StepStatus.failed), ("Skipped", StepStatus.skipped),
                               ("Interrupted", StepStatus.interrupted)):
             rows = [f"{s}: {st.steps[s].detail}" for s in st.order if st.steps[s].status == status]

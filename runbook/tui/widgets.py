@@ -67,6 +67,9 @@ def _clock_text(c: RtoClock) -> Text:
 
 
 def _projection_text(c: RtoClock) -> Text:
+    if c.impossible:
+        return Text("the service is back BEFORE the incident start: check --incident-start and this host's clock",
+                    style="bold red")
     if c.stopped:
         verdict = "target met" if c.verdict == "met" else "TARGET MISSED"
         return Text(f"service restored · {verdict}", style="bold green" if c.verdict == "met" else "bold red")

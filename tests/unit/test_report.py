@@ -12,6 +12,7 @@ from pathlib import Path
 
 from runbook.events import StepStatus
 from runbook.report import event_detail, event_text, render_markdown, rpo_facts, rto_facts, step_spans
+from runbook.report_html import render_html
 from tests.conftest import run_cli
 from tests.support.journals import T0, JournalBuilder, at, logical_drill
 
@@ -194,3 +195,42 @@ def test_an_engine_error_is_named_on_the_timeline_with_its_detail() -> None:
     (last,) = b.state().events[-1:]
     assert event_text(last) == "engine error; run stays open"
     assert event_detail(last) == "OSError: disk full"
+
+
+# ---- verdicts check their own premises ---------------------------------------------------------------
+
+
+def test_a_recovery_point_after_the_data_loss_is_impossible_never_met() -> None:
+    """The reproduced case: a drill whose sandbox was rebuilt under it restored a backup taken after the loss;
+    the report said "data-loss window 0.0 s — MET"."""
+    b = JournalBuilder(["fetch"], data_lost_at=10)
+    b.shown(10, "fetch", kind="action", command="fetch-latest-backup {}").ran(10, 11, "fetch")
+    b.output(11, "fetch", "snapshot_time", (T0 + timedelta(minutes=10, seconds=30)).isoformat())
+    st = b.finish(12).state()
+    rpo = rpo_facts(st)
+    assert rpo is not None and rpo.impossible and rpo.verdict == "impossible" and rpo.window_s is None
+    assert rpo.problem is not None and "after the moment data was lost" in rpo.problem
+    md = render_markdown(st, {}, T0 + timedelta(hours=1))
+    rpo_section = md.split("## RPO")[1].split("## Steps")[0]
+    assert "**RPO: impossible, not met**" in rpo_section and "— **met**" not in rpo_section
+    html = render_html(st, {}, T0 + timedelta(hours=1))
+    assert "RPO: impossible, not met." in html and '<div class="verdict bad">impossible</div>' in html
+
+
+def test_a_recovery_point_at_the_very_moment_of_the_loss_is_still_a_zero_window() -> None:
+    b = JournalBuilder(["fetch"], data_lost_at=10)
+    b.shown(10, "fetch", kind="action", command="fetch-latest-backup {}").ran(10, 11, "fetch")
+    b.output(11, "fetch", "snapshot_time", (T0 + timedelta(minutes=10)).isoformat())
+    rpo = rpo_facts(b.finish(12).state())
+    assert rpo is not None and not rpo.impossible and rpo.window_s == 0 and rpo.verdict == "met"
+
+
+def test_a_service_back_before_the_incident_started_is_an_impossible_rto() -> None:
+    b = JournalBuilder(["a"], run_start=0)
+    b.events[0]["incident_start"] = at(30)  # a wrong --incident-start, or a clock that went backwards
+    b.shown(1, "a").ran(1, 2, "a", rto_end=True)
+    st = b.finish(3).state()
+    rto = rto_facts(st, T0 + timedelta(hours=1))
+    assert rto.verdict == "impossible" and rto.problem is not None and "before the incident start" in rto.problem
+    md = render_markdown(st, {}, T0 + timedelta(hours=1))
+    assert "— **impossible**" in md and "**The RTO cannot be trusted**" in md and "**met**" not in md

@@ -66,3 +66,9 @@ def test_expected_durations_are_medians_of_real_successes_over_the_declared_ones
     rehearsed.steps["notify"].rehearsed = True
     got = expected_durations([*runs, failed, rehearsed], {"restore": 50.0, "verify": 60.0, "notify": 30.0})
     assert got == {"restore": 200.0, "verify": 60.0, "notify": 30.0}
+
+
+def test_a_service_back_before_the_incident_start_is_impossible_and_red() -> None:
+    back = state(rto_end_at=T0 - timedelta(minutes=5))  # a wrong --incident-start, or a clock gone backwards
+    c = rto_clock(back, T0 + timedelta(hours=1), {}, [])
+    assert c.impossible and c.verdict == "impossible" and c.level == "red" and c.elapsed_s == 0
