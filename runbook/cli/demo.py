@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from runbook.cli.options import add_state_dir, state_dir
+from runbook.cli.options import add_state_dir, require_terminal, state_dir
 from runbook.errors import UsageError
 
 
@@ -58,6 +58,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     if args.yes and not args.headless:
         raise UsageError("--yes is for unattended drills: add --headless (the TUI asks the operator)")
+    require_terminal(args, "demo")
     runbook_path = Path(args.runbook)
     if not runbook_path.exists():
         raise UsageError(f"{runbook_path} not found", hint="run from the project's directory, or pass --runbook FILE")

@@ -24,3 +24,21 @@ def state_dir(args: argparse.Namespace) -> Path:
 
     given = getattr(args, "state_dir", None)
     return Path(given).expanduser() if given else state_home()
+
+
+def require_terminal(args: argparse.Namespace, command: str) -> None:
+    """The TUI needs a terminal on both ends: without one (cron, a pipe, `</dev/null`) it would write escape
+    codes into a log and wait forever for keys. Refuse before anything is opened or built."""
+    import sys
+
+    from runbook.errors import UsageError
+
+    if getattr(args, "headless", False):
+        return
+    missing = [name for name, stream in (("standard input", sys.stdin), ("standard output", sys.stdout))
+               if stream is None or not stream.isatty()]
+    if missing:
+        raise UsageError(f"`runbook {command}` opens the TUI, which needs a terminal, and {' and '.join(missing)} "
+                         f"{'is' if len(missing) == 1 else 'are'} not one (cron, a pipe, </dev/null)",
+                         hint="add --headless for the console front end (with --yes or --confirm STEP=VALUE "
+                              "to run unattended)")

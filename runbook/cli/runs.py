@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runbook.cli.options import add_state_dir, state_dir
+from runbook.cli.options import add_state_dir, require_terminal, state_dir
 from runbook.clock import Clock
 from runbook.errors import RunbookError, UsageError
 
@@ -127,6 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from runbook.params import parse_set
     from runbook.session import RunOptions, open_new_run
 
+    require_terminal(args, "run")
     _confirm_break_lock(args)
     opts = RunOptions(
         runbook_path=Path(args.file), scenario=args.scenario, mode=args.mode, sets=parse_set(args.set or []),
@@ -157,6 +158,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from runbook.params import parse_set
     from runbook.session import open_resume
 
+    require_terminal(args, "resume")
     _confirm_break_lock(args)
     engine = open_resume(
         args.run_id, Clock(), state_dir=state_dir(args), sets=parse_set(args.set or []), break_lock=args.break_lock

@@ -325,3 +325,23 @@ def test_param_without_value_used_by_a_step_is_refused_up_front(write_runbook, s
     r = run_cli("run", str(path), "--headless", "--yes", "--mode", "drill", "--state-dir", str(state_dir), timeout=30)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "--set label=" in r.stderr
+
+
+def test_without_a_terminal_run_resume_and_demo_refuse_instead_of_starting_the_tui(write_runbook, state_dir: Path,
+                                                                                  tmp_path: Path) -> None:
+    """The reproduced case: `runbook run </dev/null` started the TUI, wrote escape codes into the log and spun."""
+    path = write_runbook("""
+        version: 1
+        name: t
+        steps:
+          - {id: a, run: "echo a", confirm: none}
+    """)
+    for args in (("run", str(path)), ("resume", "some-run"), ("demo", "--dir", str(tmp_path / "sandbox"))):
+        t0 = time.monotonic()
+        r = run_cli(*args, "--state-dir", str(state_dir), input="", timeout=30)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert "needs a terminal" in r.stderr and "--headless" in r.stderr and "Traceback" not in r.stderr
+        assert "\x1b[" not in r.stdout + r.stderr  # no escape codes: the TUI never started
+        assert time.monotonic() - t0 < 20
+    assert not (state_dir / "runs").exists() or not any((state_dir / "runs").iterdir())
+    assert not (tmp_path / "sandbox").exists()  # demo refused before building anything
