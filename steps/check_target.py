@@ -32,6 +32,8 @@ class Args(BaseModel):
     user: str | None = Field(None, description="Default: PGUSER")
     config: str | None = Field(None, description="Repository config: the newest usable backup gives the size")
     dest: str = Field(min_length=1, description="Directory the backup will be fetched into")
+    absent: bool = Field(True, description="The database must not exist yet (a restore into a new database): "
+                         "when it does, the check fails; false: only report it")
 
 
 def _newest(config: str | None, db: str) -> tuple[int, int] | None:
@@ -99,8 +101,11 @@ def main(args: Args, events: Events) -> int:
         events.check("major version", "warning", f"server {version // 10000}; no backup found to compare with")
     events.output("server_version", version)
     if exists:
-        events.check(f"database {args.db} absent", "warning",
-                     "it exists already: the restore step refuses a database that is not empty")
+        failed += args.absent
+        events.check(f"database {args.db} absent", "failed" if args.absent else "warning",
+                     "it exists already: the restore step refuses it; make sure it is not the one to keep, then "
+                     "drop or rename it, or restore under another db_name" if args.absent else
+                     "it exists already (reported only: absent is false)")
     else:
         events.check(f"database {args.db} absent", "ok", "")
     need = int(size * EXPANSION)

@@ -1,7 +1,7 @@
 """notify: POST a JSON message to a chat webhook (Slack, Mattermost, Teams or any JSON endpoint).
 
-The message is rendered by the runbook (templates); an empty `url` means no webhook is configured and
-the step says so and succeeds (the checklist beside it still asks a person to post). A webhook that
+The message is rendered by the runbook (templates); an empty `url` means no webhook is configured: the step
+succeeds with a **warning** check (nothing was sent; the checklist beside it still asks a person to post). A webhook that
 does not answer 2xx is a failure with the status and the start of its answer, so the step can be
 retried or skipped. Only the host of the URL is printed: webhook URLs carry their secret in the path.
 """
@@ -35,6 +35,8 @@ def main(args: Args, events: Events) -> int:
     if not url:
         print("no webhook configured (url is empty): post the message by hand:")
         print(args.text)
+        events.check("message posted", "warning", f"nothing was sent: no webhook configured (url, or ${args.url_env}); "
+                     "post the message by hand")
         events.output("sent", False)
         return 0
     parts = urlsplit(url)

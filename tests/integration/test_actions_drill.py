@@ -114,6 +114,17 @@ async def test_notify_endpoint_down_fails_then_can_be_skipped(write_runbook, sta
     assert engine.state.steps["tell"].status == StepStatus.skipped
 
 
+async def test_notify_without_a_webhook_succeeds_with_a_warning_not_a_plain_success(write_runbook, state_dir: Path,
+                                                                                   monkeypatch: Any) -> None:
+    monkeypatch.delenv("NOTIFY_WEBHOOK_URL", raising=False)
+    engine = open_run(write_runbook(NOTIFY), state_dir)
+    finished, seen = await drive(engine, yes)
+    assert finished.status == "completed"
+    (check,) = [e for e in seen if isinstance(e, ev.CheckReported)]
+    assert check.name == "message posted" and check.status == "warning" and "nothing was sent" in (check.hint or "")
+    assert engine.state.steps["tell"].outputs["sent"] is False
+
+
 def _db(cluster: Any) -> None:
     cluster.psql("create database app")
     cluster.psql("create table items (id int primary key, name text); insert into items select g, 'x' || g "
@@ -182,12 +193,22 @@ async def test_check_target(write_runbook, state_dir: Path, tmp_path: Path, pg_c
     """)
     engine = open_run(path, state_dir)
     finished, seen = await drive(engine, yes)
-    assert finished.status == "completed", finished.detail
+    # The reproduced case: "database exists already" was a warning and the step succeeded, in the scenario
+    # whose next step needs it absent. It fails now, saying what to do.
+    assert finished.status == "failed", finished.detail
     checks = {e.name: e for e in seen if isinstance(e, ev.CheckReported)}
     assert checks["server answers"].status == "ok"
-    assert checks["database app absent"].status == "warning"  # it exists: the restore would refuse
+    assert checks["database app absent"].status == "failed"
+    assert "drop or rename it" in (checks["database app absent"].hint or "")
     assert checks["free space for the fetch"].status == "ok"
     assert engine.state.steps["provision"].outputs["server_version"] // 10000 == 15
+
+    reported = write_runbook(path.read_text().replace('dest: "', 'absent: false, dest: "'), name="r2.yaml")
+    engine = open_run(reported, state_dir)
+    finished, seen = await drive(engine, yes)
+    assert finished.status == "completed", finished.detail
+    checks = {e.name: e for e in seen if isinstance(e, ev.CheckReported)}
+    assert checks["database app absent"].status == "warning"  # absent: false only reports it
 
 
 async def test_check_target_server_down(write_runbook, state_dir: Path, tmp_path: Path) -> None:
