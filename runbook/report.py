@@ -18,7 +18,7 @@ from typing import Any
 from runbook.clock import parse_iso
 from runbook.durations import format_duration
 from runbook.events import StepStatus
-from runbook.state import RunState
+from runbook.state import RunState, StepState
 
 EVENT_TEXT = {
     "run-started": "run started",
@@ -188,6 +188,21 @@ def step_action(st: RunState, step_id: str) -> str | None:
             command = str(e.get("command") or "").strip()
             return command.split(None, 1)[0] if command else None
     return None
+
+
+def outcome_text(s: StepState) -> str:
+    """A step's outcome as it happened: a step that failed (or was marked failed in a rehearsal) and was then
+    skipped says both, in that order."""
+    if s.status == StepStatus.skipped and s.failed_before is not None:
+        return f"{StepStatus.failed.icon} failed, then {s.status.icon} skipped"
+    return f"{s.status.icon} {s.status.value}"
+
+
+def outcome_detail(s: StepState) -> str:
+    parts = [f"{s.failed_before}; skipped: {s.detail}" if s.failed_before is not None else s.detail]
+    if s.rehearsed and s.notes:
+        parts.append("note: " + "; ".join(s.notes))
+    return " — ".join(p for p in parts if p)
 
 
 def rpo_facts(st: RunState) -> RpoFacts | None:
@@ -447,13 +462,13 @@ def render_markdown(st: RunState, titles: dict[str, str], now: datetime) -> str:
         exit_code = "" if s.exit_code is None else str(s.exit_code)
         dur = format_duration(s.duration_s) if s.duration_s is not None else ""
         out.append(
-            f"| {i} | {_cell(titles.get(sid, sid))} | {s.status.icon} {s.status.value} | {exit_code} | {s.attempt or ''} "
-            f"| {dur} | {_cell(s.detail)} |"
+            f"| {i} | {_cell(titles.get(sid, sid))} | {outcome_text(s)} | {exit_code} | {s.attempt or ''} "
+            f"| {dur} | {_cell(outcome_detail(s))} |"
         )
     skipped = [st.steps[s] for s in st.order if st.steps[s].status == StepStatus.skipped]
     if skipped:
         out += ["", "## Skipped steps", ""]
-        out += [f"- **{_cell(titles.get(s.id, s.id))}**: {s.detail}" for s in skipped]
+        out += [f"- **{_cell(titles.get(s.id, s.id))}**: {outcome_detail(s)}" for s in skipped]
     failed = [st.steps[s] for s in st.order if st.steps[s].status in (StepStatus.failed, StepStatus.interrupted)]
     if failed:
         out += ["", "## Failed or interrupted steps", ""]

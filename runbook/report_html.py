@@ -29,6 +29,8 @@ from runbook.report import (
     event_detail,
     event_text,
     fmt_time,
+    outcome_detail,
+    outcome_text,
     rpo_facts,
     rpo_rows,
     rto_facts,
@@ -156,12 +158,12 @@ def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1].rstrip() + "…"
 
 
-def _status_pill(status: StepStatus, rehearsed: bool = False) -> str:
+def _status_pill(status: StepStatus, rehearsed: bool = False, label: str | None = None) -> str:
     cls = {
         StepStatus.succeeded: "ok", StepStatus.failed: "bad", StepStatus.interrupted: "warn",
         StepStatus.skipped: "muted", StepStatus.running: "info", StepStatus.awaiting: "info",
     }.get(status, "muted")
-    label = f"{status.icon} {status.value}" + (" (rehearsed)" if rehearsed else "")
+    label = (label or f"{status.icon} {status.value}") + (" (rehearsed)" if rehearsed else "")
     return f'<span class="pill {cls}">{h(label)}</span>'
 
 
@@ -510,11 +512,11 @@ def _steps_table(st: RunState, titles: dict[str, str]) -> str:
         title = titles.get(sid, sid)
         ident = f' <span class="mono muted">{h(sid)}</span>' if title != sid else ""
         out.append(
-            f'<tr><td class="num">{i}</td><td>{h(title)}{ident}</td><td>{_status_pill(s.status, s.rehearsed)}</td>'
+            f'<tr><td class="num">{i}</td><td>{h(title)}{ident}</td><td>{_status_pill(s.status, s.rehearsed, outcome_text(s))}</td>'
             f'<td class="num">{"" if s.exit_code is None else h(s.exit_code)}</td>'
             f'<td class="num">{h(s.attempt or "")}</td>'
             f'<td class="num">{h(_dur(s.duration_s))}</td>'
-            f'<td class="wrap">{h(s.detail)}</td></tr>'
+            f'<td class="wrap">{h(outcome_detail(s))}</td></tr>'
         )
     out.append("</tbody></table></section>")
     return "".join(out)

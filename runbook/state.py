@@ -55,6 +55,7 @@ class StepState:
     rehearsed: bool = False
     notes: list[str] = field(default_factory=list)
     first_started_at: datetime | None = None
+    failed_before: str | None = None  # the failure's detail when the step failed (or was marked failed) then skipped
 
 
 @dataclass
@@ -168,6 +169,8 @@ def apply_event(st: RunState, ev: dict[str, Any]) -> None:
             st.rto_end_at = ts
             st.rto_end_step = sid
     elif t == "step-skipped":
+        if step.status == StepStatus.failed:  # an outcome that came before the skip is kept, not overwritten
+            step.failed_before = step.detail
         step.status = StepStatus.skipped
         step.detail = ev.get("reason", "")
         step.ended_at = ts

@@ -234,3 +234,24 @@ def test_a_service_back_before_the_incident_started_is_an_impossible_rto() -> No
     assert rto.verdict == "impossible" and rto.problem is not None and "before the incident start" in rto.problem
     md = render_markdown(st, {}, T0 + timedelta(hours=1))
     assert "— **impossible**" in md and "**The RTO cannot be trusted**" in md and "**met**" not in md
+
+
+def test_a_rehearsal_step_marked_failed_then_skipped_is_reported_as_marked() -> None:
+    """The reproduced case: a step marked failed in a rehearsal showed up as "skipped"."""
+    b = JournalBuilder(["restore", "verify"], mode="rehearsal")
+    b.shown(1, "restore")
+    b.add(3, "step-finished", step="restore", status="failed", detail="rehearsed: marked failed", duration_s=120,
+          rehearsal=True, note="the dump was on the wrong disk")
+    b.add(4, "step-skipped", step="restore", reason="go on without it: tabletop")
+    b.shown(4, "verify").add(5, "step-finished", step="verify", status="succeeded", detail="rehearsed: marked "
+                                                                                        "succeeded", duration_s=60,
+                                                                                        rehearsal=True)
+    st = b.finish(6).state()
+    md = render_markdown(st, {}, T0 + timedelta(hours=1))
+    row = next(line for line in md.splitlines() if line.startswith("| 1 |"))
+    assert "failed, then" in row and "skipped" in row
+    assert "rehearsed: marked failed; skipped: go on without it: tabletop" in row
+    assert "note: the dump was on the wrong disk" in row
+    html = render_html(st, {}, T0 + timedelta(hours=1))
+    assert "failed, then" in html
+    assert "note: the dump was on the wrong disk" in html
