@@ -11,12 +11,14 @@ recovery point, the data-loss window against the RPO target.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from runbook.clock import parse_iso
-from runbook.durations import format_duration
+from runbook.durations import format_duration, rough_duration
 from runbook.events import StepStatus
 from runbook.state import RunState, StepState
 
@@ -188,6 +190,39 @@ def step_action(st: RunState, step_id: str) -> str | None:
             command = str(e.get("command") or "").strip()
             return command.split(None, 1)[0] if command else None
     return None
+
+
+def report_command(run_id: str, state_dir: Path) -> str:
+    """The `runbook report` line to print, as it works from any directory: `--state-dir` when not the default."""
+    from runbook.paths import state_home
+
+    given = Path(state_dir).expanduser()
+    extra = "" if given.resolve() == state_home().resolve() else f" --state-dir {shlex.quote(str(given))}"
+    return f"runbook report {run_id}{extra}"
+
+
+def end_story(st: RunState, now: datetime) -> list[str]:
+    """What the end of a run tells beside the RTO: the recovery point, the data-loss window against the RPO,
+    the rows lost, and when protection was restored. Empty facts are left out."""
+    lines: list[str] = []
+    rpo = rpo_facts(st)
+    if rpo is not None:
+        if rpo.impossible:
+            lines.append(f"RPO IMPOSSIBLE, not met: {rpo.problem}")
+        elif rpo.recovery_point is not None and rpo.window_s is not None:
+            target = f" (target {rough_duration(rpo.target_s)})" if rpo.target_s is not None else ""
+            lines.append(f"recovered to {rpo.recovery_point_raw} (step {rpo.source_step}); data-loss window "
+                         f"{window_text(rpo.window_s)}{target}: {rpo.verdict}")
+        elif rpo.problem:
+            lines.append(f"RPO not measured: {rpo.problem}")
+        if rpo.rows_lost is not None:
+            lines.append(f"rows lost: {rpo.rows_lost} (step {rpo.rows_lost_step})")
+    rto = rto_facts(st, now)
+    if rto.protected_at is not None:
+        after = f", {format_duration(rto.protected_after_s)} after the incident start" \
+            if rto.protected_after_s is not None else ""
+        lines.append(f"protection restored at {_t(rto.protected_at)}{after}")
+    return lines
 
 
 def outcome_text(s: StepState) -> str:

@@ -131,10 +131,15 @@ class Headless:
         if f.detail:
             self.out.print(f"  {escape(f.detail)}")
         self.out.print(f"  {self._clock()}")
+        from runbook.report import end_story, report_command
+
+        for line in end_story(self.engine.state, self.engine.clock.now()):
+            style = "bold red" if "IMPOSSIBLE" in line or line.endswith(": missed") else ""
+            self.out.print(f"  [{style}]{escape(line)}[/]" if style else f"  {escape(line)}")
         if f.status == "detached":
             self.out.print(f"  the run stays open: [bold]runbook resume {self.engine.run_id}[/]")
         self.out.print(f"  journal: {self.engine.ctx.rdir / 'journal.jsonl'}")
-        self.out.print(f"  report:  runbook report {self.engine.run_id}")
+        self.out.print(f"  report:  {escape(report_command(self.engine.run_id, self.engine.ctx.state_dir))}")
 
     # ---- deciding --------------------------------------------------------------------------------
 

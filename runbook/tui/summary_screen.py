@@ -14,7 +14,7 @@ from runbook import events as ev
 from runbook.durations import format_duration
 from runbook.engine import Engine
 from runbook.events import StepStatus
-from runbook.report import render_markdown, rpo_facts, window_text
+from runbook.report import end_story, render_markdown, report_command
 
 
 class SummaryScreen(Screen[None]):
@@ -53,20 +53,16 @@ class SummaryScreen(Screen[None]):
         t.add_row("RTO", Text(f"{format_duration(c.elapsed_s)} of {format_duration(c.target_s)} ({restored})"
                               + (": IMPOSSIBLE, the service is back before the incident start" if c.impossible
                                  else ""), style=rto_style))
-        rpo = rpo_facts(st)
-        if rpo is not None and rpo.impossible:
-            t.add_row("RPO", Text(f"IMPOSSIBLE, not met: {rpo.problem}", style="bold red"))
-        elif rpo is not None and rpo.window_s is not None:
-            t.add_row("RPO", Text(f"data-loss window {window_text(rpo.window_s)} ({rpo.verdict}); recovery point "
-                                  f"{rpo.recovery_point_raw}", style="bold green" if rpo.verdict == "met"
-                                  else "bold red"))
+        for line in end_story(st, eng.clock.now()):
+            bad = "IMPOSSIBLE" in line or line.endswith(": missed")
+            t.add_row("", Text(line, style="bold red" if bad else ""))
         for label, status in (("Failed", StepStatus.failed), ("Skipped", StepStatus.skipped),
                               ("Interrupted", StepStatus.interrupted)):
             rows = [f"{s}: {st.steps[s].detail}" for s in st.order if st.steps[s].status == status]
             if rows:
                 t.add_row(label, "\n".join(rows))
         t.add_row("Journal", str(eng.ctx.rdir / "journal.jsonl"))
-        t.add_row("Report", f"press w, or: runbook report {eng.run_id}")
+        t.add_row("Report", f"press w, or: {report_command(eng.run_id, eng.ctx.state_dir)}")
         return t
 
     def action_write_report(self) -> None:

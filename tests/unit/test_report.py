@@ -7,11 +7,20 @@ Markdown are also checked on a real run of the engine.
 
 from __future__ import annotations
 
+import shlex
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from runbook.events import StepStatus
-from runbook.report import event_detail, event_text, render_markdown, rpo_facts, rto_facts, step_spans
+from runbook.report import (
+    end_story,
+    event_detail,
+    event_text,
+    render_markdown,
+    rpo_facts,
+    rto_facts,
+    step_spans,
+)
 from runbook.report_html import render_html
 from tests.conftest import run_cli
 from tests.support.journals import T0, JournalBuilder, at, logical_drill
@@ -148,6 +157,10 @@ def test_markdown_report_of_a_real_run(write_runbook, state_dir: Path) -> None:
                 "--incident-start", (datetime.now(UTC) - timedelta(minutes=10)).isoformat())
     assert r.returncode == 0, r.stdout + r.stderr
     (run_id,) = [p.name for p in (state_dir / "runs").iterdir()]
+    # The report command the run prints works as shown, from anywhere (it names the state dir it was given).
+    shown = next(line.split("report:", 1)[1].strip() for line in r.stdout.splitlines() if "report:" in line)
+    assert shown == f"runbook report {run_id} --state-dir {state_dir}"
+    assert run_cli(*shlex.split(shown)[1:], cwd=state_dir).returncode == 0
     rep = run_cli("report", run_id, "--format", "md", "--state-dir", str(state_dir))
     assert rep.returncode == 0, rep.stderr
     assert "**mode**: DRILL" in rep.stdout
@@ -255,3 +268,14 @@ def test_a_rehearsal_step_marked_failed_then_skipped_is_reported_as_marked() -> 
     html = render_html(st, {}, T0 + timedelta(hours=1))
     assert "failed, then" in html
     assert "note: the dump was on the wrong disk" in html
+
+
+def test_the_end_of_a_run_tells_the_recovery_point_the_window_and_the_rows_lost() -> None:
+    st = logical_drill().state()
+    lines = end_story(st, T0 + timedelta(hours=2))
+    snapshot = (T0 - timedelta(hours=9)).isoformat()
+    assert lines[0] == f"recovered to {snapshot} (step fetch); data-loss window 9:00:00 (target 5 min): missed"
+    assert lines[1] == "rows lost: 42 (step verify)"
+    b = JournalBuilder(["fetch"], data_lost_at=10)
+    b.shown(10, "fetch").ran(10, 11, "fetch").output(11, "fetch", "snapshot_time", at(10.5))
+    assert end_story(b.finish(12).state(), T0)[0].startswith("RPO IMPOSSIBLE, not met: the recovery point")
