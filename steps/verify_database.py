@@ -1,9 +1,11 @@
 """verify-database: is the recovered database what the backup held? Each check: name, status, hint.
 
 Checks, with psycopg: the expected tables exist (repository config `checks.expect_tables`, plus `tables`),
-every table's exact row count equals the count the backup's manifest took in the dump's own snapshot,
-and the smoke queries (each must return true). With `disaster_counts` (a JSON of per-table counts taken
-at the moment of the disaster, as the sandbox writes), it also counts the rows that were really lost.
+every table's exact row count equals the count the backup's manifest took in the dump's own snapshot
+(both counted by steps.pg.rows: each table's own rows, one definition), and the smoke queries (each must
+return true). With `disaster_counts` (a JSON of per-table counts taken at the moment of the disaster, as
+the sandbox writes), it also counts the rows that were really lost. Rows are counted only when there is
+something to compare them with (a backup's counts, the disaster's).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from steps.events import Events
+from steps.pg import rows
 
 
 class Args(BaseModel):
@@ -45,18 +48,22 @@ def _qualified(name: str) -> str:
 
 def main(args: Args, events: Events) -> int:
     import psycopg
-    from psycopg import sql
 
     tables, smoke = _checks_from_config(args.config)
     tables += args.tables
     smoke += args.smoke
+    failed = 0
     expected: dict[str, int] = {}
     if args.backup_dir:
         manifest = json.loads((Path(args.backup_dir) / "manifest.json").read_text())
-        expected = {str(k): int(v) for k, v in manifest.get("row_counts", {}).items()}
+        try:
+            expected = rows.expected_counts(manifest)
+        except rows.UnknownDefinition as e:
+            failed += 1
+            events.check("row counts", "failed", str(e))
+            print(f"FAIL row counts: {e}")
     conninfo: dict[str, Any] = {"dbname": args.db}
     conninfo.update({k: v for k, v in (("host", args.host), ("port", args.port), ("user", args.user)) if v})
-    failed = 0
     try:
         conn = psycopg.connect(**conninfo, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as e:
@@ -71,20 +78,20 @@ def main(args: Args, events: Events) -> int:
             failed += not ok
             events.check(f"table {t} exists", "ok" if ok else "failed",
                          "" if ok else "missing after the restore: was it in the backup? see the restore step's output")
-        counts: dict[str, int] = {}
-        for name in sorted(set(expected) | set(present)):
-            if name not in present:
-                continue
-            schema, table = name.split(".", 1)
-            counts[name] = conn.execute(sql.SQL("select count(*) from {}.{}").format(
-                sql.Identifier(schema), sql.Identifier(table))).fetchone()[0]  # type: ignore[index]
-        for name, want in sorted(expected.items()):
-            got = counts.get(name)
-            ok = got == want
-            failed += not ok
-            hint = f"{got} rows" if ok else (f"{got} rows, the backup holds {want}" if got is not None else "table missing")
-            events.check(f"rows in {name}", "ok" if ok else "failed", hint)
-            print(f"{'ok  ' if ok else 'FAIL'} {name}: {got} rows (backup: {want})")
+        found = rows.RowCounts()
+        try:
+            if expected or args.disaster_counts:
+                found = rows.count_rows(conn)
+        except psycopg.Error as e:
+            failed += 1
+            expected = {}
+            events.check("row counts", "failed", f"counting rows failed: {str(e).strip().splitlines()[0]}")
+            print(f"FAIL row counts: {e}")
+        counts = found.counts
+        for c in rows.compare(expected, found):
+            failed += not c.ok
+            events.check(f"rows in {c.name}", "ok" if c.ok else "failed", c.detail)
+            print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.got} rows (backup: {c.want})")
         for q in smoke:
             try:
                 row = conn.execute(q).fetchone()  # type: ignore[arg-type]
@@ -98,7 +105,9 @@ def main(args: Args, events: Events) -> int:
     events.output("tables_checked", len(expected))
     if args.disaster_counts:
         at_disaster = json.loads(Path(args.disaster_counts).read_text())
-        lost = {t: n - counts.get(t, 0) for t, n in at_disaster.items() if n > counts.get(t, 0)}
+        # a relation the definition does not count (a partitioned parent: its partitions are) is not a loss
+        lost = {t: n - counts.get(t, 0) for t, n in at_disaster.items()
+                if t not in found.skipped and n > counts.get(t, 0)}
         total = sum(lost.values())
         events.output("rows_lost", total)
         detail = ", ".join(f"{t}: {n}" for t, n in sorted(lost.items())) or "none"

@@ -2,7 +2,8 @@
 
 A REPEATABLE READ, READ ONLY transaction exports its snapshot (`pg_export_snapshot()`) and stays open
 while `pg_dump --snapshot` runs, so the dump, the database facts and the per-table row counts all see
-the same data; the counts are taken in that transaction while pg_dump works. The snapshot time (the
+the same data; the counts are taken in that transaction while pg_dump works (steps.pg.rows: each table's
+own rows; what is not counted, a foreign table for one, is recorded with the reason). The snapshot time (the
 recovery point) is `statement_timestamp()` of the exporting statement: everything committed before it
 is in the dump. `pg_dumpall --globals-only` goes beside the dump (roles are not in a per-database dump),
 with role passwords when the role may read `pg_authid` (pg_read_all_data may), else without, and the
@@ -19,9 +20,9 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from runbook.errors import RunbookError
+from steps.pg import rows
 from steps.pg.tools import Conn, ToolFailed, connect, tool, version
 from steps.repository import layout
 from steps.repository.manifest import (
@@ -57,16 +58,6 @@ where s.setdatabase = (select oid from pg_database where datname = current_datab
 order by r.rolname nulls first
 """
 
-# Tables whose data pg_dump writes: ordinary tables and partitions, not extension members.
-_TABLES = """
-select n.nspname, c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
-where c.relkind = 'r' and n.nspname not in ('pg_catalog', 'information_schema')
-  and n.nspname not like 'pg\\_toast%' and n.nspname not like 'pg\\_temp\\_%'
-  and not exists (select 1 from pg_depend d where d.classid = 'pg_class'::regclass and d.objid = c.oid
-                  and d.deptype = 'e')
-order by 1, 2
-"""
-
 # User mapping options pg_dump cannot see: it reads the pg_user_mappings view, which shows a mapping's options
 # only to a superuser, the server's owner or the mapped user itself; pg_read_all_data reads the catalog.
 _USER_MAPPINGS = """
@@ -98,13 +89,14 @@ class DumpResult:
     snapshot_time: datetime
     started_at: datetime
     stopped_at: datetime
-    row_counts: dict[str, int]
+    row_counts: dict[str, int]  # steps.pg.rows: each table's own rows
     objects: list[ObjectEntry]
     dump: DumpInfo
     globals: GlobalsInfo
     timings: dict[str, float]
     user_mappings: str | None = None
     notes: list[str] = field(default_factory=list)
+    row_counts_skipped: dict[str, str] = field(default_factory=dict)  # not counted, with the reason
 
     @property
     def size_bytes(self) -> int:
@@ -133,7 +125,6 @@ def _dump_hint(stderr: str) -> str | None:
 def take_dump(conn: Conn, db: str, staging: Path, *, jobs: int, compression: int) -> DumpResult:
     """Dump `db` into `staging` (dump/ and globals.sql). Raises RunbookError; leaves cleanup to the caller."""
     import psycopg
-    from psycopg import sql
 
     started_at = _now()
     timings: dict[str, float] = {}
@@ -177,7 +168,7 @@ def take_dump(conn: Conn, db: str, staging: Path, *, jobs: int, compression: int
         log.info("running %s", " ".join(argv))
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "PGDATABASE": db})
-        counts = _count_rows(pg, sql)
+        counts = rows.count_rows(pg)
         timings["count_rows_s"] = time.monotonic() - t0
         _, stderr = proc.communicate()
         timings["pg_dump_s"] = time.monotonic() - t0
@@ -229,7 +220,7 @@ def take_dump(conn: Conn, db: str, staging: Path, *, jobs: int, compression: int
     timings["hash_s"] = time.monotonic() - t2
     return DumpResult(
         staging=staging, facts=facts, snapshot_time=snapshot_time, started_at=started_at, stopped_at=stopped_at,
-        row_counts=counts, objects=objects,
+        row_counts=counts.counts, row_counts_skipped=counts.skipped, objects=objects,
         dump=DumpInfo(format="directory", path=layout.DUMP_DIR, compression=compression, jobs=jobs,
                       pg_dump_version=version("pg_dump")),
         globals=GlobalsInfo(path=layout.GLOBALS, role_passwords=bool(can_read_authid)),
@@ -250,17 +241,6 @@ def _notes(stderr: str, subscriptions: list[str]) -> list[str]:
         if m and not (subscriptions and "subscriptions not dumped" in m.group(2)):
             notes.append(f"{m.group(1)} warned: {m.group(2)}")
     return notes
-
-
-def _count_rows(pg: Any, sql: Any) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    with pg.cursor() as cur:
-        cur.execute(_TABLES)
-        tables = cur.fetchall()
-        for schema, name in tables:
-            cur.execute(sql.SQL("select count(*) from only {}.{}").format(sql.Identifier(schema), sql.Identifier(name)))
-            counts[f"{schema}.{name}"] = int(cur.fetchone()[0])
-    return counts
 
 
 def hash_tree(root: Path) -> list[ObjectEntry]:

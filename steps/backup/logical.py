@@ -34,6 +34,7 @@ from runbook import __version__
 from runbook.errors import RunbookError
 from runbook.logs import CommandLogging, command_logging
 from steps.backup.lock import BackupLock
+from steps.pg import rows
 from steps.pg.tools import Conn
 from steps.repository import layout
 from steps.repository.config import RepositoryConfig
@@ -323,7 +324,8 @@ class BackupRun:
             manifest = LogicalManifest(
                 backup_id=self.backup_id, database=result.facts, snapshot_time=result.snapshot_time,
                 started_at=result.started_at, stopped_at=result.stopped_at, dump=result.dump, globals=result.globals,
-                row_counts=result.row_counts, objects=result.objects, tool=Tool(version=__version__),
+                row_counts=result.row_counts, row_counts_definition=rows.DEFINITION,
+                row_counts_skipped=result.row_counts_skipped, objects=result.objects, tool=Tool(version=__version__),
                 host=socket.gethostname(), user_mappings=result.user_mappings, notes=result.notes,
             )
             for note in result.notes:

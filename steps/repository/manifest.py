@@ -114,7 +114,15 @@ class LogicalManifest(_Backup):
     stopped_at: datetime
     dump: DumpInfo
     globals: GlobalsInfo
-    row_counts: dict[str, int] = Field(description='Exact rows per table in the dump snapshot, "schema.table"')
+    row_counts: dict[str, int] = Field(description='Exact rows per table in the dump snapshot, "schema.table": '
+                                                   "each table's own rows (steps.pg.rows)")
+    row_counts_definition: str | None = Field(
+        None, description='How the rows were counted: "own" (steps.pg.rows: count(*) FROM ONLY each table, '
+                          "partitions counted, partitioned parents, foreign tables and materialized views not). "
+                          'Absent in manifests written before it was named: they counted the same way, "own"')
+    row_counts_skipped: dict[str, str] = Field(
+        default_factory=dict, description="Relations not counted, with the reason (a foreign table's rows live "
+                                          "elsewhere); absent in older manifests")
     objects: list[ObjectEntry]
     tool: Tool
     host: str = ""
