@@ -90,7 +90,8 @@ ACTIONS: dict[str, ActionSpec] = {
             summary="Expected tables exist, row counts equal the backup's manifest, smoke queries pass",
             module="steps.verify_database",
             outputs={
-                "tables_checked": "tables whose row counts were compared",
+                "tables_checked": "distinct tables checked: found present, or their row counts compared",
+                "row_counts_compared": "tables whose row counts were compared with the backup's manifest",
                 "rows_lost": "drills: rows written after the backup and lost (needs disaster_counts)",
             },
         ),

@@ -154,6 +154,30 @@ async def test_verify_database_reports_each_check(write_runbook, state_dir: Path
     assert checks["rows in public.items"].status == "ok"
     assert checks["smoke: select count(*) = 100 from items"].status == "ok"
     assert finished.status == "failed"  # one check failed: the step fails
+    outputs = engine.state.steps["verify"].outputs
+    assert outputs["tables_checked"] == 2 and outputs["row_counts_compared"] == 1  # items (both ways), missing_table
+
+
+async def test_verify_database_after_pitr_counts_the_tables_it_checked(write_runbook, state_dir: Path,
+                                                                       pg_cluster) -> None:
+    """The reproduced case: with no manifest (after a PITR) it reported 0 tables checked after checking them."""
+    _db(pg_cluster)
+    pg_cluster.psql("create table loans (id int)", db="app")
+    path = write_runbook(f"""
+        version: 1
+        name: t
+        steps:
+          - id: verify
+            action: verify-database
+            with: {{db: app, host: "{pg_cluster.socket_dir}", port: {pg_cluster.port}, user: postgres,
+                    tables: [items, public.loans]}}
+            confirm: none
+    """)
+    engine = open_run(path, state_dir)
+    finished, _ = await drive(engine, yes)
+    assert finished.status == "completed", finished.detail
+    outputs = engine.state.steps["verify"].outputs
+    assert outputs["tables_checked"] == 2 and outputs["row_counts_compared"] == 0
 
 
 async def test_verify_database_catches_a_short_table(write_runbook, state_dir: Path, tmp_path: Path, pg_cluster) -> None:
