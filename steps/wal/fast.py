@@ -7,7 +7,8 @@ per segment. Two paths need no more than this module:
   prefetcher is fetching it: check its size against the prefetcher's record, rename it into place, ask for
   the next ones;
 - `wal-push -c CONFIG PATH` in the asynchronous mode: wait for the uploader's `.ok` record of this very file
-  (its sha256), or report its `.error`.
+  (its sha256 and size) in this very destination (the repositories configured now, the cluster's
+  directory), or report its `.error`.
 `fetch_prefetched` and `push_async` are those two answers; runbook.cli.wal_fast, the command line of the hot path,
 calls them, and sends everything else (and every doubt: an option, a missing cache, an unexpected error) to
 steps.wal.archive, which does the whole job. Both paths keep the contract of steps.wal.archive: an `.ok` is the
@@ -105,10 +106,24 @@ def cluster_identity(wal_path: str, configured: str | None) -> tuple[int | None,
 
 
 def push_root(settings: WalSettings, sysid: int, pg_wal: str) -> str:
-    """The spool of one cluster's pg_wal: a restored copy of a cluster (same identifier) on the same host
-    gets an uploader of its own."""
-    tag = hashlib.sha256(os.path.abspath(pg_wal).encode()).hexdigest()[:12]
-    return os.path.join(os.fspath(settings.spool_dir), str(sysid), f"push-{tag}")
+    """The spool of one cluster's pg_wal pushed to one destination: `push-<pg_wal>-<destination>`.
+
+    A restored copy of a cluster (same identifier) on the same host gets an uploader of its own; so does a
+    changed repository config (another directory, bucket, prefix or endpoint: WalSettings.destinations).
+    The uploader puts its records where its own config says, and `wal-push` looks only where its config
+    says: a record made for another destination is never even read, and an uploader still serving the old
+    destination does not hold up the new one."""
+    where = hashlib.sha256(os.path.abspath(pg_wal).encode()).hexdigest()[:12]
+    dest = hashlib.sha256(settings.destinations.encode()).hexdigest()[:12]
+    return os.path.join(os.fspath(settings.spool_dir), str(sysid), f"push-{where}-{dest}")
+
+
+def confirms(rec: dict[str, object], settings: WalSettings, sysid: int, size: int, sha256: str) -> bool:
+    """Does an uploader's `.ok` record confirm this file, in this cluster's directory, in every repository
+    configured now? All of it must match: the destination (in full, not the spool directory's short hash),
+    the system identifier it is archived under, the size and sha256 of the file as it is now."""
+    return (rec.get("destinations") == settings.destinations and rec.get("system_identifier") == str(sysid)
+            and rec.get("size") == size and rec.get("sha256") == sha256)
 
 
 def push_via_worker(settings: WalSettings, path: str, name: str, sysid: int, datadir: str | None) -> int | None:
@@ -139,6 +154,8 @@ def push_via_worker(settings: WalSettings, path: str, name: str, sysid: int, dat
             rec = None
         except ValueError:
             rec = {}
+        if rec is not None and not isinstance(rec, dict):
+            rec = {}  # not a record of ours: confirms nothing
         if rec is not None:
             if mine is None:
                 try:
@@ -146,9 +163,9 @@ def push_via_worker(settings: WalSettings, path: str, name: str, sysid: int, dat
                 except OSError as e:
                     print(f"runbook wal-push: cannot read {path}: {e.strerror}", file=sys.stderr)
                     return 1
-            if rec.get("sha256") == mine[1] and rec.get("size") == mine[0]:
+            if confirms(rec, settings, sysid, *mine):
                 return 0
-            _unlink(ok)  # a record of other bytes under this name: this file is pushed afresh
+            _unlink(ok)  # a record of other bytes, or of another destination: this file is pushed afresh
         try:
             with open(err) as f:
                 message = f.read()

@@ -95,6 +95,24 @@ class WalSettings:
         self.worker_idle_s = float(wal.get("worker_idle_s", 30))
         self.prefetch = int(wal.get("prefetch", 8))
         self.fetch_attempts = int(wal.get("fetch_attempts", 3))
+        self._destinations: str | None = None
+
+    @property
+    def destinations(self) -> str:
+        """Where a push must land, as one stable string: every configured repository (the local directory,
+        symbolic links resolved; the S3 endpoint, region, bucket and prefix, as the store addresses them).
+        Credentials, encryption and tuning are left out: they change how, not where. The asynchronous mode's
+        records name it, and its spool is kept per destination (steps.wal.fast.push_root): a confirmation
+        for one destination never answers for another."""
+        if self._destinations is None:
+            dest: dict[str, Any] = {}
+            if self.local_path is not None:
+                dest["local"] = os.path.realpath(self.local_path)
+            if self.s3 is not None:
+                dest["s3"] = {"endpoint_url": self.s3.get("endpoint_url"), "region": self.s3.get("region"),
+                              "bucket": self.s3.get("bucket"), "prefix": str(self.s3.get("prefix") or "").strip("/")}
+            self._destinations = json.dumps(dest, sort_keys=True, separators=(",", ":"))
+        return self._destinations
 
     @classmethod
     def load(cls, given: str | None) -> WalSettings:

@@ -4,16 +4,21 @@ One Python process per segment costs an interpreter start, and with S3 a boto3 s
 (~0.4 s a segment, BENCHMARKS.md): too slow for a busy server. In the spirit of pgBackRest's asynchronous
 archive-push, with `wal: {async: true}`:
 
-- `wal-push PATH` looks in the spool (`<spool_dir>/<system identifier>/push-<pg_wal hash>/out/`) for its
-  segment's status. An
-  `.ok` record whose sha256 matches the file means every repository holds it: exit 0. An `.error` record is
-  reported and removed (the next attempt tries again): exit 1. With no status it makes sure the uploader runs
-  and waits (at most `push_timeout_s`) for one; it never confirms a segment whose record is missing.
+- `wal-push PATH` looks in the spool (`<spool_dir>/<system identifier>/push-<pg_wal hash>-<destination hash>/out/`,
+  the destination being every configured repository: WalSettings.destinations) for its segment's status. An
+  `.ok` record confirms the segment only when it names this destination in full, this system identifier, and
+  the file's size and sha256 as the file is now: every repository of this config holds these bytes, exit 0.
+  Any other record is removed and the segment pushed again. An `.error` record is reported and removed (the
+  next attempt tries again): exit 1. With no status it makes sure the uploader runs and waits (at most
+  `push_timeout_s`) for one; it never confirms a segment whose record is missing.
+  The spool is kept per destination so that a changed config starts an uploader of its own at once: the
+  uploader still serving the old destination (until it is idle) writes its records where nobody with the
+  new config looks, and holds no lock the new one needs.
 - The uploader (`wal-push --async-worker`, one per cluster, an flock on `push-worker.lock`, started detached by
   `wal-push`, its log in `push-worker.log`) reads ahead of `pg_wal/archive_status/*.ready` (history files
   first, then oldest first, as PostgreSQL does), pushes up to `max_parallel` files at once through the very
   code of the synchronous mode (steps.wal.archive.push_data: checked, written once, durable, in every repository),
-  and records `.ok` only after that. It removes the records of files PostgreSQL has marked `.done`, and exits
+  and records `.ok` only after that (with the sha256 that push computed while compressing: no second hash). It removes the records of files PostgreSQL has marked `.done`, and exits
   after `worker_idle_s` with nothing to do.
 
 Fetch read-ahead (`wal.prefetch: N`, on by default): after restoring segment X, `wal-fetch` writes X (and
@@ -81,7 +86,8 @@ def push_spool(settings: WalSettings, sysid: int, pg_wal: Path) -> Path:
     return Path(push_root(settings, sysid, str(pg_wal)))
 
 
-def _push_task(stores: list[WalStore], pg_wal: Path, name: str, sysid: int, level: int, out: Path) -> None:
+def _push_task(stores: list[WalStore], destinations: str, pg_wal: Path, name: str, sysid: int, level: int,
+               out: Path) -> None:
     from steps.wal.archive import prepare, push_data
 
     t0 = time.monotonic()
@@ -96,8 +102,11 @@ def _push_task(stores: list[WalStore], pg_wal: Path, name: str, sysid: int, leve
         write_record(out / f"{name}.error", f"unexpected {type(e).__name__}: {e}")
         _log(f"{name}: FAILED:\n{traceback.format_exc()}")
         return
-    record = {"name": name, "sha256": meta["sha256"], "size": meta["size"], "stored": meta["stored"],
-              "at": datetime.now(UTC).isoformat()}
+    # What is confirmed: these bytes (the sha256 pack computed while compressing: no second hash), under this
+    # cluster's directory, in every repository of this destination (steps.wal.fast.confirms checks it all).
+    record = {"name": name, "sha256": meta["sha256"], "size": meta["size"],
+              "system_identifier": meta["system_identifier"], "destinations": destinations,
+              "stored": meta["stored"], "at": datetime.now(UTC).isoformat()}
     write_record(out / f"{name}.ok", json.dumps(record))
     _log(f"{name}: {', '.join(f'{k} {v}' for k, v in meta['stored'].items())} "
          f"({meta['compressed_size']} bytes, {time.monotonic() - t0:.3f} s)")
@@ -116,7 +125,10 @@ def run_push_worker(settings: WalSettings, pg_wal: Path, sysid: int) -> int:
     if not lock.try_acquire():
         return 0  # another uploader serves this cluster
     status_dir = pg_wal / "archive_status"
-    _log(f"uploader started for {pg_wal} (cluster {sysid}, {settings.max_parallel} in parallel)")
+    destinations = settings.destinations
+    write_record(root / "destinations.json", destinations)  # for a person reading the spool
+    _log(f"uploader started for {pg_wal} (cluster {sysid}, {settings.max_parallel} in parallel) "
+         f"to {destinations}")
     stores = open_wal_stores(settings.local_path, settings.s3)
     pool = ThreadPoolExecutor(max_workers=settings.max_parallel, thread_name_prefix="wal-push")
     inflight: dict[str, Future[None]] = {}
@@ -134,7 +146,8 @@ def run_push_worker(settings: WalSettings, pg_wal: Path, sysid: int) -> int:
                     break
                 if name in inflight or (out / f"{name}.ok").exists() or (out / f"{name}.error").exists():
                     continue
-                inflight[name] = pool.submit(_push_task, stores, pg_wal, name, sysid, settings.level, out)
+                inflight[name] = pool.submit(_push_task, stores, destinations, pg_wal, name, sysid, settings.level,
+                                             out)
             for name in [n for n, f in inflight.items() if f.done()]:
                 del inflight[name]
             now = time.monotonic()

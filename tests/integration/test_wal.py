@@ -22,7 +22,9 @@ from pathlib import Path
 import pytest
 
 from steps.repository.layout import next_segment, parse_wal_name, wal_key, wal_name_from_key
+from steps.wal.fast import push_root
 from steps.wal.segment import CorruptWal, read_header, unpack
+from steps.wal.settings import WalSettings
 from tests.conftest import ROOT
 from tests.support.pgcluster import PG_BIN, as_server_user, chown_server_user
 from tests.support.s3server import FaultProxy, S3Endpoint, s3_bucket, s3_server  # noqa: F401
@@ -267,6 +269,86 @@ def test_async_mode_keeps_up_with_pgbench_without_gaps(wal_cluster: Factory, s3_
     (log_file,) = (spool / sysid).glob("push-*/push-worker.log")
     log = log_file.read_text()
     assert "uploader started" in log and "FAILED" not in log
+
+
+def _held_ready(wc: WalCluster, name: str) -> Path:
+    """A copy of the finished segment `name` in a pg_wal of its own, marked ready: the asynchronous uploader
+    serves it as PostgreSQL's own, and the server's archiver never touches it (it is not in the server's pg_wal)."""
+    pg_wal = server_dir(wc.base, "held/pg_wal")
+    (pg_wal / "archive_status").mkdir(exist_ok=True)
+    seg = pg_wal / name
+    seg.write_bytes((wc.datadir / "pg_wal" / name).read_bytes())
+    (pg_wal / "archive_status" / f"{name}.ready").touch()
+    chown_server_user(pg_wal)
+    return seg
+
+
+def _ok_records(spool: Path, name: str) -> dict[Path, str]:
+    return {p: p.read_text() for p in spool.rglob(f"{name}.ok")}
+
+
+def test_an_async_confirmation_is_for_this_segment_in_this_destination(wal_cluster: Factory) -> None:  # noqa: F811
+    """The uploader's `.ok` record for repository A never confirms a push to repository B: after the config
+    changes, the segment is pushed again, and `wal-push` exits 0 only once B holds it."""
+    wc = wal_cluster()
+    wc.cluster.start()
+    name = wc.switch()
+    sysid = wc.sysid()
+    key = wal_key(sysid, name)
+    seg = _held_ready(wc, name)
+    spool = server_dir(wc.base, "spool")
+    repo_a, repo_b, repo_c = (server_dir(wc.base, f"repo-{x}") for x in "abc")
+    cfg = wc.base / "repository.yaml"
+    wal = {"async": True, "spool_dir": str(spool), "worker_idle_s": 2, "push_timeout_s": 30}
+
+    write_config(cfg, wc.cluster, local=repo_a, wal=wal)
+    r = wc.runbook("wal-push", "-c", str(cfg), str(seg))
+    assert r.returncode == 0, r.stderr
+    assert unpack((repo_a / key).read_bytes(), name)[0] == seg.read_bytes()
+    (record_a,) = _ok_records(spool, name)  # confirmed by the uploader's record, not pushed synchronously
+    assert str(repo_a) in record_a.read_text() and sysid in record_a.read_text()
+
+    # The config now names another repository: A's record must not confirm the segment for B.
+    write_config(cfg, wc.cluster, local=repo_b, wal=wal)
+    r = wc.runbook("wal-push", "-c", str(cfg), str(seg))
+    assert r.returncode == 0, r.stderr
+    assert (repo_b / key).exists(), f"{name} was confirmed from repository A's record; B never received it"
+    assert unpack((repo_b / key).read_bytes(), name)[0] == seg.read_bytes()
+    assert any(str(repo_b) in text for text in _ok_records(spool, name).values())  # B's own record
+
+    # A record naming A, even where C's records are kept (copied there, a collision of the spool's
+    # directory names), is not trusted for C either.
+    write_config(cfg, wc.cluster, local=repo_c, wal=wal)
+    out_c = Path(push_root(WalSettings.load(str(cfg)), int(sysid), str(seg.parent))) / "out"
+    out_c.mkdir(parents=True, exist_ok=True)
+    (out_c / f"{name}.ok").write_text(record_a.read_text())
+    chown_server_user(spool)
+    r = wc.runbook("wal-push", "-c", str(cfg), str(seg))
+    assert r.returncode == 0, r.stderr
+    assert (repo_c / key).exists(), f"{name} was confirmed from a record naming repository A; C never received it"
+    assert str(repo_c) in (out_c / f"{name}.ok").read_text()
+
+
+def test_an_async_record_of_other_bytes_is_not_trusted(wal_cluster: Factory) -> None:  # noqa: F811
+    """The file changed after the uploader recorded it: the record's sha256 is not the file's, so it confirms
+    nothing; the segment is pushed again, and the archive's other content makes that fail loudly."""
+    wc = wal_cluster()
+    wc.cluster.start()
+    name = wc.switch()
+    key = wal_key(wc.sysid(), name)
+    seg = _held_ready(wc, name)
+    spool, repo = server_dir(wc.base, "spool"), server_dir(wc.base, "repo")
+    cfg = write_config(wc.base / "repository.yaml", wc.cluster, local=repo,
+                       wal={"async": True, "spool_dir": str(spool), "worker_idle_s": 2, "push_timeout_s": 30})
+    assert wc.runbook("wal-push", "-c", str(cfg), str(seg)).returncode == 0
+    archived = (repo / key).read_bytes()
+    assert _ok_records(spool, name)
+    data = bytearray(seg.read_bytes())
+    data[5000:5016] = os.urandom(16)
+    seg.write_bytes(bytes(data))
+    r = wc.runbook("wal-push", "-c", str(cfg), str(seg))
+    assert 0 < r.returncode < 126 and "DIFFERENT content" in r.stderr, r
+    assert (repo / key).read_bytes() == archived
 
 
 def test_a_recovery_replays_through_wal_fetch_and_its_read_ahead(both: tuple[WalCluster, Path, Path],

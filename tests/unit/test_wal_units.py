@@ -26,7 +26,7 @@ from steps.repository.layout import (
     wal_prefix,
 )
 from steps.repository.store import RepositoryError
-from steps.wal.fast import in_window, is_segment_name, take, wait_prefetched
+from steps.wal.fast import confirms, in_window, is_segment_name, push_root, take, wait_prefetched
 from steps.wal.segment import (
     CorruptWal,
     WalFileError,
@@ -208,6 +208,39 @@ def test_a_wait_for_the_prefetcher_ends_when_it_cannot_help(tmp_path: Path) -> N
         assert wait_prefetched(settings, str(spool), name, str(dest), "any") and dest.read_bytes() == b"w" * 10
     finally:
         os.close(fd)
+
+
+def test_the_destination_names_every_repository_and_only_where_it_is(tmp_path: Path) -> None:
+    """WalSettings.destinations: another local directory (a symbolic link followed), bucket, prefix, endpoint or
+    region is another destination; credentials, encryption and tuning are not. A record confirms a segment
+    only for its destination, cluster, size and sha256, and the spool is kept per destination."""
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "repo")
+    s3 = {"bucket": "b1", "prefix": "p", "endpoint_url": "http://127.0.0.1:9000", "region": "us-east-1"}
+
+    def dest(local: str | None = "repo", **s3_more: object) -> WalSettings:
+        data: dict[str, object] = {"wal": {"spool_dir": str(tmp_path / "spool")}, "s3": {**s3, **s3_more}}
+        if local:
+            data["local"] = {"path": str(tmp_path / local)}
+        return WalSettings(tmp_path / "r.yaml", data)
+
+    base = dest()
+    assert json.loads(base.destinations) == {"local": str(tmp_path / "repo"), "s3": s3}
+    same = [dest("link"), dest(prefix="/p/"), dest(credentials_file="/x", profile="p", sse="AES256", max_attempts=9)]
+    assert {s.destinations for s in same} == {base.destinations}
+    others = [dest("other"), dest(None), dest(bucket="b2"), dest(prefix="q"), dest(endpoint_url="http://h:9000"),
+              dest(region="eu-west-1")]
+    assert len({base.destinations, *(s.destinations for s in others)}) == len(others) + 1
+    assert len({push_root(s, 1, "/d/pg_wal") for s in [base, *others]}) == len(others) + 1
+    assert push_root(base, 1, "/d/pg_wal") == push_root(same[0], 1, "/d/pg_wal")
+
+    rec = {"sha256": "ab" * 32, "size": MB, "system_identifier": "1", "destinations": base.destinations}
+    assert confirms(rec, base, 1, MB, "ab" * 32)
+    assert not confirms(rec, others[0], 1, MB, "ab" * 32)  # another destination
+    assert not confirms(rec, base, 2, MB, "ab" * 32)  # another cluster's directory
+    assert not confirms(rec, base, 1, MB, "cd" * 32)  # the file changed
+    assert not confirms(rec, base, 1, MB - 1, "ab" * 32)
+    assert not confirms({k: v for k, v in rec.items() if k != "destinations"}, base, 1, MB, "ab" * 32)  # old record
 
 
 def test_a_local_read_opens_no_s3_client_and_a_missing_repository_is_an_error(tmp_path: Path) -> None:
