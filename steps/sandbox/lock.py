@@ -24,8 +24,9 @@ from runbook.lockfile import LockFile
 
 
 def lock_path(base: Path) -> Path:
-    """`<sandbox dir>.lock`, beside the sandbox directory."""
-    return base.parent / f"{base.name}.lock"
+    """`<sandbox dir>.lock`, beside the sandbox directory (its real path: one lock however it is named)."""
+    real = base.resolve()
+    return real.parent / f"{real.name}.lock"
 
 
 class SandboxLock(LockFile):
@@ -89,10 +90,12 @@ def take(lock: SandboxLock, sb: Any, rb: Any | None, state_dir: Path) -> None:
     the lock's (with its drill's run from the run lock when its record does not name one yet, as a TUI
     drill's does not) or the run's."""
     if not lock.try_acquire():
-        holder = dict(lock.seen or {})
-        if not holder.get("run_id") and (run := running(sb, rb, state_dir)) is not None:
-            holder["run_id"] = run[0].get("run_id")
-        raise lock.refusal(holder, 0)
+        run = None if (lock.seen or {}).get("run_id") else running(sb, rb, state_dir)
+        if run is None:
+            raise lock.refusal(lock.seen, 0)
+        if not lock.seen:  # its holder is writing its record: the run names it
+            raise in_use(sb, *run)
+        raise lock.refusal({**lock.seen, "run_id": run[0].get("run_id")}, 0)
     try:
         if (run := running(sb, rb, state_dir)) is not None:
             raise in_use(sb, *run)
