@@ -1,7 +1,8 @@
 """One lock file: an exclusive `flock` on a file that names its holder (after Barman's barman/lockfile.py).
 
 The contract, the same for every lock built on it (the run lock, runbook.lock; the backup lock,
-steps.backup.lock; the verify-backup lock, steps.proof.verify; the WAL spool workers' lock, steps.wal.spool):
+steps.backup.lock; the verify-backup lock, steps.proof.verify; the WAL spool workers' lock, steps.wal.spool;
+the demo's sandbox lock, steps.sandbox.lock):
 
 - **flock semantics.** The lock is `flock(LOCK_EX)` on the open file, not the file's existence: the file is
   created when missing and never removed, so its path is stable and an empty or stale file means nothing.

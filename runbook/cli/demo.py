@@ -7,6 +7,11 @@ unattended with `--headless --yes` (the sandbox supplies its own typed confirmat
 The sandbox's values live in a profile beside the runbook (`sandbox.profile.yaml`), so nothing in
 `runbook.yaml` is sandbox-specific and `runbook run --profile` can replay the drill.
 
+The sandbox is one operator's: a build and `--down` first take the sandbox's lock (steps.sandbox.lock, a file
+beside the directory) and hold it until the drill ends (headless) or the TUI exits; while another process
+holds it, or a run of the runbook against the sandbox's target holds its run lock, they refuse before touching
+anything, naming the holder.
+
 `--scenario pitr` (scenario 2): the primary archives its WAL with `runbook wal-push` into the sandbox's
 repository, a base backup is taken with `runbook basebackup`, then a steady stream of timestamped writes
 runs while a wrong `DROP TABLE` strikes half-way; the moment just before it is the profile's target_time,
@@ -34,8 +39,12 @@ def register(sub: Any) -> None:
     d.add_argument("--down", action="store_true", help="stop and remove the sandbox")
     d.add_argument("--scale", type=int, default=1, help="data size: 1 ≈ 2,000 assets and 4,000 loans (default 1)")
     d.add_argument("--files", type=int, default=200, help="attachment files (default 200)")
-    d.add_argument("--dir", help="sandbox directory (default: /var/tmp/runbook-sandbox as root, else under "
-                   "~/.local/state/runbook)")
+    d.add_argument("--dir", help="sandbox directory (default: $RUNBOOK_SANDBOX_DIR, else "
+                   "/var/tmp/runbook-sandbox-USER as root (USER: the sudo user, else root), else "
+                   "$XDG_STATE_HOME/runbook/sandbox, i.e. ~/.local/state/runbook/sandbox)")
+    d.add_argument("--break-lock", action="store_true",
+                   help="start a new drill over a run left unfinished on this sandbox (journaled); never over a "
+                   "drill that is running")
     add_state_dir(d)
     d.set_defaults(func=cmd_demo)
 
@@ -46,14 +55,21 @@ def _say(text: str) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from steps.sandbox.build import Sandbox, default_dir
-    from steps.sandbox.profile import write_profile
+    from steps.sandbox.lock import SandboxLock, take, unfinished
 
     sb = Sandbox(Path(args.dir).resolve() if args.dir else default_dir())
+    sdir = state_dir(args)
     if args.down:
         if not sb.base.exists():
             _say(f"no sandbox at {sb.base}: nothing to remove")
             return 0
-        sb.down()
+        rb = _runbook_if_any(Path(args.runbook))
+        lock = SandboxLock(sb.base, action="demo --down")
+        take(lock, sb, rb, sdir)
+        try:
+            sb.down()
+        finally:
+            lock.release()
         _say(f"sandbox removed ({sb.base})")
         return 0
     if args.yes and not args.headless:
@@ -67,6 +83,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rb = load_runbook(runbook_path)  # a broken runbook fails before the sandbox is touched
     if args.scenario not in rb.scenarios:
         raise UsageError(f"scenario {args.scenario!r} is not in {runbook_path}: {', '.join(rb.scenarios)}")
+    lock = SandboxLock(sb.base)
+    take(lock, sb, rb, sdir)  # held until the drill ends: nobody rebuilds or removes the sandbox under it
+    try:
+        if not args.break_lock and (refusal := unfinished(sb, rb, sdir)) is not None:
+            raise refusal
+        return _build_and_recover(args, sb, rb, runbook_path, lock)
+    finally:
+        lock.release()
+
+
+def _runbook_if_any(path: Path) -> Any:
+    """The runbook, to find a run using the sandbox; None when there is none or it cannot be read."""
+    from runbook.errors import RunbookError
+    from runbook.loader import load_runbook
+
+    try:
+        return load_runbook(path) if path.exists() else None
+    except RunbookError:
+        return None
+
+
+def _build_and_recover(args: argparse.Namespace, sb: Any, rb: Any, runbook_path: Path, lock: Any) -> int:
+    from steps.sandbox.profile import write_profile
+
     _say(f"building the sandbox in {sb.base}")
     if args.scenario == "pitr":
         sb.build(args.scale, args.files, say=_say, archive=True)
@@ -75,22 +115,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
         lost_at = datetime.fromisoformat(story["disaster_at"])
         profile = write_profile(sb, runbook_path, args.scenario, pitr=story)
         _say(f"profile: {profile}")
-        return _recover(args, rb, runbook_path, profile, lost_at)
+        return _recover(args, rb, runbook_path, profile, lost_at, lock)
     sb.build(args.scale, args.files, say=_say)
     sb.backup(say=_say)
     sb.keep_writing(25, say=_say)
     lost_at = sb.disaster(say=_say)
     profile = write_profile(sb, runbook_path, args.scenario)
     _say(f"profile: {profile}")
-    return _recover(args, rb, runbook_path, profile, lost_at)
+    return _recover(args, rb, runbook_path, profile, lost_at, lock)
 
 
-def _recover(args: argparse.Namespace, rb: Any, runbook_path: Path, profile: Path, lost_at: datetime) -> int:
+def _recover(args: argparse.Namespace, rb: Any, runbook_path: Path, profile: Path, lost_at: datetime,
+             lock: Any) -> int:
     from runbook.clock import Clock
     from runbook.session import RunOptions, open_new_run
     sdir = state_dir(args)
     opts = RunOptions(runbook_path=runbook_path, scenario=args.scenario, mode="drill", profile=profile,
-                      incident_start=lost_at.isoformat(), data_lost_at=lost_at.isoformat(), state_dir=sdir)
+                      incident_start=lost_at.isoformat(), data_lost_at=lost_at.isoformat(), state_dir=sdir,
+                      break_lock=args.break_lock)
     if not args.headless:
         from runbook.loader import load_model
         from runbook.session import Profile
@@ -102,6 +144,7 @@ def _recover(args: argparse.Namespace, rb: Any, runbook_path: Path, profile: Pat
     from runbook.cli.headless import HeadlessOptions, run_headless
 
     engine = open_new_run(opts, Clock(), state_dir=sdir)
+    lock.set_run(engine.run_id)
     confirms = {s.id: v for s in engine.steps if (v := engine.typed_expected(s)) is not None} if args.yes else {}
     code = run_headless(engine, HeadlessOptions(yes=args.yes, confirms=confirms))
     c = engine.clock_status()

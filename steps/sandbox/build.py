@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from runbook.errors import RunbookError
+from runbook.lockfile import current_user
 from runbook.paths import state_home
 from steps.pg.server import Server, give_to_server, remove_tree
 from steps.sandbox import assetflow
@@ -46,10 +48,13 @@ SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def default_dir() -> Path:
+    """`$RUNBOOK_SANDBOX_DIR`, else one per user: `/var/tmp/runbook-sandbox-<user>` as root (the server's user
+    must traverse it; `<user>` is the one sudo ran for, else root), else `$XDG_STATE_HOME/runbook/sandbox`."""
     if os.environ.get("RUNBOOK_SANDBOX_DIR"):
         return Path(os.environ["RUNBOOK_SANDBOX_DIR"])
     if os.geteuid() == 0:
-        return Path("/var/tmp/runbook-sandbox")
+        user = os.environ.get("SUDO_USER") or current_user()
+        return Path(f"/var/tmp/runbook-sandbox-{re.sub(r'[^A-Za-z0-9._-]+', '_', user)}")
     return state_home() / "sandbox"
 
 

@@ -12,9 +12,23 @@ import pytest
 from runbook.journal import read_journal
 from steps.sandbox.assetflow import dir_tree_digest
 from steps.sandbox.build import DB, Sandbox
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
+from tests.support.checkout import changed, git_status, snapshot
 from tests.support.pgcluster import make_base_dir
 from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv (reprotect's archive_command)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def checkout_before() -> tuple[dict[str, tuple[int, int]], str]:
+    """The checkout before this module's demos ran (see the last test)."""
+    return snapshot(ROOT), git_status(ROOT)
+
+
+def runbook_copy(base: Path) -> Path:
+    """The shipped runbook, copied: the demo writes its profile beside the runbook, never into the checkout."""
+    path = base / "runbook.yaml"
+    shutil.copyfile(ROOT / "runbook.yaml", path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +36,8 @@ def drill(server_runbook: str) -> Iterator[tuple[Sandbox, Path, object]]:  # noq
     base = make_base_dir("runbook-demo-")
     sb = Sandbox(base / "sandbox")
     state = base / "state"
-    r = run_cli("demo", "--headless", "--yes", "--dir", str(sb.base), "--state-dir", str(state), "--files", "60",
-                timeout=300, env={"RUNBOOK_SERVER_RUNBOOK": server_runbook})
+    r = run_cli("demo", "--headless", "--yes", "--runbook", str(runbook_copy(base)), "--dir", str(sb.base),
+                "--state-dir", str(state), "--files", "60", timeout=300, env={"RUNBOOK_SERVER_RUNBOOK": server_runbook})
     try:
         yield sb, state, r
     finally:
@@ -36,6 +50,8 @@ def test_the_drill_completes_and_prints_the_measured_rto(drill) -> None:
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr
     assert "DISASTER" in r.stdout
     assert "demo: measured RTO" in r.stdout and "met" in r.stdout
+    profile = _sb.base.parent / "sandbox.profile.yaml"  # beside the runbook it was given
+    assert f"demo: profile: {profile}" in r.stdout and profile.exists()
 
 
 def test_the_restored_database_equals_the_backup(drill) -> None:
@@ -111,9 +127,11 @@ def test_down_removes_the_sandbox_and_a_second_demo_rebuilds(tmp_path: Path, ser
     try:
         sb = Sandbox(base / "sb")
         state = base / "state"
+        runbook = runbook_copy(base)
         for _ in range(2):  # a second demo on the same directory reuses the cluster and rebuilds the data
-            r = run_cli("demo", "--headless", "--yes", "--dir", str(sb.base), "--state-dir", str(state),
-                        "--files", "5", timeout=300, env={"RUNBOOK_SERVER_RUNBOOK": server_runbook})
+            r = run_cli("demo", "--headless", "--yes", "--runbook", str(runbook), "--dir", str(sb.base),
+                        "--state-dir", str(state), "--files", "5", timeout=300,
+                        env={"RUNBOOK_SERVER_RUNBOOK": server_runbook})
             assert r.returncode == 0, r.stdout[-3000:] + r.stderr
         assert len(list((state / "runs").iterdir())) == 2
         r = run_cli("demo", "--down", "--dir", str(sb.base), timeout=120)
@@ -126,3 +144,11 @@ def test_down_without_a_sandbox_says_there_is_nothing_to_remove(tmp_path: Path) 
     r = run_cli("demo", "--down", "--dir", str(tmp_path / "never-made"), timeout=60)
     assert r.returncode == 0 and "no sandbox at" in r.stdout + r.stderr and "nothing to remove" in r.stdout + r.stderr
     assert not (tmp_path / "never-made").exists()
+
+
+def test_the_demo_tests_leave_the_checkout_as_it_was(checkout_before) -> None:
+    """Last in this module: every demo above ran, and no file under the checkout was created or written (the
+    profile went beside the runbook's copy). A file edited by hand meanwhile shows here too: run again."""
+    files, status = checkout_before
+    assert changed(files, snapshot(ROOT)) == []
+    assert git_status(ROOT) == status

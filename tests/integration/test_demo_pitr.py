@@ -13,7 +13,7 @@ import pytest
 
 from runbook.journal import read_journal
 from steps.sandbox.build import DB, Sandbox
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 from tests.support.pgcluster import make_base_dir
 from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv (archive/restore_command)
 
@@ -23,8 +23,10 @@ def drill(server_runbook: str) -> Iterator[tuple[Sandbox, Path, object]]:  # noq
     base = make_base_dir("runbook-demo-pitr-")
     sb = Sandbox(base / "sandbox")
     state = base / "state"
-    r = run_cli("demo", "--headless", "--yes", "--scenario", "pitr", "--dir", str(sb.base), "--state-dir", str(state),
-                "--files", "5", timeout=400, env={"RUNBOOK_SERVER_RUNBOOK": server_runbook})
+    runbook = base / "runbook.yaml"  # a copy: the demo writes its profile beside it, never into the checkout
+    shutil.copyfile(ROOT / "runbook.yaml", runbook)
+    r = run_cli("demo", "--headless", "--yes", "--scenario", "pitr", "--runbook", str(runbook), "--dir", str(sb.base),
+                "--state-dir", str(state), "--files", "5", timeout=400, env={"RUNBOOK_SERVER_RUNBOOK": server_runbook})
     try:
         yield sb, state, r
     finally:
