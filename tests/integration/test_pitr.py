@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -183,3 +184,49 @@ def test_pitr_into_a_new_debian_cluster(primary: Primary) -> None:
         assert r.returncode == 1 and "exists already" in r.stderr
     finally:
         subprocess.run(["pg_dropcluster", "--stop", "15", name], capture_output=True)
+
+
+def test_pitr_chooses_the_older_base_backup_for_a_target_between_two_and_reaches_xid_and_lsn_targets(
+        primary: Primary) -> None:
+    first_backup = basebackup(primary)
+    first = write_rows(primary, 3, "first", pause=0.05)
+    between = primary.psql("select now()")
+    time.sleep(1.1)  # backup ids are per second
+    second_backup = basebackup(primary)
+    assert second_backup["backup_id"] != first_backup["backup_id"]
+    second = write_rows(primary, 2, "second")
+    xid = primary.psql("insert into events (note) values ('at-xid') returning xmin::text")
+    after_xid = write_rows(primary, 2, "after-xid")
+    lsn = primary.psql("select pg_current_wal_lsn()")
+    after_lsn = write_rows(primary, 2, "after-lsn")
+    primary.switch_wal()
+    ended = datetime.now(UTC)
+    primary.crash()
+    base = primary.cluster.datadir.parent
+
+    # a target between the two base backups: the older one, the only one that ended before it
+    r = pitr(primary.pitr_args(base / "between", target=between, target_kind="time"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert outputs(r)["backup_id"] == first_backup["backup_id"]
+    assert notes(base / "between")[-3:] == first and not set(second) & set(notes(base / "between"))
+    primary.stop_restored()  # each restored server listens on the same socket
+
+    # a target before every base backup: refused, nothing made
+    early = (datetime.fromisoformat(str(first_backup["started_at"])) - timedelta(minutes=5)).isoformat()
+    r = pitr(primary.pitr_args(base / "early", target=early, target_kind="time"))
+    assert r.returncode == 1 and "target before the backup ends" in r.stderr, r.stdout + r.stderr
+    assert not (base / "early").exists()
+
+    # a transaction id: that transaction included, the later ones not
+    r = pitr(primary.pitr_args(base / "xid", target=xid, target_kind="xid"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = notes(base / "xid")
+    assert got[-1] == "at-xid" and not set(after_xid) & set(got) and set(second) <= set(got)
+    primary.stop_restored()
+
+    # an LSN: everything committed before it, nothing after
+    r = pitr(primary.pitr_args(base / "lsn", target=lsn, target_kind="lsn"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = notes(base / "lsn")
+    assert got[-2:] == after_xid and not set(after_lsn) & set(got)
+    assert datetime.fromisoformat(str(outputs(r)["recovery_point"])) <= ended

@@ -221,7 +221,7 @@ def basebackup(p: Primary) -> dict[str, object]:
     r = run_cli("basebackup", "-c", str(p.config), timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "readable in local" in r.stdout
-    (bdir,) = (p.repo / "clusters" / p.sysid / "base").iterdir()
+    bdir = max((p.repo / "clusters" / p.sysid / "base").iterdir())  # the newest: ids are UTC timestamps
     return dict(json.loads((bdir / "manifest.json").read_text()))
 
 
