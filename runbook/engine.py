@@ -167,7 +167,7 @@ class Engine:
         w = self.waiting
         expected = w.typed_expected if w is not None and w.wait == Wait.confirm else None
         if w is not None and expected is not None and (typed is None or typed.strip() != expected):
-            message = f"typed value does not match {expected!r}: nothing runs"
+            message = f"typed value does not match {self.ctx.redactor.redact(expected)!r}: nothing runs"
             self._journal("confirm-refused", step=w.step_id, how=how, reason="typed value did not match")
             self._emit(ev.Notice("error", message, w.step_id))
             raise ConfirmRefused(message)

@@ -3,7 +3,8 @@
 Each line carries `seq` (1, 2, ...), `prev` (the previous line's hash) and `hash` (sha256 of the line's
 own canonical content without `hash`). An edit anywhere, a removed line or a reordering is detected and
 reported with its line number; a torn last line (the runner died while writing it) is cut with a warning.
-Everything written passes through the redactor first.
+Every value written passes through the redactor first (values only: keys, the event type and step ids are
+names, so a secret that equals one of them cannot rename a field or break the fold of the journal).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from runbook.errors import JournalError
 from runbook.redact import Redactor
 
 GENESIS = "0" * 64
+_NAMES = frozenset({"step", "for_step", "steps"})  # step ids, from the runbook file: never masked
 
 
 def _canonical(body: dict[str, Any]) -> str:
@@ -113,7 +115,7 @@ class Journal:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def append(self, type_: str, **data: Any) -> dict[str, Any]:
-        data = self.redactor.redact_obj(data)
+        data = self.redactor.redact_obj(data, keep=_NAMES)
         body: dict[str, Any] = {"seq": self._seq + 1, "ts": iso(self.clock.now()), "type": type_, **data}
         body["prev"] = self._prev
         body = json.loads(json.dumps(body, ensure_ascii=False, default=str))  # exactly what a reader sees

@@ -98,8 +98,14 @@ class Secrets(Strict):
     )
     required: list[str] = Field(default_factory=list, description="Keys that must be present in the file")
     public: list[str] = Field(
-        default_factory=lambda: ["DB_HOST", "DB_PORT", "DB_NAME"],
-        description="Keys whose values are not secret (not masked in output); every other value is masked",
+        default_factory=list,
+        description="More keys whose values are not secret (shown as they are). User names, hosts, ports and "
+                    "database names are public already: keys named USER, HOST, PORT, NAME, DB, DATABASE or ending "
+                    "in _USER, _USERNAME, _HOST, _PORT, _NAME, _DB, _DATABASE, and PGUSER, PGHOST, PGPORT, PGDATABASE",
+    )
+    secret: list[str] = Field(
+        default_factory=list,
+        description="Keys masked although their name says public (e.g. a user name you keep secret)",
     )
     optional: bool = Field(False, description="Run without the file when it does not exist")
 

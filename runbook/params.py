@@ -17,6 +17,7 @@ from typing import Any
 from runbook.durations import parse_duration
 from runbook.errors import UsageError
 from runbook.model import Param, ParamType, Runbook
+from runbook.secrets import MIN_SECRET_LEN, short_secret_hint
 
 _TRUE = frozenset({"true", "yes", "1"})
 _FALSE = frozenset({"false", "no", "0"})
@@ -124,13 +125,16 @@ def coerce(name: str, p: Param, raw: Any) -> Any:
     """The typed value of param `name` for `raw`; ValueError names the param and what is accepted.
 
     `pattern` applies to the text form of `raw` (what the operator wrote). A secret value is never
-    part of a message.
+    part of a message; one shorter than 8 characters is refused.
     """
     try:
         if raw is None:
             raise ValueError("is empty (null); give a value")
         value = _as_choice(p, raw) if p.type == ParamType.choice else _CONVERTERS[p.type](raw)
         _check_pattern(p, raw)
+        if p.secret and len(to_text(value)) < MIN_SECRET_LEN:
+            raise ValueError(f"is shorter than {MIN_SECRET_LEN} characters; "
+                             + short_secret_hint("drop `secret: true` from the param"))
     except ValueError as e:
         raise ValueError(f'param "{name}": {_shown(raw, p.secret)} {e}') from None
     return value

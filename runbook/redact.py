@@ -6,21 +6,43 @@ it holds back only the shortest necessary tail, one that could still grow into a
 secret split across two reads is masked, and the concatenated output of `feed()` + `flush()` is
 exactly `Redactor.redact()` of the whole text.
 
-Semantics: at each position the longest secret that matches there is masked (leftmost first, like
-`re.sub` with the alternatives sorted longest-first); each masked occurrence becomes one `MASK`.
+Each secret is masked in the forms it takes in what the tool writes, not only as itself: shell-quoted
+(`shlex.quote`, as a template puts it in a `run:` command, and its inside form, as part of a longer
+quoted value) and JSON-escaped (as in an action's arguments, an output, a journal line). `secrets` keeps
+the values themselves (what the supervisor is handed); the forms are derived here.
 
-This module is imported by the step supervisor, whose start-up must stay light: stdlib `re` only.
+Semantics: at each position the longest form of a secret that matches there is masked (leftmost first,
+like `re.sub` with the alternatives sorted longest-first); each masked occurrence becomes one `MASK`.
+
+Masking is for display only; in objects (`redact_obj`) it applies to values, never to mapping keys,
+which are names (a secret that happens to equal a key must not rename a field of a journal line).
+
+This module is imported by the step supervisor, whose start-up must stay light: stdlib only.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 from collections.abc import Iterable
 from typing import Any
 
 MASK = "••••••"
 
-__all__ = ["MASK", "Redactor", "StreamRedactor"]
+__all__ = ["MASK", "Redactor", "StreamRedactor", "forms_of"]
+
+
+def forms_of(secret: str) -> set[str]:
+    """The texts a secret becomes where the tool writes it: itself, shell-quoted (whole, and inside a longer
+    single-quoted word), JSON-escaped (with and without `ensure_ascii`)."""
+    return {
+        secret,
+        shlex.quote(secret),
+        secret.replace("'", "'\"'\"'"),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+    }
 
 
 class Redactor:
@@ -29,11 +51,12 @@ class Redactor:
     def __init__(self, secrets: Iterable[str]) -> None:
         unique = {s for s in secrets if isinstance(s, str) and s}
         self.secrets: tuple[str, ...] = tuple(sorted(unique, key=lambda s: (-len(s), s)))
+        forms = sorted({f for s in self.secrets for f in forms_of(s)}, key=lambda s: (-len(s), s))
         self._pattern: re.Pattern[str] | None = (
-            re.compile("|".join(re.escape(s) for s in self.secrets)) if self.secrets else None
+            re.compile("|".join(re.escape(f) for f in forms)) if forms else None
         )
-        self._prefixes: frozenset[str] = frozenset(s[:i] for s in self.secrets for i in range(1, len(s)))
-        self._longest_prefix = max((len(s) - 1 for s in self.secrets), default=0)
+        self._prefixes: frozenset[str] = frozenset(f[:i] for f in forms for i in range(1, len(f)))
+        self._longest_prefix = max((len(f) - 1 for f in forms), default=0)
 
     @property
     def any(self) -> bool:
@@ -50,14 +73,16 @@ class Redactor:
             return text
         return self._pattern.sub(MASK, text)
 
-    def redact_obj(self, obj: Any) -> Any:
-        """A copy of `obj` with secrets masked in every string, dict keys included (dict, list, tuple, str)."""
+    def redact_obj(self, obj: Any, keep: frozenset[str] = frozenset()) -> Any:
+        """A copy of `obj` with secrets masked in every string value (dict, list, tuple, str); dict keys are
+        names and stay as they are, and so do the values of the top-level keys in `keep` (names too: a step
+        id, an event type)."""
         if self._pattern is None:
             return obj
         if isinstance(obj, str):
             return self.redact(obj)
         if isinstance(obj, dict):
-            return {self.redact_obj(k): self.redact_obj(v) for k, v in obj.items()}
+            return {k: v if k in keep else self.redact_obj(v) for k, v in obj.items()}
         if isinstance(obj, list):
             return [self.redact_obj(v) for v in obj]
         if isinstance(obj, tuple):

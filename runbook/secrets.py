@@ -1,7 +1,11 @@
-"""The secrets env file: permission check, parsing, mapping to libpq's variables.
+"""The secrets env file: permission check, parsing, mapping to libpq's variables, what is a secret.
 
-Values reach step commands only through the environment; every non-public value is also handed to
-the redactor so that it is masked wherever the tool writes.
+Values reach step commands only through the environment; every secret value is also handed to the
+redactor so that it is masked wherever the tool writes (masking is for display only: steps get the real
+value). What is *not* a secret: user names, hosts, ports and database names (`is_public_key`), and the
+keys the runbook lists in `secrets.public`; a value that is a URL with credentials is a secret whatever
+its key. A secret shorter than `MIN_SECRET_LEN` characters is refused: masking it would mangle ordinary
+words in the output, and it is too short to be one.
 """
 
 from __future__ import annotations
@@ -17,6 +21,12 @@ from runbook.model import Secrets
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+MIN_SECRET_LEN = 8
+PUBLIC_NAMES = frozenset({"USER", "USERNAME", "HOST", "PORT", "NAME", "DB", "DATABASE",
+                          "PGUSER", "PGHOST", "PGPORT", "PGDATABASE"})
+PUBLIC_SUFFIXES = ("_USER", "_USERNAME", "_HOST", "_PORT", "_NAME", "_DB", "_DATABASE")
+_URL_WITH_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/@\s]*:[^/@\s]*@")
+
 
 @dataclass
 class LoadedSecrets:
@@ -24,6 +34,32 @@ class LoadedSecrets:
     redact: list[str] = field(default_factory=list)  # values to mask everywhere
     source: str | None = None
     keys: list[str] = field(default_factory=list)  # names only: safe to show and journal
+
+
+def is_public_key(key: str, spec: Secrets) -> bool:
+    """Whether the value of `key` is shown as it is: a user, host, port or database name by its name, or a key
+    listed in `public`; a key listed in `secret` never is."""
+    if key in spec.secret:
+        return False
+    if key in spec.public:
+        return True
+    name = key.upper()
+    return name in PUBLIC_NAMES or name.endswith(PUBLIC_SUFFIXES)
+
+
+def is_secret(key: str, value: str, spec: Secrets) -> bool:
+    """Whether a value of the secrets file is masked: not public, or a URL that carries credentials (unless the
+    runbook lists its key in `public`). An empty value hides nothing."""
+    if not value or (key in spec.public and key not in spec.secret):
+        return False
+    return not is_public_key(key, spec) or bool(_URL_WITH_CREDENTIALS.search(value))
+
+
+def short_secret_hint(not_secret: str) -> str:
+    """What to do about a secret that is too short; `not_secret` says how to declare it no secret."""
+    return (f"a secret needs at least {MIN_SECRET_LEN} characters (a shorter one would be masked inside ordinary "
+            f"words, and protects nothing): use a longer one; if it is no secret (a user, host, port or database "
+            f"name), {not_secret}")
 
 
 def check_file_mode(path: Path) -> None:
@@ -93,5 +129,13 @@ def load_secrets(spec: Secrets | None, base_dir: Path) -> LoadedSecrets:
         env[key] = value
         if key in spec.map:
             env[spec.map[key]] = value
-    redact = sorted({v for k, v in values.items() if v and k not in spec.public}, key=len, reverse=True)
+    secret = {k: v for k, v in values.items() if is_secret(k, v, spec)}
+    short = sorted(k for k, v in secret.items() if len(v) < MIN_SECRET_LEN)
+    if short:
+        raise SecretsError(
+            f"secrets file {path}: the value of {', '.join(short)} is shorter than {MIN_SECRET_LEN} characters "
+            "(the value is not shown)",
+            hint=short_secret_hint(f"list {'it' if len(short) == 1 else 'them'} in the runbook's secrets.public"),
+        )
+    redact = sorted(set(secret.values()), key=len, reverse=True)
     return LoadedSecrets(env=env, redact=redact, source=str(path), keys=sorted(values))

@@ -8,6 +8,7 @@ here, before the engine exists, so nothing runs on bad input. Live and drill run
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import getpass
 import json
@@ -31,8 +32,8 @@ from runbook.journal import Journal
 from runbook.loader import load_model, load_runbook
 from runbook.lock import Holder, RunLock
 from runbook.model import Runbook, Secrets, Strict
-from runbook.params import resolve, to_text
-from runbook.redact import Redactor
+from runbook.params import coerce, resolve, to_text
+from runbook.redact import MASK, Redactor
 from runbook.secrets import LoadedSecrets, load_secrets
 from runbook.state import CLOSED, load_state, run_dir
 from runbook.templating import render
@@ -105,6 +106,79 @@ def pick_scenario(rb: Runbook, wanted: str | None) -> str:
 
 def _secret_params(rb: Runbook, params: dict[str, Any]) -> list[str]:
     return [to_text(v) for k, v in params.items() if k in rb.params and rb.params[k].secret and to_text(v)]
+
+
+def _shown_params(rb: Runbook, params: dict[str, Any]) -> dict[str, str]:
+    """The params as the journal shows them (display only: a secret param is `MASK`, and the journal's
+    redactor masks a secret's text inside the others). Never read back as values."""
+    return {k: (MASK if rb.params[k].secret else to_text(v)) for k, v in params.items() if k in rb.params}
+
+
+def _origin(rb: Runbook, name: str, value: Any, profile: Profile, sets: dict[str, str]) -> str:
+    """Where a value comes from, for a resume that must find it again: `default`, `profile` or `--set`."""
+    p = rb.params[name]
+    try:
+        if p.default is not None and coerce(name, p, p.default) == value:
+            return "default"
+    except ValueError:
+        pass
+    return "profile" if name in profile.params and name not in sets else "--set"
+
+
+def saved_params(rb: Runbook, params: dict[str, Any], redactor: Redactor, profile: Profile,
+                 sets: dict[str, str]) -> dict[str, Any]:
+    """What `params.json` holds: the real text of every param that is no secret and holds no secret's text
+    (`values`), and for the others only where to find them again (`not_saved`). No secret, and no masked copy
+    standing in for a real value, is ever written."""
+    values: dict[str, str] = {}
+    not_saved: dict[str, dict[str, str]] = {}
+    for name, value in params.items():
+        if name not in rb.params:
+            continue
+        text = to_text(value)
+        if rb.params[name].secret or redactor.redact(text) != text:
+            why = "secret" if rb.params[name].secret else "contains a secret"
+            not_saved[name] = {"why": why, "from": _origin(rb, name, value, profile, sets)}
+        else:
+            values[name] = text
+    return {"values": values, "not_saved": not_saved}
+
+
+def _reloaded_params(rb: Runbook, rdir: Path, st: Any, sets: dict[str, str]) -> dict[str, Any]:
+    """The given values of a resumed run: the real values `params.json` saved, the ones it could not save found
+    again (a default from the run's copy of the runbook, the profile file re-read, or `--set` now), then `sets`.
+    Raises UsageError naming every value that must be given again."""
+    try:
+        saved = json.loads((rdir / "params.json").read_text())
+    except (OSError, ValueError):
+        saved = None
+    if isinstance(saved, dict) and isinstance(saved.get("values"), dict):
+        given: dict[str, Any] = dict(saved["values"])
+        not_saved: dict[str, Any] = dict(saved.get("not_saved") or {})
+    else:  # a run started before params.json held real values: its masked copies are no values
+        old = saved if isinstance(saved, dict) else st.params
+        given = {k: v for k, v in old.items() if not (isinstance(v, str) and MASK in v)}
+        not_saved = {k: {"why": "masked when the run started", "from": "--set"} for k in old if k not in given}
+    profile_path = st.events[0].get("profile") if st.events else None
+    profile: Profile | None = None
+    problems = []
+    for name, info in not_saved.items():
+        origin = info.get("from") if isinstance(info, dict) else None
+        if name in sets or name not in rb.params or origin == "default":
+            continue
+        if origin == "profile" and profile_path:
+            if profile is None:
+                with contextlib.suppress(RunbookError, OSError):
+                    profile = load_model(Path(profile_path), Profile, filename=profile_path)
+            if profile is not None and name in profile.params:
+                given[name] = profile.params[name]
+                continue
+        why = info.get("why", "secret") if isinstance(info, dict) else "secret"
+        problems.append(f'param "{name}" was not saved with the run ({why}): give it again with --set {name}=VALUE')
+    if problems:
+        raise UsageError("\n".join(problems))
+    given.update(sets)
+    return given
 
 
 def _load_secrets(rb: Runbook, base: Path, mode: str, warnings: list[str]) -> LoadedSecrets:
@@ -279,8 +353,8 @@ def open_new_run(opts: RunOptions, clock: Clock, *, state_dir: Path) -> Engine:
     try:
         rdir.mkdir(parents=True, exist_ok=False)
         shutil.copyfile(path, rdir / "runbook.yaml")
-        shown_params = {k: ("••••••" if rb.params[k].secret else to_text(v)) for k, v in params.items() if k in rb.params}
-        (rdir / "params.json").write_text(json.dumps(redactor.redact_obj(shown_params), indent=2) + "\n")
+        shown_params = _shown_params(rb, params)
+        (rdir / "params.json").write_text(json.dumps(saved_params(rb, params, redactor, profile, opts.sets), indent=2) + "\n")
         journal = Journal(rdir / "journal.jsonl", clock, redactor)
         steps = [s.id for s in rb.steps_for(scenario, mode)]
         journal.append(
@@ -327,9 +401,7 @@ def open_resume(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str, s
     # The runbook as it was when the run started (the file may have changed since).
     rb = load_runbook(rdir / "runbook.yaml")
     original = Path(st.runbook_path) if st.runbook_path else rdir / "runbook.yaml"
-    params_given: dict[str, Any] = {k: v for k, v in st.params.items() if not (k in rb.params and rb.params[k].secret)}
-    params_given.update(sets or {})
-    params = resolve(rb, st.scenario, params_given)
+    params = resolve(rb, st.scenario, _reloaded_params(rb, rdir, st, sets or {}))
     warnings: list[str] = list(st.warnings)
     secrets_file = st.events[0].get("secrets_file") if st.events else None
     if secrets_file and rb.secrets is not None:  # the file this run started with (a profile may have named it)

@@ -163,6 +163,9 @@ class OutputStream:
         return out
 
 
+_EVENT_NAMES = frozenset({"type", "name"})  # an action event's kind and its output's or check's name: not masked
+
+
 class EventStream:
     """The action's event pipe: JSON lines, each redacted; a bad line becomes an 'E' output record."""
 
@@ -184,7 +187,7 @@ class EventStream:
             except ValueError:
                 bad.append(("E", self._redactor.redact(line)))
                 continue
-            events.append(json.dumps(self._redactor.redact_obj(obj), ensure_ascii=True))
+            events.append(json.dumps(self._redactor.redact_obj(obj, keep=_EVENT_NAMES), ensure_ascii=True))
         return events, bad
 
 

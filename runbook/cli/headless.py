@@ -200,7 +200,8 @@ class Headless:
         eng = self.engine
         while True:
             prompts = {
-                Wait.confirm: (f"  type {w.typed_expected!r} to run" if w.typed_expected else "  run it? [y]es")
+                Wait.confirm: (f"  type {eng.ctx.redactor.redact(w.typed_expected)!r} to run" if w.typed_expected
+                               else "  run it? [y]es")
                 + ", [s]kip, [a]bort, [n]ote, [q]uit: ",
                 Wait.ack: f"  ☐ {w.item} — done? [y]es, [s]kip step, [a]bort, [n]ote, [q]uit: ",
                 Wait.mark: "  rehearsal — outcome? [y] succeeded, [f]ailed, [s]kip, [a]bort, [n]ote, [q]uit: ",

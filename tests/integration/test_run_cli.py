@@ -345,3 +345,200 @@ def test_without_a_terminal_run_resume_and_demo_refuse_instead_of_starting_the_t
         assert time.monotonic() - t0 < 20
     assert not (state_dir / "runs").exists() or not any((state_dir / "runs").iterdir())
     assert not (tmp_path / "sandbox").exists()  # demo refused before building anything
+
+
+# --- secrets: shown masked, used real ---------------------------------------------------------------
+
+
+def _secrets_file(tmp_path: Path, text: str) -> Path:
+    env_file = tmp_path / "db.env"
+    env_file.write_text(text)
+    os.chmod(env_file, 0o600)
+    return env_file
+
+
+def _files_text(state_dir: Path) -> str:
+    return "\n".join(p.read_bytes().decode("utf-8", "replace") for p in state_dir.rglob("*") if p.is_file())
+
+
+def test_a_secret_of_one_character_is_refused_before_anything_runs(write_runbook, state_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    env_file = _secrets_file(tmp_path, "DB_USER=postgres\nDB_PASSWORD=Q\n")
+    path = write_runbook(f"""
+        version: 1
+        name: t
+        secrets: {{env_file: {env_file}}}
+        steps:
+          - {{id: a, run: "touch {tmp_path}/ran", confirm: none}}
+    """)
+    r = run_cli("run", str(path), "--headless", "--yes", "--state-dir", str(state_dir))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "DB_PASSWORD" in r.stderr and "8 characters" in r.stderr and "Traceback" not in r.stderr
+    assert "=Q" not in r.stderr
+    assert not (tmp_path / "ran").exists()
+    assert not (state_dir / "runs").exists() or not _runs(state_dir)
+
+
+def test_a_secret_equal_to_a_journal_key_leaves_the_journal_intact(write_runbook, state_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    env_file = _secrets_file(tmp_path, "DB_PASSWORD=restore_dir\nAPI_TOKEN=incident_start\n")
+    path = write_runbook(f"""
+        version: 1
+        name: t
+        secrets: {{env_file: {env_file}}}
+        params:
+          restore_dir: {{default: {tmp_path}/restore}}
+        steps:
+          - id: a
+            run: |
+              echo "password $PGPASSWORD, token $API_TOKEN"
+              mkdir -p {{{{ restore_dir }}}}
+            confirm: none
+          - {{id: b, run: "echo done", confirm: {{typed: "go"}}}}
+    """)
+    r = run_cli("run", str(path), "--headless", "--yes", "--incident-start", "2026-11-25T03:00:00Z",
+                "--state-dir", str(state_dir))
+    assert r.returncode == 4, r.stdout + r.stderr  # stops at the typed step
+    assert "password ••••••, token ••••••" in r.stdout
+    (run_id,) = _runs(state_dir)
+    events = _journal(state_dir, run_id)  # parses and verifies its hash chain
+    started = events[0]
+    assert started["incident_start"].startswith("2026-11-25T03:00:00")
+    assert started["params"] == {"restore_dir": f"{tmp_path}/restore"}
+    r = run_cli("resume", run_id, "--headless", "--yes", "--confirm", "b=go", "--state-dir", str(state_dir))
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = run_cli("report", run_id, "--state-dir", str(state_dir))
+    assert rep.returncode == 0 and "2026-11-25" in rep.stdout, rep.stdout + rep.stderr
+    assert "hash chain verified" in rep.stdout
+    saved = json.loads((state_dir / "runs" / run_id / "params.json").read_text())
+    assert saved["values"] == {"restore_dir": f"{tmp_path}/restore"}
+
+
+def test_quoted_and_json_forms_of_a_secret_are_masked(write_runbook, state_dir: Path, tmp_path: Path) -> None:
+    secret = """Pa'ss"w0rd-X"""
+    env_file = _secrets_file(tmp_path, f"DB_PASSWORD={secret}\n")
+    path = write_runbook(f"""
+        version: 1
+        name: t
+        secrets: {{env_file: {env_file}}}
+        params:
+          api_token: {{secret: true}}
+        steps:
+          - id: show
+            run: |
+              python3 -c 'import json, os, shlex; p = os.environ["PGPASSWORD"]; print(shlex.quote(p)); print(json.dumps({{"pw": p}}))'
+              printf '%s\\n' {{{{ api_token }}}} | python3 -c 'import json, sys; print(json.dumps(sys.stdin.read().strip()))'
+            confirm: none
+    """)
+    token = """t0k'en"quote"""
+    r = run_cli("run", str(path), "--headless", "--yes", "--set", f"api_token={token}", "--state-dir", str(state_dir))
+    assert r.returncode == 0, r.stdout + r.stderr
+    shell_form = "'Pa'\"'\"'ss\"w0rd-X'"
+    json_form = 'Pa\'ss\\"w0rd-X'
+    token_json = 't0k\'en\\"quote'
+    everything = r.stdout + r.stderr + _files_text(state_dir)
+    for form in (secret, shell_form, json_form, token, token_json, "w0rd", "t0k"):
+        assert form not in everything, form
+    (run_id,) = _runs(state_dir)
+    _journal(state_dir, run_id)  # intact
+    assert "••••••" in r.stdout
+
+
+def test_a_param_containing_a_user_name_is_shown_and_used_real(write_runbook, state_dir: Path,
+                                                               tmp_path: Path) -> None:
+    env_file = _secrets_file(tmp_path, "DB_USER=postgres\nDB_PASSWORD=Sup3r-S3cret-Pw\n")
+    pgdata = tmp_path / "postgresql" / "15" / "recovered"
+    path = write_runbook(f"""
+        version: 1
+        name: t
+        secrets: {{env_file: {env_file}}}
+        params:
+          pgdata: {{type: path, default: {pgdata}}}
+        steps:
+          - id: a
+            run: |
+              mkdir -p {{{{ pgdata }}}} && echo as "$PGUSER" in {{{{ pgdata }}}}
+            confirm: none
+    """)
+    r = run_cli("run", str(path), "--headless", "--yes", "--state-dir", str(state_dir))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert pgdata.is_dir()
+    assert f"as postgres in {pgdata}" in r.stdout
+    assert "••••••" not in r.stdout
+    (run_id,) = _runs(state_dir)
+    events = _journal(state_dir, run_id)
+    assert events[0]["params"] == {"pgdata": str(pgdata)}
+    (command,) = [e["command"] for e in events if e["type"] == "step-awaiting"]
+    assert command.startswith(f"mkdir -p {pgdata} && echo as")  # the command as shown
+
+
+def test_resume_after_a_typed_step_uses_the_real_values(write_runbook, state_dir: Path, tmp_path: Path) -> None:
+    env_file = _secrets_file(tmp_path, "DB_USER=postgres\nDB_PASSWORD=Sup3r-S3cret-Pw\n")
+    pgdata = tmp_path / "postgresql" / "15" / "recovered"
+    path = write_runbook(f"""
+        version: 1
+        name: t
+        secrets: {{env_file: {env_file}}}
+        params:
+          pgdata: {{type: path, default: {pgdata}}}
+        steps:
+          - {{id: first, run: "echo first", confirm: none}}
+          - id: start
+            run: |
+              mkdir -p {{{{ pgdata }}}} && echo "$PGUSER" > {{{{ pgdata }}}}/user
+            confirm: {{typed: "{{{{ pgdata }}}}"}}
+    """)
+    r = run_cli("run", str(path), "--headless", "--yes", "--state-dir", str(state_dir))
+    assert r.returncode == 4, r.stdout + r.stderr  # quit at the typed step
+    assert "--confirm start=" in r.stdout
+    (run_id,) = _runs(state_dir)
+    r = run_cli("resume", run_id, "--headless", "--yes", "--confirm", f"start={pgdata}", "--state-dir", str(state_dir))
+    assert r.returncode == 0, r.stdout + r.stderr  # the typed confirmation expects the real path
+    assert (pgdata / "user").read_text() == "postgres\n"  # the command ran with the real path
+    assert f"mkdir -p {pgdata}" in r.stdout
+    saved = json.loads((state_dir / "runs" / run_id / "params.json").read_text())
+    assert saved["values"] == {"pgdata": str(pgdata)}
+
+
+def test_values_not_saved_are_asked_for_again_on_resume(write_runbook, state_dir: Path, tmp_path: Path) -> None:
+    password = "Sup3r-S3cret-Pw"
+    token = "tok-7f3a9c2e1b"
+    env_file = _secrets_file(tmp_path, f"DB_USER=postgres\nDB_PASSWORD={password}\n")
+    out = tmp_path / "used"
+    path = write_runbook(f"""
+        version: 1
+        name: t
+        secrets: {{env_file: {env_file}}}
+        params:
+          label: {{default: plain}}
+          url: {{help: contains the password}}
+          api_token: {{secret: true}}
+        steps:
+          - {{id: first, run: "echo first", confirm: none}}
+          - id: use
+            run: |
+              printf '%s|%s|%s|%s' {{{{ label }}}} {{{{ api_token }}}} {{{{ url }}}} "$PGPASSWORD" > {out}
+            confirm: {{typed: go}}
+    """)
+    url = f"postgres://app:{password}@db1/app"
+    r = run_cli("run", str(path), "--headless", "--yes", "--set", f"api_token={token}", "--set", f"url={url}",
+                "--set", "label=given", "--state-dir", str(state_dir))
+    assert r.returncode == 4, r.stdout + r.stderr
+    (run_id,) = _runs(state_dir)
+    text = (state_dir / "runs" / run_id / "params.json").read_text()
+    saved = json.loads(text)
+    # real values of the params that are no secret; the secret param and the one holding a secret: not saved
+    assert saved["values"] == {"label": "given"}
+    assert saved["not_saved"] == {"api_token": {"why": "secret", "from": "--set"},
+                                  "url": {"why": "contains a secret", "from": "--set"}}
+    assert "••••••" not in text
+    r = run_cli("resume", run_id, "--headless", "--yes", "--confirm", "use=go", "--state-dir", str(state_dir))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "--set api_token=" in r.stderr and "--set url=" in r.stderr and token not in r.stderr
+    assert not out.exists()
+    r = run_cli("resume", run_id, "--headless", "--yes", "--confirm", "use=go", "--set", f"api_token={token}",
+                "--set", f"url={url}", "--state-dir", str(state_dir))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert out.read_text() == f"given|{token}|{url}|{password}"
+    for secret in (password, token):
+        assert secret not in r.stdout + r.stderr + _files_text(state_dir)
