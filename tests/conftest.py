@@ -9,17 +9,29 @@ The suite is laid out by layer, and each test is marked with its layer from wher
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.support.pgcluster import Cluster
+
+# The suite writes nothing into the checkout: hypothesis keeps its examples and caches (.hypothesis/) in a
+# temporary directory of this test session, removed at exit, not beside the sources.
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="runbook-hypothesis-")
+atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, True)
+os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = _HYPOTHESIS_HOME
+settings.register_profile("runbook", database=None)
+settings.load_profile("runbook")
 
 ROOT = Path(__file__).resolve().parent.parent
 
