@@ -310,9 +310,13 @@ def gather(config: str | None, file: Path | None, *, explicit_file: bool, state_
     rto = Verdict()
     scenarios = list(rb.scenarios) if rb is not None and rb.scenarios else (["default"] if rb is not None else [])
     if rb is not None:
-        rep.drills = _drills(rb, scenarios, state_dir, stores, rep.now, rto)
+        from runbook.state import list_runs
+        from steps.repository.run_summaries import merge, read_summaries
+
+        runs = merge(list(list_runs(state_dir)), read_summaries(stores))  # every host's runs, from runs/
+        rep.drills = _drills(rb, scenarios, runs, rep.now, rto)
         for sc in scenarios:
-            rep.projected[sc] = _project(rb, sc, state_dir, logical, base, facts, rto_s, rto)
+            rep.projected[sc] = _project(rb, sc, runs, logical, base, facts, rto_s, rto)
     else:
         rto.raise_to("warning", "no runbook file: no drills or projection to judge the RTO by")
     if readable_logical is None and readable_base is None:
@@ -325,13 +329,9 @@ def gather(config: str | None, file: Path | None, *, explicit_file: bool, state_
     return rep
 
 
-def _drills(rb: Any, scenarios: list[str], state_dir: Path, stores: list[Any], now: datetime,
-            rto: Verdict) -> list[dict[str, Any]]:
+def _drills(rb: Any, scenarios: list[str], runs: list[Any], now: datetime, rto: Verdict) -> list[dict[str, Any]]:
     from runbook.staleness import last_good_drills
-    from runbook.state import list_runs
-    from steps.repository.run_summaries import merge, read_summaries
 
-    runs = merge(list(list_runs(state_dir)), read_summaries(stores))  # every host's drills, from runs/
     drills = last_good_drills(runs, now, scenarios={rb.name: scenarios})
     out = []
     for sc in scenarios:
@@ -352,15 +352,19 @@ def _drills(rb: Any, scenarios: list[str], state_dir: Path, stores: list[Any], n
     return out
 
 
-def _project(rb: Any, scenario: str, state_dir: Path, logical: list[Any], base: list[Any],
+def _project(rb: Any, scenario: str, runs: list[Any], logical: list[Any], base: list[Any],
              facts: dict[str, Any] | None, target: float, rto: Verdict) -> dict[str, Any]:
-    from runbook.history import expected_durations, past_runs
+    """The RTO of a recovery started now: the restore from the last test restore, scaled to today's size, plus
+    every other step's expected duration learned from earlier runs on every host (the repository's runs/)."""
+    from runbook.history import expected_durations
+    from runbook.state import RunState
 
     steps = rb.steps_for(scenario, "live")
     end = next((i for i, s in enumerate(steps) if s.rto_end), len(steps) - 1)
     steps = steps[: end + 1]
     declared = {s.id: s.expect_duration.total_seconds() for s in rb.steps if s.expect_duration}
-    expected = expected_durations(past_runs(state_dir, rb.name), declared)
+    mine = [r for r in runs if isinstance(r, RunState) and r.runbook_name == rb.name]
+    expected = expected_durations(mine, declared)
     restore_steps = [s for s in steps if s.action in RESTORE_ACTIONS]
     others = [s for s in steps if s not in restore_steps]
     # A checklist acknowledged with --yes in an unattended drill took no time; people will need what it declares.

@@ -1,7 +1,8 @@
 """Run summaries in the repository: `runs/<run id>.json`, so that every host sees every drill.
 
 Every live or drill run that closes writes its summary (runbook, scenario, mode, status, times, measured RTO
-and its target, the RPO facts, operator and host, when protection was restored) into each configured
+and its target, the RPO facts, operator and host, when protection was restored, and each step's outcome and
+duration, which the projected RTO of every host learns from) into each configured
 repository; `runbook status` reads them beside the local state directory's runs, so a drill run on another
 host counts for staleness and for the RTO verdict. Writing never fails a run: a problem is returned, and the
 session journals nothing after the run closed (the summary is a copy of what the journal holds).
@@ -13,7 +14,8 @@ import json
 from datetime import datetime
 from typing import Any
 
-from runbook.state import RunState
+from runbook.events import StepStatus
+from runbook.state import RunState, StepState
 
 PREFIX = "runs/"
 
@@ -36,6 +38,8 @@ def summary(st: RunState) -> dict[str, Any]:
         "rto_verdict": rto.verdict, "rpo_target_s": st.targets.get("rpo_s"),
         "rpo_window_s": rpo.window_s if rpo else None, "recovery_point": t(rpo.recovery_point) if rpo else None,
         "protected_at": t(rto.protected_at), "operator": st.operator,
+        "steps": {sid: {"status": s.status.value, "duration_s": s.duration_s, "rehearsed": s.rehearsed}
+                  for sid in st.order if (s := st.steps.get(sid)) is not None},
     }
 
 
@@ -59,7 +63,8 @@ def write(stores: list[Any], st: RunState) -> list[str]:
 
 
 def from_summary(data: dict[str, Any]) -> RunState:
-    """A RunState as staleness and status read it (no steps, no events)."""
+    """A RunState as staleness, status and the projection read it: steps with their outcome and duration only
+    (summaries written before they carried steps have none), no events."""
 
     def t(key: str) -> datetime | None:
         v = data.get(key)
@@ -72,7 +77,20 @@ def from_summary(data: dict[str, Any]) -> RunState:
                     data_lost_at=t("data_lost_at"), started_at=t("started_at"), ended_at=t("ended_at"),
                     rto_end_at=t("rto_end_at"), status=str(data.get("status", "")),
                     operator=dict(data.get("operator") or {}),
-                    targets={f"{k}_s": v for k, v in targets.items()})
+                    targets={f"{k}_s": v for k, v in targets.items()}, steps=_steps(data.get("steps")))
+
+
+def _steps(data: Any) -> dict[str, StepState]:
+    out: dict[str, StepState] = {}
+    for sid, s in (data or {}).items() if isinstance(data, dict) else ():
+        try:
+            dur = s.get("duration_s")
+            out[str(sid)] = StepState(id=str(sid), status=StepStatus(s.get("status")),
+                                      duration_s=float(dur) if dur is not None else None,
+                                      rehearsed=bool(s.get("rehearsed")))
+        except (AttributeError, TypeError, ValueError):
+            continue  # a step this reader cannot make sense of teaches nothing
+    return out
 
 
 def read_summaries(stores: list[Any]) -> list[RunState]:
