@@ -18,6 +18,9 @@ the demo's sandbox lock, steps.sandbox.lock):
   or the time is up. **Refuse**: still held after the wait, `acquire` raises `refusal(holder, wait)`
   (a runbook.errors.LockHeld naming the holder unless a subclass says otherwise, exit code 3) and
   `try_acquire` returns False, leaving the holder it saw in `seen`.
+- **Never through a planted link.** The file is opened with `O_NOFOLLOW` and must be a regular file: a lock
+  in a shared directory (the sandbox's, beside it in /var/tmp) must not let another local user point it at a
+  file that root would then truncate when it writes its record. Such a path is refused (`cannot_open`).
 - **Reading a holder without holding the lock** (`read_holder(path)`, or a refused `acquire`): open the file
   read-only and parse it, no lock taken. A holder writes its record in place, so a reader that comes in
   the instant between the truncation and the write sees an empty or partial file: that reads as None
@@ -207,12 +210,23 @@ class LockFile:
     # --- inside ------------------------------------------------------------------------------------------
 
     def _open(self) -> int:
+        import errno
+        import stat
+
         try:
             if self.dir_mode is not None:
                 os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=self.dir_mode, exist_ok=True)
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, self.file_mode)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, self.file_mode)
         except OSError as e:
+            if e.errno == errno.ELOOP:  # the lock's name is a symbolic link: someone planted it
+                e = OSError(errno.ELOOP, "it is a symbolic link, not a lock file (remove it; it was not made "
+                            "by runbook)", str(self.path))
             raise self.cannot_open(e) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise self.cannot_open(OSError(errno.EINVAL, "it is not a regular file (remove it; it was not made "
+                                           "by runbook)", str(self.path)))
+        return fd
 
     def _flock(self, fd: int, wait: float) -> bool:
         deadline = time.monotonic() + wait

@@ -182,3 +182,30 @@ def test_a_record_being_written_reads_as_no_holder(tmp_path: Path) -> None:
         path.write_bytes(raw)
         assert LockFile.read_holder(path) is None
     assert LockFile(path).describe(None) == "another process"
+
+
+def test_a_planted_symlink_or_directory_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    """Hostile input: a lock in a shared directory whose name another user made a link to a file root owns
+    would have its target truncated when the holder writes its record."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    link = tmp_path / "x.lock"
+    link.symlink_to(victim)
+    with pytest.raises(OSError, match="symbolic link"):
+        LockFile(link).acquire()
+    assert victim.read_text() == "precious\n"
+    (tmp_path / "d.lock").mkdir()
+    with pytest.raises(OSError):
+        LockFile(tmp_path / "d.lock").acquire()
+
+
+def test_a_planted_symlink_at_the_sandbox_lock_stops_demo_before_anything(tmp_path: Path) -> None:
+    from runbook.errors import RunbookError
+    from steps.sandbox.lock import SandboxLock, lock_path
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    lock_path(tmp_path / "sandbox").symlink_to(victim)
+    with pytest.raises(RunbookError, match="symbolic link"):
+        SandboxLock(tmp_path / "sandbox").acquire()
+    assert victim.read_text() == "precious\n" and not (tmp_path / "sandbox").exists()
