@@ -201,27 +201,34 @@ def report_command(run_id: str, state_dir: Path) -> str:
     return f"runbook report {run_id}{extra}"
 
 
-def end_story(st: RunState, now: datetime) -> list[str]:
+@dataclass(frozen=True)
+class StoryLine:
+    text: str
+    alarm: bool = False  # a verdict that is missed or cannot be true: shown in red
+
+
+def end_story(st: RunState, now: datetime) -> list[StoryLine]:
     """What the end of a run tells beside the RTO: the recovery point, the data-loss window against the RPO,
     the rows lost, and when protection was restored. Empty facts are left out."""
-    lines: list[str] = []
+    lines: list[StoryLine] = []
     rpo = rpo_facts(st)
     if rpo is not None:
         if rpo.impossible:
-            lines.append(f"RPO IMPOSSIBLE, not met: {rpo.problem}")
+            lines.append(StoryLine(f"RPO IMPOSSIBLE, not met: {rpo.problem}", alarm=True))
         elif rpo.recovery_point is not None and rpo.window_s is not None:
             target = f" (target {rough_duration(rpo.target_s)})" if rpo.target_s is not None else ""
-            lines.append(f"recovered to {rpo.recovery_point_raw} (step {rpo.source_step}); data-loss window "
-                         f"{window_text(rpo.window_s)}{target}: {rpo.verdict}")
+            lines.append(StoryLine(f"recovered to {rpo.recovery_point_raw} (step {rpo.source_step}); data-loss "
+                                   f"window {window_text(rpo.window_s)}{target}: {rpo.verdict}",
+                                   alarm=rpo.verdict == "missed"))
         elif rpo.problem:
-            lines.append(f"RPO not measured: {rpo.problem}")
+            lines.append(StoryLine(f"RPO not measured: {rpo.problem}"))
         if rpo.rows_lost is not None:
-            lines.append(f"rows lost: {rpo.rows_lost} (step {rpo.rows_lost_step})")
+            lines.append(StoryLine(f"rows lost: {rpo.rows_lost} (step {rpo.rows_lost_step})"))
     rto = rto_facts(st, now)
     if rto.protected_at is not None:
         after = f", {format_duration(rto.protected_after_s)} after the incident start" \
             if rto.protected_after_s is not None else ""
-        lines.append(f"protection restored at {_t(rto.protected_at)}{after}")
+        lines.append(StoryLine(f"protection restored at {_t(rto.protected_at)}{after}"))
     return lines
 
 

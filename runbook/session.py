@@ -218,7 +218,7 @@ def _strings(obj: Any) -> list[str]:
     return []
 
 
-def _target(rb: Runbook, params: dict[str, Any]) -> str:
+def render_target(rb: Runbook, params: dict[str, Any]) -> str:
     if not rb.target:
         return "default"
     return render(rb.target, lambda ref: to_text(params[ref.name]) if ref.name in params else f"<{ref.key}>", shell=False)
@@ -338,7 +338,7 @@ def open_new_run(opts: RunOptions, clock: Clock, *, state_dir: Path) -> Engine:
     redactor = Redactor(loaded.redact + _secret_params(rb, params))
     run_id = new_run_id(clock, scenario)
     rdir = run_dir(state_dir, run_id)
-    target = _target(rb, params)
+    target = render_target(rb, params)
     lock, replaced = (None, None) if mode == "rehearsal" else _lock(state_dir, rb, target, run_id, clock, opts.break_lock)
     repository = repository_path(rb, profile.repository, params)
     rlock = None

@@ -134,8 +134,7 @@ class Headless:
         from runbook.report import end_story, report_command
 
         for line in end_story(self.engine.state, self.engine.clock.now()):
-            style = "bold red" if "IMPOSSIBLE" in line or line.endswith(": missed") else ""
-            self.out.print(f"  [{style}]{escape(line)}[/]" if style else f"  {escape(line)}")
+            self.out.print(f"  [bold red]{escape(line.text)}[/]" if line.alarm else f"  {escape(line.text)}")
         if f.status == "detached":
             self.out.print(f"  the run stays open: [bold]runbook resume {self.engine.run_id}[/]")
         self.out.print(f"  journal: {self.engine.ctx.rdir / 'journal.jsonl'}")

@@ -47,15 +47,13 @@ class SummaryScreen(Screen[None]):
         if self.finished.detail:
             t.add_row("", self.finished.detail)
         t.add_row("Mode", st.mode.upper())
-        rto_style = "bold green" if c.verdict == "met" or (c.elapsed_s <= c.target_s and not c.impossible) \
-            else "bold red"
+        rto_style = "bold red" if c.impossible or c.elapsed_s > c.target_s else "bold green"
         restored = "service restored" if st.rto_end_at else "service not restored"
         t.add_row("RTO", Text(f"{format_duration(c.elapsed_s)} of {format_duration(c.target_s)} ({restored})"
                               + (": IMPOSSIBLE, the service is back before the incident start" if c.impossible
                                  else ""), style=rto_style))
         for line in end_story(st, eng.clock.now()):
-            bad = "IMPOSSIBLE" in line or line.endswith(": missed")
-            t.add_row("", Text(line, style="bold red" if bad else ""))
+            t.add_row("", Text(line.text, style="bold red" if line.alarm else ""))
         for label, status in (("Failed", StepStatus.failed), ("Skipped", StepStatus.skipped),
                               ("Interrupted", StepStatus.interrupted)):
             rows = [f"{s}: {st.steps[s].detail}" for s in st.order if st.steps[s].status == status]

@@ -77,12 +77,12 @@ def what_to_do(run_id: str | None) -> str:
 
 def sandbox_target(rb: Any, sb: Any) -> str:
     """The runbook's target as the sandbox's profile renders it (the run lock's and recovery lock's key)."""
-    from runbook.session import _target
+    from runbook.session import render_target
     from steps.sandbox.build import DB
 
     params = {k: p.default for k, p in rb.params.items() if p.default is not None}
     params.update({"db_name": DB, "db_host": str(sb.server.socket_dir), "db_port": sb.server.port})
-    return str(_target(rb, params))
+    return str(render_target(rb, params))
 
 
 def take(lock: SandboxLock, sb: Any, rb: Any | None, state_dir: Path) -> None:
@@ -147,8 +147,7 @@ def unfinished(sb: Any, rb: Any, state_dir: Path) -> LockHeld | None:
     for holder in (RunLock.read_holder(state_dir / "locks" / lock_name(rb.name, target)),
                    _repository_holder(sb, target)):
         run_id = (holder or {}).get("run_id")
-        if isinstance(run_id, str) and run_id and not closed(run_id):
-            assert holder is not None
+        if holder is not None and isinstance(run_id, str) and run_id and not closed(run_id):
             return LockHeld(
                 f"the sandbox {sb.base} belongs to an unfinished run: run {run_id} by {holder.get('user')}@"
                 f"{holder.get('host')} (pid {holder.get('pid')}, gone) since {holder.get('since')}; rebuilding "
@@ -156,7 +155,6 @@ def unfinished(sb: Any, rb: Any, state_dir: Path) -> LockHeld | None:
                 hint=f"finish it with `runbook resume {run_id}`, or start a new drill over it with "
                      "`runbook demo --break-lock` (journaled)")
     return None
-
 
 
 def _repository_holder(sb: Any, target: str) -> dict[str, Any] | None:

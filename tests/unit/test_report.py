@@ -272,10 +272,13 @@ def test_a_rehearsal_step_marked_failed_then_skipped_is_reported_as_marked() -> 
 
 def test_the_end_of_a_run_tells_the_recovery_point_the_window_and_the_rows_lost() -> None:
     st = logical_drill().state()
-    lines = end_story(st, T0 + timedelta(hours=2))
+    story = end_story(st, T0 + timedelta(hours=2))
+    lines = [s.text for s in story]
     snapshot = (T0 - timedelta(hours=9)).isoformat()
     assert lines[0] == f"recovered to {snapshot} (step fetch); data-loss window 9:00:00 (target 5 min): missed"
     assert lines[1] == "rows lost: 42 (step verify)"
+    assert [s.alarm for s in story] == [True, False]  # the window missed the target: red
     b = JournalBuilder(["fetch"], data_lost_at=10)
     b.shown(10, "fetch").ran(10, 11, "fetch").output(11, "fetch", "snapshot_time", at(10.5))
-    assert end_story(b.finish(12).state(), T0)[0].startswith("RPO IMPOSSIBLE, not met: the recovery point")
+    (impossible,) = end_story(b.finish(12).state(), T0)
+    assert impossible.alarm and impossible.text.startswith("RPO IMPOSSIBLE, not met: the recovery point")
