@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from runbook.errors import LockHeld, RunbookError
+from steps.repository.store import make_dirs
 
 READ_BACK_DELAY_S = 0.3
 
@@ -93,7 +94,7 @@ class _LocalPlace(_Place):
 
     def create(self, data: bytes) -> bool:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            make_dirs(self.path.parent)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         except FileExistsError:
             return False
@@ -107,7 +108,7 @@ class _LocalPlace(_Place):
 
     def replace(self, data: bytes) -> None:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        make_dirs(self.path.parent)
         tmp.write_bytes(data)
         os.replace(tmp, self.path)
 

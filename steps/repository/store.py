@@ -180,6 +180,26 @@ def local_error(e: OSError, what: str) -> RepositoryError:
     return RepositoryError(f"{what}: {e.strerror or e}")
 
 
+def make_dirs(path: Path, mode: int = 0o750) -> None:
+    """Create `path` and its missing parents, **each** with `mode` (Path.mkdir(parents=True) gives the parents
+    the default 0777 & ~umask, i.e. 0755: a repository's `clusters/`, `logical/`... were readable by anyone)."""
+    missing: list[Path] = []
+    p = path
+    while not p.is_dir():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for q in reversed(missing):
+        try:
+            q.mkdir(mode=mode)
+        except FileExistsError:
+            if not q.is_dir():
+                raise
+        else:
+            os.chmod(q, mode)  # exactly as documented, whatever the umask (the server's group reads it)
+
+
 class LocalStore(Store):
     """A repository in a local directory. Directories 0750, files 0640."""
 
@@ -196,7 +216,7 @@ class LocalStore(Store):
 
     def check_access(self) -> None:
         try:
-            self.root.mkdir(parents=True, exist_ok=True, mode=0o750)
+            make_dirs(self.root)
         except OSError as e:
             raise local_error(e, f"creating {self.root}") from None
         if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
@@ -207,7 +227,7 @@ class LocalStore(Store):
         return os.path.lexists(self._path(key))
 
     def _mkdirs(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True, mode=0o750)
+        make_dirs(path)
 
     def put_file(self, key: str, src: Path, progress: Progress | None = None) -> None:
         dst = self._path(key)
