@@ -40,7 +40,7 @@ from steps.repository import layout
 from steps.repository.config import RepositoryConfig
 from steps.repository.configured import checked_stores
 from steps.repository.manifest import Check, FilesManifest, Level, LogicalManifest, ObjectEntry, Tool, to_json
-from steps.repository.store import LocalStore, RepositoryError, Store, sha256_file
+from steps.repository.store import MARKER, LocalStore, RepositoryError, Store, sha256_file
 
 log = logging.getLogger("runbook.backup")
 
@@ -130,6 +130,13 @@ def open_usable_stores(cfg: RepositoryConfig, repositories: dict[str, str], log:
         if isinstance(got, RunbookError):
             repositories[which] = str(got)
             log.error("%s repository unusable: %s", which, got)
+            continue
+        try:
+            if got.ensure_marker():
+                log.info("%s: wrote the repository marker %s", got.describe(), MARKER)
+        except RunbookError as e:
+            repositories[which] = f"cannot write the repository marker {MARKER}: {e}"
+            log.error("%s repository unusable: %s", which, repositories[which])
             continue
         repositories[which] = "ok"
         stores.append(got)

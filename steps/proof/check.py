@@ -126,7 +126,28 @@ class Checker:
                 continue
             self.add(f"repository:{which}", "ok", got.describe())
             out.append(got)
+            self._marker(which, got)
         return out
+
+    def _marker(self, which: str, store: Any) -> None:
+        """The repository marker (steps.repository.store.MARKER): without it `wal-fetch` cannot tell the
+        repository from an empty mount point or a wrong path, and refuses to answer "missing". Reported, never
+        written here (a writer writes it: backup, basebackup, wal-push)."""
+        from steps.repository.store import MARKER
+
+        try:
+            present = store.has_marker()
+        except RunbookError as e:
+            self.add(f"repository_marker:{which}", "warning", f"cannot look for the {MARKER} marker: {e.message}")
+            return
+        if present:
+            return
+        self.add(f"repository_marker:{which}", "warning",
+                 f"{store.describe()} has no {MARKER} marker at its root: it may not be the repository (an "
+                 "unmounted file system, a wrong path or prefix), and wal-fetch refuses to answer \"missing\" from "
+                 "it, except where the cluster's archived WAL is already there (docs/wal.md)",
+                 "if it is the repository, the next backup, basebackup or wal-push into it writes the marker; "
+                 "if not, mount it or correct the path")
 
     def _connect(self) -> Any:
         from steps.pg.tools import Conn, connect

@@ -24,6 +24,22 @@ from typing import Literal
 from runbook.errors import RunbookError
 
 CHUNK = 1024 * 1024
+# The marker object at the repository's root: written by the first backup, basebackup or wal-push, it proves
+# that this directory (or S3 prefix) is the repository. `wal-fetch` answers "missing" only where it is, so that
+# an unmounted file system or a wrong path stops a recovery (126) instead of ending it early (docs/wal.md).
+MARKER = "REPOSITORY"
+MARKER_FORMAT = "runbook repository"
+MARKER_VERSION = 1
+
+
+def marker_bytes() -> bytes:
+    import json
+    import socket
+    from datetime import UTC, datetime
+
+    return (json.dumps({"format": MARKER_FORMAT, "version": MARKER_VERSION,
+                        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                        "created_by": socket.gethostname()}) + "\n").encode()
 Progress = Callable[[int], None]
 StoreName = Literal["local", "s3"]
 
@@ -119,6 +135,21 @@ class Store(ABC):
 
     def read_retries(self) -> int:
         return 1
+
+    def has_marker(self) -> bool:
+        """Is the repository marker (MARKER) at the root? RepositoryError when that cannot be told."""
+        return self.exists(MARKER)
+
+    def ensure_marker(self) -> bool:
+        """Write the repository marker unless it is there (True: written now). Writers only: backup,
+        basebackup, wal-push; `check` and the readers never create it."""
+        if self.has_marker():
+            return False
+        try:
+            self.put_bytes(MARKER, marker_bytes())
+        except ObjectExists:
+            return False
+        return True
 
     def transient(self, e: BaseException) -> bool:
         return False

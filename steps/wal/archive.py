@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from runbook.errors import RunbookError, UsageError
-from steps.repository.layout import WalName, parse_wal_name, wal_key
-from steps.repository.store import ObjectExists, RepositoryError
+from steps.repository.layout import WalName, parse_wal_name, wal_key, wal_prefix
+from steps.repository.store import MARKER, ObjectExists, RepositoryError
 from steps.wal import fast as walfast
 from steps.wal.segment import (
     Buffer,
@@ -59,7 +59,7 @@ from steps.wal.segment import (
     unpack,
 )
 from steps.wal.settings import WalSettings
-from steps.wal.store import WalStore, open_wal_stores
+from steps.wal.store import WalStore, open_wal_stores, proves_absence
 
 EXIT_MISSING = 1
 EXIT_FAILED = 1
@@ -185,6 +185,8 @@ def push_data(stores: Sequence[WalStore], name: str, data: Buffer, sysid: int, l
     `stored` (per repository: "stored" or "already archived") and `compressed_size`."""
     blob, meta = pack(name, data, system_identifier=sysid, level=level)
     key = wal_key(str(sysid), name)
+    for store in stores:
+        store.ensure_marker()  # the first push into a repository marks it as one (wal-fetch believes "missing" there)
     meta["stored"] = {s.name: push_one(s, key, name, blob, meta) for s in stores}
     meta["compressed_size"] = len(blob)
     return meta
@@ -242,6 +244,16 @@ def fetch_checked(stores: Sequence[WalStore], key: str, name: str, attempts: int
         else:
             continue
         if blob is None:
+            try:
+                believed = proves_absence(store, wal_prefix(str(sysid)))
+            except RepositoryError as e:
+                problems.append(f"{store.describe()}: {key} is not there, and whether this is the repository "
+                                f"cannot be told: {e.message}")
+                continue
+            if not believed:
+                problems.append(
+                    f"{store.describe()} has no {key}, but it is not the repository: no {MARKER} marker at its root "
+                    f"and no archived WAL of cluster {sysid} (not mounted? a wrong path or prefix?)")
             continue
         try:
             data, meta = unpack(blob, name)
@@ -301,7 +313,9 @@ def fetch_file(settings: WalSettings, name: str, dest: str, source: str = "any",
             return EXIT_MISSING  # every repository says it does not exist: quietly
         raise FetchFailed(f"cannot restore {name}: " + "; ".join(problems),
                           hint="recovery stops here rather than end early with this WAL missing; fix the repository "
-                               "(or use the other copy: --from local|s3) and start the server again")
+                               "(mount it; or use the other copy: --from local|s3) and start the server again. "
+                               f"A repository without its {MARKER} marker gets it from the next backup, basebackup "
+                               "or wal-push into it")
     write_atomically(target, data)
     if spool is not None:
         walfast.request_after(settings, spool, cluster_sysid, name, segment_header(data).segment_size, source)

