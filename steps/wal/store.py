@@ -283,10 +283,8 @@ class S3Wal:
         if seen is not None and seen.exists():
             return
         if not self.has_marker():
-            try:
+            with contextlib.suppress(ObjectExists):
                 self.put_new(MARKER, marker_bytes(), {})
-            except ObjectExists:
-                pass
         if seen is not None:
             with contextlib.suppress(OSError):
                 seen.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

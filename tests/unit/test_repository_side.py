@@ -24,7 +24,7 @@ def test_local_repository_directories_are_0750_at_every_level(tmp_path: Path) ->
         os.umask(old)
     made = [tmp_path / "backups", tmp_path / "backups/repo"]
     p = tmp_path / "backups/repo"
-    for part in "clusters/1/logical/db/20260101T000000Z".split("/"):
+    for part in ["clusters", "1", "logical", "db", "20260101T000000Z"]:
         p = p / part
         made.append(p)
     assert {str(d.relative_to(tmp_path)): oct(_mode(d)) for d in made} == {
