@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runbook.errors import RunbookError
 from steps.events import Events
-from steps.pg.tools import Conn, ToolFailed, connect, tool
+from steps.pg.tools import Conn, ToolFailed, connect, dbname_option, tool
 from steps.repository import layout
 from steps.repository.manifest import DatabaseFacts, LogicalManifest, parse_logical, sha256_bytes
 from steps.repository.store import sha256_file
@@ -38,7 +38,9 @@ from steps.repository.verified import checked_unchanged
 class Args(BaseModel):
     model_config = ConfigDict(extra="forbid")
     backup_dir: str = Field(min_length=1, description="A directory fetch-latest-backup made (dump/, globals.sql)")
-    db: str = Field(min_length=1, max_length=63, description="Name of the database to restore into")
+    db: str = Field(min_length=1, max_length=63,
+                    description="Name of the database to restore into, taken as a name: never a connection "
+                                "string (`dbname=x` is a database called that)")
     jobs: int = Field(2, ge=1, le=64, description="pg_restore --jobs (about the target's cores)")
     host: str | None = Field(None, description="Target server host or socket directory (default: PGHOST)")
     port: int | None = Field(None, description="Target server port (default: PGPORT)")
@@ -248,7 +250,7 @@ def main(args: Args, events: Events) -> int:
 
     data_items = sum(1 for e in toc_entries(dump_dir) if " TABLE DATA " in e or " BLOBS " in e) or 1
     argv = [tool("pg_restore"), *conn.args(), f"--jobs={args.jobs}", "--exit-on-error", "--verbose"]
-    argv += ["--create", f"--dbname={args.maintenance_db}"] if use_create else [f"--dbname={args.db}"]
+    argv += ["--create", dbname_option(args.maintenance_db)] if use_create else [dbname_option(args.db)]
     argv.append(str(dump_dir))
     env = {**os.environ, "PGOPTIONS": f"{os.environ.get('PGOPTIONS', '')} -c maintenance_work_mem={args.maintenance_work_mem}".strip()}
     print(("restoring with --create (database-level settings and privileges come from the dump): " if use_create
@@ -277,7 +279,7 @@ def main(args: Args, events: Events) -> int:
     if args.analyze:
         t1 = time.monotonic()
         proc = subprocess.run([tool("vacuumdb"), *conn.args(), "--analyze-only", f"--jobs={args.jobs}",
-                               f"--dbname={args.db}"], capture_output=True, text=True)
+                               dbname_option(args.db)], capture_output=True, text=True)
         timings["analyze_s"] = time.monotonic() - t1
         if proc.returncode != 0:
             events.check("ANALYZE", "warning", proc.stderr.strip())

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runbook.errors import RunbookError
-from steps.pg.tools import PG_BIN
+from steps.pg.tools import PG_BIN, dbname_option
 
 SERVER_USER = os.environ.get("RUNBOOK_SERVER_USER", "postgres")
 
@@ -114,7 +114,7 @@ class Server:
 
     def psql(self, sql: str, db: str = "postgres", user: str = "postgres") -> str:
         """Run SQL as a script (statements one by one, so CREATE DATABASE works); stops at the first error."""
-        proc = subprocess.run([_bin("psql"), "-h", str(self.socket_dir), "-p", str(self.port), "-U", user, "-d", db,
+        proc = subprocess.run([_bin("psql"), "-h", str(self.socket_dir), "-p", str(self.port), "-U", user, dbname_option(db),
                                "-XAtq", "-v", "ON_ERROR_STOP=1", "-f", "-"], input=sql, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = "\n".join(proc.stderr.strip().splitlines()[-6:])

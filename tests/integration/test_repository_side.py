@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from steps.repository.store import MARKER
 from tests.conftest import run_cli
+from tests.support.backup_helpers import backup, make_cluster, run_action
+from tests.support.backup_helpers import write_config as write_backup_config
+from tests.support.pgcluster import PG_BIN
 from tests.support.s3server import S3Endpoint, credentials_env, s3_bucket, s3_server  # noqa: F401
 from tests.support.wal_helpers import (
     WalCluster,
@@ -94,3 +98,32 @@ def test_wal_fetch_from_a_wrong_s3_prefix_stops_recovery(wal_cluster: Factory, s
                         s3=s3_section(s3_server.url, s3_bucket, creds, prefix="wal-test"))
     r = wc.runbook("wal-fetch", "-c", str(typo), NEVER, str(fetched / "x"))
     assert r.returncode >= 126 and "not the repository" in r.stderr, r
+
+
+def test_restore_logical_takes_db_as_a_name_never_as_a_connection_string(pg_base: Path, pg_template: Path,
+                                                                          tmp_path: Path) -> None:
+    c = make_cluster(pg_base, pg_template, "dbname-victim")
+    try:
+        c.psql("create database app")
+        c.psql("create table from_backup as select g from generate_series(1, 50) g", "app")
+        c.psql("create database victim")
+        c.psql("create table precious as select 1 as x", "victim")
+        cfg = write_backup_config(tmp_path / "repo.yaml", c, dbs=["app"], local=tmp_path / "repo")
+        assert backup(cfg).returncode == 0
+        fetched = run_action("fetch-latest-backup", {"config": str(cfg), "db": "app", "dest": str(tmp_path / "r"),
+                                                     "from": "local"})
+        assert fetched.code == 0, fetched.stdout
+        env = {"PGHOST": str(c.socket_dir), "PGPORT": str(c.port), "PGUSER": "postgres"}
+        restored = run_action("restore-logical", {"backup_dir": fetched.outputs["backup_dir"], "db": "dbname=victim"},
+                              env=env)
+        assert restored.code == 0, restored.stdout + restored.stderr
+        # victim is untouched; a database of that very name holds the backup.
+        assert c.psql("select string_agg(tablename, ',') from pg_tables where schemaname = 'public'",
+                      "victim") == "precious"
+        assert c.psql("select datname from pg_database where datname like 'dbname=%'") == "dbname=victim"
+        count = subprocess.run([str(PG_BIN / "psql"), "-h", str(c.socket_dir), "-p", str(c.port), "-U", "postgres",
+                                "-XAtq", "-d", "dbname='dbname=victim'", "-c", "select count(*) from from_backup"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        assert count == "50"
+    finally:
+        c.stop()

@@ -17,7 +17,15 @@ from typing import Any
 
 import pytest
 
-from tests.support.pgcluster import PG_BIN, Cluster, as_server_user, chown_server_user, clone_cluster, initdb
+from tests.support.pgcluster import (
+    PG_BIN,
+    Cluster,
+    as_server_user,
+    chown_server_user,
+    clone_cluster,
+    config_as_documented,
+    initdb,
+)
 from tests.support.s3server import ACCESS_KEY, SECRET_KEY, S3Endpoint
 from tests.support.server_venv import ServerVenv
 
@@ -63,7 +71,7 @@ def write_config(path: Path, cluster: Cluster, *, local: Path | None = None, s3:
     lines.append("wal: " + json.dumps({"worker_idle_s": 3, **(wal or {})}))
     lines.append("backup: " + json.dumps({"state_dir": str(path.parent / "state")}))
     path.write_text("\n".join(lines) + "\n" + extra)
-    os.chmod(path, 0o644)
+    config_as_documented(path)
     return path
 
 
