@@ -91,6 +91,7 @@ class Checker:
             return EXIT_CANNOT_RUN
         self.cfg, self.path = cfg, path.absolute()
         stores = self._stores()
+        self._staging()
         try:
             conn = self._connect()
         except RunbookError as e:
@@ -148,6 +149,27 @@ class Checker:
                  "it, except where the cluster's archived WAL is already there (docs/wal.md)",
                  "if it is the repository, the next backup, basebackup or wal-push into it writes the marker; "
                  "if not, mount it or correct the path")
+
+    def _staging(self) -> None:
+        """Stale staging (steps.backup.staging): whole dumps a killed backup left behind, that the next backup
+        removes. Reported, never removed here."""
+        from steps.backup.staging import find_stale
+
+        cfg = self.cfg
+        roots = {r for r in (cfg.backup.staging_dir, cfg.basebackup.staging_dir) if r is not None}
+        if cfg.local is not None and (cfg.backup.staging_dir is None or cfg.basebackup.staging_dir is None):
+            roots.add(cfg.local.path / ".staging")
+        if not roots:
+            return
+        lock_dir = cfg.backup.lock_dir or (cfg.local.path / "locks" if cfg.local is not None else cfg.state_dir() / "locks")
+        stale = [st for root in sorted(roots) for st in find_stale(root, lock_dir)]
+        if not stale:
+            return
+        total = sum(st.size for st in stale)
+        self.add("staging", "warning",
+                 f"stale staging left by {len(stale)} backup(s) that did not finish (killed?), "
+                 f"{total / 1e6:.1f} MB: " + ", ".join(str(st.path) for st in stale),
+                 "the next `runbook backup` / `runbook basebackup` removes it under its lock")
 
     def _connect(self) -> Any:
         from steps.pg.tools import Conn, connect

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from steps.repository.store import MARKER
-from tests.conftest import run_cli
-from tests.support.backup_helpers import backup, make_cluster, run_action
+from tests.conftest import ROOT, run_cli
+from tests.support.backup_helpers import backup, cli_env, make_cluster, run_action
 from tests.support.backup_helpers import write_config as write_backup_config
 from tests.support.pgcluster import PG_BIN
 from tests.support.s3server import S3Endpoint, credentials_env, s3_bucket, s3_server  # noqa: F401
@@ -126,4 +129,69 @@ def test_restore_logical_takes_db_as_a_name_never_as_a_connection_string(pg_base
                                capture_output=True, text=True, check=True).stdout.strip()
         assert count == "50"
     finally:
+        c.stop()
+
+
+def _start_blocked_backup(cfg: Path, db: str, staging: Path) -> tuple[subprocess.Popen[str], Path]:
+    """`runbook backup --db DB` in its own session, held up by a lock on DB's table: (process, its staging)."""
+    before = set(staging.glob(f"{db}-*")) if staging.is_dir() else set()
+    proc = subprocess.Popen([sys.executable, "-m", "runbook", "backup", "-c", str(cfg), "--db", db], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, **cli_env()})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        made = [p for p in (staging.glob(f"{db}-*") if staging.is_dir() else []) if p not in before]
+        if made and (made[0] / "dump").exists():
+            return proc, made[0]
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("the backup made no staging directory")
+
+
+def test_stale_staging_of_a_killed_backup_is_reported_and_removed_by_the_next_one(
+        pg_base: Path, pg_template: Path, tmp_path: Path) -> None:
+    import psycopg
+
+    c = make_cluster(pg_base, pg_template, "stale-staging")
+    blockers: list[Any] = []
+    try:
+        for db in ("app", "other"):
+            c.psql(f"create database {db}")
+            c.psql("create table t as select g, md5(g::text) as h from generate_series(1, 20000) g", db)
+
+        def block(db: str) -> None:  # pg_dump waits for its ACCESS SHARE lock on t meanwhile
+            b = psycopg.connect(host=str(c.socket_dir), port=c.port, user="postgres", dbname=db)
+            b.execute("lock table t in access exclusive mode")
+            blockers.append(b)
+
+        repo = tmp_path / "repo"
+        staging = repo / ".staging"
+        cfg = write_backup_config(tmp_path / "repo.yaml", c, dbs=["app", "other"], local=repo)
+        block("app")
+        killed, left = _start_blocked_backup(cfg, "app", staging)
+        os.killpg(killed.pid, signal.SIGKILL)  # the backup and its pg_dump, as a crash would
+        killed.wait(10)
+        blockers.pop().close()
+        assert left.is_dir() and (left / "dump").is_dir()
+
+        code, checks = _check(cfg)
+        assert checks["staging"]["status"] == "warning" and str(left) in checks["staging"]["detail"], checks
+
+        # A backup running now owns its staging: the next backup (of another database) leaves it alone.
+        block("app")
+        running, live = _start_blocked_backup(cfg, "app", staging)
+        done = backup(cfg, "--db", "other")
+        assert done.returncode == 0, done.stderr
+        assert not left.exists(), "the stale staging was not removed"
+        assert live.is_dir(), "a live backup's staging was removed"
+        assert "removed stale staging" in (tmp_path / "state" / "backup.log").read_text()
+        blockers.pop().close()
+        out, err = running.communicate(timeout=120)
+        assert running.returncode == 0, err
+        assert not staging.exists() or list(staging.iterdir()) == []
+        code, checks = _check(cfg)
+        assert "staging" not in checks
+    finally:
+        for b in blockers:
+            b.close()
         c.stop()
