@@ -109,6 +109,7 @@ class Checker:
                 self._switch(conn, facts, wal_stores)
                 self.now = datetime.now(UTC)
             self._archived(conn, facts, wal_stores)
+            self._claims(facts, wal_stores)
             tablespaces = conn.execute(
                 "select oid::text, spcname, pg_tablespace_location(oid) from pg_tablespace"
                 " where spcname not in ('pg_default', 'pg_global') order by oid").fetchall()
@@ -297,6 +298,37 @@ class Checker:
         status: Status = "warning" if pending and age > self.args.rpo else "ok"
         self.add("archived_wal", status, f"newest archived {last}, {rough_duration(age)} ago, in every repository; {exposure}",
                  "archiving lags behind: check pg_stat_archiver and the server log" if status == "warning" else None)
+
+    def _claims(self, facts: dict[str, Any], stores: list[Any]) -> None:
+        """Two different segments of one name (steps.wal.archive.push_one's claims, kept on stores that may
+        ignore conditional writes): a name pushed with two contents, which wal-fetch refuses."""
+        from collections import defaultdict
+
+        from steps.repository.layout import wal_claims_root
+
+        root = wal_claims_root(facts["sysid"])
+        for s in stores:
+            if not s.verify_after_write:
+                continue  # a local archive cannot hold two contents of one name (link(2))
+            try:
+                listed = s.list(root)
+            except RunbookError as e:
+                self.add(f"wal_conflicts:{s.name}", "warning", f"cannot list {root} in {s.describe()}: {e.message}")
+                continue
+            by_name: dict[str, set[str]] = defaultdict(set)
+            for x in listed:
+                parts = x.key[len(root):].split("/")
+                if len(parts) == 2:
+                    by_name[parts[0]].add(parts[1])
+            both = sorted(n for n, shas in by_name.items() if len(shas) > 1)
+            if both:
+                self.add(f"wal_conflicts:{s.name}", "failed",
+                         f"two different segments of one name in {s.describe()}: {', '.join(both)} (each pushed "
+                         "with different content; the store ignores conditional writes). wal-fetch refuses them, "
+                         "so a recovery stops there",
+                         "two clusters with one system identifier archive here, or pg_wal was altered: find out "
+                         "which copy is right, put it in place and remove the wrong claim under "
+                         f"{root}<name>/")
 
     @staticmethod
     def _pending(insert_lsn: str | None, last: str, segment_size: int) -> bool:

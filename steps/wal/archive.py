@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from runbook.errors import RunbookError, UsageError
-from steps.repository.layout import WalName, parse_wal_name, wal_key, wal_prefix
+from steps.repository.layout import WalName, parse_wal_name, wal_claims_prefix, wal_key, wal_prefix
 from steps.repository.store import MARKER, ObjectExists, RepositoryError
 from steps.wal import fast as walfast
 from steps.wal.segment import (
@@ -153,10 +153,20 @@ def _check_existing(store: WalStore, key: str, name: str, existing: bytes, meta:
 
 def push_one(store: WalStore, key: str, name: str, blob: bytes, meta: dict[str, Any]) -> str:
     """Store `blob` at `key` in one repository; "stored" or "already archived". Look, write once,
-    read back where the store could have let another writer in (S3: `verify_after_write`)."""
+    read back where the store could have let another writer in (S3: `verify_after_write`).
+
+    On such a store a write-once is not enough: a store that accepts and ignores `If-None-Match` lets a
+    second pusher whose look came before our write replace what we confirmed. So every pusher there first
+    records a **claim**, an empty object named by the sha256 of its content (steps.repository.layout
+    .wal_claims_prefix: content-addressed, nothing can replace it), and confirms only when the object reads
+    back as its own bytes **and** no claim of other content exists. Of two pushers of one name with different
+    bytes at most one is confirmed (each looks for the other's claim after writing its own), and whatever the
+    store kept, the two claims stay: `wal-fetch` refuses the name (126) and `check` reports it."""
     existing = store.get(key)
     if existing is not None:
         _check_existing(store, key, name, existing, meta)
+        if store.verify_after_write:
+            _claim_and_verify(store, key, name, meta)
         return "already archived"
     try:
         store.put_new(key, blob, meta)
@@ -166,9 +176,12 @@ def push_one(store: WalStore, key: str, name: str, blob: bytes, meta: dict[str, 
             raise RepositoryError(f"{key}: {store.describe()} refused the write as existing, yet has no such object",
                                   hint="retry; if it persists the store's conditional writes are broken") from None
         _check_existing(store, key, name, existing, meta)
+        if store.verify_after_write:
+            _claim_and_verify(store, key, name, meta)
         return "already archived"
     if not store.verify_after_write:
         return "stored"
+    _claim_and_verify(store, key, name, meta)
     back = store.get(key)
     if back is None:
         raise RepositoryError(f"{key} was written to {store.describe()} but cannot be read back",
@@ -178,6 +191,20 @@ def push_one(store: WalStore, key: str, name: str, blob: bytes, meta: dict[str, 
         # must be the same segment, or it is a conflict.
         _check_existing(store, key, name, back, meta)
     return "stored"
+
+
+def _claim_and_verify(store: WalStore, key: str, name: str, meta: dict[str, Any]) -> None:
+    """Record our claim, then refuse when another content was ever claimed under this name."""
+    prefix = wal_claims_prefix(str(meta["system_identifier"]), name)
+    store.put_claim(prefix, str(meta["sha256"]))
+    others = store.claims(prefix) - {str(meta["sha256"])}
+    if others:
+        raise WalConflict(
+            f"two different segments of one name: {name} was also pushed to {store.describe()} with other content "
+            f"(sha256 {', '.join(sorted(others))}; this file: {meta['sha256']}); it is not confirmed, and wal-fetch "
+            "refuses this name until someone decides",
+            hint="two clusters with one system identifier archive into one repository, or pg_wal was altered; "
+                 "the store ignores conditional writes, so find out which copy is right before anything else")
 
 
 def push_data(stores: Sequence[WalStore], name: str, data: Buffer, sysid: int, level: int) -> dict[str, Any]:
@@ -264,10 +291,33 @@ def fetch_checked(stores: Sequence[WalStore], key: str, name: str, attempts: int
         except (CorruptWal, WalFileError) as e:
             problems.append(f"{store.describe()}: {key} is damaged: {e}")
             continue
+        if store.verify_after_write:
+            disagreement = _claims_disagree(store, key, name, sysid, str(meta["sha256"]))
+            if disagreement:
+                problems.append(disagreement)
+                continue
         for p in problems:  # a good copy after a bad one: say so, but go on
             print(f"runbook wal-fetch: warning: {p}", file=sys.stderr)
         return data, str(meta["sha256"]), []
     return None, "", problems
+
+
+def _claims_disagree(store: WalStore, key: str, name: str, sysid: int, sha256: str) -> str | None:
+    """Why the copy read from a store that may ignore conditional writes cannot be handed to PostgreSQL: two
+    contents were claimed under its name, or the one claimed is not what is there now. None when it agrees (or
+    the name has no claim: archived before claims existed)."""
+    try:
+        claimed = store.claims(wal_claims_prefix(str(sysid), name))
+    except RepositoryError as e:
+        return f"{store.describe()}: cannot read the claims of {name}: {e.message}"
+    if len(claimed) > 1:
+        return (f"{store.describe()}: two different segments of one name: {name} was pushed with "
+                f"{len(claimed)} different contents (sha256 {', '.join(sorted(claimed))}); the copy there now "
+                f"({sha256}) is not handed to PostgreSQL")
+    if claimed and sha256 not in claimed:
+        return (f"{store.describe()}: {key} holds content (sha256 {sha256}) other than the one confirmed "
+                f"({next(iter(claimed))}): it was replaced; not handed to PostgreSQL")
+    return None
 
 
 def write_atomically(dest: Path, data: bytes | memoryview) -> None:

@@ -52,6 +52,10 @@ class WalStore(Protocol):
 
     def list_some(self, prefix: str) -> bool: ...
 
+    def put_claim(self, prefix: str, sha256: str) -> None: ...
+
+    def claims(self, prefix: str) -> set[str]: ...
+
 
 def proves_absence(store: WalStore, wal_dir: str) -> bool:
     """May `store`'s "no such object" be believed (`wal-fetch` exit 1)? Only from the repository itself: its
@@ -160,6 +164,12 @@ class LocalWal:
         finally:
             os.close(fd)
         _fsync_dir(self.root)
+
+    def put_claim(self, prefix: str, sha256: str) -> None:
+        """Nothing: link(2) cannot replace a file, so a local archive never holds two contents of one name."""
+
+    def claims(self, prefix: str) -> set[str]:
+        return set()
 
     def list_some(self, prefix: str) -> bool:
         """Does `prefix` (a directory) hold any archived file?"""
@@ -289,6 +299,18 @@ class S3Wal:
             with contextlib.suppress(OSError):
                 seen.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 seen.touch(mode=0o600)
+
+    def put_claim(self, prefix: str, sha256: str) -> None:
+        """Record that a pusher stored this content under this name (an empty object named by its sha256:
+        content-addressed, so no other content can replace it, conditional writes or not)."""
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.prefix + prefix + sha256, Body=b"", **self.sse)
+        except Exception as e:
+            raise self._error(e, f"writing {prefix}{sha256}") from None
+
+    def claims(self, prefix: str) -> set[str]:
+        """The sha256 of every content pushed under one name (its claims)."""
+        return {x.key.rsplit("/", 1)[-1] for x in self.list(prefix)}
 
     def list_some(self, prefix: str) -> bool:
         try:

@@ -5,22 +5,26 @@ staging after a `kill -9`, the database name of restore-logical, the recovery lo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from steps.repository.layout import wal_key
 from steps.repository.store import MARKER
+from steps.wal.segment import read_header
 from tests.conftest import ROOT, run_cli
 from tests.support.backup_helpers import backup, cli_env, make_cluster, run_action
 from tests.support.backup_helpers import write_config as write_backup_config
-from tests.support.pgcluster import PG_BIN
-from tests.support.s3server import S3Endpoint, credentials_env, s3_bucket, s3_server  # noqa: F401
+from tests.support.pgcluster import PG_BIN, as_server_user, chown_server_user
+from tests.support.s3server import FaultProxy, S3Endpoint, credentials_env, s3_bucket, s3_server  # noqa: F401
 from tests.support.wal_helpers import (
     WalCluster,
     credentials_file,
@@ -195,3 +199,59 @@ def test_stale_staging_of_a_killed_backup_is_reported_and_removed_by_the_next_on
         for b in blockers:
             b.close()
         c.stop()
+
+
+def test_two_pushers_of_one_name_on_a_store_that_ignores_conditional_writes(
+        wal_cluster: Factory, s3_server: S3Endpoint, s3_bucket: str) -> None:  # noqa: F811
+    """The race made to happen, through real HTTP: pusher B (other bytes) looks first and finds nothing; its
+    write is held while pusher A pushes the real segment and is confirmed; then B's write lands, and the store,
+    ignoring If-None-Match, keeps B's bytes. B must not be confirmed, wal-fetch must not hand B's bytes to
+    PostgreSQL, and check must say so."""
+    wc = wal_cluster()
+    reached, release = threading.Event(), threading.Event()
+    held: list[str] = []
+
+    def hold(method: str, path: str) -> threading.Event | None:
+        if method == "PUT" and path.split("?")[0].endswith(".zst") and not held:
+            held.append(path)
+            reached.set()
+            return release
+        return None
+
+    with FaultProxy(("127.0.0.1", s3_server.port), fail=lambda m, p: False, drop_headers=("If-None-Match",),
+                    hold=hold) as proxy:
+        cfg = write_config(wc.base / "repository.yaml", wc.cluster,
+                           s3=s3_section(proxy.url, s3_bucket, credentials_file(wc.base)))
+        wc.cluster.start()
+        name = wc.switch()
+        other = server_dir(wc.base, "elsewhere/pg_wal") / name
+        data = bytearray((wc.datadir / "pg_wal" / name).read_bytes())
+        data[7000:7008] = os.urandom(8)
+        other.write_bytes(bytes(data))
+        chown_server_user(other)
+        late = subprocess.Popen(as_server_user([str(wc.venv.runbook), "wal-push", "-c", str(cfg), str(other)]),
+                                cwd=wc.datadir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert reached.wait(60), "pusher B never wrote"
+            first = wc.runbook("wal-push", "-c", str(cfg), f"pg_wal/{name}")
+            assert first.returncode == 0, first.stderr
+        finally:
+            release.set()
+        _, err = late.communicate(timeout=60)
+        assert 0 < late.returncode < 126, err
+        assert "two different segments of one name" in err and "Traceback" not in err
+
+        key = f"wal-tests/{wal_key(wc.sysid(), name)}"
+        stored = s3_server.client().get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+        assert read_header(stored)[0]["sha256"] == hashlib.sha256(bytes(data)).hexdigest()  # the store kept B's
+
+        dest = server_dir(wc.base, "fetched") / name
+        r = wc.runbook("wal-fetch", "-c", str(cfg), name, str(dest))
+        assert r.returncode >= 126 and "two different segments of one name" in r.stderr, r
+        assert not dest.exists()
+        again = wc.runbook("wal-push", "-c", str(cfg), str(other))  # B's retries are refused as well
+        assert 0 < again.returncode < 126 and "two different segments of one name" in again.stderr, again
+
+        code, checks = _check(cfg)
+        assert code == 2 and checks["wal_conflicts:s3"]["status"] == "failed", checks
+        assert name in checks["wal_conflicts:s3"]["detail"]
