@@ -209,8 +209,9 @@ def check_permissions(path: Path) -> None:
     me = os.geteuid()
     if st.st_uid not in (0, me):
         raise UsageError(
-            f"the repository config {path} is owned by {_user(st.st_uid)}, not by root or by {_user(me)} who "
-            "reads it: that user could change where backups go and what runs; it is not used",
+            f"the repository config {path} is owned by {_user(st.st_uid)}, not by "
+            f"{'root, who reads it' if me == 0 else f'root or by {_user(me)}, who reads it'}: that user could "
+            "change where backups go and what runs; it is not used",
             hint=fix)
 
 

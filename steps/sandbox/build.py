@@ -35,7 +35,7 @@ from typing import Any
 from runbook.errors import RunbookError
 from runbook.lockfile import current_user
 from runbook.paths import state_home
-from steps.pg.server import Server, give_to_server, remove_tree
+from steps.pg.server import Server, give_to_server, remove_tree, server_user
 from steps.sandbox import assetflow
 
 DB = "assetflow_prod"
@@ -130,7 +130,7 @@ class Sandbox:
         give_to_server(self.repo)  # wal-push writes here as the server's user
         if archive:
             exe = self.server_runbook(say)
-            self.config.write_text(self._config_text())
+            self._write_config()
             srv.start("fsync=off", "archive_mode=on", "archive_timeout=30", "wal_level=replica",
                       f"archive_command='{exe} wal-push -c {self.config} %p'")
         else:
@@ -158,11 +158,23 @@ class Sandbox:
         remove_tree(self.restore_dir)
         self.restore_dir.mkdir()
         give_to_server(self.restore_dir)
-        self.config.write_text(self._config_text())
+        self._write_config()
         self.env_file.write_text(  # the plan's secrets file; trust auth here, but the password is masked all the same
             f"DB_HOST={srv.socket_dir}\nDB_PORT={srv.port}\nDB_USER=postgres\nDB_PASSWORD=sandbox-pw-{os.getpid()}\n")
         os.chmod(self.env_file, 0o600)
         self.info_file.write_text(json.dumps({"built_at": _now(), "scale": scale, "files": files, "db": DB}, indent=2))
+
+    def _write_config(self) -> None:
+        self.config.write_text(self._config_text())
+        self._own_config()
+
+    def _own_config(self) -> None:
+        """The config as docs/repository-config.md says: 0640, owned by root (when we are root) with the server's
+        group, which reads it (wal-push); a config the server's user owns is refused to root."""
+        pw = server_user()
+        if pw is not None:
+            os.chown(self.config, 0, pw.pw_gid)
+        os.chmod(self.config, 0o640)
 
     def _config_text(self) -> str:
         return (
@@ -215,7 +227,8 @@ class Sandbox:
         srv.psql(f"DROP DATABASE {DB} WITH (FORCE)")
         srv.stop("immediate")
         remove_tree(srv.datadir)
-        srv.initdb("--data-checksums")
+        srv.initdb("--data-checksums")  # gives the sandbox's directory (the config too) to the server's user
+        self._own_config()
         srv.start("fsync=off")
         for child in self.uploads.iterdir():
             remove_tree(child) if child.is_dir() else child.unlink()

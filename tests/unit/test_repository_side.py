@@ -65,7 +65,7 @@ def test_a_repository_config_owned_by_another_user_is_refused(tmp_path: Path,
     os.chmod(cfg, 0o640)
     nobody = pwd.getpwnam("nobody")
     os.chown(cfg, nobody.pw_uid, 0)
-    with pytest.raises(UsageError, match=f"owned by {nobody.pw_name}, not by root or by root") as e:
+    with pytest.raises(UsageError, match=f"owned by {nobody.pw_name}, not by root, who reads it") as e:
         load_repository_config(cfg)
     assert e.value.hint and f"chown root:postgres {cfg}" in e.value.hint
     os.chown(cfg, 0, nobody.pw_gid)  # root:group, 0640: what the docs say
