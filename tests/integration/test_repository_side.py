@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,13 +18,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from runbook.errors import LockHeld
+from steps.repository.config import RepositoryConfig
 from steps.repository.layout import wal_key
+from steps.repository.recovery_lock import acquire, lock_keys, normalised_address
 from steps.repository.store import MARKER
 from steps.wal.segment import read_header
 from tests.conftest import ROOT, run_cli
 from tests.support.backup_helpers import backup, cli_env, make_cluster, run_action
 from tests.support.backup_helpers import write_config as write_backup_config
-from tests.support.pgcluster import PG_BIN, as_server_user, chown_server_user
+from tests.support.pgcluster import PG_BIN, as_server_user, chown_server_user, clone_cluster
 from tests.support.s3server import FaultProxy, S3Endpoint, credentials_env, s3_bucket, s3_server  # noqa: F401
 from tests.support.wal_helpers import (
     WalCluster,
@@ -255,3 +261,46 @@ def test_two_pushers_of_one_name_on_a_store_that_ignores_conditional_writes(
         code, checks = _check(cfg)
         assert code == 2 and checks["wal_conflicts:s3"]["status"] == "failed", checks
         assert name in checks["wal_conflicts:s3"]["detail"]
+
+
+def test_two_spellings_of_one_server_are_one_recovery_lock(pg_base: Path, pg_template: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    dest = pg_base / "lock-spellings"
+    dest.mkdir()
+    c = clone_cluster(pg_template, dest)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        c.port = int(s.getsockname()[1])
+    opts = (f"-c listen_addresses='127.0.0.1' -c unix_socket_directories='{c.socket_dir}' -c port={c.port} "
+            "-c fsync=off")
+    subprocess.run(as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(c.datadir), "-l", str(c.datadir / "server.log"),
+                                   "-o", opts, "-w", "-t", "60", "start"]), check=True, capture_output=True)
+    monkeypatch.setenv("PGUSER", "postgres")
+    cfg = RepositoryConfig.model_validate({"version": 1, "local": {"path": str(tmp_path / "repo")}})
+    by_socket, by_any, by_loopback = (f"{c.socket_dir}:{c.port}/app", f"0.0.0.0:{c.port}/app",
+                                      f"127.0.0.1:{c.port}/app")
+
+    def holder(n: int) -> dict[str, Any]:
+        return {"run_id": f"run-{n}", "user": f"op{n}", "host": f"h{n}", "pid": n, "since": "t"}
+
+    try:
+        # 0.0.0.0 is this host too, but no rule says so: only the server's identity does.
+        assert normalised_address(by_socket) != normalised_address(by_any)
+        assert lock_keys(by_socket)[1] == lock_keys(by_any)[1]
+        first = acquire(cfg, by_socket, holder(1))
+        for other in (by_any, by_loopback):
+            with pytest.raises(LockHeld, match="run run-1 by op1@h1"):
+                acquire(cfg, other, holder(2))
+        first.release()
+        second = acquire(cfg, by_any, holder(2))
+        second.release()
+        assert list((tmp_path / "repo" / "locks").iterdir()) == []
+
+        # The server down (the disaster): the normalised address still makes the socket and 127.0.0.1 one lock.
+        c.stop()
+        first = acquire(cfg, by_socket, holder(1))
+        with pytest.raises(LockHeld, match="run run-1 by op1@h1"):
+            acquire(cfg, by_loopback, holder(2))
+        first.release()
+    finally:
+        c.stop()
