@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -181,8 +182,11 @@ def push_one(store: WalStore, key: str, name: str, blob: bytes, meta: dict[str, 
         return "already archived"
     if not store.verify_after_write:
         return "stored"
-    _claim_and_verify(store, key, name, meta)
+    prefix = wal_claims_prefix(str(meta["system_identifier"]), name)
+    store.put_claim(prefix, str(meta["sha256"]))
+    claims = _Ahead(lambda: store.claims(prefix))  # the claims listed while the object is read back
     back = store.get(key)
+    _refuse_other_claims(store, name, meta, claims.result())
     if back is None:
         raise RepositoryError(f"{key} was written to {store.describe()} but cannot be read back",
                               hint="an eventually consistent store? retry; the segment is not confirmed")
@@ -193,11 +197,39 @@ def push_one(store: WalStore, key: str, name: str, blob: bytes, meta: dict[str, 
     return "stored"
 
 
+class _Ahead:
+    """A call to a store run in a thread while the caller makes another (two requests in flight: the claims
+    cost no round trip of their own on S3)."""
+
+    def __init__(self, fn: Any) -> None:
+        self._fn = fn
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._result = self._fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller by result()
+            self._error = e
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
 def _claim_and_verify(store: WalStore, key: str, name: str, meta: dict[str, Any]) -> None:
     """Record our claim, then refuse when another content was ever claimed under this name."""
     prefix = wal_claims_prefix(str(meta["system_identifier"]), name)
     store.put_claim(prefix, str(meta["sha256"]))
-    others = store.claims(prefix) - {str(meta["sha256"])}
+    _refuse_other_claims(store, name, meta, store.claims(prefix))
+
+
+def _refuse_other_claims(store: WalStore, name: str, meta: dict[str, Any], claimed: set[str]) -> None:
+    others = claimed - {str(meta["sha256"])}
     if others:
         raise WalConflict(
             f"two different segments of one name: {name} was also pushed to {store.describe()} with other content "
@@ -259,6 +291,9 @@ def fetch_checked(stores: Sequence[WalStore], key: str, name: str, attempts: int
     problems: list[str] = []
     for store in stores:
         blob: bytes | None = None
+        claims = None
+        if store.verify_after_write:  # listed while the object is read: no round trip of its own
+            claims = _Ahead(lambda s=store: s.claims(wal_claims_prefix(str(sysid), name)))
         for attempt in range(1, attempts + 1):
             try:
                 blob = store.get(key)
@@ -291,8 +326,8 @@ def fetch_checked(stores: Sequence[WalStore], key: str, name: str, attempts: int
         except (CorruptWal, WalFileError) as e:
             problems.append(f"{store.describe()}: {key} is damaged: {e}")
             continue
-        if store.verify_after_write:
-            disagreement = _claims_disagree(store, key, name, sysid, str(meta["sha256"]))
+        if claims is not None:
+            disagreement = _claims_disagree(store, key, name, claims, str(meta["sha256"]))
             if disagreement:
                 problems.append(disagreement)
                 continue
@@ -302,12 +337,12 @@ def fetch_checked(stores: Sequence[WalStore], key: str, name: str, attempts: int
     return None, "", problems
 
 
-def _claims_disagree(store: WalStore, key: str, name: str, sysid: int, sha256: str) -> str | None:
+def _claims_disagree(store: WalStore, key: str, name: str, claims: _Ahead, sha256: str) -> str | None:
     """Why the copy read from a store that may ignore conditional writes cannot be handed to PostgreSQL: two
     contents were claimed under its name, or the one claimed is not what is there now. None when it agrees (or
     the name has no claim: archived before claims existed)."""
     try:
-        claimed = store.claims(wal_claims_prefix(str(sysid), name))
+        claimed: set[str] = claims.result()
     except RepositoryError as e:
         return f"{store.describe()}: cannot read the claims of {name}: {e.message}"
     if len(claimed) > 1:
