@@ -24,6 +24,9 @@ from typing import Literal
 from runbook.errors import RunbookError
 
 CHUNK = 1024 * 1024
+Progress = Callable[[int], None]
+StoreName = Literal["local", "s3"]
+
 # The marker object at the repository's root: written by the first backup, basebackup or wal-push, it proves
 # that this directory (or S3 prefix) is the repository. `wal-fetch` answers "missing" only where it is, so that
 # an unmounted file system or a wrong path stops a recovery (126) instead of ending it early (docs/wal.md).
@@ -40,8 +43,6 @@ def marker_bytes() -> bytes:
     return (json.dumps({"format": MARKER_FORMAT, "version": MARKER_VERSION,
                         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                         "created_by": socket.gethostname()}) + "\n").encode()
-Progress = Callable[[int], None]
-StoreName = Literal["local", "s3"]
 
 
 class RepositoryError(RunbookError):
