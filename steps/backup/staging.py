@@ -29,13 +29,12 @@ class Stale:
 
 
 def live_backup_ids(lock_dir: Path) -> set[str]:
-    """The backup ids recorded in the backup locks a process holds now."""
+    """The backup ids recorded in the backup locks a process holds now. OSError when a lock cannot be read
+    (then nothing may be called stale: its backup could be alive)."""
     ids: set[str] = set()
-    try:
-        locks = sorted(lock_dir.glob("backup-*.lock"))
-    except OSError:
+    if not lock_dir.is_dir():
         return ids
-    for path in locks:
+    for path in sorted(lock_dir.glob("backup-*.lock")):
         if not LockFile.is_held(path):
             continue
         record = LockFile.read_holder(path) or {}
@@ -59,7 +58,8 @@ def _size(path: Path) -> int:
 
 
 def find_stale(staging: Path, lock_dir: Path) -> list[Stale]:
-    """Entries of `staging` that no live backup owns (their backup id is not in a lock held now)."""
+    """Entries of `staging` that no live backup owns (their backup id is not in a lock held now). OSError when
+    the staging directory or a lock cannot be read (another user's)."""
     try:
         names = sorted(p.name for p in staging.iterdir())
     except (FileNotFoundError, NotADirectoryError):

@@ -163,7 +163,12 @@ class Checker:
         if not roots:
             return
         lock_dir = cfg.backup.lock_dir or (cfg.local.path / "locks" if cfg.local is not None else cfg.state_dir() / "locks")
-        stale = [st for root in sorted(roots) for st in find_stale(root, lock_dir)]
+        try:
+            stale = [st for root in sorted(roots) for st in find_stale(root, lock_dir)]
+        except OSError as e:
+            self.add("staging", "info", f"cannot look for stale staging: {e.strerror}: {e.filename}",
+                     "run check as the user that runs the backups to see it")
+            return
         if not stale:
             return
         total = sum(st.size for st in stale)

@@ -86,3 +86,27 @@ def test_a_database_name_is_passed_to_libpq_tools_as_a_name(name: str) -> None:
     opt = dbname_option(name)
     assert opt.startswith("--dbname=")
     assert conninfo_to_dict(opt.removeprefix("--dbname=")) == {"dbname": name}  # libpq's own parser
+
+
+def test_stale_staging_is_what_no_held_backup_lock_names(tmp_path: Path) -> None:
+    from steps.backup.lock import BackupLock
+    from steps.backup.staging import find_stale, remove_stale
+
+    staging, locks = tmp_path / ".staging", tmp_path / "locks"
+    for name in ("app-20260101T000000Z", "app-20250101T000000Z", "base-20250101T000000Z", "notes"):
+        (staging / name / "dump").mkdir(parents=True)
+        (staging / name / "dump" / "toc.dat").write_bytes(b"x" * 100)
+    live = BackupLock.take(locks, "h:5432/app")
+    live.record("20260101T000000Z")
+    done = BackupLock.take(locks, "h:5432/other")
+    done.record("20250101T000000Z")
+    done.release()  # its record stays in the file, but nobody holds it: its id is no longer live
+    try:
+        assert [(s.path.name, s.size) for s in find_stale(staging, locks)] == [
+            ("app-20250101T000000Z", 100), ("base-20250101T000000Z", 100)]
+        assert [s.path.name for s in remove_stale(staging, locks)] == ["app-20250101T000000Z",
+                                                                       "base-20250101T000000Z"]
+        assert sorted(p.name for p in staging.iterdir()) == ["app-20260101T000000Z", "notes"]
+    finally:
+        live.release()
+    assert [s.path.name for s in find_stale(staging, locks)] == ["app-20260101T000000Z"]
