@@ -91,9 +91,12 @@ class Choice:
 
 def describe_distance(snapshot: datetime, at: datetime) -> str:
     d = (at - snapshot).total_seconds()
-    if abs(d) < 1:
+    if d == 0:
         return "taken at the recovery point"
-    return f"{rough_duration(abs(d))} {'before' if d > 0 else 'after'} the recovery point"
+    side = "before" if d > 0 else "after"
+    if abs(d) < 1:
+        return f"less than 1 s {side} the recovery point"
+    return f"{rough_duration(abs(d))} {side} the recovery point"
 
 
 def choose(snapshots: list[Snapshot], *, at: datetime | None = None, backup_id: str | None = None) -> Choice | None:

@@ -10,7 +10,8 @@ and checksums), `sandbox.json` (what was built and when).
 Both scenarios end with re-protection (the `reprotect` action): the recovered cluster archives into its own
 directory of `repo/` through the server venv's `runbook wal-push`. Scenario 2 (`pitr`) adds: WAL archiving on
 the primary (`archive_command` = `runbook wal-push` into `repo/`,
-`archive_timeout` = 30 s), `venv/` (a virtual environment made with /usr/bin/python3 holding this package,
+`archive_timeout` = 30 s), a base backup and the daily backup (whose attachments snapshot the drill restores; the
+disaster wipes `uploads/` as in scenario 1), `venv/` (a virtual environment made with /usr/bin/python3 holding this package,
 because the server's user cannot run root's interpreter: built once, re-installed only when the package's
 sources change), `pgdata-pitr/` (where the operator recovers to), `writes.json` (the stream of timestamped
 writes around the disaster) and `at-target.json` (the tables just before the disaster).
@@ -217,8 +218,7 @@ class Sandbox:
         remove_tree(srv.datadir)
         srv.initdb("--data-checksums")
         srv.start("fsync=off")
-        for child in self.uploads.iterdir():
-            remove_tree(child) if child.is_dir() else child.unlink()
+        self._wipe_uploads()
         remove_tree(self.restore_dir)
         self.restore_dir.mkdir()
         give_to_server(self.restore_dir)
@@ -229,6 +229,11 @@ class Sandbox:
         info["disaster_at"] = lost_at.isoformat()
         self.info_file.write_text(json.dumps(info, indent=2))
         return lost_at
+
+    def _wipe_uploads(self) -> None:
+        """The disaster takes the attachments too: the directory stays, empty, for the restore."""
+        for child in self.uploads.iterdir():
+            remove_tree(child) if child.is_dir() else child.unlink()
 
     def down(self) -> None:
         self._stop_recovered()
@@ -299,7 +304,8 @@ class Sandbox:
         say(proc.stdout.strip())
 
     def pitr_disaster(self, seconds: float = 4.0, interval: float = 0.1, say: Any = print) -> dict[str, Any]:
-        """A steady stream of timestamped writes into audit_log; half-way, a wrong `DROP TABLE`.
+        """A steady stream of timestamped writes into audit_log; half-way, a wrong `DROP TABLE`, and the
+        attachments are wiped (the server's disk is lost with them).
 
         Records the moment just before the disaster (the recovery target, server time), which writes were
         acknowledged before it and which started after it, forces a WAL switch so that everything up to the
@@ -340,6 +346,7 @@ class Sandbox:
             time.sleep(0.2)
             c.execute("DROP TABLE maintenance_records")
             disaster_at = c.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+        self._wipe_uploads()
         time.sleep(seconds / 2)
         stop.set()
         t.join(timeout=10)
@@ -358,7 +365,8 @@ class Sandbox:
         info.update({"disaster_at": disaster_at.isoformat(), "target_time": target.isoformat(), "scenario": "pitr"})
         self.info_file.write_text(json.dumps(info, indent=2))
         say(f"{len(acked)} timestamped writes into audit_log every {interval * 1000:.0f} ms; DISASTER at "
-            f"{disaster_at:%H:%M:%S.%f} UTC: DROP TABLE maintenance_records; the moment just before it: "
+            f"{disaster_at:%H:%M:%S.%f} UTC: DROP TABLE maintenance_records, attachments wiped; the moment just "
+            "before it: "
             f"{target.isoformat()}")
         return record
 

@@ -67,6 +67,8 @@ def test_the_database_s_backup_run_wins_over_time() -> None:
     c = choose(SNAPS, at=at, backup_id="run-0300")
     assert c is not None and c.entry.backup_id == "run-0300" and c.how == "backup run" and c.warning is None
     assert describe_distance(c.entry.time, at) == "3 s after the recovery point"
+    assert describe_distance(at + timedelta(milliseconds=500), at) == "less than 1 s after the recovery point"
+    assert describe_distance(at - timedelta(hours=3), at) == "3.0 h before the recovery point"
 
 
 def test_a_backup_run_without_attachments_falls_back_to_time_with_a_warning() -> None:
