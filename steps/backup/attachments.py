@@ -14,7 +14,7 @@ and only then are renamed into place, through directory descriptors that never f
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -237,8 +237,12 @@ def _merge(sfd: int, dfd: int, dest: Path, rel: str) -> None:
         st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
         path = rel + name
         if stat.S_ISDIR(st.st_mode):
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(name, stat.S_IMODE(st.st_mode), dir_fd=dfd)
+            try:  # absent (or empty) there: the whole directory moves, with its owner and mode
+                os.rename(name, name, src_dir_fd=sfd, dst_dir_fd=dfd)
+                continue
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                    raise
             try:
                 child = os.open(name, _DIR_FLAGS, dir_fd=dfd)
             except OSError as e:

@@ -155,3 +155,17 @@ def test_the_files_are_staged_in_a_private_directory_and_renamed_into_place(tmp_
     assert work_name.startswith(".uploads.restore-") and work_mode == 0o700
     assert (dest / "sub" / "b.txt").read_text() == "b" and not dest.is_symlink()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another user needs root")
+def test_an_existing_empty_destination_keeps_its_owner_and_mode_and_its_owner_gets_the_files(tmp_path: Path) -> None:
+    tar, files = _archive(tmp_path)
+    dest = tmp_path / "uploads"
+    dest.mkdir(mode=0o750)
+    os.chown(dest, 65534, 65534)  # the application's user, not root
+    assert extract(tar, files, dest) == 2
+    st = dest.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (65534, 0o750)
+    for p in (dest / "a.txt", dest / "sub", dest / "sub" / "b.txt"):
+        assert p.stat().st_uid == 65534 and p.stat().st_gid == 65534, p
+    assert (dest / "sub" / "b.txt").read_text() == "b"
