@@ -71,7 +71,8 @@ ACTIONS: dict[str, ActionSpec] = {
                     "with `at` (the recovery point), the newest taken at or before it, and when all are newer the "
                     "nearest after it, with a warning; else the newest. Staged in a fresh private directory (0700) "
                     "beside `dest` and renamed into place; a symbolic link at `dest` is refused, one inside it is "
-                    "never written through.",
+                    "never written through. An existing `dest` keeps its owner and mode, and when run as root its "
+                    "owner gets the restored files.",
             outputs={
                 "dest": "the directory restored into",
                 "attachments_id": "id of the attachments snapshot (the backup run)",
