@@ -104,6 +104,11 @@ class Sandbox:
     def venv(self) -> Path:
         return self.base / "venv"
 
+    @property
+    def source_cluster(self) -> str:
+        """The system identifier of the cluster the sandbox built and backed up (the drill's source)."""
+        return str(self.info().get("cluster", ""))
+
     def info(self) -> dict[str, Any]:
         try:
             return dict(json.loads(self.info_file.read_text()))
@@ -162,7 +167,8 @@ class Sandbox:
         self.env_file.write_text(  # the plan's secrets file; trust auth here, but the password is masked all the same
             f"DB_HOST={srv.socket_dir}\nDB_PORT={srv.port}\nDB_USER=postgres\nDB_PASSWORD=sandbox-pw-{os.getpid()}\n")
         os.chmod(self.env_file, 0o600)
-        self.info_file.write_text(json.dumps({"built_at": _now(), "scale": scale, "files": files, "db": DB}, indent=2))
+        self.info_file.write_text(json.dumps({"built_at": _now(), "scale": scale, "files": files, "db": DB,
+                                              "cluster": self.system_identifier()}, indent=2))
 
     def _config_text(self) -> str:
         return (
