@@ -15,9 +15,9 @@ import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from runbook.errors import RunbookError
 from steps.events import Events
@@ -35,6 +35,42 @@ class Args(BaseModel):
     dest: str = Field(min_length=1, description="Directory to fetch into (created; a sub-directory per backup)")
     source: Literal["local", "s3", "any"] = Field("any", alias="from", description="Which repository to read")
     backup_id: str | None = Field(None, description="This backup instead of the newest usable one")
+    cluster: str | None = Field(None, description="System identifier of the cluster the recovery expects "
+                                "(`runbook backups` lists them): a backup of another cluster is never picked; "
+                                "empty: the newest of any cluster, with a warning when several hold the database")
+
+    @field_validator("cluster", "backup_id", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+
+def _of_cluster(entries: list[Any], args: Args, events: Events) -> list[Any] | None:
+    """The backups of `db` a recovery may choose from: those of the expected cluster when one is named.
+
+    A repository holds a database under several clusters after a logical restore (the new server has a new
+    system identifier) or when two servers share a repository; a sandbox rebuilt during a drill is a new
+    cluster too. Restoring another cluster's backup than the one the recovery expected would make every
+    verdict after it false, so it is refused, and the clusters there are named."""
+    mine = [e for e in entries if e.db == args.db]
+    clusters = sorted({e.cluster for e in mine})
+    if args.cluster is None:
+        if len(clusters) > 1:
+            msg = (f"backups of {args.db} come from {len(clusters)} clusters ({', '.join(clusters)}): the newest "
+                   "is picked, whichever cluster it is of; set `cluster` (param source_cluster) to the one meant")
+            events.check("cluster of the backup", "warning", msg)
+            print(msg)
+        return entries
+    if args.cluster not in clusters:
+        others = f"it holds backups of {args.db} from {', '.join(clusters)} only" if clusters else \
+            f"it holds no backup of {args.db} at all"
+        msg = (f"no backup of {args.db} from cluster {args.cluster}, the one this recovery expects: {others}. "
+               "The server or sandbox was rebuilt (a new system identifier), or the expected cluster is wrong")
+        events.check("cluster of the backup", "failed", msg)
+        print(msg + "; nothing was fetched")
+        return None
+    events.check("cluster of the backup", "ok", f"{args.cluster}, as expected")
+    return [e for e in entries if e.cluster == args.cluster]
 
 
 def _age(seconds: float) -> str:
@@ -80,13 +116,16 @@ def main(args: Args, events: Events) -> int:
     for name, err in cat.errors.items():
         events.check(f"{name} repository", "warning", err)
         print(f"the {name} repository could not be read: {err}")
+    entries = _of_cluster(cat.entries, args, events)
+    if entries is None:
+        return 1
     if args.backup_id:
-        entry = next((e for e in cat.entries if e.backup_id == args.backup_id), None)
+        entry = next((e for e in entries if e.backup_id == args.backup_id), None)
         if entry is not None and not usable_copies(entry, source=args.source):
             print(f"backup {args.backup_id} of {args.db} is only at level {entry.level.name}; a recovery needs readable")
             entry = None
     else:
-        entry = pick(cat.entries, args.db, source=args.source)
+        entry = pick(entries, args.db, source=args.source)
     if entry is None:
         what = f"backup {args.backup_id}" if args.backup_id else "backup"
         hint = f"{what} of {args.db} at readable or better in {', '.join(s.describe() for s in stores)}"

@@ -217,6 +217,11 @@ class VerificationRecord(_Record):
                                       "checks_s (restore_s: how long the restore itself took)")
     restored_size_bytes: int | None = Field(None, description="Size of what the restore produced (the database, "
                                             "or the whole cluster for a base backup): scales the projected RTO")
+    wal_replayed_bytes: int | None = Field(None, description="Base backups: WAL bytes the test restore replayed "
+                                           "(redo start to redo done, from the server's log)")
+    wal_replay_s: float | None = Field(None, description="Base backups: how long that replay took (the server's "
+                                       "own redo timing): with the bytes, the replay rate the projected RTO of a "
+                                       "PITR uses for the WAL archived since the base backup")
 
     @property
     def level_value(self) -> Level:

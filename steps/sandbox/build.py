@@ -59,12 +59,6 @@ def default_dir() -> Path:
     return state_home() / "sandbox"
 
 
-TABLE_SQL = """
-select n.nspname || '.' || c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
-where c.relkind in ('r', 'p') and n.nspname not in ('pg_catalog', 'information_schema') order by 1
-"""
-
-
 @dataclass
 class Sandbox:
     base: Path
@@ -104,6 +98,11 @@ class Sandbox:
     @property
     def venv(self) -> Path:
         return self.base / "venv"
+
+    @property
+    def source_cluster(self) -> str:
+        """The system identifier of the cluster the sandbox built and backed up (the drill's source)."""
+        return str(self.info().get("cluster", ""))
 
     def info(self) -> dict[str, Any]:
         try:
@@ -163,7 +162,8 @@ class Sandbox:
         self.env_file.write_text(  # the plan's secrets file; trust auth here, but the password is masked all the same
             f"DB_HOST={srv.socket_dir}\nDB_PORT={srv.port}\nDB_USER=postgres\nDB_PASSWORD=sandbox-pw-{os.getpid()}\n")
         os.chmod(self.env_file, 0o600)
-        self.info_file.write_text(json.dumps({"built_at": _now(), "scale": scale, "files": files, "db": DB}, indent=2))
+        self.info_file.write_text(json.dumps({"built_at": _now(), "scale": scale, "files": files, "db": DB,
+                                              "cluster": self.system_identifier()}, indent=2))
 
     def _config_text(self) -> str:
         return (
@@ -394,14 +394,23 @@ class Sandbox:
         return str(int.from_bytes(data[:8], "little"))
 
     def table_facts(self, db: str = DB) -> dict[str, dict[str, Any]]:
-        """Per table: exact row count and an md5 of its content in a stable order."""
+        """Per table: its rows as the backup counts them (steps.pg.rows: a table's own rows, FROM ONLY; what a
+        backup cannot hold is left out) and an md5 of those rows in a stable order."""
+        import psycopg
+        from psycopg import sql
+
+        from steps.pg.rows import count_rows
+
+        srv = self.server
         out: dict[str, dict[str, Any]] = {}
-        for name in self.server.psql(TABLE_SQL, db=db).splitlines():
-            schema, table = name.split(".", 1)
-            q = (f'select count(*), coalesce(md5(string_agg(t::text, \'|\' order by t::text)), \'\') '
-                 f'from "{schema}"."{table}" t')
-            count, digest = self.server.psql(q, db=db).split("|")
-            out[name] = {"rows": int(count), "md5": digest}
+        with psycopg.connect(host=str(srv.socket_dir), port=srv.port, user="postgres", dbname=db,
+                             autocommit=True) as pg:
+            counted = count_rows(pg)
+            for name, rows in sorted(counted.counts.items()):
+                schema, table = name.split(".", 1)
+                digest = pg.execute(sql.SQL("select coalesce(md5(string_agg(t::text, '|' order by t::text)), '') "
+                                            "from only {} t").format(sql.Identifier(schema, table))).fetchone()
+                out[name] = {"rows": rows, "md5": digest[0] if digest else ""}
         return out
 
     def _snapshot(self, name: str) -> None:
