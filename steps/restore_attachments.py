@@ -170,8 +170,9 @@ def main(args: Args, events: Events) -> int:
     for copy in usable_copies(entry, Level.checksummed, args.source):
         try:
             work = private_workdir(dest, "attachments")
-        except OSError as e:
-            print(f"cannot make a working directory beside {dest}: {e}")
+        except (OSError, RunbookError) as e:
+            events.check("destination", "failed", f"no private working directory beside {dest}: {e}")
+            print(f"cannot make a private working directory beside {dest}: {e}")
             return 1
         try:
             data = copy.store.get_bytes(copy.prefix + layout.MANIFEST)

@@ -138,9 +138,11 @@ def check_destination(dest: Path, *, overwrite: bool = False) -> os.stat_result 
 
 def private_workdir(dest: Path, what: str) -> Path:
     """A fresh directory beside `dest` (mode 0700, an unpredictable name): nothing planted can be in it, and
-    what is staged in it is renamed into place on the same filesystem."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.{what}-", dir=dest.parent))
+    what is staged in it is renamed into place on the same filesystem. The parent must be a real directory owned
+    by root or by us (steps.fs.private_dir)."""
+    from steps.fs import private_dir
+
+    return private_dir(dest.parent, f".{dest.name}.{what}-")
 
 
 def extract(tar_path: Path, files: list[FileEntry], dest: Path, *, overwrite: bool = False,

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from runbook.errors import RunbookError
 from steps.backup.attachments import AttachmentsError, capture, extract
 from steps.restore_attachments import Args, choose, describe_distance
 
@@ -169,3 +170,14 @@ def test_an_existing_empty_destination_keeps_its_owner_and_mode_and_its_owner_ge
     for p in (dest / "a.txt", dest / "sub", dest / "sub" / "b.txt"):
         assert p.stat().st_uid == 65534 and p.stat().st_gid == 65534, p
     assert (dest / "sub" / "b.txt").read_text() == "b"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a parent owned by another user needs root to make")
+def test_a_destination_whose_parent_another_user_owns_is_refused(tmp_path: Path) -> None:
+    tar, files = _archive(tmp_path)
+    parent = tmp_path / "theirs"
+    parent.mkdir()
+    os.chown(parent, 65534, 65534)  # they could swap what the restore stages there
+    with pytest.raises(RunbookError, match="not to root or to us"):
+        extract(tar, files, parent / "uploads")
+    assert list(parent.iterdir()) == []
