@@ -70,7 +70,7 @@ ACTIONS: dict[str, ActionSpec] = {
             details="Which snapshot: the one of `backup_id`'s run when it has one (scenario 1: the database's); else, "
                     "with `at` (the recovery point), the newest taken at or before it, and when all are newer the "
                     "nearest after it, with a warning; else the newest. Staged in a fresh private directory (0700) "
-                    "beside `dest` and renamed into place; a symbolic link at `dest` is refused, one inside it is "
+                    "beside `dest` (its parent: a real directory owned by root or by the user running it) and renamed into place; a symbolic link at `dest` is refused, one inside it is "
                     "never written through. An existing `dest` keeps its owner and mode, and when run as root its "
                     "owner gets the restored files.",
             outputs={
