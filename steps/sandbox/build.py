@@ -124,6 +124,7 @@ class Sandbox:
             say("initialising a PostgreSQL 15 cluster")
             remove_tree(srv.datadir)
             srv.initdb("--data-checksums")
+            self._reclaim_base()
         srv.stop()  # the settings below need a restart (archive_mode)
         remove_tree(self.repo)
         self.repo.mkdir()
@@ -217,6 +218,7 @@ class Sandbox:
         srv.stop("immediate")
         remove_tree(srv.datadir)
         srv.initdb("--data-checksums")
+        self._reclaim_base()
         srv.start("fsync=off")
         self._wipe_uploads()
         remove_tree(self.restore_dir)
@@ -229,6 +231,15 @@ class Sandbox:
         info["disaster_at"] = lost_at.isoformat()
         self.info_file.write_text(json.dumps(info, indent=2))
         return lost_at
+
+    def _reclaim_base(self) -> None:
+        """initdb gives the data directory's parent (this directory) to the server's user; take the directory
+        itself back (its subdirectories stay the server's), as a real host's /srv/assetflow is root's: the
+        recovery's private working directories beside uploads/ and restore/ need a parent that only root or
+        we can change (steps.fs.private_dir)."""
+        st = self.base.stat()
+        if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+            os.chown(self.base, os.geteuid(), os.getegid())
 
     def _wipe_uploads(self) -> None:
         """The disaster takes the attachments too: the directory stays, empty, for the restore."""
