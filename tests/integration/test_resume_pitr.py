@@ -35,6 +35,7 @@ def pitr_sandbox(server_runbook: str, monkeypatch: pytest.MonkeyPatch) -> Iterat
     try:
         sb.build(1, 5, say=quiet, archive=True)
         sb.basebackup(say=quiet)
+        sb.backup(say=quiet)  # as `demo --scenario pitr`: the attachments snapshot the drill restores
         story = sb.pitr_disaster(say=quiet)
         write_profile(sb, runbook, "pitr", pitr=story)
         yield sb, runbook, story
