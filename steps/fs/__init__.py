@@ -148,3 +148,15 @@ def rename_in(dir_fd: int, src: str, dst: str) -> None:
         if "/" in check_relative(n):
             raise UnsafePath(f"{n!r}: rename_in takes names within one directory")
     os.rename(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def open_subdir(dir_fd: int, name: str, *, create: bool = False, what: str = "object path") -> int:
+    """A new descriptor on the directory `name` (checked relative) beneath `dir_fd`, each component a real
+    directory reached without following a link (made 0700 when `create`)."""
+    check_relative(name, what)
+    return _walk_dirs(dir_fd, name.split("/"), create=create)
+
+
+def private_enough(st: os.stat_result) -> bool:
+    """True when what `st` describes belongs to root or to us and nobody else may write it."""
+    return _owner_ok(st) and not st.st_mode & 0o022

@@ -98,3 +98,44 @@ def test_check_parent_refuses_links_foreign_owners_and_world_writable(tmp_path: 
         os.chown(real, 65534, 65534)
         with pytest.raises(UnsafePath, match="uid 65534"):
             check_parent(real)
+
+
+def test_open_subdir_walks_without_links_and_creates_when_told(tmp_path: Path) -> None:
+    from steps.fs import open_subdir
+
+    root = tmp_path / "root"
+    root.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, root / "link")
+    with open_dir(root) as fd:
+        with pytest.raises(UnsafePath):
+            open_subdir(fd, "missing")
+        sub = open_subdir(fd, "a/b", create=True)
+        try:
+            assert os.stat(sub).st_ino == (root / "a" / "b").stat().st_ino
+            assert (root / "a" / "b").stat().st_mode & 0o777 == 0o700
+        finally:
+            os.close(sub)
+        for bad in ("link", "link/x", "../root", "/tmp"):
+            with pytest.raises(UnsafePath):
+                open_subdir(fd, bad, create=True)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_private_enough(tmp_path: Path) -> None:
+    from steps.fs import private_enough
+
+    p = tmp_path / "f"
+    p.write_text("x")
+    os.chmod(p, 0o600)
+    assert private_enough(os.stat(p))
+    os.chmod(p, 0o640)
+    assert private_enough(os.stat(p))
+    for mode in (0o620, 0o602):
+        os.chmod(p, mode)
+        assert not private_enough(os.stat(p))
+    if os.geteuid() == 0:  # another user's file, however private its mode
+        os.chmod(p, 0o600)
+        os.chown(p, 4242, 4242)
+        assert not private_enough(os.stat(p))
