@@ -31,6 +31,7 @@ from steps.repository.manifest import (
     to_json,
 )
 from tests.support.backup_helpers import run_action
+from tests.support.pgcluster import Cluster
 from tests.support.s3server import S3Endpoint, s3_bucket, s3_server  # noqa: F401
 
 SYSID = "7300000000000000001"
@@ -91,7 +92,10 @@ def publish(repo: Repo, bid: str, m: dict[str, Any], objects: dict[str, bytes]) 
     return prefix
 
 
-GENUINE = {"dump/toc.dat": b"toc bytes " * 100, "globals.sql": b"-- roles\n"}
+GLOBALS = b"-- roles: none\n" + b"-" * 40 + b"\n"
+EVIL = b"CREATE ROLE evil SUPERUSER;\n"
+EVIL += b"-" * (len(GLOBALS) - len(EVIL) - 1) + b"\n"  # same size: only the ctime tells
+GENUINE = {"dump/toc.dat": b"toc bytes " * 100, "globals.sql": GLOBALS}
 
 
 def genuine(repo: Repo, bid: str = "20261201T020000Z") -> None:
@@ -231,3 +235,67 @@ def test_an_existing_fetch_is_reused_only_when_private_and_intact(s3_repo: tuple
     (got / "globals.sql").write_bytes(b"CREATE ROLE evil SUPERUSER;\n")
     refused = fetch(cfg, dest)
     assert refused.code == 1 and "globals.sql does not match" in refused.stdout
+
+
+def restore(backup_dir: Path | str, cluster: Cluster, db: str = "never") -> Any:
+    return run_action("restore-logical", {"backup_dir": str(backup_dir), "db": db},
+                      env={"PGHOST": str(cluster.socket_dir), "PGPORT": str(cluster.port), "PGUSER": "postgres"})
+
+
+def roles(cluster: Cluster) -> str:
+    return cluster.psql("select count(*) from pg_roles where rolname = 'evil'")
+
+
+def test_an_in_place_edit_with_its_mtime_restored_is_hashed_again_and_refused(
+    s3_repo: tuple[Repo, Path], tmp_path: Path, pg_cluster: Cluster
+) -> None:
+    repo, cfg = s3_repo
+    genuine(repo)
+    res = fetch(cfg, tmp_path / "restore")
+    assert res.code == 0, res.stdout
+    got = Path(res.outputs["backup_dir"])
+    victim = got / "globals.sql"
+    st = victim.stat()
+    with open(victim, "r+b") as f:  # in place: same inode, same size
+        f.write(EVIL)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = victim.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+    restored = restore(got, pg_cluster)
+    assert restored.code == 1, restored.stdout
+    assert "not hashed again" not in restored.stdout
+    assert "globals.sql" in restored.stdout and "does not match its sha256" in restored.stdout
+    assert roles(pg_cluster) == "0"
+
+
+def test_a_stamp_is_trusted_only_from_a_directory_nobody_else_may_write(
+    s3_repo: tuple[Repo, Path], tmp_path: Path, pg_cluster: Cluster
+) -> None:
+    """A planted stamp (or a directory another user could have prepared) buys no shortcut: hashed again."""
+    repo, cfg = s3_repo
+    genuine(repo)
+    res = fetch(cfg, tmp_path / "restore")
+    assert res.code == 0, res.stdout
+    got = Path(res.outputs["backup_dir"])
+    # Control: untouched, the stamp is trusted (the restore then fails on the forged dump, after the globals).
+    first = restore(got, pg_cluster, db="first")
+    assert "not hashed again" in first.stdout, first.stdout
+    # The same directory, writable by others: its stamp proves nothing any more; the files are hashed.
+    os.chmod(got, 0o777)
+    second = restore(got, pg_cluster, db="second")
+    hashed = [c["hint"] for c in second.checks("ok") if c["name"] == "backup files"]
+    assert "not hashed again" not in second.stdout and hashed and "match their sha256" in hashed[0], second.stdout
+    assert "may be written by another user" in second.stdout
+    os.chmod(got, 0o700)
+    # A copy made by hand, stamp included, with the SQL swapped and the stamp re-computed: the stamp is the
+    # tool's own only while it is private; a group-writable stamp is not trusted, and the edit is caught.
+    stamp = got / ".verified.json"
+    record = json.loads(stamp.read_text())
+    (got / "globals.sql").write_bytes(EVIL)
+    vst = (got / "globals.sql").stat()
+    record["files"]["globals.sql"] = [vst.st_size, vst.st_mtime_ns, vst.st_ino, vst.st_ctime_ns, vst.st_dev]
+    stamp.write_text(json.dumps(record))
+    os.chmod(stamp, 0o666)
+    third = restore(got, pg_cluster, db="third")
+    assert third.code == 1 and "does not match its sha256" in third.stdout, third.stdout
+    assert roles(pg_cluster) == "0"
