@@ -157,8 +157,7 @@ class Sandbox:
         size = srv.psql(f"select pg_size_pretty(pg_database_size('{DB}'))")
         say(f"AssetFlow loaded: {size}, {len(written)} attachment files ({time.monotonic() - t0:.1f}s)")
         remove_tree(self.restore_dir)
-        self.restore_dir.mkdir()
-        give_to_server(self.restore_dir)
+        self.restore_dir.mkdir()  # ours, not the server's: fetch-latest-backup refuses a parent another user owns
         self.config.write_text(self._config_text())
         self.env_file.write_text(  # the plan's secrets file; trust auth here, but the password is masked all the same
             f"DB_HOST={srv.socket_dir}\nDB_PORT={srv.port}\nDB_USER=postgres\nDB_PASSWORD=sandbox-pw-{os.getpid()}\n")
@@ -223,7 +222,6 @@ class Sandbox:
         self._wipe_uploads()
         remove_tree(self.restore_dir)
         self.restore_dir.mkdir()
-        give_to_server(self.restore_dir)
         say(f"DISASTER at {lost_at:%H:%M:%S} UTC: the server is lost with database {DB}, attachments wiped; a "
             f"fresh replacement server (a new cluster, system identifier {self.system_identifier()}) waits on "
             f"{srv.socket_dir}")
