@@ -133,6 +133,8 @@ def _reuse_existing(dest_fd: int, name: str, manifest_sha256s: set[str]) -> tupl
                 return f"{o.path} does not match its sha256"
         write_stamp(fd, digest, [o.path for o in manifest.objects], "fetch-latest-backup")
         return digest, manifest
+    except UnsafePath as e:
+        return str(e)
     finally:
         os.close(fd)
 

@@ -235,6 +235,11 @@ def test_an_existing_fetch_is_reused_only_when_private_and_intact(s3_repo: tuple
     (got / "globals.sql").write_bytes(b"CREATE ROLE evil SUPERUSER;\n")
     refused = fetch(cfg, dest)
     assert refused.code == 1 and "globals.sql does not match" in refused.stdout
+    (got / "globals.sql").unlink()
+    os.symlink(tmp_path / "elsewhere.sql", got / "globals.sql")
+    refused = fetch(cfg, dest)
+    assert refused.code == 1 and "globals.sql" in refused.stdout and "cannot be used" in refused.stdout
+    assert "Traceback" not in refused.stderr
 
 
 def restore(backup_dir: Path | str, cluster: Cluster, db: str = "never") -> Any:
