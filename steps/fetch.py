@@ -139,6 +139,18 @@ def _reuse_existing(dest_fd: int, name: str, manifest_sha256s: set[str]) -> tupl
         os.close(fd)
 
 
+def _remove_leftovers(dest: Path, dest_fd: int, prefix: str) -> None:
+    """Work directories of this backup that an interrupted fetch left (killed before it could clean up): only
+    real directories of ours, removed without following any link inside them."""
+    for name in os.listdir(dest_fd):
+        if not name.startswith(prefix):
+            continue
+        st = os.stat(name, dir_fd=dest_fd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+            shutil.rmtree(name, dir_fd=dest_fd, ignore_errors=True)
+            print(f"removed {dest / name}, left by an interrupted fetch", flush=True)
+
+
 def _report_unusable(cat: Any, db: str, events: Events) -> None:
     """Backups of `db` whose manifest does not parse (a path that is not data, a forged field): named, skipped."""
     for inc in cat.incomplete:
@@ -243,6 +255,7 @@ def _fetch_into(args: Args, events: Events, entry: Any, dest: Path, dest_fd: int
         events.check("destination", "failed", f"{final} exists and cannot be used: {reused}")
         return 1
 
+    _remove_leftovers(dest, dest_fd, f".partial-{args.db}-{entry.backup_id}-")
     for copy in copies:
         store = copy.store
         work = private_dir(dest, f".partial-{args.db}-{entry.backup_id}-")

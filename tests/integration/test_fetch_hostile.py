@@ -219,6 +219,26 @@ def test_the_fetch_directory_is_private_and_its_parent_must_be_ours(s3_repo: tup
         assert os.listdir(theirs) == []
 
 
+def test_an_interrupted_fetch_is_cleaned_up_without_following_links(s3_repo: tuple[Repo, Path], tmp_path: Path) -> None:
+    repo, cfg = s3_repo
+    genuine(repo)
+    dest = tmp_path / "restore"
+    dest.mkdir()
+    left = dest / f".partial-{DB}-20261201T020000Z-killed"
+    (left / "dump").mkdir(parents=True, mode=0o700)
+    (left / "dump" / "toc.dat").write_bytes(b"half")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("keep")
+    os.symlink(elsewhere, left / "link")
+    os.symlink(elsewhere, dest / f".partial-{DB}-20261201T020000Z-link")
+    res = fetch(cfg, dest)
+    assert res.code == 0, res.stdout
+    assert not left.exists() and "left by an interrupted fetch" in res.stdout
+    assert (elsewhere / "keep").read_text() == "keep"
+    assert sorted(os.listdir(dest)) == [f".partial-{DB}-20261201T020000Z-link", f"{DB}-20261201T020000Z"]
+
+
 def test_an_existing_fetch_is_reused_only_when_private_and_intact(s3_repo: tuple[Repo, Path], tmp_path: Path) -> None:
     repo, cfg = s3_repo
     genuine(repo)
