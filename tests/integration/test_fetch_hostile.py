@@ -324,3 +324,24 @@ def test_a_stamp_is_trusted_only_from_a_directory_nobody_else_may_write(
     third = restore(got, pg_cluster, db="third")
     assert third.code == 1 and "does not match its sha256" in third.stdout, third.stdout
     assert roles(pg_cluster) == "0"
+
+
+def test_restore_logical_refuses_a_linked_directory_and_a_manifest_naming_places(
+    s3_repo: tuple[Repo, Path], tmp_path: Path
+) -> None:
+    """Both refused before any server is contacted (PGHOST points nowhere)."""
+    repo, cfg = s3_repo
+    genuine(repo)
+    res = fetch(cfg, tmp_path / "restore")
+    assert res.code == 0, res.stdout
+    got = Path(res.outputs["backup_dir"])
+    env = {"PGHOST": str(tmp_path / "no-server"), "PGPORT": "1"}
+    os.symlink(got, tmp_path / "latest")
+    linked = run_action("restore-logical", {"backup_dir": str(tmp_path / "latest"), "db": "x"}, env=env)
+    assert linked.code == 2 and "links are not followed" in linked.stdout and "Traceback" not in linked.stderr
+    m = json.loads((got / "manifest.json").read_text())
+    m["user_mappings"] = "/etc/shadow"
+    (got / "manifest.json").write_text(json.dumps(m))
+    forged_dir = run_action("restore-logical", {"backup_dir": str(got), "db": "x"}, env=env)
+    assert forged_dir.code == 2 and "unusable manifest" in forged_dir.stdout and "/etc/shadow" in forged_dir.stdout
+    assert "Traceback" not in forged_dir.stderr
