@@ -10,7 +10,9 @@ the actions turn a name read from a repository (a manifest's object path, a tar 
 - `open_beneath` walks a checked relative path from a directory descriptor one component at a time with
   `O_NOFOLLOW`, creating missing directories 0700, and creates the file itself with `O_EXCL`: a symlink planted
   anywhere on the way, or at the name, fails the open instead of being followed;
-- `refuse_symlink` refuses a place the operator named (a data directory, a tablespace target) that is a symlink.
+- `refuse_symlink` refuses a place the operator named (a data directory, a tablespace target) that is a symlink;
+- `open_subdir` gives a descriptor on a directory beneath another the same way (for renames inside it), and
+  `private_enough` says whether a file or directory could have been changed by anyone but root or us.
 """
 
 from __future__ import annotations
