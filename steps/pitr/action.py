@@ -115,6 +115,13 @@ def _pick(args: Args, cfg: Any, events: Events) -> tuple[Any, list[str]]:
     for name, err in cat.errors.items():
         events.check(f"{name} repository", "warning", err)
     entry = choose_backup(cat.base, args)
+    clusters = sorted({e.cluster for e in cat.base})
+    if args.cluster:
+        events.check("cluster of the backup", "ok", f"{args.cluster}, as expected")
+    elif len(clusters) > 1:
+        events.check("cluster of the backup", "warning",
+                     f"base backups come from {len(clusters)} clusters ({', '.join(clusters)}): {entry.cluster} "
+                     "was chosen by time; set `cluster` (param source_cluster) to the one meant")
     m: BaseManifest = entry.manifest
     ts_oids = backup_tablespace_oids(m)
     events.check("base backup chosen", "ok", f"{entry.backup_id} of cluster {entry.cluster}, ended "
@@ -195,6 +202,7 @@ def _report(args: Args, entry: Any, pgdata: Path, socket_dir: str, plan: list[Ta
     events.output("data_directory", str(pgdata))
     events.output("lsn", r.lsn)
     events.output("backup_id", entry.backup_id)
+    events.output("cluster", entry.cluster)
     events.output("log_file", str(r.log))
     if plan or r.placed:
         events.output("tablespaces", r.placed)

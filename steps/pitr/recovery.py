@@ -299,3 +299,21 @@ def _iso(text: str) -> str:
         except ValueError:
             return t
     return dt.isoformat()
+
+
+REDO_START_RE = re.compile(r"redo starts at ([0-9A-F]+/[0-9A-F]+)")
+REDO_DONE_RE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+).*?elapsed: ([0-9.]+) s")
+
+
+def redo_facts(log_text: str) -> tuple[int, float] | None:
+    """(WAL bytes redone, seconds) from a server log's "redo starts at" / "redo done at ... elapsed: S s" lines
+    (PostgreSQL 15 logs both), the last recovery in the log; None when it did not say."""
+    from steps.pg.walnames import parse_lsn
+
+    starts = REDO_START_RE.findall(log_text)
+    dones = REDO_DONE_RE.findall(log_text)
+    if not starts or not dones:
+        return None
+    start, (end, elapsed) = parse_lsn(starts[-1]), dones[-1]
+    done = parse_lsn(end)
+    return (max(done - start, 0), float(elapsed)) if done >= start else None

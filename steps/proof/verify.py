@@ -260,6 +260,7 @@ class VerifyRun(LogicalVerification, BaseVerification):
             tool=Tool(version=__version__), host=socket.gethostname(), kind=entry.kind,
             duration_s=round(sum(v for k, v in self.out.timings.items() if k != "total_s"), 2),
             timings=dict(self.out.timings), restored_size_bytes=self.out.restored_size_bytes,
+            wal_replayed_bytes=self.out.wal_replayed_bytes, wal_replay_s=self.out.wal_replay_s,
         )
         key = layout.verification_key(copy.prefix, now)
         try:

@@ -178,7 +178,7 @@ class BaseVerification(Verification):
     def _replay(self, server: Any, m: Any) -> None:
         from steps.pg.server import as_server
         from steps.pg.tools import PG_BIN
-        from steps.pitr.recovery import fatal_lines, log_tail, postmaster_alive
+        from steps.pitr.recovery import fatal_lines, log_tail, postmaster_alive, redo_facts
 
         log = server.socket_dir / "recovery.log"
         log.touch()
@@ -209,5 +209,10 @@ class BaseVerification(Verification):
             if time.monotonic() > deadline:
                 raise CannotRun(f"the replay did not end within {self.timeout_s:.0f} s")
             time.sleep(0.2)
+        replayed = redo_facts(log.read_text(errors="replace"))
+        if replayed is not None:
+            self.out.wal_replayed_bytes, self.out.wal_replay_s = replayed
         self.out.checks.append(CheckResult("replay to consistency", "ok",
-                                           f"WAL {m.start_wal} .. {m.stop_wal} replayed, promoted"))
+                                           f"WAL {m.start_wal} .. {m.stop_wal} replayed, promoted" +
+                                           (f" ({replayed[0] / 1e6:.1f} MB of WAL redone in {replayed[1]:.2f} s)"
+                                            if replayed else "")))

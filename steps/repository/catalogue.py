@@ -27,6 +27,7 @@ from steps.repository.manifest import (
     Level,
     LogicalManifest,
     VerificationRecord,
+    invalid_reason,
     parse_base,
     parse_files,
     parse_logical,
@@ -155,7 +156,7 @@ def _add_copy(store: Store, cat: Catalogue, merged: dict[tuple[str, str, str, st
     try:
         m = parse(data)
     except (ValueError, ValidationError) as e:
-        cat.incomplete.append(Incomplete(store, prefix, copy.keys, f"unreadable manifest: {e}"))
+        cat.incomplete.append(Incomplete(store, prefix, copy.keys, f"unreadable manifest: {invalid_reason(e)}"))
         return
     key = (kind, cluster, db, backup_id)
     entry = merged.get(key)
