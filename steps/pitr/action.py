@@ -28,8 +28,8 @@
 
 from __future__ import annotations
 
+import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,14 +132,40 @@ def _refuse_early(args: Args, cfg: Any, pgdata: Path, entry: Any, ts_oids: list[
     else:
         check_empty(pgdata)
     precheck_tablespaces(args, pgdata, ts_oids)
+    _check_fetch_root(args, pgdata, entry.manifest.size_bytes)
     refuse_later_tablespaces(cfg, entry.cluster, entry.backup_id, ts_oids, events)
 
 
+def _fetch_root(args: Args, pgdata: Path) -> Path:
+    return Path(args.fetch_dir) if args.fetch_dir else pgdata.parent
+
+
+def _check_fetch_root(args: Args, pgdata: Path, size_bytes: int) -> None:
+    """The fetch directory's parent is refused before anything is fetched when another user could swap what
+    is fetched into it (steps.fs.check_parent: a symlink, or owned by a user other than root or us, e.g. the
+    server's user owning the data directory's parent)."""
+    from steps.fs import UnsafePath, check_parent
+
+    root = _fetch_root(args, pgdata)
+    if not os.path.lexists(root):
+        return  # made by private_dir, 0750, ours
+    try:
+        check_parent(root, "fetch directory's parent" if args.fetch_dir else
+                     "data directory's parent (where the backup is fetched by default)")
+    except UnsafePath as e:
+        raise PitrError(e.message, hint=f"set `fetch_dir` to a directory owned by root with room for the base "
+                        f"backup ({size_bytes / 1e6:.0f} MB); a fresh private directory is made in it") from None
+
+
 def _make_fetch_dir(args: Args, pgdata: Path, backup_id: str) -> Path:
-    """A new directory for the fetched objects, under `fetch_dir` or beside the data directory."""
-    fetch_root = Path(args.fetch_dir) if args.fetch_dir else pgdata.parent
-    fetch_root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".pitr-fetch-{backup_id}-", dir=fetch_root))
+    """A fresh private directory (0700, ours: steps.fs.private_dir) for the fetched objects, under `fetch_dir`
+    or beside the data directory."""
+    from steps.fs import UnsafePath, private_dir
+
+    try:
+        return private_dir(_fetch_root(args, pgdata), f".pitr-fetch-{backup_id}-")
+    except UnsafePath as e:
+        raise PitrError(e.message, hint="set `fetch_dir` to a directory owned by root") from None
 
 
 def _configure(args: Args, pgdata: Path, plan: list[TablespacePlan], config_path: Path, socket_dir: str) -> None:
@@ -155,8 +181,9 @@ def _configure(args: Args, pgdata: Path, plan: list[TablespacePlan], config_path
     for p in plan:
         give_to_server(p.directory)
     if args.archive_to:
-        Path(args.archive_to).mkdir(parents=True, exist_ok=True)
-        give_to_server(Path(args.archive_to))
+        if not os.path.lexists(args.archive_to):
+            os.makedirs(args.archive_to, mode=0o700)
+        give_to_server(Path(args.archive_to))  # refused when it is a link; links in it are not followed
 
 
 def _recover(args: Args, pgdata: Path, socket_dir: str, entry: Any, copies: list[Any], plan: list[TablespacePlan],

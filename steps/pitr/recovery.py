@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
+import stat
 import subprocess
 import time
 from datetime import datetime
@@ -89,13 +89,22 @@ def server_settings(args: Args, socket_dir: str) -> dict[str, str]:
 
 def empty_pg_wal(pgdata: Path) -> None:
     """A restored data directory's pg_wal holds nothing but an empty archive_status: the WAL comes from the
-    archive, through restore_command."""
-    wal = pgdata / "pg_wal"
-    if wal.exists():
-        for child in wal.iterdir():
-            if child.name != "archive_status":
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-    (wal / "archive_status").mkdir(parents=True, exist_ok=True, mode=0o700)
+    archive, through restore_command. pg_wal is emptied only as a real directory inside the data directory,
+    through descriptors: when it (or the data directory) is a link, nothing is removed (a PitrError)."""
+    from steps.fs import UnsafePath, empty_subdir, exists_beneath, open_real_dir, open_subdir
+
+    try:
+        fd = open_real_dir(pgdata, "data directory")
+        try:
+            if exists_beneath(fd, "pg_wal"):
+                empty_subdir(fd, "pg_wal", keep=("archive_status",), what="pg_wal")
+            os.close(open_subdir(fd, "pg_wal/archive_status", create=True, what="pg_wal"))
+        finally:
+            os.close(fd)
+    except UnsafePath as e:
+        raise PitrError(f"{pgdata}/pg_wal is not a real directory of the data directory ({e.message}): it is "
+                        "never emptied through a link", hint="the restored files are suspect: start again into "
+                        "a new data directory, from another base backup") from None
 
 
 def write_auto_conf(pgdata: Path, recovery: dict[str, str], server: dict[str, str]) -> None:
@@ -139,6 +148,23 @@ def fatal_lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if re.search(r"\b(FATAL|PANIC):", ln)]
 
 
+def own_log(log: Path, pw: Any) -> None:
+    """The server's log file, made (or appended to) without following a link at its name, and given to the
+    server's user on its descriptor: it sits beside the data directory, where that user may write."""
+    try:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise PitrError(f"the server log {log} cannot be opened as a plain file ({e.strerror}): a link there is "
+                        "never followed", hint="remove it, or restore into another directory") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PitrError(f"the server log {log} is not a regular file")
+        if pw is not None:
+            os.fchown(fd, pw.pw_uid, pw.pw_gid)
+    finally:
+        os.close(fd)
+
+
 def start_server(args: Args, pgdata: Path, log: Path) -> None:
     from steps.pg.server import as_server, server_user
     from steps.pg.tools import PG_BIN
@@ -146,10 +172,7 @@ def start_server(args: Args, pgdata: Path, log: Path) -> None:
     if args.debian_cluster:
         cmd = ["pg_ctlcluster", args.pg_version, args.debian_cluster, "start"]
     else:
-        log.touch()
-        pw = server_user()
-        if pw is not None:
-            os.chown(log, pw.pw_uid, pw.pw_gid)
+        own_log(log, server_user())
         # -w returns once the server accepts connections (consistent); the end of recovery is waited below.
         cmd = as_server([os.path.join(PG_BIN, "pg_ctl"), "-D", str(pgdata), "-l", str(log), "-w",
                          "-t", str(int(min(args.timeout_s, 3600))), "start"])

@@ -54,7 +54,7 @@ class BaseVerification(Verification):
         m = entry.manifest
         fetched = scratch / "fetch"
         self._fetch(copy, m, fetched)
-        wal_dir = scratch / "wal"
+        wal_dir = scratch / "cluster" / "wal"  # read by restore_command, as the server's user
         t0 = time.monotonic()
         self._fetch_wal(entry, copy, wal_dir)
         self.out.timings["fetch_s"] = round(self.out.timings.get("fetch_s", 0) + time.monotonic() - t0, 2)
@@ -76,7 +76,7 @@ class BaseVerification(Verification):
                     plan = plan_tablespaces(tsmap, oids, {}, scratch / "cluster" / "tablespaces", pgdata)
                 except PitrError as e:
                     raise BackupBad("tablespaces", e.message) from None
-                make_tablespace_dirs(plan)
+                make_tablespace_dirs(plan, probe=False)  # scratch/cluster is given to the server's user below
             checked = check_tars(tars, smanifest, dest=pgdata, skip=lambda p: p.startswith("pg_wal/"),
                                  tablespace_dest={p.oid: p.directory for p in plan})
         except BaseBackupInvalid as e:
@@ -90,7 +90,7 @@ class BaseVerification(Verification):
         self._prepare_recovery(pgdata, wal_dir, server, m.timeline)
         if plan:
             write_tablespace_map(pgdata, plan)
-        give_to_server(scratch)
+        give_to_server(scratch / "cluster")  # the only part of the scratch directory the server's user gets
         self._replay(server, m)
         if plan:
             self._check_tablespaces(server, plan)
@@ -129,7 +129,7 @@ class BaseVerification(Verification):
         stores = [s for s in open_wal_stores(cfg.local.path if cfg.local else None,
                                              cfg.s3.model_dump(mode="json") if cfg.s3 else None)
                   if s.name == copy.store.name or self.source == "any"]
-        dest.mkdir(mode=0o755)
+        dest.mkdir(mode=0o700)
         names = [m.start_wal]
         while names[-1] != m.stop_wal and len(names) < 1_000_000:
             names.append(next_segment(names[-1], m.wal_segment_size))
@@ -147,8 +147,6 @@ class BaseVerification(Verification):
             data, _ = fetch_blob(stores, wal_key(entry.cluster, hist), hist, 2, sysid)
             if data is not None:
                 (dest / hist).write_bytes(data)
-        for p in dest.iterdir():
-            os.chmod(p, 0o644)
         self.out.checks.append(CheckResult("archived WAL", "ok", f"{len(names)} segments {m.start_wal} .. "
                                            f"{m.stop_wal}, each checked"))
 
@@ -176,14 +174,12 @@ class BaseVerification(Verification):
         write_auto_conf(pgdata, recovery, settings)
 
     def _replay(self, server: Any, m: Any) -> None:
-        from steps.pg.server import as_server
+        from steps.pg.server import as_server, give_to_server, server_user
         from steps.pg.tools import PG_BIN
-        from steps.pitr.recovery import fatal_lines, log_tail, postmaster_alive
+        from steps.pitr.recovery import fatal_lines, log_tail, own_log, postmaster_alive
 
         log = server.socket_dir / "recovery.log"
-        log.touch()
-        from steps.pg.server import give_to_server
-
+        own_log(log, server_user())  # never through a link at its name
         give_to_server(server.socket_dir)
         proc = subprocess.run(as_server([os.path.join(PG_BIN, "pg_ctl"), "-D", str(server.datadir), "-l", str(log),
                                          "-w", "-t", str(int(min(self.timeout_s, 3600))), "start"]),
