@@ -137,35 +137,53 @@ def _refuse_early(args: Args, cfg: Any, pgdata: Path, entry: Any, ts_oids: list[
 
 
 def _fetch_root(args: Args, pgdata: Path) -> Path:
-    return Path(args.fetch_dir) if args.fetch_dir else pgdata.parent
+    """Where the fresh fetch directory is made: `fetch_dir`; else beside the data directory when its parent is
+    a real directory owned by root or by us (made 0755 when missing, as the server's socket may go there);
+    else (e.g. /var/lib/postgresql/15, the server user's) `$RUNBOOK_SCRATCH_DIR` or /var/tmp, as
+    verify-backup's scratch: a directory another user owns is never where the backup is fetched, since that
+    user could swap what was fetched before it is extracted."""
+    from steps.fs import UnsafePath, check_parent
+
+    if args.fetch_dir:
+        return Path(args.fetch_dir)
+    beside = pgdata.parent
+    if not os.path.lexists(beside):
+        os.makedirs(beside, mode=0o755)
+    try:
+        check_parent(beside)
+        return beside
+    except UnsafePath:
+        return Path(os.environ.get("RUNBOOK_SCRATCH_DIR", "/var/tmp"))
 
 
 def _check_fetch_root(args: Args, pgdata: Path, size_bytes: int) -> None:
-    """The fetch directory's parent is refused before anything is fetched when another user could swap what
-    is fetched into it (steps.fs.check_parent: a symlink, or owned by a user other than root or us, e.g. the
-    server's user owning the data directory's parent)."""
+    """The fetch directory's parent is refused before anything is fetched (or made) when it is a symlink or
+    another user's (steps.fs.check_parent)."""
     from steps.fs import UnsafePath, check_parent
 
-    root = _fetch_root(args, pgdata)
-    if not os.path.lexists(root):
-        return  # made by private_dir, 0750, ours
+    root = Path(args.fetch_dir) if args.fetch_dir else None
+    if root is None or not os.path.lexists(root):
+        return  # the default is chosen safe; a missing fetch_dir is made by private_dir, 0750, ours
     try:
-        check_parent(root, "fetch directory's parent" if args.fetch_dir else
-                     "data directory's parent (where the backup is fetched by default)")
+        check_parent(root, "fetch directory's parent (fetch_dir)")
     except UnsafePath as e:
         raise PitrError(e.message, hint=f"set `fetch_dir` to a directory owned by root with room for the base "
                         f"backup ({size_bytes / 1e6:.0f} MB); a fresh private directory is made in it") from None
 
 
 def _make_fetch_dir(args: Args, pgdata: Path, backup_id: str) -> Path:
-    """A fresh private directory (0700, ours: steps.fs.private_dir) for the fetched objects, under `fetch_dir`
-    or beside the data directory."""
+    """A fresh private directory (0700, ours: steps.fs.private_dir) for the fetched objects, in `_fetch_root`."""
     from steps.fs import UnsafePath, private_dir
 
+    root = _fetch_root(args, pgdata)
     try:
-        return private_dir(_fetch_root(args, pgdata), f".pitr-fetch-{backup_id}-")
+        fetch_dir = private_dir(root, f".pitr-fetch-{backup_id}-")
     except UnsafePath as e:
         raise PitrError(e.message, hint="set `fetch_dir` to a directory owned by root") from None
+    if not args.fetch_dir and root != pgdata.parent:
+        print(f"pitr: {pgdata.parent} belongs to another user: the backup is fetched into {fetch_dir} instead "
+              "(set `fetch_dir` to choose)", flush=True)
+    return fetch_dir
 
 
 def _configure(args: Args, pgdata: Path, plan: list[TablespacePlan], config_path: Path, socket_dir: str) -> None:

@@ -61,7 +61,7 @@ class Args(BaseModel):
     timeout_s: float = Field(4 * 3600, gt=0, description="Give up waiting for the end of recovery after this")
     fetch_dir: str | None = Field(None, description="Where the backup is fetched: a fresh private (0700) directory "
                                   "is made in DIR, which must be owned by root or by us (default: the data "
-                                  "directory's parent, refused when another user owns it)")
+                                  "directory's parent if so, else $RUNBOOK_SCRATCH_DIR or /var/tmp)")
     tablespaces: dict[str, str] = Field(default_factory=dict, description="Where tablespaces go: {OID, name or "
                                         "original location: absolute directory, missing or empty}; also "
                                         "'KEY=DIR, KEY=DIR' as text")

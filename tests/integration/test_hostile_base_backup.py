@@ -96,6 +96,7 @@ def forge(src: Source, change: Callable[[list[Member]], list[Member]] | None = N
     work.mkdir(mode=0o755)
     repo = work / "repo"
     shutil.copytree(src.primary.repo, repo, symlinks=True)
+    chown_server_user(repo)  # as the primary's: the restored server's wal-fetch reads it
     restore = work / "restore"
     restore.mkdir()
     chown_server_user(restore)
@@ -265,13 +266,29 @@ def test_a_link_planted_at_the_server_log_is_never_followed(source: Source) -> N
 
 def test_a_fetch_directory_another_user_owns_is_refused_before_anything_is_made(source: Source) -> None:
     f = forge(source)
-    pgdata = f.restore / "data"  # its parent belongs to the server's user: the default fetch place is refused
-    before = snapshot(f.restore)
-    r = run_pitr(source, f, pgdata, fetch_dir="")
-    assert snapshot(f.restore) == before  # no data directory, no fetch directory
+    theirs = f.work / "theirs"
+    theirs.mkdir()
+    chown_server_user(theirs)
+    pgdata = f.restore / "data"
+    before = (snapshot(f.restore), snapshot(theirs))
+    r = run_pitr(source, f, pgdata, fetch_dir=str(theirs))
+    assert (snapshot(f.restore), snapshot(theirs)) == before  # no data directory, no fetch directory
     assert r.returncode == 1, r.stdout + r.stderr
     out = r.stdout + r.stderr
     assert f"belongs to uid {pwd.getpwnam('postgres').pw_uid}" in out and "fetch_dir" in out
+    assert "Traceback" not in r.stderr
+
+
+def test_by_default_the_backup_is_never_fetched_into_a_directory_another_user_owns(source: Source) -> None:
+    f = forge(source)
+    pgdata = f.restore / "data"  # its parent belongs to the server's user, as /var/lib/postgresql/15 does
+    r = run_pitr(source, f, pgdata, fetch_dir="")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "belongs to another user: the backup is fetched into /var/tmp/.pitr-fetch-" in r.stdout
+    fetched = Path(r.stdout.split("fetched into ", 1)[1].split()[0])
+    assert not fetched.exists()  # removed after the extraction
+    assert sorted(p.name for p in f.restore.iterdir() if not p.name.startswith(".s.PGSQL.")) == [
+        "data", "data.recovery.log"]  # nothing fetched into the server user's directory
 
 
 def test_a_scratch_root_another_user_owns_is_refused(source: Source) -> None:
