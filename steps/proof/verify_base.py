@@ -10,6 +10,7 @@ steps.pitr.tablespaces (the plan, tablespace_map, the placement check) and steps
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -129,6 +130,9 @@ class BaseVerification(Verification):
         stores = [s for s in open_wal_stores(cfg.local.path if cfg.local else None,
                                              cfg.s3.model_dump(mode="json") if cfg.s3 else None)
                   if s.name == copy.store.name or self.source == "any"]
+        for what, name in (("start", m.start_wal), ("stop", m.stop_wal)):
+            if not re.fullmatch(r"[0-9A-F]{24}", name):  # from the repository: a name, never a place
+                raise BackupBad("manifest", f"its {what} WAL segment {name!r} is not a WAL segment name")
         dest.mkdir(mode=0o700)
         names = [m.start_wal]
         while names[-1] != m.stop_wal and len(names) < 1_000_000:
@@ -141,12 +145,12 @@ class BaseVerification(Verification):
                     raise BackupBad(f"WAL {name}", f"damaged in the archive: {'; '.join(problems)}")
                 raise BackupBad(f"WAL {name}", f"the archive has a gap: {name} (needed from {m.start_wal} to "
                                 f"{m.stop_wal}) is missing; the backup cannot become consistent")
-            (dest / name).write_bytes(data)
+            _write_new(dest, name, data)
         if m.timeline > 1:
             hist = f"{m.timeline:08X}.history"
             data, _ = fetch_blob(stores, wal_key(entry.cluster, hist), hist, 2, sysid)
             if data is not None:
-                (dest / hist).write_bytes(data)
+                _write_new(dest, hist, data)
         self.out.checks.append(CheckResult("archived WAL", "ok", f"{len(names)} segments {m.start_wal} .. "
                                            f"{m.stop_wal}, each checked"))
 
@@ -207,3 +211,11 @@ class BaseVerification(Verification):
             time.sleep(0.2)
         self.out.checks.append(CheckResult("replay to consistency", "ok",
                                            f"WAL {m.start_wal} .. {m.stop_wal} replayed, promoted"))
+
+
+def _write_new(directory: Path, name: str, data: bytes) -> None:
+    """A new file `name` in `directory` (O_EXCL, O_NOFOLLOW, 0600: steps.fs.open_beneath)."""
+    from steps.fs import open_beneath, open_dir
+
+    with open_dir(directory) as dir_fd, os.fdopen(open_beneath(dir_fd, name, what="WAL file"), "wb") as f:
+        f.write(data)

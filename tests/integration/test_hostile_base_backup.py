@@ -88,9 +88,11 @@ class Forged:
     restore: Path  # the server user's: restored data directories go here (their sockets too)
 
 
-def forge(src: Source, change: Callable[[list[Member]], list[Member]] | None = None) -> Forged:
+def forge(src: Source, change: Callable[[list[Member]], list[Member]] | None = None,
+          manifest_change: Callable[[dict[str, object]], None] | None = None) -> Forged:
     """A copy of the module's repository whose base.tar.zst holds `change(members)`, with manifest.json's size
-    and sha256 of it rewritten (and its `readable` record moved to the new manifest)."""
+    and sha256 of it rewritten (and `manifest_change` applied to it; its `readable` record is moved to the new
+    manifest)."""
     _count[0] += 1
     work = src.base / f"case{_count[0]}"
     work.mkdir(mode=0o755)
@@ -104,8 +106,10 @@ def forge(src: Source, change: Callable[[list[Member]], list[Member]] | None = N
     config.write_text(src.primary.config.read_text().replace(str(src.primary.repo), str(repo))
                       .replace(str(src.primary.config.parent / "state"), str(work / "state")))
     os.chmod(config, 0o644)
+    (bdir,) = (repo / "clusters" / src.primary.sysid / "base").iterdir()
+    old = (bdir / "manifest.json").read_bytes()
+    manifest = json.loads(old)
     if change is not None:
-        (bdir,) = (repo / "clusters" / src.primary.sysid / "base").iterdir()
         tar_path = bdir / "base.tar.zst"
         raw = subprocess.run(["zstd", "-dc", str(tar_path)], capture_output=True, check=True).stdout
         members: list[Member] = []
@@ -119,11 +123,12 @@ def forge(src: Source, change: Callable[[list[Member]], list[Member]] | None = N
                 tf.addfile(m, io.BytesIO(data) if data is not None else None)
         packed = subprocess.run(["zstd", "-q", "-c"], input=buf.getvalue(), capture_output=True, check=True).stdout
         tar_path.write_bytes(packed)
-        old = (bdir / "manifest.json").read_bytes()
-        manifest = json.loads(old)
         for o in manifest["objects"]:
             if o["path"] == "base.tar.zst":
                 o["size"], o["sha256"] = len(packed), hashlib.sha256(packed).hexdigest()
+    if manifest_change is not None:
+        manifest_change(manifest)
+    if change is not None or manifest_change is not None:
         new = json.dumps(manifest, indent=2).encode()
         (bdir / "manifest.json").write_bytes(new)
         for rec in (bdir / "verifications").glob("*.json"):
@@ -301,3 +306,17 @@ def test_a_scratch_root_another_user_owns_is_refused(source: Source) -> None:
     assert snapshot(scratch) == before
     assert r.returncode == 3, r.stdout + r.stderr
     assert "belongs to uid" in r.stderr + r.stdout and "Traceback" not in r.stderr
+
+
+def test_a_wal_segment_name_in_the_manifest_that_is_a_path_is_refused(source: Source) -> None:
+    f0 = forge(source)
+    victim = f0.work / "planted"
+
+    def plant(manifest: dict[str, object]) -> None:
+        manifest["start_wal"] = manifest["stop_wal"] = "../" * 8 + str(victim).lstrip("/")
+
+    f = forge(source, manifest_change=plant)
+    r = verify_base(f, f.work / "scratch")
+    assert not os.path.lexists(victim)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "is not a WAL segment name" in r.stdout and "Traceback" not in r.stderr

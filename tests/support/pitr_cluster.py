@@ -44,7 +44,6 @@ class Primary:
     restore_command: str | None  # None: the pitr action's default (runbook wal-fetch)
     runbook_exe: str | None
     restored: list[Path] = field(default_factory=list)
-    fetch_root: Path | None = None  # root's: the data directories' parents are the server user's (refused)
 
     @property
     def wal_dir(self) -> Path:
@@ -77,8 +76,6 @@ class Primary:
             args["restore_command"] = self.restore_command
         if self.runbook_exe:
             args["runbook_exe"] = self.runbook_exe
-        if self.fetch_root is not None and "fetch_dir" not in kw:
-            args["fetch_dir"] = str(self.fetch_root)
         self.restored.append(pgdata)
         return args
 
@@ -135,10 +132,8 @@ def make_primary(template: Path, dest: Path, *, s3: dict[str, str] | None = None
     cluster.psql(f"CREATE ROLE {BACKUP_ROLE} LOGIN REPLICATION; GRANT pg_read_all_data TO {BACKUP_ROLE}")
     cluster.psql("CREATE TABLE events (id serial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp(), "
                  "note text)")
-    fetch_root = dest.parent / f"{dest.name}-fetch"  # beside dest: owned by root, as pitr wants fetch_dir
-    fetch_root.mkdir(mode=0o755)
     return Primary(cluster, repo, config, sid, archive_command, restore_command,
-                   venv_runbook if venv_runbook else None, fetch_root=fetch_root)
+                   venv_runbook if venv_runbook else None)
 
 
 def write_rows(p: Primary, n: int, note: str, pause: float = 0.0) -> list[str]:
