@@ -181,8 +181,9 @@ def _make_fetch_dir(args: Args, pgdata: Path, backup_id: str) -> Path:
     except UnsafePath as e:
         raise PitrError(e.message, hint="set `fetch_dir` to a directory owned by root") from None
     if not args.fetch_dir and root != pgdata.parent:
-        print(f"pitr: {pgdata.parent} belongs to another user: the backup is fetched into {fetch_dir} instead "
-              "(set `fetch_dir` to choose)", flush=True)
+        print(f"pitr: {pgdata.parent} is not a directory of root's (or ours), another user could swap what is "
+              f"fetched there: the backup is fetched into {fetch_dir} instead (set `fetch_dir` to choose)",
+              flush=True)
     return fetch_dir
 
 

@@ -289,7 +289,7 @@ def test_by_default_the_backup_is_never_fetched_into_a_directory_another_user_ow
     pgdata = f.restore / "data"  # its parent belongs to the server's user, as /var/lib/postgresql/15 does
     r = run_pitr(source, f, pgdata, fetch_dir="")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "belongs to another user: the backup is fetched into /var/tmp/.pitr-fetch-" in r.stdout
+    assert "another user could swap what is fetched there: the backup is fetched into /var/tmp/.pitr-fetch-" in r.stdout
     fetched = Path(r.stdout.split("fetched into ", 1)[1].split()[0])
     assert not fetched.exists()  # removed after the extraction
     assert sorted(p.name for p in f.restore.iterdir() if not p.name.startswith(".s.PGSQL.")) == [
