@@ -247,3 +247,22 @@ def exists_beneath(dir_fd: int, name: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def read_plain_text(path: Path, *, missing: str | None = None) -> str:
+    """The text of the regular file `path`, opened without following a link at its name (a server's log or
+    pid file sits where the server's user writes: root never reads what a link planted there points at).
+    `missing`: returned when the file does not exist (else FileNotFoundError). UnsafePath for a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        if missing is None:
+            raise
+        return missing
+    except OSError as e:
+        raise UnsafePath(f"{path} cannot be read as a plain file ({e.strerror}): a link there is never followed") \
+            from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise UnsafePath(f"{path} is not a regular file")
+        return f.read().decode(errors="replace")

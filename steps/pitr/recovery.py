@@ -26,6 +26,7 @@ from typing import Any
 
 from runbook.lock import pid_alive
 from steps.events import Events
+from steps.fs import UnsafePath, read_plain_text
 from steps.pitr.args import Args, default_runbook_exe, parse_target_time
 from steps.pitr.errors import PitrError
 
@@ -131,16 +132,16 @@ def psql(pgdata_socket: str, port: int, user: str, sql: str, timeout: float = 10
 
 def postmaster_alive(pgdata: Path) -> bool:
     try:
-        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
-    except (OSError, ValueError, IndexError):
+        pid = int(read_plain_text(pgdata / "postmaster.pid").splitlines()[0])
+    except (OSError, ValueError, IndexError, UnsafePath):
         return False
     return pid_alive(pid)
 
 
 def log_tail(log: Path, n: int = 15) -> str:
     try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
+        return "\n".join(read_plain_text(log).splitlines()[-n:])
+    except (OSError, UnsafePath):
         return "(no log)"
 
 
@@ -214,7 +215,7 @@ def watch_recovery(args: Args, pgdata: Path, log: Path, socket_dir: str, events:
     while True:
         if not postmaster_alive(pgdata):
             raise _recovery_failed(log_tail(log, 40), "the restored server stopped during recovery")
-        text = log.read_text(errors="replace") if log.exists() else ""
+        text = read_plain_text(log, missing="")
         fatal = [ln for ln in fatal_lines(text) if not any(b in ln for b in CLIENT_FATALS)]
         if fatal or "PANIC:" in text:
             raise _recovery_failed(text, "the restored server reported a fatal error during recovery")
@@ -303,7 +304,7 @@ def server_log(args: Args, pgdata: Path) -> Path:
 def recovery_facts(log: Path, last_ts: str | None, last_lsn: str | None) -> tuple[str | None, str | None]:
     """(the recovery point, the LSN where redo ended) from the server log: its last "last completed
     transaction was at log time ..." and "redo done at ...", else what `watch_recovery` saw over SQL."""
-    text = log.read_text(errors="replace") if log.exists() else ""
+    text = read_plain_text(log, missing="")
     from_log = LAST_XACT_RE.findall(text)
     recovery_point = _iso(from_log[-1]) if from_log else (_iso(last_ts) if last_ts else None)
     redo = REDO_DONE_RE.findall(text)

@@ -178,6 +178,7 @@ class BaseVerification(Verification):
         write_auto_conf(pgdata, recovery, settings)
 
     def _replay(self, server: Any, m: Any) -> None:
+        from steps.fs import read_plain_text
         from steps.pg.server import as_server, give_to_server, server_user
         from steps.pg.tools import PG_BIN
         from steps.pitr.recovery import fatal_lines, log_tail, own_log, postmaster_alive
@@ -190,7 +191,7 @@ class BaseVerification(Verification):
                               capture_output=True, text=True)
         deadline = time.monotonic() + self.timeout_s
         while True:
-            text = log.read_text(errors="replace") if log.exists() else ""
+            text = read_plain_text(log, missing="")  # never through a link the server's user planted
             if no_space(text):
                 raise ScratchFull("the scratch disk filled up during the replay: "
                                   f"{last_line(chr(10).join(ln for ln in text.splitlines() if NO_SPACE in ln))}")

@@ -179,3 +179,18 @@ def test_open_subdir_creates_private_directories_and_refuses_links(tmp_path: Pat
         with pytest.raises(UnsafePath):
             open_subdir(fd, "../x")
     assert oct((tmp_path / "x" / "y").stat().st_mode & 0o777) == "0o700"
+
+
+def test_read_plain_text_never_reads_through_a_link(tmp_path: Path) -> None:
+    from steps.fs import read_plain_text
+
+    (tmp_path / "secret").write_text("root:$6$hash\n")
+    os.symlink(tmp_path / "secret", tmp_path / "server.log")
+    with pytest.raises(UnsafePath, match="never followed"):
+        read_plain_text(tmp_path / "server.log")
+    assert read_plain_text(tmp_path / "missing", missing="") == ""
+    (tmp_path / "real.log").write_text("LOG:  ok\n")
+    assert read_plain_text(tmp_path / "real.log") == "LOG:  ok\n"
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(UnsafePath, match="not a regular file"):
+        read_plain_text(tmp_path / "fifo")

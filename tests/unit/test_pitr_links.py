@@ -97,3 +97,15 @@ def test_tablespace_map_is_rewritten_without_following_a_link_at_its_name(tmp_pa
     assert (pgdata / "tablespace_map").read_text() == f"16384 {tmp_path / 'new-ts'}\n"
     assert not (pgdata / "tablespace_map").is_symlink()
     assert oct((pgdata / "tablespace_map").stat().st_mode & 0o777) == "0o600"
+
+
+def test_the_server_log_and_pid_file_are_never_read_through_a_link(tmp_path: Path) -> None:
+    from steps.pitr.recovery import log_tail, postmaster_alive
+
+    (tmp_path / "secret").write_text(f"{os.getpid()}\nroot:$6$hash\n")
+    os.symlink(tmp_path / "secret", tmp_path / "data.recovery.log")
+    assert "hash" not in log_tail(tmp_path / "data.recovery.log")
+    pgdata = tmp_path / "pgdata"
+    pgdata.mkdir()
+    os.symlink(tmp_path / "secret", pgdata / "postmaster.pid")
+    assert postmaster_alive(pgdata) is False  # our own pid, read through the link, would say alive
