@@ -152,9 +152,12 @@ def rename_in(dir_fd: int, src: str, dst: str) -> None:
     os.rename(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
-def open_subdir(dir_fd: int, name: str, *, create: bool = False, what: str = "object path") -> int:
-    """A new descriptor on the directory `name` (checked relative) beneath `dir_fd`, each component a real
-    directory reached without following a link (made 0700 when `create`)."""
+# --- directories beneath a descriptor, and owners and modes set on descriptors -----------------------------
+
+
+def open_subdir(dir_fd: int, name: str, *, create: bool = False, what: str = "directory") -> int:
+    """A new descriptor on the directory `name` (checked relative) beneath `dir_fd`, every component a real
+    directory, never a link; with `create`, missing components are made 0700. The caller closes it."""
     check_relative(name, what)
     return _walk_dirs(dir_fd, name.split("/"), create=create)
 
@@ -162,3 +165,111 @@ def open_subdir(dir_fd: int, name: str, *, create: bool = False, what: str = "ob
 def private_enough(st: os.stat_result) -> bool:
     """True when what `st` describes belongs to root or to us and nobody else may write it."""
     return _owner_ok(st) and not st.st_mode & 0o022
+
+
+def open_real_dir(path: Path, what: str) -> int:
+    """A descriptor on the directory `path` itself: UnsafePath, with a clear message, when it is a symlink or
+    not a directory. (Only the last component is not followed: the parents are the operator's to lay out.)"""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if os.path.islink(path):
+            raise UnsafePath(f"the {what} {path} is a symlink: name the real directory, the tool does not "
+                             "follow links") from None
+        raise UnsafePath(f"the {what} {path} cannot be opened as a directory ({e.strerror})") from None
+
+
+def set_owner_mode(fd: int, *, mode: int | None = None, uid: int | None = None, gid: int | None = None) -> None:
+    """fchmod/fchown on an open descriptor: the file that was opened, whatever its name points at now."""
+    if uid is not None or gid is not None:
+        os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+    if mode is not None:
+        os.fchmod(fd, mode)
+
+
+def make_real_dir(path: Path, *, mode: int = 0o700, uid: int | None = None, gid: int | None = None,
+                  what: str = "directory") -> None:
+    """`path` made (its missing parents too) or taken as it is, refused when it is a symlink, then given `mode`
+    and owner through a descriptor that does not follow a link."""
+    if not os.path.lexists(path):
+        os.makedirs(path, mode=mode, exist_ok=True)
+    fd = open_real_dir(path, what)
+    try:
+        set_owner_mode(fd, mode=mode, uid=uid, gid=gid)
+    finally:
+        os.close(fd)
+
+
+def _chown_below(fd: int, uid: int, gid: int) -> None:
+    for name in os.listdir(fd):
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as e:  # swapped for a link since the stat
+                raise UnsafePath(f"{name} changed while its owner was set ({e.strerror})") from None
+            try:
+                os.fchown(sub, uid, gid)
+                _chown_below(sub, uid, gid)
+            finally:
+                os.close(sub)
+        else:  # a file, or a link itself (lchown): never what a link points at
+            os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+
+
+def chown_tree(path: Path, uid: int, gid: int, what: str = "directory") -> None:
+    """`path` and everything beneath it given to uid:gid, walked through directory descriptors that never
+    follow a link (a link is chowned itself, its target never). A `path` that is a symlink is refused."""
+    fd = open_real_dir(path, what)
+    try:
+        os.fchown(fd, uid, gid)
+        _chown_below(fd, uid, gid)
+    finally:
+        os.close(fd)
+
+
+def empty_subdir(dir_fd: int, name: str, *, keep: tuple[str, ...] = (), what: str = "directory") -> None:
+    """Everything in the real directory `name` beneath `dir_fd` removed but the entries named in `keep`.
+    A link in it is removed itself, never followed; `name` itself being a link is refused (UnsafePath)."""
+    import shutil
+
+    fd = open_subdir(dir_fd, name, what=what)
+    try:
+        for entry in os.listdir(fd):
+            if entry in keep:
+                continue
+            st = os.stat(entry, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(entry, dir_fd=fd)  # the fd-based rmtree: it never follows a link
+            else:
+                os.unlink(entry, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def exists_beneath(dir_fd: int, name: str) -> bool:
+    """Whether the single component `name` exists in `dir_fd` (a link counts, it is not followed)."""
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def read_plain_text(path: Path, *, missing: str | None = None) -> str:
+    """The text of the regular file `path`, opened without following a link at its name (a server's log or
+    pid file sits where the server's user writes: root never reads what a link planted there points at).
+    `missing`: returned when the file does not exist (else FileNotFoundError). UnsafePath for a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        if missing is None:
+            raise
+        return missing
+    except OSError as e:
+        raise UnsafePath(f"{path} cannot be read as a plain file ({e.strerror}): a link there is never followed") \
+            from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise UnsafePath(f"{path} is not a regular file")
+        return f.read().decode(errors="replace")

@@ -40,14 +40,18 @@ def as_server(cmd: list[str]) -> list[str]:
 
 
 def give_to_server(path: Path) -> None:
-    """chown a tree to the server's user (only when we are root)."""
+    """chown a tree to the server's user (only when we are root), through directory descriptors that never
+    follow a link (steps.fs.chown_tree): a link in the tree is chowned itself, never its target, and a `path`
+    that is a symlink is refused."""
+    from steps.fs import chown_tree
+
     pw = server_user()
     if pw is None:
         return
-    for root, dirs, files in os.walk(path):
-        os.chown(root, pw.pw_uid, pw.pw_gid)
-        for name in dirs + files:
-            os.lchown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
+    if os.path.isdir(path) or os.path.islink(path):
+        chown_tree(path, pw.pw_uid, pw.pw_gid)
+    else:
+        os.chown(path, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
 
 
 def _bin(name: str) -> str:

@@ -173,7 +173,7 @@ def test_extraction_never_follows_a_symlink_out_of_the_data_directory(tmp_path: 
     (d / "backup_manifest").write_bytes(_manifest(FILES))
     out = tmp_path / "pgdata"
     out.mkdir()
-    with pytest.raises(BaseBackupInvalid, match="outside"):
+    with pytest.raises(BaseBackupInvalid, match="is a symlink"):
         check_tars(tar_files(d), parse_server_manifest((d / "backup_manifest").read_bytes()), dest=out)
     assert not any(outside.iterdir())
 
