@@ -5,7 +5,6 @@ with verify-database's, row counts against the manifest's."""
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -44,11 +43,10 @@ class LogicalVerification(Verification):
 
         m = entry.manifest
         # Only root (or whoever verifies) reads the fetched files: globals.sql carries password hashes,
-        # user_mappings.sql remote passwords. Made fresh here, 0700; the objects land in it 0600
-        # (Store.fetch_file). The scratch cluster's own directory is the only one the server's user gets.
+        # user_mappings.sql remote passwords. scratch/fetch is made 0700 and ours with the scratch directory
+        # (Verification.run); the objects land in it 0600 (Store.fetch_file). The scratch cluster's own
+        # directory is the only one the server's user gets.
         fetched = scratch / "fetch"
-        fetched.mkdir(mode=0o700)
-        os.chmod(fetched, 0o700)
         # The scratch cluster is made (initdb, start) while the backup is fetched: neither waits for the other.
         made: list[BaseException | float] = []
 

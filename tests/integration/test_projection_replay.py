@@ -52,7 +52,7 @@ def test_the_pitr_projection_counts_the_wal_replay(pg_base: Path, pitr_template:
     try:
         r = run_cli("basebackup", "-c", str(p.config), timeout=120)
         assert r.returncode == 0, r.stdout + r.stderr
-        r = run_cli("verify-backup", "-c", str(p.config), "--kind", "base", "--scratch-dir", str(dest), "--json",
+        r = run_cli("verify-backup", "-c", str(p.config), "--kind", "base", "--scratch-dir", str(dest / "scratch"), "--json",
                     timeout=180)
         assert r.returncode == 0, r.stdout + r.stderr
         verified = json.loads(r.stdout)
