@@ -161,6 +161,10 @@ def print_report(rep: Any) -> None:
     if rep.error:
         print(f"runbook: status: {rep.error}", file=sys.stderr)
     t = rep.runbook.get("targets", {})
+    if rep.error and not rep.repositories and not rep.cluster:  # nothing was looked at: no facts to list
+        print(f"Would we make it now? {rep.verdict.upper()}  (targets: RTO {status.human(t.get('rto_s'))}, "
+              f"RPO {status.human(t.get('rpo_s'))}; {rep.now:%Y-%m-%d %H:%M} UTC)")
+        return
     print(f"Would we make it now? {rep.verdict.upper()}  (targets: RTO {status.human(t.get('rto_s'))}, "
           f"RPO {status.human(t.get('rpo_s'))}; {rep.now:%Y-%m-%d %H:%M} UTC)")
     for name, r in rep.repositories.items():

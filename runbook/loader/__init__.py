@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from runbook.errors import InvalidFile, Problem
+from runbook.errors import InvalidFile, Problem, UsageError
 from runbook.loader.runbook_checks import runbook_checks
 from runbook.loader.schema_errors import Scope, validate
 from runbook.loader.yaml_source import NOTHING, SourceMap, parse, read_text
@@ -51,10 +51,36 @@ def load_model(path_or_text: str | Path, model_cls: type[M], *, filename: str | 
     return _load(text, name, model_cls, None)
 
 
+# What each kind of file is called, where it goes, and the keys that only it has: a file of one kind passed where
+# another is expected is named as such, instead of a page of "unknown key" lines.
+_KINDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "Runbook": ("a runbook file", "the FILE of run, validate and status", ("steps", "scenarios")),
+    "RepositoryConfig": ("a repository config", "given with -c (docs/repository-config.md)",
+                         ("cluster", "local", "s3")),
+    "Profile": ("a profile", "given with --profile", ()),
+}
+
+
+def _wrong_kind(data: Any, filename: str, model_cls: type[BaseModel]) -> UsageError | None:
+    if not isinstance(data, dict) or model_cls.__name__ not in _KINDS:
+        return None
+    wanted, goes, _ = _KINDS[model_cls.__name__]
+    own = set(model_cls.model_fields)
+    for name, (what, its_place, keys) in _KINDS.items():
+        found = [k for k in keys if k in data and k not in own]
+        if name != model_cls.__name__ and found:
+            return UsageError(f"{filename} is {what} (it has {found[0]}:), not {wanted}",
+                              hint=f"{wanted} is {goes}; {what} is {its_place}")
+    return None
+
+
 def _load(text: str, filename: str, model_cls: type[M], checks: Checks | None) -> M:
     data, smap, problems = parse(text, filename)
     if data is NOTHING:
         raise InvalidFile(problems)
+    wrong = _wrong_kind(data, filename, model_cls)
+    if wrong is not None:
+        raise wrong
     model, found = validate(Scope(model_cls, data), smap)
     problems += found
     if checks is not None and isinstance(data, dict):

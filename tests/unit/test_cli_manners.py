@@ -1,0 +1,46 @@
+"""The command line's manners: a closed pipe is no traceback, a file of the wrong kind is named as such, and a
+status that could look at nothing lists no facts it does not have."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT, run_cli
+
+
+def test_a_reader_that_goes_away_gets_no_traceback() -> None:
+    """`runbook schema | head -1`: the reader closes the pipe; before, a BrokenPipeError traceback and exit 1."""
+    p = subprocess.Popen([sys.executable, "-m", "runbook", "schema"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         cwd=ROOT)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 141 and err == ""
+
+
+def test_a_runbook_given_as_the_repository_config_is_named_as_such() -> None:
+    r = run_cli("backups", "-c", str(ROOT / "runbook.yaml"))
+    assert r.returncode == 2
+    assert "runbook.yaml is a runbook file (it has steps:), not a repository config" in r.stderr
+    assert "unknown key" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_repository_config_given_as_the_runbook_is_named_as_such(tmp_path: Path) -> None:
+    cfg = tmp_path / "repository.yaml"
+    cfg.write_text("version: 1\ncluster: {host: /run/postgresql, port: 5432, user: backup}\n"
+                   f"local: {{path: {tmp_path / 'repo'}}}\n")
+    for args in (("validate", str(cfg)), ("run", str(cfg), "--headless")):
+        r = run_cli(*args)
+        assert r.returncode == 2, r.stderr
+        assert "is a repository config (it has cluster:), not a runbook file" in r.stderr
+        assert "hint: a runbook file is the FILE of run, validate and status" in r.stderr
+
+
+def test_status_without_its_config_says_so_and_lists_no_facts(tmp_path: Path) -> None:
+    r = run_cli("status", "-c", str(tmp_path / "missing.yaml"), str(ROOT / "runbook.yaml"))
+    assert r.returncode == 3
+    assert "does not exist" in r.stderr
+    assert r.stdout.startswith("Would we make it now? COULD NOT RUN")
+    assert "None" not in r.stdout and "does not answer" not in r.stdout and "exposure" not in r.stdout
