@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
 
     c = sub.add_parser("backups", help="the catalogue: every backup, where it is, how verified; the one a recovery picks")
     add_config(c)
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help="one JSON document: every backup, its copies and levels")
     c.add_argument("--db", metavar="NAME", help="only this database")
     c.set_defaults(func=cmd_backups)
 

@@ -35,7 +35,9 @@ from runbook.errors import UsageError
 def register(sub: Any) -> None:
     d = sub.add_parser("demo", help="a local sandbox, a disaster, and the real recovery: the whole drill on this machine")
     d.add_argument("--runbook", default="runbook.yaml", help="the runbook to walk (default: ./runbook.yaml)")
-    d.add_argument("--scenario", default="restore-latest")
+    d.add_argument("--scenario", default="restore-latest", choices=["restore-latest", "pitr"],
+                   help="restore-latest: the newest daily backup into a new database (scenario 1); pitr: a wrong "
+                        "DROP TABLE undone by point-in-time recovery (scenario 2) (default: restore-latest)")
     d.add_argument("--headless", action="store_true", help="the console front end instead of the TUI")
     d.add_argument("--yes", action="store_true", help="unattended: confirm every step with the sandbox's values")
     d.add_argument("--down", action="store_true", help="stop and remove the sandbox")

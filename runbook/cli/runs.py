@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 def register(sub: Any) -> None:
     v = sub.add_parser("validate", help="check a runbook file; every problem as FILE:LINE:COL: message")
-    v.add_argument("file", nargs="?", default="runbook.yaml")
+    v.add_argument("file", nargs="?", default="runbook.yaml", help="the runbook file (default: ./runbook.yaml)")
     v.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("schema", help="print the JSON Schema of the runbook file (for editors)")
@@ -37,9 +37,12 @@ def register(sub: Any) -> None:
         add_state_dir(q)
 
     r = sub.add_parser("run", help="start a run of a runbook")
-    r.add_argument("file", nargs="?", default="runbook.yaml")
-    r.add_argument("--scenario")
-    r.add_argument("--mode", choices=["live", "drill", "rehearsal"])
+    r.add_argument("file", nargs="?", default="runbook.yaml", help="the runbook file (default: ./runbook.yaml)")
+    r.add_argument("--scenario", help="the scenario to walk (required when the runbook has several; default: "
+                   "the profile's, or the only one)")
+    r.add_argument("--mode", choices=["live", "drill", "rehearsal"],
+                   help="live: production; drill: for real against a sandbox or staging; rehearsal: nothing runs, "
+                        "each outcome is marked (default: the profile's, else live)")
     r.add_argument("--profile", help="a params profile for one environment (e.g. the sandbox's)")
     r.add_argument("--incident-start", help="ISO 8601 time with zone (default: now)")
     r.add_argument("--data-lost-at", help="ISO 8601 time with zone (default: the incident start)")
@@ -47,21 +50,23 @@ def register(sub: Any) -> None:
     r.set_defaults(func=cmd_run)
 
     re_ = sub.add_parser("resume", help="go on with an open run")
-    re_.add_argument("run_id")
+    re_.add_argument("run_id", help="the open run to go on with (`runbook runs` lists them)")
     re_.add_argument("--rerun-interrupted", action="store_true", help="headless: re-run an interrupted step")
     run_flags(re_)
     re_.set_defaults(func=cmd_resume)
 
     ls = sub.add_parser("runs", help="list runs, their RTO, and the last good drill per scenario (stale ones)")
     ls.add_argument("file", nargs="?", help="a runbook file: its scenarios never run show as stale too")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="one JSON document: every run and the last good drill "
+                    "per scenario")
     add_state_dir(ls)
     ls.set_defaults(func=cmd_runs)
 
     rep = sub.add_parser("report", help="the recovery report of a run (Markdown, or one self-contained HTML file)")
-    rep.add_argument("run_id")
-    rep.add_argument("--format", choices=["md", "html"], default="md")
-    rep.add_argument("-o", "--output")
+    rep.add_argument("run_id", help="the run (`runbook runs` lists them)")
+    rep.add_argument("--format", choices=["md", "html"], default="md",
+                     help="md: Markdown; html: one self-contained HTML file, timeline included (default: md)")
+    rep.add_argument("-o", "--output", help="write the report to this file (default: standard output)")
     add_state_dir(rep)
     rep.set_defaults(func=cmd_report)
 

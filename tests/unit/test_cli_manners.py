@@ -44,3 +44,18 @@ def test_status_without_its_config_says_so_and_lists_no_facts(tmp_path: Path) ->
     assert "does not exist" in r.stderr
     assert r.stdout.startswith("Would we make it now? COULD NOT RUN")
     assert "None" not in r.stdout and "does not answer" not in r.stdout and "exposure" not in r.stdout
+
+
+def test_every_option_of_every_subcommand_has_help_text() -> None:
+    import argparse
+
+    from runbook.cli.main import build_parser
+
+    parser = build_parser()
+    missing = []
+    for group in parser._subparsers._group_actions:  # type: ignore[union-attr]
+        for name, sub in group.choices.items():
+            for action in sub._actions:
+                if not isinstance(action, argparse._HelpAction) and not action.help:
+                    missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert missing == []
