@@ -30,13 +30,13 @@ from runbook.events import StepStatus, Wait
 from runbook.executor import StepLaunch, StepProcess, StepResult
 from runbook.journal import Journal
 from runbook.lock import RunLock
-from runbook.model import ConfirmKind, Runbook, Step
+from runbook.model import ConfirmKind, ParamType, Runbook, Step
 from runbook.params import to_text
 from runbook.redact import Redactor
 from runbook.rto import RtoClock, rto_clock
 from runbook.secrets import LoadedSecrets
 from runbook.state import RunState, apply_event, step_dir
-from runbook.templating import MissingValue, Ref, render, render_obj
+from runbook.templating import MissingValue, Ref, ShellCode, render, render_obj
 
 KILL_GRACE_S = 10.0
 
@@ -568,7 +568,9 @@ class Engine:
         def lookup(ref: Ref) -> str:
             if ref.kind == "param":
                 if ref.name in ctx.params:
-                    return to_text(ctx.params[ref.name])
+                    text = to_text(ctx.params[ref.name])
+                    p = ctx.runbook.params.get(ref.name)
+                    return ShellCode(text) if p is not None and p.type == ParamType.command else text
             elif ref.kind == "run":
                 return run_values[ref.name]
             elif ref.kind == "step":

@@ -41,6 +41,7 @@ class ParamType(StrEnum):
     datetime = "datetime"
     duration = "duration"
     path = "path"
+    command = "command"  # a shell command: substituted into `run:` as code (not quoted), shown as written
 
 
 class Param(Strict):

@@ -107,6 +107,7 @@ _CONVERTERS: dict[ParamType, Callable[[Any], Any]] = {
     ParamType.datetime: _as_datetime,
     ParamType.duration: _as_duration,
     ParamType.path: _as_path,
+    ParamType.command: _scalar_text,
 }
 
 

@@ -157,8 +157,16 @@ def has_template(text: str) -> bool:
     return OPEN in text
 
 
+class ShellCode(str):
+    """A value that is shell code by declaration (a param of type `command`): `render(shell=True)` inserts it
+    as it is, so that the step runs, and shows, the command the operator gave."""
+
+    __slots__ = ()
+
+
 def render(text: str, lookup: Lookup, *, shell: bool) -> str:
-    """Substitute every reference by `lookup(ref)`; with `shell=True` each value is `shlex.quote`d.
+    """Substitute every reference by `lookup(ref)`; with `shell=True` each value is `shlex.quote`d, except a
+    `ShellCode` value (a `command` param), which is code by declaration.
 
     A KeyError from `lookup` becomes `MissingValue(ref)`.
     """
@@ -168,7 +176,7 @@ def render(text: str, lookup: Lookup, *, shell: bool) -> str:
             parts.append(token)
             continue
         value = _value(token, lookup)
-        parts.append(shlex.quote(value) if shell else value)
+        parts.append(shlex.quote(value) if shell and not isinstance(value, ShellCode) else value)
     return "".join(parts)
 
 

@@ -59,3 +59,29 @@ def test_every_option_of_every_subcommand_has_help_text() -> None:
                 if not isinstance(action, argparse._HelpAction) and not action.help:
                     missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
     assert missing == []
+
+
+def test_a_command_param_runs_and_shows_as_written_other_values_stay_quoted(tmp_path: Path) -> None:
+    """A param of type `command` is shell code by declaration: the step shows and runs the command as given
+    (before, `bash -c {{ x }}` displayed as `bash -c 'echo '"'"'…'"'"''`); any other value is still one
+    quoted word, so it cannot inject a command."""
+    import json
+
+    runbook = tmp_path / "rb.yaml"
+    runbook.write_text(
+        "version: 1\nname: command params\n"
+        "params:\n"
+        "  page_on: {type: command, default: 'echo \"page: ON\" && echo second'}\n"
+        "  note: {default: 'x; echo INJECTED'}\n"
+        "steps:\n"
+        "  - id: page\n    run: \"{{ page_on }}\"\n    confirm: none\n"
+        "  - id: tell\n    run: echo {{ note }}\n    confirm: none\n")
+    state = tmp_path / "state"
+    r = run_cli("run", str(runbook), "--mode", "drill", "--headless", "--yes", "--state-dir", str(state))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "page: ON" in r.stdout and "second" in r.stdout
+    assert "x; echo INJECTED" in r.stdout and "\nINJECTED" not in r.stdout
+    (run_dir,) = (state / "runs").iterdir()
+    shown = {e["step"]: e["command"] for e in map(json.loads, (run_dir / "journal.jsonl").read_text().splitlines())
+             if e["type"] == "step-started"}
+    assert shown == {"page": 'echo "page: ON" && echo second', "tell": "echo 'x; echo INJECTED'"}
