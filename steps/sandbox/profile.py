@@ -7,6 +7,7 @@ sandbox.profile.yaml` replays the drill.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def write_profile(sb: Any, runbook_path: Path, scenario: str, pitr: dict[str, An
             "target_time": pitr["target_time"],
             "target_kind": "time",
             "pgdata": str(sb.pitr_datadir),
-            "stop_server": " ".join(stop),
+            "stop_server": shlex.join(stop),
         })
     text = (
         "# Written by `runbook demo`: the sandbox's values for the runbook. Replay the drill with\n"
