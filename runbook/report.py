@@ -196,13 +196,28 @@ def step_action(st: RunState, step_id: str) -> str | None:
     return None
 
 
-def report_command(run_id: str, state_dir: Path) -> str:
-    """The `runbook report` line to print, as it works from any directory: `--state-dir` when not the default."""
+def _state_dir_flag(state_dir: Path) -> str:
     from runbook.paths import state_home
 
     given = Path(state_dir).expanduser()
-    extra = "" if given.resolve() == state_home().resolve() else f" --state-dir {shlex.quote(str(given))}"
-    return f"runbook report {run_id}{extra}"
+    return "" if given.resolve() == state_home().resolve() else f" --state-dir {shlex.quote(str(given))}"
+
+
+def report_command(run_id: str, state_dir: Path) -> str:
+    """The `runbook report` line to print, as it works from any directory: `--state-dir` when not the default."""
+    return f"runbook report {run_id}{_state_dir_flag(state_dir)}"
+
+
+def resume_command(run_id: str, state_dir: Path) -> str:
+    """The `runbook resume` line to print, as it works from any directory: `--state-dir` when not the default."""
+    return f"runbook resume {run_id}{_state_dir_flag(state_dir)}"
+
+
+def leaving_lines(run_id: str, status: str, state_dir: Path) -> list[str]:
+    """What a front end prints as the operator leaves: the run, its status, and the exact next command."""
+    if status in ("detached", "open"):
+        return [f"run {run_id}: {status}, it stays open", f"  go on with:  {resume_command(run_id, state_dir)}"]
+    return [f"run {run_id}: {status}", f"  report:  {report_command(run_id, state_dir)}"]
 
 
 @dataclass(frozen=True)

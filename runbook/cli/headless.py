@@ -131,12 +131,13 @@ class Headless:
         if f.detail:
             self.out.print(f"  {escape(f.detail)}")
         self.out.print(f"  {self._clock()}")
-        from runbook.report import end_story, report_command
+        from runbook.report import end_story, report_command, resume_command
 
         for line in end_story(self.engine.state, self.engine.clock.now()):
             self.out.print(f"  [bold red]{escape(line.text)}[/]" if line.alarm else f"  {escape(line.text)}")
         if f.status == "detached":
-            self.out.print(f"  the run stays open: [bold]runbook resume {self.engine.run_id}[/]")
+            self.out.print("  the run stays open: "
+                           f"[bold]{escape(resume_command(self.engine.run_id, self.engine.ctx.state_dir))}[/]")
         self.out.print(f"  journal: {self.engine.ctx.rdir / 'journal.jsonl'}")
         self.out.print(f"  report:  {escape(report_command(self.engine.run_id, self.engine.ctx.state_dir))}")
 

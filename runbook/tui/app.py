@@ -191,6 +191,14 @@ class RunbookApp(App[int]):
 
 
 def _exit_code(app: RunbookApp, code: int | None) -> int:
+    """The exit code, after saying (on the restored terminal) which run this was, how it stands, and the exact
+    command that goes on with it or reports it."""
+    from runbook.report import leaving_lines
+
+    if app.engine is not None:
+        status = app.finished_status or "detached"
+        for line in leaving_lines(app.engine.run_id, status, app.engine.ctx.state_dir):
+            print(line)
     if code is not None:
         return code
     return EXIT_CODES.get(app.finished_status or "detached", 4)

@@ -94,3 +94,36 @@ def test_walk_a_small_runbook_in_a_real_terminal(tmux: Tmux, tmp_path: Path, sta
     out = (run_dir / "steps" / "hello" / "1" / "output.log").read_text()
     assert "hello-from-app_db" in out
     assert (run_dir / "report.md").exists()
+
+
+def test_quitting_a_run_in_the_middle_says_how_to_go_on(tmux: Tmux, tmp_path: Path, state_dir: Path) -> None:
+    """`q` during a run leaves it open: the terminal then says which run, its status and the exact `runbook
+    resume` line (with --state-dir, not the default here); before, it printed nothing and exited 4."""
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(textwrap.dedent("""
+        version: 1
+        name: Tmux leave
+        steps:
+          - id: tell
+            title: Tell people
+            manual: [Post in the incident channel]
+          - id: hello
+            run: echo hello
+    """).lstrip())
+    exit_file = tmp_path / "exit"
+    cmd = (f"cd {ROOT} && {sys.executable} -m runbook run {rb} --state-dir {state_dir}; "
+           f"echo EXIT=$? > {exit_file}; sleep 30")
+    tmux("new-session", "-d", "-x", "80", "-y", "24", cmd)
+    tmux.wait_for("Start the run")
+    tmux.keys("C-s")
+    tmux.wait_for("marks the next item done")
+    tmux.keys("q")
+    deadline = time.monotonic() + 10
+    while not exit_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert exit_file.read_text().strip() == "EXIT=4"
+    (run_dir,) = (state_dir / "runs").iterdir()
+    tmux.wait_for("go on with:")
+    shown = tmux("capture-pane", "-p", "-J")  # -J: lines the 80 columns wrapped, joined again
+    assert f"run {run_dir.name}: detached, it stays open" in shown
+    assert f"runbook resume {run_dir.name} --state-dir {state_dir}" in shown
