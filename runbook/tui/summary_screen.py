@@ -15,11 +15,13 @@ from runbook.durations import format_duration
 from runbook.engine import Engine
 from runbook.events import StepStatus
 from runbook.report import end_story, render_markdown, report_command
+from runbook.report_html import render_html
 
 
 class SummaryScreen(Screen[None]):
     BINDINGS = [
-        Binding("w", "write_report", "Write report", id="summary.report", tooltip="Write the Markdown report"),
+        Binding("w", "write_report", "Write report", id="summary.report",
+                tooltip="Write the report: Markdown and one self-contained HTML file"),
         Binding("j", "journal", "Journal", id="summary.journal", tooltip="The journal as a timeline"),
         Binding("q", "quit_app", "Quit", id="summary.quit", tooltip="Leave"),
     ]
@@ -59,17 +61,21 @@ class SummaryScreen(Screen[None]):
             rows = [f"{s}: {st.steps[s].detail}" for s in st.order if st.steps[s].status == status]
             if rows:
                 t.add_row(label, "\n".join(rows))
-        t.add_row("Journal", str(eng.ctx.rdir / "journal.jsonl"))
-        t.add_row("Report", f"press w, or: {report_command(eng.run_id, eng.ctx.state_dir)}")
+        # Paths fold at the pane's edge instead of being cut: at 80 columns a run's path is longer than the row.
+        t.add_row("Journal", Text(str(eng.ctx.rdir / "journal.jsonl"), overflow="fold"))
+        t.add_row("Report", Text(f"press w, or: {report_command(eng.run_id, eng.ctx.state_dir)}", overflow="fold"))
         return t
 
     def action_write_report(self) -> None:
         eng = self.engine
         titles = {s.id: s.display_title for s in eng.ctx.runbook.steps}
-        path = eng.ctx.rdir / "report.md"
-        path.write_text(render_markdown(eng.state, titles, eng.clock.now()))
-        self.query_one("#report-path", Static).update(Text(f"Report written: {path}", style="bold green"))
-        self.notify(f"Report written: {path}")
+        now = eng.clock.now()
+        md, html = eng.ctx.rdir / "report.md", eng.ctx.rdir / "report.html"
+        md.write_text(render_markdown(eng.state, titles, now))
+        html.write_text(render_html(eng.state, titles, now), encoding="utf-8")
+        said = f"Report written: {md}\nand {html.name} beside it (open it in a browser)"
+        self.query_one("#report-path", Static).update(Text(said, style="bold green", overflow="fold"))
+        self.notify(f"Report written: {md.name} and {html.name} in {eng.ctx.rdir}")
 
     def action_journal(self) -> None:
         from runbook.tui.journal_screen import JournalScreen

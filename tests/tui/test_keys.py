@@ -264,6 +264,7 @@ async def test_summary_writes_the_report(make_app) -> None:
         await pilot.press("w")
         await until(pilot, lambda: (engine.ctx.rdir / "report.md").exists())
         assert "## RTO" in (engine.ctx.rdir / "report.md").read_text()
+        assert "<html" in (engine.ctx.rdir / "report.html").read_text()
         await pilot.press("q")
     assert app.return_value == 0
 

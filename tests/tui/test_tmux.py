@@ -94,6 +94,7 @@ def test_walk_a_small_runbook_in_a_real_terminal(tmux: Tmux, tmp_path: Path, sta
     out = (run_dir / "steps" / "hello" / "1" / "output.log").read_text()
     assert "hello-from-app_db" in out
     assert (run_dir / "report.md").exists()
+    assert "<html" in (run_dir / "report.html").read_text()  # w writes both, and says where
 
 
 def test_quitting_a_run_in_the_middle_says_how_to_go_on(tmux: Tmux, tmp_path: Path, state_dir: Path) -> None:
