@@ -30,12 +30,30 @@ from runbook.tui.widgets import checklist, header, hint_for, step_list
 
 ARM_DELAY_S = 0.75
 OUTPUT_MAX_LINES = 5000
+
+
+def fold(line: str, width: int) -> list[str]:
+    """`line` cut into pieces of at most `width` characters, each piece after the first indented by two spaces
+    (so that a folded line reads as one); a piece breaks after a space when one is near the end."""
+    if len(line) <= width:
+        return [line]
+    out: list[str] = []
+    rest, room = line, width
+    while len(rest) > room:
+        cut = rest.rfind(" ", room // 2, room + 1)
+        cut = room if cut <= 0 else cut + 1
+        out.append(("  " if out else "") + rest[:cut].rstrip())
+        rest, room = rest[cut:], width - 2
+    out.append(("  " if out else "") + rest)
+    return out
 GUARDED = ("go", "mark_failed", "retry", "rerun")
 REDRAW_FAILURES_MAX = 3  # after this many failures the consumer only follows the stream to its end, drawing nothing
 
 
 class RunScreen(Screen[None]):
     BINDINGS = [
+        # Quit first: the footer cuts what does not fit at its right end, and leaving must always show.
+        Binding("q", "quit_run", "Quit", id="run.quit", tooltip="Leave; the run stays resumable"),
         Binding("r", "go", "Run/confirm", id="run.go", tooltip="Run or confirm the current step (it is shown first)"),
         Binding("f", "mark_failed", "Failed", id="run.failed", tooltip="Rehearsal: mark the step failed, with a note"),
         Binding("t", "retry", "Retry", id="run.retry", tooltip="Run the failed step again"),
@@ -46,9 +64,10 @@ class RunScreen(Screen[None]):
         Binding("a", "abort", "Abort", id="run.abort", tooltip="Abort the whole run (asks first)"),
         Binding("n", "note", "Note", id="run.note", tooltip="Add a note to the journal"),
         Binding("o", "toggle_output", "Output", id="run.output", tooltip="Output full screen, or back"),
+        Binding("w", "toggle_wrap", "Wrap", id="run.wrap",
+                tooltip="Output lines wrap at the pane's width (default), or raw: one line each, scroll sideways"),
         Binding("j", "journal", "Journal", id="run.journal", tooltip="The journal as a timeline"),
         Binding("question_mark", "help", "Help", id="run.help", key_display="?", tooltip="What every key does"),
-        Binding("q", "quit_run", "Quit", id="run.quit", tooltip="Leave; the run stays resumable"),
     ]
 
     def __init__(self, engine: Engine) -> None:
@@ -61,6 +80,10 @@ class RunScreen(Screen[None]):
         self._pending_modal = False
         self._consumer_failures = 0
         self._ended = False
+        # The output pane's lines as they came (the last OUTPUT_MAX_LINES): folded to the pane's width when
+        # `wrap` (a recovery point or a "post this by hand" line is read whole at 80 columns), raw otherwise.
+        self._lines: list[str] = []
+        self.wrap = True
 
     # ---- layout ----------------------------------------------------------------------------------
 
@@ -177,28 +200,29 @@ class RunScreen(Screen[None]):
             self.running = e.step_id
             self.focus_step = e.step_id
             log.clear()
+            self._lines.clear()
             again = " (re-attached)" if e.reattached else ""
-            log.write_line(f"── {e.step_id}: attempt {e.attempt}{again} ──")
+            self._out([f"── {e.step_id}: attempt {e.attempt}{again} ──"])
             self.query_one("#progress", ProgressBar).display = False
             self.redraw()
         elif isinstance(e, ev.OutputLines):
             # The pane keeps the last OUTPUT_MAX_LINES; the full output is in the step log on disk.
             lines = e.lines[-OUTPUT_MAX_LINES:]
-            log.write_lines([("! " if ln.stream == "err" else "") + ln.text for ln in lines])
+            self._out([("! " if ln.stream == "err" else "") + ln.text for ln in lines])
         elif isinstance(e, ev.Progress):
             bar = self.query_one("#progress", ProgressBar)
             bar.display = True
             bar.update(total=e.total, progress=e.done)
         elif isinstance(e, ev.CheckReported):
             mark = {"ok": "✓", "warning": "!"}.get(e.status, "✗")
-            log.write_line(f"{mark} check {e.name}: {e.status}" + (f" — {e.hint}" if e.hint else ""))
+            self._out([f"{mark} check {e.name}: {e.status}" + (f" — {e.hint}" if e.hint else "")])
         elif isinstance(e, ev.OutputValue):
-            log.write_line(f"→ {e.name} = {e.value}")
+            self._out([f"→ {e.name} = {e.value}"])
         elif isinstance(e, ev.StepFinished):
             if self.running == e.step_id:
                 self.running = None
             self.waiting = None
-            log.write_line(f"{e.status.icon} {e.status.value} {e.detail}")
+            self._out([f"{e.status.icon} {e.status.value} {e.detail}"])
             if e.status == StepStatus.failed:
                 self.notify(f"{e.step_id}: {e.detail}", title="Step failed", severity="error", timeout=8)
             self.redraw()
@@ -365,6 +389,39 @@ class RunScreen(Screen[None]):
 
     def action_toggle_output(self) -> None:
         self.toggle_class("output-full")
+        self.call_after_refresh(self._rewrite)
+
+    def action_toggle_wrap(self) -> None:
+        self.wrap = not self.wrap
+        self._rewrite()
+        self.notify("Output lines wrap at the pane's width" if self.wrap else
+                    "Raw output: one line each; scroll sideways with the arrow keys (w: wrap again)", timeout=4)
+
+    # ---- the output pane ---------------------------------------------------------------------------
+
+    def _width(self) -> int:
+        log = self.query_one("#output", Log)
+        return max(20, log.scrollable_content_region.width - 1)
+
+    def _folded(self, lines: list[str]) -> list[str]:
+        if not self.wrap:
+            return lines
+        return [part for line in lines for part in fold(line, self._width())]
+
+    def _out(self, lines: list[str]) -> None:
+        self._lines.extend(lines)
+        del self._lines[:-OUTPUT_MAX_LINES]
+        self.query_one("#output", Log).write_lines(self._folded(lines))
+
+    def _rewrite(self) -> None:
+        """The pane's lines again, folded to today's width (a resize, the full-screen toggle) or raw."""
+        log = self.query_one("#output", Log)
+        log.clear()
+        log.write_lines(self._folded(self._lines))
+
+    def on_resize(self) -> None:
+        if self._lines:
+            self.call_after_refresh(self._rewrite)
 
     def action_journal(self) -> None:
         from runbook.tui.journal_screen import JournalScreen

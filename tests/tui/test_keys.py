@@ -332,3 +332,39 @@ async def test_rehearsal_practises_the_typed_confirmation(make_app) -> None:
         await until(pilot, lambda: isinstance(app.screen, SummaryScreen))
     assert engine.state.steps["drop"].notes == [
         "rehearsal: typed confirmation of drop did not match", "typed confirmation practised"]
+
+
+LONG_FACT = """
+    version: 1
+    name: t
+    steps:
+      - id: point
+        run: "echo 'AssetFlow PITR (run 20261206T184716Z-pitr-abcd): recovered to 2026-12-06T18:47:16.123456+00:00 on timeline 2; anything written after that moment must be entered again. END-OF-FACT'"
+      - id: after
+        manual: [Tell the team the recovery point]
+"""
+
+
+async def test_a_long_output_line_is_read_whole_at_80_columns_and_w_shows_it_raw(make_app) -> None:
+    """The recovery point line of a PITR was cut at the pane's edge (`AssetFlow PITR (run 2026...-pitr-`); it now
+    folds to the pane's width, every piece inside it, and `w` toggles the raw line (scroll sideways) and back."""
+    from runbook.tui.run_screen import fold
+
+    app, engine = make_app(LONG_FACT)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, waiting_on(app, "point", "confirm"))
+        await pilot.press("r")
+        await until(pilot, lambda: "END-OF-FACT" in log_text(app))
+        log = app.screen.query_one("#output", Log)
+        width = log.scrollable_content_region.width
+        lines = list(log.lines)
+        assert all(len(line) <= width for line in lines), (width, lines)
+        joined = " ".join(line.strip() for line in lines)
+        assert "recovered to 2026-12-06T18:47:16.123456+00:00 on timeline 2" in joined
+        await pilot.press("w")
+        await until(pilot, lambda: any(len(line) > width for line in log.lines))
+        await pilot.press("w")
+        await until(pilot, lambda: all(len(line) <= width for line in log.lines))
+    assert fold("short", 20) == ["short"]
+    assert fold("aaaa bbbb cccc dddd", 10) == ["aaaa bbbb", "  cccc", "  dddd"]
+    assert fold("x" * 25, 10) == ["x" * 10, "  " + "x" * 8, "  " + "x" * 7]
