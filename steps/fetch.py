@@ -6,6 +6,10 @@ snapshot time is the recovery point), and downloads it into `<dest>/<db>-<backup
 object's sha256 checked as it streams. Nothing appears under the final name until every object has
 verified. A corrupt or unreachable copy is reported with the object named, and the next copy of the
 same backup is tried (local first, then S3); an older backup is never substituted in silence.
+
+Only genuine backups are picked (signed by a key of signing.public_keys, not from the future): each one refused
+is named with the reason (a warning check), and the newest genuine one is fetched. `allow_unsigned: true`
+accepts a repository written before signing, and says so for the backup it fetches.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ class Args(BaseModel):
     dest: str = Field(min_length=1, description="Directory to fetch into (created; a sub-directory per backup)")
     source: Literal["local", "s3", "any"] = Field("any", alias="from", description="Which repository to read")
     backup_id: str | None = Field(None, description="This backup instead of the newest usable one")
+    allow_unsigned: bool = Field(False, description="Accept unsigned backups (a repository written before "
+                                 "signing); each one used is reported as a warning")
 
 
 def _age(seconds: float) -> str:
@@ -53,12 +59,14 @@ def _verify_local(final: Path, manifest: LogicalManifest) -> bool:
 
 
 def main(args: Args, events: Events) -> int:
-    from steps.repository.catalogue import pick, scan, usable_copies
+    from steps.repository.catalogue import pick, scan, trust_notes, usable_copies
     from steps.repository.config import load_repository_config
     from steps.repository.configured import open_stores
+    from steps.repository.signing import trust_from_config
 
     try:
         cfg, cfg_path = load_repository_config(args.config)
+        trust = trust_from_config(cfg, allow_unsigned=args.allow_unsigned)
     except RunbookError as e:
         print(f"fetch-latest-backup: {e}")
         return 2
@@ -76,7 +84,7 @@ def main(args: Args, events: Events) -> int:
         events.check("repository", "failed", f"no {args.source} repository is configured or usable in {cfg_path}")
         print(f"no {args.source} repository is configured or usable in {cfg_path}")
         return 1
-    cat = scan(stores, db=args.db, kinds=("logical",))
+    cat = scan(stores, trust=trust, db=args.db, kinds=("logical",))
     for name, err in cat.errors.items():
         events.check(f"{name} repository", "warning", err)
         print(f"the {name} repository could not be read: {err}")
@@ -87,6 +95,9 @@ def main(args: Args, events: Events) -> int:
             entry = None
     else:
         entry = pick(cat.entries, args.db, source=args.source)
+    for name, status, detail in trust_notes(cat, "logical", db=args.db, picked=entry, source=args.source):
+        events.check(name, status, detail)
+        print(detail, flush=True)
     if entry is None:
         what = f"backup {args.backup_id}" if args.backup_id else "backup"
         hint = f"{what} of {args.db} at readable or better in {', '.join(s.describe() for s in stores)}"

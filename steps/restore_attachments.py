@@ -29,21 +29,25 @@ class Args(BaseModel):
     backup_id: str | None = Field(None, description="The run whose attachments to restore (default: the newest)")
     source: Literal["local", "s3", "any"] = Field("any", alias="from")
     overwrite: bool = Field(False, description="Restore into a non-empty directory, replacing same-named files")
+    allow_unsigned: bool = Field(False, description="Accept an unsigned attachments snapshot (a repository "
+                                 "written before signing); the one used is reported as a warning")
 
 
 def main(args: Args, events: Events) -> int:
     from steps.backup.attachments import AttachmentsError, extract
-    from steps.repository.catalogue import scan, usable_copies
+    from steps.repository.catalogue import scan, trust_notes, usable_copies
     from steps.repository.config import load_repository_config
     from steps.repository.configured import open_stores
+    from steps.repository.signing import trust_from_config
 
     try:
         cfg, _ = load_repository_config(args.config)
         stores = open_stores(cfg, args.source)
+        trust = trust_from_config(cfg, allow_unsigned=args.allow_unsigned)
     except RunbookError as e:
         print(f"restore-attachments: {e}")
         return 2
-    cat = scan(stores, kinds=("files",))
+    cat = scan(stores, trust=trust, kinds=("files",))
     for name, err in cat.errors.items():
         print(f"the {name} repository could not be read: {err}")
     candidates = [e for e in cat.files if args.backup_id in (None, e.backup_id)
@@ -54,6 +58,9 @@ def main(args: Args, events: Events) -> int:
         print(f"no {what} in {', '.join(s.describe() for s in stores)}")
         return 1
     entry = candidates[0]
+    for name, status, detail in trust_notes(cat, "files", picked=entry, source=args.source):
+        events.check(name, status, detail)
+        print(detail, flush=True)
     dest = Path(args.dest)
     if dest.exists() and any(dest.iterdir()) and not args.overwrite:
         msg = f"{dest} is not empty; nothing was restored (restore into an empty directory, or overwrite: true)"

@@ -4,7 +4,8 @@ Layout under the sandbox directory (mode 0755, so the server's user can traverse
 `pgdata/` (the primary; in scenario 1 the disaster replaces it with a fresh, empty cluster, as a provisioned
 replacement server), `run/` (its socket and log), `repo/` (the local backup repository),
 `uploads/` (the application's attachment files), `restore/` (where a drill fetches the backup),
-`repository.yaml` (the repository config), `at-backup.json` and `at-disaster.json` (per-table row counts
+`repository.yaml` (the repository config), `keys/` (the backup's signing key, 0600, and its public key, which the
+config trusts), `at-backup.json` and `at-disaster.json` (per-table row counts
 and checksums), `sandbox.json` (what was built and when).
 
 Both scenarios end with re-protection (the `reprotect` action): the recovered cluster archives into its own
@@ -164,7 +165,22 @@ class Sandbox:
         os.chmod(self.env_file, 0o600)
         self.info_file.write_text(json.dumps({"built_at": _now(), "scale": scale, "files": files, "db": DB}, indent=2))
 
+    @property
+    def signing_key(self) -> Path:
+        return self.base / "keys" / "backup.key"
+
+    def _keys(self) -> tuple[Path, Path]:
+        """The sandbox backup host's signing key (made once, kept across rebuilds) and its public key file."""
+        from steps.repository.signing import create_key_files
+
+        key, pub = self.signing_key, self.signing_key.with_name("backup.key.pub")
+        if not key.exists():
+            create_key_files(key, "the sandbox's backup key")
+        os.chmod(key.parent, 0o755)  # the public key is read by whoever reads the repository
+        return key, pub
+
     def _config_text(self) -> str:
+        key, pub = self._keys()
         return (
             "# The sandbox's repository config, written by `runbook demo`.\n"
             "version: 1\n"
@@ -179,6 +195,7 @@ class Sandbox:
             "    - select count(*) > 0 from assets\n"
             "    - select count(*) = 0 from loans where due_at <= loaned_at\n"
             f"backup: {{state_dir: {self.base / 'backup-state'}}}\n"
+            f"signing: {{private_key: {key}, public_keys: [{pub}]}}\n"
         )
 
     # ---- the drill's story -------------------------------------------------------------------------
