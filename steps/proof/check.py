@@ -386,8 +386,9 @@ class Checker:
                      f"add {signer.path}.pub to signing.public_keys")
         if not problems:
             n = len(cat.entries) + len(cat.base)
-            self.add("signatures", "ok", f"{n} backups, each signed by a trusted key ({', '.join(sorted(trust.keys)) or 'none'})"
-                     if not unsigned else f"{n} backups readable ({len(unsigned)} of them unsigned)")
+            keys = ", ".join(sorted(trust.keys)) or "none"
+            self.add("signatures", "ok", f"{n} backups readable, {len(unsigned)} of them unsigned" if unsigned
+                     else f"{n} backups, each signed by a trusted key ({keys})")
 
     def _tablespaces(self, entry: Any, tablespaces: list[tuple[str, str, str]]) -> None:
         """Every tablespace must be in the newest base backup: one created after it is re-created by a

@@ -15,13 +15,15 @@ reads). A copy whose manifest is unsigned, badly signed or signed by a key this 
 time (snapshot, creation, stop) is in the future beyond the clock skew, is `refused`: named with the reason,
 never picked, never counted by retention and never deleted by it, so the newest genuine backup is what a
 recovery gets. A verification record or run summary that is not genuine vouches for nothing (ignored, counted in
-`refused_records`). With `allow_unsigned` (a repository written before signing), unsigned manifests and records
-are accepted and each copy says which keys it accepted unsigned (`Copy.unsigned`), for the warning callers give.
+`refused_records`). With `allow_unsigned` (a repository written before signing), unsigned manifests older than
+the first signed backup of their series, and their unsigned records, are accepted, and each copy says which keys
+it accepted unsigned (`Copy.unsigned`), for the warning callers give; an unsigned backup newer than that, or an
+unsigned record of a signed backup, is refused all the same (a forger's way in once signing started).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, TypeVar
@@ -167,19 +169,22 @@ class _Scan:
         self.trust = trust
         self.now = datetime.now(UTC)
 
-    def copy(self, store: Store, prefix: str, keys: list[str], manifest: bytes, unsigned: list[str]) -> Copy:
+    def copy(self, store: Store, prefix: str, keys: list[str], manifest: bytes, manifest_unsigned: bool) -> Copy:
+        """The copy under `prefix`, with the records that vouch for it: genuine ones, and unsigned ones only for
+        an unsigned manifest accepted with `allow_unsigned` (a signed backup's records are signed too)."""
         digest = sha256_bytes(manifest)
         signed = signature_keys(keys)
         records: list[VerificationRecord] = []
-        unsigned = list(unsigned)
+        unsigned = [prefix + layout.MANIFEST] if manifest_unsigned else []
         for key in keys:
             if not (key.startswith(prefix + layout.VERIFICATIONS + "/") and key.endswith(".json")):
                 continue
             try:
                 data = store.get_bytes(key)
                 verdict = self.trust.read(store, key, data, key in signed)
-                if not verdict.accepted:
-                    self.cat.refused_records.append((store.name, key, verdict.reason))
+                if not verdict.accepted or (verdict.unsigned_accepted and not manifest_unsigned):
+                    self.cat.refused_records.append((store.name, key, verdict.reason if not verdict.accepted else
+                                                     "unsigned, for a signed backup"))
                     continue
                 record = parse_verification(data)
             except (ValueError, ValidationError):
@@ -221,7 +226,7 @@ class _Scan:
             refuse(f"its time {when(m).isoformat()} is in the future (more than the clock skew allowed): forged, "
                    "or written by a host whose clock is wrong")
             return
-        copy = self.copy(store, prefix, keys, data, [manifest_key] if verdict.unsigned_accepted else [])
+        copy = self.copy(store, prefix, keys, data, verdict.unsigned_accepted)
         key = (kind, cluster, db, backup_id)
         entry = self.merged.get(key)
         if entry is None:
@@ -275,12 +280,43 @@ def scan(stores: list[Store], *, trust: Trust, db: str | None = None,
             _scan_store(store, scan_, db, kinds)
         except RepositoryError as e:
             cat.errors[store.name] = str(e)
-    entries = sorted(scan_.merged.values(), key=lambda e: (e.time, e.backup_id), reverse=True)
+    entries = _only_legacy_unsigned(scan_.merged.values(), cat)
+    entries.sort(key=lambda e: (e.time, e.backup_id), reverse=True)
     cat.entries = [e for e in entries if e.kind == "logical"]
     cat.files = [e for e in entries if e.kind == "files"]
     cat.base = [e for e in entries if e.kind == "base"]
     cat.refused.sort(key=lambda r: (r.backup_id, r.store.name), reverse=True)
     return cat
+
+
+def _only_legacy_unsigned(entries: Iterable[Entry], cat: Catalogue) -> list[Entry]:
+    """`allow_unsigned` is for backups from before signing: an unsigned copy as new as or newer than the first
+    signed backup of its series (a database's logical backups, a cluster's base backups, the attachments) is
+    refused, so that a forger cannot slip an unsigned "newest" backup into a repository where signing started."""
+
+    def series(e: Entry) -> tuple[str, str]:
+        return e.kind, e.cluster if e.kind == "base" else e.db
+
+    def unsigned(c: Copy) -> bool:
+        return c.prefix + layout.MANIFEST in c.unsigned
+
+    first: dict[tuple[str, str], Entry] = {}
+    for e in entries:
+        if any(not unsigned(c) for c in e.copies.values()) and (
+                series(e) not in first or e.time < first[series(e)].time):
+            first[series(e)] = e
+    kept = []
+    for e in entries:
+        signed_since = first.get(series(e))
+        for name, c in list(e.copies.items()):
+            if signed_since is not None and unsigned(c) and e.time >= signed_since.time:
+                del e.copies[name]
+                cat.refused.append(Refused(c.store, c.prefix, e.kind, e.backup_id, e.db, e.cluster, (
+                    f"unsigned, and no older than {signed_since.backup_id}, the first signed backup of its series: "
+                    "--allow-unsigned accepts only backups from before signing")))
+        if e.copies:
+            kept.append(e)
+    return kept
 
 
 def usable_copies(entry: Entry, min_level: Level = Level.readable, source: str = "any") -> list[Copy]:

@@ -4,9 +4,10 @@ Layout under the sandbox directory (mode 0755, so the server's user can traverse
 `pgdata/` (the primary; in scenario 1 the disaster replaces it with a fresh, empty cluster, as a provisioned
 replacement server), `run/` (its socket and log), `repo/` (the local backup repository),
 `uploads/` (the application's attachment files), `restore/` (where a drill fetches the backup),
-`repository.yaml` (the repository config), `keys/` (the backup's signing key, 0600, and its public key, which the
-config trusts), `at-backup.json` and `at-disaster.json` (per-table row counts
-and checksums), `sandbox.json` (what was built and when).
+`repository.yaml` (the repository config), `at-backup.json` and `at-disaster.json` (per-table row counts
+and checksums), `sandbox.json` (what was built and when). Beside it, `<sandbox dir>.keys/`: the backup's signing key
+(0600) and its public key, which the config trusts (outside the directory, whose tree is given to the server's
+user when a cluster is initialised in it).
 
 Both scenarios end with re-protection (the `reprotect` action): the recovered cluster archives into its own
 directory of `repo/` through the server venv's `runbook wal-push`. Scenario 2 (`pitr`) adds: WAL archiving on
@@ -167,7 +168,9 @@ class Sandbox:
 
     @property
     def signing_key(self) -> Path:
-        return self.base / "keys" / "backup.key"
+        """The sandbox backup host's signing key: beside the sandbox directory (as its lock is), outside the tree
+        that is given to the server's user whenever a cluster is initialised in it."""
+        return self.base.with_name(self.base.name + ".keys") / "backup.key"
 
     def _keys(self) -> tuple[Path, Path]:
         """The sandbox backup host's signing key (made once, kept across rebuilds) and its public key file."""
@@ -252,6 +255,7 @@ class Sandbox:
         if (self.server.datadir / "PG_VERSION").exists():
             self.server.stop("immediate")
         remove_tree(self.base)
+        remove_tree(self.signing_key.parent)
 
     # ---- scenario 2: WAL archiving, a base backup, writes, a wrong DROP TABLE ------------------------------
 

@@ -5,7 +5,8 @@ Forgeries planted in both repositories, as an attacker with write access to them
 one signed by a key nobody trusts, a genuine manifest whose bytes were changed under its old signature, a
 snapshot from the future. Each is refused by name with its reason, the newest genuine backup is what
 fetch-latest-backup, verify-backup, `backups`, `status` and `check` see, and retention neither counts nor
-deletes the future one. A repository written before signing is read only with `--allow-unsigned`, which says so;
+deletes the future one; a point-in-time recovery starts from the newest genuine base backup. A repository written
+before signing is read only with `--allow-unsigned`, which says so;
 key rotation: two trusted keys, backups of both accepted; one key removed, its backups refused.
 """
 
@@ -26,7 +27,7 @@ from steps.repository.config import load_repository_config
 from steps.repository.configured import open_stores
 from steps.repository.manifest import Check, Level, Tool, VerificationRecord, sha256_bytes, to_json
 from steps.repository.signing import SIG_SUFFIX, load_private_key
-from steps.repository.store import Store
+from steps.repository.store import LocalStore, Store
 from tests.conftest import run_cli
 from tests.support.backup_helpers import (  # noqa: F401 - fixtures
     BACKUP_ROLE,
@@ -39,6 +40,17 @@ from tests.support.backup_helpers import (  # noqa: F401 - fixtures
     write_config,
 )
 from tests.support.pgcluster import Cluster, make_base_dir
+from tests.support.pitr_cluster import (  # noqa: F401 - fixtures
+    Primary,
+    basebackup,
+    notes,
+    outputs,
+    pitr,
+    pitr_template_fixture,
+    primary_fixture,
+    server_runbook_fixture,
+    write_rows,
+)
 from tests.support.s3server import S3Endpoint, s3_bucket, s3_server  # noqa: F401
 from tests.support.signing import key_id, make_keys, signing_yaml
 
@@ -77,31 +89,38 @@ def prefix_of(store: Store, bid: str, db: str = "shop") -> str:
 
 def forge(config: Path, genuine: str, *, at: datetime, change: Callable[[dict[str, Any]], None] = lambda m: None,
           sign_with: Path | None = None) -> str:
-    """A new backup in every repository of `config`: the genuine one's objects under a new id, its manifest's
-    times moved to `at` (and `change`d), with a passing `readable` record; signed by `sign_with`, or not."""
+    """A new logical backup in every repository of `config`: the genuine one's objects under a new id, its
+    manifest's times moved to `at` (and `change`d), with a passing `readable` record; signed by `sign_with`, or
+    not."""
     bid = layout.backup_id(at)
-    signer = load_private_key(sign_with) if sign_with else None
     for store in stores_of(config):
-        src, dst = prefix_of(store, genuine), prefix_of(store, bid)
-        for key, _ in store.list_keys(src):
-            rel = key[len(src):]
-            if rel != layout.MANIFEST and not rel.startswith((layout.VERIFICATIONS, layout.MANIFEST + SIG_SUFFIX)):
-                store.put_bytes(dst + rel, store.get_bytes(key))
-        m = json.loads(store.get_bytes(src + layout.MANIFEST))
-        m.update(backup_id=bid, snapshot_time=at.isoformat(), started_at=at.isoformat(), stopped_at=at.isoformat())
-        change(m)
-        data = (json.dumps(m, indent=2) + "\n").encode()
-        record = to_json(VerificationRecord(
-            backup_id=bid, level=Level.readable.name, passed=True, checked_at=datetime.now(UTC),
-            repository=store.name, manifest_sha256=sha256_bytes(data),
-            checks=[Check(name="sha256 re-read", status="ok")], tool=Tool(version="0")))
-        rkey = layout.verification_key(dst, datetime.now(UTC))
-        for key, body in ((dst + layout.MANIFEST, data), (rkey, record)):
-            if signer is not None:
-                signer.put(store, key, body)
-            else:
-                store.put_bytes(key, body)
+        plant(store, prefix_of(store, genuine), prefix_of(store, bid), sign_with, backup_id=bid,
+              snapshot_time=at.isoformat(), started_at=at.isoformat(), stopped_at=at.isoformat(), change=change)
     return bid
+
+
+def plant(store: Store, src: str, dst: str, sign_with: Path | None, *,
+          change: Callable[[dict[str, Any]], None] = lambda m: None, **fields: Any) -> None:
+    """The backup under `src` copied to `dst` as an attacker with write access would: its objects, its manifest
+    with `fields` set, a passing `readable` record; signed with `sign_with` (any key), or not at all."""
+    signer = load_private_key(sign_with) if sign_with else None
+    for key, _ in store.list_keys(src):
+        rel = key[len(src):]
+        if rel != layout.MANIFEST and not rel.startswith((layout.VERIFICATIONS, layout.MANIFEST + SIG_SUFFIX)):
+            store.put_bytes(dst + rel, store.get_bytes(key))
+    m = json.loads(store.get_bytes(src + layout.MANIFEST))
+    m.update(fields)
+    change(m)
+    data = (json.dumps(m, indent=2) + "\n").encode()
+    record = to_json(VerificationRecord(
+        backup_id=m["backup_id"], level=Level.readable.name, passed=True, checked_at=datetime.now(UTC),
+        repository=store.name, manifest_sha256=sha256_bytes(data),
+        checks=[Check(name="sha256 re-read", status="ok")], tool=Tool(version="0")))
+    for key, body in ((dst + layout.MANIFEST, data), (layout.verification_key(dst, datetime.now(UTC)), record)):
+        if signer is not None:
+            signer.put(store, key, body)
+        else:
+            store.put_bytes(key, body)
 
 
 def fetch(config: Path, dest: Path, **more: Any) -> Any:
@@ -240,6 +259,16 @@ def test_an_unsigned_repository_is_read_only_with_allow_unsigned_and_says_so(cfg
     chk = json.loads(run_cli("check", "-c", str(cfg), "--json", "--allow-unsigned", env=cli_env()).stdout)
     assert {c["name"]: c["status"] for c in chk["checks"]}["unsigned"] == "warning"
 
+    # Signing starts (the upgraded backup host): from then on --allow-unsigned is no way in for a forgery.
+    signed = take(cfg)
+    time.sleep(1)
+    forged = forge(cfg, signed, at=datetime.now(UTC))
+    r = fetch(cfg, tmp_path / "after", allow_unsigned=True)
+    assert r.code == 0 and r.outputs["backup_id"] == signed, r.stdout
+    assert "accepts only backups from before signing" in warnings(r)[f"not genuine: logical backup {forged}"]
+    r = fetch(cfg, tmp_path / "legacy", allow_unsigned=True, backup_id=bid)  # the old one is still there to use
+    assert r.code == 0 and r.outputs["backup_id"] == bid and f"unsigned backup {bid}" in warnings(r)
+
 
 def test_key_rotation_two_trusted_keys_then_one_removed(shop: Cluster, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
@@ -271,3 +300,27 @@ def test_key_rotation_two_trusted_keys_then_one_removed(shop: Cluster, tmp_path:
     assert r.code == 1
     assert f"signed by key {key_id(a)}, which this host does not trust" in warnings(r)[f"not genuine: logical backup {by_a}"]
     assert a_pub.exists()
+
+
+def test_pitr_starts_from_the_newest_genuine_base_backup(primary: Primary, tmp_path: Path) -> None:
+    write_rows(primary, 3, "before")
+    genuine = basebackup(primary)
+    # A newer base backup, as an attacker would plant it: the genuine files, a later stop time, the attacker's key.
+    rogue, _ = make_keys(tmp_path, "rogue")
+    store = LocalStore(primary.repo)
+    at = datetime.now(UTC) + timedelta(seconds=2)
+    forged = layout.backup_id(at)
+    plant(store, layout.base_prefix(primary.sysid, str(genuine["backup_id"])), layout.base_prefix(primary.sysid, forged),
+          rogue, backup_id=forged, started_at=at.isoformat(), stopped_at=at.isoformat())
+    cat = json.loads(run_cli("backups", "-c", str(primary.config), "--json").stdout)
+    assert [b["backup_id"] for b in cat["base_backups"]] == [genuine["backup_id"]]
+    assert [(r["kind"], r["backup_id"]) for r in cat["refused"]] == [("base", forged)]
+    rows = write_rows(primary, 2, "after")
+    primary.switch_wal()
+    primary.crash()
+    pgdata = primary.cluster.datadir.parent / "restored"
+    r = pitr(primary.pitr_args(pgdata, target_kind="latest"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert outputs(r)["backup_id"] == genuine["backup_id"]
+    assert f"base backup {forged} in local" in r.stdout and "which this host does not trust" in r.stdout
+    assert notes(pgdata)[-2:] == rows

@@ -37,6 +37,16 @@ def make_keys(where: Path | None = None, name: str = "backup") -> tuple[Path, Pa
     return private, public
 
 
+def server_signing_yaml(where: Path) -> str:
+    """`signing_yaml` for backups that run as the server's user (as root: the key made under `where` and given
+    to that user, who alone may read it)."""
+    from tests.support.pgcluster import chown_server_user
+
+    line = signing_yaml(where)
+    chown_server_user(where / "keys")
+    return line
+
+
 def key_id(private: Path) -> str:
     return load_private_key(private).key_id
 

@@ -108,7 +108,7 @@ def test_the_future_is_beyond_the_clock_skew() -> None:
 
     now = datetime(2026, 1, 1, tzinfo=UTC)
     assert not future(now + CLOCK_SKEW, now) and future(now + CLOCK_SKEW + timedelta(seconds=1), now)
-    assert CLOCK_SKEW == timedelta(minutes=5)
+    assert timedelta(minutes=5) == CLOCK_SKEW
 
 
 def test_the_config_names_the_keys_and_refuses_a_private_key_inside_the_repository(tmp_path: Path) -> None:
