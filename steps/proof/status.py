@@ -258,8 +258,14 @@ def gather(config: str | None, file: Path | None, *, explicit_file: bool, state_
         rep.integrity = {"refused": [{"backup": r.describe(), "reason": r.reason} for r in cat.refused],
                          "refused_records": [f"{n}: {k}: {why}" for n, k, why in cat.refused_records],
                          "unsigned_accepted": cat.unsigned()}
+        unsigned_refused = [r for r in cat.refused if r.reason.startswith("unsigned")]
         for r in cat.refused:
-            integrity.raise_to("warning", f"{r.describe()} refused, not genuine: {r.reason}")
+            if r not in unsigned_refused:
+                integrity.raise_to("warning", f"{r.describe()} refused, not genuine: {r.reason}")
+        if unsigned_refused:  # one line: a repository written before signing holds many
+            integrity.raise_to("warning", f"{len(unsigned_refused)} unsigned backup copies refused (the newest: "
+                               f"{unsigned_refused[0].describe()}): forged, or written before signing "
+                               "(--allow-unsigned reads those)")
         if unsigned := cat.unsigned():
             integrity.raise_to("warning", f"{len(unsigned)} unsigned backups accepted because --allow-unsigned: "
                                + "; ".join(unsigned[:3]) + ("; ..." if len(unsigned) > 3 else ""))
