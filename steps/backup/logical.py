@@ -435,11 +435,18 @@ class BackupRun:
         out.settle_published()
 
     def _size_check(self, out: Outcome, manifest: LogicalManifest) -> None:
+        """A dump much smaller than the previous good backup is a warning. The first repository (local first)
+        that holds a previous good backup answers: reading the others too (every manifest, record and signature
+        of the database's backups, over the network for S3) would only cost round trips for the same answer."""
         from steps.repository.catalogue import pick, scan
 
         assert self.trust is not None
-        cat = scan(self.stores, trust=self.trust, db=manifest.database.name, kinds=("logical",))
-        prev = pick(cat.entries, manifest.database.name)
+        prev = None
+        for store in self.stores:
+            prev = pick(scan([store], trust=self.trust, db=manifest.database.name, kinds=("logical",)).entries,
+                        manifest.database.name)
+            if prev is not None:
+                break
         if prev is None or prev.size_bytes <= 0:
             return
         new, old = manifest.size_bytes, prev.size_bytes
