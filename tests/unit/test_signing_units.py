@@ -169,3 +169,27 @@ def test_run_summaries_that_are_not_genuine_are_not_read(tmp_path: Path) -> None
     assert [r.run_id for r in read_summaries([repo], Trust(trust.keys, allow_unsigned=True))] == ["forged"]
     problems = write([repo], st.__class__(**{**st.__dict__, "run_id": "r2"}), None)
     assert problems and "written unsigned" in problems[0] and not repo.exists("runs/r2.json" + SIG_SUFFIX)
+
+
+def test_a_key_openssl_made_is_read_and_other_keys_are_refused(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    key, _ = make_keys(tmp_path)
+    if shutil.which("openssl"):  # the file is what `openssl genpkey -algorithm ed25519` writes, both ways
+        out = subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout", "-outform", "DER"], capture_output=True,
+                             check=True).stdout
+        assert key_id(out[-32:]) == load_private_key(key).key_id
+        theirs = tmp_path / "openssl.key"
+        subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(theirs)], check=True)
+        os.chmod(theirs, 0o600)
+        assert len(load_private_key(theirs).key_id) == 16
+    other = tmp_path / "ec.key"
+    other.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(Encoding.PEM, PrivateFormat.PKCS8,
+                                                                           NoEncryption()))
+    os.chmod(other, 0o600)
+    with pytest.raises(SigningError, match="not an unencrypted Ed25519 private key"):
+        load_private_key(other)
