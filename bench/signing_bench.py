@@ -1,6 +1,6 @@
 """What signing costs `runbook backup`, and what its primitives cost (run by hand, not a test).
 
-    .venv/bin/python bench/signing_bench.py [--scales 1,20] [--repeat 5] [--base-ref REF] [--no-s3]
+    .venv/bin/python bench/signing_bench.py [--scales 1,50] [--repeat 9] [--base-ref REF] [--no-s3]
 
 Builds one database per size (pgbench at each scale) in a throwaway PostgreSQL 15 cluster, starts moto's S3
 server on 127.0.0.1, and times `runbook backup` (local + S3) of each, alternating, with this checkout (every
@@ -97,8 +97,8 @@ def primitives(work: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scales", default="1,20", help="pgbench scales, one database each (1 is ~23 MB, 20 ~300 MB)")
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--scales", default="1,50", help="pgbench scales, one database each (1 is ~22 MB, 50 ~750 MB)")
+    ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--base-ref", help="the commit to compare with (default: the one before signing)")
     ap.add_argument("--no-s3", action="store_true", help="local repository only")
     args = ap.parse_args()
@@ -157,9 +157,10 @@ def main() -> None:
             rows.append((db, size, min(times["before"]), b, min(times["signed"]), s, 100 * (s / b - 1)))
         print(f"\n`runbook backup` (local{' + S3' if s3_url else ''}), {args.repeat} runs each, alternating; "
               f"before = {ref}")
-        print(f"{'database':12} {'size':>8} {'before min/med':>16} {'signed min/med':>16} {'median overhead':>16}")
+        print(f"{'database':12} {'size':>8} {'before min/med':>16} {'signed min/med':>16} {'median overhead':>22}")
         for db, size, bmin, bmed, smin, smed, pct in rows:
-            print(f"{db:12} {size:>8} {bmin:7.2f} /{bmed:6.2f} s {smin:7.2f} /{smed:6.2f} s {pct:+15.1f} %")
+            print(f"{db:12} {size:>8} {bmin:7.2f} /{bmed:6.2f} s {smin:7.2f} /{smed:6.2f} s "
+                  f"{pct:+8.1f} % ({(smed - bmed) * 1e3:+4.0f} ms)")
     finally:
         if server is not None:
             server.stop()
