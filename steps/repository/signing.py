@@ -134,10 +134,6 @@ class Signer:
         store.put_bytes(key + SIG_SUFFIX, self.signature(key, data))
         store.put_bytes(key, data)
 
-    @property
-    def public(self) -> Ed25519PublicKey:
-        return self.key.public_key()
-
 
 def _message(key: str, sha256_hex: str) -> bytes:
     return f"runbook-signature-v1\n{key}\n{sha256_hex}".encode()
@@ -147,20 +143,16 @@ def _canonical(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def generate() -> Ed25519PrivateKey:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    return Ed25519PrivateKey.generate()
-
-
 def create_key_files(out: Path, comment: str | None = None) -> tuple[Signer, Path, str]:
     """A new key pair: the private key at `out` (0600, never over an existing file) and its public line at
     `out` + `.pub`. Returns the signer, the public file and its line."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     pub_path = out.with_name(out.name + ".pub")
     for p in (out, pub_path):
         if os.path.lexists(p):
             raise SigningError(f"{p} already exists: a key is never overwritten", hint="choose another --out")
-    key = generate()
+    key = Ed25519PrivateKey.generate()
     kid = key_id(_raw(key.public_key()))
     when = datetime.now(UTC).strftime("%Y-%m-%d")
     line = public_line(key.public_key(), comment or f"{_user()}@{socket.gethostname()} {when} id {kid}")
