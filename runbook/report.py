@@ -57,6 +57,10 @@ RECOVERY_POINT_OUTPUTS = ("recovery_point", "snapshot_time")
 # Built-in actions whose recovery point is a logical dump's snapshot.
 LOGICAL_BACKUP_ACTIONS = frozenset({"fetch-latest-backup"})
 PITR_SCENARIO = "pitr"
+# The run parameter naming the cluster (system identifier) whose backup the recovery expects, and the step
+# output naming the cluster whose backup it restored: when both are set and differ, no RPO can be claimed.
+EXPECTED_CLUSTER_PARAM = "source_cluster"
+RESTORED_CLUSTER_OUTPUT = "cluster"
 
 
 # ---- the facts ---------------------------------------------------------------------------------------
@@ -287,7 +291,14 @@ def rpo_facts(st: RunState) -> RpoFacts | None:
         problem = f"the recovery point {raw!r} reported by step {sid} is not an ISO 8601 time with a zone ({e})"
     window = max(0.0, (lost_at - point).total_seconds()) if (point and lost_at) else None
     impossible = bool(point and lost_at and point > lost_at)
-    if impossible:
+    expected = str(st.params.get(EXPECTED_CLUSTER_PARAM) or "")
+    restored = str(outputs.get(RESTORED_CLUSTER_OUTPUT) or "")
+    if expected and restored and expected != restored:
+        impossible, window = True, None
+        problem = (f"the backup restored (step {sid}) is of cluster {restored}, not of cluster {expected} that "
+                   f"the recovery expected ({EXPECTED_CLUSTER_PARAM}): its recovery point says nothing about the "
+                   "data that was lost")
+    elif impossible:
         window = None
         problem = (f"the recovery point {raw} (step {sid}) is after the moment data was lost, {_t(lost_at)}: the "
                    "recovery restored something taken after the loss (another backup or cluster than the one "

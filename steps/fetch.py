@@ -10,24 +10,42 @@ same backup is tried (local first, then S3); an older backup is never substitute
 Only genuine backups are picked (signed by a key of signing.public_keys, not from the future): each one refused
 is named with the reason (a warning check), and the newest genuine one is fetched. `allow_unsigned: true`
 accepts a repository written before signing, and says so for the backup it fetches.
+
+The repository is hostile input (a recovery runs as root). A manifest whose object paths are not plain
+relative paths inside the backup does not parse: that backup is named as unusable and never opened. `dest`
+must be a real directory owned by root or by us (made 0750 when missing); the backup is fetched into a
+fresh private directory in it (`mkdtemp`, 0700), each object beneath its descriptor without following a
+link, into a temporary name (O_EXCL, 0600), renamed once its sha256 matched; the whole directory is renamed
+to `<db>-<backup id>` at the end, with the stamp restore-logical trusts (steps.repository.verified).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import stat
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from runbook.errors import RunbookError
 from steps.events import Events
+from steps.fs import (
+    UnsafePath,
+    check_parent,
+    open_beneath,
+    open_dir,
+    open_read_beneath,
+    open_subdir,
+    private_dir,
+)
 from steps.repository import layout
-from steps.repository.manifest import LogicalManifest, parse_logical, sha256_bytes
-from steps.repository.store import CorruptObject, RepositoryError, sha256_file
+from steps.repository.manifest import LogicalManifest, invalid_reason, parse_logical, sha256_bytes
+from steps.repository.store import CHUNK, CorruptObject, RepositoryError
 from steps.repository.verified import write_stamp
 
 
@@ -36,11 +54,48 @@ class Args(BaseModel):
     config: str | None = Field(None, description="Repository config (default: $RUNBOOK_CONFIG, "
                                "then /etc/runbook/repository.yaml)")
     db: str = Field(min_length=1, description="The database whose backup to fetch")
-    dest: str = Field(min_length=1, description="Directory to fetch into (created; a sub-directory per backup)")
+    dest: str = Field(min_length=1, description="Directory to fetch into (made 0750 when missing; must belong to "
+                      "root or to the user fetching): the backup lands in a private sub-directory <db>-<backup id>")
     source: Literal["local", "s3", "any"] = Field("any", alias="from", description="Which repository to read")
     backup_id: str | None = Field(None, description="This backup instead of the newest usable one")
     allow_unsigned: bool = Field(False, description="Accept unsigned backups (a repository written before "
                                  "signing); each one used is reported as a warning")
+    cluster: str | None = Field(None, description="System identifier of the cluster the recovery expects "
+                                "(`runbook backups` lists them): a backup of another cluster is never picked; "
+                                "empty: the newest of any cluster, with a warning when several hold the database")
+
+    @field_validator("cluster", "backup_id", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+
+def _of_cluster(entries: list[Any], args: Args, events: Events) -> list[Any] | None:
+    """The backups of `db` a recovery may choose from: those of the expected cluster when one is named.
+
+    A repository holds a database under several clusters after a logical restore (the new server has a new
+    system identifier) or when two servers share a repository; a sandbox rebuilt during a drill is a new
+    cluster too. Restoring another cluster's backup than the one the recovery expected would make every
+    verdict after it false, so it is refused, and the clusters there are named."""
+    mine = [e for e in entries if e.db == args.db]
+    clusters = sorted({e.cluster for e in mine})
+    if args.cluster is None:
+        if len(clusters) > 1:
+            msg = (f"backups of {args.db} come from {len(clusters)} clusters ({', '.join(clusters)}): the newest "
+                   "is picked, whichever cluster it is of; set `cluster` (param source_cluster) to the one meant")
+            events.check("cluster of the backup", "warning", msg)
+            print(msg)
+        return entries
+    if args.cluster not in clusters:
+        others = f"it holds backups of {args.db} from {', '.join(clusters)} only" if clusters else \
+            f"it holds no backup of {args.db} at all"
+        msg = (f"no backup of {args.db} from cluster {args.cluster}, the one this recovery expects: {others}. "
+               "The server or sandbox was rebuilt (a new system identifier), or the expected cluster is wrong")
+        events.check("cluster of the backup", "failed", msg)
+        print(msg + "; nothing was fetched")
+        return None
+    events.check("cluster of the backup", "ok", f"{args.cluster}, as expected")
+    return [e for e in entries if e.cluster == args.cluster]
 
 
 def _age(seconds: float) -> str:
@@ -50,12 +105,66 @@ def _age(seconds: float) -> str:
     return f"{d}d {h}h {s // 60}m" if d else f"{h}h {s // 60}m"
 
 
-def _verify_local(final: Path, manifest: LogicalManifest) -> bool:
-    for o in manifest.objects:
-        path = final / o.path
-        if not path.is_file() or sha256_file(path) != (o.size, o.sha256):
-            return False
-    return True
+def _hash_beneath(dir_fd: int, name: str) -> tuple[int, str]:
+    fd = open_read_beneath(dir_fd, name, what="file")
+    h = hashlib.sha256()
+    size = 0
+    with os.fdopen(fd, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def _reuse_existing(dest_fd: int, name: str, manifest_sha256s: set[str]) -> tuple[str, LogicalManifest] | str:
+    """An earlier fetch's `<dest>/<name>` of this very backup: (its manifest's sha256, manifest) when it is
+    ours (a real directory, 0700, owned by root or us), its manifest is one of this backup's copies' and every
+    file matches; else why not."""
+    st = os.stat(name, dir_fd=dest_fd, follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode):
+        return "it is not a directory (a link or a file)"
+    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o077:
+        return f"it is not private to this user (uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})"
+    fd = open_subdir(dest_fd, name)
+    try:
+        mfd = open_read_beneath(fd, layout.MANIFEST, what="manifest")
+        with os.fdopen(mfd, "rb") as f:
+            data = f.read()
+        digest = sha256_bytes(data)
+        if digest not in manifest_sha256s:
+            return "its manifest.json is not this backup's"
+        manifest = parse_logical(data)
+        for o in manifest.objects:
+            if _hash_beneath(fd, o.path) != (o.size, o.sha256):
+                return f"{o.path} does not match its sha256"
+        write_stamp(fd, digest, [o.path for o in manifest.objects], "fetch-latest-backup")
+        return digest, manifest
+    except UnsafePath as e:
+        return str(e)
+    finally:
+        os.close(fd)
+
+
+def _remove_leftovers(dest: Path, dest_fd: int, prefix: str) -> None:
+    """Work directories of this backup that an interrupted fetch left (killed before it could clean up): only
+    real directories of ours, removed without following any link inside them."""
+    for name in os.listdir(dest_fd):
+        if not name.startswith(prefix):
+            continue
+        st = os.stat(name, dir_fd=dest_fd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+            shutil.rmtree(name, dir_fd=dest_fd, ignore_errors=True)
+            print(f"removed {dest / name}, left by an interrupted fetch", flush=True)
+
+
+def _report_unusable(cat: Any, db: str, events: Events) -> None:
+    """Backups of `db` whose manifest does not parse (a path that is not data, a forged field): named, skipped."""
+    for inc in cat.incomplete:
+        parts = inc.prefix.rstrip("/").split("/")
+        if len(parts) >= 2 and parts[-2] == db and inc.reason.startswith("unreadable manifest"):
+            msg = f"backup {inc.backup_id} of {db} in {inc.store.describe()} is unusable: {inc.reason}"
+            events.check(f"backup {inc.backup_id}", "warning", msg)
+            print(f"skipped: {msg}", flush=True)
 
 
 def main(args: Args, events: Events) -> int:
@@ -88,13 +197,17 @@ def main(args: Args, events: Events) -> int:
     for name, err in cat.errors.items():
         events.check(f"{name} repository", "warning", err)
         print(f"the {name} repository could not be read: {err}")
+    _report_unusable(cat, args.db, events)
+    entries = _of_cluster(cat.entries, args, events)
+    if entries is None:
+        return 1
     if args.backup_id:
-        entry = next((e for e in cat.entries if e.backup_id == args.backup_id), None)
+        entry = next((e for e in entries if e.backup_id == args.backup_id), None)
         if entry is not None and not usable_copies(entry, source=args.source):
             print(f"backup {args.backup_id} of {args.db} is only at level {entry.level.name}; a recovery needs readable")
             entry = None
     else:
-        entry = pick(cat.entries, args.db, source=args.source)
+        entry = pick(entries, args.db, source=args.source)
     for name, status, detail in trust_notes(cat, "logical", db=args.db, picked=entry, source=args.source):
         events.check(name, status, detail)
         print(detail, flush=True)
@@ -115,48 +228,83 @@ def main(args: Args, events: Events) -> int:
     events.check("backup picked", "ok", f"{entry.backup_id}, {age} old, {entry.level.name}")
 
     dest = Path(args.dest)
-    final = dest / f"{args.db}-{entry.backup_id}"
+    final_name = f"{args.db}-{entry.backup_id}"
+    final = dest / final_name
     try:
-        dest.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as e:
-        print(f"cannot create {dest}: {e.strerror}")
+        if not os.path.lexists(dest):
+            os.makedirs(dest, mode=0o750, exist_ok=True)
+        check_parent(dest, "fetch destination")
+        with open_dir(dest) as dest_fd:
+            return _fetch_into(args, events, entry, dest, dest_fd, final_name)
+    except UnsafePath as e:
+        events.check("destination", "failed", str(e))
+        print(f"{e}; nothing was fetched")
         return 1
-    if final.exists():
-        if _verify_local(final, m):
-            write_stamp(final, sha256_bytes((final / layout.MANIFEST).read_bytes()), [o.path for o in m.objects],
-                        "fetch-latest-backup")
-            print(f"{final} already holds this backup, every object verified: using it")
-            _outputs(events, final, entry.backup_id, m, entry.cluster, "existing")
-            return 0
-        print(f"{final} exists but does not match the backup: move it away and run again")
-        events.check("destination", "failed", f"{final} exists and differs from the backup")
+    except OSError as e:
+        print(f"cannot use {final if os.path.lexists(dest) else dest}: {e.strerror or e}")
+        events.check("destination", "failed", f"{dest}: {e.strerror or e}")
         return 1
 
-    for copy in usable_copies(entry, source=args.source):
+
+def _fetch_into(args: Args, events: Events, entry: Any, dest: Path, dest_fd: int, final_name: str) -> int:
+    from steps.repository.catalogue import usable_copies
+
+    final = dest / final_name
+    copies = usable_copies(entry, source=args.source)
+    try:
+        os.stat(final_name, dir_fd=dest_fd, follow_symlinks=False)
+        exists = True
+    except FileNotFoundError:
+        exists = False
+    if exists:
+        reused = _reuse_existing(dest_fd, final_name, {c.manifest_sha256 for c in copies})
+        if isinstance(reused, tuple):
+            print(f"{final} already holds this backup, every object verified: using it")
+            _outputs(events, final, entry.backup_id, reused[1], entry.cluster, "existing")
+            return 0
+        print(f"{final} exists but cannot be used ({reused}): move it away and run again")
+        events.check("destination", "failed", f"{final} exists and cannot be used: {reused}")
+        return 1
+
+    _remove_leftovers(dest, dest_fd, f".partial-{args.db}-{entry.backup_id}-")
+    for copy in copies:
         store = copy.store
-        partial = dest / f".partial-{args.db}-{entry.backup_id}"
-        shutil.rmtree(partial, ignore_errors=True)
+        work = private_dir(dest, f".partial-{args.db}-{entry.backup_id}-")
         t0 = time.monotonic()
         try:
             data = store.get_bytes(copy.prefix + layout.MANIFEST)
             if sha256_bytes(data) != copy.manifest_sha256:
                 raise CorruptObject(store.describe(), copy.prefix + layout.MANIFEST, copy.manifest_sha256,
                                     sha256_bytes(data))
-            manifest = parse_logical(data)
+            try:
+                manifest = parse_logical(data)
+            except (ValueError, ValidationError) as e:
+                raise RepositoryError(f"the manifest of {copy.prefix} in {store.describe()} is unusable: "
+                                      f"{invalid_reason(e)}") from None
             total = manifest.size_bytes
             progress = _Progress(events, total, f"fetching from {store.name}")
-            for o in manifest.objects:
-                store.fetch_file(copy.prefix + o.path, partial / o.path, size=o.size, sha256=o.sha256,
-                                 progress=progress)
-            (partial / layout.MANIFEST).write_bytes(data)
-            write_stamp(partial, sha256_bytes(data), [o.path for o in manifest.objects], "fetch-latest-backup")
-            os.replace(partial, final)
-        except RepositoryError as e:
-            shutil.rmtree(partial, ignore_errors=True)
+            with open_dir(work) as work_fd:
+                for o in manifest.objects:
+                    store.fetch_beneath(copy.prefix + o.path, work_fd, o.path, size=o.size, sha256=o.sha256,
+                                        progress=progress)
+                fd = open_beneath(work_fd, layout.MANIFEST, what="manifest")
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                write_stamp(work_fd, sha256_bytes(data), [o.path for o in manifest.objects], "fetch-latest-backup")
+            # The whole directory appears under its final name at once; a non-empty directory or a link that
+            # appeared there meanwhile makes the rename fail, it is never written into.
+            os.rename(work.name, final_name, src_dir_fd=dest_fd, dst_dir_fd=dest_fd)
+        except (RepositoryError, UnsafePath) as e:
+            shutil.rmtree(work, ignore_errors=True)
             name = f"sha256 of {e.key}" if isinstance(e, CorruptObject) else f"fetch from {store.name}"
             events.check(name, "failed", str(e))
             print(f"copy in {store.describe()} failed: {e}", flush=True)
             continue
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
         secs = time.monotonic() - t0
         print(f"fetched {len(manifest.objects)} objects, {total / 1e6:.1f} MB from {store.describe()} in {secs:.1f} s, "
               f"every sha256 verified, into {final}")

@@ -67,10 +67,20 @@ ACTIONS: dict[str, ActionSpec] = {
             name="restore-attachments",
             summary="Restore the user-uploaded files of a backup run, byte-identical, into a directory",
             module="steps.restore_attachments",
+            details="Which snapshot: the one of `backup_id`'s run when it has one (scenario 1: the database's); else, "
+                    "with `at` (the recovery point), the newest taken at or before it, and when all are newer the "
+                    "nearest after it, with a warning; else the newest. Staged in a fresh private directory (0700) "
+                    "beside `dest` (its parent: a real directory owned by root or by the user running it) and renamed into place; a symbolic link at `dest` is refused, one inside it is "
+                    "never written through. An existing `dest` keeps its owner and mode, and when run as root its "
+                    "owner gets the restored files.",
             outputs={
                 "dest": "the directory restored into",
                 "attachments_id": "id of the attachments snapshot (the backup run)",
                 "files": "number of files restored",
+                "attachments_time": "when the snapshot was taken (ISO 8601)",
+                "distance_s": "with `at`: seconds from the snapshot to the recovery point (negative: taken after it)",
+                "distance": "with `at`: the snapshot and how far from the recovery point, e.g. \"attachments "
+                            "snapshot 2026-11-25T02:00:41+00:00, 42 s before the recovery point (...)\"",
             },
         ),
         ActionSpec(

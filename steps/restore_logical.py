@@ -1,7 +1,10 @@
 """restore-logical: a fetched logical backup into a new database, with everything a logical restore carries.
 
 1. Re-check every file of the backup directory against its manifest (a tampered copy restores nothing),
-   unless fetch-latest-backup checked them and they are unchanged since (steps.repository.verified).
+   unless fetch-latest-backup checked them and they provably are unchanged since (steps.repository.verified:
+   its stamp, owned by root or us in a directory nobody else may write, every file's size, mtime, inode,
+   ctime and device the same). Files are opened without following links. The SQL files run as superuser
+   (globals.sql, user_mappings.sql) are read once, checked against their sha256, and those very bytes run.
 2. Refuse a target database that exists and is not empty (a half-restored target is dropped by the
    operator, deliberately, never by this action).
 3. Restore the globals role by role (steps.backup.globals_sql): existing roles are reported and left as they are.
@@ -28,17 +31,26 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runbook.errors import RunbookError
 from steps.events import Events
-from steps.pg.tools import Conn, ToolFailed, connect, tool
+from steps.fs import UnsafePath, open_dir, open_read_beneath, private_enough
+from steps.pg.tools import Conn, ToolFailed, connect, dbname_option, tool
 from steps.repository import layout
-from steps.repository.manifest import DatabaseFacts, LogicalManifest, parse_logical, sha256_bytes
-from steps.repository.store import sha256_file
+from steps.repository.manifest import (
+    DatabaseFacts,
+    LogicalManifest,
+    invalid_reason,
+    parse_logical,
+    sha256_bytes,
+)
+from steps.repository.store import CHUNK
 from steps.repository.verified import checked_unchanged
 
 
 class Args(BaseModel):
     model_config = ConfigDict(extra="forbid")
     backup_dir: str = Field(min_length=1, description="A directory fetch-latest-backup made (dump/, globals.sql)")
-    db: str = Field(min_length=1, max_length=63, description="Name of the database to restore into")
+    db: str = Field(min_length=1, max_length=63,
+                    description="Name of the database to restore into, taken as a name: never a connection "
+                                "string (`dbname=x` is a database called that)")
     jobs: int = Field(2, ge=1, le=64, description="pg_restore --jobs (about the target's cores)")
     host: str | None = Field(None, description="Target server host or socket directory (default: PGHOST)")
     port: int | None = Field(None, description="Target server port (default: PGPORT)")
@@ -133,19 +145,55 @@ def create_like(pg: Any, db: str, facts: DatabaseFacts, *, create: bool) -> list
     return notes
 
 
+def _read_beneath(backup_dir: Path, name: str) -> bytes:
+    """The whole file `name` of the backup directory, opened without following a link."""
+    with open_dir(backup_dir) as dfd:
+        fd = open_read_beneath(dfd, name, what="file")
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
+
+def _hash_beneath(dir_fd: int, name: str) -> tuple[int, str]:
+    import hashlib
+
+    fd = open_read_beneath(dir_fd, name, what="file")
+    h = hashlib.sha256()
+    size = 0
+    with os.fdopen(fd, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
 def _verify_files(backup_dir: Path, manifest: LogicalManifest, events: Events) -> str | None:
     total = manifest.size_bytes
     done = 0
-    for o in manifest.objects:
-        path = backup_dir / o.path
-        if not path.is_file():
-            return f"{o.path} is missing from {backup_dir}"
-        size, digest = sha256_file(path)
-        if (size, digest) != (o.size, o.sha256):
-            return f"{o.path} in {backup_dir} does not match its sha256 in the manifest"
-        done += size
-        events.progress(done, total, "bytes", "checking the backup's sha256")
+    with open_dir(backup_dir) as dfd:
+        for o in manifest.objects:
+            try:
+                size, digest = _hash_beneath(dfd, o.path)
+            except FileNotFoundError:
+                return f"{o.path} is missing from {backup_dir}"
+            except UnsafePath as e:
+                return f"{o.path} in {backup_dir} cannot be checked: {e}"
+            if (size, digest) != (o.size, o.sha256):
+                return f"{o.path} in {backup_dir} does not match its sha256 in the manifest"
+            done += size
+            events.progress(done, total, "bytes", "checking the backup's sha256")
     return None
+
+
+def _sql_file(backup_dir: Path, manifest: LogicalManifest, name: str, *, verify: bool) -> str:
+    """A SQL file of the backup that runs as superuser: read once, checked against its sha256 in the manifest
+    (when verifying), and these very bytes are what runs: a swap after the check changes nothing."""
+    data = _read_beneath(backup_dir, name)
+    if verify:
+        entry = next((o for o in manifest.objects if o.path == name), None)
+        if entry is None or (len(data), sha256_bytes(data)) != (entry.size, entry.sha256):
+            raise RunbookError(f"{name} in {backup_dir} does not match its sha256 in the manifest; nothing of it "
+                               "was run")
+    return data.decode()
 
 
 def _pg_restore(argv: list[str], env: dict[str, str], data_items: int, events: Events) -> None:
@@ -171,10 +219,22 @@ def main(args: Args, events: Events) -> int:
     t_start = time.monotonic()
     backup_dir = Path(args.backup_dir)
     try:
-        manifest = parse_logical((backup_dir / layout.MANIFEST).read_bytes())
-    except (OSError, ValueError) as e:
-        print(f"{backup_dir} is not a fetched backup (no readable manifest.json): {e}")
+        manifest_bytes = _read_beneath(backup_dir, layout.MANIFEST)
+    except (OSError, UnsafePath) as e:
+        print(f"{backup_dir} is not a fetched backup (no readable manifest.json, links are not followed): "
+              f"{getattr(e, 'strerror', None) or e}")
         return 2
+    try:
+        manifest = parse_logical(manifest_bytes)
+    except ValueError as e:
+        print(f"{backup_dir} holds an unusable manifest.json: {invalid_reason(e)}; nothing was restored")
+        events.check("manifest", "failed", invalid_reason(e))
+        return 2
+    if not private_enough(os.stat(backup_dir, follow_symlinks=False)):
+        msg = (f"{backup_dir} may be written by another user: its files could change after they are checked "
+               "(fetch-latest-backup makes a private directory)")
+        print(f"warning: {msg}")
+        events.check("backup directory", "warning", msg)
     facts = manifest.database
     dump_dir = backup_dir / manifest.dump.path
     for note in manifest.notes:
@@ -183,7 +243,7 @@ def main(args: Args, events: Events) -> int:
     if args.verify:
         t0 = time.monotonic()
         paths = [o.path for o in manifest.objects]
-        stamp = checked_unchanged(backup_dir, sha256_bytes((backup_dir / layout.MANIFEST).read_bytes()), paths)
+        stamp = checked_unchanged(backup_dir, sha256_bytes(manifest_bytes), paths)
         if stamp is not None:
             by, at = stamp
             note = f"{len(paths)} files checked against their sha256 by {by} at {at}, unchanged since"
@@ -221,7 +281,8 @@ def main(args: Args, events: Events) -> int:
             print(f"database {args.db} exists and is empty: restoring into it")
         if args.globals and manifest.globals.path:
             t0 = time.monotonic()
-            report = _restore_globals(pg, backup_dir / manifest.globals.path, manifest)
+            report = _restore_globals(pg, _sql_file(backup_dir, manifest, manifest.globals.path, verify=args.verify),
+                                      manifest)
             timings["globals_s"] = time.monotonic() - t0
             events.check("roles", "ok", f"{len(report.created)} created, {len(report.existing)} existed")
         use_create = not exists and args.db == facts.name
@@ -237,9 +298,10 @@ def main(args: Args, events: Events) -> int:
         events.check("prepare target", "failed", msg)
         print(msg)
         return 1
-    except RunbookError as e:
-        events.check("prepare target", "failed", str(e))
-        print(str(e))
+    except (RunbookError, OSError) as e:
+        msg = str(e) if isinstance(e, RunbookError) else f"reading the backup failed: {e.strerror or e}"
+        events.check("prepare target", "failed", msg)
+        print(msg)
         return 1
     finally:
         pg.close()
@@ -248,7 +310,7 @@ def main(args: Args, events: Events) -> int:
 
     data_items = sum(1 for e in toc_entries(dump_dir) if " TABLE DATA " in e or " BLOBS " in e) or 1
     argv = [tool("pg_restore"), *conn.args(), f"--jobs={args.jobs}", "--exit-on-error", "--verbose"]
-    argv += ["--create", f"--dbname={args.maintenance_db}"] if use_create else [f"--dbname={args.db}"]
+    argv += ["--create", dbname_option(args.maintenance_db)] if use_create else [dbname_option(args.db)]
     argv.append(str(dump_dir))
     env = {**os.environ, "PGOPTIONS": f"{os.environ.get('PGOPTIONS', '')} -c maintenance_work_mem={args.maintenance_work_mem}".strip()}
     print(("restoring with --create (database-level settings and privileges come from the dump): " if use_create
@@ -266,7 +328,11 @@ def main(args: Args, events: Events) -> int:
     events.check("pg_restore", "ok", f"{data_items} data entries in {timings['restore_s']:.1f} s")
 
     if manifest.user_mappings:
-        problem = _restore_user_mappings(conn, args.db, backup_dir / manifest.user_mappings)
+        try:
+            mappings = _sql_file(backup_dir, manifest, manifest.user_mappings, verify=args.verify)
+            problem = _restore_user_mappings(conn, args.db, mappings)
+        except (RunbookError, OSError) as e:
+            problem = str(e) if isinstance(e, RunbookError) else f"reading it failed: {e.strerror or e}"
         if problem:
             msg = (f"the database {args.db} is restored, but its user mappings' options are not: {problem}; "
                    f"set them by hand from {backup_dir / manifest.user_mappings}")
@@ -277,7 +343,7 @@ def main(args: Args, events: Events) -> int:
     if args.analyze:
         t1 = time.monotonic()
         proc = subprocess.run([tool("vacuumdb"), *conn.args(), "--analyze-only", f"--jobs={args.jobs}",
-                               f"--dbname={args.db}"], capture_output=True, text=True)
+                               dbname_option(args.db)], capture_output=True, text=True)
         timings["analyze_s"] = time.monotonic() - t1
         if proc.returncode != 0:
             events.check("ANALYZE", "warning", proc.stderr.strip())
@@ -294,13 +360,13 @@ def main(args: Args, events: Events) -> int:
     return 0
 
 
-def _restore_user_mappings(conn: Conn, db: str, path: Path) -> str | None:
+def _restore_user_mappings(conn: Conn, db: str, text: str) -> str | None:
     """The options pg_dump could not see (the backup kept them: steps.backup.dump). Returns what went wrong, if anything."""
     import psycopg
 
     from steps.backup.globals_sql import split_statements
 
-    statements = split_statements(path.read_text())
+    statements = split_statements(text)
     try:
         with connect(conn, db, autocommit=True, application_name="runbook restore-logical") as pg, pg.transaction():
             for stmt in statements:
@@ -315,10 +381,10 @@ def _restore_user_mappings(conn: Conn, db: str, path: Path) -> str | None:
     return None
 
 
-def _restore_globals(pg: Any, path: Path, manifest: LogicalManifest) -> Any:
+def _restore_globals(pg: Any, text: str, manifest: LogicalManifest) -> Any:
     from steps.backup.globals_sql import apply_globals
 
-    report = apply_globals(pg, path.read_text())
+    report = apply_globals(pg, text)
     if report.created:
         print(f"roles created: {', '.join(report.created)}")
     if report.existing:

@@ -13,9 +13,11 @@ holds it, or a run of the runbook against the sandbox's target holds its run loc
 anything, naming the holder.
 
 `--scenario pitr` (scenario 2): the primary archives its WAL with `runbook wal-push` into the sandbox's
-repository, a base backup is taken with `runbook basebackup`, then a steady stream of timestamped writes
-runs while a wrong `DROP TABLE` strikes half-way; the moment just before it is the profile's target_time,
-and the operator recovers to it with the `pitr` action into a new data directory.
+repository, a base backup is taken with `runbook basebackup` and the daily backup (dumps and the attachments
+snapshot) with `runbook backup`, then a steady stream of timestamped writes runs while a wrong `DROP TABLE`
+strikes half-way and the attachments are wiped; the moment just before it is the profile's target_time, and
+the operator recovers to it with the `pitr` action into a new data directory, then restores the attachments
+snapshot nearest the recovery point.
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ def _build_and_recover(args: argparse.Namespace, sb: Any, rb: Any, runbook_path:
     if args.scenario == "pitr":
         sb.build(args.scale, args.files, say=_say, archive=True)
         sb.basebackup(say=_say)
+        sb.backup(say=_say)  # the daily backup: its attachments snapshot is the one scenario 2 restores
         story = sb.pitr_disaster(say=_say)
         lost_at = datetime.fromisoformat(story["disaster_at"])
         profile = write_profile(sb, runbook_path, args.scenario, pitr=story)

@@ -7,16 +7,21 @@ Regular files and directories are kept; symlinks and special files are skipped a
 
 `extract` restores byte-identical files: every member must be a plain file or directory with a safe
 relative path that the manifest lists (no absolute paths, no `..`, no links: tarfile's `data` filter
-as well), a non-empty destination is refused unless `overwrite`, and every file is re-hashed afterwards.
+as well), a non-empty destination is refused unless `overwrite`, and a symbolic link at the destination
+always. The files go into a fresh private directory (0700) beside the destination, are re-hashed there,
+and only then are renamed into place, through directory descriptors that never follow a link.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
+import shutil
 import stat
 import tarfile
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -109,12 +114,47 @@ def capture(src: Path, tar_path: Path) -> Capture:
     return Capture(files=files, skipped=skipped)
 
 
-def extract(tar_path: Path, files: list[FileEntry], dest: Path, *, overwrite: bool = False) -> int:
-    """Restore the archive into `dest`, verified file by file. Returns the number of files."""
-    expected = {safe_relpath(f.path): f for f in files}
-    if dest.exists() and any(dest.iterdir()) and not overwrite:
+def check_destination(dest: Path, *, overwrite: bool = False) -> os.stat_result | None:
+    """The destination's own status (None: it does not exist yet), or AttachmentsError.
+
+    A symbolic link at the destination is refused, never followed; so is anything but a directory, and a
+    non-empty directory unless `overwrite`."""
+    try:
+        st = dest.lstat()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise AttachmentsError(f"cannot look at {dest}: {e.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise AttachmentsError(f"{dest} is a symbolic link; nothing was restored (a restore never follows one)",
+                               hint="name the real directory, or remove the link")
+    if not stat.S_ISDIR(st.st_mode):
+        raise AttachmentsError(f"{dest} exists and is not a directory; nothing was restored")
+    if not overwrite and any(os.scandir(dest)):
         raise AttachmentsError(f"{dest} is not empty; nothing was restored",
                                hint="restore into an empty directory, or pass overwrite: true")
+    return st
+
+
+def private_workdir(dest: Path, what: str) -> Path:
+    """A fresh directory beside `dest` (mode 0700, an unpredictable name): nothing planted can be in it, and
+    what is staged in it is renamed into place on the same filesystem. The parent must be a real directory owned
+    by root or by us (steps.fs.private_dir)."""
+    from steps.fs import private_dir
+
+    return private_dir(dest.parent, f".{dest.name}.{what}-")
+
+
+def extract(tar_path: Path, files: list[FileEntry], dest: Path, *, overwrite: bool = False,
+            work: Path | None = None) -> int:
+    """Restore the archive into `dest`, verified file by file. Returns the number of files.
+
+    The files are extracted into a private staging directory (in `work`, else a fresh one beside `dest`),
+    re-hashed there, and only then renamed into place: a missing `dest` is the staged directory renamed, an
+    existing one receives the staged entries one by one through directory descriptors that refuse symbolic
+    links (a link planted at a file's name is replaced, never written through)."""
+    expected = {safe_relpath(f.path): f for f in files}
+    existing = check_destination(dest, overwrite=overwrite)
     with tarfile.open(tar_path, "r:") as tar:
         members = tar.getmembers()
         seen: set[str] = set()
@@ -130,16 +170,94 @@ def extract(tar_path: Path, files: list[FileEntry], dest: Path, *, overwrite: bo
         missing = sorted(set(expected) - seen)
         if missing:
             raise AttachmentsError(f"the attachments archive lacks {len(missing)} files of its manifest, e.g. {missing[0]}")
-        dest.mkdir(parents=True, exist_ok=True)
-        tar.extractall(dest, filter="data")
+        own_work = work is None
+        work_dir = private_workdir(dest, "restore") if work is None else work
+        try:
+            staged = Path(tempfile.mkdtemp(prefix="files-", dir=work_dir))
+            try:
+                tar.extractall(staged, filter="data")
+                _verify(staged, expected)
+                _place(staged, dest, existing)
+            except OSError as e:
+                raise AttachmentsError(f"restoring into {dest} failed: {e}") from None
+        finally:
+            if own_work:
+                shutil.rmtree(work_dir, ignore_errors=True)
+    return len(expected)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+def _verify(staged: Path, expected: dict[str, FileEntry]) -> None:
     for rel, entry in expected.items():
-        path = dest / rel
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
+        try:
+            fd = os.open(staged / rel, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as e:
+            raise AttachmentsError(f"restored file {rel} cannot be read back: {e.strerror}") from None
+        with os.fdopen(fd, "rb") as f:
+            h = hashlib.sha256()
             while chunk := f.read(1024 * 1024):
                 h.update(chunk)
-        if h.hexdigest() != entry.sha256:
-            raise AttachmentsError(f"restored file {rel} does not match its sha256 in the manifest")
-        os.chmod(path, entry.mode & 0o777)
-        os.utime(path, (entry.mtime, entry.mtime))
-    return len(expected)
+            if h.hexdigest() != entry.sha256:
+                raise AttachmentsError(f"restored file {rel} does not match its sha256 in the manifest")
+            os.fchmod(f.fileno(), entry.mode & 0o777)
+            os.utime(f.fileno(), (entry.mtime, entry.mtime))
+
+
+def _place(staged: Path, dest: Path, existing: os.stat_result | None) -> None:
+    """Move the verified files into `dest`; the owner of an existing `dest` gets them (when we are root)."""
+    if existing is not None and os.geteuid() == 0:
+        for root, dirs, names in os.walk(staged):
+            for name in dirs + names:
+                os.chown(os.path.join(root, name), existing.st_uid, existing.st_gid, follow_symlinks=False)
+    if existing is None:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staged, 0o777 & ~umask)
+        try:
+            os.rename(staged, dest)
+            return
+        except OSError as e:
+            raise AttachmentsError(f"{dest} appeared while the attachments were restored ({e.strerror}); "
+                                   "its content was left as it is") from None
+    try:
+        dfd = os.open(dest, _DIR_FLAGS)
+    except OSError as e:
+        raise AttachmentsError(f"{dest} cannot be opened as a directory without following links: {e.strerror}; "
+                               "nothing was restored") from None
+    sfd = os.open(staged, _DIR_FLAGS)
+    try:
+        _merge(sfd, dfd, dest, "")
+    finally:
+        os.close(sfd)
+        os.close(dfd)
+
+
+def _merge(sfd: int, dfd: int, dest: Path, rel: str) -> None:
+    for name in sorted(os.listdir(sfd)):
+        st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
+        path = rel + name
+        if stat.S_ISDIR(st.st_mode):
+            try:  # absent (or empty) there: the whole directory moves, with its owner and mode
+                os.rename(name, name, src_dir_fd=sfd, dst_dir_fd=dfd)
+                continue
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                    raise
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+            except OSError as e:
+                raise AttachmentsError(f"{dest / path} is a symbolic link or not a directory ({e.strerror}); "
+                                       "the restore stopped there and never writes through a link") from None
+            schild = os.open(name, _DIR_FLAGS, dir_fd=sfd)
+            try:
+                _merge(schild, child, dest, path + "/")
+            finally:
+                os.close(schild)
+                os.close(child)
+            continue
+        try:
+            os.rename(name, name, src_dir_fd=sfd, dst_dir_fd=dfd)  # replaces a link at that name, never follows it
+        except OSError as e:
+            raise AttachmentsError(f"cannot put {path} into {dest}: {e.strerror}") from None

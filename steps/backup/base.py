@@ -173,6 +173,7 @@ class BaseBackupRun:
                     time.sleep(0.2)
                     bid = layout.backup_id(_now())
                 lock.record(bid)
+                self._remove_stale_staging()
             except RunbookError as e:
                 return self._cannot_run(str(e))
             self.outcome.backup_id = bid
@@ -255,6 +256,24 @@ class BaseBackupRun:
                      "restart the server, then check with `runbook check`")
         return {"sysid": str(sysid), "server_version": str(ver), "server_version_num": int(vnum),
                 "segsize": int(segsize), "checksums": bool(checksums)}
+
+    def _remove_stale_staging(self) -> None:
+        """What killed backups left in the staging directory (steps.backup.staging), removed under our lock."""
+        from steps.backup.staging import remove_stale
+
+        root = self.cfg.basebackup.staging_dir
+        if root is None and self.cfg.local is not None:
+            root = self.cfg.local.path / ".staging"
+        if root is None:
+            return
+        try:
+            removed = remove_stale(root, self._lock_dir())
+        except OSError as e:
+            log.warning("could not look for stale staging in %s: %s", root, e)
+            return
+        for st in removed:
+            log.warning("removed stale staging %s (%s, backup %s): left by a backup that did not finish "
+                        "(killed?)", st.path, _mb(st.size), st.backup_id)
 
     def _staging(self, bid: str) -> Path:
         s = self.cfg.basebackup.staging_dir

@@ -4,8 +4,10 @@ PostgreSQL 15's `pg_verifybackup` cannot read tar format, so this does its job: 
 checksum is checked, then every tar is decompressed as a stream (gzip in-process; zstd and lz4 through
 their command-line tools, no Python package needed) and every regular file's size and SHA-256 are compared
 with the manifest. Every file the manifest lists must be found exactly once, and the tars may hold no
-file the manifest does not list. The same pass can extract the files (PITR): nothing is written that was
-not checked, and a mismatch stops the extraction with the file named.
+file the manifest does not list. The same pass can extract the files (PITR): nothing is at its name that
+was not checked (each file goes into a temporary name first), and a mismatch stops the extraction with the
+file named. The tars are hostile input: link members are refused, and extraction never follows a link
+(`check_tars`).
 
 `base.tar*` holds the main data directory; `<oid>.tar*` holds the tablespace with that OID, whose files
 the manifest lists under `pg_tblspc/<oid>/`. base.tar has no `pg_tblspc/<oid>` symlinks: its
@@ -20,11 +22,12 @@ import gzip
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import tarfile
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -244,6 +247,14 @@ def check_tars(
     `skip(path)`: files not to extract (still checked); `capture`: files whose bytes are kept in the
     result; `tablespace_dest`: OID -> the directory its tar is extracted into (else `dest/pg_tblspc/<oid>`).
     Raises BaseBackupInvalid on any mismatch.
+
+    The tars are data, never places: every member name is a plain relative path (steps.fs.check_relative);
+    symlink and hardlink members are refused (pg_basebackup writes none: with tablespace_map, pg_tblspc's
+    links are left out, and pg_wal is sent as a directory), so are devices and fifos. Extraction goes through
+    a descriptor on each destination directory (`dest`, a tablespace's directory: a symlink there is refused),
+    every directory on the way opened with O_NOFOLLOW and given its mode by fchmod; a file is written into a
+    new temporary name beside it (O_EXCL, O_NOFOLLOW, 0600), and renamed to its name only once its size and
+    SHA-256 match the manifest (a name that exists already is refused, it is not replaced).
     """
     seen: set[str] = set()
     result = TarCheck()
@@ -251,21 +262,20 @@ def check_tars(
     for path, prefix in tars:
         result.tars += 1
         oid = prefix.split("/")[1] if prefix else ""
-        if dest is None:
-            root = None
-        elif not prefix:
-            root = dest
-        elif tablespace_dest is not None and oid in tablespace_dest:
-            root = tablespace_dest[oid]
-        else:
-            root = dest / prefix.rstrip("/")
-        with open_stream(path) as stream:
-            try:
-                with tarfile.open(fileobj=stream, mode="r|") as tf:
-                    for member in tf:
-                        _member(tf, member, path, prefix, root, manifest, seen, result, progress, skip)
-            except (tarfile.TarError, EOFError, OSError) as e:
-                raise BaseBackupInvalid(f"{path.name} is cut short or damaged: {e}") from None
+        root_fd: int | None = None
+        try:
+            if dest is not None:
+                root_fd = _open_root(dest, prefix, oid, tablespace_dest)
+            with open_stream(path) as stream:
+                try:
+                    with tarfile.open(fileobj=stream, mode="r|") as tf:
+                        for member in tf:
+                            _member(tf, member, path, prefix, root_fd, manifest, seen, result, progress, skip)
+                except (tarfile.TarError, EOFError, OSError) as e:
+                    raise BaseBackupInvalid(f"{path.name} is cut short or damaged: {e}") from None
+        finally:
+            if root_fd is not None:
+                os.close(root_fd)
     missing = sorted(set(manifest.files) - seen)
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -274,27 +284,45 @@ def check_tars(
     return result
 
 
-def _member(tf: tarfile.TarFile, m: tarfile.TarInfo, tar: Path, prefix: str, root: Path | None,
+def _open_root(dest: Path, prefix: str, oid: str, tablespace_dest: Mapping[str, Path] | None) -> int:
+    """A descriptor on the directory a tar is extracted into (never through a link)."""
+    from steps.fs import UnsafePath, open_real_dir, open_subdir
+
+    try:
+        if not prefix:
+            return open_real_dir(dest, "data directory")
+        if tablespace_dest is not None and oid in tablespace_dest:
+            return open_real_dir(tablespace_dest[oid], f"directory of tablespace {oid}")
+        fd = open_real_dir(dest, "data directory")
+        try:
+            return open_subdir(fd, prefix.rstrip("/"), create=True)
+        finally:
+            os.close(fd)
+    except UnsafePath as e:
+        raise BaseBackupInvalid(e.message) from None
+
+
+def _member(tf: tarfile.TarFile, m: tarfile.TarInfo, tar: Path, prefix: str, root_fd: int | None,
             manifest: ServerManifest, seen: set[str], result: TarCheck, progress: Callable[[int], None] | None,
             skip: Callable[[str], bool] | None) -> None:
+    from steps.fs import UnsafePath, check_relative
+
     rel = _norm(m.name)
-    if not rel or rel.startswith("/") or ".." in rel.split("/"):
-        raise BaseBackupInvalid(f"{tar.name}: unsafe member name {m.name!r}")
-    target = None if root is None else root / rel
+    try:
+        check_relative(rel, f"{tar.name}: member name")
+    except UnsafePath as e:
+        raise BaseBackupInvalid(f"unsafe member name {m.name!r}: {e.message}") from None
+    if m.issym() or m.islnk():
+        kind = "symlink" if m.issym() else "hardlink"
+        raise BaseBackupInvalid(f"{tar.name}: member {rel!r} is a {kind} (to {m.linkname!r}): a base backup "
+                                "holds no links (the only ones a restore makes are its tablespaces', from "
+                                "tablespace_map); refusing it")
     if m.isdir():
-        if target is not None:
-            target.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(target, 0o700)
-        return
-    if m.issym():
-        if target is not None:
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.symlink(m.linkname, target)
+        if root_fd is not None:
+            _make_dir(root_fd, rel, tar)
         return
     if not m.isfile():
         raise BaseBackupInvalid(f"{tar.name}: unexpected member type for {m.name!r}")
-    if target is not None and root is not None and not target.parent.resolve().is_relative_to(root.resolve()):
-        raise BaseBackupInvalid(f"{tar.name}: {rel} would be written outside {root} (through a symlink)")
     key = prefix + rel
     spec = manifest.files.get(key)
     if spec is None:
@@ -308,9 +336,8 @@ def _member(tf: tarfile.TarFile, m: tarfile.TarInfo, tar: Path, prefix: str, roo
     n = 0
     keep = key in result.captured
     out = None
-    if target is not None and not (skip and skip(key)):
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        out = open(target, "wb")  # noqa: SIM115 - closed below, after the last chunk
+    if root_fd is not None and not (skip and skip(key)):
+        out = _NewFile(root_fd, rel, tar)
     try:
         while chunk := src.read(CHUNK):
             h.update(chunk)
@@ -321,19 +348,87 @@ def _member(tf: tarfile.TarFile, m: tarfile.TarInfo, tar: Path, prefix: str, roo
                 result.captured[key] += chunk
             if progress:
                 progress(len(chunk))
+        if n != spec.size:
+            raise BaseBackupInvalid(f"{key}: {n} bytes in {tar.name}, the backup_manifest says {spec.size}")
+        if spec.algorithm == "SHA256" and h.hexdigest() != spec.checksum:
+            raise BaseBackupInvalid(f"{key}: SHA-256 in {tar.name} differs from the backup_manifest's")
+        if spec.algorithm not in ("SHA256", "NONE"):
+            raise BaseBackupInvalid(f"{key}: the backup_manifest uses {spec.algorithm}; take it with "
+                                    "--manifest-checksums=SHA256")
+        if out is not None:
+            out.publish()
     finally:
         if out is not None:
-            out.close()
-            os.chmod(target, 0o600)  # type: ignore[arg-type]
-    if n != spec.size:
-        raise BaseBackupInvalid(f"{key}: {n} bytes in {tar.name}, the backup_manifest says {spec.size}")
-    if spec.algorithm == "SHA256" and h.hexdigest() != spec.checksum:
-        raise BaseBackupInvalid(f"{key}: SHA-256 in {tar.name} differs from the backup_manifest's")
-    if spec.algorithm not in ("SHA256", "NONE"):
-        raise BaseBackupInvalid(f"{key}: the backup_manifest uses {spec.algorithm}; take it with "
-                                "--manifest-checksums=SHA256")
+            out.discard()
     result.files += 1
     result.size += n
+
+
+def _make_dir(root_fd: int, rel: str, tar: Path) -> None:
+    """The directory `rel` beneath root_fd, made 0700 (its parents too), every component a real directory;
+    its mode set on its descriptor, so that a link is never chmodded through."""
+    from steps.fs import UnsafePath, open_subdir, set_owner_mode
+
+    try:
+        fd = open_subdir(root_fd, rel, create=True, what=f"{tar.name}: directory")
+    except UnsafePath as e:
+        raise BaseBackupInvalid(f"{tar.name}: {e.message}") from None
+    try:
+        set_owner_mode(fd, mode=0o700)
+    finally:
+        os.close(fd)
+
+
+class _NewFile:
+    """A member being extracted: written into a temporary name beside its own (O_EXCL, O_NOFOLLOW, 0600),
+    renamed to its name by `publish` once checked; `discard` removes what was not published."""
+
+    def __init__(self, root_fd: int, rel: str, tar: Path) -> None:
+        from steps.fs import UnsafePath, exists_beneath, open_beneath, open_subdir
+
+        *dirs, self.leaf = rel.split("/")
+        self.rel = rel
+        self.tar = tar
+        self.tmp = f".{self.leaf}.runbook-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        self.fd: int | None = None
+        self.dir_fd = -1
+        try:
+            self.dir_fd = (open_subdir(root_fd, "/".join(dirs), create=True, what=f"{tar.name}: directory")
+                           if dirs else os.dup(root_fd))
+            if exists_beneath(self.dir_fd, self.leaf):
+                raise UnsafePath(f"{rel} exists already (or is a link): refusing to write over it")
+            self.fd = open_beneath(self.dir_fd, self.tmp, mode=0o600, what=f"{tar.name}: member")
+        except UnsafePath as e:
+            self.discard()
+            raise BaseBackupInvalid(f"{tar.name}: {e.message}") from None
+
+    def write(self, data: bytes) -> None:
+        assert self.fd is not None
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def publish(self) -> None:
+        from steps.fs import exists_beneath, rename_in
+
+        assert self.fd is not None
+        os.close(self.fd)
+        self.fd = None
+        if exists_beneath(self.dir_fd, self.leaf):  # made meanwhile (the directory is ours: only by a bug)
+            raise BaseBackupInvalid(f"{self.tar.name}: {self.rel} appeared while it was extracted")
+        rename_in(self.dir_fd, self.tmp, self.leaf)
+        self.tmp = ""
+
+    def discard(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if self.dir_fd >= 0:
+            if self.tmp:
+                with suppress(FileNotFoundError):
+                    os.unlink(self.tmp, dir_fd=self.dir_fd)
+            os.close(self.dir_fd)
+            self.dir_fd = -1
 
 
 def read_member(tar: Path, name: str) -> bytes | None:

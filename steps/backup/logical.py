@@ -41,7 +41,7 @@ from steps.repository.config import RepositoryConfig
 from steps.repository.configured import checked_stores
 from steps.repository.manifest import Check, FilesManifest, Level, LogicalManifest, ObjectEntry, Tool, to_json
 from steps.repository.signing import Signer, Trust
-from steps.repository.store import LocalStore, RepositoryError, Store, sha256_file
+from steps.repository.store import MARKER, LocalStore, RepositoryError, Store, sha256_file
 
 log = logging.getLogger("runbook.backup")
 
@@ -145,6 +145,13 @@ def open_usable_stores(cfg: RepositoryConfig, repositories: dict[str, str], log:
         if isinstance(got, RunbookError):
             repositories[which] = str(got)
             log.error("%s repository unusable: %s", which, got)
+            continue
+        try:
+            if got.ensure_marker():
+                log.info("%s: wrote the repository marker %s", got.describe(), MARKER)
+        except RunbookError as e:
+            repositories[which] = f"cannot write the repository marker {MARKER}: {e}"
+            log.error("%s repository unusable: %s", which, repositories[which])
             continue
         repositories[which] = "ok"
         stores.append(got)
@@ -288,6 +295,26 @@ class BackupRun:
         self.backup_id = bid
         for lk in self._locks:
             lk.record(bid)
+        self._remove_stale_staging()
+
+    def _remove_stale_staging(self) -> None:
+        """What killed backups left in the staging directory (steps.backup.staging), removed under our lock."""
+        from steps.backup.staging import remove_stale
+
+        if self.cfg.backup.staging_dir is not None:
+            root = self.cfg.backup.staging_dir
+        elif self.cfg.local is not None and self.repositories.get("local") == "ok":
+            root = self.cfg.local.path / ".staging"
+        else:
+            return  # a fresh temporary directory of our own
+        try:
+            removed = remove_stale(root, self._lock_dir())
+        except OSError as e:
+            log.warning("could not look for stale staging in %s: %s", root, e)
+            return
+        for st in removed:
+            log.warning("removed stale staging %s (%s, backup %s): left by a backup that did not finish "
+                        "(killed?)", st.path, _mb(st.size), st.backup_id)
 
     def _staging_root(self) -> Path:
         """Where dumps are written before publishing: inside the local repository when it is usable (the

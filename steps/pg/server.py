@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runbook.errors import RunbookError
-from steps.pg.tools import PG_BIN
+from steps.pg.tools import PG_BIN, dbname_option
 
 SERVER_USER = os.environ.get("RUNBOOK_SERVER_USER", "postgres")
 
@@ -40,14 +40,18 @@ def as_server(cmd: list[str]) -> list[str]:
 
 
 def give_to_server(path: Path) -> None:
-    """chown a tree to the server's user (only when we are root)."""
+    """chown a tree to the server's user (only when we are root), through directory descriptors that never
+    follow a link (steps.fs.chown_tree): a link in the tree is chowned itself, never its target, and a `path`
+    that is a symlink is refused."""
+    from steps.fs import chown_tree
+
     pw = server_user()
     if pw is None:
         return
-    for root, dirs, files in os.walk(path):
-        os.chown(root, pw.pw_uid, pw.pw_gid)
-        for name in dirs + files:
-            os.lchown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
+    if os.path.isdir(path) or os.path.islink(path):
+        chown_tree(path, pw.pw_uid, pw.pw_gid)
+    else:
+        os.chown(path, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
 
 
 def _bin(name: str) -> str:
@@ -114,7 +118,7 @@ class Server:
 
     def psql(self, sql: str, db: str = "postgres", user: str = "postgres") -> str:
         """Run SQL as a script (statements one by one, so CREATE DATABASE works); stops at the first error."""
-        proc = subprocess.run([_bin("psql"), "-h", str(self.socket_dir), "-p", str(self.port), "-U", user, "-d", db,
+        proc = subprocess.run([_bin("psql"), "-h", str(self.socket_dir), "-p", str(self.port), "-U", user, dbname_option(db),
                                "-XAtq", "-v", "ON_ERROR_STOP=1", "-f", "-"], input=sql, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = "\n".join(proc.stderr.strip().splitlines()[-6:])

@@ -74,6 +74,17 @@ class Conn:
         return f"{host}:{port}/{dbname}"
 
 
+def dbname_option(dbname: str) -> str:
+    """`--dbname=...` for libpq's command-line tools, naming `dbname` as a database and nothing else.
+
+    pg_restore, vacuumdb, psql... expand their --dbname as a connection string when it holds `=` or starts
+    with `postgresql://`: `dbname=victim` would connect to the database victim, `host=... dbname=...` elsewhere
+    entirely. A connection string holding only `dbname='...'` (quoted as libpq quotes: backslash before `'` and
+    `\\`) is expanded once, and its value is then taken as the name, whatever it holds."""
+    quoted = dbname.replace("\\", "\\\\").replace("'", "\\'")
+    return f"--dbname=dbname='{quoted}'"
+
+
 def connect(conn: Conn, dbname: str, *, autocommit: bool = False, application_name: str = "runbook") -> Any:
     """A psycopg connection; a failure becomes a RunbookError saying where it tried."""
     import psycopg

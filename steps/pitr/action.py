@@ -28,8 +28,8 @@
 
 from __future__ import annotations
 
+import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +127,13 @@ def _pick(args: Args, cfg: Any, events: Events) -> tuple[Any, list[str]]:
         say_trust(None)
         raise
     say_trust(entry)
+    clusters = sorted({e.cluster for e in cat.base})
+    if args.cluster:
+        events.check("cluster of the backup", "ok", f"{args.cluster}, as expected")
+    elif len(clusters) > 1:
+        events.check("cluster of the backup", "warning",
+                     f"base backups come from {len(clusters)} clusters ({', '.join(clusters)}): {entry.cluster} "
+                     "was chosen by time; set `cluster` (param source_cluster) to the one meant")
     m: BaseManifest = entry.manifest
     ts_oids = backup_tablespace_oids(m)
     events.check("base backup chosen", "ok", f"{entry.backup_id} of cluster {entry.cluster}, ended "
@@ -144,14 +151,59 @@ def _refuse_early(args: Args, cfg: Any, pgdata: Path, entry: Any, ts_oids: list[
     else:
         check_empty(pgdata)
     precheck_tablespaces(args, pgdata, ts_oids)
+    _check_fetch_root(args, pgdata, entry.manifest.size_bytes)
     refuse_later_tablespaces(cfg, entry.cluster, entry.backup_id, ts_oids, events)
 
 
+def _fetch_root(args: Args, pgdata: Path) -> Path:
+    """Where the fresh fetch directory is made: `fetch_dir`; else beside the data directory when its parent is
+    a real directory owned by root or by us (made 0755 when missing, as the server's socket may go there);
+    else (e.g. /var/lib/postgresql/15, the server user's) `$RUNBOOK_SCRATCH_DIR` or /var/tmp, as
+    verify-backup's scratch: a directory another user owns is never where the backup is fetched, since that
+    user could swap what was fetched before it is extracted."""
+    from steps.fs import UnsafePath, check_parent
+
+    if args.fetch_dir:
+        return Path(args.fetch_dir)
+    beside = pgdata.parent
+    if not os.path.lexists(beside):
+        os.makedirs(beside, mode=0o755)
+    try:
+        check_parent(beside)
+        return beside
+    except UnsafePath:
+        return Path(os.environ.get("RUNBOOK_SCRATCH_DIR", "/var/tmp"))
+
+
+def _check_fetch_root(args: Args, pgdata: Path, size_bytes: int) -> None:
+    """The fetch directory's parent is refused before anything is fetched (or made) when it is a symlink or
+    another user's (steps.fs.check_parent)."""
+    from steps.fs import UnsafePath, check_parent
+
+    root = Path(args.fetch_dir) if args.fetch_dir else None
+    if root is None or not os.path.lexists(root):
+        return  # the default is chosen safe; a missing fetch_dir is made by private_dir, 0750, ours
+    try:
+        check_parent(root, "fetch directory's parent (fetch_dir)")
+    except UnsafePath as e:
+        raise PitrError(e.message, hint=f"set `fetch_dir` to a directory owned by root with room for the base "
+                        f"backup ({size_bytes / 1e6:.0f} MB); a fresh private directory is made in it") from None
+
+
 def _make_fetch_dir(args: Args, pgdata: Path, backup_id: str) -> Path:
-    """A new directory for the fetched objects, under `fetch_dir` or beside the data directory."""
-    fetch_root = Path(args.fetch_dir) if args.fetch_dir else pgdata.parent
-    fetch_root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".pitr-fetch-{backup_id}-", dir=fetch_root))
+    """A fresh private directory (0700, ours: steps.fs.private_dir) for the fetched objects, in `_fetch_root`."""
+    from steps.fs import UnsafePath, private_dir
+
+    root = _fetch_root(args, pgdata)
+    try:
+        fetch_dir = private_dir(root, f".pitr-fetch-{backup_id}-")
+    except UnsafePath as e:
+        raise PitrError(e.message, hint="set `fetch_dir` to a directory owned by root") from None
+    if not args.fetch_dir and root != pgdata.parent:
+        print(f"pitr: {pgdata.parent} is not a directory of root's (or ours), another user could swap what is "
+              f"fetched there: the backup is fetched into {fetch_dir} instead (set `fetch_dir` to choose)",
+              flush=True)
+    return fetch_dir
 
 
 def _configure(args: Args, pgdata: Path, plan: list[TablespacePlan], config_path: Path, socket_dir: str) -> None:
@@ -167,8 +219,9 @@ def _configure(args: Args, pgdata: Path, plan: list[TablespacePlan], config_path
     for p in plan:
         give_to_server(p.directory)
     if args.archive_to:
-        Path(args.archive_to).mkdir(parents=True, exist_ok=True)
-        give_to_server(Path(args.archive_to))
+        if not os.path.lexists(args.archive_to):
+            os.makedirs(args.archive_to, mode=0o700)
+        give_to_server(Path(args.archive_to))  # refused when it is a link; links in it are not followed
 
 
 def _recover(args: Args, pgdata: Path, socket_dir: str, entry: Any, copies: list[Any], plan: list[TablespacePlan],
@@ -207,6 +260,7 @@ def _report(args: Args, entry: Any, pgdata: Path, socket_dir: str, plan: list[Ta
     events.output("data_directory", str(pgdata))
     events.output("lsn", r.lsn)
     events.output("backup_id", entry.backup_id)
+    events.output("cluster", entry.cluster)
     events.output("log_file", str(r.log))
     if plan or r.placed:
         events.output("tablespaces", r.placed)

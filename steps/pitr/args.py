@@ -61,7 +61,9 @@ class Args(BaseModel):
     pg_version: str = Field("15", description="Debian clusters: the major version")
     user: str = Field("postgres", description="Superuser role of the restored cluster, to watch the recovery")
     timeout_s: float = Field(4 * 3600, gt=0, description="Give up waiting for the end of recovery after this")
-    fetch_dir: str | None = Field(None, description="Where the backup is fetched (default: a temp dir beside pgdata)")
+    fetch_dir: str | None = Field(None, description="Where the backup is fetched: a fresh private (0700) directory "
+                                  "is made in DIR, which must be owned by root or by us (default: the data "
+                                  "directory's parent if so, else $RUNBOOK_SCRATCH_DIR or /var/tmp)")
     tablespaces: dict[str, str] = Field(default_factory=dict, description="Where tablespaces go: {OID, name or "
                                         "original location: absolute directory, missing or empty}; also "
                                         "'KEY=DIR, KEY=DIR' as text")

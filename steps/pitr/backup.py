@@ -29,6 +29,12 @@ def choose_backup(entries: list[Any], args: Args) -> Any:
 
     pool = [e for e in entries if args.cluster is None or e.cluster == args.cluster]
     usable = [e for e in pool if usable_copies(e, source=args.source)]
+    others = sorted({e.cluster for e in entries} - {args.cluster}) if args.cluster else []
+    if not pool and others:
+        raise PitrError(f"no base backup of cluster {args.cluster}, the one this recovery expects: the repository "
+                        f"holds base backups of {', '.join(others)} only",
+                        hint="the server or sandbox was rebuilt (a new system identifier), or the expected cluster "
+                             "(param source_cluster) is wrong; nothing was changed")
     if not usable:
         where = "" if args.source == "any" else f" in {args.source}"
         raise PitrError(f"no readable base backup{where} in the repository" +

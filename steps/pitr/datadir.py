@@ -1,6 +1,9 @@
 """The new data directory (and any directory a restored copy writes into): refused unless it is new or
-empty, then made 0700 and owned by the server's user, or made by `pg_createcluster` for a Debian cluster
-(its fresh, empty data directory replaced). An existing data directory is never deleted."""
+empty, and refused when it is a symlink (a restore never writes, chmods or chowns through a link); made
+0700, owned by us while the backup is extracted into it (the server's user gets the whole tree afterwards,
+steps.pg.server.give_to_server, through descriptors), or made by `pg_createcluster` for a Debian cluster
+(its fresh, empty data directory emptied and taken back until then). Modes and owners are set on
+descriptors opened with O_NOFOLLOW, never by following a path. An existing data directory is never deleted."""
 
 from __future__ import annotations
 
@@ -14,8 +17,12 @@ from steps.pitr.errors import PitrError
 
 
 def require_new_or_empty(path: Path, prefix: str, why: str, hint: str) -> None:
-    """`path` does not exist, or is an empty directory; else a PitrError starting with `prefix`."""
-    if path.exists() or path.is_symlink():
+    """`path` does not exist, or is an empty directory (not a symlink); else a PitrError starting with `prefix`."""
+    if path.is_symlink():
+        raise PitrError(f"{prefix}{path} is a symlink (to {os.readlink(path)}): a restore never goes through a "
+                        "link (it would chmod and chown whatever the link points at)",
+                        hint="name the real directory")
+    if path.exists():
         if not path.is_dir():
             raise PitrError(f"{prefix}{path} exists and is not a directory")
         if any(path.iterdir()):
@@ -29,18 +36,27 @@ def check_empty(pgdata: Path) -> None:
 
 
 def prepare_bare(pgdata: Path) -> None:
+    """The data directory made (or the empty one taken), 0700 and ours while the backup is extracted into it;
+    the server's user must be able to reach it (every parent traversable)."""
+    from steps.fs import UnsafePath, make_real_dir
     from steps.pg.server import server_user
 
     check_empty(pgdata)
-    pgdata.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(pgdata, 0o700)
+    try:
+        make_real_dir(pgdata, mode=0o700, uid=os.geteuid(), gid=os.getegid(), what="data directory")
+    except UnsafePath as e:
+        raise PitrError(e.message) from None
     pw = server_user()
     if pw is not None:
-        os.chown(pgdata, pw.pw_uid, pw.pw_gid)
-        probe = subprocess.run(["runuser", "-u", pw.pw_name, "--", "test", "-w", str(pgdata)], capture_output=True)
-        if probe.returncode != 0:
-            raise PitrError(f"the server's user {pw.pw_name} cannot reach {pgdata}",
-                            hint="every parent directory must be traversable (x) by that user")
+        reachable(pw.pw_name, pgdata)
+
+
+def reachable(user: str, directory: Path) -> None:
+    """PitrError unless `user` can traverse every directory down to `directory`'s parent."""
+    probe = subprocess.run(["runuser", "-u", user, "--", "test", "-x", str(directory.parent)], capture_output=True)
+    if probe.returncode != 0:
+        raise PitrError(f"the server's user {user} cannot reach {directory}",
+                        hint="every parent directory must be traversable (x) by that user")
 
 
 def precheck_debian(args: Args, pgdata: Path) -> str:
@@ -64,6 +80,20 @@ def prepare_debian(args: Args, pgdata: Path) -> None:
                            "--", "--no-sync"], capture_output=True, text=True)
     if proc.returncode != 0:
         raise PitrError(f"pg_createcluster failed: {proc.stderr.strip()[-800:]}")
-    # The cluster was made a moment ago by us, for this: its initdb output makes way for the backup.
-    for child in pgdata.iterdir():
-        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    # The cluster was made a moment ago by us, for this: its initdb output makes way for the backup (a link
+    # in it is removed itself, never followed), and the directory is ours until the backup is in it.
+    from steps.fs import UnsafePath, empty_subdir, open_real_dir, set_owner_mode
+
+    try:
+        fd = os.open(pgdata.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the operator's layout
+        try:
+            empty_subdir(fd, pgdata.name, what="data directory")
+        finally:
+            os.close(fd)
+        fd = open_real_dir(pgdata, "data directory")
+        try:
+            set_owner_mode(fd, mode=0o700, uid=os.geteuid(), gid=os.getegid())
+        finally:
+            os.close(fd)
+    except UnsafePath as e:
+        raise PitrError(f"the new Debian cluster's data directory: {e.message}") from None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
+import stat
 import subprocess
 import time
 from datetime import datetime
@@ -26,6 +26,7 @@ from typing import Any
 
 from runbook.lock import pid_alive
 from steps.events import Events
+from steps.fs import UnsafePath, read_plain_text
 from steps.pitr.args import Args, default_runbook_exe, parse_target_time
 from steps.pitr.errors import PitrError
 
@@ -89,13 +90,22 @@ def server_settings(args: Args, socket_dir: str) -> dict[str, str]:
 
 def empty_pg_wal(pgdata: Path) -> None:
     """A restored data directory's pg_wal holds nothing but an empty archive_status: the WAL comes from the
-    archive, through restore_command."""
-    wal = pgdata / "pg_wal"
-    if wal.exists():
-        for child in wal.iterdir():
-            if child.name != "archive_status":
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-    (wal / "archive_status").mkdir(parents=True, exist_ok=True, mode=0o700)
+    archive, through restore_command. pg_wal is emptied only as a real directory inside the data directory,
+    through descriptors: when it (or the data directory) is a link, nothing is removed (a PitrError)."""
+    from steps.fs import UnsafePath, empty_subdir, exists_beneath, open_real_dir, open_subdir
+
+    try:
+        fd = open_real_dir(pgdata, "data directory")
+        try:
+            if exists_beneath(fd, "pg_wal"):
+                empty_subdir(fd, "pg_wal", keep=("archive_status",), what="pg_wal")
+            os.close(open_subdir(fd, "pg_wal/archive_status", create=True, what="pg_wal"))
+        finally:
+            os.close(fd)
+    except UnsafePath as e:
+        raise PitrError(f"{pgdata}/pg_wal is not a real directory of the data directory ({e.message}): it is "
+                        "never emptied through a link", hint="the restored files are suspect: start again into "
+                        "a new data directory, from another base backup") from None
 
 
 def write_auto_conf(pgdata: Path, recovery: dict[str, str], server: dict[str, str]) -> None:
@@ -122,21 +132,38 @@ def psql(pgdata_socket: str, port: int, user: str, sql: str, timeout: float = 10
 
 def postmaster_alive(pgdata: Path) -> bool:
     try:
-        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
-    except (OSError, ValueError, IndexError):
+        pid = int(read_plain_text(pgdata / "postmaster.pid").splitlines()[0])
+    except (OSError, ValueError, IndexError, UnsafePath):
         return False
     return pid_alive(pid)
 
 
 def log_tail(log: Path, n: int = 15) -> str:
     try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
+        return "\n".join(read_plain_text(log).splitlines()[-n:])
+    except (OSError, UnsafePath):
         return "(no log)"
 
 
 def fatal_lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if re.search(r"\b(FATAL|PANIC):", ln)]
+
+
+def own_log(log: Path, pw: Any) -> None:
+    """The server's log file, made (or appended to) without following a link at its name, and given to the
+    server's user on its descriptor: it sits beside the data directory, where that user may write."""
+    try:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise PitrError(f"the server log {log} cannot be opened as a plain file ({e.strerror}): a link there is "
+                        "never followed", hint="remove it, or restore into another directory") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PitrError(f"the server log {log} is not a regular file")
+        if pw is not None:
+            os.fchown(fd, pw.pw_uid, pw.pw_gid)
+    finally:
+        os.close(fd)
 
 
 def start_server(args: Args, pgdata: Path, log: Path) -> None:
@@ -146,10 +173,7 @@ def start_server(args: Args, pgdata: Path, log: Path) -> None:
     if args.debian_cluster:
         cmd = ["pg_ctlcluster", args.pg_version, args.debian_cluster, "start"]
     else:
-        log.touch()
-        pw = server_user()
-        if pw is not None:
-            os.chown(log, pw.pw_uid, pw.pw_gid)
+        own_log(log, server_user())
         # -w returns once the server accepts connections (consistent); the end of recovery is waited below.
         cmd = as_server([os.path.join(PG_BIN, "pg_ctl"), "-D", str(pgdata), "-l", str(log), "-w",
                          "-t", str(int(min(args.timeout_s, 3600))), "start"])
@@ -191,7 +215,7 @@ def watch_recovery(args: Args, pgdata: Path, log: Path, socket_dir: str, events:
     while True:
         if not postmaster_alive(pgdata):
             raise _recovery_failed(log_tail(log, 40), "the restored server stopped during recovery")
-        text = log.read_text(errors="replace") if log.exists() else ""
+        text = read_plain_text(log, missing="")
         fatal = [ln for ln in fatal_lines(text) if not any(b in ln for b in CLIENT_FATALS)]
         if fatal or "PANIC:" in text:
             raise _recovery_failed(text, "the restored server reported a fatal error during recovery")
@@ -280,7 +304,7 @@ def server_log(args: Args, pgdata: Path) -> Path:
 def recovery_facts(log: Path, last_ts: str | None, last_lsn: str | None) -> tuple[str | None, str | None]:
     """(the recovery point, the LSN where redo ended) from the server log: its last "last completed
     transaction was at log time ..." and "redo done at ...", else what `watch_recovery` saw over SQL."""
-    text = log.read_text(errors="replace") if log.exists() else ""
+    text = read_plain_text(log, missing="")
     from_log = LAST_XACT_RE.findall(text)
     recovery_point = _iso(from_log[-1]) if from_log else (_iso(last_ts) if last_ts else None)
     redo = REDO_DONE_RE.findall(text)
@@ -299,3 +323,21 @@ def _iso(text: str) -> str:
         except ValueError:
             return t
     return dt.isoformat()
+
+
+REDO_START_RE = re.compile(r"redo starts at ([0-9A-F]+/[0-9A-F]+)")
+REDO_DONE_RE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+).*?elapsed: ([0-9.]+) s")
+
+
+def redo_facts(log_text: str) -> tuple[int, float] | None:
+    """(WAL bytes redone, seconds) from a server log's "redo starts at" / "redo done at ... elapsed: S s" lines
+    (PostgreSQL 15 logs both), the last recovery in the log; None when it did not say."""
+    from steps.pg.walnames import parse_lsn
+
+    starts = REDO_START_RE.findall(log_text)
+    dones = REDO_DONE_RE.findall(log_text)
+    if not starts or not dones:
+        return None
+    start, (end, elapsed) = parse_lsn(starts[-1]), dones[-1]
+    done = parse_lsn(end)
+    return (max(done - start, 0), float(elapsed)) if done >= start else None

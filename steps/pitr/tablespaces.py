@@ -18,7 +18,7 @@ verify-backup reuses `TablespacePlan`, `backup_tablespace_oids`, `read_tablespac
 from __future__ import annotations
 
 import os
-import subprocess
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,33 +167,45 @@ def refuse_later_tablespaces(cfg: Any, sysid: str, backup_id: str, ts_oids: list
     events.check("tablespaces created after the backup", "ok", f"none on {where}")
 
 
-def make_tablespace_dirs(plan: list[TablespacePlan]) -> None:
-    """Each directory 0700 and owned by the server's user (like the data directory), which must reach it."""
+def make_tablespace_dirs(plan: list[TablespacePlan], *, probe: bool = True) -> None:
+    """Each directory made 0700 and ours while its tar is extracted into it (the server's user gets it with
+    the data directory), refused when it is a symlink; the server's user must reach it. A parent we make
+    (`<pgdata>_tablespaces`) is the server's user's, 0700, so that it can traverse it. Modes and owners are set
+    on descriptors (O_NOFOLLOW), never by following a path. `probe=False`: the caller hands a whole tree to
+    that user later (verify-backup's scratch cluster), and no probe can pass before."""
+    from steps.fs import UnsafePath, make_real_dir
     from steps.pg.server import server_user
+    from steps.pitr.datadir import reachable
 
     pw = server_user()
     for p in plan:
-        made_parent = not p.directory.parent.exists()
-        p.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(p.directory, 0o700)
-        if pw is not None:
+        what = f"directory of tablespace {p.oid}"
+        made_parent = not os.path.lexists(p.directory.parent)
+        try:
             if made_parent and p.key is None:  # <pgdata>_tablespaces: ours, like the data directory
-                os.chown(p.directory.parent, pw.pw_uid, pw.pw_gid)
-                os.chmod(p.directory.parent, 0o700)
-            os.chown(p.directory, pw.pw_uid, pw.pw_gid)
-            probe = subprocess.run(["runuser", "-u", pw.pw_name, "--", "test", "-w", str(p.directory)],
-                                   capture_output=True)
-            if probe.returncode != 0:
-                raise PitrError(f"the server's user {pw.pw_name} cannot reach {p.directory}",
-                                hint="every parent directory must be traversable (x) by that user")
+                make_real_dir(p.directory.parent, mode=0o700, uid=pw.pw_uid if pw else None,
+                              gid=pw.pw_gid if pw else None, what=f"parent of the {what}")
+            make_real_dir(p.directory, mode=0o700, uid=os.geteuid(), gid=os.getegid(), what=what)
+        except UnsafePath as e:
+            raise PitrError(e.message) from None
+        if pw is not None and probe:
+            reachable(pw.pw_name, p.directory)
 
 
 def write_tablespace_map(pgdata: Path, plan: list[TablespacePlan]) -> None:
     from steps.backup.basetar import TABLESPACE_MAP, format_tablespace_map
+    from steps.fs import open_beneath, open_real_dir
 
-    path = pgdata / TABLESPACE_MAP
-    path.write_bytes(format_tablespace_map({p.oid: str(p.directory) for p in plan}))
-    os.chmod(path, 0o600)
+    data = format_tablespace_map({p.oid: str(p.directory) for p in plan})
+    dir_fd = open_real_dir(pgdata, "data directory")
+    try:
+        with suppress(FileNotFoundError):  # the backup's, checked and read already (a link goes, unfollowed)
+            os.unlink(TABLESPACE_MAP, dir_fd=dir_fd)
+        fd = open_beneath(dir_fd, TABLESPACE_MAP, mode=0o600, what=TABLESPACE_MAP)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    finally:
+        os.close(dir_fd)
 
 
 def read_tablespace_facts(tars: list[tuple[Path, str]]) -> tuple[dict[str, str], Any]:

@@ -94,6 +94,7 @@ class Checker:
             return EXIT_CANNOT_RUN
         self.cfg, self.path = cfg, path.absolute()
         stores = self._stores()
+        self._staging()
         try:
             conn = self._connect()
         except RunbookError as e:
@@ -111,6 +112,7 @@ class Checker:
                 self._switch(conn, facts, wal_stores)
                 self.now = datetime.now(UTC)
             self._archived(conn, facts, wal_stores)
+            self._claims(facts, wal_stores)
             tablespaces = conn.execute(
                 "select oid::text, spcname, pg_tablespace_location(oid) from pg_tablespace"
                 " where spcname not in ('pg_default', 'pg_global') order by oid").fetchall()
@@ -129,7 +131,54 @@ class Checker:
                 continue
             self.add(f"repository:{which}", "ok", got.describe())
             out.append(got)
+            self._marker(which, got)
         return out
+
+    def _marker(self, which: str, store: Any) -> None:
+        """The repository marker (steps.repository.store.MARKER): without it `wal-fetch` cannot tell the
+        repository from an empty mount point or a wrong path, and refuses to answer "missing". Reported, never
+        written here (a writer writes it: backup, basebackup, wal-push)."""
+        from steps.repository.store import MARKER
+
+        try:
+            present = store.has_marker()
+        except RunbookError as e:
+            self.add(f"repository_marker:{which}", "warning", f"cannot look for the {MARKER} marker: {e.message}")
+            return
+        if present:
+            return
+        self.add(f"repository_marker:{which}", "warning",
+                 f"{store.describe()} has no {MARKER} marker at its root: it may not be the repository (an "
+                 "unmounted file system, a wrong path or prefix), and wal-fetch refuses to answer \"missing\" from "
+                 "it, except where the cluster's archived WAL is already there (docs/wal.md)",
+                 "if it is the repository, the next backup, basebackup or wal-push into it writes the marker; "
+                 "if not, mount it or correct the path")
+
+    def _staging(self) -> None:
+        """Stale staging (steps.backup.staging): whole dumps a killed backup left behind, that the next backup
+        removes. Reported, never removed here."""
+        from steps.backup.staging import find_stale
+
+        cfg = self.cfg
+        roots = {r for r in (cfg.backup.staging_dir, cfg.basebackup.staging_dir) if r is not None}
+        if cfg.local is not None and (cfg.backup.staging_dir is None or cfg.basebackup.staging_dir is None):
+            roots.add(cfg.local.path / ".staging")
+        if not roots:
+            return
+        lock_dir = cfg.backup.lock_dir or (cfg.local.path / "locks" if cfg.local is not None else cfg.state_dir() / "locks")
+        try:
+            stale = [st for root in sorted(roots) for st in find_stale(root, lock_dir)]
+        except OSError as e:
+            self.add("staging", "info", f"cannot look for stale staging: {e.strerror}: {e.filename}",
+                     "run check as the user that runs the backups to see it")
+            return
+        if not stale:
+            return
+        total = sum(st.size for st in stale)
+        self.add("staging", "warning",
+                 f"stale staging left by {len(stale)} backup(s) that did not finish (killed?), "
+                 f"{total / 1e6:.1f} MB: " + ", ".join(str(st.path) for st in stale),
+                 "the next `runbook backup` / `runbook basebackup` removes it under its lock")
 
     def _connect(self) -> Any:
         from steps.pg.tools import Conn, connect
@@ -257,6 +306,37 @@ class Checker:
         status: Status = "warning" if pending and age > self.args.rpo else "ok"
         self.add("archived_wal", status, f"newest archived {last}, {rough_duration(age)} ago, in every repository; {exposure}",
                  "archiving lags behind: check pg_stat_archiver and the server log" if status == "warning" else None)
+
+    def _claims(self, facts: dict[str, Any], stores: list[Any]) -> None:
+        """Two different segments of one name (steps.wal.archive.push_one's claims, kept on stores that may
+        ignore conditional writes): a name pushed with two contents, which wal-fetch refuses."""
+        from collections import defaultdict
+
+        from steps.repository.layout import wal_claims_root
+
+        root = wal_claims_root(facts["sysid"])
+        for s in stores:
+            if not s.verify_after_write:
+                continue  # a local archive cannot hold two contents of one name (link(2))
+            try:
+                listed = s.list(root)
+            except RunbookError as e:
+                self.add(f"wal_conflicts:{s.name}", "warning", f"cannot list {root} in {s.describe()}: {e.message}")
+                continue
+            by_name: dict[str, set[str]] = defaultdict(set)
+            for x in listed:
+                parts = x.key[len(root):].split("/")
+                if len(parts) == 2:
+                    by_name[parts[0]].add(parts[1])
+            both = sorted(n for n, shas in by_name.items() if len(shas) > 1)
+            if both:
+                self.add(f"wal_conflicts:{s.name}", "failed",
+                         f"two different segments of one name in {s.describe()}: {', '.join(both)} (each pushed "
+                         "with different content; the store ignores conditional writes). wal-fetch refuses them, "
+                         "so a recovery stops there",
+                         "two clusters with one system identifier archive here, or pg_wal was altered: find out "
+                         "which copy is right, put it in place and remove the wrong claim under "
+                         f"{root}<name>/")
 
     @staticmethod
     def _pending(insert_lsn: str | None, last: str, segment_size: int) -> bool:

@@ -14,6 +14,9 @@
   (verify-backup's record), scaled to today's database size, plus the expected durations of the scenario's
   other steps up to the service being back (runbook.history: medians of earlier runs, else `expect_duration`;
   a manual checklist counts at least its `expect_duration`, since an unattended drill acknowledges it at once).
+  A PITR also replays the WAL archived since the base backup: its segments (from the base backup's first to the
+  newest archived) at the replay rate the newest base verify-backup measured (the server's own redo timing);
+  a replay too short to tell a rate leaves the replay uncounted, said, and the verdict a warning.
 
 - **Integrity**: only genuine backups, records and run summaries count (steps.repository.signing); each one
   refused (unsigned, badly signed, an unknown key, from the future) is a warning naming it, and so is every
@@ -287,9 +290,11 @@ def gather(config: str | None, file: Path | None, *, explicit_file: bool, state_
     readable_base = next((e for e in base if e.level >= Level.readable), None)
     readable_logical = next((e for e in logical if e.level >= Level.readable), None)
     exposure: float | None = None
+    wal_since_base: dict[str, Any] | None = None
     if readable_base is not None and stores:
         wal = _newest_wal(cfg, stores, readable_base.cluster)
         if wal is not None:
+            wal_since_base = _wal_since(readable_base, wal["name"])
             mtime = wal.pop("_mtime")
             wal["age_s"] = round(rep.now.timestamp() - mtime, 1)
             info["newest_wal"] = wal
@@ -343,7 +348,7 @@ def gather(config: str | None, file: Path | None, *, explicit_file: bool, state_
                                + "; ".join(refused_runs[:3]))
         rep.drills = _drills(rb, scenarios, runs, rep.now, rto)
         for sc in scenarios:
-            rep.projected[sc] = _project(rb, sc, runs, logical, base, facts, rto_s, rto)
+            rep.projected[sc] = _project(rb, sc, runs, logical, base, facts, rto_s, rto, wal_since_base)
     else:
         rto.raise_to("warning", "no runbook file: no drills or projection to judge the RTO by")
     if readable_logical is None and readable_base is None:
@@ -380,10 +385,79 @@ def _drills(rb: Any, scenarios: list[str], runs: list[Any], now: datetime, rto: 
     return out
 
 
+def _wal_since(entry: Any, newest: str) -> dict[str, Any] | None:
+    """The WAL a PITR from `entry` (a base backup) to the newest archived segment replays: every segment from
+    the one the backup starts in to the newest one archived (segment numbers run on across timelines)."""
+    from steps.repository.layout import parse_wal_name
+
+    m = entry.manifest
+    try:
+        first = parse_wal_name(m.start_wal).segno(m.wal_segment_size)
+        last = parse_wal_name(newest).segno(m.wal_segment_size)
+    except (ValueError, AttributeError):
+        return None
+    segments = max(last - first + 1, 0)
+    return {"base_backup": entry.backup_id, "from": m.start_wal, "to": newest, "segments": segments,
+            "bytes": segments * m.wal_segment_size}
+
+
+# A replay shorter than this says more about the server's start than about its replay rate.
+MIN_MEASURED_REPLAY_BYTES = 1 << 20
+MIN_MEASURED_REPLAY_S = 0.05
+
+
+def _replay_rate(base: list[Any]) -> tuple[float | None, str]:
+    """WAL bytes per second, from the newest passed base verify-backup that measured a replay long enough to
+    tell; else (None, why not)."""
+    from steps.repository.manifest import Level
+
+    best = None
+    for e in base:
+        for copy in e.copies.values():
+            r = copy.latest_record(Level.restored)
+            if r is None or not r.passed or r.wal_replayed_bytes is None or r.wal_replay_s is None:
+                continue
+            if best is None or r.checked_at > best[1].checked_at:
+                best = (e, r)
+    if best is None:
+        return None, "no base verify-backup has measured a WAL replay yet"
+    e, r = best
+    if r.wal_replayed_bytes < MIN_MEASURED_REPLAY_BYTES or r.wal_replay_s < MIN_MEASURED_REPLAY_S:
+        return None, (f"the last base verify-backup ({e.backup_id}, {r.checked_at:%Y-%m-%d}) replayed only "
+                      f"{r.wal_replayed_bytes / 1e3:.0f} kB in {r.wal_replay_s:.2f} s, too little to measure a rate")
+    rate = r.wal_replayed_bytes / r.wal_replay_s
+    return rate, (f"replay rate {rate / 1e6:.1f} MB/s measured by verify-backup of {e.backup_id} on "
+                  f"{r.checked_at:%Y-%m-%d} ({r.host}): {r.wal_replayed_bytes / 1e6:.1f} MB in {r.wal_replay_s:.2f} s")
+
+
+def _project_replay(scenario: str, base: list[Any], wal: dict[str, Any] | None, out: dict[str, Any],
+                    rto: Verdict) -> float:
+    """Seconds of WAL replay a PITR started now adds; the basis and any doubt go into `out` and `rto`."""
+    if wal is None:
+        out["basis"] += "; no WAL archived since the base backup was found: no replay counted"
+        return 0.0
+    out["wal_since_base"] = wal
+    rate, why = _replay_rate(base)
+    if rate is None:
+        out["basis"] += (f"; the replay of {wal['bytes'] / 1e6:.0f} MB of WAL archived since base backup "
+                         f"{wal['base_backup']} is NOT counted: {why}")
+        rto.raise_to("warning", f"scenario {scenario}: the WAL replay time is not known ({why}); run "
+                     "`runbook verify-backup --kind base` after a day of writes")
+        return 0.0
+    replay_s = wal["bytes"] / rate
+    out["wal_replay_s"] = round(replay_s, 1)
+    out["basis"] += (f"; WAL replay {human(replay_s)}: {wal['segments']} segments ({wal['bytes'] / 1e6:.0f} MB) "
+                     f"archived since base backup {wal['base_backup']}, {why}")
+    return replay_s
+
+
 def _project(rb: Any, scenario: str, runs: list[Any], logical: list[Any], base: list[Any],
-             facts: dict[str, Any] | None, target: float, rto: Verdict) -> dict[str, Any]:
-    """The RTO of a recovery started now: the restore from the last test restore, scaled to today's size, plus
-    every other step's expected duration learned from earlier runs on every host (the repository's runs/)."""
+             facts: dict[str, Any] | None, target: float, rto: Verdict,
+             wal_since_base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The RTO of a recovery started now: the restore from the last test restore, scaled to today's size, plus,
+    for a PITR, the replay of the WAL archived since the base backup at the replay rate the last base
+    verify-backup measured, plus every other step's expected duration learned from earlier runs on every host
+    (the repository's runs/)."""
     from runbook.history import expected_durations
     from runbook.state import RunState
 
@@ -427,7 +501,7 @@ def _project(rb: Any, scenario: str, runs: list[Any], logical: list[Any], base: 
                         + (f", scaled x{scale:.2f} to today's {size_now / 1e6:.1f} MB" if size_now else
                            " (today's size unknown: not scaled)"))
         if kind == "base":
-            out["basis"] += "; the replay of WAL archived since the base backup is not counted"
+            restore_s += _project_replay(scenario, base, wal_since_base, out, rto)
     out["restore_s"] = round(restore_s, 1)
     total = other_s + restore_s
     out["total_s"] = round(total, 1)

@@ -68,6 +68,8 @@ class Outcome:
     checks: list[CheckResult] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     restored_size_bytes: int | None = None
+    wal_replayed_bytes: int | None = None
+    wal_replay_s: float | None = None
     record: str | None = None
     error: str | None = None
     scratch: str | None = None
@@ -79,8 +81,10 @@ class Outcome:
         return {"status": status, "exit_code": self.exit_code, "backup_id": self.backup_id, "kind": self.kind,
                 "db": self.db, "cluster": self.cluster, "repository": self.repository, "passed": self.passed,
                 "checks": [c.__dict__ for c in self.checks], "timings": self.timings,
-                "restored_size_bytes": self.restored_size_bytes, "record": self.record, "error": self.error,
-                "scratch": self.scratch, "scratch_removed": self.scratch_removed, "warnings": self.warnings}
+                "restored_size_bytes": self.restored_size_bytes, "wal_replayed_bytes": self.wal_replayed_bytes,
+                "wal_replay_s": self.wal_replay_s, "record": self.record, "error": self.error,
+                "scratch": self.scratch, "scratch_removed": self.scratch_removed,
+                "warnings": self.warnings}
 
 
 # --- events from the reused actions ---------------------------------------------------------------------

@@ -45,7 +45,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -206,7 +205,7 @@ class VerifyRun(LogicalVerification, BaseVerification):
         self.out.scratch = str(scratch)
         from steps.pg.server import Server
 
-        server = Server(scratch / "cluster" / "data", scratch / "run")
+        server = Server(scratch / "cluster" / "data", scratch / "cluster" / "run")
         recorded = False
         try:
             try:
@@ -247,11 +246,31 @@ class VerifyRun(LogicalVerification, BaseVerification):
             self.out.exit_code = EXIT_VERIFIED if self.out.passed else EXIT_FAILED
 
     def _make_scratch(self) -> Path:
+        """A fresh scratch directory made by steps.fs.private_dir under the scratch root (which must be a real
+        directory owned by root or by us; made 0755 when missing, so that the server's user can traverse it).
+
+        Inside it: `fetch/` (0700, ours: the fetched backup, with globals.sql's password hashes and the user
+        mappings' passwords) and `cluster/` (0700: the scratch cluster's data, tablespaces, WAL and socket,
+        given to the server's user once its files are in place). The scratch directory itself is 0711: the
+        server's user must pass through it to reach `cluster/`, but may not list it, and everything else in it
+        is 0700 and ours, so `cluster/` is the only thing that user can read."""
+        from steps.fs import UnsafePath, make_real_dir, open_real_dir, private_dir, set_owner_mode
+
         try:
-            self.scratch_root.mkdir(parents=True, exist_ok=True)
-            scratch = Path(tempfile.mkdtemp(prefix="runbook-verify-", dir=self.scratch_root))
-            os.chmod(scratch, 0o755)  # the server's user must traverse it
-            (scratch / "cluster").mkdir()
+            if not os.path.lexists(self.scratch_root):
+                os.makedirs(self.scratch_root, mode=0o755)
+            scratch = private_dir(self.scratch_root, "runbook-verify-")
+            fd = open_real_dir(scratch, "scratch directory")
+            try:
+                set_owner_mode(fd, mode=0o711)
+            finally:
+                os.close(fd)
+            make_real_dir(scratch / "fetch", mode=0o700, what="scratch fetch directory")
+            make_real_dir(scratch / "cluster", mode=0o700, what="scratch cluster directory")
+        except UnsafePath as e:
+            raise CannotRun(f"cannot make a scratch directory under {self.scratch_root}: {e.message}",
+                            hint="pass --scratch-dir DIR (or $RUNBOOK_SCRATCH_DIR): a directory owned by root, "
+                                 "with room for the restore") from None
         except OSError as e:
             raise CannotRun(f"cannot make a scratch directory under {self.scratch_root}: {e.strerror}",
                             hint="pass --scratch-dir DIR (or $RUNBOOK_SCRATCH_DIR) with room for the restore") from None
@@ -279,6 +298,7 @@ class VerifyRun(LogicalVerification, BaseVerification):
             tool=Tool(version=__version__), host=socket.gethostname(), kind=entry.kind,
             duration_s=round(sum(v for k, v in self.out.timings.items() if k != "total_s"), 2),
             timings=dict(self.out.timings), restored_size_bytes=self.out.restored_size_bytes,
+            wal_replayed_bytes=self.out.wal_replayed_bytes, wal_replay_s=self.out.wal_replay_s,
         )
         key = layout.verification_key(copy.prefix, now)
         from steps.repository.signing import signer_from_config

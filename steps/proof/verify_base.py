@@ -10,6 +10,7 @@ steps.pitr.tablespaces (the plan, tablespace_map, the placement check) and steps
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -54,7 +55,7 @@ class BaseVerification(Verification):
         m = entry.manifest
         fetched = scratch / "fetch"
         self._fetch(copy, m, fetched)
-        wal_dir = scratch / "wal"
+        wal_dir = scratch / "cluster" / "wal"  # read by restore_command, as the server's user
         t0 = time.monotonic()
         self._fetch_wal(entry, copy, wal_dir)
         self.out.timings["fetch_s"] = round(self.out.timings.get("fetch_s", 0) + time.monotonic() - t0, 2)
@@ -76,7 +77,7 @@ class BaseVerification(Verification):
                     plan = plan_tablespaces(tsmap, oids, {}, scratch / "cluster" / "tablespaces", pgdata)
                 except PitrError as e:
                     raise BackupBad("tablespaces", e.message) from None
-                make_tablespace_dirs(plan)
+                make_tablespace_dirs(plan, probe=False)  # scratch/cluster is given to the server's user below
             checked = check_tars(tars, smanifest, dest=pgdata, skip=lambda p: p.startswith("pg_wal/"),
                                  tablespace_dest={p.oid: p.directory for p in plan})
         except BaseBackupInvalid as e:
@@ -90,7 +91,7 @@ class BaseVerification(Verification):
         self._prepare_recovery(pgdata, wal_dir, server, m.timeline)
         if plan:
             write_tablespace_map(pgdata, plan)
-        give_to_server(scratch)
+        give_to_server(scratch / "cluster")  # the only part of the scratch directory the server's user gets
         self._replay(server, m)
         if plan:
             self._check_tablespaces(server, plan)
@@ -129,7 +130,10 @@ class BaseVerification(Verification):
         stores = [s for s in open_wal_stores(cfg.local.path if cfg.local else None,
                                              cfg.s3.model_dump(mode="json") if cfg.s3 else None)
                   if s.name == copy.store.name or self.source == "any"]
-        dest.mkdir(mode=0o755)
+        for what, name in (("start", m.start_wal), ("stop", m.stop_wal)):
+            if not re.fullmatch(r"[0-9A-F]{24}", name):  # from the repository: a name, never a place
+                raise BackupBad("manifest", f"its {what} WAL segment {name!r} is not a WAL segment name")
+        dest.mkdir(mode=0o700)
         names = [m.start_wal]
         while names[-1] != m.stop_wal and len(names) < 1_000_000:
             names.append(next_segment(names[-1], m.wal_segment_size))
@@ -141,14 +145,12 @@ class BaseVerification(Verification):
                     raise BackupBad(f"WAL {name}", f"damaged in the archive: {'; '.join(problems)}")
                 raise BackupBad(f"WAL {name}", f"the archive has a gap: {name} (needed from {m.start_wal} to "
                                 f"{m.stop_wal}) is missing; the backup cannot become consistent")
-            (dest / name).write_bytes(data)
+            _write_new(dest, name, data)
         if m.timeline > 1:
             hist = f"{m.timeline:08X}.history"
             data, _ = fetch_blob(stores, wal_key(entry.cluster, hist), hist, 2, sysid)
             if data is not None:
-                (dest / hist).write_bytes(data)
-        for p in dest.iterdir():
-            os.chmod(p, 0o644)
+                _write_new(dest, hist, data)
         self.out.checks.append(CheckResult("archived WAL", "ok", f"{len(names)} segments {m.start_wal} .. "
                                            f"{m.stop_wal}, each checked"))
 
@@ -176,21 +178,20 @@ class BaseVerification(Verification):
         write_auto_conf(pgdata, recovery, settings)
 
     def _replay(self, server: Any, m: Any) -> None:
-        from steps.pg.server import as_server
+        from steps.fs import read_plain_text
+        from steps.pg.server import as_server, give_to_server, server_user
         from steps.pg.tools import PG_BIN
-        from steps.pitr.recovery import fatal_lines, log_tail, postmaster_alive
+        from steps.pitr.recovery import fatal_lines, log_tail, own_log, postmaster_alive, redo_facts
 
         log = server.socket_dir / "recovery.log"
-        log.touch()
-        from steps.pg.server import give_to_server
-
+        own_log(log, server_user())  # never through a link at its name
         give_to_server(server.socket_dir)
         proc = subprocess.run(as_server([os.path.join(PG_BIN, "pg_ctl"), "-D", str(server.datadir), "-l", str(log),
                                          "-w", "-t", str(int(min(self.timeout_s, 3600))), "start"]),
                               capture_output=True, text=True)
         deadline = time.monotonic() + self.timeout_s
         while True:
-            text = log.read_text(errors="replace") if log.exists() else ""
+            text = read_plain_text(log, missing="")  # never through a link the server's user planted
             if no_space(text):
                 raise ScratchFull("the scratch disk filled up during the replay: "
                                   f"{last_line(chr(10).join(ln for ln in text.splitlines() if NO_SPACE in ln))}")
@@ -209,5 +210,18 @@ class BaseVerification(Verification):
             if time.monotonic() > deadline:
                 raise CannotRun(f"the replay did not end within {self.timeout_s:.0f} s")
             time.sleep(0.2)
+        replayed = redo_facts(read_plain_text(log, missing=""))
+        if replayed is not None:
+            self.out.wal_replayed_bytes, self.out.wal_replay_s = replayed
         self.out.checks.append(CheckResult("replay to consistency", "ok",
-                                           f"WAL {m.start_wal} .. {m.stop_wal} replayed, promoted"))
+                                           f"WAL {m.start_wal} .. {m.stop_wal} replayed, promoted" +
+                                           (f" ({replayed[0] / 1e6:.1f} MB of WAL redone in {replayed[1]:.2f} s)"
+                                            if replayed else "")))
+
+
+def _write_new(directory: Path, name: str, data: bytes) -> None:
+    """A new file `name` in `directory` (O_EXCL, O_NOFOLLOW, 0600: steps.fs.open_beneath)."""
+    from steps.fs import open_beneath, open_dir
+
+    with open_dir(directory) as dir_fd, os.fdopen(open_beneath(dir_fd, name, what="WAL file"), "wb") as f:
+        f.write(data)

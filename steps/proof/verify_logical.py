@@ -42,6 +42,10 @@ class LogicalVerification(Verification):
         from steps import restore_logical
 
         m = entry.manifest
+        # Only root (or whoever verifies) reads the fetched files: globals.sql carries password hashes,
+        # user_mappings.sql remote passwords. scratch/fetch is made 0700 and ours with the scratch directory
+        # (Verification.run); the objects land in it 0600 (Store.fetch_file). The scratch cluster's own
+        # directory is the only one the server's user gets.
         fetched = scratch / "fetch"
         # The scratch cluster is made (initdb, start) while the backup is fetched: neither waits for the other.
         made: list[BaseException | float] = []

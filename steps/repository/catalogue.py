@@ -37,6 +37,7 @@ from steps.repository.manifest import (
     Level,
     LogicalManifest,
     VerificationRecord,
+    invalid_reason,
     parse_base,
     parse_files,
     parse_logical,
@@ -220,7 +221,7 @@ class _Scan:
         try:
             m = parse(data)
         except (ValueError, ValidationError) as e:
-            self.cat.incomplete.append(Incomplete(store, prefix, keys, f"unreadable manifest: {e}"))
+            self.cat.incomplete.append(Incomplete(store, prefix, keys, f"unreadable manifest: {invalid_reason(e)}"))
             return
         if future(when(m), self.now):
             refuse(f"its time {when(m).isoformat()} is in the future (more than the clock skew allowed): forged, "

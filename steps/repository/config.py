@@ -11,6 +11,7 @@ The reference for every key is docs/repository-config.md.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Literal
 
@@ -202,11 +203,46 @@ def resolve_config_path(given: str | os.PathLike[str] | None) -> Path:
     return path
 
 
+def _user(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def check_permissions(path: Path) -> None:
+    """Refuse a config others could have changed: it says where root writes and which SQL runs as a superuser.
+
+    Writable by group or others: refused. Owned by a user other than root and the one reading it: refused (that
+    user could rewrite it). The documented setup, 0640 root:postgres, passes for root and for postgres."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise UsageError(f"cannot read the repository config {path}: {e.strerror}") from None
+    fix = f"chown root:postgres {path}; chmod 0640 {path}"
+    if st.st_mode & 0o022:
+        who = " and ".join(w for w, bit in (("its group", 0o020), ("every user", 0o002)) if st.st_mode & bit)
+        raise UsageError(
+            f"the repository config {path} is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o}): it says "
+            "where backups are written and which SQL runs, so nobody but its owner may change it; it is not used",
+            hint=f"{fix} (readable by the server's group, writable by root only)")
+    me = os.geteuid()
+    if st.st_uid not in (0, me):
+        raise UsageError(
+            f"the repository config {path} is owned by {_user(st.st_uid)}, not by "
+            f"{'root, who reads it' if me == 0 else f'root or by {_user(me)}, who reads it'}: that user could "
+            "change where backups go and what runs; it is not used",
+            hint=fix)
+
+
 def load_repository_config(given: str | os.PathLike[str] | None) -> tuple[RepositoryConfig, Path]:
     """Find and load the repository config. Raises InvalidFile (every problem, FILE:LINE:COL) or UsageError."""
     from runbook.loader import load_model
 
     path = resolve_config_path(given)
+    check_permissions(path)
     try:
         return load_model(path, RepositoryConfig), path
     except RunbookError:

@@ -167,6 +167,21 @@ def wal_key(system_identifier: str, name: str) -> str:
     return wal_prefix(system_identifier) + name + WAL_SUFFIX
 
 
+def wal_claims_root(system_identifier: str) -> str:
+    """Where pushers to a store that may ignore conditional writes (S3) record what they stored, before they
+    confirm it: `clusters/<id>/wal-acks/<name>/<sha256 of the original>`, empty objects, one per content ever
+    pushed under that name (steps.wal.archive). Outside wal/, so nothing that lists the archive sees them."""
+    if not system_identifier.isdigit():
+        raise ValueError(f"not a system identifier: {system_identifier!r}")
+    return f"clusters/{system_identifier}/wal-acks/"
+
+
+def wal_claims_prefix(system_identifier: str, name: str) -> str:
+    """The claims of one WAL file name (ending in /: no name is a prefix of another's claims)."""
+    parse_wal_name(name)
+    return f"{wal_claims_root(system_identifier)}{name}/"
+
+
 def wal_name_from_key(key: str) -> str | None:
     """The WAL file name an archive key holds, or None for anything else under wal/."""
     base = key.rsplit("/", 1)[-1]

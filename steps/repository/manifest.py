@@ -17,7 +17,9 @@ from datetime import datetime
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from steps.fs import UnsafePath, check_relative
 
 FORMAT_VERSION = 1
 
@@ -41,10 +43,32 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+def backup_path(value: str, what: str = "object path") -> str:
+    """A path from a manifest: data naming a file inside its backup, never a place. Plain relative (no `..`,
+    nothing absolute, no NUL: steps.fs.check_relative), no part starting with a dot (the tool's own names:
+    temporary files, the fetch stamp) and not the manifest itself. ValueError otherwise, so that the manifest
+    does not parse and the backup is unusable by name, before anything is opened."""
+    try:
+        check_relative(value, what)
+    except UnsafePath as e:
+        raise ValueError(e.message) from None
+    if any(part.startswith(".") for part in value.split("/")):
+        raise ValueError(f"{what} {value!r} has a part starting with '.' (names the tool keeps for itself)")
+    if value == "manifest.json":
+        raise ValueError(f"{what} {value!r} would replace the manifest")
+    return value
+
+
 class ObjectEntry(_Record):
-    path: str = Field(description="Relative to the backup's directory, with /")
+    path: str = Field(description="Relative to the backup's directory, with / (checked: steps.repository.manifest."
+                                  "backup_path)")
     size: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("path")
+    @classmethod
+    def _path_is_data(cls, v: str) -> str:
+        return backup_path(v)
 
 
 class Tool(_Record):
@@ -57,6 +81,21 @@ class _Backup(_Record):
 
     if TYPE_CHECKING:
         objects: list[ObjectEntry]
+
+    @model_validator(mode="after")
+    def _objects_distinct(self) -> _Backup:
+        # One file per path, and no object inside another (a path that is both a file and a directory).
+        seen: set[str] = set()
+        for o in self.objects:
+            if o.path in seen:
+                raise ValueError(f"object path {o.path!r} is listed twice")
+            seen.add(o.path)
+        for o in self.objects:
+            parts = o.path.split("/")
+            for i in range(1, len(parts)):
+                if "/".join(parts[:i]) in seen:
+                    raise ValueError(f"object path {o.path!r} lies inside the object {'/'.join(parts[:i])!r}")
+        return self
 
     @property
     def size_bytes(self) -> int:
@@ -98,10 +137,20 @@ class DumpInfo(_Record):
     jobs: int = 1
     pg_dump_version: str = ""
 
+    @field_validator("path")
+    @classmethod
+    def _path_is_data(cls, v: str) -> str:
+        return backup_path(v, "dump path")
+
 
 class GlobalsInfo(_Record):
-    path: str = "globals.sql"
+    path: str = Field("globals.sql", description='"" when the backup has no globals')
     role_passwords: bool = True
+
+    @field_validator("path")
+    @classmethod
+    def _path_is_data(cls, v: str) -> str:
+        return v and backup_path(v, "globals path")
 
 
 class LogicalManifest(_Backup):
@@ -131,6 +180,23 @@ class LogicalManifest(_Backup):
                           "pg_restore: the options pg_dump cannot see as a non-superuser (pg_user_mappings hides them)")
     notes: list[str] = Field(default_factory=list,
                              description="What this backup does not carry (e.g. subscriptions), said again at restore")
+
+    @model_validator(mode="after")
+    def _files_named_are_objects(self) -> LogicalManifest:
+        # The SQL files a restore runs and the dump it reads are objects of the backup (their sha256 is
+        # checked), never a file elsewhere on the restoring host.
+        paths = {o.path for o in self.objects}
+        if self.user_mappings is not None:
+            backup_path(self.user_mappings, "user_mappings path")
+            if self.user_mappings not in paths:
+                raise ValueError(f"user_mappings path {self.user_mappings!r} is not one of the backup's objects")
+        if self.globals.path and self.globals.path not in paths:
+            raise ValueError(f"globals path {self.globals.path!r} is not one of the backup's objects")
+        if self.dump.format == "directory" and not any(p.startswith(self.dump.path + "/") for p in paths):
+            raise ValueError(f"dump path {self.dump.path!r} holds none of the backup's objects")
+        if self.dump.format == "custom" and self.dump.path not in paths:
+            raise ValueError(f"dump path {self.dump.path!r} is not one of the backup's objects")
+        return self
 
 
 class FileEntry(_Record):
@@ -217,6 +283,11 @@ class VerificationRecord(_Record):
                                       "checks_s (restore_s: how long the restore itself took)")
     restored_size_bytes: int | None = Field(None, description="Size of what the restore produced (the database, "
                                             "or the whole cluster for a base backup): scales the projected RTO")
+    wal_replayed_bytes: int | None = Field(None, description="Base backups: WAL bytes the test restore replayed "
+                                           "(redo start to redo done, from the server's log)")
+    wal_replay_s: float | None = Field(None, description="Base backups: how long that replay took (the server's "
+                                       "own redo timing): with the bytes, the replay rate the projected RTO of a "
+                                       "PITR uses for the WAL archived since the base backup")
 
     @property
     def level_value(self) -> Level:
@@ -245,6 +316,21 @@ def parse_base(data: bytes) -> BaseManifest:
 
 def parse_verification(data: bytes) -> VerificationRecord:
     return VerificationRecord.model_validate(_json(data))
+
+
+def invalid_reason(e: Exception) -> str:
+    """A manifest that did not parse, in one line: which field, and why (a pydantic error's own text is a
+    screenful, with a URL)."""
+    from pydantic import ValidationError
+
+    if isinstance(e, ValidationError):
+        parts = []
+        for err in e.errors()[:3]:
+            where = ".".join(str(x) for x in err.get("loc", ()))
+            msg = str(err.get("msg", "")).removeprefix("Value error, ")
+            parts.append(f"{where}: {msg}" if where else msg)
+        return "; ".join(parts) + (f" (and {e.error_count() - 3} more)" if e.error_count() > 3 else "")
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def _json(data: bytes) -> Any:

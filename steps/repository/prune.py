@@ -178,6 +178,12 @@ def prune_base(store: Store, retention: RetentionConfig, *, trust: Trust, now: d
                      oldest)
             if not dry_run:
                 store.delete(sorted(old))
+                # The claims of the files deleted (steps.wal.archive.push_one) go with them.
+                gone = {n for k in old if (n := layout.wal_name_from_key(k))}
+                root = layout.wal_claims_root(sysid)
+                claims = [k for k, _ in store.list_keys(root) if k[len(root):].split("/", 1)[0] in gone]
+                if claims:
+                    store.delete(sorted(claims))
     for inc in cat.incomplete:
         if inc.store is not store or "/base/" not in inc.prefix:
             continue

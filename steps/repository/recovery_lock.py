@@ -1,4 +1,9 @@
-"""The recovery lock across hosts: `locks/<target>.json` in the backup repository.
+"""The recovery lock across hosts: `locks/<key>.json` in the backup repository, keyed on the server.
+
+The key is the target (`host:port/database`) with its host spelt one way (`normalised_address`: a socket
+directory, localhost and 127.0.0.1 are this host), and, when the server answers, also its identity (the
+system identifier from `pg_control_system()`): two spellings of one server's address are one lock. The address
+key is always taken (the same at start and on resume, whether the server answers or not).
 
 The local run lock (runbook.lock, an flock in the state directory) stops two runs on one host. Two operators
 on two hosts share only the repository, so a live or drill run also takes a lock object there, naming its
@@ -16,6 +21,7 @@ if it is still ours. boto3 is imported only when S3 is configured (steps.reposit
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from runbook.errors import LockHeld, RunbookError
+from steps.repository.store import make_dirs
 
 READ_BACK_DELAY_S = 0.3
 
@@ -36,6 +43,71 @@ def lock_key(target: str) -> str:
     slug = re.sub(r"[^a-zA-Z0-9]+", "-", target).strip("-")[:60] or "default"
     digest = hashlib.sha256(target.encode()).hexdigest()[:12]
     return f"locks/{slug}-{digest}.json"
+
+
+_LOCAL_NAMES = frozenset({"", "localhost", "localhost.localdomain", "ip6-localhost", "::1", "[::1]"})
+
+
+def split_target(target: str) -> tuple[str, int, str] | None:
+    """`HOST:PORT/DB` (HOST a host name, an address, `[v6]`, or a socket directory) as (host, port, db);
+    None for a target of another shape (then it is its own key)."""
+    left, slash, db = target.rpartition("/")
+    host, colon, port = left.rpartition(":")
+    if not (slash and colon and db and port.isdigit() and 0 < int(port) < 65536):
+        return None
+    if host.startswith("/") and not host.rstrip("/"):
+        return None
+    return host, int(port), db
+
+
+def normalised_address(target: str) -> str:
+    """The target with its host spelt one way: every spelling of this host (a socket directory, localhost,
+    127.x, ::1, this host's name) is `local`, so that `/var/run/postgresql:5432/app` and `127.0.0.1:5432/app`
+    are one lock even when the server does not answer. Two servers on this host with one port in different
+    socket directories share that key: a refusal too many, never one too few."""
+    parts = split_target(target)
+    if parts is None:
+        return target
+    host, port, db = parts
+    h = host.lower()
+    import socket
+
+    names = {socket.gethostname().lower()}
+    with contextlib.suppress(OSError):
+        names.add(socket.getfqdn().lower())
+    if h.startswith("/") or h in _LOCAL_NAMES or h.startswith("127.") or h in names:
+        h = "local"
+    return f"{h}:{port}/{db}"
+
+
+def server_identity(target: str, timeout: int = 3) -> str | None:
+    """The system identifier of the server the target names, when it answers (libpq's defaults for the user
+    and password, as the run's steps use); None when it does not, or will not say."""
+    parts = split_target(target)
+    if parts is None:
+        return None
+    host, port, _db = parts
+    try:
+        import psycopg
+
+        with psycopg.connect(host=host.strip("[]"), port=port, dbname="postgres", connect_timeout=timeout,
+                             autocommit=True, application_name="runbook recovery lock") as c:
+            row = c.execute("select system_identifier::text from pg_control_system()").fetchone()
+    except Exception:  # noqa: BLE001 - down, unreachable, refused, not permitted: the address decides then
+        return None
+    return str(row[0]) if row and row[0] else None
+
+
+def lock_keys(target: str) -> list[str]:
+    """The lock objects a recovery of `target` takes: always the one of its normalised address (the same at
+    start and on resume, whether the server answers or not), and, when the server answers, the one of its
+    identity (`system <identifier>/<db>`): two spellings of one server's address are one lock."""
+    keys = [lock_key(normalised_address(target))]
+    sysid = server_identity(target)
+    parts = split_target(target)
+    if sysid is not None and parts is not None:
+        keys.append(lock_key(f"system {sysid}/{parts[2]}"))
+    return keys
 
 
 def describe(holder: dict[str, Any]) -> str:
@@ -93,7 +165,7 @@ class _LocalPlace(_Place):
 
     def create(self, data: bytes) -> bool:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            make_dirs(self.path.parent)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         except FileExistsError:
             return False
@@ -107,7 +179,7 @@ class _LocalPlace(_Place):
 
     def replace(self, data: bytes) -> None:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        make_dirs(self.path.parent)
         tmp.write_bytes(data)
         os.replace(tmp, self.path)
 
@@ -197,14 +269,14 @@ def acquire(cfg: Any, target: str, holder: dict[str, Any], *, break_lock: bool =
     Raises LockHeld naming the other holder; with `break_lock` the other holder is replaced (listed in
     `replaced`, for the journal). `run_closed(run_id)` says whether a run known on this host has ended (then
     its claim is void)."""
-    key = lock_key(target)
     mine = {**holder, "target": target, "nonce": secrets.token_hex(8)}
     data = (json.dumps(mine, indent=2) + "\n").encode()
     lock = RecoveryLock([], mine)
     try:
-        for place in _places(cfg, key):
-            _take(place, mine, data, lock, break_lock, run_closed)
-            lock.places.append(place)
+        for key in lock_keys(target):
+            for place in _places(cfg, key):
+                _take(place, mine, data, lock, break_lock, run_closed)
+                lock.places.append(place)
     except BaseException:
         lock.release()
         raise

@@ -27,6 +27,23 @@ CHUNK = 1024 * 1024
 Progress = Callable[[int], None]
 StoreName = Literal["local", "s3"]
 
+# The marker object at the repository's root: written by the first backup, basebackup or wal-push, it proves
+# that this directory (or S3 prefix) is the repository. `wal-fetch` answers "missing" only where it is, so that
+# an unmounted file system or a wrong path stops a recovery (126) instead of ending it early (docs/wal.md).
+MARKER = "REPOSITORY"
+MARKER_FORMAT = "runbook repository"
+MARKER_VERSION = 1
+
+
+def marker_bytes() -> bytes:
+    import json
+    import socket
+    from datetime import UTC, datetime
+
+    return (json.dumps({"format": MARKER_FORMAT, "version": MARKER_VERSION,
+                        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                        "created_by": socket.gethostname()}) + "\n").encode()
+
 
 class RepositoryError(RunbookError):
     """A repository could not be read or written: unreachable, refused, full, missing."""
@@ -41,6 +58,11 @@ class ObjectExists(RepositoryError):
 
 class NotFound(RepositoryError):
     """The object does not exist in the repository."""
+
+
+class BadKey(RepositoryError, ValueError):
+    """A key that does not name an object inside the repository (`..`, absolute, NUL): refused before anything
+    is opened, read or written."""
 
 
 class CorruptObject(RepositoryError):
@@ -68,8 +90,10 @@ def sha256_file(path: Path, progress: Progress | None = None) -> tuple[int, str]
 
 def _check_key(key: str) -> str:
     parts = key.split("/")
-    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", ".."):
-        raise ValueError(f"bad repository key {key!r}")
+    if (not key or key.startswith("/") or "\x00" in key or any(p in ("", ".", "..") for p in parts[:-1])
+            or parts[-1] in (".", "..")):
+        raise BadKey(f"bad repository key {key!r}: not a plain path inside the repository",
+                     hint="the manifest that named it was not written by this tool: do not use that backup")
     return key
 
 
@@ -120,6 +144,21 @@ class Store(ABC):
     def read_retries(self) -> int:
         return 1
 
+    def has_marker(self) -> bool:
+        """Is the repository marker (MARKER) at the root? RepositoryError when that cannot be told."""
+        return self.exists(MARKER)
+
+    def ensure_marker(self) -> bool:
+        """Write the repository marker unless it is there (True: written now). Writers only: backup,
+        basebackup, wal-push; `check` and the readers never create it."""
+        if self.has_marker():
+            return False
+        try:
+            self.put_bytes(MARKER, marker_bytes())
+        except ObjectExists:
+            return False
+        return True
+
     def transient(self, e: BaseException) -> bool:
         return False
 
@@ -140,35 +179,72 @@ class Store(ABC):
         return retry(once, attempts=self.read_retries(), transient=self.transient)
 
     def fetch_file(self, key: str, dest: Path, *, size: int, sha256: str, progress: Progress | None = None) -> None:
-        """Copy an object to `dest`, verifying size and sha256 as it streams; a mismatch leaves no file."""
+        """Copy an object to `dest`, verifying size and sha256 as it streams; a mismatch leaves no file.
+        The bytes go into a new temporary file beside `dest` (O_EXCL, O_NOFOLLOW, 0600), renamed to `dest`
+        only once they verified: a link planted at `dest` is replaced, never written through."""
+        from steps.fs import open_dir
+
+        _check_key(key)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with open_dir(dest.parent) as fd:
+                self.fetch_beneath(key, fd, dest.name, size=size, sha256=sha256, progress=progress, replace=True)
+        except OSError as e:
+            raise local_error(e, f"writing {dest}") from None
+
+    def fetch_beneath(self, key: str, dir_fd: int, name: str, *, size: int, sha256: str,
+                      progress: Progress | None = None, replace: bool = False) -> None:
+        """Copy an object to `name` (a checked relative path) beneath the directory `dir_fd`, never following a
+        link: streamed into a new temporary file `.tmp-<leaf>-<pid>` (O_EXCL, 0600) while it is hashed, then
+        renamed to its name only when size and sha256 match. A mismatch, or any failure, leaves no file.
+        Without `replace`, an existing `name` is refused (UnsafePath)."""
+        from steps.fs import UnsafePath, check_relative, open_beneath, open_subdir, rename_in
         from steps.repository.retry import retry
 
-        def once() -> tuple[int, str]:
-            h = hashlib.sha256()
-            n = 0
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with open(dest, "wb") as f:
-                for chunk in self.iter_chunks(key):
-                    h.update(chunk)
-                    f.write(chunk)
-                    n += len(chunk)
-                    if progress:
-                        progress(len(chunk))
-                f.flush()
-                os.fsync(f.fileno())
-            return n, h.hexdigest()
-
+        _check_key(key)
+        check_relative(name)
+        *dirs, leaf = name.split("/")
+        tmp = f".tmp-{leaf}-{os.getpid()}"
+        parent = open_subdir(dir_fd, "/".join(dirs), create=True) if dirs else os.dup(dir_fd)
         try:
-            got_size, got = retry(once, attempts=self.read_retries(), transient=self.transient)
+            if not replace:
+                try:
+                    os.stat(leaf, dir_fd=parent, follow_symlinks=False)
+                    raise UnsafePath(f"{name!r} exists already: refusing to replace it")
+                except FileNotFoundError:
+                    pass
+            fd = open_beneath(parent, tmp)
+            try:
+                def once() -> tuple[int, str]:
+                    os.ftruncate(fd, 0)
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    h = hashlib.sha256()
+                    n = 0
+                    for chunk in self.iter_chunks(key):
+                        h.update(chunk)
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(fd, view):]
+                        n += len(chunk)
+                        if progress:
+                            progress(len(chunk))
+                    return n, h.hexdigest()
+
+                got_size, got = retry(once, attempts=self.read_retries(), transient=self.transient)
+                if got != sha256 or got_size != size:
+                    raise CorruptObject(self.describe(), key, f"sha256 {sha256} ({size} bytes)",
+                                        f"sha256 {got} ({got_size} bytes)")
+                os.fsync(fd)
+            except BaseException:
+                os.unlink(tmp, dir_fd=parent)
+                raise
+            finally:
+                os.close(fd)
+            rename_in(parent, tmp, leaf)
         except OSError as e:
-            dest.unlink(missing_ok=True)
-            raise local_error(e, f"writing {dest}") from None
-        except BaseException:
-            dest.unlink(missing_ok=True)
-            raise
-        if got != sha256 or got_size != size:
-            dest.unlink(missing_ok=True)
-            raise CorruptObject(self.describe(), key, f"sha256 {sha256} ({size} bytes)", f"sha256 {got} ({got_size} bytes)")
+            raise local_error(e, f"writing {name}") from None
+        finally:
+            os.close(parent)
 
 
 def local_error(e: OSError, what: str) -> RepositoryError:
@@ -178,6 +254,26 @@ def local_error(e: OSError, what: str) -> RepositoryError:
         return RepositoryError(f"permission denied while {what}: {e.strerror}",
                                hint="run as the user that owns the repository, or fix its permissions")
     return RepositoryError(f"{what}: {e.strerror or e}")
+
+
+def make_dirs(path: Path, mode: int = 0o750) -> None:
+    """Create `path` and its missing parents, **each** with `mode` (Path.mkdir(parents=True) gives the parents
+    the default 0777 & ~umask, i.e. 0755: a repository's `clusters/`, `logical/`... were readable by anyone)."""
+    missing: list[Path] = []
+    p = path
+    while not p.is_dir():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for q in reversed(missing):
+        try:
+            q.mkdir(mode=mode)
+        except FileExistsError:
+            if not q.is_dir():
+                raise
+        else:
+            os.chmod(q, mode)  # exactly as documented, whatever the umask (the server's group reads it)
 
 
 class LocalStore(Store):
@@ -196,7 +292,7 @@ class LocalStore(Store):
 
     def check_access(self) -> None:
         try:
-            self.root.mkdir(parents=True, exist_ok=True, mode=0o750)
+            make_dirs(self.root)
         except OSError as e:
             raise local_error(e, f"creating {self.root}") from None
         if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
@@ -207,7 +303,7 @@ class LocalStore(Store):
         return os.path.lexists(self._path(key))
 
     def _mkdirs(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True, mode=0o750)
+        make_dirs(path)
 
     def put_file(self, key: str, src: Path, progress: Progress | None = None) -> None:
         dst = self._path(key)

@@ -12,7 +12,8 @@ user when a cluster is initialised in it).
 Both scenarios end with re-protection (the `reprotect` action): the recovered cluster archives into its own
 directory of `repo/` through the server venv's `runbook wal-push`. Scenario 2 (`pitr`) adds: WAL archiving on
 the primary (`archive_command` = `runbook wal-push` into `repo/`,
-`archive_timeout` = 30 s), `venv/` (a virtual environment made with /usr/bin/python3 holding this package,
+`archive_timeout` = 30 s), a base backup and the daily backup (whose attachments snapshot the drill restores; the
+disaster wipes `uploads/` as in scenario 1), `venv/` (a virtual environment made with /usr/bin/python3 holding this package,
 because the server's user cannot run root's interpreter: built once, re-installed only when the package's
 sources change), `pgdata-pitr/` (where the operator recovers to), `writes.json` (the stream of timestamped
 writes around the disaster) and `at-target.json` (the tables just before the disaster).
@@ -37,7 +38,7 @@ from typing import Any
 from runbook.errors import RunbookError
 from runbook.lockfile import current_user
 from runbook.paths import state_home
-from steps.pg.server import Server, give_to_server, remove_tree
+from steps.pg.server import Server, give_to_server, remove_tree, server_user
 from steps.sandbox import assetflow
 
 DB = "assetflow_prod"
@@ -58,12 +59,6 @@ def default_dir() -> Path:
         user = os.environ.get("SUDO_USER") or current_user()
         return Path(f"/var/tmp/runbook-sandbox-{re.sub(r'[^A-Za-z0-9._-]+', '_', user)}")
     return state_home() / "sandbox"
-
-
-TABLE_SQL = """
-select n.nspname || '.' || c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
-where c.relkind in ('r', 'p') and n.nspname not in ('pg_catalog', 'information_schema') order by 1
-"""
 
 
 @dataclass
@@ -106,6 +101,11 @@ class Sandbox:
     def venv(self) -> Path:
         return self.base / "venv"
 
+    @property
+    def source_cluster(self) -> str:
+        """The system identifier of the cluster the sandbox built and backed up (the drill's source)."""
+        return str(self.info().get("cluster", ""))
+
     def info(self) -> dict[str, Any]:
         try:
             return dict(json.loads(self.info_file.read_text()))
@@ -126,13 +126,14 @@ class Sandbox:
             say("initialising a PostgreSQL 15 cluster")
             remove_tree(srv.datadir)
             srv.initdb("--data-checksums")
+            self._reclaim_base()
         srv.stop()  # the settings below need a restart (archive_mode)
         remove_tree(self.repo)
         self.repo.mkdir()
         give_to_server(self.repo)  # wal-push writes here as the server's user
         if archive:
             exe = self.server_runbook(say)
-            self.config.write_text(self._config_text())
+            self._write_config()
             srv.start("fsync=off", "archive_mode=on", "archive_timeout=30", "wal_level=replica",
                       f"archive_command='{exe} wal-push -c {self.config} %p'")
         else:
@@ -158,13 +159,25 @@ class Sandbox:
         size = srv.psql(f"select pg_size_pretty(pg_database_size('{DB}'))")
         say(f"AssetFlow loaded: {size}, {len(written)} attachment files ({time.monotonic() - t0:.1f}s)")
         remove_tree(self.restore_dir)
-        self.restore_dir.mkdir()
-        give_to_server(self.restore_dir)
-        self.config.write_text(self._config_text())
+        self.restore_dir.mkdir()  # ours, not the server's: fetch-latest-backup refuses a parent another user owns
+        self._write_config()
         self.env_file.write_text(  # the plan's secrets file; trust auth here, but the password is masked all the same
             f"DB_HOST={srv.socket_dir}\nDB_PORT={srv.port}\nDB_USER=postgres\nDB_PASSWORD=sandbox-pw-{os.getpid()}\n")
         os.chmod(self.env_file, 0o600)
-        self.info_file.write_text(json.dumps({"built_at": _now(), "scale": scale, "files": files, "db": DB}, indent=2))
+        self.info_file.write_text(json.dumps({"built_at": _now(), "scale": scale, "files": files, "db": DB,
+                                              "cluster": self.system_identifier()}, indent=2))
+
+    def _write_config(self) -> None:
+        self.config.write_text(self._config_text())
+        self._own_config()
+
+    def _own_config(self) -> None:
+        """The config as docs/repository-config.md says: 0640, owned by root (when we are root) with the server's
+        group, which reads it (wal-push); a config the server's user owns is refused to root."""
+        pw = server_user()
+        if pw is not None:
+            os.chown(self.config, 0, pw.pw_gid)
+        os.chmod(self.config, 0o640)
 
     @property
     def signing_key(self) -> Path:
@@ -235,13 +248,13 @@ class Sandbox:
         srv.psql(f"DROP DATABASE {DB} WITH (FORCE)")
         srv.stop("immediate")
         remove_tree(srv.datadir)
-        srv.initdb("--data-checksums")
+        srv.initdb("--data-checksums")  # gives the sandbox's directory (the config too) to the server's user
+        self._reclaim_base()
+        self._own_config()
         srv.start("fsync=off")
-        for child in self.uploads.iterdir():
-            remove_tree(child) if child.is_dir() else child.unlink()
+        self._wipe_uploads()
         remove_tree(self.restore_dir)
         self.restore_dir.mkdir()
-        give_to_server(self.restore_dir)
         say(f"DISASTER at {lost_at:%H:%M:%S} UTC: the server is lost with database {DB}, attachments wiped; a "
             f"fresh replacement server (a new cluster, system identifier {self.system_identifier()}) waits on "
             f"{srv.socket_dir}")
@@ -249,6 +262,20 @@ class Sandbox:
         info["disaster_at"] = lost_at.isoformat()
         self.info_file.write_text(json.dumps(info, indent=2))
         return lost_at
+
+    def _reclaim_base(self) -> None:
+        """initdb gives the data directory's parent (this directory) to the server's user; take the directory
+        itself back (its subdirectories stay the server's), as a real host's /srv/assetflow is root's: the
+        recovery's private working directories beside uploads/ and restore/ need a parent that only root or
+        we can change (steps.fs.private_dir)."""
+        st = self.base.stat()
+        if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+            os.chown(self.base, os.geteuid(), os.getegid())
+
+    def _wipe_uploads(self) -> None:
+        """The disaster takes the attachments too: the directory stays, empty, for the restore."""
+        for child in self.uploads.iterdir():
+            remove_tree(child) if child.is_dir() else child.unlink()
 
     def down(self) -> None:
         self._stop_recovered()
@@ -320,7 +347,8 @@ class Sandbox:
         say(proc.stdout.strip())
 
     def pitr_disaster(self, seconds: float = 4.0, interval: float = 0.1, say: Any = print) -> dict[str, Any]:
-        """A steady stream of timestamped writes into audit_log; half-way, a wrong `DROP TABLE`.
+        """A steady stream of timestamped writes into audit_log; half-way, a wrong `DROP TABLE`, and the
+        attachments are wiped (the server's disk is lost with them).
 
         Records the moment just before the disaster (the recovery target, server time), which writes were
         acknowledged before it and which started after it, forces a WAL switch so that everything up to the
@@ -361,6 +389,7 @@ class Sandbox:
             time.sleep(0.2)
             c.execute("DROP TABLE maintenance_records")
             disaster_at = c.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+        self._wipe_uploads()
         time.sleep(seconds / 2)
         stop.set()
         t.join(timeout=10)
@@ -379,7 +408,8 @@ class Sandbox:
         info.update({"disaster_at": disaster_at.isoformat(), "target_time": target.isoformat(), "scenario": "pitr"})
         self.info_file.write_text(json.dumps(info, indent=2))
         say(f"{len(acked)} timestamped writes into audit_log every {interval * 1000:.0f} ms; DISASTER at "
-            f"{disaster_at:%H:%M:%S.%f} UTC: DROP TABLE maintenance_records; the moment just before it: "
+            f"{disaster_at:%H:%M:%S.%f} UTC: DROP TABLE maintenance_records, attachments wiped; the moment just "
+            "before it: "
             f"{target.isoformat()}")
         return record
 
@@ -407,14 +437,23 @@ class Sandbox:
         return str(int.from_bytes(data[:8], "little"))
 
     def table_facts(self, db: str = DB) -> dict[str, dict[str, Any]]:
-        """Per table: exact row count and an md5 of its content in a stable order."""
+        """Per table: its rows as the backup counts them (steps.pg.rows: a table's own rows, FROM ONLY; what a
+        backup cannot hold is left out) and an md5 of those rows in a stable order."""
+        import psycopg
+        from psycopg import sql
+
+        from steps.pg.rows import count_rows
+
+        srv = self.server
         out: dict[str, dict[str, Any]] = {}
-        for name in self.server.psql(TABLE_SQL, db=db).splitlines():
-            schema, table = name.split(".", 1)
-            q = (f'select count(*), coalesce(md5(string_agg(t::text, \'|\' order by t::text)), \'\') '
-                 f'from "{schema}"."{table}" t')
-            count, digest = self.server.psql(q, db=db).split("|")
-            out[name] = {"rows": int(count), "md5": digest}
+        with psycopg.connect(host=str(srv.socket_dir), port=srv.port, user="postgres", dbname=db,
+                             autocommit=True) as pg:
+            counted = count_rows(pg)
+            for name, rows in sorted(counted.counts.items()):
+                schema, table = name.split(".", 1)
+                digest = pg.execute(sql.SQL("select coalesce(md5(string_agg(t::text, '|' order by t::text)), '') "
+                                            "from only {} t").format(sql.Identifier(schema, table))).fetchone()
+                out[name] = {"rows": rows, "md5": digest[0] if digest else ""}
         return out
 
     def _snapshot(self, name: str) -> None:

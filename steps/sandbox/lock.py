@@ -160,10 +160,10 @@ def unfinished(sb: Any, rb: Any, state_dir: Path) -> LockHeld | None:
 def _repository_holder(sb: Any, target: str) -> dict[str, Any] | None:
     import json
 
-    from steps.repository.recovery_lock import lock_key
+    from steps.repository.recovery_lock import lock_key, normalised_address
 
     try:
-        value = json.loads((sb.repo / lock_key(target)).read_text())
+        value = json.loads((sb.repo / lock_key(normalised_address(target))).read_text())
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None

@@ -34,6 +34,9 @@ def write_profile(sb: Any, runbook_path: Path, scenario: str, pitr: dict[str, An
             "restore_dir": str(sb.restore_dir),
             "attachments_dir": str(sb.uploads),
             "disaster_counts": str(sb.base / "at-disaster-counts.json"),
+            # The drill restores this sandbox's backups and nobody else's: a sandbox rebuilt under a running
+            # drill is a new cluster, and its backups are refused instead of being reported as recovered.
+            "source_cluster": sb.source_cluster,
             "maintenance_on": "echo 'sandbox: maintenance page ON (nothing to switch here)'",
             "maintenance_off": "echo 'sandbox: maintenance page OFF'",
             "switch_over": "echo 'sandbox: the application would now point at the recovered database'",

@@ -38,14 +38,15 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from runbook.errors import RunbookError, UsageError
-from steps.repository.layout import WalName, parse_wal_name, wal_key
-from steps.repository.store import ObjectExists, RepositoryError
+from steps.repository.layout import WalName, parse_wal_name, wal_claims_prefix, wal_key, wal_prefix
+from steps.repository.store import MARKER, ObjectExists, RepositoryError
 from steps.wal import fast as walfast
 from steps.wal.segment import (
     Buffer,
@@ -59,7 +60,7 @@ from steps.wal.segment import (
     unpack,
 )
 from steps.wal.settings import WalSettings
-from steps.wal.store import WalStore, open_wal_stores
+from steps.wal.store import WalStore, open_wal_stores, proves_absence
 
 EXIT_MISSING = 1
 EXIT_FAILED = 1
@@ -153,10 +154,20 @@ def _check_existing(store: WalStore, key: str, name: str, existing: bytes, meta:
 
 def push_one(store: WalStore, key: str, name: str, blob: bytes, meta: dict[str, Any]) -> str:
     """Store `blob` at `key` in one repository; "stored" or "already archived". Look, write once,
-    read back where the store could have let another writer in (S3: `verify_after_write`)."""
+    read back where the store could have let another writer in (S3: `verify_after_write`).
+
+    On such a store a write-once is not enough: a store that accepts and ignores `If-None-Match` lets a
+    second pusher whose look came before our write replace what we confirmed. So every pusher there first
+    records a **claim**, an empty object named by the sha256 of its content (steps.repository.layout
+    .wal_claims_prefix: content-addressed, nothing can replace it), and confirms only when the object reads
+    back as its own bytes **and** no claim of other content exists. Of two pushers of one name with different
+    bytes at most one is confirmed (each looks for the other's claim after writing its own), and whatever the
+    store kept, the two claims stay: `wal-fetch` refuses the name (126) and `check` reports it."""
     existing = store.get(key)
     if existing is not None:
         _check_existing(store, key, name, existing, meta)
+        if store.verify_after_write:
+            _claim_and_verify(store, key, name, meta)
         return "already archived"
     try:
         store.put_new(key, blob, meta)
@@ -166,10 +177,16 @@ def push_one(store: WalStore, key: str, name: str, blob: bytes, meta: dict[str, 
             raise RepositoryError(f"{key}: {store.describe()} refused the write as existing, yet has no such object",
                                   hint="retry; if it persists the store's conditional writes are broken") from None
         _check_existing(store, key, name, existing, meta)
+        if store.verify_after_write:
+            _claim_and_verify(store, key, name, meta)
         return "already archived"
     if not store.verify_after_write:
         return "stored"
+    prefix = wal_claims_prefix(str(meta["system_identifier"]), name)
+    store.put_claim(prefix, str(meta["sha256"]))
+    claims = _Ahead(lambda: store.claims(prefix))  # the claims listed while the object is read back
     back = store.get(key)
+    _refuse_other_claims(store, name, meta, claims.result())
     if back is None:
         raise RepositoryError(f"{key} was written to {store.describe()} but cannot be read back",
                               hint="an eventually consistent store? retry; the segment is not confirmed")
@@ -180,11 +197,55 @@ def push_one(store: WalStore, key: str, name: str, blob: bytes, meta: dict[str, 
     return "stored"
 
 
+class _Ahead:
+    """A call to a store run in a thread while the caller makes another (two requests in flight: the claims
+    cost no round trip of their own on S3)."""
+
+    def __init__(self, fn: Any) -> None:
+        self._fn = fn
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._result = self._fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller by result()
+            self._error = e
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def _claim_and_verify(store: WalStore, key: str, name: str, meta: dict[str, Any]) -> None:
+    """Record our claim, then refuse when another content was ever claimed under this name."""
+    prefix = wal_claims_prefix(str(meta["system_identifier"]), name)
+    store.put_claim(prefix, str(meta["sha256"]))
+    _refuse_other_claims(store, name, meta, store.claims(prefix))
+
+
+def _refuse_other_claims(store: WalStore, name: str, meta: dict[str, Any], claimed: set[str]) -> None:
+    others = claimed - {str(meta["sha256"])}
+    if others:
+        raise WalConflict(
+            f"two different segments of one name: {name} was also pushed to {store.describe()} with other content "
+            f"(sha256 {', '.join(sorted(others))}; this file: {meta['sha256']}); it is not confirmed, and wal-fetch "
+            "refuses this name until someone decides",
+            hint="two clusters with one system identifier archive into one repository, or pg_wal was altered; "
+                 "the store ignores conditional writes, so find out which copy is right before anything else")
+
+
 def push_data(stores: Sequence[WalStore], name: str, data: Buffer, sysid: int, level: int) -> dict[str, Any]:
     """Archive checked bytes into every repository; the header written (name, sha256, size, sysid), plus
     `stored` (per repository: "stored" or "already archived") and `compressed_size`."""
     blob, meta = pack(name, data, system_identifier=sysid, level=level)
     key = wal_key(str(sysid), name)
+    for store in stores:
+        store.ensure_marker()  # the first push into a repository marks it as one (wal-fetch believes "missing" there)
     meta["stored"] = {s.name: push_one(s, key, name, blob, meta) for s in stores}
     meta["compressed_size"] = len(blob)
     return meta
@@ -230,6 +291,9 @@ def fetch_checked(stores: Sequence[WalStore], key: str, name: str, attempts: int
     problems: list[str] = []
     for store in stores:
         blob: bytes | None = None
+        claims = None
+        if store.verify_after_write:  # listed while the object is read: no round trip of its own
+            claims = _Ahead(lambda s=store: s.claims(wal_claims_prefix(str(sysid), name)))
         for attempt in range(1, attempts + 1):
             try:
                 blob = store.get(key)
@@ -242,6 +306,16 @@ def fetch_checked(stores: Sequence[WalStore], key: str, name: str, attempts: int
         else:
             continue
         if blob is None:
+            try:
+                believed = proves_absence(store, wal_prefix(str(sysid)))
+            except RepositoryError as e:
+                problems.append(f"{store.describe()}: {key} is not there, and whether this is the repository "
+                                f"cannot be told: {e.message}")
+                continue
+            if not believed:
+                problems.append(
+                    f"{store.describe()} has no {key}, but it is not the repository: no {MARKER} marker at its root "
+                    f"and no archived WAL of cluster {sysid} (not mounted? a wrong path or prefix?)")
             continue
         try:
             data, meta = unpack(blob, name)
@@ -252,10 +326,33 @@ def fetch_checked(stores: Sequence[WalStore], key: str, name: str, attempts: int
         except (CorruptWal, WalFileError) as e:
             problems.append(f"{store.describe()}: {key} is damaged: {e}")
             continue
+        if claims is not None:
+            disagreement = _claims_disagree(store, key, name, claims, str(meta["sha256"]))
+            if disagreement:
+                problems.append(disagreement)
+                continue
         for p in problems:  # a good copy after a bad one: say so, but go on
             print(f"runbook wal-fetch: warning: {p}", file=sys.stderr)
         return data, str(meta["sha256"]), []
     return None, "", problems
+
+
+def _claims_disagree(store: WalStore, key: str, name: str, claims: _Ahead, sha256: str) -> str | None:
+    """Why the copy read from a store that may ignore conditional writes cannot be handed to PostgreSQL: two
+    contents were claimed under its name, or the one claimed is not what is there now. None when it agrees (or
+    the name has no claim: archived before claims existed)."""
+    try:
+        claimed: set[str] = claims.result()
+    except RepositoryError as e:
+        return f"{store.describe()}: cannot read the claims of {name}: {e.message}"
+    if len(claimed) > 1:
+        return (f"{store.describe()}: two different segments of one name: {name} was pushed with "
+                f"{len(claimed)} different contents (sha256 {', '.join(sorted(claimed))}); the copy there now "
+                f"({sha256}) is not handed to PostgreSQL")
+    if claimed and sha256 not in claimed:
+        return (f"{store.describe()}: {key} holds content (sha256 {sha256}) other than the one confirmed "
+                f"({next(iter(claimed))}): it was replaced; not handed to PostgreSQL")
+    return None
 
 
 def write_atomically(dest: Path, data: bytes | memoryview) -> None:
@@ -301,7 +398,9 @@ def fetch_file(settings: WalSettings, name: str, dest: str, source: str = "any",
             return EXIT_MISSING  # every repository says it does not exist: quietly
         raise FetchFailed(f"cannot restore {name}: " + "; ".join(problems),
                           hint="recovery stops here rather than end early with this WAL missing; fix the repository "
-                               "(or use the other copy: --from local|s3) and start the server again")
+                               "(mount it; or use the other copy: --from local|s3) and start the server again. "
+                               f"A repository without its {MARKER} marker gets it from the next backup, basebackup "
+                               "or wal-push into it")
     write_atomically(target, data)
     if spool is not None:
         walfast.request_after(settings, spool, cluster_sysid, name, segment_header(data).segment_size, source)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from steps.repository.s3common import NOT_FOUND, ConditionalWrites, error_code, new_client
-from steps.repository.store import ObjectExists, RepositoryError, local_error
+from steps.repository.store import MARKER, ObjectExists, RepositoryError, local_error, marker_bytes
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,25 @@ class WalStore(Protocol):
     def stat(self, key: str) -> Listed | None: ...
 
     def list(self, prefix: str) -> list[Listed]: ...
+
+    def has_marker(self) -> bool: ...
+
+    def ensure_marker(self) -> None: ...
+
+    def list_some(self, prefix: str) -> bool: ...
+
+    def put_claim(self, prefix: str, sha256: str) -> None: ...
+
+    def claims(self, prefix: str) -> set[str]: ...
+
+
+def proves_absence(store: WalStore, wal_dir: str) -> bool:
+    """May `store`'s "no such object" be believed (`wal-fetch` exit 1)? Only from the repository itself: its
+    marker (MARKER) is at the root, or (a repository archived into before markers existed, which `wal-fetch`
+    never writes into) the cluster's `wal_dir` holds archived files. A missing root, an empty mount point or a
+    wrong path or prefix has neither: its silence is not an answer. One stat (S3: one request) per "missing"
+    answer, none when the file is found. RepositoryError when the store cannot be asked."""
+    return store.has_marker() or bool(store.list_some(wal_dir))
 
 
 class LocalWal:
@@ -117,6 +136,50 @@ class LocalWal:
         except OSError as e:
             raise local_error(e, f"reading {self._path(key)}") from None
         return Listed(key, st.st_size, st.st_mtime)
+
+    def has_marker(self) -> bool:
+        try:
+            os.stat(self.root / MARKER)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as e:
+            raise local_error(e, f"looking for {self.root / MARKER}") from None
+        return True
+
+    def ensure_marker(self) -> None:
+        """One stat per push; the first push into a new (or pre-marker) repository writes the marker."""
+        if self.has_marker():
+            return
+        path = self.root / MARKER
+        try:
+            self._mkdirs(self.root)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+        except FileExistsError:
+            return
+        except OSError as e:
+            raise local_error(e, f"writing {path}") from None
+        try:
+            os.write(fd, marker_bytes())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(self.root)
+
+    def put_claim(self, prefix: str, sha256: str) -> None:
+        """Nothing: link(2) cannot replace a file, so a local archive never holds two contents of one name."""
+
+    def claims(self, prefix: str) -> set[str]:
+        return set()
+
+    def list_some(self, prefix: str) -> bool:
+        """Does `prefix` (a directory) hold any archived file?"""
+        try:
+            with os.scandir(self._path(prefix)) as it:
+                return any(not e.name.startswith(".") for e in it)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as e:
+            raise local_error(e, f"listing {self._path(prefix)}") from None
 
     def list(self, prefix: str) -> list[Listed]:
         base = self._path(prefix)
@@ -196,11 +259,10 @@ class S3Wal:
             raise self._error(e, f"reading {key}") from None
 
     def put_new(self, key: str, blob: bytes, meta: dict[str, Any]) -> None:
-        args: dict[str, Any] = {
-            "Bucket": self.bucket, "Key": self.prefix + key, "Body": blob, **self.sse,
-            "Metadata": {"sha256": str(meta["sha256"]), "size": str(meta["size"]),
-                         "system-identifier": str(meta["system_identifier"])},
-        }
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self.prefix + key, "Body": blob, **self.sse}
+        if meta:
+            args["Metadata"] = {"sha256": str(meta["sha256"]), "size": str(meta["size"]),
+                                "system-identifier": str(meta["system_identifier"])}
         try:
             written = self.conditional.put_if_absent(self.client, args)
         except Exception as e:
@@ -221,6 +283,42 @@ class S3Wal:
             raise self._error(e, f"looking for {key}") from None
         return Listed(key, int(resp.get("ContentLength", 0)), resp["LastModified"].timestamp())
 
+    def has_marker(self) -> bool:
+        return self.stat(MARKER) is not None
+
+    def ensure_marker(self) -> None:
+        """Written once; then remembered in the pushing user's cache (a HEAD per segment would cost a request
+        on every push: the marker is only ever created, so knowing it was there is safe to keep)."""
+        seen = _marker_seen_path(self.describe())
+        if seen is not None and seen.exists():
+            return
+        if not self.has_marker():
+            with contextlib.suppress(ObjectExists):
+                self.put_new(MARKER, marker_bytes(), {})
+        if seen is not None:
+            with contextlib.suppress(OSError):
+                seen.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                seen.touch(mode=0o600)
+
+    def put_claim(self, prefix: str, sha256: str) -> None:
+        """Record that a pusher stored this content under this name (an empty object named by its sha256:
+        content-addressed, so no other content can replace it, conditional writes or not)."""
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.prefix + prefix + sha256, Body=b"", **self.sse)
+        except Exception as e:
+            raise self._error(e, f"writing {prefix}{sha256}") from None
+
+    def claims(self, prefix: str) -> set[str]:
+        """The sha256 of every content pushed under one name (its claims)."""
+        return {x.key.rsplit("/", 1)[-1] for x in self.list(prefix)}
+
+    def list_some(self, prefix: str) -> bool:
+        try:
+            resp = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix + prefix, MaxKeys=1)
+        except Exception as e:
+            raise self._error(e, f"listing {prefix}") from None
+        return bool(resp.get("Contents"))
+
     def list(self, prefix: str) -> list[Listed]:
         out: list[Listed] = []
         try:
@@ -231,6 +329,15 @@ class S3Wal:
         except Exception as e:
             raise self._error(e, f"listing {prefix}") from None
         return sorted(out, key=lambda x: x.key)
+
+
+def _marker_seen_path(where: str) -> Path | None:
+    import hashlib
+
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    if not base:
+        return None
+    return Path(base) / "runbook" / f"marker-{hashlib.sha256(where.encode()).hexdigest()[:20]}"
 
 
 def open_wal_stores(local_path: Path | None, s3: dict[str, Any] | None, source: str = "any") -> list[WalStore]:

@@ -217,9 +217,21 @@ def test_roundtrip_through_local_under_the_same_name_after_dropping_the_original
 
         # The attachments of the same run, byte-identical.
         dest = tmp_path / "restored-uploads"
-        att = run_action("restore-attachments", {"config": str(cfg), "dest": str(dest), "backup_id": bid})
+        # a link planted where the old code staged its download (a predictable name) is never written through
+        planted = tmp_path / "planted"
+        planted.mkdir()
+        (tmp_path / f".restored-uploads.attachments-{bid}").symlink_to(planted)
+        att = run_action("restore-attachments", {"config": str(cfg), "dest": str(dest), "backup_id": bid,
+                                                 "at": fetched.outputs["snapshot_time"]})
         assert att.code == 0, att.stdout
-        assert att.outputs == {"dest": str(dest), "attachments_id": bid, "files": 2}
+        assert list(planted.iterdir()) == []
+        outs = dict(att.outputs)
+        when = outs.pop("attachments_time")
+        distance = outs.pop("distance_s")
+        assert "of backup run " + bid in outs.pop("distance")
+        assert outs == {"dest": str(dest), "attachments_id": bid, "files": 2}
+        # the same run's snapshot is taken just after the dump's snapshot: the pair, not an older run's
+        assert -60 < distance <= 0 and when.startswith(bid[:4])
         for rel in ("2026/11/invoice.pdf", "readme.txt"):
             assert (dest / rel).read_bytes() == (files / rel).read_bytes()
             assert (dest / rel).stat().st_mtime == (files / rel).stat().st_mtime

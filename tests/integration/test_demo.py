@@ -80,6 +80,14 @@ def test_attachments_are_byte_identical(drill) -> None:
     before = json.loads((sb.base / "attachments-at-backup.json").read_text())
     assert len(before) == 60
     assert dir_tree_digest(sb.uploads) == before
+    # the snapshot of the backup run the database came from, a few seconds after the dump's snapshot
+    (run_dir,) = (_state / "runs").iterdir()
+    events = read_journal(run_dir / "journal.jsonl").events
+    outs = {(e["step"], e["name"]): e["value"] for e in events if e["type"] == "step-output"}
+    assert outs[("attachments", "attachments_id")] == outs[("fetch", "backup_id")]
+    assert -60 < outs[("attachments", "distance_s")] <= 0
+    assert outs[("attachments", "distance")].startswith("attachments snapshot ")
+    assert f"of backup run {outs[('fetch', 'backup_id')]}" in outs[("attachments", "distance")]
 
 
 def test_the_run_is_a_drill_with_a_report(drill) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from runbook.journal import read_journal
+from steps.sandbox.assetflow import dir_tree_digest
 from steps.sandbox.build import DB, Sandbox
 from tests.conftest import ROOT, run_cli
 from tests.support.pgcluster import make_base_dir
@@ -62,6 +63,29 @@ def test_the_dropped_table_is_back_with_the_rows_up_to_the_target(drill) -> None
     assert set(writes["acked_before_target"]) <= seqs
     assert not set(writes["started_after_target"]) & seqs
     assert len(writes["acked_before_target"]) >= 5
+
+
+def test_the_attachments_wiped_by_the_disaster_are_restored_from_the_snapshot_before_the_recovery_point(drill) -> None:
+    sb, state, r = drill
+    assert r.returncode == 0, r.stdout[-5000:] + r.stderr
+    assert "attachments wiped" in r.stdout
+    before = json.loads((sb.base / "attachments-at-backup.json").read_text())
+    assert len(before) == 5
+    assert dir_tree_digest(sb.uploads) == before  # byte for byte, after the disaster emptied the directory
+    (run_dir,) = (state / "runs").iterdir()
+    events = read_journal(run_dir / "journal.jsonl").events
+    outs = {(e["step"], e["name"]): e["value"] for e in events if e["type"] == "step-output"}
+    point = datetime.fromisoformat(outs[("pitr", "recovery_point")])
+    taken = datetime.fromisoformat(outs[("pitr-attachments", "attachments_time")])
+    distance = outs[("pitr-attachments", "distance_s")]
+    # the daily backup ran just before the writes: its snapshot is the newest not after the recovery point
+    assert taken <= point and 0 <= distance < 120
+    assert abs((point - taken).total_seconds() - distance) < 0.01
+    said = outs[("pitr-attachments", "distance")]
+    assert said.startswith(f"attachments snapshot {taken.isoformat()}, ") and "before the recovery point" in said
+    assert said in r.stdout  # in the step's output, not only in the journal
+    notified = next(e for e in events if e["type"] == "step-finished" and e.get("step") == "recovery-point")
+    assert notified["status"] == "succeeded"
 
 
 def test_the_report_has_the_recovery_point_and_timeline_2(drill) -> None:

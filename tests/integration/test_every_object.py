@@ -538,14 +538,11 @@ def test_every_kind_of_object_survives_backup_and_restore_into_a_fresh_cluster(
     assert time.monotonic() - t_start < 60
 
 
-def test_a_user_mapping_that_cannot_be_restored_is_reported_without_its_password(
-    pg_cluster: Cluster, tmp_path: Path
-) -> None:
+def test_a_user_mapping_that_cannot_be_restored_is_reported_without_its_password(pg_cluster: Cluster) -> None:
     from steps.pg.tools import Conn
     from steps.restore_logical import _restore_user_mappings
 
-    sql = tmp_path / "user_mappings.sql"
-    sql.write_text("ALTER USER MAPPING FOR PUBLIC SERVER nowhere OPTIONS (SET password 'hunter2-secret' oops);\n")
+    sql = "ALTER USER MAPPING FOR PUBLIC SERVER nowhere OPTIONS (SET password 'hunter2-secret' oops);\n"
     conn = Conn(str(pg_cluster.socket_dir), pg_cluster.port, "postgres")
     problem = _restore_user_mappings(conn, "postgres", sql)
     assert problem is not None and "syntax error" in problem and "42601" in problem

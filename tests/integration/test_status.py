@@ -99,7 +99,7 @@ def _scenario(p: Primary, dest: Path, tmp_path: Path) -> None:
     assert any("no verified test restore" in r for r in s["rto"]["reasons"])
 
     # 3. a verified test restore and a drill whose measured RTO missed the target: red, from the measured time
-    r = run_cli("verify-backup", "-c", str(p.config), "--scratch-dir", str(dest), timeout=180)
+    r = run_cli("verify-backup", "-c", str(p.config), "--scratch-dir", str(dest / "scratch"), timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     three_hours_ago = (datetime.now(UTC) - timedelta(hours=3)).isoformat()
     drill = run_cli("run", str(runbook), "--mode", "drill", "--headless", "--yes", "--state-dir", str(state),

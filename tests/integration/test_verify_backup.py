@@ -114,6 +114,40 @@ def test_a_good_logical_backup_is_restored_checked_and_recorded(shop: Cluster, b
     assert (bdir / "manifest.json").read_bytes() == manifest_before
 
 
+def test_the_fetched_logical_files_are_private_during_the_test_restore(shop: Cluster, base: Path,
+                                                                      s3_server: S3Endpoint,  # noqa: F811
+                                                                      s3_bucket: str) -> None:  # noqa: F811
+    """globals.sql (password hashes) and the dump in the scratch directory: nobody but root reads them."""
+    s3 = {"bucket": s3_bucket, "endpoint_url": s3_server.url, "region": "us-east-1"}
+    cfg = write_config(base / "repo.yaml", shop, dbs=["shop"], s3=s3, extra=CHECKS)
+    scratch = base / "scratch"
+    assert backup(cfg).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "runbook", "verify-backup", "-c", str(cfg), "--scratch-dir",
+                             str(scratch), "--from", "s3"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **cli_env()})
+    seen: dict[str, int] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            for p in scratch.glob("runbook-verify-*/fetch"):
+                try:
+                    seen["fetch"] = p.stat().st_mode & 0o777
+                    for f in p.rglob("*"):
+                        if f.is_file():
+                            seen[f.relative_to(p).as_posix()] = f.stat().st_mode & 0o777
+                except FileNotFoundError:
+                    pass
+            if "globals.sql" in seen and "dump/toc.dat" in seen:
+                break
+            time.sleep(0.01)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out + err
+    assert seen.get("fetch") == 0o700 and seen.get("globals.sql") == 0o600 and seen.get("dump/toc.dat") == 0o600, seen
+
+
 def test_an_object_altered_after_the_manifest_fails_and_recovery_stops_picking_it(shop: Cluster, base: Path) -> None:
     repo = base / "repo"
     cfg = write_config(base / "repo.yaml", shop, dbs=["shop"], local=repo, extra=CHECKS)

@@ -20,13 +20,13 @@ class JournalBuilder:
 
     def __init__(self, steps: list[str], *, mode: str = "drill", scenario: str = "restore-latest",
                  run_start: float = 0.0, data_lost_at: float | None = None, rto: float = 7200,
-                 rpo: float = 300) -> None:
+                 rpo: float = 300, params: dict[str, Any] | None = None) -> None:
         self.events: list[dict[str, Any]] = []
         self.add(run_start, "run-started", run_id="r1", runbook={"name": "AssetFlow PostgreSQL disaster recovery",
                  "path": "/x/runbook.yaml", "version": 1}, scenario=scenario, mode=mode,
                  target="db1:5432/assetflow_prod", incident_start=at(0),
                  data_lost_at=at(data_lost_at if data_lost_at is not None else 0),
-                 operator={"user": "alice", "host": "ops1", "pid": 1}, params={},
+                 operator={"user": "alice", "host": "ops1", "pid": 1}, params=params or {},
                  targets={"rto_s": rto, "rpo_s": rpo}, steps=steps)
 
     def add(self, minutes: float, type_: str, **data: Any) -> JournalBuilder:

@@ -35,6 +35,14 @@ def chown_server_user(path: Path) -> None:
             os.lchown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
 
 
+def config_as_documented(path: Path) -> None:
+    """A repository config as docs/repository-config.md says: 0640 root:postgres (root and the server's user
+    read it; a config the server's user owns is refused to root, which it would steer)."""
+    if os.geteuid() == 0:
+        os.chown(path, 0, pwd.getpwnam(PG_USER).pw_gid)
+    os.chmod(path, 0o640)
+
+
 def make_base_dir(prefix: str) -> Path:
     base = Path(tempfile.mkdtemp(prefix=prefix))
     os.chmod(base, 0o755)

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, run_cli
-from tests.support.pgcluster import PG_BIN, Cluster, as_server_user, chown_server_user
+from tests.support.pgcluster import PG_BIN, Cluster, as_server_user, chown_server_user, config_as_documented
 from tests.support.signing import signing_yaml
 
 BACKUP_ROLE = "backup_user"
@@ -129,7 +129,7 @@ def make_primary(template: Path, dest: Path, *, s3: dict[str, str] | None = None
     chown_server_user(dest)
     os.chmod(datadir, 0o700)
     os.chmod(dest, 0o755)
-    os.chmod(config, 0o644)
+    config_as_documented(config)
     cluster = Cluster(datadir=datadir, socket_dir=dest)
     cluster.start()
     cluster.psql(f"CREATE ROLE {BACKUP_ROLE} LOGIN REPLICATION; GRANT pg_read_all_data TO {BACKUP_ROLE}")

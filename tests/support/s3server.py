@@ -84,13 +84,16 @@ class FaultProxy:
     `fail(method, path)` True: the request is answered `500 InternalError` (an S3 error document) and
     never reaches the upstream. Without an upstream every request fails. `drop_headers` are removed from
     forwarded requests (a store that ignores conditional writes: `If-None-Match`). `seen` records
-    (method, path, status).
+    (method, path, status). `hold(method, path)` may return an Event: the request waits for it before it is
+    forwarded (to order two clients' requests: a race made to happen).
     """
 
     def __init__(self, upstream: tuple[str, int] | None, fail: Callable[[str, str], bool] = lambda m, p: True,
-                 drop_headers: tuple[str, ...] = ()) -> None:
+                 drop_headers: tuple[str, ...] = (),
+                 hold: Callable[[str, str], threading.Event | None] = lambda m, p: None) -> None:
         self.upstream = upstream
         self.fail = fail
+        self.hold = hold
         self.drop = {"expect", "connection", *(h.lower() for h in drop_headers)}
         self.seen: list[tuple[str, str, int]] = []
         proxy = self
@@ -115,6 +118,9 @@ class FaultProxy:
                     if self.command != "HEAD":
                         self.wfile.write(doc)
                     return
+                gate = proxy.hold(self.command, self.path)
+                if gate is not None:
+                    gate.wait(60)
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in proxy.drop}
                 conn.request(self.command, self.path, body=body, headers=headers)

@@ -17,7 +17,15 @@ from typing import Any
 
 import pytest
 
-from tests.support.pgcluster import PG_BIN, Cluster, as_server_user, chown_server_user, clone_cluster, initdb
+from tests.support.pgcluster import (
+    PG_BIN,
+    Cluster,
+    as_server_user,
+    chown_server_user,
+    clone_cluster,
+    config_as_documented,
+    initdb,
+)
 from tests.support.s3server import ACCESS_KEY, SECRET_KEY, S3Endpoint
 from tests.support.server_venv import ServerVenv
 from tests.support.signing import signing_yaml
@@ -66,7 +74,7 @@ def write_config(path: Path, cluster: Cluster, *, local: Path | None = None, s3:
     if "signing:" not in extra:
         lines.append(signing_yaml().rstrip())
     path.write_text("\n".join(lines) + "\n" + extra)
-    os.chmod(path, 0o644)
+    config_as_documented(path)
     return path
 
 

@@ -173,7 +173,7 @@ def test_extraction_never_follows_a_symlink_out_of_the_data_directory(tmp_path: 
     (d / "backup_manifest").write_bytes(_manifest(FILES))
     out = tmp_path / "pgdata"
     out.mkdir()
-    with pytest.raises(BaseBackupInvalid, match="outside"):
+    with pytest.raises(BaseBackupInvalid, match="is a symlink"):
         check_tars(tar_files(d), parse_server_manifest((d / "backup_manifest").read_bytes()), dest=out)
     assert not any(outside.iterdir())
 
@@ -186,3 +186,15 @@ def test_the_restored_copy_never_archives_into_production() -> None:
     b = Args(config="/c.yaml", pgdata="/x", target_kind="latest", archive_to="/srv/restored-wal")
     s = server_settings(b, "/run")
     assert s["archive_mode"] == "on" and s["archive_command"].startswith("test ! -f /srv/restored-wal/%f")
+
+
+def test_redo_facts_read_the_servers_own_redo_timing() -> None:
+    from steps.pitr.recovery import redo_facts
+
+    log = ("2026-12-06 22:50:01.100 UTC [9] LOG:  starting archive recovery\n"
+           "2026-12-06 22:50:01.200 UTC [9] LOG:  redo starts at 0/2000028\n"
+           "2026-12-06 22:50:03.900 UTC [9] LOG:  redo done at 0/6000100 system usage: CPU: user: 1.20 s, "
+           "system: 0.30 s, elapsed: 2.70 s\n")
+    assert redo_facts(log) == (0x6000100 - 0x2000028, 2.70)
+    assert redo_facts("LOG:  redo starts at 0/2000028\n") is None  # still replaying, or crashed: no claim
+    assert redo_facts("") is None

@@ -89,3 +89,20 @@ def test_pick_base_needs_a_backup_that_ended_before_the_target() -> None:
     same_cluster = pick_base(entries, before=T0 + timedelta(hours=3), cluster="1")
     assert same_cluster is not None and same_cluster.backup_id == "x0"  # x1 is only checksummed
     assert pick_base(entries, before=T0) is None
+
+
+def test_pitr_never_starts_from_a_base_backup_of_another_cluster_than_expected() -> None:
+    import pytest
+
+    from steps.pitr.args import Args
+    from steps.pitr.backup import choose_backup
+    from steps.pitr.errors import PitrError
+
+    entries = [entry("new", 2, kind="base", cluster="222", local=Level.readable),
+               entry("old", 1, kind="base", cluster="111", local=Level.readable)]
+    target = (T0 + timedelta(hours=3)).isoformat()
+    args = Args(config="/c.yaml", pgdata="/x", target=target, cluster="111")
+    assert choose_backup(entries, args).backup_id == "old"  # not the newer one of cluster 222
+    with pytest.raises(PitrError, match="no base backup of cluster 333.*holds base backups of 111, 222 only"):
+        choose_backup(entries, Args(config="/c.yaml", pgdata="/x", target=target, cluster="333"))
+    assert choose_backup(entries, Args(config="/c.yaml", pgdata="/x", target=target, cluster="")).backup_id == "new"

@@ -230,6 +230,31 @@ def test_a_recovery_point_after_the_data_loss_is_impossible_never_met() -> None:
     assert "RPO: impossible, not met." in html and '<div class="verdict bad">impossible</div>' in html
 
 
+def test_a_backup_of_another_cluster_than_expected_is_impossible_never_met() -> None:
+    """A recovery point before the loss proves nothing when the backup is of another cluster (a sandbox
+    rebuilt during the drill, two servers sharing a repository)."""
+    b = JournalBuilder(["fetch"], data_lost_at=10, params={"source_cluster": "7400000000000000001"})
+    b.shown(1, "fetch", kind="action", command="fetch-latest-backup {}").ran(1, 2, "fetch")
+    b.output(2, "fetch", "snapshot_time", (T0 + timedelta(minutes=9)).isoformat())
+    b.output(2, "fetch", "cluster", "7499999999999999999")
+    st = b.finish(12).state()
+    rpo = rpo_facts(st)
+    assert rpo is not None and rpo.impossible and rpo.verdict == "impossible" and rpo.window_s is None
+    assert rpo.problem is not None and "of cluster 7499999999999999999, not of cluster 7400000000000000001" \
+        in rpo.problem
+    md = render_markdown(st, {}, T0 + timedelta(hours=1))
+    assert "**RPO: impossible, not met**" in md and "— **met**" not in md.split("## RPO")[1].split("## Steps")[0]
+    (story,) = [line for line in end_story(st, T0) if line.alarm]
+    assert story.text.startswith("RPO IMPOSSIBLE, not met")
+    # The same run with the expected cluster restored: an ordinary verdict.
+    b2 = JournalBuilder(["fetch"], data_lost_at=10, params={"source_cluster": "7400000000000000001"})
+    b2.shown(1, "fetch", kind="action", command="fetch-latest-backup {}").ran(1, 2, "fetch")
+    b2.output(2, "fetch", "snapshot_time", (T0 + timedelta(minutes=9)).isoformat())
+    b2.output(2, "fetch", "cluster", "7400000000000000001")
+    ok = rpo_facts(b2.finish(12).state())
+    assert ok is not None and not ok.impossible and ok.verdict == "met" and ok.window_s == 60
+
+
 def test_a_recovery_point_at_the_very_moment_of_the_loss_is_still_a_zero_window() -> None:
     b = JournalBuilder(["fetch"], data_lost_at=10)
     b.shown(10, "fetch", kind="action", command="fetch-latest-backup {}").ran(10, 11, "fetch")

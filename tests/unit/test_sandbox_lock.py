@@ -12,7 +12,7 @@ import pytest
 from runbook.errors import LockHeld
 from runbook.loader import load_runbook
 from runbook.lock import Holder, RunLock
-from steps.repository.recovery_lock import lock_key
+from steps.repository.recovery_lock import lock_key, normalised_address
 from steps.sandbox import build
 from steps.sandbox.build import Sandbox
 from steps.sandbox.lock import SandboxLock, lock_path, running, sandbox_target, take, unfinished
@@ -86,7 +86,7 @@ def test_a_tui_drill_holding_the_sandbox_is_named_by_its_run_lock(tmp_path: Path
 
 def test_a_repository_lock_naming_a_live_process_refuses(tmp_path: Path, rb) -> None:
     sb, state = Sandbox(tmp_path / "sb"), tmp_path / "state"
-    obj = sb.repo / lock_key(sandbox_target(rb, sb))
+    obj = sb.repo / lock_key(normalised_address(sandbox_target(rb, sb)))
     obj.parent.mkdir(parents=True)
     record = {"run_id": "run-R", "user": "bob", "host": socket.gethostname(), "pid": os.getpid(), "since": "now"}
     obj.write_text(json.dumps(record))
