@@ -47,6 +47,21 @@ def server_signing_yaml(where: Path) -> str:
     return line
 
 
+def signature(key: str, data: bytes, private: Path | None = None) -> bytes:
+    """The signature object of `data` stored under `key`, by the session's key (or `private`): what a holder of a
+    trusted key writes beside it. Tests of hostile content that a signature cannot stop (a stolen key, a backup
+    host that is itself compromised) sign their forgeries with it, so that the checks behind the signature are
+    what they reach."""
+    return load_private_key(private or make_keys()[0]).signature(key, data)
+
+
+def sign_file(repo: Path, key: str, private: Path | None = None) -> None:
+    """(Re)sign the object `key` of the local repository `repo` in place, as a holder of the key would."""
+    sig = repo / (key + ".sig")
+    sig.unlink(missing_ok=True)
+    sig.write_bytes(signature(key, (repo / key).read_bytes(), private))
+
+
 def key_id(private: Path) -> str:
     return load_private_key(private).key_id
 
