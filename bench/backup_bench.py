@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.support.pgcluster import PG_BIN, Cluster, clone_cluster, initdb, make_base_dir  # noqa: E402
+from tests.support.signing import signing_yaml  # noqa: E402
 
 PY = sys.executable
 ROLE = "backup_user"
@@ -124,7 +125,8 @@ def main() -> None:
         cfg.write_text(
             f"version: 1\ncluster: {{host: {c.socket_dir}, port: {c.port}, user: {ROLE}, databases: [bench]}}\n"
             f"local: {{path: {work / 'repo'}}}\n{s3_conf}"
-            f"backup: {{state_dir: {work / 'state'}, jobs: {args.jobs}}}\nretention: {{keep_last: 2, keep_days: 0}}\n")
+            f"backup: {{state_dir: {work / 'state'}, jobs: {args.jobs}}}\nretention: {{keep_last: 2, keep_days: 0}}\n"
+            + signing_yaml(work))
         env_bk = {**env, "PGUSER": ROLE}
         times: dict[str, list[float]] = {}
         sizes: dict[str, int] = {}

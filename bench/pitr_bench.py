@@ -37,6 +37,7 @@ from steps.backup.basetar import check_tars, parse_server_manifest, tar_files  #
 from steps.pg.server import Server, as_server, give_to_server  # noqa: E402
 from steps.pg.tools import PG_BIN  # noqa: E402
 from steps.sandbox.build import Sandbox  # noqa: E402
+from tests.support.signing import signing_yaml  # noqa: E402
 
 COMPRESSIONS = ["none", "server-lz4", "server-zstd:level=1", "client-lz4", "client-zstd:level=1", "client-gzip:1"]
 
@@ -55,7 +56,7 @@ def make_primary(base: Path, runbook_exe: str, scale: int, archive_timeout: int 
     config.write_text("version: 1\n"
                       f"cluster: {{host: {srv.socket_dir}, port: {srv.port}, user: backup_user}}\n"
                       f"local: {{path: {repo}}}\n"
-                      f"backup: {{state_dir: {base / 'state'}}}\n")
+                      f"backup: {{state_dir: {base / 'state'}}}\n" + signing_yaml(base))
     os.chmod(config, 0o644)
     srv.start("archive_mode=on", "wal_level=replica", f"archive_timeout={archive_timeout}",
               f"archive_command='{runbook_exe} wal-push -c {config} %p'", "max_wal_size=2GB")

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from backup_bench import ROLE, build, source_cluster  # noqa: E402
 
 from tests.support.pgcluster import PG_BIN, clone_cluster  # noqa: E402
+from tests.support.signing import signing_yaml  # noqa: E402
 
 PY = sys.executable
 
@@ -59,7 +60,8 @@ def main() -> None:
         cfg.write_text(
             f"version: 1\ncluster: {{host: {c.socket_dir}, port: {c.port}, user: {ROLE}, databases: [bench]}}\n"
             f"local: {{path: {work / 'repo'}}}\nbackup: {{state_dir: {work / 'state'}, jobs: 2}}\n"
-            "checks: {expect_tables: [pgbench_accounts, docs], smoke: ['select count(*) > 0 from docs']}\n")
+            "checks: {expect_tables: [pgbench_accounts, docs], smoke: ['select count(*) > 0 from docs']}\n"
+            + signing_yaml(work))
         t0 = time.monotonic()
         subprocess.run([PY, "-m", "runbook", "backup", "-c", str(cfg)], env=env, check=True, capture_output=True)
         print(f"backup: {time.monotonic() - t0:.1f} s", flush=True)

@@ -309,8 +309,14 @@ def _write_summary(repository: str, state_dir: Path, run_id: str) -> None:
     from steps.repository.configured import open_stores
     from steps.repository.recovery_lock import open_for_runbook
     from steps.repository.run_summaries import write
+    from steps.repository.signing import SigningError, signer_from_config
 
-    write(open_stores(open_for_runbook(repository)), load_state(state_dir, run_id))
+    cfg = open_for_runbook(repository)
+    try:
+        signer = signer_from_config(cfg, required=False)
+    except SigningError:
+        signer = None  # a key this host cannot use: the summary goes unsigned (readers ignore it, or warn)
+    write(open_stores(cfg), load_state(state_dir, run_id), signer)
 
 
 def open_new_run(opts: RunOptions, clock: Clock, *, state_dir: Path) -> Engine:

@@ -32,20 +32,24 @@ class Args(BaseModel):
     user: str | None = Field(None, description="Default: PGUSER")
     config: str | None = Field(None, description="Repository config: the newest usable backup gives the size")
     dest: str = Field(min_length=1, description="Directory the backup will be fetched into")
+    allow_unsigned: bool = Field(False, description="Size the check on an unsigned backup too (a repository "
+                                 "written before signing)")
     absent: bool = Field(True, description="The database must not exist yet (a restore into a new database): "
                          "when it does, the check fails; false: only report it")
 
 
-def _newest(config: str | None, db: str) -> tuple[int, int] | None:
+def _newest(config: str | None, db: str, allow_unsigned: bool) -> tuple[int, int] | None:
     """(size in bytes, server_version_num) of the backup a recovery would pick, if a repository is given."""
     if not config:
         return None
     from steps.repository.catalogue import pick, scan
     from steps.repository.config import load_repository_config
     from steps.repository.configured import open_stores
+    from steps.repository.signing import trust_from_config
 
     cfg, _ = load_repository_config(config)
-    entry = pick(scan(open_stores(cfg), db=db, kinds=("logical",)).entries, db)
+    trust = trust_from_config(cfg, allow_unsigned=allow_unsigned)
+    entry = pick(scan(open_stores(cfg), trust=trust, db=db, kinds=("logical",)).entries, db)
     if entry is None:
         return None
     return entry.size_bytes, entry.manifest.database.server_version_num  # type: ignore[union-attr]
@@ -88,7 +92,7 @@ def main(args: Args, events: Events) -> int:
         with contextlib.suppress(psycopg.Error):  # not a superuser: unknown
             data_dir = conn.execute("show data_directory").fetchone()[0]  # type: ignore[index]
         exists = conn.execute("select 1 from pg_database where datname = %s", (args.db,)).fetchone() is not None
-    newest = _newest(args.config, args.db)
+    newest = _newest(args.config, args.db, args.allow_unsigned)
     if newest is not None:
         size, backup_version = newest
         ok = version // 10000 >= backup_version // 10000

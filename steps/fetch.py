@@ -7,6 +7,10 @@ object's sha256 checked as it streams. Nothing appears under the final name unti
 verified. A corrupt or unreachable copy is reported with the object named, and the next copy of the
 same backup is tried (local first, then S3); an older backup is never substituted in silence.
 
+Only genuine backups are picked (signed by a key of signing.public_keys, not from the future): each one refused
+is named with the reason (a warning check), and the newest genuine one is fetched. `allow_unsigned: true`
+accepts a repository written before signing, and says so for the backup it fetches.
+
 The repository is hostile input (a recovery runs as root). A manifest whose object paths are not plain
 relative paths inside the backup does not parse: that backup is named as unusable and never opened. `dest`
 must be a real directory owned by root or by us (made 0750 when missing); the backup is fetched into a
@@ -54,6 +58,8 @@ class Args(BaseModel):
                       "root or to the user fetching): the backup lands in a private sub-directory <db>-<backup id>")
     source: Literal["local", "s3", "any"] = Field("any", alias="from", description="Which repository to read")
     backup_id: str | None = Field(None, description="This backup instead of the newest usable one")
+    allow_unsigned: bool = Field(False, description="Accept unsigned backups (a repository written before "
+                                 "signing); each one used is reported as a warning")
     cluster: str | None = Field(None, description="System identifier of the cluster the recovery expects "
                                 "(`runbook backups` lists them): a backup of another cluster is never picked; "
                                 "empty: the newest of any cluster, with a warning when several hold the database")
@@ -162,12 +168,14 @@ def _report_unusable(cat: Any, db: str, events: Events) -> None:
 
 
 def main(args: Args, events: Events) -> int:
-    from steps.repository.catalogue import pick, scan, usable_copies
+    from steps.repository.catalogue import pick, scan, trust_notes, usable_copies
     from steps.repository.config import load_repository_config
     from steps.repository.configured import open_stores
+    from steps.repository.signing import trust_from_config
 
     try:
         cfg, cfg_path = load_repository_config(args.config)
+        trust = trust_from_config(cfg, allow_unsigned=args.allow_unsigned)
     except RunbookError as e:
         print(f"fetch-latest-backup: {e}")
         return 2
@@ -185,7 +193,7 @@ def main(args: Args, events: Events) -> int:
         events.check("repository", "failed", f"no {args.source} repository is configured or usable in {cfg_path}")
         print(f"no {args.source} repository is configured or usable in {cfg_path}")
         return 1
-    cat = scan(stores, db=args.db, kinds=("logical",))
+    cat = scan(stores, trust=trust, db=args.db, kinds=("logical",))
     for name, err in cat.errors.items():
         events.check(f"{name} repository", "warning", err)
         print(f"the {name} repository could not be read: {err}")
@@ -200,6 +208,9 @@ def main(args: Args, events: Events) -> int:
             entry = None
     else:
         entry = pick(entries, args.db, source=args.source)
+    for name, status, detail in trust_notes(cat, "logical", db=args.db, picked=entry, source=args.source):
+        events.check(name, status, detail)
+        print(detail, flush=True)
     if entry is None:
         what = f"backup {args.backup_id}" if args.backup_id else "backup"
         hint = f"{what} of {args.db} at readable or better in {', '.join(s.describe() for s in stores)}"

@@ -205,9 +205,10 @@ def _newest(config: Path, sysid: str, kind: str, db: str | None = None) -> str |
     from steps.repository.catalogue import scan
     from steps.repository.config import load_repository_config
     from steps.repository.configured import open_stores
+    from steps.repository.signing import trust_from_config
 
     cfg, _ = load_repository_config(config)
-    cat = scan(open_stores(cfg), db=db, kinds=(kind,))  # type: ignore[arg-type]
+    cat = scan(open_stores(cfg), trust=trust_from_config(cfg), db=db, kinds=(kind,))  # type: ignore[arg-type]
     entries = cat.base if kind == "base" else cat.entries
     return next((e.backup_id for e in entries if e.cluster == sysid), None)
 

@@ -47,6 +47,8 @@ class Args(BaseModel):
                            "taken at or before it, else the nearest after it (a warning); the distance is reported")
     source: Literal["local", "s3", "any"] = Field("any", alias="from")
     overwrite: bool = Field(False, description="Restore into a non-empty directory, replacing same-named files")
+    allow_unsigned: bool = Field(False, description="Accept an unsigned attachments snapshot (a repository "
+                                 "written before signing); the one used is reported as a warning")
 
     @field_validator("backup_id", "at")
     @classmethod
@@ -127,18 +129,20 @@ def choose(snapshots: list[Snapshot], *, at: datetime | None = None, backup_id: 
 
 def main(args: Args, events: Events) -> int:
     from steps.backup.attachments import AttachmentsError, check_destination, extract, private_workdir
-    from steps.repository.catalogue import scan, usable_copies
+    from steps.repository.catalogue import scan, trust_notes, usable_copies
     from steps.repository.config import load_repository_config
     from steps.repository.configured import open_stores
+    from steps.repository.signing import trust_from_config
 
     try:
         cfg, _ = load_repository_config(args.config)
         stores = open_stores(cfg, args.source)
+        trust = trust_from_config(cfg, allow_unsigned=args.allow_unsigned)
     except RunbookError as e:
         print(f"restore-attachments: {e}")
         return 2
     at = parse_time(args.at) if args.at else None
-    cat = scan(stores, kinds=("files",))
+    cat = scan(stores, trust=trust, kinds=("files",))
     for name, err in cat.errors.items():
         print(f"the {name} repository could not be read: {err}")
     usable = [e for e in cat.files if usable_copies(e, Level.checksummed, args.source)]
@@ -149,6 +153,9 @@ def main(args: Args, events: Events) -> int:
         print(f"no {what} in {', '.join(s.describe() for s in stores)}")
         return 1
     entry = cast("Entry", chosen.entry)
+    for name, status, detail in trust_notes(cat, "files", picked=entry, source=args.source):
+        events.check(name, status, detail)
+        print(detail, flush=True)
     dest = Path(args.dest)
     try:
         check_destination(dest, overwrite=args.overwrite)

@@ -12,7 +12,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from runbook.cli.options import add_config
+from runbook.cli.options import add_allow_unsigned, add_config
 from runbook.errors import RunbookError
 
 
@@ -27,12 +27,14 @@ def register(sub: Any) -> None:
     add_config(c)
     c.add_argument("--json", action="store_true", help="one JSON document: every backup, its copies and levels")
     c.add_argument("--db", metavar="NAME", help="only this database")
+    add_allow_unsigned(c)
     c.set_defaults(func=cmd_backups)
 
     p = sub.add_parser("prune", help="apply retention to every repository (off-site included)")
     add_config(p)
     p.add_argument("--dry-run", action="store_true", help="say what would be deleted; delete nothing")
     p.add_argument("--only", choices=["local", "s3"], help="one repository only")
+    add_allow_unsigned(p)
     p.set_defaults(func=cmd_prune)
 
 
@@ -74,8 +76,10 @@ def cmd_backups(args: argparse.Namespace) -> int:
     from steps.repository.catalogue import pick, scan
     from steps.repository.config import load_repository_config
     from steps.repository.configured import open_stores
+    from steps.repository.signing import trust_from_config
 
     cfg, _ = load_repository_config(args.config)
+    trust = trust_from_config(cfg, allow_unsigned=args.allow_unsigned)
     now = datetime.now(UTC)
     stores, errors = [], {}
     for which in ("local", "s3"):
@@ -85,7 +89,7 @@ def cmd_backups(args: argparse.Namespace) -> int:
             stores += open_stores(cfg, which)  # type: ignore[arg-type]
         except RunbookError as err:
             errors[which] = str(err)
-    cat = scan(stores, db=args.db, kinds=("logical", "files", "base"))
+    cat = scan(stores, trust=trust, db=args.db, kinds=("logical", "files", "base"))
     errors.update(cat.errors)
     picks = {db: pick(cat.entries, db) for db in cat.databases()}
     picked_ids = {id(e) for e in picks.values() if e is not None}
@@ -123,6 +127,12 @@ def cmd_backups(args: argparse.Namespace) -> int:
     if cat.incomplete:
         print(f"{len(cat.incomplete)} incomplete backup directories (interrupted; `runbook prune` removes them "
               "after a day)")
+    for r in cat.refused:
+        print(f"! refused, not genuine: {r.describe()}: {r.reason}")
+    if cat.refused:
+        print("a backup refused is never picked, counted or pruned: look at it (a forgery is evidence)")
+    for u in cat.unsigned():
+        print(f"runbook: warning: unsigned {u} accepted because --allow-unsigned", file=sys.stderr)
     return 1 if errors else 0
 
 
@@ -148,6 +158,9 @@ def _catalogue_json(cat: Any, picks: dict[str, Any], picked_ids: set[int], error
         "attachments": [entry(e) for e in cat.files],
         "base_backups": [entry(e) | _base_json(e) for e in cat.base],
         "incomplete": [{"repository": i.store.name, "path": i.prefix, "reason": i.reason} for i in cat.incomplete],
+        "refused": [{"repository": r.store.name, "kind": r.kind, "backup_id": r.backup_id, "db": r.db or None,
+                     "cluster": r.cluster or None, "path": r.prefix, "reason": r.reason} for r in cat.refused],
+        "unsigned_accepted": cat.unsigned(),
     }
 
 
@@ -192,8 +205,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from steps.repository.config import load_repository_config
     from steps.repository.configured import open_stores
     from steps.repository.prune import prune_base, prune_store
+    from steps.repository.signing import trust_from_config
 
     cfg, _ = load_repository_config(args.config)
+    trust = trust_from_config(cfg, allow_unsigned=args.allow_unsigned)
+    if args.allow_unsigned:
+        print("runbook: warning: --allow-unsigned: unsigned backups are counted by retention like signed ones "
+              "(and deleted when it says so)", file=sys.stderr)
     now = datetime.now(UTC)
     code = 0
     for which in ("local", "s3"):
@@ -201,8 +219,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
             continue
         try:
             store = open_stores(cfg, which, for_prune=True)[0]  # type: ignore[arg-type]
-            report = prune_store(store, cfg.retention, now=now, dry_run=args.dry_run)
-            base = prune_base(store, cfg.retention, now=now, dry_run=args.dry_run)
+            report = prune_store(store, cfg.retention, trust=trust, now=now, dry_run=args.dry_run)
+            base = prune_base(store, cfg.retention, trust=trust, now=now, dry_run=args.dry_run)
             report.kept += base.kept
             report.deleted += base.deleted
         except RunbookError as e:

@@ -17,7 +17,7 @@ from runbook.errors import RunbookError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from runbook.cli import backup, demo, proof, runs, wal
+    from runbook.cli import backup, demo, keys, proof, runs, wal
 
     p = argparse.ArgumentParser(prog="runbook", description="The PostgreSQL disaster-recovery runbook.")
     p.add_argument("--version", action="version", version=f"runbook {__version__}")
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     backup.register_basebackup(sub)  # basebackup
     wal.register(sub)  # wal-push, wal-fetch
     proof.register(sub)  # check, verify-backup, status
+    keys.register(sub)  # keys create, keys list
     return p
 
 

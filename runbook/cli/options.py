@@ -1,4 +1,4 @@
-"""The flags several subcommands share, each defined once: `-c/--config` and `--state-dir`."""
+"""The flags several subcommands share, each defined once: `-c/--config`, `--state-dir`, `--allow-unsigned`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,13 @@ def add_config(p: argparse.ArgumentParser) -> None:
     """`-c REPO_CONFIG`; its fallback chain is `runbook.paths.chosen_config_path`."""
     p.add_argument("-c", "--config", metavar="REPO_CONFIG",
                    help=f"the repository config (default: ${CONFIG_ENV}, then {DEFAULT_CONFIG})")
+
+
+def add_allow_unsigned(p: argparse.ArgumentParser) -> None:
+    """`--allow-unsigned`: a repository written before signing is read, and every unsigned backup used is said."""
+    p.add_argument("--allow-unsigned", action="store_true",
+                   help="accept unsigned backups and records (a repository written before signing); each one "
+                        "used is reported as a warning. Badly signed ones are refused all the same")
 
 
 def add_state_dir(p: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from runbook.cli.options import add_config, add_state_dir, state_dir
+from runbook.cli.options import add_allow_unsigned, add_config, add_state_dir, state_dir
 from runbook.errors import RunbookError
 
 
@@ -34,6 +34,7 @@ def register(sub: Any) -> None:
                    help="a newer logical backup is expected within this many seconds (26 h: a daily job)")
     c.add_argument("--max-base-age", type=float, default=8 * 86400.0, metavar="S",
                    help="a newer base backup is expected within this many seconds (8 days: a weekly job)")
+    add_allow_unsigned(c)
     c.set_defaults(func=cmd_check)
 
     v = sub.add_parser("verify-backup", help="restore a backup into a throwaway cluster, check it, record the result "
@@ -54,6 +55,7 @@ def register(sub: Any) -> None:
     v.add_argument("--jobs", type=int, default=2, help="pg_restore --jobs (default 2)")
     v.add_argument("--superuser", default="postgres", help="superuser role of a restored base backup (postgres)")
     v.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    add_allow_unsigned(v)
     v.set_defaults(func=cmd_verify_backup)
 
     s = sub.add_parser("status", help="would we make it now? RPO exposure, backups per level, drills, projected RTO "
@@ -67,6 +69,7 @@ def register(sub: Any) -> None:
     s.add_argument("--no-cluster", action="store_true", help="do not connect to the cluster (repository facts only)")
     s.add_argument("--connect-timeout", type=float, default=5.0, metavar="S",
                    help="give up connecting to the cluster after this (default 5; PGCONNECT_TIMEOUT wins)")
+    add_allow_unsigned(s)
     s.set_defaults(func=cmd_status)
 
 
@@ -77,7 +80,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from steps.proof.check import CheckOptions, run_check
 
     res = run_check(CheckOptions(config=args.config, force_switch=args.force_switch, timeout=args.timeout,
-                                 rpo=args.rpo, max_logical_age=args.max_logical_age, max_base_age=args.max_base_age))
+                                 rpo=args.rpo, max_logical_age=args.max_logical_age, max_base_age=args.max_base_age,
+                                 allow_unsigned=args.allow_unsigned))
     if args.json:
         print(json.dumps({"status": res.verdict, "exit_code": res.code, "generated_at": res.generated_at.isoformat(),
                           "config": str(res.config or args.config or os.environ.get("RUNBOOK_CONFIG")),
@@ -100,6 +104,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def print_outcome(out: Any) -> None:
     from steps.proof import verify
+
+    for w in out.warnings:
+        print(f"verify-backup: warning: {w}", file=sys.stderr)
 
     for c in out.checks:
         mark = "ok    " if c.status == "ok" else "FAILED"
@@ -142,7 +149,8 @@ def cmd_verify_backup(args: argparse.Namespace) -> int:
 
     run = verify.VerifyRun(cfg, path.absolute(), backup_id=args.backup, kind=args.kind, db=args.db,
                            source=args.source, scratch_root=Path(args.scratch_dir) if args.scratch_dir else None,
-                           lock_wait=args.lock_wait, jobs=args.jobs, superuser=args.superuser, say=say)
+                           lock_wait=args.lock_wait, jobs=args.jobs, superuser=args.superuser, say=say,
+                           allow_unsigned=args.allow_unsigned)
     out = run.run()
     if args.json:
         print(json.dumps(out.as_json(), indent=2))
@@ -196,6 +204,10 @@ def print_report(rep: Any) -> None:
               f" + other steps {status.human(p.get('other_steps_s'))}); basis: {p.get('basis')}")
     for reason in rep.rto.get("reasons", []):
         print(f"  - {reason}")
+    if rep.integrity.get("reasons"):
+        print(f"INTEGRITY {rep.integrity['verdict'].upper()}:")
+        for reason in rep.integrity["reasons"]:
+            print(f"  - {reason}")
     sys.stdout.flush()
 
 
@@ -217,7 +229,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     file = Path(args.file) if explicit else Path("runbook.yaml")
     try:
         rep = status.gather(args.config, file, explicit_file=explicit, state_dir=sdir, now=now,
-                     cluster=not args.no_cluster)
+                            cluster=not args.no_cluster, allow_unsigned=args.allow_unsigned)
     except RunbookError as e:
         rep = status.Report(now=now or datetime.now(UTC), verdict="could not run", error=str(e))
     if args.json:

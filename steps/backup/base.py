@@ -46,6 +46,7 @@ from steps.backup.logical import (
     STATUS,
     Outcome,
     backup_logging,
+    load_keys,
     open_usable_stores,
     write_status_file,
 )
@@ -64,6 +65,7 @@ from steps.repository.manifest import (
     Tool,
     to_json,
 )
+from steps.repository.signing import Signer, Trust
 from steps.repository.store import LocalStore, RepositoryError, Store, sha256_file
 
 log = logging.getLogger("runbook.basebackup")
@@ -138,6 +140,8 @@ class BaseBackupRun:
         self.stores: list[Store] = []
         self.outcome = Outcome(target="cluster")
         self._tmp: Path | None = None
+        self.signer: Signer | None = None
+        self.trust: Trust | None = None
 
     # --- the run -------------------------------------------------------------------------------------
 
@@ -153,6 +157,10 @@ class BaseBackupRun:
         lock: BackupLock | None = None
         try:
             log.info("runbook %s basebackup with %s", __version__, self.config_path)
+            try:
+                self.signer, self.trust = load_keys(self.cfg, log)
+            except RunbookError as e:
+                return self._cannot_run(str(e))
             self._open_stores()
             if not self.stores:
                 return self._cannot_run("no repository is usable: " +
@@ -424,8 +432,9 @@ class BaseBackupRun:
                     wal_check = Check(name="WAL in the archive", status="ok",
                                       detail=f"{len(needed)} segments {needed[0]}..{needed[-1]} in {wal_prefix(sysid)}")
                 workers = self.cfg.s3.max_concurrency if store.name == "s3" and self.cfg.s3 else 1
+                assert self.signer is not None
                 done = publish(store, prefix, staging, objects, data, backup_id=bid, level=level,
-                               checks=[tar_check, wal_check], workers=workers)
+                               checks=[tar_check, wal_check], signer=self.signer, workers=workers)
             except RepositoryError as e:
                 out.failed[store.name] = str(e)
                 log.error("not published in %s: %s", store.describe(), e)
@@ -444,7 +453,8 @@ class BaseBackupRun:
         if local is None:
             return
         try:
-            report = prune_base(local, self.cfg.retention, now=_now())
+            assert self.trust is not None
+            report = prune_base(local, self.cfg.retention, trust=self.trust, now=_now())
         except RepositoryError as e:
             self.outcome.warnings.append(f"local retention failed: {e}")
             self.outcome.raise_to(EXIT_WARNING)

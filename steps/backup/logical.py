@@ -40,6 +40,7 @@ from steps.repository import layout
 from steps.repository.config import RepositoryConfig
 from steps.repository.configured import checked_stores
 from steps.repository.manifest import Check, FilesManifest, Level, LogicalManifest, ObjectEntry, Tool, to_json
+from steps.repository.signing import Signer, Trust
 from steps.repository.store import MARKER, LocalStore, RepositoryError, Store, sha256_file
 
 log = logging.getLogger("runbook.backup")
@@ -123,6 +124,20 @@ def write_status_file(path: Path, data: dict[str, Any], label: str) -> None:
         print(f"runbook: cannot write {label}: {e.strerror}", file=sys.stderr)
 
 
+def load_keys(cfg: RepositoryConfig, log: logging.Logger) -> tuple[Signer, Trust]:
+    """The key a backup signs with (required: an unsigned backup would be refused by every recovery) and the
+    public keys it reads the repository with (the previous backup, retention). Raises SigningError."""
+    from steps.repository.signing import signer_from_config, trust_from_config
+
+    signer = signer_from_config(cfg)
+    assert signer is not None
+    trust = trust_from_config(cfg)
+    if signer.key_id not in trust.keys:
+        log.warning("the signing key %s (%s) is not among signing.public_keys: this host will not accept its own "
+                    "backups", signer.key_id, signer.path)
+    return signer, trust
+
+
 def open_usable_stores(cfg: RepositoryConfig, repositories: dict[str, str], log: logging.Logger) -> list[Store]:
     """The configured repositories that can be used, local first; `repositories` gets "ok" or why not, each."""
     stores: list[Store] = []
@@ -159,6 +174,8 @@ class BackupRun:
         self.stores: list[Store] = []
         self._locks: list[BackupLock] = []
         self._tmp_staging: Path | None = None
+        self.signer: Signer | None = None
+        self.trust: Trust | None = None
 
     # --- the whole run ---------------------------------------------------------------------------
 
@@ -190,6 +207,10 @@ class BackupRun:
         log.info("runbook %s backup with %s: %s", __version__, self.config_path, ", ".join(self.dbs) or "no database")
         if not self.dbs:
             return self._cannot_run("no database to back up: list them in cluster.databases or pass --db NAME")
+        try:
+            self.signer, self.trust = load_keys(self.cfg, log)
+        except RunbookError as e:
+            return self._cannot_run(str(e))
         self._open_stores()
         if not self.stores:
             return self._cannot_run("no repository is usable: " + "; ".join(f"{k}: {v}" for k, v in self.repositories.items()))
@@ -427,7 +448,9 @@ class BackupRun:
         for store in stored:
             t0 = time.monotonic()
             try:
-                commit(store, prefix, objects, manifest, backup_id=out.backup_id or "", level=level, checks=checks)
+                assert self.signer is not None
+                commit(store, prefix, objects, manifest, backup_id=out.backup_id or "", level=level, checks=checks,
+                       signer=self.signer)
             except RepositoryError as e:
                 out.failed[store.name] = str(e)
                 log.error("%s: not published in %s: %s", out.target, store.describe(), e)
@@ -439,10 +462,18 @@ class BackupRun:
         out.settle_published()
 
     def _size_check(self, out: Outcome, manifest: LogicalManifest) -> None:
+        """A dump much smaller than the previous good backup is a warning. The first repository (local first)
+        that holds a previous good backup answers: reading the others too (every manifest, record and signature
+        of the database's backups, over the network for S3) would only cost round trips for the same answer."""
         from steps.repository.catalogue import pick, scan
 
-        cat = scan(self.stores, db=manifest.database.name, kinds=("logical",))
-        prev = pick(cat.entries, manifest.database.name)
+        assert self.trust is not None
+        prev = None
+        for store in self.stores:
+            prev = pick(scan([store], trust=self.trust, db=manifest.database.name, kinds=("logical",)).entries,
+                        manifest.database.name)
+            if prev is not None:
+                break
         if prev is None or prev.size_bytes <= 0:
             return
         new, old = manifest.size_bytes, prev.size_bytes
@@ -462,7 +493,9 @@ class BackupRun:
             return
         t0 = time.monotonic()
         try:
-            report = prune_store(local, self.cfg.retention, now=_now(), db=db, logical=not files, files=files)
+            assert self.trust is not None
+            report = prune_store(local, self.cfg.retention, trust=self.trust, now=_now(), db=db, logical=not files,
+                                 files=files)
         except RepositoryError as e:
             out.warnings.append(f"local retention failed: {e}")
             out.raise_to(EXIT_WARNING)

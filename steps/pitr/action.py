@@ -106,15 +106,27 @@ def main(args: Args, events: Events) -> int:
 
 def _pick(args: Args, cfg: Any, events: Events) -> tuple[Any, list[str]]:
     """The base backup to recover from (among every repository of the config) and its tablespaces' OIDs."""
-    from steps.repository.catalogue import scan
+    from steps.repository.catalogue import scan, trust_notes
     from steps.repository.configured import open_stores
     from steps.repository.manifest import BaseManifest
+    from steps.repository.signing import trust_from_config
 
     stores = open_stores(cfg, "all")
-    cat = scan(stores, kinds=("base",))
+    cat = scan(stores, trust=trust_from_config(cfg, allow_unsigned=args.allow_unsigned), kinds=("base",))
     for name, err in cat.errors.items():
         events.check(f"{name} repository", "warning", err)
-    entry = choose_backup(cat.base, args)
+
+    def say_trust(picked: Any) -> None:
+        for name, status, detail in trust_notes(cat, "base", picked=picked, source=args.source):
+            events.check(name, status, detail)
+            print(f"pitr: {detail}", flush=True)
+
+    try:
+        entry = choose_backup(cat.base, args)
+    except PitrError:
+        say_trust(None)
+        raise
+    say_trust(entry)
     clusters = sorted({e.cluster for e in cat.base})
     if args.cluster:
         events.check("cluster of the backup", "ok", f"{args.cluster}, as expected")

@@ -11,7 +11,9 @@ For monitoring and for the last step of re-protection. Each check is `Check(name
   that archive when WAL has been written since;
 - wal_switch (`--force-switch`): commits a transaction, `pg_switch_wal()`, and waits (`--timeout`) until every
   repository holds the finished segment;
-- logical_backup / base_backup: the age of the newest (base backups may not exist yet: said so);
+- logical_backup / base_backup: the age of the newest genuine one (base backups may not exist yet: said so);
+- signatures: every backup and record signed by a trusted key (steps.repository.signing); what is refused and
+  why; unsigned ones accepted with `--allow-unsigned`; this host's own signing key among the trusted ones;
 - tablespaces: every tablespace is in the newest base backup (a point-in-time recovery from a backup taken
   before a CREATE TABLESPACE replays it at the original path: on the same host, the live directory).
 
@@ -54,6 +56,7 @@ class CheckOptions:
     rpo: float = 300.0  # the RPO target, seconds
     max_logical_age: float = 26 * 3600.0  # a daily job
     max_base_age: float = 8 * 86400.0  # a weekly job
+    allow_unsigned: bool = False  # accept unsigned backups (a repository written before signing), with a warning
 
 
 @dataclass
@@ -401,13 +404,19 @@ class Checker:
             self.add("wal_switch", "ok", f"switched WAL: {seg} reached every repository in {took:.1f} s")
 
     def _backups(self, sysid: str, stores: list[Any], tablespaces: list[tuple[str, str, str]]) -> None:
-        from steps.repository import layout
         from steps.repository.catalogue import scan
         from steps.repository.manifest import Level
+        from steps.repository.signing import SigningError, trust_from_config
 
         if not stores:
             return
-        cat = scan(stores, kinds=("logical",))
+        try:
+            trust = trust_from_config(self.cfg, allow_unsigned=self.args.allow_unsigned)
+        except SigningError as e:
+            self.add("signatures", "failed", e.message, e.hint)
+            return
+        cat = scan(stores, trust=trust, kinds=("logical", "base"))
+        self._signatures(cat, trust)
         mine = [e for e in cat.entries if e.cluster == sysid and e.level >= Level.readable]
         if mine:
             newest = mine[0]
@@ -419,41 +428,54 @@ class Checker:
         else:
             self.add("logical_backup", "warning", f"no readable logical backup of cluster {sysid}",
                      "run `runbook backup -c CONFIG` (and schedule it daily)")
-        newest_base: tuple[str, str] | None = None
-        base_store: Any = None
-        for s in stores:
-            try:
-                for bid in s.list_dirs(f"clusters/{sysid}/base/"):
-                    if (layout.is_id(bid) and (newest_base is None or bid > newest_base[0])
-                            and s.exists(f"clusters/{sysid}/base/{bid}/{layout.MANIFEST}")):
-                        newest_base, base_store = (bid, s.name), s
-            except RunbookError:
-                continue
+        newest_base = next((e for e in cat.base if e.cluster == sysid), None)  # genuine, newest first
         if newest_base is not None and tablespaces:
-            self._tablespaces(sysid, newest_base[0], base_store, tablespaces)
+            self._tablespaces(newest_base, tablespaces)
         if newest_base is None:
             self.add("base_backup", "warning", f"no base backup of cluster {sysid} yet: point-in-time recovery "
                      "has nothing to start from", "run `runbook basebackup -c CONFIG` (and schedule it weekly)")
         else:
-            age = (self.now - layout.parse_id(newest_base[0])).total_seconds()
+            age = (self.now - newest_base.time).total_seconds()
             status = "ok" if age <= self.args.max_base_age else "warning"
-            self.add("base_backup", status, f"newest {newest_base[0]} (in {newest_base[1]}), {rough_duration(age)} old",
+            self.add("base_backup", status, f"newest {newest_base.backup_id} (in {', '.join(newest_base.locations())}),"
+                     f" {rough_duration(age)} old",
                      None if status == "ok" else "is the weekly `runbook basebackup` job running?")
 
+    def _signatures(self, cat: Any, trust: Any) -> None:
+        """Every backup signed by a trusted key: what is refused and why, what was accepted unsigned, and whether
+        this host's own signing key is among those it trusts."""
+        from steps.repository.signing import SigningError, signer_from_config
 
-    def _tablespaces(self, sysid: str, bid: str, store: Any, tablespaces: list[tuple[str, str, str]]) -> None:
+        problems = [f"{r.describe()}: {r.reason}" for r in cat.refused]
+        problems += [f"record {key} in {name}: {why}" for name, key, why in cat.refused_records]
+        if problems:
+            self.add("signatures", "warning", f"{len(problems)} not genuine, never used: " + "; ".join(problems[:5])
+                     + ("; ..." if len(problems) > 5 else ""),
+                     "a forgery, a key this host does not trust (signing.public_keys), or backups from before "
+                     "signing (`runbook prune --allow-unsigned` applies retention to those)")
+        if unsigned := cat.unsigned():
+            self.add("unsigned", "warning", f"{len(unsigned)} unsigned backups accepted because --allow-unsigned: "
+                     + "; ".join(unsigned[:5]) + ("; ..." if len(unsigned) > 5 else ""))
+        try:
+            signer = signer_from_config(self.cfg, required=False)
+        except SigningError:
+            signer = None  # a reading host need not read the backup host's private key
+        if signer is not None and signer.key_id not in trust.keys:
+            self.add("signing_key", "warning", f"this host signs with key {signer.key_id} ({signer.path}), which is "
+                     "not among signing.public_keys: its own backups are refused here",
+                     f"add {signer.path}.pub to signing.public_keys")
+        if not problems:
+            n = len(cat.entries) + len(cat.base)
+            keys = ", ".join(sorted(trust.keys)) or "none"
+            self.add("signatures", "ok", f"{n} backups readable, {len(unsigned)} of them unsigned" if unsigned
+                     else f"{n} backups, each signed by a trusted key ({keys})")
+
+    def _tablespaces(self, entry: Any, tablespaces: list[tuple[str, str, str]]) -> None:
         """Every tablespace must be in the newest base backup: one created after it is re-created by a
         point-in-time recovery's replay at its original path, which on this host is the live directory."""
         import re
 
-        from steps.repository import layout
-        from steps.repository.manifest import parse_base
-
-        try:
-            m = parse_base(store.get_bytes(f"clusters/{sysid}/base/{bid}/{layout.MANIFEST}"))
-        except (RunbookError, ValueError) as e:
-            self.add("tablespaces", "warning", f"cannot read base backup {bid}'s manifest: {e}")
-            return
+        bid, m = entry.backup_id, entry.manifest
         in_backup = {g.group(1) for o in m.objects if (g := re.match(r"^(\d+)\.tar(\.\w+)?$", o.path))}
         missing = [(oid, name, where) for oid, name, where in tablespaces if oid not in in_backup]
         if not missing:

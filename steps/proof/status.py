@@ -18,6 +18,10 @@
   newest archived) at the replay rate the newest base verify-backup measured (the server's own redo timing);
   a replay too short to tell a rate leaves the replay uncounted, said, and the verdict a warning.
 
+- **Integrity**: only genuine backups, records and run summaries count (steps.repository.signing); each one
+  refused (unsigned, badly signed, an unknown key, from the future) is a warning naming it, and so is every
+  unsigned one accepted with `--allow-unsigned`.
+
 Verdicts: `ok`, `warning` (not proven: stale or never drilled, no verified restore, archiving settings that allow
 more loss than the target), `red` (a target is not met now). Exit codes for monitoring: 0 all ok, 1 a warning,
 2 red, 3 could not run (the config, or a repository that cannot be read: never "all good" without the facts).
@@ -70,6 +74,7 @@ class Report:
     drills: list[dict[str, Any]] = field(default_factory=list)
     projected: dict[str, dict[str, Any]] = field(default_factory=dict)
     rto: dict[str, Any] = field(default_factory=dict)
+    integrity: dict[str, Any] = field(default_factory=dict)  # backups and summaries refused, unsigned accepted
     verdict: str = "ok"
     error: str | None = None
 
@@ -81,7 +86,7 @@ class Report:
         return {"generated_at": self.now.isoformat(), "verdict": self.verdict, "exit_code": self.exit_code,
                 "error": self.error, "runbook": self.runbook, "repositories": self.repositories,
                 "cluster": self.cluster, "rpo": self.rpo, "rto": self.rto, "backups": self.backups,
-                "drills": self.drills, "projected_rto": self.projected}
+                "drills": self.drills, "projected_rto": self.projected, "integrity": self.integrity}
 
     def one_line(self) -> str:
         """The verdict in one line, as the TUI's start screen shows it."""
@@ -228,15 +233,17 @@ def _restore_record(entries: list[Any]) -> tuple[Any, Any] | None:
 
 
 def gather(config: str | None, file: Path | None, *, explicit_file: bool, state_dir: Path,
-           now: datetime | None = None, cluster: bool = True) -> Report:
+           now: datetime | None = None, cluster: bool = True, allow_unsigned: bool = False) -> Report:
     from steps.repository.catalogue import scan
     from steps.repository.config import load_repository_config
     from steps.repository.manifest import Level
+    from steps.repository.signing import trust_from_config
 
     rep = Report(now=now or datetime.now(UTC))
     try:
         rb, rep.runbook = _runbook_facts(file, explicit_file)
         cfg, path = load_repository_config(config)
+        trust = trust_from_config(cfg, allow_unsigned=allow_unsigned)
     except RunbookError as e:
         rep.verdict, rep.error = "could not run", str(e)
         return rep
@@ -245,11 +252,26 @@ def gather(config: str | None, file: Path | None, *, explicit_file: bool, state_
     rto_s = float(rep.runbook["targets"]["rto_s"])
     stores = _open(cfg, rep)
     unreadable = {n: r["error"] for n, r in rep.repositories.items() if not r["ok"]}
-    cat = scan(stores, kinds=("logical", "base")) if stores else None
+    cat = scan(stores, trust=trust, kinds=("logical", "base")) if stores else None
+    integrity = Verdict()
     if cat is not None:
         for n, err in cat.errors.items():
             rep.repositories[n] = {**rep.repositories.get(n, {}), "ok": False, "error": err}
             unreadable[n] = err
+        rep.integrity = {"refused": [{"backup": r.describe(), "reason": r.reason} for r in cat.refused],
+                         "refused_records": [f"{n}: {k}: {why}" for n, k, why in cat.refused_records],
+                         "unsigned_accepted": cat.unsigned()}
+        unsigned_refused = [r for r in cat.refused if r.reason.startswith("unsigned")]
+        for r in cat.refused:
+            if r not in unsigned_refused:
+                integrity.raise_to("warning", f"{r.describe()} refused, not genuine: {r.reason}")
+        if unsigned_refused:  # one line: a repository written before signing holds many
+            integrity.raise_to("warning", f"{len(unsigned_refused)} unsigned backup copies refused (the newest: "
+                               f"{unsigned_refused[0].describe()}): forged, or written before signing "
+                               "(--allow-unsigned reads those)")
+        if unsigned := cat.unsigned():
+            integrity.raise_to("warning", f"{len(unsigned)} unsigned backups accepted because --allow-unsigned: "
+                               + "; ".join(unsigned[:3]) + ("; ..." if len(unsigned) > 3 else ""))
     facts = _cluster(cfg, path, rpo_s, rep) if cluster else None
     if not cluster:
         rep.cluster = {"reachable": False, "error": "not asked (--no-cluster)"}
@@ -318,7 +340,12 @@ def gather(config: str | None, file: Path | None, *, explicit_file: bool, state_
         from runbook.state import list_runs
         from steps.repository.run_summaries import merge, read_summaries
 
-        runs = merge(list(list_runs(state_dir)), read_summaries(stores))  # every host's runs, from runs/
+        refused_runs: list[str] = []
+        runs = merge(list(list_runs(state_dir)), read_summaries(stores, trust, refused_runs))  # every host's
+        if refused_runs:
+            rep.integrity["refused_run_summaries"] = refused_runs
+            integrity.raise_to("warning", f"{len(refused_runs)} run summaries in runs/ not genuine, not counted: "
+                               + "; ".join(refused_runs[:3]))
         rep.drills = _drills(rb, scenarios, runs, rep.now, rto)
         for sc in scenarios:
             rep.projected[sc] = _project(rb, sc, runs, logical, base, facts, rto_s, rto, wal_since_base)
@@ -327,7 +354,8 @@ def gather(config: str | None, file: Path | None, *, explicit_file: bool, state_
     if readable_logical is None and readable_base is None:
         rto.raise_to("red", "no readable backup: there is nothing to recover from")
     rep.rto = {"target_s": rto_s, "verdict": rto.verdict, "reasons": rto.reasons}
-    rep.verdict = worst(rpo.verdict, rto.verdict)
+    rep.integrity.update(verdict=integrity.verdict, reasons=integrity.reasons)
+    rep.verdict = worst(rpo.verdict, rto.verdict, integrity.verdict)
     if unreadable:
         rep.verdict = "could not run"
         rep.error = "; ".join(f"the {n} repository cannot be read: {e}" for n, e in unreadable.items())

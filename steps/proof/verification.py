@@ -74,6 +74,7 @@ class Outcome:
     error: str | None = None
     scratch: str | None = None
     scratch_removed: bool | None = None
+    warnings: list[str] = field(default_factory=list)  # not genuine backups passed over; unsigned ones accepted
 
     def as_json(self) -> dict[str, Any]:
         status = {EXIT_VERIFIED: "verified", EXIT_FAILED: "failed"}.get(self.exit_code, "could not run")
@@ -82,7 +83,8 @@ class Outcome:
                 "checks": [c.__dict__ for c in self.checks], "timings": self.timings,
                 "restored_size_bytes": self.restored_size_bytes, "wal_replayed_bytes": self.wal_replayed_bytes,
                 "wal_replay_s": self.wal_replay_s, "record": self.record, "error": self.error,
-                "scratch": self.scratch, "scratch_removed": self.scratch_removed}
+                "scratch": self.scratch, "scratch_removed": self.scratch_removed,
+                "warnings": self.warnings}
 
 
 # --- events from the reused actions ---------------------------------------------------------------------
@@ -126,7 +128,8 @@ class Verification:
     def __init__(self, cfg: Any, config_path: Path, *, backup_id: str | None = None, kind: str = "logical",
                  db: str | None = None, source: str = "any", scratch_root: Path | None = None,
                  lock_wait: float = 60.0, jobs: int = 2, superuser: str = "postgres",
-                 timeout_s: float = 4 * 3600, say: Callable[[str], None] | None = None) -> None:
+                 timeout_s: float = 4 * 3600, say: Callable[[str], None] | None = None,
+                 allow_unsigned: bool = False) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.backup_id = backup_id
@@ -139,6 +142,7 @@ class Verification:
         self.superuser = superuser
         self.timeout_s = timeout_s
         self.say = say or (lambda text: None)  # progress for a person: the command line passes its printer
+        self.allow_unsigned = allow_unsigned
         self.out = Outcome()
         self.log = io.StringIO()  # what the reused actions printed: its tail goes into failures
 

@@ -1,7 +1,9 @@
 """`runbook verify-backup`: prove a backup by restoring it, and record the proof beside it.
 
 1. **Pick** a backup from the catalogue: `--backup ID`, or the newest (`--latest`, the default) of `--kind`
-   (logical, the default, or base), in one repository (`--from`; default the first copy, local first).
+   (logical, the default, or base), in one repository (`--from`; default the first copy, local first). Only
+   genuine backups (steps.repository.signing): a refused one named by `--backup` fails (exit 2, no record), newer
+   ones passed over by `--latest` are warnings; `--allow-unsigned` accepts unsigned ones, and says so.
 2. **Fetch** every object into a scratch directory, each object's sha256 checked as it streams
    (a mismatch names the object); a logical backup in a local repository is checked where it lies and
    restored from there, read-only (no copy). For a base backup, also the archived WAL from its start to its stop
@@ -16,7 +18,8 @@
 4. **Check** the database as the drills do (steps.verify_database: `checks.expect_tables`, per-table row
    counts equal to the manifest's for a logical backup, `checks.smoke`).
 5. **Record** a verification record beside the backup (level `restored`, passed or not, when, the checks, the
-   host, the timings, the restored size); the manifest is never touched. A failed record demotes the
+   host, the timings, the restored size), signed with this host's key (signing.private_key; without one it is
+   written unsigned, with a warning, and readers ignore it); the manifest is never touched. A failed record demotes the
    backup: the catalogue does not pick it for a recovery until a later verification passes.
 
 This module holds the lock and the run (`VerifyRun`: pick, scratch directory, record); each kind's test
@@ -140,9 +143,10 @@ class VerifyRun(LogicalVerification, BaseVerification):
         return self.out
 
     def _run(self) -> None:
-        from steps.repository.catalogue import scan, usable_copies
+        from steps.repository.catalogue import scan, trust_notes, usable_copies
         from steps.repository.configured import open_stores
         from steps.repository.manifest import Level
+        from steps.repository.signing import trust_from_config
 
         stores = []
         problems = []
@@ -157,7 +161,12 @@ class VerifyRun(LogicalVerification, BaseVerification):
             self.out.error = "no usable repository: " + ("; ".join(problems) or f"none configured for {self.source}")
             return
         kinds = ("logical", "base") if self.backup_id else ((self.kind,))
-        cat = scan(stores, db=self.db, kinds=kinds)  # type: ignore[arg-type]
+        try:
+            trust = trust_from_config(self.cfg, allow_unsigned=self.allow_unsigned)
+        except RunbookError as e:
+            self.out.error = str(e)
+            return
+        cat = scan(stores, trust=trust, db=self.db, kinds=kinds)  # type: ignore[arg-type]
         for name, err in cat.errors.items():
             problems.append(f"{name}: {err}")
         entries = [e for e in cat.entries + cat.base if self.db is None or e.kind == "base" or e.db == self.db]
@@ -166,6 +175,13 @@ class VerifyRun(LogicalVerification, BaseVerification):
             entries = [e for e in entries if e.kind == self.kind] or entries
         else:
             entries = [e for e in entries if e.kind == self.kind]
+        refused = [r for r in cat.refused if r.backup_id == self.backup_id]
+        if not entries and refused:
+            self.out.backup_id, self.out.kind, self.out.db = refused[0].backup_id, refused[0].kind, refused[0].db or None
+            self.out.passed, self.out.exit_code = False, EXIT_FAILED
+            self.out.error = "; ".join(f"{r.describe()} is not genuine: {r.reason}" for r in refused) + \
+                ": refused, nothing restored (no record is written into a backup that is not genuine)"
+            return
         if not entries:
             what = f"backup {self.backup_id}" if self.backup_id else f"{self.kind} backup" + \
                 (f" of {self.db}" if self.db else "")
@@ -175,6 +191,9 @@ class VerifyRun(LogicalVerification, BaseVerification):
         entry = entries[0]  # newest first
         copies = [entry.copies[n] for n in entry.locations() if self.source in ("any", n)]
         copy = copies[0]
+        for _name, _status, detail in trust_notes(cat, entry.kind, db=entry.db or None, picked=entry,
+                                                  source=copy.store.name):
+            self.out.warnings.append(detail)
         self.out.backup_id, self.out.kind, self.out.cluster = entry.backup_id, entry.kind, entry.cluster
         self.out.db = entry.db or None
         self.out.repository = copy.store.name
@@ -282,8 +301,20 @@ class VerifyRun(LogicalVerification, BaseVerification):
             wal_replayed_bytes=self.out.wal_replayed_bytes, wal_replay_s=self.out.wal_replay_s,
         )
         key = layout.verification_key(copy.prefix, now)
+        from steps.repository.signing import signer_from_config
+
         try:
-            copy.store.put_bytes(key, to_json(record))
+            signer = signer_from_config(self.cfg, required=False)
+            why = "no signing.private_key on this host"
+        except RunbookError as e:
+            signer, why = None, e.message
+        try:
+            if signer is not None:
+                signer.put(copy.store, key, to_json(record))
+            else:
+                copy.store.put_bytes(key, to_json(record))
+                self.out.warnings.append(f"the record is written unsigned ({why}): readers ignore it unless "
+                                         "--allow-unsigned")
         except RunbookError as e:
             raise CannotRun(f"the verification {'passed' if self.out.passed else 'failed'} but its record could not "
                             f"be written to {copy.store.describe()}: {e.message}") from None

@@ -6,6 +6,8 @@
   backup repository and the WAL archive share of S3 (standard library at import); `configured` opens the
   stores a config names.
 - `manifest`: manifest.json (version 1) and verification records; `publish` writes them last.
+- `signing`: Ed25519 keys, the detached signature beside each manifest, record and run summary, and the
+  `Trust` every read checks them with (the only module that imports `cryptography`).
 - `catalogue`: every backup in every store and the one a recovery picks; `retention` plans what to keep,
   `prune` applies it.
 - `recovery_lock`: who is recovering what, from where; `run_summaries`: finished runs seen by every host.

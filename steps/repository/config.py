@@ -143,6 +143,24 @@ class WalConfig(_Strict):
         return self
 
 
+class SigningConfig(_Strict):
+    """Ed25519 signatures of what the backup side writes (steps.repository.signing; docs/repository-config.md)."""
+
+    private_key: Path | None = Field(
+        None, description="The private key this host signs with (backup, basebackup, verify-backup records, run "
+                          "summaries): mode 0600, outside the repository; `runbook keys create --out PATH` makes one")
+    public_keys: list[Path] = Field(
+        default_factory=list, description="The public keys every reading host trusts: files (one `runbook-ed25519 "
+                                          "...` line each) or directories of `*.pub` files; several for rotation")
+
+    @model_validator(mode="after")
+    def _absolute(self) -> SigningConfig:
+        for p in ([self.private_key] if self.private_key else []) + list(self.public_keys):
+            if not p.is_absolute():
+                raise ValueError(f"signing paths must be absolute, not {str(p)!r}")
+        return self
+
+
 class RepositoryConfig(_Strict):
     version: Literal[1]
     cluster: ClusterConfig = Field(default_factory=lambda: ClusterConfig.model_validate({}))
@@ -154,11 +172,15 @@ class RepositoryConfig(_Strict):
     backup: BackupConfig = Field(default_factory=lambda: BackupConfig.model_validate({}))
     basebackup: BaseBackupSettings = Field(default_factory=lambda: BaseBackupSettings.model_validate({}))
     wal: WalConfig = Field(default_factory=lambda: WalConfig.model_validate({}))
+    signing: SigningConfig | None = None
 
     @model_validator(mode="after")
     def _somewhere(self) -> RepositoryConfig:
         if self.local is None and self.s3 is None:
             raise ValueError("configure at least one repository: local: {path: ...} and/or s3: {bucket: ...}")
+        key = self.signing.private_key if self.signing else None
+        if key is not None and self.local is not None and key.is_relative_to(self.local.path):
+            raise ValueError(f"signing.private_key {key} lies inside the local repository: keep it outside")
         return self
 
     def state_dir(self) -> Path:

@@ -4,20 +4,25 @@
 Each repository keeps its own last good copy: the plan (steps.repository.retention) is made from the levels of the
 copies *in that repository*. A backup is deleted manifest first, so a half-deleted backup is never listed;
 then its verification records, then its objects. Incomplete directories (no manifest) older than a day
-are removed too (a day, so a backup being written right now is never touched).
+are removed too (a day, so a backup being written right now is never touched). A backup the catalogue refuses
+(not genuine: unsigned, badly signed, from the future) is neither counted nor deleted: it is reported as kept,
+with the reason, for a person to look at (an attacker's forgery is evidence; an old unsigned backup is pruned
+with `--allow-unsigned`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from steps.repository import layout
-from steps.repository.catalogue import Catalogue, Entry, Kind, scan
+from steps.repository.catalogue import Catalogue, Entry, Kind, Refused, scan
 from steps.repository.config import RetentionConfig
 from steps.repository.manifest import Level
 from steps.repository.retention import Item, plan
+from steps.repository.signing import Trust
 from steps.repository.store import Store
 
 log = logging.getLogger("runbook.prune")
@@ -49,7 +54,13 @@ def _delete_order(prefix: str, keys: list[str]) -> list[str]:
     return ([manifest] if manifest in keys else []) + records + rest
 
 
-def prune_store(store: Store, retention: RetentionConfig, *, now: datetime, dry_run: bool = False,
+def _refused(cat: Catalogue, store: Store, report: PruneReport, wanted: Callable[[Refused], bool]) -> None:
+    for r in cat.refused:
+        if r.store is store and wanted(r):
+            report.kept.append((r.prefix, f"not genuine ({r.reason}): never counted nor deleted by retention"))
+
+
+def prune_store(store: Store, retention: RetentionConfig, *, trust: Trust, now: datetime, dry_run: bool = False,
                 db: str | None = None, logical: bool = True, files: bool = True,
                 catalogue: Catalogue | None = None) -> PruneReport:
     """Apply retention to one repository: the logical backups (of `db`, or all) and/or the attachments.
@@ -61,7 +72,7 @@ def prune_store(store: Store, retention: RetentionConfig, *, now: datetime, dry_
         kinds.append("logical")
     if files:
         kinds.append("files")
-    cat = catalogue or scan([store], db=db, kinds=tuple(kinds))
+    cat = catalogue or scan([store], trust=trust, db=db, kinds=tuple(kinds))
     if store.name in cat.errors:
         from steps.repository.store import RepositoryError
 
@@ -93,6 +104,7 @@ def prune_store(store: Store, retention: RetentionConfig, *, now: datetime, dry_
         log.info("%s incomplete %s", "would delete" if dry_run else "deleting", inc.prefix)
         if not dry_run:
             store.delete(_delete_order(inc.prefix, inc.keys))
+    _refused(cat, store, report, lambda r: r.kind in kinds and (db is None or r.kind != "logical" or r.db == db))
     return report
 
 
@@ -124,14 +136,14 @@ def wal_to_delete(keys: list[str], kept_starts: list[tuple[str, int]], segment_s
     return out
 
 
-def prune_base(store: Store, retention: RetentionConfig, *, now: datetime, dry_run: bool = False,
+def prune_base(store: Store, retention: RetentionConfig, *, trust: Trust, now: datetime, dry_run: bool = False,
                catalogue: Catalogue | None = None) -> PruneReport:
     """Retention for base backups, per cluster (same keep_last/keep_days as the logical backups, and the
     newest `readable` one always kept), then the WAL no kept base backup needs. Raises RepositoryError."""
     from steps.repository.manifest import BaseManifest
     from steps.repository.store import RepositoryError
 
-    cat = catalogue or scan([store], kinds=("base",))
+    cat = catalogue or scan([store], trust=trust, kinds=("base",))
     if store.name in cat.errors:
         raise RepositoryError(cat.errors[store.name])
     report = PruneReport(repository=store.describe())
@@ -180,4 +192,5 @@ def prune_base(store: Store, retention: RetentionConfig, *, now: datetime, dry_r
         report.deleted.append((inc.prefix, f"incomplete ({inc.reason}), older than a day"))
         if not dry_run:
             store.delete(_delete_order(inc.prefix, inc.keys))
+    _refused(cat, store, report, lambda r: r.kind == "base")
     return report

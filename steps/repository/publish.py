@@ -2,8 +2,9 @@
 
 Order, per repository: refuse a directory that already holds anything (backups are never overwritten);
 store every object; re-read every object from the repository and compare its sha256 with the manifest
-(`store_objects`); only then store `manifest.json` (the backup now exists) and re-read it; then the
-verification record (`commit`; level `readable` for a dump whose archive checks passed). The two phases
+(`store_objects`); only then store `manifest.json` (the backup now exists; its signature, written just before
+it, makes it genuine: steps.repository.signing) and re-read it; then the verification record, signed too
+(`commit`; level `readable` for a dump whose archive checks passed). The two phases
 are separate so that the archive checks can run while the objects travel: the manifest waits for both. An interruption before the manifest leaves an
 incomplete directory that nothing lists (and `prune` removes after a day); a repository failing at any
 point gets no manifest.
@@ -31,6 +32,7 @@ from steps.repository.manifest import (
     sha256_bytes,
     to_json,
 )
+from steps.repository.signing import Signer
 from steps.repository.store import CorruptObject, ObjectExists, RepositoryError, Store
 
 ByteProgress = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -106,10 +108,12 @@ def commit(
     backup_id: str,
     level: Level,
     checks: list[Check],
+    signer: Signer,
 ) -> VerificationRecord:
-    """Phase 2, after `store_objects`: the manifest (now the backup exists), re-read, then its record."""
+    """Phase 2, after `store_objects`: the manifest (now the backup exists), re-read, then its record; both
+    signed by `signer`."""
     key = prefix + layout.MANIFEST
-    store.put_bytes(key, manifest)
+    signer.put(store, key, manifest)
     if store.get_bytes(key) != manifest:
         raise CorruptObject(store.describe(), key, f"sha256 {sha256_bytes(manifest)}", "different bytes")
     now = datetime.now(UTC)
@@ -121,7 +125,7 @@ def commit(
                       detail=f"{len(objects)} objects, {total} bytes re-read from {store.describe()}"), *checks],
         tool=Tool(version=__version__), host=socket.gethostname(),
     )
-    store.put_bytes(layout.verification_key(prefix, now), to_json(record))
+    signer.put(store, layout.verification_key(prefix, now), to_json(record))
     return record
 
 
@@ -135,13 +139,15 @@ def publish(
     backup_id: str,
     level: Level,
     checks: list[Check],
+    signer: Signer,
     workers: int = 1,
     progress: ByteProgress | None = None,
 ) -> Published:
     """Both phases: publish `objects` (files under `staging`) and `manifest` under `prefix`. Raises RepositoryError."""
     t0 = time.monotonic()
     timings = store_objects(store, prefix, staging, objects, workers=workers, progress=progress)
-    record = commit(store, prefix, objects, manifest, backup_id=backup_id, level=level, checks=checks)
+    record = commit(store, prefix, objects, manifest, backup_id=backup_id, level=level, checks=checks,
+                    signer=signer)
     timings["total_s"] = time.monotonic() - t0
     return Published(store=store, record=record, timings=timings)
 

@@ -6,16 +6,23 @@ duration, which the projected RTO of every host learns from) into each configure
 repository; `runbook status` reads them beside the local state directory's runs, so a drill run on another
 host counts for staleness and for the RTO verdict. Writing never fails a run: a problem is returned, and the
 session journals nothing after the run closed (the summary is a copy of what the journal holds).
+
+A summary is signed like a manifest (`runs/<run id>.json.sig`, steps.repository.signing) with the writing host's
+key (signing.private_key); a host without one writes it unsigned and says so. `read_summaries` keeps only
+genuine summaries (unsigned ones too with `allow_unsigned`): a forged drill cannot make a stale RTO look proven.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runbook.events import StepStatus
 from runbook.state import RunState, StepState
+
+if TYPE_CHECKING:
+    from steps.repository.signing import Signer, Trust
 
 PREFIX = "runs/"
 
@@ -43,20 +50,30 @@ def summary(st: RunState) -> dict[str, Any]:
     }
 
 
-def write(stores: list[Any], st: RunState) -> list[str]:
-    """Store the summary in every repository (replacing this run's own earlier one); returns problems."""
+def write(stores: list[Any], st: RunState, signer: Signer | None) -> list[str]:
+    """Store the summary in every repository (replacing this run's own earlier one), signed by `signer` (None:
+    unsigned, which is returned as a problem); returns problems."""
+    from steps.repository.signing import SIG_SUFFIX
     from steps.repository.store import ObjectExists
 
     data = (json.dumps(summary(st), indent=2) + "\n").encode()
     key = f"{PREFIX}{st.run_id}.json"
-    problems = []
+    problems = [] if signer is not None else [
+        f"{key} written unsigned: this host has no signing.private_key; other hosts ignore it unless --allow-unsigned"]
+
+    def put(store: Any) -> None:
+        if signer is not None:
+            signer.put(store, key, data)
+        else:
+            store.put_bytes(key, data)
+
     for store in stores:
         try:
             try:
-                store.put_bytes(key, data)
+                put(store)
             except ObjectExists:  # a failed run reopened and closed again: its own summary, replaced
-                store.delete([key])
-                store.put_bytes(key, data)
+                store.delete([key, key + SIG_SUFFIX])
+                put(store)
         except Exception as e:  # noqa: BLE001 - a summary never fails a run
             problems.append(f"{store.describe()}: {e}")
     return problems
@@ -93,17 +110,26 @@ def _steps(data: Any) -> dict[str, StepState]:
     return out
 
 
-def read_summaries(stores: list[Any]) -> list[RunState]:
-    """Every run summary in these repositories (each run once); unreadable ones are skipped."""
+def read_summaries(stores: list[Any], trust: Trust, refused: list[str] | None = None) -> list[RunState]:
+    """Every genuine run summary in these repositories (each run once); unreadable ones are skipped, those that
+    are not genuine too, named in `refused` (with the reason) when it is given."""
+    from steps.repository.signing import SIG_SUFFIX
+
     seen: dict[str, RunState] = {}
     for store in stores:
         try:
-            keys = [k for k, _ in store.list_keys(PREFIX) if k.endswith(".json")]
+            listed = {k for k, _ in store.list_keys(PREFIX)}
         except Exception:  # noqa: BLE001 - the repository's own errors are reported by status
             continue
-        for key in keys:
+        for key in sorted(k for k in listed if k.endswith(".json")):
             try:
-                st = from_summary(json.loads(store.get_bytes(key)))
+                data = store.get_bytes(key)
+                verdict = trust.read(store, key, data, key + SIG_SUFFIX in listed)
+                if not verdict.accepted:
+                    if refused is not None:
+                        refused.append(f"{store.name}: {key}: {verdict.reason}")
+                    continue
+                st = from_summary(json.loads(data))
             except Exception:  # noqa: BLE001 - a summary that cannot be read vouches for nothing
                 continue
             seen.setdefault(st.run_id, st)

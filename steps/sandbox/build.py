@@ -5,7 +5,9 @@ Layout under the sandbox directory (mode 0755, so the server's user can traverse
 replacement server), `run/` (its socket and log), `repo/` (the local backup repository),
 `uploads/` (the application's attachment files), `restore/` (where a drill fetches the backup),
 `repository.yaml` (the repository config), `at-backup.json` and `at-disaster.json` (per-table row counts
-and checksums), `sandbox.json` (what was built and when).
+and checksums), `sandbox.json` (what was built and when). Beside it, `<sandbox dir>.keys/`: the backup's signing key
+(0600) and its public key, which the config trusts (outside the directory, whose tree is given to the server's
+user when a cluster is initialised in it).
 
 Both scenarios end with re-protection (the `reprotect` action): the recovered cluster archives into its own
 directory of `repo/` through the server venv's `runbook wal-push`. Scenario 2 (`pitr`) adds: WAL archiving on
@@ -177,7 +179,24 @@ class Sandbox:
             os.chown(self.config, 0, pw.pw_gid)
         os.chmod(self.config, 0o640)
 
+    @property
+    def signing_key(self) -> Path:
+        """The sandbox backup host's signing key: beside the sandbox directory (as its lock is), outside the tree
+        that is given to the server's user whenever a cluster is initialised in it."""
+        return self.base.with_name(self.base.name + ".keys") / "backup.key"
+
+    def _keys(self) -> tuple[Path, Path]:
+        """The sandbox backup host's signing key (made once, kept across rebuilds) and its public key file."""
+        from steps.repository.signing import create_key_files
+
+        key, pub = self.signing_key, self.signing_key.with_name("backup.key.pub")
+        if not key.exists():
+            create_key_files(key, "the sandbox's backup key")
+        os.chmod(key.parent, 0o755)  # the public key is read by whoever reads the repository
+        return key, pub
+
     def _config_text(self) -> str:
+        key, pub = self._keys()
         return (
             "# The sandbox's repository config, written by `runbook demo`.\n"
             "version: 1\n"
@@ -192,6 +211,7 @@ class Sandbox:
             "    - select count(*) > 0 from assets\n"
             "    - select count(*) = 0 from loans where due_at <= loaned_at\n"
             f"backup: {{state_dir: {self.base / 'backup-state'}}}\n"
+            f"signing: {{private_key: {key}, public_keys: [{pub}]}}\n"
         )
 
     # ---- the drill's story -------------------------------------------------------------------------
@@ -262,6 +282,7 @@ class Sandbox:
         if (self.server.datadir / "PG_VERSION").exists():
             self.server.stop("immediate")
         remove_tree(self.base)
+        remove_tree(self.signing_key.parent)
 
     # ---- scenario 2: WAL archiving, a base backup, writes, a wrong DROP TABLE ------------------------------
 

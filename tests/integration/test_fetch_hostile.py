@@ -33,6 +33,7 @@ from steps.repository.manifest import (
 from tests.support.backup_helpers import run_action
 from tests.support.pgcluster import Cluster
 from tests.support.s3server import S3Endpoint, s3_bucket, s3_server  # noqa: F401
+from tests.support.signing import signature, signing_yaml
 
 SYSID = "7300000000000000001"
 DB = "app"
@@ -79,16 +80,20 @@ def manifest(bid: str, objects: dict[str, bytes]) -> dict[str, Any]:
 
 
 def publish(repo: Repo, bid: str, m: dict[str, Any], objects: dict[str, bytes]) -> str:
-    """Objects (keys relative to the backup, taken literally), the manifest and a passed readable record."""
+    """Objects (keys relative to the backup, taken literally), the manifest and a passed readable record, both
+    signed with the trusted key: what these forgeries attack lies behind the signature (a stolen key, a backup
+    host that is itself compromised; tests/integration/test_signing.py shows that without it they are refused)."""
     prefix = layout.logical_prefix(SYSID, DB, bid)
     for path, data in objects.items():
         repo.put(prefix + path, data)
     raw = (json.dumps(m, indent=2) + "\n").encode()
-    repo.put(prefix + layout.MANIFEST, raw)
     rec = VerificationRecord(backup_id=bid, level="readable", passed=True, checked_at=layout.parse_id(bid),
                              repository=repo.name, manifest_sha256=sha(raw), checks=[Check(name="x", status="ok")],
                              tool=Tool(version="test"))
-    repo.put(layout.verification_key(prefix, layout.parse_id(bid)), to_json(rec))
+    for key, data in ((prefix + layout.MANIFEST, raw), (layout.verification_key(prefix, layout.parse_id(bid)),
+                                                        to_json(rec))):
+        repo.put(key + ".sig", signature(key, data))
+        repo.put(key, data)
     return prefix
 
 
@@ -116,7 +121,7 @@ def config(tmp_path: Path, *, local: Path | None = None, s3: dict[str, Any] | No
     if s3 is not None:
         lines.append("s3: " + json.dumps(s3))
     path = tmp_path / "repository.yaml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + signing_yaml(private=False))
     os.chmod(path, 0o600)
     return path
 

@@ -39,6 +39,7 @@ from tests.support.pitr_cluster import (  # noqa: F401 - fixtures
     server_runbook_fixture,
     write_rows,
 )
+from tests.support.signing import sign_file
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attacks are on what root does as root")
 
@@ -133,6 +134,10 @@ def forge(src: Source, change: Callable[[list[Member]], list[Member]] | None = N
         (bdir / "manifest.json").write_bytes(new)
         for rec in (bdir / "verifications").glob("*.json"):
             rec.write_text(rec.read_text().replace(hashlib.sha256(old).hexdigest(), hashlib.sha256(new).hexdigest()))
+        # Signed again with the trusted key, as a compromised backup host would: what these forgeries attack lies
+        # behind the signature (tests/integration/test_signing.py shows that without it they are refused).
+        for path in [bdir / "manifest.json", *(bdir / "verifications").glob("*.json")]:
+            sign_file(repo, path.relative_to(repo).as_posix())
     return Forged(config, repo, work, restore)
 
 

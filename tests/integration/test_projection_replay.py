@@ -20,6 +20,7 @@ from tests.support.pitr_cluster import (  # noqa: F401 - fixtures
     server_runbook_fixture,
     write_rows,
 )
+from tests.support.signing import sign_file
 
 RUNBOOK = """
 version: 1
@@ -61,7 +62,7 @@ def test_the_pitr_projection_counts_the_wal_replay(pg_base: Path, pitr_template:
         assert verified["wal_replay_s"] is not None and verified["wal_replay_s"] >= 0
         (bdir,) = (p.repo / "clusters" / p.sysid / "base").iterdir()
         records = [VerificationRecord.model_validate_json(f.read_bytes())
-                   for f in (bdir / layout.VERIFICATIONS).iterdir()]
+                   for f in (bdir / layout.VERIFICATIONS).glob("*.json")]
         (real,) = [rec for rec in records if rec.level == "restored"]
         assert real.wal_replayed_bytes == verified["wal_replayed_bytes"]
 
@@ -86,6 +87,7 @@ def test_the_pitr_projection_counts_the_wal_replay(pg_base: Path, pitr_template:
         measured = real.model_copy(update={"checked_at": real.checked_at + timedelta(minutes=1),
                                            "wal_replayed_bytes": 64 << 20, "wal_replay_s": 2.0})
         (bdir / layout.VERIFICATIONS / "later.json").write_bytes(to_json(measured))
+        sign_file(p.repo, (bdir / layout.VERIFICATIONS / "later.json").relative_to(p.repo).as_posix())
         s2 = _status(p, runbook, tmp_path / "state")
         proj2 = s2["projected_rto"]["pitr"]
         expected = wal["bytes"] / ((64 << 20) / 2.0)

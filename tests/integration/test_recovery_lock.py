@@ -20,6 +20,7 @@ from runbook.errors import LockHeld
 from runbook.journal import read_journal
 from tests.conftest import run_cli
 from tests.support.s3server import FaultProxy, S3Endpoint, credentials_env, s3_bucket, s3_server  # noqa: F401
+from tests.support.signing import signing_yaml
 
 RUNBOOK = """
 version: 1
@@ -45,7 +46,8 @@ def setup(tmp_path: Path, s3_server: S3Endpoint, s3_bucket: str) -> tuple[Path, 
     repo = tmp_path / "repo"
     cfg = tmp_path / "repository.yaml"
     cfg.write_text(f"version: 1\nlocal: {{path: {repo}}}\n"
-                   f"s3: {{bucket: {s3_bucket}, endpoint_url: '{s3_server.url}', region: us-east-1}}\n")
+                   f"s3: {{bucket: {s3_bucket}, endpoint_url: '{s3_server.url}', region: us-east-1}}\n"
+                   + signing_yaml())  # the hosts sign their run summaries
     rb = tmp_path / "runbook.yaml"
     rb.write_text(textwrap.dedent(RUNBOOK).lstrip())
     return rb, cfg, credentials_env()
@@ -108,7 +110,7 @@ def test_a_second_host_is_refused_break_lock_takes_over_and_closing_removes_it(
     summary = json.loads((cfg.parent / "repo" / "runs" / f"{run_b}.json").read_text())
     assert summary["mode"] == "drill" and summary["status"] == "completed" and summary["rto_s"] is not None
     keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix="runs/")["Contents"]]
-    assert sorted(keys) == sorted([f"runs/{run_a}.json", f"runs/{run_b}.json"])
+    assert sorted(keys) == sorted(f"runs/{r}.json{sig}" for r in (run_a, run_b) for sig in ("", ".sig"))
     st = run_cli("status", str(rb), "-c", str(cfg), "--state-dir", str(tmp_path / "host-c"), "--json",
                  "--no-cluster", env=env, timeout=60)
     (drill,) = json.loads(st.stdout)["drills"]

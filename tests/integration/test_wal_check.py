@@ -16,6 +16,7 @@ from typing import Any
 
 from tests.conftest import run_cli
 from tests.support.s3server import S3Endpoint, credentials_env, s3_bucket, s3_server  # noqa: F401
+from tests.support.signing import server_signing_yaml
 from tests.support.wal_helpers import (
     WalCluster,
     credentials_file,
@@ -68,14 +69,16 @@ def test_a_healthy_cluster_passes_force_switch_as_a_non_superuser(
         wal_cluster: Factory, s3_server: S3Endpoint, s3_bucket: str) -> None:  # noqa: F811
     wc = wal_cluster()
     repo = server_dir(wc.base, "repo")
+    # The daily backup runs as the server's user too (cron), so the repository stays writable for wal-push: its
+    # signing key is that user's.
     cfg = write_config(wc.base / "repository.yaml", wc.cluster, local=repo, user=ROLE,
                        s3=s3_section(s3_server.url, s3_bucket, credentials_file(wc.base)),
-                       wal={"spool_dir": str(server_dir(wc.base, "spool"))})
+                       wal={"spool_dir": str(server_dir(wc.base, "spool"))},
+                       extra=server_signing_yaml(wc.base / "signing"))
     wc.archive_with(cfg, archive_timeout="60")
     wc.cluster.start()
     _monitor_role(wc)
     server_dir(wc.base, "state")
-    # The daily backup runs as the server's user too (cron), so the repository stays writable for wal-push.
     backup = wc.runbook("backup", "-c", str(cfg), timeout=180)
     assert backup.returncode in (0, 1), backup.stderr
     code, checks = _check(cfg, "--force-switch", "--timeout", "30")

@@ -22,6 +22,7 @@ import pytest
 from tests.conftest import ROOT, run_cli
 from tests.support.pgcluster import PG_BIN, Cluster, clone_cluster
 from tests.support.s3server import credentials_env
+from tests.support.signing import signing_yaml
 
 BACKUP_ROLE = "backup_user"
 
@@ -61,6 +62,8 @@ def write_config(path: Path, cluster: Cluster, *, dbs: list[str], local: Path | 
     if s3 is not None:
         lines.append("s3: " + json.dumps(s3))
     lines.append(f"backup: {{state_dir: {state or path.parent / 'state'}}}")
+    if "signing:" not in extra:
+        lines.append(signing_yaml().rstrip())
     text = "\n".join(lines) + "\n" + textwrap.dedent(extra).strip() + "\n"
     path.write_text(text)
     return path

@@ -25,6 +25,7 @@ import pytest
 
 from tests.conftest import ROOT, run_cli
 from tests.support.pgcluster import PG_BIN, Cluster, as_server_user, chown_server_user, config_as_documented
+from tests.support.signing import signing_yaml
 
 BACKUP_ROLE = "backup_user"
 
@@ -117,6 +118,8 @@ def make_primary(template: Path, dest: Path, *, s3: dict[str, str] | None = None
         lines.append(f"local: {{path: {repo}}}")
     if s3:
         lines.append("s3: {" + ", ".join(f"{k}: {v}" for k, v in s3.items()) + "}")
+    if not any(ln.startswith("signing:") for ln in config_lines):
+        lines.append(signing_yaml().rstrip())
     lines += config_lines
     config.write_text("\n".join(lines) + "\n")
     archive_command, restore_command = wal_commands(repo, config, sid, venv_runbook)

@@ -28,6 +28,7 @@ from tests.support.pgcluster import (
 )
 from tests.support.s3server import ACCESS_KEY, SECRET_KEY, S3Endpoint
 from tests.support.server_venv import ServerVenv
+from tests.support.signing import signing_yaml
 
 _numbers = itertools.count(1)
 
@@ -70,6 +71,8 @@ def write_config(path: Path, cluster: Cluster, *, local: Path | None = None, s3:
     # Workers the commands start (uploader, read-ahead) leave soon after a test.
     lines.append("wal: " + json.dumps({"worker_idle_s": 3, **(wal or {})}))
     lines.append("backup: " + json.dumps({"state_dir": str(path.parent / "state")}))
+    if "signing:" not in extra:
+        lines.append(signing_yaml().rstrip())
     path.write_text("\n".join(lines) + "\n" + extra)
     config_as_documented(path)
     return path

@@ -82,9 +82,10 @@ def test_backup_with_a_bad_config_could_not_run(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_the_cli_imports_neither_boto3_nor_psycopg() -> None:
+def test_the_cli_imports_neither_boto3_psycopg_nor_cryptography() -> None:
     code = ("import sys, runbook.cli.main, runbook.cli.backup, steps.registry; runbook.cli.main.build_parser(); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('boto3', 'botocore', 'psycopg')))")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('boto3', 'botocore', 'psycopg', "
+            "'cryptography')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
     help_ = run_cli("--help")

@@ -9,9 +9,11 @@ from pathlib import Path
 
 from runbook.history import expected_durations
 from steps.repository.run_summaries import from_summary, read_summaries, summary, write
+from steps.repository.signing import Trust, load_private_key, load_public_keys
 from steps.repository.store import LocalStore
 from tests.conftest import run_cli
 from tests.support.journals import JournalBuilder
+from tests.support.signing import make_keys, signing_yaml
 
 RUNBOOK = """
 version: 1
@@ -51,11 +53,14 @@ def test_a_summary_carries_each_steps_outcome_and_duration() -> None:
 def test_status_projects_from_another_hosts_run(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
-    assert write([LocalStore(repo)], other_hosts_drill().state()) == []
-    assert [r.run_id for r in read_summaries([LocalStore(repo)])] == ["r1"]
+    private, public = make_keys(tmp_path)
+    trust = Trust.of(load_public_keys([public]))
+    assert write([LocalStore(repo)], other_hosts_drill().state(), load_private_key(private)) == []
+    assert [r.run_id for r in read_summaries([LocalStore(repo)], trust)] == ["r1"]
     cfg = tmp_path / "repository.yaml"
     cfg.write_text(f"version: 1\ncluster: {{host: /nonexistent, port: 5432, user: u, databases: [app]}}\n"
-                   f"local: {{path: {repo}}}\nbackup: {{state_dir: {tmp_path / 'backup-state'}}}\n")
+                   f"local: {{path: {repo}}}\nbackup: {{state_dir: {tmp_path / 'backup-state'}}}\n"
+                   + signing_yaml(tmp_path, private=False))
     runbook = tmp_path / "runbook.yaml"
     runbook.write_text(RUNBOOK)
     empty = tmp_path / "state"  # this host never ran it

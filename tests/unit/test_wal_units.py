@@ -256,7 +256,7 @@ def test_a_local_read_opens_no_s3_client_and_a_missing_repository_is_an_error(tm
 def test_the_hot_paths_import_neither_pydantic_boto3_psycopg_textual_nor_rich(tmp_path: Path) -> None:
     code = ("import sys; from runbook.cli.wal_fast import main; import runbook.cli.wal, steps.wal.fast, steps.wal.archive,"
             " steps.wal.spool, steps.wal.store;"
-            "heavy = {'pydantic', 'boto3', 'psycopg', 'textual', 'rich', 'yaml'} & set(sys.modules);"
+            "heavy = {'pydantic', 'boto3', 'psycopg', 'textual', 'rich', 'yaml', 'cryptography'} & set(sys.modules);"
             "print(sorted(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
