@@ -17,7 +17,7 @@ from runbook.cli.options import add_config
 
 def register(sub: Any) -> None:
     k = sub.add_parser("keys", help="signing keys: create a key pair, list the keys this host signs with and trusts")
-    ksub = k.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    ksub = k.add_subparsers(dest="keys_command", required=True, metavar="ACTION", help="create or list")
     c = ksub.add_parser("create", help="a new Ed25519 key pair: the private key (0600) at --out, its public "
                         "key at --out.pub")
     c.add_argument("--out", required=True, metavar="PATH",
