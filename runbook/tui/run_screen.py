@@ -192,6 +192,8 @@ class RunScreen(Screen[None]):
         if isinstance(e, ev.Waiting):
             if self.waiting is None or self.waiting.step_id != e.step_id or self.waiting.wait != e.wait:
                 self._armed_at = time.monotonic() + ARM_DELAY_S
+                if e.wait == Wait.interrupted:
+                    self._show_past_output(e.step_id)
             self.waiting = e
             self.focus_step = e.step_id
             self.redraw()
@@ -412,6 +414,22 @@ class RunScreen(Screen[None]):
         self._lines.extend(lines)
         del self._lines[:-OUTPUT_MAX_LINES]
         self.query_one("#output", Log).write_lines(self._folded(lines))
+
+    def _show_past_output(self, step_id: str) -> None:
+        """An interrupted step's output as its log kept it (the process is gone, nothing streams): what it did
+        before it vanished is what the operator decides on."""
+        from runbook.executor import read_output
+        from runbook.state import step_dir
+
+        attempt = self.engine.state.steps[step_id].attempt
+        if attempt < 1:
+            return
+        past = read_output(step_dir(self.engine.ctx.rdir, step_id, attempt))
+        self.query_one("#output", Log).clear()
+        self._lines.clear()
+        shown = past[-OUTPUT_MAX_LINES:]
+        self._out([f"── {step_id}: attempt {attempt}, interrupted: {len(past)} line(s) of output from its log ──"]
+                  + [("! " if ln.stream == "err" else "") + ln.text for ln in shown])
 
     def _rewrite(self) -> None:
         """The pane's lines again, folded to today's width (a resize, the full-screen toggle) or raw."""

@@ -213,3 +213,40 @@ async def test_stale_scenarios_are_flagged_at_start(tmp_path: Path, state_dir: P
         text = str(app.screen.query_one("#drills", Static).render())
         assert "STALE old: never drilled" in text
         assert "ok    fresh: drilled 3 days ago" in text
+
+
+async def test_a_resumed_interrupted_step_shows_what_its_log_kept(tmp_path: Path, state_dir: Path) -> None:
+    """The step's process is gone, nothing streams: the pane shows its output from the log (it was empty)."""
+    from textual.widgets import Log
+
+    from runbook.session import open_resume
+
+    path = _write(tmp_path, """
+        version: 1
+        name: resumable
+        steps:
+          - {id: long, run: "echo before-the-crash; echo 'E: half restored' >&2; sleep 300", confirm: none}
+          - {id: last, run: "echo last", confirm: none}
+    """)
+    engine = open_new_run(RunOptions(runbook_path=path), Clock(), state_dir=state_dir)
+
+    async def die_after_output() -> None:
+        killed = False
+        async for e in engine.events():
+            if not killed and type(e).__name__ == "OutputLines" and any(
+                    ln.text == "E: half restored" for ln in e.lines):  # type: ignore[attr-defined]
+                killed = True
+                _kill_step_session(engine)
+                await engine.detach("front end died")
+            if type(e).__name__ == "RunFinished":
+                return
+
+    await asyncio.wait_for(die_after_output(), 30)
+    resumed = open_resume(engine.run_id, Clock(), state_dir=state_dir)
+    app = RunbookApp(clock=Clock(), state_dir=state_dir, engine=resumed)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: getattr(app.screen, "waiting", None) is not None
+                    and app.screen.waiting.wait.value == "interrupted")  # type: ignore[attr-defined]
+        shown = "\n".join(app.screen.query_one("#output", Log).lines).replace("\n  ", " ")  # folds joined
+        assert "interrupted: 2 line(s) of output from its log" in shown
+        assert "before-the-crash" in shown and "! E: half restored" in shown
