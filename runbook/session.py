@@ -191,19 +191,34 @@ def _load_secrets(rb: Runbook, base: Path, mode: str, warnings: list[str]) -> Lo
     return load_secrets(rb.secrets, base)
 
 
-def _check_used_params(rb: Runbook, scenario: str, mode: str, params: dict[str, Any]) -> None:
-    """Every param a step of this scenario uses must have a value before anything runs."""
+def _step_param_uses(rb: Runbook, scenario: str | None, mode: str) -> list[tuple[str, str]]:
+    """(step id, param name) for every param a step of this scenario (every step, when None) uses."""
     from runbook.templating import parse_refs
 
-    problems = []
+    out = []
     for step in rb.steps_for(scenario, mode):
         texts = [step.run or "", *(step.argv or []), step.cwd or "", *step.env.values(), step.typed_template or ""]
-        texts += _strings(step.with_ or {})
+        texts += _strings(step.with_ or {}) + [step.title or ""]
         for text in texts:
-            for ref in parse_refs(text):
-                if ref.kind == "param" and ref.name not in params:
-                    problems.append(f'step "{step.id}" uses {{{{ {ref.name} }}}}, which has no value: '
-                                    f"give it with --set {ref.name}=VALUE (or a default in the runbook)")
+            out += [(step.id, ref.name) for ref in parse_refs(text) if ref.kind == "param"]
+    return out
+
+
+def params_used(rb: Runbook, scenario: str | None, mode: str) -> set[str]:
+    """The params a run of this scenario uses: its steps', and the runbook's target and repository."""
+    from runbook.templating import parse_refs
+
+    used = {name for _, name in _step_param_uses(rb, scenario, mode)}
+    for text in (rb.target or "", rb.repository or ""):
+        used |= {ref.name for ref in parse_refs(text) if ref.kind == "param"}
+    return used
+
+
+def _check_used_params(rb: Runbook, scenario: str, mode: str, params: dict[str, Any]) -> None:
+    """Every param a step of this scenario uses must have a value before anything runs."""
+    problems = [f'step "{sid}" uses {{{{ {name} }}}}, which has no value: '
+                f"give it with --set {name}=VALUE (or a default in the runbook)"
+                for sid, name in _step_param_uses(rb, scenario, mode) if name not in params]
     if problems:
         raise UsageError("\n".join(dict.fromkeys(problems)))
 

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
@@ -124,17 +124,35 @@ class ParamsScreen(Screen[None]):
                 raw = self.given.get(name, p.default)
                 text = "" if raw is None else (to_text(raw) if not isinstance(raw, str) else raw)
                 needs = " (required)" if p.required else (f" (required for {', '.join(p.scenarios)})" if p.scenarios else "")
-                yield Label(f"{name} · {p.type.value}{needs}", classes="field-label")
-                if p.help:
-                    yield Static(escape(p.help), classes="field-help")
-                yield Input(value=text, id=f"p-{name}", password=p.secret, placeholder=p.pattern or "", compact=True)
-                yield Static("", id=f"err-{name}", classes="field-error")
+                with Vertical(id=f"field-{name}", classes="field"):
+                    yield Label(f"{name} · {p.type.value}{needs}", classes="field-label")
+                    if p.help:
+                        yield Static(escape(p.help), classes="field-help")
+                    yield Input(value=text, id=f"p-{name}", password=p.secret, placeholder=p.pattern or "",
+                                compact=True)
+                    yield Static("", id=f"err-{name}", classes="field-error")
         with Horizontal(id="start-buttons"):
             yield Button("Start the run", id="start", variant="success")
             yield Static("", id="start-error")
         yield Footer()
 
+    def _shown(self) -> set[str]:
+        """The params the chosen scenario uses (every param while none is chosen): only those are asked."""
+        from runbook.session import params_used
+
+        scenario = self._scenario()
+        if self.runbook.scenarios and scenario is None:
+            return set(self.runbook.params)
+        return params_used(self.runbook, scenario, self.opts.mode or "live") & set(self.runbook.params) | {
+            n for n, p in self.runbook.params.items() if p.required or (p.scenarios and scenario in p.scenarios)}
+
+    def _show_fields(self) -> None:
+        shown = self._shown()
+        for name in self.runbook.params:
+            self.query_one(f"#field-{name}", Vertical).display = name in shown
+
     def on_mount(self) -> None:
+        self._show_fields()
         for name in self.runbook.params:
             self._check(name)
         self._check_incident()
@@ -151,6 +169,9 @@ class ParamsScreen(Screen[None]):
 
     def _check(self, name: str) -> None:
         p = self.runbook.params[name]
+        if not self.query_one(f"#field-{name}", Vertical).display:
+            self._set_error(name, "")  # not asked in this scenario: nothing to fix
+            return
         value = self.query_one(f"#p-{name}", Input).value
         scenario = self._scenario()
         needed = p.required or (scenario is not None and p.scenarios is not None and scenario in p.scenarios)
@@ -192,19 +213,32 @@ class ParamsScreen(Screen[None]):
             self._check_incident()
 
     def on_select_changed(self, event: Select.Changed) -> None:
+        self._show_fields()
         for name in self.runbook.params:
             self._check(name)
+        self.query_one("#start-error", Static).update("")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "start":
             self.action_start()
 
     def action_start(self) -> None:
-        if self.errors or (self.runbook.scenarios and self._scenario() is None):
-            self.query_one("#start-error", Static).update(Text("Fix the fields in red first.", style="bold red"))
+        if self.runbook.scenarios and self._scenario() is None:
+            self.query_one("#start-error", Static).update(Text("Choose a scenario first.", style="bold red"))
+            self.query_one("#scenario", Select).focus()
+            return
+        if self.errors:
+            first = next(iter(self.errors))
+            names = ", ".join(self.errors)
+            self.query_one("#start-error", Static).update(Text(f"Fix first: {names}", style="bold red"))
+            target = "#incident_start" if first == "incident_start" else f"#p-{first}"
+            self.query_one(target, Input).focus()
             return
         sets = {}
+        shown = self._shown()
         for name in self.runbook.params:
+            if name not in shown:
+                continue  # not asked in this scenario: its default (or the profile's value) stands
             value = self.query_one(f"#p-{name}", Input).value
             if value != "":
                 sets[name] = value

@@ -9,7 +9,7 @@ import signal
 import textwrap
 from pathlib import Path
 
-from textual.widgets import Button, Input, OptionList, Static
+from textual.widgets import Button, Input, OptionList, Select, Static
 
 from runbook.clock import Clock
 from runbook.events import StepStatus
@@ -250,3 +250,56 @@ async def test_a_resumed_interrupted_step_shows_what_its_log_kept(tmp_path: Path
         shown = "\n".join(app.screen.query_one("#output", Log).lines).replace("\n  ", " ")  # folds joined
         assert "interrupted: 2 line(s) of output from its log" in shown
         assert "before-the-crash" in shown and "! E: half restored" in shown
+
+
+SCENARIO_PARAMS = """
+    version: 1
+    name: form
+    params:
+      db_name: {default: app_db}
+      restore_dir: {default: /var/tmp/restore}
+      target_time: {type: datetime, scenarios: [pitr]}
+      pgdata: {default: /var/lib/postgresql/15/recovered}
+    scenarios:
+      restore-latest: {help: newest backup}
+      pitr: {help: to a time}
+    steps:
+      - {id: fetch, scenarios: [restore-latest], run: "echo {{ db_name }} {{ restore_dir }}"}
+      - {id: pitr, scenarios: [pitr], run: "echo {{ db_name }} {{ target_time }} {{ pgdata }}"}
+"""
+
+
+async def test_the_form_asks_only_what_the_chosen_scenario_uses(tmp_path: Path, state_dir: Path) -> None:
+    """Scenario 1 showed PITR's parameters too (about 18 Shift-Tabs back to the scenario picker), and Start said
+    "Fix the fields in red first" with nothing in red."""
+    path = _write(tmp_path, SCENARIO_PARAMS)
+    app = RunbookApp(clock=Clock(), state_dir=state_dir, runbook=load_runbook(path),
+                     opts=RunOptions(runbook_path=path, mode="rehearsal"), given={})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ParamsScreen))
+        screen = app.screen
+        await pilot.press("ctrl+s")  # no scenario chosen yet: it says so, not "fields in red"
+        await pilot.pause(0.1)
+        assert "Choose a scenario first" in str(screen.query_one("#start-error", Static).render())
+
+        def shown() -> set[str]:
+            return {n for n in ("db_name", "restore_dir", "target_time", "pgdata")
+                    if screen.query_one(f"#field-{n}").display}
+
+        screen.query_one("#scenario", Select).value = "restore-latest"
+        await pilot.pause(0.1)
+        assert shown() == {"db_name", "restore_dir"}
+        assert not screen.query_one("#start", Button).disabled  # pitr's required target_time is not asked
+        screen.query_one("#scenario", Select).value = "pitr"
+        await pilot.pause(0.1)
+        assert shown() == {"db_name", "target_time", "pgdata"}
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.1)
+        assert "Fix first: target_time" in str(screen.query_one("#start-error", Static).render())
+        assert screen.focused is screen.query_one("#p-target_time", Input)
+        screen.query_one("#scenario", Select).value = "restore-latest"
+        await pilot.pause(0.1)
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(app.screen, RunScreen))
+        engine = app.screen.engine  # type: ignore[attr-defined]
+        assert engine.state.scenario == "restore-latest" and engine.state.params["restore_dir"] == "/var/tmp/restore"
