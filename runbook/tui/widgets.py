@@ -81,6 +81,29 @@ def _projection_text(c: RtoClock) -> Text:
     return Text.assemble(f"{left} · projected {lower}{format_duration(c.projected_s)} ", (c.verdict, style))
 
 
+def abbreviate(title: str, width: int) -> str:
+    """`title` in `width` characters: shortened in the middle, never at the end, where a step's title says what
+    it acts on ("Restore into a new database" at 16: "Restore…database"); whole words where they fit."""
+    if len(title) <= width:
+        return title
+    budget = width - 1  # the ellipsis takes one
+    words = title.split(" ")
+    tail = ""
+    for i in range(len(words) - 1, 0, -1):  # the longest run of last words that fits in half the room
+        candidate = " ".join(words[i:])
+        if len(candidate) > budget // 2 + budget % 2 and tail:
+            break
+        if len(candidate) <= budget - 1:
+            tail = candidate
+    if not tail:
+        tail = title[len(title) - budget // 2:]
+    room = budget - len(tail)
+    head = title[:room]
+    if " " in head and not title[room:room + 1].isspace():
+        head = head[: head.rfind(" ")]  # end the head on a word when it can
+    return head.rstrip() + "…" + tail
+
+
 def step_list(engine: Engine, current: str | None, width: int) -> Text:
     st = engine.state
     out = Text(no_wrap=True, overflow="ellipsis")
@@ -95,9 +118,7 @@ def step_list(engine: Engine, current: str | None, width: int) -> Text:
         else:
             dur = ""
         danger = "⚠" if step.danger else " "
-        title = step.display_title
-        if len(title) > title_w:
-            title = title[: title_w - 1] + "…"
+        title = abbreviate(step.display_title, title_w)
         line = Text(f"{s.status.icon} {n:>2} {title:<{title_w}}{danger}{dur:>6}", style=STATUS_STYLE[s.status])
         if sid == current:
             line.stylize("reverse")

@@ -85,3 +85,15 @@ def test_a_command_param_runs_and_shows_as_written_other_values_stay_quoted(tmp_
     shown = {e["step"]: e["command"] for e in map(json.loads, (run_dir / "journal.jsonl").read_text().splitlines())
              if e["type"] == "step-started"}
     assert shown == {"page": 'echo "page: ON" && echo second', "tell": "echo 'x; echo INJECTED'"}
+
+
+def test_step_titles_are_shortened_in_the_middle_never_at_the_end() -> None:
+    """At 80 columns the step list had 16 characters: `Restore into a …` lost what the step acts on."""
+    from runbook.tui.widgets import abbreviate
+
+    assert abbreviate("Restore into a new database", 16) == "Restore…database"
+    assert abbreviate("Fetch the newest verified backup", 16) == "Fetch the…backup"
+    assert abbreviate("Short", 16) == "Short"
+    for title in ("Point-in-time recovery into a new data directory", "x" * 40, "a b c d e f g h i j k l"):
+        short = abbreviate(title, 16)
+        assert len(short) <= 16 and "…" in short and title.endswith(short.split("…")[1])
