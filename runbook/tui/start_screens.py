@@ -104,7 +104,8 @@ class ParamsScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         rb = self.runbook
         mode = (self.opts.mode or "live").upper()
-        yield Static(Text.assemble((rb.name, "bold"), f" · new {mode} run"), id="start-title")
+        badge = (f" {mode} ", "bold white on red") if mode == "LIVE" else (mode, "bold")
+        yield Static(Text.assemble((rb.name, "bold"), " · new ", badge, " run"), id="start-title")
         if self.status_pending:
             yield Static(Text("would we make it now? asking runbook status…", style="dim"), id="verdict")
         with VerticalScroll(id="form"):
@@ -244,6 +245,31 @@ class ParamsScreen(Screen[None]):
                 sets[name] = value
         opts = replace(self.opts, scenario=self._scenario(), sets=sets,
                        incident_start=self.query_one("#incident_start", Input).value)
+        if (self.opts.mode or "live") != "live":
+            self._open(opts)
+            return
+        # A live run acts on production: the operator types its target before anything opens.
+        from runbook.session import render_target
+        from runbook.tui.modals import TextModal
+
+        params = {n: p.default for n, p in self.runbook.params.items() if p.default is not None}
+        params.update(self.given)
+        params.update(sets)
+        expected = render_target(self.runbook, params) if self.runbook.target else "live"
+        what = f"its target [b]{escape(expected)}[/b]" if self.runbook.target else "[b]live[/b]"
+        body = (f"A [b]LIVE[/b] run acts on production. Type {what} to start it.\n"
+                "Anything else starts nothing (a drill or a rehearsal: runbook run --mode drill|rehearsal).")
+
+        def typed(value: str | None) -> None:
+            if value == expected:
+                self._open(opts)
+            elif value is not None:
+                self.query_one("#start-error", Static).update(
+                    Text(f"{value!r} is not {expected!r}: nothing was started", style="bold red"))
+
+        self.app.push_screen(TextModal("Start a LIVE run", body, placeholder="type the value shown above"), typed)
+
+    def _open(self, opts: RunOptions) -> None:
         app: Any = self.app
         error = app.open_new(opts)
         if error:

@@ -114,6 +114,8 @@ async def test_form_shows_open_errors_instead_of_crashing(tmp_path: Path, state_
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, ParamsScreen))
         await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(app.screen, TextModal))  # live: the target is typed first
+        await pilot.press(*"live", "enter")
         await pilot.pause(0.2)
         assert isinstance(app.screen, ParamsScreen)
         assert "chmod 600" in str(app.screen.query_one("#start-error", Static).render())
@@ -250,6 +252,37 @@ async def test_a_resumed_interrupted_step_shows_what_its_log_kept(tmp_path: Path
         shown = "\n".join(app.screen.query_one("#output", Log).lines).replace("\n  ", " ")  # folds joined
         assert "interrupted: 2 line(s) of output from its log" in shown
         assert "before-the-crash" in shown and "! E: half restored" in shown
+
+
+async def test_a_live_run_starts_only_after_its_target_is_typed(tmp_path: Path, state_dir: Path) -> None:
+    path = _write(tmp_path, """
+        version: 1
+        name: live
+        params:
+          db_name: {default: app_db}
+        target: "db1:5432/{{ db_name }}"
+        steps:
+          - {id: a, run: "true"}
+    """)
+    app = RunbookApp(clock=Clock(), state_dir=state_dir, runbook=load_runbook(path),
+                     opts=RunOptions(runbook_path=path), given={})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ParamsScreen))
+        assert " LIVE " in str(app.screen.query_one("#start-title", Static).render())
+        app.screen.query_one("#p-db_name", Input).value = "prod_db"
+        await pilot.pause(0.1)
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(app.screen, TextModal))
+        assert "db1:5432/prod_db" in str(app.screen.query_one(".modal-body", Static).render())
+        await pilot.press(*"db1:5432/app_db", "enter")  # the default's target, not this run's: refused
+        await until(pilot, lambda: isinstance(app.screen, ParamsScreen))
+        assert "nothing was started" in str(app.screen.query_one("#start-error", Static).render())
+        assert not (state_dir / "runs").exists() or not any((state_dir / "runs").iterdir())
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(app.screen, TextModal))
+        await pilot.press(*"db1:5432/prod_db", "enter")
+        await until(pilot, lambda: isinstance(app.screen, RunScreen))
+        assert app.screen.engine.state.mode == "live"  # type: ignore[attr-defined]
 
 
 SCENARIO_PARAMS = """

@@ -70,6 +70,8 @@ def test_walk_a_small_runbook_in_a_real_terminal(tmux: Tmux, tmp_path: Path, sta
     tmux("new-session", "-d", "-x", "80", "-y", "24", cmd)
     tmux.wait_for("Start the run")
     tmux.keys("C-s")
+    tmux.wait_for("Start a LIVE run")  # a live run: its target typed first (this runbook names none: "live")
+    tmux.keys("live", "Enter")
     tmux.wait_for("marks the next item done")
     time.sleep(0.9)  # run keys are ignored for 750 ms after a step appears
     tmux.keys("r")
@@ -117,6 +119,8 @@ def test_quitting_a_run_in_the_middle_says_how_to_go_on(tmux: Tmux, tmp_path: Pa
     tmux("new-session", "-d", "-x", "80", "-y", "24", cmd)
     tmux.wait_for("Start the run")
     tmux.keys("C-s")
+    tmux.wait_for("Start a LIVE run")  # a live run: its target typed first (this runbook names none: "live")
+    tmux.keys("live", "Enter")
     tmux.wait_for("marks the next item done")
     tmux.keys("q")
     deadline = time.monotonic() + 10
