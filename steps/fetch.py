@@ -21,7 +21,6 @@ to `<db>-<backup id>` at the end, with the stamp restore-logical trusts (steps.r
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
@@ -37,6 +36,7 @@ from steps.events import Events
 from steps.fs import (
     UnsafePath,
     check_parent,
+    hash_beneath,
     open_beneath,
     open_dir,
     open_read_beneath,
@@ -45,7 +45,7 @@ from steps.fs import (
 )
 from steps.repository import layout
 from steps.repository.manifest import LogicalManifest, invalid_reason, parse_logical, sha256_bytes
-from steps.repository.store import CHUNK, CorruptObject, RepositoryError
+from steps.repository.store import CorruptObject, RepositoryError
 from steps.repository.verified import write_stamp
 
 
@@ -105,16 +105,6 @@ def _age(seconds: float) -> str:
     return f"{d}d {h}h {s // 60}m" if d else f"{h}h {s // 60}m"
 
 
-def _hash_beneath(dir_fd: int, name: str) -> tuple[int, str]:
-    fd = open_read_beneath(dir_fd, name, what="file")
-    h = hashlib.sha256()
-    size = 0
-    with os.fdopen(fd, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
-
 
 def _reuse_existing(dest_fd: int, name: str, manifest_sha256s: set[str]) -> tuple[str, LogicalManifest] | str:
     """An earlier fetch's `<dest>/<name>` of this very backup: (its manifest's sha256, manifest) when it is
@@ -135,7 +125,7 @@ def _reuse_existing(dest_fd: int, name: str, manifest_sha256s: set[str]) -> tupl
             return "its manifest.json is not this backup's"
         manifest = parse_logical(data)
         for o in manifest.objects:
-            if _hash_beneath(fd, o.path) != (o.size, o.sha256):
+            if hash_beneath(fd, o.path) != (o.size, o.sha256):
                 return f"{o.path} does not match its sha256"
         write_stamp(fd, digest, [o.path for o in manifest.objects], "fetch-latest-backup")
         return digest, manifest

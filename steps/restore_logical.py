@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runbook.errors import RunbookError
 from steps.events import Events
-from steps.fs import UnsafePath, open_dir, open_read_beneath, private_enough
+from steps.fs import UnsafePath, hash_beneath, open_dir, open_read_beneath, private_enough
 from steps.pg.tools import Conn, ToolFailed, connect, dbname_option, tool
 from steps.repository import layout
 from steps.repository.manifest import (
@@ -41,7 +41,6 @@ from steps.repository.manifest import (
     parse_logical,
     sha256_bytes,
 )
-from steps.repository.store import CHUNK
 from steps.repository.verified import checked_unchanged
 
 
@@ -153,18 +152,6 @@ def _read_beneath(backup_dir: Path, name: str) -> bytes:
             return f.read()
 
 
-def _hash_beneath(dir_fd: int, name: str) -> tuple[int, str]:
-    import hashlib
-
-    fd = open_read_beneath(dir_fd, name, what="file")
-    h = hashlib.sha256()
-    size = 0
-    with os.fdopen(fd, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
-
 
 def _verify_files(backup_dir: Path, manifest: LogicalManifest, events: Events) -> str | None:
     total = manifest.size_bytes
@@ -172,7 +159,7 @@ def _verify_files(backup_dir: Path, manifest: LogicalManifest, events: Events) -
     with open_dir(backup_dir) as dfd:
         for o in manifest.objects:
             try:
-                size, digest = _hash_beneath(dfd, o.path)
+                size, digest = hash_beneath(dfd, o.path)
             except FileNotFoundError:
                 return f"{o.path} is missing from {backup_dir}"
             except UnsafePath as e:

@@ -259,21 +259,14 @@ class BaseBackupRun:
 
     def _remove_stale_staging(self) -> None:
         """What killed backups left in the staging directory (steps.backup.staging), removed under our lock."""
-        from steps.backup.staging import remove_stale
+        from steps.backup.staging import remove_stale_logged
 
         root = self.cfg.basebackup.staging_dir
         if root is None and self.cfg.local is not None:
             root = self.cfg.local.path / ".staging"
         if root is None:
             return
-        try:
-            removed = remove_stale(root, self._lock_dir())
-        except OSError as e:
-            log.warning("could not look for stale staging in %s: %s", root, e)
-            return
-        for st in removed:
-            log.warning("removed stale staging %s (%s, backup %s): left by a backup that did not finish "
-                        "(killed?)", st.path, _mb(st.size), st.backup_id)
+        remove_stale_logged(root, self._lock_dir(), log)
 
     def _staging(self, bid: str) -> Path:
         s = self.cfg.basebackup.staging_dir

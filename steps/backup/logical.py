@@ -299,7 +299,7 @@ class BackupRun:
 
     def _remove_stale_staging(self) -> None:
         """What killed backups left in the staging directory (steps.backup.staging), removed under our lock."""
-        from steps.backup.staging import remove_stale
+        from steps.backup.staging import remove_stale_logged
 
         if self.cfg.backup.staging_dir is not None:
             root = self.cfg.backup.staging_dir
@@ -307,14 +307,7 @@ class BackupRun:
             root = self.cfg.local.path / ".staging"
         else:
             return  # a fresh temporary directory of our own
-        try:
-            removed = remove_stale(root, self._lock_dir())
-        except OSError as e:
-            log.warning("could not look for stale staging in %s: %s", root, e)
-            return
-        for st in removed:
-            log.warning("removed stale staging %s (%s, backup %s): left by a backup that did not finish "
-                        "(killed?)", st.path, _mb(st.size), st.backup_id)
+        remove_stale_logged(root, self._lock_dir(), log)
 
     def _staging_root(self) -> Path:
         """Where dumps are written before publishing: inside the local repository when it is usable (the

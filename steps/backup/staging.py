@@ -11,6 +11,7 @@ An entry whose name ends in another id is stale; one whose name is not a staging
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 from dataclasses import dataclass
@@ -85,3 +86,15 @@ def remove_stale(staging: Path, lock_dir: Path) -> list[Stale]:
         if not s.path.exists():
             removed.append(s)
     return removed
+
+
+def remove_stale_logged(staging: Path, lock_dir: Path, log: logging.Logger) -> None:
+    """`remove_stale`, each entry removed (or a staging directory that cannot be looked at) said in `log`."""
+    try:
+        removed = remove_stale(staging, lock_dir)
+    except OSError as e:
+        log.warning("could not look for stale staging in %s: %s", staging, e)
+        return
+    for st in removed:
+        log.warning("removed stale staging %s (%.1f MB, backup %s): left by a backup that did not finish "
+                    "(killed?)", st.path, st.size / 1e6, st.backup_id)

@@ -91,8 +91,9 @@ def open_dir(path: Path) -> Iterator[int]:
         os.close(fd)
 
 
-def _walk_dirs(dir_fd: int, parts: list[str], create: bool) -> int:
-    """A new descriptor on dir_fd/parts..., each component a real directory (made 0700 when `create`)."""
+def _walk_dirs(dir_fd: int, parts: list[str], create: bool, private: bool = False) -> int:
+    """A new descriptor on dir_fd/parts..., each component a real directory (made 0700 when `create`; with
+    `private`, each one root's or ours and writable by nobody else)."""
     fd = os.dup(dir_fd)
     try:
         for part in parts:
@@ -105,6 +106,8 @@ def _walk_dirs(dir_fd: int, parts: list[str], create: bool) -> int:
                 raise UnsafePath(f"{'/'.join(parts)}: {part} is not a plain directory ({e.strerror})") from None
             os.close(fd)
             fd = nxt
+            if private and not private_enough(os.fstat(fd)):
+                raise UnsafePath(f"{'/'.join(parts)}: the directory {part} may be written by another user")
         return fd
     except BaseException:
         os.close(fd)
@@ -141,6 +144,38 @@ def open_read_beneath(dir_fd: int, name: str, *, what: str = "object path") -> i
         os.close(fd)
         raise UnsafePath(f"{what} {name!r} is not a regular file")
     return fd
+
+
+def stat_private_file(dir_fd: int, name: str) -> os.stat_result:
+    """The facts of the regular file `name` beneath `dir_fd` when it, and every directory on the way, is a real
+    one of root or ours that nobody else may write (reached without a link); UnsafePath otherwise."""
+    check_relative(name, "file")
+    *dirs, leaf = name.split("/")
+    parent = _walk_dirs(dir_fd, dirs, create=False, private=True)
+    try:
+        fd = open_read_beneath(parent, leaf, what="file")
+    finally:
+        os.close(parent)
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not private_enough(st):
+        raise UnsafePath(f"{name} may be written by another user")
+    return st
+
+
+def hash_beneath(dir_fd: int, name: str, *, chunk: int = 1 << 20) -> tuple[int, str]:
+    """(size, sha256 hex) of the regular file `name` beneath `dir_fd`, read without following any link."""
+    import hashlib
+
+    h = hashlib.sha256()
+    size = 0
+    with os.fdopen(open_read_beneath(dir_fd, name, what="file"), "rb") as f:
+        while data := f.read(chunk):
+            h.update(data)
+            size += len(data)
+    return size, h.hexdigest()
 
 
 def rename_in(dir_fd: int, src: str, dst: str) -> None:

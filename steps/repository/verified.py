@@ -22,7 +22,15 @@ import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
-from steps.fs import UnsafePath, open_beneath, open_dir, open_read_beneath, private_enough, rename_in
+from steps.fs import (
+    UnsafePath,
+    open_beneath,
+    open_dir,
+    open_read_beneath,
+    private_enough,
+    rename_in,
+    stat_private_file,
+)
 
 STAMP = ".verified.json"
 VERSION = 2  # 1: size, mtime and inode only (not trusted any more: hashed again)
@@ -30,33 +38,6 @@ VERSION = 2  # 1: size, mtime and inode only (not trusted any more: hashed again
 
 def _fingerprint(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev]
-
-
-def _private_file(dir_fd: int, name: str) -> os.stat_result:
-    """The facts of the regular file `name` beneath `dir_fd`, every directory on the way a real directory
-    that only root or we may write, and the file too; UnsafePath otherwise."""
-    *dirs, leaf = name.split("/")
-    fd = os.dup(dir_fd)
-    try:
-        for part in dirs:
-            try:
-                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            except OSError as e:
-                raise UnsafePath(f"{name}: {part} is not a plain directory ({e.strerror})") from None
-            os.close(fd)
-            fd = nxt
-            if not private_enough(os.fstat(fd)):
-                raise UnsafePath(f"{name}: the directory {part} may be written by another user")
-        f = open_read_beneath(fd, leaf, what="file")
-        try:
-            st = os.fstat(f)
-        finally:
-            os.close(f)
-        if not private_enough(st):
-            raise UnsafePath(f"{name} may be written by another user")
-        return st
-    finally:
-        os.close(fd)
 
 
 def write_stamp(dir_fd: int, manifest_sha256: str, paths: list[str], by: str) -> None:
@@ -106,7 +87,7 @@ def checked_unchanged(directory: Path, manifest_sha256: str, paths: list[str]) -
                     or set(record["files"]) != set(paths)):
                 return None
             for p in paths:
-                if _fingerprint(_private_file(dfd, p)) != record["files"][p]:
+                if _fingerprint(stat_private_file(dfd, p)) != record["files"][p]:
                     return None
         return str(record["by"]), str(record["at"])
     except (OSError, UnsafePath, ValueError, KeyError, TypeError, AttributeError):

@@ -49,6 +49,26 @@ def tmux(tmp_path: Path) -> Iterator[Tmux]:
     subprocess.run(["tmux", "-S", str(t.sock), "kill-server"], capture_output=True)
 
 
+def start_live_run(tmux: Tmux, rb: Path, state_dir: Path, exit_file: Path) -> None:
+    """`runbook run` in the real terminal (80x24), started from its form: a live run, its target typed first
+    (these runbooks name none: "live"); its exit code lands in `exit_file`, read by `exit_code`."""
+    cmd = (f"cd {ROOT} && {sys.executable} -m runbook run {rb} --state-dir {state_dir}; "
+           f"echo $? > {exit_file}; sleep 30")
+    tmux("new-session", "-d", "-x", "80", "-y", "24", cmd)
+    tmux.wait_for("Start the run")
+    tmux.keys("C-s")
+    tmux.wait_for("Start a LIVE run")
+    tmux.keys("live", "Enter")
+    tmux.wait_for("marks the next item done")
+
+
+def exit_code(exit_file: Path, timeout: float = 10) -> str:
+    deadline = time.monotonic() + timeout
+    while not exit_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return exit_file.read_text().strip()
+
+
 def test_walk_a_small_runbook_in_a_real_terminal(tmux: Tmux, tmp_path: Path, state_dir: Path) -> None:
     rb = tmp_path / "rb.yaml"
     rb.write_text(textwrap.dedent("""
@@ -65,14 +85,7 @@ def test_walk_a_small_runbook_in_a_real_terminal(tmux: Tmux, tmp_path: Path, sta
             run: echo hello-from-{{ db_name }}
     """).lstrip())
     exit_file = tmp_path / "exit"
-    cmd = (f"cd {ROOT} && {sys.executable} -m runbook run {rb} --state-dir {state_dir}; "
-           f"echo $? > {exit_file}; sleep 30")
-    tmux("new-session", "-d", "-x", "80", "-y", "24", cmd)
-    tmux.wait_for("Start the run")
-    tmux.keys("C-s")
-    tmux.wait_for("Start a LIVE run")  # a live run: its target typed first (this runbook names none: "live")
-    tmux.keys("live", "Enter")
-    tmux.wait_for("marks the next item done")
+    start_live_run(tmux, rb, state_dir, exit_file)
     time.sleep(0.9)  # run keys are ignored for 750 ms after a step appears
     tmux.keys("r")
     shown = tmux.wait_for("runs this step")
@@ -84,10 +97,7 @@ def test_walk_a_small_runbook_in_a_real_terminal(tmux: Tmux, tmp_path: Path, sta
     tmux.keys("w")
     tmux.wait_for("Report written")
     tmux.keys("q")
-    deadline = time.monotonic() + 10
-    while not exit_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert exit_file.read_text().strip() == "0"
+    assert exit_code(exit_file) == "0"
     (run_dir,) = (state_dir / "runs").iterdir()
     events = read_journal(run_dir / "journal.jsonl").events
     kinds = [e["type"] for e in events]
@@ -114,19 +124,9 @@ def test_quitting_a_run_in_the_middle_says_how_to_go_on(tmux: Tmux, tmp_path: Pa
             run: echo hello
     """).lstrip())
     exit_file = tmp_path / "exit"
-    cmd = (f"cd {ROOT} && {sys.executable} -m runbook run {rb} --state-dir {state_dir}; "
-           f"echo EXIT=$? > {exit_file}; sleep 30")
-    tmux("new-session", "-d", "-x", "80", "-y", "24", cmd)
-    tmux.wait_for("Start the run")
-    tmux.keys("C-s")
-    tmux.wait_for("Start a LIVE run")  # a live run: its target typed first (this runbook names none: "live")
-    tmux.keys("live", "Enter")
-    tmux.wait_for("marks the next item done")
+    start_live_run(tmux, rb, state_dir, exit_file)
     tmux.keys("q")
-    deadline = time.monotonic() + 10
-    while not exit_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert exit_file.read_text().strip() == "EXIT=4"
+    assert exit_code(exit_file) == "4"
     (run_dir,) = (state_dir / "runs").iterdir()
     tmux.wait_for("go on with:")
     shown = tmux("capture-pane", "-p", "-J")  # -J: lines the 80 columns wrapped, joined again
