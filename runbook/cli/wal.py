@@ -64,6 +64,7 @@ def add_push_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sysid", help=argparse.SUPPRESS)
     p.add_argument("--async-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--pg-wal", help=argparse.SUPPRESS)
+    p.add_argument("--seal-worker", action="store_true", help=argparse.SUPPRESS)
 
 
 def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
@@ -77,6 +78,9 @@ def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="source", choices=["local", "s3", "any"], default="any",
                    help="read only this repository (default: local first, then s3)")
     p.add_argument("--sysid", help="the cluster's system identifier (default: from global/pg_control)")
+    p.add_argument("--verified", metavar="INDEX",
+                   help="the verified WAL index a recovery wrote from the signed WAL ledgers: only a file it lists "
+                        "with these very bytes is handed to PostgreSQL (default: none, no such check)")
     p.add_argument("--prefetch-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--spool", help=argparse.SUPPRESS)
 
@@ -105,7 +109,9 @@ def run(command: str, args: argparse.Namespace) -> int:
     if command == "wal-fetch":
         if args.prefetch_worker:
             return _guarded(command, lambda: _prefetch_worker(args.config, args.spool, args.sysid))
-        return fetch(args.config, args.name, args.dest, source=args.source, sysid=args.sysid)
+        return fetch(args.config, args.name, args.dest, source=args.source, sysid=args.sysid, verified=args.verified)
+    if args.seal_worker:
+        return _guarded(command, lambda: _seal_worker(args.config, args.sysid))
     if args.async_worker:
         return _guarded(command, lambda: _push_worker(args.config, args.pg_wal, args.sysid))
     return push(args.config, args.path, sysid=args.sysid)
@@ -129,13 +135,14 @@ def push(config: str | None, path: str | None, *, sysid: str | None = None) -> i
     return _guarded("wal-push", job)
 
 
-def fetch(config: str | None, name: str, dest: str, *, source: str = "any", sysid: str | None = None) -> int:
+def fetch(config: str | None, name: str, dest: str, *, source: str = "any", sysid: str | None = None,
+          verified: str | None = None) -> int:
     """`wal-fetch [-c CONFIG] [--from SOURCE] NAME DEST`: restore NAME to DEST; the exit code for PostgreSQL."""
 
     def job() -> int:
         from steps.wal.archive import fetch_file
 
-        return fetch_file(_settings("wal-fetch", config), name, dest, source, sysid)
+        return fetch_file(_settings("wal-fetch", config), name, dest, source, sysid, verified)
 
     return _guarded("wal-fetch", job)
 
@@ -145,6 +152,13 @@ def _push_worker(config: str | None, pg_wal: str, sysid: str) -> int:
     from steps.wal.spool import run_push_worker
 
     return run_push_worker(_settings("wal-push", config), Path(pg_wal), int(sysid))
+
+
+def _seal_worker(config: str | None, sysid: str) -> int:
+    """`wal-push --seal-worker --sysid N`: the sealer of one cluster's archived WAL (steps.wal.ledger)."""
+    from steps.wal.ledger import run_seal_worker
+
+    return run_seal_worker(_settings("wal-push", config), int(sysid))
 
 
 def _prefetch_worker(config: str | None, spool: str, sysid: str) -> int:

@@ -5,7 +5,7 @@ anything else). The plain forms, all PostgreSQL ever uses, are parsed here by ha
 even loaded for them:
 
     wal-push  [-c CONFIG | --config=CONFIG] PATH
-    wal-fetch [-c CONFIG | --config=CONFIG] [--from local|s3|any | --from=...] NAME DEST
+    wal-fetch [-c CONFIG | --config=CONFIG] [--from local|s3|any | --from=...] [--verified INDEX] NAME DEST
 
 For those, the quick answers of steps.wal.fast come first (a segment the read-ahead holds, a push the
 asynchronous uploader confirms); then the whole job (runbook.cli.wal's `push`/`fetch`). Any other form, and
@@ -17,10 +17,12 @@ from __future__ import annotations
 import os
 
 
-def plain_args(argv: list[str], positionals: int, source: bool = False) -> tuple[str | None, list[str], str] | None:
-    """`-c CONFIG ARG...` (or `--config=CONFIG`, or no -c; with `source`, also `--from local|s3|any`) and
-    nothing else: (config, arguments, source); None for any other form."""
+def plain_args(argv: list[str], positionals: int,
+               source: bool = False) -> tuple[str | None, list[str], str, str | None] | None:
+    """`-c CONFIG ARG...` (or `--config=CONFIG`, or no -c; with `source`, also `--from local|s3|any` and
+    `--verified INDEX`) and nothing else: (config, arguments, source, index); None for any other form."""
     config: str | None = None
+    verified: str | None = None
     rest: list[str] = []
     origin = "any"
     i = 0
@@ -28,6 +30,13 @@ def plain_args(argv: list[str], positionals: int, source: bool = False) -> tuple
         a = argv[i]
         if a in ("-c", "--config") and i + 1 < len(argv):
             config, i = argv[i + 1], i + 2
+            continue
+        if source and a == "--verified" and i + 1 < len(argv):
+            verified, i = argv[i + 1], i + 2
+            continue
+        if source and a.startswith("--verified="):
+            verified = a.split("=", 1)[1]
+            i += 1
             continue
         if source and a == "--from" and i + 1 < len(argv) and argv[i + 1] in ("local", "s3", "any"):
             origin, i = argv[i + 1], i + 2
@@ -41,10 +50,10 @@ def plain_args(argv: list[str], positionals: int, source: bool = False) -> tuple
         else:
             rest.append(a)
         i += 1
-    return (config, rest, origin) if len(rest) == positionals else None
+    return (config, rest, origin, verified) if len(rest) == positionals else None
 
 
-def _quick(fetch: bool, config: str | None, args: list[str], source: str) -> int | None:
+def _quick(fetch: bool, config: str | None, args: list[str], source: str, verified: str | None) -> int | None:
     """The answer of steps.wal.fast, or None when it has none (and always as root: the full path refuses)."""
     if os.geteuid() == 0:
         return None
@@ -54,7 +63,7 @@ def _quick(fetch: bool, config: str | None, args: list[str], source: str) -> int
     settings = WalSettings.load(config)
     if fetch:
         name, dest = args
-        return 0 if fast.fetch_prefetched(settings, name, dest, source) else None
+        return 0 if fast.fetch_prefetched(settings, name, dest, source, verified) else None
     return fast.push_async(settings, args[0])
 
 
@@ -67,9 +76,9 @@ def main(argv: list[str]) -> int:
         from runbook.cli.wal import main as full_main
 
         return full_main(argv)
-    config, args, source = parsed
+    config, args, source, verified = parsed
     try:
-        rc = _quick(fetch, config, args, source)
+        rc = _quick(fetch, config, args, source, verified)
     except Exception:  # noqa: BLE001 - any doubt: the full path below does the whole job and reports
         rc = None
     if rc is not None:
@@ -77,5 +86,5 @@ def main(argv: list[str]) -> int:
     from runbook.cli import wal
 
     if fetch:
-        return wal.fetch(config, args[0], args[1], source=source)
+        return wal.fetch(config, args[0], args[1], source=source, verified=verified)
     return wal.push(config, args[0])

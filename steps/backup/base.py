@@ -401,6 +401,40 @@ class BaseBackupRun:
                 return missing
             time.sleep(0.5)
 
+    def _wait_sealed(self, store: Store, sysid: str, needed: list[str]) -> None:
+        """Wait (at most `wal_wait_s`) until the signed WAL ledgers list the segments this backup needs, so that
+        a test restore or a recovery right after it can replay them (steps.wal.ledger: the database host's
+        sealer signs them a moment after they are archived). Not sealed in time: a warning naming the sealer's
+        log; a cluster with no ledger at all (WAL signing not set up): said in the log."""
+        from steps.repository.signing import trust_from_config
+        from steps.wal.ledger import read_index
+        from steps.wal.store import open_wal_stores
+
+        cfg = self.cfg
+        wal_stores = [w for w in open_wal_stores(cfg.local.path if cfg.local else None,
+                                                 cfg.s3.model_dump(mode="json") if cfg.s3 else None)
+                      if w.name == store.name]
+        trust = trust_from_config(cfg)
+        deadline = time.monotonic() + cfg.basebackup.wal_wait_s
+        while True:
+            index = read_index(wal_stores, trust, int(sysid), needed[0])
+            unsealed = [n for n in needed if n not in index.segments]
+            if not unsealed:
+                return
+            if not index.segments and not index.refused:
+                log.warning("%s: no signed WAL ledger lists this cluster's WAL: recoveries accept it only with "
+                            "allow_unsigned (set signing.wal_private_key on the database host; docs/wal.md)",
+                            store.name)
+                return
+            if time.monotonic() > deadline:
+                self.outcome.warnings.append(
+                    f"{store.name}: {len(unsealed)} WAL segment(s) this backup needs are in no signed WAL ledger "
+                    f"({unsealed[0]}...): a test restore or a recovery refuses them until they are sealed; see the "
+                    "sealer's seal-worker.log in the database host's wal.spool_dir")
+                self.outcome.raise_to(EXIT_WARNING)
+                return
+            time.sleep(0.5)
+
     def _publish(self, bid: str, sysid: str, staging: Path, objects: list[ObjectEntry], manifest: BaseManifest,
                  needed: list[str], tar_check: Check) -> None:
         from steps.repository.publish import publish
@@ -424,6 +458,7 @@ class BaseBackupRun:
                     level = Level.readable
                     wal_check = Check(name="WAL in the archive", status="ok",
                                       detail=f"{len(needed)} segments {needed[0]}..{needed[-1]} in {wal_prefix(sysid)}")
+                    self._wait_sealed(store, sysid, needed)
                 workers = self.cfg.s3.max_concurrency if store.name == "s3" and self.cfg.s3 else 1
                 assert self.signer is not None
                 done = publish(store, prefix, staging, objects, data, backup_id=bid, level=level,

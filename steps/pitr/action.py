@@ -40,6 +40,7 @@ from steps.pitr.args import Args
 from steps.pitr.backup import choose_backup, fetch_objects, restore_files
 from steps.pitr.datadir import check_empty, precheck_debian
 from steps.pitr.errors import PitrError
+from steps.pitr.ledgers import remove_verified, verified_wal, write_verified
 from steps.pitr.recovery import (
     archive_end,
     empty_pg_wal,
@@ -85,6 +86,7 @@ def main(args: Args, events: Events) -> int:
     pgdata = Path(args.pgdata)
     entry, ts_oids = _pick(args, cfg, events)
     _refuse_early(args, cfg, pgdata, entry, ts_oids, events)
+    index = verified_wal(args, cfg, entry, events)
     socket_dir = args.socket_dir or ("/var/run/postgresql" if Path("/var/run/postgresql").is_dir()
                                      else str(pgdata.parent))
     fetch_dir = _make_fetch_dir(args, pgdata, entry.backup_id)
@@ -98,7 +100,7 @@ def main(args: Args, events: Events) -> int:
     finally:
         shutil.rmtree(fetch_dir, ignore_errors=True)
 
-    _configure(args, pgdata, plan, config_path, socket_dir)
+    _configure(args, pgdata, plan, config_path, socket_dir, index)
     recovered = _recover(args, pgdata, socket_dir, entry, copies, plan, events)
     _report(args, entry, pgdata, socket_dir, plan, recovered, fetch_s, extract_s, t_begin, events)
     return 0
@@ -206,15 +208,18 @@ def _make_fetch_dir(args: Args, pgdata: Path, backup_id: str) -> Path:
     return fetch_dir
 
 
-def _configure(args: Args, pgdata: Path, plan: list[TablespacePlan], config_path: Path, socket_dir: str) -> None:
-    """The restored files made ready to recover: pg_wal emptied, tablespace_map rewritten, the recovery and
-    server settings written (with recovery.signal), everything handed to the server's user."""
+def _configure(args: Args, pgdata: Path, plan: list[TablespacePlan], config_path: Path, socket_dir: str,
+               index: Any) -> None:
+    """The restored files made ready to recover: pg_wal emptied, tablespace_map rewritten, the verified WAL
+    index, the recovery and server settings written (with recovery.signal), everything handed to the server's
+    user."""
     from steps.pg.server import give_to_server
 
     empty_pg_wal(pgdata)
     if plan:
         write_tablespace_map(pgdata, plan)
-    write_auto_conf(pgdata, recovery_settings(args, config_path), server_settings(args, socket_dir))
+    verified = write_verified(pgdata, index, args) if index is not None else None
+    write_auto_conf(pgdata, recovery_settings(args, config_path, verified), server_settings(args, socket_dir))
     give_to_server(pgdata)
     for p in plan:
         give_to_server(p.directory)
@@ -240,6 +245,7 @@ def _recover(args: Args, pgdata: Path, socket_dir: str, entry: Any, copies: list
     last_ts, last_lsn = watch_recovery(args, pgdata, log, socket_dir, events, parse_lsn(m.start_lsn), end_lsn, t2)
     replay_s = time.monotonic() - t2
     timeline, _current = finish_recovery(args, socket_dir)
+    remove_verified(pgdata)
     placed = check_placed(args, pgdata, socket_dir, plan, events)  # also when the backup had none
     recovery_point, lsn = recovery_facts(log, last_ts, last_lsn)
     return Recovered(log, timeline, recovery_point, lsn, replay_s, placed)

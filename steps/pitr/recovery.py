@@ -49,17 +49,18 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def restore_command(args: Args, config_path: Path) -> str:
+def restore_command(args: Args, config_path: Path, verified: Path | None = None) -> str:
     if args.restore_command:
         return args.restore_command
     exe = args.runbook_exe or default_runbook_exe()
     if not os.path.isabs(exe):
         raise PitrError(f"runbook_exe must be an absolute path, not {exe!r}")
-    return f"{shlex.quote(exe)} wal-fetch -c {shlex.quote(str(config_path))} %f %p"
+    check = f" --verified {shlex.quote(str(verified))}" if verified is not None else ""
+    return f"{shlex.quote(exe)} wal-fetch -c {shlex.quote(str(config_path))}{check} %f %p"
 
 
-def recovery_settings(args: Args, config_path: Path) -> dict[str, str]:
-    s: dict[str, str] = {"restore_command": restore_command(args, config_path),
+def recovery_settings(args: Args, config_path: Path, verified: Path | None = None) -> dict[str, str]:
+    s: dict[str, str] = {"restore_command": restore_command(args, config_path, verified),
                          "recovery_target_action": "promote", "recovery_target_timeline": "latest"}
     if args.target_kind == "time":
         s["recovery_target_time"] = parse_target_time(args.target).isoformat(sep=" ")

@@ -120,9 +120,13 @@ class BaseVerification(Verification):
 
     def _fetch_wal(self, entry: Any, copy: Any, dest: Path) -> None:
         """The archived WAL from the backup's start to its stop segment (and its timeline's history), each
-        file checked by steps.wal.archive's reader; a gap or a damaged file fails the backup, naming the segment."""
+        file checked by steps.wal.archive's reader and against the signed WAL ledgers (steps.wal.ledger); a gap,
+        a damaged file or one no genuine ledger lists with these bytes fails the backup, naming the segment
+        (unsigned ones pass only with allow_unsigned, said)."""
         from steps.repository.layout import next_segment, wal_key
-        from steps.wal.archive import fetch_blob
+        from steps.repository.signing import trust_from_config
+        from steps.wal.archive import fetch_checked
+        from steps.wal.ledger import read_index
         from steps.wal.store import open_wal_stores
 
         m = entry.manifest
@@ -138,21 +142,44 @@ class BaseVerification(Verification):
         while names[-1] != m.stop_wal and len(names) < 1_000_000:
             names.append(next_segment(names[-1], m.wal_segment_size))
         sysid = int(entry.cluster)
+        index = read_index(stores, trust_from_config(cfg), sysid, m.start_wal)
+        for refused in index.refused:
+            self.out.checks.append(CheckResult("WAL ledger refused", "warning", refused))
+        unsigned: list[str] = []
+
+        def signed(name: str, digest: str) -> None:
+            listed = index.segments.get(name)
+            if listed == digest:
+                return
+            if listed is not None:
+                raise BackupBad(f"WAL {name}", f"the archived file (sha256 {digest}) is not the one the WAL ledgers "
+                                f"signed (sha256 {listed}): it was replaced")
+            if not self.allow_unsigned:
+                raise BackupBad(f"WAL {name}", "in no signed WAL ledger of this cluster: archived unsealed (no "
+                                "signing.wal_private_key on the database host, or its sealer did not run) or planted")
+            unsigned.append(name)
+
         for name in names:
-            data, problems = fetch_blob(stores, wal_key(entry.cluster, name), name, 2, sysid)
+            data, digest, problems = fetch_checked(stores, wal_key(entry.cluster, name), name, 2, sysid)
             if data is None:
                 if problems:
                     raise BackupBad(f"WAL {name}", f"damaged in the archive: {'; '.join(problems)}")
                 raise BackupBad(f"WAL {name}", f"the archive has a gap: {name} (needed from {m.start_wal} to "
                                 f"{m.stop_wal}) is missing; the backup cannot become consistent")
+            signed(name, digest)
             _write_new(dest, name, data)
         if m.timeline > 1:
             hist = f"{m.timeline:08X}.history"
-            data, _ = fetch_blob(stores, wal_key(entry.cluster, hist), hist, 2, sysid)
+            data, digest, _ = fetch_checked(stores, wal_key(entry.cluster, hist), hist, 2, sysid)
             if data is not None:
+                signed(hist, digest)
                 _write_new(dest, hist, data)
+        if unsigned:
+            self.out.checks.append(CheckResult("unsigned WAL accepted", "warning", f"{len(unsigned)} file(s) in no "
+                                               f"signed WAL ledger ({unsigned[0]}...) accepted: allow_unsigned"))
         self.out.checks.append(CheckResult("archived WAL", "ok", f"{len(names)} segments {m.start_wal} .. "
-                                           f"{m.stop_wal}, each checked"))
+                                           f"{m.stop_wal}, each checked"
+                                           + (", each as the signed WAL ledgers list it" if not unsigned else "")))
 
     def _prepare_recovery(self, pgdata: Path, wal_dir: Path, server: Any, timeline: int) -> None:
         from steps.pitr.recovery import empty_pg_wal, write_auto_conf

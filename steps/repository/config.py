@@ -152,10 +152,13 @@ class SigningConfig(_Strict):
     public_keys: list[Path] = Field(
         default_factory=list, description="The public keys every reading host trusts: files (one `runbook-ed25519 "
                                           "...` line each) or directories of `*.pub` files; several for rotation")
+    wal_private_key: Path | None = Field(
+        None, description="The key the database host seals its archived WAL with (signed WAL ledgers, "
+                          "docs/wal.md): owned by the server's user, mode 0600; its .pub among public_keys")
 
     @model_validator(mode="after")
     def _absolute(self) -> SigningConfig:
-        for p in ([self.private_key] if self.private_key else []) + list(self.public_keys):
+        for p in [k for k in (self.private_key, self.wal_private_key) if k] + list(self.public_keys):
             if not p.is_absolute():
                 raise ValueError(f"signing paths must be absolute, not {str(p)!r}")
         return self
@@ -178,9 +181,10 @@ class RepositoryConfig(_Strict):
     def _somewhere(self) -> RepositoryConfig:
         if self.local is None and self.s3 is None:
             raise ValueError("configure at least one repository: local: {path: ...} and/or s3: {bucket: ...}")
-        key = self.signing.private_key if self.signing else None
-        if key is not None and self.local is not None and key.is_relative_to(self.local.path):
-            raise ValueError(f"signing.private_key {key} lies inside the local repository: keep it outside")
+        for what in ("private_key", "wal_private_key"):
+            key = getattr(self.signing, what) if self.signing else None
+            if key is not None and self.local is not None and key.is_relative_to(self.local.path):
+                raise ValueError(f"signing.{what} {key} lies inside the local repository: keep it outside")
         return self
 
     def state_dir(self) -> Path:

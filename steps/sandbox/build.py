@@ -195,8 +195,26 @@ class Sandbox:
         os.chmod(key.parent, 0o755)  # the public key is read by whoever reads the repository
         return key, pub
 
+    def _wal_keys(self) -> tuple[Path, Path]:
+        """The sandbox database host's WAL key (signing.wal_private_key: the sealer of wal-push signs its WAL
+        ledgers with it), in a directory of its own owned by the server's user, who alone reads it."""
+        from steps.repository.signing import create_key_files
+
+        key = self.signing_key.with_name("wal") / "wal.key"
+        pub = key.with_name("wal.key.pub")
+        if not key.exists():
+            key.parent.mkdir(mode=0o755, exist_ok=True)
+            create_key_files(key, "the sandbox's WAL key")
+        pw = server_user()
+        if pw is not None:
+            for p in (key.parent, key, pub):
+                os.chown(p, pw.pw_uid, pw.pw_gid)
+        os.chmod(key.parent, 0o755)
+        return key, pub
+
     def _config_text(self) -> str:
         key, pub = self._keys()
+        wal_key, wal_pub = self._wal_keys()
         return (
             "# The sandbox's repository config, written by `runbook demo`.\n"
             "version: 1\n"
@@ -211,7 +229,7 @@ class Sandbox:
             "    - select count(*) > 0 from assets\n"
             "    - select count(*) = 0 from loans where due_at <= loaned_at\n"
             f"backup: {{state_dir: {self.base / 'backup-state'}}}\n"
-            f"signing: {{private_key: {key}, public_keys: [{pub}]}}\n"
+            f"signing: {{private_key: {key}, wal_private_key: {wal_key}, public_keys: [{pub}, {wal_pub}]}}\n"
         )
 
     # ---- the drill's story -------------------------------------------------------------------------

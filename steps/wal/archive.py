@@ -269,7 +269,8 @@ def push_file(settings: WalSettings, path: str, sysid: str | None = None) -> int
             return rc
     data, archived_as = prepare(file, parse_wal_name(name), cluster_sysid)
     stores = open_wal_stores(settings.local_path, settings.s3)
-    push_data(stores, name, data, archived_as, settings.level)
+    meta = push_data(stores, name, data, archived_as, settings.level)
+    walfast.note_pushed(settings, archived_as, name, str(meta["sha256"]), int(meta["size"]))
     return 0
 
 
@@ -369,10 +370,14 @@ def write_atomically(dest: Path, data: bytes | memoryview) -> None:
         raise
 
 
-def fetch_file(settings: WalSettings, name: str, dest: str, source: str = "any", sysid: str | None = None) -> int:
+def fetch_file(settings: WalSettings, name: str, dest: str, source: str = "any", sysid: str | None = None,
+               verified: str | None = None) -> int:
     """Restore one archived file (`%f`) to `dest` (`%p`), written whole: 0; EXIT_MISSING when every repository
     says it does not exist. Every other failure raises (FetchFailed: no good copy could be read).
-    `source`: "local", "s3" or "any" repository; `sysid` as given (`--sysid`), else read from pg_control."""
+    `source`: "local", "s3" or "any" repository; `sysid` as given (`--sysid`), else read from pg_control.
+    `verified`: the verified index of a recovery (steps.wal.ledger): only what the signed ledgers list, with
+    these bytes, is written (else FetchFailed, naming why); a name they list that no repository has is not
+    "missing" but deleted (FetchFailed)."""
     try:
         w = parse_wal_name(name)
     except ValueError as e:
@@ -387,13 +392,17 @@ def fetch_file(settings: WalSettings, name: str, dest: str, source: str = "any",
     spool = None
     if settings.prefetch > 0 and w.kind == "segment" and datadir is not None:
         spool = walfast.fetch_spool(settings, cluster_sysid, str(datadir))
-        if spool is not None and walfast.take(spool, name, str(target)):
+        if spool is not None and walfast.take(spool, name, str(target), verified):
             walfast.request_after(settings, spool, cluster_sysid, name, walfast.segment_size_of(str(target)), source)
             return 0
     stores = open_wal_stores(settings.local_path, settings.s3, source)
-    data, problems = fetch_blob(stores, wal_key(str(cluster_sysid), name), name, settings.fetch_attempts,
-                                cluster_sysid)
+    data, digest, problems = fetch_checked(stores, wal_key(str(cluster_sysid), name), name, settings.fetch_attempts,
+                                           cluster_sysid)
     if data is None:
+        if not problems and verified is not None and _listed(verified, name):
+            raise FetchFailed(f"cannot restore {name}: the signed WAL ledgers list it as archived, but no repository "
+                              "has it: it was deleted", hint="recovery stops here rather than end early with it "
+                              "missing; look for another copy (--from local|s3), or recover to a point before it")
         if not problems:
             return EXIT_MISSING  # every repository says it does not exist: quietly
         raise FetchFailed(f"cannot restore {name}: " + "; ".join(problems),
@@ -401,10 +410,27 @@ def fetch_file(settings: WalSettings, name: str, dest: str, source: str = "any",
                                "(mount it; or use the other copy: --from local|s3) and start the server again. "
                                f"A repository without its {MARKER} marker gets it from the next backup, basebackup "
                                "or wal-push into it")
+    if verified is not None:
+        verdict, why = walfast.signed_verdict(verified, name, digest)
+        if verdict == "end":
+            print(f"runbook wal-fetch: {why}", file=sys.stderr)
+            return EXIT_MISSING
+        if verdict != "ok":
+            raise FetchFailed(f"refusing {name}: {why}",
+                              hint="recovery stops here: nothing the backup host did not sign is replayed. Recover "
+                                   "to a point before it, or (a repository archived before WAL signing, or a tail "
+                                   "never sealed) run the recovery again with allow_unsigned, which is journaled")
     write_atomically(target, data)
     if spool is not None:
         walfast.request_after(settings, spool, cluster_sysid, name, segment_header(data).segment_size, source)
     return 0
+
+
+def _listed(index: str, name: str) -> bool:
+    try:
+        return walfast.index_lookup(index, name)[0] is not None
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise FetchFailed(f"the verified WAL index {index} cannot be read: {e}") from None
 
 
 class FetchFailed(RunbookError):

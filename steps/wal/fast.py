@@ -209,14 +209,16 @@ def fetch_spool(settings: WalSettings, sysid: int, datadir: str) -> str | None:
     return path
 
 
-def take(spool: str, name: str, dest: str) -> bool:
+def take(spool: str, name: str, dest: str, verified: str | None = None) -> bool:
     """Move a prefetched segment to DEST when it is there whole: a rename when the spool shares pg_wal's file
     system, else a copy written whole (temporary name, then rename).
 
     No second sha256 here: the prefetcher checked the bytes against the archive's sha256 before it wrote
     them, and its record (written after the file) carries their size, compared with the file's. Hashing the
     16 MB again cost ~30 ms on replay's critical path, per segment, to guard only the few seconds a file
-    spends in the spool; PostgreSQL still checks every record's CRC as it replays."""
+    spends in the spool; PostgreSQL still checks every record's CRC as it replays.
+    With a verified index (`verified`), the sha256 the prefetcher checked must be the one the signed ledgers
+    list: anything else is left to the full path, which refuses it with the reason."""
     data_path, rec_path = os.path.join(spool, name), os.path.join(spool, f"{name}.json")
     try:
         with open(rec_path) as f:
@@ -229,6 +231,8 @@ def take(spool: str, name: str, dest: str) -> bool:
               f"{rec.get('size')} archived; reading it from the repository", file=sys.stderr)
         _unlink(data_path)
         _unlink(rec_path)
+        return False
+    if verified is not None and signed_verdict(verified, name, str(rec.get("sha256")))[0] != "ok":
         return False
     try:
         os.replace(data_path, dest)
@@ -264,7 +268,8 @@ def in_window(want: dict[str, object], name: str, depth: int) -> bool:
     return tli == want_tli and 1 <= pos - want_pos <= depth
 
 
-def wait_prefetched(settings: WalSettings, spool: str, name: str, dest: str, source: str) -> bool:
+def wait_prefetched(settings: WalSettings, spool: str, name: str, dest: str, source: str,
+                    verified: str | None = None) -> bool:
     """Take `name` from the spool once the running prefetcher has it, when it is already fetching it.
 
     Replay asks for segment X+1 the moment X is replayed; when that is faster than the read-ahead, waiting
@@ -283,7 +288,7 @@ def wait_prefetched(settings: WalSettings, spool: str, name: str, dest: str, sou
     deadline = time.monotonic() + PREFETCH_WAIT_S
     next_look = 0.0
     while True:
-        if take(spool, name, dest):
+        if take(spool, name, dest, verified):
             return True
         now = time.monotonic()
         if os.path.exists(none) or now >= deadline:
@@ -319,7 +324,8 @@ def segment_size_of(path: str) -> int:
 # --- the two quick answers ---------------------------------------------------------------------------
 
 
-def fetch_prefetched(settings: WalSettings, name: str, dest: str, source: str = "any") -> bool:
+def fetch_prefetched(settings: WalSettings, name: str, dest: str, source: str = "any",
+                     verified: str | None = None) -> bool:
     """`wal-fetch NAME DEST` from the read-ahead spool: True when DEST now holds NAME (taken from the spool,
     or waited for while the prefetcher was fetching it) and the segments after it are asked for; False when
     the spool cannot answer (no read-ahead, not a segment, no identity, not prefetched): read the repository."""
@@ -329,7 +335,8 @@ def fetch_prefetched(settings: WalSettings, name: str, dest: str, source: str = 
     if sysid is None or datadir is None:
         return False
     spool = fetch_spool(settings, sysid, datadir)
-    if spool is None or not (take(spool, name, dest) or wait_prefetched(settings, spool, name, dest, source)):
+    if spool is None or not (take(spool, name, dest, verified)
+                             or wait_prefetched(settings, spool, name, dest, source, verified)):
         return False
     request_after(settings, spool, sysid, name, segment_size_of(dest), source)
     return True
@@ -345,3 +352,101 @@ def push_async(settings: WalSettings, path: str) -> int | None:
     if sysid is None:
         return None
     return push_via_worker(settings, path, name, sysid, datadir)
+
+
+# --- signed WAL ledgers: the pushing side's note, the fetching side's lookup (steps.wal.ledger) -------------
+
+
+def seal_root(settings: WalSettings, sysid: int) -> str:
+    """Where this host notes what it archived for one cluster and one destination, until the sealer signs it:
+    `<spool_dir>/<sysid>/seal-<destination>/` (`pending/NAME` files, `seal-worker.lock`, `seal-worker.log`)."""
+    dest = hashlib.sha256(settings.destinations.encode()).hexdigest()[:12]
+    return os.path.join(os.fspath(settings.spool_dir), str(sysid), f"seal-{dest}")
+
+
+def note_pushed(settings: WalSettings, sysid: int, name: str, sha256: str, size: int) -> None:
+    """After a confirmed push: note `NAME sha256 size` for the sealer (steps.wal.ledger), and start it when none
+    runs. A small file written whole and a lock probed: microseconds, no import beyond the standard library.
+    Nothing when no WAL key is configured (`signing.wal_private_key`). A note that cannot be written is said
+    on stderr, never a failed push: the segment is archived, only its ledger entry is missing (and `check`
+    and every recovery say so)."""
+    if not settings.wal_key:
+        return
+    root = seal_root(settings, sysid)
+    pending = os.path.join(root, "pending")
+    try:
+        os.makedirs(pending, mode=0o700, exist_ok=True)
+        write_record(os.path.join(pending, name), f"{sha256} {size}\n")
+        if not worker_alive(os.path.join(root, "seal-worker.lock")):
+            spawn(["wal-push", "-c", str(settings.path), "--seal-worker", "--sysid", str(sysid)],
+                  os.path.join(root, "seal-worker.log"), None)
+    except OSError as e:
+        print(f"runbook wal-push: warning: {name} is archived, but its ledger entry was not noted in {pending}: "
+              f"{e.strerror}; it stays unsigned (wal.spool_dir must be writable by the server's user)", file=sys.stderr)
+
+
+INDEX_MAGIC = "runbook-wal-index 1"
+INDEX_NAME_WIDTH = 40  # the longest archived name: a .backup file, 24 + 1 + 8 + 7
+INDEX_RECORD = INDEX_NAME_WIDTH + 64 + 1  # name padded, sha256 hex, newline
+
+
+def wal_order(name: str) -> str:
+    """A name's place in WAL order (24 hex digits): a history file at the start of its timeline, anything else
+    (segment, partial segment, backup label file) at its segment (steps.wal.ledger sorts ledgers so)."""
+    return name[:8] + "0" * 16 if name.endswith(".history") else name[:24]
+
+
+def index_lookup(path: str, name: str) -> tuple[str | None, bool, str]:
+    """(the signed sha256 of NAME, or None; whether unsealed files are accepted; the WAL order of the newest
+    signed file) from a verified index (steps.wal.ledger.write_index: fixed-width sorted records, found by
+    bisection with pread: a few reads whatever its size). OSError/ValueError when the index cannot be read:
+    the caller stops recovery."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, INDEX_RECORD, 0).decode("ascii").split()
+        if head[:2] != INDEX_MAGIC.split() or size % INDEX_RECORD:
+            raise ValueError(f"{path} is not a verified WAL index")
+        fields = dict(f.split("=", 1) for f in head[2:] if "=" in f)
+        accept, newest = fields.get("accept-unsealed") == "1", fields.get("newest", "")
+        lo, hi = 1, size // INDEX_RECORD
+        want = name.ljust(INDEX_NAME_WIDTH)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            rec = os.pread(fd, INDEX_RECORD, mid * INDEX_RECORD).decode("ascii")
+            key = rec[:INDEX_NAME_WIDTH]
+            if key == want:
+                return rec[INDEX_NAME_WIDTH:INDEX_NAME_WIDTH + 64], accept, newest
+            if key < want:
+                lo = mid + 1
+            else:
+                hi = mid
+        return None, accept, newest
+    finally:
+        os.close(fd)
+
+
+def signed_verdict(index: str, name: str, sha256: str) -> tuple[str, str | None]:
+    """May NAME with these bytes be handed to PostgreSQL under the verified index?
+    ("ok", None); ("end", why): a file after the newest one the ledgers sign, not accepted: the archive ends
+    here for this recovery (wal-fetch answers "missing", and says why on stderr; pitr said it before the
+    replay); ("refuse", why): replaced, or unsigned among signed files, or the index unreadable: recovery stops.
+    A file the ledgers do not list is accepted only when the index says so (`allow_unsigned`), with a warning."""
+    try:
+        signed, accept, newest = index_lookup(index, name)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        return "refuse", f"the verified WAL index {index} cannot be read ({e}); nothing unchecked is replayed"
+    if signed == sha256:
+        return "ok", None
+    if signed is not None:
+        return "refuse", (f"{name} in the repository (sha256 {sha256}) is not the file the WAL ledgers signed "
+                          f"(sha256 {signed}): it was replaced after it was archived")
+    if accept:
+        print(f"runbook wal-fetch: warning: {name} is in no signed WAL ledger (archived unsealed, or planted); "
+              "accepted because the recovery allows unsigned WAL", file=sys.stderr)
+        return "ok", None
+    why = (f"{name} is in no signed WAL ledger of this cluster: archived without a ledger (the sealer did not "
+           "run, or no signing.wal_private_key) or planted by someone who can write into the repository")
+    if wal_order(name) > newest:
+        return "end", why + "; after the newest signed file, so the archive ends here for this recovery"
+    return "refuse", why

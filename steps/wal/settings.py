@@ -95,6 +95,7 @@ class WalSettings:
         self.worker_idle_s = float(wal.get("worker_idle_s", 30))
         self.prefetch = int(wal.get("prefetch", 8))
         self.fetch_attempts = int(wal.get("fetch_attempts", 3))
+        self.wal_key: str | None = (data.get("signing") or {}).get("wal_private_key")
         self._destinations: str | None = None
 
     @property

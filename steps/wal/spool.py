@@ -47,7 +47,7 @@ from typing import Any
 from runbook.errors import RunbookError
 from runbook.lockfile import LockFile
 from steps.repository.layout import next_segment, parse_wal_name, wal_key
-from steps.wal.fast import push_root, write_record
+from steps.wal.fast import note_pushed, push_root, write_record
 from steps.wal.settings import WalSettings
 from steps.wal.store import WalStore, open_wal_stores
 
@@ -86,14 +86,14 @@ def push_spool(settings: WalSettings, sysid: int, pg_wal: Path) -> Path:
     return Path(push_root(settings, sysid, str(pg_wal)))
 
 
-def _push_task(stores: list[WalStore], destinations: str, pg_wal: Path, name: str, sysid: int, level: int,
+def _push_task(stores: list[WalStore], settings: WalSettings, pg_wal: Path, name: str, sysid: int,
                out: Path) -> None:
     from steps.wal.archive import prepare, push_data
 
     t0 = time.monotonic()
     try:
         data, archived_as = prepare(pg_wal / name, parse_wal_name(name), sysid)
-        meta = push_data(stores, name, data, archived_as, level)
+        meta = push_data(stores, name, data, archived_as, settings.level)
     except (RunbookError, ValueError) as e:
         write_record(out / f"{name}.error", str(e))
         _log(f"{name}: FAILED: {e}")
@@ -105,8 +105,9 @@ def _push_task(stores: list[WalStore], destinations: str, pg_wal: Path, name: st
     # What is confirmed: these bytes (the sha256 pack computed while compressing: no second hash), under this
     # cluster's directory, in every repository of this destination (steps.wal.fast.confirms checks it all).
     record = {"name": name, "sha256": meta["sha256"], "size": meta["size"],
-              "system_identifier": meta["system_identifier"], "destinations": destinations,
+              "system_identifier": meta["system_identifier"], "destinations": settings.destinations,
               "stored": meta["stored"], "at": datetime.now(UTC).isoformat()}
+    note_pushed(settings, archived_as, name, str(meta["sha256"]), int(meta["size"]))  # before the .ok: then sealed
     write_record(out / f"{name}.ok", json.dumps(record))
     _log(f"{name}: {', '.join(f'{k} {v}' for k, v in meta['stored'].items())} "
          f"({meta['compressed_size']} bytes, {time.monotonic() - t0:.3f} s)")
@@ -146,8 +147,7 @@ def run_push_worker(settings: WalSettings, pg_wal: Path, sysid: int) -> int:
                     break
                 if name in inflight or (out / f"{name}.ok").exists() or (out / f"{name}.error").exists():
                     continue
-                inflight[name] = pool.submit(_push_task, stores, destinations, pg_wal, name, sysid, settings.level,
-                                             out)
+                inflight[name] = pool.submit(_push_task, stores, settings, pg_wal, name, sysid, out)
             for name in [n for n, f in inflight.items() if f.done()]:
                 del inflight[name]
             now = time.monotonic()

@@ -3,7 +3,9 @@ that what the backup side writes is signed and every reader trusts it, as in pro
 
 One key pair serves the whole session (a backup host's key): made on first use in a directory of its own
 (0755, root's when the suite runs as root: a private key owned by the server's user would be refused, as it
-should), removed at exit. Tests of rotation and forgery make more keys with `make_keys(dir, name)` and write
+should), removed at exit. A second one is the database host's WAL key (`signing.wal_private_key`, the
+sealer's: steps.wal.ledger), owned by the server's user, who alone runs wal-push; its public key is trusted
+beside the backup key's wherever the default trust is written. Tests of rotation and forgery make more keys with `make_keys(dir, name)` and write
 their own `signing:` lines with `signing_yaml(dir, ...)`.
 """
 
@@ -35,6 +37,19 @@ def make_keys(where: Path | None = None, name: str = "backup") -> tuple[Path, Pa
         create_key_files(private, f"test key {name}")
         os.chmod(private.parent, 0o755)  # readers (the server's user too) read the public keys
     return private, public
+
+
+@cache
+def wal_keys() -> tuple[Path, Path]:
+    """(the WAL key, its public key file): the session's, made once and given to the server's user."""
+    from tests.support.pgcluster import chown_server_user
+
+    d = _session_dir() / "wal"
+    private = d / "wal.key"
+    create_key_files(private, "test WAL key")
+    chown_server_user(d)
+    os.chmod(d, 0o755)
+    return private, private.with_name(private.name + ".pub")
 
 
 def server_signing_yaml(where: Path) -> str:
@@ -69,9 +84,14 @@ def key_id(private: Path) -> str:
 def signing_yaml(where: Path | None = None, *, private: bool = True, trusted: list[Path] | None = None,
                  name: str = "backup") -> str:
     """The config's `signing:` line: the key `name` of `where` (default: the session's) signs (unless not
-    `private`), and its public key (or `trusted`) is what the reader trusts."""
+    `private`), and its public key with the session's WAL key (or only `trusted`) is what the reader trusts;
+    the WAL is sealed with the session's WAL key unless `trusted` is given."""
     if trusted is None or private:
         key, pub = make_keys(where, name)
     parts = [f"private_key: {key}"] if private else []
-    parts.append(f"public_keys: [{', '.join(str(p) for p in (trusted if trusted is not None else [pub]))}]")
+    if trusted is None:
+        wal_key, wal_pub = wal_keys()
+        parts.append(f"wal_private_key: {wal_key}")
+        trusted = [pub, wal_pub]
+    parts.append(f"public_keys: [{', '.join(str(p) for p in trusted)}]")
     return "signing: {" + ", ".join(parts) + "}\n"

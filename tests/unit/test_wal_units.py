@@ -133,12 +133,15 @@ def test_the_config_is_validated_once_then_read_from_the_cache(tmp_path: Path, m
 
 
 def test_the_fast_path_takes_only_the_plain_forms() -> None:
-    assert plain_args(["-c", "x.yaml", "pg_wal/1"], 1) == ("x.yaml", ["pg_wal/1"], "any")
-    assert plain_args(["--config=x.yaml", "a", "b"], 2) == ("x.yaml", ["a", "b"], "any")
-    assert plain_args(["a", "b"], 2) == (None, ["a", "b"], "any")
-    assert plain_args(["-c", "x", "--from", "s3", "a", "b"], 2, source=True) == ("x", ["a", "b"], "s3")
-    assert plain_args(["--from=local", "a", "b"], 2, source=True) == (None, ["a", "b"], "local")
+    assert plain_args(["-c", "x.yaml", "pg_wal/1"], 1) == ("x.yaml", ["pg_wal/1"], "any", None)
+    assert plain_args(["--config=x.yaml", "a", "b"], 2) == ("x.yaml", ["a", "b"], "any", None)
+    assert plain_args(["a", "b"], 2) == (None, ["a", "b"], "any", None)
+    assert plain_args(["-c", "x", "--from", "s3", "a", "b"], 2, source=True) == ("x", ["a", "b"], "s3", None)
+    assert plain_args(["--from=local", "a", "b"], 2, source=True) == (None, ["a", "b"], "local", None)
+    assert plain_args(["-c", "x", "--verified", "/i", "a", "b"], 2, source=True) == ("x", ["a", "b"], "any", "/i")
+    assert plain_args(["--verified=/i", "a", "b"], 2, source=True) == (None, ["a", "b"], "any", "/i")
     assert plain_args(["-c", "x", "--from", "s3", "a", "b"], 2) is None  # wal-push has no --from
+    assert plain_args(["-c", "x", "--verified", "/i", "a"], 1) is None  # nor --verified
     assert plain_args(["--from", "ftp", "a", "b"], 2, source=True) is None  # argparse says what is wrong
     assert plain_args(["-c", "x", "a"], 2) is None
     assert is_segment_name("000000010000000000000001") and not is_segment_name("00000001.history")
