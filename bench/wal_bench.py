@@ -8,7 +8,8 @@ server venv), with moto's S3 server on 127.0.0.1 in this process. 16 MB segments
 1. compression of real pgbench segments: zstd -1 (ours), gzip -1, lz4 (if installed): ms a segment, ratio;
 2. per-segment `wal-push` latency and sustained throughput, one process per segment as PostgreSQL runs it:
    `cp` + `sync` (the floor), ours to the local repository, to S3, to both; and the asynchronous mode
-   (the client's latency while the uploader works ahead of `archive_status/*.ready`);
+   (the client's latency while the uploader works ahead of `archive_status/*.ready`); "sealed": the same
+   with `signing.wal_private_key`, the sealer signing WAL ledgers beside it (what WAL signing costs);
 3. the archive lag under pgbench load (time from a segment's `.ready` to its `.done`), for `cp` + `sync`,
    ours synchronous (local + S3) and ours asynchronous (local + S3);
 4. the replay of the same WAL (~40 segments after a pg_basebackup) with `restore_command` = `cp`, ours from
@@ -124,7 +125,16 @@ def write_configs(base: Path, url: str, spool: Path) -> dict[str, Path]:
     s3 = {"bucket": "bench", "prefix": "", "endpoint_url": url, "region": "us-east-1", "credentials_file": str(creds)}
     out: dict[str, Path] = {}
 
-    def cfg(name: str, local: bool, with_s3: bool, wal: dict[str, Any]) -> None:
+    # The database host's WAL key (signing.wal_private_key): the sealer signs WAL ledgers with it.
+    from steps.repository.signing import create_key_files
+
+    wal_key = base / "wal-key" / "wal.key"
+    create_key_files(wal_key, "bench WAL key")
+    chown_server_user(wal_key.parent)
+    os.chmod(wal_key.parent, 0o755)
+    sealed = {"wal_private_key": str(wal_key), "public_keys": [str(wal_key) + ".pub"]}
+
+    def cfg(name: str, local: bool, with_s3: bool, wal: dict[str, Any], signing: dict[str, Any] | None = None) -> None:
         repo = base / f"repo-{name}"
         repo.mkdir()
         chown_server_user(repo)
@@ -134,6 +144,8 @@ def write_configs(base: Path, url: str, spool: Path) -> dict[str, Path]:
         if with_s3:
             lines.append("s3: " + json.dumps({**s3, "prefix": name}))
         lines.append("wal: " + json.dumps({"spool_dir": str(spool / name), **wal}))
+        if signing:
+            lines.append("signing: " + json.dumps(signing))
         p = base / f"{name}.yaml"
         p.write_text("\n".join(lines) + "\n")
         os.chmod(p, 0o644)
@@ -146,6 +158,8 @@ def write_configs(base: Path, url: str, spool: Path) -> dict[str, Path]:
     cfg("s3-async", False, True, {"async": True, "worker_idle_s": 5})
     cfg("both-async", True, True, {"async": True, "worker_idle_s": 5})
     cfg("noprefetch", True, True, {"prefetch": 0})
+    cfg("local-sealed", True, False, {}, sealed)
+    cfg("local-async-sealed", True, False, {"async": True, "worker_idle_s": 5}, sealed)
     return out
 
 
@@ -222,7 +236,8 @@ def bench_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs: 
         "cp + sync (floor)": lambda n: ["sh", "-c", f"cp pg_wal/{n} {cp_dir}/{n}.tmp && sync {cp_dir}/{n}.tmp && "
                                         f"mv {cp_dir}/{n}.tmp {cp_dir}/{n}"],
     }
-    for name in ("local", "s3", "both", "local-async", "s3-async", "both-async"):
+    for name in ("local", "local-sealed", "s3", "both", "local-async", "local-async-sealed", "s3-async",
+                 "both-async"):
         methods[f"ours: {name}"] = lambda n, c=cfgs[name]: [runbook, "wal-push", "-c", str(c), f"pg_wal/{n}"]
     results: dict[str, tuple[list[float], list[float]]] = {m: ([], []) for m in methods}
     for rep in range(repeat):

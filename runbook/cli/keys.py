@@ -69,7 +69,33 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not rep.trusted:
         print("  trusts       nothing (no signing.public_keys: every backup is refused unless --allow-unsigned)")
         return max(code, 1)
+    wal = _wal_key_line(cfg, {k.key_id for k in rep.trusted})
+    if wal is not None:
+        print(wal[0])
+        code = max(code, wal[1])
     for k in rep.trusted:
         mark = "  (signs here)" if rep.signer is not None and k.key_id == rep.signer.key_id else ""
         print(f"  trusts       {k.key_id}  {k.source}" + (f"  {k.comment}" if k.comment else "") + mark)
     return code
+
+
+def _wal_key_line(cfg: Any, trusted: set[str]) -> tuple[str, int] | None:
+    """The WAL sealing key (signing.wal_private_key), told by its public half beside it (`KEY.pub`): the key
+    itself is the server's user's, not this one's to open."""
+    from pathlib import Path
+
+    from steps.repository.signing import SigningError, parse_public_line
+
+    path = cfg.signing.wal_private_key if cfg.signing else None
+    if path is None:
+        return None
+    pub = Path(str(path) + ".pub")
+    try:
+        line = next(ln for ln in pub.read_text().splitlines() if ln.strip() and not ln.startswith("#"))
+        kid = parse_public_line(line.strip(), str(pub)).key_id
+    except (OSError, StopIteration, SigningError) as e:
+        return f"  seals WAL    ? {path} (its public half {pub} cannot be read: {e})", 1
+    if kid not in trusted:
+        return (f"  seals WAL    {kid}  {path}  WARNING: not among the public keys below: recoveries on this host "
+                "refuse the WAL it seals"), 1
+    return f"  seals WAL    {kid}  {path}", 0

@@ -306,6 +306,53 @@ class Checker:
         status: Status = "warning" if pending and age > self.args.rpo else "ok"
         self.add("archived_wal", status, f"newest archived {last}, {rough_duration(age)} ago, in every repository; {exposure}",
                  "archiving lags behind: check pg_stat_archiver and the server log" if status == "warning" else None)
+        self._sealed(facts, stores, last, age)
+
+    def _sealed(self, facts: dict[str, Any], stores: list[Any], last: str, age: float) -> None:
+        """Is the newest archived file in a signed WAL ledger (steps.wal.ledger)? A recovery replays only what
+        the ledgers sign: an archive that is not sealed is one no recovery takes without allow_unsigned."""
+        from steps.repository.signing import SigningError, trust_from_config
+        from steps.wal.ledger import ledger_prefix, read_index
+
+        try:
+            trust = trust_from_config(self.cfg)
+        except SigningError as e:
+            self.add("wal_sealed", "warning", f"the signed WAL ledgers cannot be checked: {e.message}", e.hint)
+            return
+        import time
+
+        for s in stores:
+            index = read_index([s], trust, int(facts["sysid"]), last)
+            waited = 0.0
+            while last not in index.segments and age + waited < 10 and waited < 5:  # archived just now
+                time.sleep(0.5)
+                waited += 0.5
+                index = read_index([s], trust, int(facts["sysid"]), last)
+            name = f"wal_sealed:{s.name}"
+            problems = index.errors + index.refused
+            if last in index.segments:
+                self.add(name, "warning" if problems else "ok",
+                         f"the newest archived {last} is in a signed WAL ledger of {s.describe()}"
+                         + (f"; {'; '.join(problems)}" if problems else ""))
+                continue
+            try:
+                any_ledger = bool(s.list_some(ledger_prefix(facts["sysid"])))
+            except RunbookError:
+                any_ledger = True
+            if not any_ledger:
+                self.add(name, "warning", f"the archived WAL in {s.describe()} is not sealed: no signed WAL ledger "
+                         "at all, so a recovery replays it only with allow_unsigned",
+                         "set signing.wal_private_key (a key of the server's user, its .pub among public_keys): "
+                         "`runbook keys create --out KEY` as that user; docs/wal.md")
+                continue
+            late = age > 60
+            self.add(name, "failed" if late else "warning",
+                     f"the newest archived {last} ({rough_duration(age)} ago) is in no signed WAL ledger of "
+                     f"{s.describe()}" + (f" ({'; '.join(problems)})" if problems else "")
+                     + ("; a recovery now would end before it" if late else "; the sealer signs it in a moment"),
+                     "the sealer (wal-push --seal-worker) is not sealing: read seal-worker.log under "
+                     "wal.spool_dir/<system identifier>/seal-*/ of the server's user (is the WAL key readable "
+                     "by it?)" if late else None)
 
     def _claims(self, facts: dict[str, Any], stores: list[Any]) -> None:
         """Two different segments of one name (steps.wal.archive.push_one's claims, kept on stores that may

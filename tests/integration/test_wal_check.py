@@ -86,6 +86,8 @@ def test_a_healthy_cluster_passes_force_switch_as_a_non_superuser(
                  "archive_timeout", "pg_stat_archiver", "archived_wal", "wal_switch", "logical_backup"):
         assert checks[name]["status"] == "ok", (checks[name], wc.log_tail())
     assert "reached every repository" in checks["wal_switch"]["detail"]
+    for name in ("wal_sealed:local", "wal_sealed:s3"):  # the sealer signed what the switch archived
+        assert checks[name]["status"] == "ok" and "is in a signed WAL ledger" in checks[name]["detail"], checks[name]
     assert checks["base_backup"]["status"] == "warning" and "no base backup" in checks["base_backup"]["detail"]
     assert code == 1  # the missing base backup is the only warning
 

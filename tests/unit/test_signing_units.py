@@ -146,6 +146,18 @@ def test_runbook_keys_create_and_list(tmp_path: Path) -> None:
                    f"[{out.parent}]}}\n")
     listed = run_cli("keys", "list", "-c", str(cfg))
     assert listed.returncode == 0 and f"trusts       {kid}" in listed.stdout and "(signs here)" in listed.stdout
+    # the database host's WAL key, told by its public half; trusted or not
+    wal = tmp_path / "wal" / "wal.key"
+    assert run_cli("keys", "create", "--out", str(wal)).returncode == 0
+    wal_kid = load_private_key(wal).key_id
+    base = f"version: 1\nlocal: {{path: {tmp_path / 'repo'}}}\nsigning: {{private_key: {out}, wal_private_key: {wal}, "
+    cfg.write_text(base + f"public_keys: [{out.parent}]}}\n")
+    listed = run_cli("keys", "list", "-c", str(cfg))
+    assert listed.returncode == 1 and f"seals WAL    {wal_kid}" in listed.stdout
+    assert "recoveries on this host refuse the WAL it seals" in listed.stdout
+    cfg.write_text(base + f"public_keys: [{out.parent}, {wal.parent}]}}\n")
+    listed = run_cli("keys", "list", "-c", str(cfg))
+    assert listed.returncode == 0 and f"seals WAL    {wal_kid}  {wal}\n" in listed.stdout, listed.stdout
 
 
 def test_run_summaries_that_are_not_genuine_are_not_read(tmp_path: Path) -> None:
