@@ -27,7 +27,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import UTC, datetime
@@ -139,7 +138,6 @@ class BaseBackupRun:
         self.repositories: dict[str, str] = {}
         self.stores: list[Store] = []
         self.outcome = Outcome(target="cluster")
-        self._tmp: Path | None = None
         self.signer: Signer | None = None
         self.trust: Trust | None = None
 
@@ -191,8 +189,6 @@ class BaseBackupRun:
         finally:
             if lock is not None:
                 lock.release()
-            if self._tmp is not None:
-                shutil.rmtree(self._tmp, ignore_errors=True)
 
     def _cannot_run(self, reason: str) -> int:
         self.outcome.exit_code = EXIT_CANNOT_RUN
@@ -259,22 +255,21 @@ class BaseBackupRun:
 
     def _remove_stale_staging(self) -> None:
         """What killed backups left in the staging directory (steps.backup.staging), removed under our lock."""
-        from steps.backup.staging import remove_stale_logged
+        from steps.backup.staging import fallback_root, remove_stale_logged
 
         root = self.cfg.basebackup.staging_dir
         if root is None and self.cfg.local is not None:
             root = self.cfg.local.path / ".staging"
-        if root is None:
-            return
-        remove_stale_logged(root, self._lock_dir(), log)
+        remove_stale_logged(root or fallback_root(self.cfg), self._lock_dir(), log)
 
     def _staging(self, bid: str) -> Path:
         s = self.cfg.basebackup.staging_dir
         if s is None and self.cfg.local is not None:
             s = self.cfg.local.path / ".staging"
         if s is None:
-            self._tmp = Path(tempfile.mkdtemp(prefix="runbook-basebackup-", dir="/var/tmp"))
-            return self._tmp / bid
+            from steps.backup.staging import fallback_root
+
+            s = fallback_root(self.cfg)
         s.mkdir(parents=True, exist_ok=True, mode=0o700)
         return s / f"base-{bid}"
 

@@ -21,7 +21,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -173,7 +172,6 @@ class BackupRun:
         self.repositories: dict[str, str] = {}
         self.stores: list[Store] = []
         self._locks: list[BackupLock] = []
-        self._tmp_staging: Path | None = None
         self.signer: Signer | None = None
         self.trust: Trust | None = None
 
@@ -192,8 +190,6 @@ class BackupRun:
             signal.signal(signal.SIGTERM, previous)
             for lock in self._locks:
                 lock.release()
-            if self._tmp_staging is not None:
-                shutil.rmtree(self._tmp_staging, ignore_errors=True)
 
     def _run(self, console: bool) -> int:
         try:
@@ -299,19 +295,20 @@ class BackupRun:
 
     def _remove_stale_staging(self) -> None:
         """What killed backups left in the staging directory (steps.backup.staging), removed under our lock."""
-        from steps.backup.staging import remove_stale_logged
+        from steps.backup.staging import fallback_root, remove_stale_logged
 
         if self.cfg.backup.staging_dir is not None:
             root = self.cfg.backup.staging_dir
         elif self.cfg.local is not None and self.repositories.get("local") == "ok":
             root = self.cfg.local.path / ".staging"
         else:
-            return  # a fresh temporary directory of our own
+            root = fallback_root(self.cfg)
         remove_stale_logged(root, self._lock_dir(), log)
 
     def _staging_root(self) -> Path:
         """Where dumps are written before publishing: inside the local repository when it is usable (the
-        same filesystem, so publishing is a hard link), else `backup.staging_dir`, else a temp dir."""
+        same filesystem, so publishing is a hard link), else `backup.staging_dir`, else the state directory's
+        (steps.backup.staging.fallback_root)."""
         from steps.repository.store import local_error
 
         try:
@@ -320,9 +317,9 @@ class BackupRun:
             elif self.cfg.local is not None and self.repositories.get("local") == "ok":
                 root = self.cfg.local.path / ".staging"
             else:
-                if self._tmp_staging is None:
-                    self._tmp_staging = Path(tempfile.mkdtemp(prefix="runbook-backup-", dir="/var/tmp"))
-                return self._tmp_staging
+                from steps.backup.staging import fallback_root
+
+                root = fallback_root(self.cfg)
             root.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as e:
             raise RunbookError(str(local_error(e, "creating the staging directory")),

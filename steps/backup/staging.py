@@ -1,7 +1,8 @@
 """Stale staging: what a backup killed with `kill -9` (or a crashed host) left in the staging directory.
 
 A backup writes each dump, attachments tar and base tar into `<staging>/<what>-<backup id>` (by default
-`<local repository>/.staging/`) and removes it when it ends; a process killed outright leaves it there, whole
+`<local repository>/.staging/`; with no usable local repository `<state dir>/staging/`: `fallback_root`) and
+removes it when it ends; a process killed outright leaves it there, whole
 dumps, forever. The next backup removes such entries **under its lock**, and only entries no live backup owns:
 a running backup holds its backup lock (steps.backup.lock, an flock) and has recorded its backup id in it
 before it makes its staging entry, so the ids of the live backups are those recorded in the locks held now.
@@ -16,6 +17,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runbook.lockfile import LockFile
 
@@ -27,6 +29,14 @@ class Stale:
     path: Path
     backup_id: str
     size: int  # bytes, the files in it
+
+
+def fallback_root(cfg: Any) -> Path:
+    """The staging directory of a config with no `staging_dir` and no usable local repository (S3 only): a
+    private directory of the backup's state directory, the same for every run, so that the next backup (and
+    `check`) finds what a killed one left there; never a fresh temporary directory, which nothing would ever
+    look at again."""
+    return Path(cfg.state_dir()) / "staging"
 
 
 def live_backup_ids(lock_dir: Path) -> set[str]:

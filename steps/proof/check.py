@@ -157,14 +157,12 @@ class Checker:
     def _staging(self) -> None:
         """Stale staging (steps.backup.staging): whole dumps a killed backup left behind, that the next backup
         removes. Reported, never removed here."""
-        from steps.backup.staging import find_stale
+        from steps.backup.staging import fallback_root, find_stale
 
         cfg = self.cfg
         roots = {r for r in (cfg.backup.staging_dir, cfg.basebackup.staging_dir) if r is not None}
-        if cfg.local is not None and (cfg.backup.staging_dir is None or cfg.basebackup.staging_dir is None):
-            roots.add(cfg.local.path / ".staging")
-        if not roots:
-            return
+        if cfg.backup.staging_dir is None or cfg.basebackup.staging_dir is None:
+            roots.add(cfg.local.path / ".staging" if cfg.local is not None else fallback_root(cfg))
         lock_dir = cfg.backup.lock_dir or (cfg.local.path / "locks" if cfg.local is not None else cfg.state_dir() / "locks")
         try:
             stale = [st for root in sorted(roots) for st in find_stale(root, lock_dir)]

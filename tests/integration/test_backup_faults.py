@@ -330,10 +330,17 @@ def test_an_unusable_local_repository_still_publishes_off_site(
     blocker.write_text("a file where the repository should be")
     cfg = write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db], local=blocker / "repo",
                        s3={"bucket": s3_bucket, "prefix": "p", "endpoint_url": s3_server.url})
+    # with no usable local repository, dumps are staged in the state directory: what a killed backup left
+    # there is found and removed by the next one (as in the repository's .staging)
+    staging = tmp_path / "state" / "staging"
+    left = staging / f"{db}-20200101T000000Z"
+    (left / "dump").mkdir(parents=True)
+    (left / "dump" / "toc.dat").write_bytes(b"x" * 1000)
     proc = backup(cfg)
     assert proc.returncode == 1, proc.stderr
     assert "published in s3" in proc.stderr and "local:" in proc.stderr and "Traceback" not in proc.stderr
     st = status(tmp_path)
     assert st["targets"][db]["published"] == ["s3"] and st["repositories"]["local"] != "ok"
     assert any(k.endswith("/manifest.json") for k in s3_keys(s3_server, s3_bucket))
-    assert not list(Path("/var/tmp").glob("runbook-backup-*"))  # the temp staging went away
+    assert staging.is_dir() and not list(staging.iterdir())  # its own staging emptied, the stale one removed
+    assert "removed stale staging" in (tmp_path / "state" / "backup.log").read_text()
