@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runbook.durations import rough_duration
-from runbook.errors import RunbookError
+from runbook.errors import Exit, RunbookError
 
 Status = Literal["ok", "warning", "failed", "info"]
-EXIT = {"ok": 0, "info": 0, "warning": 1, "failed": 2}
-EXIT_CANNOT_RUN = 3
+EXIT = {"ok": Exit.OK, "info": Exit.OK, "warning": Exit.WARNING, "failed": Exit.FAILED}
+EXIT_CANNOT_RUN = Exit.CANNOT_RUN
 
 
 @dataclass
