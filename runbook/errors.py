@@ -17,13 +17,13 @@ class Exit(IntEnum):
     0 restored, 1 no such file, 126 abort the recovery (steps.wal)."""
 
     OK = 0
-    WARNING = 1  # done, not clean: a warning, or done in part; `run`/`resume`/`demo`: the run failed or was aborted
+    WARNING = 1  # done, not clean: a warning, or done in part
+    RUN_FAILED = 1  # the same code (an alias): `run`, `resume`, `demo` ended with the run failed or aborted
     FAILED = 2  # what the command makes or proves is bad: published nowhere, verification failed, a red check
     CANNOT_RUN = 3  # nothing was done: a usage error, a missing, invalid or wrong kind of file, no repository usable
-    RUN_FAILED = 1  # the same code as WARNING: `run`, `resume`, `demo` ended with the run failed or aborted
     LEFT_OPEN = 4  # the run stopped and stays open: `runbook resume RUN_ID`
     LOCKED = 5  # another process holds the lock (a run, a backup, a verification, the sandbox)
-    INTERRUPTED = 130  # Ctrl-C, SIGTERM
+    INTERRUPTED = 130  # Ctrl-C (and SIGTERM for verify-backup); an interrupted backup is FAILED: published nowhere
     BROKEN_PIPE = 141  # the reader of standard output went away
 
 
