@@ -16,7 +16,7 @@ the demo's sandbox lock, steps.sandbox.lock):
   what its previous holder wrote, which the new holder may read first (`taken`).
 - **Wait** (`wait` seconds, 0 by default): when the lock is held, try again every `poll_s` until it is free
   or the time is up. **Refuse**: still held after the wait, `acquire` raises `refusal(holder, wait)`
-  (a runbook.errors.LockHeld naming the holder unless a subclass says otherwise, exit code 3) and
+  (a runbook.errors.LockHeld naming the holder unless a subclass says otherwise, exit code Exit.LOCKED) and
   `try_acquire` returns False, leaving the holder it saw in `seen`.
 - **Never through a planted link.** The file is opened with `O_NOFOLLOW` and must be a regular file: a lock
   in a shared directory (the sandbox's, beside it in /var/tmp) must not let another local user point it at a

@@ -15,7 +15,7 @@ from rich.markup import escape
 from runbook import events as ev
 from runbook.durations import format_duration
 from runbook.engine import ConfirmRefused, Engine
-from runbook.errors import RunbookError
+from runbook.errors import Exit, RunbookError
 from runbook.events import StepStatus, Wait
 
 
@@ -288,5 +288,5 @@ def run_headless(engine: Engine, opts: HeadlessOptions) -> int:
     """Exit code: 0 only when the run completed."""
     finished = asyncio.run(Headless(engine, opts).run())
     if finished.status == "completed":
-        return 0
-    return 4 if finished.status == "detached" else 1
+        return Exit.OK
+    return Exit.LEFT_OPEN if finished.status == "detached" else Exit.RUN_FAILED

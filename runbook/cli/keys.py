@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runbook.cli.options import add_config
+from runbook.errors import Exit
 
 
 def register(sub: Any) -> None:
@@ -65,7 +66,7 @@ def cmd_list(args: argparse.Namespace) -> int:
               "summaries and verification records go unsigned)")
     if rep.trusted_error:
         print(f"runbook: keys: {rep.trusted_error}", file=sys.stderr)
-        return 3
+        return Exit.CANNOT_RUN
     if not rep.trusted:
         print("  trusts       nothing (no signing.public_keys: every backup is refused unless --allow-unsigned)")
         return max(code, 1)

@@ -11,15 +11,25 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from runbook import __version__
-from runbook.errors import RunbookError
+from runbook.errors import Exit, RunbookError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, with a usage error exiting `Exit.CANNOT_RUN` like every other error of what was given
+    (argparse's own 2 means "failed" in the table). Subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(Exit.CANNOT_RUN, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from runbook.cli import backup, demo, keys, proof, runs, wal
 
-    p = argparse.ArgumentParser(prog="runbook", description="The PostgreSQL disaster-recovery runbook.")
+    p = Parser(prog="runbook", description="The PostgreSQL disaster-recovery runbook.")
     p.add_argument("--version", action="version", version=f"runbook {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     runs.register(sub)  # validate, schema, run, resume, runs, report
@@ -47,10 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         print("runbook: interrupted", file=sys.stderr)
-        return 130
+        return Exit.INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`runbook runs | head`): nothing more to say, and nowhere to say it. Point stdout
         # at /dev/null so that the interpreter's own flush at exit does not fail again.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 141  # 128 + SIGPIPE, as a process killed by the signal would report
+        return Exit.BROKEN_PIPE  # 128 + SIGPIPE, as a process killed by the signal would report

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runbook.cli.options import add_allow_unsigned, add_config, add_state_dir, state_dir
-from runbook.errors import RunbookError
+from runbook.errors import Exit, RunbookError
 
 
 def register(sub: Any) -> None:
@@ -96,6 +96,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         verdict = {0: "all checks passed", 1: "warnings", 2: "FAILED", 3: "could not run"}[res.code]
         print(f"check: {verdict}")
     sys.stdout.flush()
+    if res.code == Exit.CANNOT_RUN:  # what stopped it, where a person (and cron's mail) reads errors
+        why = next((c for c in reversed(res.checks) if c.status == "failed"), None)
+        print(f"runbook: check could not run: {why.detail if why else 'see the checks above'}", file=sys.stderr)
     return res.code
 
 

@@ -34,12 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from runbook import __version__
-from runbook.errors import RunbookError
+from runbook.errors import LockHeld, RunbookError
 from steps.backup.basetar import BaseBackupInvalid, check_tars, parse_server_manifest, tar_files
 from steps.backup.lock import BackupLock
 from steps.backup.logical import (
     EXIT_CANNOT_RUN,
     EXIT_FAILED,
+    EXIT_LOCKED,
     EXIT_OK,
     EXIT_WARNING,
     STATUS,
@@ -172,6 +173,8 @@ class BaseBackupRun:
                     bid = layout.backup_id(_now())
                 lock.record(bid)
                 self._remove_stale_staging()
+            except LockHeld as e:
+                return self._cannot_run(str(e), EXIT_LOCKED)
             except RunbookError as e:
                 return self._cannot_run(str(e))
             self.outcome.backup_id = bid
@@ -190,12 +193,13 @@ class BaseBackupRun:
             if lock is not None:
                 lock.release()
 
-    def _cannot_run(self, reason: str) -> int:
-        self.outcome.exit_code = EXIT_CANNOT_RUN
+    def _cannot_run(self, reason: str, code: int = EXIT_CANNOT_RUN) -> int:
+        """Nothing was backed up: `code` is EXIT_LOCKED when another base backup holds the lock."""
+        self.outcome.exit_code = code
         self.outcome.error = reason
         print(f"runbook: basebackup could not run: {reason}", file=sys.stderr)
         self._write_status()
-        return EXIT_CANNOT_RUN
+        return code
 
     def _finish(self) -> int:
         o = self.outcome

@@ -30,7 +30,7 @@ from types import FrameType
 from typing import Any
 
 from runbook import __version__
-from runbook.errors import RunbookError
+from runbook.errors import Exit, LockHeld, RunbookError
 from runbook.logs import CommandLogging, command_logging
 from steps.backup.lock import BackupLock
 from steps.pg import rows
@@ -44,8 +44,9 @@ from steps.repository.store import MARKER, LocalStore, RepositoryError, Store, s
 
 log = logging.getLogger("runbook.backup")
 
-EXIT_OK, EXIT_WARNING, EXIT_FAILED, EXIT_CANNOT_RUN = 0, 1, 2, 3
-STATUS = {EXIT_OK: "ok", EXIT_WARNING: "warning", EXIT_FAILED: "failed", EXIT_CANNOT_RUN: "could-not-run"}
+EXIT_OK, EXIT_WARNING, EXIT_FAILED, EXIT_CANNOT_RUN, EXIT_LOCKED = Exit.OK, Exit.WARNING, Exit.FAILED, Exit.CANNOT_RUN, Exit.LOCKED
+STATUS: dict[int, str] = {EXIT_OK: "ok", EXIT_WARNING: "warning", EXIT_FAILED: "failed", EXIT_CANNOT_RUN: "could-not-run",
+          EXIT_LOCKED: "locked"}
 ATTACHMENTS = "attachments"
 
 
@@ -213,7 +214,7 @@ class BackupRun:
         try:
             self._lock_and_pick_id()
         except RunbookError as e:
-            return self._cannot_run(str(e))
+            return self._cannot_run(str(e), EXIT_LOCKED if isinstance(e, LockHeld) else EXIT_CANNOT_RUN)
         try:
             for db in self.dbs:
                 self.outcomes.append(self._backup_db(db))
@@ -226,12 +227,13 @@ class BackupRun:
             self.outcomes.append(out)
         return self._finish()
 
-    def _cannot_run(self, reason: str) -> int:
-        self.outcomes.append(Outcome(target="run", exit_code=EXIT_CANNOT_RUN, error=reason))
+    def _cannot_run(self, reason: str, code: int = EXIT_CANNOT_RUN) -> int:
+        """Nothing was backed up: `code` is EXIT_LOCKED when another backup holds the lock, else EXIT_CANNOT_RUN."""
+        self.outcomes.append(Outcome(target="run", exit_code=code, error=reason))
         print(f"runbook: backup could not run: {reason}", file=sys.stderr)
         log.debug("could not run: %s", reason)
         self._write_status()
-        return EXIT_CANNOT_RUN
+        return code
 
     def _finish(self) -> int:
         code = max((o.exit_code for o in self.outcomes), default=EXIT_OK)

@@ -4,6 +4,9 @@ For monitoring and for the last step of re-protection. Each check is `Check(name
 - connection: the cluster of the config's `cluster:` section (libpq conventions), its system identifier;
 - repositories: each configured one can be read;
 - archive_mode / archive_command: archiving on, through `runbook wal-push` (and this very config);
+- archive_command:USER / restore_command:USER: the server's user (the data directory's owner) can execute the
+  command, its links and its interpreter, and read the repository config it names; a runbook command answers
+  `--version` as that user (steps.proof.server_user; as root, or as that user, on the server's host);
 - archive_timeout: set, and no longer than the RPO target (`--rpo`, 5 min): a quiet database's last writes
   otherwise wait in pg_wal until a segment fills;
 - pg_stat_archiver: a failure newer than the last success means archiving is failing now;
@@ -31,11 +34,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runbook.durations import rough_duration
-from runbook.errors import RunbookError
+from runbook.errors import Exit, RunbookError
 
 Status = Literal["ok", "warning", "failed", "info"]
-EXIT = {"ok": 0, "info": 0, "warning": 1, "failed": 2}
-EXIT_CANNOT_RUN = 3
+EXIT = {"ok": Exit.OK, "info": Exit.OK, "warning": Exit.WARNING, "failed": Exit.FAILED}
+EXIT_CANNOT_RUN = Exit.CANNOT_RUN
 
 
 @dataclass
@@ -103,6 +106,7 @@ class Checker:
         with conn:
             facts = self._facts(conn)
             self._settings(facts)
+            self._as_server_user(conn, facts)
             from steps.wal.store import open_wal_stores
 
             wal_stores = open_wal_stores(cfg.local.path if cfg.local else None,
@@ -241,6 +245,34 @@ class Checker:
                      f"{rpo:g} s", f"set archive_timeout to at most {rpo:g} s")
         else:
             self.add("archive_timeout", "ok", f"archive_timeout = {timeout} s (RPO target {rpo:g} s)")
+
+    def _as_server_user(self, conn: Any, facts: dict[str, Any]) -> None:
+        """archive_command and restore_command, looked at and run (`--version`) as the server's user, the owner of
+        its data directory, as PostgreSQL runs them (steps.proof.server_user)."""
+        import psycopg
+
+        from runbook.paths import DEFAULT_CONFIG
+        from steps.proof.server_user import probe_command, server_user
+
+        try:
+            datadir, restore = conn.execute(
+                "select current_setting('data_directory'), current_setting('restore_command')").fetchone()
+        except psycopg.Error as e:
+            self.add("server_user", "info", f"archive_command not run as the server's user: cannot read "
+                     f"data_directory: {str(e).strip()}", "the role needs pg_read_all_settings (pg_monitor has it)")
+            return
+        user = server_user(datadir)
+        if user is None:
+            self.add("server_user", "info", f"the server's data directory {datadir} is not on this host: its "
+                     "archive and restore commands are not run as its user from here",
+                     "run `runbook check` as root on the server's host")
+            return
+        commands = [("archive_command", facts["archive_command"] or "")] if not facts["archive_library"] else []
+        commands.append(("restore_command", restore or ""))
+        for setting, command in commands:
+            if command.strip():
+                found = probe_command(setting, command, user, DEFAULT_CONFIG)
+                self.add(f"{setting}:{user}", found.status, found.detail, found.hint)
 
     def _other_config(self, cmd: str) -> str | None:
         try:

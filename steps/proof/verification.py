@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runbook.errors import RunbookError
+from runbook.errors import Exit, RunbookError
 
-EXIT_VERIFIED = 0
-EXIT_FAILED = 2
-EXIT_CANNOT_RUN = 3
+EXIT_VERIFIED = Exit.OK
+EXIT_FAILED = Exit.FAILED
+EXIT_CANNOT_RUN = Exit.CANNOT_RUN
+EXIT_LOCKED = Exit.LOCKED
 NO_SPACE = "No space left on device"
 
 
@@ -77,7 +78,7 @@ class Outcome:
     warnings: list[str] = field(default_factory=list)  # not genuine backups passed over; unsigned ones accepted
 
     def as_json(self) -> dict[str, Any]:
-        status = {EXIT_VERIFIED: "verified", EXIT_FAILED: "failed"}.get(self.exit_code, "could not run")
+        status = {int(EXIT_VERIFIED): "verified", int(EXIT_FAILED): "failed"}.get(self.exit_code, "could not run")
         return {"status": status, "exit_code": self.exit_code, "backup_id": self.backup_id, "kind": self.kind,
                 "db": self.db, "cluster": self.cluster, "repository": self.repository, "passed": self.passed,
                 "checks": [c.__dict__ for c in self.checks], "timings": self.timings,

@@ -51,11 +51,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from runbook.errors import LockHeld, RunbookError
+from runbook.errors import Exit, LockHeld, RunbookError
 from runbook.lockfile import LockFile
 from steps.proof.verification import (
     EXIT_CANNOT_RUN,
     EXIT_FAILED,
+    EXIT_LOCKED,
     EXIT_VERIFIED,
     BackupBad,
     CannotRun,
@@ -132,10 +133,10 @@ class VerifyRun(LogicalVerification, BaseVerification):
                 self._run()
         except Terminated:
             self.out.error = "terminated (SIGTERM): the scratch cluster was removed, no record written"
-            self.out.exit_code = EXIT_CANNOT_RUN
+            self.out.exit_code = Exit.INTERRUPTED
         except LockHeld as e:
             self.out.error = str(e)
-            self.out.exit_code = EXIT_CANNOT_RUN
+            self.out.exit_code = EXIT_LOCKED
         finally:
             if in_main:
                 signal.signal(signal.SIGTERM, previous)

@@ -213,7 +213,7 @@ def s3_error(e: BaseException, what: str, store: S3Store) -> RepositoryError:
         msg = e.response.get("Error", {}).get("Message", "") or str(e)
         if code == "NoSuchBucket" or (code == "404" and "bucket" in what):
             return RepositoryError(f"{where}: the bucket {store.bucket} does not exist",
-                                   hint="create it (with versioning or Object Lock, see the README) or fix s3.bucket")
+                                   hint="create it (with versioning or Object Lock, see docs/backup-scheduling.md) or fix s3.bucket")
         if code in ("NoSuchKey", "404", "NotFound"):
             return NotFound(f"{what}: no such object in {where}")
         if code in _CREDENTIAL_CODES:

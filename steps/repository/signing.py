@@ -38,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runbook.errors import RunbookError
+from runbook.errors import Exit, RunbookError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -59,7 +59,7 @@ KEYS_HINT = "`runbook keys list -c CONFIG` shows the keys this host trusts (sign
 class SigningError(RunbookError):
     """A key file cannot be used (missing, unreadable, too open, malformed) or no key is configured."""
 
-    exit_code = 3
+    exit_code = Exit.CANNOT_RUN
     title = "signing"
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
-from runbook.errors import RunbookError
+from runbook.errors import Exit, RunbookError
 
 CHUNK = 1024 * 1024
 Progress = Callable[[int], None]
@@ -48,7 +48,7 @@ def marker_bytes() -> bytes:
 class RepositoryError(RunbookError):
     """A repository could not be read or written: unreachable, refused, full, missing."""
 
-    exit_code = 1
+    exit_code = Exit.CANNOT_RUN
     title = "repository"
 
 

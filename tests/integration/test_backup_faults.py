@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from runbook.errors import Exit
 from steps.backup.lock import BackupLock
 from tests.support.backup_helpers import (  # noqa: F401
     BACKUP_ROLE,
@@ -118,7 +119,7 @@ def test_s3_only_and_unreachable_could_not_run(source_cluster: Cluster, db: str,
     cfg = write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db],
                        s3={"bucket": "whatever", "endpoint_url": f"http://127.0.0.1:{_closed_port()}", "max_attempts": 1})
     proc = backup(cfg)
-    assert proc.returncode == 3
+    assert proc.returncode == Exit.CANNOT_RUN
     assert "could not run" in proc.stderr and "cannot reach" in proc.stderr
     assert status(tmp_path)["status"] == "could-not-run"
 
@@ -245,7 +246,7 @@ def test_two_backups_of_one_database_never_overlap(source_cluster: Cluster, db: 
         proc = backup(cfg)
     finally:
         held.release()
-    assert proc.returncode == 3 and "already running" in proc.stderr and f"pid {os.getpid()}" in proc.stderr
+    assert proc.returncode == Exit.LOCKED and "already running" in proc.stderr and f"pid {os.getpid()}" in proc.stderr
     assert manifests(tmp_path / "repo") == []
     assert backup(cfg).returncode == 0
 

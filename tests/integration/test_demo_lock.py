@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from runbook.errors import Exit
 from steps.sandbox.build import DB, Sandbox
 from tests.conftest import ROOT, run_cli
 from tests.support.pgcluster import make_base_dir
@@ -98,7 +99,7 @@ def contended(server_runbook: str) -> Iterator[dict[str, object]]:  # noqa: F811
 def test_a_second_demo_is_refused_naming_the_holder(contended) -> None:
     second = contended["second"]
     text = second.stdout + second.stderr
-    assert second.returncode == 3, text  # LockHeld
+    assert second.returncode == Exit.LOCKED, text
     assert f"pid {contended['first_pid']}" in text, text
     assert "runbook demo --down" in text and "wait" in text, text
     assert "building the sandbox" not in second.stdout  # refused before touching anything
@@ -107,7 +108,7 @@ def test_a_second_demo_is_refused_naming_the_holder(contended) -> None:
 def test_down_is_refused_while_the_drill_holds_the_sandbox(contended) -> None:
     down = contended["down"]
     text = down.stdout + down.stderr
-    assert down.returncode == 3, text
+    assert down.returncode == Exit.LOCKED, text
     assert f"pid {contended['first_pid']}" in text and str(contended["run_id"]) in text, text
     assert f"runbook resume {contended['run_id']}" in text, text
     assert "sandbox removed" not in text

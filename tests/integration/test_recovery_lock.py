@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from runbook.errors import LockHeld
+from runbook.errors import Exit, LockHeld
 from runbook.journal import read_journal
 from tests.conftest import run_cli
 from tests.support.s3server import FaultProxy, S3Endpoint, credentials_env, s3_bucket, s3_server  # noqa: F401
@@ -79,18 +79,18 @@ def test_a_second_host_is_refused_break_lock_takes_over_and_closing_removes_it(
 
     # host B: refused, with the holder's facts
     b = run(rb, cfg, host_b, env)
-    assert b.returncode == 3, b.stdout + b.stderr
+    assert b.returncode == Exit.LOCKED, b.stdout + b.stderr
     assert f"run {run_a} by {holder['user']}@{holder['host']}" in b.stderr and "--break-lock" in b.stderr
     assert not (host_b / "runs").exists() or not list((host_b / "runs").iterdir())
 
     # a resume of A's own run keeps its lock
     r = run_cli("resume", run_a, "--headless", "--yes", "--state-dir", str(host_a), env=env, timeout=60)
-    assert r.returncode == 4, r.stdout + r.stderr
+    assert r.returncode == Exit.LEFT_OPEN, r.stdout + r.stderr
     assert json.loads(local[0].read_text())["run_id"] == run_a
 
     # --break-lock without typed confirmation: refused; with it: taken over and journaled
     b = run(rb, cfg, host_b, env, "--break-lock")
-    assert b.returncode == 2 and "typed confirmation" in b.stderr
+    assert b.returncode == Exit.CANNOT_RUN and "typed confirmation" in b.stderr
     b = run(rb, cfg, host_b, env, "--break-lock", "--confirm", "break-lock=break-lock", "--confirm", "restore=app")
     assert b.returncode == 0, b.stdout + b.stderr
     (run_b,) = [p.name for p in (host_b / "runs").iterdir()]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from runbook.errors import Exit
 from runbook.journal import read_journal
 from runbook.redact import MASK
 from steps.pg.server import Server
@@ -70,7 +71,7 @@ def test_a_pitr_drill_quit_at_its_typed_step_resumes_with_the_real_paths(pitr_sa
 
     # Resumed without the value it could not keep: refused, named, nothing run.
     refused = run_cli("resume", run_dir.name, *common, timeout=60)
-    assert refused.returncode == 2 and 'param "pgdata" was not saved with the run' in refused.stderr + refused.stdout
+    assert refused.returncode == Exit.CANNOT_RUN and 'param "pgdata" was not saved with the run' in refused.stderr + refused.stdout
 
     # With it: the typed confirmation is the real path, and the step restores into the real path.
     done = run_cli("resume", run_dir.name, "--set", f"pgdata={pgdata}", "--confirm", f"pitr={pgdata}", *common,

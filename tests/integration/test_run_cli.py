@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from runbook.errors import Exit
 from runbook.journal import read_journal
 from tests.conftest import ROOT, run_cli
 
@@ -81,11 +82,11 @@ def test_value_failing_its_pattern_is_refused_before_anything_runs(write_runbook
           - {{id: a, run: "touch {tmp_path}/ran", confirm: none}}
     """)
     r = run_cli("run", str(path), "--headless", "--yes", "--set", "db_name=x; rm -rf /", "--state-dir", str(state_dir))
-    assert r.returncode == 2
+    assert r.returncode == Exit.CANNOT_RUN
     assert "db_name" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "ran").exists()
     r = run_cli("run", str(path), "--headless", "--yes", "--set", "db_nmae=x", "--state-dir", str(state_dir))
-    assert r.returncode == 2 and 'did you mean "db_name"' in r.stderr
+    assert r.returncode == Exit.CANNOT_RUN and 'did you mean "db_name"' in r.stderr
 
 
 def test_secret_never_reaches_disk_or_screen(write_runbook, state_dir: Path, tmp_path: Path) -> None:
@@ -130,7 +131,7 @@ def test_world_readable_secrets_file_is_refused(write_runbook, state_dir: Path, 
           - {{id: a, run: "true"}}
     """)
     r = run_cli("run", str(path), "--headless", "--yes", "--state-dir", str(state_dir))
-    assert r.returncode == 2
+    assert r.returncode == Exit.CANNOT_RUN
     assert str(env_file) in r.stderr and "chmod 600" in r.stderr and "Traceback" not in r.stderr
     assert not (state_dir / "runs").exists() or not _runs(state_dir)
 
@@ -258,7 +259,7 @@ def test_kill_runner_and_step_session_marks_it_interrupted(write_runbook, state_
     assert run_id in runs.stdout and "open" in runs.stdout
     # a new run of the same runbook and target is refused while this one is open
     other = run_cli("run", str(path), "--headless", "--yes", "--state-dir", str(state_dir))
-    assert other.returncode == 3 and f"runbook resume {run_id}" in other.stderr
+    assert other.returncode == Exit.LOCKED and f"runbook resume {run_id}" in other.stderr
     # re-run by explicit choice (the step reads its sleep from a file, so the re-run is quick)
     (tmp_path / "sleep").write_text("0")
     r = run_cli("resume", run_id, "--headless", "--yes", "--rerun-interrupted", "--state-dir", str(state_dir),
@@ -282,7 +283,7 @@ def test_second_run_is_refused_while_one_is_active(write_runbook, state_dir: Pat
     try:
         _wait_for_step_start(state_dir, "long")
         r = run_cli("run", str(path), "--headless", "--yes", "--state-dir", str(state_dir))
-        assert r.returncode == 3
+        assert r.returncode == Exit.LOCKED
         assert "db1:5432/app" in r.stderr and f"pid {runner.pid}" in r.stderr and "since" in r.stderr
         assert "@" in r.stderr  # user@host
     finally:
@@ -300,17 +301,17 @@ def test_second_run_is_refused_while_one_is_active(write_runbook, state_dir: Pat
 
 def test_user_errors_have_no_traceback(tmp_path: Path, state_dir: Path) -> None:
     r = run_cli("run", str(tmp_path / "missing.yaml"), "--headless", "--state-dir", str(state_dir))
-    assert r.returncode == 2 and "Traceback" not in r.stderr and "missing.yaml" in r.stderr
+    assert r.returncode == Exit.CANNOT_RUN and "Traceback" not in r.stderr and "missing.yaml" in r.stderr
     r = run_cli("resume", "no-such-run", "--headless", "--state-dir", str(state_dir))
     assert r.returncode != 0 and "Traceback" not in r.stderr and "runbook runs" in r.stderr
     r = run_cli("report", "../etc", "--state-dir", str(state_dir))
     assert r.returncode != 0 and "Traceback" not in r.stderr
     r = run_cli("run", "runbook.yaml", "--headless", "--scenario", "restore-lates", "--state-dir", str(state_dir))
-    assert r.returncode == 2 and 'did you mean "restore-latest"' in r.stderr
+    assert r.returncode == Exit.CANNOT_RUN and 'did you mean "restore-latest"' in r.stderr
     r = run_cli("run", "runbook.yaml", "--headless", "--mode", "rehearsal", "--scenario", "pitr",
                 "--set", "target_time=2026-11-25T03:00:00+07:00", "--incident-start", "2026-11-25T03:00",
                 "--state-dir", str(state_dir))
-    assert r.returncode == 2 and "zone" in r.stderr
+    assert r.returncode == Exit.CANNOT_RUN and "zone" in r.stderr
 
 
 def test_param_without_value_used_by_a_step_is_refused_up_front(write_runbook, state_dir: Path) -> None:
@@ -323,7 +324,7 @@ def test_param_without_value_used_by_a_step_is_refused_up_front(write_runbook, s
           - {id: a, run: "echo {{ label }}", confirm: none}
     """)
     r = run_cli("run", str(path), "--headless", "--yes", "--mode", "drill", "--state-dir", str(state_dir), timeout=30)
-    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.returncode == Exit.CANNOT_RUN, r.stdout + r.stderr
     assert "--set label=" in r.stderr
 
 
@@ -339,7 +340,7 @@ def test_without_a_terminal_run_resume_and_demo_refuse_instead_of_starting_the_t
     for args in (("run", str(path)), ("resume", "some-run"), ("demo", "--dir", str(tmp_path / "sandbox"))):
         t0 = time.monotonic()
         r = run_cli(*args, "--state-dir", str(state_dir), input="", timeout=30)
-        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert r.returncode == Exit.CANNOT_RUN, (args, r.stdout, r.stderr)
         assert "needs a terminal" in r.stderr and "--headless" in r.stderr and "Traceback" not in r.stderr
         assert "\x1b[" not in r.stdout + r.stderr  # no escape codes: the TUI never started
         assert time.monotonic() - t0 < 20
@@ -372,7 +373,7 @@ def test_a_secret_of_one_character_is_refused_before_anything_runs(write_runbook
           - {{id: a, run: "touch {tmp_path}/ran", confirm: none}}
     """)
     r = run_cli("run", str(path), "--headless", "--yes", "--state-dir", str(state_dir))
-    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.returncode == Exit.CANNOT_RUN, r.stdout + r.stderr
     assert "DB_PASSWORD" in r.stderr and "8 characters" in r.stderr and "Traceback" not in r.stderr
     assert "=Q" not in r.stderr
     assert not (tmp_path / "ran").exists()
@@ -533,7 +534,7 @@ def test_values_not_saved_are_asked_for_again_on_resume(write_runbook, state_dir
                                   "url": {"why": "contains a secret", "from": "--set"}}
     assert "••••••" not in text
     r = run_cli("resume", run_id, "--headless", "--yes", "--confirm", "use=go", "--state-dir", str(state_dir))
-    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.returncode == Exit.CANNOT_RUN, r.stdout + r.stderr
     assert "--set api_token=" in r.stderr and "--set url=" in r.stderr and token not in r.stderr
     assert not out.exists()
     r = run_cli("resume", run_id, "--headless", "--yes", "--confirm", "use=go", "--set", f"api_token={token}",

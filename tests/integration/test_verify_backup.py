@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from runbook.errors import Exit
 from tests.conftest import ROOT, run_cli
 from tests.support.backup_helpers import backup, backups_json, cli_env, source_cluster, write_config  # noqa: F401
 from tests.support.pgcluster import Cluster, make_base_dir
@@ -224,13 +225,13 @@ def test_two_runs_at_once_the_second_refuses_and_sigterm_removes_the_scratch(sho
         first.send_signal(signal.SIGSTOP)  # frozen mid-run, holding its lock: no race with a fast restore
         assert first.poll() is None
         r = verify(cfg, "--lock-wait", "0.5", scratch=scratch)
-        assert r.returncode == 3, r.stdout + r.stderr
+        assert r.returncode == Exit.LOCKED, r.stdout + r.stderr
         assert "another verify-backup is running" in r.stderr and f"pid {first.pid}" in r.stderr
         assert "waited 0.5 s, refusing" in r.stderr
         first.send_signal(signal.SIGTERM)
         first.send_signal(signal.SIGCONT)
         out, err = first.communicate(timeout=60)
-        assert first.returncode == 3, out + err
+        assert first.returncode == Exit.INTERRUPTED, out + err
         assert "terminated (SIGTERM)" in err
     finally:
         if first.poll() is None:

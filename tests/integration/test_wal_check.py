@@ -9,10 +9,15 @@ that cannot connect exits 3.
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.conftest import run_cli
 from tests.support.s3server import S3Endpoint, credentials_env, s3_bucket, s3_server  # noqa: F401
@@ -89,7 +94,50 @@ def test_a_healthy_cluster_passes_force_switch_as_a_non_superuser(
     for name in ("wal_sealed:local", "wal_sealed:s3"):  # the sealer signed what the switch archived
         assert checks[name]["status"] == "ok" and "is in a signed WAL ledger" in checks[name]["detail"], checks[name]
     assert checks["base_backup"]["status"] == "warning" and "no base backup" in checks["base_backup"]["detail"]
+    # run as the server's user, as PostgreSQL runs it: it answers --version and reads the config
+    as_server = checks[f"archive_command:{_owner(wc.datadir)}"]
+    assert as_server["status"] == "ok" and f"runs {wc.venv.runbook} (runbook " in as_server["detail"], as_server
     assert code == 1  # the missing base backup is the only warning
+
+
+def _owner(path: Path) -> str:
+    return pwd.getpwuid(path.stat().st_uid).pw_name
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a file closed to the server's user needs another user: root")
+def test_commands_the_servers_user_cannot_run_are_named(wal_cluster: Factory) -> None:  # noqa: F811
+    """As `make test` runs (root, the cluster as postgres): archive_command is a runbook whose interpreter lies
+    in a 0700 directory of root's (a pyenv under /root), restore_command names a config only root can read.
+    Root could run both; PostgreSQL cannot, and check names the file in the way."""
+    wc = wal_cluster()
+    cfg = write_config(wc.base / "repository.yaml", wc.cluster, local=server_dir(wc.base, "repo"), user=ROLE)
+    closed = wc.base / "root-only"  # in a directory the server's user can enter: this one is what stops it
+    closed.mkdir()
+    closed.chmod(0o700)
+    (closed / "python").symlink_to(os.path.realpath(Path(wc.venv.runbook).parent / "python"))
+    script = server_dir(wc.base, "bin") / "runbook"  # a runbook that hands over to the session's
+    real = str(wc.venv.runbook)
+    script.write_text(f"#!{closed / 'python'}\nimport os, sys\nos.execv({real!r}, [{real!r}, *sys.argv[1:]])\n")
+    script.chmod(0o755)
+    secret = wc.base / "root-only.yaml"
+    secret.write_text(cfg.read_text())
+    secret.chmod(0o600)
+    wc.configure(archive_mode="on", archive_command=f"{script} wal-push -c {cfg} %p",
+                 restore_command=f"{wc.venv.runbook} wal-fetch -c {secret} %f %p")
+    wc.cluster.start()
+    _monitor_role(wc)
+    assert subprocess.run([str(script), "--version"], capture_output=True).returncode == 0  # root can
+    code, checks = _check(cfg)
+    user = _owner(wc.datadir)
+    archive, restore = checks[f"archive_command:{user}"], checks[f"restore_command:{user}"]
+    assert archive["status"] == "failed", archive
+    assert archive["detail"].startswith(f"{user} cannot execute {closed / 'python'}: permission denied ({closed} "
+                                        f"is closed to {user})"), archive
+    assert "with /usr/bin/python3, not one under /root" in archive["hint"]
+    assert restore["status"] == "failed", restore
+    assert restore["detail"].startswith(f"{user} cannot read {secret}: permission denied"), restore
+    assert "chmod 0640" in restore["hint"]
+    assert code == 2
 
 
 def test_no_connection_means_could_not_run(wal_cluster: Factory) -> None:  # noqa: F811

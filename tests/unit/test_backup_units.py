@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from runbook.errors import InvalidFile, LockHeld, UsageError
+from runbook.errors import Exit, InvalidFile, LockHeld, UsageError
 from steps.backup.attachments import AttachmentsError, capture, extract
 from steps.backup.globals_sql import split_statements, unquote_ident
 from steps.backup.lock import BackupLock
@@ -76,10 +76,10 @@ def test_backup_with_a_bad_config_could_not_run(tmp_path: Path) -> None:
     p = tmp_path / "repository.yaml"
     p.write_text(GOOD + "colour: blue\n")
     proc = run_cli("backup", "-c", str(p))
-    assert proc.returncode == 3
+    assert proc.returncode == Exit.CANNOT_RUN
     assert f"{p}:6:1: unknown key" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("backups", "-c", str(tmp_path / "missing.yaml"))
-    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == Exit.CANNOT_RUN and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_the_cli_imports_neither_boto3_psycopg_nor_cryptography() -> None:

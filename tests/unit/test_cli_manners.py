@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from runbook.errors import Exit
 from tests.conftest import ROOT, run_cli
 
 
@@ -22,7 +23,7 @@ def test_a_reader_that_goes_away_gets_no_traceback() -> None:
 
 def test_a_runbook_given_as_the_repository_config_is_named_as_such() -> None:
     r = run_cli("backups", "-c", str(ROOT / "runbook.yaml"))
-    assert r.returncode == 2
+    assert r.returncode == Exit.CANNOT_RUN
     assert "runbook.yaml is a runbook file (it has steps:), not a repository config" in r.stderr
     assert "unknown key" not in r.stderr and "Traceback" not in r.stderr
 
@@ -33,7 +34,7 @@ def test_a_repository_config_given_as_the_runbook_is_named_as_such(tmp_path: Pat
                    f"local: {{path: {tmp_path / 'repo'}}}\n")
     for args in (("validate", str(cfg)), ("run", str(cfg), "--headless")):
         r = run_cli(*args)
-        assert r.returncode == 2, r.stderr
+        assert r.returncode == Exit.CANNOT_RUN, r.stderr
         assert "is a repository config (it has cluster:), not a runbook file" in r.stderr
         assert "hint: a runbook file is the FILE of run, validate and status" in r.stderr
 

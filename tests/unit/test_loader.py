@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from runbook.errors import InvalidFile, Problem
+from runbook.errors import Exit, InvalidFile, Problem
 from runbook.loader import json_schema, load_model, load_runbook, load_runbook_text
 from runbook.model import ConfirmKind, Runbook, TypedConfirm
 
@@ -61,7 +61,7 @@ def test_problems_print_as_file_line_col_message() -> None:
     assert str(info.value) == (
         f'{path}:8:5: unknown key "timout" in step "restore" (did you mean "timeout"?)'
     )
-    assert info.value.exit_code == 2
+    assert info.value.exit_code == Exit.CANNOT_RUN
 
 
 def test_the_full_runbook_loads() -> None:

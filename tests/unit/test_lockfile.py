@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from runbook.errors import LockHeld
+from runbook.errors import Exit, LockHeld
 from runbook.lockfile import LockFile
 from tests.conftest import ROOT
 
@@ -80,7 +80,7 @@ def test_a_held_lock_refuses_at_once_naming_its_holder(tmp_path: Path, holder: A
     with pytest.raises(LockHeld) as err:
         lock.acquire()
     assert time.monotonic() - t0 < 0.5 and lock.waits == []  # no wait asked: no waiting
-    assert err.value.exit_code == 3
+    assert err.value.exit_code == Exit.LOCKED
     assert f"pid {h.pid} " in str(err.value) and f"@{socket.gethostname()})" in str(err.value)
     assert not lock.try_acquire() and lock.seen is not None and lock.seen["pid"] == h.pid
     assert not lock.held

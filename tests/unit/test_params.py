@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from runbook.errors import UsageError
+from runbook.errors import Exit, UsageError
 from runbook.model import Param, Runbook
 from runbook.params import coerce, parse_set, resolve, to_text
 
@@ -167,7 +167,7 @@ def test_unknown_names_get_did_you_mean() -> None:
     with pytest.raises(UsageError) as info:
         resolve(_runbook(), "restore-latest", {"db_nmae": "x", "operator": "ana"}, {"db_nmae": "--set"})
     assert str(info.value) == 'unknown param "db_nmae" (from --set) (did you mean "db_name"?)'
-    assert info.value.exit_code == 2
+    assert info.value.exit_code == Exit.CANNOT_RUN
 
 
 def test_every_problem_is_reported_one_per_line() -> None:

@@ -10,6 +10,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from runbook.errors import Exit
 from runbook.staleness import Drill, is_good_drill, last_good_drills
 from runbook.state import RunState, fold, list_runs
 from tests.conftest import run_cli
@@ -124,6 +125,6 @@ def test_runs_lists_rto_and_the_last_good_drill_per_scenario(write_runbook, stat
 def test_runs_with_an_invalid_runbook_file_is_a_clear_error(write_runbook, state_dir: Path) -> None:
     path = write_runbook("version: 1\nname: x\nsteps: [{id: a}]\n", name="bad.yaml")
     r = run_cli("runs", str(path), "--state-dir", str(state_dir))
-    assert r.returncode == 2 and "bad.yaml" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == Exit.CANNOT_RUN and "bad.yaml" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("runs", "--state-dir", str(state_dir))
     assert r.returncode == 0 and "no runs" in r.stdout

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runbook.errors import InvalidFile
+from runbook.errors import Exit, InvalidFile
 from steps.repository.config import load_repository_config
 from steps.repository.run_summaries import read_summaries, write
 from steps.repository.signing import (
@@ -137,7 +137,7 @@ def test_runbook_keys_create_and_list(tmp_path: Path) -> None:
     kid = load_private_key(out).key_id
     assert f"key id {kid}" in r.stdout and "runbook-ed25519 " in r.stdout and f"private_key: {out}" in r.stdout
     again = run_cli("keys", "create", "--out", str(out))
-    assert again.returncode == 3 and "never overwritten" in again.stderr
+    assert again.returncode == Exit.CANNOT_RUN and "never overwritten" in again.stderr
     cfg = tmp_path / "repo.yaml"
     cfg.write_text(f"version: 1\nlocal: {{path: {tmp_path / 'repo'}}}\nsigning: {{private_key: {out}}}\n")
     listed = run_cli("keys", "list", "-c", str(cfg))
