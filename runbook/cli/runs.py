@@ -82,9 +82,16 @@ def _parse_confirms(items: list[str]) -> dict[str, str]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Exit 0 valid; 2 (FAILED) invalid: judging the file is what `validate` does, and an invalid one is its
+    finding, as a failed check is `check`'s; 3 when it cannot judge it (missing, not a runbook file)."""
+    from runbook.errors import Exit, InvalidFile
     from runbook.loader import load_runbook
 
-    rb = load_runbook(Path(args.file))
+    try:
+        rb = load_runbook(Path(args.file))
+    except InvalidFile as e:
+        e.exit_code = Exit.FAILED
+        raise
     n = len(rb.steps)
     print(f"{args.file}: valid ({n} steps, scenarios: {', '.join(rb.scenarios) or 'none'})")
     return 0

@@ -147,3 +147,13 @@ def test_the_codes_are_the_documented_table() -> None:
     rows = {int(line.split("|")[1].strip().strip("`")) for line in table.splitlines()
             if line.startswith("| ") and line.split("|")[1].strip().strip("`").isdigit()}
     assert rows == {int(e) for e in Exit}
+
+
+def test_validate_says_invalid_with_failed_and_run_cannot_run_it(tmp_path: Path) -> None:
+    """An invalid runbook is what `validate` finds (2, as a failed check); `run` cannot run it (3)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nname: x\nsteps:\n  - id: a\n    title: A\n    run: echo {{ params.nope }}\n")
+    r = cli("validate", str(bad), tmp_path=tmp_path)
+    assert r.returncode == Exit.FAILED and f"{bad}:6:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = cli("run", str(bad), "--headless", tmp_path=tmp_path)
+    assert r.returncode == Exit.CANNOT_RUN and f"{bad}:6:" in r.stderr, r.stderr
