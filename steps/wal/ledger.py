@@ -121,11 +121,14 @@ def ledger_bytes(sysid: int, notes: dict[str, tuple[str, int]], key_id: str) -> 
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def seal(stores: Sequence[WalStore], signer: Signer, sysid: int, notes: dict[str, tuple[str, int]]) -> str:
-    """Write one signed ledger of `notes` into every repository (signature first, both write-once); its key."""
+def seal(stores: Sequence[WalStore], signer: Signer, sysid: int, notes: dict[str, tuple[str, int]],
+         data: bytes | None = None) -> str:
+    """Write one signed ledger of `notes` (its bytes `data` when a retry passes the same ones again) into every
+    repository, signature first, both write-once: a retry finds what it wrote before and goes on. Its key."""
     from steps.repository.signing import SIG_SUFFIX
 
-    data = ledger_bytes(sysid, notes, signer.key_id)
+    if data is None:
+        data = ledger_bytes(sysid, notes, signer.key_id)
     key = ledger_key(sysid, list(notes), data)
     sig = signer.signature(key, data)
     for store in stores:
@@ -140,7 +143,12 @@ def seal(stores: Sequence[WalStore], signer: Signer, sysid: int, notes: dict[str
 
 
 def run_seal_worker(settings: WalSettings, sysid: int) -> int:
-    """`wal-push --seal-worker --sysid N`: seal the notes of one cluster and destination until idle."""
+    """`wal-push --seal-worker --sysid N`: seal the notes of one cluster and destination until idle.
+
+    A batch that cannot be written is tried again, the same bytes (so a repository that took it once is not
+    given a second ledger), backing off; after `worker_idle_s` of failures the sealer gives up (exit 1, said in
+    its log): the notes stay, and the next push starts a sealer again. `check` says meanwhile that the newest
+    archived WAL is not sealed."""
     from runbook.lockfile import LockFile
     from steps.repository.signing import load_private_key
     from steps.wal.spool import WorkerLock
@@ -160,20 +168,37 @@ def run_seal_worker(settings: WalSettings, sysid: int) -> int:
         stores = open_wal_stores(settings.local_path, settings.s3)
         _log(f"sealer started for cluster {sysid} with key {signer.key_id}")
         idle_since = time.monotonic()
+        batch: tuple[dict[str, tuple[str, int]], bytes] | None = None
+        failing_since: float | None = None
         failures = 0
         while True:
-            notes = read_notes(pending)
-            if notes:
-                time.sleep(BATCH_PAUSE_S)
-                notes = read_notes(pending)
+            if batch is None:
                 try:
-                    key = seal(stores, signer, sysid, notes)
+                    notes = read_notes(pending)
+                    if notes:
+                        time.sleep(BATCH_PAUSE_S)
+                        notes = read_notes(pending)
+                except FileNotFoundError:
+                    _log(f"{pending} is gone: stopping")
+                    return 0
+                if notes:
+                    batch = (notes, ledger_bytes(sysid, notes, signer.key_id))
+            if batch is not None:
+                notes, data = batch
+                try:
+                    key = seal(stores, signer, sysid, notes, data)
                 except RunbookError as e:
+                    now = time.monotonic()
+                    failing_since = failing_since or now
+                    if now - failing_since > settings.worker_idle_s:
+                        _log(f"cannot seal {len(notes)} file(s) for {now - failing_since:.0f} s: {e}; giving up "
+                             "(the next push starts a sealer again)")
+                        return 1
                     failures += 1
                     _log(f"cannot seal {len(notes)} file(s): {e}; trying again")
-                    time.sleep(min(2 ** failures, 30))
+                    time.sleep(min(2 ** failures, 30, settings.worker_idle_s))
                     continue
-                failures = 0
+                batch, failing_since, failures = None, None, 0
                 for name in notes:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(pending / name)

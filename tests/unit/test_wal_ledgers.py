@@ -184,3 +184,36 @@ def test_a_confirmed_push_is_noted_for_the_sealer_and_only_with_a_wal_key(tmp_pa
     (pending / segment(2)).write_text("nonsense")
     assert read_notes(pending) == {segment(1): ("a" * 64, MB)}
     assert sorted(os.listdir(pending)) == [segment(1)]  # what is not a note is removed
+
+
+def test_the_sealer_seals_the_notes_then_stops_when_idle(tmp_path: Path) -> None:
+    from steps.wal.ledger import run_seal_worker
+
+    private, public = make_keys(tmp_path, "wal")
+    repo = tmp_path / "repo"
+    settings = settings_for(tmp_path, repo, private)
+    settings.worker_idle_s = 0.3
+    pending = Path(seal_root(settings, SYSID)) / "pending"
+    pending.mkdir(parents=True)
+    shas = archive(repo, [segment(1), segment(2)])
+    for n, sha in shas.items():
+        (pending / n).write_text(f"{sha} {MB}\n")
+    assert run_seal_worker(settings, SYSID) == 0
+    assert not list(pending.iterdir())
+    index = read_index([LocalWal(repo)], Trust.of(load_public_keys([public])), SYSID)
+    assert index.segments == shas and index.ledgers == 1
+
+
+def test_a_sealer_that_cannot_write_gives_up_and_keeps_the_notes(tmp_path: Path) -> None:
+    from steps.wal.ledger import run_seal_worker
+
+    private, _ = make_keys(tmp_path, "wal")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    settings = settings_for(tmp_path, blocker / "repo", private)
+    settings.worker_idle_s = 1
+    pending = Path(seal_root(settings, SYSID)) / "pending"
+    pending.mkdir(parents=True)
+    (pending / segment(1)).write_text(f"{'a' * 64} {MB}\n")
+    assert run_seal_worker(settings, SYSID) == 1  # gave up, after about worker_idle_s
+    assert (pending / segment(1)).exists()  # the note waits for the next sealer
