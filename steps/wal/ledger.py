@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -142,7 +143,7 @@ def seal(stores: Sequence[WalStore], signer: Signer, sysid: int, notes: dict[str
     return key
 
 
-def run_seal_worker(settings: WalSettings, sysid: int) -> int:
+def run_seal_worker(settings: WalSettings, sysid: int, ready: threading.Event | None = None) -> int:
     """`wal-push --seal-worker --sysid N`: seal the notes of one cluster and destination until idle.
 
     A batch that cannot be written is tried again, the same bytes (so a repository that took it once is not
@@ -158,7 +159,10 @@ def run_seal_worker(settings: WalSettings, sysid: int) -> int:
     pending = root / "pending"
     pending.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock: LockFile = WorkerLock(root / "seal-worker.lock")
-    if not lock.try_acquire():
+    acquired = lock.try_acquire()
+    if ready is not None:
+        ready.set()  # the uploader starting us as a thread goes on once the lock is ours (or another's)
+    if not acquired:
         return 0
     try:
         if not settings.wal_key:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -131,6 +132,7 @@ def run_push_worker(settings: WalSettings, pg_wal: Path, sysid: int) -> int:
     _log(f"uploader started for {pg_wal} (cluster {sysid}, {settings.max_parallel} in parallel) "
          f"to {destinations}")
     stores = open_wal_stores(settings.local_path, settings.s3)
+    sealer = _start_sealer(settings, sysid)
     pool = ThreadPoolExecutor(max_workers=settings.max_parallel, thread_name_prefix="wal-push")
     inflight: dict[str, Future[None]] = {}
     idle_since = time.monotonic()
@@ -163,7 +165,24 @@ def run_push_worker(settings: WalSettings, pg_wal: Path, sysid: int) -> int:
     finally:
         pool.shutdown(wait=True)
         lock.release()
+        if sealer is not None:
+            sealer.join()  # it seals what is noted, then stops after worker_idle_s idle
     return 0
+
+
+def _start_sealer(settings: WalSettings, sysid: int) -> threading.Thread | None:
+    """The WAL sealer (steps.wal.ledger) as a thread of this long-lived uploader, when a WAL key is configured:
+    no process of its own to start for each burst, and the stores' connections already open. It holds the
+    sealer's lock like a sealer process, so `note_pushed` starts none beside it."""
+    if not settings.wal_key:
+        return None
+    from steps.wal.ledger import run_seal_worker
+
+    ready = threading.Event()
+    t = threading.Thread(target=run_seal_worker, args=(settings, sysid, ready), name="wal-sealer")
+    t.start()
+    ready.wait(10)  # its lock taken before the first push notes anything: no sealer process beside it
+    return t
 
 
 def _sweep(out: Path, status_dir: Path, ready: set[str]) -> None:

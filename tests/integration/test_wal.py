@@ -11,6 +11,7 @@ recovery replays through wal-fetch and its read-ahead.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -270,6 +271,20 @@ def test_async_mode_keeps_up_with_pgbench_without_gaps(wal_cluster: Factory, s3_
     (log_file,) = (spool / sysid).glob("push-*/push-worker.log")
     log = log_file.read_text()
     assert "uploader started" in log and "FAILED" not in log
+    # every archived file is sealed, in both repositories, by the uploader's own sealer thread (no sealer process)
+    deadline = time.monotonic() + 20
+    while True:
+        ledgers = [json.loads(p.read_text()) for p in (repo / f"clusters/{sysid}/wal-ledger").glob("*.json")]
+        sealed = {f[0] for led in ledgers for f in led["files"]}
+        if set(local) <= sealed or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert set(local) <= sealed, sorted(set(local) - sealed)
+    remote_ledgers = [k for k in s3_keys(s3_server, s3_bucket, f"wal-tests/clusters/{sysid}/wal-ledger/")
+                      if k.endswith(".json")]
+    assert len(remote_ledgers) == len(ledgers) and len(ledgers) < len(local)  # bursts make one ledger
+    assert "sealer started" in log_file.read_text()
+    assert not list((spool / sysid).glob("seal-*/seal-worker.log"))
 
 
 def _held_ready(wc: WalCluster, name: str) -> Path:
