@@ -167,6 +167,13 @@ def wal_key(system_identifier: str, name: str) -> str:
     return wal_prefix(system_identifier) + name + WAL_SUFFIX
 
 
+def wal_ledger_prefix(system_identifier: str) -> str:
+    """Where the database host's sealer writes the signed WAL ledgers of a cluster (steps.wal.ledger)."""
+    if not system_identifier.isdigit():
+        raise ValueError(f"not a system identifier: {system_identifier!r}")
+    return f"clusters/{system_identifier}/wal-ledger/"
+
+
 def wal_claims_root(system_identifier: str) -> str:
     """Where pushers to a store that may ignore conditional writes (S3) record what they stored, before they
     confirm it: `clusters/<id>/wal-acks/<name>/<sha256 of the original>`, empty objects, one per content ever

@@ -23,7 +23,7 @@ from steps.repository.config import RetentionConfig
 from steps.repository.manifest import Level
 from steps.repository.retention import Item, plan
 from steps.repository.signing import Trust
-from steps.repository.store import Store
+from steps.repository.store import RepositoryError, Store
 
 log = logging.getLogger("runbook.prune")
 
@@ -136,6 +136,35 @@ def wal_to_delete(keys: list[str], kept_starts: list[tuple[str, int]], segment_s
     return out
 
 
+def ledgers_to_delete(store: Store, sysid: str, kept_starts: list[tuple[str, int]], segment_size: int) -> list[str]:
+    """The signed WAL ledgers (steps.wal.ledger) every file of which `wal_to_delete` deletes: their last file is
+    before the oldest kept start (read from the key, so the others are never read), and none is a `.history`
+    file (those stay, so their ledgers stay too). A ledger that cannot be read is kept."""
+    import json
+
+    from steps.pg.walnames import parse_segment
+
+    if not kept_starts:
+        return []
+    cutoff = min(parse_segment(start, size)[1] for start, size in kept_starts)
+    prefix = layout.wal_ledger_prefix(sysid)
+    out = []
+    for key, _ in store.list_keys(prefix):
+        parts = key[len(prefix):].removesuffix(".json").split("-")
+        try:
+            if not key.endswith(".json") or len(parts) != 3 or parse_segment(parts[1], segment_size)[1] >= cutoff:
+                continue
+        except ValueError:
+            continue
+        try:
+            names = [str(f[0]) for f in json.loads(store.get_bytes(key))["files"]]
+        except (ValueError, KeyError, TypeError, IndexError, RepositoryError):
+            continue
+        if names and len(wal_to_delete(names, kept_starts, segment_size)) == len(names):
+            out.append(key)
+    return out
+
+
 def prune_base(store: Store, retention: RetentionConfig, *, trust: Trust, now: datetime, dry_run: bool = False,
                catalogue: Catalogue | None = None) -> PruneReport:
     """Retention for base backups, per cluster (same keep_last/keep_days as the logical backups, and the
@@ -184,6 +213,12 @@ def prune_base(store: Store, retention: RetentionConfig, *, trust: Trust, now: d
                 claims = [k for k, _ in store.list_keys(root) if k[len(root):].split("/", 1)[0] in gone]
                 if claims:
                     store.delete(sorted(claims))
+        ledgers = ledgers_to_delete(store, sysid, starts, size)
+        if ledgers:
+            report.deleted.append((f"wal {sysid}: {len(ledgers)} WAL ledger(s)",
+                                   "every file they sign is older than the oldest kept base backup's start"))
+            if not dry_run:
+                store.delete(sorted(ledgers + [k + ".sig" for k in ledgers]))
     for inc in cat.incomplete:
         if inc.store is not store or "/base/" not in inc.prefix:
             continue

@@ -61,7 +61,7 @@ def write_record(path: str | os.PathLike[str], text: str) -> None:
 
 
 def worker_alive(lock_path: str | os.PathLike[str]) -> bool:
-    """Does a worker hold this lock? (it holds an exclusive flock for its whole life: steps.wal.spool.WorkerLock)
+    """Does a worker hold this lock? (it holds an exclusive flock for its whole life: steps.wal.worker.WorkerLock)
     A shared flock tried and dropped at once, as runbook.lockfile.LockFile.is_held does, without importing it
     (~3 ms) on the per-segment path."""
     import fcntl

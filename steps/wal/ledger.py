@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runbook.errors import RunbookError
-from steps.repository.layout import parse_wal_name
+from steps.repository.layout import parse_wal_name, wal_ledger_prefix
 from steps.repository.store import ObjectExists, RepositoryError
 from steps.wal.fast import INDEX_MAGIC, INDEX_NAME_WIDTH, INDEX_RECORD, seal_root
 from steps.wal.fast import wal_order as fast_order
@@ -61,10 +61,7 @@ MAX_ENTRIES = 10_000
 
 
 def ledger_prefix(sysid: int | str) -> str:
-    sid = str(sysid)
-    if not sid.isdigit():
-        raise ValueError(f"not a system identifier: {sid!r}")
-    return f"clusters/{sid}/wal-ledger/"
+    return wal_ledger_prefix(str(sysid))
 
 
 def wal_order(name: str) -> str:
@@ -152,8 +149,8 @@ def run_seal_worker(settings: WalSettings, sysid: int, ready: threading.Event | 
     archived WAL is not sealed."""
     from runbook.lockfile import LockFile
     from steps.repository.signing import load_private_key
-    from steps.wal.spool import WorkerLock
     from steps.wal.store import open_wal_stores
+    from steps.wal.worker import WorkerLock
 
     root = Path(seal_root(settings, sysid))
     pending = root / "pending"

@@ -46,11 +46,11 @@ from pathlib import Path
 from typing import Any
 
 from runbook.errors import RunbookError
-from runbook.lockfile import LockFile
 from steps.repository.layout import next_segment, parse_wal_name, wal_key
 from steps.wal.fast import note_pushed, push_root, write_record
 from steps.wal.settings import WalSettings
 from steps.wal.store import WalStore, open_wal_stores
+from steps.wal.worker import WorkerLock
 
 
 def _mkdirs(path: Path) -> None:
@@ -59,25 +59,6 @@ def _mkdirs(path: Path) -> None:
 
 def _log(msg: str) -> None:
     print(f"{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')} [{os.getpid()}] {msg}", flush=True)
-
-
-class WorkerLock(LockFile):
-    """One worker per spool: an exclusive flock held for the worker's life (released by the kernel at exit),
-    the file naming its pid (a line: `steps.wal.fast.worker_alive` probes the lock, bench/ reads the pid)."""
-
-    def holder_record(self) -> dict[str, Any]:
-        return {"pid": os.getpid()}
-
-    @classmethod
-    def encode(cls, record: dict[str, Any]) -> bytes:
-        return f"{record['pid']}\n".encode()
-
-    @classmethod
-    def decode(cls, raw: bytes) -> dict[str, Any] | None:
-        try:
-            return {"pid": int(raw.split()[0])}
-        except (ValueError, IndexError):
-            return None
 
 
 # --- asynchronous push ----------------------------------------------------------------------------------

@@ -44,6 +44,13 @@ def test_only_wal_older_than_the_oldest_kept_base_backup_goes(pg_base: Path, pit
         oldest_start = manifests[1]["start_wal"]
         assert min(left) == oldest_start  # everything before the oldest kept start is gone, nothing after
         assert all(s >= oldest_start for s in left)
+        # the WAL ledgers that sign only deleted files went with them; those of kept files stayed (the PITR below)
+        ledgers = list((p.repo / "clusters" / p.sysid / "wal-ledger").glob("*.json"))
+        assert ledgers and not [f.name for f in ledgers if not any(
+            ".history" in n or n[8:24] >= oldest_start[8:] for n, _, _ in json.loads(f.read_text())["files"])]
+        assert all(f.with_name(f.name + ".sig").exists() for f in ledgers)
+        assert not [s for s in (p.repo / "clusters" / p.sysid / "wal-ledger").glob("*.sig")
+                    if not s.with_name(s.name.removesuffix(".sig")).exists()]
         # the kept backups are whole: `runbook backups` lists both as readable, and a PITR from the older works
         cat = json.loads(run_cli("backups", "-c", str(p.config), "--json").stdout)
         assert [b["level"] for b in cat["base_backups"]] == ["readable", "readable"]

@@ -217,3 +217,19 @@ def test_a_sealer_that_cannot_write_gives_up_and_keeps_the_notes(tmp_path: Path)
     (pending / segment(1)).write_text(f"{'a' * 64} {MB}\n")
     assert run_seal_worker(settings, SYSID) == 1  # gave up, after about worker_idle_s
     assert (pending / segment(1)).exists()  # the note waits for the next sealer
+
+
+def test_prune_deletes_only_the_ledgers_whose_every_file_it_deletes(tmp_path: Path) -> None:
+    from steps.repository.prune import ledgers_to_delete
+    from steps.repository.store import LocalStore
+
+    signer, _ = signer_and_trust(tmp_path)
+    repo = tmp_path / "repo"
+    wal = LocalWal(repo)
+    old = seal([wal], signer, SYSID, {segment(1): ("1" * 64, MB), segment(2): ("2" * 64, MB)})  # type: ignore[arg-type]
+    straddles = seal([wal], signer, SYSID, {segment(4): ("4" * 64, MB), segment(5): ("5" * 64, MB)})  # type: ignore[arg-type]
+    history = seal([wal], signer, SYSID, {"00000001.history": ("a" * 64, 40)})  # type: ignore[arg-type]
+    # the oldest kept base backup starts at segment 5: 1, 2 and 4 go, 5 stays, history files always stay
+    assert ledgers_to_delete(LocalStore(repo), str(SYSID), [(segment(5), MB)], MB) == [old]
+    assert straddles and history
+    assert ledgers_to_delete(LocalStore(repo), str(SYSID), [], MB) == []  # no kept base backup: nothing goes
