@@ -131,6 +131,9 @@ class Sandbox:
         remove_tree(self.repo)
         self.repo.mkdir()
         give_to_server(self.repo)  # wal-push writes here as the server's user
+        remove_tree(self.wal_spool)
+        self.wal_spool.mkdir()
+        give_to_server(self.wal_spool)  # and notes here what its sealer signs (never the operator's state dir)
         if archive:
             exe = self.server_runbook(say)
             self._write_config()
@@ -178,6 +181,12 @@ class Sandbox:
         if pw is not None:
             os.chown(self.config, 0, pw.pw_gid)
         os.chmod(self.config, 0o640)
+
+    @property
+    def wal_spool(self) -> Path:
+        """The WAL commands' spool (sealing notes, read-ahead), the server's user's: the server the sandbox starts
+        inherits the operator's environment, whose state directory that user cannot write."""
+        return self.base / "wal-spool"
 
     @property
     def signing_key(self) -> Path:
@@ -229,6 +238,7 @@ class Sandbox:
             "    - select count(*) > 0 from assets\n"
             "    - select count(*) = 0 from loans where due_at <= loaned_at\n"
             f"backup: {{state_dir: {self.base / 'backup-state'}}}\n"
+            f"wal: {{spool_dir: {self.wal_spool}}}\n"
             f"signing: {{private_key: {key}, wal_private_key: {wal_key}, public_keys: [{pub}, {wal_pub}]}}\n"
         )
 

@@ -270,7 +270,10 @@ def push_file(settings: WalSettings, path: str, sysid: str | None = None) -> int
     data, archived_as = prepare(file, parse_wal_name(name), cluster_sysid)
     stores = open_wal_stores(settings.local_path, settings.s3)
     meta = push_data(stores, name, data, archived_as, settings.level)
-    walfast.note_pushed(settings, archived_as, name, str(meta["sha256"]), int(meta["size"]))
+    unnoted = walfast.note_pushed(settings, archived_as, name, str(meta["sha256"]), int(meta["size"]))
+    if unnoted:
+        raise RunbookError(unnoted, hint="set wal.spool_dir to a directory the server's user can write, or make "
+                                         "the default one ($XDG_STATE_HOME/runbook/wal-spool of that user) writable")
     return 0
 
 

@@ -376,25 +376,29 @@ def seal_root(settings: WalSettings, sysid: int) -> str:
     return os.path.join(os.fspath(settings.spool_dir), str(sysid), f"seal-{dest}")
 
 
-def note_pushed(settings: WalSettings, sysid: int, name: str, sha256: str, size: int) -> None:
-    """After a confirmed push: note `NAME sha256 size` for the sealer (steps.wal.ledger), and start it when none
-    runs. A small file written whole and a lock probed: microseconds, no import beyond the standard library.
-    Nothing when no WAL key is configured (`signing.wal_private_key`). A note that cannot be written is said
-    on stderr, never a failed push: the segment is archived, only its ledger entry is missing (and `check`
-    and every recovery say so)."""
+def note_pushed(settings: WalSettings, sysid: int, name: str, sha256: str, size: int) -> str | None:
+    """After a push is stored: note `NAME sha256 size` for the sealer (steps.wal.ledger), and start it when none
+    runs. A small file written whole and a lock probed: ~0.2 ms, no import beyond the standard library.
+    Nothing when no WAL key is configured (`signing.wal_private_key`). Returns why the note could not be
+    written (None when it was): with a WAL key, a file archived but never sealed is one no recovery replays,
+    so the push is not confirmed (PostgreSQL retries; the retry finds the file archived and notes it again)."""
     if not settings.wal_key:
-        return
+        return None
     root = seal_root(settings, sysid)
     pending = os.path.join(root, "pending")
     try:
         os.makedirs(pending, mode=0o700, exist_ok=True)
         write_record(os.path.join(pending, name), f"{sha256} {size}\n")
+    except OSError as e:
+        return (f"{name} is stored, but not noted for sealing in {pending}: {e.strerror}; a recovery would not "
+                "replay it, so it is not confirmed (wal.spool_dir must be writable by the server's user)")
+    try:
         if not worker_alive(os.path.join(root, "seal-worker.lock")):
             spawn(["wal-push", "-c", str(settings.path), "--seal-worker", "--sysid", str(sysid)],
                   os.path.join(root, "seal-worker.log"), None)
-    except OSError as e:
-        print(f"runbook wal-push: warning: {name} is archived, but its ledger entry was not noted in {pending}: "
-              f"{e.strerror}; it stays unsigned (wal.spool_dir must be writable by the server's user)", file=sys.stderr)
+    except OSError as e:  # noted: the next push starts a sealer
+        print(f"runbook wal-push: warning: the WAL sealer could not be started: {e}", file=sys.stderr)
+    return None
 
 
 INDEX_MAGIC = "runbook-wal-index 1"

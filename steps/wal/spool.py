@@ -89,7 +89,11 @@ def _push_task(stores: list[WalStore], settings: WalSettings, pg_wal: Path, name
     record = {"name": name, "sha256": meta["sha256"], "size": meta["size"],
               "system_identifier": meta["system_identifier"], "destinations": settings.destinations,
               "stored": meta["stored"], "at": datetime.now(UTC).isoformat()}
-    note_pushed(settings, archived_as, name, str(meta["sha256"]), int(meta["size"]))  # before the .ok: then sealed
+    unnoted = note_pushed(settings, archived_as, name, str(meta["sha256"]), int(meta["size"]))  # before the .ok
+    if unnoted:
+        write_record(out / f"{name}.error", unnoted)
+        _log(f"{name}: FAILED: {unnoted}")
+        return
     write_record(out / f"{name}.ok", json.dumps(record))
     _log(f"{name}: {', '.join(f'{k} {v}' for k, v in meta['stored'].items())} "
          f"({meta['compressed_size']} bytes, {time.monotonic() - t0:.3f} s)")

@@ -165,7 +165,7 @@ def test_wal_fetch_hands_over_only_what_the_ledgers_sign(tmp_path: Path, capsys:
 def test_a_confirmed_push_is_noted_for_the_sealer_and_only_with_a_wal_key(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     plain = settings_for(tmp_path, repo)
-    note_pushed(plain, SYSID, segment(1), "a" * 64, MB)
+    assert note_pushed(plain, SYSID, segment(1), "a" * 64, MB) is None
     assert not (tmp_path / "spool").exists()  # no WAL key: nothing noted, no sealer
     keyed = settings_for(tmp_path, repo, tmp_path / "missing.key")
     pending = Path(seal_root(keyed, SYSID)) / "pending"
@@ -176,7 +176,7 @@ def test_a_confirmed_push_is_noted_for_the_sealer_and_only_with_a_wal_key(tmp_pa
 
     fcntl.flock(fd, fcntl.LOCK_EX)  # a sealer "runs": none is started
     try:
-        note_pushed(keyed, SYSID, segment(1), "a" * 64, MB)
+        assert note_pushed(keyed, SYSID, segment(1), "a" * 64, MB) is None
     finally:
         os.close(fd)
     assert (pending / segment(1)).read_text() == f"{'a' * 64} {MB}\n"
@@ -233,3 +233,24 @@ def test_prune_deletes_only_the_ledgers_whose_every_file_it_deletes(tmp_path: Pa
     assert ledgers_to_delete(LocalStore(repo), str(SYSID), [(segment(5), MB)], MB) == [old]
     assert straddles and history
     assert ledgers_to_delete(LocalStore(repo), str(SYSID), [], MB) == []  # no kept base backup: nothing goes
+
+
+def test_a_push_that_cannot_be_noted_for_sealing_is_not_confirmed(tmp_path: Path) -> None:
+    from runbook.errors import RunbookError
+    from steps.wal.archive import push_file
+
+    blocker = tmp_path / "spool-is-a-file"
+    blocker.write_text("x")
+    repo = tmp_path / "repo"
+    data = {"local": {"path": str(repo)}, "wal": {"spool_dir": str(blocker), "prefetch": 0},
+            "signing": {"wal_private_key": str(tmp_path / "wal.key")}}
+    settings = WalSettings(tmp_path / "repository.yaml", data)
+    why = note_pushed(settings, SYSID, segment(1), "a" * 64, MB)
+    assert why is not None and "not noted for sealing" in why and "wal.spool_dir" in why
+    pg_wal = tmp_path / "pg_wal"
+    pg_wal.mkdir()
+    (pg_wal / segment(1)).write_bytes(fake_segment(SYSID, 1))
+    with pytest.raises(RunbookError) as e:
+        push_file(settings, str(pg_wal / segment(1)), sysid=str(SYSID))
+    assert "not confirmed" in e.value.message
+    assert (repo / wal_key(str(SYSID), segment(1))).exists()  # stored: the retry finds it and notes it
