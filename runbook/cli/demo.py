@@ -155,8 +155,13 @@ def _recover(args: argparse.Namespace, rb: Any, runbook_path: Path, profile: Pat
     c = engine.clock_status()
     from runbook.durations import format_duration
 
-    verdict = "met" if c.elapsed_s <= c.target_s else "MISSED"
-    print(f"demo: measured RTO {format_duration(c.elapsed_s)} against {format_duration(c.target_s)}: {verdict}"
-          f" · report: runbook report {engine.run_id}" + (f" --state-dir {sdir}" if args.state_dir else ""))
+    report = f" · report: runbook report {engine.run_id}" + (f" --state-dir {sdir}" if args.state_dir else "")
+    if code != 0:  # a run that did not recover has no RTO to meet
+        print(f"demo: the recovery did not complete (exit {code}) after {format_duration(c.elapsed_s)}: no RTO was "
+              f"achieved{report}")
+    else:
+        verdict = "met" if c.elapsed_s <= c.target_s else "MISSED"
+        print(f"demo: measured RTO {format_duration(c.elapsed_s)} against {format_duration(c.target_s)}: {verdict}"
+              f"{report}")
     sys.stdout.flush()
     return code
