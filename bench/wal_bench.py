@@ -230,7 +230,8 @@ def push_series(cmd: Callable[[str], list[str]], datadir: Path, corpus: list[Pat
     return times, time.perf_counter() - t0
 
 
-def bench_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs: dict[str, Path], repeat: int) -> None:
+def bench_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs: dict[str, Path], repeat: int,
+               only: list[str] | None = None) -> None:
     cp_dir = base / "cp-archive"
     methods: dict[str, Callable[[str], list[str]]] = {
         "cp + sync (floor)": lambda n: ["sh", "-c", f"cp pg_wal/{n} {cp_dir}/{n}.tmp && sync {cp_dir}/{n}.tmp && "
@@ -239,9 +240,13 @@ def bench_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs: 
     for name in ("local", "local-sealed", "s3", "both", "local-async", "local-async-sealed", "s3-async",
                  "both-async"):
         methods[f"ours: {name}"] = lambda n, c=cfgs[name]: [runbook, "wal-push", "-c", str(c), f"pg_wal/{n}"]
+    if only:  # the floor always, and the methods named (e.g. local-async local-async-sealed)
+        methods = {m: c for m, c in methods.items() if m.startswith("cp") or m.split(": ", 1)[-1] in only}
     results: dict[str, tuple[list[float], list[float]]] = {m: ([], []) for m in methods}
     for rep in range(repeat):
-        for m, cmd in methods.items():
+        order = list(methods.items())
+        order = order[rep % len(order):] + order[:rep % len(order)]  # rotated: no method always runs first
+        for m, cmd in order:
             d = fake_datadir(base, f"push-{rep}-{m.split(':')[-1].strip().split()[0]}", src, corpus)
             if m.startswith("cp"):
                 shutil.rmtree(cp_dir, ignore_errors=True)
@@ -453,6 +458,9 @@ def main() -> int:
     ap.add_argument("--venv", help="an existing server venv (else one is built, and removed at the end)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (clusters, logs, repositories)")
     ap.add_argument("--only", choices=["compression", "push", "lag", "replay"], action="append")
+    ap.add_argument("--push-methods", nargs="+", metavar="NAME",
+                    help="part 2 only for these (local, local-sealed, s3, both, local-async, local-async-sealed, "
+                         "s3-async, both-async); cp + sync always")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the servers and the commands run as postgres")
@@ -495,7 +503,7 @@ def main() -> int:
             if "compression" in only:
                 bench_compression(corpus)
             if "push" in only:
-                bench_push(base, src, corpus, runbook, cfgs, args.repeat)
+                bench_push(base, src, corpus, runbook, cfgs, args.repeat, args.push_methods)
             src.stop()
         if "lag" in only:
             bench_lag(base, runbook, cfgs, args.load_s)
