@@ -17,8 +17,9 @@ def add_config(p: argparse.ArgumentParser) -> None:
 def add_allow_unsigned(p: argparse.ArgumentParser) -> None:
     """`--allow-unsigned`: a repository written before signing is read, and every unsigned backup used is said."""
     p.add_argument("--allow-unsigned", action="store_true",
-                   help="accept unsigned backups and records (a repository written before signing); each one "
-                        "used is reported as a warning. Badly signed ones are refused all the same")
+                   help="accept unsigned backups and records, and archived WAL in no signed WAL ledger (a "
+                        "repository written before signing); each one used is reported as a warning. Badly "
+                        "signed ones are refused all the same (default: refused)")
 
 
 def add_state_dir(p: argparse.ArgumentParser) -> None:

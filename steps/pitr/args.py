@@ -54,8 +54,9 @@ class Args(BaseModel):
     source: Literal["any", "local", "s3"] = Field("any", description="Where to fetch the base backup from")
     backup_id: str | None = Field(None, description="Use this base backup rather than picking one")
     cluster: str | None = Field(None, description="System identifier, when the repository holds several clusters")
-    allow_unsigned: bool = Field(False, description="Accept unsigned base backups (a repository written before "
-                                 "signing); the one used is reported as a warning")
+    allow_unsigned: bool = Field(False, description="Accept unsigned base backups, and archived WAL no signed WAL "
+                                 "ledger lists (a repository written before signing, an unsealed tail); each is "
+                                 "reported as a warning")
     debian_cluster: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$",
                                        description="Restore into a new Debian cluster of this name (pg_createcluster)")
     pg_version: str = Field("15", description="Debian clusters: the major version")
