@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,7 +91,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         rb = load_runbook(Path(args.file))
     except InvalidFile as e:
-        e.exit_code = Exit.FAILED
+        if Path(args.file).is_file() and os.access(args.file, os.R_OK):  # read, and judged invalid
+            e.exit_code = Exit.FAILED
         raise
     n = len(rb.steps)
     print(f"{args.file}: valid ({n} steps, scenarios: {', '.join(rb.scenarios) or 'none'})")
