@@ -28,10 +28,11 @@ class HelpScreen(ModalScreen[None]):
         table.add_column()
         for b in self.keys:
             table.add_row(b.key_display or b.key, f"{b.description}: {b.tooltip}")
-        with Vertical(classes="modal help"):
-            yield Label("Keys", classes="modal-title")
+        # The safety rule first, then the keys: at 80x24 it all fits; lower, the dialog scrolls (nothing is cut).
+        with Vertical(classes="modal help", id="help"):
+            yield Label("Keys · Esc, ? or q: back to the run", classes="modal-title")
+            yield Static(SAFETY, classes="help-safety")
             yield Static(table)
-            yield Static(SAFETY, classes="modal-body")
 
     def action_close(self) -> None:
         self.dismiss(None)
