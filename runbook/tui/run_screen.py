@@ -26,10 +26,13 @@ from runbook.engine import ConfirmRefused, Engine
 from runbook.errors import RunbookError
 from runbook.events import StepStatus, Wait
 from runbook.tui.modals import ConfirmModal, TextModal, TypedConfirmModal
-from runbook.tui.widgets import checklist, header, hint_for, step_list
+from runbook.tui.widgets import checklist, facts, header, hint_for, step_list, steps_width
 
 ARM_DELAY_S = 0.75
 OUTPUT_MAX_LINES = 5000
+OUTPUT_MIN_ROWS = 5  # the output pane keeps at least this many rows (its border included) when room is short
+COMMAND_MAX_ROWS = 6
+WHY_MAX_ROWS = 5
 
 
 def fold(line: str, width: int) -> list[str]:
@@ -84,6 +87,10 @@ class RunScreen(Screen[None]):
         # `wrap` (a recovery point or a "post this by hand" line is read whole at 80 columns), raw otherwise.
         self._lines: list[str] = []
         self.wrap = True
+        self._facts_lines = 0
+        self._command_text: str | None = None
+        self._steps_width = 30
+        self._rows: dict[str, int] = {}  # rows of the title, checklist and hint at the panel's width
 
     # ---- layout ----------------------------------------------------------------------------------
 
@@ -98,6 +105,7 @@ class RunScreen(Screen[None]):
                 yield Static(id="command")
                 yield Static(id="checklist")
                 yield Static(id="hint")
+                yield Static(id="facts")
                 yield ProgressBar(id="progress", show_eta=False)
                 yield Log(id="output", max_lines=OUTPUT_MAX_LINES, auto_scroll=True)
         yield Footer()
@@ -114,10 +122,60 @@ class RunScreen(Screen[None]):
 
     def redraw(self) -> None:
         self._tick()
-        width = self.query_one("#steps", Static).size.width or 30
-        self.query_one("#steps", Static).update(step_list(self.engine, self.focus_step, width))
+        steps = self.query_one("#steps", Static)
+        if self.size.width:
+            longest = max((len(s.display_title) for s in self.engine.ctx.runbook.steps
+                           if s.id in self.engine.state.steps), default=0)
+            self._steps_width = steps_width(self.size.width, longest)
+            steps.styles.width = self._steps_width
+        steps.update(step_list(self.engine, self.focus_step, self._steps_width - 2))  # inside its border
         self._draw_panel()
         self.refresh_bindings()
+        self._fit()
+
+    def _panel_width(self) -> int:
+        """Columns inside the step panel (its border and padding taken off), from the screen's width: known
+        before the panel's first layout."""
+        used = 0 if self.has_class("output-full") else self._steps_width
+        return max(20, (self.size.width or 80) - used - 4)
+
+    def _fit(self) -> None:
+        """Share the panel's rows: the title, the hint, the checklist and the named outputs and checks are
+        always whole; the command, then the description, get what is left (each scrolls within its box), and
+        the output pane keeps at least OUTPUT_MIN_ROWS rows. At 80x24 nothing falls off the panel's bottom.
+        Heights are counted from the texts at the panel's width, not read from the last layout: the same
+        screen always gets the same shares."""
+        if not self.is_attached or not self.query("#panel") or self.has_class("output-full"):
+            return
+        panel = self.query_one("#panel", Vertical)
+        rows = panel.content_region.height or (self.size.height - 5)  # header 2, footer 1, the panel's border 2
+        if rows <= 0:
+            return
+        fixed = sum(self._rows.values()) + (1 if self.query_one("#progress").display else 0)
+        room = max(0, rows - fixed - OUTPUT_MIN_ROWS)
+        facts_box = self.query_one("#facts", Static)
+        facts_need = self._facts_lines if facts_box.display else 0
+        cmd = self.query_one("#command", Static)
+        cmd_need = min(COMMAND_MAX_ROWS, self._command_lines(self._panel_width())) if cmd.display else 0
+        # the command first (what r runs), up to 3 rows; then the named facts; then the command's rest; the why last
+        cmd_rows = min(cmd_need, 3, room)
+        room -= cmd_rows
+        facts_rows = min(facts_need, room)
+        room -= facts_rows
+        more = min(cmd_need - cmd_rows, room)
+        cmd_rows += more
+        room -= more
+        cmd.styles.max_height = max(1, cmd_rows)
+        facts_box.styles.max_height = max(1, facts_rows) if facts_rows < facts_need else None
+        self.query_one("#why-box", VerticalScroll).styles.max_height = max(1, min(WHY_MAX_ROWS, room))
+
+    def _lines_of(self, text: Text, width: int) -> int:
+        return len(text.wrap(self.app.console, max(1, width))) if text.plain else 0
+
+    def _command_lines(self, width: int) -> int:
+        text = self._command_text or ""
+        room = max(1, width - 2)  # the command box's own padding
+        return sum(max(1, -(-len(line) // room)) for line in text.split("\n"))
 
     def _draw_panel(self) -> None:
         sid = self.focus_step
@@ -131,27 +189,51 @@ class RunScreen(Screen[None]):
         if step.danger:
             title.append("  ⚠ DANGER", style="bold white on red")
         title.append(f"   {s.status.icon} {s.status.value}", style="dim")
+        width = self._panel_width()
+        self._rows = {"title": self._lines_of(title, width)}
         self.query_one("#step-title", Static).update(title)
         self.query_one("#why", Markdown).update(step.description.strip() or "_No description._")
         w = self.waiting if self.waiting and self.waiting.step_id == sid else None
         command = (w.command if w and w.command else None) or s.command or eng.display_command(step)
         cmd = self.query_one("#command", Static)
         if command:
-            cmd.update(Text("$ " + command.rstrip().replace("\n", "\n  "), style="bold"))
+            self._command_text = "$ " + command.rstrip().replace("\n", "\n  ")
+            cmd.update(Text(self._command_text, style="bold"))
             cmd.display = True
         else:
+            self._command_text = None
             cmd.display = False
         chk = self.query_one("#checklist", Static)
         if step.manual:
             current = w.item_index if w and w.wait == Wait.ack else None
-            chk.update(checklist(step, s.acked, current))
+            items = checklist(step, s.acked, current, width)
+            self._rows["checklist"] = self._lines_of(items, width)
+            chk.update(items)
             chk.display = True
         else:
             chk.display = False
         hint = hint_for(w, step, self.running == sid, eng.state.mode == "rehearsal")
         if w and w.detail and w.wait in (Wait.failed, Wait.interrupted, Wait.value):
             hint = Text.assemble(hint, "\n", (w.detail, "yellow"))
+        self._rows["hint"] = self._lines_of(hint, width)
         self.query_one("#hint", Static).update(hint)
+        self._draw_facts()
+
+    def _draw_facts(self) -> None:
+        """The run's recovery point, and the named outputs and checks of the focused step (or of the nearest
+        step before it that has any), in their own lines between the hint and the output pane: the log
+        scrolls, they stay (widgets.facts)."""
+        box = self.query_one("#facts", Static)
+        width = self._panel_width()
+        text = facts(self.engine, self.focus_step, width)
+        if text is None:
+            box.display = False
+            self._facts_lines = 0
+            return
+        self._facts_lines = self._lines_of(text, width)
+        box.update(text)
+        box.display = True
+        self._fit()
 
     # ---- the engine's events ---------------------------------------------------------------------
 
@@ -217,9 +299,12 @@ class RunScreen(Screen[None]):
             bar.update(total=e.total, progress=e.done)
         elif isinstance(e, ev.CheckReported):
             mark = {"ok": "✓", "warning": "!"}.get(e.status, "✗")
-            self._out([f"{mark} check {e.name}: {e.status}" + (f" — {e.hint}" if e.hint else "")])
+            redact = self.engine.ctx.redactor.redact
+            self._out([redact(f"{mark} check {e.name}: {e.status}" + (f" — {e.hint}" if e.hint else ""))])
+            self._draw_facts()
         elif isinstance(e, ev.OutputValue):
-            self._out([f"→ {e.name} = {e.value}"])
+            self._out([self.engine.ctx.redactor.redact(f"→ {e.name} = {e.value}")])
+            self._draw_facts()
         elif isinstance(e, ev.StepFinished):
             if self.running == e.step_id:
                 self.running = None
@@ -438,6 +523,7 @@ class RunScreen(Screen[None]):
         log.write_lines(self._folded(self._lines))
 
     def on_resize(self) -> None:
+        self.redraw()
         if self._lines:
             self.call_after_refresh(self._rewrite)
 

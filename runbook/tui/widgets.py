@@ -5,6 +5,10 @@ Each renders from the engine's state only; none of them changes anything.
 
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Callable
+from typing import Any
+
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -153,13 +157,131 @@ def hint_for(w: Waiting | None, step: Step, running: bool, rehearsal: bool) -> T
     return Text("")
 
 
-def checklist(step: Step, acked: list[int], current_index: int | None) -> Text:
+CHECKLIST_FULL_LINES = 8  # a checklist longer than this (wrapped) shows its other items on one line each
+
+
+def checklist(step: Step, acked: list[int], current_index: int | None, width: int | None = None) -> Text:
+    """The checklist, the item to do now (▶) always whole. When the whole list, wrapped at `width`, would take
+    more than CHECKLIST_FULL_LINES lines, the other items take one line each, shortened at their end (each is
+    shown whole when its turn comes)."""
+    items = step.manual or []
+    room = (width or 0) - 3
+    compact = width is not None and current_index is not None and \
+        sum(-(-len(item) // max(1, room)) for item in items) > CHECKLIST_FULL_LINES
     out = Text()
-    for i, item in enumerate(step.manual or []):
+    for i, item in enumerate(items):
         mark = "☑" if i in acked else ("☐" if i != current_index else "▶")
         style = "green" if i in acked else ("bold" if i == current_index else "")
-        out.append(f" {mark} {item}\n", style=style)
+        if compact and i != current_index and len(item) > room:
+            item = item[: room - 1].rstrip() + "…"
+        elif width is not None and len(item) > room > 10:
+            item = "\n   ".join(textwrap.wrap(item, room))  # wrapped under its own first word
+        out.append(("\n" if i else "") + f" {mark} {item}", style=style)
     return out
+
+
+FACT_SEPARATOR = " · "
+
+
+def facts_step(engine: Engine, focus: str | None) -> str | None:
+    """The step whose named outputs and checks the panel shows: the focused step once it has any, else the
+    nearest step before it that has (the PITR step's recovery point stays in sight while the next step waits)."""
+    st = engine.state
+    if focus is None or focus not in st.order:
+        return None
+    for sid in reversed(st.order[: st.order.index(focus) + 1]):
+        s = st.steps[sid]
+        if s.outputs or s.checks:
+            return sid
+    return None
+
+
+def _value_text(value: object) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value, separators=(", ", ": "), default=str)
+
+
+def facts(engine: Engine, focus: str | None, width: int) -> Text | None:
+    """What the panel keeps in sight under the hint: the run's recovery point once a step reported one
+    ("recovered to …", unless the facts below are that step's own), then the named outputs (`name value`) and
+    checks (`✓ name`; `!` a warning, `✗` a failure) of the step `facts_step` picks, packed into lines of at
+    most `width` columns. None: nothing to show yet. Values are shown masked, like everything on screen."""
+    from runbook.report import rpo_facts
+
+    st = engine.state
+    redact = engine.ctx.redactor.redact
+    sid = facts_step(engine, focus)
+    rpo = rpo_facts(st)
+    point = rpo.recovery_point_raw if rpo is not None and rpo.source_step != sid else ""
+    if sid is None and not point:
+        return None
+    out = Text(overflow="fold")
+    if point:
+        out.append("recovered to ", style="bold")
+        out.append(redact(point), style="bold green")
+    if sid is not None:
+        n = st.order.index(sid) + 1
+        label = f"{n} {sid}" if sid == focus else f"from {n} {sid}"
+        if point:
+            out.append("\n")
+        out.append_text(facts_text(label, st.steps[sid].outputs, st.steps[sid].checks, width, redact))
+    return out
+
+
+def facts_text(label: str, outputs: dict[str, Any], checks: list[dict[str, Any]], width: int,
+               redact: Callable[[str], str]) -> Text:
+    """`facts`, from the values themselves. A pair longer than a line keeps its name on the line and its value
+    starts the next one, indented (a value longer than a whole line is folded by the screen, never cut)."""
+    width = max(20, width)
+    pieces: list[tuple[Text, Text | None]] = []
+    for key, raw in outputs.items():
+        pieces.append((Text(key, style="dim"), Text(redact(_value_text(raw)), style="bold")))
+    for c in checks:
+        status = str(c.get("status") or "")
+        mark, style = {"ok": ("✓", "green"), "warning": ("!", "bold yellow")}.get(status, ("✗", "bold red"))
+        words = f"{c.get('name')}" + ("" if status == "ok" else f" ({status})")
+        pieces.append((Text.assemble((mark, style), " ", redact(words)), None))
+    lines: list[Text] = []
+    current = Text(label + ":", style="bold")
+    sep = " "  # the label and the first fact: no separator between them
+    for name, value in pieces:
+        whole = name.copy()
+        if value is not None:
+            whole.append(" ")
+            whole.append_text(value)
+        if current.cell_len + len(sep) + whole.cell_len <= width:
+            current.append(sep, style="dim")
+            current.append_text(whole)
+        elif whole.cell_len <= width or value is None:
+            lines.append(current)
+            current = whole
+        else:
+            if current.cell_len + len(sep) + name.cell_len <= width:
+                current.append(sep, style="dim")
+                current.append_text(name)
+                lines.append(current)
+            else:
+                lines.append(current)
+                lines.append(name)
+            current = Text("  ")
+            current.append_text(value)
+        sep = FACT_SEPARATOR
+    lines.append(current)
+    out = Text(overflow="fold")
+    for i, line in enumerate(lines):
+        if i:
+            out.append("\n")
+        out.append_text(line)
+    return out
+
+
+def steps_width(total: int, longest_title: int) -> int:
+    """The step list's width in a terminal `total` columns wide: as wide as its longest title needs (with the
+    status icon, number, danger mark, duration and border: 14 more), at least 30, and never so wide that the
+    step panel gets fewer than 50 columns or three fifths of the terminal."""
+    room = max(30, total - max(50, total * 3 // 5))
+    return max(30, min(longest_title + 14, room))
 
 
 class Pane(Static):
