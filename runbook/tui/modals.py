@@ -7,9 +7,10 @@ and the error one, which only has OK.
 from __future__ import annotations
 
 from rich.markup import escape
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
@@ -74,7 +75,9 @@ class TextModal(ModalScreen[str | None]):
     def _submit(self) -> None:
         value = self.query_one("#text", Input).value
         if self.required and not value.strip():
-            self.query_one("#modal-error", Static).update("This is required.")
+            error = self.query_one("#modal-error", Static)
+            error.update("This is required.")
+            error.display = True
             return
         self.dismiss(value)
 
@@ -93,14 +96,29 @@ class TextModal(ModalScreen[str | None]):
 
 
 class TypedConfirmModal(TextModal):
-    """`confirm: typed`: the operator types the named value; the step runs only when it matches."""
+    """`confirm: typed`: the operator types the named value; the step runs only when it matches.
+
+    The command scrolls in its own box (an action's arguments run to a dozen lines); what to type, the input
+    and both buttons are always in sight, at 80x24 too."""
 
     def __init__(self, step_title: str, expected: str, command: str | None) -> None:
         body = f"Type [b]{escape(expected)}[/b] to run it. Anything else runs nothing."
-        if command:
-            body = f"{escape(command.rstrip())}\n\n{body}"
         super().__init__(f"Run: {step_title}", body, placeholder="type the value shown above")
         self.expected = expected
+        self.command = command.rstrip() if command else None
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="modal"):
+            yield Label(self.title_text, classes="modal-title")
+            if self.command:
+                with VerticalScroll(classes="modal-command"):
+                    yield Static(Text(self.command, overflow="fold"))
+            yield Static(self.body, classes="modal-body")
+            yield Input(placeholder=self.placeholder, password=self.password, id="text")
+            yield Static("", id="modal-error", classes="modal-error")
+            with Horizontal(classes="modal-buttons"):
+                yield Button("Cancel", id="cancel", variant="primary")
+                yield Button("OK", id="ok", variant="warning")
 
 
 class ErrorModal(ModalScreen[None]):

@@ -378,6 +378,49 @@ def test_the_sample_runbook_titles(snap_compare: Any, make_app: Any, size: tuple
     assert snap_compare(app, terminal_size=size, run_before=before)
 
 
+# The sample runbook's PITR step with its arguments as a drill fills them: its command is a dozen lines at 80 columns.
+PITR_TYPED_RUNBOOK = """
+    version: 1
+    name: AssetFlow PostgreSQL DR
+    targets: {rto: 2h, rpo: 5m}
+    steps:
+      - id: pitr
+        title: Point-in-time recovery into a new data directory
+        description: PITR starts from a physical base backup, never from a logical dump.
+        action: pitr
+        with:
+          config: /var/tmp/runbook-sandbox-oncall/sandbox/repository.yaml
+          target_kind: time
+          target_time: "2026-11-25T02:59:58.785158+00:00"
+          pgdata: /var/tmp/runbook-sandbox-oncall/sandbox/pgdata-pitr
+          port: "5432"
+          socket_dir: /var/tmp/runbook-sandbox-oncall/sandbox/run
+          source: any
+          cluster: "7716359441529717282"
+          runbook_exe: /opt/runbook/venv/bin/runbook
+          allow_unsigned: "false"
+        confirm: {typed: /var/tmp/runbook-sandbox-oncall/sandbox/pgdata-pitr}
+        danger: true
+"""
+
+
+@SIZES
+def test_typed_confirmation_dialog_of_a_long_action(snap_compare: Any, make_app: Any, size: tuple[int, int]) -> None:
+    """The PITR step's dialog: its arguments scroll in their box; what to type, the input and both buttons show."""
+    app, _ = make_app(PITR_TYPED_RUNBOOK, frozen=True, mode="drill")
+
+    async def before(pilot: Any) -> None:
+        await until(pilot, waiting_on(app, "pitr", "confirm"))
+        await pilot.press("r")
+        await until(pilot, lambda: isinstance(app.screen, TextModal))
+        await pilot.pause(0.2)
+        dialog = app.screen.query_one(".modal").content_region
+        for widget in app.screen.query("#text, .modal-body, Button"):
+            assert dialog.contains_region(widget.region), f"{widget} is cut: {widget.region} not in {dialog}"
+
+    assert snap_compare(app, terminal_size=size, run_before=before)
+
+
 # ---- overlays -------------------------------------------------------------------------------------------
 
 
