@@ -477,6 +477,7 @@ class RunScreen(Screen[None]):
     def action_toggle_output(self) -> None:
         self.toggle_class("output-full")
         self.call_after_refresh(self._rewrite)
+        self.call_after_refresh(self._draw_facts)  # packed again for the pane's new width
 
     def action_toggle_wrap(self) -> None:
         self.wrap = not self.wrap
