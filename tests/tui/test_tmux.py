@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 from runbook.journal import read_journal
-from tests.conftest import ROOT
+from steps.sandbox.build import Sandbox
+from tests.conftest import ROOT, run_cli
+from tests.support.pgcluster import make_base_dir
+from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv (archive/restore_command)
 
 
 class Tmux:
@@ -132,3 +135,78 @@ def test_quitting_a_run_in_the_middle_says_how_to_go_on(tmux: Tmux, tmp_path: Pa
     shown = tmux("capture-pane", "-p", "-J")  # -J: lines the 80 columns wrapped, joined again
     assert f"run {run_dir.name}: detached, it stays open" in shown
     assert f"runbook resume {run_dir.name} --state-dir {state_dir}" in shown
+
+
+# ---- scenario 2 in a real terminal at 80x24, to the end ---------------------------------------------------
+
+
+def _outputs(state_dir: Path) -> dict[tuple[str, str], object]:
+    (run_dir,) = (state_dir / "runs").iterdir()
+    return {(e["step"], e["name"]): e["value"] for e in read_journal(run_dir / "journal.jsonl").events
+            if e["type"] in ("step-output", "value-provided")}
+
+
+def _on_one_line(text: str, screen: str) -> bool:
+    return any(text in line for line in screen.splitlines())
+
+
+def _drive_to_the_summary(tmux: Tmux, pgdata: str, state_dir: Path, timeout: float = 180) -> tuple[str, str]:
+    """Walk the drill as an operator would: r on each step and checklist item (after the 750 ms guard), the
+    PITR step's data directory typed into its dialog; fail on a failed or interrupted step. From the moment
+    the PITR step reports its recovery point, the point must appear whole on one line of the screen within
+    5 s, and stay on every screen after that. Returns the recovery point and the summary screen."""
+    deadline = time.monotonic() + timeout
+    point, known_at, seen = "", 0.0, False
+    while time.monotonic() < deadline:
+        shown = tmux.screen()
+        if not point and ("pitr", "recovery_point") in (outs := _outputs(state_dir)):
+            point, known_at = str(outs[("pitr", "recovery_point")]), time.monotonic()
+        if point and not seen:
+            seen = _on_one_line(point, shown)
+            assert seen or time.monotonic() - known_at < 5, f"recovery point {point} not on one line:\n{shown}"
+        elif seen:
+            assert _on_one_line(point, shown), f"the recovery point {point} left the screen:\n{shown}"
+        if "Write report" in shown:  # the summary's footer
+            assert seen, f"the summary came before the recovery point was shown:\n{shown}"
+            return point, shown
+        if "Step failed" in shown or "Interrupted:" in shown:
+            raise AssertionError(f"the drill stopped on a step; the screen:\n{shown}")
+        if "Anything else runs nothing" in shown:  # the typed confirmation of the PITR step
+            tmux("send-keys", "-l", pgdata)
+            tmux.keys("Enter")
+        elif "r marks the next item done" in shown or "r runs this step" in shown or "r then type" in shown:
+            tmux.keys("r")
+        time.sleep(0.9)  # run keys are ignored for 750 ms after the step changes
+    raise AssertionError(f"the drill did not reach its summary in {timeout:g} s; the screen:\n{tmux.screen()}")
+
+
+def test_a_pitr_drill_at_80x24_keeps_the_recovery_point_readable_to_the_summary(
+        tmux: Tmux, tmp_path: Path, server_runbook: str) -> None:  # noqa: F811
+    """`runbook demo --scenario pitr` in tmux at 80x24, walked to the end with keystrokes: once the PITR step
+    has reported its recovery point, every later screen shows it whole on one line (nothing to scroll
+    sideways), and so does the summary. Before, the output pane cut it at `AssetFlow PITR (run 2026…-pitr-`."""
+    base = make_base_dir("runbook-tmux-pitr-")  # the server's user must reach the sandbox
+    sb = Sandbox(base / "sandbox")
+    state = base / "state"
+    runbook = base / "runbook.yaml"  # a copy: the demo writes its profile beside it, never into the checkout
+    shutil.copyfile(ROOT / "runbook.yaml", runbook)
+    exit_file = tmp_path / "exit"
+    cmd = (f"cd {ROOT} && RUNBOOK_SERVER_RUNBOOK={server_runbook} {sys.executable} -m runbook demo --scenario pitr "
+           f"--runbook {runbook} --dir {sb.base} --state-dir {state} --files 5; echo $? > {exit_file}; sleep 30")
+    try:
+        tmux("new-session", "-d", "-x", "80", "-y", "24", cmd)
+        tmux.wait_for("Start the run", timeout=180)  # the sandbox is built, the disaster struck: the form
+        tmux.keys("C-s")  # a drill: no typed target
+        tmux.wait_for("marks the next item done")
+        point, summary = _drive_to_the_summary(tmux, str(sb.pitr_datadir), state)
+        assert point.startswith("20") and len(point) >= 25, point  # a full ISO 8601 time, microseconds and zone
+        assert "COMPLETED" in summary
+        assert _on_one_line(f"recovered to {point} (step pitr)", summary), summary
+        tmux.keys("q")
+        assert exit_code(exit_file, timeout=20) == "0"
+        events = read_journal(next((state / "runs").iterdir()) / "journal.jsonl").events
+        assert events[-1]["type"] == "run-finished" and events[-1]["status"] == "completed"
+    finally:
+        subprocess.run(["tmux", "-S", str(tmux.sock), "kill-server"], capture_output=True)
+        run_cli("demo", "--down", "--dir", str(sb.base), timeout=120)
+        shutil.rmtree(base, ignore_errors=True)
