@@ -30,7 +30,7 @@ from runbook.tui.widgets import checklist, facts, header, hint_for, step_list, s
 
 ARM_DELAY_S = 0.75
 OUTPUT_MAX_LINES = 5000
-OUTPUT_MIN_ROWS = 5  # the output pane keeps at least this many rows (its border included) when room is short
+OUTPUT_MIN_ROWS = 4  # the output pane keeps at least this many rows (its border included) when room is short
 COMMAND_MAX_ROWS = 6
 WHY_MAX_ROWS = 5
 
@@ -87,7 +87,7 @@ class RunScreen(Screen[None]):
         # `wrap` (a recovery point or a "post this by hand" line is read whole at 80 columns), raw otherwise.
         self._lines: list[str] = []
         self.wrap = True
-        self._facts_lines = 0
+        self._facts: tuple[Text, Text] = (Text(), Text())  # the facts in full, and with passed checks counted
         self._command_text: str | None = None
         self._steps_width = 30
         self._rows: dict[str, int] = {}  # rows of the title, checklist and hint at the panel's width
@@ -142,32 +142,39 @@ class RunScreen(Screen[None]):
     def _fit(self) -> None:
         """Share the panel's rows: the title, the hint, the checklist and the named outputs and checks are
         always whole; the command, then the description, get what is left (each scrolls within its box), and
-        the output pane keeps at least OUTPUT_MIN_ROWS rows. At 80x24 nothing falls off the panel's bottom.
-        Heights are counted from the texts at the panel's width, not read from the last layout: the same
-        screen always gets the same shares."""
+        the output pane keeps at least OUTPUT_MIN_ROWS rows. Short of rows, the checks that passed are counted
+        instead of named, and the command shrinks to one row unless it waits to be run. At 80x24 nothing falls
+        off the panel's bottom. Heights are counted from the texts at the panel's width, not read from the
+        last layout: the same screen always gets the same shares."""
         if not self.is_attached or not self.query("#panel") or self.has_class("output-full"):
             return
         panel = self.query_one("#panel", Vertical)
         rows = panel.content_region.height or (self.size.height - 5)  # header 2, footer 1, the panel's border 2
         if rows <= 0:
             return
-        fixed = sum(self._rows.values()) + (1 if self.query_one("#progress").display else 0)
+        fixed = sum(self._rows.values()) + (1 if self.query_one("#progress").display else 0) + 1  # why: 1 at least
         room = max(0, rows - fixed - OUTPUT_MIN_ROWS)
-        facts_box = self.query_one("#facts", Static)
-        facts_need = self._facts_lines if facts_box.display else 0
         cmd = self.query_one("#command", Static)
         cmd_need = min(COMMAND_MAX_ROWS, self._command_lines(self._panel_width())) if cmd.display else 0
-        # the command first (what r runs), up to 3 rows; then the named facts; then the command's rest; the why last
-        cmd_rows = min(cmd_need, 3, room)
+        w = self.waiting
+        to_run = w is not None and w.step_id == self.focus_step and w.wait in (Wait.confirm, Wait.mark)
+        cmd_rows = min(cmd_need, 3 if to_run else 1, room)  # what r runs first: up to 3 rows
         room -= cmd_rows
+        facts_box = self.query_one("#facts", Static)
+        facts_need = 0
+        if facts_box.display:
+            full, compact = self._facts
+            text = full if self._lines_of(full, self._panel_width()) <= room else compact
+            facts_need = self._lines_of(text, self._panel_width())
+            facts_box.update(text)
         facts_rows = min(facts_need, room)
         room -= facts_rows
-        more = min(cmd_need - cmd_rows, room)
+        more = min(cmd_need - cmd_rows, room)  # then the command's rest, then the why
         cmd_rows += more
         room -= more
         cmd.styles.max_height = max(1, cmd_rows)
         facts_box.styles.max_height = max(1, facts_rows) if facts_rows < facts_need else None
-        self.query_one("#why-box", VerticalScroll).styles.max_height = max(1, min(WHY_MAX_ROWS, room))
+        self.query_one("#why-box", VerticalScroll).styles.max_height = 1 + min(WHY_MAX_ROWS - 1, room)
 
     def _lines_of(self, text: Text, width: int) -> int:
         return len(text.wrap(self.app.console, max(1, width))) if text.plain else 0
@@ -228,9 +235,9 @@ class RunScreen(Screen[None]):
         text = facts(self.engine, self.focus_step, width)
         if text is None:
             box.display = False
-            self._facts_lines = 0
             return
-        self._facts_lines = self._lines_of(text, width)
+        compact = facts(self.engine, self.focus_step, width, compact=True)
+        self._facts = (text, compact or text)
         box.update(text)
         box.display = True
         self._fit()

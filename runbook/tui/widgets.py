@@ -202,11 +202,13 @@ def _value_text(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(", ", ": "), default=str)
 
 
-def facts(engine: Engine, focus: str | None, width: int) -> Text | None:
+def facts(engine: Engine, focus: str | None, width: int, *, compact: bool = False) -> Text | None:
     """What the panel keeps in sight under the hint: the run's recovery point once a step reported one
     ("recovered to …", unless the facts below are that step's own), then the named outputs (`name value`) and
     checks (`✓ name`; `!` a warning, `✗` a failure) of the step `facts_step` picks, packed into lines of at
-    most `width` columns. None: nothing to show yet. Values are shown masked, like everything on screen."""
+    most `width` columns; `compact` counts the checks that passed instead of naming them (when the panel is
+    short of rows: what failed or warned is always named). None: nothing to show yet. Values are shown masked,
+    like everything on screen."""
     from runbook.report import rpo_facts
 
     st = engine.state
@@ -225,20 +227,26 @@ def facts(engine: Engine, focus: str | None, width: int) -> Text | None:
         label = f"{n} {sid}" if sid == focus else f"from {n} {sid}"
         if point:
             out.append("\n")
-        out.append_text(facts_text(label, st.steps[sid].outputs, st.steps[sid].checks, width, redact))
+        out.append_text(facts_text(label, st.steps[sid].outputs, st.steps[sid].checks, width, redact,
+                                   compact=compact))
     return out
 
 
 def facts_text(label: str, outputs: dict[str, Any], checks: list[dict[str, Any]], width: int,
-               redact: Callable[[str], str]) -> Text:
+               redact: Callable[[str], str], *, compact: bool = False) -> Text:
     """`facts`, from the values themselves. A pair longer than a line keeps its name on the line and its value
     starts the next one, indented (a value longer than a whole line is folded by the screen, never cut)."""
     width = max(20, width)
     pieces: list[tuple[Text, Text | None]] = []
     for key, raw in outputs.items():
         pieces.append((Text(key, style="dim"), Text(redact(_value_text(raw)), style="bold")))
+    passed = sum(1 for c in checks if c.get("status") == "ok")
+    if compact and passed:
+        pieces.append((Text.assemble(("✓", "green"), f" {passed} check{'s' if passed > 1 else ''} ok"), None))
     for c in checks:
         status = str(c.get("status") or "")
+        if compact and status == "ok":
+            continue
         mark, style = {"ok": ("✓", "green"), "warning": ("!", "bold yellow")}.get(status, ("✗", "bold red"))
         words = f"{c.get('name')}" + ("" if status == "ok" else f" ({status})")
         pieces.append((Text.assemble((mark, style), " ", redact(words)), None))

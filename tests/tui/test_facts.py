@@ -45,6 +45,12 @@ def test_facts_keep_each_name_with_its_value_within_the_width() -> None:
     assert all(len(ln) <= 110 for ln in wide)
 
 
+def test_short_of_rows_the_checks_that_passed_are_counted_and_the_others_still_named() -> None:
+    text = facts_text("9 pitr", {"timeline": 2}, PITR_CHECKS, 46, Redactor([]).redact, compact=True)
+    assert text.plain.split("\n") == ["9 pitr: timeline 2 · ✓ 2 checks ok",
+                                       "! tablespaces created after the backup (warning)"]
+
+
 def test_facts_use_a_wide_pane_and_mask_secrets() -> None:
     outputs = {"dsn": "postgresql://app:Sup3rSecretPw@db/app", "restored_db": "assetflow_prod"}
     text = facts_text("from 3 restore", outputs, [], 160, Redactor(["Sup3rSecretPw"]).redact)
