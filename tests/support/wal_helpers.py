@@ -69,7 +69,10 @@ def write_config(path: Path, cluster: Cluster, *, local: Path | None = None, s3:
     if s3 is not None:
         lines.append("s3: " + json.dumps(s3))
     # Workers the commands start (uploader, read-ahead) leave soon after a test.
-    lines.append("wal: " + json.dumps({"worker_idle_s": 3, **(wal or {})}))
+    wal = dict(wal or {})
+    if "spool_dir" not in wal:  # in the test's directory, not the server user's home, where it would stay
+        wal["spool_dir"] = str(server_dir(path.parent, "wal-spool"))
+    lines.append("wal: " + json.dumps({"worker_idle_s": 3, **wal}))
     lines.append("backup: " + json.dumps({"state_dir": str(path.parent / "state")}))
     if "signing:" not in extra:
         lines.append(signing_yaml().rstrip())
