@@ -363,6 +363,7 @@ class BackupRun:
                 return out
             out.timings.update(result.timings)
             out.timings["dump_total_s"] = time.monotonic() - t0
+            out.timings["hash_total_s"] = pipe.dump.timings["hash_s"]
             out.size_bytes = result.size_bytes
             out.snapshot_time = result.snapshot_time.isoformat()
             log.info("dumped %s: %s in %d objects, %d tables (%.1f s; %d files hashed and sent on while pg_dump ran)",

@@ -184,9 +184,16 @@ class Publisher:
         key = self.prefix + o.path
         t0 = time.monotonic()
         try:
-            with self._lock:
-                st.stored.append(key)
-            st.store.put_file(key, self.staging / o.path)
+            ours = True
+            try:
+                st.store.put_file(key, self.staging / o.path)
+            except ObjectExists:
+                ours = False  # someone else's: never removed by the cleanup
+                raise
+            finally:
+                if ours:  # what may have reached the repository, for the cleanup of a failed run
+                    with self._lock:
+                        st.stored.append(key)
             t1 = time.monotonic()
             size, digest = st.store.hash_object(key)
             if digest != o.sha256 or size != o.size:
