@@ -145,14 +145,11 @@ class StreamingCheck:
                     continue
                 name, fd = got
                 try:
-                    with self._cond:
-                        while name not in self._ready and not self._stop:
-                            self._cond.wait(0.5)
-                    if self._stop:
-                        return
                     os.set_blocking(fd, True)
                     self._stream(name, fd)
                 except BrokenPipeError:  # pg_restore stopped reading: its exit status says why
+                    return
+                except _Stopped:
                     return
                 finally:
                     os.close(fd)
@@ -161,12 +158,38 @@ class StreamingCheck:
         except BaseException as e:  # noqa: BLE001 - reported by result()
             self.feed_error = e
 
+    def _is_done(self, name: str, timeout: float = 0.0) -> bool:
+        """Has the dump closed `name`? Waits up to `timeout` for it; raises _Stopped when aborted."""
+        with self._cond:
+            if name not in self._ready and not self._stop and timeout:
+                self._cond.wait(timeout)
+            if self._stop:
+                raise _Stopped
+            return name in self._ready
+
+    def wait_done(self, name: str) -> None:
+        """Until the dump has closed `name` (raises _Stopped when aborted)."""
+        while not self._is_done(name, 0.5):
+            pass
+
     def _stream(self, name: str, fd: int) -> None:
-        with open(self.dump_dir / name, "rb") as f:
-            while chunk := f.read(1024 * 1024):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
+        """Feed `name` into its pipe as the dump writes it, front to back, to its end once the dump closed it."""
+        path = self.dump_dir / name
+        while not path.exists():  # pg_restore may ask for a table the dump has not begun
+            if self._is_done(name, self.POLL_S):
+                break
+        with open(path, "rb") as f:
+            while True:
+                done = self._is_done(name)  # sampled before the read: a read after the close sees every byte
+                chunk = f.read(1024 * 1024)
+                if chunk:
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    continue
+                if done:
+                    return
+                self._is_done(name, self.POLL_S)
 
     def result(self) -> list[Check]:
         """After the dump: wait for pg_restore; its checks, or ToolFailed. Only when `overlapped`."""
@@ -203,6 +226,10 @@ class StreamingCheck:
             self.proc.stderr.close()
         if self._feeder is not None:
             self._feeder.join()
+
+
+class _Stopped(Exception):
+    pass
 
 
 class NotOverlapped(Exception):

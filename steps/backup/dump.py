@@ -237,7 +237,7 @@ def take_dump(conn: Conn, db: str, staging: Path, *, jobs: int, compression: int
 
     t2 = time.monotonic()
     objects = hash_tree(staging) if pipeline is None else pipeline.objects()
-    timings["hash_s"] = time.monotonic() - t2
+    timings["hash_s" if pipeline is None else "publish_after_dump_s"] = time.monotonic() - t2
     return DumpResult(
         staging=staging, facts=facts, snapshot_time=snapshot_time, started_at=started_at, stopped_at=stopped_at,
         row_counts=counts.counts, row_counts_skipped=counts.skipped, objects=objects,

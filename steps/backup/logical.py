@@ -366,9 +366,10 @@ class BackupRun:
             out.timings["hash_total_s"] = pipe.dump.timings["hash_s"]
             out.size_bytes = result.size_bytes
             out.snapshot_time = result.snapshot_time.isoformat()
-            log.info("dumped %s: %s in %d objects, %d tables (%.1f s; %d files hashed and sent on while pg_dump ran)",
-                     db, _mb(result.size_bytes), len(result.objects), len(result.row_counts),
-                     out.timings["dump_total_s"], pipe.dump.hashed_during_dump)
+            log.info("dumped %s: %s in %d objects, %d tables (%.1f s; each file hashed and sent on as it was "
+                     "written, %d of them finished while pg_dump ran)", db, _mb(result.size_bytes),
+                     len(result.objects), len(result.row_counts), out.timings["dump_total_s"],
+                     pipe.dump.finished_during_dump)
             manifest = LogicalManifest(
                 backup_id=self.backup_id, database=result.facts, snapshot_time=result.snapshot_time,
                 started_at=result.started_at, stopped_at=result.stopped_at, dump=result.dump, globals=result.globals,
@@ -438,13 +439,10 @@ class BackupRun:
         pool = ThreadPoolExecutor(max_workers=1)
         try:
             checks_future = pool.submit(checked)
-            t0 = time.monotonic()
-            pipe.publisher.wait()
-            out.timings["publish_after_dump_s"] = time.monotonic() - t0
             stored: list[Store] = []
-            for st in pipe.publisher.states:
+            for st in pipe.publisher.states:  # every object was finished and re-read before take_dump returned
                 out.timings[f"publish_{st.store.name}_busy_s"] = st.busy_s
-                out.timings[f"publish_{st.store.name}_upload_s"] = st.upload_s
+                out.timings[f"publish_{st.store.name}_finish_s"] = st.finish_s
                 out.timings[f"publish_{st.store.name}_reread_s"] = st.reread_s
                 if st.error is not None:
                     out.failed[st.store.name] = str(st.error)
@@ -600,9 +598,9 @@ class _Pipe:
 
     def close(self, *, keep_local: bool) -> None:
         """Stop every part; unless the local repository got its manifest, remove what reached it."""
+        self.publisher.close()
         self.dump.stop()
         self.check.abort()
-        self.publisher.close()
         if not keep_local:
             self.publisher.cleanup_local()
 

@@ -25,17 +25,17 @@ no delete right).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from steps.repository.manifest import ObjectEntry
-from steps.repository.store import CorruptObject, ObjectExists, RepositoryError, Store, sha256_file
+from steps.repository.store import CHUNK, CorruptObject, ObjectExists, ObjectStream, RepositoryError, Store
 
 log = logging.getLogger("runbook.backup")
 
@@ -108,10 +108,12 @@ class FinishedFiles:
         self.pid = pid
         self.seen_before: set[str] = set()
         self.done: set[str] = set()
+        self.listed: list[str] = []  # at the last poll: every file not handed out yet
         self.proc_readable = True
 
     def poll(self) -> list[str]:
         listed = [f for f in list_files(self.root) if f not in self.done] if self.root.is_dir() else []
+        self.listed = listed
         candidates = [f for f in listed if f in self.seen_before]
         self.seen_before = set(listed)
         if not candidates or not self.proc_readable:
@@ -133,28 +135,27 @@ class FinishedFiles:
         return rest
 
 
-# --- publishing each object as it comes -----------------------------------------------------------
+# --- publishing each object as it is read ---------------------------------------------------------
 
 
 @dataclass
 class _StoreState:
     store: Store
-    pool: ThreadPoolExecutor
+    slots: threading.BoundedSemaphore  # concurrent transfers to this repository
     error: RepositoryError | None = None
-    stored: list[str] = field(default_factory=list)  # keys written (for cleanup)
-    futures: list[Future[None]] = field(default_factory=list)
+    stored: list[str] = field(default_factory=list)  # keys that may have reached it (for cleanup)
     busy_s: float = 0.0
-    upload_s: float = 0.0
+    finish_s: float = 0.0
     reread_s: float = 0.0
 
 
 class Publisher:
-    """Stores each object in every repository, re-reads it and compares, as the objects come."""
+    """Sends each object to every repository while it is read (`open` .. `write` .. `finish`), then re-reads
+    it from the repository and compares its sha256. A repository that fails is left alone from then on."""
 
     def __init__(self, stores: list[Store], staging: Path, workers: Callable[[Store], int]) -> None:
         self.staging = staging
-        self.states = [_StoreState(s, ThreadPoolExecutor(max_workers=max(1, workers(s)),
-                                                         thread_name_prefix=f"publish-{s.name}")) for s in stores]
+        self.states = [_StoreState(s, threading.BoundedSemaphore(max(1, workers(s)))) for s in stores]
         self.prefix: str | None = None
         self.cancelled = threading.Event()
         self._lock = threading.Lock()
@@ -171,61 +172,79 @@ class Publisher:
             except RepositoryError as e:
                 st.error = e
 
-    def submit(self, entry: ObjectEntry) -> None:
+    def _fail(self, st: _StoreState, e: BaseException, key: str) -> None:
+        err = e if isinstance(e, RepositoryError) else RepositoryError(f"{type(e).__name__} while storing {key}: {e}")
+        with self._lock:
+            if st.error is None:
+                st.error = err
+
+    def open(self, rel: str) -> list[tuple[_StoreState, ObjectStream]]:
         assert self.prefix is not None
+        key = self.prefix + rel
+        streams = []
         for st in self.states:
             if st.error is None and not self.cancelled.is_set():
-                st.futures.append(st.pool.submit(self._one, st, entry))
+                try:
+                    streams.append((st, st.store.open_stream(key, self.staging / rel)))
+                except Exception as e:  # noqa: BLE001 - this repository fails, the others go on
+                    self._fail(st, e, key)
+        return streams
 
-    def _one(self, st: _StoreState, o: ObjectEntry) -> None:
-        if st.error is not None or self.cancelled.is_set():
-            return
-        assert self.prefix is not None
-        key = self.prefix + o.path
-        t0 = time.monotonic()
-        try:
-            ours = True
+    def write(self, streams: list[tuple[_StoreState, ObjectStream]], chunk: bytes) -> None:
+        for st, stream in streams:
+            if st.error is not None or self.cancelled.is_set():
+                continue
+            t0 = time.monotonic()
             try:
-                st.store.put_file(key, self.staging / o.path)
-            except ObjectExists:
-                ours = False  # someone else's: never removed by the cleanup
-                raise
-            finally:
-                if ours:  # what may have reached the repository, for the cleanup of a failed run
+                with st.slots:
                     with self._lock:
-                        st.stored.append(key)
-            t1 = time.monotonic()
-            size, digest = st.store.hash_object(key)
-            if digest != o.sha256 or size != o.size:
-                raise CorruptObject(st.store.describe(), key, f"sha256 {o.sha256} ({o.size} bytes)",
-                                    f"sha256 {digest} ({size} bytes)")
-            t2 = time.monotonic()
-            with self._lock:
-                st.upload_s += t1 - t0
-                st.reread_s += t2 - t1
-        except RepositoryError as e:
-            with self._lock:
-                if st.error is None:
-                    st.error = e
-        except Exception as e:  # a bug or an unexpected library error: this repository fails, said plainly
-            with self._lock:
-                if st.error is None:
-                    st.error = RepositoryError(f"{type(e).__name__} while storing {key}: {e}")
-        finally:
-            with self._lock:
-                st.busy_s += time.monotonic() - t0
+                        if stream.key not in st.stored:
+                            st.stored.append(stream.key)
+                    stream.write(chunk)
+            except Exception as e:  # noqa: BLE001
+                stream.abort()
+                self._fail(st, e, stream.key)
+            finally:
+                with self._lock:
+                    st.busy_s += time.monotonic() - t0
 
-    def wait(self) -> None:
-        """Every submitted object stored and re-read (or its repository failed)."""
-        for st in self.states:
-            for f in list(st.futures):
-                f.result()
+    def finish(self, streams: list[tuple[_StoreState, ObjectStream]], o: ObjectEntry) -> None:
+        """The object is whole: store it, re-read it from the repository, compare."""
+        for st, stream in streams:
+            if st.error is not None or self.cancelled.is_set():
+                stream.abort()
+                continue
+            t0 = time.monotonic()
+            try:
+                with st.slots:
+                    ours = True
+                    try:
+                        stream.finish()
+                    except ObjectExists:
+                        ours = False  # someone else's: never removed by the cleanup
+                        raise
+                    finally:
+                        if ours:
+                            with self._lock:
+                                if stream.key not in st.stored:
+                                    st.stored.append(stream.key)
+                    t1 = time.monotonic()
+                    size, digest = st.store.hash_object(stream.key)
+                if digest != o.sha256 or size != o.size:
+                    raise CorruptObject(st.store.describe(), stream.key, f"sha256 {o.sha256} ({o.size} bytes)",
+                                        f"sha256 {digest} ({size} bytes)")
+                with self._lock:
+                    st.finish_s += t1 - t0
+                    st.reread_s += time.monotonic() - t1
+            except Exception as e:  # noqa: BLE001
+                stream.abort()
+                self._fail(st, e, stream.key)
+            finally:
+                with self._lock:
+                    st.busy_s += time.monotonic() - t0
 
     def close(self) -> None:
-        """Stop: what was not started is dropped, what is running ends."""
         self.cancelled.set()
-        for st in self.states:
-            st.pool.shutdown(wait=True, cancel_futures=True)
 
     def cleanup_local(self) -> None:
         """A failed run: remove what reached the local repository (no manifest, so no backup, but bytes)."""
@@ -242,98 +261,173 @@ class Publisher:
 
 
 class DumpPipeline:
-    """What steps.backup.dump.take_dump calls while pg_dump runs: `begin` with the repository prefix once the
-    database's facts are known, `watch` with pg_dump's pid, `dump_ended` when it exited, then `objects`."""
+    """What steps.backup.dump.take_dump calls while pg_dump runs: `begin` with the system identifier once the
+    database's facts are known, `watch` with pg_dump's pid, `dump_ended` when it exited, `add` for the files
+    written beside the dump, then `objects`.
+
+    Each file of the dump is read from the moment it appears, by a thread of its own (at most pg_dump's jobs
+    and toc.dat grow at once), front to back as pg_dump appends to it: every chunk is hashed and handed to the
+    repositories (S3 sends a part whenever one is full). Once the watcher says pg_dump has closed the file, the
+    thread reads to its end, stats it, and the object is finished in every repository and re-read."""
 
     def __init__(self, staging: Path, dump_dir: str, publisher: Publisher, prefix_of: Callable[[str], str],
                  on_file: Callable[[str], None] | None = None) -> None:
         self.staging = staging
-        self.prefix_of = prefix_of  # the repository prefix of the backup, from the cluster's system identifier
         self.dump_dir = dump_dir
         self.publisher = publisher
+        self.prefix_of = prefix_of  # the repository prefix of the backup, from the cluster's system identifier
         self.on_file = on_file  # told of each finished file of the dump (relative to the dump directory)
         self.entries: dict[str, ObjectEntry] = {}
         self.stats: dict[str, tuple[int, int, int]] = {}
         self.timings: dict[str, float] = {"hash_s": 0.0}
         self.error: BaseException | None = None
-        self._thread: threading.Thread | None = None
+        self.dump_ended_at: float | None = None
+        self.finished_during_dump = 0
+        self._watcher: threading.Thread | None = None
+        self._readers: dict[str, tuple[threading.Thread, threading.Event]] = {}
         self._ended = threading.Event()
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._files: FinishedFiles | None = None
-        self.dump_ended_at: float | None = None
-        self.hashed_during_dump = 0
 
     def begin(self, system_identifier: str) -> None:
         self.publisher.begin(self.prefix_of(system_identifier))
 
     def watch(self, pid: int) -> None:
         self._files = FinishedFiles(self.staging / self.dump_dir, pid)
-        self._thread = threading.Thread(target=self._run, name="dump-watcher", daemon=True)
-        self._thread.start()
+        self._watcher = threading.Thread(target=self._watch, name="dump-watcher", daemon=True)
+        self._watcher.start()
 
-    def _run(self) -> None:
+    def _watch(self) -> None:
         assert self._files is not None
         try:
             while not self._ended.is_set() and not self._stop.is_set():
-                for rel in self._files.poll():
-                    self._take(f"{self.dump_dir}/{rel}", during=True)
+                finished = self._files.poll()
+                for rel in self._files.listed:
+                    self._read(f"{self.dump_dir}/{rel}")
+                for rel in finished:
+                    self._closed(f"{self.dump_dir}/{rel}")
                 self._ended.wait(POLL_S)
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             self.error = e
 
+    def _read(self, rel: str) -> threading.Event:
+        """Start reading `rel` (once); the event says pg_dump has closed it."""
+        with self._lock:
+            if rel in self._readers:
+                return self._readers[rel][1]
+            closed = threading.Event()
+            t = threading.Thread(target=self._reader, args=(rel, closed), name=f"read {rel}", daemon=True)
+            self._readers[rel] = (t, closed)
+        t.start()
+        return closed
+
+    def _closed(self, rel: str) -> None:
+        """pg_dump closed `rel` (once per file)."""
+        closed = self._read(rel)
+        if closed.is_set():
+            return
+        closed.set()
+        if not self._ended.is_set():
+            self.finished_during_dump += 1
+        if self.on_file is not None and rel.startswith(self.dump_dir + "/"):
+            self.on_file(rel[len(self.dump_dir) + 1:])
+
+    def _reader(self, rel: str, closed: threading.Event) -> None:
+        streams = []
+        try:
+            streams = self.publisher.open(rel)
+            h = hashlib.sha256()
+            n = 0
+            hash_s = 0.0
+            with open(self.staging / rel, "rb") as f:
+                while True:
+                    done = closed.is_set()  # sampled before the read: a read after the close sees every byte
+                    chunk = f.read(CHUNK)
+                    if chunk:
+                        t0 = time.monotonic()
+                        h.update(chunk)
+                        hash_s += time.monotonic() - t0
+                        n += len(chunk)
+                        self.publisher.write(streams, chunk)
+                        continue
+                    if done:
+                        break
+                    if self._stop.is_set():
+                        raise _Stopped
+                    closed.wait(0.05)
+                st = os.fstat(f.fileno())
+            if st.st_size != n:
+                raise Changed(f"{rel} changed while it was read ({st.st_size} bytes, {n} read)")
+            entry = ObjectEntry(path=rel, size=n, sha256=h.hexdigest())
+            with self._lock:
+                self.stats[rel] = (st.st_ino, st.st_size, st.st_mtime_ns)
+                self.entries[rel] = entry
+                self.timings["hash_s"] += hash_s
+            self.publisher.finish(streams, entry)
+        except _Stopped:
+            for _st, stream in streams:
+                stream.abort()
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            for _st, stream in streams:
+                stream.abort()
+            with self._lock:
+                if self.error is None:
+                    self.error = e
+
     def dump_ended(self) -> None:
-        """pg_dump exited (successfully): the watcher stops; what it left is taken now."""
+        """pg_dump exited (successfully): the watcher stops; every file is closed now."""
         self.dump_ended_at = time.monotonic()
         self._ended.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._watcher is not None:
+            self._watcher.join()
         if self.error is not None:
             raise self.error
-        if self._files is not None:
-            for rel in self._files.rest():
-                self._take(f"{self.dump_dir}/{rel}", during=False)
+        for rel in list_files(self.staging / self.dump_dir):
+            self._closed(f"{self.dump_dir}/{rel}")
 
     def stop(self) -> None:
         self._stop.set()
         self._ended.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _take(self, rel: str, *, during: bool) -> None:
-        path = self.staging / rel
-        t0 = time.monotonic()
-        st = os.stat(path, follow_symlinks=False)
-        size, digest = sha256_file(path)
-        self.timings["hash_s"] += time.monotonic() - t0
-        self.stats[rel] = (st.st_ino, st.st_size, st.st_mtime_ns)
-        entry = ObjectEntry(path=rel, size=size, sha256=digest)
-        self.entries[rel] = entry
-        if during:
-            self.hashed_during_dump += 1
-        self.publisher.submit(entry)
-        if self.on_file is not None and rel.startswith(self.dump_dir + "/"):
-            self.on_file(rel[len(self.dump_dir) + 1:])
+        if self._watcher is not None:
+            self._watcher.join()
+        for t, _closed in list(self._readers.values()):
+            t.join()
 
     def add(self, rel: str) -> None:
-        """A file written beside the dump after it (globals.sql, user_mappings.sql)."""
-        self._take(rel, during=False)
+        """A file written beside the dump after it (globals.sql, user_mappings.sql): closed already."""
+        self._read(rel).set()
+
+    def wait(self) -> None:
+        """Every file read, and finished in every repository (or its repository failed). Raises what failed
+        in a reader (an unreadable file, `Changed`)."""
+        for t, _closed in list(self._readers.values()):
+            t.join()
+        if self.error is not None:
+            raise self.error
 
     def objects(self) -> list[ObjectEntry]:
         """Every file of the staging directory, hashed (the shadow directory of the read check excepted), once
-        each is checked unchanged since it was hashed. Raises Changed."""
+        each is checked unchanged since it was read. Raises Changed."""
         files = [f for f in list_files(self.staging) if not f.startswith(SHADOW + "/")]
         for rel in files:
-            if rel not in self.entries:  # not expected (pg_dump makes nothing after it exits): hash it now
-                self._take(rel, during=False)
+            if rel not in self._readers:  # not expected (nothing is written after pg_dump): read it now
+                self._read(rel).set()
+        self.wait()
+        for rel in files:
             st = os.stat(self.staging / rel, follow_symlinks=False)
             if (st.st_ino, st.st_size, st.st_mtime_ns) != self.stats[rel]:
-                raise Changed(f"{rel} changed after it was hashed: the dump is not published",
+                raise Changed(f"{rel} changed after it was read: the dump is not published",
                               hint="report this: the rule that tells a finished dump file (steps.backup.pipeline) "
                                    "was wrong here")
         missing = set(self.entries) - set(files)
         if missing:
-            raise Changed(f"{sorted(missing)[0]} was hashed but is gone from the dump")
+            raise Changed(f"{sorted(missing)[0]} was read but is gone from the dump")
         return sorted(self.entries.values(), key=lambda o: o.path)
+
+
+class _Stopped(Exception):
+    pass
 
 
 SHADOW = ".read-check"  # the read check's directory inside the staging directory (steps.backup.archive_check)

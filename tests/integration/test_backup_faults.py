@@ -308,6 +308,7 @@ def test_an_archive_the_overlapped_read_check_cannot_read_is_not_published(
     from steps.repository.config import load_repository_config
 
     def flipped(self: archive_check.StreamingCheck, name: str, fd: int) -> None:
+        self.wait_done(name)
         data = bytearray((self.dump_dir / name).read_bytes())
         data[len(data) // 2] ^= 0xFF
         os.write(fd, bytes(data))

@@ -148,7 +148,7 @@ def test_finished_files_are_published_and_read_while_pg_dump_still_writes(
     cat = backups_json(cfg)
     (entry,) = cat["backups"]
     assert entry["level"] == "readable"
-    assert "files hashed and sent on while pg_dump ran" in (tmp_path / "state" / "backup.log").read_text()
+    assert "each file hashed and sent on as it was written" in (tmp_path / "state" / "backup.log").read_text()
 
 
 def test_pg_dump_killed_after_files_were_uploaded_leaves_no_backup(
