@@ -49,9 +49,21 @@ def sh(cmd: str, env: dict[str, str]) -> None:
     subprocess.run(["bash", "-c", f"set -euo pipefail; {cmd}"], env=env, check=True, stdout=subprocess.DEVNULL)
 
 
+CPU: dict[str, list[float]] = {}  # job -> busy CPU seconds of the whole machine while it ran
+_last_cpu = [0.0]
+
+
+def busy_cpu_s() -> float:
+    """Busy CPU seconds of the machine so far (/proc/stat: every state but idle and iowait), all cores."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def timed(fn: Callable[[], object]) -> float:
+    c0 = busy_cpu_s()
     t0 = time.monotonic()
     fn()
+    _last_cpu[0] = busy_cpu_s() - c0
     return time.monotonic() - t0
 
 
@@ -147,6 +159,8 @@ def main() -> None:
 
         def rec(name: str, secs: float) -> None:
             times.setdefault(name, []).append(secs)
+            if not name.startswith("  "):
+                CPU.setdefault(name, []).append(_last_cpu[0])
 
         plan, fc1, fd1, dest = work / "plan.dump.gz", work / "c1.dump", work / "d1", work / "fetched"
         fetched: dict[str, object] = {}
@@ -177,6 +191,7 @@ def main() -> None:
                 if tree == ROOT:  # ours: its parts
                     for key, secs in st["timings"].items():
                         rec(f"  {key}", secs)
+            run.__name__ = "ours" if tree == ROOT else "baseline"
             return run
 
         def bare_fc() -> None:
@@ -187,6 +202,9 @@ def main() -> None:
             shutil.rmtree(fd1, ignore_errors=True)
             rec(PLAIN, timed(lambda: sh(f"{PG_BIN}/pg_dump -Fd -j{args.jobs} -Z1 -d bench -f {fd1}", env_bk)))
             sizes[PLAIN] = du(fd1)
+            # What the read check costs on its own (it must decompress every table): part of the floor.
+            rec("reference: pg_restore -f /dev/null of the plain dump (alone)",
+                timed(lambda: sh(f"{PG_BIN}/pg_restore -f /dev/null {fd1}", env)))
 
         jobs = [the_plan, runbook_backup("backup: runbook backup (all parts)", ROOT, cfg), bare_fc, bare_fd]
         if args.baseline_tree is not None and cfg_base is not None:
@@ -258,8 +276,8 @@ def main() -> None:
         print(f"\n{args.repeat} repeats (order rotated), pgbench scale {args.scale} + ~{args.text_mb} MB text ({size}), "
               f"{os.cpu_count()} cores, jobs {args.jobs}, S3 {'off' if args.no_s3 else 'moto on 127.0.0.1'}\n")
         print(f"| {'job (parts of ours indented: wall time, overlapping)':58} | {'min s':>7} | {'median s':>8} "
-              f"| {'size MB':>8} | {'this / plan':>11} | {'this / plain':>12} |")
-        print(f"|{'-' * 60}|{'-' * 9}|{'-' * 10}|{'-' * 10}|{'-' * 13}|{'-' * 14}|")
+              f"| {'CPU s':>6} | {'size MB':>8} | {'this / plan':>11} | {'this / plain':>12} |")
+        print(f"|{'-' * 60}|{'-' * 9}|{'-' * 10}|{'-' * 8}|{'-' * 10}|{'-' * 13}|{'-' * 14}|")
         for name, xs in times.items():
             med = statistics.median(xs)
             is_backup = name.startswith("backup")
@@ -267,7 +285,10 @@ def main() -> None:
             ratio = f"{med / ref:.2f}x" if ref and med else ""
             to_plain = f"{med / plain_b:.2f}x" if is_backup and plain_b else ""
             size_mb = f"{sizes[name] / 1e6:.0f}" if name in sizes else ""
-            print(f"| {name:58} | {min(xs):7.1f} | {med:8.1f} | {size_mb:>8} | {ratio:>11} | {to_plain:>12} |")
+            cpu = f"{statistics.median(CPU[name]):.1f}" if name in CPU else ""
+            print(f"| {name:58} | {min(xs):7.1f} | {med:8.1f} | {cpu:>6} | {size_mb:>8} | {ratio:>11} | {to_plain:>12} |")
+        print("\nCPU s: busy CPU seconds of the whole machine (all cores, /proc/stat) while the job ran: the server, "
+              "the tools, S3 (moto) and any other load; on 2 cores a job cannot take less than CPU s / 2.")
     finally:
         c.stop()
         if server is not None:

@@ -192,7 +192,7 @@ class Publisher:
 
     def write(self, streams: list[tuple[_StoreState, ObjectStream]], chunk: bytes) -> None:
         for st, stream in streams:
-            if st.error is not None or self.cancelled.is_set():
+            if st.error is not None or self.cancelled.is_set() or not stream.sends_early:
                 continue
             t0 = time.monotonic()
             try:

@@ -203,6 +203,8 @@ class _S3Stream(ObjectStream):
     and each full part is sent at once. A file that ends before its first part is full goes up in one
     PutObject. Never-overwrite: a look before the upload starts and again before it completes."""
 
+    sends_early = True
+
     def __init__(self, store: S3Store, key: str, src: Path) -> None:
         super().__init__(store, key, src)
         self.s3 = store

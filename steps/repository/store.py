@@ -257,6 +257,8 @@ class ObjectStream:
     """An upload fed while its source file grows; never-overwrite as `put_file`. The caller re-reads the object
     after `finish` and compares its sha256, as after `put_file`."""
 
+    sends_early = False  # does `write` send anything (else it is skipped and `finish` does all)
+
     def __init__(self, store: Store, key: str, src: Path) -> None:
         self.store = store
         self.key = _check_key(key)
