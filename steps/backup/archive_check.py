@@ -60,6 +60,7 @@ class StreamingCheck:
     `overlapped = False`, and the caller runs `check_archive` on the finished dump directory instead."""
 
     POLL_S = 0.02
+    END_S = 120.0  # pg_restore's time to end once every file was fed: what is left in a pipe, the post-data
 
     def __init__(self, dump_dir: Path, shadow: Path, compression: int) -> None:
         self.dump_dir = dump_dir
@@ -200,15 +201,27 @@ class StreamingCheck:
             self.overlapped = False
             self.why_not = "the dump's data files are not those its table of contents names"
             raise NotOverlapped(self.why_not)
-        _, stderr = self.proc.communicate()
         if self._feeder is not None:
-            self._feeder.join()
+            self._feeder.join()  # every pipe fed, or pg_restore gone, or the feeder failed
+        if self.feed_error is not None:  # not pg_restore's verdict: pg_restore may wait on a pipe nobody feeds
+            self.abort()
+            self.overlapped = False
+            self.why_not = f"the overlapped read check could not feed every file: {self.feed_error}"
+            raise NotOverlapped(self.why_not)
+        try:
+            _, stderr = self.proc.communicate(timeout=self.END_S)
+        except subprocess.TimeoutExpired:
+            self.abort()
+            self.overlapped = False
+            self.why_not = f"pg_restore did not end within {self.END_S:.0f} s of its last file (waiting on a file " \
+                           "its table of contents named otherwise?)"
+            raise NotOverlapped(self.why_not) from None
         if self.proc.returncode != 0:
             raise ToolFailed("pg_restore --file=/dev/null", self.proc.returncode, stderr.decode(errors="replace"),
                              hint="the dump cannot be read back; it is not published")
-        if self.feed_error is not None or self.fed != set(self.data_files):
+        if self.fed != set(self.data_files):
             self.overlapped = False
-            self.why_not = f"the overlapped read check did not read every file ({self.feed_error or 'pipes left'})"
+            self.why_not = "the overlapped read check ended without reading every file"
             raise NotOverlapped(self.why_not)
         return [Check(name="pg_restore --list", status="ok", detail=f"{len(self.entries)} table-of-contents entries"),
                 Check(name="pg_restore --file=/dev/null", status="ok",

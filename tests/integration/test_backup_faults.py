@@ -326,6 +326,31 @@ def test_an_archive_the_overlapped_read_check_cannot_read_is_not_published(
     assert len(manifests(tmp_path / "repo")) == 1
 
 
+def test_an_overlapped_read_check_that_cannot_feed_a_file_falls_back_to_the_finished_dump(
+    source_cluster: Cluster, db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """The feeder fails (not pg_restore): pg_restore, waiting on a pipe nobody feeds, is stopped, not waited for
+    forever, and the read check runs on the finished dump directory, which reads: published, said so."""
+    from steps.backup import archive_check
+    from steps.backup.logical import BackupRun
+    from steps.repository.config import load_repository_config
+
+    def broken(self: archive_check.StreamingCheck, name: str, fd: int) -> None:
+        raise OSError(5, "injected read error")
+
+    monkeypatch.setattr(archive_check.StreamingCheck, "_stream", broken)
+    cfg, path = load_repository_config(write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db],
+                                                    local=tmp_path / "repo"))
+    assert BackupRun(cfg, path).run(console=False) == 0
+    (m,) = manifests(tmp_path / "repo")
+    (record,) = (m.parent / "verifications").glob("*.json")
+    checks = {c["name"]: c["detail"] for c in json.loads(record.read_text())["checks"]}
+    assert checks["pg_restore --file=/dev/null"].startswith("read every data entry")
+    assert "while the dump was written" not in checks["pg_restore --file=/dev/null"]
+    log = (tmp_path / "state" / "backup.log").read_text()
+    assert "the read check runs on the finished dump" in log and "injected read error" in log
+
+
 def test_sigterm_stops_the_backup_cleanly(source_cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
     import signal
     import sys
