@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -59,11 +60,24 @@ def busy_cpu_s() -> float:
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
+def rusage_s(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+SPLIT: dict[str, list[tuple[float, float]]] = {}  # job -> (CPU s of the tools it ran, CPU s of moto)
+_last_split = [(0.0, 0.0)]
+
+
 def timed(fn: Callable[[], object]) -> float:
-    c0 = busy_cpu_s()
+    """Wall seconds of fn; its CPU seconds go to _last_cpu (the machine) and _last_split: the child processes it
+    waited for (the tools, and for `runbook backup` everything it ran: pg_dump, pg_restore) and this process
+    (moto's server runs in it: the S3 side)."""
+    c0, k0, m0 = busy_cpu_s(), rusage_s(resource.RUSAGE_CHILDREN), rusage_s(resource.RUSAGE_SELF)
     t0 = time.monotonic()
     fn()
     _last_cpu[0] = busy_cpu_s() - c0
+    _last_split[0] = (rusage_s(resource.RUSAGE_CHILDREN) - k0, rusage_s(resource.RUSAGE_SELF) - m0)
     return time.monotonic() - t0
 
 
@@ -161,6 +175,7 @@ def main() -> None:
             times.setdefault(name, []).append(secs)
             if not name.startswith("  "):
                 CPU.setdefault(name, []).append(_last_cpu[0])
+                SPLIT.setdefault(name, []).append(_last_split[0])
 
         plan, fc1, fd1, dest = work / "plan.dump.gz", work / "c1.dump", work / "d1", work / "fetched"
         fetched: dict[str, object] = {}
@@ -276,8 +291,8 @@ def main() -> None:
         print(f"\n{args.repeat} repeats (order rotated), pgbench scale {args.scale} + ~{args.text_mb} MB text ({size}), "
               f"{os.cpu_count()} cores, jobs {args.jobs}, S3 {'off' if args.no_s3 else 'moto on 127.0.0.1'}\n")
         print(f"| {'job (parts of ours indented: wall time, overlapping)':58} | {'min s':>7} | {'median s':>8} "
-              f"| {'CPU s':>6} | {'size MB':>8} | {'this / plan':>11} | {'this / plain':>12} |")
-        print(f"|{'-' * 60}|{'-' * 9}|{'-' * 10}|{'-' * 8}|{'-' * 10}|{'-' * 13}|{'-' * 14}|")
+              f"| {'CPU s':>6} | {'tools':>6} | {'S3':>5} | {'size MB':>8} | {'this / plan':>11} | {'this / plain':>12} |")
+        print(f"|{'-' * 60}|{'-' * 9}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 7}|{'-' * 10}|{'-' * 13}|{'-' * 14}|")
         for name, xs in times.items():
             med = statistics.median(xs)
             is_backup = name.startswith("backup")
@@ -286,9 +301,15 @@ def main() -> None:
             to_plain = f"{med / plain_b:.2f}x" if is_backup and plain_b else ""
             size_mb = f"{sizes[name] / 1e6:.0f}" if name in sizes else ""
             cpu = f"{statistics.median(CPU[name]):.1f}" if name in CPU else ""
-            print(f"| {name:58} | {min(xs):7.1f} | {med:8.1f} | {cpu:>6} | {size_mb:>8} | {ratio:>11} | {to_plain:>12} |")
+            tools = f"{statistics.median(t for t, _ in SPLIT[name]):.1f}" if name in SPLIT else ""
+            s3 = f"{statistics.median(m for _, m in SPLIT[name]):.1f}" if name in SPLIT else ""
+            print(f"| {name:58} | {min(xs):7.1f} | {med:8.1f} | {cpu:>6} | {tools:>6} | {s3:>5} | {size_mb:>8} "
+                  f"| {ratio:>11} | {to_plain:>12} |")
         print("\nCPU s: busy CPU seconds of the whole machine (all cores, /proc/stat) while the job ran: the server, "
-              "the tools, S3 (moto) and any other load; on 2 cores a job cannot take less than CPU s / 2.")
+              "the tools, S3 (moto) and any other load; on 2 cores a job cannot take less than CPU s / 2. tools: "
+              "of which the processes the job ran (pg_dump, gzip, pg_restore; for runbook backup the tool itself and "
+              "all it ran); S3: of which moto's server (in the bench's own process). The rest is PostgreSQL's "
+              "server and other load.")
     finally:
         c.stop()
         if server is not None:
