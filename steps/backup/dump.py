@@ -7,7 +7,8 @@ own rows; what is not counted, a foreign table for one, is recorded with the rea
 recovery point) is `statement_timestamp()` of the exporting statement: everything committed before it
 is in the dump. `pg_dumpall --globals-only` goes beside the dump (roles are not in a per-database dump),
 with role passwords when the role may read `pg_authid` (pg_read_all_data may), else without, and the
-manifest says which. Nothing here touches a repository; on any failure the caller drops the staging dir.
+manifest says which. Nothing here touches a repository itself (the caller's pipeline, given, gets each file as
+pg_dump finishes it: steps.backup.pipeline); on any failure the caller drops the staging dir.
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
 """`runbook backup`: the daily full backup (section 3 of the plan, done right), run by cron or systemd.
 
 Per database, under a lock: dump into a staging directory (steps.backup.dump: directory format, parallel jobs,
-gzip level 1, exact row counts in the dump's snapshot, globals beside it), compare its size with the
-previous good backup, store the objects in every configured repository and re-read them while
-pg_restore checks the archive (steps.backup.archive_check), and only when both passed write the manifests and
-their `readable` records (steps.repository.publish); then, only after a full success, apply local retention. The attachments directory, when configured, is captured
+gzip level 1, exact row counts in the dump's snapshot, globals beside it) as a pipeline (steps.backup.pipeline):
+each file is hashed and sent to every configured repository as pg_dump writes it, re-read from there once
+pg_dump closed it, and read by `pg_restore -f /dev/null` as it is written (steps.backup.archive_check); then
+compare the dump's size with the previous good backup, and only when every object was re-read and the archive
+read back write the manifests and their `readable` records (steps.repository.publish.commit); then, only after
+a full success, apply local retention. A failure leaves no manifest, and removes what reached the local
+repository. The attachments directory, when configured, is captured
 once per run under the same id. Off-site retention is `runbook prune`, which may use other credentials.
 
 Exit codes: 0 ok; 1 a warning (size drop, retention failed) or published in some but not all
