@@ -223,3 +223,26 @@ def test_s3_going_away_mid_dump_keeps_the_local_backup_and_gives_s3_no_manifest(
     assert st["published"] == ["local"] and "s3" in st["failed"]
     (entry,) = cat["backups"]
     assert entry["level"] == "readable" and list(entry["copies"]) == ["local"]
+
+
+def test_uncompressed_single_job_dump_is_pipelined_too(
+    source_cluster: Cluster, db: str, tmp_path: Path  # noqa: F811
+) -> None:
+    """`compression: 0` (files `<id>.dat`, the pipes named so) and `jobs: 1` (pg_dump writes its files itself, no
+    worker): the read check still overlaps and the backup is whole."""
+    repo = tmp_path / "repo"
+    cfg = write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db], local=repo)
+    cfg.write_text(cfg.read_text().replace("backup: {", "backup: {compression: 0, jobs: 1, "))
+    proc = subprocess.run([sys.executable, "-m", "runbook", "backup", "-c", str(cfg)], cwd=ROOT, text=True,
+                          capture_output=True, env={**os.environ, **cli_env()}, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    (m,) = repo.glob("clusters/*/logical/*/*/manifest.json")
+    manifest = json.loads(m.read_text())
+    assert manifest["dump"]["compression"] == 0 and manifest["dump"]["jobs"] == 1
+    data = [o for o in manifest["objects"] if o["path"].endswith(".dat") and o["path"] != "dump/toc.dat"]
+    assert len(data) == 5
+    for o in manifest["objects"]:
+        assert (m.parent / o["path"]).stat().st_size == o["size"]
+    (record,) = (m.parent / "verifications").glob("*.json")
+    checks = {c["name"]: c["detail"] for c in json.loads(record.read_text())["checks"]}
+    assert "while the dump was written" in checks["pg_restore --file=/dev/null"]
