@@ -246,3 +246,27 @@ def test_uncompressed_single_job_dump_is_pipelined_too(
     (record,) = (m.parent / "verifications").glob("*.json")
     checks = {c["name"]: c["detail"] for c in json.loads(record.read_text())["checks"]}
     assert "while the dump was written" in checks["pg_restore --file=/dev/null"]
+
+
+def test_large_objects_get_the_read_check_on_the_finished_dump(
+    source_cluster: Cluster, db: str, tmp_path: Path  # noqa: F811
+) -> None:
+    """An archive with large objects (blobs.toc and its files, which the table of contents does not name one by
+    one) is not guessed at: the read check runs on the finished dump, as before the pipeline, and says why."""
+    from tests.support.backup_helpers import BACKUP_ROLE
+
+    oid = source_cluster.psql("select lo_from_bytea(0, '\\x0102030405'::bytea)", db)
+    source_cluster.psql(f"alter large object {oid} owner to {BACKUP_ROLE}", db)
+    repo = tmp_path / "repo"
+    cfg = write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db], local=repo)
+    proc = subprocess.run([sys.executable, "-m", "runbook", "backup", "-c", str(cfg)], cwd=ROOT, text=True,
+                          capture_output=True, env={**os.environ, **cli_env()}, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    (m,) = repo.glob("clusters/*/logical/*/*/manifest.json")
+    assert any(o["path"] == "dump/blobs.toc" for o in json.loads(m.read_text())["objects"])
+    (record,) = (m.parent / "verifications").glob("*.json")
+    checks = {c["name"]: c["detail"] for c in json.loads(record.read_text())["checks"]}
+    assert checks["pg_restore --file=/dev/null"].startswith("read every data entry")
+    assert "while the dump was written" not in checks["pg_restore --file=/dev/null"]
+    assert "the read check runs on the finished dump: the archive has large objects" in \
+        (tmp_path / "state" / "backup.log").read_text()
