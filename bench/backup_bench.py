@@ -1,19 +1,24 @@
 """The daily backup and the logical restore, side by side with the plan's pipeline (run by hand, not a test).
 
     .venv/bin/python bench/backup_bench.py [--scale 50] [--text-mb 1000] [--repeat 3] [--no-s3]
+                                           [--backup-only] [--baseline-tree DIR]
 
 Builds one database (pgbench at --scale plus --text-mb of text-like rows: words from a vocabulary, gzip
 ratio about 4x) in a throwaway PostgreSQL 15 cluster, starts moto's S3 server on 127.0.0.1, then, in one
-run and alternating each repeat:
+run, each repeat in a rotated order:
 
 backup   the plan's `pg_dump -F c | gzip` (with pipefail), `runbook backup` (local + S3: dump, row counts,
-         globals, pg_restore checks, publish, re-read; parts from its status JSON), and bare
-         `pg_dump -Fc -Z1` / `pg_dump -Fd -j2 -Z1` (the format choice);
-restore  the plan's `gunzip` then single-job `pg_restore`, `fetch-latest-backup` from S3, `restore-logical`
-         (its pg_restore and ANALYZE apart), and `pg_restore -j2` from `-Fc -Z1` (the format choice).
+         globals, pg_restore checks, publish, re-read; its parts from its status JSON), and bare
+         `pg_dump -Fc -Z1` / `pg_dump -Fd -j2 -Z1` (the format choice; the plain dump is the floor);
+         with --baseline-tree, also `runbook backup` run from another source tree (an export of an older
+         commit: before/after in one run), into its own repository;
+restore  (unless --backup-only) the plan's `gunzip` then single-job `pg_restore`, `fetch-latest-backup` from
+         S3, `restore-logical` (its pg_restore and ANALYZE apart), and `pg_restore -j2` from `-Fc -Z1`.
 
-Prints min and median of each, sizes, and ratios to the plan. An S3 server on the same 2 cores measures
-itself as much as us: its parts are shown separately.
+Prints min and median of each, sizes, and ratios: to the plan (plan / this: above 1 is faster than the plan)
+and to the plain `pg_dump -Fd -j2 -Z1` (this / plain: the price of checking and copying). An S3 server on the
+same 2 cores measures itself as much as us: its parts are shown separately. A part is wall time inside the
+backup; with the pipeline the parts overlap, so they do not add up to the whole.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -44,9 +50,34 @@ def sh(cmd: str, env: dict[str, str]) -> None:
     subprocess.run(["bash", "-c", f"set -euo pipefail; {cmd}"], env=env, check=True, stdout=subprocess.DEVNULL)
 
 
+CPU: dict[str, list[float]] = {}  # job -> busy CPU seconds of the whole machine while it ran
+_last_cpu = [0.0]
+
+
+def busy_cpu_s() -> float:
+    """Busy CPU seconds of the machine so far (/proc/stat: every state but idle and iowait), all cores."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def rusage_s(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+SPLIT: dict[str, list[tuple[float, float]]] = {}  # job -> (CPU s of the tools it ran, CPU s of moto)
+_last_split = [(0.0, 0.0)]
+
+
 def timed(fn: Callable[[], object]) -> float:
+    """Wall seconds of fn; its CPU seconds go to _last_cpu (the machine) and _last_split: the child processes it
+    waited for (the tools, and for `runbook backup` everything it ran: pg_dump, pg_restore) and this process
+    (moto's server runs in it: the S3 side)."""
+    c0, k0, m0 = busy_cpu_s(), rusage_s(resource.RUSAGE_CHILDREN), rusage_s(resource.RUSAGE_SELF)
     t0 = time.monotonic()
     fn()
+    _last_cpu[0] = busy_cpu_s() - c0
+    _last_split[0] = (rusage_s(resource.RUSAGE_CHILDREN) - k0, rusage_s(resource.RUSAGE_SELF) - m0)
     return time.monotonic() - t0
 
 
@@ -100,6 +131,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--no-s3", action="store_true", help="local repository only")
+    ap.add_argument("--backup-only", action="store_true", help="skip the restores")
+    ap.add_argument("--baseline-tree", type=Path, help="also run `runbook backup` from this source tree (before/after)")
     args = ap.parse_args()
 
     base, work, _tpl, c = source_cluster("runbook-backup-bench-")
@@ -107,7 +140,7 @@ def main() -> None:
     try:
         env = {**os.environ, **c.env}
         build(c, env, args.scale, args.text_mb)
-        s3_conf = ""
+        endpoint = ""
         if not args.no_s3:
             from moto.server import ThreadedMotoServer
 
@@ -118,59 +151,87 @@ def main() -> None:
             env.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
             import boto3
 
-            boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
+            endpoint = f"http://{host}:{port}"
+            boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                          aws_access_key_id="bench", aws_secret_access_key="bench").create_bucket(Bucket="bench")
-            s3_conf = f"s3: {{bucket: bench, prefix: af, endpoint_url: 'http://{host}:{port}'}}\n"
-        cfg = work / "repo.yaml"
-        cfg.write_text(
-            f"version: 1\ncluster: {{host: {c.socket_dir}, port: {c.port}, user: {ROLE}, databases: [bench]}}\n"
-            f"local: {{path: {work / 'repo'}}}\n{s3_conf}"
-            f"backup: {{state_dir: {work / 'state'}, jobs: {args.jobs}}}\nretention: {{keep_last: 2, keep_days: 0}}\n"
-            + signing_yaml(work))
+
+        def config(name: str) -> Path:
+            s3_conf = f"s3: {{bucket: bench, prefix: {name}, endpoint_url: '{endpoint}'}}\n" if endpoint else ""
+            path = work / f"{name}.yaml"
+            path.write_text(
+                f"version: 1\ncluster: {{host: {c.socket_dir}, port: {c.port}, user: {ROLE}, databases: [bench]}}\n"
+                f"local: {{path: {work / name / 'repo'}}}\n{s3_conf}"
+                f"backup: {{state_dir: {work / name / 'state'}, jobs: {args.jobs}}}\n"
+                "retention: {keep_last: 2, keep_days: 0}\n" + signing_yaml(work))
+            return path
+
+        cfg = config("ours")
+        cfg_base = config("baseline") if args.baseline_tree else None
         env_bk = {**env, "PGUSER": ROLE}
         times: dict[str, list[float]] = {}
         sizes: dict[str, int] = {}
 
         def rec(name: str, secs: float) -> None:
             times.setdefault(name, []).append(secs)
+            if not name.startswith("  "):
+                CPU.setdefault(name, []).append(_last_cpu[0])
+                SPLIT.setdefault(name, []).append(_last_split[0])
 
         plan, fc1, fd1, dest = work / "plan.dump.gz", work / "c1.dump", work / "d1", work / "fetched"
         fetched: dict[str, object] = {}
         out: dict[str, float] = {}
-        for r in range(args.repeat):
-            print(f"repeat {r + 1}/{args.repeat}", flush=True)
-            rec("backup: plan, pg_dump -F c | gzip", timed(lambda: sh(
-                f"{PG_BIN}/pg_dump -F c -d bench | gzip > {plan}", env_bk)))
-            sizes["backup: plan, pg_dump -F c | gzip"] = du(plan)
+        PLAN = "backup: plan, pg_dump -F c | gzip"
+        PLAIN = f"backup: pg_dump -Fd -j{args.jobs} -Z1 (bare)"
 
-            proc = None
+        def the_plan() -> None:
+            rec(PLAN, timed(lambda: sh(f"{PG_BIN}/pg_dump -F c -d bench | gzip > {plan}", env_bk)))
+            sizes[PLAN] = du(plan)
 
-            def ours() -> None:
-                nonlocal proc
-                proc = subprocess.run([PY, "-m", "runbook", "backup", "-c", str(cfg)], env=env, cwd=ROOT,
-                                      capture_output=True, text=True)
+        def runbook_backup(label: str, tree: Path, conf: Path) -> Callable[[], None]:
+            def run() -> None:
+                proc = None
 
-            rec("backup: runbook backup (all parts)", timed(ours))
-            assert proc is not None
-            if proc.returncode != 0:
-                raise SystemExit(f"runbook backup failed: {proc.stderr[-3000:]}")
-            st = json.loads((work / "state" / "backup-status.json").read_text())["targets"]["bench"]
-            t = st["timings"]
-            sizes["backup: runbook backup (all parts)"] = st["size_bytes"]
-            rec("  of which pg_dump -Fd -j2 -Z1 (+ row counts)", t["pg_dump_s"])
-            rec("  of which globals + sha256 of the dump", t["globals_s"] + t["hash_s"])
-            rec("  of which verify: pg_restore --list, -f /dev/null", t["check_s"])
-            rec("  of which publish local (link, re-read)", t["publish_local_s"])
-            if "publish_s3_s" in t:
-                rec("  of which publish S3 (upload)", t["publish_s3_upload_s"])
-                rec("  of which publish S3 (re-read sha256)", t["publish_s3_reread_s"])
+                def ours() -> None:
+                    nonlocal proc
+                    proc = subprocess.run([PY, "-m", "runbook", "backup", "-c", str(conf)], env=env, cwd=tree,
+                                          capture_output=True, text=True)
 
+                rec(label, timed(ours))
+                assert proc is not None
+                if proc.returncode != 0:
+                    raise SystemExit(f"runbook backup ({tree}) failed: {proc.stderr[-3000:]}")
+                st = json.loads((conf.parent / conf.stem / "state" / "backup-status.json").read_text())
+                st = st["targets"]["bench"]
+                sizes[label] = st["size_bytes"]
+                if tree == ROOT:  # ours: its parts
+                    for key, secs in st["timings"].items():
+                        rec(f"  {key}", secs)
+            run.__name__ = "ours" if tree == ROOT else "baseline"
+            return run
+
+        def bare_fc() -> None:
             rec("backup: pg_dump -Fc -Z1 (bare)", timed(lambda: sh(f"{PG_BIN}/pg_dump -Fc -Z1 -d bench -f {fc1}", env_bk)))
             sizes["backup: pg_dump -Fc -Z1 (bare)"] = du(fc1)
+
+        def bare_fd() -> None:
             shutil.rmtree(fd1, ignore_errors=True)
-            rec("backup: pg_dump -Fd -j2 -Z1 (bare)", timed(lambda: sh(
-                f"{PG_BIN}/pg_dump -Fd -j{args.jobs} -Z1 -d bench -f {fd1}", env_bk)))
-            sizes["backup: pg_dump -Fd -j2 -Z1 (bare)"] = du(fd1)
+            rec(PLAIN, timed(lambda: sh(f"{PG_BIN}/pg_dump -Fd -j{args.jobs} -Z1 -d bench -f {fd1}", env_bk)))
+            sizes[PLAIN] = du(fd1)
+            # What the read check costs on its own (it must decompress every table): part of the floor.
+            rec("reference: pg_restore -f /dev/null of the plain dump (alone)",
+                timed(lambda: sh(f"{PG_BIN}/pg_restore -f /dev/null {fd1}", env)))
+
+        jobs = [the_plan, runbook_backup("backup: runbook backup (all parts)", ROOT, cfg), bare_fc, bare_fd]
+        if args.baseline_tree is not None and cfg_base is not None:
+            jobs.append(runbook_backup("backup: runbook backup, baseline tree (all parts)",
+                                       args.baseline_tree.resolve(), cfg_base))
+        for r in range(args.repeat):
+            order = jobs[r % len(jobs):] + jobs[:r % len(jobs)]
+            print(f"repeat {r + 1}/{args.repeat}: " + ", ".join(j.__name__ for j in order), flush=True)
+            for job in order:
+                job()
+            if args.backup_only:
+                continue
 
             # Restores: each into a fresh database, dropped afterwards.
             def fresh(db: str) -> None:
@@ -223,18 +284,32 @@ def main() -> None:
                 f"{PG_BIN}/pg_restore -j1 -d r_fd {fd1}", env)))
             fresh("r_fd")
 
-        plan_b = statistics.median(times["backup: plan, pg_dump -F c | gzip"])
-        plan_r = statistics.median(times["restore: plan, gunzip then pg_restore (1 job)"])
-        print(f"\n{args.repeat} repeats, pgbench scale {args.scale} + ~{args.text_mb} MB text, "
+        plan_b = statistics.median(times[PLAN])
+        plain_b = statistics.median(times[PLAIN])
+        plan_r = statistics.median(times.get("restore: plan, gunzip then pg_restore (1 job)", [0.0]))
+        size = c.psql("select pg_size_pretty(pg_database_size('bench'))")
+        print(f"\n{args.repeat} repeats (order rotated), pgbench scale {args.scale} + ~{args.text_mb} MB text ({size}), "
               f"{os.cpu_count()} cores, jobs {args.jobs}, S3 {'off' if args.no_s3 else 'moto on 127.0.0.1'}\n")
-        print(f"| {'job':58} | {'min s':>7} | {'median s':>8} | {'size MB':>8} | {'plan / this':>11} |")
-        print(f"|{'-' * 60}|{'-' * 9}|{'-' * 10}|{'-' * 10}|{'-' * 13}|")
+        print(f"| {'job (parts of ours indented: wall time, overlapping)':58} | {'min s':>7} | {'median s':>8} "
+              f"| {'CPU s':>6} | {'tools':>6} | {'S3':>5} | {'size MB':>8} | {'this / plan':>11} | {'this / plain':>12} |")
+        print(f"|{'-' * 60}|{'-' * 9}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 7}|{'-' * 10}|{'-' * 13}|{'-' * 14}|")
         for name, xs in times.items():
             med = statistics.median(xs)
-            ref = plan_b if name.startswith("backup") else plan_r if name.startswith("restore") else None
-            ratio = f"{ref / med:.2f}x" if ref and med else ""
-            size = f"{sizes[name] / 1e6:.0f}" if name in sizes else ""
-            print(f"| {name:58} | {min(xs):7.1f} | {med:8.1f} | {size:>8} | {ratio:>11} |")
+            is_backup = name.startswith("backup")
+            ref = plan_b if is_backup else plan_r if name.startswith("restore") else None
+            ratio = f"{med / ref:.2f}x" if ref and med else ""
+            to_plain = f"{med / plain_b:.2f}x" if is_backup and plain_b else ""
+            size_mb = f"{sizes[name] / 1e6:.0f}" if name in sizes else ""
+            cpu = f"{statistics.median(CPU[name]):.1f}" if name in CPU else ""
+            tools = f"{statistics.median(t for t, _ in SPLIT[name]):.1f}" if name in SPLIT else ""
+            s3 = f"{statistics.median(m for _, m in SPLIT[name]):.1f}" if name in SPLIT else ""
+            print(f"| {name:58} | {min(xs):7.1f} | {med:8.1f} | {cpu:>6} | {tools:>6} | {s3:>5} | {size_mb:>8} "
+                  f"| {ratio:>11} | {to_plain:>12} |")
+        print("\nCPU s: busy CPU seconds of the whole machine (all cores, /proc/stat) while the job ran: the server, "
+              "the tools, S3 (moto) and any other load; on 2 cores a job cannot take less than CPU s / 2. tools: "
+              "of which the processes the job ran (pg_dump, gzip, pg_restore; for runbook backup the tool itself and "
+              "all it ran); S3: of which moto's server (in the bench's own process). The rest is PostgreSQL's "
+              "server and other load.")
     finally:
         c.stop()
         if server is not None:

@@ -7,7 +7,8 @@ own rows; what is not counted, a foreign table for one, is recorded with the rea
 recovery point) is `statement_timestamp()` of the exporting statement: everything committed before it
 is in the dump. `pg_dumpall --globals-only` goes beside the dump (roles are not in a per-database dump),
 with role passwords when the role may read `pg_authid` (pg_read_all_data may), else without, and the
-manifest says which. Nothing here touches a repository; on any failure the caller drops the staging dir.
+manifest says which. Nothing here touches a repository itself (the caller's pipeline, given, gets each file as
+pg_dump finishes it: steps.backup.pipeline); on any failure the caller drops the staging dir.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runbook.errors import RunbookError
 from steps.pg import rows
@@ -34,6 +36,9 @@ from steps.repository.manifest import (
     ObjectEntry,
 )
 from steps.repository.store import sha256_file
+
+if TYPE_CHECKING:
+    from steps.backup.pipeline import DumpPipeline
 
 log = logging.getLogger("runbook.backup")
 
@@ -122,8 +127,12 @@ def _dump_hint(stderr: str) -> str | None:
     return None
 
 
-def take_dump(conn: Conn, db: str, staging: Path, *, jobs: int, compression: int) -> DumpResult:
-    """Dump `db` into `staging` (dump/ and globals.sql). Raises RunbookError; leaves cleanup to the caller."""
+def take_dump(conn: Conn, db: str, staging: Path, *, jobs: int, compression: int,
+              pipeline: DumpPipeline | None = None) -> DumpResult:
+    """Dump `db` into `staging` (dump/ and globals.sql). Raises RunbookError; leaves cleanup to the caller.
+
+    With a `pipeline` (steps.backup.pipeline), each file is handed to it as soon as pg_dump has finished it
+    (hashed, published, read-checked while the dump goes on); without, the files are hashed at the end."""
     import psycopg
 
     started_at = _now()
@@ -165,9 +174,13 @@ def take_dump(conn: Conn, db: str, staging: Path, *, jobs: int, compression: int
         t0 = time.monotonic()
         argv = [tool("pg_dump"), *conn.args(), "--format=directory", f"--jobs={jobs}", f"--compress={compression}",
                 f"--snapshot={snapshot_id}", "--no-sync", f"--file={staging / layout.DUMP_DIR}"]
+        if pipeline is not None:
+            pipeline.begin(str(sysid))
         log.info("running %s", " ".join(argv))
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "PGDATABASE": db})
+        if pipeline is not None:
+            pipeline.watch(proc.pid)
         counts = rows.count_rows(pg)
         timings["count_rows_s"] = time.monotonic() - t0
         _, stderr = proc.communicate()
@@ -175,6 +188,10 @@ def take_dump(conn: Conn, db: str, staging: Path, *, jobs: int, compression: int
         if proc.returncode != 0:
             raise ToolFailed("pg_dump", proc.returncode, stderr, _dump_hint(stderr))
         proc = None
+        if pipeline is not None:
+            t_end = time.monotonic()
+            pipeline.dump_ended()
+            timings["hash_rest_s"] = time.monotonic() - t_end
         notes = _notes(stderr, subscriptions)
         if not can_read_mappings and unseen_mappings:
             notes.append(f"{unseen_mappings} user mappings' options may not be in the backup: pg_dump sees them only "
@@ -189,6 +206,8 @@ def take_dump(conn: Conn, db: str, staging: Path, *, jobs: int, compression: int
                 f.write("".join(m + "\n" for m in mappings))
             log.info("%d user mappings' options kept in %s (pg_dump cannot read them as a non-superuser)",
                      len(mappings), USER_MAPPINGS)
+            if pipeline is not None:
+                pipeline.add(USER_MAPPINGS)
 
         t1 = time.monotonic()
         globals_argv = [tool("pg_dumpall"), *conn.args(), "--globals-only", f"--file={staging / layout.GLOBALS}"]
@@ -199,6 +218,8 @@ def take_dump(conn: Conn, db: str, staging: Path, *, jobs: int, compression: int
         if out.returncode != 0:
             raise ToolFailed("pg_dumpall", out.returncode, out.stderr, _dump_hint(out.stderr))
         notes += _notes(out.stderr, [])
+        if pipeline is not None:
+            pipeline.add(layout.GLOBALS)
         timings["globals_s"] = time.monotonic() - t1
         pg.rollback()  # read only: nothing to commit; ends the snapshot
     except psycopg.Error as e:
@@ -216,8 +237,8 @@ def take_dump(conn: Conn, db: str, staging: Path, *, jobs: int, compression: int
     stopped_at = _now()
 
     t2 = time.monotonic()
-    objects = hash_tree(staging)
-    timings["hash_s"] = time.monotonic() - t2
+    objects = hash_tree(staging) if pipeline is None else pipeline.objects()
+    timings["hash_s" if pipeline is None else "publish_after_dump_s"] = time.monotonic() - t2
     return DumpResult(
         staging=staging, facts=facts, snapshot_time=snapshot_time, started_at=started_at, stopped_at=stopped_at,
         row_counts=counts.counts, row_counts_skipped=counts.skipped, objects=objects,

@@ -1,10 +1,13 @@
 """`runbook backup`: the daily full backup (section 3 of the plan, done right), run by cron or systemd.
 
 Per database, under a lock: dump into a staging directory (steps.backup.dump: directory format, parallel jobs,
-gzip level 1, exact row counts in the dump's snapshot, globals beside it), compare its size with the
-previous good backup, store the objects in every configured repository and re-read them while
-pg_restore checks the archive (steps.backup.archive_check), and only when both passed write the manifests and
-their `readable` records (steps.repository.publish); then, only after a full success, apply local retention. The attachments directory, when configured, is captured
+gzip level 1, exact row counts in the dump's snapshot, globals beside it) as a pipeline (steps.backup.pipeline):
+each file is hashed and sent to every configured repository as pg_dump writes it, re-read from there once
+pg_dump closed it, and read by `pg_restore -f /dev/null` as it is written (steps.backup.archive_check); then
+compare the dump's size with the previous good backup, and only when every object was re-read and the archive
+read back write the manifests and their `readable` records (steps.repository.publish.commit); then, only after
+a full success, apply local retention. A failure leaves no manifest, and removes what reached the local
+repository. The attachments directory, when configured, is captured
 once per run under the same id. Off-site retention is `runbook prune`, which may use other credentials.
 
 Exit codes: 0 ok; 1 a warning (size drop, retention failed) or published in some but not all
@@ -27,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runbook import __version__
 from runbook.errors import Exit, LockHeld, RunbookError
@@ -40,7 +43,11 @@ from steps.repository.config import RepositoryConfig
 from steps.repository.configured import checked_stores
 from steps.repository.manifest import Check, FilesManifest, Level, LogicalManifest, ObjectEntry, Tool, to_json
 from steps.repository.signing import Signer, Trust
-from steps.repository.store import MARKER, LocalStore, RepositoryError, Store, sha256_file
+from steps.repository.store import MARKER, RepositoryError, Store, sha256_file
+
+if TYPE_CHECKING:
+    from steps.backup.archive_check import StreamingCheck
+    from steps.backup.pipeline import DumpPipeline, Publisher
 
 log = logging.getLogger("runbook.backup")
 
@@ -339,15 +346,17 @@ class BackupRun:
         out = Outcome(target=db, backup_id=self.backup_id)
         out.note_unusable(self.repositories)
         staging: Path | None = None
+        pipe: _Pipe | None = None
         try:
             log.info("backing up %s as %s", self.conn.describe(db), self.backup_id)
             t0 = time.monotonic()
             try:
                 staging = self._staging_root() / f"{db}-{self.backup_id}"
                 shutil.rmtree(staging, ignore_errors=True)
+                pipe = self._pipe(db, staging)
                 try:
                     result = take_dump(self.conn, db, staging, jobs=self.cfg.backup.jobs,
-                                       compression=self.cfg.backup.compression)
+                                       compression=self.cfg.backup.compression, pipeline=pipe.dump)
                 except OSError as e:
                     raise local_error(e, f"writing the dump into {staging}") from None
             except RunbookError as e:
@@ -357,10 +366,13 @@ class BackupRun:
                 return out
             out.timings.update(result.timings)
             out.timings["dump_total_s"] = time.monotonic() - t0
+            out.timings["hash_total_s"] = pipe.dump.timings["hash_s"]
             out.size_bytes = result.size_bytes
             out.snapshot_time = result.snapshot_time.isoformat()
-            log.info("dumped %s: %s in %d objects, %d tables (%.1f s)", db, _mb(result.size_bytes),
-                     len(result.objects), len(result.row_counts), out.timings["dump_total_s"])
+            log.info("dumped %s: %s in %d objects, %d tables (%.1f s; each file hashed and sent on as it was "
+                     "written, %d of them finished while pg_dump ran)", db, _mb(result.size_bytes),
+                     len(result.objects), len(result.row_counts), out.timings["dump_total_s"],
+                     pipe.dump.finished_during_dump)
             manifest = LogicalManifest(
                 backup_id=self.backup_id, database=result.facts, snapshot_time=result.snapshot_time,
                 started_at=result.started_at, stopped_at=result.stopped_at, dump=result.dump, globals=result.globals,
@@ -373,30 +385,73 @@ class BackupRun:
                 log.warning("%s: %s", db, note)
             self._size_check(out, manifest)
             prefix = layout.logical_prefix(result.facts.system_identifier, db, self.backup_id)
-            self._verify_and_publish(out, prefix, staging, result.objects, to_json(manifest))
+            self._verify_and_publish(out, pipe, prefix, staging, result.objects, to_json(manifest))
         finally:
+            if pipe is not None:
+                pipe.close(keep_local="local" in out.published)
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
         if out.published and out.exit_code == EXIT_OK:
             self._local_retention(out, db=db)
         return out
 
-    def _verify_and_publish(self, out: Outcome, prefix: str, staging: Path, objects: list[ObjectEntry],
+    def _pipe(self, db: str, staging: Path) -> _Pipe:
+        """The pipeline of one dump (steps.backup.pipeline): each finished file hashed, stored in every usable
+        repository and re-read, and fed to the overlapped read check (steps.backup.archive_check)."""
+        from steps.backup.archive_check import StreamingCheck
+        from steps.backup.pipeline import SHADOW, DumpPipeline, Publisher
+
+        def workers(store: Store) -> int:
+            return self.cfg.s3.max_concurrency if store.name == "s3" and self.cfg.s3 else 1
+
+        check = StreamingCheck(staging / layout.DUMP_DIR, staging / SHADOW, self.cfg.backup.compression)
+
+        def on_file(name: str) -> None:
+            if name == "toc.dat":
+                check.start()
+            else:
+                check.file_done(name)
+
+        bid = self.backup_id
+        assert bid is not None
+        publisher = Publisher(self.stores, staging, workers)
+        dump = DumpPipeline(staging, layout.DUMP_DIR, publisher,
+                            prefix_of=lambda sysid: layout.logical_prefix(sysid, db, bid), on_file=on_file)
+        return _Pipe(dump, publisher, check)
+
+    def _verify_and_publish(self, out: Outcome, pipe: _Pipe, prefix: str, staging: Path, objects: list[ObjectEntry],
                             manifest: bytes) -> None:
-        """The archive checks run while the objects travel; the manifests wait for both."""
-        from steps.backup.archive_check import check_archive
+        """The objects were stored and re-read while the dump ran, and the read check read them as they came;
+        here the last ones are waited for, and the manifests wait for both."""
+        from steps.backup import archive_check
 
         def checked() -> list[Check]:
             t1 = time.monotonic()
             try:
-                return check_archive(staging / layout.DUMP_DIR)
+                if pipe.check.overlapped:
+                    try:
+                        return pipe.check.result()
+                    except archive_check.NotOverlapped as e:
+                        log.info("%s: the read check runs on the finished dump: %s", out.target, e)
+                elif pipe.check.why_not:
+                    log.info("%s: the read check runs on the finished dump: %s", out.target, pipe.check.why_not)
+                return archive_check.check_archive(staging / layout.DUMP_DIR)
             finally:
-                out.timings["check_s"] = time.monotonic() - t1
+                out.timings["check_after_dump_s"] = time.monotonic() - t1
 
         pool = ThreadPoolExecutor(max_workers=1)
         try:
             checks_future = pool.submit(checked)
-            stored = self._store_all(out, prefix, staging, objects)
+            stored: list[Store] = []
+            for st in pipe.publisher.states:  # every object was finished and re-read before take_dump returned
+                out.timings[f"publish_{st.store.name}_busy_s"] = st.busy_s
+                out.timings[f"publish_{st.store.name}_finish_s"] = st.finish_s
+                out.timings[f"publish_{st.store.name}_reread_s"] = st.reread_s
+                if st.error is not None:
+                    out.failed[st.store.name] = str(st.error)
+                    log.error("%s: not published in %s: %s", out.target, st.store.describe(), st.error)
+                else:
+                    stored.append(st.store)
             try:
                 checks = checks_future.result()
             except RunbookError as e:
@@ -404,9 +459,6 @@ class BackupRun:
                 out.failed.update({s.name: "not published: the archive checks failed" for s in stored})
                 out.raise_to(EXIT_FAILED)
                 log.error("%s: the dump cannot be read back, nothing published: %s", out.target, e)
-                for store in stored:
-                    if isinstance(store, LocalStore):  # S3: no delete right needed; prune removes it later
-                        store.delete([prefix + o.path for o in objects])
                 return
             log.info("archive readable: %s", "; ".join(c.detail for c in checks))
             self._commit_all(out, stored, prefix, objects, manifest, Level.readable, checks)
@@ -537,6 +589,23 @@ class BackupRun:
         if out.published and out.exit_code == EXIT_OK and not out.warnings:
             self._local_retention(out, files=True)
         return out
+
+
+@dataclass
+class _Pipe:
+    """One dump's pipeline: the watcher and hasher, the publisher, the overlapped read check."""
+
+    dump: DumpPipeline
+    publisher: Publisher
+    check: StreamingCheck
+
+    def close(self, *, keep_local: bool) -> None:
+        """Stop every part; unless the local repository got its manifest, remove what reached it."""
+        self.publisher.close()
+        self.dump.stop()
+        self.check.abort()
+        if not keep_local:
+            self.publisher.cleanup_local()
 
 
 def _mb(n: int | None) -> str:

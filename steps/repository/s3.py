@@ -14,13 +14,22 @@ in parts (TransferConfig). Every botocore error becomes a RepositoryError saying
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from steps.repository.config import S3Config
 from steps.repository.s3common import NOT_FOUND, ConditionalWrites, error_code, http_status, new_client
-from steps.repository.store import NotFound, ObjectExists, Progress, RepositoryError, Store, StoreName
+from steps.repository.store import (
+    NotFound,
+    ObjectExists,
+    ObjectStream,
+    Progress,
+    RepositoryError,
+    Store,
+    StoreName,
+)
 
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
                      "TokenRefreshRequired", "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
@@ -113,6 +122,9 @@ class S3Store(Store):
         except Exception as e:
             raise self.error(e, f"uploading {key}") from None
 
+    def open_stream(self, key: str, src: Path) -> ObjectStream:
+        return _S3Stream(self, key, src)
+
     def put_bytes(self, key: str, data: bytes) -> None:
         exists = ObjectExists(f"{key} already exists in {self.describe()}; backups are never overwritten")
         if self.exists(key):
@@ -175,6 +187,87 @@ class S3Store(Store):
                 self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
             except Exception as e:
                 raise self.error(e, f"deleting {key}") from None
+
+
+STREAM_PART = 8 * 1024 * 1024  # the first 1000 parts; then 16 MB, 24 MB... (10,000 parts hold 440 GB)
+
+
+def stream_part_size(part_number: int) -> int:
+    """Size of part `part_number` (1-based) of a streamed upload: S3 wants at least 5 MB for all parts but the
+    last, and at most 10,000 parts."""
+    return STREAM_PART * (1 + (part_number - 1) // 1000)
+
+
+class _S3Stream(ObjectStream):
+    """A multipart upload whose parts go up as the file grows: the part buffer fills with what `write` gets,
+    and each full part is sent at once. A file that ends before its first part is full goes up in one
+    PutObject. Never-overwrite: a look before the upload starts and again before it completes."""
+
+    sends_early = True
+
+    def __init__(self, store: S3Store, key: str, src: Path) -> None:
+        super().__init__(store, key, src)
+        self.s3 = store
+        self.buf = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []
+
+    def _refuse_existing(self) -> None:
+        if self.s3.exists(self.key):
+            raise ObjectExists(f"{self.key} already exists in {self.s3.describe()}; backups are never overwritten")
+
+    def write(self, chunk: bytes) -> None:
+        self.buf += chunk
+        while len(self.buf) >= stream_part_size(len(self.parts) + 1):
+            size = stream_part_size(len(self.parts) + 1)
+            part, self.buf = bytes(self.buf[:size]), self.buf[size:]
+            self._send(part)
+
+    def _send(self, part: bytes) -> None:
+        client, bucket, key = self.s3.client, self.s3.bucket, self.s3._key(self.key)
+        try:
+            if self.upload_id is None:
+                self._refuse_existing()
+                self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, **self.s3._sse())["UploadId"]
+            n = len(self.parts) + 1
+            resp = client.upload_part(Bucket=bucket, Key=key, UploadId=self.upload_id, PartNumber=n, Body=part)
+            self.parts.append({"PartNumber": n, "ETag": resp["ETag"]})
+        except RepositoryError:
+            raise
+        except Exception as e:
+            raise self.s3.error(e, f"uploading {self.key}") from None
+
+    def finish(self) -> None:
+        client, bucket, key = self.s3.client, self.s3.bucket, self.s3._key(self.key)
+        try:
+            if self.upload_id is None:
+                self._refuse_existing()
+                client.put_object(Bucket=bucket, Key=key, Body=bytes(self.buf), **self.s3._sse())
+                self.buf = bytearray()
+                return
+            if self.buf or not self.parts:
+                self._send(bytes(self.buf))
+                self.buf = bytearray()
+            self._refuse_existing()
+            client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=self.upload_id,
+                                             MultipartUpload={"Parts": self.parts})
+            self.upload_id = None
+        except RepositoryError:
+            self.abort()
+            raise
+        except Exception as e:
+            self.abort()
+            raise self.s3.error(e, f"uploading {self.key}") from None
+
+    def abort(self) -> None:
+        if self.upload_id is None:
+            return
+        upload_id, self.upload_id = self.upload_id, None
+        # Best effort: an upload left behind (a killed backup, no AbortMultipartUpload right) is only ended by
+        # S3's AbortIncompleteMultipartUpload lifecycle rule, as with boto3's own multipart uploads.
+        with contextlib.suppress(Exception):
+            self.s3.client.abort_multipart_upload(Bucket=self.s3.bucket, Key=self.s3._key(self.key),
+                                                  UploadId=upload_id)
 
 
 def s3_error(e: BaseException, what: str, store: S3Store) -> RepositoryError:

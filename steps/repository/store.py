@@ -144,6 +144,12 @@ class Store(ABC):
     def read_retries(self) -> int:
         return 1
 
+    def open_stream(self, key: str, src: Path) -> ObjectStream:
+        """An object written while its file `src` is still being written (steps.backup.pipeline): `write` each
+        chunk as it is read, `finish` once the file is whole. This default sends nothing early: `finish` is
+        `put_file(key, src)`. The S3 store sends parts as they fill (steps.repository.s3)."""
+        return ObjectStream(self, key, src)
+
     def has_marker(self) -> bool:
         """Is the repository marker (MARKER) at the root? RepositoryError when that cannot be told."""
         return self.exists(MARKER)
@@ -245,6 +251,28 @@ class Store(ABC):
             raise local_error(e, f"writing {name}") from None
         finally:
             os.close(parent)
+
+
+class ObjectStream:
+    """An upload fed while its source file grows; never-overwrite as `put_file`. The caller re-reads the object
+    after `finish` and compares its sha256, as after `put_file`."""
+
+    sends_early = False  # does `write` send anything (else it is skipped and `finish` does all)
+
+    def __init__(self, store: Store, key: str, src: Path) -> None:
+        self.store = store
+        self.key = _check_key(key)
+        self.src = src
+
+    def write(self, chunk: bytes) -> None:
+        """The next bytes of the file, in order."""
+
+    def finish(self) -> None:
+        """The file is whole: the object is stored (RepositoryError otherwise)."""
+        self.store.put_file(self.key, self.src)
+
+    def abort(self) -> None:
+        """Give up: nothing may stay half-sent where the store would keep it (S3: the multipart upload)."""
 
 
 def local_error(e: OSError, what: str) -> RepositoryError:

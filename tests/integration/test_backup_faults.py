@@ -271,7 +271,8 @@ def test_a_much_smaller_dump_is_a_warning_and_skips_retention(
 def test_an_archive_that_does_not_read_back_is_not_published(
     source_cluster: Cluster, db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
-    """pg_restore's checks run while the objects are stored: their failure stops the manifests."""
+    """pg_restore's checks run while the objects are stored: their failure stops the manifests. Here the check
+    that runs after the dump (when the overlapped one cannot: steps.backup.archive_check.StreamingCheck)."""
     import logging
 
     from steps.backup import archive_check
@@ -282,7 +283,11 @@ def test_an_archive_that_does_not_read_back_is_not_published(
     def unreadable(dump_dir: Path) -> list[object]:
         raise ToolFailed("pg_restore --file=/dev/null", 1, "pg_restore: error: could not uncompress data")
 
+    def cannot_overlap(self: archive_check.StreamingCheck) -> None:
+        self.why_not = "not overlapped in this test"
+
     monkeypatch.setattr(archive_check, "check_archive", unreadable)
+    monkeypatch.setattr(archive_check.StreamingCheck, "start", cannot_overlap)
     cfg, path = load_repository_config(write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db],
                                                     local=tmp_path / "repo"))
     assert BackupRun(cfg, path).run(console=False) == 2
@@ -291,6 +296,59 @@ def test_an_archive_that_does_not_read_back_is_not_published(
     assert not list((tmp_path / "repo").glob("clusters/*/logical/*/*/dump/*"))  # stored objects removed again
     st = status(tmp_path)["targets"][db]
     assert st["status"] == "failed" and "could not uncompress" in st["error"] and st["published"] == []
+
+
+def test_an_archive_the_overlapped_read_check_cannot_read_is_not_published(
+    source_cluster: Cluster, db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """The overlapped `pg_restore -f /dev/null` really fails (it is fed a data file with one byte flipped, as a
+    bad disk would return it): no manifest, the stored objects removed, the reason in the status."""
+    from steps.backup import archive_check
+    from steps.backup.logical import BackupRun
+    from steps.repository.config import load_repository_config
+
+    def flipped(self: archive_check.StreamingCheck, name: str, fd: int) -> None:
+        self.wait_done(name)
+        data = bytearray((self.dump_dir / name).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        os.write(fd, bytes(data))
+
+    monkeypatch.setattr(archive_check.StreamingCheck, "_stream", flipped)
+    cfg, path = load_repository_config(write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db],
+                                                    local=tmp_path / "repo"))
+    assert BackupRun(cfg, path).run(console=False) == 2
+    assert manifests(tmp_path / "repo") == []
+    assert not list((tmp_path / "repo").glob("clusters/*/logical/*/*/dump/*"))
+    st = status(tmp_path)["targets"][db]
+    assert st["status"] == "failed" and "pg_restore --file=/dev/null failed" in st["error"]
+    monkeypatch.undo()  # the same database, read as it is: published
+    assert BackupRun(cfg, path).run(console=False) == 0
+    assert len(manifests(tmp_path / "repo")) == 1
+
+
+def test_an_overlapped_read_check_that_cannot_feed_a_file_falls_back_to_the_finished_dump(
+    source_cluster: Cluster, db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """The feeder fails (not pg_restore): pg_restore, waiting on a pipe nobody feeds, is stopped, not waited for
+    forever, and the read check runs on the finished dump directory, which reads: published, said so."""
+    from steps.backup import archive_check
+    from steps.backup.logical import BackupRun
+    from steps.repository.config import load_repository_config
+
+    def broken(self: archive_check.StreamingCheck, name: str, fd: int) -> None:
+        raise OSError(5, "injected read error")
+
+    monkeypatch.setattr(archive_check.StreamingCheck, "_stream", broken)
+    cfg, path = load_repository_config(write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db],
+                                                    local=tmp_path / "repo"))
+    assert BackupRun(cfg, path).run(console=False) == 0
+    (m,) = manifests(tmp_path / "repo")
+    (record,) = (m.parent / "verifications").glob("*.json")
+    checks = {c["name"]: c["detail"] for c in json.loads(record.read_text())["checks"]}
+    assert checks["pg_restore --file=/dev/null"].startswith("read every data entry")
+    assert "while the dump was written" not in checks["pg_restore --file=/dev/null"]
+    log = (tmp_path / "state" / "backup.log").read_text()
+    assert "the read check runs on the finished dump" in log and "injected read error" in log
 
 
 def test_sigterm_stops_the_backup_cleanly(source_cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811

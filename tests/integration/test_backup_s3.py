@@ -112,3 +112,54 @@ def test_an_unreachable_endpoint_fails_fast_with_a_hint(s3_bucket: str) -> None:
     with pytest.raises(RepositoryError, match="cannot reach the S3 endpoint"):
         store_for(f"http://127.0.0.1:{port}", s3_bucket).check_access()
     assert time.monotonic() - t0 < 15
+
+
+def test_a_streamed_upload_sends_its_parts_while_the_file_grows(s3_server: S3Endpoint, s3_bucket: str,  # noqa: F811
+                                                                 tmp_path: Path) -> None:
+    """steps.backup.pipeline feeds an upload while pg_dump still writes the file: full parts go up at once
+    (the upload is there, its parts listed, before the file ends); a file that ends early is one PutObject;
+    never-overwrite holds; an aborted stream leaves no upload behind."""
+    from steps.repository.s3 import STREAM_PART
+
+    store = store_for(s3_server.url, s3_bucket, sse="AES256")
+    client = s3_server.client()
+    data = os.urandom(2 * STREAM_PART + 12345)
+    src = tmp_path / "growing"
+    src.write_bytes(b"")
+    stream = store.open_stream("dump/1.dat.gz", src)
+    for i in range(0, STREAM_PART + 1024 * 1024, 1024 * 1024):
+        stream.write(data[i:i + 1024 * 1024])
+    (upload,) = client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+    assert upload["Key"] == "pfx/dump/1.dat.gz"
+    parts = client.list_parts(Bucket=s3_bucket, Key=upload["Key"], UploadId=upload["UploadId"])["Parts"]
+    assert [p["Size"] for p in parts] == [STREAM_PART]
+    assert not store.exists("dump/1.dat.gz")  # no object before it is finished
+    stream.write(data[STREAM_PART + 1024 * 1024:])
+    stream.finish()
+    assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+    src.write_bytes(data)
+    assert store.hash_object("dump/1.dat.gz") == sha256_file(src)
+    head = client.head_object(Bucket=s3_bucket, Key="pfx/dump/1.dat.gz")
+    assert "-3" in head["ETag"] and head["ServerSideEncryption"] == "AES256"
+
+    small = store.open_stream("dump/2.dat.gz", src)
+    small.write(b"tiny")
+    small.finish()
+    assert store.get_bytes("dump/2.dat.gz") == b"tiny"
+
+    again = store.open_stream("dump/2.dat.gz", src)
+    again.write(b"other bytes")
+    with pytest.raises(ObjectExists):
+        again.finish()
+    assert store.get_bytes("dump/2.dat.gz") == b"tiny"
+    again = store.open_stream("dump/1.dat.gz", src)
+    with pytest.raises(ObjectExists):
+        again.write(data[:STREAM_PART])  # refused before its first part goes up
+    assert store.hash_object("dump/1.dat.gz") == sha256_file(src)
+
+    dropped = store.open_stream("dump/3.dat.gz", src)
+    dropped.write(data[:STREAM_PART])
+    assert len(client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])) == 1
+    dropped.abort()
+    assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+    assert not store.exists("dump/3.dat.gz")
