@@ -194,18 +194,10 @@ class LockFile:
 
     @staticmethod
     def is_held(path: str | os.PathLike[str]) -> bool:
-        """Does a process hold this lock now? (a shared flock tried and released at once; no file: no)"""
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        finally:
-            os.close(fd)  # closing releases the shared lock
-        return False
+        """Does a process hold this lock now? (runbook.flockprobe)"""
+        from runbook.flockprobe import is_held
+
+        return is_held(path)
 
     # --- inside ------------------------------------------------------------------------------------------
 

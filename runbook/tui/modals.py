@@ -58,10 +58,14 @@ class TextModal(ModalScreen[str | None]):
         self.placeholder = placeholder
         self.required = required
         self.password = password
+        self.command: str | None = None  # shown in a scrolling box of its own above the body (TypedConfirmModal)
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="modal"):
             yield Label(self.title_text, classes="modal-title")
+            if self.command:
+                with VerticalScroll(classes="modal-command"):
+                    yield Static(Text(self.command, overflow="fold"))
             yield Static(self.body, classes="modal-body")
             yield Input(placeholder=self.placeholder, password=self.password, id="text")
             yield Static("", id="modal-error", classes="modal-error")
@@ -106,19 +110,6 @@ class TypedConfirmModal(TextModal):
         super().__init__(f"Run: {step_title}", body, placeholder="type the value shown above")
         self.expected = expected
         self.command = command.rstrip() if command else None
-
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="modal"):
-            yield Label(self.title_text, classes="modal-title")
-            if self.command:
-                with VerticalScroll(classes="modal-command"):
-                    yield Static(Text(self.command, overflow="fold"))
-            yield Static(self.body, classes="modal-body")
-            yield Input(placeholder=self.placeholder, password=self.password, id="text")
-            yield Static("", id="modal-error", classes="modal-error")
-            with Horizontal(classes="modal-buttons"):
-                yield Button("Cancel", id="cancel", variant="primary")
-                yield Button("OK", id="ok", variant="warning")
 
 
 class ErrorModal(ModalScreen[None]):

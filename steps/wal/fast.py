@@ -62,21 +62,10 @@ def write_record(path: str | os.PathLike[str], text: str) -> None:
 
 def worker_alive(lock_path: str | os.PathLike[str]) -> bool:
     """Does a worker hold this lock? (it holds an exclusive flock for its whole life: steps.wal.worker.WorkerLock)
-    A shared flock tried and dropped at once, as runbook.lockfile.LockFile.is_held does, without importing it
-    (~3 ms) on the per-segment path."""
-    import fcntl
+    Asked through runbook.flockprobe, not runbook.lockfile (~3 ms of imports on the per-segment path)."""
+    from runbook.flockprobe import is_held
 
-    try:
-        fd = os.open(lock_path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # closing releases the shared lock
-    return False
+    return is_held(lock_path)
 
 
 def spawn(argv: list[str], log: str | os.PathLike[str], cwd: str | os.PathLike[str] | None) -> None:
