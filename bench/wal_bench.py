@@ -215,13 +215,15 @@ def fake_datadir(base: Path, name: str, src: Server, corpus: list[Path]) -> Path
     return d
 
 
-def push_series(cmd: Callable[[str], list[str]], datadir: Path, corpus: list[Path]) -> tuple[list[float], float]:
-    """PostgreSQL's archiver: one command per segment, oldest first, .ready -> .done after exit 0."""
+def push_series(cmd: Callable[[str, Path], list[str]], datadir: Path,
+                corpus: list[Path]) -> tuple[list[float], float]:
+    """PostgreSQL's archiver: one command per segment (its name, the data directory), oldest first,
+    .ready -> .done after exit 0."""
     times = []
     t0 = time.perf_counter()
     for p in corpus:
         t = time.perf_counter()
-        r = as_pg(cmd(p.name), cwd=datadir)
+        r = as_pg(cmd(p.name, datadir), cwd=datadir)
         times.append((time.perf_counter() - t) * 1000)
         if r.returncode != 0:
             raise SystemExit(f"push failed: {r.stderr}")
@@ -231,28 +233,44 @@ def push_series(cmd: Callable[[str], list[str]], datadir: Path, corpus: list[Pat
 
 
 def bench_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs: dict[str, Path], repeat: int,
-               only: list[str] | None = None) -> None:
+               only: list[str] | None = None, baseline: str | None = None) -> None:
     cp_dir = base / "cp-archive"
-    methods: dict[str, Callable[[str], list[str]]] = {
-        "cp + sync (floor)": lambda n: ["sh", "-c", f"cp pg_wal/{n} {cp_dir}/{n}.tmp && sync {cp_dir}/{n}.tmp && "
+    methods: dict[str, Callable[[str, Path], list[str]]] = {
+        "cp + sync (floor)": lambda n, _d: ["sh", "-c", f"cp pg_wal/{n} {cp_dir}/{n}.tmp && sync {cp_dir}/{n}.tmp && "
                                         f"mv {cp_dir}/{n}.tmp {cp_dir}/{n}"],
     }
     for name in ("local", "local-sealed", "s3", "both", "local-async", "local-async-sealed", "s3-async",
                  "both-async"):
-        methods[f"ours: {name}"] = lambda n, c=cfgs[name]: [runbook, "wal-push", "-c", str(c), f"pg_wal/{n}"]
-    if only:  # the floor always, and the methods named (e.g. local-async local-async-sealed)
-        methods = {m: c for m, c in methods.items() if m.startswith("cp") or m.split(": ", 1)[-1] in only}
+        methods[f"ours: {name}"] = lambda n, _d, c=cfgs[name]: [runbook, "wal-push", "-c", str(c), f"pg_wal/{n}"]
+    pgbr_confs: dict[str, Path] = {}
+    if PGBACKREST:  # lz4, local repository, synchronous and asynchronous
+        for label, asynchronous in (("pgbackrest local", False), ("pgbackrest local-async", True)):
+            conf = pgbr_config(base, label.replace(" ", "-"), src.data, src.dir, asynchronous)
+            pgbr_confs[label] = conf
+            methods[label] = lambda n, d, c=conf: pgbr(c, "archive-push", f"pg_wal/{n}", pg_data=d)
+    if only:  # the floor and pgBackRest always, and the methods named (e.g. local-async local-async-sealed)
+        methods = {m: c for m, c in methods.items()
+                   if m.startswith(("cp", "pgbackrest")) or m.split(": ", 1)[-1] in only}
+    if baseline:  # the same methods with another build of ours (--baseline-venv: before/after in one run)
+        for m in [m for m in methods if m.startswith("ours: ")]:
+            methods[m.replace("ours: ", "baseline: ")] = (
+                lambda n, d, f=methods[m]: [baseline if a == runbook else a for a in f(n, d)])
     results: dict[str, tuple[list[float], list[float]]] = {m: ([], []) for m in methods}
+    firsts: dict[str, list[float]] = {m: [] for m in methods}
     for rep in range(repeat):
         order = list(methods.items())
         order = order[rep % len(order):] + order[:rep % len(order)]  # rotated: no method always runs first
         for m, cmd in order:
-            d = fake_datadir(base, f"push-{rep}-{m.split(':')[-1].strip().split()[0]}", src, corpus)
+            d = fake_datadir(base, f"push-{rep}-{list(methods).index(m)}", src, corpus)
             if m.startswith("cp"):
                 shutil.rmtree(cp_dir, ignore_errors=True)
                 cp_dir.mkdir()
                 chown_server_user(cp_dir)
+            if m in pgbr_confs:
+                pgbr_reset(pgbr_confs[m])
+                as_pg(pgbr(pgbr_confs[m], "stanza-create"), check=True)
             times, total = push_series(cmd, d, corpus)
+            firsts[m].append(times[0])
             results[m][0].extend(times)
             results[m][1].append(len(corpus) / total)
             _reset_repos(base)
@@ -260,10 +278,13 @@ def bench_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs: 
     rows = []
     for m, (times, rates) in results.items():
         lo, med = stats(times)
-        rows.append([m, f"{lo:.0f}", f"{med:.0f}", f"{med / floor:.1f}x", f"{max(rates):.1f} seg/s "
-                     f"({max(rates) * 16:.0f} MB/s)"])
-    table(f"wal-push, one process per 16 MB segment ({len(corpus)} segments x {repeat})",
-          ["method", "min ms", "median ms", "median vs cp", "sustained (best run)"], rows)
+        rest = sorted(t for i, t in enumerate(times) if i % len(corpus))  # all but the first of each series
+        rows.append([m, f"{lo:.0f}", f"{med:.0f}", f"{med / floor:.2f}x", f"{stats(rest)[1]:.0f}",
+                     f"{min(firsts[m]):.0f} / {max(firsts[m]):.0f}",
+                     f"{max(rates):.1f} seg/s ({max(rates) * 16:.0f} MB/s)"])
+    table(f"wal-push, one process per 16 MB segment ({len(corpus)} segments x {repeat}, order rotated)",
+          ["method", "min ms", "median ms", "median vs cp", "median ms after the first",
+           "first call of a series ms (min / max)", "sustained (best run)"], rows)
 
 
 def _reset_repos(base: Path) -> None:
@@ -288,6 +309,40 @@ def _s3_reset_factory(url: str) -> Callable[[], None]:
 
 
 _S3_RESET: Callable[[], None] = lambda: None  # noqa: E731
+
+
+# --- pgBackRest beside ours (Debian's package; a local repository: its S3 client speaks TLS only) ---------
+
+PGBACKREST = shutil.which("pgbackrest")
+
+
+def pgbr_config(base: Path, name: str, pg_data: Path, socket_dir: Path, asynchronous: bool) -> Path:
+    """A pgBackRest config of its own (repository, spool, logs, locks under base/pgbr-NAME), lz4 as in
+    BENCHMARKS.md, its asynchronous archive-push/-get when `asynchronous` (4 processes, as our max_parallel)."""
+    d = base / f"pgbr-{name}"
+    for sub in ("repo", "spool", "log", "lock"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    conf = d / "pgbackrest.conf"
+    conf.write_text("[global]\n"
+                    f"repo1-path={d / 'repo'}\nspool-path={d / 'spool'}\nlog-path={d / 'log'}\n"
+                    f"lock-path={d / 'lock'}\nlog-level-console=warn\nlog-level-file=info\n"
+                    f"compress-type=lz4\nprocess-max=4\narchive-async={'y' if asynchronous else 'n'}\n"
+                    f"[bench]\npg1-path={pg_data}\npg1-socket-path={socket_dir}\n")
+    chown_server_user(d)
+    return conf
+
+
+def pgbr(conf: Path, *args: str, pg_data: Path | None = None) -> list[str]:
+    extra = [f"--pg1-path={pg_data}"] if pg_data else []
+    return [str(PGBACKREST), f"--config={conf}", "--stanza=bench", *extra, *args]
+
+
+def pgbr_reset(conf: Path) -> None:
+    """An empty repository and spool for the next series (the stanza is made again by the caller)."""
+    for sub in ("repo", "spool"):
+        shutil.rmtree(conf.parent / sub, ignore_errors=True)
+        (conf.parent / sub).mkdir()
+    chown_server_user(conf.parent)
 
 
 # --- 3. archive lag under load ------------------------------------------------------------------------
@@ -366,15 +421,21 @@ def bench_lag(base: Path, runbook: str, cfgs: dict[str, Path], load_s: int) -> N
 # --- 4. replay -----------------------------------------------------------------------------------------
 
 
-def bench_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: int, repeat: int) -> None:
+def bench_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: int, repeat: int,
+                 baseline: str | None = None) -> None:
     src = Server(base, "replay-src")
     src.initdb()
     cp_dir = base / "replay-cp"
     cp_dir.mkdir()
     chown_server_user(cp_dir)
-    src.conf(archive_mode="on", archive_command=f"cp %p {cp_dir}/%f && {runbook} wal-push -c {cfgs['both']} %p",
-             wal_compression="off")
+    archive = f"cp %p {cp_dir}/%f && {runbook} wal-push -c {cfgs['both']} %p"
+    pgbr_conf = pgbr_config(base, "replay", src.data, src.dir, True) if PGBACKREST else None
+    if pgbr_conf:
+        archive += " && " + " ".join(pgbr(pgbr_conf, "--archive-async=n", "archive-push", "%p"))
+    src.conf(archive_mode="on", archive_command=archive, wal_compression="off")
     src.start()
+    if pgbr_conf:
+        as_pg(pgbr(pgbr_conf, "stanza-create"), check=True)
     src.pgbench("-i", "-s", "10", "-q")
     backup = base / "replay-base"
     backup.mkdir(mode=0o700)
@@ -398,16 +459,29 @@ def bench_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: in
         "ours, S3 (read-ahead)": f"{runbook} wal-fetch -c {cfgs['both']} --from s3 %f %p",
         "ours, local, no read-ahead": f"{runbook} wal-fetch -c {cfgs['noprefetch']} --from local %f %p",
     }
+    if baseline:  # the read-ahead of another build of ours (--baseline-venv: before/after in one run)
+        for m in ("ours, local (read-ahead)", "ours, S3 (read-ahead)"):
+            methods[m.replace("ours", "baseline")] = methods[m].replace(runbook, baseline, 1)
+    if pgbr_conf:  # its asynchronous archive-get (read-ahead of archive-get-queue-max, 128 MB), local, lz4
+        methods["pgbackrest local async"] = " ".join(pgbr(pgbr_conf, "archive-get", "%f", '"%p"')) + " --pg1-path={data}"
     # noprefetch has its own (empty) repositories: point it at the 'both' local repository instead
     noprefetch = cfgs["noprefetch"]
     text = noprefetch.read_text().replace(str(base / "repo-noprefetch"), str(base / "repo-both"))
     noprefetch.write_text(text)
     results: dict[str, list[float]] = {m: [] for m in methods}
+    depths: dict[str, list[str]] = {}
     for rep in range(repeat):
-        for m, command in methods.items():
+        order = list(methods.items())
+        order = order[rep % len(order):] + order[:rep % len(order)]  # rotated: no method always runs first
+        for m, command in order:
+            if pgbr_conf and m.startswith("pgbackrest"):  # no segments left in its spool by an earlier run
+                shutil.rmtree(pgbr_conf.parent / "spool", ignore_errors=True)
+                (pgbr_conf.parent / "spool").mkdir()
+                chown_server_user(pgbr_conf.parent / "spool")
             r = Server(base, f"replay-{rep}-{list(methods).index(m)}")
             as_pg(["cp", "-a", str(backup), str(r.data)], check=True)
-            r.conf(restore_command=command, archive_mode="off", recovery_target_timeline="current")
+            r.conf(restore_command=command.replace("{data}", str(r.data)), archive_mode="off",
+                   recovery_target_timeline="current")
             (r.data / "recovery.signal").touch()
             chown_server_user(r.data)
             t0 = time.monotonic()
@@ -422,15 +496,25 @@ def bench_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: in
                     raise SystemExit(f"replay with {m} did not finish: see {r.dir / 'log'}")
                 time.sleep(0.05)
             results[m].append(time.monotonic() - t0)
+            for depth_file in (base / "spool").glob(f"*/*/in-{_tag(r.data)}/.depth"):  # how deep it read ahead
+                depths.setdefault(m, []).append(depth_file.read_text().strip())
             log = (r.dir / "log").read_text()
             if "FATAL" in log:
                 raise SystemExit(f"replay with {m} failed: see {r.dir / 'log'}")
             r.stop()
             shutil.rmtree(r.dir, ignore_errors=True)
     floor = stats(results["cp (floor)"])[1]
-    rows = [[m, f"{stats(t)[0]:.2f}", f"{stats(t)[1]:.2f}", f"{stats(t)[1] / floor:.2f}x"] for m, t in results.items()]
-    table(f"PITR replay of {segs} archived 16 MB segments into a pg_basebackup (x {repeat})",
-          ["restore_command", "min s", "median s", "median vs cp"], rows)
+    rows = [[m, f"{stats(t)[0]:.2f}", f"{stats(t)[1]:.2f}", f"{stats(t)[1] / floor:.2f}x",
+             " ".join(depths.get(m, [])) or "-"] for m, t in results.items()]
+    table(f"PITR replay of {segs} archived 16 MB segments into a pg_basebackup (x {repeat}, order rotated)",
+          ["restore_command", "min s", "median s", "median vs cp", "read-ahead depth at the end (each run)"], rows)
+
+
+def _tag(datadir: Path) -> str:
+    """The read-ahead spool's name for a data directory (steps.wal.fast.fetch_spool)."""
+    import hashlib
+
+    return hashlib.sha256(os.path.abspath(datadir).encode()).hexdigest()[:12]
 
 
 def stop_workers(spool: Path) -> None:
@@ -456,6 +540,8 @@ def main() -> int:
     ap.add_argument("--load-s", type=int, default=30)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--venv", help="an existing server venv (else one is built, and removed at the end)")
+    ap.add_argument("--baseline-venv", help="another build's server venv (e.g. of main), run beside ours as "
+                    "'baseline: ...' rows: before and after in one run")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (clusters, logs, repositories)")
     ap.add_argument("--only", choices=["compression", "push", "lag", "replay"], action="append")
     ap.add_argument("--push-methods", nargs="+", metavar="NAME",
@@ -477,6 +563,7 @@ def main() -> int:
             venv_dir = Path(tempfile.mkdtemp(prefix="wal-bench-venv-", dir="/var/tmp"))
             cleanup.append(venv_dir)
             runbook = str(build_server_venv(ROOT, venv_dir).runbook)
+        baseline = str(Path(args.baseline_venv) / "bin" / "runbook") if args.baseline_venv else None
         spool = base / "spool"
         spool.mkdir()
         chown_server_user(spool)
@@ -503,12 +590,12 @@ def main() -> int:
             if "compression" in only:
                 bench_compression(corpus)
             if "push" in only:
-                bench_push(base, src, corpus, runbook, cfgs, args.repeat, args.push_methods)
+                bench_push(base, src, corpus, runbook, cfgs, args.repeat, args.push_methods, baseline)
             src.stop()
         if "lag" in only:
             bench_lag(base, runbook, cfgs, args.load_s)
         if "replay" in only:
-            bench_replay(base, runbook, cfgs, args.replay_segments, args.repeat)
+            bench_replay(base, runbook, cfgs, args.replay_segments, args.repeat, baseline)
     finally:
         for pid_file in base.glob("*/data/postmaster.pid"):  # servers an error left running
             as_pg([str(PG_BIN / "pg_ctl"), "-D", str(pid_file.parent), "-m", "immediate", "-w", "stop"])
