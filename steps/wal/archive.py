@@ -274,6 +274,10 @@ def push_file(settings: WalSettings, path: str, sysid: str | None = None) -> int
     if unnoted:
         raise RunbookError(unnoted, hint="set wal.spool_dir to a directory the server's user can write, or make "
                                          "the default one ($XDG_STATE_HOME/runbook/wal-spool of that user) writable")
+    walfast.record_own_push(name, {"name": name, "sha256": meta["sha256"], "size": meta["size"],
+                                   "system_identifier": meta["system_identifier"],
+                                   "destinations": settings.destinations, "stored": meta["stored"],
+                                   "by": "wal-push itself, while the uploader started"})
     return 0
 
 
@@ -398,6 +402,7 @@ def fetch_file(settings: WalSettings, name: str, dest: str, source: str = "any",
         if spool is not None and walfast.take(spool, name, str(target), verified):
             walfast.request_after(settings, spool, cluster_sysid, name, walfast.segment_size_of(str(target)), source)
             return 0
+    t0 = time.monotonic()
     stores = open_wal_stores(settings.local_path, settings.s3, source)
     data, digest, problems = fetch_checked(stores, wal_key(str(cluster_sysid), name), name, settings.fetch_attempts,
                                            cluster_sysid)
@@ -425,7 +430,11 @@ def fetch_file(settings: WalSettings, name: str, dest: str, source: str = "any",
                                    "never sealed) run the recovery again with allow_unsigned, which is journaled")
     write_atomically(target, data)
     if spool is not None:
-        walfast.request_after(settings, spool, cluster_sysid, name, segment_header(data).segment_size, source)
+        # A prefetcher running without this segment ready: replay outran the read-ahead and waited for the
+        # repository (what we spent here), which tells the prefetcher to read ahead deeper.
+        missed = walfast.worker_alive(os.path.join(spool, ".lock"))
+        walfast.request_after(settings, spool, cluster_sysid, name, segment_header(data).segment_size, source,
+                              (time.monotonic() - t0) * 1000 if missed else 0.0)
     return 0
 
 

@@ -127,10 +127,80 @@ def confirms(rec: dict[str, object], settings: WalSettings, sysid: int, size: in
             and rec.get("size") == size and rec.get("sha256") == sha256)
 
 
+def file_identity(st: os.stat_result) -> list[int]:
+    """What tells one file's life from another: device, inode, size, modification and change times (ns).
+    The uploader records it when the file is the same before and after it read it (steps.wal.spool)."""
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+RACY_NS = 20_000_000  # longer than a kernel tick (file times come from a coarse clock: 4-10 ms a tick)
+
+
+def read_identity(before: os.stat_result, after: os.stat_result, looked_ns: int) -> list[int] | None:
+    """The identity to record for a file read between the stats `before` (taken at `looked_ns`, time.time_ns)
+    and `after`: None when it changed while read, or when it changed so shortly before it was looked at that
+    a later change could carry the same ctime (the coarse clock has not ticked yet: git's "racily clean"
+    files). Otherwise any later change of the file gives it a later ctime, which wal-push notices."""
+    ident = file_identity(after)
+    if file_identity(before) != ident or before.st_ctime_ns > looked_ns - RACY_NS:
+        return None
+    return ident
+
+
+def confirms_unchanged(rec: dict[str, object], settings: WalSettings, sysid: int, path: str) -> bool:
+    """Does the record confirm the file without hashing it again? When the uploader saw the file, before and
+    after reading it, with the identity it has now (same inode, size, mtime and ctime to the nanosecond): the
+    bytes it hashed and stored are the bytes here. PostgreSQL never writes into a segment it marked ready; a
+    file of another life under this name (a recycled segment, a restored copy of the cluster) has another
+    ctime, which no user process can set. Anything else: hash the file and compare (`confirms`)."""
+    ident = rec.get("identity")
+    if not isinstance(ident, list):
+        return False
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return ident == file_identity(st) and confirms(rec, settings, sysid, st.st_size, str(rec.get("sha256")))
+
+
+_PUSHING_MYSELF: dict[str, tuple[int, str]] = {}  # name -> (the locked `NAME.self` of this process, its out/)
+
+
+def push_myself(out: str, name: str) -> bool:
+    """Take `out/NAME.self`: this process pushes NAME itself (the first call of a burst, while the uploader it
+    just started is still starting), and the uploader leaves NAME alone while the lock is held. The lock is
+    held until the process exits (a killed pusher leaves a file nobody holds: the uploader then pushes NAME,
+    and the retry waits for that). False when another process holds it."""
+    import fcntl
+
+    if name in _PUSHING_MYSELF:
+        return True
+    fd = os.open(os.path.join(out, f"{name}.self"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _PUSHING_MYSELF[name] = (fd, out)
+    return True
+
+
+def record_own_push(name: str, record: dict[str, object]) -> None:
+    """After this process pushed NAME itself (`push_myself`) and every repository holds it: its `.ok` record, as
+    the uploader would have written it, so that the uploader does not push it again before PostgreSQL marks
+    it done. Nothing when this process is not pushing NAME for the uploader."""
+    if name in _PUSHING_MYSELF:
+        write_record(os.path.join(_PUSHING_MYSELF[name][1], f"{name}.ok"), json.dumps(record))
+
+
 def push_via_worker(settings: WalSettings, path: str, name: str, sysid: int, datadir: str | None) -> int | None:
     """Exit 0 only on the uploader's `.ok` record of this very file; 1 on its `.error` or after the bound.
-    None: the file is not marked ready in its pg_wal (run by hand), so the uploader would never see it:
-    the caller pushes it itself."""
+    None: the caller pushes the file itself, in full, as the synchronous mode does: when it is not marked
+    ready in its pg_wal (run by hand: the uploader would never see it), or when no uploader runs (the first
+    call of a burst: this one is started for the files after it, and this call does not wait for its start,
+    which costs an interpreter and the imports of the whole push; `push_myself` keeps it off this file)."""
+    if name in _PUSHING_MYSELF:
+        return None  # the full path's second look: this process pushes it
     pg_wal = os.path.dirname(os.path.abspath(path))
     if not os.path.exists(os.path.join(pg_wal, "archive_status", f"{name}.ready")):
         return None
@@ -158,6 +228,8 @@ def push_via_worker(settings: WalSettings, path: str, name: str, sysid: int, dat
         if rec is not None and not isinstance(rec, dict):
             rec = {}  # not a record of ours: confirms nothing
         if rec is not None:
+            if confirms_unchanged(rec, settings, sysid, path):
+                return 0
             if mine is None:
                 try:
                     mine = sha256_file(path)
@@ -183,8 +255,11 @@ def push_via_worker(settings: WalSettings, path: str, name: str, sysid: int, dat
             return 1
         if now >= next_look:
             if not worker_alive(lock):
+                first = next_look == 0.0 and push_myself(out, name)
                 spawn(["wal-push", "-c", str(settings.path), "--async-worker", "--pg-wal", pg_wal,
                        "--sysid", str(sysid)], os.path.join(root, "push-worker.log"), datadir)
+                if first:
+                    return None
             next_look = now + 1.0
         time.sleep(POLL_S)
 
@@ -269,6 +344,23 @@ def in_window(want: dict[str, object], name: str, depth: int) -> bool:
     return tli == want_tli and 1 <= pos - want_pos <= depth
 
 
+def prefetch_cap(settings: WalSettings) -> int:
+    """The deepest the read-ahead grows: four times `wal.prefetch` (32 segments, 512 MB of spool, by default)."""
+    return 4 * settings.prefetch
+
+
+def window_depth(settings: WalSettings, spool: str) -> int:
+    """How many segments after the last one asked for the running prefetcher fetches: `wal.prefetch`, or more
+    once it has grown the window (it writes `.depth` before it fetches deeper, and never shrinks it while it
+    runs, so a wal-fetch never waits for a segment nobody fetches)."""
+    try:
+        with open(os.path.join(spool, ".depth")) as f:
+            depth = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return settings.prefetch
+    return max(settings.prefetch, min(depth, prefetch_cap(settings)))
+
+
 def wait_prefetched(settings: WalSettings, spool: str, name: str, dest: str, source: str,
                     verified: str | None = None) -> bool:
     """Take `name` from the spool once the running prefetcher has it, when it is already fetching it.
@@ -282,7 +374,7 @@ def wait_prefetched(settings: WalSettings, spool: str, name: str, dest: str, sou
             want = json.load(f)
     except (OSError, ValueError):
         return False
-    if want.get("source", "any") != source or not in_window(want, name, settings.prefetch):
+    if want.get("source", "any") != source or not in_window(want, name, window_depth(settings, spool)):
         return False
     lock = os.path.join(spool, ".lock")
     none = os.path.join(spool, f"{name}.none")
@@ -302,11 +394,14 @@ def wait_prefetched(settings: WalSettings, spool: str, name: str, dest: str, sou
 
 
 def request_after(settings: WalSettings, spool: str, sysid: int, name: str, segment_size: int,
-                  source: str = "any") -> None:
-    """Ask the prefetcher for the segments after `name`, and start it when none runs."""
+                  source: str = "any", waited_ms: float = 0.0) -> None:
+    """Ask the prefetcher for the segments after `name`, and start it when none runs. `waited_ms`: how long
+    this wal-fetch waited for the prefetcher's copy of `name` (0: it was ready): the prefetcher reads ahead
+    deeper while replay keeps waiting for it."""
     try:
         write_record(os.path.join(spool, ".want"),
-                     json.dumps({"name": name, "segment_size": segment_size, "source": source}))
+                     json.dumps({"name": name, "segment_size": segment_size, "source": source,
+                                 "waited_ms": round(waited_ms, 1)}))
         if not worker_alive(os.path.join(spool, ".lock")):
             spawn(["wal-fetch", "-c", str(settings.path), "--prefetch-worker", "--spool", spool,
                    "--sysid", str(sysid)], os.path.join(spool, ".prefetch.log"), None)
@@ -336,10 +431,15 @@ def fetch_prefetched(settings: WalSettings, name: str, dest: str, source: str = 
     if sysid is None or datadir is None:
         return False
     spool = fetch_spool(settings, sysid, datadir)
-    if spool is None or not (take(spool, name, dest, verified)
-                             or wait_prefetched(settings, spool, name, dest, source, verified)):
+    if spool is None:
         return False
-    request_after(settings, spool, sysid, name, segment_size_of(dest), source)
+    waited_ms = 0.0
+    if not take(spool, name, dest, verified):
+        t0 = time.monotonic()
+        if not wait_prefetched(settings, spool, name, dest, source, verified):
+            return False
+        waited_ms = (time.monotonic() - t0) * 1000
+    request_after(settings, spool, sysid, name, segment_size_of(dest), source, waited_ms)
     return True
 
 
@@ -381,6 +481,8 @@ def note_pushed(settings: WalSettings, sysid: int, name: str, sha256: str, size:
     except OSError as e:
         return (f"{name} is stored, but not noted for sealing in {pending}: {e.strerror}; a recovery would not "
                 "replay it, so it is not confirmed (wal.spool_dir must be writable by the server's user)")
+    if name in _PUSHING_MYSELF:  # the uploader this call just started seals it, in its sealer thread
+        return None
     try:
         if not worker_alive(os.path.join(root, "seal-worker.lock")):
             spawn(["wal-push", "-c", str(settings.path), "--seal-worker", "--sysid", str(sysid)],

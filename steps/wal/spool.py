@@ -47,7 +47,7 @@ from typing import Any
 
 from runbook.errors import RunbookError
 from steps.repository.layout import next_segment, parse_wal_name, wal_key
-from steps.wal.fast import note_pushed, push_root, write_record
+from steps.wal.fast import note_pushed, prefetch_cap, push_root, read_identity, worker_alive, write_record
 from steps.wal.settings import WalSettings
 from steps.wal.store import WalStore, open_wal_stores
 from steps.wal.worker import WorkerLock
@@ -74,8 +74,15 @@ def _push_task(stores: list[WalStore], settings: WalSettings, pg_wal: Path, name
 
     t0 = time.monotonic()
     try:
+        looked_ns = time.time_ns()
+        before = os.stat(pg_wal / name)
         data, archived_as = prepare(pg_wal / name, parse_wal_name(name), sysid)
         meta = push_data(stores, name, data, archived_as, settings.level)
+        identity = read_identity(before, os.stat(pg_wal / name), looked_ns)
+    except FileNotFoundError as e:
+        write_record(out / f"{name}.error", f"cannot read {e.filename}: {e.strerror}")
+        _log(f"{name}: FAILED: {e}")
+        return
     except (RunbookError, ValueError) as e:
         write_record(out / f"{name}.error", str(e))
         _log(f"{name}: FAILED: {e}")
@@ -89,6 +96,8 @@ def _push_task(stores: list[WalStore], settings: WalSettings, pg_wal: Path, name
     record = {"name": name, "sha256": meta["sha256"], "size": meta["size"],
               "system_identifier": meta["system_identifier"], "destinations": settings.destinations,
               "stored": meta["stored"], "at": datetime.now(UTC).isoformat()}
+    if identity is not None and identity[2] == meta["size"]:  # wal-push need not hash it again
+        record["identity"] = identity
     unnoted = note_pushed(settings, archived_as, name, str(meta["sha256"]), int(meta["size"]))  # before the .ok
     if unnoted:
         write_record(out / f"{name}.error", unnoted)
@@ -97,6 +106,19 @@ def _push_task(stores: list[WalStore], settings: WalSettings, pg_wal: Path, name
     write_record(out / f"{name}.ok", json.dumps(record))
     _log(f"{name}: {', '.join(f'{k} {v}' for k, v in meta['stored'].items())} "
          f"({meta['compressed_size']} bytes, {time.monotonic() - t0:.3f} s)")
+
+
+def _pushed_by_its_caller(out: Path, name: str) -> bool:
+    """Is a `wal-push` pushing NAME itself (steps.wal.fast.push_myself: the first call of a burst, which started
+    us)? Then it is not ours to push. Its `NAME.self` left by a pusher that is gone is removed: ours again."""
+    marker = out / f"{name}.self"
+    if not marker.exists():
+        return False
+    if worker_alive(marker):
+        return True
+    with contextlib.suppress(FileNotFoundError):
+        marker.unlink()
+    return False
 
 
 def _ready(status_dir: Path) -> list[str]:
@@ -133,6 +155,8 @@ def run_push_worker(settings: WalSettings, pg_wal: Path, sysid: int) -> int:
                 if len(inflight) >= settings.max_parallel * 2:
                     break
                 if name in inflight or (out / f"{name}.ok").exists() or (out / f"{name}.error").exists():
+                    continue
+                if _pushed_by_its_caller(out, name):
                     continue
                 inflight[name] = pool.submit(_push_task, stores, settings, pg_wal, name, sysid, out)
             for name in [n for n, f in inflight.items() if f.done()]:
@@ -184,7 +208,8 @@ def _sweep(out: Path, status_dir: Path, ready: set[str]) -> None:
             age = now - entry.stat().st_mtime
         except FileNotFoundError:
             continue
-        if (kind == "ok" and name not in ready and age > 60) or (kind == "error" and age > 600):
+        if ((kind == "ok" and name not in ready and age > 60) or (kind == "error" and age > 600)
+                or (kind == "self" and not worker_alive(entry.path))):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
 
@@ -209,6 +234,30 @@ def _prefetch_task(stores: list[WalStore], spool: Path, name: str, sysid: int) -
     return "ok"
 
 
+GROW_AFTER_WAIT_MS = 5.0  # a wal-fetch that waited longer than this for our copy: replay outran the read-ahead
+
+
+def _adapt_depth(spool: Path, want: dict[str, Any], waits: list[float], depth: int, cap: int) -> int:
+    """The read-ahead depth after this request: grown (by half of `wal.prefetch`'s worth, up to `cap`) when the
+    wal-fetch that sent it waited for our copy, so that replay stops waiting on the network or decompression;
+    never shrunk while we run (a wal-fetch decides to wait for a segment from the depth we published: a
+    segment dropped from the window would leave it waiting). `.depth` is written before the deeper fetches."""
+    try:
+        waited = float(want.get("waited_ms") or 0)
+    except (TypeError, ValueError):
+        waited = 0.0
+    waits.append(waited)
+    del waits[:-16]
+    if waited <= GROW_AFTER_WAIT_MS or depth >= cap:
+        return depth
+    grown = min(cap, depth + max(2, depth // 2))
+    write_record(spool / ".depth", str(grown))
+    slow = sum(1 for w in waits if w > GROW_AFTER_WAIT_MS)
+    _log(f"replay waited {waited:.0f} ms for {want.get('name')} ({slow} of the last {len(waits)} waited): "
+         f"reading ahead {grown} segments instead of {depth}")
+    return grown
+
+
 def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
     lock = WorkerLock(spool / ".lock")
     if not lock.try_acquire():
@@ -226,6 +275,9 @@ def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
     retry_at: dict[str, float] = {}
     last_want: Any = None
     changed = time.monotonic()
+    depth, cap = settings.prefetch, prefetch_cap(settings)
+    write_record(spool / ".depth", str(depth))
+    waits: list[float] = []  # what the last wal-fetches waited for our copy, ms
     try:
         while True:
             try:
@@ -235,6 +287,8 @@ def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
             now = time.monotonic()
             if want != last_want:
                 last_want, changed = want, now
+                if isinstance(want, dict):
+                    depth = _adapt_depth(spool, want, waits, depth, cap)
             if now - changed > settings.worker_idle_s and not inflight:
                 break
             if want:
@@ -246,7 +300,7 @@ def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
                         _log(f"cannot read ahead from {source}: {e}")
                         break
                 window = [next_segment(want["name"], int(want["segment_size"]), i)
-                          for i in range(1, settings.prefetch + 1)]
+                          for i in range(1, depth + 1)]
                 keep = set(window)
                 for entry in os.scandir(spool):
                     base = entry.name.removesuffix(".json").removesuffix(".none")

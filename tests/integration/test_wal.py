@@ -399,3 +399,117 @@ def test_a_recovery_replays_through_wal_fetch_and_its_read_ahead(both: tuple[Wal
     assert "restored log file" in log and "FATAL" not in log
     spools = list((wc.base / "spool" / wc.sysid()).glob("in-*"))
     assert spools and (spools[0] / ".want").exists(), "the read-ahead never ran"
+
+
+def _uploader_pid(spool: Path) -> int | None:
+    """The pid of the live asynchronous uploader serving `spool` (its lock names it), or None."""
+    from steps.wal.fast import worker_alive
+
+    for lock in spool.rglob("push-worker.lock"):
+        if worker_alive(lock):
+            return int(lock.read_text().split()[0])
+    return None
+
+
+def test_the_first_push_of_a_burst_and_a_killed_uploader(wal_cluster: Factory) -> None:  # noqa: F811
+    """The first call of a burst pushes its segment itself (durably, in every repository) while the uploader
+    it started comes up for the next ones; an uploader killed mid-burst, while a wal-push waits for it, is
+    replaced, and every segment is confirmed only once it is archived byte for byte."""
+    import signal
+
+    wc = wal_cluster()
+    wc.cluster.start()
+    names = [wc.switch() for _ in range(4)]
+    held = [_held_ready(wc, n) for n in names]
+    spool, repo = server_dir(wc.base, "spool"), server_dir(wc.base, "repo")
+    cfg = write_config(wc.base / "repository.yaml", wc.cluster, local=repo,
+                       wal={"async": True, "spool_dir": str(spool), "worker_idle_s": 20, "push_timeout_s": 30})
+    key = {n: wal_key(wc.sysid(), n) for n in names}
+
+    def archived(i: int) -> bool:
+        return (repo / key[names[i]]).exists() and unpack((repo / key[names[i]]).read_bytes(),
+                                                          names[i])[0] == held[i].read_bytes()
+
+    # Only the first is ready: its wal-push starts the uploader and pushes it itself, with the uploader's record.
+    for seg in held[1:]:
+        (seg.parent / "archive_status" / f"{seg.name}.ready").rename(seg.parent / f"{seg.name}.later")
+    r = wc.runbook("wal-push", "-c", str(cfg), str(held[0]))
+    assert r.returncode == 0, r.stderr
+    assert archived(0)
+    (record,) = _ok_records(spool, names[0]).values()
+    assert "wal-push itself" in record and str(repo) in record
+    deadline = time.monotonic() + 30
+    while (pid := _uploader_pid(spool)) is None:  # started by that first call
+        assert time.monotonic() < deadline, "the first push started no uploader"
+        time.sleep(0.05)
+    (held[0].parent / "archive_status" / f"{names[0]}.ready").rename(
+        held[0].parent / "archive_status" / f"{names[0]}.done")  # PostgreSQL's archiver, after exit 0
+    log = next(spool.rglob("push-worker.log"))
+
+    # The uploader stopped (mid-burst), the next segment becomes ready, its wal-push waits; the uploader dies.
+    os.kill(pid, signal.SIGSTOP)
+    (held[1].parent / f"{names[1]}.later").rename(held[1].parent / "archive_status" / f"{names[1]}.ready")
+    waiting = subprocess.Popen(as_server_user([str(wc.venv.runbook), "wal-push", "-c", str(cfg), str(held[1])]),
+                               cwd=wc.datadir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    assert waiting.poll() is None, "confirmed by an uploader that was stopped"
+    assert not archived(1)
+    os.kill(pid, signal.SIGKILL)
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, err
+    assert archived(1)
+    assert _uploader_pid(spool) not in (None, pid), "no new uploader took over"
+    assert f"{names[1]}: local stored" in log.read_text()
+    assert f"{names[0]}: " not in log.read_text()  # the first was its caller's: never pushed twice
+
+    # The rest of the burst: confirmed by the new uploader's records.
+    for i in (2, 3):
+        (held[i].parent / f"{names[i]}.later").rename(held[i].parent / "archive_status" / f"{names[i]}.ready")
+    for i in (2, 3):
+        r = wc.runbook("wal-push", "-c", str(cfg), str(held[i]))
+        assert r.returncode == 0, r.stderr
+        assert archived(i)
+        assert "wal-push itself" not in "".join(_ok_records(spool, names[i]).values())
+    os.kill(_uploader_pid(spool) or 0, signal.SIGTERM)
+
+
+def test_an_s3_outage_during_read_ahead_never_answers_missing(both: tuple[WalCluster, Path, Path],
+                                                              s3_server: S3Endpoint,  # noqa: F811
+                                                              s3_bucket: str) -> None:  # noqa: F811
+    """The prefetcher cannot read S3 (an outage after the first segment): wal-fetch reads the repository itself
+    and stops recovery (126), never "missing"; once S3 is back, the same segments arrive byte for byte, from
+    the repository or the read-ahead."""
+    wc, _, repo = both
+    names = [wc.switch() for _ in range(4)]
+    wc.wait_archived(names[-1])
+    archived = {n: unpack((repo / wal_key(wc.sysid(), n)).read_bytes(), n)[0] for n in names}
+    outage = {"on": False}
+
+    def fail(method: str, path: str) -> bool:
+        return outage["on"] and method == "GET" and names[0] not in path
+
+    with FaultProxy(("127.0.0.1", s3_server.port), fail=fail) as proxy:
+        cfg = write_config(wc.base / "via-proxy.yaml", wc.cluster,
+                           s3=s3_section(proxy.url, s3_bucket, credentials_file(wc.base), max_attempts=1),
+                           wal={"spool_dir": str(server_dir(wc.base, "spool-proxy")), "fetch_attempts": 2})
+        dest = server_dir(wc.base, "fetched")
+        outage["on"] = True
+        r = wc.runbook("wal-fetch", "-c", str(cfg), "--from", "s3", names[0], str(dest / names[0]))
+        assert r.returncode == 0, r.stderr  # its own GET passes; the read-ahead it starts meets the outage
+        deadline = time.monotonic() + 30
+        while not any(m == "GET" and names[1] in p and s == 500 for m, p, s in proxy.seen):
+            assert time.monotonic() < deadline, "the read-ahead never tried the next segment"
+            time.sleep(0.05)
+        r = wc.runbook("wal-fetch", "-c", str(cfg), "--from", "s3", names[1], str(dest / names[1]))
+        assert r.returncode == 126, (r.returncode, r.stderr)
+        assert not (dest / names[1]).exists()
+        outage["on"] = False
+        for n in names[1:]:
+            r = wc.runbook("wal-fetch", "-c", str(cfg), "--from", "s3", n, str(dest / n))
+            assert r.returncode == 0, r.stderr
+            assert (dest / n).read_bytes() == archived[n]
+        for lock in (wc.base / "spool-proxy").rglob(".lock"):  # the prefetcher this test started
+            from steps.wal.fast import worker_alive
+
+            if worker_alive(lock):
+                os.kill(int(lock.read_text().split()[0]), 15)
