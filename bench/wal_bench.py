@@ -279,11 +279,14 @@ def bench_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs: 
     for m, (times, rates) in results.items():
         lo, med = stats(times)
         rest = sorted(t for i, t in enumerate(times) if i % len(corpus))  # all but the first of each series
+        late = [t for i, t in enumerate(times) if i % len(corpus) >= len(corpus) // 2]  # the second half: warm
         rows.append([m, f"{lo:.0f}", f"{med:.0f}", f"{med / floor:.2f}x", f"{stats(rest)[1]:.0f}",
+                     f"{stats(late)[1]:.0f}",
                      f"{min(firsts[m]):.0f} / {max(firsts[m]):.0f}",
                      f"{max(rates):.1f} seg/s ({max(rates) * 16:.0f} MB/s)"])
     table(f"wal-push, one process per 16 MB segment ({len(corpus)} segments x {repeat}, order rotated)",
           ["method", "min ms", "median ms", "median vs cp", "median ms after the first",
+           "median ms, second half of a series",
            "first call of a series ms (min / max)", "sustained (best run)"], rows)
 
 

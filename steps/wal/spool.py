@@ -170,7 +170,7 @@ def run_push_worker(settings: WalSettings, pg_wal: Path, sysid: int) -> int:
             if not inflight and now - idle_since > settings.worker_idle_s:
                 _log("idle: stopping")
                 break
-            time.sleep(0.02 if inflight else 0.05)
+            time.sleep(0.01)  # a listing of archive_status (~50 µs): a new .ready is seen within 10 ms
     finally:
         pool.shutdown(wait=True)
         lock.release()
