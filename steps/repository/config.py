@@ -131,7 +131,8 @@ class WalConfig(_Strict):
                                    "writable by the server's user (default: $XDG_STATE_HOME/runbook/wal-spool)")
     max_parallel: int = Field(4, ge=1, le=32, description="Segments the asynchronous worker uploads at once")
     push_timeout_s: float = Field(60, gt=0, le=3600, description="How long wal-push waits for its segment's upload")
-    worker_idle_s: float = Field(30, gt=0, le=3600, description="A worker with nothing to do exits after this")
+    worker_idle_s: float = Field(120, gt=0, le=3600, description="A worker with nothing to do exits after this "
+                                 "(longer than archive_timeout: a quiet server keeps its uploader warm)")
     prefetch: int = Field(8, ge=0, le=128, description="Segments wal-fetch reads ahead into the spool (0: off)")
     fetch_attempts: int = Field(3, ge=1, le=20, description="Attempts per repository before wal-fetch gives up "
                                 "(exit 126: recovery stops rather than ending early)")

@@ -92,7 +92,7 @@ class WalSettings:
         self.spool_dir = Path(spool)
         self.max_parallel = int(wal.get("max_parallel", 4))
         self.push_timeout_s = float(wal.get("push_timeout_s", 60))
-        self.worker_idle_s = float(wal.get("worker_idle_s", 30))
+        self.worker_idle_s = float(wal.get("worker_idle_s", 120))
         self.prefetch = int(wal.get("prefetch", 8))
         self.fetch_attempts = int(wal.get("fetch_attempts", 3))
         self.wal_key: str | None = (data.get("signing") or {}).get("wal_private_key")

@@ -120,8 +120,9 @@ def make_primary(template: Path, dest: Path, *, s3: dict[str, str] | None = None
         lines.append("s3: {" + ", ".join(f"{k}: {v}" for k, v in s3.items()) + "}")
     if not any(ln.startswith("signing:") for ln in config_lines):
         lines.append(signing_yaml().rstrip())
-    if not any(ln.startswith("wal:") for ln in config_lines):  # the spool in the test's directory, not the
-        lines.append(f"wal: {{spool_dir: {dest / 'spool'}}}")  # server user's home, where it would stay
+    if not any(ln.startswith("wal:") for ln in config_lines):
+        # the spool in the test's directory (not the server user's home), its workers gone soon after the test
+        lines.append(f"wal: {{spool_dir: {dest / 'spool'}, worker_idle_s: 5}}")
     lines += config_lines
     config.write_text("\n".join(lines) + "\n")
     archive_command, restore_command = wal_commands(repo, config, sid, venv_runbook)
