@@ -284,6 +284,9 @@ def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
                 want = json.loads((spool / ".want").read_text())
             except (OSError, ValueError):
                 want = None
+                if not spool.is_dir():  # the recovering cluster and its spool were removed: nobody will ask
+                    _log(f"{spool} is gone: stopping")
+                    break
             now = time.monotonic()
             if want != last_want:
                 last_want, changed = want, now

@@ -267,3 +267,23 @@ def test_the_hot_paths_import_neither_pydantic_boto3_psycopg_textual_nor_rich(tm
             "print('runbook.cli.main' in sys.modules, 'argparse' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False False"
+
+
+def test_a_read_ahead_whose_spool_is_removed_stops_at_once(tmp_path: Path) -> None:
+    """The recovering cluster and its spool were removed (a drill torn down): the prefetcher does not wait out
+    worker_idle_s for a `.want` nobody will write."""
+    import shutil
+
+    from steps.wal.spool import run_prefetch_worker
+
+    spool = tmp_path / "in-x"
+    spool.mkdir()
+    settings = WalSettings(tmp_path / "repository.yaml", {"local": {"path": str(tmp_path / "repo")},
+                                                         "wal": {"worker_idle_s": 60}})
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (run_prefetch_worker(settings, spool, 1), done.set()), daemon=True)
+    t.start()
+    time.sleep(0.3)
+    assert not done.is_set()  # idle, waiting to be asked
+    shutil.rmtree(spool)
+    assert done.wait(5), "the prefetcher outlived its spool"
