@@ -14,6 +14,7 @@ A recovery whose `restore_command` is given explicitly reads WAL its own way: no
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -98,18 +99,17 @@ def write_verified(pgdata: Path, index: Any, args: Args) -> Path:
 
 
 def remove_verified(pgdata: Path) -> None:
-    """Once recovery has ended (the recovery settings reset): the index is read by nobody any more."""
+    """Once recovery has ended (the recovery settings reset): the index is read by nobody any more. Removed
+    beneath the data directory's descriptor (steps.fs), never through a link."""
     from steps.fs import UnsafePath, open_real_dir
 
     try:
-        import os
-
         fd = open_real_dir(pgdata, "data directory")
-        try:
-            os.unlink(INDEX_FILE, dir_fd=fd)
-        except FileNotFoundError:
-            pass
-        finally:
-            os.close(fd)
     except UnsafePath:
+        return
+    try:
+        os.unlink(INDEX_FILE, dir_fd=fd)
+    except FileNotFoundError:
         pass
+    finally:
+        os.close(fd)

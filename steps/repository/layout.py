@@ -174,6 +174,16 @@ def wal_ledger_prefix(system_identifier: str) -> str:
     return f"clusters/{system_identifier}/wal-ledger/"
 
 
+def wal_ledger_last(key: str) -> str | None:
+    """The highest WAL-order name (24 hex digits) a ledger key `<first>-<last>-<sha12>.json` covers, or None when
+    the key is not a ledger's: what retention and a recovery tell from the listing, without reading it."""
+    base = key.rsplit("/", 1)[-1]
+    parts = base.removesuffix(".json").split("-")
+    if not base.endswith(".json") or len(parts) != 3 or len(parts[1]) != 24:
+        return None
+    return parts[1]
+
+
 def wal_claims_root(system_identifier: str) -> str:
     """Where pushers to a store that may ignore conditional writes (S3) record what they stored, before they
     confirm it: `clusters/<id>/wal-acks/<name>/<sha256 of the original>`, empty objects, one per content ever

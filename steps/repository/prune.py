@@ -150,9 +150,9 @@ def ledgers_to_delete(store: Store, sysid: str, kept_starts: list[tuple[str, int
     prefix = layout.wal_ledger_prefix(sysid)
     out = []
     for key, _ in store.list_keys(prefix):
-        parts = key[len(prefix):].removesuffix(".json").split("-")
+        last = layout.wal_ledger_last(key)
         try:
-            if not key.endswith(".json") or len(parts) != 3 or parse_segment(parts[1], segment_size)[1] >= cutoff:
+            if last is None or parse_segment(last, segment_size)[1] >= cutoff:
                 continue
         except ValueError:
             continue

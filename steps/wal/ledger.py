@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runbook.errors import RunbookError
-from steps.repository.layout import parse_wal_name, wal_ledger_prefix
+from steps.repository.layout import parse_wal_name, wal_ledger_last, wal_ledger_prefix
 from steps.repository.store import ObjectExists, RepositoryError
 from steps.wal.fast import INDEX_MAGIC, INDEX_NAME_WIDTH, INDEX_RECORD, seal_root
 from steps.wal.fast import wal_order as fast_order
@@ -73,15 +73,6 @@ def wal_order(name: str) -> str:
 def ledger_key(sysid: int | str, names: Sequence[str], data: bytes) -> str:
     order = sorted(wal_order(n) for n in names)
     return f"{ledger_prefix(sysid)}{order[0]}-{order[-1]}-{hashlib.sha256(data).hexdigest()[:12]}.json"
-
-
-def last_of(key: str) -> str | None:
-    """The highest WAL-order name a ledger key covers, or None when the key is not a ledger's."""
-    base = key.rsplit("/", 1)[-1]
-    parts = base.removesuffix(".json").split("-")
-    if not base.endswith(".json") or len(parts) != 3 or len(parts[1]) != 24:
-        return None
-    return parts[1]
 
 
 # --- sealing ---------------------------------------------------------------------------------------------
@@ -262,7 +253,7 @@ def read_index(stores: Sequence[WalStore], trust: Trust, sysid: int, since: str 
         except RepositoryError as e:
             index.errors.append(f"{store.describe()}: {e.message}")
             continue
-        keys = [k for k in sorted(listed) if (last := last_of(k)) is not None and last >= floor]
+        keys = [k for k in sorted(listed) if (last := wal_ledger_last(k)) is not None and last >= floor]
 
         def read(k: str, store: WalStore = store, listed: set[str] = listed) -> tuple[str, bytes | None, bytes | None]:
             return k, store.get(k), store.get(k + SIG_SUFFIX) if k + SIG_SUFFIX in listed else None
@@ -317,8 +308,3 @@ def write_index(path: Path, index: Index, *, accept_unsealed: bool, uid: int | N
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-def covers(index: Index, names: Sequence[str]) -> list[str]:
-    """The names among `names` the index does not list."""
-    return [n for n in names if n not in index.segments]
