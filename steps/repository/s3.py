@@ -9,7 +9,8 @@ conditional writes (`IfNoneMatch`) and checksum headers, so
   stream. botocore's own checksums are asked for only when an operation requires them.
 Requests are retried by botocore (standard mode: exponential backoff with jitter on 5xx, throttling and
 connection errors); a download whose body breaks half-way is read again (steps.repository.retry). Large files go up
-in parts (TransferConfig). Every botocore error becomes a RepositoryError saying what to do.
+in parts (TransferConfig); big objects come down in parallel ranged GETs (`iter_chunks` with their size). Every
+botocore error becomes a RepositoryError saying what to do.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from steps.repository.store import (
     Store,
     StoreName,
 )
+
+RANGE_PART = 8 * 1024 * 1024  # ranged GETs of a big object: the size of each part
 
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
                      "TokenRefreshRequired", "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
@@ -144,7 +147,14 @@ class S3Store(Store):
         except Exception as e:
             raise self.error(e, f"reading {key}") from None
 
-    def iter_chunks(self, key: str) -> Iterator[bytes]:
+    def iter_chunks(self, key: str, size: int | None = None) -> Iterator[bytes]:
+        """The object's bytes in order. Of an object of known `size` (at least two parts) the parts are read by
+        ranged GETs, up to `max_concurrency` at once, and given in order as each is complete (at most that many
+        parts, 8 MiB each, are held); the object's full size, from the first answer's Content-Range, must be
+        `size`. A read that breaks half-way raises the transient error itself (the caller reads again)."""
+        if size is not None and size >= 2 * RANGE_PART and self.cfg.max_concurrency > 1:
+            yield from self._ranged(key, size)
+            return
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
         except Exception as e:
@@ -154,6 +164,44 @@ class S3Store(Store):
             yield from body.iter_chunks(1024 * 1024)
         finally:
             body.close()
+
+    def _ranged(self, key: str, size: int) -> Iterator[bytes]:
+        from collections import deque
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        from steps.repository.store import CorruptObject
+
+        ranges = iter([(lo, min(lo + RANGE_PART, size) - 1) for lo in range(0, size, RANGE_PART)])
+
+        def part(lo: int, hi: int) -> bytes:
+            try:
+                resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes={lo}-{hi}")
+                total = str(resp.get("ContentRange", "")).rpartition("/")[2]
+                if total != str(size):
+                    raise CorruptObject(self.describe(), key, f"{size} bytes", f"an object of {total or '?'} bytes")
+                data = bytes(resp["Body"].read())
+            except RepositoryError:
+                raise
+            except Exception as e:
+                if self.transient(e):
+                    raise
+                raise self.error(e, f"reading {key} (bytes {lo}-{hi})") from None
+            if len(data) != hi - lo + 1:
+                raise CorruptObject(self.describe(), key, f"{hi - lo + 1} bytes at {lo}", f"{len(data)} bytes")
+            return data
+
+        pool = ThreadPoolExecutor(max_workers=self.cfg.max_concurrency, thread_name_prefix="s3-range")
+        try:
+            window: deque[Future[bytes]] = deque(pool.submit(part, lo, hi) for lo, hi in
+                                                 (r for _, r in zip(range(self.cfg.max_concurrency), ranges, strict=False)))
+            while window:
+                data = window.popleft().result()
+                nxt = next(ranges, None)
+                if nxt is not None:
+                    window.append(pool.submit(part, *nxt))
+                yield data
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def list_dirs(self, prefix: str) -> list[str]:
         full = self._key(prefix)

@@ -126,8 +126,9 @@ class Store(ABC):
         """The whole object; NotFound when it does not exist."""
 
     @abstractmethod
-    def iter_chunks(self, key: str) -> Iterator[bytes]:
-        """The object's bytes, streamed."""
+    def iter_chunks(self, key: str, size: int | None = None) -> Iterator[bytes]:
+        """The object's bytes, streamed, in order. `size`: what the manifest says it holds, when known (a backend
+        may then read parts of it at once: S3's ranged GETs)."""
 
     @abstractmethod
     def list_dirs(self, prefix: str) -> list[str]:
@@ -226,7 +227,7 @@ class Store(ABC):
                     os.lseek(fd, 0, os.SEEK_SET)
                     h = hashlib.sha256()
                     n = 0
-                    for chunk in self.iter_chunks(key):
+                    for chunk in self.iter_chunks(key, size=size):
                         h.update(chunk)
                         view = memoryview(chunk)
                         while view:
@@ -410,7 +411,7 @@ class LocalStore(Store):
         except OSError as e:
             raise local_error(e, f"reading {self._path(key)}") from None
 
-    def iter_chunks(self, key: str) -> Iterator[bytes]:
+    def iter_chunks(self, key: str, size: int | None = None) -> Iterator[bytes]:
         path = self._path(key)
         try:
             with open(path, "rb") as f:
