@@ -32,8 +32,6 @@ from steps.repository.store import (
     StoreName,
 )
 
-RANGE_PART = 8 * 1024 * 1024  # ranged GETs of a big object: the size of each part
-
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
                      "TokenRefreshRequired", "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
 
@@ -148,12 +146,19 @@ class S3Store(Store):
             raise self.error(e, f"reading {key}") from None
 
     def iter_chunks(self, key: str, size: int | None = None) -> Iterator[bytes]:
-        """The object's bytes in order. Of an object of known `size` (at least two parts) the parts are read by
-        ranged GETs, up to `max_concurrency` at once, and given in order as each is complete (at most that many
-        parts, 8 MiB each, are held); the object's full size, from the first answer's Content-Range, must be
-        `size`. A read that breaks half-way raises the transient error itself (the caller reads again)."""
-        if size is not None and size >= 2 * RANGE_PART and self.cfg.max_concurrency > 1:
-            yield from self._ranged(key, size)
+        """The object's bytes in order. Of an object of known `size`, at least two parts and `multipart_threshold_mb`
+        (the sizes uploads use), the parts (`multipart_chunk_mb` each) are read by ranged GETs, up to
+        `max_concurrency` at once, and given in order as each is complete (at most that many parts are held); the
+        object's full size, from each answer's Content-Range, must be `size`. A read that breaks half-way raises
+        the transient error itself (the caller reads again).
+
+        Part size by measurement (docs/performance.md): moto's server reads the whole object for every ranged GET,
+        so 8 MiB parts made a 400 MB fetch from it 8x slower; parts as large as the upload's keep the count of
+        requests per object low where the server is that naive, and still read a big object in parallel."""
+        part = self.cfg.multipart_chunk_mb * 1024 * 1024
+        if (size is not None and size >= max(2 * part, self.cfg.multipart_threshold_mb * 1024 * 1024)
+                and self.cfg.max_concurrency > 1):
+            yield from self._ranged(key, size, part)
             return
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
@@ -165,13 +170,13 @@ class S3Store(Store):
         finally:
             body.close()
 
-    def _ranged(self, key: str, size: int) -> Iterator[bytes]:
+    def _ranged(self, key: str, size: int, part_size: int) -> Iterator[bytes]:
         from collections import deque
         from concurrent.futures import Future, ThreadPoolExecutor
 
         from steps.repository.store import CorruptObject
 
-        ranges = iter([(lo, min(lo + RANGE_PART, size) - 1) for lo in range(0, size, RANGE_PART)])
+        ranges = iter([(lo, min(lo + part_size, size) - 1) for lo in range(0, size, part_size)])
 
         def part(lo: int, hi: int) -> bytes:
             try:

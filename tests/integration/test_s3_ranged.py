@@ -12,13 +12,16 @@ from typing import Any
 import pytest
 
 from steps.repository.config import S3Config
-from steps.repository.s3 import RANGE_PART, S3Store
+from steps.repository.s3 import S3Store
 from steps.repository.store import CorruptObject
 from tests.support.s3server import S3Endpoint, s3_bucket, s3_server  # noqa: F401
 
+RANGE_PART = 5 * 1024 * 1024  # the smallest part size the config allows (multipart_chunk_mb: 5)
+
 
 def _store(s3_server: S3Endpoint, bucket: str) -> tuple[S3Store, list[tuple[str, str]]]:  # noqa: F811
-    store = S3Store(S3Config(bucket=bucket, prefix="r", endpoint_url=s3_server.url, max_concurrency=4))
+    store = S3Store(S3Config(bucket=bucket, prefix="r", endpoint_url=s3_server.url, max_concurrency=4,
+                             multipart_chunk_mb=5, multipart_threshold_mb=10))
     calls: list[tuple[str, str]] = []
     real = store.client.get_object
     lock = threading.Lock()
