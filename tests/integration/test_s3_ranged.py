@@ -16,12 +16,13 @@ from steps.repository.s3 import S3Store
 from steps.repository.store import CorruptObject
 from tests.support.s3server import S3Endpoint, s3_bucket, s3_server  # noqa: F401
 
-RANGE_PART = 5 * 1024 * 1024  # the smallest part size the config allows (multipart_chunk_mb: 5)
+RANGE_PART = 5 * 1024 * 1024  # range_get_mb: 5
 
 
-def _store(s3_server: S3Endpoint, bucket: str) -> tuple[S3Store, list[tuple[str, str]]]:  # noqa: F811
+def _store(s3_server: S3Endpoint, bucket: str, range_get_mb: int = 5,  # noqa: F811
+           ) -> tuple[S3Store, list[tuple[str, str]]]:
     store = S3Store(S3Config(bucket=bucket, prefix="r", endpoint_url=s3_server.url, max_concurrency=4,
-                             multipart_chunk_mb=5, multipart_threshold_mb=10))
+                             range_get_mb=range_get_mb))
     calls: list[tuple[str, str]] = []
     real = store.client.get_object
     lock = threading.Lock()
@@ -74,3 +75,17 @@ def test_a_big_object_that_is_not_what_the_manifest_says_is_refused(s3_server: S
     finally:
         os.close(fd)
     assert os.listdir(tmp_path) == []  # nothing left, not even the temporary file
+
+
+def test_without_range_get_mb_a_big_object_is_one_get(s3_server: S3Endpoint, s3_bucket: str,  # noqa: F811
+                                                       tmp_path: Path) -> None:
+    store, calls = _store(s3_server, s3_bucket, range_get_mb=0)
+    data = os.urandom(3 * RANGE_PART)
+    s3_server.client().put_object(Bucket=s3_bucket, Key="r/big.dat", Body=data)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        store.fetch_beneath("big.dat", fd, "big.dat", size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    finally:
+        os.close(fd)
+    assert (tmp_path / "big.dat").read_bytes() == data
+    assert calls == [("r/big.dat", "")]
