@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from steps.repository.config import S3Config
-from steps.repository.s3 import S3Store
+from steps.repository.s3 import ObjectChanged, S3Store
 from steps.repository.store import CorruptObject
 from tests.support.s3server import S3Endpoint, s3_bucket, s3_server  # noqa: F401
 
@@ -89,3 +89,63 @@ def test_without_range_get_mb_a_big_object_is_one_get(s3_server: S3Endpoint, s3_
         os.close(fd)
     assert (tmp_path / "big.dat").read_bytes() == data
     assert calls == [("r/big.dat", "")]
+
+
+def test_an_object_replaced_between_two_parts_is_refused_naming_it(s3_server: S3Endpoint, s3_bucket: str,  # noqa: F811
+                                                                   tmp_path: Path) -> None:
+    store, calls = _store(s3_server, s3_bucket)
+    data = os.urandom(3 * RANGE_PART)
+    other = os.urandom(len(data))  # same size: only the ETag tells them apart
+    s3_server.client().put_object(Bucket=s3_bucket, Key="r/big.dat", Body=data)
+    counted = store.client.get_object
+
+    def replaced_after_the_first_part(**kw: Any) -> Any:
+        resp = counted(**kw)
+        if kw.get("Range", "").startswith("bytes=0-"):
+            s3_server.client().put_object(Bucket=s3_bucket, Key="r/big.dat", Body=other)
+        return resp
+
+    store.client.get_object = replaced_after_the_first_part
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(ObjectChanged) as e:
+            store.fetch_beneath("big.dat", fd, "big.dat", size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    finally:
+        os.close(fd)
+    assert "big.dat" in str(e.value) and "changed while it was read in parts" in str(e.value)
+    assert all(r for _, r in calls)  # only ranged GETs: no part was taken from the new object unnoticed
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_part_read_short_is_refused_naming_the_object(s3_server: S3Endpoint, s3_bucket: str,  # noqa: F811
+                                                        tmp_path: Path) -> None:
+    store, _ = _store(s3_server, s3_bucket)
+    data = os.urandom(2 * RANGE_PART + 5)
+    s3_server.client().put_object(Bucket=s3_bucket, Key="r/big.dat", Body=data)
+    counted = store.client.get_object
+
+    class Short:  # a body that ends one byte early, as a broken proxy would give it
+        def __init__(self, body: Any) -> None:
+            self.body = body
+
+        def read(self) -> bytes:
+            return bytes(self.body.read())[:-1]
+
+        def close(self) -> None:
+            self.body.close()
+
+    def short_second_part(**kw: Any) -> Any:
+        resp = counted(**kw)
+        if kw.get("Range", "").startswith(f"bytes={RANGE_PART}-"):
+            resp["Body"] = Short(resp["Body"])
+        return resp
+
+    store.client.get_object = short_second_part
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(CorruptObject) as e:
+            store.fetch_beneath("big.dat", fd, "big.dat", size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    finally:
+        os.close(fd)
+    assert "big.dat" in str(e.value) and f"{RANGE_PART} bytes at {RANGE_PART}" in str(e.value)
+    assert os.listdir(tmp_path) == []
