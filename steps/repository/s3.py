@@ -160,14 +160,13 @@ class S3Store(Store):
 
     def iter_chunks(self, key: str, size: int | None = None) -> Iterator[bytes]:
         """The object's bytes in order. With `range_get_mb` set, of an object of known `size` at least two such
-        parts, the parts are read by ranged GETs, up to `max_concurrency` at once, and given in order as each is
-        complete (at most that many parts are held); the object's full size, from each answer's Content-Range,
-        must be `size`. A read that breaks half-way raises the transient error itself (the caller reads again).
+        parts, the parts are read by ranged GETs (`_ranged`), up to `max_concurrency` at once, and given in order
+        as each is complete (at most that many parts are held). A read that breaks half-way raises the transient
+        error itself (the caller reads the object again).
 
-        Off by default, by measurement (docs/performance.md): moto's server reads the whole object for every
-        ranged GET, so against it ranges made the fetch slower (8 MiB parts: 7.9 s instead of 1.0 s for the
-        bench's dump; 64 MiB parts: 2.4 s instead of 1.1 s). Against a store that serves ranges in proportion to
-        their size (AWS), where one connection's throughput is the limit, set it (e.g. 64)."""
+        Off by default (docs/performance.md): the only store measured, moto, reads the whole object for every
+        ranged GET, so against it ranges were slower; no store that serves ranges in proportion to their size
+        (AWS) was measured, so no default rests on that either."""
         part = self.cfg.range_get_mb * 1024 * 1024
         if part and size is not None and size >= 2 * part and self.cfg.max_concurrency > 1:
             yield from self._ranged(key, size, part)
