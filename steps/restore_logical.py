@@ -378,7 +378,11 @@ class _Witness:
 
         try:
             self.pg = connect(conn, dbname, autocommit=True, application_name="runbook restore-logical durability")
+            # idle for the whole restore: no idle timeout ends it, and over TCP the server's keepalives keep
+            # firewalls and NAT from forgetting it (ignored on a Unix socket)
             self.pg.execute("set idle_session_timeout = 0")
+            self.pg.execute("set tcp_keepalives_idle = 60")
+            self.pg.execute("set tcp_keepalives_interval = 10")
         except psycopg.Error as e:
             raise RunbookError(f"cannot open the connection that makes the restore durable: {str(e).strip()}") from None
 
