@@ -32,6 +32,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -232,8 +233,13 @@ def push_series(cmd: Callable[[str, Path], list[str]], datadir: Path,
     return times, time.perf_counter() - t0
 
 
-def bench_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs: dict[str, Path], repeat: int,
-               only: list[str] | None = None, baseline: str | None = None) -> None:
+def measure_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs: dict[str, Path], repeat: int,
+                 only: list[str] | None = None, baseline: str | None = None,
+                 url: str | None = None) -> tuple[dict[str, tuple[list[float], list[float]]], dict[str, list[float]]]:
+    """Each method pushes the corpus, one process per segment, `repeat` times in a rotated order. Returns, by
+    method, (ms of every call, segments a second of each series) and the ms of each series' first call.
+    Methods: `cp` + `sync`, ours per config name (only: those named), pgBackRest local sync and async when
+    installed, `barman-cloud-wal-archive` to S3 when installed and url (the S3 endpoint) is given."""
     cp_dir = base / "cp-archive"
     methods: dict[str, Callable[[str, Path], list[str]]] = {
         "cp + sync (floor)": lambda n, _d: ["sh", "-c", f"cp pg_wal/{n} {cp_dir}/{n}.tmp && sync {cp_dir}/{n}.tmp && "
@@ -248,9 +254,11 @@ def bench_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs: 
             conf = pgbr_config(base, label.replace(" ", "-"), src.data, src.dir, asynchronous)
             pgbr_confs[label] = conf
             methods[label] = lambda n, d, c=conf: pgbr(c, "archive-push", f"pg_wal/{n}", pg_data=d)
-    if only:  # the floor and pgBackRest always, and the methods named (e.g. local-async local-async-sealed)
+    if BARMAN_PUSH and url:  # one Python process per segment, no compression, to S3 over HTTP
+        methods[BARMAN_PUSH_LABEL] = lambda n, _d: barman(base, url, BARMAN_PUSH, f"pg_wal/{n}")
+    if only:  # the floor and the peers always, and the methods named (e.g. local-async local-async-sealed)
         methods = {m: c for m, c in methods.items()
-                   if m.startswith(("cp", "pgbackrest")) or m.split(": ", 1)[-1] in only}
+                   if m.startswith(("cp", "pgbackrest", "barman")) or m.split(": ", 1)[-1] in only}
     if baseline:  # the same methods with another build of ours (--baseline-venv: before/after in one run)
         for m in [m for m in methods if m.startswith("ours: ")]:
             methods[m.replace("ours: ", "baseline: ")] = (
@@ -274,6 +282,12 @@ def bench_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs: 
             results[m][0].extend(times)
             results[m][1].append(len(corpus) / total)
             _reset_repos(base)
+    return results, firsts
+
+
+def bench_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs: dict[str, Path], repeat: int,
+               only: list[str] | None = None, baseline: str | None = None, url: str | None = None) -> None:
+    results, firsts = measure_push(base, src, corpus, runbook, cfgs, repeat, only, baseline, url)
     floor = stats(results["cp + sync (floor)"][0])[1]
     rows = []
     for m, (times, rates) in results.items():
@@ -346,6 +360,21 @@ def pgbr_reset(conf: Path) -> None:
         shutil.rmtree(conf.parent / sub, ignore_errors=True)
         (conf.parent / sub).mkdir()
     chown_server_user(conf.parent)
+
+
+# --- barman-cloud beside ours (Debian's barman-cli-cloud: boto3 in one Python process per call, S3 over HTTP) ---
+
+BARMAN_PUSH = shutil.which("barman-cloud-wal-archive")
+BARMAN_GET = shutil.which("barman-cloud-wal-restore")
+BARMAN_PUSH_LABEL = "barman-cloud-wal-archive s3"
+BARMAN_GET_LABEL = "barman-cloud-wal-restore, S3"
+
+
+def barman(base: Path, url: str, tool: str, *args: str) -> list[str]:
+    """A barman-cloud WAL command against the bench's S3 (bucket bench, folder barman, server name bench), with
+    the credentials file write_configs made (no key on the command line)."""
+    return ["env", f"AWS_SHARED_CREDENTIALS_FILE={base / 'aws-credentials'}", "AWS_DEFAULT_REGION=us-east-1",
+            tool, "--endpoint-url", url, "s3://bench/barman", "bench", *args]
 
 
 # --- 3. archive lag under load ------------------------------------------------------------------------
@@ -424,8 +453,21 @@ def bench_lag(base: Path, runbook: str, cfgs: dict[str, Path], load_s: int) -> N
 # --- 4. replay -----------------------------------------------------------------------------------------
 
 
-def bench_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: int, repeat: int,
-                 baseline: str | None = None) -> None:
+@dataclass
+class ReplaySource:
+    """The WAL the replays read: a pg_basebackup, then the same segments archived by `cp` (cp_dir), by ours to
+    the local repository and S3 (config `both`), by pgBackRest (pgbr_conf) and barman-cloud (barman_url)."""
+    backup: Path
+    cp_dir: Path
+    segments: int
+    pgbr_conf: Path | None
+    barman_url: str | None
+
+
+def prepare_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: int, url: str | None = None,
+                   init_scale: int = 10) -> ReplaySource:
+    """A source server (pgbench -i at init_scale), a pg_basebackup of it, then n_segments full segments of
+    pgbench WAL archived by every method; the source is stopped."""
     src = Server(base, "replay-src")
     src.initdb()
     cp_dir = base / "replay-cp"
@@ -435,11 +477,14 @@ def bench_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: in
     pgbr_conf = pgbr_config(base, "replay", src.data, src.dir, True) if PGBACKREST else None
     if pgbr_conf:
         archive += " && " + " ".join(pgbr(pgbr_conf, "--archive-async=n", "archive-push", "%p"))
+    barman_url = url if BARMAN_PUSH and BARMAN_GET and url else None
+    if barman_url:
+        archive += " && " + " ".join(barman(base, barman_url, str(BARMAN_PUSH), "%p"))
     src.conf(archive_mode="on", archive_command=archive, wal_compression="off")
     src.start()
     if pgbr_conf:
         as_pg(pgbr(pgbr_conf, "stanza-create"), check=True)
-    src.pgbench("-i", "-s", "10", "-q")
+    src.pgbench("-i", "-s", str(init_scale), "-q")
     backup = base / "replay-base"
     backup.mkdir(mode=0o700)
     chown_server_user(backup)
@@ -452,25 +497,45 @@ def bench_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: in
     deadline = time.monotonic() + 300
     while not (src.data / "pg_wal" / "archive_status" / f"{last}.done").exists():
         if time.monotonic() > deadline:
-            raise SystemExit("the replay WAL was not archived in time")
+            raise SystemExit(f"the replay WAL was not archived in time: see {src.dir / 'log'}")
         time.sleep(0.2)
     src.stop()
     segs = len([n for n in os.listdir(cp_dir) if len(n) == 24])
+    # noprefetch has its own (empty) repositories: point it at the 'both' local repository instead
+    noprefetch = cfgs["noprefetch"]
+    noprefetch.write_text(noprefetch.read_text().replace(str(base / "repo-noprefetch"), str(base / "repo-both")))
+    return ReplaySource(backup, cp_dir, segs, pgbr_conf, barman_url)
+
+
+REPLAY_CP = "cp (floor)"
+REPLAY_LOCAL = "ours, local (read-ahead)"
+REPLAY_S3 = "ours, S3 (read-ahead)"
+REPLAY_PGBR = "pgbackrest local async"
+
+
+def measure_replay(base: Path, runbook: str, cfgs: dict[str, Path], source: ReplaySource, repeat: int,
+                   baseline: str | None = None,
+                   wanted: list[str] | None = None) -> tuple[dict[str, list[float]], dict[str, list[str]]]:
+    """Replays of source's WAL into copies of its base backup, each method `repeat` times in a rotated order
+    (wanted: only those methods, `cp` always). Returns seconds per method and the read-ahead depth each run of
+    ours reached."""
+    cp_dir = source.cp_dir
     methods = {
-        "cp (floor)": f"cp {cp_dir}/%f %p",
-        "ours, local (read-ahead)": f"{runbook} wal-fetch -c {cfgs['both']} --from local %f %p",
-        "ours, S3 (read-ahead)": f"{runbook} wal-fetch -c {cfgs['both']} --from s3 %f %p",
+        REPLAY_CP: f"cp {cp_dir}/%f %p",
+        REPLAY_LOCAL: f"{runbook} wal-fetch -c {cfgs['both']} --from local %f %p",
+        REPLAY_S3: f"{runbook} wal-fetch -c {cfgs['both']} --from s3 %f %p",
         "ours, local, no read-ahead": f"{runbook} wal-fetch -c {cfgs['noprefetch']} --from local %f %p",
     }
     if baseline:  # the read-ahead of another build of ours (--baseline-venv: before/after in one run)
-        for m in ("ours, local (read-ahead)", "ours, S3 (read-ahead)"):
+        for m in (REPLAY_LOCAL, REPLAY_S3):
             methods[m.replace("ours", "baseline")] = methods[m].replace(runbook, baseline, 1)
+    pgbr_conf = source.pgbr_conf
     if pgbr_conf:  # its asynchronous archive-get (read-ahead of archive-get-queue-max, 128 MB), local, lz4
-        methods["pgbackrest local async"] = " ".join(pgbr(pgbr_conf, "archive-get", "%f", '"%p"')) + " --pg1-path={data}"
-    # noprefetch has its own (empty) repositories: point it at the 'both' local repository instead
-    noprefetch = cfgs["noprefetch"]
-    text = noprefetch.read_text().replace(str(base / "repo-noprefetch"), str(base / "repo-both"))
-    noprefetch.write_text(text)
+        methods[REPLAY_PGBR] = " ".join(pgbr(pgbr_conf, "archive-get", "%f", '"%p"')) + " --pg1-path={data}"
+    if source.barman_url and BARMAN_GET:  # one Python process per segment, S3 over HTTP
+        methods[BARMAN_GET_LABEL] = " ".join(barman(base, source.barman_url, BARMAN_GET, "%f", "%p"))
+    if wanted:
+        methods = {m: c for m, c in methods.items() if m == REPLAY_CP or m in wanted}
     results: dict[str, list[float]] = {m: [] for m in methods}
     depths: dict[str, list[str]] = {}
     for rep in range(repeat):
@@ -482,7 +547,7 @@ def bench_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: in
                 (pgbr_conf.parent / "spool").mkdir()
                 chown_server_user(pgbr_conf.parent / "spool")
             r = Server(base, f"replay-{rep}-{list(methods).index(m)}")
-            as_pg(["cp", "-a", str(backup), str(r.data)], check=True)
+            as_pg(["cp", "-a", str(source.backup), str(r.data)], check=True)
             r.conf(restore_command=command.replace("{data}", str(r.data)), archive_mode="off",
                    recovery_target_timeline="current")
             (r.data / "recovery.signal").touch()
@@ -506,10 +571,17 @@ def bench_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: in
                 raise SystemExit(f"replay with {m} failed: see {r.dir / 'log'}")
             r.stop()
             shutil.rmtree(r.dir, ignore_errors=True)
-    floor = stats(results["cp (floor)"])[1]
+    return results, depths
+
+
+def bench_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: int, repeat: int,
+                 baseline: str | None = None, url: str | None = None) -> None:
+    source = prepare_replay(base, runbook, cfgs, n_segments, url)
+    results, depths = measure_replay(base, runbook, cfgs, source, repeat, baseline)
+    floor = stats(results[REPLAY_CP])[1]
     rows = [[m, f"{stats(t)[0]:.2f}", f"{stats(t)[1]:.2f}", f"{stats(t)[1] / floor:.2f}x",
              " ".join(depths.get(m, [])) or "-"] for m, t in results.items()]
-    table(f"PITR replay of {segs} archived 16 MB segments into a pg_basebackup (x {repeat}, order rotated)",
+    table(f"PITR replay of {source.segments} archived 16 MB segments into a pg_basebackup (x {repeat}, order rotated)",
           ["restore_command", "min s", "median s", "median vs cp", "read-ahead depth at the end (each run)"], rows)
 
 
@@ -593,12 +665,12 @@ def main() -> int:
             if "compression" in only:
                 bench_compression(corpus)
             if "push" in only:
-                bench_push(base, src, corpus, runbook, cfgs, args.repeat, args.push_methods, baseline)
+                bench_push(base, src, corpus, runbook, cfgs, args.repeat, args.push_methods, baseline, url)
             src.stop()
         if "lag" in only:
             bench_lag(base, runbook, cfgs, args.load_s)
         if "replay" in only:
-            bench_replay(base, runbook, cfgs, args.replay_segments, args.repeat, baseline)
+            bench_replay(base, runbook, cfgs, args.replay_segments, args.repeat, baseline, url)
     finally:
         for pid_file in base.glob("*/data/postmaster.pid"):  # servers an error left running
             as_pg([str(PG_BIN / "pg_ctl"), "-D", str(pid_file.parent), "-m", "immediate", "-w", "stop"])
