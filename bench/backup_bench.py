@@ -126,11 +126,16 @@ def source_cluster(prefix: str) -> tuple[Path, Path, Path, Cluster]:
     return base, work, tpl, c
 
 
+def s3_env(env: dict[str, str]) -> None:
+    """Credentials for the bench's S3 server into env (what `runbook backup` and the steps read)."""
+    env.update({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"})
+
+
 def start_s3(env: dict[str, str]) -> tuple[Any, str]:
     """moto's S3 server on 127.0.0.1 (in this process) with a bucket `bench`; env gets credentials for it."""
     from wal_bench import start_s3 as start
 
-    env.update({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"})
+    s3_env(env)
     return start()
 
 

@@ -592,6 +592,28 @@ def _tag(datadir: Path) -> str:
     return hashlib.sha256(os.path.abspath(datadir).encode()).hexdigest()[:12]
 
 
+def make_corpus(base: Path, n: int, init_scale: int = 10) -> tuple[Server, list[Path]]:
+    """A started server archiving with `cp`, and n full segments of its pgbench WAL (after `pgbench -i`)."""
+    src = Server(base, "corpus")
+    src.initdb()
+    corpus_dir = base / "corpus-wal"
+    corpus_dir.mkdir()
+    chown_server_user(corpus_dir)
+    src.conf(archive_mode="on", archive_command=f"cp %p {corpus_dir}/%f", wal_compression="off")
+    src.start()
+    src.pgbench("-i", "-s", str(init_scale), "-q")
+    init_end = src.psql("select pg_walfile_name(pg_switch_wal())")
+    while not (src.data / "pg_wal" / "archive_status" / f"{init_end}.done").exists():
+        time.sleep(0.1)
+    before = set(os.listdir(corpus_dir))
+    while len(set(os.listdir(corpus_dir)) - before) < n + 1:
+        src.pgbench("-c", "4", "-j", "2", "-T", "3", "-n")  # full segments: no forced switch
+        time.sleep(0.5)
+    corpus = sorted(corpus_dir / name for name in set(os.listdir(corpus_dir)) - before if len(name) == 24)[:n]
+    print(f"corpus: {len(corpus)} pgbench segments of 16 MB in {corpus_dir}", flush=True)
+    return src, corpus
+
+
 def stop_workers(spool: Path) -> None:
     """End the uploaders and prefetchers this run started, by the pid in their lock files."""
     import signal
@@ -645,23 +667,7 @@ def main() -> int:
         cfgs = write_configs(base, url, spool)
         only = set(args.only or ["compression", "push", "lag", "replay"])
         if only & {"compression", "push"}:
-            src = Server(base, "corpus")
-            src.initdb()
-            corpus_dir = base / "corpus-wal"
-            corpus_dir.mkdir()
-            chown_server_user(corpus_dir)
-            src.conf(archive_mode="on", archive_command=f"cp %p {corpus_dir}/%f", wal_compression="off")
-            src.start()
-            src.pgbench("-i", "-s", "10", "-q")
-            init_end = src.psql("select pg_walfile_name(pg_switch_wal())")
-            while not (src.data / "pg_wal" / "archive_status" / f"{init_end}.done").exists():
-                time.sleep(0.1)
-            before = set(os.listdir(corpus_dir))
-            while len(set(os.listdir(corpus_dir)) - before) < args.segments + 1:
-                src.pgbench("-c", "4", "-j", "2", "-T", "3", "-n")  # full segments: no forced switch
-                time.sleep(0.5)
-            corpus = sorted(corpus_dir / n for n in set(os.listdir(corpus_dir)) - before if len(n) == 24)[:args.segments]
-            print(f"corpus: {len(corpus)} pgbench segments of 16 MB in {corpus_dir}")
+            src, corpus = make_corpus(base, args.segments)
             if "compression" in only:
                 bench_compression(corpus)
             if "push" in only:
