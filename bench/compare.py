@@ -52,7 +52,7 @@ ROOT = bb.ROOT
 PATHS = ["backup", "restore-local", "restore-s3", "archive-local", "archive-s3", "replay-local", "replay-s3"]
 REFERENCE = {"scale": 50, "text_mb": 1000, "repeat": 3, "segments": 43}  # issue 16's reference size
 QUICK = {"scale": 2, "text_mb": 30, "repeat": 2, "segments": 6}
-PGBR_S3 = "pgBackRest S3: not run (TLS only, moto serves HTTP)"
+PGBR_S3 = "pgBackRest S3: not run (its client speaks TLS only; moto serves HTTP here)"
 
 
 @dataclass
@@ -140,17 +140,27 @@ def archive_rows(results: dict[str, tuple[list[float], list[float]]], paths: lis
                         "; ".join(refs), ratio, "≤ pgBackRest async", met))
     if "archive-s3" in paths:
         ours = ms["ours: s3-async"]
-        refs = [f"`cp` + `sync` {cp:.0f} ms", PGBR_S3 if wb.PGBACKREST else "pgBackRest not installed"]
-        ratio = f"{ours / cp:.2f}x `cp` + `sync`"
+        refs = [f"`cp` + `sync` {cp:.0f} ms"]
+        ratios = []
+        ours_tls, pgbr = ms.get("ours: s3-async-tls"), ms.get(wb.PGBR_S3_ASYNC)
+        product = f"{ours:.0f} ms over HTTP"
+        if ours_tls is not None and pgbr is not None:
+            product += f"; {ours_tls:.0f} ms over HTTPS"
+            refs.append(f"pgBackRest async over HTTPS {pgbr:.0f} ms")
+            ratios.append(f"{ours_tls / pgbr:.2f}x pgBackRest async (both over HTTPS)")
+            met = verdict([("pgBackRest async, both over HTTPS", ours_tls / pgbr, 1.0)])
+        else:
+            refs.append("pgBackRest not installed" if not wb.PGBACKREST else PGBR_S3)
+            met = "not judged: no pgBackRest over S3"
         barman = ms.get(wb.BARMAN_PUSH_LABEL)
         if barman is not None:
-            refs.append(f"`barman-cloud-wal-archive` (no compression) {barman:.0f} ms")
-            ratio = f"{ours / barman:.2f}x barman-cloud; " + ratio
+            refs.append(f"`barman-cloud-wal-archive` over HTTP (no compression) {barman:.0f} ms")
+            ratios.append(f"{ours / barman:.2f}x barman-cloud (both over HTTP)")
         else:
             refs.append("barman-cloud not installed")
-        rows.append(Row("`archive_command`, S3, per 16 MB segment (async)", f"{ours:.0f} ms", "; ".join(refs), ratio,
-                        "ahead of pgBackRest on the same transport",
-                        "not judged: pgBackRest did not run over HTTP"))
+        ratios.append(f"{ours / cp:.2f}x `cp` + `sync`")
+        rows.append(Row("`archive_command`, S3, per 16 MB segment (async)", product, "; ".join(refs),
+                        "; ".join(ratios), "ahead of pgBackRest on the same transport", met))
     return rows
 
 
@@ -175,7 +185,7 @@ def replay_rows(results: dict[str, list[float]], depths: dict[str, list[str]], p
                         else "barman-cloud not installed")
         depth = " ".join(depths.get(method, [])) or "-"
         where = "local" if path == "replay-local" else "S3"
-        rows.append(Row(f"replay through `restore_command`, {where}, read-ahead ({segments} segments archived)",
+        rows.append(Row(f"replay of {segments} segments through `restore_command`, {where}, read-ahead",
                         f"{ours:.2f} s (read-ahead depth at the end: {depth})", "; ".join(refs),
                         f"{ours / cp:.2f}x `cp`", f"≤ {goal}x `cp`", verdict([("`cp`", ours / cp, goal)])))
     return rows
@@ -228,7 +238,15 @@ def main() -> int:
     rows: list[Row] = []
     details: list[tuple[str, int, float, float, str]] = []
     data_note = ""
+    phases: dict[str, float] = {}  # minutes each part of the run took, for the next run's planning
+    mark = [time.monotonic()]
+
+    def phase(name: str) -> None:
+        now = time.monotonic()
+        phases[name] = (now - mark[0]) / 60
+        mark[0] = now
     s3_server, url = wb.start_s3()
+    servers = [s3_server]
     wb._S3_RESET = wb._s3_reset_factory(url)
     work_dirs: list[Path] = []
     try:
@@ -238,6 +256,7 @@ def main() -> int:
             try:
                 env = {**os.environ, **c.env}
                 bb.build(c, env, args.scale, args.text_mb)
+                phase("data")
                 bb.s3_env(env)
                 on_disk = c.psql("select pg_size_pretty(pg_database_size('bench'))")
                 data_note = f"pgbench scale {args.scale} + ~{args.text_mb} MB text ({on_disk} on disk)"
@@ -250,12 +269,14 @@ def main() -> int:
                                     bb.job_bare_fd(runs, env_bk, work / "d1", args.jobs, read_check=False)],
                                    args.repeat)
                     rows.append(backup_row(runs, args.jobs))
+                    phase("backup")
                     details += [(n, len(xs), min(xs), med(xs), "s") for n, xs in runs.times.items()]
                 sources = [s for s, p in (("local", "restore-local"), ("s3", "restore-s3")) if p in paths]
                 if sources:
                     runs = bb.Runs()
                     bb.run_rotated(rb.restore_jobs(runs, c, env, work, cfg, args.jobs, sources), args.repeat)
                     rows += [restore_row(runs, args.jobs, s) for s in sources]
+                    phase("restore")
                     details += [(n, len(xs), min(xs), med(xs), "s") for n, xs in runs.times.items()]
             finally:
                 c.stop()
@@ -269,7 +290,13 @@ def main() -> int:
             spool = base / "spool"
             spool.mkdir()
             wb.chown_server_user(spool)
-            cfgs = wb.write_configs(base, url, spool)
+            tls: tuple[str, Path] | None = None
+            if "archive-s3" in wal_paths and wb.PGBACKREST:  # pgBackRest speaks TLS only: an HTTPS listener too
+                tls_server, tls_url, cert = wb.start_tls_s3(base)
+                servers.append(tls_server)
+                tls = (tls_url, cert)
+            cfgs = wb.write_configs(base, url, spool, tls[0] if tls else None)
+            phase("server venv")
             try:
                 archive = [p for p in wal_paths if p.startswith("archive")]
                 if archive:
@@ -278,10 +305,12 @@ def main() -> int:
                         only = [m for p, m in (("archive-local", "local-async"), ("archive-s3", "s3-async"))
                                 if p in archive]
                         results, _firsts = wb.measure_push(base, src, corpus, runbook, cfgs, args.repeat, only,
-                                                           url=url if "archive-s3" in archive else None)
+                                                           url=url if "archive-s3" in archive else None,
+                                                           tls=tls)
                     finally:
                         src.stop()
                     rows += archive_rows(results, archive)
+                    phase("archive_command")
                     details += [(f"archive_command: {m}", len(t), min(t), med(t), "ms") for m, (t, _r) in results.items()]
                 replay = [p for p in wal_paths if p.startswith("replay")]
                 if replay:
@@ -293,6 +322,7 @@ def main() -> int:
                                if p in replay]  # the peers: pgBackRest local, barman-cloud S3
                     results_r, depths = wb.measure_replay(base, runbook, cfgs, source, args.repeat, wanted=wanted)
                     rows += replay_rows(results_r, depths, replay, source.segments)
+                    phase("replay")
                     details += [(f"replay: {m}", len(t), min(t), med(t), "s") for m, t in results_r.items()]
             finally:
                 for pid_file in base.glob("*/data/postmaster.pid"):  # servers an error left running
@@ -300,7 +330,8 @@ def main() -> int:
                                                    "immediate", "-w", "stop"]), capture_output=True)
                 wb.stop_workers(spool)
     finally:
-        s3_server.stop()
+        for server in servers:
+            server.stop()
         for d in work_dirs:
             shutil.rmtree(d, ignore_errors=True)
 
@@ -308,7 +339,8 @@ def main() -> int:
     label = "QUICK size (--quick: for development; says nothing about the goals)" if args.quick else "size as given"
     header = [f"machine: {machine()}",
               f"command: `{command_line()}`",
-              f"run: {time.strftime('%Y-%m-%d %H:%M %Z')}, {took / 60:.1f} min; {label}; "
+              f"run: {time.strftime('%Y-%m-%d %H:%M %Z')}, {took / 60:.1f} min ("
+              + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()) + f"); {label}; "
               + (f"data: {data_note}; " if data_note else "")
               + (f"{args.segments} WAL segments of 16 MB; " if wal_paths else "")
               + f"{args.repeat} repeats, order rotated; S3: moto on 127.0.0.1 over HTTP, on the same cores"]

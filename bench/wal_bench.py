@@ -14,6 +14,9 @@ server venv), with moto's S3 server on 127.0.0.1 in this process. 16 MB segments
    ours synchronous (local + S3) and ours asynchronous (local + S3);
 4. the replay of the same WAL (~40 segments after a pg_basebackup) with `restore_command` = `cp`, ours from
    the local repository, ours from S3 (both with read-ahead) and ours without read-ahead.
+The peers run beside ours when installed: pgBackRest (local repository, lz4, sync and async; its S3 client
+speaks TLS only, moto serves HTTP) in parts 2 and 4, and barman-cloud (`barman-cloud-wal-archive` with no
+compression, `barman-cloud-wal-restore`, S3 over HTTP with --endpoint-url) in parts 2 and 4.
 Each figure is min and median of the repeats; ratios are against `cp` in the same run.
 """
 
@@ -118,7 +121,50 @@ def start_s3() -> tuple[Any, str]:
     return server, url
 
 
-def write_configs(base: Path, url: str, spool: Path) -> dict[str, Path]:
+def start_tls_s3(base: Path) -> tuple[Any, str, Path]:
+    """A second listener of the same moto (the same buckets: moto's state is per process) over HTTPS, with a
+    self-signed certificate for 127.0.0.1 made here: pgBackRest's S3 client speaks TLS only. Returns the
+    server, its URL and the certificate, which both clients verify (pgBackRest's repo-storage-ca-file, ours
+    AWS_CA_BUNDLE): the same transport for both."""
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    cert, key = base / "tls" / "s3.crt", base / "tls" / "s3.key"
+    cert.parent.mkdir()
+    sh(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+        "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+    os.chmod(cert.parent, 0o755)
+    os.chmod(cert, 0o644)
+
+    class TlsMotoServer(ThreadedMotoServer):
+        def _server_entry(self) -> None:
+            app = DomainDispatcherApplication(create_backend_app)
+            server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler,
+                                 ssl_context=(str(cert), str(key)))
+            plain_shutdown = server.shutdown_request
+
+            def shutdown_request(request: Any) -> None:  # TLS's close_notify first: pgBackRest insists on it
+                with contextlib.suppress(OSError, ValueError):
+                    request.unwrap()
+                plain_shutdown(request)
+
+            server.shutdown_request = shutdown_request  # type: ignore[method-assign]
+            self._server = server
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    server = TlsMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    return server, f"https://{host}:{port}", cert
+
+
+def write_configs(base: Path, url: str, spool: Path, tls_url: str | None = None) -> dict[str, Path]:
     creds = base / "aws-credentials"
     creds.write_text(f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n")
     os.chmod(creds, 0o600)
@@ -159,6 +205,10 @@ def write_configs(base: Path, url: str, spool: Path) -> dict[str, Path]:
     cfg("s3-async", False, True, {"async": True, "worker_idle_s": 5})
     cfg("both-async", True, True, {"async": True, "worker_idle_s": 5})
     cfg("noprefetch", True, True, {"prefetch": 0})
+    if tls_url:  # the same S3 over HTTPS (start_tls_s3; the client needs AWS_CA_BUNDLE for its certificate)
+        s3 = {**s3, "endpoint_url": tls_url}
+        cfg("s3-async-tls", False, True, {"async": True, "worker_idle_s": 5})
+        s3 = {**s3, "endpoint_url": url}
     cfg("local-sealed", True, False, {}, sealed)
     cfg("local-async-sealed", True, False, {"async": True, "worker_idle_s": 5}, sealed)
     return out
@@ -235,11 +285,13 @@ def push_series(cmd: Callable[[str, Path], list[str]], datadir: Path,
 
 def measure_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs: dict[str, Path], repeat: int,
                  only: list[str] | None = None, baseline: str | None = None,
-                 url: str | None = None) -> tuple[dict[str, tuple[list[float], list[float]]], dict[str, list[float]]]:
+                 url: str | None = None, tls: tuple[str, Path] | None = None,
+                 ) -> tuple[dict[str, tuple[list[float], list[float]]], dict[str, list[float]]]:
     """Each method pushes the corpus, one process per segment, `repeat` times in a rotated order. Returns, by
     method, (ms of every call, segments a second of each series) and the ms of each series' first call.
     Methods: `cp` + `sync`, ours per config name (only: those named), pgBackRest local sync and async when
-    installed, `barman-cloud-wal-archive` to S3 when installed and url (the S3 endpoint) is given."""
+    installed, `barman-cloud-wal-archive` to S3 when installed and url (the S3 endpoint) is given; with tls
+    (start_tls_s3's URL and certificate) pgBackRest async to S3 and ours asynchronous to S3, both over HTTPS."""
     cp_dir = base / "cp-archive"
     methods: dict[str, Callable[[str, Path], list[str]]] = {
         "cp + sync (floor)": lambda n, _d: ["sh", "-c", f"cp pg_wal/{n} {cp_dir}/{n}.tmp && sync {cp_dir}/{n}.tmp && "
@@ -254,11 +306,19 @@ def measure_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs
             conf = pgbr_config(base, label.replace(" ", "-"), src.data, src.dir, asynchronous)
             pgbr_confs[label] = conf
             methods[label] = lambda n, d, c=conf: pgbr(c, "archive-push", f"pg_wal/{n}", pg_data=d)
+    if PGBACKREST and tls is not None:  # S3 over HTTPS: its only transport (ours too, in "ours: s3-async-tls")
+        conf = pgbr_s3_config(base, "pgbackrest-s3-async", src.data, src.dir, True, tls[0], tls[1])
+        pgbr_confs[PGBR_S3_ASYNC] = conf
+        methods[PGBR_S3_ASYNC] = lambda n, d, c=conf: pgbr(c, "archive-push", f"pg_wal/{n}", pg_data=d)
+    if tls is not None:
+        methods["ours: s3-async-tls"] = lambda n, _d, c=cfgs["s3-async-tls"]: [
+            "env", f"AWS_CA_BUNDLE={tls[1]}", runbook, "wal-push", "-c", str(c), f"pg_wal/{n}"]
     if BARMAN_PUSH and url:  # one Python process per segment, no compression, to S3 over HTTP
         methods[BARMAN_PUSH_LABEL] = lambda n, _d: barman(base, url, BARMAN_PUSH, f"pg_wal/{n}")
     if only:  # the floor and the peers always, and the methods named (e.g. local-async local-async-sealed)
         methods = {m: c for m, c in methods.items()
-                   if m.startswith(("cp", "pgbackrest", "barman")) or m.split(": ", 1)[-1] in only}
+                   if m.startswith(("cp", "pgbackrest", "barman")) or m.split(": ", 1)[-1] in only
+                   or (tls is not None and m == "ours: s3-async-tls")}
     if baseline:  # the same methods with another build of ours (--baseline-venv: before/after in one run)
         for m in [m for m in methods if m.startswith("ours: ")]:
             methods[m.replace("ours: ", "baseline: ")] = (
@@ -276,7 +336,9 @@ def measure_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs
                 chown_server_user(cp_dir)
             if m in pgbr_confs:
                 pgbr_reset(pgbr_confs[m])
-                as_pg(pgbr(pgbr_confs[m], "stanza-create"), check=True)
+                made = as_pg(pgbr(pgbr_confs[m], "stanza-create"))
+                if made.returncode != 0:
+                    raise SystemExit(f"{m}: pgbackrest stanza-create failed: {made.stdout[-2000:]}{made.stderr[-2000:]}")
             times, total = push_series(cmd, d, corpus)
             firsts[m].append(times[0])
             results[m][0].extend(times)
@@ -349,6 +411,23 @@ def pgbr_config(base: Path, name: str, pg_data: Path, socket_dir: Path, asynchro
     return conf
 
 
+def pgbr_s3_config(base: Path, name: str, pg_data: Path, socket_dir: Path, asynchronous: bool, tls_url: str,
+                   cert: Path) -> Path:
+    """pgbr_config with an S3 repository instead: the bench's bucket (folder pgbr-NAME) through the HTTPS
+    listener (start_tls_s3), its certificate verified against cert (for the name localhost: pgBackRest checks
+    DNS names only), path-style URIs as moto serves them."""
+    conf = pgbr_config(base, name, pg_data, socket_dir, asynchronous)
+    port = tls_url.rsplit(":", 1)[1]  # the listener is on 127.0.0.1: the name localhost (/etc/hosts)
+    text = conf.read_text().replace(f"repo1-path={conf.parent / 'repo'}\n", (
+        f"repo1-type=s3\nrepo1-path=/pgbr-{name}\nrepo1-s3-bucket=bench\nrepo1-s3-endpoint=localhost\n"
+        f"repo1-storage-port={port}\nrepo1-s3-region=us-east-1\nrepo1-s3-uri-style=path\n"
+        f"repo1-storage-ca-file={cert}\nrepo1-s3-key={ACCESS_KEY}\nrepo1-s3-key-secret={SECRET_KEY}\n"))
+    conf.write_text(text)
+    os.chmod(conf, 0o600)  # it holds the (bench's) key
+    chown_server_user(conf.parent)
+    return conf
+
+
 def pgbr(conf: Path, *args: str, pg_data: Path | None = None) -> list[str]:
     extra = [f"--pg1-path={pg_data}"] if pg_data else []
     return [str(PGBACKREST), f"--config={conf}", "--stanza=bench", *extra, *args]
@@ -364,6 +443,7 @@ def pgbr_reset(conf: Path) -> None:
 
 # --- barman-cloud beside ours (Debian's barman-cli-cloud: boto3 in one Python process per call, S3 over HTTP) ---
 
+PGBR_S3_ASYNC = "pgbackrest s3-async (TLS)"
 BARMAN_PUSH = shutil.which("barman-cloud-wal-archive")
 BARMAN_GET = shutil.which("barman-cloud-wal-restore")
 BARMAN_PUSH_LABEL = "barman-cloud-wal-archive s3"
@@ -456,7 +536,8 @@ def bench_lag(base: Path, runbook: str, cfgs: dict[str, Path], load_s: int) -> N
 @dataclass
 class ReplaySource:
     """The WAL the replays read: a pg_basebackup, then the same segments archived by `cp` (cp_dir), by ours to
-    the local repository and S3 (config `both`), by pgBackRest (pgbr_conf) and barman-cloud (barman_url)."""
+    the local repository and S3 (config `both`), by pgBackRest (pgbr_conf) and barman-cloud (barman_url);
+    segments: how many a replay reads (from the backup's start on)."""
     backup: Path
     cp_dir: Path
     segments: int
@@ -500,7 +581,9 @@ def prepare_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: 
             raise SystemExit(f"the replay WAL was not archived in time: see {src.dir / 'log'}")
         time.sleep(0.2)
     src.stop()
-    segs = len([n for n in os.listdir(cp_dir) if len(n) == 24])
+    # The segments a replay reads: from the base backup's start (its backup_label) to the last one archived.
+    first = (backup / "backup_label").read_text().split("(file ", 1)[1].split(")", 1)[0]
+    segs = len([n for n in os.listdir(cp_dir) if len(n) == 24 and n >= first])
     # noprefetch has its own (empty) repositories: point it at the 'both' local repository instead
     noprefetch = cfgs["noprefetch"]
     noprefetch.write_text(noprefetch.read_text().replace(str(base / "repo-noprefetch"), str(base / "repo-both")))
@@ -581,7 +664,7 @@ def bench_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: in
     floor = stats(results[REPLAY_CP])[1]
     rows = [[m, f"{stats(t)[0]:.2f}", f"{stats(t)[1]:.2f}", f"{stats(t)[1] / floor:.2f}x",
              " ".join(depths.get(m, [])) or "-"] for m, t in results.items()]
-    table(f"PITR replay of {source.segments} archived 16 MB segments into a pg_basebackup (x {repeat}, order rotated)",
+    table(f"PITR replay of {source.segments} 16 MB segments into a pg_basebackup (x {repeat}, order rotated)",
           ["restore_command", "min s", "median s", "median vs cp", "read-ahead depth at the end (each run)"], rows)
 
 
