@@ -179,7 +179,9 @@ def replay_rows(results: dict[str, list[float]], depths: dict[str, list[str]], p
             refs.append(f"pgBackRest async {pgbr:.2f} s ({pgbr / cp:.2f}x `cp`)" if pgbr is not None
                         else "pgBackRest not installed")
         else:
-            refs.append(PGBR_S3 if wb.PGBACKREST else "pgBackRest not installed")
+            pgbr = s.get(wb.REPLAY_PGBR_S3)
+            refs.append(f"pgBackRest async over HTTPS {pgbr:.2f} s ({pgbr / cp:.2f}x `cp`)" if pgbr is not None
+                        else PGBR_S3 if wb.PGBACKREST else "pgBackRest not installed")
             barman = s.get(wb.BARMAN_GET_LABEL)
             refs.append(f"`barman-cloud-wal-restore` {barman:.2f} s ({barman / cp:.2f}x `cp`)" if barman is not None
                         else "barman-cloud not installed")
@@ -291,7 +293,7 @@ def main() -> int:
             spool.mkdir()
             wb.chown_server_user(spool)
             tls: tuple[str, Path] | None = None
-            if "archive-s3" in wal_paths and wb.PGBACKREST:  # pgBackRest speaks TLS only: an HTTPS listener too
+            if {"archive-s3", "replay-s3"} & set(wal_paths) and wb.PGBACKREST:  # pgBackRest speaks TLS only: an HTTPS listener too
                 tls_server, tls_url, cert = wb.start_tls_s3(base)
                 servers.append(tls_server)
                 tls = (tls_url, cert)
@@ -315,11 +317,12 @@ def main() -> int:
                 replay = [p for p in wal_paths if p.startswith("replay")]
                 if replay:
                     source = wb.prepare_replay(base, runbook, cfgs, args.segments,
-                                               url if "replay-s3" in replay else None, init_scale=min(args.scale, 10))
+                                               url if "replay-s3" in replay else None, init_scale=min(args.scale, 10),
+                                               tls=tls if "replay-s3" in replay else None)
                     wanted = [m for p, m in (("replay-local", wb.REPLAY_LOCAL), ("replay-s3", wb.REPLAY_S3))
                               if p in replay]
-                    wanted += [m for p, m in (("replay-local", wb.REPLAY_PGBR), ("replay-s3", wb.BARMAN_GET_LABEL))
-                               if p in replay]  # the peers: pgBackRest local, barman-cloud S3
+                    wanted += [m for p, m in (("replay-local", wb.REPLAY_PGBR), ("replay-s3", wb.BARMAN_GET_LABEL),
+                                              ("replay-s3", wb.REPLAY_PGBR_S3)) if p in replay]  # the peers
                     results_r, depths = wb.measure_replay(base, runbook, cfgs, source, args.repeat, wanted=wanted)
                     rows += replay_rows(results_r, depths, replay, source.segments)
                     phase("replay")

@@ -543,12 +543,14 @@ class ReplaySource:
     segments: int
     pgbr_conf: Path | None
     barman_url: str | None
+    pgbr_s3_conf: Path | None = None
 
 
 def prepare_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: int, url: str | None = None,
-                   init_scale: int = 10) -> ReplaySource:
+                   init_scale: int = 10, tls: tuple[str, Path] | None = None) -> ReplaySource:
     """A source server (pgbench -i at init_scale), a pg_basebackup of it, then n_segments full segments of
-    pgbench WAL archived by every method; the source is stopped."""
+    pgbench WAL archived by every method (with tls, start_tls_s3's URL and certificate, also by pgBackRest to
+    S3 over HTTPS); the source is stopped."""
     src = Server(base, "replay-src")
     src.initdb()
     cp_dir = base / "replay-cp"
@@ -558,13 +560,17 @@ def prepare_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: 
     pgbr_conf = pgbr_config(base, "replay", src.data, src.dir, True) if PGBACKREST else None
     if pgbr_conf:
         archive += " && " + " ".join(pgbr(pgbr_conf, "--archive-async=n", "archive-push", "%p"))
+    pgbr_s3_conf = pgbr_s3_config(base, "replay-s3", src.data, src.dir, True, *tls) if PGBACKREST and tls else None
+    if pgbr_s3_conf:
+        archive += " && " + " ".join(pgbr(pgbr_s3_conf, "--archive-async=n", "archive-push", "%p"))
     barman_url = url if BARMAN_PUSH and BARMAN_GET and url else None
     if barman_url:
         archive += " && " + " ".join(barman(base, barman_url, str(BARMAN_PUSH), "%p"))
     src.conf(archive_mode="on", archive_command=archive, wal_compression="off")
     src.start()
-    if pgbr_conf:
-        as_pg(pgbr(pgbr_conf, "stanza-create"), check=True)
+    for conf in (pgbr_conf, pgbr_s3_conf):
+        if conf:
+            as_pg(pgbr(conf, "stanza-create"), check=True)
     src.pgbench("-i", "-s", str(init_scale), "-q")
     backup = base / "replay-base"
     backup.mkdir(mode=0o700)
@@ -587,13 +593,14 @@ def prepare_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: 
     # noprefetch has its own (empty) repositories: point it at the 'both' local repository instead
     noprefetch = cfgs["noprefetch"]
     noprefetch.write_text(noprefetch.read_text().replace(str(base / "repo-noprefetch"), str(base / "repo-both")))
-    return ReplaySource(backup, cp_dir, segs, pgbr_conf, barman_url)
+    return ReplaySource(backup, cp_dir, segs, pgbr_conf, barman_url, pgbr_s3_conf)
 
 
 REPLAY_CP = "cp (floor)"
 REPLAY_LOCAL = "ours, local (read-ahead)"
 REPLAY_S3 = "ours, S3 (read-ahead)"
 REPLAY_PGBR = "pgbackrest local async"
+REPLAY_PGBR_S3 = "pgbackrest S3 async (TLS)"
 
 
 def measure_replay(base: Path, runbook: str, cfgs: dict[str, Path], source: ReplaySource, repeat: int,
@@ -615,6 +622,9 @@ def measure_replay(base: Path, runbook: str, cfgs: dict[str, Path], source: Repl
     pgbr_conf = source.pgbr_conf
     if pgbr_conf:  # its asynchronous archive-get (read-ahead of archive-get-queue-max, 128 MB), local, lz4
         methods[REPLAY_PGBR] = " ".join(pgbr(pgbr_conf, "archive-get", "%f", '"%p"')) + " --pg1-path={data}"
+    if source.pgbr_s3_conf:  # the same from S3 over HTTPS
+        methods[REPLAY_PGBR_S3] = (" ".join(pgbr(source.pgbr_s3_conf, "archive-get", "%f", '"%p"'))
+                                   + " --pg1-path={data}")
     if source.barman_url and BARMAN_GET:  # one Python process per segment, S3 over HTTP
         methods[BARMAN_GET_LABEL] = " ".join(barman(base, source.barman_url, BARMAN_GET, "%f", "%p"))
     if wanted:
@@ -625,10 +635,11 @@ def measure_replay(base: Path, runbook: str, cfgs: dict[str, Path], source: Repl
         order = list(methods.items())
         order = order[rep % len(order):] + order[:rep % len(order)]  # rotated: no method always runs first
         for m, command in order:
-            if pgbr_conf and m.startswith("pgbackrest"):  # no segments left in its spool by an earlier run
-                shutil.rmtree(pgbr_conf.parent / "spool", ignore_errors=True)
-                (pgbr_conf.parent / "spool").mkdir()
-                chown_server_user(pgbr_conf.parent / "spool")
+            for conf in (pgbr_conf, source.pgbr_s3_conf):
+                if conf and m.startswith("pgbackrest"):  # no segments left in its spool by an earlier run
+                    shutil.rmtree(conf.parent / "spool", ignore_errors=True)
+                    (conf.parent / "spool").mkdir()
+                    chown_server_user(conf.parent / "spool")
             r = Server(base, f"replay-{rep}-{list(methods).index(m)}")
             as_pg(["cp", "-a", str(source.backup), str(r.data)], check=True)
             r.conf(restore_command=command.replace("{data}", str(r.data)), archive_mode="off",
