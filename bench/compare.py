@@ -14,10 +14,14 @@ backup          `runbook backup` to the local repository and S3 (dump, checks, c
 restore-local   fetch-latest-backup (sha256 checks) then restore-logical, from the local repository / from S3,
 restore-s3      beside the plan's `gunzip` then single-job `pg_restore`, and plain `pg_restore -j2`;
 archive-local   `runbook wal-push` (asynchronous) per 16 MB segment, one process per segment as PostgreSQL runs
-archive-s3      it, beside `cp` + `sync`, pgBackRest's asynchronous `archive-push` (local repository; its S3
-                client speaks TLS only, moto serves HTTP) and `barman-cloud-wal-archive` (S3);
+archive-s3      it, beside `cp` + `sync`, pgBackRest's asynchronous `archive-push` (local repository, and S3
+                over HTTPS: its client speaks TLS only) and `barman-cloud-wal-archive` (S3 over HTTP); ours to
+                S3 over HTTP and over HTTPS;
 replay-local    PITR replay of --segments segments through `runbook wal-fetch` (read-ahead) as restore_command,
-replay-s3       beside `cp`, pgBackRest's asynchronous `archive-get` (local) and `barman-cloud-wal-restore` (S3).
+replay-s3       beside `cp`, pgBackRest's asynchronous `archive-get` (local, and S3 over HTTPS) and
+                `barman-cloud-wal-restore` (S3 over HTTP).
+HTTPS: a second listener of the same moto (the same buckets) with a self-signed certificate made for the run,
+verified by both clients (pgBackRest's repo1-storage-ca-file, ours AWS_CA_BUNDLE).
 
 The peers run when installed (Debian's `pgbackrest` and `barman-cli-cloud`); a peer that cannot run says why.
 Prints the machine, the command line and the table (the product, the references measured in the same run,

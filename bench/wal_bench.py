@@ -631,6 +631,7 @@ def measure_replay(base: Path, runbook: str, cfgs: dict[str, Path], source: Repl
         methods = {m: c for m, c in methods.items() if m == REPLAY_CP or m in wanted}
     results: dict[str, list[float]] = {m: [] for m in methods}
     depths: dict[str, list[str]] = {}
+    redo_end: dict[str, str] = {}
     for rep in range(repeat):
         order = list(methods.items())
         order = order[rep % len(order):] + order[:rep % len(order)]  # rotated: no method always runs first
@@ -663,6 +664,11 @@ def measure_replay(base: Path, runbook: str, cfgs: dict[str, Path], source: Repl
             log = (r.dir / "log").read_text()
             if "FATAL" in log:
                 raise SystemExit(f"replay with {m} failed: see {r.dir / 'log'}")
+            # Every method replays the same WAL to its end: a restore_command that failed early would end
+            # recovery sooner and look fast.
+            redo = log.split("redo done at ", 1)[1].split()[0] if "redo done at " in log else "none"
+            if redo_end.setdefault("first", redo) != redo:
+                raise SystemExit(f"replay with {m} ended at {redo}, another at {redo_end['first']}: see {r.dir / 'log'}")
             r.stop()
             shutil.rmtree(r.dir, ignore_errors=True)
     return results, depths
