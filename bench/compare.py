@@ -251,6 +251,7 @@ def main() -> int:
         now = time.monotonic()
         phases[name] = (now - mark[0]) / 60
         mark[0] = now
+
     s3_server, url = wb.start_s3()
     servers = [s3_server]
     wb._S3_RESET = wb._s3_reset_factory(url)
@@ -297,7 +298,7 @@ def main() -> int:
             spool.mkdir()
             wb.chown_server_user(spool)
             tls: tuple[str, Path] | None = None
-            if {"archive-s3", "replay-s3"} & set(wal_paths) and wb.PGBACKREST:  # pgBackRest speaks TLS only: an HTTPS listener too
+            if {"archive-s3", "replay-s3"} & set(wal_paths) and wb.PGBACKREST:  # its S3 client speaks TLS only
                 tls_server, tls_url, cert = wb.start_tls_s3(base)
                 servers.append(tls_server)
                 tls = (tls_url, cert)
@@ -312,7 +313,7 @@ def main() -> int:
                                 if p in archive]
                         results, _firsts = wb.measure_push(base, src, corpus, runbook, cfgs, args.repeat, only,
                                                            url=url if "archive-s3" in archive else None,
-                                                           tls=tls)
+                                                           tls=tls if "archive-s3" in archive else None)
                     finally:
                         src.stop()
                     rows += archive_rows(results, archive)
