@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import resource
 import shutil
@@ -35,11 +34,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from tests.support.pgcluster import PG_BIN, Cluster, clone_cluster, initdb, make_base_dir  # noqa: E402
+from tests.support.s3server import ACCESS_KEY, SECRET_KEY  # noqa: E402
 from tests.support.signing import signing_yaml  # noqa: E402
 
 PY = sys.executable
@@ -124,6 +126,113 @@ def source_cluster(prefix: str) -> tuple[Path, Path, Path, Cluster]:
     return base, work, tpl, c
 
 
+def s3_env(env: dict[str, str]) -> None:
+    """Credentials for the bench's S3 server into env (what `runbook backup` and the steps read)."""
+    env.update({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"})
+
+
+def start_s3(env: dict[str, str]) -> tuple[Any, str]:
+    """moto's S3 server on 127.0.0.1 (in this process) with a bucket `bench`; env gets credentials for it."""
+    from wal_bench import start_s3 as start
+
+    s3_env(env)
+    return start()
+
+
+def write_config(work: Path, c: Cluster, name: str, endpoint: str, jobs: int) -> Path:
+    """A repository config NAME.yaml in work: the cluster's database `bench`, a local repository under
+    work/NAME, S3 (prefix NAME) when endpoint is set, the dump's jobs, signing keys."""
+    s3_conf = f"s3: {{bucket: bench, prefix: {name}, endpoint_url: '{endpoint}'}}\n" if endpoint else ""
+    path = work / f"{name}.yaml"
+    path.write_text(
+        f"version: 1\ncluster: {{host: {c.socket_dir}, port: {c.port}, user: {ROLE}, databases: [bench]}}\n"
+        f"local: {{path: {work / name / 'repo'}}}\n{s3_conf}"
+        f"backup: {{state_dir: {work / name / 'state'}, jobs: {jobs}}}\n"
+        "retention: {keep_last: 2, keep_days: 0}\n" + signing_yaml(work))
+    return path
+
+
+class Runs:
+    """What a bench measured: wall seconds per job (parts of a job are named with two leading spaces), and for
+    whole jobs the machine's busy CPU seconds and the (tools, S3 server) split; sizes in bytes."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, list[float]] = {}
+        self.sizes: dict[str, int] = {}
+
+    def rec(self, name: str, secs: float) -> None:
+        self.times.setdefault(name, []).append(secs)
+        if not name.startswith("  "):
+            CPU.setdefault(name, []).append(_last_cpu[0])
+            SPLIT.setdefault(name, []).append(_last_split[0])
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.times[name])
+
+
+def run_rotated(jobs: list[Callable[[], None]], repeat: int) -> None:
+    """Each job once per repeat, the order rotated by one each time: no job always runs first (or after the same)."""
+    for r in range(repeat):
+        order = jobs[r % len(jobs):] + jobs[:r % len(jobs)]
+        print(f"repeat {r + 1}/{repeat}: " + ", ".join(j.__name__ for j in order), flush=True)
+        for job in order:
+            job()
+
+
+PLAN = "backup: plan, pg_dump -F c | gzip"
+OURS = "backup: runbook backup (all parts)"
+
+
+def plain_label(jobs: int) -> str:
+    return f"backup: pg_dump -Fd -j{jobs} -Z1 (bare)"
+
+
+def job_plan(runs: Runs, env_bk: dict[str, str], plan: Path) -> Callable[[], None]:
+    """The plan's pipeline, `pg_dump -F c | gzip` (with pipefail), into the file plan."""
+    def the_plan() -> None:
+        runs.rec(PLAN, timed(lambda: sh(f"{PG_BIN}/pg_dump -F c -d bench | gzip > {plan}", env_bk)))
+        runs.sizes[PLAN] = du(plan)
+    return the_plan
+
+
+def job_runbook_backup(runs: Runs, label: str, tree: Path, conf: Path, env: dict[str, str]) -> Callable[[], None]:
+    """`runbook backup -c conf` run from the source tree `tree`; for ours (ROOT) its parts from its status JSON."""
+    def run() -> None:
+        proc = None
+
+        def ours() -> None:
+            nonlocal proc
+            proc = subprocess.run([PY, "-m", "runbook", "backup", "-c", str(conf)], env=env, cwd=tree,
+                                  capture_output=True, text=True)
+
+        runs.rec(label, timed(ours))
+        assert proc is not None
+        if proc.returncode != 0:
+            raise SystemExit(f"runbook backup ({tree}) failed: {proc.stderr[-3000:]}")
+        st = json.loads((conf.parent / conf.stem / "state" / "backup-status.json").read_text())
+        st = st["targets"]["bench"]
+        runs.sizes[label] = st["size_bytes"]
+        if tree == ROOT:  # ours: its parts
+            for key, secs in st["timings"].items():
+                runs.rec(f"  {key}", secs)
+    run.__name__ = "ours" if tree == ROOT else "baseline"
+    return run
+
+
+def job_bare_fd(runs: Runs, env_bk: dict[str, str], fd1: Path, jobs: int,
+                read_check: bool = True) -> Callable[[], None]:
+    """The plain `pg_dump -Fd -jN -Z1` into fd1 (no check, no copy: the floor), and with read_check what the
+    read check costs on its own (`pg_restore -f /dev/null` of it: it must decompress every table)."""
+    def bare_fd() -> None:
+        shutil.rmtree(fd1, ignore_errors=True)
+        runs.rec(plain_label(jobs), timed(lambda: sh(f"{PG_BIN}/pg_dump -Fd -j{jobs} -Z1 -d bench -f {fd1}", env_bk)))
+        runs.sizes[plain_label(jobs)] = du(fd1)
+        if read_check:
+            runs.rec("reference: pg_restore -f /dev/null of the plain dump (alone)",
+                     timed(lambda: sh(f"{PG_BIN}/pg_restore -f /dev/null {fd1}", env_bk)))
+    return bare_fd
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=int, default=10)
@@ -142,89 +251,26 @@ def main() -> None:
         build(c, env, args.scale, args.text_mb)
         endpoint = ""
         if not args.no_s3:
-            from moto.server import ThreadedMotoServer
-
-            logging.getLogger("werkzeug").setLevel(logging.ERROR)
-            server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-            server.start()
-            host, port = server.get_host_and_port()
-            env.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
-            import boto3
-
-            endpoint = f"http://{host}:{port}"
-            boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                         aws_access_key_id="bench", aws_secret_access_key="bench").create_bucket(Bucket="bench")
-
-        def config(name: str) -> Path:
-            s3_conf = f"s3: {{bucket: bench, prefix: {name}, endpoint_url: '{endpoint}'}}\n" if endpoint else ""
-            path = work / f"{name}.yaml"
-            path.write_text(
-                f"version: 1\ncluster: {{host: {c.socket_dir}, port: {c.port}, user: {ROLE}, databases: [bench]}}\n"
-                f"local: {{path: {work / name / 'repo'}}}\n{s3_conf}"
-                f"backup: {{state_dir: {work / name / 'state'}, jobs: {args.jobs}}}\n"
-                "retention: {keep_last: 2, keep_days: 0}\n" + signing_yaml(work))
-            return path
-
-        cfg = config("ours")
-        cfg_base = config("baseline") if args.baseline_tree else None
+            server, endpoint = start_s3(env)
+        cfg = write_config(work, c, "ours", endpoint, args.jobs)
+        cfg_base = write_config(work, c, "baseline", endpoint, args.jobs) if args.baseline_tree else None
         env_bk = {**env, "PGUSER": ROLE}
-        times: dict[str, list[float]] = {}
-        sizes: dict[str, int] = {}
-
-        def rec(name: str, secs: float) -> None:
-            times.setdefault(name, []).append(secs)
-            if not name.startswith("  "):
-                CPU.setdefault(name, []).append(_last_cpu[0])
-                SPLIT.setdefault(name, []).append(_last_split[0])
-
+        runs = Runs()
+        times, sizes, rec = runs.times, runs.sizes, runs.rec
         plan, fc1, fd1, dest = work / "plan.dump.gz", work / "c1.dump", work / "d1", work / "fetched"
         fetched: dict[str, object] = {}
         out: dict[str, float] = {}
-        PLAN = "backup: plan, pg_dump -F c | gzip"
-        PLAIN = f"backup: pg_dump -Fd -j{args.jobs} -Z1 (bare)"
-
-        def the_plan() -> None:
-            rec(PLAN, timed(lambda: sh(f"{PG_BIN}/pg_dump -F c -d bench | gzip > {plan}", env_bk)))
-            sizes[PLAN] = du(plan)
-
-        def runbook_backup(label: str, tree: Path, conf: Path) -> Callable[[], None]:
-            def run() -> None:
-                proc = None
-
-                def ours() -> None:
-                    nonlocal proc
-                    proc = subprocess.run([PY, "-m", "runbook", "backup", "-c", str(conf)], env=env, cwd=tree,
-                                          capture_output=True, text=True)
-
-                rec(label, timed(ours))
-                assert proc is not None
-                if proc.returncode != 0:
-                    raise SystemExit(f"runbook backup ({tree}) failed: {proc.stderr[-3000:]}")
-                st = json.loads((conf.parent / conf.stem / "state" / "backup-status.json").read_text())
-                st = st["targets"]["bench"]
-                sizes[label] = st["size_bytes"]
-                if tree == ROOT:  # ours: its parts
-                    for key, secs in st["timings"].items():
-                        rec(f"  {key}", secs)
-            run.__name__ = "ours" if tree == ROOT else "baseline"
-            return run
+        PLAIN = plain_label(args.jobs)
 
         def bare_fc() -> None:
             rec("backup: pg_dump -Fc -Z1 (bare)", timed(lambda: sh(f"{PG_BIN}/pg_dump -Fc -Z1 -d bench -f {fc1}", env_bk)))
             sizes["backup: pg_dump -Fc -Z1 (bare)"] = du(fc1)
 
-        def bare_fd() -> None:
-            shutil.rmtree(fd1, ignore_errors=True)
-            rec(PLAIN, timed(lambda: sh(f"{PG_BIN}/pg_dump -Fd -j{args.jobs} -Z1 -d bench -f {fd1}", env_bk)))
-            sizes[PLAIN] = du(fd1)
-            # What the read check costs on its own (it must decompress every table): part of the floor.
-            rec("reference: pg_restore -f /dev/null of the plain dump (alone)",
-                timed(lambda: sh(f"{PG_BIN}/pg_restore -f /dev/null {fd1}", env)))
-
-        jobs = [the_plan, runbook_backup("backup: runbook backup (all parts)", ROOT, cfg), bare_fc, bare_fd]
+        jobs = [job_plan(runs, env_bk, plan), job_runbook_backup(runs, OURS, ROOT, cfg, env), bare_fc,
+                job_bare_fd(runs, env_bk, fd1, args.jobs)]
         if args.baseline_tree is not None and cfg_base is not None:
-            jobs.append(runbook_backup("backup: runbook backup, baseline tree (all parts)",
-                                       args.baseline_tree.resolve(), cfg_base))
+            jobs.append(job_runbook_backup(runs, "backup: runbook backup, baseline tree (all parts)",
+                                           args.baseline_tree.resolve(), cfg_base, env))
         for r in range(args.repeat):
             order = jobs[r % len(jobs):] + jobs[:r % len(jobs)]
             print(f"repeat {r + 1}/{args.repeat}: " + ", ".join(j.__name__ for j in order), flush=True)

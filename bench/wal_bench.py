@@ -14,6 +14,9 @@ server venv), with moto's S3 server on 127.0.0.1 in this process. 16 MB segments
    ours synchronous (local + S3) and ours asynchronous (local + S3);
 4. the replay of the same WAL (~40 segments after a pg_basebackup) with `restore_command` = `cp`, ours from
    the local repository, ours from S3 (both with read-ahead) and ours without read-ahead.
+The peers run beside ours when installed: pgBackRest (local repository, lz4, sync and async; its S3 client
+speaks TLS only, moto serves HTTP) in parts 2 and 4, and barman-cloud (`barman-cloud-wal-archive` with no
+compression, `barman-cloud-wal-restore`, S3 over HTTP with --endpoint-url) in parts 2 and 4.
 Each figure is min and median of the repeats; ratios are against `cp` in the same run.
 """
 
@@ -32,6 +35,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +121,50 @@ def start_s3() -> tuple[Any, str]:
     return server, url
 
 
-def write_configs(base: Path, url: str, spool: Path) -> dict[str, Path]:
+def start_tls_s3(base: Path) -> tuple[Any, str, Path]:
+    """A second listener of the same moto (the same buckets: moto's state is per process) over HTTPS, with a
+    self-signed certificate for 127.0.0.1 made here: pgBackRest's S3 client speaks TLS only. Returns the
+    server, its URL and the certificate, which both clients verify (pgBackRest's repo-storage-ca-file, ours
+    AWS_CA_BUNDLE): the same transport for both."""
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    cert, key = base / "tls" / "s3.crt", base / "tls" / "s3.key"
+    cert.parent.mkdir()
+    sh(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+        "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+    os.chmod(cert.parent, 0o755)
+    os.chmod(cert, 0o644)
+
+    class TlsMotoServer(ThreadedMotoServer):
+        def _server_entry(self) -> None:
+            app = DomainDispatcherApplication(create_backend_app)
+            server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler,
+                                 ssl_context=(str(cert), str(key)))
+            plain_shutdown = server.shutdown_request
+
+            def shutdown_request(request: Any) -> None:  # TLS's close_notify first: pgBackRest insists on it
+                with contextlib.suppress(OSError, ValueError):
+                    request.unwrap()
+                plain_shutdown(request)
+
+            server.shutdown_request = shutdown_request  # type: ignore[method-assign]
+            self._server = server
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    server = TlsMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    return server, f"https://{host}:{port}", cert
+
+
+def write_configs(base: Path, url: str, spool: Path, tls_url: str | None = None) -> dict[str, Path]:
     creds = base / "aws-credentials"
     creds.write_text(f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n")
     os.chmod(creds, 0o600)
@@ -158,6 +205,10 @@ def write_configs(base: Path, url: str, spool: Path) -> dict[str, Path]:
     cfg("s3-async", False, True, {"async": True, "worker_idle_s": 5})
     cfg("both-async", True, True, {"async": True, "worker_idle_s": 5})
     cfg("noprefetch", True, True, {"prefetch": 0})
+    if tls_url:  # the same S3 over HTTPS (start_tls_s3; the client needs AWS_CA_BUNDLE for its certificate)
+        s3 = {**s3, "endpoint_url": tls_url}
+        cfg("s3-async-tls", False, True, {"async": True, "worker_idle_s": 5})
+        s3 = {**s3, "endpoint_url": url}
     cfg("local-sealed", True, False, {}, sealed)
     cfg("local-async-sealed", True, False, {"async": True, "worker_idle_s": 5}, sealed)
     return out
@@ -232,8 +283,15 @@ def push_series(cmd: Callable[[str, Path], list[str]], datadir: Path,
     return times, time.perf_counter() - t0
 
 
-def bench_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs: dict[str, Path], repeat: int,
-               only: list[str] | None = None, baseline: str | None = None) -> None:
+def measure_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs: dict[str, Path], repeat: int,
+                 only: list[str] | None = None, baseline: str | None = None,
+                 url: str | None = None, tls: tuple[str, Path] | None = None,
+                 ) -> tuple[dict[str, tuple[list[float], list[float]]], dict[str, list[float]]]:
+    """Each method pushes the corpus, one process per segment, `repeat` times in a rotated order. Returns, by
+    method, (ms of every call, segments a second of each series) and the ms of each series' first call.
+    Methods: `cp` + `sync`, ours per config name (only: those named), pgBackRest local sync and async when
+    installed, `barman-cloud-wal-archive` to S3 when installed and url (the S3 endpoint) is given; with tls
+    (start_tls_s3's URL and certificate) pgBackRest async to S3 and ours asynchronous to S3, both over HTTPS."""
     cp_dir = base / "cp-archive"
     methods: dict[str, Callable[[str, Path], list[str]]] = {
         "cp + sync (floor)": lambda n, _d: ["sh", "-c", f"cp pg_wal/{n} {cp_dir}/{n}.tmp && sync {cp_dir}/{n}.tmp && "
@@ -248,9 +306,19 @@ def bench_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs: 
             conf = pgbr_config(base, label.replace(" ", "-"), src.data, src.dir, asynchronous)
             pgbr_confs[label] = conf
             methods[label] = lambda n, d, c=conf: pgbr(c, "archive-push", f"pg_wal/{n}", pg_data=d)
-    if only:  # the floor and pgBackRest always, and the methods named (e.g. local-async local-async-sealed)
+    if PGBACKREST and tls is not None:  # S3 over HTTPS: its only transport (ours too, in "ours: s3-async-tls")
+        conf = pgbr_s3_config(base, "pgbackrest-s3-async", src.data, src.dir, True, tls[0], tls[1])
+        pgbr_confs[PGBR_S3_ASYNC] = conf
+        methods[PGBR_S3_ASYNC] = lambda n, d, c=conf: pgbr(c, "archive-push", f"pg_wal/{n}", pg_data=d)
+    if tls is not None:
+        methods["ours: s3-async-tls"] = lambda n, _d, c=cfgs["s3-async-tls"]: [
+            "env", f"AWS_CA_BUNDLE={tls[1]}", runbook, "wal-push", "-c", str(c), f"pg_wal/{n}"]
+    if BARMAN_PUSH and url:  # one Python process per segment, no compression, to S3 over HTTP
+        methods[BARMAN_PUSH_LABEL] = lambda n, _d: barman(base, url, BARMAN_PUSH, f"pg_wal/{n}")
+    if only:  # the floor and the peers always, and the methods named (e.g. local-async local-async-sealed)
         methods = {m: c for m, c in methods.items()
-                   if m.startswith(("cp", "pgbackrest")) or m.split(": ", 1)[-1] in only}
+                   if m.startswith(("cp", "pgbackrest", "barman")) or m.split(": ", 1)[-1] in only
+                   or (tls is not None and m == "ours: s3-async-tls")}
     if baseline:  # the same methods with another build of ours (--baseline-venv: before/after in one run)
         for m in [m for m in methods if m.startswith("ours: ")]:
             methods[m.replace("ours: ", "baseline: ")] = (
@@ -268,12 +336,20 @@ def bench_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs: 
                 chown_server_user(cp_dir)
             if m in pgbr_confs:
                 pgbr_reset(pgbr_confs[m])
-                as_pg(pgbr(pgbr_confs[m], "stanza-create"), check=True)
+                made = as_pg(pgbr(pgbr_confs[m], "stanza-create"))
+                if made.returncode != 0:
+                    raise SystemExit(f"{m}: pgbackrest stanza-create failed: {made.stdout[-2000:]}{made.stderr[-2000:]}")
             times, total = push_series(cmd, d, corpus)
             firsts[m].append(times[0])
             results[m][0].extend(times)
             results[m][1].append(len(corpus) / total)
             _reset_repos(base)
+    return results, firsts
+
+
+def bench_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs: dict[str, Path], repeat: int,
+               only: list[str] | None = None, baseline: str | None = None, url: str | None = None) -> None:
+    results, firsts = measure_push(base, src, corpus, runbook, cfgs, repeat, only, baseline, url)
     floor = stats(results["cp + sync (floor)"][0])[1]
     rows = []
     for m, (times, rates) in results.items():
@@ -335,6 +411,23 @@ def pgbr_config(base: Path, name: str, pg_data: Path, socket_dir: Path, asynchro
     return conf
 
 
+def pgbr_s3_config(base: Path, name: str, pg_data: Path, socket_dir: Path, asynchronous: bool, tls_url: str,
+                   cert: Path) -> Path:
+    """pgbr_config with an S3 repository instead: the bench's bucket (folder pgbr-NAME) through the HTTPS
+    listener (start_tls_s3), its certificate verified against cert (for the name localhost: pgBackRest checks
+    DNS names only), path-style URIs as moto serves them."""
+    conf = pgbr_config(base, name, pg_data, socket_dir, asynchronous)
+    port = tls_url.rsplit(":", 1)[1]  # the listener is on 127.0.0.1: the name localhost (/etc/hosts)
+    text = conf.read_text().replace(f"repo1-path={conf.parent / 'repo'}\n", (
+        f"repo1-type=s3\nrepo1-path=/pgbr-{name}\nrepo1-s3-bucket=bench\nrepo1-s3-endpoint=localhost\n"
+        f"repo1-storage-port={port}\nrepo1-s3-region=us-east-1\nrepo1-s3-uri-style=path\n"
+        f"repo1-storage-ca-file={cert}\nrepo1-s3-key={ACCESS_KEY}\nrepo1-s3-key-secret={SECRET_KEY}\n"))
+    conf.write_text(text)
+    os.chmod(conf, 0o600)  # it holds the (bench's) key
+    chown_server_user(conf.parent)
+    return conf
+
+
 def pgbr(conf: Path, *args: str, pg_data: Path | None = None) -> list[str]:
     extra = [f"--pg1-path={pg_data}"] if pg_data else []
     return [str(PGBACKREST), f"--config={conf}", "--stanza=bench", *extra, *args]
@@ -346,6 +439,22 @@ def pgbr_reset(conf: Path) -> None:
         shutil.rmtree(conf.parent / sub, ignore_errors=True)
         (conf.parent / sub).mkdir()
     chown_server_user(conf.parent)
+
+
+# --- barman-cloud beside ours (Debian's barman-cli-cloud: boto3 in one Python process per call, S3 over HTTP) ---
+
+PGBR_S3_ASYNC = "pgbackrest s3-async (TLS)"
+BARMAN_PUSH = shutil.which("barman-cloud-wal-archive")
+BARMAN_GET = shutil.which("barman-cloud-wal-restore")
+BARMAN_PUSH_LABEL = "barman-cloud-wal-archive s3"
+BARMAN_GET_LABEL = "barman-cloud-wal-restore, S3"
+
+
+def barman(base: Path, url: str, tool: str, *args: str) -> list[str]:
+    """A barman-cloud WAL command against the bench's S3 (bucket bench, folder barman, server name bench), with
+    the credentials file write_configs made (no key on the command line)."""
+    return ["env", f"AWS_SHARED_CREDENTIALS_FILE={base / 'aws-credentials'}", "AWS_DEFAULT_REGION=us-east-1",
+            tool, "--endpoint-url", url, "s3://bench/barman", "bench", *args]
 
 
 # --- 3. archive lag under load ------------------------------------------------------------------------
@@ -424,8 +533,24 @@ def bench_lag(base: Path, runbook: str, cfgs: dict[str, Path], load_s: int) -> N
 # --- 4. replay -----------------------------------------------------------------------------------------
 
 
-def bench_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: int, repeat: int,
-                 baseline: str | None = None) -> None:
+@dataclass
+class ReplaySource:
+    """The WAL the replays read: a pg_basebackup, then the same segments archived by `cp` (cp_dir), by ours to
+    the local repository and S3 (config `both`), by pgBackRest (pgbr_conf) and barman-cloud (barman_url);
+    segments: how many a replay reads (from the backup's start on)."""
+    backup: Path
+    cp_dir: Path
+    segments: int
+    pgbr_conf: Path | None
+    barman_url: str | None
+    pgbr_s3_conf: Path | None = None
+
+
+def prepare_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: int, url: str | None = None,
+                   init_scale: int = 10, tls: tuple[str, Path] | None = None) -> ReplaySource:
+    """A source server (pgbench -i at init_scale), a pg_basebackup of it, then n_segments full segments of
+    pgbench WAL archived by every method (with tls, start_tls_s3's URL and certificate, also by pgBackRest to
+    S3 over HTTPS); the source is stopped."""
     src = Server(base, "replay-src")
     src.initdb()
     cp_dir = base / "replay-cp"
@@ -435,11 +560,18 @@ def bench_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: in
     pgbr_conf = pgbr_config(base, "replay", src.data, src.dir, True) if PGBACKREST else None
     if pgbr_conf:
         archive += " && " + " ".join(pgbr(pgbr_conf, "--archive-async=n", "archive-push", "%p"))
+    pgbr_s3_conf = pgbr_s3_config(base, "replay-s3", src.data, src.dir, True, *tls) if PGBACKREST and tls else None
+    if pgbr_s3_conf:
+        archive += " && " + " ".join(pgbr(pgbr_s3_conf, "--archive-async=n", "archive-push", "%p"))
+    barman_url = url if BARMAN_PUSH and BARMAN_GET and url else None
+    if barman_url:
+        archive += " && " + " ".join(barman(base, barman_url, str(BARMAN_PUSH), "%p"))
     src.conf(archive_mode="on", archive_command=archive, wal_compression="off")
     src.start()
-    if pgbr_conf:
-        as_pg(pgbr(pgbr_conf, "stanza-create"), check=True)
-    src.pgbench("-i", "-s", "10", "-q")
+    for conf in (pgbr_conf, pgbr_s3_conf):
+        if conf:
+            as_pg(pgbr(conf, "stanza-create"), check=True)
+    src.pgbench("-i", "-s", str(init_scale), "-q")
     backup = base / "replay-base"
     backup.mkdir(mode=0o700)
     chown_server_user(backup)
@@ -452,37 +584,65 @@ def bench_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: in
     deadline = time.monotonic() + 300
     while not (src.data / "pg_wal" / "archive_status" / f"{last}.done").exists():
         if time.monotonic() > deadline:
-            raise SystemExit("the replay WAL was not archived in time")
+            raise SystemExit(f"the replay WAL was not archived in time: see {src.dir / 'log'}")
         time.sleep(0.2)
     src.stop()
-    segs = len([n for n in os.listdir(cp_dir) if len(n) == 24])
+    # The segments a replay reads: from the base backup's start (its backup_label) to the last one archived.
+    first = (backup / "backup_label").read_text().split("(file ", 1)[1].split(")", 1)[0]
+    segs = len([n for n in os.listdir(cp_dir) if len(n) == 24 and n >= first])
+    # noprefetch has its own (empty) repositories: point it at the 'both' local repository instead
+    noprefetch = cfgs["noprefetch"]
+    noprefetch.write_text(noprefetch.read_text().replace(str(base / "repo-noprefetch"), str(base / "repo-both")))
+    return ReplaySource(backup, cp_dir, segs, pgbr_conf, barman_url, pgbr_s3_conf)
+
+
+REPLAY_CP = "cp (floor)"
+REPLAY_LOCAL = "ours, local (read-ahead)"
+REPLAY_S3 = "ours, S3 (read-ahead)"
+REPLAY_PGBR = "pgbackrest local async"
+REPLAY_PGBR_S3 = "pgbackrest S3 async (TLS)"
+
+
+def measure_replay(base: Path, runbook: str, cfgs: dict[str, Path], source: ReplaySource, repeat: int,
+                   baseline: str | None = None,
+                   wanted: list[str] | None = None) -> tuple[dict[str, list[float]], dict[str, list[str]]]:
+    """Replays of source's WAL into copies of its base backup, each method `repeat` times in a rotated order
+    (wanted: only those methods, `cp` always). Returns seconds per method and the read-ahead depth each run of
+    ours reached."""
+    cp_dir = source.cp_dir
     methods = {
-        "cp (floor)": f"cp {cp_dir}/%f %p",
-        "ours, local (read-ahead)": f"{runbook} wal-fetch -c {cfgs['both']} --from local %f %p",
-        "ours, S3 (read-ahead)": f"{runbook} wal-fetch -c {cfgs['both']} --from s3 %f %p",
+        REPLAY_CP: f"cp {cp_dir}/%f %p",
+        REPLAY_LOCAL: f"{runbook} wal-fetch -c {cfgs['both']} --from local %f %p",
+        REPLAY_S3: f"{runbook} wal-fetch -c {cfgs['both']} --from s3 %f %p",
         "ours, local, no read-ahead": f"{runbook} wal-fetch -c {cfgs['noprefetch']} --from local %f %p",
     }
     if baseline:  # the read-ahead of another build of ours (--baseline-venv: before/after in one run)
-        for m in ("ours, local (read-ahead)", "ours, S3 (read-ahead)"):
+        for m in (REPLAY_LOCAL, REPLAY_S3):
             methods[m.replace("ours", "baseline")] = methods[m].replace(runbook, baseline, 1)
+    pgbr_conf = source.pgbr_conf
     if pgbr_conf:  # its asynchronous archive-get (read-ahead of archive-get-queue-max, 128 MB), local, lz4
-        methods["pgbackrest local async"] = " ".join(pgbr(pgbr_conf, "archive-get", "%f", '"%p"')) + " --pg1-path={data}"
-    # noprefetch has its own (empty) repositories: point it at the 'both' local repository instead
-    noprefetch = cfgs["noprefetch"]
-    text = noprefetch.read_text().replace(str(base / "repo-noprefetch"), str(base / "repo-both"))
-    noprefetch.write_text(text)
+        methods[REPLAY_PGBR] = " ".join(pgbr(pgbr_conf, "archive-get", "%f", '"%p"')) + " --pg1-path={data}"
+    if source.pgbr_s3_conf:  # the same from S3 over HTTPS
+        methods[REPLAY_PGBR_S3] = (" ".join(pgbr(source.pgbr_s3_conf, "archive-get", "%f", '"%p"'))
+                                   + " --pg1-path={data}")
+    if source.barman_url and BARMAN_GET:  # one Python process per segment, S3 over HTTP
+        methods[BARMAN_GET_LABEL] = " ".join(barman(base, source.barman_url, BARMAN_GET, "%f", "%p"))
+    if wanted:
+        methods = {m: c for m, c in methods.items() if m == REPLAY_CP or m in wanted}
     results: dict[str, list[float]] = {m: [] for m in methods}
     depths: dict[str, list[str]] = {}
+    redo_end: dict[str, str] = {}
     for rep in range(repeat):
         order = list(methods.items())
         order = order[rep % len(order):] + order[:rep % len(order)]  # rotated: no method always runs first
         for m, command in order:
-            if pgbr_conf and m.startswith("pgbackrest"):  # no segments left in its spool by an earlier run
-                shutil.rmtree(pgbr_conf.parent / "spool", ignore_errors=True)
-                (pgbr_conf.parent / "spool").mkdir()
-                chown_server_user(pgbr_conf.parent / "spool")
+            for conf in (pgbr_conf, source.pgbr_s3_conf):
+                if conf and m.startswith("pgbackrest"):  # no segments left in its spool by an earlier run
+                    shutil.rmtree(conf.parent / "spool", ignore_errors=True)
+                    (conf.parent / "spool").mkdir()
+                    chown_server_user(conf.parent / "spool")
             r = Server(base, f"replay-{rep}-{list(methods).index(m)}")
-            as_pg(["cp", "-a", str(backup), str(r.data)], check=True)
+            as_pg(["cp", "-a", str(source.backup), str(r.data)], check=True)
             r.conf(restore_command=command.replace("{data}", str(r.data)), archive_mode="off",
                    recovery_target_timeline="current")
             (r.data / "recovery.signal").touch()
@@ -504,12 +664,24 @@ def bench_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: in
             log = (r.dir / "log").read_text()
             if "FATAL" in log:
                 raise SystemExit(f"replay with {m} failed: see {r.dir / 'log'}")
+            # Every method replays the same WAL to its end: a restore_command that failed early would end
+            # recovery sooner and look fast.
+            redo = log.split("redo done at ", 1)[1].split()[0] if "redo done at " in log else "none"
+            if redo_end.setdefault("first", redo) != redo:
+                raise SystemExit(f"replay with {m} ended at {redo}, another at {redo_end['first']}: see {r.dir / 'log'}")
             r.stop()
             shutil.rmtree(r.dir, ignore_errors=True)
-    floor = stats(results["cp (floor)"])[1]
+    return results, depths
+
+
+def bench_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: int, repeat: int,
+                 baseline: str | None = None, url: str | None = None) -> None:
+    source = prepare_replay(base, runbook, cfgs, n_segments, url)
+    results, depths = measure_replay(base, runbook, cfgs, source, repeat, baseline)
+    floor = stats(results[REPLAY_CP])[1]
     rows = [[m, f"{stats(t)[0]:.2f}", f"{stats(t)[1]:.2f}", f"{stats(t)[1] / floor:.2f}x",
              " ".join(depths.get(m, [])) or "-"] for m, t in results.items()]
-    table(f"PITR replay of {segs} archived 16 MB segments into a pg_basebackup (x {repeat}, order rotated)",
+    table(f"PITR replay of {source.segments} 16 MB segments into a pg_basebackup (x {repeat}, order rotated)",
           ["restore_command", "min s", "median s", "median vs cp", "read-ahead depth at the end (each run)"], rows)
 
 
@@ -518,6 +690,28 @@ def _tag(datadir: Path) -> str:
     import hashlib
 
     return hashlib.sha256(os.path.abspath(datadir).encode()).hexdigest()[:12]
+
+
+def make_corpus(base: Path, n: int, init_scale: int = 10) -> tuple[Server, list[Path]]:
+    """A started server archiving with `cp`, and n full segments of its pgbench WAL (after `pgbench -i`)."""
+    src = Server(base, "corpus")
+    src.initdb()
+    corpus_dir = base / "corpus-wal"
+    corpus_dir.mkdir()
+    chown_server_user(corpus_dir)
+    src.conf(archive_mode="on", archive_command=f"cp %p {corpus_dir}/%f", wal_compression="off")
+    src.start()
+    src.pgbench("-i", "-s", str(init_scale), "-q")
+    init_end = src.psql("select pg_walfile_name(pg_switch_wal())")
+    while not (src.data / "pg_wal" / "archive_status" / f"{init_end}.done").exists():
+        time.sleep(0.1)
+    before = set(os.listdir(corpus_dir))
+    while len(set(os.listdir(corpus_dir)) - before) < n + 1:
+        src.pgbench("-c", "4", "-j", "2", "-T", "3", "-n")  # full segments: no forced switch
+        time.sleep(0.5)
+    corpus = sorted(corpus_dir / name for name in set(os.listdir(corpus_dir)) - before if len(name) == 24)[:n]
+    print(f"corpus: {len(corpus)} pgbench segments of 16 MB in {corpus_dir}", flush=True)
+    return src, corpus
 
 
 def stop_workers(spool: Path) -> None:
@@ -573,32 +767,16 @@ def main() -> int:
         cfgs = write_configs(base, url, spool)
         only = set(args.only or ["compression", "push", "lag", "replay"])
         if only & {"compression", "push"}:
-            src = Server(base, "corpus")
-            src.initdb()
-            corpus_dir = base / "corpus-wal"
-            corpus_dir.mkdir()
-            chown_server_user(corpus_dir)
-            src.conf(archive_mode="on", archive_command=f"cp %p {corpus_dir}/%f", wal_compression="off")
-            src.start()
-            src.pgbench("-i", "-s", "10", "-q")
-            init_end = src.psql("select pg_walfile_name(pg_switch_wal())")
-            while not (src.data / "pg_wal" / "archive_status" / f"{init_end}.done").exists():
-                time.sleep(0.1)
-            before = set(os.listdir(corpus_dir))
-            while len(set(os.listdir(corpus_dir)) - before) < args.segments + 1:
-                src.pgbench("-c", "4", "-j", "2", "-T", "3", "-n")  # full segments: no forced switch
-                time.sleep(0.5)
-            corpus = sorted(corpus_dir / n for n in set(os.listdir(corpus_dir)) - before if len(n) == 24)[:args.segments]
-            print(f"corpus: {len(corpus)} pgbench segments of 16 MB in {corpus_dir}")
+            src, corpus = make_corpus(base, args.segments)
             if "compression" in only:
                 bench_compression(corpus)
             if "push" in only:
-                bench_push(base, src, corpus, runbook, cfgs, args.repeat, args.push_methods, baseline)
+                bench_push(base, src, corpus, runbook, cfgs, args.repeat, args.push_methods, baseline, url)
             src.stop()
         if "lag" in only:
             bench_lag(base, runbook, cfgs, args.load_s)
         if "replay" in only:
-            bench_replay(base, runbook, cfgs, args.replay_segments, args.repeat, baseline)
+            bench_replay(base, runbook, cfgs, args.replay_segments, args.repeat, baseline, url)
     finally:
         for pid_file in base.glob("*/data/postmaster.pid"):  # servers an error left running
             as_pg([str(PG_BIN / "pg_ctl"), "-D", str(pid_file.parent), "-m", "immediate", "-w", "stop"])
