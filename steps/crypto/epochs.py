@@ -344,7 +344,11 @@ class KeyRing:
         prefix = epoch_prefix(epoch)
         refused: list[str] = []
         wrapped_for: list[str] = []
-        for w in _wraps(store, epoch, self.trusted):
+        wraps = _wraps(store, epoch, self.trusted)
+        if not wraps:
+            raise EpochRefused(f"epoch {epoch} in {store.describe()} has no wrapped key (wrap-*.age) left: its data "
+                               "cannot be opened from this copy", hint="use another copy of the backup")
+        for w in wraps:
             if w.problem is not None or w.recipients is None:
                 refused.append(f"{w.name}: {w.problem}")
                 continue
