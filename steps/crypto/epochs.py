@@ -178,6 +178,7 @@ class Wrap:
     recipients: list[str] | None = None  # from its sidecar (None: no readable sidecar)
     sha256: str | None = None  # from its sidecar
     problem: str | None = None  # why its sidecar cannot be used
+    genuine: bool = False  # its sidecar is signed by a trusted key (not merely accepted unsigned)
 
 
 @dataclass(frozen=True)
@@ -203,14 +204,16 @@ class EpochInfo:
         return out or list(self.created_for)
 
 
-def _check_signed(store: Store, key: str, data: bytes, trusted: Trust | None, what: str) -> None:
+def _check_signed(store: Store, key: str, data: bytes, trusted: Trust | None, what: str) -> bool:
+    """Refuse (EpochRefused) what the trusted keys refuse; True when it is genuine (signed by one of them)."""
     if trusted is None:
-        return
+        return False
     verdict = trusted.read(store, key, data)
     if not verdict.accepted:
         raise EpochRefused(f"{what} is refused: {verdict.reason}",
                            hint="a forged or unsigned key object; `runbook keys list -c CONFIG` shows the keys this "
                                 "host trusts")
+    return verdict.genuine
 
 
 def _epoch_json(store: Store, epoch: str, trusted: Trust | None) -> dict[str, Any]:
@@ -250,11 +253,12 @@ def _wraps(store: Store, epoch: str, trusted: Trust | None) -> list[Wrap]:
             continue
         side_key = prefix + name[: -len(".age")] + ".json"
         recipients = sha = problem = None
+        genuine = False
         try:
             if side_key not in keys:
                 raise EpochRefused("it has no sidecar (wrap-*.json) saying whom it opens for")
             data = _read_small(store, side_key, keys[side_key])
-            _check_signed(store, side_key, data, trusted, f"the sidecar of {name}")
+            genuine = _check_signed(store, side_key, data, trusted, f"the sidecar of {name}")
             obj = _parse_json(data, f"the sidecar of {name}")
             if obj.get("wrap") != name or obj.get("epoch") != epoch:
                 raise EpochRefused(f"its sidecar is for {str(obj.get('wrap'))[:60]!r} of epoch "
@@ -265,7 +269,7 @@ def _wraps(store: Store, epoch: str, trusted: Trust | None) -> list[Wrap]:
                 raise EpochRefused("its sidecar holds no sha256 of it")
         except (EpochRefused, RepositoryError) as e:
             problem = e.message
-        out.append(Wrap(name, keys[key], recipients, sha, problem))
+        out.append(Wrap(name, keys[key], recipients, sha, problem, genuine))
     return out
 
 
@@ -299,6 +303,7 @@ class Opened:
     identity: Identity
     wrap: str
     recipients: list[str]
+    genuine: bool = False  # the wrap's sidecar (whom it opens for) is signed by a trusted key
 
 
 class KeyRing:
@@ -376,7 +381,7 @@ class KeyRing:
             if ident.recipient != data_recipient:
                 refused.append(f"the wrapped key of epoch {epoch} ({w.name}) does not match its data recipient")
                 continue
-            opened = Opened(epoch, ident, w.name, list(w.recipients))
+            opened = Opened(epoch, ident, w.name, list(w.recipients), w.genuine)
             self._opened[cache] = opened
             return opened
         if refused:
@@ -412,6 +417,7 @@ def _read_cache(path: Path, store: Store) -> dict[str, Any] | None:
         obj = json.loads(path.read_bytes())
         if (isinstance(obj, dict) and obj.get("store") == store.describe() and isinstance(obj.get("epoch"), str)
                 and EPOCH_RE.match(obj["epoch"]) and isinstance(obj.get("recipients"), list)
+                and all(isinstance(r, str) for r in obj["recipients"])
                 and isinstance(obj.get("data_recipient"), str)):
             parse_recipient(obj["data_recipient"])
             return obj
@@ -506,16 +512,18 @@ class Record:
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # epoch -> why it was not re-wrapped
+    dropped: dict[str, list[str]] = field(default_factory=dict)  # epoch -> recipients only unsigned sidecars named
 
 
 def _journal(store: Store, action: str, signer: Signer | None, *, epochs: list[str], added: Sequence[str] = (),
-             removed: Sequence[str] = (), skipped: dict[str, str] | None = None) -> Record:
+             removed: Sequence[str] = (), skipped: dict[str, str] | None = None,
+             dropped: dict[str, list[str]] | None = None) -> Record:
     when = _now()
     key = f"{JOURNAL}{_stamp(when)}-{action}.json"
     _put(store, key, _json({"format_version": FORMAT_VERSION, "action": action, "at": when.isoformat(),
                             "by": _who(), "epochs": epochs, "added": list(added), "removed": list(removed),
-                            "skipped": skipped or {}}), signer)
-    return Record(key, action, epochs, list(added), list(removed), dict(skipped or {}))
+                            "skipped": skipped or {}, "dropped": dropped or {}}), signer)
+    return Record(key, action, epochs, list(added), list(removed), dict(skipped or {}), dict(dropped or {}))
 
 
 def journal(store: Store, trusted: Trust | None = None) -> list[Record]:
@@ -528,7 +536,8 @@ def journal(store: Store, trusted: Trust | None = None) -> list[Record]:
             obj = _parse_json(data, key)
             out.append(Record(key, str(obj.get("action")), [str(e) for e in obj.get("epochs", [])],
                               [str(r) for r in obj.get("added", [])], [str(r) for r in obj.get("removed", [])],
-                              {str(k): str(v) for k, v in dict(obj.get("skipped", {})).items()}))
+                              {str(k): str(v) for k, v in dict(obj.get("skipped", {})).items()},
+                              {str(k): [str(r) for r in v] for k, v in dict(obj.get("dropped", {})).items()}))
         except (EncryptionError, RepositoryError, TypeError, ValueError, AttributeError):
             continue
     return out
@@ -545,19 +554,30 @@ def revoked(store: Store, trusted: Trust | None = None) -> set[str]:
     return out
 
 
-def _vouched(info: EpochInfo, opened: Opened) -> list[str]:
-    """Whom an epoch is wrapped for, as far as wraps with a good sidecar say (the opened one first)."""
-    out = list(opened.recipients)
-    for w in info.wraps:
-        if w.problem is None:
-            out.extend(r for r in w.recipients or [] if r not in out)
-    return out
+def _vouched(info: EpochInfo, opened: Opened, configured: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Whom an epoch is to stay wrapped for, and whom it is not re-wrapped for.
+
+    The recipients a signed sidecar names are kept. Those only an unsigned sidecar names (a repository read with
+    allow_unsigned) could have been planted to have the data key re-wrapped to an attacker: they are kept only
+    when they are among this host's `configured` recipients, the others are dropped (and said)."""
+    keep: list[str] = []
+    dropped: list[str] = []
+    for recipients, genuine in [(opened.recipients, opened.genuine)] + [
+            (w.recipients or [], w.genuine) for w in info.wraps if w.problem is None]:
+        for r in recipients:
+            if r in keep or r in dropped:
+                continue
+            (keep if genuine or r in configured else dropped).append(r)
+    return keep, [r for r in dropped if r not in keep]
 
 
-def rotate(store: Store, ring: KeyRing, add: Sequence[str], signer: Signer | None) -> Record:
-    """Add recipients to every epoch this host opens: per epoch one new wrap, to the recipients of the wrap it
-    opened and `add`. Data objects are never rewritten. Epochs it cannot open are listed in `skipped`."""
+def rotate(store: Store, ring: KeyRing, add: Sequence[str], signer: Signer | None, *,
+           configured: Sequence[str] = ()) -> Record:
+    """Add recipients to every epoch this host opens: per epoch one new wrap, to the recipients its wraps are
+    for (see `_vouched`: `configured` are this host's own) and `add`. Data objects are never rewritten. Epochs
+    it cannot open are listed in `skipped`, recipients not carried over in `dropped`."""
     added = load_recipients(list(add), what="--add")
+    dropped: dict[str, list[str]] = {}
     done: list[str] = []
     skipped: dict[str, str] = {}
     for info in list_epochs(store, ring.trusted):
@@ -569,16 +589,19 @@ def rotate(store: Store, ring: KeyRing, add: Sequence[str], signer: Signer | Non
         except (EncryptionError, RepositoryError) as e:
             skipped[info.epoch] = e.message
             continue
-        current = _vouched(info, opened)
+        current, lost = _vouched(info, opened, [*configured, *added])
         target = current + [r for r in added if r not in current]
-        if target == current:
+        if target == current and not lost:
             continue
+        if lost:
+            dropped[info.epoch] = lost
         _new_wrap(store, info.epoch, opened.identity, target, signer, _now())
         done.append(info.epoch)
-    return _journal(store, "rotate", signer, epochs=done, added=added, skipped=skipped)
+    return _journal(store, "rotate", signer, epochs=done, added=added, skipped=skipped, dropped=dropped)
 
 
-def revoke(store: Store, ring: KeyRing, remove: str, signer: Signer | None) -> Record:
+def revoke(store: Store, ring: KeyRing, remove: str, signer: Signer | None, *,
+           configured: Sequence[str] = ()) -> Record:
     """Remove a recipient from every epoch that is wrapped for it: a new wrap to the other recipients of the
     wrap this host opened, then every other wrap of that epoch deleted. An epoch this host cannot open, or whose
     only recipient is `remove`, is listed in `skipped` and left as it is."""
@@ -588,6 +611,7 @@ def revoke(store: Store, ring: KeyRing, remove: str, signer: Signer | None) -> R
         raise EncryptionError(f"revoke: {e}") from None
     done: list[str] = []
     skipped: dict[str, str] = {}
+    dropped: dict[str, list[str]] = {}
     for info in list_epochs(store, ring.trusted):
         if info.problem is not None:
             skipped[info.epoch] = info.problem
@@ -600,7 +624,8 @@ def revoke(store: Store, ring: KeyRing, remove: str, signer: Signer | None) -> R
         except (EncryptionError, RepositoryError) as e:
             skipped[info.epoch] = e.message
             continue
-        target = [r for r in _vouched(info, opened) if r != gone]
+        current, lost = _vouched(info, opened, configured)
+        target = [r for r in current if r != gone]
         if not target:
             skipped[info.epoch] = (f"{gone} is its only recipient: revoking it would make the epoch's data "
                                    "unreadable; add another recipient first (keys rotate --add)")
@@ -611,7 +636,9 @@ def revoke(store: Store, ring: KeyRing, remove: str, signer: Signer | None) -> R
         store.delete([prefix + k for n in old for k in (n, n[:-4] + ".json", n[:-4] + ".json.sig")])
         ring._opened.pop((store.describe(), info.epoch), None)
         done.append(info.epoch)
-    return _journal(store, "revoke", signer, epochs=done, removed=[gone], skipped=skipped)
+        if [r for r in lost if r != gone]:
+            dropped[info.epoch] = [r for r in lost if r != gone]
+    return _journal(store, "revoke", signer, epochs=done, removed=[gone], skipped=skipped, dropped=dropped)
 
 
 # --- from the repository config -------------------------------------------------------------------------------

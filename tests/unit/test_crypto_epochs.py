@@ -285,3 +285,35 @@ def test_revoking_the_only_recipient_and_an_epoch_this_host_cannot_open_are_skip
     assert foreign.epoch not in rec.skipped  # never wrapped for r_ops: not concerned
     rec = revoke(store, KeyRing([ops], trust), r_far, signer)  # type: ignore[list-item]
     assert "no identity of this host" in rec.skipped[foreign.epoch]
+
+
+def test_rotation_of_an_unsigned_repository_never_rewraps_to_a_recipient_only_a_planted_sidecar_names(
+        store: LocalStore, keys) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+    import shutil
+
+    _, trust = keys
+    ops, r_ops = _ident()
+    attacker, r_attacker = _ident()
+    _, r_new = _ident()
+    key = create_epoch(store, [r_ops], None)  # written without signing, read with allow_unsigned
+    d = store.root / EPOCHS / key.epoch
+    (wrap,) = d.glob("wrap-*.age")
+    planted = d / "wrap-29991231T000000.000000Z.age"  # the genuine wrap's bytes under a newer name ...
+    shutil.copy(wrap, planted)
+    (d / "wrap-29991231T000000.000000Z.json").write_text(json.dumps({  # ... said to be for the attacker too
+        "format_version": 1, "epoch": key.epoch, "wrap": planted.name, "recipients": [r_ops, r_attacker],
+        "sha256": hashlib.sha256(planted.read_bytes()).hexdigest()}))
+    ring = KeyRing([ops], trust, allow_unsigned=True)  # type: ignore[list-item]
+    assert ring.open(store, key.epoch).wrap == planted.name  # it does open: the bytes are genuine
+    rec = rotate(store, ring, [r_new], None, configured=[r_ops])
+    assert rec.epochs == [key.epoch] and rec.dropped == {key.epoch: [r_attacker]}
+    newest = max(d.glob("wrap-2026*.json"))
+    assert json.loads(newest.read_text())["recipients"] == [r_ops, r_new]
+    newest_wrap = newest.with_suffix(".age")
+    with pytest.raises(NoIdentity):
+        decrypt_bytes(newest_wrap.read_bytes(), attacker, "wrap")  # type: ignore[arg-type]
+    # revocation deletes the planted wrap with every other one
+    revoke(store, KeyRing([ops], trust, allow_unsigned=True), r_new, None,  # type: ignore[list-item]
+           configured=[r_ops])
+    assert sorted(p.name for p in d.glob("wrap-*.age")) == [max(d.glob("wrap-2026*.age")).name]
