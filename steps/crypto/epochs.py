@@ -544,10 +544,11 @@ def journal(store: Store, trusted: Trust | None = None) -> list[Record]:
 
 
 def revoked(store: Store, trusted: Trust | None = None) -> set[str]:
-    """The recipients revoked in this repository's journal and not added back since."""
+    """The recipients revoked in this repository's journal (by a revocation that re-wrapped something, or had
+    nothing to skip) and not added back since."""
     out: set[str] = set()
     for rec in journal(store, trusted):
-        if rec.action == "revoke":
+        if rec.action == "revoke" and (rec.epochs or not rec.skipped):
             out.update(rec.removed)
         elif rec.action == "rotate":
             out.difference_update(rec.added)
