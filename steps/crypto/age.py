@@ -30,7 +30,6 @@ import hmac
 import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -137,13 +136,27 @@ def _recipient_raw(recipient: str) -> bytes:
     return bech32_decode(recipient)[1]
 
 
-@dataclass(frozen=True)
 class Identity:
-    """An age X25519 identity (private key), loaded. Its text never appears in a repr or a message."""
+    """An age X25519 identity (private key), loaded. Its text never appears in a repr or a message.
 
-    recipient: str  # its public key, age1...
-    source: str  # where it was read from, for messages ("/etc/runbook/keys/restore.agekey:3", "epoch E")
-    _secret: bytes = field(repr=False)  # the 32 raw bytes
+    A plain class, not a dataclass: this module is imported on the WAL commands' path, where a dataclass costs
+    its generated code at every start."""
+
+    __slots__ = ("_secret", "recipient", "source")
+
+    def __init__(self, recipient: str, source: str, secret: bytes) -> None:
+        self.recipient = recipient  # its public key, age1...
+        self.source = source  # where it was read from, for messages ("/etc/runbook/keys/x.agekey:3", "epoch E")
+        self._secret = secret  # the 32 raw bytes
+
+    def __repr__(self) -> str:
+        return f"Identity(recipient={self.recipient!r}, source={self.source!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Identity) and hmac.compare_digest(self._secret, other._secret)
+
+    def __hash__(self) -> int:
+        return hash(self.recipient)
 
     def __str__(self) -> str:
         return f"identity of {self.recipient} ({self.source})"
@@ -334,11 +347,11 @@ def header_bytes(file_key: bytes, recipients: Sequence[str]) -> bytes:
     return head + b" " + _b64(mac) + b"\n"
 
 
-@dataclass
 class _Stanza:
-    kind: bytes
-    args: list[bytes]
-    body: bytes
+    __slots__ = ("args", "body", "kind")
+
+    def __init__(self, kind: bytes, args: list[bytes], body: bytes) -> None:
+        self.kind, self.args, self.body = kind, args, body
 
 
 def _parse_header(head: bytes, what: str) -> tuple[list[_Stanza], bytes, bytes]:
