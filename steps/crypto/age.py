@@ -372,7 +372,7 @@ def _parse_header(head: bytes, what: str) -> tuple[list[_Stanza], bytes, bytes]:
             if not parts or any(not p for p in parts):
                 raise ValueError("an empty stanza argument")
             i += 1
-            body = b""
+            body: list[bytes] = []
             while True:
                 if i >= len(lines) - 2:
                     raise ValueError("a stanza body runs into the end")
@@ -380,10 +380,10 @@ def _parse_header(head: bytes, what: str) -> tuple[list[_Stanza], bytes, bytes]:
                 i += 1
                 if len(bl) > 64:
                     raise ValueError("a stanza body line longer than 64 columns")
-                body += bl
+                body.append(bl)
                 if len(bl) < 64:
                     break
-            stanzas.append(_Stanza(parts[0], parts[1:], _unb64(body)))
+            stanzas.append(_Stanza(parts[0], parts[1:], _unb64(b"".join(body))))
         mac_line = lines[-2]
         if i != len(lines) - 2 or not mac_line.startswith(b"--- "):
             raise ValueError("no MAC line")
@@ -513,6 +513,7 @@ class Decryptor:
         self._sink = sink
         self.what = what
         self._head = bytearray()  # the header, until it is whole
+        self._scanned = 0  # how much of it was searched for the MAC line already
         self._aead: Any = None
         self._counter = 0
         self._closed = False
@@ -533,8 +534,9 @@ class Decryptor:
 
     def _try_header(self) -> bool:
         buf = self._head
-        end = buf.find(b"\n--- ")
+        end = buf.find(b"\n--- ", max(0, self._scanned - 5))
         if end < 0:
+            self._scanned = len(buf)
             if len(buf) > MAX_HEADER:
                 self._fail(AlteredCiphertext(f"{self.what}: no age header end within {MAX_HEADER} bytes: not an "
                                              "age file, or altered"))

@@ -293,3 +293,18 @@ def test_an_identity_file_of_another_user_is_refused(tmp_path: Path) -> None:
     os.chown(f, 65534, 65534)
     with pytest.raises(EncryptionError, match="belongs to uid 65534"):
         load_identities([f])
+
+
+def test_a_huge_hostile_header_fed_in_small_pieces_is_refused_quickly() -> None:
+    import time
+
+    body = b"A" * 64
+    head = b"age-encryption.org/v1\n-> X25519 " + b"B" * 43 + b"\n" + (body + b"\n") * 15000 + b"\n--- " + b"C" * 43
+    whole = memoryview(head + b"\n" + bytes(16))
+    dec = Decryptor(IDENT, lambda b: None, "obj")
+    t0 = time.monotonic()
+    with pytest.raises(AlteredCiphertext, match="malformed"):
+        for i in range(0, len(whole), 512):
+            dec.write(whole[i:i + 512])
+        dec.close()
+    assert time.monotonic() - t0 < 2  # measured ~0.01 s: bounded work per byte, however the pieces come
