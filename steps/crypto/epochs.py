@@ -393,12 +393,13 @@ class KeyRing:
             opened = Opened(epoch, ident, w.name, list(w.recipients), w.genuine)
             self._opened[cache] = opened
             return opened
-        if refused:
+        mine = {i.recipient for i in self.identities}
+        if refused and (mine & set(wrapped_for) or not wrapped_for):
             raise EpochRefused(f"epoch {epoch} in {store.describe()} is refused: " + "; ".join(refused),
                                hint="its key objects were altered or planted; use another copy")
-        identities = ", ".join(i.recipient for i in self.identities) or "none"
-        raise NoIdentity(f"no identity of this host ({self.describe()}: {identities}) opens epoch {epoch}, wrapped "
-                         f"for {', '.join(wrapped_for) or 'nobody'}", hint=HINT_ROTATE)
+        also = f" (and refused: {'; '.join(refused)})" if refused else ""
+        raise NoIdentity(f"no identity of this host ({self.describe()}: {', '.join(sorted(mine)) or 'none'}) opens "
+                         f"epoch {epoch}, wrapped for {', '.join(wrapped_for) or 'nobody'}{also}", hint=HINT_ROTATE)
 
 
 # --- writers -------------------------------------------------------------------------------------------------
