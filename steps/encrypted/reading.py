@@ -243,3 +243,22 @@ def _decrypts_as_listed(store: Store, key: str, decoding: ObjectDecoding, o: Obj
     if (n, h.hexdigest()) != (o.size, o.sha256):
         return f"{o.path} decrypts to other bytes than the manifest says (sha256 {h.hexdigest()}, {n} bytes)"
     return None
+
+
+def recipients_now(stores: list[Store], trust: Trust) -> dict[tuple[str, str], list[str]]:
+    """Whom each epoch of these repositories is wrapped for now, by (repository, epoch): the recipients of its
+    wraps' signed sidecars (a rotation adds some, a revocation removes one; steps.crypto.epochs.list_epochs). A
+    repository that cannot be listed, or an epoch with a problem, is left out: the manifest's recipients (at the
+    time of the backup) then stand."""
+    from steps.crypto.epochs import list_epochs
+
+    out: dict[tuple[str, str], list[str]] = {}
+    for store in stores:
+        try:
+            infos = list_epochs(store, trust)
+        except RepositoryError:
+            continue
+        for info in infos:
+            if info.problem is None and info.recipients:
+                out[(store.name, info.epoch)] = list(info.recipients)
+    return out

@@ -547,3 +547,25 @@ def test_verify_backup_decrypts_each_copy_and_a_host_without_key_cannot_judge(en
         assert "encryption.identity_files is not set" in out["error"]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def test_after_a_rotation_backups_and_status_name_whom_the_epoch_opens_for_now(enc: Enc) -> None:
+    """`runbook keys rotate` adds a recipient by a new wrap (no data rewritten): the listings show whom each
+    encrypted copy opens for now (the wraps' signed sidecars), not only whom it was written for."""
+    e = enc
+    newcomer = age_key(e.tmp / "keys" / "newcomer.agekey")
+    r = run_cli("keys", "rotate", "-c", str(e.cfg), "--add", newcomer, env=cli_env(), timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = run_cli("backups", "-c", str(e.cfg), env=cli_env()).stdout.splitlines()
+    row = next(i for i, ln in enumerate(lines) if e.backup_id in ln and " app " in ln)
+    assert lines[row + 1].startswith("    encrypted in local,s3: 2 recipients: ") and newcomer[:10] in lines[row + 1]
+    (b,) = [b for b in backups_json(e.cfg)["backups"] if b["backup_id"] == e.backup_id]
+    s3 = b["copies"]["s3"]["encryption"]
+    assert s3["recipients"] == [e.recipient] and sorted(s3["recipients_now"]) == sorted([e.recipient, newcomer])
+    rep = json.loads(run_cli("status", "-c", str(e.cfg), "--no-cluster", "--json", env=cli_env()).stdout)
+    newest = rep["backups"]["logical"]["readable"]  # the newest backup (a later test's, local only): rotated too
+    assert newest["encrypted"] and all(newcomer in c["recipients_now"] for c in newest["encrypted"].values())
+    # The newcomer's key opens the backup now, without anything rewritten.
+    got = fetch(e, e.config("newcomer.yaml", identities=[e.tmp / "keys" / "newcomer.agekey"]),
+                e.tmp / "newcomer", "s3")
+    assert got.code == 0, got.stdout + got.stderr
