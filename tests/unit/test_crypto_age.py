@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyrage
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from steps.crypto.age import (
@@ -308,3 +308,23 @@ def test_a_huge_hostile_header_fed_in_small_pieces_is_refused_quickly() -> None:
             dec.write(whole[i:i + 512])
         dec.close()
     assert time.monotonic() - t0 < 2  # measured ~0.01 s: bounded work per byte, however the pieces come
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(min_value=0, max_value=2 * CHUNK + 100), st.lists(st.integers(min_value=7, max_value=CHUNK + 50),
+                                                                   min_size=1, max_size=8), st.randoms())
+def test_any_length_cut_any_way_round_trips_and_pyrage_agrees(size: int, cuts: list[int], rnd: random.Random) -> None:
+    data = rnd.randbytes(size)
+    pieces, i, k = [], 0, 0
+    while i < size:
+        pieces.append(data[i:i + cuts[k % len(cuts)]])
+        i += cuts[k % len(cuts)]
+        k += 1
+    ct = _stream_encrypt(data, pieces)
+    assert pyrage.decrypt(ct, [pyrage.x25519.Identity.from_str(SECRET)]) == data
+    back, i, k = [], 0, 0
+    while i < len(ct):
+        back.append(ct[i:i + cuts[-1 - k % len(cuts)]])
+        i += cuts[-1 - k % len(cuts)]
+        k += 1
+    assert _stream_decrypt(ct, back) == data
