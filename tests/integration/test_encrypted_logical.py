@@ -420,6 +420,7 @@ def test_a_wrong_key_is_named_with_the_epoch_and_its_recipients(enc: Enc) -> Non
     got = fetch(e, wrong, dest, "s3")
     assert_nothing_fetched(got, dest)
     assert "no identity of this host" in got.stdout and "opens epoch" in got.stdout and e.recipient in got.stdout
+    assert f"no copy of backup {e.backup_id} opens with this host's keys" in got.stdout
     assert any(c["name"] == "decryption key of the s3 copy" for c in got.checks("failed"))
 
 
