@@ -132,6 +132,8 @@ def enc(source_cluster: Cluster, s3_server: S3Endpoint, tmp_path_factory: pytest
     st = status(tmp)
     assert st["targets"]["app"]["published"] == ["local", "s3"]
     assert st["targets"]["attachments"]["published"] == ["local", "s3"]
+    assert set(st["targets"]["app"]["encrypted"]) == {"local", "s3"}  # repository -> epoch, for monitoring
+    assert "(encrypted in local, s3)" in proc.stdout
     yield Enc(source_cluster, cfg, tmp / "repo", s3_server, bucket, keys / "ops.agekey", recipient,
               keys / "other.agekey", uploads, st["backup_id"], oid, before, tmp)
 
