@@ -73,6 +73,7 @@ fi
 need_apt=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql-15)
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
+command -v age >/dev/null 2>&1 || need_apt+=(age)  # docs/encryption.md's recovery by hand, and its test
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # the HTML report's rendering test
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -11,6 +11,7 @@ The reference for every key is docs/repository-config.md.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Literal
@@ -37,6 +38,7 @@ class ClusterConfig(_Strict):
 
 class LocalConfig(_Strict):
     path: Path = Field(description="Directory of the local repository (absolute)")
+    encrypt: bool = Field(False, description="Encrypt what is written here with age (encryption.recipients)")
 
     @model_validator(mode="after")
     def _absolute(self) -> LocalConfig:
@@ -52,6 +54,8 @@ class S3Config(_Strict):
     endpoint_url: str | None = Field(None, description="MinIO, Ceph, any S3-compatible store")
     sse: Literal["AES256", "aws:kms"] | None = Field(None, description="Server-side encryption")
     sse_kms_key_id: str | None = Field(None, description="KMS key for sse: aws:kms (default: the bucket's)")
+    encrypt: bool | None = Field(None, description="Encrypt what is written here with age on this host "
+                                 "(default: true once encryption.recipients is set)")
     credentials_file: Path | None = Field(
         None, description="An AWS shared credentials file (else boto3's own chain); mode 0600 or 0640"
     )
@@ -167,6 +171,40 @@ class SigningConfig(_Strict):
         return self
 
 
+# An age X25519 recipient: "age1" and 58 bech32 characters (its checksum is checked by steps.crypto.age when the
+# keys are loaded: this package does not import steps.crypto, which builds on it).
+_AGE_RECIPIENT = re.compile(r"^age1[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{58}$")
+
+
+class EncryptionConfig(_Strict):
+    """Client-side encryption with age (steps.crypto; docs/encryption.md)."""
+
+    recipients: list[str] = Field(
+        default_factory=list, description="Whom new data is encrypted for: age public keys (age1...) or absolute "
+                                          "paths of files of them (one a line, # comments)")
+    identity_files: list[Path] = Field(
+        default_factory=list, description="age identities (private keys) of this host, only where it restores or "
+                                          "verifies: mode 0600, outside the repository")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> EncryptionConfig:
+        for i, r in enumerate(self.recipients):
+            t = r.strip()
+            if t.upper().startswith("AGE-SECRET-KEY-"):
+                raise ValueError(f"encryption.recipients[{i}] is a private key (AGE-SECRET-KEY-...): give its public "
+                                 "key (age1..., `age-keygen -y FILE` prints it) and keep the private key out of the "
+                                 "config")
+            if t.startswith("/"):
+                continue
+            if not _AGE_RECIPIENT.match(t):
+                raise ValueError(f"encryption.recipients[{i}] {t[:70]!r} is neither an age public key (age1 and 58 "
+                                 "characters of a-z0-9 without b, i, o, 1) nor an absolute path of a file of them")
+        for i, p in enumerate(self.identity_files):
+            if not p.is_absolute():
+                raise ValueError(f"encryption.identity_files[{i}] must be an absolute path, not {str(p)!r}")
+        return self
+
+
 class RepositoryConfig(_Strict):
     version: Literal[1]
     cluster: ClusterConfig = Field(default_factory=lambda: ClusterConfig.model_validate({}))
@@ -179,6 +217,7 @@ class RepositoryConfig(_Strict):
     basebackup: BaseBackupSettings = Field(default_factory=lambda: BaseBackupSettings.model_validate({}))
     wal: WalConfig = Field(default_factory=lambda: WalConfig.model_validate({}))
     signing: SigningConfig | None = None
+    encryption: EncryptionConfig | None = None
 
     @model_validator(mode="after")
     def _somewhere(self) -> RepositoryConfig:
@@ -188,7 +227,26 @@ class RepositoryConfig(_Strict):
             key = getattr(self.signing, what) if self.signing else None
             if key is not None and self.local is not None and key.is_relative_to(self.local.path):
                 raise ValueError(f"signing.{what} {key} lies inside the local repository: keep it outside")
+        recipients = self.encryption.recipients if self.encryption else []
+        for name, repo in (("local", self.local), ("s3", self.s3)):
+            if repo is not None and repo.encrypt and not recipients:
+                raise ValueError(f"{name}.encrypt is true but encryption.recipients is empty: name the age public "
+                                 "keys to encrypt for (docs/encryption.md), or set encrypt: false")
+        for i, ident in enumerate(self.encryption.identity_files if self.encryption else []):
+            if self.local is not None and ident.is_relative_to(self.local.path):
+                raise ValueError(f"encryption.identity_files[{i}] {ident} lies inside the local repository: whoever "
+                                 "reads the repository would read the key; keep it outside")
         return self
+
+    def encrypts(self, store: Literal["local", "s3"]) -> bool:
+        """Is what this host writes to that repository encrypted? local: `local.encrypt` (default false);
+        s3: `s3.encrypt`, by default true once encryption.recipients names someone."""
+        recipients = bool(self.encryption and self.encryption.recipients)
+        if store == "local":
+            return self.local is not None and self.local.encrypt
+        if self.s3 is None:
+            return False
+        return recipients if self.s3.encrypt is None else self.s3.encrypt
 
     def state_dir(self) -> Path:
         if self.backup.state_dir is not None:
