@@ -295,6 +295,7 @@ class Checker:
 
     def _archived(self, conn: Any, facts: dict[str, Any], stores: list[Any]) -> None:
         from steps.repository.layout import wal_key
+        from steps.wal.store import stat_archived
 
         a = self._stat_archiver(conn)
         failing = a["last_failed_time"] is not None and (
@@ -318,7 +319,7 @@ class Checker:
         missing = []
         for s in stores:
             try:
-                if s.stat(key) is None:
+                if stat_archived(s, key) is None:
                     missing.append(s.describe())
             except RunbookError as e:
                 missing.append(f"{s.describe()} ({e.message})")
@@ -435,6 +436,7 @@ class Checker:
 
     def _switch(self, conn: Any, facts: dict[str, Any], stores: list[Any]) -> None:
         from steps.repository.layout import wal_key
+        from steps.wal.store import stat_archived
 
         if facts["in_recovery"]:
             self.add("wal_switch", "failed", "cannot switch WAL on a standby", "run check against the primary")
@@ -453,7 +455,7 @@ class Checker:
         while waiting and time.monotonic() - t0 < self.args.timeout:
             for where, s in list(waiting.items()):
                 try:
-                    if s.stat(key) is not None:
+                    if stat_archived(s, key) is not None:
                         del waiting[where]
                 except RunbookError:
                     pass
