@@ -17,7 +17,7 @@ from datetime import datetime
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from steps.fs import UnsafePath, check_relative
 
@@ -64,11 +64,30 @@ class ObjectEntry(_Record):
                                   "backup_path)")
     size: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # Encrypted (steps.crypto.stored): stored at `path` + ".age"; size and sha256 above are the plaintext's.
+    stored_size: int | None = Field(None, ge=0, description="Size of the stored (encrypted) bytes")
+    stored_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                                      description="sha256 of the stored (encrypted) bytes")
 
     @field_validator("path")
     @classmethod
     def _path_is_data(cls, v: str) -> str:
         return backup_path(v)
+
+    @model_serializer(mode="wrap")
+    def _only_when_encrypted(self, handler: Any) -> Any:
+        out = handler(self)
+        if isinstance(out, dict) and self.stored_sha256 is None and self.stored_size is None:
+            out.pop("stored_size", None)
+            out.pop("stored_sha256", None)  # an unencrypted object's entry stays as it always was
+        return out
+
+
+class Encryption(_Record):
+    """How a backup's objects are stored in this repository: age, to the data recipient of `epoch`."""
+
+    format: Literal["age"] = "age"
+    epoch: str = Field(pattern=r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
 
 
 class Tool(_Record):
@@ -257,6 +276,16 @@ class BaseManifest(_Backup):
     objects: list[ObjectEntry]
     tool: Tool
     host: str = ""
+    encryption: Encryption | None = Field(None, description="Set when the objects are stored encrypted (age)")
+
+    @model_validator(mode="after")
+    def _encrypted_whole(self) -> BaseManifest:
+        stored = [o.stored_sha256 is not None and o.stored_size is not None for o in self.objects]
+        if self.encryption is not None and not all(stored):
+            raise ValueError("an encrypted base backup lists an object without its stored size and sha256")
+        if self.encryption is None and any(stored):
+            raise ValueError("a base backup lists encrypted objects but names no encryption epoch")
+        return self
 
 
 class Check(_Record):
