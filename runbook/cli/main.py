@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     backup.register_basebackup(sub)  # basebackup
     wal.register(sub)  # wal-push, wal-fetch
     proof.register(sub)  # check, verify-backup, status
-    keys.register(sub)  # keys create, keys list
+    keys.register(sub)  # keys create, list, rotate, revoke
     return p
 
 

@@ -30,7 +30,6 @@ import hmac
 import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -137,13 +136,27 @@ def _recipient_raw(recipient: str) -> bytes:
     return bech32_decode(recipient)[1]
 
 
-@dataclass(frozen=True)
 class Identity:
-    """An age X25519 identity (private key), loaded. Its text never appears in a repr or a message."""
+    """An age X25519 identity (private key), loaded. Its text never appears in a repr or a message.
 
-    recipient: str  # its public key, age1...
-    source: str  # where it was read from, for messages ("/etc/runbook/keys/restore.agekey:3", "epoch E")
-    _secret: bytes = field(repr=False)  # the 32 raw bytes
+    A plain class, not a dataclass: this module is imported on the WAL commands' path, where a dataclass costs
+    its generated code at every start."""
+
+    __slots__ = ("_secret", "recipient", "source")
+
+    def __init__(self, recipient: str, source: str, secret: bytes) -> None:
+        self.recipient = recipient  # its public key, age1...
+        self.source = source  # where it was read from, for messages ("/etc/runbook/keys/x.agekey:3", "epoch E")
+        self._secret = secret  # the 32 raw bytes
+
+    def __repr__(self) -> str:
+        return f"Identity(recipient={self.recipient!r}, source={self.source!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Identity) and hmac.compare_digest(self._secret, other._secret)
+
+    def __hash__(self) -> int:
+        return hash(self.recipient)
 
     def __str__(self) -> str:
         return f"identity of {self.recipient} ({self.source})"
@@ -337,11 +350,11 @@ def header_bytes(file_key: bytes, recipients: Sequence[str]) -> bytes:
     return head + b" " + _b64(mac) + b"\n"
 
 
-@dataclass
 class _Stanza:
-    kind: bytes
-    args: list[bytes]
-    body: bytes
+    __slots__ = ("args", "body", "kind")
+
+    def __init__(self, kind: bytes, args: list[bytes], body: bytes) -> None:
+        self.kind, self.args, self.body = kind, args, body
 
 
 def _parse_header(head: bytes, what: str) -> tuple[list[_Stanza], bytes, bytes]:
@@ -362,7 +375,7 @@ def _parse_header(head: bytes, what: str) -> tuple[list[_Stanza], bytes, bytes]:
             if not parts or any(not p for p in parts):
                 raise ValueError("an empty stanza argument")
             i += 1
-            body = b""
+            body: list[bytes] = []
             while True:
                 if i >= len(lines) - 2:
                     raise ValueError("a stanza body runs into the end")
@@ -370,10 +383,10 @@ def _parse_header(head: bytes, what: str) -> tuple[list[_Stanza], bytes, bytes]:
                 i += 1
                 if len(bl) > 64:
                     raise ValueError("a stanza body line longer than 64 columns")
-                body += bl
+                body.append(bl)
                 if len(bl) < 64:
                     break
-            stanzas.append(_Stanza(parts[0], parts[1:], _unb64(body)))
+            stanzas.append(_Stanza(parts[0], parts[1:], _unb64(b"".join(body))))
         mac_line = lines[-2]
         if i != len(lines) - 2 or not mac_line.startswith(b"--- "):
             raise ValueError("no MAC line")
@@ -503,6 +516,7 @@ class Decryptor:
         self._sink = sink
         self.what = what
         self._head = bytearray()  # the header, until it is whole
+        self._scanned = 0  # how much of it was searched for the MAC line already
         self._aead: Any = None
         self._counter = 0
         self._closed = False
@@ -523,8 +537,9 @@ class Decryptor:
 
     def _try_header(self) -> bool:
         buf = self._head
-        end = buf.find(b"\n--- ")
+        end = buf.find(b"\n--- ", max(0, self._scanned - 5))
         if end < 0:
+            self._scanned = len(buf)
             if len(buf) > MAX_HEADER:
                 self._fail(AlteredCiphertext(f"{self.what}: no age header end within {MAX_HEADER} bytes: not an "
                                              "age file, or altered"))

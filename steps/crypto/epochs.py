@@ -216,11 +216,14 @@ def _check_signed(store: Store, key: str, data: bytes, trusted: Trust | None, wh
     return verdict.genuine
 
 
-def _epoch_json(store: Store, epoch: str, trusted: Trust | None) -> dict[str, Any]:
+def _epoch_json(store: Store, epoch: str, trusted: Trust | None, keys: dict[str, int]) -> dict[str, Any]:
+    """epoch.json, checked; `keys` is the listing of the epoch's directory (sizes: nothing large is read)."""
     prefix = epoch_prefix(epoch)
     what = f"epoch {epoch} ({store.describe()})"
     try:
-        data = _read_small(store, prefix + EPOCH_FILE)
+        if prefix + EPOCH_FILE not in keys:
+            raise NotFound(prefix + EPOCH_FILE)
+        data = _read_small(store, prefix + EPOCH_FILE, keys[prefix + EPOCH_FILE])
     except NotFound:
         raise EncryptionError(f"epoch {epoch} is not in {store.describe()} ({prefix}{EPOCH_FILE} is missing): the "
                               "objects encrypted in it cannot be opened from this copy",
@@ -242,10 +245,14 @@ def _epoch_json(store: Store, epoch: str, trusted: Trust | None) -> dict[str, An
     return obj
 
 
-def _wraps(store: Store, epoch: str, trusted: Trust | None) -> list[Wrap]:
-    """The wraps of an epoch, newest first, each with what its sidecar says (or why it cannot be used)."""
+def _listing(store: Store, epoch: str) -> dict[str, int]:
+    return dict(store.list_keys(epoch_prefix(epoch)))
+
+
+def _wraps(store: Store, epoch: str, trusted: Trust | None, keys: dict[str, int]) -> list[Wrap]:
+    """The wraps of an epoch, newest first, each with what its sidecar says (or why it cannot be used); `keys`
+    is the listing of the epoch's directory."""
     prefix = epoch_prefix(epoch)
-    keys = dict(store.list_keys(prefix))
     out: list[Wrap] = []
     for key in sorted(keys, reverse=True):
         name = key[len(prefix):]
@@ -282,8 +289,9 @@ def list_epochs(store: Store, trusted: Trust | None = None) -> list[EpochInfo]:
             out.append(EpochInfo(name[:60], problem="not an epoch id: ignored"))
             continue
         try:
-            obj = _epoch_json(store, name, trusted)
-            wraps = _wraps(store, name, trusted)
+            keys = _listing(store, name)
+            obj = _epoch_json(store, name, trusted, keys)
+            wraps = _wraps(store, name, trusted, keys)
         except (EncryptionError, RepositoryError) as e:
             out.append(EpochInfo(name, problem=e.message))
             continue
@@ -344,12 +352,13 @@ class KeyRing:
         cache = (store.describe(), epoch)
         if cache in self._opened:
             return self._opened[cache]
-        obj = _epoch_json(store, epoch, self.trusted)
+        keys = _listing(store, epoch)
+        obj = _epoch_json(store, epoch, self.trusted, keys)
         data_recipient = obj["data_recipient"]
         prefix = epoch_prefix(epoch)
         refused: list[str] = []
         wrapped_for: list[str] = []
-        wraps = _wraps(store, epoch, self.trusted)
+        wraps = _wraps(store, epoch, self.trusted, keys)
         if not wraps:
             raise EpochRefused(f"epoch {epoch} in {store.describe()} has no wrapped key (wrap-*.age) left: its data "
                                "cannot be opened from this copy", hint="use another copy of the backup")
@@ -384,12 +393,13 @@ class KeyRing:
             opened = Opened(epoch, ident, w.name, list(w.recipients), w.genuine)
             self._opened[cache] = opened
             return opened
-        if refused:
+        mine = {i.recipient for i in self.identities}
+        if refused and (mine & set(wrapped_for) or not wrapped_for):
             raise EpochRefused(f"epoch {epoch} in {store.describe()} is refused: " + "; ".join(refused),
                                hint="its key objects were altered or planted; use another copy")
-        identities = ", ".join(i.recipient for i in self.identities) or "none"
-        raise NoIdentity(f"no identity of this host ({self.describe()}: {identities}) opens epoch {epoch}, wrapped "
-                         f"for {', '.join(wrapped_for) or 'nobody'}", hint=HINT_ROTATE)
+        also = f" (and refused: {'; '.join(refused)})" if refused else ""
+        raise NoIdentity(f"no identity of this host ({self.describe()}: {', '.join(sorted(mine)) or 'none'}) opens "
+                         f"epoch {epoch}, wrapped for {', '.join(wrapped_for) or 'nobody'}{also}", hint=HINT_ROTATE)
 
 
 # --- writers -------------------------------------------------------------------------------------------------
@@ -544,10 +554,11 @@ def journal(store: Store, trusted: Trust | None = None) -> list[Record]:
 
 
 def revoked(store: Store, trusted: Trust | None = None) -> set[str]:
-    """The recipients revoked in this repository's journal and not added back since."""
+    """The recipients revoked in this repository's journal (by a revocation that re-wrapped something, or had
+    nothing to skip) and not added back since."""
     out: set[str] = set()
     for rec in journal(store, trusted):
-        if rec.action == "revoke":
+        if rec.action == "revoke" and (rec.epochs or not rec.skipped):
             out.update(rec.removed)
         elif rec.action == "rotate":
             out.difference_update(rec.added)

@@ -61,3 +61,19 @@ def test_epochs_on_s3_from_writer_to_reader_through_rotation_and_revocation(
     s3.delete([k for k, _ in s3.list_keys(f"{EPOCHS}{key.epoch}/") if "/wrap-" in k and "/wrap-2999" not in k])
     with pytest.raises(EpochRefused, match="no sidecar|larger than any key object"):
         KeyRing([ops], trust).identity_for(s3, key.epoch)
+
+
+def test_an_oversized_or_garbage_epoch_json_on_s3_is_refused_unread(s3_server: S3Endpoint, s3_bucket: str,  # noqa: F811
+                                                                   tmp_path: Path) -> None:
+    _, pub = make_keys(tmp_path / "sign")
+    s3 = _store(s3_server.url, s3_bucket)
+    secret, _ = generate_identity()
+    ring = KeyRing([parse_identity(secret, "ops:1")], Trust.of(load_public_keys([pub])), allow_unsigned=True)
+    big, junk = "20261207T000000Z-00000000", "20261207T000001Z-00000001"
+    s3.put_bytes(f"{EPOCHS}{big}/epoch.json", b"{" * 5_000_000)
+    s3.put_bytes(f"{EPOCHS}{junk}/epoch.json", b"\xff\xfe not json")
+    with pytest.raises(EpochRefused, match="5000000 bytes, larger than any key object"):
+        ring.identity_for(s3, big)
+    with pytest.raises(EpochRefused, match="is not JSON"):
+        ring.identity_for(s3, junk)
+    assert {e.epoch: bool(e.problem) for e in list_epochs(s3, ring.trusted)} == {big: True, junk: True}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyrage
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from steps.crypto.age import (
@@ -293,3 +293,38 @@ def test_an_identity_file_of_another_user_is_refused(tmp_path: Path) -> None:
     os.chown(f, 65534, 65534)
     with pytest.raises(EncryptionError, match="belongs to uid 65534"):
         load_identities([f])
+
+
+def test_a_huge_hostile_header_fed_in_small_pieces_is_refused_quickly() -> None:
+    import time
+
+    body = b"A" * 64
+    head = b"age-encryption.org/v1\n-> X25519 " + b"B" * 43 + b"\n" + (body + b"\n") * 15000 + b"\n--- " + b"C" * 43
+    whole = memoryview(head + b"\n" + bytes(16))
+    dec = Decryptor(IDENT, lambda b: None, "obj")
+    t0 = time.monotonic()
+    with pytest.raises(AlteredCiphertext, match="malformed"):
+        for i in range(0, len(whole), 512):
+            dec.write(whole[i:i + 512])
+        dec.close()
+    assert time.monotonic() - t0 < 2  # measured ~0.01 s: bounded work per byte, however the pieces come
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(min_value=0, max_value=2 * CHUNK + 100), st.lists(st.integers(min_value=7, max_value=CHUNK + 50),
+                                                                   min_size=1, max_size=8), st.randoms())
+def test_any_length_cut_any_way_round_trips_and_pyrage_agrees(size: int, cuts: list[int], rnd: random.Random) -> None:
+    data = rnd.randbytes(size)
+    pieces, i, k = [], 0, 0
+    while i < size:
+        pieces.append(data[i:i + cuts[k % len(cuts)]])
+        i += cuts[k % len(cuts)]
+        k += 1
+    ct = _stream_encrypt(data, pieces)
+    assert pyrage.decrypt(ct, [pyrage.x25519.Identity.from_str(SECRET)]) == data
+    back, i, k = [], 0, 0
+    while i < len(ct):
+        back.append(ct[i:i + cuts[-1 - k % len(cuts)]])
+        i += cuts[-1 - k % len(cuts)]
+        k += 1
+    assert _stream_decrypt(ct, back) == data

@@ -317,3 +317,15 @@ def test_rotation_of_an_unsigned_repository_never_rewraps_to_a_recipient_only_a_
     revoke(store, KeyRing([ops], trust, allow_unsigned=True), r_new, None,  # type: ignore[list-item]
            configured=[r_ops])
     assert sorted(p.name for p in d.glob("wrap-*.age")) == [max(d.glob("wrap-2026*.age")).name]
+
+
+def test_a_host_the_epoch_is_not_wrapped_for_hears_no_identity_even_beside_a_planted_wrap(
+        store: LocalStore, keys) -> None:  # type: ignore[no-untyped-def]
+    signer, trust = keys
+    ops, r_ops = _ident()
+    stranger, _ = _ident()
+    key = create_epoch(store, [r_ops], signer)
+    (store.root / EPOCHS / key.epoch / "wrap-29991231T000000.000000Z.age").write_bytes(b"planted")
+    with pytest.raises(NoIdentity, match=r"wrapped for .* \(and refused: wrap-2999.*no sidecar"):
+        KeyRing([stranger], trust).identity_for(store, key.epoch)  # type: ignore[list-item]
+    assert KeyRing([ops], trust).identity_for(store, key.epoch).recipient == key.data_recipient  # type: ignore[list-item]
