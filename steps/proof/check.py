@@ -271,8 +271,20 @@ class Checker:
         commands.append(("restore_command", restore or ""))
         for setting, command in commands:
             if command.strip():
-                found = probe_command(setting, command, user, DEFAULT_CONFIG)
+                found = probe_command(setting, command, user, DEFAULT_CONFIG, identities=self._identity_files)
                 self.add(f"{setting}:{user}", found.status, found.detail, found.hint)
+
+    def _identity_files(self, config: str) -> list[str]:
+        """encryption.identity_files of the config a restore_command names (this one, or another read here)."""
+        cfg = self.cfg
+        if Path(config).absolute() != self.path:
+            from steps.repository.config import load_repository_config
+
+            try:
+                cfg, _ = load_repository_config(config)
+            except RunbookError:
+                return []  # the walk names an unreadable config; a broken one fails the command itself
+        return [str(p) for p in cfg.encryption.identity_files] if cfg.encryption else []
 
     def _other_config(self, cmd: str) -> str | None:
         try:

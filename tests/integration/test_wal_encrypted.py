@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from steps.repository.layout import ENCRYPTED_SUFFIX, wal_key
+from tests.conftest import ROOT
 from tests.support.pgcluster import chown_server_user
 from tests.support.s3server import S3Endpoint, s3_bucket, s3_server  # noqa: F401
 from tests.support.wal_helpers import (
@@ -125,9 +126,15 @@ def test_one_segment_decrypted_by_hand_with_age_and_zstd(
                 break
         assert (work / out).read_text().startswith("AGE-SECRET-KEY-1")
 
-    data_key(sorted((repo / "encryption" / "epochs").glob("*/wrap-*.age")), "data.key")
-    sh(f"age -d -i data.key {obj} | zstd -d -q -o {name}")
+    # the local directory: the loop of docs/encryption.md ("One WAL segment by hand"), as written there
+    doc = (ROOT / "docs" / "encryption.md").read_text()
+    loop = doc[doc.index("for e in $(ls -r encryption/epochs); do"):]
+    loop = loop[:loop.index("\ndone\n") + len("\ndone\n")]  # to the outer loop's end (the only unindented one)
+    r = subprocess.run(["sh", "-ec", f"umask 077; cd {repo}\n{loop}"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "NAME": name, "SYSID": wc.sysid(), "KEY": str(identity), "WORK": str(work)})
+    assert r.returncode == 0, r.stderr
     assert (work / name).read_bytes() == (wc.datadir / "pg_wal" / name).read_bytes()
+    assert obj.exists()
     # the S3 copy: its epoch is named in its metadata (x-amz-meta-epoch), its wrapped key beside the epoch
     client = s3_server.client()
     key = f"wal-tests/{wal_key(wc.sysid(), name)}{ENCRYPTED_SUFFIX}"
@@ -141,3 +148,37 @@ def test_one_segment_decrypted_by_hand_with_age_and_zstd(
     client.download_file(s3_bucket, key, str(work / "from-s3.age"))
     sh("age -d -i s3-data.key from-s3.age | zstd -d -q -o from-s3")
     assert (work / "from-s3").read_bytes() == (wc.datadir / "pg_wal" / name).read_bytes()
+
+
+def test_check_proves_restore_command_reads_its_identity_as_the_server_user(wal_cluster: Factory) -> None:  # noqa: F811
+    """`runbook check` runs restore_command's proof as the server's user: the age identity files its config names
+    must be readable by that user and private to it (what wal-fetch requires), else the check fails naming the
+    file; a root-owned identity (readable by root alone) is named too."""
+    import pwd
+
+    from tests.integration.test_wal_check import ROLE, _check, _monitor_role
+
+    wc = wal_cluster()
+    keys = server_dir(wc.base, "keys")
+    identity, public = age_identity(keys, "restore")
+    repo = server_dir(wc.base, "repo")
+    extra = ("encryption: " + json.dumps({"recipients": [public], "identity_files": [str(identity)]}) + "\n")
+    cfg = write_config(wc.base / "repository.yaml", wc.cluster, local=repo, user=ROLE, extra=extra)
+    wc.configure(archive_mode="on", archive_command=f"{wc.venv.runbook} wal-push -c {cfg} %p",
+                 restore_command=f"{wc.venv.runbook} wal-fetch -c {cfg} %f %p")
+    wc.cluster.start()
+    _monitor_role(wc)
+    user = pwd.getpwuid(wc.datadir.stat().st_uid).pw_name
+    name = f"restore_command:{user}"
+    _, checks = _check(cfg)
+    assert checks[name]["status"] == "ok" and str(identity) in checks[name]["detail"], checks[name]
+    os.chmod(identity, 0o640)
+    _, checks = _check(cfg)
+    assert checks[name]["status"] == "failed" and "mode 0640" in checks[name]["detail"], checks[name]
+    assert "chmod 0600" in checks[name]["hint"]
+    os.chmod(identity, 0o600)
+    os.chown(identity, 0, 0)  # root's: the server's user cannot read it at all
+    _, checks = _check(cfg)
+    assert checks[name]["status"] == "failed", checks[name]
+    assert checks[name]["detail"].startswith(f"{user} cannot read {identity}: permission denied"), checks[name]
+    assert "age identity" in checks[name]["detail"]
