@@ -110,7 +110,8 @@ class Checker:
             from steps.wal.store import open_wal_stores
 
             wal_stores = open_wal_stores(cfg.local.path if cfg.local else None,
-                                         cfg.s3.model_dump(mode="json") if cfg.s3 else None)
+                                         cfg.s3.model_dump(mode="json") if cfg.s3 else None,
+                                         encrypt={"local": cfg.encrypts("local"), "s3": cfg.encrypts("s3")})
             wal_stores = [s for s in wal_stores if s.name in {x.name for x in stores}]
             if self.args.force_switch:
                 self._switch(conn, facts, wal_stores)

@@ -90,12 +90,11 @@ class WalKeys:
     def _signer(self) -> Any:
         """The epochs this host creates are signed with its WAL key (its public key is among every reader's:
         signing.public_keys), as its WAL ledgers are. Without one they are unsigned, and a reader that trusts
-        signing keys refuses them (docs/wal.md, "Encrypted WAL")."""
+        signing keys refuses them (docs/wal.md, "Encrypted WAL"). Loaded only when an epoch is written (the key
+        and `cryptography`'s Ed25519 cost a segment's push nothing while the cached epoch serves)."""
         if not self.settings.wal_key:
             return None
-        from steps.repository.signing import load_private_key
-
-        return load_private_key(Path(self.settings.wal_key))
+        return _LazySigner(Path(self.settings.wal_key))
 
     def encrypt(self, store: WalStore, blob: bytes) -> tuple[bytes, str]:
         """(ciphertext, epoch) of `blob` for `store`."""
@@ -158,6 +157,21 @@ class WalKeys:
         """The epochs of a repository, newest first (ids start with their UTC creation time)."""
         names = {k[len(EPOCHS_PREFIX):].split("/", 1)[0] for k, _ in WalObjects(store).list_keys(EPOCHS_PREFIX)}
         return sorted((n for n in names if n), reverse=True)
+
+
+class _LazySigner:
+    """A signing key (steps.repository.signing.Signer) loaded on its first use."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._signer: Any = None
+
+    def put(self, store: Any, key: str, data: bytes) -> None:
+        if self._signer is None:
+            from steps.repository.signing import load_private_key
+
+            self._signer = load_private_key(self.path)
+        self._signer.put(store, key, data)
 
 
 def objects_for(store: WalStore) -> Any:
