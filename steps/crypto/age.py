@@ -528,12 +528,17 @@ class Decryptor:
             raise ValueError("write after close")
         if self._failed:
             return
-        if self._aead is None:
-            self._head += chunk
-            if not self._try_header():
+        view = memoryview(chunk)
+        while self._aead is None:  # the header, looked for 64 KiB at a time: a large write is not copied whole
+            if not view:
                 return
-            chunk, self._head = bytes(self._head), bytearray()
-        self._chunks.feed(chunk)
+            self._head += view[:CHUNK]
+            view = view[CHUNK:]
+            if self._try_header():
+                rest, self._head = bytes(self._head), bytearray()
+                self._chunks.feed(rest)
+        if view:
+            self._chunks.feed(view)
 
     def _try_header(self) -> bool:
         buf = self._head
