@@ -13,11 +13,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from steps.fs import UnsafePath, check_relative
 
@@ -59,35 +68,55 @@ def backup_path(value: str, what: str = "object path") -> str:
     return value
 
 
+def _drop_none(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if not (k in keys and v is None)}
+
+
 class ObjectEntry(_Record):
     path: str = Field(description="Relative to the backup's directory, with / (checked: steps.repository.manifest."
                                   "backup_path)")
-    size: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    # Encrypted (steps.crypto.stored): stored at `path` + ".age"; size and sha256 above are the plaintext's.
-    stored_size: int | None = Field(None, ge=0, description="Size of the stored (encrypted) bytes")
-    stored_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
-                                      description="sha256 of the stored (encrypted) bytes")
+    size: int = Field(ge=0, description="Of the plaintext (what the backup holds)")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Of the plaintext")
+    stored_size: int | None = Field(None, ge=0, description="Encrypted repositories: the size of the stored "
+                                    "object (`<path>.age`); absent in a repository that stores the plaintext")
+    stored_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="Encrypted repositories: the "
+                                      "sha256 of the stored bytes, checked before anything is decrypted")
 
     @field_validator("path")
     @classmethod
     def _path_is_data(cls, v: str) -> str:
         return backup_path(v)
 
+    @model_validator(mode="after")
+    def _stored_together(self) -> ObjectEntry:
+        if (self.stored_size is None) != (self.stored_sha256 is None):
+            raise ValueError(f"object {self.path!r} has only one of stored_size and stored_sha256")
+        return self
+
     @model_serializer(mode="wrap")
-    def _only_when_encrypted(self, handler: Any) -> Any:
-        out = handler(self)
-        if isinstance(out, dict) and self.stored_sha256 is None and self.stored_size is None:
-            out.pop("stored_size", None)
-            out.pop("stored_sha256", None)  # an unencrypted object's entry stays as it always was
-        return out
+    def _plain_stays_as_before(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A repository that stores the plaintext writes the manifest exactly as before encryption existed.
+        return _drop_none(handler(self), ("stored_size", "stored_sha256"))
 
 
 class Encryption(_Record):
-    """How a backup's objects are stored in this repository: age, to the data recipient of `epoch`."""
+    """How a repository stores a backup's objects: each one age-encrypted (steps.repository.encrypted) to the
+    data recipient of `epoch` (steps.crypto.epochs), under its path + `.age`."""
 
     format: Literal["age"] = "age"
-    epoch: str = Field(pattern=r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+    epoch: str = Field(pattern=r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$", description="The key epoch of the repository "
+                       "(encryption/epochs/<epoch>/): its wrapped data key opens every object")
+    recipients: list[str] = Field(default_factory=list, description="Whom the epoch's data key was wrapped for when "
+                                  "the backup was written (a rotation adds wraps later: `runbook keys list`)")
+
+    @field_validator("recipients")
+    @classmethod
+    def _age_recipients(cls, v: list[str]) -> list[str]:
+        # Only shown (backups, status, error messages), never encrypted to: still, nothing but the shape of a key.
+        for r in v:
+            if not re.fullmatch(r"age1[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{58}", r):
+                raise ValueError(f"encryption.recipients holds {r[:70]!r}, not an age public key")
+        return v
 
 
 class Tool(_Record):
@@ -100,6 +129,38 @@ class _Backup(_Record):
 
     if TYPE_CHECKING:
         objects: list[ObjectEntry]
+
+    encryption: Encryption | None = Field(None, description="Absent: the objects are stored as they are; else how "
+                                          "this repository encrypted them (each repository's manifest says its own)")
+
+    @model_validator(mode="after")
+    def _stored_sizes_iff_encrypted(self) -> _Backup:
+        for o in self.objects:
+            if (o.stored_sha256 is None) != (self.encryption is None):
+                raise ValueError(f"object {o.path!r} " + ("has no stored_sha256 in an encrypted backup"
+                                 if self.encryption is not None else "has a stored_sha256 but the backup says no "
+                                 "encryption"))
+        return self
+
+    @model_serializer(mode="wrap")
+    def _plain_stays_as_before(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        enc = data.pop("encryption", None)  # declared here, written last: after the fields every manifest had
+        return data if enc is None else {**data, "encryption": enc}
+
+    @property
+    def encrypted(self) -> bool:
+        return self.encryption is not None
+
+    def stored_key(self, o: ObjectEntry) -> str:
+        """The key of `o` under the backup's prefix: its path, + `.age` when encrypted."""
+        from steps.repository.layout import ENCRYPTED_SUFFIX
+
+        return o.path + ENCRYPTED_SUFFIX if self.encryption is not None else o.path
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(o.stored_size if o.stored_size is not None else o.size for o in self.objects)
 
     @model_validator(mode="after")
     def _objects_distinct(self) -> _Backup:
@@ -276,16 +337,6 @@ class BaseManifest(_Backup):
     objects: list[ObjectEntry]
     tool: Tool
     host: str = ""
-    encryption: Encryption | None = Field(None, description="Set when the objects are stored encrypted (age)")
-
-    @model_validator(mode="after")
-    def _encrypted_whole(self) -> BaseManifest:
-        stored = [o.stored_sha256 is not None and o.stored_size is not None for o in self.objects]
-        if self.encryption is not None and not all(stored):
-            raise ValueError("an encrypted base backup lists an object without its stored size and sha256")
-        if self.encryption is None and any(stored):
-            raise ValueError("a base backup lists encrypted objects but names no encryption epoch")
-        return self
 
 
 class Check(_Record):

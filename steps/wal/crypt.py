@@ -54,7 +54,6 @@ class WalKeys:
         self._lock = threading.Lock()
         self._writers: dict[str, Any] = {}
         self._ring: Any = None
-        self.also_owner: int | None = None  # root's verify-backup reads the server user's identity file too
 
     @classmethod
     def of(cls, settings: WalSettings, allow_unsigned: bool = False) -> WalKeys:
@@ -130,7 +129,7 @@ class WalKeys:
                                "this host",
                                hint="name the age identity file(s) of this host in encryption.identity_files "
                                     "(mode 0600, owned by the server's user, who runs restore_command)")
-        identities = load_identities([Path(p) for p in self.settings.identity_files], also_owner=self.also_owner)
+        identities = load_identities([Path(p) for p in self.settings.identity_files])
         trust = (Trust.of(load_public_keys([Path(p) for p in self.settings.public_keys]), self.allow_unsigned)
                  if self.settings.public_keys else None)
         return KeyRing(identities, trust, allow_unsigned=self.allow_unsigned)
