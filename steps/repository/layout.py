@@ -166,7 +166,7 @@ def wal_prefix(system_identifier: str) -> str:
 
 def wal_key(system_identifier: str, name: str) -> str:
     """The key of one archived WAL file (`name` as PostgreSQL names it: %f), unencrypted; an encrypted one is
-    this key + ENCRYPTED_SUFFIX (`<name>.zst.age`; steps.wal.crypt says which a reader looks for first)."""
+    this key + ENCRYPTED_SUFFIX (`<name>.zst.age`; steps.wal.store.keys_to_try says which a reader looks for first)."""
     parse_wal_name(name)
     return wal_prefix(system_identifier) + name + WAL_SUFFIX
 
