@@ -572,3 +572,14 @@ def test_after_a_rotation_backups_and_status_name_whom_the_epoch_opens_for_now(e
     got = fetch(e, e.config("newcomer.yaml", identities=[e.tmp / "keys" / "newcomer.agekey"]),
                 e.tmp / "newcomer", "s3")
     assert got.code == 0, got.stdout + got.stderr
+
+
+def test_an_identity_file_others_can_read_is_refused_by_name_and_nothing_is_fetched(enc: Enc, tmp_path: Path) -> None:
+    e = enc
+    loose = tmp_path / "loose.agekey"
+    shutil.copy(e.key, loose)
+    loose.chmod(0o644)
+    dest = tmp_path / "loose"
+    got = fetch(e, e.config("loose.yaml", identities=[loose]), dest, "s3")
+    assert_nothing_fetched(got, dest)
+    assert str(loose) in got.stdout and "0644" in got.stdout
