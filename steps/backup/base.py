@@ -460,8 +460,12 @@ class BaseBackupRun:
                     self._wait_sealed(store, sysid, needed)
                 workers = self.cfg.s3.max_concurrency if store.name == "s3" and self.cfg.s3 else 1
                 assert self.signer is not None
-                done = publish(store, prefix, staging, objects, data, backup_id=bid, level=level,
-                               checks=[tar_check, wal_check], signer=self.signer, workers=workers)
+                if self.cfg.encrypts(store.name):
+                    done = self._publish_encrypted(store, prefix, staging, objects, manifest, level,
+                                                   [tar_check, wal_check], workers)
+                else:
+                    done = publish(store, prefix, staging, objects, data, backup_id=bid, level=level,
+                                   checks=[tar_check, wal_check], signer=self.signer, workers=workers)
             except RepositoryError as e:
                 out.failed[store.name] = str(e)
                 log.error("not published in %s: %s", store.describe(), e)
@@ -472,6 +476,30 @@ class BaseBackupRun:
             out.level = level.name if out.level is None else min(out.level, level.name, key=Level.parse)
             log.info("published in %s (%s, %.1f s)", store.describe(), level.name, done.timings.get("total_s", 0))
         out.settle_published()
+
+    def _publish_encrypted(self, store: Store, prefix: str, staging: Path, objects: list[ObjectEntry],
+                           manifest: BaseManifest, level: Level, checks: list[Check], workers: int) -> Any:
+        """Publish into a repository marked `encrypt: true`, as the logical backup does (steps.encrypted.writing):
+        every staged object, the tars and backup_manifest, encrypted with age to the data recipient of this host's
+        epoch for that repository (only its public key is here), stored as `PATH.age` and re-read; the manifest
+        of that repository names the epoch and keeps plaintext and stored size and sha256 of each object."""
+        from steps.encrypted.writing import sealing_for, with_stored
+        from steps.repository.publish import Published, commit, store_objects
+
+        assert self.signer is not None
+        t0 = time.monotonic()
+        sealing = sealing_for(self.cfg, store, self.signer)
+        assert sealing is not None  # the caller asked cfg.encrypts(store.name)
+        stored: dict[str, tuple[int, str]] = {}
+        timings = store_objects(store, prefix, staging, objects, workers=workers, encrypt=sealing.encrypt_file,
+                                stored=stored)
+        entries = with_stored(objects, stored)
+        data = to_json(manifest.model_copy(update={"objects": entries, "encryption": sealing.encryption()}))
+        record = commit(store, prefix, entries, data, backup_id=manifest.backup_id, level=level, checks=checks,
+                        signer=self.signer)
+        timings["total_s"] = time.monotonic() - t0
+        log.info("encrypted for %s to epoch %s", store.describe(), sealing.epoch)
+        return Published(store=store, record=record, timings=timings)
 
     def _local_retention(self) -> None:
         from steps.repository.prune import prune_base

@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ def main(args: Args, events: Events) -> int:
     fetch_dir = _make_fetch_dir(args, pgdata, entry.backup_id)
     try:
         copies = usable_copies(entry, source=args.source)
-        fetch_s = fetch_objects(entry, copies, fetch_dir, events)
+        fetch_s = fetch_objects(entry, copies, fetch_dir, events, _keys(args, cfg, config_path))
         plan, extract_s = restore_files(args, entry, pgdata, fetch_dir, ts_oids, events)
     except BaseBackupInvalid as e:
         raise PitrError(f"base backup {entry.backup_id}: {e.message}", hint="choose another base backup "
@@ -104,6 +105,23 @@ def main(args: Args, events: Events) -> int:
     recovered = _recover(args, pgdata, socket_dir, entry, copies, plan, events)
     _report(args, entry, pgdata, socket_dir, plan, recovered, fetch_s, extract_s, t_begin, events)
     return 0
+
+
+def _keys(args: Args, cfg: Any, config_path: Path) -> Callable[[], Any]:
+    """This host's keys (steps.encrypted.reading.Keys), made when an encrypted copy is met: its identity files
+    may be root's or the server user's (the one restore_command reads as that user: steps.crypto.age)."""
+    made: list[Any] = []
+
+    def keys() -> Any:
+        if not made:
+            from steps.encrypted.reading import Keys
+            from steps.repository.signing import trust_from_config
+
+            made.append(Keys(cfg, trust_from_config(cfg, allow_unsigned=args.allow_unsigned),
+                             allow_unsigned=args.allow_unsigned, config_path=config_path))
+        return made[0]
+
+    return keys
 
 
 def _pick(args: Args, cfg: Any, events: Events) -> tuple[Any, list[str]]:

@@ -52,9 +52,8 @@ class BaseVerification(Verification):
         )
         from steps.repository.layout import BACKUP_MANIFEST
 
-        m = entry.manifest
         fetched = scratch / "fetch"
-        self._fetch(copy, m, fetched)
+        m = self._fetch_base(copy, fetched)
         wal_dir = scratch / "cluster" / "wal"  # read by restore_command, as the server's user
         t0 = time.monotonic()
         self._fetch_wal(entry, copy, wal_dir)
@@ -118,6 +117,27 @@ class BaseVerification(Verification):
             f"{t['name']} (OID {t['oid']}, {t['original']} in production) restored in the scratch directory"
             for t in placed)))
 
+    def _fetch_base(self, copy: Any, fetched: Path) -> Any:
+        """The copy's objects into `fetched`, checked (an encrypted copy decrypted while it streams:
+        steps.proof.verification._fetch); the copy's own manifest, returned (the catalogue verified it)."""
+        from steps.repository import layout
+        from steps.repository.manifest import parse_base, sha256_bytes
+
+        data = copy.store.get_bytes(copy.prefix + layout.MANIFEST)
+        if sha256_bytes(data) != copy.manifest_sha256:
+            raise BackupBad("manifest", f"{copy.prefix}{layout.MANIFEST} changed while it was read")
+        m = parse_base(data)
+        self._fetch(copy, m, fetched)
+        return m
+
+    def _wal_keys(self) -> Any:
+        """The WAL reader's keys (steps.wal.crypt) for an encrypted archive, as root."""
+        from steps.wal.crypt import WalKeys
+        from steps.wal.settings import WalSettings
+
+        return WalKeys(WalSettings(self.config_path, self.cfg.model_dump(mode="json", by_alias=True)),
+                       self.allow_unsigned)
+
     def _fetch_wal(self, entry: Any, copy: Any, dest: Path) -> None:
         """The archived WAL from the backup's start to its stop segment (and its timeline's history), each
         file checked by steps.wal.archive's reader and against the signed WAL ledgers (steps.wal.ledger); a gap,
@@ -132,8 +152,10 @@ class BaseVerification(Verification):
         m = entry.manifest
         cfg = self.cfg
         stores = [s for s in open_wal_stores(cfg.local.path if cfg.local else None,
-                                             cfg.s3.model_dump(mode="json") if cfg.s3 else None)
+                                             cfg.s3.model_dump(mode="json") if cfg.s3 else None,
+                                             encrypt={"local": cfg.encrypts("local"), "s3": cfg.encrypts("s3")})
                   if s.name == copy.store.name or self.source == "any"]
+        keys = self._wal_keys()
         for what, name in (("start", m.start_wal), ("stop", m.stop_wal)):
             if not re.fullmatch(r"[0-9A-F]{24}", name):  # from the repository: a name, never a place
                 raise BackupBad("manifest", f"its {what} WAL segment {name!r} is not a WAL segment name")
@@ -160,7 +182,7 @@ class BaseVerification(Verification):
             unsigned.append(name)
 
         for name in names:
-            data, digest, problems = fetch_checked(stores, wal_key(entry.cluster, name), name, 2, sysid)
+            data, digest, problems = fetch_checked(stores, wal_key(entry.cluster, name), name, 2, sysid, keys)
             if data is None:
                 if problems:
                     raise BackupBad(f"WAL {name}", f"damaged in the archive: {'; '.join(problems)}")
@@ -170,7 +192,7 @@ class BaseVerification(Verification):
             _write_new(dest, name, data)
         if m.timeline > 1:
             hist = f"{m.timeline:08X}.history"
-            data, digest, _ = fetch_checked(stores, wal_key(entry.cluster, hist), hist, 2, sysid)
+            data, digest, _ = fetch_checked(stores, wal_key(entry.cluster, hist), hist, 2, sysid, keys)
             if data is not None:
                 signed(hist, digest)
                 _write_new(dest, hist, data)

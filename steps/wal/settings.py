@@ -95,14 +95,28 @@ class WalSettings:
         self.worker_idle_s = float(wal.get("worker_idle_s", 120))
         self.prefetch = int(wal.get("prefetch", 8))
         self.fetch_attempts = int(wal.get("fetch_attempts", 3))
-        self.wal_key: str | None = (data.get("signing") or {}).get("wal_private_key")
+        signing = data.get("signing") or {}
+        self.wal_key: str | None = signing.get("wal_private_key")
+        self.public_keys: list[str] = [str(k) for k in signing.get("public_keys") or []]
+        encryption = data.get("encryption") or {}
+        self.recipients: list[str] = [str(r) for r in encryption.get("recipients") or []]
+        self.identity_files: list[str] = [str(i) for i in encryption.get("identity_files") or []]
+        # Which repositories hold encrypted WAL (steps.wal.crypt): `encrypt:` of each, the S3 one by default once
+        # recipients are configured, the local one only when asked.
+        self.encrypt: dict[str, bool] = {}
+        if local:
+            self.encrypt["local"] = bool(local.get("encrypt") or False)
+        if self.s3 is not None:
+            flag = self.s3.get("encrypt")
+            self.encrypt["s3"] = bool(self.recipients) if flag is None else bool(flag)
         self._destinations: str | None = None
 
     @property
     def destinations(self) -> str:
         """Where a push must land, as one stable string: every configured repository (the local directory,
-        symbolic links resolved; the S3 endpoint, region, bucket and prefix, as the store addresses them).
-        Credentials, encryption and tuning are left out: they change how, not where. The asynchronous mode's
+        symbolic links resolved; the S3 endpoint, region, bucket and prefix, as the store addresses them), and,
+        when a repository encrypts, which ones and to whom (`encryption.recipients` as configured). Credentials
+        and tuning are left out: they change how, not where or what. The asynchronous mode's
         records name it, and its spool is kept per destination (steps.wal.fast.push_root): a confirmation
         for one destination never answers for another."""
         if self._destinations is None:
@@ -112,6 +126,11 @@ class WalSettings:
             if self.s3 is not None:
                 dest["s3"] = {"endpoint_url": self.s3.get("endpoint_url"), "region": self.s3.get("region"),
                               "bucket": self.s3.get("bucket"), "prefix": str(self.s3.get("prefix") or "").strip("/")}
+            if any(self.encrypt.values()):
+                # What lands there changes with it: an uploader started before encryption was turned on (or its
+                # recipients changed) must not confirm for the new config what it stored the old way.
+                dest["encrypt"] = {"repositories": sorted(k for k, v in self.encrypt.items() if v),
+                                   "recipients": sorted(self.recipients)}
             self._destinations = json.dumps(dest, sort_keys=True, separators=(",", ":"))
         return self._destinations
 
