@@ -63,6 +63,7 @@ class RunContext:
     lock: RunLock | None
     expected: dict[str, float] = field(default_factory=dict)
     python: str = sys.executable
+    approver_policy: str = "runbook"  # runbook | none | other (runbook.requests; `--approver-policy`)
 
     @property
     def mode(self) -> str:
@@ -109,6 +110,9 @@ class Engine:
         self._detach_reason: str | None = None
         self._detached = asyncio.Event()
         self.finished: ev.RunFinished | None = None
+        self._approval: tuple[str, str, str] | None = None  # (step id, nonce, hash) while one is awaited
+        self.taken_over_by: dict[str, Any] | None = None
+        self._requests_task: asyncio.Task[None] | None = None
 
     # ---- reading ---------------------------------------------------------------------------------
 
@@ -184,7 +188,7 @@ class Engine:
     async def skip(self, step_id: str | None, reason: str) -> None:
         if not reason.strip():
             raise RunbookError("skipping a step needs a reason")
-        allowed = (Wait.confirm, Wait.ack, Wait.mark, Wait.failed, Wait.interrupted, Wait.value)
+        allowed = (Wait.confirm, Wait.ack, Wait.mark, Wait.failed, Wait.interrupted, Wait.value, Wait.approval)
         self._answer(allowed, _Decision("skip", text=reason.strip()), step_id)
 
     async def retry(self, step_id: str | None = None) -> None:
@@ -279,6 +283,8 @@ class Engine:
     async def _main(self) -> None:
         st = self.state
         self._emit(ev.RunOpened(self.run_id, self.resumed))
+        if self.ctx.lock is not None:  # a driver holding the run's lock answers requests (approvals, take-over)
+            self._requests_task = asyncio.create_task(self._watch_requests())
         for w in self.ctx.journal.warnings:
             self._emit(ev.Notice("warning", w))
         try:
@@ -294,7 +300,10 @@ class Engine:
         except _Detach as d:
             self._journal("run-detached", reason=d.reason, step=self.current)
             self._release(closed=False)
-            self._finish(ev.RunFinished("detached", d.reason, self._summary()))
+            summary = self._summary()
+            if self.taken_over_by is not None:
+                summary["taken_over_by"] = self.taken_over_by
+            self._finish(ev.RunFinished("detached", d.reason, summary))
         except _StopRun as s:
             self._close("failed", s.reason)
         except Exception as exc:  # never leave a front end waiting forever: record, keep the run open
@@ -368,6 +377,9 @@ class Engine:
             return
         shown = self.clock.monotonic()
         self._journal("step-awaiting", step=step.id, command=command, kind=step.kind)
+        approve = not retrying and self.needs_approval(step) and self.state.steps[step.id].approved is None
+        if approve and not await self._await_approval(step, command):
+            return
         if step.kind == "manual":
             await self._walk_manual(step, shown)
             return
@@ -386,6 +398,123 @@ class Engine:
         if launch is None:  # skipped while a value was asked for
             return
         await self._execute_with_retries(step, command, launch)
+
+    # ---- the two-person rule and requests from other sessions ------------------------------------
+
+    def needs_approval(self, step: Step) -> bool:
+        """Does this step wait for another operator's approval? In live mode: a step with `approve:`, and a
+        `danger: true` step unless the runbook says `approvals: {danger_in_live: false}`; in drills only under
+        `--approver-policy other`; never in a rehearsal (nothing runs) nor under `--approver-policy none`."""
+        policy = self.ctx.approver_policy
+        if self.ctx.mode == "rehearsal" or policy == "none":
+            return False
+        if self.ctx.mode != "live" and policy != "other":
+            return False
+        return step.approve is not None or (step.danger and self.ctx.runbook.approvals.danger_in_live)
+
+    def approval_hash(self, step: Step, command: str | None) -> str:
+        from runbook.requests import command_hash
+
+        return command_hash(self.run_id, step.id, command, step.manual)
+
+    async def _await_approval(self, step: Step, command: str | None) -> bool:
+        """Wait until another operator's approval request is verified and journaled (True), or the step is
+        skipped (False). Abort and detach end the wait as anywhere else."""
+        import secrets as pysecrets
+
+        from runbook.requests import clear_pending, user_name, write_pending
+
+        digest = self.approval_hash(step, command)
+        nonce = pysecrets.token_hex(8)
+        write_pending(self.ctx.rdir, {
+            "run_id": self.run_id, "step": step.id, "title": step.display_title, "command": command,
+            "items": step.manual, "hash": digest, "nonce": nonce, "mode": self.ctx.mode,
+            "driver": {"user": user_name(os.geteuid()), "uid": os.geteuid(), "host": _hostname()},
+            "since": iso(self.clock.now()),
+        })
+        self._journal("approval-awaited", step=step.id, command_hash=digest)
+        self._approval = (step.id, nonce, digest)
+        try:
+            d = await self._wait_for(ev.Waiting(step.id, Wait.approval, command,
+                                                detail="waiting for approval by another operator"))
+        finally:
+            self._approval = None
+            clear_pending(self.ctx.rdir)
+        if d.kind == "skip":
+            self._skip(step, d.text)
+            return False
+        return True
+
+    async def _watch_requests(self) -> None:
+        """The driver's ear: every 0.25 s, read `requests/` (runbook.requests) and act on what is there."""
+        from runbook.requests import read_requests
+
+        while self.finished is None:
+            for req in await asyncio.to_thread(read_requests, self.ctx.rdir):
+                try:
+                    self._on_request(req)
+                except Exception as e:  # noqa: BLE001 - a bad request never stops the run
+                    with contextlib.suppress(Exception):
+                        self._journal("request-refused", file=getattr(req, "name", "?"),
+                                      reason=f"{type(e).__name__}: {e}")
+            await asyncio.sleep(0.25)
+
+    def _on_request(self, req: Any) -> None:
+        from runbook.requests import Rejected, check_approval, user_name
+
+        if self.finished is not None:
+            return
+        if isinstance(req, Rejected):
+            who = user_name(req.uid) if req.uid is not None else "unknown"
+            self._journal("request-refused", file=req.name, user=who, reason=f"the file {req.reason}")
+            return
+        if req.kind == "approve":
+            step_id, nonce, digest = self._approval or (None, None, None)
+            if step_id is not None:  # the command as it stands now, not as it was when the wait began
+                step = self.ctx.runbook.step(step_id)
+                current = self._render_command(step, placeholders=True)[0]
+                digest = self.approval_hash(step, current)
+            why = check_approval(req, run_id=self.run_id, step_id=step_id, nonce=nonce, expected_hash=digest,
+                                 driver_uid=os.geteuid())
+            if why is not None:
+                self._journal("approval-refused", step=step_id, named_step=str(req.body.get("step", "")),
+                              approver=req.user, uid=req.uid, reason=why)
+                self._emit(ev.Notice("warning", f"approval from {req.user} refused: {why}", step_id))
+                return
+            self._journal("approved", step=step_id, approver=req.user, uid=req.uid,
+                          approver_host=str(req.body.get("host", "")), command_hash=digest)
+            self._emit(ev.Notice("info", f"step {step_id} approved by {req.user}", step_id))
+            if self._decision is not None and not self._decision.done():
+                self._decision.set_result(_Decision("approved", how=req.user))
+        elif req.kind == "takeover":
+            self._on_takeover(req)
+        else:
+            self._journal("request-refused", file=req.name, user=req.user, reason=f"unknown kind {req.kind!r}")
+
+    def _on_takeover(self, req: Any) -> None:
+        """Another session of the driver's own user asks for the run: let go of it (the run stays open, running
+        steps go on under their supervisors) for that session to resume it. Another user cannot: the journal and
+        the run directory are the driver's user's."""
+        if req.uid not in (os.geteuid(), 0):
+            self._journal("takeover-refused", user=req.user, uid=req.uid,
+                          reason="only the driver's own OS user can take the run over (the journal is theirs)")
+            return
+        b = req.body
+        to = {"user": str(b.get("user", req.user)), "host": str(b.get("host", "")), "pid": b.get("pid"),
+              "uid": req.uid}
+        if b.get("run_id") != self.run_id or self.taken_over_by is not None:
+            return
+        if b.get("driver_pid") != os.getpid():  # e.g. the loser of a race, addressed to the driver before us
+            self._journal("takeover-refused", user=req.user, uid=req.uid,
+                          reason=f"addressed to an earlier driver (pid {b.get('driver_pid')})")
+            return
+        self.taken_over_by = {**to, "at": iso(self.clock.now())}
+        self._journal("handing-over", to=to, step=self.current)
+        reason = f"taken over by {to['user']}@{to['host']} at {self.taken_over_by['at']}"
+        self._detach_reason = reason
+        self._detached.set()
+        if self._decision is not None and not self._decision.done():
+            self._decision.set_result(_Decision("detach", text=reason))
 
     def typed_expected(self, step: Step) -> str | None:
         """What the operator must type to run `step` (None: no typed confirmation)."""
@@ -659,8 +788,16 @@ class Engine:
 
     def _finish(self, event: ev.RunFinished) -> None:
         self.finished = event
+        if self._requests_task is not None:
+            self._requests_task.cancel()
         self.ctx.journal.close()
         self._emit(event)
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
 
 
 class _StopRun(Exception):

@@ -46,6 +46,7 @@ class Wait(StrEnum):
     failed = "failed"  # the step failed: retry, skip or abort
     interrupted = "interrupted"  # re-run, mark done, skip or abort
     value = "value"  # a template needs a value nobody produced
+    approval = "approval"  # two-person rule: waiting for another operator's `runbook approve` (skip/abort only)
 
 
 @dataclass(frozen=True)

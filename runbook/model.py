@@ -126,6 +126,27 @@ class TypedConfirm(Strict):
     typed: str = Field(description="Template of the value the operator must type, e.g. '{{ db_name }}'")
 
 
+class Approve(Strict):
+    """The two-person rule for one step: another operator (another OS user) approves before it runs."""
+
+    by: Literal["other"] = Field("other", description="Who approves: `other`, an OS user other than the driver's")
+
+
+class Approvals(Strict):
+    """When the two-person rule applies without a step's own `approve:`."""
+
+    danger_in_live: bool = Field(True, description="`danger: true` steps need another operator's approval in live "
+                                 "mode")
+
+
+class Reminder(Strict):
+    """A timed duty during the run: due every `every`, acknowledged (journaled) each time."""
+
+    id: Annotated[str, Field(pattern=STEP_ID)]
+    every: Duration = Field(description="How often, e.g. 30m")
+    title: str = Field(description="What to do, e.g. 'Post the next stakeholder update'")
+
+
 class Step(Strict):
     id: Annotated[str, Field(pattern=STEP_ID)]
     title: str | None = None
@@ -149,6 +170,9 @@ class Step(Strict):
     modes: list[Literal["live", "drill", "rehearsal"]] | None = Field(
         None, description="Modes in which this step exists (default: all)"
     )
+    approve: Approve | None = Field(
+        None, description="Two-person rule: another operator approves (`runbook approve RUN_ID STEP`) before the "
+                          "step runs, in live mode (and wherever `--approver-policy other` says)")
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -207,6 +231,8 @@ class Runbook(Strict):
     repository: str | None = Field(None, description="Template: path of the repository config (backups, WAL); "
                                    "live and drill runs take the recovery lock in it (locks/<target>.json)")
     scenarios: dict[Annotated[str, Field(pattern=STEP_ID)], Scenario] = Field(default_factory=dict)
+    approvals: Approvals = Field(default_factory=lambda: Approvals.model_validate({}))
+    reminders: list[Reminder] = Field(default_factory=list, description="Timed duties that re-arm during the run")
     steps: list[Step] = Field(min_length=1)
 
     def steps_for(self, scenario: str | None, mode: str | None = None) -> list[Step]:

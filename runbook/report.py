@@ -213,6 +213,11 @@ def resume_command(run_id: str, state_dir: Path) -> str:
     return f"runbook resume {run_id}{_state_dir_flag(state_dir)}"
 
 
+def approve_command(run_id: str, step_id: str, state_dir: Path) -> str:
+    """The `runbook approve` line another operator runs, as it works from any directory."""
+    return f"runbook approve {run_id} {step_id}{_state_dir_flag(state_dir)}"
+
+
 def leaving_lines(run_id: str, status: str, state_dir: Path) -> list[str]:
     """What a front end prints as the operator leaves: the run, its status, and the exact next command."""
     if status in ("detached", "open"):

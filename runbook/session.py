@@ -34,6 +34,7 @@ from runbook.lock import Holder, RunLock
 from runbook.model import Runbook, Secrets, Strict
 from runbook.params import coerce, resolve, to_text
 from runbook.redact import MASK, Redactor
+from runbook.requests import ensure_requests_dir
 from runbook.secrets import LoadedSecrets, load_secrets
 from runbook.state import CLOSED, load_state, run_dir
 from runbook.templating import render
@@ -66,6 +67,7 @@ class RunOptions:
     data_lost_at: str | None = None
     state_dir: Path | None = None
     break_lock: bool = False
+    approver_policy: str | None = None  # None: the runbook's rules; "none" | "other" (runbook.engine.needs_approval)
 
 
 def operator() -> dict[str, Any]:
@@ -386,7 +388,10 @@ def open_new_run(opts: RunOptions, clock: Clock, *, state_dir: Path) -> Engine:
             profile=str(opts.profile or ""),
             targets={"rto_s": rb.targets.rto.total_seconds(), "rpo_s": rb.targets.rpo.total_seconds()},
             steps=steps, tool_version=__version__, repository=repository or "",
+            approver_policy=opts.approver_policy or "runbook",
         )
+        if lock is not None:
+            ensure_requests_dir(rdir)
         _journal_broken_locks(journal, replaced, rlock)
         for w in warnings:
             journal.append("warning", text=w)
@@ -399,6 +404,17 @@ def open_new_run(opts: RunOptions, clock: Clock, *, state_dir: Path) -> Engine:
     return _engine(rb, path, state_dir, rdir, st, params, loaded, redactor, journal, lock, clock, resumed=False)
 
 
+def _policy(st: Any, given: str | None) -> str:
+    """The run's approver policy: as given now (journaled when it changes), else as the run started with."""
+    if given:
+        return given
+    policy = st.events[0].get("approver_policy") if st.events else None
+    for e in st.events:
+        if e.get("type") == "approver-policy":
+            policy = e.get("policy")
+    return policy if policy in ("runbook", "none", "other") else "runbook"
+
+
 def _engine(rb: Runbook, path: Path, state_dir: Path, rdir: Path, st: Any, params: dict[str, Any],
             loaded: LoadedSecrets, redactor: Redactor, journal: Journal, lock: RunLock | None, clock: Clock,
             *, resumed: bool) -> Engine:
@@ -407,12 +423,14 @@ def _engine(rb: Runbook, path: Path, state_dir: Path, rdir: Path, st: Any, param
     ctx = RunContext(
         runbook=rb, runbook_path=path, state_dir=state_dir, rdir=rdir, state=st, params=params,
         secrets=loaded, redactor=redactor, journal=journal, lock=lock, expected=expected,
+        approver_policy=_policy(st, None),
     )
     return Engine(ctx, clock, resumed=resumed)
 
 
 def open_resume(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str, str] | None = None,
-                break_lock: bool = False) -> Engine:
+                break_lock: bool = False, approver_policy: str | None = None,
+                handover_from: dict[str, Any] | None = None) -> Engine:
     """Rebuild a run from its journal and go on where it stopped. Closed runs (completed, aborted) refuse."""
     st = load_state(state_dir, run_id)
     rdir = run_dir(state_dir, run_id)
@@ -449,7 +467,13 @@ def open_resume(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str, s
         if st.status == "failed":
             journal.append("run-reopened", operator=operator())
         journal.append("run-resumed", operator=operator(), warnings=warnings)
+        if handover_from is not None:
+            journal.append("handover", **{"from": handover_from}, to=operator())
+        if approver_policy and approver_policy != _policy(st, None):
+            journal.append("approver-policy", policy=approver_policy, previous=_policy(st, None), operator=operator())
         _journal_broken_locks(journal, replaced, rlock)
+        if lock is not None:
+            ensure_requests_dir(rdir)
     except BaseException:
         if lock is not None:
             lock.release(closed=False)
@@ -457,3 +481,74 @@ def open_resume(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str, s
     journal.warnings = warnings
     st = load_state(state_dir, run_id)
     return _engine(rb, original, state_dir, rdir, st, params, loaded, redactor, journal, lock, clock, resumed=True)
+
+
+TAKEOVER_WAIT_S = 15.0
+
+
+def run_lock_path(state_dir: Path, st: Any) -> Path:
+    from runbook.lock import lock_name
+
+    return state_dir / "locks" / lock_name(st.runbook_name, st.target or "default")
+
+
+def open_takeover(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str, str] | None = None,
+                  approver_policy: str | None = None, wait_s: float = TAKEOVER_WAIT_S,
+                  on_wait: Any = None) -> Engine:
+    """Take an open run over from its driver (a hand-over): ask the driver's process to let go (a request in
+    `requests/`, runbook.requests), wait for the run's lock, and resume the run with a `handover` event naming
+    both. A driver that is gone already hands over at once. Two sessions taking over at once: the first to get
+    the lock wins; the other is told who (LockHeld)."""
+    import time
+
+    from runbook.errors import LockHeld
+    from runbook.lockfile import LockFile
+    from runbook.requests import write_request
+
+    st = load_state(state_dir, run_id)
+    if st.closed:
+        raise RunbookError(f"run {run_id} is {st.status}; there is nothing to take over",
+                           hint="`runbook report` shows it")
+    if st.mode == "rehearsal":
+        raise UsageError(f"run {run_id} is a rehearsal: it holds no lock, so there is nothing to hand over",
+                         hint=f"continue it with `runbook resume {run_id}` once its driver has quit")
+    path = run_lock_path(state_dir, st)
+    holder = LockFile.read_holder(path) or {}
+    me = operator()
+    previous = {k: holder.get(k) for k in ("user", "host", "pid", "since")} if holder.get("run_id") == run_id \
+        else dict(st.operator)
+    if LockFile.is_held(path):
+        if holder.get("host") not in (None, me["host"]):
+            raise UsageError(f"run {run_id} is driven from {holder.get('host')}; a take-over works on the same "
+                             "host only")
+        write_request(run_dir(state_dir, run_id), "takeover",
+                      {"run_id": run_id, "user": me["user"], "host": me["host"], "pid": me["pid"],
+                       "ts": iso(clock.now()), "driver_pid": holder.get("pid")})
+        if on_wait is not None:
+            on_wait(previous)
+        deadline = time.monotonic() + wait_s
+        while LockFile.is_held(path):
+            now_holder = LockFile.read_holder(path) or {}
+            if now_holder.get("pid") not in (None, holder.get("pid")):
+                raise _lost_race(run_id, now_holder)
+            if time.monotonic() > deadline:
+                raise LockHeld(f"the driver of run {run_id} ({_who(previous)}) did not let go within {wait_s:g} s",
+                               hint="ask them to quit the run (q), or if their process is stuck, stop it; then "
+                                    f"`runbook take-over {run_id}` again")
+            time.sleep(0.1)
+    try:
+        return open_resume(run_id, clock, state_dir=state_dir, sets=sets, approver_policy=approver_policy,
+                           handover_from=previous)
+    except LockHeld:
+        raise _lost_race(run_id, LockFile.read_holder(path) or {}) from None
+
+
+def _who(h: dict[str, Any]) -> str:
+    return f"{h.get('user')}@{h.get('host')} (pid {h.get('pid')})"
+
+
+def _lost_race(run_id: str, winner: dict[str, Any]) -> RunbookError:
+    from runbook.errors import LockHeld
+
+    return LockHeld(f"run {run_id} was taken over by {_who(winner)} first",
+                    hint=f"watch it, or ask them to hand it back (`runbook take-over {run_id}` once they agree)")

@@ -55,6 +55,7 @@ class StepState:
     rehearsed: bool = False
     notes: list[str] = field(default_factory=list)
     first_started_at: datetime | None = None
+    approved: dict[str, Any] | None = None  # {by, at, hash}: the two-person rule's approval (runbook.requests)
     failed_before: str | None = None  # the failure's detail when the step failed (or was marked failed) then skipped
 
 
@@ -147,6 +148,8 @@ def apply_event(st: RunState, ev: dict[str, Any]) -> None:
         if step.status in (StepStatus.pending, StepStatus.failed, StepStatus.interrupted):
             step.status = StepStatus.awaiting
         step.command = ev.get("command", step.command)
+    elif t == "approved":
+        step.approved = {"by": ev.get("approver", ""), "at": ev.get("ts", ""), "command_hash": ev.get("command_hash", "")}
     elif t == "item-acked":
         if ev["index"] not in step.acked:
             step.acked.append(ev["index"])

@@ -135,7 +135,12 @@ class Headless:
 
         for line in end_story(self.engine.state, self.engine.clock.now()):
             self.out.print(f"  [bold red]{escape(line.text)}[/]" if line.alarm else f"  {escape(line.text)}")
-        if f.status == "detached":
+        taken = f.summary.get("taken_over_by")
+        if taken:
+            self.out.print(f"  [bold yellow]taken over by {escape(str(taken.get('user')))}@"
+                           f"{escape(str(taken.get('host')))} at {escape(str(taken.get('at')))}[/]: they drive "
+                           "this run now")
+        elif f.status == "detached":
             self.out.print("  the run stays open: "
                            f"[bold]{escape(resume_command(self.engine.run_id, self.engine.ctx.state_dir))}[/]")
         self.out.print(f"  journal: {self.engine.ctx.rdir / 'journal.jsonl'}")
@@ -150,6 +155,13 @@ class Headless:
             self.out.print("  [bold]$[/] " + escape(w.command.rstrip()).replace("\n", "\n    "))
         if w.detail and w.wait in (Wait.failed, Wait.interrupted, Wait.value):
             self.out.print(f"  [yellow]{escape(w.detail)}[/]")
+        if w.wait == Wait.approval:  # the engine ends this wait itself, when a verified approval arrives
+            from runbook.report import approve_command
+
+            self.out.print(f"  [bold yellow]waiting for approval by another operator[/]: they run "
+                           f"[bold]{escape(approve_command(eng.run_id, w.step_id, eng.ctx.state_dir))}[/] from "
+                           "their own session")
+            return
         if self.opts.yes:
             await self._decide_yes(w, rehearsal)
         else:

@@ -27,12 +27,13 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from runbook.cli import backup, demo, keys, proof, runs, wal
+    from runbook.cli import backup, demo, handover, keys, proof, runs, wal
 
     p = Parser(prog="runbook", description="The PostgreSQL disaster-recovery runbook.")
     p.add_argument("--version", action="version", version=f"runbook {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     runs.register(sub)  # validate, schema, run, resume, runs, report
+    handover.register(sub)  # approve, take-over
     backup.register(sub)  # backup, backups, prune
     demo.register(sub)  # demo: the sandbox drill
     backup.register_basebackup(sub)  # basebackup

@@ -35,6 +35,10 @@ def register(sub: Any) -> None:
         q.add_argument("--confirm", action="append", metavar="STEP=VALUE", help="typed confirmation for a step")
         q.add_argument("--set", action="append", metavar="K=V", help="a parameter value")
         q.add_argument("--break-lock", action="store_true", help="take the run lock over from its holder")
+        q.add_argument("--approver-policy", choices=["none", "other"],
+                       help="the two-person rule for this run: none (automation: no step waits for another "
+                            "operator; journaled), other (as in live mode, in drills too). Default: the "
+                            "runbook's rules, live mode only")
         add_state_dir(q)
 
     r = sub.add_parser("run", help="start a run of a runbook")
@@ -146,7 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = RunOptions(
         runbook_path=Path(args.file), scenario=args.scenario, mode=args.mode, sets=parse_set(args.set or []),
         profile=Path(args.profile) if args.profile else None, incident_start=args.incident_start,
-        data_lost_at=args.data_lost_at, break_lock=args.break_lock,
+        data_lost_at=args.data_lost_at, break_lock=args.break_lock, approver_policy=args.approver_policy,
     )
     if not args.headless:
         return _run_tui(opts, args)
@@ -175,7 +179,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     require_terminal(args, "resume")
     _confirm_break_lock(args)
     engine = open_resume(
-        args.run_id, Clock(), state_dir=state_dir(args), sets=parse_set(args.set or []), break_lock=args.break_lock
+        args.run_id, Clock(), state_dir=state_dir(args), sets=parse_set(args.set or []), break_lock=args.break_lock,
+        approver_policy=args.approver_policy,
     )
     return _drive(engine, args)
 

@@ -69,6 +69,7 @@ class _RunbookChecks:
     def run(self) -> list[Problem]:
         self._kinds()
         self._duplicate_ids()
+        self._reminder_ids()
         self._scenario_names()
         self._actions()
         for site in self._sites():
@@ -103,6 +104,21 @@ class _RunbookChecks:
             if isinstance(sid, str) and self.first_index[sid] != i:
                 first = self.smap.line_of(("steps", self.first_index[sid], "id"))
                 self._add(("steps", i, "id"), f'duplicate step id "{sid}" (first at line {first})')
+
+    def _reminder_ids(self) -> None:
+        """A reminder's id names its acknowledgements in the journal: one id, one duty."""
+        reminders = self.data.get("reminders")
+        if not isinstance(reminders, list):
+            return
+        seen: dict[str, int] = {}
+        for i, r in enumerate(reminders):
+            rid = r.get("id") if isinstance(r, dict) else None
+            if not isinstance(rid, str):
+                continue
+            if rid in seen:
+                first = self.smap.line_of(("reminders", seen[rid], "id"))
+                self._add(("reminders", i, "id"), f'duplicate reminder id "{rid}" (first at line {first})')
+            seen.setdefault(rid, i)
 
     def _scenario_names(self) -> None:
         if not self.scenarios:

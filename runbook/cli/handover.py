@@ -1,0 +1,118 @@
+"""The incident room's commands for a second person: `runbook approve RUN_ID STEP` (the two-person rule) and
+`runbook take-over RUN_ID` (a hand-over). Both only drop a request into the run's `requests/`; the driver's
+process checks it and journals what it decided (runbook.requests)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+from runbook.cli.options import add_state_dir, require_terminal, state_dir
+from runbook.clock import Clock, iso
+from runbook.errors import RunbookError, UsageError
+
+APPROVE_WAIT_S = 10.0
+
+
+def register(sub: Any) -> None:
+    a = sub.add_parser("approve", help="approve a step that waits for another operator (the two-person rule)")
+    a.add_argument("run_id", help="the run (its driver's cockpit shows the exact command to type)")
+    a.add_argument("step", help="the step that waits for approval")
+    a.add_argument("--yes", action="store_true", help="no typed confirmation (tests and automation only)")
+    add_state_dir(a)
+    a.set_defaults(func=cmd_approve)
+
+    t = sub.add_parser("take-over", help="take an open run over from its driver (a hand-over on this host)")
+    t.add_argument("run_id", help="the open run to drive")
+    t.add_argument("--yes", action="store_true", help="no typed confirmation (tests and automation only)")
+    t.add_argument("--headless", action="store_true", help="console front end instead of the TUI")
+    t.add_argument("--confirm", action="append", metavar="STEP=VALUE", help="typed confirmation for a step")
+    t.add_argument("--set", action="append", metavar="K=V", help="a parameter value the run did not save")
+    t.add_argument("--approver-policy", choices=["none", "other"],
+                   help="change the run's approver policy from here on (journaled)")
+    add_state_dir(t)
+    t.set_defaults(func=cmd_take_over)
+
+
+def _typed(prompt: str, expected: str, what: str) -> None:
+    if not sys.stdin.isatty():
+        raise UsageError(f"{what} needs typed confirmation at a terminal", hint="or --yes (automation only)")
+    try:
+        given = input(prompt).strip()
+    except EOFError:
+        given = ""
+    if given != expected:
+        raise UsageError(f"typed {given!r}, not {expected!r}: nothing was done")
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from runbook.requests import read_pending, user_name, write_request
+    from runbook.state import run_dir
+
+    rdir = run_dir(state_dir(args), args.run_id)
+    if not rdir.is_dir():
+        raise RunbookError(f"no run {args.run_id} under {state_dir(args)}",
+                           hint="give the driver's --state-dir (their cockpit shows the exact command)")
+    pending = read_pending(rdir)
+    if pending is None or pending.get("run_id") != args.run_id:
+        raise UsageError(f"no step of run {args.run_id} waits for approval now")
+    if pending.get("step") != args.step:
+        raise UsageError(f"step {args.step} does not wait for approval; step {pending.get('step')} does")
+    driver = pending.get("driver") or {}
+    me = user_name(os.geteuid())
+    if driver.get("uid") == os.geteuid():
+        raise UsageError(f"you ({me}) are the driver's own user: the driver cannot approve their own step",
+                         hint="another operator, logged in as another user, runs this command")
+    print(f"run {args.run_id} ({str(pending.get('mode', '')).upper()}), driven by {driver.get('user')}@"
+          f"{driver.get('host')}")
+    print(f"step {args.step}: {pending.get('title')}")
+    if pending.get("command"):
+        print("  $ " + str(pending["command"]).rstrip().replace("\n", "\n    "))
+    for item in pending.get("items") or []:
+        print(f"  ☐ {item}")
+    if not args.yes:
+        _typed(f"Approve this step as {me}? Type the step id ({args.step}) to approve: ", args.step,
+               "an approval")
+    import socket
+
+    write_request(rdir, "approve", {"run_id": args.run_id, "step": args.step, "hash": pending.get("hash"),
+                                    "nonce": pending.get("nonce"), "host": socket.gethostname(),
+                                    "ts": iso(Clock().now())})
+    deadline = time.monotonic() + APPROVE_WAIT_S
+    while time.monotonic() < deadline:
+        now = read_pending(rdir)
+        if now is None or now.get("nonce") != pending.get("nonce"):
+            print(f"approved: the driver's process accepted your approval of step {args.step}")
+            return 0
+        time.sleep(0.2)
+    print(f"your approval is written; the driver's process has not accepted it within {APPROVE_WAIT_S:g} s "
+          "(refused, or not running: the driver's cockpit says which)", file=sys.stderr)
+    return 1
+
+
+def cmd_take_over(args: argparse.Namespace) -> int:
+    from runbook.cli.runs import _drive
+    from runbook.params import parse_set
+    from runbook.session import open_takeover
+    from runbook.state import load_state
+
+    require_terminal(args, "take-over")
+    sd = state_dir(args)
+    st = load_state(sd, args.run_id)
+    if not args.yes:
+        tail = args.run_id[-4:]
+        who = st.operator.get("user", "?")
+        _typed(f"Take run {args.run_id} over from its driver (started by {who})? Type the run id's last 4 "
+               f"characters ({tail}) to go on: ", tail, "a take-over")
+
+    def waiting(previous: dict[str, Any]) -> None:
+        print(f"asking {previous.get('user')}@{previous.get('host')} (pid {previous.get('pid')}) to hand the "
+              "run over...", file=sys.stderr)
+
+    engine = open_takeover(args.run_id, Clock(), state_dir=sd, sets=parse_set(args.set or []),
+                           approver_policy=args.approver_policy, on_wait=waiting)
+    args.break_lock = False
+    return _drive(engine, args)
