@@ -435,8 +435,11 @@ class Engine:
         self._journal("approval-awaited", step=step.id, command_hash=digest)
         self._approval = (step.id, nonce, digest)
         try:
+            from runbook.report import approve_command
+
+            how = approve_command(self.run_id, step.id, self.ctx.state_dir)
             d = await self._wait_for(ev.Waiting(step.id, Wait.approval, command,
-                                                detail="waiting for approval by another operator"))
+                                                detail=f"waiting for approval by another operator: {how}"))
         finally:
             self._approval = None
             clear_pending(self.ctx.rdir)
@@ -509,8 +512,8 @@ class Engine:
                           reason=f"addressed to an earlier driver (pid {b.get('driver_pid')})")
             return
         self.taken_over_by = {**to, "at": iso(self.clock.now())}
-        self._journal("handing-over", to=to, step=self.current)
-        reason = f"taken over by {to['user']}@{to['host']} at {self.taken_over_by['at']}"
+        self._journal("handover-requested", by=to, step=self.current)
+        reason = f"taken over by {to['user']}@{to['host']} (pid {to['pid']}) at {self.taken_over_by['at']}"
         self._detach_reason = reason
         self._detached.set()
         if self._decision is not None and not self._decision.done():

@@ -48,6 +48,15 @@ EVENT_TEXT = {
     "lock-broken": "lock taken over",
     "frontend-error": "front end error; run stays open",
     "engine-error": "engine error; run stays open",
+    "approval-awaited": "waiting for approval by another operator",
+    "approved": "approved",
+    "approval-refused": "approval refused",
+    "request-refused": "request refused",
+    "handover-requested": "take-over requested",
+    "handover": "handed over",
+    "takeover-refused": "take-over refused",
+    "approver-policy": "approver policy changed",
+    "reminder-done": "timed duty done",
 }
 
 MODE_BADGE = {"live": "LIVE", "drill": "DRILL", "rehearsal": "REHEARSAL"}
@@ -439,10 +448,110 @@ def event_detail(e: dict[str, object]) -> str:
     if t == "frontend-error":
         text = f"{e.get('error')}: {e.get('message')}" if e.get("message") else str(e.get("error"))
         return text + (f" — hint: {e['hint']}" if e.get("hint") else "")
+    if t == "approved":
+        return f"by {e.get('approver')} (command {str(e.get('command_hash', ''))[:12]})"
+    if t in ("approval-refused", "takeover-refused", "request-refused"):
+        who = e.get("approver") or e.get("user")
+        return (f"from {who}: " if who else "") + str(e.get("reason", ""))
+    if t == "handover-requested":
+        by = e.get("by") if isinstance(e.get("by"), dict) else {}
+        return f"by {_who(by)}"
+    if t == "handover":
+        frm = e.get("from") if isinstance(e.get("from"), dict) else {}
+        to = e.get("to") if isinstance(e.get("to"), dict) else {}
+        return f"from {_who(frm)} to {_who(to)}"
+    if t == "approver-policy":
+        return f"{e.get('previous')} → {e.get('policy')}"
+    if t == "reminder-done":
+        return str(e.get("title", ""))
     if t == "lock-broken":
         prev = e.get("previous") or {}
         return f"from run {prev.get('run_id')} of {prev.get('user')}@{prev.get('host')}" if isinstance(prev, dict) else ""
     return ""
+
+
+def _who(d: Any) -> str:
+    if not isinstance(d, dict):
+        return "?"
+    pid = f" (pid {d['pid']})" if d.get("pid") else ""
+    return f"{d.get('user', '?')}@{d.get('host', '?')}{pid}"
+
+
+@dataclass(frozen=True)
+class DriverSpan:
+    """Who drove the run from `start` to `end` (None: still driving). `how`: started, resumed, took over."""
+
+    user: str
+    host: str
+    start: datetime
+    end: datetime | None
+    how: str
+
+
+def driver_spans(st: RunState) -> list[DriverSpan]:
+    """Who drove when, from the journal: the run's start, each resume and each hand-over."""
+    spans: list[DriverSpan] = []
+    cur: dict[str, Any] = {}
+
+    def close(at: datetime | None) -> None:
+        if cur:
+            spans.append(DriverSpan(cur["user"], cur["host"], cur["start"], at, cur["how"]))
+            cur.clear()
+
+    for e in st.events:
+        t = e.get("type")
+        ts = parse_iso(str(e["ts"]))
+        op: dict[str, Any] = e["operator"] if isinstance(e.get("operator"), dict) else {}
+        if t in ("run-started", "run-resumed"):
+            close(ts)
+            cur.update(user=op.get("user", "?"), host=op.get("host", "?"), start=ts,
+                       how="started" if t == "run-started" else "resumed")
+        elif t == "handover" and cur:
+            frm: dict[str, Any] = e["from"] if isinstance(e.get("from"), dict) else {}
+            cur["how"] = f"took over from {frm.get('user', '?')}@{frm.get('host', '?')}"
+        elif t in ("run-detached", "run-finished"):
+            close(ts)
+    close(None)
+    return spans
+
+
+@dataclass(frozen=True)
+class ApprovalRecord:
+    step: str
+    approver: str
+    at: str
+    command_hash: str
+
+
+def approvals(st: RunState) -> list[ApprovalRecord]:
+    return [ApprovalRecord(str(e.get("step")), str(e.get("approver")), str(e["ts"]), str(e.get("command_hash", "")))
+            for e in st.events if e.get("type") == "approved"]
+
+
+def refusals(st: RunState) -> list[dict[str, Any]]:
+    """Approvals and take-overs that were refused, with why (the report names them: an attempt is a fact)."""
+    return [e for e in st.events if e.get("type") in ("approval-refused", "takeover-refused", "request-refused")]
+
+
+WATCHERS_TEXT = "not recorded (watchers only read the run; they leave no trace in it)"
+
+
+def people_markdown(st: RunState) -> list[str]:
+    """The report's "Drivers and approvals" section (Markdown lines)."""
+    out = ["", "## Drivers and approvals", "", "| From | To | Driver | How |", "|---|---|---|---|"]
+    for d in driver_spans(st):
+        out.append(f"| {_t(d.start)} | {_t(d.end) if d.end else 'still driving'} | {d.user}@{d.host} | {_cell(d.how)} |")
+    ok = approvals(st)
+    if ok:
+        out += ["", "| Step | Approved by | At | Command hash |", "|---|---|---|---|"]
+        out += [f"| {a.step} | {a.approver} | {a.at} | `{a.command_hash[:16]}` |" for a in ok]
+    refused = refusals(st)
+    if refused:
+        out += ["", "Refused:", ""]
+        out += [f"- {e['ts']}: {EVENT_TEXT.get(str(e['type']), str(e['type']))} {_cell(event_detail(e))}"
+                for e in refused]
+    out += ["", f"Watchers: {WATCHERS_TEXT}."]
+    return out
 
 
 WINDOW_LABEL = "Data-loss window"
@@ -553,6 +662,7 @@ def render_markdown(st: RunState, titles: dict[str, str], now: datetime) -> str:
     if st.notes:
         out += ["", "## Notes", ""]
         out += [f"- {n['ts']}{' (' + n['step'] + ')' if n.get('step') else ''}: {n['text']}" for n in st.notes]
+    out += people_markdown(st)
     out += ["", "## Timeline", "", "| Time | Step | Event | Detail |", "|---|---|---|---|"]
     for e in st.events:
         t = str(e["type"])

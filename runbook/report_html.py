@@ -22,15 +22,19 @@ from runbook.durations import format_duration, short_duration
 from runbook.events import StepStatus
 from runbook.report import (
     MODE_BADGE,
+    WATCHERS_TEXT,
     WINDOW_LABEL,
     RpoFacts,
     RtoFacts,
     StepSpan,
+    approvals,
+    driver_spans,
     event_detail,
     event_text,
     fmt_time,
     outcome_detail,
     outcome_text,
+    refusals,
     rpo_facts,
     rpo_rows,
     rto_facts,
@@ -55,6 +59,7 @@ CHECK_CLASS = {"ok": "ok", "passed": "ok", "warning": "warn", "warn": "warn", "f
 TARGET_COLOUR = "#c53030"
 RESTORED_COLOUR = "#2f855a"
 CLOSED_COLOUR = "#4a5568"
+DRIVER_BANDS = ("#fff4cc", "#e3f0ff")  # who drove when: alternating bands behind the timeline's rows
 
 CSS = """
 :root { --ok:#2f855a; --bad:#c53030; --warn:#c05621; --info:#2b6cb0; --muted:#5a6678; --line:#dfe4ea;
@@ -290,6 +295,22 @@ def gantt_svg(st: RunState, titles: dict[str, str], rto: RtoFacts, now: datetime
         elif bx - x0 > 90:
             out.append(f'<text x="{x0 + 6}" y="{plot_bottom - 21}" font-size="11.5" fill="#5a6678">before the run'
                        f'<tspan x="{x0 + 6}" dy="14">started ({h(format_duration(run_start_s))})</tspan></text>')
+    # who drove when: bands behind the rows, drawn only when the run changed hands (a resume or a hand-over)
+    drivers = driver_spans(st)
+    if len(drivers) > 1:
+        for i, d in enumerate(drivers):
+            bx0, bx1 = x(off(d.start)), x(off(d.end or now))
+            fill = DRIVER_BANDS[i % len(DRIVER_BANDS)]
+            label = f"{d.user}@{d.host} ({d.how})"
+            out.append(f'<rect class="driver-band" data-driver="{h(d.user)}@{h(d.host)}" x="{bx0:.1f}" '
+                       f'y="{plot_top}" width="{max(1.0, bx1 - bx0):.1f}" height="{plot_bottom - plot_top}" '
+                       f'fill="{fill}" opacity="0.55"><title>Driven by {h(label)}: {h(fmt_time(d.start))} to '
+                       f'{h(fmt_time(d.end) if d.end else "now")}</title></rect>')
+            out.append(f'<line x1="{bx0:.1f}" y1="{plot_top}" x2="{bx0:.1f}" y2="{plot_bottom}" stroke="#8a6d00" '
+                       f'stroke-width="1" stroke-dasharray="3 3"/>')
+            if bx1 - bx0 > 60:
+                out.append(f'<text x="{bx0 + 4:.1f}" y="{plot_top + 11}" font-size="10.5" fill="#6b5400">'
+                           f'{h(_clip(f"{d.user}@{d.host}", max(6, int((bx1 - bx0) / 7))))}</text>')
     # ticks and grid
     step = tick_step(domain)
     k = 0
@@ -567,6 +588,32 @@ def _skips_and_failures(st: RunState, titles: dict[str, str]) -> str:
     return "".join(out)
 
 
+def _people(st: RunState) -> str:
+    """Who drove when, who approved what (and what was refused); watchers are not recorded."""
+    out = ['<section id="people"><h2>Drivers and approvals</h2><table class="timeline"><thead><tr><th>From</th>'
+           "<th>To</th><th>Driver</th><th>How</th></tr></thead><tbody>"]
+    for d in driver_spans(st):
+        out.append(f'<tr class="driver"><td class="nowrap mono">{h(fmt_time(d.start))}</td><td class="nowrap mono">'
+                   f'{h(fmt_time(d.end) if d.end else "still driving")}</td><td>{h(d.user)}@{h(d.host)}</td>'
+                   f"<td>{h(d.how)}</td></tr>")
+    out.append("</tbody></table>")
+    ok = approvals(st)
+    if ok:
+        out.append('<table class="timeline"><thead><tr><th>Step</th><th>Approved by</th><th>At</th>'
+                   "<th>Command hash</th></tr></thead><tbody>")
+        out += [f'<tr class="approval"><td class="mono">{h(a.step)}</td><td>{h(a.approver)}</td>'
+                f'<td class="nowrap mono">{h(_when(a.at))}</td><td class="mono">{h(a.command_hash[:16])}</td></tr>'
+                for a in ok]
+        out.append("</tbody></table>")
+    refused = refusals(st)
+    if refused:
+        out.append('<ul class="plain">')
+        out += [f"<li>{h(_when(str(e['ts'])))}: {h(event_text(e))} — {h(event_detail(e))}</li>" for e in refused]
+        out.append("</ul>")
+    out.append(f'<p class="muted">Watchers: {h(WATCHERS_TEXT)}.</p></section>')
+    return "".join(out)
+
+
 def _timeline_table(st: RunState) -> str:
     out = ['<section id="timeline"><h2>Timeline</h2><table class="timeline"><thead><tr><th>Since incident</th>'
            "<th>Time</th><th>Step</th><th>Event</th><th>Detail</th></tr></thead><tbody>"]
@@ -601,6 +648,7 @@ def render_html(st: RunState, titles: dict[str, str], now: datetime) -> str:
         _checks_table(st, titles),
         _notes(st, titles),
         _skips_and_failures(st, titles),
+        _people(st),
         _timeline_table(st),
     ]
     if st.warnings:

@@ -540,7 +540,13 @@ def open_takeover(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str,
         return open_resume(run_id, clock, state_dir=state_dir, sets=sets, approver_policy=approver_policy,
                            handover_from=previous)
     except LockHeld:
-        raise _lost_race(run_id, LockFile.read_holder(path) or {}) from None
+        winner: dict[str, Any] = {}
+        for _ in range(20):  # the winner writes its record just after taking the lock
+            winner = LockFile.read_holder(path) or {}
+            if winner.get("pid") not in (None, holder.get("pid")):
+                break
+            time.sleep(0.05)
+        raise _lost_race(run_id, winner) from None
 
 
 def _who(h: dict[str, Any]) -> str:

@@ -183,6 +183,11 @@ class RunbookApp(App[int]):
 
     def on_run_ended(self, message: RunEnded) -> None:
         self.finished_status = message.finished.status
+        taken = message.finished.summary.get("taken_over_by")
+        if taken and isinstance(self.screen, RunScreen):  # handed over: stay, read-only, until q
+            self.screen.show_taken_over(taken)
+            self.finished_status = f"taken over by {taken.get('user')}@{taken.get('host')}"
+            return
         if message.finished.status == "detached":
             self.exit(EXIT_CODES["detached"])
             return

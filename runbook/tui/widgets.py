@@ -154,6 +154,10 @@ def hint_for(w: Waiting | None, step: Step, running: bool, rehearsal: bool) -> T
                              ("d", "bold reverse"), " mark done (note) · s skip · a abort")
     if w.wait == Wait.value:
         return Text.assemble(("r", "bold reverse"), f" enter a value for {w.value_key} · s skip")
+    if w.wait == Wait.approval:  # the two-person rule: no key of the driver's runs this step
+        how = (w.detail or "").partition(": ")[2]
+        return Text.assemble(("Waiting for approval by another operator", "bold yellow"),
+                             (f" (they run: {how})" if how else ""), " · s skip · a abort")
     return Text("")
 
 
