@@ -21,14 +21,20 @@ import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from runbook.clock import Clock
 from runbook.errors import JournalError, RunbookError
+from runbook.executor import OUTPUT_FILE, Line, parse_records
 from runbook.journal import GENESIS, _hash
 from runbook.lock import lock_name, pid_alive
 from runbook.lockfile import LockFile
-from runbook.state import CLOSED, run_dir, runs_dir
+from runbook.model import Runbook, Step
+from runbook.redact import Redactor
+from runbook.rto import RtoClock, rto_clock
+from runbook.state import CLOSED, RunState, apply_event, run_dir, runs_dir, step_dir
+
+OUTPUT_READ_MAX = 1 << 20  # bytes of a step's output read per call (a watcher catches up in pieces)
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,16 @@ class EventSource(Protocol):
         ...
 
     def status(self) -> SourceStatus: ...
+
+
+@runtime_checkable
+class OutputSource(Protocol):
+    """A source that can also show a step's output as its supervisor logs it (a local run directory can; the
+    journal alone does not hold output)."""
+
+    def output(self, step: str, attempt: int, offset: int) -> tuple[list[Line], int]:
+        """The complete output records of the step's attempt from byte `offset` on, and the offset after them."""
+        ...
 
 
 def ended_by(events: list[dict[str, Any]]) -> bool:
@@ -98,6 +114,7 @@ class LocalEventSource:
         self._driver: dict[str, Any] = {}  # the operator of the latest run-started / run-resumed
         self._ended = False
         self._pending_note = ""
+        self._steps: set[str] = set()  # the run's step ids (output is read only for these)
 
     def describe(self) -> str:
         return f"run {self.run_id} in {self.rdir} (local)"
@@ -161,12 +178,27 @@ class LocalEventSource:
         t = ev.get("type")
         if t == "run-started":
             self._started = ev
+            self._steps = {str(x) for x in ev.get("steps") or []}
         if t in ("run-started", "run-resumed") and isinstance(ev.get("operator"), dict):
             self._driver = ev["operator"]
         if t == "run-finished":
             self._ended = ev.get("status") in CLOSED
         elif t in ("run-reopened", "run-resumed"):
             self._ended = False
+
+    # --- output -------------------------------------------------------------------------------------------
+
+    def output(self, step: str, attempt: int, offset: int) -> tuple[list[Line], int]:
+        if attempt < 1 or step not in self._steps or "/" in step or step.startswith("."):
+            return [], offset
+        try:
+            with open(step_dir(self.rdir, step, attempt) / OUTPUT_FILE, "rb") as f:
+                f.seek(offset)
+                data = f.read(OUTPUT_READ_MAX)
+        except (FileNotFoundError, NotADirectoryError):
+            return [], offset
+        end = data.rfind(b"\n") + 1
+        return parse_records(data[:end].decode("utf-8", errors="replace")), offset + end
 
     # --- liveness -----------------------------------------------------------------------------------------
 
@@ -213,3 +245,131 @@ class LocalEventSource:
         if not isinstance(pid, int) or not pid_alive(pid):
             return False, f"the driver's process (pid {pid}) is gone"
         return True, ""
+
+
+# --- the run as a watcher sees it ----------------------------------------------------------------------------
+
+# The events that name who drives the run from then on: (event type, the field holding the operator record).
+DRIVER_EVENTS: dict[str, str] = {"run-started": "operator", "run-resumed": "operator"}
+
+
+@dataclass(frozen=True)
+class Driver:
+    user: str
+    host: str
+    since: str  # the journal time the driver took the run
+
+    def describe(self) -> str:
+        return f"{self.user}@{self.host}"
+
+
+def driver_of(events: list[dict[str, Any]]) -> Driver | None:
+    """Who drives the run after these events (the last run-started, run-resumed or hand-over)."""
+    found = None
+    for ev in events:
+        key = DRIVER_EVENTS.get(str(ev.get("type")))
+        who = ev.get(key) if key else None
+        if isinstance(who, dict):
+            found = Driver(str(who.get("user", "?")), str(who.get("host", "?")), str(ev.get("ts", "")))
+    return found
+
+
+@dataclass
+class WatchContext:
+    """What a cockpit reads beside the state (the driver's RunContext has the same names)."""
+
+    runbook: Runbook
+    expected: dict[str, float]
+    redactor: Redactor
+    rdir: Path | None  # the run directory, when the watcher is on the driver's host
+    state_dir: Path | None
+
+
+class WatchedRun:
+    """A run rebuilt from an EventSource's events through runbook.state.apply_event, the fold a resumed run
+    uses: the same state, step statuses, outputs and RTO clock as the driver's. Read-only: it offers nothing
+    that would change the run (no decisions, no notes).
+
+    `runbook` is the run's own copy of its runbook (titles, descriptions, checklists) when the watcher can
+    read it; without one, each step is shown by its id. `expected` holds the expected step durations (the
+    projection); `update()` takes what the source has written since the last call."""
+
+    def __init__(self, source: EventSource, *, runbook: Runbook | None = None,
+                 expected: dict[str, float] | None = None, clock: Clock | None = None,
+                 rdir: Path | None = None, state_dir: Path | None = None, run_id: str = "") -> None:
+        self.source = source
+        self.clock = clock or Clock()
+        self.state = RunState(run_id=run_id)
+        self._declared = runbook is not None
+        self.ctx = WatchContext(runbook=runbook or _placeholder([]), expected=dict(expected or {}),
+                                redactor=Redactor([]), rdir=rdir, state_dir=state_dir)
+        self.last_status = SourceStatus(ended=False, last_heard=None, silent_s=None)
+
+    @property
+    def run_id(self) -> str:
+        return self.state.run_id
+
+    @property
+    def started(self) -> bool:
+        return bool(self.state.events)
+
+    def update(self) -> list[dict[str, Any]]:
+        """Fold the source's new events into the state; returns them (in order)."""
+        new = self.source.poll()
+        for ev in new:
+            if ev.get("type") == "run-started" and not self.state.run_id:
+                self.state.run_id = str(ev.get("run_id") or "")
+            apply_event(self.state, ev)
+            if ev.get("type") == "run-started" and not self._declared:
+                self.ctx.runbook = _placeholder(self.state.order)
+        self.last_status = self.source.status()
+        return new
+
+    @property
+    def driver(self) -> Driver | None:
+        return driver_of(self.state.events)
+
+    @property
+    def steps(self) -> list[str]:
+        return [s for s in self.state.order if s in self.state.steps]
+
+    def clock_status(self) -> RtoClock:
+        left = [s for s in self.steps if not self.state.steps[s].status.done]
+        return rto_clock(self.state, self.clock.now(), self.ctx.expected, left)
+
+    def display_command(self, step: Step) -> str | None:
+        """A watcher shows only the commands the driver showed (journaled, values in, secrets masked): it has
+        neither the values nor the secrets to render one itself."""
+        return None
+
+
+def _placeholder(order: list[str]) -> Runbook:
+    """A runbook standing in for one the watcher cannot read: each step by its id, nothing to run."""
+    return Runbook.model_construct(version=1, name="", steps=[Step.model_construct(id=s, run="") for s in order])
+
+
+def expected_for(state_dir: Path, runbook: Runbook, run_id: str) -> dict[str, float]:
+    """The expected step durations the driver's projection uses (runbook.history), read from this state dir."""
+    from runbook.history import expected_durations, past_runs
+
+    declared = {s.id: s.expect_duration.total_seconds() for s in runbook.steps if s.expect_duration}
+    return expected_durations(past_runs(state_dir, runbook.name, exclude=run_id), declared)
+
+
+def open_local(state_dir: Path, given: str, *, clock: Clock | None = None) -> WatchedRun:
+    """The run `given` (an id or a unique prefix) under `state_dir`, followed read-only: its journal, its copy of
+    the runbook, the expected durations of its past runs."""
+    from runbook.loader import load_runbook
+
+    run_id = resolve_run_id(state_dir, given)
+    source = LocalEventSource(state_dir, run_id, clock=clock)
+    rdir = run_dir(state_dir, run_id)
+    runbook: Runbook | None = None
+    expected: dict[str, float] = {}
+    try:
+        runbook = load_runbook(rdir / "runbook.yaml")
+        expected = expected_for(state_dir, runbook, run_id)
+    except RunbookError:
+        runbook = None  # a copy that cannot be read: steps by their ids (the journal is what counts)
+    return WatchedRun(source, runbook=runbook, expected=expected, clock=clock, rdir=rdir, state_dir=state_dir,
+                      run_id=run_id)
