@@ -181,12 +181,26 @@ class RunbookApp(App[int]):
             return
         self._start(engine)
 
+    def _watch_after_handover(self, who: dict[str, Any]) -> None:
+        from runbook.tui.handover_screen import TakenOverScreen
+        from runbook.watching import open_local
+
+        assert self.engine is not None
+        self.finished_status = f"taken over by {who.get('user')}@{who.get('host')}"
+        view = open_local(self.engine.ctx.state_dir, self.engine.run_id, clock=self.engine.clock)
+        self.switch_screen(TakenOverScreen(view, who))
+
     def on_run_ended(self, message: RunEnded) -> None:
         self.finished_status = message.finished.status
+        from runbook.tui.watch_screen import WatchScreen, WatchSummaryScreen
+
+        if isinstance(self.screen, WatchScreen):  # the run, followed since a hand-over, has ended
+            self.finished_status = message.finished.status
+            self.switch_screen(WatchSummaryScreen(self.screen.view, message.finished))
+            return
         taken = message.finished.summary.get("taken_over_by")
-        if taken and isinstance(self.screen, RunScreen):  # handed over: stay, read-only, until q
-            self.screen.show_taken_over(taken)
-            self.finished_status = f"taken over by {taken.get('user')}@{taken.get('host')}"
+        if taken and self.engine is not None:  # handed over: this cockpit turns into a watcher, until q
+            self._watch_after_handover(taken)
             return
         if message.finished.status == "detached":
             self.exit(EXIT_CODES["detached"])

@@ -50,7 +50,6 @@ def fold(line: str, width: int) -> list[str]:
     out.append(("  " if out else "") + rest)
     return out
 GUARDED = ("go", "mark_failed", "retry", "rerun")
-READ_ONLY_ACTIONS = ("quit_run", "toggle_output", "toggle_wrap", "journal", "help")  # a taken-over screen
 REDRAW_FAILURES_MAX = 3  # after this many failures the consumer only follows the stream to its end, drawing nothing
 
 
@@ -92,13 +91,11 @@ class RunScreen(Screen[None]):
         self._command_text: str | None = None
         self._steps_width = 30
         self._rows: dict[str, int] = {}  # rows of the title, checklist and hint at the panel's width
-        self.taken_over: str | None = None  # the banner, once another session took the run over
 
     # ---- layout ----------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
         yield Static(id="header")
-        yield Static(id="banner")
         with Horizontal(id="body"):
             yield Static(id="steps")
             with Vertical(id="panel"):
@@ -113,19 +110,7 @@ class RunScreen(Screen[None]):
                 yield Log(id="output", max_lines=OUTPUT_MAX_LINES, auto_scroll=True)
         yield Footer()
 
-    def show_taken_over(self, who: dict[str, Any]) -> None:
-        """Another session took the run over (runbook take-over): this screen turns read-only, with a banner."""
-        self.taken_over = (f"Taken over by {who.get('user')}@{who.get('host')} at {str(who.get('at', ''))[11:19]} "
-                           "— read-only: they drive this run now; q leaves")
-        self.waiting = None
-        self.running = None
-        banner = self.query_one("#banner", Static)
-        banner.update(Text(self.taken_over, style="bold black on yellow"))
-        banner.display = True
-        self.redraw()
-
     def on_mount(self) -> None:
-        self.query_one("#banner", Static).display = False
         self.query_one("#progress", ProgressBar).display = False
         self.query_one("#output", Log).border_title = "output"
         self.redraw()
@@ -342,8 +327,6 @@ class RunScreen(Screen[None]):
     # ---- keys ------------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if self.taken_over is not None and action not in READ_ONLY_ACTIONS:
-            return False  # taken over: this screen only shows the run; no key changes it any more
         w = self.waiting
         rehearsal = self.engine.state.mode == "rehearsal"
         if action == "go":
@@ -565,11 +548,6 @@ class RunScreen(Screen[None]):
     @work(group="keys", exit_on_error=False)
     async def action_quit_run(self) -> None:
         if self._pending_modal:
-            return
-        if self.taken_over is not None:  # the run is someone else's now: nothing to detach
-            from runbook.errors import Exit
-
-            self.app.exit(int(Exit.LEFT_OPEN))
             return
         if self.running is not None:
             ok = await self._yes("Quit while a step runs?",

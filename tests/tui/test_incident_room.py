@@ -1,0 +1,108 @@
+"""The incident room in the driver's cockpit: a step waiting for another operator's approval, and the cockpit of
+a driver whose run was taken over (read-only, with a banner). Pilot tests; requests are real files in the run's
+`requests/`, owned by the user they claim to come from (root makes them so, as the tests run as root)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+
+import pytest
+from textual.widgets import Static
+
+from runbook.events import StepStatus
+from runbook.requests import PENDING, write_request
+from runbook.tui.handover_screen import TakenOverScreen
+from runbook.tui.modals import TypedConfirmModal
+from tests.tui.conftest import journal, types, until, waiting_on
+
+DANGER = """
+    version: 1
+    name: t
+    steps:
+      - id: hello
+        run: echo hello
+        confirm: none
+      - id: drop
+        title: Drop the old database
+        argv: [echo, dropping, old_db]
+        danger: true
+"""
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="a request of another user is made with chown (root)")
+
+
+def _as_user(path: str, user: str) -> None:
+    pw = pwd.getpwnam(user)
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
+def hint(app) -> str:  # type: ignore[no-untyped-def]
+    return str(app.screen.query_one("#hint", Static).render())
+
+
+@needs_root
+async def test_danger_step_in_live_mode_waits_for_another_operator(make_app) -> None:
+    app, engine = make_app(DANGER)
+    rdir = engine.ctx.rdir
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, waiting_on(app, "drop", "approval"))
+        assert "Waiting for approval by another operator" in hint(app)
+        assert f"runbook approve {engine.run_id} drop" in hint(app)
+        pending = json.loads((rdir / PENDING).read_text())
+        assert pending["command"] == "echo dropping old_db" and pending["step"] == "drop"
+        await pilot.press("r")  # no key of the driver's passes this wait
+        await pilot.pause(0.3)
+        assert not [e for e in journal(engine) if e["type"] == "step-confirmed" and e.get("step") == "drop"]
+        assert engine.state.steps["drop"].status != StepStatus.running
+        # an approval from the driver's own user: refused, named
+        own = write_request(rdir, "approve", {"run_id": engine.run_id, "step": "drop", "hash": pending["hash"],
+                                              "nonce": pending["nonce"]})
+        await until(pilot, lambda: "approval-refused" in types(engine))
+        assert not own.exists()
+        refused = [e for e in journal(engine) if e["type"] == "approval-refused"]
+        assert "driver's own user" in refused[0]["reason"]
+        assert waiting_on(app, "drop", "approval")()
+        # another user's approval: verified, journaled, and the step becomes runnable (typed confirmation next)
+        req = write_request(rdir, "approve", {"run_id": engine.run_id, "step": "drop", "hash": pending["hash"],
+                                              "nonce": pending["nonce"]})
+        _as_user(str(req), "postgres")
+        await until(pilot, waiting_on(app, "drop", "confirm"))
+        approved = [e for e in journal(engine) if e["type"] == "approved"]
+        assert approved[0]["approver"] == "postgres" and approved[0]["command_hash"] == pending["hash"]
+        assert not (rdir / PENDING).exists()
+        await pilot.press("r")
+        await until(pilot, lambda: isinstance(app.screen, TypedConfirmModal))
+        await pilot.press(*"drop", "enter")
+        await until(pilot, lambda: engine.state.steps["drop"].status == StepStatus.succeeded)
+        order = [e["type"] for e in journal(engine) if e["type"] in ("approved", "step-confirmed", "step-started")
+                 and e.get("step") == "drop"]
+        assert order == ["approved", "step-confirmed", "step-started"]
+
+
+async def test_a_drill_needs_no_approval_by_default(make_app) -> None:
+    app, engine = make_app(DANGER, mode="drill")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, waiting_on(app, "drop", "confirm"))
+        assert "approval-awaited" not in types(engine)
+
+
+async def test_taken_over_cockpit_turns_read_only_with_a_banner(make_app) -> None:
+    app, engine = make_app(DANGER, mode="drill")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, waiting_on(app, "drop", "confirm"))
+        write_request(engine.ctx.rdir, "takeover", {"run_id": engine.run_id, "user": "alice", "host": "other-tty",
+                                                    "pid": 4242, "driver_pid": os.getpid()})
+        await until(pilot, lambda: isinstance(app.screen, TakenOverScreen), timeout=2.0)  # noticed within 2 s
+        banner = str(app.screen.query_one("#handover-banner", Static).render())
+        assert "TAKEN OVER by alice@other-tty" in banner
+        assert engine.ctx.lock is None  # the lock is let go: the new driver takes it
+        before = types(engine)
+        assert before[-2:] == ["handover-requested", "run-detached"]
+        for key in ("r", "s", "a", "c", "n"):  # no key changes the run any more
+            await pilot.press(key)
+        await pilot.pause(0.3)
+        assert types(engine) == before
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running)
