@@ -211,6 +211,20 @@ class Engine:
         self._journal("note", text=text.strip(), step=self.current)
         self._emit(ev.Notice("note", self.ctx.redactor.redact(text.strip()), self.current))
 
+    async def duty_done(self, duty_id: str | None = None, note: str = "", how: str = "operator") -> None:
+        """A timed duty (runbook.duties) was done: journaled with how late it was; the next one is due `every`
+        from now. `duty_id` None: the soonest due."""
+        from runbook.duties import duties
+
+        found = duties(self.ctx.runbook, self.state)
+        duty = next((d for d in found if duty_id in (None, d.id)), None)
+        if duty is None:
+            raise RunbookError(f"no timed duty {duty_id!r} in this run" if duty_id else "this run has no timed duty now")
+        late = duty.overdue_s(self.clock.now())
+        self._journal("reminder-done", reminder=duty.id, title=duty.title, due_at=iso(duty.due_at),
+                      late_s=round(max(0.0, late), 1), early=late < 0, note=note.strip(), how=how)
+        self._emit(ev.Notice("info", f"timed duty done: {duty.title}"))
+
     def record_frontend_error(self, exc: BaseException, *, source: str, where: str = "") -> Path | None:
         """A front end's own error, recorded without touching the run: it stays open and resumable (a running
         step goes on under its supervisor). Journaled as `frontend-error`; for an error that is not a

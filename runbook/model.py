@@ -143,7 +143,14 @@ class Reminder(Strict):
     """A timed duty during the run: due every `every`, acknowledged (journaled) each time."""
 
     id: Annotated[str, Field(pattern=STEP_ID)]
-    every: Duration = Field(description="How often, e.g. 30m")
+    every: Duration = Field(description="How often, e.g. 30m (at least 1m)")
+
+    @field_validator("every")
+    @classmethod
+    def _at_least_a_minute(cls, v: timedelta) -> timedelta:
+        if v.total_seconds() < 60:
+            raise ValueError("`every` must be at least 1m")
+        return v
     title: str = Field(description="What to do, e.g. 'Post the next stakeholder update'")
 
 
@@ -170,6 +177,9 @@ class Step(Strict):
     modes: list[Literal["live", "drill", "rehearsal"]] | None = Field(
         None, description="Modes in which this step exists (default: all)"
     )
+    every: Duration | None = Field(
+        None, description="A timed duty: once this step (a manual checklist or a `notify`) has succeeded, the "
+                          "operator is reminded to do it again every so often (e.g. 30m), each time journaled")
     approve: Approve | None = Field(
         None, description="Two-person rule: another operator approves (`runbook approve RUN_ID STEP`) before the "
                           "step runs, in live mode (and wherever `--approver-policy other` says)")
@@ -188,6 +198,10 @@ class Step(Strict):
             raise ValueError("`argv` must not be empty")
         if self.manual is not None and not self.manual:
             raise ValueError("`manual` needs at least one checklist item")
+        if self.every is not None and self.manual is None and self.action != "notify":
+            raise ValueError("`every` is for a manual step or a `notify` action (a duty the operator does again)")
+        if self.every is not None and self.every.total_seconds() < 60:
+            raise ValueError("`every` must be at least 1m")
         return self
 
     @property

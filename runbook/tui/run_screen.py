@@ -22,6 +22,7 @@ from textual.widgets import Footer, Log, Markdown, ProgressBar, Static
 from textual.worker import Worker, WorkerState
 
 from runbook import events as ev
+from runbook.durations import format_duration
 from runbook.engine import ConfirmRefused, Engine
 from runbook.errors import RunbookError
 from runbook.events import StepStatus, Wait
@@ -49,6 +50,7 @@ def fold(line: str, width: int) -> list[str]:
         rest, room = rest[cut:], width - 2
     out.append(("  " if out else "") + rest)
     return out
+NAG_EVERY_S = 60.0  # an overdue timed duty is said again this often
 GUARDED = ("go", "mark_failed", "retry", "rerun")
 REDRAW_FAILURES_MAX = 3  # after this many failures the consumer only follows the stream to its end, drawing nothing
 
@@ -70,6 +72,8 @@ class RunScreen(Screen[None]):
         Binding("w", "toggle_wrap", "Wrap", id="run.wrap",
                 tooltip="Output lines wrap at the pane's width (default), or raw: one line each, scroll sideways"),
         Binding("j", "journal", "Journal", id="run.journal", tooltip="The journal as a timeline"),
+        Binding("u", "duty_done", "Duty done", id="run.duty", show=False,
+                tooltip="Mark the next timed duty done (e.g. the stakeholder update; asks first)"),
         Binding("question_mark", "help", "Help", id="run.help", key_display="?", tooltip="What every key does"),
     ]
 
@@ -91,6 +95,7 @@ class RunScreen(Screen[None]):
         self._command_text: str | None = None
         self._steps_width = 30
         self._rows: dict[str, int] = {}  # rows of the title, checklist and hint at the panel's width
+        self._nagged_at: dict[str, float] = {}  # timed duty id -> when it was last said overdue (monotonic)
 
     # ---- layout ----------------------------------------------------------------------------------
 
@@ -119,6 +124,35 @@ class RunScreen(Screen[None]):
 
     def _tick(self) -> None:
         self.query_one("#header", Static).update(header(self.engine, self.size.width))
+        self._nag()
+
+    def _nag(self) -> None:
+        """An overdue timed duty (runbook.duties) is said once a minute until it is done (u)."""
+        from runbook.duties import next_duty
+
+        if not isinstance(self.engine, Engine) or self.engine.finished is not None:
+            return
+        d = next_duty(self.engine.ctx.runbook, self.engine.state)
+        if d is None or d.overdue_s(self.engine.clock.now()) < 0:
+            return
+        now = time.monotonic()
+        if now - self._nagged_at.get(d.id, -NAG_EVERY_S) >= NAG_EVERY_S:
+            self._nagged_at[d.id] = now
+            self.notify(f"{d.title} — press u when it is done", title="Timed duty overdue", severity="warning",
+                        timeout=20)
+
+    @work(group="keys", exit_on_error=False)
+    async def action_duty_done(self) -> None:
+        from runbook.duties import next_duty
+
+        d = next_duty(self.engine.ctx.runbook, self.engine.state)
+        if d is None or self._pending_modal:
+            return
+        if await self._yes("Timed duty done?", f"{d.title}\n\nJournaled now; the next one is due in "
+                           f"{format_duration(d.every_s)}.", "Done"):
+            await self._call(self.engine.duty_done(d.id, how="key u in the TUI"))
+            self._nagged_at.pop(d.id, None)
+            self._tick()
 
     def redraw(self) -> None:
         self._tick()

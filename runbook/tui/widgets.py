@@ -52,9 +52,13 @@ def header(engine: Engine, width: int) -> RenderableType:
     top = Table.grid(expand=True)
     top.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
     top.add_column(justify="right", no_wrap=True)
+    right = Text.assemble((f" {label} ", badge_style), "  ", _clock_text(c))
+    duty = duty_text(engine)
+    if duty is not None:
+        right = Text.assemble(duty, "  ", right)
     top.add_row(
         Text.assemble((st.scenario, "bold"), " · ", st.runbook_name),
-        Text.assemble((f" {label} ", badge_style), "  ", _clock_text(c)),
+        right,
     )
     bottom = Table.grid(expand=True)
     bottom.add_column(no_wrap=True)
@@ -62,6 +66,19 @@ def header(engine: Engine, width: int) -> RenderableType:
     pct = Text(f" {c.fraction * 100:3.0f} % ", style=LEVEL_STYLE[c.level] if c.level != "green" else "")
     bottom.add_row(rto_bar(c, max(10, min(40, width // 3))) + pct, _projection_text(c))
     return Group(top, bottom)
+
+
+def duty_text(engine: Engine) -> Text | None:
+    """The next timed duty beside the RTO clock (runbook.duties): its due time, or how late it is."""
+    from runbook.duties import next_duty
+
+    d = next_duty(engine.ctx.runbook, engine.state)
+    if d is None:
+        return None
+    late = d.overdue_s(engine.clock.now())
+    if late >= 0:
+        return Text(f"DUTY {format_duration(late)} LATE", style="bold white on red")
+    return Text(f"next duty {d.due_at.astimezone():%H:%M}", style="bold")
 
 
 def _clock_text(c: RtoClock) -> Text:

@@ -4,17 +4,21 @@ a driver whose run was taken over (read-only, with a banner). Pilot tests; reque
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pwd
+from datetime import timedelta
 
 import pytest
+from rich.console import Console
 from textual.widgets import Static
 
 from runbook.events import StepStatus
 from runbook.requests import PENDING, write_request
 from runbook.tui.handover_screen import TakenOverScreen
 from runbook.tui.modals import TypedConfirmModal
+from runbook.tui.widgets import header
 from tests.tui.conftest import journal, types, until, waiting_on
 
 DANGER = """
@@ -36,6 +40,13 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="a request of another 
 def _as_user(path: str, user: str) -> None:
     pw = pwd.getpwnam(user)
     os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
+def header_text(engine) -> str:  # type: ignore[no-untyped-def]
+    """The cockpit's header as plain text at 80 columns (the same function draws it)."""
+    out = Console(width=80, record=True, file=io.StringIO())
+    out.print(header(engine, 80))
+    return out.export_text()
 
 
 def hint(app) -> str:  # type: ignore[no-untyped-def]
@@ -106,3 +117,48 @@ async def test_taken_over_cockpit_turns_read_only_with_a_banner(make_app) -> Non
         assert types(engine) == before
         await pilot.press("q")
         await until(pilot, lambda: not app.is_running)
+
+
+DUTIES = """
+    version: 1
+    name: t
+    reminders:
+      - {id: update, every: 30m, title: Post the next stakeholder update}
+    steps:
+      - id: tell
+        manual: [Post in the incident channel]
+        every: 45m
+      - id: wait
+        manual: [Wait for the restore]
+"""
+
+
+async def test_timed_duties_show_beside_the_clock_nag_when_overdue_and_are_journaled(make_app) -> None:
+    from runbook.tui.modals import ConfirmModal
+
+    app, engine = make_app(DUTIES, frozen=True)
+    clock = engine.clock
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, waiting_on(app, "tell", "ack"))
+        due = (clock.now() + timedelta(minutes=30)).astimezone()
+        assert f"next duty {due:%H:%M}" in header_text(engine)
+        clock.advance(31 * 60)  # type: ignore[attr-defined]
+        app.screen._tick()  # type: ignore[attr-defined]
+        await pilot.pause(0.1)
+        assert "DUTY 0:01:00 LATE" in header_text(engine)
+        assert any("stakeholder update" in n.message for n in app._notifications)
+        await pilot.press("u")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmModal))
+        await pilot.press("tab", "enter")  # the modal focuses Cancel; Done is the other button
+        await until(pilot, lambda: "reminder-done" in types(engine))
+        done = [e for e in journal(engine) if e["type"] == "reminder-done"]
+        assert done[0]["reminder"] == "update" and done[0]["late_s"] == 60.0
+        # the checklist step's own duty is armed once it succeeds: due 45 m after
+        await pilot.press("r")
+        await until(pilot, waiting_on(app, "wait", "ack"))
+        from runbook.duties import duties
+
+        found = {d.id: d for d in duties(engine.ctx.runbook, engine.state)}
+        assert set(found) == {"update", "tell"}
+        assert (found["update"].due_at - clock.now()).total_seconds() == 30 * 60
+        assert (found["tell"].due_at - clock.now()).total_seconds() == 45 * 60
