@@ -345,7 +345,7 @@ async def _to_the_typed_step(app: RunbookApp, engine: Any, pilot: Any) -> None:
 
 @SIZES
 def test_awaiting_a_dangerous_typed_step(snap_compare: Any, make_app: Any, size: tuple[int, int]) -> None:
-    app, engine = make_app(RUNBOOK, frozen=True)
+    app, engine = make_app(RUNBOOK, frozen=True, approver_policy="none")  # its subject: the typed confirmation
 
     async def before(pilot: Any) -> None:
         await _to_the_typed_step(app, engine, pilot)
@@ -356,7 +356,7 @@ def test_awaiting_a_dangerous_typed_step(snap_compare: Any, make_app: Any, size:
 @SIZES
 def test_typed_confirmation_dialog(snap_compare: Any, make_app: Any, size: tuple[int, int]) -> None:
     """Both buttons (Cancel, OK), the command and what to type: all whole at 80x24."""
-    app, engine = make_app(RUNBOOK, frozen=True)
+    app, engine = make_app(RUNBOOK, frozen=True, approver_policy="none")  # its subject: the typed confirmation
 
     async def before(pilot: Any) -> None:
         await _to_the_typed_step(app, engine, pilot)
@@ -450,7 +450,7 @@ def test_help_overlay(snap_compare: Any, make_app: Any, size: tuple[int, int]) -
 
 @SIZES
 def test_journal_overlay(snap_compare: Any, make_app: Any, size: tuple[int, int]) -> None:
-    app, engine = make_app(RUNBOOK, frozen=True)
+    app, engine = make_app(RUNBOOK, frozen=True, approver_policy="none")  # its subject: the overlay, not the two-person rule
 
     async def before(pilot: Any) -> None:
         await _to_the_typed_step(app, engine, pilot)
