@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from runbook.clock import FrozenClock, iso
+from runbook.clock import Clock, FrozenClock, iso
 from runbook.journal import Journal
 from runbook.loader import load_runbook
 from runbook.lock import Holder, RunLock, lock_name
@@ -49,7 +49,7 @@ RUNBOOK = """
 
 
 class HandDriver:
-    def __init__(self, state_dir: Path, clock: FrozenClock, *, text: str = RUNBOOK, mode: str = "drill",
+    def __init__(self, state_dir: Path, clock: Clock, *, text: str = RUNBOOK, mode: str = "drill",
                  hold_lock: bool = True) -> None:
         self.state_dir = state_dir
         self.clock = clock
@@ -79,6 +79,7 @@ class HandDriver:
 
     def at(self, minutes: float) -> HandDriver:
         """Move the clock to `minutes` after 03:00 (the incident start)."""
+        assert isinstance(self.clock, FrozenClock), "a driver on the real clock writes now"
         now = self.clock.now()
         target = now.replace(hour=3, minute=0, second=0, microsecond=0)
         self.clock.advance((target - now).total_seconds() + minutes * 60)
