@@ -91,7 +91,7 @@ def resolve_run_id(state_dir: Path, given: str) -> str:
     if len(found) == 1:
         return found[0]
     if not found:
-        raise RunbookError(f"no run {given!r} under {state_dir}",
+        raise RunbookError(f"no run {given} under {state_dir}",
                            hint="`runbook runs` lists the runs there (--state-dir names another state directory)")
     shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
     raise RunbookError(f"{given!r} names {len(found)} runs: {shown}", hint="give more of the run id")

@@ -60,7 +60,7 @@ def test_an_unknown_or_ambiguous_run_id_is_refused(state_dir: Path) -> None:
         (state_dir / "runs" / rid / "journal.jsonl").write_text("")
     for command in ("watch", "serve"):
         r = run_cli(command, "nope", "--headless" if command == "watch" else "--port=0", "--state-dir", str(state_dir))
-        assert r.returncode == 3 and "no run 'nope'" in r.stderr and "runbook runs" in r.stderr, r.stderr
+        assert r.returncode == 3 and "no run nope under" in r.stderr and "runbook runs" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr and r.stdout == ""
         r = run_cli(command, "20261125", "--state-dir", str(state_dir))
         assert r.returncode == 3 and "names 2 runs" in r.stderr and "give more of the run id" in r.stderr

@@ -193,7 +193,7 @@ def test_run_ids_by_prefix(state_dir: Path) -> None:
     assert resolve_run_id(state_dir, "20261125T0310Z-a-1111") == "20261125T0310Z-a-1111"
     with pytest.raises(RunbookError, match="names 2 runs: 20261125T0310Z-a-1111, 20261125T0310Z-a-2222"):
         resolve_run_id(state_dir, "20261125")
-    with pytest.raises(RunbookError, match="no run 'nope'") as err:
+    with pytest.raises(RunbookError, match="no run nope under") as err:
         resolve_run_id(state_dir, "nope")
     assert err.value.exit_code == 3 and "runbook runs" in str(err.value)
     with pytest.raises(RunbookError, match="not a run id"):
