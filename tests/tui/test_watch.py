@@ -218,3 +218,28 @@ async def test_several_watchers_at_once(state_dir: Path) -> None:
             assert "✓  1 Tel" in _text(app, "#steps")
     d.release()
 
+
+
+async def test_a_journal_edited_under_the_watcher_stops_it_and_says_where(state_dir: Path) -> None:
+    """A note full of markup is shown as text; a journal line changed after it was written stops the following,
+    the banner naming the line (the watcher shows nothing the chain does not vouch for)."""
+    clock = FrozenClock(FROZEN_AT)
+    d = HandDriver(state_dir, clock)
+    d.at(20).manual("tell", acked=1)
+    app = _app(state_dir, clock)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, WatchScreen) and app.screen.focus_step == "tell")
+        d.event("note", step="tell", text="[bold]disk [/] busy [link=x]")
+        await until(pilot, lambda: any(n.message == "\\[bold]disk \\[/] busy \\[link=x]" for n in app._notifications))
+        path = d.rdir / "journal.jsonl"
+        lines = path.read_bytes().split(b"\n")
+        seq = len(lines)  # the line the driver writes next
+        d.event("item-acked", step="tell", index=1, item="Page the service owner", how="key r")
+        data = path.read_bytes()
+        path.write_bytes(data.replace(b'"index":1', b'"index":0'))
+        await until(pilot, lambda: "stopped following" in _text(app, "#watch-banner"))
+        banner = _text(app, "#watch-banner")
+        assert f"journal.jsonl:{seq}: this line was changed after it was written" in banner
+        assert app.screen.query_one("#watch-banner").has_class("broken")
+        assert app.view.state.steps["tell"].acked == [0]  # the edited line was not applied
+    d.release()
