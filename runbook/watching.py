@@ -27,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 from runbook.clock import Clock, parse_iso
 from runbook.errors import JournalError, RunbookError
 from runbook.executor import OUTPUT_FILE, Line, parse_records
-from runbook.journal import GENESIS, _hash
+from runbook.journal import GENESIS, _hash, read_journal
 from runbook.lock import lock_name, pid_alive
 from runbook.lockfile import LockFile
 from runbook.model import Runbook, Step
@@ -371,6 +371,7 @@ def open_local(state_dir: Path, given: str, *, clock: Clock | None = None) -> Wa
 
     run_id = resolve_run_id(state_dir, given)
     source = LocalEventSource(state_dir, run_id, clock=clock)
+    read_journal(source.path)  # a journal damaged before its last line is refused here, naming the line
     rdir = run_dir(state_dir, run_id)
     runbook: Runbook | None = None
     expected: dict[str, float] = {}

@@ -153,3 +153,23 @@ async def _until(get: object, text: str, timeout: float = 20) -> None:
             return
         await asyncio.sleep(0.2)
     raise AssertionError(f"{text!r} never appeared; the page says: {shown!r}")
+
+
+def test_a_damaged_journal_is_refused_naming_the_line(tmp_path: Path, state_dir: Path) -> None:
+    from datetime import UTC, datetime
+
+    from runbook.clock import FrozenClock
+    from runbook.journal import Journal
+
+    rdir = state_dir / "runs" / "r1"
+    j = Journal(rdir / "journal.jsonl", FrozenClock(datetime(2026, 11, 25, 3, 0, tzinfo=UTC)))
+    j.append("run-started", run_id="r1", runbook={"name": "x"}, scenario="s", mode="drill", steps=["a"])
+    j.append("note", text="fine")
+    j.append("note", text="also fine")
+    j.close()
+    path = rdir / "journal.jsonl"
+    path.write_bytes(path.read_bytes().replace(b'"text":"fine"', b'"text":"edited"'))
+    for args in (("--headless",), ()):
+        r = run_cli("watch", "r1", *args, "--state-dir", str(state_dir))
+        assert r.returncode == 3 and "journal.jsonl:2: this line was changed after it was written" in r.stderr
+        assert "Traceback" not in r.stderr
