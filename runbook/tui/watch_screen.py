@@ -290,6 +290,22 @@ class WatchSummaryScreen(SummaryScreen, inherit_bindings=False):
     def action_write_report(self) -> None:
         """Not here: a watcher writes nothing into the run directory."""
 
+    def journal_place(self) -> str:
+        if self.view.ctx.rdir is None:
+            return f"not on this host: {self.view.source.describe()}"
+        return super().journal_place()
+
+    def report_line(self) -> str:
+        if self.view.ctx.state_dir is None:
+            return f"runbook report {self.view.run_id}, on the host that ran it"
+        return super().report_line()
+
+    def action_journal(self) -> None:
+        if self.view.ctx.rdir is None:
+            self.notify(escape(f"The journal is not on this host: {self.view.source.describe()}"), severity="warning")
+            return
+        super().action_journal()
+
     def action_quit_app(self) -> None:
         self.app.exit(0)
 
