@@ -27,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 from runbook.clock import Clock, parse_iso
 from runbook.errors import JournalError, RunbookError
 from runbook.executor import OUTPUT_FILE, Line, parse_records
-from runbook.journal import GENESIS, _hash
+from runbook.journal import GENESIS, _hash, read_journal
 from runbook.lock import lock_name, pid_alive
 from runbook.lockfile import LockFile
 from runbook.model import Runbook, Step
@@ -91,7 +91,7 @@ def resolve_run_id(state_dir: Path, given: str) -> str:
     if len(found) == 1:
         return found[0]
     if not found:
-        raise RunbookError(f"no run {given!r} under {state_dir}",
+        raise RunbookError(f"no run {given} under {state_dir}",
                            hint="`runbook runs` lists the runs there (--state-dir names another state directory)")
     shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
     raise RunbookError(f"{given!r} names {len(found)} runs: {shown}", hint="give more of the run id")
@@ -371,6 +371,7 @@ def open_local(state_dir: Path, given: str, *, clock: Clock | None = None) -> Wa
 
     run_id = resolve_run_id(state_dir, given)
     source = LocalEventSource(state_dir, run_id, clock=clock)
+    read_journal(source.path)  # a journal damaged before its last line is refused here, naming the line
     rdir = run_dir(state_dir, run_id)
     runbook: Runbook | None = None
     expected: dict[str, float] = {}

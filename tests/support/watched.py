@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from runbook.clock import FrozenClock, iso
+from runbook.clock import Clock, FrozenClock, iso
 from runbook.journal import Journal
 from runbook.loader import load_runbook
 from runbook.lock import Holder, RunLock, lock_name
@@ -49,7 +49,7 @@ RUNBOOK = """
 
 
 class HandDriver:
-    def __init__(self, state_dir: Path, clock: FrozenClock, *, text: str = RUNBOOK, mode: str = "drill",
+    def __init__(self, state_dir: Path, clock: Clock, *, text: str = RUNBOOK, mode: str = "drill",
                  hold_lock: bool = True) -> None:
         self.state_dir = state_dir
         self.clock = clock
@@ -79,6 +79,7 @@ class HandDriver:
 
     def at(self, minutes: float) -> HandDriver:
         """Move the clock to `minutes` after 03:00 (the incident start)."""
+        assert isinstance(self.clock, FrozenClock), "a driver on the real clock writes now"
         now = self.clock.now()
         target = now.replace(hour=3, minute=0, second=0, microsecond=0)
         self.clock.advance((target - now).total_seconds() + minutes * 60)
@@ -137,3 +138,81 @@ def flocks_on(path: Path) -> int:
     key = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino} "
     with open("/proc/locks") as f:
         return sum(1 for line in f if " FLOCK " in line and key in line)
+
+
+# ---- a real driver: `runbook run --headless` in its own session ---------------------------------------------
+
+SLOW_RUNBOOK = """
+    version: 1
+    name: Watched drill
+    targets: {rto: 1h}
+    steps:
+      - id: warm-up
+        title: Warm up the standby
+        run: "echo warming; sleep 0.3; echo warm"
+        confirm: none
+      - id: restore
+        title: Restore the database
+        run: "for i in $(seq 1 STEPS); do echo restored chunk $i; sleep PAUSE; done"
+        confirm: none
+        expect_duration: 5m
+      - id: verify
+        title: Verify the rows
+        run: "echo verified"
+        confirm: none
+"""
+
+
+class RealDriver:
+    """`runbook run FILE --headless --yes --mode drill` in a child process of its own session; `stop()` ends it and
+    every step process it left (their process groups are in the journal)."""
+
+    def __init__(self, tmp: Path, state_dir: Path, *, chunks: int = 5, pause: float = 0.2) -> None:
+        import subprocess
+        import sys
+
+        from tests.conftest import ROOT
+
+        self.state_dir = state_dir
+        self.runbook = tmp / "watched.yaml"
+        text = SLOW_RUNBOOK.replace("STEPS", str(chunks)).replace("PAUSE", str(pause))
+        self.runbook.write_text(textwrap.dedent(text).lstrip())
+        self.log = open(tmp / "driver.log", "w")  # noqa: SIM115 - closed by stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runbook", "run", str(self.runbook), "--headless", "--yes", "--mode", "drill",
+             "--state-dir", str(state_dir)], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self.log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def run_id(self, timeout: float = 30) -> str:
+        import time
+
+        deadline = time.monotonic() + timeout
+        runs = self.state_dir / "runs"
+        while time.monotonic() < deadline:
+            found = [d.name for d in runs.iterdir()] if runs.is_dir() else []
+            if found and (runs / found[0] / "journal.jsonl").exists():
+                return found[0]
+            time.sleep(0.05)
+        raise AssertionError("the driver opened no run")
+
+    def wait(self, timeout: float = 60) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        import contextlib
+        import signal
+
+        from runbook.journal import read_journal
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        runs = self.state_dir / "runs"
+        for journal in runs.glob("*/journal.jsonl") if runs.is_dir() else []:
+            for e in read_journal(journal).events:
+                if e["type"] == "step-started":
+                    with contextlib.suppress(ProcessLookupError, KeyError, TypeError):
+                        os.killpg(e["pgid"], signal.SIGKILL)
+                    with contextlib.suppress(ProcessLookupError, KeyError, TypeError):
+                        os.kill(e["supervisor_pid"], signal.SIGKILL)
+        self.log.close()

@@ -22,7 +22,7 @@ from runbook.clock import FrozenClock
 from runbook.journal import read_journal
 from runbook.tui.run_screen import RunScreen
 from runbook.tui.watch_screen import WatchApp, WatchScreen, WatchSummaryScreen
-from runbook.watching import open_local
+from runbook.watching import SourceStatus, WatchedRun, open_local
 from tests.support.watched import RUN_ID, HandDriver, flocks_on, tree
 from tests.tui.conftest import FROZEN_AT, until
 
@@ -218,3 +218,78 @@ async def test_several_watchers_at_once(state_dir: Path) -> None:
             assert "✓  1 Tel" in _text(app, "#steps")
     d.release()
 
+
+
+async def test_a_journal_edited_under_the_watcher_stops_it_and_says_where(state_dir: Path) -> None:
+    """A note full of markup is shown as text; a journal line changed after it was written stops the following,
+    the banner naming the line (the watcher shows nothing the chain does not vouch for)."""
+    clock = FrozenClock(FROZEN_AT)
+    d = HandDriver(state_dir, clock)
+    d.at(20).manual("tell", acked=1)
+    app = _app(state_dir, clock)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, WatchScreen) and app.screen.focus_step == "tell")
+        d.event("note", step="tell", text="[bold]disk [/] busy [link=x]")
+        await until(pilot, lambda: any(n.message == "\\[bold]disk \\[/] busy \\[link=x]" for n in app._notifications))
+        path = d.rdir / "journal.jsonl"
+        lines = path.read_bytes().split(b"\n")
+        seq = len(lines)  # the line the driver writes next
+        d.event("item-acked", step="tell", index=1, item="Page the service owner", how="key r")
+        data = path.read_bytes()
+        path.write_bytes(data.replace(b'"index":1', b'"index":0'))
+        await until(pilot, lambda: "stopped following" in _text(app, "#watch-banner"))
+        banner = _text(app, "#watch-banner")
+        assert f"journal.jsonl:{seq}: this line was changed after it was written" in banner
+        assert app.screen.query_one("#watch-banner").has_class("broken")
+        assert app.view.state.steps["tell"].acked == [0]  # the edited line was not applied
+    d.release()
+
+
+class Relayed:
+    """Another EventSource than a local run directory (the way a repository's mirror plugs in): it hands over the
+    events of a journal written elsewhere, as many as it was given so far, and knows no run directory here."""
+
+    def __init__(self, events: list[dict[str, object]]) -> None:
+        self.events = events
+        self.given = 0
+        self.shown = 0
+
+    def describe(self) -> str:
+        return "run 20261125T031000Z-restore-latest-5eed via a relay"
+
+    def poll(self) -> list[dict[str, object]]:
+        new = self.events[self.shown:self.given]
+        self.shown = self.given
+        return new
+
+    def status(self) -> SourceStatus:
+        ended = self.shown == len(self.events)
+        return SourceStatus(ended=ended, last_heard=None, silent_s=None, note="" if ended else "relayed")
+
+
+async def test_another_source_plugs_in_without_a_run_directory(state_dir: Path) -> None:
+    clock = FrozenClock(FROZEN_AT)
+    d = HandDriver(state_dir, clock)
+    d.at(20).manual("tell", acked=2)
+    d.at(23).finished("tell", duration_s=180)
+    d.at(24).run("fetch", "fetch-latest-backup")
+    d.at(30).finished("fetch", duration_s=360)
+    for sid in ("restore", "verify"):
+        d.event("step-skipped", step=sid, reason="drill")
+    d.at(31).close("completed")
+    relay = Relayed(read_journal(d.rdir / "journal.jsonl").events)
+    relay.given = 8  # up to fetch's start
+    view = WatchedRun(relay, runbook=d.runbook, clock=clock)
+    app = WatchApp(view, poll_s=POLL)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, WatchScreen) and app.screen.running == "fetch")
+        assert "relayed" in _text(app, "#watch-banner") and "✓  1 Tell stakeholders" in _text(app, "#steps")
+        await pilot.press("j")  # no journal file on this host: said, nothing opened
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, WatchScreen)
+        relay.given = len(relay.events)
+        await until(pilot, lambda: isinstance(app.screen, WatchSummaryScreen))
+        body = _text(app, "#summary-body")
+        assert "COMPLETED" in body and "not on this host: run 20261125T031000Z-restore-latest-5eed via a relay" in body
+        assert f"runbook report {RUN_ID}, on the host that ran it" in body
+    d.release()

@@ -193,7 +193,7 @@ def test_run_ids_by_prefix(state_dir: Path) -> None:
     assert resolve_run_id(state_dir, "20261125T0310Z-a-1111") == "20261125T0310Z-a-1111"
     with pytest.raises(RunbookError, match="names 2 runs: 20261125T0310Z-a-1111, 20261125T0310Z-a-2222"):
         resolve_run_id(state_dir, "20261125")
-    with pytest.raises(RunbookError, match="no run 'nope'") as err:
+    with pytest.raises(RunbookError, match="no run nope under") as err:
         resolve_run_id(state_dir, "nope")
     assert err.value.exit_code == 3 and "runbook runs" in str(err.value)
     with pytest.raises(RunbookError, match="not a run id"):
@@ -222,3 +222,26 @@ def test_a_watcher_folds_the_journal_into_the_state_the_driver_resumes_from(stat
     assert view.state == load_state(state_dir, RUN_ID) and view.state.status == "completed"
     assert view.last_status.ended
     assert view.ctx.runbook.step("restore").display_title == "restore"  # no runbook copy: steps by their ids
+
+
+def test_a_rehearsal_takes_no_lock_and_its_driver_is_the_process_that_opened_it(state_dir: Path, tmp_path: Path) -> None:
+    import socket
+    import sys
+
+    rdir = state_dir / "runs" / RUN_ID
+    rdir.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    j = Journal(rdir / "journal.jsonl", FrozenClock(datetime(2026, 11, 25, 3, 10, tzinfo=UTC)))
+    me = {"user": "alice", "host": socket.gethostname(), "pid": os.getpid()}
+    j.append("run-started", run_id=RUN_ID, runbook={"name": RUNBOOK}, scenario="s", mode="rehearsal", target=TARGET,
+             operator={**me, "pid": gone.pid}, steps=["a"])
+    src = LocalEventSource(state_dir, RUN_ID)
+    src.poll()
+    assert src.lock_path() is None
+    status = src.status()
+    assert status.silent_s is not None and f"pid {gone.pid}" in status.note  # the process that started it is gone
+    j.append("run-resumed", operator=me, warnings=[])  # resumed by a live process
+    src.poll()
+    assert src.status().silent_s is None
+    j.close()
