@@ -45,6 +45,8 @@ OTHERS: dict[str, tuple[str, ...]] = {
     "report": ("report", "no-such-run"),
     "watch": ("watch", "no-such-run", "--headless"),
     "serve": ("serve", "no-such-run"),
+    "approve": ("approve", "no-such-run", "some-step", "--yes"),
+    "take-over": ("take-over", "no-such-run", "--yes", "--headless"),
 }
 WAL = {"wal-push", "wal-fetch"}  # PostgreSQL's contracts, below
 NOTHING_TO_GET_WRONG = {"schema"}  # no file, no argument
