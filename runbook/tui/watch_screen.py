@@ -88,6 +88,8 @@ def watcher_hint(view: WatchedRun, waiting: ev.Waiting | None, running: bool) ->
         Wait.failed: f"The step failed: {driver} decides (retry, skip or abort).",
         Wait.interrupted: f"Interrupted: {driver} decides (re-run, mark done, skip or abort).",
         Wait.value: f"Waiting for {driver} to give a value.",
+        Wait.approval: "Waiting for approval by another operator (two-person rule): "
+                       + (waiting.detail or "").partition(": ")[2],
     }
     style = {Wait.failed: "bold red", Wait.interrupted: "bold magenta"}.get(waiting.wait, "bold")
     return Text(words.get(waiting.wait, ""), style=style)
@@ -177,6 +179,15 @@ class WatchScreen(RunScreen, inherit_bindings=False):
             wait = Wait.ack if kind == "manual" else (Wait.mark if st.mode == "rehearsal" else Wait.confirm)
             self.waiting = ev.Waiting(sid, wait, command=e.get("command"), item_index=self._next_item(sid))
             self.focus_step = sid
+        elif t == "approval-awaited":  # the two-person rule: shown to watchers too, with the command to approve
+            from runbook.report import approve_command
+
+            how = approve_command(st.run_id, sid, self.view.ctx.state_dir) if self.view.ctx.state_dir else ""
+            self.waiting = ev.Waiting(sid, Wait.approval, command=self.waiting.command if self.waiting else None,
+                                      detail=f"waiting for approval: {how}")
+            self.focus_step = sid
+        elif t == "approved" and self.waiting is not None and self.waiting.step_id == sid:
+            self.waiting = ev.Waiting(sid, Wait.confirm, command=self.waiting.command)
         elif t == "item-acked" and self.waiting is not None and self.waiting.step_id == sid:
             self.waiting = ev.Waiting(sid, Wait.ack, item_index=self._next_item(sid))
         elif t == "step-started":

@@ -162,3 +162,24 @@ async def test_timed_duties_show_beside_the_clock_nag_when_overdue_and_are_journ
         assert set(found) == {"update", "tell"}
         assert (found["update"].due_at - clock.now()).total_seconds() == 30 * 60
         assert (found["tell"].due_at - clock.now()).total_seconds() == 45 * 60
+
+
+@needs_root
+async def test_a_watcher_sees_the_approval_wait_and_its_end(make_app, state_dir) -> None:  # type: ignore[no-untyped-def]
+    from runbook.tui.watch_screen import WatchApp
+    from runbook.watching import open_local
+
+    app, engine = make_app(DANGER)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, waiting_on(app, "drop", "approval"))
+        watcher = WatchApp(open_local(state_dir, engine.run_id), poll_s=0.05)
+        async with watcher.run_test(size=(80, 24)) as wpilot:
+            await until(wpilot, waiting_on(watcher, "drop", "approval"))
+            assert "Waiting for approval by another operator" in hint(watcher)
+            assert f"runbook approve {engine.run_id} drop" in hint(watcher)
+            pending = json.loads((engine.ctx.rdir / PENDING).read_text())
+            req = write_request(engine.ctx.rdir, "approve", {"run_id": engine.run_id, "step": "drop",
+                                                             "hash": pending["hash"], "nonce": pending["nonce"]})
+            _as_user(str(req), "postgres")
+            await until(pilot, waiting_on(app, "drop", "confirm"))
+            await until(wpilot, waiting_on(watcher, "drop", "confirm"))
