@@ -42,6 +42,11 @@ class TakenOverScreen(WatchScreen, inherit_bindings=False):
         super().__init__(view)
         self.who = who
 
+    def action_quit_watch(self) -> None:
+        from runbook.errors import Exit
+
+        self.app.exit(int(Exit.LEFT_OPEN))  # the run stays open, in its new driver's hands
+
     def compose(self) -> ComposeResult:
         yield Static(Text(taken_over_text(self.who), overflow="fold"), id="handover-banner")
         yield from super().compose()

@@ -117,6 +117,7 @@ async def test_taken_over_cockpit_turns_read_only_with_a_banner(make_app) -> Non
         assert types(engine) == before
         await pilot.press("q")
         await until(pilot, lambda: not app.is_running)
+    assert app.return_value == 4  # left open: the run goes on in its new driver's hands
 
 
 DUTIES = """

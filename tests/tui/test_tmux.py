@@ -210,3 +210,69 @@ def test_a_pitr_drill_at_80x24_keeps_the_recovery_point_readable_to_the_summary(
         subprocess.run(["tmux", "-S", str(tmux.sock), "kill-server"], capture_output=True)
         run_cli("demo", "--down", "--dir", str(sb.base), timeout=120)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _pane(tmux: Tmux, target: str) -> str:
+    return tmux("capture-pane", "-p", "-t", target)
+
+
+def _wait_pane(tmux: Tmux, target: str, text: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        shown = _pane(tmux, target)
+        if text in shown:
+            return shown
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} never appeared in {target}; the screen:\n{_pane(tmux, target)}")
+
+
+def test_take_over_between_two_terminals(tmux: Tmux, tmp_path: Path) -> None:
+    """Two terminals at 80x24: the second takes the run over mid-step (typing the run id's last 4 characters);
+    the step goes on, re-attached; the first cockpit says who took over and only watches from then on."""
+    base = make_base_dir("runbook-tmux-handover-")
+    try:
+        rb = base / "rb.yaml"
+        rb.write_text(textwrap.dedent("""
+            version: 1
+            name: Tmux hand-over
+            steps:
+              - id: slow
+                title: Restore (slow)
+                run: for i in $(seq 1 60); do echo tick $i; sleep 0.5; done
+                confirm: none
+              - id: tell
+                manual: [Tell the stakeholders]
+        """).lstrip())
+        state = base / "state"
+        a_exit, b_exit = base / "a.exit", base / "b.exit"
+        tmux("new-session", "-d", "-s", "a", "-x", "80", "-y", "24",
+             f"cd {ROOT} && {sys.executable} -m runbook run {rb} --mode drill --state-dir {state}; "
+             f"echo $? > {a_exit}; sleep 30")
+        _wait_pane(tmux, "a", "Start the run")
+        tmux.keys("-t", "a", "C-s")
+        _wait_pane(tmux, "a", "tick 2")
+        run_id = next((state / "runs").iterdir()).name
+        tmux("new-session", "-d", "-s", "b", "-x", "80", "-y", "24",
+             f"cd {ROOT} && {sys.executable} -m runbook take-over {run_id} --state-dir {state}; "
+             f"echo $? > {b_exit}; sleep 30")
+        _wait_pane(tmux, "b", "characters")
+        tmux.keys("-t", "b", run_id[-4:], "Enter")
+        a = _wait_pane(tmux, "a", "TAKEN OVER by", timeout=10)
+        assert "WATCHING" in a and "read-only" in a
+        _wait_pane(tmux, "b", "re-attached")
+        _wait_pane(tmux, "b", "marks the next item done", timeout=60)  # the step ended under its new driver
+        _wait_pane(tmux, "a", "Tell the stakeholders")
+        tmux.keys("-t", "a", "r")  # no key of the old cockpit changes the run
+        time.sleep(1.0)  # past the new driver's key guard (750 ms after its step changed)
+        tmux.keys("-t", "b", "r")
+        _wait_pane(tmux, "b", "COMPLETED", timeout=20)
+        _wait_pane(tmux, "a", "COMPLETED", timeout=10)  # the old cockpit followed the run to its end
+        events = read_journal(state / "runs" / run_id / "journal.jsonl").events
+        kinds = [e["type"] for e in events]
+        assert kinds.count("handover") == 1 and "step-reattached" in kinds
+        assert [e.get("how") for e in events if e["type"] == "item-acked"] == ["key r in the TUI"]
+        assert kinds.count("item-acked") == 1
+        tmux.keys("-t", "a", "q")
+        assert exit_code(a_exit) == "0"  # it ended completed, under its new driver
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
