@@ -184,3 +184,23 @@ async def test_a_watcher_sees_the_approval_wait_and_its_end(make_app, state_dir)
             _as_user(str(req), "postgres")
             await until(pilot, waiting_on(app, "drop", "confirm"))
             await until(wpilot, waiting_on(watcher, "drop", "confirm"))
+
+
+async def test_what_an_approver_is_shown_has_its_secrets_masked(make_app) -> None:
+    from runbook.redact import MASK
+
+    app, engine = make_app("""
+        version: 1
+        name: t
+        params:
+          token: {default: "tok-9f8e7d6c5b4a", secret: true}
+        steps:
+          - id: push
+            argv: [curl, -H, "X-Token: {{ token }}", "https://example.invalid/"]
+            approve: {by: other}
+    """)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, waiting_on(app, "push", "approval"))
+        raw = (engine.ctx.rdir / PENDING).read_text()
+        assert "tok-9f8e7d6c5b4a" not in raw and MASK in json.loads(raw)["command"]
+        assert "tok-9f8e7d6c5b4a" not in (engine.ctx.rdir / "journal.jsonl").read_text()
