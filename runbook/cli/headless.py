@@ -7,6 +7,9 @@ nothing runs, `--yes` passes them too, journaled as such). Without `--yes` the o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import sys
 from dataclasses import dataclass, field
 
 from rich.console import Console
@@ -17,6 +20,12 @@ from runbook.durations import format_duration
 from runbook.engine import ConfirmRefused, Engine
 from runbook.errors import Exit, RunbookError
 from runbook.events import StepStatus, Wait
+
+GONE = "\0gone"  # what `_ask` answers when the run left this session while it waited
+
+
+class _Gone(Exception):
+    """The run left this session (taken over) while a question waited for its answer."""
 
 
 @dataclass
@@ -43,6 +52,8 @@ class Headless:
         self._numbers = {sid: i for i, sid in enumerate(engine.state.order, start=1)}
         self._total = len(engine.state.order)
         self._last_step: str | None = None
+        self._inbuf = b""  # what stdin gave beyond the last line answered (runbook.cli.headless._ask)
+        self._eof = False
 
     async def run(self) -> ev.RunFinished:
         mode = self.engine.state.mode.upper()
@@ -203,10 +214,53 @@ class Headless:
             await eng.detach(f"step {w.step_id} needs a value for {w.value_key}; resume interactively to give it")
 
     async def _ask(self, prompt: str) -> str | None:
+        """A line from stdin (None at its end), or GONE when the run left this session while the prompt waited
+        (a take-over). Stdin is watched by the event loop (its own line buffer, no reader thread left behind);
+        a stdin the loop cannot watch (a regular file) is read by a thread as before."""
+        loop = asyncio.get_running_loop()
         try:
-            return (await asyncio.to_thread(input, prompt)).strip()
-        except EOFError:
-            return None
+            fd = sys.stdin.fileno()
+            loop.add_reader(fd, lambda: None)
+            loop.remove_reader(fd)
+        except (AttributeError, ValueError, OSError, NotImplementedError, PermissionError):
+            try:
+                return (await asyncio.to_thread(input, prompt)).strip()
+            except EOFError:
+                return None
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        ready = asyncio.Event()
+        loop.add_reader(fd, ready.set)
+        try:
+            while True:
+                if b"\n" in self._inbuf:
+                    line, _, self._inbuf = self._inbuf.partition(b"\n")
+                    return line.decode("utf-8", "replace").strip()
+                if self._eof:
+                    line, self._inbuf = self._inbuf, b""
+                    return line.decode("utf-8", "replace").strip() if line else None
+                if self.engine.finished is not None:
+                    sys.stdout.write("\n")
+                    return GONE
+                ready.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ready.wait(), timeout=0.25)
+                if ready.is_set():
+                    try:
+                        data = os.read(fd, 4096)
+                    except BlockingIOError:
+                        continue
+                    self._inbuf += data
+                    self._eof = not data
+        finally:
+            loop.remove_reader(fd)
+
+    async def _ask_more(self, prompt: str) -> str | None:
+        """A follow-up question (a reason, a note): the run leaving this session ends the decision."""
+        answer = await self._ask(prompt)
+        if answer is GONE:
+            raise _Gone
+        return answer
 
     async def _decide_prompt(self, w: ev.Waiting) -> None:
         eng = self.engine
@@ -222,12 +276,16 @@ class Headless:
                 Wait.value: f"  value for {w.value_key} (or :skip, :abort, :quit): ",
             }
             answer = await self._ask(prompts[w.wait])
+            if answer is GONE or self.engine.finished is not None:  # taken over while the prompt waited
+                return
             if answer is None:
                 await eng.detach("stdin closed")
                 return
             try:
                 if await self._apply(w, answer):
                     return
+            except _Gone:
+                return
             except ConfirmRefused:
                 continue
             except RunbookError as err:
@@ -246,16 +304,16 @@ class Headless:
             await eng.detach("the operator quit")
             return True
         if low in ("a", "abort"):
-            reason = await self._ask("  reason for aborting: ") or "aborted by the operator"
+            reason = await self._ask_more("  reason for aborting: ") or "aborted by the operator"
             await eng.abort(reason)
             return True
         if low in ("n", "note"):
-            text = await self._ask("  note: ")
+            text = await self._ask_more("  note: ")
             if text:
                 await eng.note(text)
             return False
         if low in ("s", "skip"):
-            reason = await self._ask("  reason for skipping (required): ") or ""
+            reason = await self._ask_more("  reason for skipping (required): ") or ""
             if not reason:
                 self.out.print("  [red]a skip needs a reason[/]")
                 return False
@@ -276,7 +334,7 @@ class Headless:
                 await eng.mark(w.step_id, True)
                 return True
             if low in ("f", "failed"):
-                note = await self._ask("  what went wrong (required): ")
+                note = await self._ask_more("  what went wrong (required): ")
                 if note:
                     await eng.mark(w.step_id, False, note)
                     return True
@@ -288,7 +346,7 @@ class Headless:
                 await eng.rerun(w.step_id)
                 return True
             if low in ("d", "done"):
-                note = await self._ask("  how do you know it finished? (required): ")
+                note = await self._ask_more("  how do you know it finished? (required): ")
                 if note:
                     await eng.mark_done(w.step_id, note)
                     return True

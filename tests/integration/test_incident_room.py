@@ -208,3 +208,28 @@ def test_two_take_overs_race_one_wins_the_other_is_told_who(room: Path) -> None:
     assert types[-1] == "run-finished" and evs[-1]["status"] == "completed"
     report = _cli("report", run_id, "--state-dir", str(room / "state"), "--format", "html")
     assert report.stdout.count('class="driver-band"') == 2
+
+
+def test_a_headless_driver_at_a_prompt_lets_go_without_a_key(room: Path) -> None:
+    """The old driver sits at a prompt (stdin open, nobody typing): a take-over ends it at once, exit 4."""
+    rb = room / "rb.yaml"
+    rb.write_text("version: 1\nname: prompt\nsteps:\n  - id: ask\n    run: echo asked\n")
+    drv = subprocess.Popen([sys.executable, "-m", "runbook", "run", str(rb), "--mode", "drill", "--headless",
+                            "--state-dir", str(room / "state")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, env=_env(), cwd=ROOT)
+    try:
+        run_id = _run_id(room)
+        _wait_for(lambda: any(e["type"] == "step-awaiting" for e in _events(room, run_id)), what="the prompt")
+        t = _cli("take-over", run_id, "--yes", "--headless", "--state-dir", str(room / "state"))
+        drv.wait(timeout=5)  # stdin stays open: no end of file, no key
+        out = drv.stdout.read() if drv.stdout else ""
+    finally:
+        if drv.poll() is None:
+            drv.kill()
+            drv.wait()
+        for f in (drv.stdin, drv.stdout):
+            if f:
+                f.close()
+    assert t.returncode == 0, t.stdout + t.stderr
+    assert drv.returncode == Exit.LEFT_OPEN and "taken over by root@" in out, out
+    assert [e["type"] for e in _events(room, run_id)].count("step-started") == 1  # run once, by the new driver
