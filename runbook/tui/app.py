@@ -186,6 +186,8 @@ class RunbookApp(App[int]):
         from runbook.watching import open_local
 
         assert self.engine is not None
+        while len(self.screen_stack) > 1 and not isinstance(self.screen, RunScreen):
+            self.pop_screen()  # a question the driver was answering (a modal) is moot now: the run is not theirs
         self.finished_status = f"taken over by {who.get('user')}@{who.get('host')}"
         view = open_local(self.engine.ctx.state_dir, self.engine.run_id, clock=self.engine.clock)
         self.switch_screen(TakenOverScreen(view, who))

@@ -204,3 +204,18 @@ async def test_what_an_approver_is_shown_has_its_secrets_masked(make_app) -> Non
         raw = (engine.ctx.rdir / PENDING).read_text()
         assert "tok-9f8e7d6c5b4a" not in raw and MASK in json.loads(raw)["command"]
         assert "tok-9f8e7d6c5b4a" not in (engine.ctx.rdir / "journal.jsonl").read_text()
+
+
+async def test_a_take_over_while_a_question_is_open_closes_it(make_app) -> None:
+    app, engine = make_app(DANGER, mode="drill")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, waiting_on(app, "drop", "confirm"))
+        await pilot.press("r")
+        await until(pilot, lambda: isinstance(app.screen, TypedConfirmModal))
+        write_request(engine.ctx.rdir, "takeover", {"run_id": engine.run_id, "user": "alice", "host": "tty2",
+                                                    "pid": 4242, "driver_pid": os.getpid()})
+        await until(pilot, lambda: isinstance(app.screen, TakenOverScreen), timeout=2.0)
+        await pilot.press(*"drop", "enter")  # typed into nothing: the question is gone
+        await pilot.pause(0.3)
+        assert not [e for e in journal(engine) if e["type"] in ("step-confirmed", "step-started")
+                    and e.get("step") == "drop"]
