@@ -1,0 +1,46 @@
+"""The journal's mirror in the repository: how a watcher on another host follows a run (issue 18).
+
+While a live or drill run is driven with a repository config (the runbook's `repository:`, as for the recovery
+lock and the run summary), a thread of the driver's process copies the journal's new lines into every
+repository of that config that does not encrypt, and rewrites a heartbeat:
+
+```
+runs/<run id>/journal/<chunk>-<first seq>-<last seq>.jsonl   the journal's lines first..last, byte for byte
+                                                            (write-once; chunk numbers 000001, 000002, ...)
+runs/<run id>/live.json                                      driver (user, host, pid), last seq, chunks,
+                                                            heartbeat time, state: running | detached | ended
+```
+
+Each object is signed like a run summary (`.sig` beside it, the host's signing.private_key). The journal holds
+no secret (its redactor masks every value before a line is written), so the mirror carries exactly what the
+journal carries: step ids and titles, commands with secrets masked, named outputs of actions, checks, notes,
+warnings. A step's raw output (stdout/stderr, in the run directory's step files) is not journaled and not
+mirrored. A repository that encrypts (`encrypt: true`) gets no mirror: encrypting the chunks is not done yet,
+and what an encrypting repository holds must be unreadable without an identity, so the driver says it is not
+mirrored there instead of writing clear text.
+
+- steps.mirror.writing: `JournalMirror`, the driver's thread.
+- steps.mirror.reading: `MirrorReader`, what a watcher reads: chunks after the last one seen, each verified
+  (signature, name, hash chain) before any event is returned; live.json, verified.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "runs/"
+CHUNK_RE = re.compile(r"^(\d{6,})-(\d{6,})-(\d{6,})\.jsonl$")
+MAX_CHUNK_BYTES = 16 * 1024 * 1024  # a chunk larger than this is refused unread (a journal line is small)
+MAX_LIVE_BYTES = 64 * 1024
+
+
+def journal_prefix(run_id: str) -> str:
+    return f"{PREFIX}{run_id}/journal/"
+
+
+def live_key(run_id: str) -> str:
+    return f"{PREFIX}{run_id}/live.json"
+
+
+def chunk_key(run_id: str, number: int, first: int, last: int) -> str:
+    return f"{journal_prefix(run_id)}{number:06d}-{first:06d}-{last:06d}.jsonl"
