@@ -27,7 +27,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from runbook.cli import backup, demo, keys, proof, runs, wal
+    from runbook.cli import backup, demo, keys, proof, runs, wal, watch
 
     p = Parser(prog="runbook", description="The PostgreSQL disaster-recovery runbook.")
     p.add_argument("--version", action="version", version=f"runbook {__version__}")
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     wal.register(sub)  # wal-push, wal-fetch
     proof.register(sub)  # check, verify-backup, status
     keys.register(sub)  # keys create, list, rotate, revoke
+    watch.register(sub)  # watch, serve: a run followed read-only
     return p
 
 

@@ -26,6 +26,8 @@ class SummaryScreen(Screen[None]):
         Binding("q", "quit_app", "Quit", id="summary.quit", tooltip="Leave"),
     ]
 
+    report_hint = "press w, or: "  # how the report is written from here (a watcher's summary has no w)
+
     def __init__(self, engine: Engine, finished: ev.RunFinished) -> None:
         super().__init__()
         self.engine = engine
@@ -63,7 +65,7 @@ class SummaryScreen(Screen[None]):
                 t.add_row(label, "\n".join(rows))
         # Paths fold at the pane's edge instead of being cut: at 80 columns a run's path is longer than the row.
         t.add_row("Journal", Text(str(eng.ctx.rdir / "journal.jsonl"), overflow="fold"))
-        t.add_row("Report", Text(f"press w, or: {report_command(eng.run_id, eng.ctx.state_dir)}", overflow="fold"))
+        t.add_row("Report", Text(f"{self.report_hint}{report_command(eng.run_id, eng.ctx.state_dir)}", overflow="fold"))
         return t
 
     def action_write_report(self) -> None:

@@ -1,0 +1,319 @@
+"""The watch cockpit: a run followed from outside, read-only (`runbook watch`, `runbook serve`).
+
+It is the driver's run screen (runbook.tui.run_screen.RunScreen: the same step list, panel, output pane, RTO
+clock, projection and facts lines, drawn by the same code) fed by a runbook.watching.WatchedRun instead of an
+engine: the journal's events as an EventSource hands them over, folded by the fold a resumed run uses. Its keys
+only look (quit, output, wrap, journal, help): the keys that would change the run are not bound here at all,
+and a watcher has no engine to call. A banner says whose run it is, and when its driver went silent.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, cast
+
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.widgets import Log, ProgressBar, Static
+
+from runbook import events as ev
+from runbook.clock import parse_iso
+from runbook.durations import format_duration
+from runbook.engine import Engine
+from runbook.errors import RunbookError
+from runbook.events import StepStatus, Wait
+from runbook.tui.run_screen import RunEnded, RunScreen
+from runbook.tui.summary_screen import SummaryScreen
+from runbook.watching import OutputSource, WatchedRun
+
+POLL_S = 0.25  # how often the source is asked for new events (the latency a watcher adds)
+
+WATCH_CSS = """
+#watch-banner {
+    height: auto;
+    padding: 0 1;
+    background: $accent-darken-2;
+    color: $text;
+    text-style: bold;
+}
+#watch-banner.silent, #watch-banner.broken {
+    background: $error;
+}
+#watch-banner.ended {
+    background: $success-darken-2;
+}
+"""
+
+
+def clock_time(ts: str | datetime | None) -> str:
+    """A journal time as this host's local HH:MM:SS (the banner's times)."""
+    if ts is None or ts == "":
+        return "?"
+    try:
+        dt = parse_iso(ts) if isinstance(ts, str) else ts
+    except ValueError:
+        return str(ts)
+    return dt.astimezone().strftime("%H:%M:%S")
+
+
+def banner_text(view: WatchedRun) -> tuple[str, str]:
+    """The banner's words and its class (`""`, `silent`, `ended`): whose run, read-only, and what is wrong."""
+    status = view.last_status
+    driver = view.driver
+    who = f"driven by {driver.describe()} since {clock_time(driver.since)}" if driver else "waiting for its first event"
+    note = f" · {status.note}" if status.note else ""
+    if status.ended:
+        return f"WATCHED — read-only · the run has ended ({view.state.status}); it was {who}{note}", "ended"
+    if status.silent_s is not None:
+        heard = clock_time(status.last_heard) if status.last_heard else "its start"
+        name = driver.describe() if driver else "its driver"
+        return (f"WATCHING — read-only · the driver {name} is SILENT: nothing heard since {heard} "
+                f"({format_duration(status.silent_s)} ago){note}", "silent")
+    return f"WATCHING — read-only, {who}{note}", ""
+
+
+def watcher_hint(view: WatchedRun, waiting: ev.Waiting | None, running: bool) -> Text:
+    """What the driver is being asked now, said to someone who cannot answer it."""
+    driver = view.driver.describe() if view.driver else "the driver"
+    if running:
+        return Text(f"Running; {driver} drives. This screen only watches.", style="bold cyan")
+    if waiting is None:
+        return Text("")
+    words = {
+        Wait.confirm: f"Waiting for {driver} to run or skip this step.",
+        Wait.ack: f"Waiting for {driver} to tick the next item.",
+        Wait.mark: f"Rehearsal: waiting for {driver} to mark this step.",
+        Wait.failed: f"The step failed: {driver} decides (retry, skip or abort).",
+        Wait.interrupted: f"Interrupted: {driver} decides (re-run, mark done, skip or abort).",
+        Wait.value: f"Waiting for {driver} to give a value.",
+    }
+    style = {Wait.failed: "bold red", Wait.interrupted: "bold magenta"}.get(waiting.wait, "bold")
+    return Text(words.get(waiting.wait, ""), style=style)
+
+
+class WatchScreen(RunScreen, inherit_bindings=False):
+    """The run screen, watching. See the module's docstring."""
+
+    BINDINGS = [
+        Binding("q", "quit_watch", "Quit", id="watch.quit", tooltip="Stop watching; the run goes on"),
+        Binding("o", "toggle_output", "Output", id="watch.output", tooltip="Output full screen, or back"),
+        Binding("w", "toggle_wrap", "Wrap", id="watch.wrap",
+                tooltip="Output lines wrap at the pane's width (default), or raw: one line each, scroll sideways"),
+        Binding("j", "journal", "Journal", id="watch.journal", tooltip="The journal as a timeline"),
+        Binding("question_mark", "help", "Help", id="watch.help", key_display="?", tooltip="What every key does"),
+    ]
+
+    def __init__(self, view: WatchedRun, *, poll_s: float = POLL_S) -> None:
+        super().__init__(cast(Engine, view))  # the screen reads an engine's state, clock and runbook, nothing more
+        self.view = view
+        self.poll_s = poll_s
+        self._tail: tuple[str, int, int] | None = None  # the step whose output is followed: id, attempt, offset
+        self._broken: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="watch-banner")
+        yield from super().compose()
+
+    def on_mount(self) -> None:
+        self.query_one("#progress", ProgressBar).display = False
+        self.query_one("#output", Log).border_title = "output"
+        self.follow()  # the journal so far, then what comes
+        self.set_interval(1.0, self._tick)
+        self._poller = self.set_interval(self.poll_s, self.follow)
+
+    # ---- following ---------------------------------------------------------------------------------
+
+    def follow(self) -> None:
+        """Take the source's new events, draw them, and say how the driver is."""
+        if self._broken is not None:
+            return
+        try:
+            new = self.view.update()
+        except RunbookError as e:  # a journal that cannot be trusted past a line: stop there, and say so
+            self._broken = e.message
+            self._poller.stop()
+            self._banner()
+            return
+        for event in new:
+            self._watch_event(event)
+        self._read_output()
+        self._banner()
+        if new:
+            self.redraw()
+        if self.view.last_status.ended and not self._ended:
+            self._ended = True
+            st = self.view.state
+            self.app.post_message(RunEnded(ev.RunFinished(st.status, st.detail)))
+
+    def _banner(self) -> None:
+        banner = self.query_one("#watch-banner", Static)
+        if self._broken is not None:
+            text, cls = f"WATCHING — read-only · stopped following: {self._broken}", "broken"
+        else:
+            text, cls = banner_text(self.view)
+        banner.update(Text(text, overflow="fold"))
+        banner.set_classes(cls)
+
+    def _watch_event(self, e: dict[str, Any]) -> None:
+        t = e.get("type")
+        sid = e.get("step")
+        st = self.view.state
+        if not isinstance(sid, str) or sid not in st.steps:
+            if t in ("note", "warning"):
+                self.notify(str(e.get("text", "")), title=str(t), severity="warning" if t == "warning" else
+                            "information")
+            elif t == "run-resumed" and self.view.driver is not None:
+                self.notify(f"{self.view.driver.describe()} took the run up again", title="Resumed")
+            return
+        step = st.steps[sid]
+        if t == "step-awaiting":
+            kind = e.get("kind")
+            wait = Wait.ack if kind == "manual" else (Wait.mark if st.mode == "rehearsal" else Wait.confirm)
+            self.waiting = ev.Waiting(sid, wait, command=e.get("command"), item_index=self._next_item(sid))
+            self.focus_step = sid
+        elif t == "item-acked" and self.waiting is not None and self.waiting.step_id == sid:
+            self.waiting = ev.Waiting(sid, Wait.ack, item_index=self._next_item(sid))
+        elif t == "step-started":
+            self.waiting = None
+            self.running = sid
+            self.focus_step = sid
+            self._start_output(sid, step.attempt, "")
+        elif t == "step-reattached":
+            self.running = sid
+            if self._tail is None or self._tail[:2] != (sid, step.attempt):
+                self._start_output(sid, step.attempt, " (re-attached)")
+        elif t in ("step-output", "value-provided"):
+            self._read_output()
+            self._out([f"→ {e.get('name')} = {e.get('value')}"])
+        elif t == "step-check":
+            self._read_output()
+            mark = {"ok": "✓", "warning": "!"}.get(str(e.get("status")), "✗")
+            hint = f" — {e.get('hint')}" if e.get("hint") else ""
+            self._out([f"{mark} check {e.get('name')}: {e.get('status')}{hint}"])
+        elif t in ("step-finished", "step-skipped"):
+            self._read_output()
+            self._tail = None
+            if self.running == sid:
+                self.running = None
+            self.waiting = ev.Waiting(sid, Wait.failed, detail=step.detail) \
+                if step.status == StepStatus.failed else None
+            self._out([f"{step.status.icon} {step.status.value} {step.detail}".rstrip()])
+            if step.status == StepStatus.failed:
+                self.notify(f"{sid}: {step.detail}", title="Step failed", severity="error", timeout=8)
+        elif t == "step-interrupted":
+            self.running = None
+            self.waiting = ev.Waiting(sid, Wait.interrupted, detail=step.detail)
+            self.focus_step = sid
+        elif t == "note":
+            self.notify(str(e.get("text", "")), title=f"note on {sid}")
+
+    def _next_item(self, sid: str) -> int | None:
+        step = self.view.ctx.runbook.step(sid)
+        acked = self.view.state.steps[sid].acked
+        return next((i for i in range(len(step.manual or [])) if i not in acked), None)
+
+    # ---- output --------------------------------------------------------------------------------------
+
+    def _start_output(self, sid: str, attempt: int, again: str) -> None:
+        self.query_one("#output", Log).clear()
+        self._lines.clear()
+        self._out([f"── {sid}: attempt {attempt}{again} ──"])
+        self._tail = (sid, attempt, 0)
+
+    def _read_output(self) -> None:
+        """The followed step's new output lines (a source without output shows the journal's lines only)."""
+        source = self.view.source
+        if self._tail is None or not isinstance(source, OutputSource):
+            return
+        sid, attempt, offset = self._tail
+        while True:
+            lines, after = source.output(sid, attempt, offset)
+            if after == offset:
+                break
+            offset = after
+            self._out([("! " if ln.stream == "err" else "") + ln.text for ln in lines])
+        self._tail = (sid, attempt, offset)
+
+    # ---- drawing ---------------------------------------------------------------------------------------
+
+    def _draw_panel(self) -> None:
+        super()._draw_panel()
+        if self.focus_step is None:
+            return
+        hint = watcher_hint(self.view, self.waiting if self.waiting and self.waiting.step_id == self.focus_step
+                            else None, self.running == self.focus_step)
+        w = self.waiting
+        if w is not None and w.step_id == self.focus_step and w.detail and w.wait in (Wait.failed, Wait.interrupted):
+            hint = Text.assemble(hint, "\n", (w.detail, "yellow"))
+        self._rows["hint"] = self._lines_of(hint, self._panel_width())
+        self.query_one("#hint", Static).update(hint)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return True  # every key bound here only looks
+
+    # ---- keys ------------------------------------------------------------------------------------------
+
+    def action_quit_watch(self) -> None:
+        self.app.exit(0)
+
+    def action_journal(self) -> None:
+        if self.view.ctx.rdir is None:
+            self.notify(f"The journal is not on this host: {self.view.source.describe()}", severity="warning")
+            return
+        super().action_journal()
+
+    def consume(self, *, draw: bool = True, resync: bool = False) -> Any:  # type: ignore[override]
+        """A watcher has no engine to consume: `follow` reads the source instead."""
+        return None
+
+
+class WatchSummaryScreen(SummaryScreen, inherit_bindings=False):
+    """The end of a watched run: the driver's summary, without writing anything (the report is `runbook report`)."""
+
+    BINDINGS = [
+        Binding("j", "journal", "Journal", id="watch-summary.journal", tooltip="The journal as a timeline"),
+        Binding("q", "quit_app", "Quit", id="watch-summary.quit", tooltip="Leave"),
+    ]
+    report_hint = ""
+
+    def __init__(self, view: WatchedRun, finished: ev.RunFinished) -> None:
+        super().__init__(cast(Engine, view), finished)
+        self.view = view
+
+    def compose(self) -> ComposeResult:
+        text, cls = banner_text(self.view)
+        yield Static(Text(text, overflow="fold"), id="watch-banner", classes=cls)
+        yield from super().compose()
+
+    def action_write_report(self) -> None:
+        """Not here: a watcher writes nothing into the run directory."""
+
+    def action_quit_app(self) -> None:
+        self.app.exit(0)
+
+
+class WatchApp(App[int]):
+    """`runbook watch` in a terminal (or a browser, through `runbook serve`)."""
+
+    CSS_PATH = "app.tcss"
+    CSS = WATCH_CSS
+    TITLE = "runbook watch"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [Binding("ctrl+c", "quit", "Quit", show=False, priority=True, id="watch-app.quit", tooltip="")]
+
+    def __init__(self, view: WatchedRun, *, poll_s: float = POLL_S) -> None:
+        super().__init__()
+        self.view = view
+        self.poll_s = poll_s
+
+    def on_mount(self) -> None:
+        self.push_screen(WatchScreen(self.view, poll_s=self.poll_s))
+
+    def on_run_ended(self, message: RunEnded) -> None:
+        self.switch_screen(WatchSummaryScreen(self.view, message.finished))
+
+
+def watch(view: WatchedRun) -> int:
+    """Run the watch cockpit until the watcher quits."""
+    return WatchApp(view).run() or 0
