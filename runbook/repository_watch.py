@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runbook.errors import RunbookError, UsageError
+from runbook.state import CLOSED
+from runbook.watching import SourceStatus, WatchedRun
 
 if TYPE_CHECKING:
     from steps.mirror.reading import Live, MirrorReader
@@ -26,14 +27,6 @@ if TYPE_CHECKING:
 SILENT_AFTER_S = 15.0
 LIVE_EVERY_S = 2.0
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
-
-
-@dataclass(frozen=True)
-class SourceStatus:
-    ended: bool  # the run has closed (its summary exists)
-    last_heard: datetime | None  # when the driver last wrote (an event or a heartbeat)
-    silent_s: float | None  # seconds since last_heard, when the driver looks silent (None: alive)
-    note: str = ""  # what a watcher should be told
 
 
 def _hm(d: datetime | None) -> str:
@@ -122,8 +115,8 @@ class RepositoryEventSource:
             self.unreachable_since, self.error = None, ""
         for ev in events:
             if ev.get("type") == "run-finished":
-                self.finished = True
-            elif ev.get("type") == "run-reopened":
+                self.finished = ev.get("status") in CLOSED
+            elif ev.get("type") in ("run-reopened", "run-resumed"):
                 self.finished = False
             ts = ev.get("ts")
             if isinstance(ts, str):
@@ -170,8 +163,6 @@ class RepositoryEventSource:
             if live.behind_since:
                 notes.append(f"the driver could not write to this repository since {live.behind_since}: "
                              "events may come late")
-        if ended:
-            notes.append("the run has ended")
         return SourceStatus(ended=ended, last_heard=last_heard, silent_s=silent, note="; ".join(notes))
 
     def _age(self, when: datetime | None) -> float:
@@ -200,17 +191,10 @@ def repository_source(config_path: str | Path, run_id: str, *, allow_unsigned: b
     return RepositoryEventSource(cfg, run_id, trust, config_path=str(config_path), silent_after_s=silent_after_s)
 
 
-def describe_event(ev: dict[str, Any]) -> str:
-    """One journal event as a line of the text follower."""
-    t = str(ev.get("type", "?"))
-    ts = str(ev.get("ts", ""))[11:19]
-    step = ev.get("step")
-    bits = [f"{int(ev.get('seq', 0)):>5}", ts, t]
-    if step:
-        bits.append(str(step))
-    for k in ("status", "detail", "command", "text", "reason", "name"):
-        v = ev.get(k)
-        if v not in (None, ""):
-            bits.append(f"{k}={v}" if k in ("status", "name") else str(v))
-    return "  ".join(bits)
+def open_repository(config_path: str | Path, run_id: str, *, allow_unsigned: bool = False) -> WatchedRun:
+    """`runbook watch -c REPO_CONFIG RUN_ID`: the run rebuilt from the repository's mirror of its journal. The
+    mirror holds the journal alone: steps are shown by their ids, without the runbook's titles, output or
+    expected durations."""
+    source = repository_source(config_path, run_id, allow_unsigned=allow_unsigned)
+    return WatchedRun(source, run_id=run_id)
 

@@ -130,6 +130,10 @@ class MirrorReader:
             except (ValueError, UnicodeDecodeError):
                 raise MirrorRefused(f"{self.where(key)}:{n}: not a journal line: refused") from None
             problem = chain_problem(ev, seq + 1, prev)
+            if problem is None and seq == 0 and ev.get("type") != "run-started":
+                problem = "the journal does not begin with run-started"
+            if problem is None and seq == 0 and ev.get("run_id") != self.run_id:
+                problem = f"the journal of run {ev.get('run_id')!r}, not of {self.run_id}"
             if problem is not None:
                 raise MirrorRefused(f"{self.where(key)}:{n}: {problem}: refused")
             seq, prev = seq + 1, str(ev["hash"])

@@ -123,7 +123,7 @@ def test_a_driven_run_is_followed_event_by_event_and_ends(where: str, tmp_path: 
     assert driver.returncode == 0, out + err
     assert seen == journal(state, run_id)  # every event, in order, exactly as the journal holds it
     assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
-    assert seen[-1]["type"] == "run-finished" and "the run has ended" in src.status().note
+    assert seen[-1]["type"] == "run-finished" and src.status().ended
     # a watcher that comes after the end gets the whole journal at once, and "ended"
     late = repository_source(cfg, run_id)
     assert late.poll() == seen
@@ -281,3 +281,13 @@ def test_a_summary_reader_ignores_the_mirror(tmp_path: Path) -> None:
     runs = read_summaries(open_stores(cfg), trust_from_config(cfg), refused)
     assert [r.run_id for r in runs] == [run_id] and refused == []
     assert json.loads((tmp_path / "repo" / "runs" / run_id / "live.json").read_text())["state"] == "ended"
+
+
+def test_watch_c_headless_prints_the_run_through_the_repository(tmp_path: Path) -> None:
+    cfg, _, run_id = _ended_local_run(tmp_path)
+    r = run_cli("watch", "-c", str(cfg), run_id, "--headless", timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"watching run {run_id} via local repository" in r.stdout
+    assert "2/3 middle  finished: succeeded" in r.stdout and "-- the run has ended: completed" in r.stdout
+    bad = run_cli("watch", "-c", str(cfg), "../runs", "--headless", timeout=60)
+    assert bad.returncode == 3 and "'../runs' is not a run id" in bad.stderr and "Traceback" not in bad.stderr
