@@ -207,10 +207,9 @@ class JournalMirror:
             assert m is not None
             t.chunks, t.mirrored, t.pending = int(m.group(1)), int(m.group(3)), None
             self.stats.chunks += 1
-            self._write_live(t)
             if any(s > t.mirrored for s, _ in self._lines):
                 self._catch_up(t, final)  # lines that arrived while this chunk was written
-            return
+                return
         if final or time.monotonic() - t.live_at >= HEARTBEAT_S:
             self._write_live(t)
 
