@@ -182,6 +182,7 @@ def test_s3_failing_mid_run_leaves_the_driver_unharmed_and_the_watcher_catches_u
             down["on"] = False
             out, err = driver.communicate(timeout=90)
             assert driver.returncode == 0, out + err
+            assert (out + err).count("watchers through the repository are behind since") == 1, out + err  # once
             seen += follow(src, lambda _: src.status().ended, timeout=60)
         finally:
             if driver.poll() is None:
@@ -291,3 +292,26 @@ def test_watch_c_headless_prints_the_run_through_the_repository(tmp_path: Path) 
     assert "2/3 middle  finished: succeeded" in r.stdout and "-- the run has ended: completed" in r.stdout
     bad = run_cli("watch", "-c", str(cfg), "../runs", "--headless", timeout=60)
     assert bad.returncode == 3 and "'../runs' is not a run id" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_repository_that_encrypts_gets_no_mirror_and_both_sides_say_so(
+        tmp_path: Path, s3_server: S3Endpoint, s3_bucket: str) -> None:  # noqa: F811
+    from steps.crypto.age import new_identity
+
+    recipient = new_identity("test").recipient
+    rb, cfg = write_setup(tmp_path, local=True, s3_url=s3_server.url, bucket=s3_bucket)
+    cfg.write_text(cfg.read_text() + f"encryption: {{recipients: [{recipient}]}}\n")  # s3.encrypt: on by default
+    r = run_cli("run", str(rb), "--headless", "--yes", "--mode", "drill", "--set", f"repository={cfg}",
+                "--set", "pause=0", "--state-dir", str(tmp_path / "state"), env=credentials_env(), timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run_id = run_id_of(tmp_path / "state")
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix="runs/").get("Contents", [])]
+    assert not [k for k in keys if k.startswith(f"runs/{run_id}/")], keys  # nothing in clear in the encrypting one
+    assert sorted((tmp_path / "repo" / "runs" / run_id / "journal").glob("*.jsonl"))  # the local one is mirrored
+    warnings = [e["text"] for e in journal(tmp_path / "state", run_id) if e["type"] == "warning"]
+    assert any("encrypts (encrypt: true)" in w and "not mirrored there" in w for w in warnings), warnings
+    s3_only = tmp_path / "s3-only.yaml"
+    s3_only.write_text("\n".join(ln for ln in cfg.read_text().splitlines() if not ln.startswith("local:")) + "\n")
+    src = repository_source(s3_only, run_id)
+    assert src.poll() == []
+    assert "encrypts: no run is mirrored there" in src.status().note
