@@ -128,11 +128,17 @@ class RepositoryEventSource:
         assert self.reader is not None
         live = self.reader.live()
         self._live_read_at = time.monotonic()
-        if live is not None and (self.live is None or live.raw != self.live.raw):
-            self._live_changed_at = time.monotonic() if self.live is not None else None
-            if self.live is None and live.heartbeat is not None:  # first sight: its age by the driver's clock
+        if live is None:
+            return
+        before = self.live
+        if before is None:
+            if live.heartbeat is not None:  # first sight: its age by the driver's clock
                 age = max(0.0, (datetime.now().astimezone() - live.heartbeat).total_seconds())
                 self._live_changed_at = time.monotonic() - age
+        elif live.raw != before.raw:
+            if before.heartbeat is not None and (live.heartbeat is None or live.heartbeat <= before.heartbeat):
+                return  # an older live.json put back (a replay) is no heartbeat
+            self._live_changed_at = time.monotonic()
         self.live = live
 
     def status(self) -> SourceStatus:

@@ -19,28 +19,8 @@ mirrored. A repository that encrypts (`encrypt: true`) gets no mirror: encryptin
 and what an encrypting repository holds must be unreadable without an identity, so the driver says it is not
 mirrored there instead of writing clear text.
 
+- steps.mirror.layout: the keys above, and the limits a reader holds a chunk to.
 - steps.mirror.writing: `JournalMirror`, the driver's thread.
 - steps.mirror.reading: `MirrorReader`, what a watcher reads: chunks after the last one seen, each verified
   (signature, name, hash chain) before any event is returned; live.json, verified.
 """
-
-from __future__ import annotations
-
-import re
-
-PREFIX = "runs/"
-CHUNK_RE = re.compile(r"^(\d{6,})-(\d{6,})-(\d{6,})\.jsonl$")
-MAX_CHUNK_BYTES = 16 * 1024 * 1024  # a chunk larger than this is refused unread (a journal line is small)
-MAX_LIVE_BYTES = 64 * 1024
-
-
-def journal_prefix(run_id: str) -> str:
-    return f"{PREFIX}{run_id}/journal/"
-
-
-def live_key(run_id: str) -> str:
-    return f"{PREFIX}{run_id}/live.json"
-
-
-def chunk_key(run_id: str, number: int, first: int, last: int) -> str:
-    return f"{journal_prefix(run_id)}{number:06d}-{first:06d}-{last:06d}.jsonl"

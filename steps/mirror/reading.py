@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from runbook.errors import RunbookError
 from runbook.journal import GENESIS, chain_problem
-from steps.mirror import CHUNK_RE, MAX_CHUNK_BYTES, MAX_LIVE_BYTES, journal_prefix, live_key
+from steps.mirror.layout import CHUNK_RE, MAX_CHUNK_BYTES, MAX_LIVE_BYTES, journal_prefix, live_key
 
 if TYPE_CHECKING:
     from steps.repository.signing import Trust

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from steps.mirror import CHUNK_RE, chunk_key, journal_prefix, live_key
+from steps.mirror.layout import CHUNK_RE, chunk_key, journal_prefix, live_key
 
 if TYPE_CHECKING:
     from steps.repository.signing import Signer

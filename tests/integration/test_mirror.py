@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from runbook.journal import read_journal
-from runbook.repository_watch import RepositoryEventSource, repository_source
+from runbook.repository_watch import LIVE_EVERY_S, RepositoryEventSource, repository_source
 from tests.conftest import ROOT, run_cli
 from tests.support.s3server import FaultProxy, S3Endpoint, credentials_env, s3_bucket, s3_server  # noqa: F401
 from tests.support.signing import make_keys, signing_yaml
@@ -145,11 +145,20 @@ def test_the_driver_killed_goes_silent_with_since_when(tmp_path: Path, s3_server
         pgid = next(e["pgid"] for e in got if e["type"] == "step-started" and e.get("step") == "middle")
         follow(src, lambda _: src.live is not None)
         assert src.status().silent_s is None
+        s3 = s3_server.client()
+        old = {k: s3.get_object(Bucket=s3_bucket, Key=f"runs/{run_id}/{k}")["Body"].read()
+               for k in ("live.json", "live.json.sig")}  # a genuine heartbeat, kept by someone who can write the bucket
+        follow(src, lambda _: src.live is not None and src.live.raw != old["live.json"])  # a later one came
         os.kill(driver.pid, signal.SIGKILL)  # the driver's host dies: no final chunk, no last heartbeat
         driver.wait(10)
         killed_at = time.time()
         follow(src, lambda _: src.status().silent_s is not None, timeout=40, every=0.5)
         st = src.status()
+        for k, data in old.items():  # put back: an older genuine heartbeat is no sign of life
+            s3.put_object(Bucket=s3_bucket, Key=f"runs/{run_id}/{k}", Body=data)
+        time.sleep(LIVE_EVERY_S + 0.5)
+        src.poll()
+        assert src.status().silent_s is not None
     finally:
         if driver.poll() is None:
             driver.kill()
