@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 SILENT_AFTER_S = 15.0
 LIVE_EVERY_S = 2.0
+REFUSED_HINT = ("what the repository holds for this run cannot be trusted past this point; the driver's own "
+                "journal (its run directory) is the record: `runbook watch RUN_ID` on its host")
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 
 
@@ -34,7 +36,9 @@ def _hm(d: datetime | None) -> str:
 
 
 class RepositoryEventSource:
-    """The events of run `run_id` as mirrored into the repositories of `cfg`, read with `trust`."""
+    """The events of run `run_id` as mirrored into the repositories of `cfg`, read with `trust`. `poll` raises
+    MirrorRefused (a RunbookError, as LocalEventSource raises JournalError) at a chunk that is not genuine or
+    missing, after returning the events before it; `status().note` names it too."""
 
     def __init__(self, cfg: Any, run_id: str, trust: Any, *, config_path: str = "",
                  silent_after_s: float = SILENT_AFTER_S) -> None:
@@ -85,8 +89,8 @@ class RepositoryEventSource:
     def poll(self) -> list[dict[str, Any]]:
         from steps.mirror.reading import MirrorRefused
 
-        if self.refused:
-            return []  # nothing past a refused chunk is ever shown
+        if self.refused:  # nothing past a refused chunk is ever shown: the watcher stops following, and says why
+            raise MirrorRefused(self.refused, hint=REFUSED_HINT)
         events: list[dict[str, Any]] = []
         try:
             if self.reader is None:
@@ -107,6 +111,9 @@ class RepositoryEventSource:
                             f"{self.reader.seq + 1} on): the events after it are not shown")
         except MirrorRefused as e:
             self.refused = e.message
+            if not events:
+                raise MirrorRefused(self.refused, hint=REFUSED_HINT) from None
+            # the events verified before it are returned; the next poll raises
         except Exception as e:  # noqa: BLE001 - an unreachable store fails in many ways: said, retried next poll
             if self.unreachable_since is None:
                 self.unreachable_since = datetime.now().astimezone()

@@ -26,6 +26,7 @@ import pytest
 
 from runbook.journal import read_journal
 from runbook.repository_watch import LIVE_EVERY_S, RepositoryEventSource, repository_source
+from steps.mirror.reading import MirrorRefused
 from tests.conftest import ROOT, run_cli
 from tests.support.s3server import FaultProxy, S3Endpoint, credentials_env, s3_bucket, s3_server  # noqa: F401
 from tests.support.signing import make_keys, signing_yaml
@@ -258,10 +259,15 @@ def test_a_forged_chunk_is_refused_and_named(forgery: str, tmp_path: Path) -> No
         sig.write_bytes(second.with_name(second.name + ".sig").read_bytes())
         reason = "not for"
     src = repository_source(cfg, run_id)
-    assert src.poll() == []  # nothing of the forged chunk, nor anything after it
-    note = src.status().note
-    assert key in note and reason in note and "refused" in note, note
-    assert src.poll() == []
+    with pytest.raises(MirrorRefused) as refused:  # nothing of the forged chunk, nor anything after it
+        src.poll()
+    assert key in refused.value.message and reason in refused.value.message and "refused" in refused.value.message
+    assert refused.value.message in src.status().note and not src.status().ended
+    with pytest.raises(MirrorRefused):
+        src.poll()  # and it stays refused
+    r = run_cli("watch", "-c", str(cfg), run_id, "--headless", timeout=60)
+    assert r.returncode == 3 and key in r.stderr and reason in r.stderr and "Traceback" not in r.stderr
+    assert "step-started" not in r.stdout and "started: attempt" not in r.stdout
 
 
 def test_a_missing_chunk_is_said_and_nothing_after_it_is_shown(tmp_path: Path) -> None:
@@ -274,9 +280,10 @@ def test_a_missing_chunk_is_said_and_nothing_after_it_is_shown(tmp_path: Path) -
     src = repository_source(cfg, run_id)
     events = src.poll()
     assert events == journal(tmp_path / "state", run_id)[: int(files[0].name.split("-")[2].split(".")[0])]
-    st = src.status()
-    assert f"chunk {gone.name.split('-')[0]} of run {run_id} is missing" in st.note, st.note
-    assert not st.ended and src.poll() == []
+    with pytest.raises(MirrorRefused) as refused:
+        src.poll()
+    assert f"chunk {gone.name.split('-')[0]} of run {run_id} is missing" in refused.value.message
+    assert refused.value.message in src.status().note and not src.status().ended
 
 
 def test_a_summary_reader_ignores_the_mirror(tmp_path: Path) -> None:
@@ -324,3 +331,26 @@ def test_a_repository_that_encrypts_gets_no_mirror_and_both_sides_say_so(
     src = repository_source(s3_only, run_id)
     assert src.poll() == []
     assert "encrypts: no run is mirrored there" in src.status().note
+
+
+def test_a_detached_run_resumed_goes_on_in_the_same_mirror(tmp_path: Path) -> None:
+    rb, cfg = write_setup(tmp_path, local=True, s3_url=None, bucket=None)
+    rb.write_text(rb.read_text().replace('run: "sleep {{ pause }}; echo middle"\n    confirm: none',
+                                         'run: "echo middle"\n    confirm: {typed: go}'))
+    state = tmp_path / "state"
+    args = ("--headless", "--yes", "--state-dir", str(state))
+    first = run_cli("run", str(rb), "--mode", "drill", "--set", f"repository={cfg}", *args, timeout=90)
+    assert first.returncode != 0  # headless, no --confirm: the run stops at the typed confirmation, open
+    run_id = run_id_of(state)
+    src = repository_source(cfg, run_id)
+    before = src.poll()
+    st = src.status()
+    assert before[-1]["type"] == "run-detached" and not st.ended
+    assert "detached at" in st.note and st.silent_s is not None and src.live and src.live.state == "detached"
+    chunks = sorted(p.name for p in (tmp_path / "repo" / "runs" / run_id / "journal").glob("*.jsonl"))
+    second = run_cli("resume", run_id, "--confirm", "middle=go", *args, timeout=90)
+    assert second.returncode == 0, second.stdout + second.stderr
+    after = follow(src, lambda got: src.status().ended)
+    assert before + after == journal(state, run_id) and after[-1]["status"] == "completed"
+    now = sorted(p.name for p in (tmp_path / "repo" / "runs" / run_id / "journal").glob("*.jsonl"))
+    assert now[: len(chunks)] == chunks and len(now) > len(chunks)  # numbering went on after the first driver's
