@@ -15,6 +15,7 @@ journal) implement the same protocol.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -23,10 +24,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from runbook.clock import Clock
+from runbook.clock import Clock, parse_iso
 from runbook.errors import JournalError, RunbookError
 from runbook.executor import OUTPUT_FILE, Line, parse_records
-from runbook.journal import GENESIS, _hash
+from runbook.journal import GENESIS, _hash, read_journal
 from runbook.lock import lock_name, pid_alive
 from runbook.lockfile import LockFile
 from runbook.model import Runbook, Step
@@ -90,7 +91,7 @@ def resolve_run_id(state_dir: Path, given: str) -> str:
     if len(found) == 1:
         return found[0]
     if not found:
-        raise RunbookError(f"no run {given!r} under {state_dir}",
+        raise RunbookError(f"no run {given} under {state_dir}",
                            hint="`runbook runs` lists the runs there (--state-dir names another state directory)")
     shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
     raise RunbookError(f"{given!r} names {len(found)} runs: {shown}", hint="give more of the run id")
@@ -114,7 +115,8 @@ class LocalEventSource:
         self._driver: dict[str, Any] = {}  # the operator of the latest run-started / run-resumed
         self._ended = False
         self._pending_note = ""
-        self._steps: set[str] = set()  # the run's step ids (output is read only for these)
+        self._steps: set[str] = set()
+        self._last_ts: datetime | None = None  # the run's step ids (output is read only for these)
 
     def describe(self) -> str:
         return f"run {self.run_id} in {self.rdir} (local)"
@@ -176,6 +178,8 @@ class LocalEventSource:
 
     def _account(self, ev: dict[str, Any]) -> None:
         t = ev.get("type")
+        with contextlib.suppress(ValueError, TypeError):
+            self._last_ts = parse_iso(str(ev.get("ts")))
         if t == "run-started":
             self._started = ev
             self._steps = {str(x) for x in ev.get("steps") or []}
@@ -213,6 +217,10 @@ class LocalEventSource:
         return SourceStatus(ended=False, last_heard=last, silent_s=silent, note=why)
 
     def _last_write(self) -> datetime | None:
+        """When the driver last wrote: its last event's time (the driver's clock, this host's too); before the
+        first whole event, the journal file's modification time."""
+        if self._last_ts is not None:
+            return self._last_ts
         try:
             return datetime.fromtimestamp(os.stat(self.path).st_mtime, UTC)
         except OSError:
@@ -363,6 +371,7 @@ def open_local(state_dir: Path, given: str, *, clock: Clock | None = None) -> Wa
 
     run_id = resolve_run_id(state_dir, given)
     source = LocalEventSource(state_dir, run_id, clock=clock)
+    read_journal(source.path)  # a journal damaged before its last line is refused here, naming the line
     rdir = run_dir(state_dir, run_id)
     runbook: Runbook | None = None
     expected: dict[str, float] = {}

@@ -64,9 +64,16 @@ class SummaryScreen(Screen[None]):
             if rows:
                 t.add_row(label, "\n".join(rows))
         # Paths fold at the pane's edge instead of being cut: at 80 columns a run's path is longer than the row.
-        t.add_row("Journal", Text(str(eng.ctx.rdir / "journal.jsonl"), overflow="fold"))
-        t.add_row("Report", Text(f"{self.report_hint}{report_command(eng.run_id, eng.ctx.state_dir)}", overflow="fold"))
+        t.add_row("Journal", Text(self.journal_place(), overflow="fold"))
+        t.add_row("Report", Text(f"{self.report_hint}{self.report_line()}", overflow="fold"))
         return t
+
+    def journal_place(self) -> str:
+        """Where the run's journal is (a watcher far from the run says where it reads it instead)."""
+        return str(self.engine.ctx.rdir / "journal.jsonl")
+
+    def report_line(self) -> str:
+        return report_command(self.engine.run_id, self.engine.ctx.state_dir)
 
     def action_write_report(self) -> None:
         eng = self.engine

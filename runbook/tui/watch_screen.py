@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
+from rich.markup import escape
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -161,10 +162,10 @@ class WatchScreen(RunScreen, inherit_bindings=False):
         st = self.view.state
         if not isinstance(sid, str) or sid not in st.steps:
             if t in ("note", "warning"):
-                self.notify(str(e.get("text", "")), title=str(t), severity="warning" if t == "warning" else
-                            "information")
+                self.notify(escape(str(e.get("text", ""))), title=str(t),
+                            severity="warning" if t == "warning" else "information")
             elif t == "run-resumed" and self.view.driver is not None:
-                self.notify(f"{self.view.driver.describe()} took the run up again", title="Resumed")
+                self.notify(escape(f"{self.view.driver.describe()} took the run up again"), title="Resumed")
             return
         step = st.steps[sid]
         if t == "step-awaiting":
@@ -200,13 +201,13 @@ class WatchScreen(RunScreen, inherit_bindings=False):
                 if step.status == StepStatus.failed else None
             self._out([f"{step.status.icon} {step.status.value} {step.detail}".rstrip()])
             if step.status == StepStatus.failed:
-                self.notify(f"{sid}: {step.detail}", title="Step failed", severity="error", timeout=8)
+                self.notify(escape(f"{sid}: {step.detail}"), title="Step failed", severity="error", timeout=8)
         elif t == "step-interrupted":
             self.running = None
             self.waiting = ev.Waiting(sid, Wait.interrupted, detail=step.detail)
             self.focus_step = sid
         elif t == "note":
-            self.notify(str(e.get("text", "")), title=f"note on {sid}")
+            self.notify(escape(str(e.get("text", ""))), title=f"note on {sid}")
 
     def _next_item(self, sid: str) -> int | None:
         step = self.view.ctx.runbook.step(sid)
@@ -259,7 +260,7 @@ class WatchScreen(RunScreen, inherit_bindings=False):
 
     def action_journal(self) -> None:
         if self.view.ctx.rdir is None:
-            self.notify(f"The journal is not on this host: {self.view.source.describe()}", severity="warning")
+            self.notify(escape(f"The journal is not on this host: {self.view.source.describe()}"), severity="warning")
             return
         super().action_journal()
 
@@ -288,6 +289,22 @@ class WatchSummaryScreen(SummaryScreen, inherit_bindings=False):
 
     def action_write_report(self) -> None:
         """Not here: a watcher writes nothing into the run directory."""
+
+    def journal_place(self) -> str:
+        if self.view.ctx.rdir is None:
+            return f"not on this host: {self.view.source.describe()}"
+        return super().journal_place()
+
+    def report_line(self) -> str:
+        if self.view.ctx.state_dir is None:
+            return f"runbook report {self.view.run_id}, on the host that ran it"
+        return super().report_line()
+
+    def action_journal(self) -> None:
+        if self.view.ctx.rdir is None:
+            self.notify(escape(f"The journal is not on this host: {self.view.source.describe()}"), severity="warning")
+            return
+        super().action_journal()
 
     def action_quit_app(self) -> None:
         self.app.exit(0)

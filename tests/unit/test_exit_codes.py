@@ -43,6 +43,8 @@ WITH_RUNBOOK: dict[str, tuple[str, ...]] = {
 OTHERS: dict[str, tuple[str, ...]] = {
     "resume": ("resume", "no-such-run", "--headless"),
     "report": ("report", "no-such-run"),
+    "watch": ("watch", "no-such-run", "--headless"),
+    "serve": ("serve", "no-such-run"),
 }
 WAL = {"wal-push", "wal-fetch"}  # PostgreSQL's contracts, below
 NOTHING_TO_GET_WRONG = {"schema"}  # no file, no argument

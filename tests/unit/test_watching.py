@@ -142,7 +142,7 @@ def test_a_dead_driver_is_reported_silent_and_the_watcher_changes_nothing(state_
     lines = data.split(b"\n")[:-1]
     driver.write(sum(len(line) + 1 for line in lines[:3]))  # started, not finished
     before = _tree(state_dir)
-    clock = FrozenClock(datetime.now(UTC))
+    clock = FrozenClock(datetime(2026, 11, 25, 3, 10, tzinfo=UTC))  # the journal's events were written then
     src = LocalEventSource(state_dir, RUN_ID, clock=clock)
     assert [e["type"] for e in src.poll()] == ["run-started", "step-awaiting", "step-started"]
     assert src.status().silent_s is None
@@ -151,7 +151,7 @@ def test_a_dead_driver_is_reported_silent_and_the_watcher_changes_nothing(state_
     driver.kill()  # the driver's host process dies: its claim stays in the lock file, its pid is gone
     clock.advance(90)
     status = src.status()
-    assert not status.ended and status.silent_s is not None and status.silent_s >= 90
+    assert not status.ended and status.silent_s == 90
     assert status.last_heard is not None and f"pid {driver.p.pid}" in status.note and "gone" in status.note
     assert src.poll() == []
     assert _tree(state_dir) == before  # nothing written, no mode or time changed, no lock file touched
@@ -193,10 +193,55 @@ def test_run_ids_by_prefix(state_dir: Path) -> None:
     assert resolve_run_id(state_dir, "20261125T0310Z-a-1111") == "20261125T0310Z-a-1111"
     with pytest.raises(RunbookError, match="names 2 runs: 20261125T0310Z-a-1111, 20261125T0310Z-a-2222"):
         resolve_run_id(state_dir, "20261125")
-    with pytest.raises(RunbookError, match="no run 'nope'") as err:
+    with pytest.raises(RunbookError, match="no run nope under") as err:
         resolve_run_id(state_dir, "nope")
     assert err.value.exit_code == 3 and "runbook runs" in str(err.value)
     with pytest.raises(RunbookError, match="not a run id"):
         resolve_run_id(state_dir, "../x")
     with pytest.raises(RunbookError, match="no run"):
         LocalEventSource(state_dir, "nope")
+
+
+def test_a_watcher_folds_the_journal_into_the_state_the_driver_resumes_from(state_dir: Path, tmp_path: Path) -> None:
+    """The watcher's state is runbook.state's fold of the same events: what `resume` rebuilds, field for field."""
+    from runbook.state import load_state
+    from runbook.watching import WatchedRun
+
+    data = _prepared(tmp_path)
+    rdir = state_dir / "runs" / RUN_ID
+    rdir.mkdir(parents=True)
+    lines = data.split(b"\n")[:-1]
+    (rdir / "journal.jsonl").write_bytes(b"".join(line + b"\n" for line in lines[:3]))
+    view = WatchedRun(LocalEventSource(state_dir, RUN_ID), run_id=RUN_ID)
+    assert len(view.update()) == 3
+    assert view.state == load_state(state_dir, RUN_ID)
+    assert view.state.steps["isolate"].status == "running" and view.driver is not None
+    assert view.driver.describe() == "alice@h"
+    (rdir / "journal.jsonl").write_bytes(data)
+    assert len(view.update()) == 2
+    assert view.state == load_state(state_dir, RUN_ID) and view.state.status == "completed"
+    assert view.last_status.ended
+    assert view.ctx.runbook.step("restore").display_title == "restore"  # no runbook copy: steps by their ids
+
+
+def test_a_rehearsal_takes_no_lock_and_its_driver_is_the_process_that_opened_it(state_dir: Path, tmp_path: Path) -> None:
+    import socket
+    import sys
+
+    rdir = state_dir / "runs" / RUN_ID
+    rdir.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    j = Journal(rdir / "journal.jsonl", FrozenClock(datetime(2026, 11, 25, 3, 10, tzinfo=UTC)))
+    me = {"user": "alice", "host": socket.gethostname(), "pid": os.getpid()}
+    j.append("run-started", run_id=RUN_ID, runbook={"name": RUNBOOK}, scenario="s", mode="rehearsal", target=TARGET,
+             operator={**me, "pid": gone.pid}, steps=["a"])
+    src = LocalEventSource(state_dir, RUN_ID)
+    src.poll()
+    assert src.lock_path() is None
+    status = src.status()
+    assert status.silent_s is not None and f"pid {gone.pid}" in status.note  # the process that started it is gone
+    j.append("run-resumed", operator=me, warnings=[])  # resumed by a live process
+    src.poll()
+    assert src.status().silent_s is None
+    j.close()
