@@ -100,7 +100,9 @@ def cost(d: Path, cfg: Path, seconds: float, rate: float) -> dict[str, Any]:
     path = d / f"cost-{cfg.stem}" / "journal.jsonl"
     journal = Journal(path, Clock())
     journal.append("run-started", run_id=f"bench-{cfg.stem}", steps=["a"], runbook={"name": "bench"})
-    mirror = JournalMirror(f"bench-{cfg.stem}", path, plan(rcfg).stores, signer_from_config(rcfg), driver={}).start()
+    signer = signer_from_config(rcfg)
+    where = plan(rcfg, signer)
+    mirror = JournalMirror(f"bench-{cfg.stem}", path, where.stores, signer, driver={}, sealings=where.sealings).start()
     t0 = time.monotonic()
     n = 0
     while time.monotonic() - t0 < seconds:

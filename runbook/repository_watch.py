@@ -42,6 +42,7 @@ class RepositoryEventSource:
 
     def __init__(self, cfg: Any, run_id: str, trust: Any, *, config_path: str = "",
                  silent_after_s: float = SILENT_AFTER_S) -> None:
+        from steps.encrypted.reading import Keys
         from steps.mirror.reading import MirrorReader
         from steps.repository.configured import open_stores
 
@@ -50,16 +51,8 @@ class RepositoryEventSource:
         self.run_id = run_id
         self.config_path = config_path
         self.silent_after_s = silent_after_s
-        self.readers: list[MirrorReader] = []
-        self.not_mirrored: list[str] = []
-        for which in ("local", "s3"):
-            if getattr(cfg, which) is None:
-                continue
-            store = open_stores(cfg, which)[0]  # type: ignore[arg-type]
-            if cfg.encrypts(which):
-                self.not_mirrored.append(f"{store.describe()} encrypts: no run is mirrored there")
-            else:
-                self.readers.append(MirrorReader(store, run_id, trust))
+        keys = Keys(cfg, trust, allow_unsigned=trust.allow_unsigned, config_path=Path(config_path) if config_path else None)
+        self.readers: list[MirrorReader] = [MirrorReader(store, run_id, trust, keys) for store in open_stores(cfg)]
         self.reader: MirrorReader | None = None  # the store followed, once one holds the run
         self.unreachable_since: datetime | None = None
         self.error = ""
@@ -163,7 +156,6 @@ class RepositoryEventSource:
         if self.reader is None and not self.refused and self.unreachable_since is None:
             notes.append(f"no mirror of run {self.run_id} in {self.describe().split(' via ', 1)[1]} (yet): is it "
                          "driven with this repository config, and not a rehearsal?")
-            notes += self.not_mirrored
         if not ended and live is not None:
             if live.state == "detached":
                 notes.append(f"the driver ({_driver(live)}) detached at {_hm(live.heartbeat)}: the run stays open "

@@ -334,9 +334,14 @@ def _start_mirror(repository: str, state_dir: Path, run_id: str, warnings: list[
     from steps.repository.recovery_lock import open_for_runbook
     from steps.repository.signing import SigningError, signer_from_config
 
+    why = "this host has no signing.private_key"
     try:
         cfg = open_for_runbook(repository)
-        where = plan(cfg)
+        try:
+            signer = signer_from_config(cfg, required=False)
+        except SigningError as e:
+            signer, why = None, e.message
+        where = plan(cfg, signer)
     except Exception as e:  # noqa: BLE001 - a config or store that cannot be opened: said, not fatal
         text = e.message if isinstance(e, RunbookError) else f"{type(e).__name__}: {e}"
         warnings.append(f"the journal is not mirrored into the repository ({repository}): {text}; nobody can "
@@ -345,16 +350,11 @@ def _start_mirror(repository: str, state_dir: Path, run_id: str, warnings: list[
     warnings += where.skipped
     if not where.stores:
         return None
-    why = "this host has no signing.private_key"
-    try:
-        signer = signer_from_config(cfg, required=False)
-    except SigningError as e:
-        signer, why = None, e.message
     if signer is None:
         warnings.append(f"the journal's mirror is written unsigned ({why}): watchers refuse it unless "
                         "--allow-unsigned")
     return JournalMirror(run_id, run_dir(state_dir, run_id) / "journal.jsonl", where.stores, signer,
-                         driver=operator()).start()
+                         driver=operator(), sealings=where.sealings).start()
 
 
 def _write_summary(repository: str, state_dir: Path, run_id: str) -> None:

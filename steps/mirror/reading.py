@@ -44,10 +44,11 @@ class Live:
 class MirrorReader:
     """Follows run `run_id`'s mirror in `store`: `new_events()` returns the events after the last returned."""
 
-    def __init__(self, store: Store, run_id: str, trust: Trust) -> None:
+    def __init__(self, store: Store, run_id: str, trust: Trust, keys: Any = None) -> None:
         self.store = store
         self.run_id = run_id
         self.trust = trust
+        self.keys = keys  # steps.encrypted.reading.Keys: this host's identities, for encrypted chunks
         self.chunks = 0
         self.seq = 0
         self.prev = GENESIS
@@ -73,7 +74,7 @@ class MirrorReader:
             raise e
         prefix = journal_prefix(self.run_id)
         listed = dict(self.store.list_keys(prefix))
-        chunks: dict[int, tuple[str, int, int, int]] = {}
+        chunks: dict[int, tuple[str, int, int, int, str | None]] = {}
         for key, size in listed.items():
             name = key[len(prefix):]
             if name.endswith(SIG_SUFFIX):
@@ -85,7 +86,7 @@ class MirrorReader:
             n = int(m.group(1))
             if n in chunks:
                 raise MirrorRefused(f"{self.where(key)}: a second chunk numbered {n}: refused")
-            chunks[n] = (key, int(m.group(2)), int(m.group(3)), size)
+            chunks[n] = (key, int(m.group(2)), int(m.group(3)), size, m.group(4))
         out: list[dict[str, Any]] = []
         later = sorted(n for n in chunks if n > self.chunks)
         try:
@@ -95,8 +96,8 @@ class MirrorReader:
                     raise MirrorRefused(f"chunk {missing:06d} of run {self.run_id} is missing from "
                                         f"{self.store.describe()} (events from {self.seq + 1} on): the events after "
                                         "it are not shown")
-                key, first, last, size = chunks[n]
-                out += self._chunk(key, first, last, size, key + SIG_SUFFIX in listed)
+                key, first, last, size, epoch = chunks[n]
+                out += self._chunk(key, first, last, size, key + SIG_SUFFIX in listed, epoch)
                 self.chunks = n
         except Exception as e:
             if not out:
@@ -107,7 +108,8 @@ class MirrorReader:
     def where(self, key: str) -> str:
         return f"{self.store.describe()}: {key}"
 
-    def _chunk(self, key: str, first: int, last: int, size: int, signed: bool) -> list[dict[str, Any]]:
+    def _chunk(self, key: str, first: int, last: int, size: int, signed: bool,
+               epoch: str | None = None) -> list[dict[str, Any]]:
         if first != self.seq + 1 or last < first:
             raise MirrorRefused(f"{self.where(key)}: holds events {first} to {last}, but {self.seq + 1} comes next: "
                                 "refused")
@@ -117,6 +119,8 @@ class MirrorReader:
         verdict = self.trust.read(self.store, key, data, signed)
         if not verdict.accepted:
             raise MirrorRefused(f"{self.where(key)}: {verdict.reason}: refused, not shown")
+        if epoch is not None:
+            data = self._decrypt(key, data, epoch)
         events: list[dict[str, Any]] = []
         seq, prev = self.seq, self.prev
         lines = data.split(b"\n")
@@ -142,6 +146,22 @@ class MirrorReader:
             raise MirrorRefused(f"{self.where(key)}: ends at event {seq}, its name says {last}: refused")
         self.seq, self.prev = seq, prev
         return events
+
+    def _decrypt(self, key: str, data: bytes, epoch: str) -> bytes:
+        """The plaintext of an encrypted chunk (its stored bytes already verified against their signature)."""
+        from steps.crypto.age import decrypt_bytes
+        from steps.repository.manifest import Encryption
+
+        what = f"the mirror of run {self.run_id} ({self.where(key)})"
+        if self.keys is None:
+            raise MirrorRefused(f"{what} is encrypted (epoch {epoch}) and no identity was given to open it")
+        try:
+            identity = self.keys.identity(self.store, Encryption(epoch=epoch), what)
+            return bytes(decrypt_bytes(data, identity, what))
+        except MirrorRefused:
+            raise
+        except RunbookError as e:
+            raise MirrorRefused(e.message, hint=e.hint) from None
 
     def live(self) -> Live | None:
         """live.json, verified (None when there is none yet). A read that crosses the driver's rewrite (the new

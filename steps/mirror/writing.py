@@ -43,6 +43,7 @@ class _Target:
     """One store's progress: what it holds of the journal, and since when it is behind."""
 
     store: Store
+    sealing: Any = None  # steps.encrypted.writing.Sealing: the chunks are age-encrypted to its epoch
     known: bool = False  # its existing chunks were listed (a resumed run goes on after them)
     chunks: int = 0
     mirrored: int = 0  # last journal seq the store holds
@@ -66,13 +67,14 @@ class JournalMirror:
     """Mirror `journal` (the run's journal.jsonl) of run `run_id` into `stores`, signed by `signer`."""
 
     def __init__(self, run_id: str, journal: Path, stores: list[Store], signer: Signer | None,
-                 notify: Callable[[str], None] | None = None, driver: dict[str, Any] | None = None) -> None:
+                 notify: Callable[[str], None] | None = None, driver: dict[str, Any] | None = None,
+                 sealings: dict[int, Any] | None = None) -> None:
         self.run_id = run_id
         self.journal = journal
         self.signer = signer
         self.notify = notify
         self.driver = driver or {}
-        self.targets = [_Target(s) for s in stores]
+        self.targets = [_Target(s, (sealings or {}).get(i)) for i, s in enumerate(stores)]
         self.stats = MirrorStats()
         self._lines: list[tuple[int, bytes]] = []  # (seq, line with its newline), every complete line read
         self._offset = 0
@@ -198,8 +200,14 @@ class JournalMirror:
         if t.pending is None:
             new = [(s, raw) for s, raw in self._lines if s > t.mirrored]
             if new:
-                key = chunk_key(self.run_id, t.chunks + 1, new[0][0], new[-1][0])
-                t.pending = (key, b"".join(raw for _, raw in new))
+                data = b"".join(raw for _, raw in new)
+                epoch = t.sealing.epoch if t.sealing is not None else None
+                key = chunk_key(self.run_id, t.chunks + 1, new[0][0], new[-1][0], epoch)
+                if t.sealing is not None:  # encrypted once: a retry writes the very same ciphertext
+                    from steps.crypto.age import encrypt_bytes
+
+                    data = encrypt_bytes(data, t.sealing.recipient)
+                t.pending = (key, data)
         if t.pending is not None:
             key, data = t.pending
             self._put_once(t.store, key, data)
@@ -243,14 +251,18 @@ class JournalMirror:
 
 @dataclass
 class MirrorPlan:
-    """Which stores of a config get the mirror, and why the others do not."""
+    """Which stores of a config get the mirror (each with its Sealing when it encrypts), and why the others not."""
 
     stores: list[Any] = field(default_factory=list)
+    sealings: dict[int, Any] = field(default_factory=dict)  # index in `stores` -> steps.encrypted.writing.Sealing
     skipped: list[str] = field(default_factory=list)
 
 
-def plan(cfg: Any) -> MirrorPlan:
-    """The stores of `cfg` the journal is mirrored into: every one that does not encrypt."""
+def plan(cfg: Any, signer: Signer | None) -> MirrorPlan:
+    """The stores of `cfg` the journal is mirrored into: every one; into one that encrypts (encrypt: true), the
+    chunks are age-encrypted to the epoch its backups use (steps.encrypted.writing.sealing_for, as a backup
+    writer: a new epoch when the recipients changed). One whose epoch cannot be had is skipped, said."""
+    from steps.encrypted.writing import sealing_for
     from steps.repository.configured import open_stores
 
     out = MirrorPlan()
@@ -258,10 +270,14 @@ def plan(cfg: Any) -> MirrorPlan:
         if getattr(cfg, which) is None:
             continue
         store = open_stores(cfg, which)[0]  # type: ignore[arg-type]
-        if cfg.encrypts(which):
-            out.skipped.append(f"{store.describe()} encrypts (encrypt: true) and the mirror's chunks are not "
-                               "encrypted: the journal is not mirrored there, no watcher can follow this run "
-                               "through it")
-        else:
-            out.stores.append(store)
+        try:
+            sealing = sealing_for(cfg, store, signer)
+        except Exception as e:  # noqa: BLE001 - an unreachable store, a bad recipient: said, the run goes on
+            text = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
+            out.skipped.append(f"{store.describe()} encrypts (encrypt: true) and its key epoch cannot be had "
+                               f"({text}): the journal is not mirrored there")
+            continue
+        if sealing is not None:
+            out.sealings[len(out.stores)] = sealing
+        out.stores.append(store)
     return out

@@ -310,28 +310,48 @@ def test_watch_c_headless_prints_the_run_through_the_repository(tmp_path: Path) 
     assert bad.returncode == 3 and "'../runs' is not a run id" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_a_repository_that_encrypts_gets_no_mirror_and_both_sides_say_so(
+def test_a_repository_that_encrypts_gets_encrypted_chunks_only_an_identity_opens(
         tmp_path: Path, s3_server: S3Endpoint, s3_bucket: str) -> None:  # noqa: F811
     from steps.crypto.age import new_identity
 
-    recipient = new_identity("test").recipient
+    ident = new_identity("test")
+    key_file = tmp_path / "keys" / "watcher.agekey"
+    key_file.parent.mkdir(exist_ok=True)
+    key_file.write_text(ident.text() + "\n")
+    key_file.chmod(0o600)
     rb, cfg = write_setup(tmp_path, local=True, s3_url=s3_server.url, bucket=s3_bucket)
-    cfg.write_text(cfg.read_text() + f"encryption: {{recipients: [{recipient}]}}\n")  # s3.encrypt: on by default
-    r = run_cli("run", str(rb), "--headless", "--yes", "--mode", "drill", "--set", f"repository={cfg}",
-                "--set", "pause=0", "--state-dir", str(tmp_path / "state"), env=credentials_env(), timeout=90)
-    assert r.returncode == 0, r.stdout + r.stderr
-    run_id = run_id_of(tmp_path / "state")
-    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix="runs/").get("Contents", [])]
-    assert not [k for k in keys if k.startswith(f"runs/{run_id}/")], keys  # nothing in clear in the encrypting one
-    assert sorted((tmp_path / "repo" / "runs" / run_id / "journal").glob("*.jsonl"))  # the local one is mirrored
-    warnings = [e["text"] for e in journal(tmp_path / "state", run_id) if e["type"] == "warning"]
-    assert any("encrypts (encrypt: true)" in w and "not mirrored there" in w for w in warnings), warnings
-    s3_only = tmp_path / "s3-only.yaml"
-    s3_only.write_text("\n".join(ln for ln in cfg.read_text().splitlines() if not ln.startswith("local:")) + "\n")
-    src = repository_source(s3_only, run_id)
-    assert src.poll() == []
-    assert "encrypts: no run is mirrored there" in src.status().note
-
+    text = cfg.read_text().replace(f"local: {{path: {tmp_path / 'repo'}}}",
+                                   f"local: {{path: {tmp_path / 'repo'}, encrypt: true}}")
+    cfg.write_text(text + f"encryption: {{recipients: [{ident.recipient}]}}\n"  # the driver: a recipient, no identity
+                   f"backup: {{state_dir: {tmp_path / 'driver-state'}}}\n")
+    state = tmp_path / "state"
+    driver = start_driver(rb, cfg, state, "--set", "pause=3")
+    out, err = driver.communicate(timeout=90)
+    assert driver.returncode == 0, out + err
+    run_id = run_id_of(state)
+    events = journal(state, run_id)
+    s3 = s3_server.client()
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix=f"runs/{run_id}/journal/")["Contents"]]
+    chunks = [k for k in keys if not k.endswith(".sig")]
+    assert len(chunks) >= 2 and all(k.endswith(".jsonl.age") for k in chunks), keys
+    local = sorted((tmp_path / "repo" / "runs" / run_id / "journal").glob("*.jsonl.age"))
+    assert len(local) >= 2 and not list((tmp_path / "repo" / "runs" / run_id / "journal").glob("*.jsonl"))
+    for data in [s3.get_object(Bucket=s3_bucket, Key=k)["Body"].read() for k in chunks] + [p.read_bytes() for p in local]:
+        assert data.startswith(b"age-encryption.org/v1") and b"run-started" not in data and b"middle" not in data
+    # a watcher holding an identity of the recipients reads every event, from either repository
+    for only in ("local", "s3"):
+        wcfg = tmp_path / f"watcher-{only}.yaml"
+        lines = [ln for ln in cfg.read_text().splitlines() if not ln.startswith("s3:" if only == "local" else "local:")]
+        wcfg.write_text("\n".join(lines).replace("encryption: {", f"encryption: {{identity_files: [{key_file}], ")
+                        + "\n")
+        src = repository_source(wcfg, run_id)
+        assert src.poll() == events and src.status().ended, only
+    # one without: told which key would open it, nothing shown
+    bare = tmp_path / "watcher-bare.yaml"
+    bare.write_text(cfg.read_text())
+    r = run_cli("watch", "-c", str(bare), run_id, "--headless", env=credentials_env(), timeout=60)
+    assert r.returncode == 3 and "encryption.identity_files" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "started: attempt" not in r.stdout
 
 def test_a_detached_run_resumed_goes_on_in_the_same_mirror(tmp_path: Path) -> None:
     rb, cfg = write_setup(tmp_path, local=True, s3_url=None, bucket=None)
