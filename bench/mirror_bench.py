@@ -7,7 +7,8 @@ latency  a real driver (`runbook run --headless`, a drill of --steps steps of `s
          polling every 0.2 s: for every event, the time from the driver's journal write (the event's `ts`) to
          the poll that returned it. Min, median, p95, max.
 cost     the mirror thread alone (steps.mirror.writing.JournalMirror) on a journal this process appends to at
-         --rate events/s for --seconds (the busiest a run gets: action outputs and checks), into each store:
+         --rate events/s for --seconds (the busiest a run gets: action outputs and checks), into each store
+         (and a local one with encrypt: true: every chunk age-encrypted):
          the thread's CPU time (thread_time) per second of run, chunks and heartbeats written, events/s.
 """
 
@@ -33,6 +34,7 @@ ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFA
 
 
 def config(d: Path, kind: str, s3_url: str | None, bucket: str) -> Path:
+    from steps.crypto.age import new_identity
     from steps.repository.signing import create_key_files
 
     key = d / "keys" / "bench.key"
@@ -41,6 +43,8 @@ def config(d: Path, kind: str, s3_url: str | None, bucket: str) -> Path:
     cfg = d / f"repo-{kind}.yaml"
     text = "version: 1\n"
     text += f"local: {{path: {d / 'repo'}}}\n" if kind == "local" else \
+        f"local: {{path: {d / 'repo-enc'}, encrypt: true}}\nbackup: {{state_dir: {d / 'enc-state'}}}\n" \
+        f"encryption: {{recipients: [{new_identity('bench').recipient}]}}\n" if kind == "local-encrypted" else \
         f"s3: {{bucket: {bucket}, endpoint_url: '{s3_url}', region: us-east-1}}\n"
     cfg.write_text(text + f"signing: {{private_key: {key}, public_keys: [{key}.pub]}}\n")
     return cfg
@@ -102,7 +106,7 @@ def cost(d: Path, cfg: Path, seconds: float, rate: float) -> dict[str, Any]:
     journal.append("run-started", run_id=f"bench-{cfg.stem}", steps=["a"], runbook={"name": "bench"})
     signer = signer_from_config(rcfg)
     where = plan(rcfg, signer)
-    mirror = JournalMirror(f"bench-{cfg.stem}", path, where.stores, signer, driver={}, sealings=where.sealings).start()
+    mirror = JournalMirror(f"bench-{cfg.stem}", path, where.stores, signer, driver={}, sealers=where.sealers).start()
     t0 = time.monotonic()
     n = 0
     while time.monotonic() - t0 < seconds:
@@ -119,7 +123,7 @@ def cost(d: Path, cfg: Path, seconds: float, rate: float) -> dict[str, Any]:
 def show(name: str, xs: list[float]) -> None:
     xs = sorted(xs)
     p95 = xs[min(len(xs) - 1, int(0.95 * len(xs)))]
-    print(f"{name:>6}: {len(xs)} events, latency min {xs[0]:.2f} s, median {statistics.median(xs):.2f} s, "
+    print(f"{name:>15}: {len(xs)} events, latency min {xs[0]:.2f} s, median {statistics.median(xs):.2f} s, "
           f"p95 {p95:.2f} s, max {xs[-1]:.2f} s")
 
 
@@ -155,9 +159,9 @@ def main() -> int:
             print(f"load average {os.getloadavg()[0]:.1f}; {a.steps} steps of sleep {a.pause}; watcher polls every 0.2 s")
             for kind in kinds:
                 show(kind, latency(d, config(d, kind, url, "bench"), rb))
-            for kind in kinds:
+            for kind in [*kinds, "local-encrypted"]:
                 c = cost(d, config(d, kind, url, "bench"), a.seconds, a.rate)
-                print(f"{kind:>6}: mirror thread {c['cpu_s']:.2f} s CPU in {c['wall_s']:.1f} s ({c['cpu_pct']:.1f} %), "
+                print(f"{kind:>15}: mirror thread {c['cpu_s']:.2f} s CPU in {c['wall_s']:.1f} s ({c['cpu_pct']:.1f} %), "
                       f"{c['events']} events ({c['events_per_s']:.1f}/s) in {c['chunks']} chunks, "
                       f"{c['heartbeats']} live.json writes{'; ' + '; '.join(c['problems']) if c['problems'] else ''}")
         finally:

@@ -347,14 +347,11 @@ def _start_mirror(repository: str, state_dir: Path, run_id: str, warnings: list[
         warnings.append(f"the journal is not mirrored into the repository ({repository}): {text}; nobody can "
                         "watch this run from another host")
         return None
-    warnings += where.skipped
-    if not where.stores:
-        return None
     if signer is None:
         warnings.append(f"the journal's mirror is written unsigned ({why}): watchers refuse it unless "
                         "--allow-unsigned")
     return JournalMirror(run_id, run_dir(state_dir, run_id) / "journal.jsonl", where.stores, signer,
-                         driver=operator(), sealings=where.sealings).start()
+                         driver=operator(), sealers=where.sealers).start()
 
 
 def _write_summary(repository: str, state_dir: Path, run_id: str) -> None:

@@ -43,6 +43,7 @@ class _Target:
     """One store's progress: what it holds of the journal, and since when it is behind."""
 
     store: Store
+    sealer: Callable[[], Any] | None = None  # the store encrypts: gets its Sealing (in the thread: it may write)
     sealing: Any = None  # steps.encrypted.writing.Sealing: the chunks are age-encrypted to its epoch
     known: bool = False  # its existing chunks were listed (a resumed run goes on after them)
     chunks: int = 0
@@ -68,13 +69,13 @@ class JournalMirror:
 
     def __init__(self, run_id: str, journal: Path, stores: list[Store], signer: Signer | None,
                  notify: Callable[[str], None] | None = None, driver: dict[str, Any] | None = None,
-                 sealings: dict[int, Any] | None = None) -> None:
+                 sealers: dict[int, Callable[[], Any]] | None = None) -> None:
         self.run_id = run_id
         self.journal = journal
         self.signer = signer
         self.notify = notify
         self.driver = driver or {}
-        self.targets = [_Target(s, (sealings or {}).get(i)) for i, s in enumerate(stores)]
+        self.targets = [_Target(s, (sealers or {}).get(i)) for i, s in enumerate(stores)]
         self.stats = MirrorStats()
         self._lines: list[tuple[int, bytes]] = []  # (seq, line with its newline), every complete line read
         self._offset = 0
@@ -197,6 +198,8 @@ class JournalMirror:
     def _catch_up(self, t: _Target, final: bool) -> None:
         if not t.known:
             self._know(t)
+        if t.sealer is not None and t.sealing is None:
+            t.sealing = t.sealer()  # the epoch's data recipient; a failure is retried like any write
         if t.pending is None:
             new = [(s, raw) for s, raw in self._lines if s > t.mirrored]
             if new:
@@ -251,33 +254,33 @@ class JournalMirror:
 
 @dataclass
 class MirrorPlan:
-    """Which stores of a config get the mirror (each with its Sealing when it encrypts), and why the others not."""
+    """Which stores of a config get the mirror, each one that encrypts with how its Sealing is got."""
 
     stores: list[Any] = field(default_factory=list)
-    sealings: dict[int, Any] = field(default_factory=dict)  # index in `stores` -> steps.encrypted.writing.Sealing
-    skipped: list[str] = field(default_factory=list)
+    sealers: dict[int, Callable[[], Any]] = field(default_factory=dict)  # index in `stores` -> Sealing getter
 
 
 def plan(cfg: Any, signer: Signer | None) -> MirrorPlan:
-    """The stores of `cfg` the journal is mirrored into: every one; into one that encrypts (encrypt: true), the
+    """The stores of `cfg` the journal is mirrored into: every one. Into one that encrypts (encrypt: true), the
     chunks are age-encrypted to the epoch its backups use (steps.encrypted.writing.sealing_for, as a backup
-    writer: a new epoch when the recipients changed). One whose epoch cannot be had is skipped, said."""
-    from steps.encrypted.writing import sealing_for
+    writer: a new epoch when the recipients changed), got by the mirror's thread before its first chunk there
+    (it reads, maybe writes, the repository: never on the way of the run)."""
     from steps.repository.configured import open_stores
+
+    def sealer(store: Any) -> Callable[[], Any]:
+        def get() -> Any:
+            from steps.encrypted.writing import sealing_for
+
+            return sealing_for(cfg, store, signer)
+
+        return get
 
     out = MirrorPlan()
     for which in ("local", "s3"):
         if getattr(cfg, which) is None:
             continue
         store = open_stores(cfg, which)[0]  # type: ignore[arg-type]
-        try:
-            sealing = sealing_for(cfg, store, signer)
-        except Exception as e:  # noqa: BLE001 - an unreachable store, a bad recipient: said, the run goes on
-            text = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
-            out.skipped.append(f"{store.describe()} encrypts (encrypt: true) and its key epoch cannot be had "
-                               f"({text}): the journal is not mirrored there")
-            continue
-        if sealing is not None:
-            out.sealings[len(out.stores)] = sealing
+        if cfg.encrypts(which):
+            out.sealers[len(out.stores)] = sealer(store)
         out.stores.append(store)
     return out
