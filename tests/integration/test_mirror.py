@@ -374,3 +374,21 @@ def test_a_detached_run_resumed_goes_on_in_the_same_mirror(tmp_path: Path) -> No
     assert before + after == journal(state, run_id) and after[-1]["status"] == "completed"
     now = sorted(p.name for p in (tmp_path / "repo" / "runs" / run_id / "journal").glob("*.jsonl"))
     assert now[: len(chunks)] == chunks and len(now) > len(chunks)  # numbering went on after the first driver's
+
+
+def test_a_driver_without_a_signing_key_mirrors_unsigned_read_only_with_allow_unsigned(tmp_path: Path) -> None:
+    rb, cfg = write_setup(tmp_path, local=True, s3_url=None, bucket=None)
+    _, pub = make_keys()
+    cfg.write_text(cfg.read_text().split("signing:")[0] + signing_yaml(private=False, trusted=[pub]))
+    r = run_cli("run", str(rb), "--headless", "--yes", "--mode", "drill", "--set", f"repository={cfg}",
+                "--set", "pause=0", "--state-dir", str(tmp_path / "state"), timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run_id = run_id_of(tmp_path / "state")
+    events = journal(tmp_path / "state", run_id)
+    assert any("the journal's mirror is written unsigned" in e.get("text", "") for e in events if e["type"] == "warning")
+    assert not list((tmp_path / "repo" / "runs" / run_id / "journal").glob("*.sig"))
+    with pytest.raises(MirrorRefused, match="unsigned"):
+        repository_source(cfg, run_id).poll()
+    assert repository_source(cfg, run_id, allow_unsigned=True).poll() == events
+    w = run_cli("watch", "-c", str(cfg), run_id, "--headless", "--allow-unsigned", timeout=60)
+    assert w.returncode == 0 and "-- the run has ended: completed" in w.stdout, w.stdout + w.stderr
