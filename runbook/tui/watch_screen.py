@@ -111,6 +111,7 @@ class WatchScreen(RunScreen, inherit_bindings=False):
         self.poll_s = poll_s
         self._tail: tuple[str, int, int] | None = None  # the step whose output is followed: id, attempt, offset
         self._broken: str | None = None
+        self._banner_shown: tuple[str, str] | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="watch-banner")
@@ -153,6 +154,9 @@ class WatchScreen(RunScreen, inherit_bindings=False):
             text, cls = f"WATCHING — read-only · stopped following: {self._broken}", "broken"
         else:
             text, cls = banner_text(self.view)
+        if (text, cls) == self._banner_shown:
+            return  # unchanged: nothing to redraw (the poll comes four times a second)
+        self._banner_shown = (text, cls)
         banner.update(Text(text, overflow="fold"))
         banner.set_classes(cls)
 

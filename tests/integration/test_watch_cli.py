@@ -175,3 +175,39 @@ def test_a_damaged_journal_is_refused_naming_the_line(tmp_path: Path, state_dir:
         r = run_cli("watch", "r1", *args, "--state-dir", str(state_dir))
         assert r.returncode == 3 and "journal.jsonl:2: this line was changed after it was written" in r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_the_text_watcher_says_when_the_driver_goes_silent_and_comes_back(state_dir: Path) -> None:
+    import io
+    from datetime import UTC, datetime, timedelta
+
+    from runbook.cli.watch import WatchPrinter
+    from runbook.clock import FrozenClock
+    from runbook.watching import open_local
+    from tests.support.watched import RUN_ID, HandDriver
+
+    clock = FrozenClock(datetime(2026, 11, 25, 3, 20, tzinfo=UTC))
+    d = HandDriver(state_dir, clock)
+    d.manual("tell", acked=1)
+    out = io.StringIO()
+    view = open_local(state_dir, RUN_ID, clock=clock)
+    printer = WatchPrinter(view, out)
+    printer.events(view.update())
+    printer.liveness()
+    holder = d.lock_path.read_text()
+    d.release()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    d.lock_path.write_text(holder.replace(f'"pid": {os.getpid()}', f'"pid": {gone.pid}'))
+    clock.advance(timedelta(minutes=2))
+    for _ in range(3):  # said once, not at every poll
+        printer.events(view.update())
+        printer.liveness()
+    d.lock_path.write_text(holder)
+    printer.events(view.update())
+    printer.liveness()
+    lines = out.getvalue().splitlines()
+    silent = [ln for ln in lines if "SILENT" in ln]
+    assert len(silent) == 1 and silent[0].startswith("-- the driver oncall@db-recovery-1 is SILENT: nothing heard "
+                                                     "since ") and "(0:02:00 ago)" in silent[0]
+    assert f"pid {gone.pid}" in silent[0] and lines[-1] == "-- the driver is back"
