@@ -64,6 +64,7 @@ class RunContext:
     expected: dict[str, float] = field(default_factory=dict)
     python: str = sys.executable
     approver_policy: str = "runbook"  # runbook | none | other (runbook.requests; `--approver-policy`)
+    mirror: Any = None  # the journal's mirror into the repository (steps.mirror.writing.JournalMirror), if any
 
     @property
     def mode(self) -> str:
@@ -149,6 +150,13 @@ class Engine:
 
     def _emit(self, event: ev.Event) -> None:
         self._queue.put_nowait(event)
+
+    def _mirror_said(self, text: str) -> None:
+        """The journal's mirror fell behind or caught up: journaled (the report's timeline) and shown, once."""
+        if self.finished is not None:
+            return
+        self._journal("warning", text=text)
+        self._emit(ev.Notice("warning", text))
 
     def _journal(self, type_: str, **data: Any) -> dict[str, Any]:
         entry = self.ctx.journal.append(type_, **data)
@@ -299,6 +307,9 @@ class Engine:
         self._emit(ev.RunOpened(self.run_id, self.resumed))
         if self.ctx.lock is not None:  # a driver holding the run's lock answers requests (approvals, take-over)
             self._requests_task = asyncio.create_task(self._watch_requests())
+        if self.ctx.mirror is not None:  # what the mirror's thread says is journaled and shown from the loop
+            loop = asyncio.get_running_loop()
+            self.ctx.mirror.notify = lambda text: loop.call_soon_threadsafe(self._mirror_said, text)
         for w in self.ctx.journal.warnings:
             self._emit(ev.Notice("warning", w))
         try:

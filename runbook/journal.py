@@ -32,6 +32,19 @@ def _hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(_canonical(body).encode("utf-8")).hexdigest()
 
 
+def chain_problem(ev: dict[str, Any], seq: int, prev: str) -> str | None:
+    """Why `ev` cannot be line `seq` after the line whose hash is `prev` (None: it can): the checks
+    `read_journal` makes, for a reader that gets the lines from elsewhere (the repository's mirror)."""
+    if ev.get("seq") != seq:
+        return f"sequence number {ev.get('seq')!r} where {seq} was expected (a line was removed or inserted)"
+    if ev.get("prev") != prev:
+        return "the chain is broken here (the line before it was changed, removed or reordered)"
+    body = {k: v for k, v in ev.items() if k != "hash"}
+    if ev.get("hash") != _hash(body):
+        return "this line was changed after it was written (its hash does not match)"
+    return None
+
+
 @dataclass
 class JournalRead:
     events: list[dict[str, Any]] = field(default_factory=list)

@@ -311,15 +311,49 @@ def _journal_broken_locks(journal: Journal, replaced: Holder | None, rlock: Any)
 
 
 def _tie(lock: RunLock | None, rlock: Any, repository: str | None = None, state_dir: Path | None = None,
-         run_id: str | None = None) -> None:
+         run_id: str | None = None, warnings: list[str] | None = None) -> Any:
     """The repository lock goes with the local one: released (removed) when the run closes, kept otherwise.
-    When the run closes, its summary goes to the repository's `runs/` too (steps.repository.run_summaries)."""
+    While the run is driven, its journal is mirrored into the repository's `runs/<run id>/` for watchers on
+    other hosts (steps.mirror; the mirror is returned, None without one); when the run closes, its summary goes
+    to the repository's `runs/` too (steps.repository.run_summaries)."""
     if lock is None:
-        return
+        return None
     if rlock is not None:
         lock.on_release.append(lambda closed: rlock.release() if closed else None)
+    mirror = None
     if repository and state_dir is not None and run_id:
+        mirror = _start_mirror(repository, state_dir, run_id, warnings if warnings is not None else [])
+        if mirror is not None:
+            lock.on_release.append(lambda closed: mirror.stop("ended" if closed else "detached") and None)
         lock.on_release.append(lambda closed: _write_summary(repository, state_dir, run_id) if closed else None)
+    return mirror
+
+
+def _start_mirror(repository: str, state_dir: Path, run_id: str, warnings: list[str]) -> Any:
+    """The journal's mirror into every repository of the config that does not encrypt (steps.mirror.writing),
+    started; None when there is none (each reason in `warnings`: the run goes on, unseen from other hosts)."""
+    from steps.mirror.writing import JournalMirror, plan
+    from steps.repository.recovery_lock import open_for_runbook
+    from steps.repository.signing import SigningError, signer_from_config
+
+    why = "this host has no signing.private_key"
+    try:
+        cfg = open_for_runbook(repository)
+        try:
+            signer = signer_from_config(cfg, required=False)
+        except SigningError as e:
+            signer, why = None, e.message
+        where = plan(cfg, signer)
+    except Exception as e:  # noqa: BLE001 - a config or store that cannot be opened: said, not fatal
+        text = e.message if isinstance(e, RunbookError) else f"{type(e).__name__}: {e}"
+        warnings.append(f"the journal is not mirrored into the repository ({repository}): {text}; nobody can "
+                        "watch this run from another host")
+        return None
+    if signer is None:
+        warnings.append(f"the journal's mirror is written unsigned ({why}): watchers refuse it unless "
+                        "--allow-unsigned")
+    return JournalMirror(run_id, run_dir(state_dir, run_id) / "journal.jsonl", where.stores, signer,
+                         driver=operator(), sealers=where.sealers).start()
 
 
 def _write_summary(repository: str, state_dir: Path, run_id: str) -> None:
@@ -365,10 +399,11 @@ def open_new_run(opts: RunOptions, clock: Clock, *, state_dir: Path) -> Engine:
     lock, replaced = (None, None) if mode == "rehearsal" else _lock(state_dir, rb, target, run_id, clock, opts.break_lock)
     repository = repository_path(rb, profile.repository, params)
     rlock = None
+    mirror = None
     try:
         if lock is not None:
             rlock = _repository_lock(repository, rb, target, run_id, state_dir, clock, opts.break_lock, warnings)
-            _tie(lock, rlock, repository, state_dir, run_id)
+            mirror = _tie(lock, rlock, repository, state_dir, run_id, warnings)
     except BaseException:
         if lock is not None:
             lock.release(closed=True)
@@ -401,7 +436,9 @@ def open_new_run(opts: RunOptions, clock: Clock, *, state_dir: Path) -> Engine:
         raise
     journal.warnings = warnings
     st = load_state(state_dir, run_id)
-    return _engine(rb, path, state_dir, rdir, st, params, loaded, redactor, journal, lock, clock, resumed=False)
+    engine = _engine(rb, path, state_dir, rdir, st, params, loaded, redactor, journal, lock, clock, resumed=False)
+    engine.ctx.mirror = mirror
+    return engine
 
 
 def _policy(st: Any, given: str | None) -> str:
@@ -450,6 +487,7 @@ def open_resume(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str, s
     lock = None
     replaced = None
     rlock = None
+    mirror = None
     if st.mode != "rehearsal":
         lock, replaced = _lock(state_dir, rb, st.target or "default", run_id, clock, break_lock)
         try:
@@ -457,7 +495,7 @@ def open_resume(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str, s
             repository = started.get("repository") if "repository" in started else repository_path(rb, None, params)
             rlock = _repository_lock(repository, rb, st.target or "default", run_id, state_dir, clock, break_lock,
                                      warnings)
-            _tie(lock, rlock, repository, state_dir, run_id)
+            mirror = _tie(lock, rlock, repository, state_dir, run_id, warnings)
         except BaseException:
             lock.release(closed=False)
             raise
@@ -480,7 +518,9 @@ def open_resume(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str, s
         raise
     journal.warnings = warnings
     st = load_state(state_dir, run_id)
-    return _engine(rb, original, state_dir, rdir, st, params, loaded, redactor, journal, lock, clock, resumed=True)
+    engine = _engine(rb, original, state_dir, rdir, st, params, loaded, redactor, journal, lock, clock, resumed=True)
+    engine.ctx.mirror = mirror
+    return engine
 
 
 TAKEOVER_WAIT_S = 15.0

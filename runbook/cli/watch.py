@@ -31,6 +31,11 @@ def register(sub: Any) -> None:
     w.add_argument("--headless", action="store_true",
                    help="print the run's events as text lines instead of the cockpit (a plain SSH session, a log); "
                         "ends when the run ends")
+    w.add_argument("-c", "--config", metavar="REPO_CONFIG",
+                   help="follow the run from another host, through the repository this config names: the journal's "
+                        "mirror the driver writes there (signed; RUN_ID in full)")
+    w.add_argument("--allow-unsigned", action="store_true",
+                   help="with -c: accept a mirror written unsigned (a driver host without signing.private_key)")
     add_state_dir(w)
     w.set_defaults(func=cmd_watch)
 
@@ -47,7 +52,14 @@ def register(sub: Any) -> None:
 
 
 def source_for(args: argparse.Namespace) -> WatchedRun:
-    """The run to watch, as the arguments name it: a run directory under the state directory."""
+    """The run to watch, as the arguments name it: a run directory under the state directory, or with -c the
+    repository's mirror of its journal (runbook.repository_watch)."""
+    if getattr(args, "config", None):
+        from runbook.repository_watch import open_repository
+
+        return open_repository(args.config, args.run_id, allow_unsigned=args.allow_unsigned)
+    if getattr(args, "allow_unsigned", False):
+        raise UsageError("--allow-unsigned is for a watch through the repository (-c REPO_CONFIG)")
     from runbook.watching import open_local
 
     return open_local(state_dir(args), args.run_id)
@@ -80,6 +92,7 @@ class WatchPrinter:
         self.view = view
         self.out = out
         self._silent = False
+        self._note = ""
         self._tail: tuple[str, int, int] | None = None
 
     def say(self, text: str) -> None:
@@ -137,7 +150,10 @@ class WatchPrinter:
                      f"({format_duration(status.silent_s)} ago)" + (f"; {status.note}" if status.note else ""))
         elif status.silent_s is None and self._silent:
             self.say("-- the driver is back")
+        elif status.silent_s is None and status.note and status.note != self._note:
+            self.say(f"-- {status.note}")  # through the repository: unreachable, a refused or missing chunk
         self._silent = status.silent_s is not None
+        self._note = status.note
 
     def summary(self) -> None:
         from runbook.durations import format_duration

@@ -121,7 +121,8 @@ def read_summaries(stores: list[Any], trust: Trust, refused: list[str] | None = 
             listed = {k for k, _ in store.list_keys(PREFIX)}
         except Exception:  # noqa: BLE001 - the repository's own errors are reported by status
             continue
-        for key in sorted(k for k in listed if k.endswith(".json")):
+        # runs/<run id>.json only: runs/<run id>/ holds the journal's mirror (steps.mirror), no summary
+        for key in sorted(k for k in listed if k.endswith(".json") and "/" not in k[len(PREFIX):]):
             try:
                 data = store.get_bytes(key)
                 verdict = trust.read(store, key, data, key + SIG_SUFFIX in listed)

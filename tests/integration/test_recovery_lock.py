@@ -110,7 +110,9 @@ def test_a_second_host_is_refused_break_lock_takes_over_and_closing_removes_it(
     summary = json.loads((cfg.parent / "repo" / "runs" / f"{run_b}.json").read_text())
     assert summary["mode"] == "drill" and summary["status"] == "completed" and summary["rto_s"] is not None
     keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix="runs/")["Contents"]]
-    assert sorted(keys) == sorted(f"runs/{r}.json{sig}" for r in (run_a, run_b) for sig in ("", ".sig"))
+    summaries = [k for k in keys if "/" not in k[len("runs/"):]]  # runs/<run id>/ is the journal's mirror
+    assert sorted(summaries) == sorted(f"runs/{r}.json{sig}" for r in (run_a, run_b) for sig in ("", ".sig"))
+    assert {f"runs/{r}/live.json" for r in (run_a, run_b)} <= set(keys)
     st = run_cli("status", str(rb), "-c", str(cfg), "--state-dir", str(tmp_path / "host-c"), "--json",
                  "--no-cluster", env=env, timeout=60)
     (drill,) = json.loads(st.stdout)["drills"]
