@@ -39,6 +39,7 @@ from runbook.state import RunState, apply_event, step_dir
 from runbook.templating import MissingValue, Ref, ShellCode, render, render_obj
 
 KILL_GRACE_S = 10.0
+REFUSALS_JOURNALED = 50  # refused requests journaled one by one; more are counted (Engine._refuse)
 
 
 class ConfirmRefused(RunbookError):
@@ -114,6 +115,8 @@ class Engine:
         self._approval: tuple[str, str, str] | None = None  # (step id, nonce, hash) while one is awaited
         self.taken_over_by: dict[str, Any] | None = None
         self._requests_task: asyncio.Task[None] | None = None
+        self._refusals = 0
+        self._refusals_said = float("-inf")
 
     # ---- reading ---------------------------------------------------------------------------------
 
@@ -483,9 +486,22 @@ class Engine:
                     self._on_request(req)
                 except Exception as e:  # noqa: BLE001 - a bad request never stops the run
                     with contextlib.suppress(Exception):
-                        self._journal("request-refused", file=getattr(req, "name", "?"),
+                        self._refuse("request-refused", file=getattr(req, "name", "?"),
                                       reason=f"{type(e).__name__}: {e}")
             await asyncio.sleep(0.25)
+
+    def _refuse(self, type_: str, **data: Any) -> None:
+        """Journal a refused request, up to REFUSALS_JOURNALED of them; past that (a flood from a local user),
+        they are counted and said once a minute (`requests-refused`), so the journal cannot be drowned."""
+        self._refusals += 1
+        if self._refusals <= REFUSALS_JOURNALED:
+            self._journal(type_, **data)
+            return
+        now = self.clock.monotonic()
+        if now - self._refusals_said >= 60:
+            self._refusals_said = now
+            self._journal("requests-refused", count=self._refusals - REFUSALS_JOURNALED,
+                          detail="further refused requests are counted, not journaled one by one")
 
     def _on_request(self, req: Any) -> None:
         from runbook.requests import Rejected, check_approval, user_name
@@ -494,7 +510,7 @@ class Engine:
             return
         if isinstance(req, Rejected):
             who = user_name(req.uid) if req.uid is not None else "unknown"
-            self._journal("request-refused", file=req.name, user=who, reason=f"the file {req.reason}")
+            self._refuse("request-refused", file=req.name, user=who, reason=f"the file {req.reason}")
             return
         if req.kind == "approve":
             step_id, nonce, digest = self._approval or (None, None, None)
@@ -505,7 +521,7 @@ class Engine:
             why = check_approval(req, run_id=self.run_id, step_id=step_id, nonce=nonce, expected_hash=digest,
                                  driver_uid=os.geteuid())
             if why is not None:
-                self._journal("approval-refused", step=step_id, named_step=str(req.body.get("step", "")),
+                self._refuse("approval-refused", step=step_id, named_step=str(req.body.get("step", "")),
                               approver=req.user, uid=req.uid, reason=why)
                 self._emit(ev.Notice("warning", f"approval from {req.user} refused: {why}", step_id))
                 return
@@ -517,14 +533,14 @@ class Engine:
         elif req.kind == "takeover":
             self._on_takeover(req)
         else:
-            self._journal("request-refused", file=req.name, user=req.user, reason=f"unknown kind {req.kind!r}")
+            self._refuse("request-refused", file=req.name, user=req.user, reason=f"unknown kind {req.kind!r}")
 
     def _on_takeover(self, req: Any) -> None:
         """Another session of the driver's own user asks for the run: let go of it (the run stays open, running
         steps go on under their supervisors) for that session to resume it. Another user cannot: the journal and
         the run directory are the driver's user's."""
         if req.uid not in (os.geteuid(), 0):
-            self._journal("takeover-refused", user=req.user, uid=req.uid,
+            self._refuse("takeover-refused", user=req.user, uid=req.uid,
                           reason="only the driver's own OS user can take the run over (the journal is theirs)")
             return
         b = req.body
@@ -533,7 +549,7 @@ class Engine:
         if b.get("run_id") != self.run_id or self.taken_over_by is not None:
             return
         if b.get("driver_pid") != os.getpid():  # e.g. the loser of a race, addressed to the driver before us
-            self._journal("takeover-refused", user=req.user, uid=req.uid,
+            self._refuse("takeover-refused", user=req.user, uid=req.uid,
                           reason=f"addressed to an earlier driver (pid {b.get('driver_pid')})")
             return
         self.taken_over_by = {**to, "at": iso(self.clock.now())}

@@ -219,3 +219,20 @@ async def test_a_take_over_while_a_question_is_open_closes_it(make_app) -> None:
         await pilot.pause(0.3)
         assert not [e for e in journal(engine) if e["type"] in ("step-confirmed", "step-started")
                     and e.get("step") == "drop"]
+
+
+async def test_a_flood_of_bad_requests_cannot_drown_the_journal(make_app) -> None:
+    from runbook.engine import REFUSALS_JOURNALED
+
+    app, engine = make_app(DANGER, mode="drill")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, waiting_on(app, "drop", "confirm"))
+        requests = engine.ctx.rdir / "requests"
+        for i in range(REFUSALS_JOURNALED + 30):
+            (requests / f"junk-{i:03}.json").write_text("not json")
+        await until(pilot, lambda: not any(requests.iterdir()), timeout=10)
+        await until(pilot, lambda: "requests-refused" in types(engine))
+        assert types(engine).count("request-refused") == REFUSALS_JOURNALED
+        flood = [e for e in journal(engine) if e["type"] == "requests-refused"]
+        assert len(flood) == 1  # said once a minute at most
+        assert waiting_on(app, "drop", "confirm")()  # the run goes on
