@@ -463,11 +463,13 @@ class Engine:
         self._journal("approval-awaited", step=step.id, command_hash=digest)
         self._approval = (step.id, nonce, digest)
         try:
-            from runbook.report import approve_command
+            from runbook.report import alone_command, approve_command
 
             how = approve_command(self.run_id, step.id, self.ctx.state_dir)
+            alone = alone_command(self.run_id, self.ctx.state_dir)
             d = await self._wait_for(ev.Waiting(step.id, Wait.approval, command,
-                                                detail=f"waiting for approval by another operator: {how}"))
+                                                detail=f"waiting for approval by another operator: {how}; "
+                                                       f"nobody else on call: quit, then {alone}"))
         finally:
             self._approval = None
             clear_pending(self.ctx.rdir)

@@ -227,6 +227,12 @@ def approve_command(run_id: str, step_id: str, state_dir: Path) -> str:
     return f"runbook approve {run_id} {step_id}{_state_dir_flag(state_dir)}"
 
 
+def alone_command(run_id: str, state_dir: Path) -> str:
+    """What an operator with nobody to approve runs instead (after quitting): the run resumed without the
+    two-person rule, which the journal records (engine: `approver-policy`)."""
+    return f"{resume_command(run_id, state_dir)} --approver-policy none"
+
+
 def leaving_lines(run_id: str, status: str, state_dir: Path) -> list[str]:
     """What a front end prints as the operator leaves: the run, its status, and the exact next command."""
     if status in ("detached", "open"):

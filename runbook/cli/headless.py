@@ -167,11 +167,13 @@ class Headless:
         if w.detail and w.wait in (Wait.failed, Wait.interrupted, Wait.value):
             self.out.print(f"  [yellow]{escape(w.detail)}[/]")
         if w.wait == Wait.approval:  # the engine ends this wait itself, when a verified approval arrives
-            from runbook.report import approve_command
+            from runbook.report import alone_command, approve_command
 
             self.out.print(f"  [bold yellow]waiting for approval by another operator[/]: they run "
                            f"[bold]{escape(approve_command(eng.run_id, w.step_id, eng.ctx.state_dir))}[/] from "
                            "their own session")
+            self.out.print(f"  nobody else on call: stop here (Ctrl-C), then run "
+                           f"[bold]{escape(alone_command(eng.run_id, eng.ctx.state_dir))}[/] (journaled)")
             return
         if self.opts.yes:
             await self._decide_yes(w, rehearsal)

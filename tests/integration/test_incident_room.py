@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -233,3 +234,24 @@ def test_a_headless_driver_at_a_prompt_lets_go_without_a_key(room: Path) -> None
     assert t.returncode == 0, t.stdout + t.stderr
     assert drv.returncode == Exit.LEFT_OPEN and "taken over by root@" in out, out
     assert [e["type"] for e in _events(room, run_id)].count("step-started") == 1  # run once, by the new driver
+
+
+def test_an_operator_alone_is_told_the_way_out_and_it_works(room: Path) -> None:
+    """Nobody to approve: the waiting driver names the command that goes on without the two-person rule; after an
+    interrupt, that resume runs the step and the journal records the policy change."""
+    proc = _driver(room, "--yes", "--confirm", "drop=drop")
+    run_id = _run_id(room)
+    _pending(room, run_id)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    way_out = f"runbook resume {run_id} --state-dir {room / 'state'} --approver-policy none"
+    assert way_out in " ".join(out.split())
+    assert not any(e["type"] == "step-finished" and e.get("step") == "drop" for e in _events(room, run_id))
+    resumed = _cli("resume", run_id, "--state-dir", str(room / "state"), "--approver-policy", "none", "--headless",
+                   "--yes", "--confirm", "drop=drop")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "dropping old_db" in resumed.stdout
+    events = _events(room, run_id)
+    policy = next(i for i, e in enumerate(events) if e["type"] == "approver-policy")
+    dropped = next(i for i, e in enumerate(events) if e["type"] == "step-finished" and e.get("step") == "drop")
+    assert policy < dropped
