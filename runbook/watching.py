@@ -68,6 +68,24 @@ class OutputSource(Protocol):
         ...
 
 
+Tail = tuple[str, int, int]  # the followed step, its attempt, the byte offset read so far in its output
+
+
+def read_output(source: EventSource, tail: Tail | None) -> tuple[list[Line], Tail | None]:
+    """The followed step's output lines written since `tail` (none from a source without output: the journal's
+    lines are all a watcher shows then), and where the next read starts."""
+    if tail is None or not isinstance(source, OutputSource):
+        return [], tail
+    sid, attempt, offset = tail
+    got: list[Line] = []
+    while True:
+        lines, after = source.output(sid, attempt, offset)
+        if after == offset:
+            return got, (sid, attempt, offset)
+        offset = after
+        got.extend(lines)
+
+
 def ended_by(events: list[dict[str, Any]]) -> bool:
     """Do these events (a whole journal, in order) leave the run closed? A failed run that was resumed is open."""
     ended = False

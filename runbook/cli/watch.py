@@ -124,20 +124,11 @@ class WatchPrinter:
         self._output()
 
     def _output(self) -> None:
-        from runbook.watching import OutputSource
+        from runbook.watching import read_output
 
-        source = self.view.source
-        if self._tail is None or not isinstance(source, OutputSource):
-            return
-        sid, attempt, offset = self._tail
-        while True:
-            lines, after = source.output(sid, attempt, offset)
-            if after == offset:
-                break
-            offset = after
-            for ln in lines:
-                self.say(f"          | {'! ' if ln.stream == 'err' else ''}{ln.text}")
-        self._tail = (sid, attempt, offset)
+        lines, self._tail = read_output(self.view.source, self._tail)
+        for ln in lines:
+            self.say(f"          | {'! ' if ln.stream == 'err' else ''}{ln.text}")
 
     def liveness(self) -> None:
         from runbook.durations import format_duration

@@ -26,7 +26,7 @@ from runbook.errors import RunbookError
 from runbook.events import StepStatus, Wait
 from runbook.tui.run_screen import RunEnded, RunScreen
 from runbook.tui.summary_screen import SummaryScreen
-from runbook.watching import OutputSource, WatchedRun
+from runbook.watching import WatchedRun, read_output
 
 POLL_S = 0.25  # how often the source is asked for new events (the latency a watcher adds)
 
@@ -239,17 +239,9 @@ class WatchScreen(RunScreen, inherit_bindings=False):
 
     def _read_output(self) -> None:
         """The followed step's new output lines (a source without output shows the journal's lines only)."""
-        source = self.view.source
-        if self._tail is None or not isinstance(source, OutputSource):
-            return
-        sid, attempt, offset = self._tail
-        while True:
-            lines, after = source.output(sid, attempt, offset)
-            if after == offset:
-                break
-            offset = after
+        lines, self._tail = read_output(self.view.source, self._tail)
+        if lines:
             self._out([("! " if ln.stream == "err" else "") + ln.text for ln in lines])
-        self._tail = (sid, attempt, offset)
 
     # ---- drawing ---------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from steps.crypto.age import Identity, load_identities, load_recipients, new_identity
 from steps.crypto.errors import EncryptionError
+from steps.repository.signing import user_name, write_new_file
 
 if TYPE_CHECKING:
     from steps.crypto.epochs import EpochInfo
@@ -28,34 +29,16 @@ def create_identity_file(out: Path, comment: str | None = None) -> tuple[Identit
             raise EncryptionError(f"{p} already exists: a key is never overwritten", hint="choose another --out")
     ident = new_identity(str(out))
     when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    note = comment or f"{_user()}@{socket.gethostname()}"
+    note = comment or f"{user_name()}@{socket.gethostname()}"
     secret = f"# created: {when} by runbook keys create --age ({note})\n# public key: {ident.recipient}\n" \
              f"{ident.text()}\n"
     try:
         out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write_new(out, secret.encode(), 0o600)
-        _write_new(pub, f"# {note} {when}\n{ident.recipient}\n".encode(), 0o644)
+        write_new_file(out, secret.encode(), 0o600)
+        write_new_file(pub, f"# {note} {when}\n{ident.recipient}\n".encode(), 0o644)
     except OSError as e:
         raise EncryptionError(f"cannot write the key to {out}: {e.strerror}") from None
     return load_identities([out], what="--out")[0], pub
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), mode)
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _user() -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return str(os.geteuid())
 
 
 @dataclass

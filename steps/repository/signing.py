@@ -155,18 +155,19 @@ def create_key_files(out: Path, comment: str | None = None) -> tuple[Signer, Pat
     key = Ed25519PrivateKey.generate()
     kid = key_id(_raw(key.public_key()))
     when = datetime.now(UTC).strftime("%Y-%m-%d")
-    line = public_line(key.public_key(), comment or f"{_user()}@{socket.gethostname()} {when} id {kid}")
+    line = public_line(key.public_key(), comment or f"{user_name()}@{socket.gethostname()} {when} id {kid}")
     pem = _pem(key.private_bytes_raw())
     try:
         out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write_new(out, pem, 0o600)
-        _write_new(pub_path, (line + "\n").encode(), 0o644)
+        write_new_file(out, pem, 0o600)
+        write_new_file(pub_path, (line + "\n").encode(), 0o644)
     except OSError as e:
         raise SigningError(f"cannot write the key to {out}: {e.strerror}") from None
     return Signer(kid, key, out), pub_path, line
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> None:
+def write_new_file(path: Path, data: bytes, mode: int) -> None:
+    """A new file (never over an existing one, never through a link) with `mode` whatever the umask, synced."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     with os.fdopen(fd, "wb") as f:
         os.fchmod(f.fileno(), mode)  # whatever the umask
@@ -175,7 +176,8 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
         os.fsync(f.fileno())
 
 
-def _user() -> str:
+def user_name() -> str:
+    """This process's user name (its uid when it has none), for key comments and records."""
     import pwd
 
     try:
