@@ -6,6 +6,10 @@ It reads, never writes, and takes no lock. Every chunk is verified before its ev
 The driver's liveness comes from live.json: a heartbeat that has not changed for `silent_after_s` (measured on
 this host's clock, so that the two hosts' clocks need not agree) makes the driver silent since its last
 heartbeat; a repository that cannot be read makes the view behind, said with since when.
+
+The run's copy of its runbook (written once by the driver's mirror) gives the watcher the steps' titles and
+expected durations: it is used only when its signature holds and its sha256 is the one run-started journaled;
+any other copy is refused by name in `status().note`, and the steps are shown by their ids.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from runbook.state import CLOSED
 from runbook.watching import SourceStatus, WatchedRun
 
 if TYPE_CHECKING:
+    from runbook.model import Runbook
     from steps.mirror.reading import Live, MirrorReader
 
 SILENT_AFTER_S = 15.0
@@ -62,6 +67,11 @@ class RepositoryEventSource:
         self._live_changed_at: float | None = None  # this host's monotonic time when live.json last changed
         self._live_read_at = 0.0
         self._last_event_ts: datetime | None = None
+        self._runbook_sha: str | None = None  # what run-started journaled for the run's runbook copy
+        self._runbook: Runbook | None = None
+        self._runbook_settled = False  # the copy was read (or refused, or cannot be checked): not read again
+        self._runbook_tried_at = 0.0
+        self.runbook_note = ""  # why the steps are shown by their ids
 
     def describe(self) -> str:
         where = self.reader.store.describe() if self.reader else " or ".join(r.store.describe() for r in self.readers)
@@ -114,6 +124,14 @@ class RepositoryEventSource:
         else:
             self.unreachable_since, self.error = None, ""
         for ev in events:
+            if ev.get("type") == "run-started":
+                rb = ev.get("runbook")
+                sha = rb.get("sha256") if isinstance(rb, dict) else None
+                self._runbook_sha = sha if isinstance(sha, str) else None
+                if self._runbook_sha is None:
+                    self._runbook_settled = True
+                    self.runbook_note = ("the run's journal records no hash of its runbook (a driver of an older "
+                                         "version): its copy cannot be checked, steps are shown by their ids")
             if ev.get("type") == "run-finished":
                 self.finished = ev.get("status") in CLOSED
             elif ev.get("type") in ("run-reopened", "run-resumed"):
@@ -122,7 +140,40 @@ class RepositoryEventSource:
             if isinstance(ts, str):
                 with contextlib.suppress(ValueError):
                     self._last_event_ts = datetime.fromisoformat(ts)
+        if self.reader is not None and self._runbook_sha is not None and not self._runbook_settled and (
+                events or time.monotonic() - self._runbook_tried_at >= LIVE_EVERY_S):
+            self._runbook_tried_at = time.monotonic()
+            self._read_runbook()
         return events
+
+    def _read_runbook(self) -> None:
+        """The run's runbook copy from the followed store, verified (steps.mirror.reading.MirrorReader.runbook)."""
+        from runbook.loader import load_runbook_text
+        from steps.mirror.reading import MirrorRefused
+
+        assert self.reader is not None and self._runbook_sha is not None
+        try:
+            data = self.reader.runbook(self._runbook_sha)
+            if data is None:
+                self.runbook_note = (f"{self.reader.store.describe()} holds no copy of the run's runbook (yet): "
+                                     "steps are shown by their ids")
+                return  # read again with live.json
+            self._runbook = load_runbook_text(data.decode("utf-8"), f"the runbook copy of run {self.run_id}")
+            self.runbook_note = ""
+        except MirrorRefused as e:
+            self.runbook_note = f"{e.message}; steps are shown by their ids"
+        except (RunbookError, UnicodeDecodeError) as e:
+            what = e.message if isinstance(e, RunbookError) else "not UTF-8 text"
+            self.runbook_note = (f"the runbook copy of run {self.run_id} cannot be read ({what}): steps are shown "
+                                 "by their ids")
+        except Exception as e:  # noqa: BLE001 - the store failed: read again with live.json
+            self.runbook_note = f"the run's runbook copy could not be read yet ({type(e).__name__}: {e})"
+            return
+        self._runbook_settled = True
+
+    def runbook(self) -> Runbook | None:
+        """The run's runbook, verified (None while it is not, or when it was refused: `runbook_note` says why)."""
+        return self._runbook
 
     def _read_live(self) -> None:
         assert self.reader is not None
@@ -150,6 +201,8 @@ class RepositoryEventSource:
         silent: float | None = None
         if self.refused:
             notes.append(self.refused)
+        if self.runbook_note:
+            notes.append(self.runbook_note)
         if self.unreachable_since is not None:
             notes.append(f"the repository is unreachable since {_hm(self.unreachable_since)}: the view is behind "
                          f"({self.error})")
@@ -197,9 +250,8 @@ def repository_source(config_path: str | Path, run_id: str, *, allow_unsigned: b
 
 
 def open_repository(config_path: str | Path, run_id: str, *, allow_unsigned: bool = False) -> WatchedRun:
-    """`runbook watch -c REPO_CONFIG RUN_ID`: the run rebuilt from the repository's mirror of its journal. The
-    mirror holds the journal alone: steps are shown by their ids, without the runbook's titles, output or
-    expected durations."""
+    """`runbook watch -c REPO_CONFIG RUN_ID`: the run rebuilt from the repository's mirror of its journal, with
+    the run's runbook copy once it is verified (titles, expected durations); a step's output is not mirrored."""
     source = repository_source(config_path, run_id, allow_unsigned=allow_unsigned)
     return WatchedRun(source, run_id=run_id)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import getpass
+import hashlib
 import json
 import os
 import secrets as pysecrets
@@ -352,8 +353,9 @@ def _start_mirror(repository: str, state_dir: Path, run_id: str, warnings: list[
     if signer is None:
         warnings.append(f"the journal's mirror is written unsigned ({why}): watchers refuse it unless "
                         "--allow-unsigned")
-    return JournalMirror(run_id, run_dir(state_dir, run_id) / "journal.jsonl", where.stores, signer,
-                         driver=operator(), sealers=where.sealers).start()
+    rdir = run_dir(state_dir, run_id)
+    return JournalMirror(run_id, rdir / "journal.jsonl", where.stores, signer, driver=operator(),
+                         sealers=where.sealers, runbook=rdir / "runbook.yaml").start()
 
 
 def _write_summary(repository: str, state_dir: Path, run_id: str) -> None:
@@ -411,13 +413,14 @@ def open_new_run(opts: RunOptions, clock: Clock, *, state_dir: Path) -> Engine:
     try:
         rdir.mkdir(parents=True, exist_ok=False)
         shutil.copyfile(path, rdir / "runbook.yaml")
+        copy_sha256 = hashlib.sha256((rdir / "runbook.yaml").read_bytes()).hexdigest()
         shown_params = _shown_params(rb, params)
         (rdir / "params.json").write_text(json.dumps(saved_params(rb, params, redactor, profile, opts.sets), indent=2) + "\n")
         journal = Journal(rdir / "journal.jsonl", clock, redactor)
         steps = [s.id for s in rb.steps_for(scenario, mode)]
         journal.append(
             "run-started", run_id=run_id,
-            runbook={"name": rb.name, "path": str(path.resolve()), "version": rb.version},
+            runbook={"name": rb.name, "path": str(path.resolve()), "version": rb.version, "sha256": copy_sha256},
             scenario=scenario, mode=mode, target=target, incident_start=iso(incident), data_lost_at=iso(lost),
             operator=operator(), params=shown_params, secrets_keys=loaded.keys, secrets_file=loaded.source or "",
             profile=str(opts.profile or ""),

@@ -86,6 +86,14 @@ def read_output(source: EventSource, tail: Tail | None) -> tuple[list[Line], Tai
         got.extend(lines)
 
 
+@runtime_checkable
+class RunbookSource(Protocol):
+    """A source that finds the run's runbook copy only as it follows the run (the repository's mirror): the
+    copy once it is verified, None until then (or when it was refused; its status note says why)."""
+
+    def runbook(self) -> Runbook | None: ...
+
+
 def ended_by(events: list[dict[str, Any]]) -> bool:
     """Do these events (a whole journal, in order) leave the run closed? A failed run that was resumed is open."""
     ended = False
@@ -348,6 +356,11 @@ class WatchedRun:
             apply_event(self.state, ev)
             if ev.get("type") == "run-started" and not self._declared:
                 self.ctx.runbook = _placeholder(self.state.order)
+        if not self._declared and isinstance(self.source, RunbookSource):
+            found = self.source.runbook()
+            if found is not None:  # the run's copy, verified: titles, and the declared expected durations
+                self.ctx.runbook, self._declared = found, True
+                self.ctx.expected = {**declared_durations(found), **self.ctx.expected}
         self.last_status = self.source.status()
         return new
 
@@ -374,12 +387,16 @@ def _placeholder(order: list[str]) -> Runbook:
     return Runbook.model_construct(version=1, name="", steps=[Step.model_construct(id=s, run="") for s in order])
 
 
+def declared_durations(runbook: Runbook) -> dict[str, float]:
+    """The steps' `expect_duration`s, in seconds."""
+    return {s.id: s.expect_duration.total_seconds() for s in runbook.steps if s.expect_duration}
+
+
 def expected_for(state_dir: Path, runbook: Runbook, run_id: str) -> dict[str, float]:
     """The expected step durations the driver's projection uses (runbook.history), read from this state dir."""
     from runbook.history import expected_durations, past_runs
 
-    declared = {s.id: s.expect_duration.total_seconds() for s in runbook.steps if s.expect_duration}
-    return expected_durations(past_runs(state_dir, runbook.name, exclude=run_id), declared)
+    return expected_durations(past_runs(state_dir, runbook.name, exclude=run_id), declared_durations(runbook))
 
 
 def open_local(state_dir: Path, given: str, *, clock: Clock | None = None) -> WatchedRun:

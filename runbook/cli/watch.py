@@ -116,12 +116,30 @@ class WatchPrinter:
             sid = e.get("step")
             where = f"{st.order.index(sid) + 1}/{len(st.order)} {sid}  " if sid in st.order else ""
             detail = event_detail(e)
-            self.say(f"{_t(e.get('ts'))}  {where}{event_text(e)}" + (f": {detail}" if detail else ""))
+            about = self._about(sid) if t == "step-started" else ""
+            self.say(f"{_t(e.get('ts'))}  {where}{event_text(e)}" + (f": {detail}" if detail else "") + about)
             if t in ("step-started", "step-reattached") and isinstance(sid, str):
                 self._tail = (sid, st.steps[sid].attempt, 0)
             elif t in ("step-finished", "step-skipped", "step-interrupted"):
                 self._tail = None
         self._output()
+
+    def _about(self, sid: object) -> str:
+        """The step's title and expected duration, from the run's runbook copy (nothing when the watcher has no
+        copy: steps by their ids)."""
+        from runbook.durations import format_duration
+
+        if not isinstance(sid, str):
+            return ""
+        try:
+            title = self.view.ctx.runbook.step(sid).title
+        except KeyError:
+            title = None
+        parts = [title] if title else []
+        expected = self.view.ctx.expected.get(sid)
+        if expected is not None:
+            parts.append(f"expected {format_duration(expected)}")
+        return f"  [{' · '.join(parts)}]" if parts else ""
 
     def _output(self) -> None:
         from runbook.watching import read_output

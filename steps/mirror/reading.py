@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 from runbook.errors import RunbookError
 from runbook.journal import GENESIS, chain_problem
-from steps.mirror.layout import CHUNK_RE, MAX_CHUNK_BYTES, MAX_LIVE_BYTES, journal_prefix, live_key
+from steps.mirror.layout import (
+    CHUNK_RE,
+    MAX_CHUNK_BYTES,
+    MAX_LIVE_BYTES,
+    MAX_RUNBOOK_BYTES,
+    RUNBOOK_RE,
+    journal_prefix,
+    live_key,
+    run_prefix,
+)
 
 if TYPE_CHECKING:
     from steps.repository.signing import Trust
@@ -146,6 +155,38 @@ class MirrorReader:
             raise MirrorRefused(f"{self.where(key)}: ends at event {seq}, its name says {last}: refused")
         self.seq, self.prev = seq, prev
         return events
+
+    def runbook(self, sha256: str) -> bytes | None:
+        """The run's copy of its runbook, verified: its signature, then (opened where it is encrypted) that its
+        sha256 is `sha256`, the hash run-started journaled. None when the store holds no copy (yet); MirrorRefused
+        for one that is not genuine, two copies, or a copy that is not the run's."""
+        import hashlib
+
+        from steps.repository.signing import SIG_SUFFIX
+
+        prefix = run_prefix(self.run_id)
+        listed = dict(self.store.list_keys(prefix))
+        found = [(k, size, m.group(1)) for k, size in listed.items()
+                 if (m := RUNBOOK_RE.match(k[len(prefix):])) is not None]
+        if not found:
+            return None
+        if len(found) > 1:
+            raise MirrorRefused(f"{self.store.describe()}: {len(found)} copies of the runbook of run {self.run_id} "
+                                f"({', '.join(sorted(k for k, _, _ in found))}), the driver writes one: refused")
+        key, size, epoch = found[0]
+        if size > MAX_RUNBOOK_BYTES:
+            raise MirrorRefused(f"{self.where(key)}: {size} bytes, more than a runbook copy may hold: refused unread")
+        data = self.store.get_bytes(key)
+        verdict = self.trust.read(self.store, key, data, key + SIG_SUFFIX in listed)
+        if not verdict.accepted:
+            raise MirrorRefused(f"{self.where(key)}: {verdict.reason}: refused")
+        if epoch is not None:
+            data = self._decrypt(key, data, epoch)
+        got = hashlib.sha256(data).hexdigest()
+        if got != sha256:
+            raise MirrorRefused(f"{self.where(key)}: its sha256 is {got[:12]}…, the run's journal records "
+                                f"{sha256[:12]}… for its runbook: not the run's copy, refused")
+        return data
 
     def _decrypt(self, key: str, data: bytes, epoch: str) -> bytes:
         """The plaintext of an encrypted chunk (its stored bytes already verified against their signature)."""

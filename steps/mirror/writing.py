@@ -1,5 +1,10 @@
 """The driver's side of the mirror: a thread that copies the journal's new lines into the repository.
 
+Before the first chunk into a store, the run's copy of its runbook (the run directory's runbook.yaml, which
+run-started's `runbook.sha256` names) is written there once, signed and sealed like a chunk: a watcher shows the
+runbook's titles and expected durations from it. A resumed run goes on with the same copy (a resume reads the
+run directory's copy, never the runbook file again), so a store that holds one already is left as it is.
+
 The thread reads the journal file (its own descriptor, read-only: the engine's appends are never waited for)
 every `EVENT_INTERVAL_S`, cuts the complete new lines into one chunk per store and writes it, signed; every
 `HEARTBEAT_S` it rewrites live.json. A store that fails is retried at a growing interval (at most
@@ -22,7 +27,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from steps.mirror.layout import CHUNK_RE, chunk_key, journal_prefix, live_key
+from steps.mirror.layout import (
+    CHUNK_RE,
+    RUNBOOK_RE,
+    chunk_key,
+    journal_prefix,
+    live_key,
+    run_prefix,
+    runbook_key,
+)
 
 if TYPE_CHECKING:
     from steps.repository.signing import Signer
@@ -49,6 +62,8 @@ class _Target:
     chunks: int = 0
     mirrored: int = 0  # last journal seq the store holds
     pending: tuple[str, bytes] | None = None  # a chunk being written (retried with the same name and bytes)
+    runbook_done: bool = False  # the store holds the run's runbook copy
+    runbook_pending: tuple[str, bytes] | None = None  # the copy being written (retried with the same bytes)
     behind_since: str | None = None
     error: str = ""
     retry_at: float = 0.0
@@ -69,9 +84,10 @@ class JournalMirror:
 
     def __init__(self, run_id: str, journal: Path, stores: list[Store], signer: Signer | None,
                  notify: Callable[[str], None] | None = None, driver: dict[str, Any] | None = None,
-                 sealers: dict[int, Callable[[], Any]] | None = None) -> None:
+                 sealers: dict[int, Callable[[], Any]] | None = None, runbook: Path | None = None) -> None:
         self.run_id = run_id
         self.journal = journal
+        self.runbook = runbook  # the run directory's copy of the runbook, written once into each store
         self.signer = signer
         self.notify = notify
         self.driver = driver or {}
@@ -193,24 +209,35 @@ class JournalMirror:
             if m:
                 t.chunks = max(t.chunks, int(m.group(1)))
                 t.mirrored = max(t.mirrored, int(m.group(3)))
+        prefix = run_prefix(self.run_id)
+        t.runbook_done = any(RUNBOOK_RE.match(key[len(prefix):]) for key, _ in t.store.list_keys(prefix))
         t.known = True
+
+    def _seal(self, t: _Target, data: bytes) -> tuple[bytes, str | None]:
+        """The bytes stored for `data` in `t` and their epoch: age-encrypted where the store encrypts (once: a
+        retry writes the very same ciphertext), else as they are."""
+        if t.sealing is None:
+            return data, None
+        from steps.crypto.age import encrypt_bytes
+
+        return encrypt_bytes(data, t.sealing.recipient), t.sealing.epoch
 
     def _catch_up(self, t: _Target, final: bool) -> None:
         if not t.known:
             self._know(t)
         if t.sealer is not None and t.sealing is None:
             t.sealing = t.sealer()  # the epoch's data recipient; a failure is retried like any write
+        if self.runbook is not None and not t.runbook_done and self._lines:  # run-started is written: the copy is
+            if t.runbook_pending is None:
+                data, epoch = self._seal(t, self.runbook.read_bytes())
+                t.runbook_pending = (runbook_key(self.run_id, epoch), data)
+            self._put_once(t.store, *t.runbook_pending)
+            t.runbook_done, t.runbook_pending = True, None
         if t.pending is None:
             new = [(s, raw) for s, raw in self._lines if s > t.mirrored]
             if new:
-                data = b"".join(raw for _, raw in new)
-                epoch = t.sealing.epoch if t.sealing is not None else None
-                key = chunk_key(self.run_id, t.chunks + 1, new[0][0], new[-1][0], epoch)
-                if t.sealing is not None:  # encrypted once: a retry writes the very same ciphertext
-                    from steps.crypto.age import encrypt_bytes
-
-                    data = encrypt_bytes(data, t.sealing.recipient)
-                t.pending = (key, data)
+                data, epoch = self._seal(t, b"".join(raw for _, raw in new))
+                t.pending = (chunk_key(self.run_id, t.chunks + 1, new[0][0], new[-1][0], epoch), data)
         if t.pending is not None:
             key, data = t.pending
             self._put_once(t.store, key, data)

