@@ -1,7 +1,7 @@
 """The daily backup and the logical restore, side by side with the plan's pipeline (run by hand, not a test).
 
     .venv/bin/python bench/backup_bench.py [--scale 50] [--text-mb 1000] [--repeat 3] [--no-s3]
-                                           [--backup-only] [--baseline-tree DIR]
+                                           [--backup-only] [--baseline-tree DIR] [--encrypted]
 
 Builds one database (pgbench at --scale plus --text-mb of text-like rows: words from a vocabulary, gzip
 ratio about 4x) in a throwaway PostgreSQL 15 cluster, starts moto's S3 server on 127.0.0.1, then, in one
@@ -14,6 +14,9 @@ backup   the plan's `pg_dump -F c | gzip` (with pipefail), `runbook backup` (loc
          commit: before/after in one run), into its own repository;
 restore  (unless --backup-only) the plan's `gunzip` then single-job `pg_restore`, `fetch-latest-backup` from
          S3, `restore-logical` (its pg_restore and ANALYZE apart), and `pg_restore -j2` from `-Fc -Z1`.
+--encrypted  also `runbook backup` into repositories that encrypt (local and S3, `encrypt: true`, one age
+         recipient), and its fetch (decrypting while it streams) and restore: the restore's ratio to the same
+         restore unencrypted is printed at the end (issue 17: at most 1.1x).
 
 Prints min and median of each, sizes, and ratios: to the plan (plan / this: above 1 is faster than the plan)
 and to the plain `pg_dump -Fd -j2 -Z1` (this / plain: the price of checking and copying). An S3 server on the
@@ -133,6 +136,8 @@ def main() -> None:
     ap.add_argument("--no-s3", action="store_true", help="local repository only")
     ap.add_argument("--backup-only", action="store_true", help="skip the restores")
     ap.add_argument("--baseline-tree", type=Path, help="also run `runbook backup` from this source tree (before/after)")
+    ap.add_argument("--encrypted", action="store_true", help="also back up into encrypting repositories, and "
+                    "fetch and restore from there")
     args = ap.parse_args()
 
     base, work, _tpl, c = source_cluster("runbook-backup-bench-")
@@ -155,18 +160,29 @@ def main() -> None:
             boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                          aws_access_key_id="bench", aws_secret_access_key="bench").create_bucket(Bucket="bench")
 
-        def config(name: str) -> Path:
+        def config(name: str, encrypted: bool = False) -> Path:
             s3_conf = f"s3: {{bucket: bench, prefix: {name}, endpoint_url: '{endpoint}'}}\n" if endpoint else ""
+            enc = ""
+            if encrypted:  # local and S3 encrypt (S3 by default once recipients are set); this host also reads
+                from steps.crypto.age import generate_identity
+
+                secret, recipient = generate_identity()
+                key = work / "keys" / "restore.agekey"
+                key.parent.mkdir(mode=0o700, exist_ok=True)
+                key.write_text(secret + "\n")
+                key.chmod(0o600)
+                enc = f"encryption: {{recipients: [{recipient}], identity_files: [{key}]}}\n"
             path = work / f"{name}.yaml"
             path.write_text(
                 f"version: 1\ncluster: {{host: {c.socket_dir}, port: {c.port}, user: {ROLE}, databases: [bench]}}\n"
-                f"local: {{path: {work / name / 'repo'}}}\n{s3_conf}"
-                f"backup: {{state_dir: {work / name / 'state'}, jobs: {args.jobs}}}\n"
+                f"local: {{path: {work / name / 'repo'}, encrypt: {'true' if encrypted else 'false'}}}\n{s3_conf}"
+                f"backup: {{state_dir: {work / name / 'state'}, jobs: {args.jobs}}}\n{enc}"
                 "retention: {keep_last: 2, keep_days: 0}\n" + signing_yaml(work))
             return path
 
         cfg = config("ours")
         cfg_base = config("baseline") if args.baseline_tree else None
+        cfg_enc = config("encrypted", encrypted=True) if args.encrypted else None
         env_bk = {**env, "PGUSER": ROLE}
         times: dict[str, list[float]] = {}
         sizes: dict[str, int] = {}
@@ -203,10 +219,10 @@ def main() -> None:
                 st = json.loads((conf.parent / conf.stem / "state" / "backup-status.json").read_text())
                 st = st["targets"]["bench"]
                 sizes[label] = st["size_bytes"]
-                if tree == ROOT:  # ours: its parts
+                if tree == ROOT and conf == cfg:  # ours: its parts
                     for key, secs in st["timings"].items():
                         rec(f"  {key}", secs)
-            run.__name__ = "ours" if tree == ROOT else "baseline"
+            run.__name__ = "ours" if tree == ROOT and conf == cfg else "encrypted" if conf == cfg_enc else "baseline"
             return run
 
         def bare_fc() -> None:
@@ -225,6 +241,9 @@ def main() -> None:
         if args.baseline_tree is not None and cfg_base is not None:
             jobs.append(runbook_backup("backup: runbook backup, baseline tree (all parts)",
                                        args.baseline_tree.resolve(), cfg_base))
+        ENC_BACKUP = "backup: runbook backup, encrypted local + S3 (all parts)"
+        if cfg_enc is not None:
+            jobs.append(runbook_backup(ENC_BACKUP, ROOT, cfg_enc))
         for r in range(args.repeat):
             order = jobs[r % len(jobs):] + jobs[:r % len(jobs)]
             print(f"repeat {r + 1}/{args.repeat}: " + ", ".join(j.__name__ for j in order), flush=True)
@@ -246,19 +265,19 @@ def main() -> None:
             shutil.rmtree(dest, ignore_errors=True)
             fetched.clear()
 
-            def fetch() -> None:
-                res = subprocess.run([PY, "-m", "steps", "fetch-latest-backup"], env=env, cwd=ROOT, capture_output=True,
-                                     text=True, input=json.dumps({"config": str(cfg), "db": "bench", "dest": str(dest),
-                                                                  "from": "local" if args.no_s3 else "s3"}))
-                if res.returncode != 0:
-                    raise SystemExit(f"fetch failed: {res.stdout[-2000:]}{res.stderr[-2000:]}")
-                fetched.update({json.loads(ln[8:])["name"]: json.loads(ln[8:])["value"]
-                                for ln in res.stderr.splitlines() if ln.startswith("[event] ") and '"output"' in ln})
-
-            rec("restore: fetch-latest-backup (S3, sha256 while streaming)" if not args.no_s3 else
-                "restore: fetch-latest-backup (local)", timed(fetch))
-            fresh("r_ours")
-            out.clear()
+            def fetch_from(conf: Path) -> Callable[[], None]:
+                def fetch() -> None:
+                    shutil.rmtree(dest, ignore_errors=True)
+                    fetched.clear()
+                    res = subprocess.run([PY, "-m", "steps", "fetch-latest-backup"], env=env, cwd=ROOT,
+                                         capture_output=True, text=True,
+                                         input=json.dumps({"config": str(conf), "db": "bench", "dest": str(dest),
+                                                           "from": "local" if args.no_s3 else "s3"}))
+                    if res.returncode != 0:
+                        raise SystemExit(f"fetch failed: {res.stdout[-2000:]}{res.stderr[-2000:]}")
+                    fetched.update({json.loads(ln[8:])["name"]: json.loads(ln[8:])["value"]
+                                    for ln in res.stderr.splitlines() if ln.startswith("[event] ") and '"output"' in ln})
+                return fetch
 
             def restore() -> None:
                 res = subprocess.run([PY, "-m", "steps", "restore-logical"], env=env, cwd=ROOT, capture_output=True,
@@ -271,10 +290,21 @@ def main() -> None:
                         e = json.loads(ln[8:])
                         out[e["name"]] = e["value"]
 
+            where = "local" if args.no_s3 else "S3"
+            rec(f"restore: fetch-latest-backup ({where}, sha256 while streaming)", timed(fetch_from(cfg)))
+            fresh("r_ours")
+            out.clear()
             rec("restore: restore-logical (all parts)", timed(restore))
             rec("  of which pg_restore -j2 --exit-on-error", float(out["restore_s"]))
             rec("  of which ANALYZE (vacuumdb -j2)", float(out["analyze_s"]))
             fresh("r_ours")
+            if cfg_enc is not None:  # the same database from the encrypting repositories
+                rec(f"restore: fetch-latest-backup encrypted ({where}, decrypting while streaming)",
+                    timed(fetch_from(cfg_enc)))
+                out.clear()
+                rec("restore: restore-logical of the encrypted backup (all parts)", timed(restore))
+                rec("  of which pg_restore -j2 --exit-on-error (encrypted)", float(out["restore_s"]))
+                fresh("r_ours")
             c.psql("create database r_fc template template0")
             rec("restore: pg_restore -j2 from -Fc -Z1 (bare)", timed(lambda: sh(
                 f"{PG_BIN}/pg_restore -j{args.jobs} -d r_fc {fc1}", env)))
@@ -305,6 +335,21 @@ def main() -> None:
             s3 = f"{statistics.median(m for _, m in SPLIT[name]):.1f}" if name in SPLIT else ""
             print(f"| {name:58} | {min(xs):7.1f} | {med:8.1f} | {cpu:>6} | {tools:>6} | {s3:>5} | {size_mb:>8} "
                   f"| {ratio:>11} | {to_plain:>12} |")
+        if cfg_enc is not None:
+            med = {k: statistics.median(v) for k, v in times.items()}
+            enc_b, ours_b = med.get(ENC_BACKUP), med.get("backup: runbook backup (all parts)")
+            fetch_plain = next((v for k, v in med.items() if k.startswith("restore: fetch-latest-backup (")), None)
+            fetch_enc = next((v for k, v in med.items() if k.startswith("restore: fetch-latest-backup encrypted")),
+                             None)
+            rest_plain = med.get("restore: restore-logical (all parts)")
+            rest_enc = med.get("restore: restore-logical of the encrypted backup (all parts)")
+            if enc_b and ours_b:
+                print(f"\nencrypted backup: {enc_b / ours_b:.2f}x the unencrypted one, {enc_b / plan_b:.2f}x the plan's "
+                      f"pg_dump -F c | gzip ({'faster' if enc_b < plan_b else 'SLOWER'} than the plan)")
+            if fetch_plain and fetch_enc and rest_plain and rest_enc:
+                print(f"encrypted restore (fetch + restore-logical): {fetch_enc + rest_enc:.1f} s vs "
+                      f"{fetch_plain + rest_plain:.1f} s unencrypted: {(fetch_enc + rest_enc) / (fetch_plain + rest_plain):.2f}x "
+                      f"(fetch alone {fetch_enc / fetch_plain:.2f}x; goal: at most 1.1x)")
         print("\nCPU s: busy CPU seconds of the whole machine (all cores, /proc/stat) while the job ran: the server, "
               "the tools, S3 (moto) and any other load; on 2 cores a job cannot take less than CPU s / 2. tools: "
               "of which the processes the job ran (pg_dump, gzip, pg_restore; for runbook backup the tool itself and "

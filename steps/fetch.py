@@ -27,7 +27,7 @@ import stat
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -47,6 +47,9 @@ from steps.repository import layout
 from steps.repository.manifest import LogicalManifest, invalid_reason, parse_logical, sha256_bytes
 from steps.repository.store import CorruptObject, RepositoryError
 from steps.repository.verified import write_stamp
+
+if TYPE_CHECKING:
+    from steps.encrypted.reading import Keys
 
 
 class Args(BaseModel):
@@ -158,6 +161,7 @@ def _report_unusable(cat: Any, db: str, events: Events) -> None:
 
 
 def main(args: Args, events: Events) -> int:
+    from steps.encrypted.reading import Keys
     from steps.repository.catalogue import pick, scan, trust_notes, usable_copies
     from steps.repository.config import load_repository_config
     from steps.repository.configured import open_stores
@@ -225,7 +229,8 @@ def main(args: Args, events: Events) -> int:
             os.makedirs(dest, mode=0o750, exist_ok=True)
         check_parent(dest, "fetch destination")
         with open_dir(dest) as dest_fd:
-            return _fetch_into(args, events, entry, dest, dest_fd, final_name)
+            return _fetch_into(args, events, entry, dest, dest_fd, final_name,
+                               Keys(cfg, trust, allow_unsigned=args.allow_unsigned, config_path=cfg_path))
     except UnsafePath as e:
         events.check("destination", "failed", str(e))
         print(f"{e}; nothing was fetched")
@@ -236,7 +241,10 @@ def main(args: Args, events: Events) -> int:
         return 1
 
 
-def _fetch_into(args: Args, events: Events, entry: Any, dest: Path, dest_fd: int, final_name: str) -> int:
+def _fetch_into(args: Args, events: Events, entry: Any, dest: Path, dest_fd: int, final_name: str,
+                keys: Keys) -> int:
+    from steps.crypto.errors import EncryptionError
+    from steps.encrypted.reading import key_error_check
     from steps.repository.catalogue import usable_copies
 
     final = dest / final_name
@@ -271,12 +279,16 @@ def _fetch_into(args: Args, events: Events, entry: Any, dest: Path, dest_fd: int
             except (ValueError, ValidationError) as e:
                 raise RepositoryError(f"the manifest of {copy.prefix} in {store.describe()} is unusable: "
                                       f"{invalid_reason(e)}") from None
-            total = manifest.size_bytes
+            # An encrypted copy: this host's key for its epoch, before any object is fetched (a wrong or missing
+            # key is named here); then each object decrypted as it streams, its stored sha256 checked first.
+            opener = keys.opener(store, manifest, f"backup {entry.backup_id} of {args.db} in {store.describe()}")
+            total = manifest.stored_bytes
             progress = _Progress(events, total, f"fetching from {store.name}")
             with open_dir(work) as work_fd:
                 for o in manifest.objects:
-                    store.fetch_beneath(copy.prefix + o.path, work_fd, o.path, size=o.size, sha256=o.sha256,
-                                        progress=progress)
+                    store.fetch_beneath(copy.prefix + manifest.stored_key(o), work_fd, o.path, size=o.size,
+                                        sha256=o.sha256, progress=progress,
+                                        decoding=opener.decoding(o) if opener is not None else None)
                 fd = open_beneath(work_fd, layout.MANIFEST, what="manifest")
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
@@ -286,9 +298,14 @@ def _fetch_into(args: Args, events: Events, entry: Any, dest: Path, dest_fd: int
             # The whole directory appears under its final name at once; a non-empty directory or a link that
             # appeared there meanwhile makes the rename fail, it is never written into.
             os.rename(work.name, final_name, src_dir_fd=dest_fd, dst_dir_fd=dest_fd)
-        except (RepositoryError, UnsafePath) as e:
+        except RunbookError as e:  # the repository's, a path's, a key's, a ciphertext's (steps.crypto.errors)
             shutil.rmtree(work, ignore_errors=True)
-            name = f"sha256 of {e.key}" if isinstance(e, CorruptObject) else f"fetch from {store.name}"
+            if isinstance(e, CorruptObject):
+                name = f"sha256 of {e.key}"
+            elif isinstance(e, EncryptionError):
+                name = f"{key_error_check(e)} of the {store.name} copy"
+            else:
+                name = f"fetch from {store.name}"
             events.check(name, "failed", str(e))
             print(f"copy in {store.describe()} failed: {e}", flush=True)
             continue
@@ -296,8 +313,12 @@ def _fetch_into(args: Args, events: Events, entry: Any, dest: Path, dest_fd: int
             shutil.rmtree(work, ignore_errors=True)
             raise
         secs = time.monotonic() - t0
+        how = "every sha256 verified"
+        if manifest.encryption is not None:
+            how = (f"decrypted (age, epoch {manifest.encryption.epoch}), every stored and plaintext sha256 verified")
+            events.check("decryption", "ok", f"{len(manifest.objects)} objects of epoch {manifest.encryption.epoch}")
         print(f"fetched {len(manifest.objects)} objects, {total / 1e6:.1f} MB from {store.describe()} in {secs:.1f} s, "
-              f"every sha256 verified, into {final}")
+              f"{how}, into {final}")
         events.check("sha256 of every object", "ok", f"{len(manifest.objects)} objects from {store.name}")
         _outputs(events, final, entry.backup_id, manifest, entry.cluster, store.name)
         return 0

@@ -8,7 +8,8 @@ uploaded after the recovery point come back although the database does not know 
 and `distance`.
 
 The tar is downloaded into a fresh private directory (0700) beside the destination with its sha256 checked as it
-streams, extracted there with the checks of steps.backup.attachments (safe paths only, every file re-hashed), and
+streams (from an encrypted repository: decrypted as it streams, its stored sha256 checked first; a copy this
+host has no key for, or whose ciphertext is altered, is named and the next copy tried: steps.encrypted.reading), extracted there with the checks of steps.backup.attachments (safe paths only, every file re-hashed), and
 renamed into place. A symbolic link at the destination is refused; a non-empty destination is refused unless
 `overwrite: true`.
 """
@@ -129,18 +130,20 @@ def choose(snapshots: list[Snapshot], *, at: datetime | None = None, backup_id: 
 
 def main(args: Args, events: Events) -> int:
     from steps.backup.attachments import AttachmentsError, check_destination, extract, private_workdir
+    from steps.encrypted.reading import Keys
     from steps.repository.catalogue import scan, trust_notes, usable_copies
     from steps.repository.config import load_repository_config
     from steps.repository.configured import open_stores
     from steps.repository.signing import trust_from_config
 
     try:
-        cfg, _ = load_repository_config(args.config)
+        cfg, cfg_path = load_repository_config(args.config)
         stores = open_stores(cfg, args.source)
         trust = trust_from_config(cfg, allow_unsigned=args.allow_unsigned)
     except RunbookError as e:
         print(f"restore-attachments: {e}")
         return 2
+    keys = Keys(cfg, trust, allow_unsigned=args.allow_unsigned, config_path=cfg_path)
     at = parse_time(args.at) if args.at else None
     cat = scan(stores, trust=trust, kinds=("files",))
     for name, err in cat.errors.items():
@@ -189,8 +192,12 @@ def main(args: Args, events: Events) -> int:
             manifest: FilesManifest = parse_files(data)
             tar = work / layout.ATTACHMENTS_TAR
             obj = next(o for o in manifest.objects if o.path == layout.ATTACHMENTS_TAR)
-            copy.store.fetch_file(copy.prefix + obj.path, tar, size=obj.size, sha256=obj.sha256,
-                                  progress=lambda n: None)
+            # Encrypted: the key first (nothing is fetched without one), then decrypted as it streams, the stored
+            # sha256 checked before the tar is used (steps.encrypted.reading).
+            opener = keys.opener(copy.store, manifest, f"attachments {entry.backup_id} in {copy.store.describe()}")
+            copy.store.fetch_file(copy.prefix + manifest.stored_key(obj), tar, size=obj.size, sha256=obj.sha256,
+                                  progress=lambda n: None,
+                                  decoding=opener.decoding(obj) if opener is not None else None)
             count = extract(tar, manifest.files, dest, overwrite=args.overwrite, work=work)
         except (RepositoryError, AttachmentsError) as e:
             events.check(f"attachments from {copy.store.name}", "failed", str(e))

@@ -109,7 +109,11 @@ def cmd_backups(args: argparse.Namespace) -> int:
             level = e.level.name if not any(c.failed for c in e.copies.values()) else f"{e.level.name}!"
             print(f"{mark} {e.db:20} {e.backup_id:17} {when:20} {_age((now - e.time).total_seconds()):>7} "
                   f"{_mb(e.size_bytes):>10}  {level:11} {where:9} {e.cluster}")
+            for line in encryption_lines(e):
+                print(line)
         print("* = what a recovery picks: the newest backup of each database at readable or better")
+        if any(e.encrypted() for e in cat.entries):
+            print("backups without an `encrypted` line are stored in clear (`--json` names each copy's epoch)")
         if any(c.failed for e in cat.entries for c in e.copies.values()):
             print("! after a level = its latest verification FAILED (runbook verify-backup): that copy is not "
                   "picked until a later verification passes")
@@ -124,6 +128,8 @@ def cmd_backups(args: argparse.Namespace) -> int:
         n = len(getattr(newest.manifest, "files", []))
         print(f"attachments: {len(cat.files)} snapshots; newest {newest.backup_id} ({n} files, "
               f"{_mb(newest.size_bytes)}, {','.join(newest.locations())})")
+        for line in encryption_lines(newest):
+            print(line)
     if cat.incomplete:
         print(f"{len(cat.incomplete)} incomplete backup directories (interrupted; `runbook prune` removes them "
               "after a day)")
@@ -136,6 +142,25 @@ def cmd_backups(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def encryption_lines(e: Any, indent: str = "    ", width: int = 80) -> list[str]:
+    """Under a backup's row: which copies are encrypted, and to whom (count and short ids), each line within
+    `width` columns; nothing for a backup stored in clear everywhere."""
+    from steps.encrypted.reading import describe_recipients
+
+    encrypted = e.encrypted()
+    if not encrypted:
+        return []
+    clear = [n for n in e.locations() if n not in encrypted]
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name, enc in encrypted.items():
+        groups.setdefault(tuple(enc.recipients), []).append(name)
+    lines = []
+    for recipients, names in groups.items():
+        head = f"{indent}encrypted in {','.join(names)}" + (f" ({','.join(clear)} in clear)" if clear else "") + ": "
+        lines.append(head + describe_recipients(list(recipients), width - len(head)))
+    return lines
+
+
 def _catalogue_json(cat: Any, picks: dict[str, Any], picked_ids: set[int], errors: dict[str, str],
                     stores: list[Any], now: datetime) -> dict[str, Any]:
     def entry(b: Any) -> dict[str, Any]:
@@ -145,7 +170,10 @@ def _catalogue_json(cat: Any, picks: dict[str, Any], picked_ids: set[int], error
             "level": b.level.name, "locations": b.locations(),
             "copies": {n: {"level": c.level.name, "verified_at": c.verified_at.isoformat() if c.verified_at else None,
                            "failed_at": c.failed.checked_at.isoformat() if c.failed else None,
-                           "path": c.prefix} for n, c in b.copies.items()},
+                           "path": c.prefix,
+                           "encryption": c.encryption.model_dump(mode="json") if c.encryption else None}
+                       for n, c in b.copies.items()},
+            "encrypted": sorted(b.encrypted()),
             "picked": id(b) in picked_ids,
         }
 

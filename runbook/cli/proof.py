@@ -198,6 +198,8 @@ def print_report(rep: Any) -> None:
             what = "none" if b is None else f"{b['backup_id']}" + (f" of {b['db']}" if b.get("db") else "") + \
                 f", {status.human(b['age_s'])} old, in {','.join(b['locations'])}"
             print(f"  {kind:8} {level:12} {what}")
+            if b is not None and b.get("encrypted"):
+                print(f"  {'':8} {'':12} {encryption_summary(b)}")
     print(f"RTO {rep.rto.get('verdict', '?').upper()}:")
     for d in rep.drills:
         last = "never" if d["run_id"] is None else f"{d['run_id']}, RTO {status.human(d['rto_s'])}, {d['age_days']:.1f} days ago"
@@ -212,6 +214,17 @@ def print_report(rep: Any) -> None:
         for reason in rep.integrity["reasons"]:
             print(f"  - {reason}")
     sys.stdout.flush()
+
+
+def encryption_summary(b: dict[str, Any], width: int = 55) -> str:
+    """One line of `status` under a backup: which copies are encrypted, to how many recipients, which ones."""
+    from steps.encrypted.reading import describe_recipients
+
+    enc = b["encrypted"]
+    clear = [n for n in b["locations"] if n not in enc]
+    first = next(iter(enc.values()))
+    head = f"encrypted in {','.join(enc)}" + (f" ({','.join(clear)} in clear)" if clear else "") + ": "
+    return head + describe_recipients(first["recipients"], max(20, width - len(head)))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +49,7 @@ from steps.repository.store import MARKER, RepositoryError, Store, sha256_file
 if TYPE_CHECKING:
     from steps.backup.archive_check import StreamingCheck
     from steps.backup.pipeline import DumpPipeline, Publisher
+    from steps.encrypted.writing import Sealing
 
 log = logging.getLogger("runbook.backup")
 
@@ -182,6 +184,7 @@ class BackupRun:
         self._locks: list[BackupLock] = []
         self.signer: Signer | None = None
         self.trust: Trust | None = None
+        self.sealings: dict[str, Sealing | None] = {}  # repository -> the key it encrypts with (None: plaintext)
 
     # --- the whole run ---------------------------------------------------------------------------
 
@@ -276,6 +279,37 @@ class BackupRun:
 
     def _open_stores(self) -> None:
         self.stores += open_usable_stores(self.cfg, self.repositories, log)
+        self._seal_stores()
+
+    def _seal_stores(self) -> None:
+        """The key each encrypting repository writes with (steps.encrypted.writing): a repository whose epoch
+        cannot be had (unreachable, refused) is unusable for this run, as one that cannot be written."""
+        from steps.encrypted.writing import sealing_for
+
+        kept = []
+        for store in self.stores:
+            try:
+                self.sealings[store.name] = sealing_for(self.cfg, store, self.signer)
+            except RunbookError as e:
+                self.repositories[store.name] = f"cannot encrypt: {e}"
+                log.error("%s repository unusable: %s", store.name, self.repositories[store.name])
+                continue
+            kept.append(store)
+        self.stores = kept
+
+    def _stored_manifest(self, manifest: LogicalManifest | FilesManifest, store: Store,
+                         stored: dict[str, tuple[int, str]]) -> tuple[list[ObjectEntry], bytes]:
+        """The manifest `store` gets: as is for a plaintext repository; for an encrypted one with each object's
+        stored size and sha256 and the epoch (each repository signs its own)."""
+        sealing = self.sealings.get(store.name)
+        if sealing is None:
+            return manifest.objects, to_json(manifest)
+        from steps.encrypted.writing import with_stored
+
+        objects = with_stored(manifest.objects, stored)
+        data = manifest.model_dump(mode="json") | {"objects": [o.model_dump(mode="json") for o in objects],
+                                                   "encryption": sealing.encryption().model_dump(mode="json")}
+        return objects, to_json(type(manifest).model_validate(data))
 
     def _lock_dir(self) -> Path:
         if self.cfg.backup.lock_dir is not None:
@@ -385,7 +419,7 @@ class BackupRun:
                 log.warning("%s: %s", db, note)
             self._size_check(out, manifest)
             prefix = layout.logical_prefix(result.facts.system_identifier, db, self.backup_id)
-            self._verify_and_publish(out, pipe, prefix, staging, result.objects, to_json(manifest))
+            self._verify_and_publish(out, pipe, prefix, staging, manifest)
         finally:
             if pipe is not None:
                 pipe.close(keep_local="local" in out.published)
@@ -414,13 +448,13 @@ class BackupRun:
 
         bid = self.backup_id
         assert bid is not None
-        publisher = Publisher(self.stores, staging, workers)
+        publisher = Publisher(self.stores, staging, workers, self.sealings)
         dump = DumpPipeline(staging, layout.DUMP_DIR, publisher,
                             prefix_of=lambda sysid: layout.logical_prefix(sysid, db, bid), on_file=on_file)
         return _Pipe(dump, publisher, check)
 
-    def _verify_and_publish(self, out: Outcome, pipe: _Pipe, prefix: str, staging: Path, objects: list[ObjectEntry],
-                            manifest: bytes) -> None:
+    def _verify_and_publish(self, out: Outcome, pipe: _Pipe, prefix: str, staging: Path,
+                            manifest: LogicalManifest) -> None:
         """The objects were stored and re-read while the dump ran, and the read check read them as they came;
         here the last ones are waited for, and the manifests wait for both."""
         from steps.backup import archive_check
@@ -443,7 +477,9 @@ class BackupRun:
         try:
             checks_future = pool.submit(checked)
             stored: list[Store] = []
+            stored_objects: dict[str, dict[str, tuple[int, str]]] = {}
             for st in pipe.publisher.states:  # every object was finished and re-read before take_dump returned
+                stored_objects[st.store.name] = st.stored_objects
                 out.timings[f"publish_{st.store.name}_busy_s"] = st.busy_s
                 out.timings[f"publish_{st.store.name}_finish_s"] = st.finish_s
                 out.timings[f"publish_{st.store.name}_reread_s"] = st.reread_s
@@ -461,19 +497,26 @@ class BackupRun:
                 log.error("%s: the dump cannot be read back, nothing published: %s", out.target, e)
                 return
             log.info("archive readable: %s", "; ".join(c.detail for c in checks))
-            self._commit_all(out, stored, prefix, objects, manifest, Level.readable, checks)
+            self._commit_all(out, stored, prefix, lambda s: self._stored_manifest(manifest, s, stored_objects[s.name]),
+                             Level.readable, checks)
         finally:
             pool.shutdown(wait=False)
 
-    def _store_all(self, out: Outcome, prefix: str, staging: Path, objects: list[ObjectEntry]) -> list[Store]:
+    def _store_all(self, out: Outcome, prefix: str, staging: Path, objects: list[ObjectEntry],
+                   stored_objects: dict[str, dict[str, tuple[int, str]]]) -> list[Store]:
+        """Every object in every repository (encrypted where the repository is: `stored_objects` gets the stored
+        sizes and sha256 per repository)."""
         from steps.repository.publish import store_objects
 
         stored: list[Store] = []
         for store in self.stores:
             workers = self.cfg.s3.max_concurrency if store.name == "s3" and self.cfg.s3 else 1
             t0 = time.monotonic()
+            sealing = self.sealings.get(store.name)
             try:
-                timings = store_objects(store, prefix, staging, objects, workers=workers)
+                timings = store_objects(store, prefix, staging, objects, workers=workers,
+                                        encrypt=sealing.encrypt_file if sealing is not None else None,
+                                        stored=stored_objects.setdefault(store.name, {}))
             except RepositoryError as e:
                 out.failed[store.name] = str(e)
                 log.error("%s: not published in %s: %s", out.target, store.describe(), e)
@@ -485,15 +528,18 @@ class BackupRun:
             stored.append(store)
         return stored
 
-    def _commit_all(self, out: Outcome, stored: list[Store], prefix: str, objects: list[ObjectEntry],
-                    manifest: bytes, level: Level, checks: list[Check]) -> None:
+    def _commit_all(self, out: Outcome, stored: list[Store], prefix: str,
+                    manifest: Callable[[Store], tuple[list[ObjectEntry], bytes]], level: Level,
+                    checks: list[Check]) -> None:
+        """The manifest of each repository (`manifest(store)`: its objects and bytes) and its record."""
         from steps.repository.publish import commit
 
         for store in stored:
             t0 = time.monotonic()
             try:
                 assert self.signer is not None
-                commit(store, prefix, objects, manifest, backup_id=out.backup_id or "", level=level, checks=checks,
+                objects, data = manifest(store)
+                commit(store, prefix, objects, data, backup_id=out.backup_id or "", level=level, checks=checks,
                        signer=self.signer)
             except RepositoryError as e:
                 out.failed[store.name] = str(e)
@@ -577,8 +623,10 @@ class BackupRun:
             log.info("attachments: %d files, %s", len(cap.files), _mb(size))
             checks = [Check(name="archived", status="ok", detail=f"{len(cap.files)} files hashed as they were archived")]
             prefix = layout.files_prefix(self.backup_id)
-            stored = self._store_all(out, prefix, staging, objects)
-            self._commit_all(out, stored, prefix, objects, to_json(manifest), Level.checksummed, checks)
+            stored_objects: dict[str, dict[str, tuple[int, str]]] = {}
+            stored = self._store_all(out, prefix, staging, objects, stored_objects)
+            self._commit_all(out, stored, prefix, lambda s: self._stored_manifest(manifest, s, stored_objects[s.name]),
+                             Level.checksummed, checks)
         except (RunbookError, OSError) as e:
             out.error = str(e)
             out.raise_to(EXIT_FAILED)

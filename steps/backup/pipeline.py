@@ -21,6 +21,12 @@ at a time, the local store one at a time. A repository that fails stops receivin
 manifest; the others go on. Objects without a manifest are not a backup: on failure the caller deletes what
 reached the local repository, and `prune` removes S3's leftovers after a day (the backup's credentials need
 no delete right).
+
+**An encrypted repository** (steps.encrypted.writing) gets each object through a `SealedStream`: the same
+chunks, age-encrypted to its epoch's data recipient as they pass, stored as `<path>.age` (on S3 the parts go up
+as they fill; locally the ciphertext is written to the staging directory's `.encrypted/` spool and hard-linked
+when whole). The ciphertext is hashed as it is produced and the re-read compares the stored bytes with that;
+each repository's manifest then records its own stored sizes and sha256 (`stored_objects`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from steps.encrypted.writing import SPOOL, SealedStream, Sealing
 from steps.repository.manifest import ObjectEntry
 from steps.repository.store import CHUNK, CorruptObject, ObjectExists, ObjectStream, RepositoryError, Store
 
@@ -147,15 +154,19 @@ class _StoreState:
     busy_s: float = 0.0
     finish_s: float = 0.0
     reread_s: float = 0.0
+    sealing: Sealing | None = None  # an encrypted repository: the key its objects are written with
+    stored_objects: dict[str, tuple[int, str]] = field(default_factory=dict)  # encrypted: path -> stored size, sha256
 
 
 class Publisher:
     """Sends each object to every repository while it is read (`open` .. `write` .. `finish`), then re-reads
     it from the repository and compares its sha256. A repository that fails is left alone from then on."""
 
-    def __init__(self, stores: list[Store], staging: Path, workers: Callable[[Store], int]) -> None:
+    def __init__(self, stores: list[Store], staging: Path, workers: Callable[[Store], int],
+                 sealings: dict[str, Sealing | None] | None = None) -> None:
         self.staging = staging
-        self.states = [_StoreState(s, threading.BoundedSemaphore(max(1, workers(s)))) for s in stores]
+        self.states = [_StoreState(s, threading.BoundedSemaphore(max(1, workers(s))),
+                                   sealing=(sealings or {}).get(s.name)) for s in stores]
         self.prefix: str | None = None
         self.cancelled = threading.Event()
         self._lock = threading.Lock()
@@ -181,11 +192,15 @@ class Publisher:
     def open(self, rel: str) -> list[tuple[_StoreState, ObjectStream]]:
         assert self.prefix is not None
         key = self.prefix + rel
-        streams = []
+        streams: list[tuple[_StoreState, ObjectStream]] = []
         for st in self.states:
             if st.error is None and not self.cancelled.is_set():
                 try:
-                    streams.append((st, st.store.open_stream(key, self.staging / rel)))
+                    if st.sealing is not None:  # encrypted as it is read (steps.encrypted.writing)
+                        spool = self.staging / SPOOL / st.store.name / (rel + ".age")
+                        streams.append((st, st.sealing.stream(st.store, key, spool)))
+                    else:
+                        streams.append((st, st.store.open_stream(key, self.staging / rel)))
                 except Exception as e:  # noqa: BLE001 - this repository fails, the others go on
                     self._fail(st, e, key)
         return streams
@@ -230,10 +245,14 @@ class Publisher:
                                     st.stored.append(stream.key)
                     t1 = time.monotonic()
                     size, digest = st.store.hash_object(stream.key)
-                if digest != o.sha256 or size != o.size:
-                    raise CorruptObject(st.store.describe(), stream.key, f"sha256 {o.sha256} ({o.size} bytes)",
+                # Encrypted: the stored bytes must be the ciphertext this host produced (it cannot decrypt).
+                want_size, want = stream.stored if isinstance(stream, SealedStream) else (o.size, o.sha256)
+                if digest != want or size != want_size:
+                    raise CorruptObject(st.store.describe(), stream.key, f"sha256 {want} ({want_size} bytes)",
                                         f"sha256 {digest} ({size} bytes)")
                 with self._lock:
+                    if isinstance(stream, SealedStream):
+                        st.stored_objects[o.path] = stream.stored
                     st.finish_s += t1 - t0
                     st.reread_s += time.monotonic() - t1
             except Exception as e:  # noqa: BLE001
@@ -407,9 +426,10 @@ class DumpPipeline:
             raise self.error
 
     def objects(self) -> list[ObjectEntry]:
-        """Every file of the staging directory, hashed (the shadow directory of the read check excepted), once
+        """Every file of the staging directory, hashed (the shadow directory of the read check and the ciphertext
+        spool of an encrypted local repository excepted), once
         each is checked unchanged since it was read. Raises Changed."""
-        files = [f for f in list_files(self.staging) if not f.startswith(SHADOW + "/")]
+        files = [f for f in list_files(self.staging) if not f.startswith((SHADOW + "/", SPOOL + "/"))]
         for rel in files:
             if rel not in self._readers:  # not expected (nothing is written after pg_dump): read it now
                 self._read(rel).set()

@@ -17,6 +17,9 @@ For monitoring and for the last step of re-protection. Each check is `Check(name
 - logical_backup / base_backup: the age of the newest genuine one (base backups may not exist yet: said so);
 - signatures: every backup and record signed by a trusted key (steps.repository.signing); what is refused and
   why; unsigned ones accepted with `--allow-unsigned`; this host's own signing key among the trusted ones;
+- keys:local / keys:s3: which of this host's identity files (`encryption.identity_files`) open the newest
+  logical backup's encrypted copy: its epoch's data key unwrapped, one object decrypted and its sha256 compared
+  (steps.encrypted.reading); a host without identities (the backup host) is told so, as information;
 - tablespaces: every tablespace is in the newest base backup (a point-in-time recovery from a backup taken
   before a CREATE TABLESPACE replays it at the original path: on the same host, the live directory).
 
@@ -502,6 +505,7 @@ class Checker:
             self.add("logical_backup", status, f"newest {newest.db} {newest.backup_id} ({newest.level.name}, in "
                      f"{', '.join(newest.locations())}), {rough_duration(age)} old",
                      None if status == "ok" else "is the daily `runbook backup` job running? see its status file")
+            self._keys(newest, next((e for e in mine if e.encrypted()), None), trust)
         else:
             self.add("logical_backup", "warning", f"no readable logical backup of cluster {sysid}",
                      "run `runbook backup -c CONFIG` (and schedule it daily)")
@@ -517,6 +521,52 @@ class Checker:
             self.add("base_backup", status, f"newest {newest_base.backup_id} (in {', '.join(newest_base.locations())}),"
                      f" {rough_duration(age)} old",
                      None if status == "ok" else "is the weekly `runbook basebackup` job running?")
+
+    def _keys(self, newest: Any, entry: Any, trust: Any) -> None:
+        """Which of this host's identity files open the encrypted copies of the newest backup, or of the newest
+        encrypted one (`entry`) when the newest is stored in clear (steps.encrypted.reading: the epoch's data key
+        unwrapped, one object decrypted and its sha256 compared). A host without identities (the backup host
+        needs none) is told where the proof is made."""
+        from steps.encrypted.reading import Keys, describe_recipients, which_keys_open
+        from steps.repository import layout
+        from steps.repository.manifest import sha256_bytes
+
+        if entry is None:
+            return
+        if entry is not newest:
+            self.add("encryption", "info", f"the newest backup, {newest.db} {newest.backup_id}, is stored in clear "
+                     f"in {', '.join(newest.locations())}; the newest encrypted one is {entry.db} {entry.backup_id}")
+        encrypted = entry.encrypted()
+        keys = Keys(self.cfg, trust, allow_unsigned=self.args.allow_unsigned, config_path=self.path)
+        what = f"{'newest' if entry is newest else 'newest encrypted'} {entry.db} backup {entry.backup_id}"
+        for name, enc in encrypted.items():
+            check = f"keys:{name}"
+            if not keys.identity_files():
+                self.add(check, "info", f"{what} is encrypted in {name} (epoch {enc.epoch}, "
+                         f"{describe_recipients(enc.recipients)}); this host holds no identity (a backup host needs "
+                         "none)", "run `runbook check` where encryption.identity_files is set to prove a key opens it")
+                continue
+            copy = entry.copies[name]
+            try:
+                data = copy.store.get_bytes(copy.prefix + layout.MANIFEST)
+                if sha256_bytes(data) != copy.manifest_sha256:
+                    raise RunbookError(f"{copy.prefix}{layout.MANIFEST} changed while it was read")
+                manifest = type(entry.manifest).model_validate_json(data)
+                proofs = which_keys_open(keys, copy.store, copy.prefix, manifest)
+            except RunbookError as e:
+                self.add(check, "failed", f"{what} in {name}: {e.message}", e.hint)
+                continue
+            opens = [p for p in proofs if p.opens]
+            parts = [f"{p.file}: {p.detail}" for p in opens] + [f"not {p.file}: {p.detail}" for p in proofs
+                                                                 if not p.opens]
+            if opens:
+                self.add(check, "ok", f"{what} in {name} opens with {len(opens)} of {len(proofs)} identity files: "
+                         + "; ".join(parts))
+            else:
+                self.add(check, "failed", f"no identity file of this host opens {what} in {name}: "
+                         + "; ".join(parts),
+                         f"its epoch {enc.epoch} is wrapped for {', '.join(enc.recipients)} (and whoever `runbook "
+                         "keys rotate` added): set encryption.identity_files to one of those keys")
 
     def _signatures(self, cat: Any, trust: Any) -> None:
         """Every backup signed by a trusted key: what is refused and why, what was accepted unsigned, and whether

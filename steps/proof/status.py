@@ -213,7 +213,8 @@ def _level_table(entries: list[Any], now: datetime) -> dict[str, Any]:
         e = next((x for x in entries if x.level >= level), None)  # newest first
         out[level.name] = None if e is None else {
             "backup_id": e.backup_id, "db": e.db or None, "cluster": e.cluster, "time": e.time.isoformat(),
-            "age_s": round((now - e.time).total_seconds()), "level": e.level.name, "locations": e.locations()}
+            "age_s": round((now - e.time).total_seconds()), "level": e.level.name, "locations": e.locations(),
+            "encrypted": {n: enc.model_dump(mode="json") for n, enc in e.encrypted().items()}}
     return out
 
 

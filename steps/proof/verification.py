@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import time
 from collections.abc import Callable
@@ -162,25 +163,56 @@ class Verification:
         data = copy.store.get_bytes(copy.prefix + layout.MANIFEST)
         if sha256_bytes(data) != copy.manifest_sha256:
             raise BackupBad("manifest", f"{copy.prefix}{layout.MANIFEST} changed while it was read")
-        if in_place and isinstance(copy.store, LocalStore):
+        # This copy's own manifest: each repository records its own stored bytes (encrypted or not).
+        manifest = type(manifest).model_validate(json.loads(data))
+        if in_place and isinstance(copy.store, LocalStore) and manifest.encryption is None:
             self._check_in_place(copy, manifest)
             self.out.timings["fetch_s"] = round(time.monotonic() - t0, 2)
             return copy.store.root / copy.prefix
+        opener = self._opener(copy, manifest)
         dest.mkdir(parents=True, exist_ok=True)
         for o in manifest.objects:
             try:
-                copy.store.fetch_file(copy.prefix + o.path, dest / o.path, size=o.size, sha256=o.sha256)
+                copy.store.fetch_file(copy.prefix + manifest.stored_key(o), dest / o.path, size=o.size,
+                                      sha256=o.sha256, decoding=opener.decoding(o) if opener is not None else None)
             except CorruptObject:
                 raise BackupBad(f"sha256 of {o.path}", f"{copy.prefix}{o.path} does not match the manifest "
                                 f"(expected sha256 {o.sha256}, {o.size} bytes): altered after the backup") from None
             except NotFound:
                 raise BackupBad(f"object {o.path}", f"{copy.prefix}{o.path} is missing from "
                                 f"{copy.store.describe()}") from None
+            except RunbookError as e:
+                if opener is not None and opener.owns(e):  # the object's ciphertext, not the network
+                    raise BackupBad(f"ciphertext of {o.path}", e.message) from None
+                raise
         (dest / layout.MANIFEST).write_bytes(data)
         self.out.checks.append(CheckResult("sha256 of every object", "ok",
                                            f"{len(manifest.objects)} objects, {manifest.size_bytes / 1e6:.1f} MB"))
+        if manifest.encryption is not None:
+            self.out.checks.append(CheckResult(
+                "decryption", "ok", f"every object decrypted with this host's identity (age, epoch "
+                f"{manifest.encryption.epoch}): stored and plaintext sha256 as the manifest says"))
         self.out.timings["fetch_s"] = round(time.monotonic() - t0, 2)
         return dest
+
+    def _opener(self, copy: Any, manifest: Any) -> Any:
+        """An encrypted copy's key (steps.encrypted.reading), before anything is fetched: a host without one
+        cannot judge the backup (CannotRun: no record); a forged epoch is the backup's fault (BackupBad)."""
+        if manifest.encryption is None:
+            return None
+        from steps.crypto.errors import EpochRefused, NoIdentity
+        from steps.encrypted.reading import Keys
+        from steps.repository.signing import trust_from_config
+
+        keys = Keys(self.cfg, trust_from_config(self.cfg, allow_unsigned=self.allow_unsigned),
+                    allow_unsigned=self.allow_unsigned, config_path=self.config_path)
+        try:
+            return keys.opener(copy.store, manifest, f"backup {copy.prefix.rstrip('/').rsplit('/', 1)[-1]} in "
+                               f"{copy.store.describe()}")
+        except NoIdentity as e:
+            raise CannotRun(e.message, hint=e.hint) from None
+        except EpochRefused as e:
+            raise BackupBad("key epoch", e.message) from None
 
     def _check_in_place(self, copy: Any, manifest: Any) -> None:
         from concurrent.futures import ThreadPoolExecutor

@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from steps.repository import layout
 from steps.repository.manifest import (
     BaseManifest,
+    Encryption,
     FilesManifest,
     Level,
     LogicalManifest,
@@ -61,6 +62,7 @@ class Copy:
     records: list[VerificationRecord]
     keys: list[str]
     unsigned: list[str] = field(default_factory=list)  # keys accepted without a signature (allow_unsigned)
+    encryption: Encryption | None = None  # this copy's manifest's: how its repository stores the objects
 
     @property
     def verified_at(self) -> datetime | None:
@@ -97,6 +99,10 @@ class Entry:
 
     def locations(self) -> list[str]:
         return [name for name in ("local", "s3") if name in self.copies]
+
+    def encrypted(self) -> dict[str, Encryption]:
+        """The copies stored encrypted, by repository (local first): each repository's manifest says its own."""
+        return {n: enc for n in self.locations() if (enc := self.copies[n].encryption) is not None}
 
     def unsigned(self, source: str = "any") -> list[str]:
         """What of this backup was accepted unsigned (allow_unsigned), in `source`: "local: manifest.json", ..."""
@@ -170,7 +176,8 @@ class _Scan:
         self.trust = trust
         self.now = datetime.now(UTC)
 
-    def copy(self, store: Store, prefix: str, keys: list[str], manifest: bytes, manifest_unsigned: bool) -> Copy:
+    def copy(self, store: Store, prefix: str, keys: list[str], manifest: bytes, manifest_unsigned: bool,
+             encryption: Encryption | None = None) -> Copy:
         """The copy under `prefix`, with the records that vouch for it: genuine ones, and unsigned ones only for
         an unsigned manifest accepted with `allow_unsigned` (a signed backup's records are signed too)."""
         digest = sha256_bytes(manifest)
@@ -198,7 +205,7 @@ class _Scan:
                 unsigned.append(key)
             records.append(record)
         return Copy(store=store, prefix=prefix, manifest_sha256=digest, level=copy_level(records, digest),
-                    records=records, keys=keys, unsigned=unsigned)
+                    records=records, keys=keys, unsigned=unsigned, encryption=encryption)
 
     def add(self, store: Store, prefix: str, kind: Kind, backup_id: str, db: str, cluster: str,
             parse: Callable[[bytes], M], when: Callable[[M], datetime]) -> None:
@@ -227,7 +234,7 @@ class _Scan:
             refuse(f"its time {when(m).isoformat()} is in the future (more than the clock skew allowed): forged, "
                    "or written by a host whose clock is wrong")
             return
-        copy = self.copy(store, prefix, keys, data, verdict.unsigned_accepted)
+        copy = self.copy(store, prefix, keys, data, verdict.unsigned_accepted, m.encryption)
         key = (kind, cluster, db, backup_id)
         entry = self.merged.get(key)
         if entry is None:

@@ -32,6 +32,7 @@ VERIFICATIONS = "verifications"
 DUMP_DIR = "dump"
 GLOBALS = "globals.sql"
 ATTACHMENTS_TAR = "attachments.tar"
+ENCRYPTED_SUFFIX = ".age"  # an object of an encrypted repository is stored as its plaintext path + this
 
 
 def backup_id(when: datetime) -> str:

@@ -17,7 +17,15 @@ from datetime import datetime
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from steps.fs import UnsafePath, check_relative
 
@@ -59,16 +67,46 @@ def backup_path(value: str, what: str = "object path") -> str:
     return value
 
 
+def _drop_none(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if not (k in keys and v is None)}
+
+
 class ObjectEntry(_Record):
     path: str = Field(description="Relative to the backup's directory, with / (checked: steps.repository.manifest."
                                   "backup_path)")
-    size: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0, description="Of the plaintext (what the backup holds)")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Of the plaintext")
+    stored_size: int | None = Field(None, ge=0, description="Encrypted repositories: the size of the stored "
+                                    "object (`<path>.age`); absent in a repository that stores the plaintext")
+    stored_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="Encrypted repositories: the "
+                                      "sha256 of the stored bytes, checked before anything is decrypted")
 
     @field_validator("path")
     @classmethod
     def _path_is_data(cls, v: str) -> str:
         return backup_path(v)
+
+    @model_validator(mode="after")
+    def _stored_together(self) -> ObjectEntry:
+        if (self.stored_size is None) != (self.stored_sha256 is None):
+            raise ValueError(f"object {self.path!r} has only one of stored_size and stored_sha256")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _plain_stays_as_before(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A repository that stores the plaintext writes the manifest exactly as before encryption existed.
+        return _drop_none(handler(self), ("stored_size", "stored_sha256"))
+
+
+class Encryption(_Record):
+    """How a repository stores a backup's objects: each one age-encrypted (steps.repository.encrypted) to the
+    data recipient of `epoch` (steps.crypto.epochs), under its path + `.age`."""
+
+    format: Literal["age"] = "age"
+    epoch: str = Field(pattern=r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$", description="The key epoch of the repository "
+                       "(encryption/epochs/<epoch>/): its wrapped data key opens every object")
+    recipients: list[str] = Field(default_factory=list, description="Whom the epoch's data key was wrapped for when "
+                                  "the backup was written (a rotation adds wraps later: `runbook keys list`)")
 
 
 class Tool(_Record):
@@ -81,6 +119,38 @@ class _Backup(_Record):
 
     if TYPE_CHECKING:
         objects: list[ObjectEntry]
+
+    encryption: Encryption | None = Field(None, description="Absent: the objects are stored as they are; else how "
+                                          "this repository encrypted them (each repository's manifest says its own)")
+
+    @model_validator(mode="after")
+    def _stored_sizes_iff_encrypted(self) -> _Backup:
+        for o in self.objects:
+            if (o.stored_sha256 is None) != (self.encryption is None):
+                raise ValueError(f"object {o.path!r} " + ("has no stored_sha256 in an encrypted backup"
+                                 if self.encryption is not None else "has a stored_sha256 but the backup says no "
+                                 "encryption"))
+        return self
+
+    @model_serializer(mode="wrap")
+    def _plain_stays_as_before(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        enc = data.pop("encryption", None)  # declared here, written last: after the fields every manifest had
+        return data if enc is None else {**data, "encryption": enc}
+
+    @property
+    def encrypted(self) -> bool:
+        return self.encryption is not None
+
+    def stored_key(self, o: ObjectEntry) -> str:
+        """The key of `o` under the backup's prefix: its path, + `.age` when encrypted."""
+        from steps.repository.layout import ENCRYPTED_SUFFIX
+
+        return o.path + ENCRYPTED_SUFFIX if self.encryption is not None else o.path
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(o.stored_size if o.stored_size is not None else o.size for o in self.objects)
 
     @model_validator(mode="after")
     def _objects_distinct(self) -> _Backup:

@@ -36,6 +36,7 @@ from steps.repository.signing import Signer
 from steps.repository.store import CorruptObject, ObjectExists, RepositoryError, Store
 
 ByteProgress = Callable[[int, int], None]  # (bytes done, bytes total)
+Encrypt = Callable[[Path, Path], tuple[int, str]]  # (plaintext file, ciphertext file to make) -> stored size, sha256
 
 
 @dataclass
@@ -70,11 +71,21 @@ def store_objects(
     *,
     workers: int = 1,
     progress: ByteProgress | None = None,
+    encrypt: Encrypt | None = None,
+    stored: dict[str, tuple[int, str]] | None = None,
 ) -> dict[str, float]:
     """Phase 1: store every object under `prefix` and re-read it; no manifest yet, so no backup yet.
 
     Refuses a prefix that already holds anything. Returns timings. Raises RepositoryError.
+
+    With `encrypt` (an encrypted repository: steps.encrypted.writing), each object is first encrypted into
+    `<staging>/.encrypted-<repository>/<path>.age`, hashed as it is written, and that file is stored under
+    `<path>.age`; the re-read compares the stored bytes with what was encrypted (this host holds no key to
+    decrypt them: verify-backup on a host with an identity proves that). `stored` receives each object's
+    stored (size, sha256) by path, for the repository's manifest.
     """
+    from steps.repository.layout import ENCRYPTED_SUFFIX
+
     timings: dict[str, float] = {}
     existing = store.list_keys(prefix)
     if existing:
@@ -83,19 +94,36 @@ def store_objects(
     total = sum(o.size for o in objects)
     t0 = time.monotonic()
     up = _Counter(total, progress)
-    _each(objects, lambda o: store.put_file(prefix + o.path, staging / o.path, up), workers)
+    expect: dict[str, tuple[int, str]] = {o.path: (o.size, o.sha256) for o in objects}
+    suffix = ENCRYPTED_SUFFIX if encrypt is not None else ""
+    lock = threading.Lock()
+
+    def put(o: ObjectEntry) -> None:
+        src = staging / o.path
+        if encrypt is not None:
+            src = staging / f".encrypted-{store.name}" / (o.path + suffix)
+            src.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            got = encrypt(staging / o.path, src)
+            with lock:
+                expect[o.path] = got
+        store.put_file(prefix + o.path + suffix, src, up)
+
+    _each(objects, put, workers)
     timings["upload_s"] = time.monotonic() - t0
 
     t1 = time.monotonic()
 
     def reread(o: ObjectEntry) -> None:
-        size, digest = store.hash_object(prefix + o.path)
-        if digest != o.sha256 or size != o.size:
-            raise CorruptObject(store.describe(), prefix + o.path, f"sha256 {o.sha256} ({o.size} bytes)",
+        size, digest = store.hash_object(prefix + o.path + suffix)
+        want_size, want = expect[o.path]
+        if digest != want or size != want_size:
+            raise CorruptObject(store.describe(), prefix + o.path + suffix, f"sha256 {want} ({want_size} bytes)",
                                 f"sha256 {digest} ({size} bytes)")
 
     _each(objects, reread, workers)
     timings["reread_s"] = time.monotonic() - t1
+    if stored is not None and encrypt is not None:
+        stored.update(expect)
     return timings
 
 
@@ -118,11 +146,16 @@ def commit(
         raise CorruptObject(store.describe(), key, f"sha256 {sha256_bytes(manifest)}", "different bytes")
     now = datetime.now(UTC)
     total = sum(o.size for o in objects)
+    detail = f"{len(objects)} objects, {total} bytes re-read from {store.describe()}"
+    if any(o.stored_sha256 for o in objects):
+        stored = sum(o.stored_size or 0 for o in objects)
+        detail = (f"{len(objects)} objects, {total} bytes encrypted to {stored} stored bytes, re-read from "
+                  f"{store.describe()}: each stored sha256 is what was encrypted (decryption is proven by "
+                  "verify-backup on a host with an identity)")
     record = VerificationRecord(
         backup_id=backup_id, level=level.name, passed=True, checked_at=now, repository=store.name,
         manifest_sha256=sha256_bytes(manifest),
-        checks=[Check(name="sha256 re-read", status="ok",
-                      detail=f"{len(objects)} objects, {total} bytes re-read from {store.describe()}"), *checks],
+        checks=[Check(name="sha256 re-read", status="ok", detail=detail), *checks],
         tool=Tool(version=__version__), host=socket.gethostname(),
     )
     signer.put(store, layout.verification_key(prefix, now), to_json(record))
@@ -142,10 +175,14 @@ def publish(
     signer: Signer,
     workers: int = 1,
     progress: ByteProgress | None = None,
+    encrypt: Encrypt | None = None,
+    stored: dict[str, tuple[int, str]] | None = None,
 ) -> Published:
-    """Both phases: publish `objects` (files under `staging`) and `manifest` under `prefix`. Raises RepositoryError."""
+    """Both phases: publish `objects` (files under `staging`) and `manifest` under `prefix`. Raises RepositoryError.
+    (`encrypt`, `stored`: as `store_objects`; the manifest must then record the stored sizes it returns.)"""
     t0 = time.monotonic()
-    timings = store_objects(store, prefix, staging, objects, workers=workers, progress=progress)
+    timings = store_objects(store, prefix, staging, objects, workers=workers, progress=progress, encrypt=encrypt,
+                            stored=stored)
     record = commit(store, prefix, objects, manifest, backup_id=backup_id, level=level, checks=checks,
                     signer=signer)
     timings["total_s"] = time.monotonic() - t0

@@ -19,7 +19,7 @@ import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from runbook.errors import Exit, RunbookError
 
@@ -74,6 +74,35 @@ class CorruptObject(RepositoryError):
             hint="this copy cannot be trusted; use another copy (from: s3 / from: local) or another backup",
         )
         self.key = key
+
+
+class ChunkFilter(Protocol):
+    """Bytes in (`write`, in order), bytes out to the sink it was made with; `close` once the input ended."""
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Decoding(Protocol):
+    """How an object's stored bytes become what the manifest describes (an encrypted repository: age, made by
+    steps.encrypted.reading; this layer knows no cipher). `stored_size`/`stored_sha256` are the stored bytes'
+    as the manifest records them: checked first, as the bytes arrive, before anything decoded is used."""
+
+    stored_size: int
+    stored_sha256: str
+
+    def decoder(self, sink: Callable[[bytes], None]) -> ChunkFilter: ...
+
+    def mismatch(self, key: str, got_size: int, got_sha256: str, decoded: Decoded) -> RepositoryError:
+        """The error for stored bytes that do not match the manifest; `decoded` says how far they decoded."""
+        ...
+
+
+Decoded = Literal["refused", "cut", "whole"]
+"""How stored bytes that do not match their manifest decoded: `refused` (the decoder rejected some: altered),
+`cut` (every byte decoded but the end is missing: truncated), `whole` (a complete, valid object, but not the one
+the manifest names: replaced)."""
 
 
 def sha256_file(path: Path, progress: Progress | None = None) -> tuple[int, str]:
@@ -184,26 +213,36 @@ class Store(ABC):
 
         return retry(once, attempts=self.read_retries(), transient=self.transient)
 
-    def fetch_file(self, key: str, dest: Path, *, size: int, sha256: str, progress: Progress | None = None) -> None:
+    def fetch_file(self, key: str, dest: Path, *, size: int, sha256: str, progress: Progress | None = None,
+                   decoding: Decoding | None = None) -> None:
         """Copy an object to `dest`, verifying size and sha256 as it streams; a mismatch leaves no file.
         The bytes go into a new temporary file beside `dest` (O_EXCL, O_NOFOLLOW, 0600), renamed to `dest`
-        only once they verified: a link planted at `dest` is replaced, never written through."""
+        only once they verified: a link planted at `dest` is replaced, never written through. `decoding`: as
+        `fetch_beneath`."""
         from steps.fs import open_dir
 
         _check_key(key)
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             with open_dir(dest.parent) as fd:
-                self.fetch_beneath(key, fd, dest.name, size=size, sha256=sha256, progress=progress, replace=True)
+                self.fetch_beneath(key, fd, dest.name, size=size, sha256=sha256, progress=progress, replace=True,
+                                   decoding=decoding)
         except OSError as e:
             raise local_error(e, f"writing {dest}") from None
 
     def fetch_beneath(self, key: str, dir_fd: int, name: str, *, size: int, sha256: str,
-                      progress: Progress | None = None, replace: bool = False) -> None:
+                      progress: Progress | None = None, replace: bool = False,
+                      decoding: Decoding | None = None) -> None:
         """Copy an object to `name` (a checked relative path) beneath the directory `dir_fd`, never following a
         link: streamed into a new temporary file `.tmp-<leaf>-<pid>` (O_EXCL, 0600) while it is hashed, then
         renamed to its name only when size and sha256 match. A mismatch, or any failure, leaves no file.
-        Without `replace`, an existing `name` is refused (UnsafePath)."""
+        Without `replace`, an existing `name` is refused (UnsafePath).
+
+        With `decoding` (an encrypted object, `key` its stored key), the stored bytes are hashed as they arrive
+        and decoded as they stream into the temporary file; then, in this order: the stored size and sha256
+        against `decoding`'s (`decoding.mismatch` names a truncated or altered object, even when decoding
+        failed on the way), the decoder's end (its own authentication), the plaintext's `size` and `sha256`.
+        Only then is the file renamed to its name: nothing decoded is used before all three held."""
         from steps.fs import UnsafePath, check_relative, open_beneath, open_subdir, rename_in
         from steps.repository.retry import retry
 
@@ -226,14 +265,22 @@ class Store(ABC):
                     os.lseek(fd, 0, os.SEEK_SET)
                     h = hashlib.sha256()
                     n = 0
-                    for chunk in self.iter_chunks(key):
+
+                    def out(chunk: bytes) -> None:
+                        nonlocal n
                         h.update(chunk)
                         view = memoryview(chunk)
                         while view:
                             view = view[os.write(fd, view):]
                         n += len(chunk)
-                        if progress:
-                            progress(len(chunk))
+
+                    if decoding is None:
+                        for chunk in self.iter_chunks(key):
+                            out(chunk)
+                            if progress:
+                                progress(len(chunk))
+                    else:
+                        decode_chunks(self.iter_chunks(key), key, decoding, out, progress)
                     return n, h.hexdigest()
 
                 got_size, got = retry(once, attempts=self.read_retries(), transient=self.transient)
@@ -251,6 +298,37 @@ class Store(ABC):
             raise local_error(e, f"writing {name}") from None
         finally:
             os.close(parent)
+
+
+def decode_chunks(chunks: Iterator[bytes], key: str, decoding: Decoding, out: Callable[[bytes], None],
+            progress: Progress | None) -> None:
+    """Stored bytes through `decoding` into `out`: the stored sha256 decides first (see Store.fetch_beneath)."""
+    stored = hashlib.sha256()
+    n = 0
+    decoder = decoding.decoder(out)
+    failed: RunbookError | None = None
+    for chunk in chunks:
+        stored.update(chunk)
+        n += len(chunk)
+        if progress:
+            progress(len(chunk))
+        if failed is None:
+            try:
+                decoder.write(chunk)
+            except RunbookError as e:  # the stored hash (read to the end) says first whether the bytes changed
+                failed = e
+    if (n, stored.hexdigest()) != (decoding.stored_size, decoding.stored_sha256):
+        how: Decoded = "refused"
+        if failed is None:
+            try:
+                decoder.close()
+                how = "whole"
+            except RunbookError:
+                how = "cut"
+        raise decoding.mismatch(key, n, stored.hexdigest(), how)
+    if failed is not None:
+        raise failed
+    decoder.close()
 
 
 class ObjectStream:
