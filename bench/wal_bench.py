@@ -13,7 +13,9 @@ server venv), with moto's S3 server on 127.0.0.1 in this process. 16 MB segments
 3. the archive lag under pgbench load (time from a segment's `.ready` to its `.done`), for `cp` + `sync`,
    ours synchronous (local + S3) and ours asynchronous (local + S3);
 4. the replay of the same WAL (~40 segments after a pg_basebackup) with `restore_command` = `cp`, ours from
-   the local repository, ours from S3 (both with read-ahead) and ours without read-ahead.
+   the local repository, ours from S3 (both with read-ahead), ours without read-ahead, and ours from S3
+   encrypted with age (read-ahead; issue 17).
+"-enc" push methods: the same to S3 encrypted (age, `encryption.recipients`).
 Each figure is min and median of the repeats; ratios are against `cp` in the same run.
 """
 
@@ -134,7 +136,20 @@ def write_configs(base: Path, url: str, spool: Path) -> dict[str, Path]:
     os.chmod(wal_key.parent, 0o755)
     sealed = {"wal_private_key": str(wal_key), "public_keys": [str(wal_key) + ".pub"]}
 
-    def cfg(name: str, local: bool, with_s3: bool, wal: dict[str, Any], signing: dict[str, Any] | None = None) -> None:
+    # Encryption (issue 17): an age identity of the server's user (it runs restore_command), its recipient for the
+    # writers; the "-enc" configs encrypt what they write to S3 (s3.encrypt: the default once recipients are set).
+    keys = base / "age-keys"
+    keys.mkdir()
+    identity = keys / "restore.agekey"
+    sh(["age-keygen", "-o", str(identity)])
+    recipient = sh(["age-keygen", "-y", str(identity)]).stdout.strip()
+    os.chmod(identity, 0o600)
+    chown_server_user(keys)
+    os.chmod(keys, 0o755)
+    encryption = {"recipients": [recipient], "identity_files": [str(identity)]}
+
+    def cfg(name: str, local: bool, with_s3: bool, wal: dict[str, Any], signing: dict[str, Any] | None = None,
+            encrypted: bool = False) -> None:
         repo = base / f"repo-{name}"
         repo.mkdir()
         chown_server_user(repo)
@@ -146,6 +161,8 @@ def write_configs(base: Path, url: str, spool: Path) -> dict[str, Path]:
         lines.append("wal: " + json.dumps({"spool_dir": str(spool / name), **wal}))
         if signing:
             lines.append("signing: " + json.dumps(signing))
+        if encrypted:
+            lines.append("encryption: " + json.dumps(encryption))
         p = base / f"{name}.yaml"
         p.write_text("\n".join(lines) + "\n")
         os.chmod(p, 0o644)
@@ -160,6 +177,8 @@ def write_configs(base: Path, url: str, spool: Path) -> dict[str, Path]:
     cfg("noprefetch", True, True, {"prefetch": 0})
     cfg("local-sealed", True, False, {}, sealed)
     cfg("local-async-sealed", True, False, {"async": True, "worker_idle_s": 5}, sealed)
+    cfg("s3-enc", False, True, {}, encrypted=True)
+    cfg("s3-async-enc", False, True, {"async": True, "worker_idle_s": 5}, encrypted=True)
     return out
 
 
@@ -240,7 +259,7 @@ def bench_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs: 
                                         f"mv {cp_dir}/{n}.tmp {cp_dir}/{n}"],
     }
     for name in ("local", "local-sealed", "s3", "both", "local-async", "local-async-sealed", "s3-async",
-                 "both-async"):
+                 "both-async", "s3-enc", "s3-async-enc"):
         methods[f"ours: {name}"] = lambda n, _d, c=cfgs[name]: [runbook, "wal-push", "-c", str(c), f"pg_wal/{n}"]
     pgbr_confs: dict[str, Path] = {}
     if PGBACKREST:  # lz4, local repository, synchronous and asynchronous
@@ -425,13 +444,14 @@ def bench_lag(base: Path, runbook: str, cfgs: dict[str, Path], load_s: int) -> N
 
 
 def bench_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: int, repeat: int,
-                 baseline: str | None = None) -> None:
+                 baseline: str | None = None, only_methods: list[str] | None = None) -> None:
     src = Server(base, "replay-src")
     src.initdb()
     cp_dir = base / "replay-cp"
     cp_dir.mkdir()
     chown_server_user(cp_dir)
-    archive = f"cp %p {cp_dir}/%f && {runbook} wal-push -c {cfgs['both']} %p"
+    archive = (f"cp %p {cp_dir}/%f && {runbook} wal-push -c {cfgs['both']} %p && "
+               f"{runbook} wal-push -c {cfgs['s3-enc']} %p")
     pgbr_conf = pgbr_config(base, "replay", src.data, src.dir, True) if PGBACKREST else None
     if pgbr_conf:
         archive += " && " + " ".join(pgbr(pgbr_conf, "--archive-async=n", "archive-push", "%p"))
@@ -461,7 +481,10 @@ def bench_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: in
         "ours, local (read-ahead)": f"{runbook} wal-fetch -c {cfgs['both']} --from local %f %p",
         "ours, S3 (read-ahead)": f"{runbook} wal-fetch -c {cfgs['both']} --from s3 %f %p",
         "ours, local, no read-ahead": f"{runbook} wal-fetch -c {cfgs['noprefetch']} --from local %f %p",
+        "ours, S3 encrypted (read-ahead)": f"{runbook} wal-fetch -c {cfgs['s3-enc']} %f %p",
     }
+    if only_methods:  # the floor always, and the methods named (by a word of their label: S3, encrypted, ...)
+        methods = {m: c for m, c in methods.items() if m.startswith("cp") or any(w in m for w in only_methods)}
     if baseline:  # the read-ahead of another build of ours (--baseline-venv: before/after in one run)
         for m in ("ours, local (read-ahead)", "ours, S3 (read-ahead)"):
             methods[m.replace("ours", "baseline")] = methods[m].replace(runbook, baseline, 1)
@@ -549,7 +572,10 @@ def main() -> int:
     ap.add_argument("--only", choices=["compression", "push", "lag", "replay"], action="append")
     ap.add_argument("--push-methods", nargs="+", metavar="NAME",
                     help="part 2 only for these (local, local-sealed, s3, both, local-async, local-async-sealed, "
-                         "s3-async, both-async); cp + sync always")
+                         "s3-async, both-async, s3-enc, s3-async-enc); cp + sync always")
+    ap.add_argument("--replay-methods", nargs="+", metavar="WORD",
+                    help="part 4 only for the restore_commands whose label holds one of these words (e.g. "
+                         "'S3 (read-ahead)' encrypted); cp always")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the servers and the commands run as postgres")
@@ -598,7 +624,7 @@ def main() -> int:
         if "lag" in only:
             bench_lag(base, runbook, cfgs, args.load_s)
         if "replay" in only:
-            bench_replay(base, runbook, cfgs, args.replay_segments, args.repeat, baseline)
+            bench_replay(base, runbook, cfgs, args.replay_segments, args.repeat, baseline, args.replay_methods)
     finally:
         for pid_file in base.glob("*/data/postmaster.pid"):  # servers an error left running
             as_pg([str(PG_BIN / "pg_ctl"), "-D", str(pid_file.parent), "-m", "immediate", "-w", "stop"])

@@ -60,6 +60,7 @@ from steps.repository.manifest import (
     BaseManifest,
     Check,
     ClusterFacts,
+    Encryption,
     Level,
     ObjectEntry,
     Tool,
@@ -460,8 +461,12 @@ class BaseBackupRun:
                     self._wait_sealed(store, sysid, needed)
                 workers = self.cfg.s3.max_concurrency if store.name == "s3" and self.cfg.s3 else 1
                 assert self.signer is not None
-                done = publish(store, prefix, staging, objects, data, backup_id=bid, level=level,
-                               checks=[tar_check, wal_check], signer=self.signer, workers=workers)
+                if self.cfg.encrypts(store.name):
+                    done = self._publish_encrypted(store, prefix, staging, objects, manifest, level,
+                                                   [tar_check, wal_check], workers)
+                else:
+                    done = publish(store, prefix, staging, objects, data, backup_id=bid, level=level,
+                                   checks=[tar_check, wal_check], signer=self.signer, workers=workers)
             except RepositoryError as e:
                 out.failed[store.name] = str(e)
                 log.error("not published in %s: %s", store.describe(), e)
@@ -472,6 +477,32 @@ class BaseBackupRun:
             out.level = level.name if out.level is None else min(out.level, level.name, key=Level.parse)
             log.info("published in %s (%s, %.1f s)", store.describe(), level.name, done.timings.get("total_s", 0))
         out.settle_published()
+
+    def _publish_encrypted(self, store: Store, prefix: str, staging: Path, objects: list[ObjectEntry],
+                           manifest: BaseManifest, level: Level, checks: list[Check], workers: int) -> Any:
+        """Publish into a repository marked `encrypt: true`: every staged object encrypted with age to the data
+        recipient of this host's epoch for that repository (steps.crypto.epochs.writer_key: its public key only),
+        stored as `PATH.age`; the manifest of that repository names the epoch and keeps plaintext and stored size
+        and sha256 of each object (steps.crypto.stored). The encrypted copies are removed afterwards."""
+        from steps.crypto.epochs import writer_key
+        from steps.crypto.stored import encrypt_staged, published_entries
+        from steps.repository.publish import publish
+
+        assert self.signer is not None and self.cfg.encryption is not None
+        t0 = time.monotonic()
+        wk = writer_key(store, self.cfg.encryption.recipients, self.state_dir, self.signer)
+        out = staging.with_name(f"{staging.name}-{store.name}-encrypted")
+        shutil.rmtree(out, ignore_errors=True)
+        try:
+            entries = encrypt_staged(staging, objects, wk.data_recipient, out)
+            self.outcome.timings[f"encrypt_{store.name}_s"] = time.monotonic() - t0
+            log.info("encrypted for %s to epoch %s in %.1f s", store.describe(), wk.epoch, time.monotonic() - t0)
+            data = to_json(manifest.model_copy(update={"objects": entries,
+                                                       "encryption": Encryption(epoch=wk.epoch)}))
+            return publish(store, prefix, out, published_entries(entries), data, backup_id=manifest.backup_id,
+                           level=level, checks=checks, signer=self.signer, workers=workers)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
 
     def _local_retention(self) -> None:
         from steps.repository.prune import prune_base

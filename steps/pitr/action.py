@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ def main(args: Args, events: Events) -> int:
     fetch_dir = _make_fetch_dir(args, pgdata, entry.backup_id)
     try:
         copies = usable_copies(entry, source=args.source)
-        fetch_s = fetch_objects(entry, copies, fetch_dir, events)
+        fetch_s = fetch_objects(entry, copies, fetch_dir, events, _ring(args, cfg))
         plan, extract_s = restore_files(args, entry, pgdata, fetch_dir, ts_oids, events)
     except BaseBackupInvalid as e:
         raise PitrError(f"base backup {entry.backup_id}: {e.message}", hint="choose another base backup "
@@ -104,6 +105,23 @@ def main(args: Args, events: Events) -> int:
     recovered = _recover(args, pgdata, socket_dir, entry, copies, plan, events)
     _report(args, entry, pgdata, socket_dir, plan, recovered, fetch_s, extract_s, t_begin, events)
     return 0
+
+
+def _ring(args: Args, cfg: Any) -> Callable[[], Any]:
+    """This host's key ring, made when an encrypted copy is met (steps.crypto.stored): its identity files may
+    be root's or the server user's (the one restore_command reads as that user)."""
+    made: list[Any] = []
+
+    def ring() -> Any:
+        if not made:
+            from steps.crypto.stored import reader_ring
+            from steps.pg.server import server_user
+
+            pw = server_user()
+            made.append(reader_ring(cfg, allow_unsigned=args.allow_unsigned, also_owner=pw.pw_uid if pw else None))
+        return made[0]
+
+    return ring
 
 
 def _pick(args: Args, cfg: Any, events: Events) -> tuple[Any, list[str]]:

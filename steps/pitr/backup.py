@@ -6,6 +6,7 @@ data directory and the tablespaces' directories, every file checked against the 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,15 +70,27 @@ def choose_backup(entries: list[Any], args: Args) -> Any:
     return usable[0]  # xid, name, latest: the newest (a target before it fails in recovery, with its message)
 
 
-def fetch_objects(entry: Any, copies: list[Any], fetch_dir: Path, events: Events) -> float:
+def fetch_objects(entry: Any, copies: list[Any], fetch_dir: Path, events: Events,
+                  ring: Callable[[], Any] | None = None) -> float:
     """Every object of the backup into `fetch_dir`, sha256 checked as it streams, from the first of `copies`
-    that serves them all; returns the seconds it took."""
-    m = entry.manifest
+    that serves them all; returns the seconds it took. A copy stored encrypted (its own manifest names an
+    epoch: steps.crypto.stored) is decrypted while it streams with the identity `ring()` opens for it: a wrong
+    key, an altered or truncated object are named, and the next copy is tried."""
+    from steps.crypto.stored import copy_manifest, fetch_object
+    from steps.repository.manifest import parse_base
+
     t0 = time.monotonic()
     last_err: Exception | None = None
     for copy in copies:
         try:
-            total = sum(o.size for o in m.objects)
+            m = copy_manifest(copy, parse_base)  # this copy's own: encrypted or not, its stored sha256
+            identity = None
+            if m.encryption is not None:
+                if ring is None:
+                    raise RunbookError(f"{copy.store.describe()}: the base backup is encrypted, and no key ring "
+                                       "was given")
+                identity = ring().identity_for(copy.store, m.encryption.epoch)
+            total = sum(o.stored_size or o.size for o in m.objects)
             done = [0]
 
             def progress(n: int, total: int = total, done: list[int] = done) -> None:
@@ -85,10 +98,11 @@ def fetch_objects(entry: Any, copies: list[Any], fetch_dir: Path, events: Events
                 events.progress(round(done[0] / 1e6, 1), round(total / 1e6, 1), "MB", "fetching the base backup")
 
             for o in m.objects:
-                copy.store.fetch_file(copy.prefix + o.path, fetch_dir / o.path, size=o.size, sha256=o.sha256,
-                                      progress=progress)
+                fetch_object(copy.store, copy.prefix, o, fetch_dir / o.path, identity=identity, progress=progress)
             last_err = None
-            events.check("fetched", "ok", f"{len(m.objects)} objects from {copy.store.describe()}, sha256 checked")
+            how = f"decrypted (epoch {m.encryption.epoch}), " if m.encryption is not None else ""
+            events.check("fetched", "ok", f"{len(m.objects)} objects from {copy.store.describe()}, {how}"
+                         "sha256 checked")
             break
         except RunbookError as e:
             last_err = e

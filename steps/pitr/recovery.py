@@ -198,6 +198,11 @@ def _recovery_failed(log_text: str, fallback: str) -> PitrError:
                  "(`runbook check`, pg_stat_archiver on the old server) and copy any surviving pg_wal segments "
                  "into the archive. This data directory is left as it is: start again into a new one")
     detail = "\n".join(fatal[-5:]) if fatal else log_text
+    # restore_command's own reason (a wrong key, an altered or refused segment: wal-fetch exits 126, which the
+    # server logs as "command not executable"), from the lines it wrote into the server log just before
+    said = [ln.strip() for ln in log_text.splitlines() if ln.startswith("runbook wal-fetch:")]
+    if said and fatal:
+        detail += "\nrestore_command said: " + said[-1][len("runbook wal-fetch:"):].strip()
     return PitrError(f"{fallback}\n{detail}", hint="the server log above says why; the data directory is left "
                      "as it is for inspection: start again into a new one")
 

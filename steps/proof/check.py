@@ -113,7 +113,8 @@ class Checker:
             from steps.wal.store import open_wal_stores
 
             wal_stores = open_wal_stores(cfg.local.path if cfg.local else None,
-                                         cfg.s3.model_dump(mode="json") if cfg.s3 else None)
+                                         cfg.s3.model_dump(mode="json") if cfg.s3 else None,
+                                         encrypt={"local": cfg.encrypts("local"), "s3": cfg.encrypts("s3")})
             wal_stores = [s for s in wal_stores if s.name in {x.name for x in stores}]
             if self.args.force_switch:
                 self._switch(conn, facts, wal_stores)
@@ -274,8 +275,20 @@ class Checker:
         commands.append(("restore_command", restore or ""))
         for setting, command in commands:
             if command.strip():
-                found = probe_command(setting, command, user, DEFAULT_CONFIG)
+                found = probe_command(setting, command, user, DEFAULT_CONFIG, identities=self._identity_files)
                 self.add(f"{setting}:{user}", found.status, found.detail, found.hint)
+
+    def _identity_files(self, config: str) -> list[str]:
+        """encryption.identity_files of the config a restore_command names (this one, or another read here)."""
+        cfg = self.cfg
+        if Path(config).absolute() != self.path:
+            from steps.repository.config import load_repository_config
+
+            try:
+                cfg, _ = load_repository_config(config)
+            except RunbookError:
+                return []  # the walk names an unreadable config; a broken one fails the command itself
+        return [str(p) for p in cfg.encryption.identity_files] if cfg.encryption else []
 
     def _other_config(self, cmd: str) -> str | None:
         try:
@@ -298,6 +311,7 @@ class Checker:
 
     def _archived(self, conn: Any, facts: dict[str, Any], stores: list[Any]) -> None:
         from steps.repository.layout import wal_key
+        from steps.wal.store import stat_archived
 
         a = self._stat_archiver(conn)
         failing = a["last_failed_time"] is not None and (
@@ -321,7 +335,7 @@ class Checker:
         missing = []
         for s in stores:
             try:
-                if s.stat(key) is None:
+                if stat_archived(s, key) is None:
                     missing.append(s.describe())
             except RunbookError as e:
                 missing.append(f"{s.describe()} ({e.message})")
@@ -438,6 +452,7 @@ class Checker:
 
     def _switch(self, conn: Any, facts: dict[str, Any], stores: list[Any]) -> None:
         from steps.repository.layout import wal_key
+        from steps.wal.store import stat_archived
 
         if facts["in_recovery"]:
             self.add("wal_switch", "failed", "cannot switch WAL on a standby", "run check against the primary")
@@ -456,7 +471,7 @@ class Checker:
         while waiting and time.monotonic() - t0 < self.args.timeout:
             for where, s in list(waiting.items()):
                 try:
-                    if s.stat(key) is not None:
+                    if stat_archived(s, key) is not None:
                         del waiting[where]
                 except RunbookError:
                     pass

@@ -19,6 +19,7 @@ import pwd
 import shlex
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -126,8 +127,10 @@ class AsUser:
 
 
 def probe_command(setting: str, command: str, user: str, default_config: Path,
-                  timeout: float = TIMEOUT_S) -> Finding:
-    """Can `user` run `command` (the value of `setting`)? Names the first file it cannot reach."""
+                  timeout: float = TIMEOUT_S, identities: Callable[[str], list[str]] | None = None) -> Finding:
+    """Can `user` run `command` (the value of `setting`)? Names the first file it cannot reach.
+    `identities(config)`: the age identity files (encryption.identity_files) a `wal-fetch` with that config
+    reads: each must be readable by `user`, and private to it (0600, its own) as wal-fetch requires."""
     who = AsUser(user)
     why_not = who.can()
     if why_not is not None:
@@ -147,8 +150,12 @@ def probe_command(setting: str, command: str, user: str, default_config: Path,
                        f"/opt/runbook/venv/bin/runbook, in {setting}")
     wanted = [f"{'l' if p.is_symlink() else 'x'} {p}" for p in exec_chain(Path(exe))]
     config = _config_of(words) if is_runbook else None
+    keys: list[str] = []
     if is_runbook:
         wanted.append(f"r {config or default_config}")
+        if identities is not None and "wal-fetch" in words[1:]:
+            keys = identities(config or str(default_config))
+            wanted += [f"r {k}" for k in keys]
     try:
         walk = who.run(["/bin/sh", "-c", _WALK, "sh", *wanted], timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -159,7 +166,8 @@ def probe_command(setting: str, command: str, user: str, default_config: Path,
     if len(denied) >= 3 and denied[0] in ("x", "l", "r"):
         mode, path, blocker = denied[0], denied[1], denied[2]
         what = "read" if mode == "r" else "execute"
-        role = "its repository config" if mode == "r" else ("its interpreter" if path != exe else "it")
+        role = ("its age identity (encryption.identity_files)" if mode == "r" and path in keys else
+                "its repository config" if mode == "r" else ("its interpreter" if path != exe else "it"))
         if not os.path.lexists(blocker):  # as we see it (root sees everything): missing, not closed
             why = f"{blocker} does not exist"
         else:
@@ -168,6 +176,11 @@ def probe_command(setting: str, command: str, user: str, default_config: Path,
                        f"server ({role})", _hint(mode, path, user, setting))
     if not is_runbook:
         return Finding("ok", f"{user} can execute {exe} ({setting} is not runbook's: not run)")
+    refused = _private_to(keys, user)
+    if refused:
+        return Finding("failed", f"{refused}: wal-fetch refuses it, so {setting} = {command!r} cannot decrypt "
+                       "the archived WAL", f"chown {user} and chmod 0600 each file of encryption.identity_files "
+                                           "(docs/wal.md, \"Encrypted WAL\")")
     try:
         ran = who.run([exe, "--version"], timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -176,7 +189,28 @@ def probe_command(setting: str, command: str, user: str, default_config: Path,
         last = (ran.stderr.strip() or ran.stdout.strip()).splitlines()[-1:] or ["no output"]
         return Finding("failed", f"`{exe} --version` as {user} exits {ran.returncode}: {last[0][:300]}",
                        f"run it as the server does: runuser -u {user} -- {exe} --version")
-    return Finding("ok", f"{user} runs {exe} ({ran.stdout.strip()}) and reads {config or default_config}")
+    return Finding("ok", f"{user} runs {exe} ({ran.stdout.strip()}) and reads {config or default_config}"
+                   + (f" and its identity file(s) {', '.join(keys)}" if keys else ""))
+
+
+def _private_to(paths: list[str], user: str) -> str | None:
+    """Why one of these identity files would be refused by `user`'s wal-fetch (steps.crypto.age.load_identities:
+    a regular file of that user or root, no group or other permission), or None."""
+    import stat
+
+    uid = pwd.getpwnam(user).pw_uid
+    for p in paths:
+        try:
+            st = os.stat(p, follow_symlinks=False)
+        except OSError as e:
+            return f"the identity file {p} cannot be looked at: {e.strerror}"
+        if not stat.S_ISREG(st.st_mode):
+            return f"the identity file {p} is not a regular file"
+        if st.st_mode & 0o077:
+            return f"the identity file {p} has mode {stat.S_IMODE(st.st_mode):04o}: group or others may read it"
+        if st.st_uid not in (uid, 0):
+            return f"the identity file {p} belongs to uid {st.st_uid}, neither {user} nor root"
+    return None
 
 
 def _hint(mode: str, path: str, user: str, setting: str) -> str:

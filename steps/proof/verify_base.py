@@ -52,9 +52,8 @@ class BaseVerification(Verification):
         )
         from steps.repository.layout import BACKUP_MANIFEST
 
-        m = entry.manifest
         fetched = scratch / "fetch"
-        self._fetch(copy, m, fetched)
+        m = self._fetch_base(copy, fetched)
         wal_dir = scratch / "cluster" / "wal"  # read by restore_command, as the server's user
         t0 = time.monotonic()
         self._fetch_wal(entry, copy, wal_dir)
@@ -118,6 +117,59 @@ class BaseVerification(Verification):
             f"{t['name']} (OID {t['oid']}, {t['original']} in production) restored in the scratch directory"
             for t in placed)))
 
+    def _fetch_base(self, copy: Any, fetched: Path) -> Any:
+        """The copy's objects into `fetched`, checked; its own manifest (returned). A copy stored encrypted
+        (steps.crypto.stored) is decrypted while it streams: altered or truncated ciphertext fails the backup,
+        naming the object; no identity of this host that opens it is not the backup's fault (raised as is)."""
+        from steps.crypto.errors import AlteredCiphertext
+        from steps.crypto.stored import copy_manifest, fetch_object
+        from steps.repository.manifest import parse_base
+        from steps.repository.store import CorruptObject, NotFound
+
+        m = copy_manifest(copy, parse_base)
+        if m.encryption is None:
+            self._fetch(copy, m, fetched)
+            return m
+        t0 = time.monotonic()
+        identity = self._ring().identity_for(copy.store, m.encryption.epoch)
+        fetched.mkdir(parents=True, exist_ok=True)
+        for o in m.objects:
+            try:
+                fetch_object(copy.store, copy.prefix, o, fetched / o.path, identity=identity)
+            except (CorruptObject, AlteredCiphertext) as e:
+                raise BackupBad(f"sha256 of {o.path}", f"{copy.prefix}{o.path}.age: {e.message}") from None
+            except NotFound:
+                raise BackupBad(f"object {o.path}", f"{copy.prefix}{o.path}.age is missing from "
+                                f"{copy.store.describe()}") from None
+        self.out.checks.append(CheckResult("sha256 of every object", "ok",
+                                           f"{len(m.objects)} objects, {m.size_bytes / 1e6:.1f} MB, decrypted "
+                                           f"(epoch {m.encryption.epoch}), stored and plaintext sha256 checked"))
+        self.out.timings["fetch_s"] = round(time.monotonic() - t0, 2)
+        return m
+
+    def _ring(self) -> Any:
+        """This host's key ring (made once): identity files of root or of the server's user."""
+        if getattr(self, "_key_ring", None) is None:
+            from steps.crypto.stored import reader_ring
+            from steps.pg.server import server_user
+
+            pw = server_user()
+            self._key_ring = reader_ring(self.cfg, allow_unsigned=self.allow_unsigned,
+                                         also_owner=pw.pw_uid if pw else None)
+        return self._key_ring
+
+    def _wal_keys(self) -> Any:
+        """The WAL reader's keys (steps.wal.crypt) for an encrypted archive, as root."""
+        from steps.pg.server import server_user
+        from steps.wal.crypt import WalKeys
+        from steps.wal.settings import WalSettings
+
+        keys = WalKeys(WalSettings(self.config_path, self.cfg.model_dump(mode="json", by_alias=True)),
+                       self.allow_unsigned)
+        pw = server_user()
+        keys.also_owner = pw.pw_uid if pw else None
+        return keys
+
     def _fetch_wal(self, entry: Any, copy: Any, dest: Path) -> None:
         """The archived WAL from the backup's start to its stop segment (and its timeline's history), each
         file checked by steps.wal.archive's reader and against the signed WAL ledgers (steps.wal.ledger); a gap,
@@ -132,8 +184,10 @@ class BaseVerification(Verification):
         m = entry.manifest
         cfg = self.cfg
         stores = [s for s in open_wal_stores(cfg.local.path if cfg.local else None,
-                                             cfg.s3.model_dump(mode="json") if cfg.s3 else None)
+                                             cfg.s3.model_dump(mode="json") if cfg.s3 else None,
+                                             encrypt={"local": cfg.encrypts("local"), "s3": cfg.encrypts("s3")})
                   if s.name == copy.store.name or self.source == "any"]
+        keys = self._wal_keys()
         for what, name in (("start", m.start_wal), ("stop", m.stop_wal)):
             if not re.fullmatch(r"[0-9A-F]{24}", name):  # from the repository: a name, never a place
                 raise BackupBad("manifest", f"its {what} WAL segment {name!r} is not a WAL segment name")
@@ -160,7 +214,7 @@ class BaseVerification(Verification):
             unsigned.append(name)
 
         for name in names:
-            data, digest, problems = fetch_checked(stores, wal_key(entry.cluster, name), name, 2, sysid)
+            data, digest, problems = fetch_checked(stores, wal_key(entry.cluster, name), name, 2, sysid, keys)
             if data is None:
                 if problems:
                     raise BackupBad(f"WAL {name}", f"damaged in the archive: {'; '.join(problems)}")
@@ -170,7 +224,7 @@ class BaseVerification(Verification):
             _write_new(dest, name, data)
         if m.timeline > 1:
             hist = f"{m.timeline:08X}.history"
-            data, digest, _ = fetch_checked(stores, wal_key(entry.cluster, hist), hist, 2, sysid)
+            data, digest, _ = fetch_checked(stores, wal_key(entry.cluster, hist), hist, 2, sysid, keys)
             if data is not None:
                 signed(hist, digest)
                 _write_new(dest, hist, data)

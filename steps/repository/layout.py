@@ -4,7 +4,7 @@
 clusters/<system identifier>/logical/<db>/<backup id>/   dump/..., globals.sql, manifest.json
 clusters/<system identifier>/logical/<db>/<backup id>/verifications/<UTC timestamp>.json
 files/<backup id>/                                       attachments.tar, manifest.json
-clusters/<system identifier>/wal/<name>.zst              WAL segments, .partial segments, .history and
+clusters/<system identifier>/wal/<name>.zst[.age]        WAL segments, .partial segments, .history and
                                                          .backup files, as archived by `wal-push`
 ```
 A backup id is the UTC start of the backup run, `YYYYmmddTHHMMSSZ` (ISO 8601 basic: sorts as text).
@@ -13,7 +13,9 @@ Keys are relative to the repository root and always use `/`.
 Every WAL object is `<name>` + `WAL_SUFFIX`, whatever its kind: one rule for segments, timeline history
 files and backup history files alike, each framed the same way (steps.wal.segment: a zstd skippable frame
 holding the sha256 and size of the original, then the zstd frame; `zstd -d` reads it as it is).
-`parse_wal_name` tells the kinds apart and `wal_name_from_key` maps a key back to the name PostgreSQL
+In a repository marked `encrypt: true` the object is
+that framed file encrypted with age, `<name>.zst.age` (steps.wal.crypt); a repository may hold both forms
+(encryption turned on mid-life). `parse_wal_name` tells the kinds apart and `wal_name_from_key` maps a key back to the name PostgreSQL
 asks for (retention and the catalogue use them).
 """
 
@@ -90,6 +92,7 @@ def base_prefix(system_identifier: str, bid: str) -> str:
 # --- WAL archive ------------------------------------------------------------------------------------
 
 WAL_SUFFIX = ".zst"
+ENCRYPTED_SUFFIX = ".age"  # an object encrypted client-side (age): its plaintext key + this
 _SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})(\.partial)?$")
 _HISTORY_RE = re.compile(r"^([0-9A-F]{8})\.history$")
 _BACKUP_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})\.([0-9A-F]{8})\.backup$")
@@ -144,13 +147,13 @@ def next_segment(name: str, segment_size: int, n: int = 1) -> str:
     return segment_name(w.timeline, w.segno(segment_size) + n, segment_size)
 
 
-ARCHIVED_RE = re.compile(r"^([0-9A-F]{24})(\.[a-z0-9]+)?$")
+ARCHIVED_RE = re.compile(r"^([0-9A-F]{24})(\.[a-z0-9]+)?(\.age)?$")
 
 
 def archived_segment(key: str) -> str | None:
-    """The segment name an archive object holds (`<segment>.zst` as wal-push stores it, or any
-    `<segment>[.<suffix>]` a plain `cp` archive holds), or None for `.history`, `.backup`, `.partial` files
-    and anything else."""
+    """The segment name an archive object holds (`<segment>.zst` as wal-push stores it, `<segment>.zst.age`
+    encrypted, or any `<segment>[.<suffix>]` a plain `cp` archive holds), or None for `.history`, `.backup`,
+    `.partial` files and anything else."""
     m = ARCHIVED_RE.match(key.rsplit("/", 1)[-1])
     return m.group(1) if m else None
 
@@ -163,7 +166,8 @@ def wal_prefix(system_identifier: str) -> str:
 
 
 def wal_key(system_identifier: str, name: str) -> str:
-    """The key of one archived WAL file (`name` as PostgreSQL names it: %f)."""
+    """The key of one archived WAL file (`name` as PostgreSQL names it: %f), unencrypted; an encrypted one is
+    this key + ENCRYPTED_SUFFIX (`<name>.zst.age`; steps.wal.crypt says which a reader looks for first)."""
     parse_wal_name(name)
     return wal_prefix(system_identifier) + name + WAL_SUFFIX
 
@@ -201,8 +205,9 @@ def wal_claims_prefix(system_identifier: str, name: str) -> str:
 
 
 def wal_name_from_key(key: str) -> str | None:
-    """The WAL file name an archive key holds, or None for anything else under wal/."""
-    base = key.rsplit("/", 1)[-1]
+    """The WAL file name an archive key holds (`<name>.zst`, or `<name>.zst.age` encrypted), or None for
+    anything else under wal/."""
+    base = key.rsplit("/", 1)[-1].removesuffix(ENCRYPTED_SUFFIX)
     if not base.endswith(WAL_SUFFIX):
         return None
     name = base[: -len(WAL_SUFFIX)]

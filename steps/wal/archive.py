@@ -45,7 +45,14 @@ from pathlib import Path
 from typing import Any
 
 from runbook.errors import RunbookError, UsageError
-from steps.repository.layout import WalName, parse_wal_name, wal_claims_prefix, wal_key, wal_prefix
+from steps.repository.layout import (
+    ENCRYPTED_SUFFIX,
+    WalName,
+    parse_wal_name,
+    wal_claims_prefix,
+    wal_key,
+    wal_prefix,
+)
 from steps.repository.store import MARKER, ObjectExists, RepositoryError
 from steps.wal import fast as walfast
 from steps.wal.segment import (
@@ -60,7 +67,11 @@ from steps.wal.segment import (
     unpack,
 )
 from steps.wal.settings import WalSettings
-from steps.wal.store import WalStore, open_wal_stores, proves_absence
+from steps.wal.store import WalStore, keys_to_try, open_wal_stores, proves_absence
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from steps.wal.crypt import WalKeys
 
 EXIT_MISSING = 1
 EXIT_FAILED = 1
@@ -239,14 +250,83 @@ def _refuse_other_claims(store: WalStore, name: str, meta: dict[str, Any], claim
                  "the store ignores conditional writes, so find out which copy is right before anything else")
 
 
-def push_data(stores: Sequence[WalStore], name: str, data: Buffer, sysid: int, level: int) -> dict[str, Any]:
+def push_encrypted(store: WalStore, key: str, name: str, blob: bytes, meta: dict[str, Any], keys: WalKeys) -> str:
+    """`push_one` for a repository marked `encrypt: true`: `blob` (compressed first: age output does not
+    compress) encrypted to the data recipient of this writer's epoch, stored at `<key>.age`; "stored" or
+    "already archived".
+
+    The pusher holds no key that reads an encrypted copy, so what a copy already there holds is told by its
+    **claim** (`wal-acks/<name>/<sha256 of the original>`), written **before** the object, in a local
+    repository too: a retry finds it beside the object. Already there with our claim alone: archived;
+    another claim: "two different segments of one name" (never overwritten); no claim at all: refused too
+    (nothing says what it holds). A copy archived unencrypted before encryption was turned on is checked as
+    before, and kept: the name is archived, once. On S3 the object is read back (the bytes we sent) while
+    the claims are listed, as for an unencrypted push."""
+    ekey = key + ENCRYPTED_SUFFIX
+    prefix = wal_claims_prefix(str(meta["system_identifier"]), name)
+    plain_look = _Ahead(lambda: store.stat(key)) if store.verify_after_write else None  # in flight together
+    enc_there = store.stat(ekey)
+    plain_there = plain_look.result() if plain_look is not None else store.stat(key)
+    if plain_there is not None:
+        existing = store.get(key)
+        if existing is not None:
+            _check_existing(store, key, name, existing, meta)
+            if store.verify_after_write:
+                _claim_and_verify(store, key, name, meta)
+            return "already archived (unencrypted)"
+    if enc_there is not None:
+        _encrypted_already(store, ekey, name, meta, prefix)
+        return "already archived"
+    cipher, epoch = keys.encrypt(store, blob)
+    store.put_claim(prefix, str(meta["sha256"]))
+    try:
+        store.put_new(ekey, cipher, {**meta, "epoch": epoch})
+    except ObjectExists:
+        _encrypted_already(store, ekey, name, meta, prefix)
+        return "already archived"
+    if not store.verify_after_write:
+        return "stored"
+    claims = _Ahead(lambda: store.claims(prefix))
+    back = store.get(ekey)
+    _refuse_other_claims(store, name, meta, claims.result())
+    if back is None:
+        raise RepositoryError(f"{ekey} was written to {store.describe()} but cannot be read back",
+                              hint="an eventually consistent store? retry; the segment is not confirmed")
+    # Other bytes than ours with our claim alone: another pusher of this very segment wrote at the same time
+    # (age encrypts each time afresh); a pusher of other content would have left its own claim (refused above).
+    return "stored"
+
+
+def _encrypted_already(store: WalStore, ekey: str, name: str, meta: dict[str, Any], prefix: str) -> None:
+    """An encrypted copy is there: succeed only when its claims say it holds exactly this content."""
+    claimed = store.claims(prefix)
+    _refuse_other_claims(store, name, meta, claimed)
+    if str(meta["sha256"]) not in claimed:
+        raise WalConflict(
+            f"{ekey} already exists in {store.describe()}, and no claim says what it holds (this host has no key "
+            "that reads it); it is not overwritten",
+            hint="on a host with an identity, `runbook wal-fetch --from ... NAME /tmp/x` and compare it with the "
+                 "file in pg_wal; if they are the same, write the claim by hand or move the object aside")
+
+
+def push_data(stores: Sequence[WalStore], name: str, data: Buffer, sysid: int, level: int,
+              keys: WalKeys | None = None) -> dict[str, Any]:
     """Archive checked bytes into every repository; the header written (name, sha256, size, sysid), plus
-    `stored` (per repository: "stored" or "already archived") and `compressed_size`."""
+    `stored` (per repository: "stored" or "already archived") and `compressed_size`. `keys`: the writer's
+    encryption keys, needed when a repository is marked `encrypt: true`."""
     blob, meta = pack(name, data, system_identifier=sysid, level=level)
     key = wal_key(str(sysid), name)
     for store in stores:
         store.ensure_marker()  # the first push into a repository marks it as one (wal-fetch believes "missing" there)
-    meta["stored"] = {s.name: push_one(s, key, name, blob, meta) for s in stores}
+    stored: dict[str, str] = {}
+    for s in stores:
+        if s.encrypt:
+            if keys is None:
+                raise RunbookError(f"{s.describe()} is marked encrypt: true, but no encryption keys were given")
+            stored[s.name] = push_encrypted(s, key, name, blob, meta, keys)
+        else:
+            stored[s.name] = push_one(s, key, name, blob, meta)
+    meta["stored"] = stored
     meta["compressed_size"] = len(blob)
     return meta
 
@@ -268,8 +348,8 @@ def push_file(settings: WalSettings, path: str, sysid: str | None = None) -> int
         if rc is not None:
             return rc
     data, archived_as = prepare(file, parse_wal_name(name), cluster_sysid)
-    stores = open_wal_stores(settings.local_path, settings.s3)
-    meta = push_data(stores, name, data, archived_as, settings.level)
+    stores = open_wal_stores(settings.local_path, settings.s3, encrypt=settings.encrypt)
+    meta = push_data(stores, name, data, archived_as, settings.level, _keys(settings, stores))
     unnoted = walfast.note_pushed(settings, archived_as, name, str(meta["sha256"]), int(meta["size"]))
     if unnoted:
         raise RunbookError(unnoted, hint="set wal.spool_dir to a directory the server's user can write, or make "
@@ -281,30 +361,51 @@ def push_file(settings: WalSettings, path: str, sysid: str | None = None) -> int
     return 0
 
 
+def _keys(settings: WalSettings, stores: Sequence[WalStore]) -> WalKeys | None:
+    """The encryption keys of this process, when a repository is encrypted (pyrage is loaded only then)."""
+    if not any(s.encrypt for s in stores):
+        return None
+    from steps.wal.crypt import WalKeys
+
+    return WalKeys.of(settings)
+
+
 # --- fetch ------------------------------------------------------------------------------------------
 
 
 def fetch_blob(stores: Sequence[WalStore], key: str, name: str, attempts: int,
-               sysid: int) -> tuple[bytes | None, list[str]]:
+               sysid: int, keys: WalKeys | None = None) -> tuple[bytes | None, list[str]]:
     """The checked original bytes from the first repository with a good copy, or None and why not.
 
     None with no problems: every repository said the file does not exist."""
-    data, _, problems = fetch_checked(stores, key, name, attempts, sysid)
+    data, _, problems = fetch_checked(stores, key, name, attempts, sysid, keys)
     return data, problems
 
 
+def _get_either(store: WalStore, key: str) -> tuple[bytes, dict[str, str], str] | None:
+    for k in keys_to_try(store, key):
+        got = store.get_meta(k)
+        if got is not None:
+            return got[0], got[1], k
+    return None
+
+
 def fetch_checked(stores: Sequence[WalStore], key: str, name: str, attempts: int,
-                  sysid: int) -> tuple[bytes | None, str, list[str]]:
-    """`fetch_blob`, with the sha256 of the bytes (checked against the archive's header)."""
+                  sysid: int, keys: WalKeys | None = None) -> tuple[bytes | None, str, list[str]]:
+    """`fetch_blob`, with the sha256 of the bytes (checked against the archive's header). An encrypted copy
+    (`<key>.age`) is decrypted with `keys` (this host's identities) before any check: a wrong key, a truncated
+    or altered ciphertext is a problem named as such, like a damaged copy."""
     problems: list[str] = []
     for store in stores:
         blob: bytes | None = None
+        got: tuple[bytes, dict[str, str], str] | None = None
         claims = None
         if store.verify_after_write:  # listed while the object is read: no round trip of its own
             claims = _Ahead(lambda s=store: s.claims(wal_claims_prefix(str(sysid), name)))
         for attempt in range(1, attempts + 1):
             try:
-                blob = store.get(key)
+                got = _get_either(store, key)
+                blob = got[0] if got is not None else None
                 break
             except RepositoryError as e:
                 if attempt == attempts:
@@ -325,6 +426,15 @@ def fetch_checked(stores: Sequence[WalStore], key: str, name: str, attempts: int
                     f"{store.describe()} has no {key}, but it is not the repository: no {MARKER} marker at its root "
                     f"and no archived WAL of cluster {sysid} (not mounted? a wrong path or prefix?)")
             continue
+        assert got is not None
+        if got[2].endswith(ENCRYPTED_SUFFIX):
+            try:
+                if keys is None:
+                    raise RunbookError(f"{got[2]} is encrypted, and this command was given no keys to open it")
+                blob = keys.decrypt(store, got[2], blob, got[1])
+            except RunbookError as e:
+                problems.append(f"{store.describe()}: {got[2]}: {e.message}")
+                continue
         try:
             data, meta = unpack(blob, name)
             if parse_wal_name(name).has_header:
@@ -403,9 +513,9 @@ def fetch_file(settings: WalSettings, name: str, dest: str, source: str = "any",
             walfast.request_after(settings, spool, cluster_sysid, name, walfast.segment_size_of(str(target)), source)
             return 0
     t0 = time.monotonic()
-    stores = open_wal_stores(settings.local_path, settings.s3, source)
+    stores = open_wal_stores(settings.local_path, settings.s3, source, settings.encrypt)
     data, digest, problems = fetch_checked(stores, wal_key(str(cluster_sysid), name), name, settings.fetch_attempts,
-                                           cluster_sysid)
+                                           cluster_sysid, reader_keys(settings, verified))
     if data is None:
         if not problems and verified is not None and _listed(verified, name):
             raise FetchFailed(f"cannot restore {name}: the signed WAL ledgers list it as archived, but no repository "
@@ -436,6 +546,20 @@ def fetch_file(settings: WalSettings, name: str, dest: str, source: str = "any",
         walfast.request_after(settings, spool, cluster_sysid, name, segment_header(data).segment_size, source,
                               (time.monotonic() - t0) * 1000 if missed else 0.0)
     return 0
+
+
+def reader_keys(settings: WalSettings, verified: str | None = None) -> WalKeys:
+    """This process's keys for reading WAL: nothing is loaded until an encrypted copy is met. A recovery whose
+    verified index accepts unsigned WAL (`allow_unsigned`) accepts unsigned epochs too."""
+    from steps.wal.crypt import WalKeys
+
+    accept = False
+    if verified is not None:
+        try:
+            accept = walfast.index_lookup(verified, "00000001.history")[1]
+        except (OSError, ValueError, UnicodeDecodeError):
+            accept = False  # the verdict on the file itself says what is wrong with the index
+    return WalKeys.of(settings, accept)
 
 
 def _listed(index: str, name: str) -> bool:

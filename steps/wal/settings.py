@@ -95,7 +95,20 @@ class WalSettings:
         self.worker_idle_s = float(wal.get("worker_idle_s", 120))
         self.prefetch = int(wal.get("prefetch", 8))
         self.fetch_attempts = int(wal.get("fetch_attempts", 3))
-        self.wal_key: str | None = (data.get("signing") or {}).get("wal_private_key")
+        signing = data.get("signing") or {}
+        self.wal_key: str | None = signing.get("wal_private_key")
+        self.public_keys: list[str] = [str(k) for k in signing.get("public_keys") or []]
+        encryption = data.get("encryption") or {}
+        self.recipients: list[str] = [str(r) for r in encryption.get("recipients") or []]
+        self.identity_files: list[str] = [str(i) for i in encryption.get("identity_files") or []]
+        # Which repositories hold encrypted WAL (steps.wal.crypt): `encrypt:` of each, the S3 one by default once
+        # recipients are configured, the local one only when asked.
+        self.encrypt: dict[str, bool] = {}
+        if local:
+            self.encrypt["local"] = bool(local.get("encrypt") or False)
+        if self.s3 is not None:
+            flag = self.s3.get("encrypt")
+            self.encrypt["s3"] = bool(self.recipients) if flag is None else bool(flag)
         self._destinations: str | None = None
 
     @property

@@ -69,7 +69,7 @@ def push_spool(settings: WalSettings, sysid: int, pg_wal: Path) -> Path:
 
 
 def _push_task(stores: list[WalStore], settings: WalSettings, pg_wal: Path, name: str, sysid: int,
-               out: Path) -> None:
+               out: Path, keys: Any = None) -> None:
     from steps.wal.archive import prepare, push_data
 
     t0 = time.monotonic()
@@ -77,7 +77,7 @@ def _push_task(stores: list[WalStore], settings: WalSettings, pg_wal: Path, name
         looked_ns = time.time_ns()
         before = os.stat(pg_wal / name)
         data, archived_as = prepare(pg_wal / name, parse_wal_name(name), sysid)
-        meta = push_data(stores, name, data, archived_as, settings.level)
+        meta = push_data(stores, name, data, archived_as, settings.level, keys)
         identity = read_identity(before, os.stat(pg_wal / name), looked_ns)
     except FileNotFoundError as e:
         write_record(out / f"{name}.error", f"cannot read {e.filename}: {e.strerror}")
@@ -138,7 +138,12 @@ def run_push_worker(settings: WalSettings, pg_wal: Path, sysid: int) -> int:
     write_record(root / "destinations.json", destinations)  # for a person reading the spool
     _log(f"uploader started for {pg_wal} (cluster {sysid}, {settings.max_parallel} in parallel) "
          f"to {destinations}")
-    stores = open_wal_stores(settings.local_path, settings.s3)
+    stores = open_wal_stores(settings.local_path, settings.s3, encrypt=settings.encrypt)
+    keys = None
+    if any(s.encrypt for s in stores):  # one writer key per repository for the uploader's life (steps.wal.crypt)
+        from steps.wal.crypt import WalKeys
+
+        keys = WalKeys.of(settings)
     sealer = _start_sealer(settings, sysid)
     pool = ThreadPoolExecutor(max_workers=settings.max_parallel, thread_name_prefix="wal-push")
     inflight: dict[str, Future[None]] = {}
@@ -158,7 +163,7 @@ def run_push_worker(settings: WalSettings, pg_wal: Path, sysid: int) -> int:
                     continue
                 if _pushed_by_its_caller(out, name):
                     continue
-                inflight[name] = pool.submit(_push_task, stores, settings, pg_wal, name, sysid, out)
+                inflight[name] = pool.submit(_push_task, stores, settings, pg_wal, name, sysid, out, keys)
             for name in [n for n, f in inflight.items() if f.done()]:
                 del inflight[name]
             now = time.monotonic()
@@ -217,10 +222,10 @@ def _sweep(out: Path, status_dir: Path, ready: set[str]) -> None:
 # --- fetch read-ahead -------------------------------------------------------------------------------------
 
 
-def _prefetch_task(stores: list[WalStore], spool: Path, name: str, sysid: int) -> str:
+def _prefetch_task(stores: list[WalStore], spool: Path, name: str, sysid: int, keys: Any = None) -> str:
     from steps.wal.archive import fetch_checked
 
-    data, digest, problems = fetch_checked(stores, wal_key(str(sysid), name), name, 1, sysid)
+    data, digest, problems = fetch_checked(stores, wal_key(str(sysid), name), name, 1, sysid, keys)
     if data is None:
         (spool / f"{name}.none").touch()
         return "error" if problems else "missing"
@@ -278,6 +283,9 @@ def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
     depth, cap = settings.prefetch, prefetch_cap(settings)
     write_record(spool / ".depth", str(depth))
     waits: list[float] = []  # what the last wal-fetches waited for our copy, ms
+    from steps.wal.archive import reader_keys
+
+    keys = reader_keys(settings)  # epochs opened once for the whole replay, not once per segment
     try:
         while True:
             try:
@@ -298,7 +306,7 @@ def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
                 source = str(want.get("source") or "any")
                 if source not in opened:
                     try:
-                        opened[source] = open_wal_stores(settings.local_path, settings.s3, source)
+                        opened[source] = open_wal_stores(settings.local_path, settings.s3, source, settings.encrypt)
                     except RunbookError as e:  # wal-fetch itself reports it to PostgreSQL
                         _log(f"cannot read ahead from {source}: {e}")
                         break
@@ -314,7 +322,7 @@ def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
                         continue
                     with contextlib.suppress(FileNotFoundError):
                         (spool / f"{n}.none").unlink()  # tried again: a waiting wal-fetch waits for this try
-                    inflight[n] = pool.submit(_prefetch_task, opened[source], spool, n, sysid)
+                    inflight[n] = pool.submit(_prefetch_task, opened[source], spool, n, sysid, keys)
             for n in [n for n, f in inflight.items() if f.done()]:
                 fut = inflight.pop(n)
                 try:

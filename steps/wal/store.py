@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from steps.repository.layout import ENCRYPTED_SUFFIX
 from steps.repository.s3common import NOT_FOUND, ConditionalWrites, error_code, new_client
 from steps.repository.store import MARKER, ObjectExists, RepositoryError, local_error, marker_bytes
 
@@ -35,10 +36,13 @@ class Listed:
 class WalStore(Protocol):
     name: str
     verify_after_write: bool  # read the object back after writing it (a store that may ignore IfNoneMatch)
+    encrypt: bool  # the config marks it `encrypt: true`: wal-push stores `<key>.age` (steps.wal.crypt)
 
     def describe(self) -> str: ...
 
     def get(self, key: str) -> bytes | None: ...
+
+    def get_meta(self, key: str) -> tuple[bytes, dict[str, str]] | None: ...
 
     def put_new(self, key: str, blob: bytes, meta: dict[str, Any]) -> None: ...
 
@@ -57,6 +61,24 @@ class WalStore(Protocol):
     def claims(self, prefix: str) -> set[str]: ...
 
 
+def keys_to_try(store: WalStore, key: str) -> list[str]:
+    """Where a file may be in one repository, in the order looked: `<name>.zst.age` first where the config marks
+    the repository `encrypt: true`, else `<name>.zst` first. A repository may hold both forms (encryption
+    turned on, or off, mid-life): a name is found in one GET in the form its repository is configured for, in
+    two in the other; "missing" costs both."""
+    enc = key + ENCRYPTED_SUFFIX
+    return [enc, key] if store.encrypt else [key, enc]
+
+
+def stat_archived(store: WalStore, key: str) -> Listed | None:
+    """The archived file at `key` in either form (`keys_to_try`), or None."""
+    for k in keys_to_try(store, key):
+        found = store.stat(k)
+        if found is not None:
+            return found
+    return None
+
+
 def proves_absence(store: WalStore, wal_dir: str) -> bool:
     """May `store`'s "no such object" be believed (`wal-fetch` exit 1)? Only from the repository itself: its
     marker (MARKER) is at the root, or (a repository archived into before markers existed, which `wal-fetch`
@@ -72,8 +94,9 @@ class LocalWal:
     name = "local"
     verify_after_write = False  # link(2) cannot replace a file: what is there is the fsynced file we wrote
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, encrypt: bool = False) -> None:
         self.root = root
+        self.encrypt = encrypt
 
     def describe(self) -> str:
         return f"local repository {self.root}"
@@ -90,6 +113,11 @@ class LocalWal:
             return None  # also a repository never written to: it holds nothing (a new host restoring from S3)
         except OSError as e:
             raise local_error(e, f"reading {path}") from None
+
+    def get_meta(self, key: str) -> tuple[bytes, dict[str, str]] | None:
+        """`get`, with the object's metadata: none in a local directory."""
+        data = self.get(key)
+        return None if data is None else (data, {})
 
     def _mkdirs(self, d: Path) -> None:
         """Create missing directories, each made durable in its parent."""
@@ -166,10 +194,33 @@ class LocalWal:
         _fsync_dir(self.root)
 
     def put_claim(self, prefix: str, sha256: str) -> None:
-        """Nothing: link(2) cannot replace a file, so a local archive never holds two contents of one name."""
+        """Nothing for an unencrypted archive: link(2) cannot replace a file, so it never holds two contents of
+        one name, and a retry reads what is there. An encrypted one is written first (steps.wal.archive
+        .push_encrypted): the pusher, who holds no key to read an encrypted copy, tells from it whether the
+        copy already there is of this content."""
+        if not self.encrypt:
+            return
+        path = self._path(prefix + sha256)
+        try:
+            self._mkdirs(path.parent)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _fsync_dir(path.parent)
+        except OSError as e:
+            raise local_error(e, f"writing {path}") from None
 
     def claims(self, prefix: str) -> set[str]:
-        return set()
+        if not self.encrypt:
+            return set()
+        try:
+            return {e.name for e in os.scandir(self._path(prefix)) if not e.name.startswith(".")}
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
+        except OSError as e:
+            raise local_error(e, f"listing {self._path(prefix)}") from None
 
     def list_some(self, prefix: str) -> bool:
         """Does `prefix` (a directory) hold any archived file?"""
@@ -217,7 +268,8 @@ class S3Wal:
     name = "s3"
     verify_after_write = True
 
-    def __init__(self, s3: dict[str, Any]) -> None:
+    def __init__(self, s3: dict[str, Any], encrypt: bool = False) -> None:
+        self.encrypt = encrypt
         self.bucket: str = s3["bucket"]
         p = str(s3.get("prefix") or "").strip("/")
         self.prefix = f"{p}/" if p else ""
@@ -246,11 +298,17 @@ class S3Wal:
         return s3_error(e, what, self)  # type: ignore[arg-type]  # duck-typed: describe, bucket, cfg
 
     def get(self, key: str) -> bytes | None:
+        got = self.get_meta(key)
+        return None if got is None else got[0]
+
+    def get_meta(self, key: str) -> tuple[bytes, dict[str, str]] | None:
+        """`get`, with the object's user metadata (`x-amz-meta-*`: sha256, size, epoch), which the same response
+        carries."""
         from botocore.exceptions import ClientError
 
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
-            return bytes(resp["Body"].read())
+            return bytes(resp["Body"].read()), dict(resp.get("Metadata") or {})
         except ClientError as e:
             if error_code(e) in NOT_FOUND:
                 return None  # NoSuchBucket is not "no such segment": it is an error
@@ -263,6 +321,8 @@ class S3Wal:
         if meta:
             args["Metadata"] = {"sha256": str(meta["sha256"]), "size": str(meta["size"]),
                                 "system-identifier": str(meta["system_identifier"])}
+            if meta.get("epoch"):  # encrypted: the epoch whose data key opens it (steps.wal.crypt)
+                args["Metadata"]["epoch"] = str(meta["epoch"])
         try:
             written = self.conditional.put_if_absent(self.client, args)
         except Exception as e:
@@ -340,14 +400,17 @@ def _marker_seen_path(where: str) -> Path | None:
     return Path(base) / "runbook" / f"marker-{hashlib.sha256(where.encode()).hexdigest()[:20]}"
 
 
-def open_wal_stores(local_path: Path | None, s3: dict[str, Any] | None, source: str = "any") -> list[WalStore]:
+def open_wal_stores(local_path: Path | None, s3: dict[str, Any] | None, source: str = "any",
+                    encrypt: dict[str, bool] | None = None) -> list[WalStore]:
     """The configured repositories, local first (the fastest to read, the first written); with `source`
-    ("local" or "s3") only that one, and boto3 is not even loaded for a local one."""
+    ("local" or "s3") only that one, and boto3 is not even loaded for a local one. `encrypt`: which of them
+    the config marks `encrypt: true` (WalSettings.encrypt)."""
     stores: list[WalStore] = []
+    enc = encrypt or {}
     if local_path is not None and source in ("any", "local"):
-        stores.append(LocalWal(local_path))
+        stores.append(LocalWal(local_path, enc.get("local", False)))
     if s3 is not None and source in ("any", "s3"):
-        stores.append(S3Wal(s3))
+        stores.append(S3Wal(s3, enc.get("s3", False)))
     if not stores:
         if source != "any":
             raise RepositoryError(f"no {source} repository is configured",
