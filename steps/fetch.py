@@ -265,6 +265,7 @@ def _fetch_into(args: Args, events: Events, entry: Any, dest: Path, dest_fd: int
         return 1
 
     _remove_leftovers(dest, dest_fd, f".partial-{args.db}-{entry.backup_id}-")
+    key_failures = 0  # copies this host holds no key for (the others: damaged or unreachable)
     for copy in copies:
         store = copy.store
         work = private_dir(dest, f".partial-{args.db}-{entry.backup_id}-")
@@ -304,6 +305,7 @@ def _fetch_into(args: Args, events: Events, entry: Any, dest: Path, dest_fd: int
                 name = f"sha256 of {e.key}"
             elif isinstance(e, EncryptionError):
                 name = f"{key_error_check(e)} of the {store.name} copy"
+                key_failures += name.startswith("decryption key")
             else:
                 name = f"fetch from {store.name}"
             events.check(name, "failed", str(e))
@@ -322,6 +324,10 @@ def _fetch_into(args: Args, events: Events, entry: Any, dest: Path, dest_fd: int
         events.check("sha256 of every object", "ok", f"{len(manifest.objects)} objects from {store.name}")
         _outputs(events, final, entry.backup_id, manifest, entry.cluster, store.name)
         return 0
+    if copies and key_failures == len(copies):
+        print(f"no copy of backup {entry.backup_id} opens with this host's keys (encryption.identity_files); nothing "
+              "was fetched or restored")
+        return 1
     print(f"no copy of backup {entry.backup_id} could be fetched intact; nothing was restored. "
           f"Pass backup_id to use an older backup deliberately (`runbook backups` lists them).")
     return 1

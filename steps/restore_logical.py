@@ -12,7 +12,9 @@
    database-level settings, its ACL and `ALTER ROLE ... IN DATABASE ... SET` along (PostgreSQL 15 dumps them
    only for --create). Another name (or an existing empty database): create it from template0 with the
    manifest's encoding, locale and owner, then apply those settings and the ACL from the manifest.
-5. `pg_restore --jobs N --exit-on-error` (progress from its --verbose lines), then ANALYZE
+5. `pg_restore --jobs N --exit-on-error` (progress from its --verbose lines; its sessions get, through
+   PGOPTIONS, `maintenance_work_mem` and, unless `synchronous_commit`, synchronous_commit off, made durable by
+   one synchronous commit after it on a connection opened before it: `_Witness`), then ANALYZE
    (`vacuumdb --analyze-only --jobs N`), timed separately. Between the two, the user mappings' options the
    backup kept beside the dump (`user_mappings.sql`: pg_dump cannot see them as a non-superuser). The
    manifest's notes (what the backup does not carry, e.g. subscriptions) are printed first.
@@ -61,6 +63,10 @@ class Args(BaseModel):
                                            "checked and that are unchanged since are not hashed again)")
     maintenance_work_mem: str = Field("256MB", pattern=r"^\d+\s*(kB|MB|GB)?$",
                                       description="For the restore's index builds (per job)")
+    synchronous_commit: bool = Field(False, description="Let pg_restore's sessions wait for each commit's WAL "
+                                     "flush (false: they do not, and one synchronous commit after pg_restore, on a "
+                                     "connection opened before it, flushes it all before the restore is reported "
+                                     "done; measured faster with many objects: docs/performance.md)")
 
 
 _NOT_EMPTY = """
@@ -299,18 +305,29 @@ def main(args: Args, events: Events) -> int:
     argv = [tool("pg_restore"), *conn.args(), f"--jobs={args.jobs}", "--exit-on-error", "--verbose"]
     argv += ["--create", dbname_option(args.maintenance_db)] if use_create else [dbname_option(args.db)]
     argv.append(str(dump_dir))
-    env = {**os.environ, "PGOPTIONS": f"{os.environ.get('PGOPTIONS', '')} -c maintenance_work_mem={args.maintenance_work_mem}".strip()}
+    options = f"-c maintenance_work_mem={args.maintenance_work_mem}"
+    if not args.synchronous_commit:
+        options += " -c synchronous_commit=off"
+    env = {**os.environ, "PGOPTIONS": f"{os.environ.get('PGOPTIONS', '')} {options}".strip()}
     print(("restoring with --create (database-level settings and privileges come from the dump): " if use_create
            else "restoring: ") + " ".join(argv), flush=True)
     t0 = time.monotonic()
+    witness = None
     try:
+        if not args.synchronous_commit:
+            witness = _Witness(conn, args.maintenance_db)
         _pg_restore(argv, env, data_items, events)
-    except ToolFailed as e:
+        if witness is not None:
+            witness.durable()
+    except (ToolFailed, RunbookError) as e:
         timings["restore_s"] = time.monotonic() - t0
         msg = (f"{e}\nthe database {args.db} on {target} is half-restored: drop it (after checking) before retrying")
         events.check("pg_restore", "failed", msg)
         print(msg)
         return 1
+    finally:
+        if witness is not None:
+            witness.close()
     timings["restore_s"] = time.monotonic() - t0
     events.check("pg_restore", "ok", f"{data_items} data entries in {timings['restore_s']:.1f} s")
 
@@ -345,6 +362,46 @@ def main(args: Args, events: Events) -> int:
     events.output("restore_s", round(timings["restore_s"], 1))
     events.output("analyze_s", round(timings.get("analyze_s", 0.0), 1))
     return 0
+
+
+class _Witness:
+    """The durability of a restore whose sessions commit without waiting for their WAL flush (synchronous_commit
+    off: a crash could lose the last commits). A connection is opened before pg_restore starts and kept idle; after
+    pg_restore, one synchronous commit on it (a transaction id assigned, so a commit record is written) waits for
+    the WAL to be flushed up to that record, hence for every commit before it: the WAL is one sequence, flushed in
+    order. That connection surviving is also the proof that the server did not crash and restart meanwhile (crash
+    recovery ends every session): had it, async commits could be lost while pg_restore, reconnecting or not, said
+    nothing, so the restore is then reported failed."""
+
+    def __init__(self, conn: Conn, dbname: str) -> None:
+        import psycopg
+
+        try:
+            self.pg = connect(conn, dbname, autocommit=True, application_name="runbook restore-logical durability")
+            # idle for the whole restore: no idle timeout ends it, and over TCP the server's keepalives keep
+            # firewalls and NAT from forgetting it (ignored on a Unix socket)
+            self.pg.execute("set idle_session_timeout = 0")
+            self.pg.execute("set tcp_keepalives_idle = 60")
+            self.pg.execute("set tcp_keepalives_interval = 10")
+        except psycopg.Error as e:
+            raise RunbookError(f"cannot open the connection that makes the restore durable: {str(e).strip()}") from None
+
+    def durable(self) -> None:
+        import psycopg
+
+        try:
+            with self.pg.transaction():
+                self.pg.execute("set local synchronous_commit = on")
+                self.pg.execute("select pg_current_xact_id()")
+        except psycopg.Error as e:
+            raise RunbookError(
+                "pg_restore finished, but the connection opened before it to make its commits durable was lost "
+                f"({str(e).strip() or type(e).__name__}): the server may have crashed and restarted during the "
+                "restore, losing its last commits (pg_restore's sessions do not wait for the WAL flush, "
+                "synchronous_commit off)") from None
+
+    def close(self) -> None:
+        self.pg.close()
 
 
 def _restore_user_mappings(conn: Conn, db: str, text: str) -> str | None:

@@ -93,8 +93,13 @@ def cmd_backups(args: argparse.Namespace) -> int:
     errors.update(cat.errors)
     picks = {db: pick(cat.entries, db) for db in cat.databases()}
     picked_ids = {id(e) for e in picks.values() if e is not None}
+    wrapped: dict[tuple[str, str], list[str]] = {}
+    if any(e.encrypted() for e in cat.entries + cat.files + cat.base):
+        from steps.encrypted.reading import recipients_now
+
+        wrapped = recipients_now(stores, trust)
     if args.json:
-        print(json.dumps(_catalogue_json(cat, picks, picked_ids, errors, stores, now), indent=2))
+        print(json.dumps(_catalogue_json(cat, picks, picked_ids, errors, stores, now, wrapped), indent=2))
         return 1 if errors else 0
     for name, msg in errors.items():
         print(f"runbook: the {name} repository could not be read: {msg}", file=sys.stderr)
@@ -109,7 +114,7 @@ def cmd_backups(args: argparse.Namespace) -> int:
             level = e.level.name if not any(c.failed for c in e.copies.values()) else f"{e.level.name}!"
             print(f"{mark} {e.db:20} {e.backup_id:17} {when:20} {_age((now - e.time).total_seconds()):>7} "
                   f"{_mb(e.size_bytes):>10}  {level:11} {where:9} {e.cluster}")
-            for line in encryption_lines(e):
+            for line in encryption_lines(e, wrapped):
                 print(line)
         print("* = what a recovery picks: the newest backup of each database at readable or better")
         if any(e.encrypted() for e in cat.entries):
@@ -128,7 +133,7 @@ def cmd_backups(args: argparse.Namespace) -> int:
         n = len(getattr(newest.manifest, "files", []))
         print(f"attachments: {len(cat.files)} snapshots; newest {newest.backup_id} ({n} files, "
               f"{_mb(newest.size_bytes)}, {','.join(newest.locations())})")
-        for line in encryption_lines(newest):
+        for line in encryption_lines(newest, wrapped):
             print(line)
     if cat.incomplete:
         print(f"{len(cat.incomplete)} incomplete backup directories (interrupted; `runbook prune` removes them "
@@ -142,9 +147,11 @@ def cmd_backups(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
-def encryption_lines(e: Any, indent: str = "    ", width: int = 80) -> list[str]:
-    """Under a backup's row: which copies are encrypted, and to whom (count and short ids), each line within
-    `width` columns; nothing for a backup stored in clear everywhere."""
+def encryption_lines(e: Any, now: dict[tuple[str, str], list[str]] | None = None, indent: str = "    ",
+                     width: int = 80) -> list[str]:
+    """Under a backup's row: which copies are encrypted, and to whom (count and short ids: whom the epoch is
+    wrapped for now when `now` knows it, else the manifest's), each line within `width` columns; nothing for a
+    backup stored in clear everywhere."""
     from steps.encrypted.reading import describe_recipients
 
     encrypted = e.encrypted()
@@ -153,7 +160,7 @@ def encryption_lines(e: Any, indent: str = "    ", width: int = 80) -> list[str]
     clear = [n for n in e.locations() if n not in encrypted]
     groups: dict[tuple[str, ...], list[str]] = {}
     for name, enc in encrypted.items():
-        groups.setdefault(tuple(enc.recipients), []).append(name)
+        groups.setdefault(tuple((now or {}).get((name, enc.epoch), enc.recipients)), []).append(name)
     lines = []
     for recipients, names in groups.items():
         head = f"{indent}encrypted in {','.join(names)}" + (f" ({','.join(clear)} in clear)" if clear else "") + ": "
@@ -162,7 +169,12 @@ def encryption_lines(e: Any, indent: str = "    ", width: int = 80) -> list[str]
 
 
 def _catalogue_json(cat: Any, picks: dict[str, Any], picked_ids: set[int], errors: dict[str, str],
-                    stores: list[Any], now: datetime) -> dict[str, Any]:
+                    stores: list[Any], now: datetime, wrapped: dict[tuple[str, str], list[str]]) -> dict[str, Any]:
+    def encryption(name: str, enc: Any) -> dict[str, Any] | None:
+        if enc is None:
+            return None
+        return enc.model_dump(mode="json") | {"recipients_now": wrapped.get((name, enc.epoch))}
+
     def entry(b: Any) -> dict[str, Any]:
         return {
             "kind": b.kind, "backup_id": b.backup_id, "db": b.db or None, "cluster": b.cluster or None,
@@ -171,7 +183,7 @@ def _catalogue_json(cat: Any, picks: dict[str, Any], picked_ids: set[int], error
             "copies": {n: {"level": c.level.name, "verified_at": c.verified_at.isoformat() if c.verified_at else None,
                            "failed_at": c.failed.checked_at.isoformat() if c.failed else None,
                            "path": c.prefix,
-                           "encryption": c.encryption.model_dump(mode="json") if c.encryption else None}
+                           "encryption": encryption(n, c.encryption)}
                        for n, c in b.copies.items()},
             "encrypted": sorted(b.encrypted()),
             "picked": id(b) in picked_ids,

@@ -224,7 +224,7 @@ def encryption_summary(b: dict[str, Any], width: int = 55) -> str:
     clear = [n for n in b["locations"] if n not in enc]
     first = next(iter(enc.values()))
     head = f"encrypted in {','.join(enc)}" + (f" ({','.join(clear)} in clear)" if clear else "") + ": "
-    return head + describe_recipients(first["recipients"], max(20, width - len(head)))
+    return head + describe_recipients(first.get("recipients_now") or first["recipients"], max(20, width - len(head)))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

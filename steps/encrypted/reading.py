@@ -7,8 +7,10 @@ like a manifest). `Keys.opener(store, manifest)` is asked once per copy, **befor
 that holds no identity for the copy's epoch is told so by name (the epoch, whom it is wrapped for, and the config
 key `encryption.identity_files`) and nothing is downloaded. Each object then streams through an `ObjectDecoding`
 (steps.repository.store.Decoding): its stored bytes hashed as they arrive and compared with the signed manifest's
-`stored_sha256` before anything decrypted is used (a cut object is named "truncated ciphertext", any other
-difference "altered ciphertext"), age's own authentication at the end, then the plaintext sha256.
+`stored_sha256` before anything decrypted is used, then age's own authentication of the end, then the plaintext
+sha256. Stored bytes that differ from the manifest are named by how far they decrypt: "truncated ciphertext"
+(every byte authentic, the end missing), "altered ciphertext" (age refuses some), or altered as "another complete
+age object ... replaced" (valid ciphertext to the same epoch, e.g. another backup's object put in its place).
 """
 
 from __future__ import annotations
@@ -107,7 +109,6 @@ class Keys:
         self.allow_unsigned = allow_unsigned
         self.config_path = config_path
         self._ring: Any = None
-        self._files: list[Path] = []
 
     def identity_files(self) -> list[Path]:
         enc = getattr(self.cfg, "encryption", None)
@@ -118,9 +119,9 @@ class Keys:
             from steps.crypto.age import load_identities
             from steps.crypto.epochs import KeyRing
 
-            self._files = self.identity_files()
-            self._ring = KeyRing(load_identities(self._files, also_owner=server_owner()) if self._files else [],
-                                 self.trust, self.allow_unsigned)
+            files = self.identity_files()
+            self._ring = KeyRing(load_identities(files, also_owner=server_owner()) if files else [], self.trust,
+                                 self.allow_unsigned)
         return self._ring
 
     def identity(self, store: Store, enc: Encryption, what: str) -> Any:
@@ -131,8 +132,8 @@ class Keys:
         where = f" in {self.config_path}" if self.config_path else ""
         if not self.identity_files():
             raise NoIdentity(
-                f"{what} is encrypted (age, epoch {enc.epoch}, {describe_recipients(enc.recipients)}) and this host "
-                f"has no identity to open it: {IDENTITY_KEY} is not set{where}",
+                f"{what} is encrypted (age, epoch {enc.epoch}, written for {describe_recipients(enc.recipients)}) and "
+                f"this host has no identity to open it: {IDENTITY_KEY} is not set{where}",
                 hint=f"set {IDENTITY_KEY} to the age identity file (0600, outside the repository) of one of those "
                      f"recipients: {', '.join(enc.recipients) or 'see runbook keys list'}")
         try:
@@ -257,3 +258,22 @@ def _decrypts_as_listed(store: Store, key: str, decoding: ObjectDecoding, o: Obj
     if (n, h.hexdigest()) != (o.size, o.sha256):
         return f"{o.path} decrypts to other bytes than the manifest says (sha256 {h.hexdigest()}, {n} bytes)"
     return None
+
+
+def recipients_now(stores: list[Store], trust: Trust) -> dict[tuple[str, str], list[str]]:
+    """Whom each epoch of these repositories is wrapped for now, by (repository, epoch): the recipients of its
+    wraps' signed sidecars (a rotation adds some, a revocation removes one; steps.crypto.epochs.list_epochs). A
+    repository that cannot be listed, or an epoch with a problem, is left out: the manifest's recipients (at the
+    time of the backup) then stand."""
+    from steps.crypto.epochs import list_epochs
+
+    out: dict[tuple[str, str], list[str]] = {}
+    for store in stores:
+        try:
+            infos = list_epochs(store, trust)
+        except RepositoryError:
+            continue
+        for info in infos:
+            if info.problem is None and info.recipients:
+                out[(store.name, info.epoch)] = list(info.recipients)
+    return out

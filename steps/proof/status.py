@@ -205,7 +205,9 @@ def _newest_wal(cfg: Any, stores: list[Any], sysid: str) -> dict[str, Any] | Non
             "_mtime": best[2]}
 
 
-def _level_table(entries: list[Any], now: datetime) -> dict[str, Any]:
+def _level_table(entries: list[Any], now: datetime,
+                 wrapped: dict[tuple[str, str], list[str]] | None = None) -> dict[str, Any]:
+    """The newest backup at each level; `wrapped`: whom each epoch is wrapped for now (steps.encrypted.reading)."""
     from steps.repository.manifest import Level
 
     out: dict[str, Any] = {}
@@ -214,7 +216,8 @@ def _level_table(entries: list[Any], now: datetime) -> dict[str, Any]:
         out[level.name] = None if e is None else {
             "backup_id": e.backup_id, "db": e.db or None, "cluster": e.cluster, "time": e.time.isoformat(),
             "age_s": round((now - e.time).total_seconds()), "level": e.level.name, "locations": e.locations(),
-            "encrypted": {n: enc.model_dump(mode="json") for n, enc in e.encrypted().items()}}
+            "encrypted": {n: enc.model_dump(mode="json") | {"recipients_now": (wrapped or {}).get((n, enc.epoch))}
+                          for n, enc in e.encrypted().items()}}
     return out
 
 
@@ -283,7 +286,12 @@ def gather(config: str | None, file: Path | None, *, explicit_file: bool, state_
     base = [e for e in (cat.base if cat else []) if sysid is None or e.cluster == sysid]
     if sysid is None and base:
         base = [e for e in base if e.cluster == base[0].cluster]  # the newest cluster directory
-    rep.backups = {"logical": _level_table(logical, rep.now), "base": _level_table(base, rep.now)}
+    wrapped: dict[tuple[str, str], list[str]] = {}
+    if any(e.encrypted() for e in logical + base):
+        from steps.encrypted.reading import recipients_now
+
+        wrapped = recipients_now(stores, trust)
+    rep.backups = {"logical": _level_table(logical, rep.now, wrapped), "base": _level_table(base, rep.now, wrapped)}
 
     # --- RPO ---------------------------------------------------------------------------------------
     rpo = Verdict()

@@ -66,6 +66,8 @@ class S3Config(_Strict):
     multipart_threshold_mb: int = Field(64, ge=5, description="Objects from this size are uploaded in parts")
     multipart_chunk_mb: int = Field(64, ge=5)
     max_concurrency: int = Field(4, ge=1, le=64, description="Parallel object transfers")
+    range_get_mb: int = Field(0, ge=0, description="Objects of at least twice this size are fetched in parallel "
+                              "ranged GETs of this size (max_concurrency at once); 0: one GET per object")
     max_attempts: int = Field(5, ge=1, le=20, description="Attempts per request on transient errors")
     connect_timeout_s: float = Field(10, gt=0)
     read_timeout_s: float = Field(60, gt=0)

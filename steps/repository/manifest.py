@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Literal
@@ -107,6 +108,15 @@ class Encryption(_Record):
                        "(encryption/epochs/<epoch>/): its wrapped data key opens every object")
     recipients: list[str] = Field(default_factory=list, description="Whom the epoch's data key was wrapped for when "
                                   "the backup was written (a rotation adds wraps later: `runbook keys list`)")
+
+    @field_validator("recipients")
+    @classmethod
+    def _age_recipients(cls, v: list[str]) -> list[str]:
+        # Only shown (backups, status, error messages), never encrypted to: still, nothing but the shape of a key.
+        for r in v:
+            if not re.fullmatch(r"age1[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{58}", r):
+                raise ValueError(f"encryption.recipients holds {r[:70]!r}, not an age public key")
+        return v
 
 
 class Tool(_Record):

@@ -9,7 +9,8 @@ conditional writes (`IfNoneMatch`) and checksum headers, so
   stream. botocore's own checksums are asked for only when an operation requires them.
 Requests are retried by botocore (standard mode: exponential backoff with jitter on 5xx, throttling and
 connection errors); a download whose body breaks half-way is read again (steps.repository.retry). Large files go up
-in parts (TransferConfig). Every botocore error becomes a RepositoryError saying what to do.
+in parts (TransferConfig); with `range_get_mb`, big objects come down in parallel ranged GETs (`iter_chunks` with
+their size). Every botocore error becomes a RepositoryError saying what to do.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from steps.repository.config import S3Config
 from steps.repository.s3common import NOT_FOUND, ConditionalWrites, error_code, http_status, new_client
 from steps.repository.store import (
+    CorruptObject,
     NotFound,
     ObjectExists,
     ObjectStream,
@@ -33,6 +35,18 @@ from steps.repository.store import (
 
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
                      "TokenRefreshRequired", "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
+
+
+class ObjectChanged(CorruptObject):
+    """An object read in ranged GETs was replaced between two of them (If-Match on the first part's ETag failed)."""
+
+    def __init__(self, where: str, key: str, etag: str) -> None:
+        RepositoryError.__init__(
+            self, f"the object {key} in {where} changed while it was read in parts: S3 refused a part with If-Match "
+                  f"on the ETag {etag} of the first one (412 Precondition Failed)",
+            hint="a backup's objects are written once: find out what rewrites the bucket; fetch again, or use "
+                 "another copy (from: local) or another backup")
+        self.key = key
 
 
 class S3Store(Store):
@@ -144,7 +158,19 @@ class S3Store(Store):
         except Exception as e:
             raise self.error(e, f"reading {key}") from None
 
-    def iter_chunks(self, key: str) -> Iterator[bytes]:
+    def iter_chunks(self, key: str, size: int | None = None) -> Iterator[bytes]:
+        """The object's bytes in order. With `range_get_mb` set, of an object of known `size` at least two such
+        parts, the parts are read by ranged GETs (`_ranged`), up to `max_concurrency` at once, and given in order
+        as each is complete (at most that many parts are held). A read that breaks half-way raises the transient
+        error itself (the caller reads the object again).
+
+        Off by default (docs/performance.md): the only store measured, moto, reads the whole object for every
+        ranged GET, so against it ranges were slower; no store that serves ranges in proportion to their size
+        (AWS) was measured, so no default rests on that either."""
+        part = self.cfg.range_get_mb * 1024 * 1024
+        if part and size is not None and size >= 2 * part and self.cfg.max_concurrency > 1:
+            yield from self._ranged(key, size, part)
+            return
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
         except Exception as e:
@@ -154,6 +180,74 @@ class S3Store(Store):
             yield from body.iter_chunks(1024 * 1024)
         finally:
             body.close()
+
+    def _ranged(self, key: str, size: int, part_size: int) -> Iterator[bytes]:
+        """The parts of `key` by ranged GETs. The first answer's ETag pins the object: every other part is asked
+        for with If-Match on it, so an object replaced between two parts is refused (S3 answers 412), never
+        stitched together. Each answer must be the range asked for, of an object of `size` bytes, and hold all of
+        its bytes; the caller hashes the parts in order, so every byte is still checked against the manifest's
+        sha256."""
+        from collections import deque
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        ranges = iter([(lo, min(lo + part_size, size) - 1) for lo in range(0, size, part_size)])
+        etag = ""
+
+        def request(lo: int, hi: int) -> Any:
+            kw = {"IfMatch": etag} if etag else {}
+            try:
+                resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes={lo}-{hi}", **kw)
+            except Exception as e:
+                if etag and http_status(e) == 412:
+                    raise ObjectChanged(self.describe(), key, etag) from None
+                if self.transient(e):
+                    raise
+                raise self.error(e, f"reading {key} (bytes {lo}-{hi})") from None
+            got = str(resp.get("ContentRange", ""))
+            if got != f"bytes {lo}-{hi}/{size}":
+                resp["Body"].close()
+                raise CorruptObject(self.describe(), key, f"bytes {lo}-{hi} of an object of {size} bytes",
+                                    f"{'bytes ' + got.removeprefix('bytes ') if got else 'no Content-Range'}")
+            return resp
+
+        def body(lo: int, hi: int, resp: Any) -> bytes:
+            try:
+                data = bytes(resp["Body"].read())
+            except Exception as e:
+                if self.transient(e):
+                    raise
+                raise self.error(e, f"reading {key} (bytes {lo}-{hi})") from None
+            if len(data) != hi - lo + 1:
+                raise CorruptObject(self.describe(), key, f"{hi - lo + 1} bytes at {lo}", f"{len(data)} bytes")
+            return data
+
+        def part(lo: int, hi: int) -> bytes:
+            return body(lo, hi, request(lo, hi))
+
+        lo0, hi0 = next(ranges)
+        first = request(lo0, hi0)  # its headers: the ETag every other part must match
+        etag = str(first.get("ETag", ""))
+        if not etag:
+            first["Body"].close()
+            raise RepositoryError(f"{self.describe()}: S3 gave no ETag for {key}, so its parts cannot be pinned to "
+                                  "one version of it", hint="set s3.range_get_mb to 0 for this store")
+        pool = ThreadPoolExecutor(max_workers=self.cfg.max_concurrency, thread_name_prefix="s3-range")
+        try:
+            window: deque[Future[bytes]] = deque(
+                pool.submit(part, lo, hi)
+                for lo, hi in (r for _, r in zip(range(self.cfg.max_concurrency - 1), ranges, strict=False)))
+            yield body(lo0, hi0, first)
+            nxt0 = next(ranges, None)
+            if nxt0 is not None:
+                window.append(pool.submit(part, *nxt0))
+            while window:
+                data = window.popleft().result()
+                nxt = next(ranges, None)
+                if nxt is not None:
+                    window.append(pool.submit(part, *nxt))
+                yield data
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def list_dirs(self, prefix: str) -> list[str]:
         full = self._key(prefix)

@@ -155,8 +155,9 @@ class Store(ABC):
         """The whole object; NotFound when it does not exist."""
 
     @abstractmethod
-    def iter_chunks(self, key: str) -> Iterator[bytes]:
-        """The object's bytes, streamed."""
+    def iter_chunks(self, key: str, size: int | None = None) -> Iterator[bytes]:
+        """The object's bytes, streamed, in order. `size`: what the manifest says it holds, when known (a backend
+        may then read parts of it at once: S3's ranged GETs)."""
 
     @abstractmethod
     def list_dirs(self, prefix: str) -> list[str]:
@@ -275,12 +276,12 @@ class Store(ABC):
                         n += len(chunk)
 
                     if decoding is None:
-                        for chunk in self.iter_chunks(key):
+                        for chunk in self.iter_chunks(key, size=size):
                             out(chunk)
                             if progress:
                                 progress(len(chunk))
-                    else:
-                        decode_chunks(self.iter_chunks(key), key, decoding, out, progress)
+                    else:  # `size` is the plaintext's: the stored object's own size tells the backend its parts
+                        decode_chunks(self.iter_chunks(key, size=decoding.stored_size), key, decoding, out, progress)
                     return n, h.hexdigest()
 
                 got_size, got = retry(once, attempts=self.read_retries(), transient=self.transient)
@@ -488,7 +489,7 @@ class LocalStore(Store):
         except OSError as e:
             raise local_error(e, f"reading {self._path(key)}") from None
 
-    def iter_chunks(self, key: str) -> Iterator[bytes]:
+    def iter_chunks(self, key: str, size: int | None = None) -> Iterator[bytes]:
         path = self._path(key)
         try:
             with open(path, "rb") as f:

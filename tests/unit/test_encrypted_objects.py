@@ -24,6 +24,7 @@ from steps.repository.manifest import Encryption, FilesManifest, ObjectEntry, To
 from steps.repository.store import LocalStore, decode_chunks
 
 EPOCH = "20261207T031500Z-0123abcd"
+RECIPIENT = "age1" + "q" * 58
 
 
 def _sha(b: bytes) -> str:
@@ -45,17 +46,18 @@ def test_a_plaintext_manifest_is_written_exactly_as_before_encryption_existed() 
 def test_an_encrypted_manifest_records_both_sha256_and_the_epoch_last() -> None:
     o = ObjectEntry(path="attachments.tar", size=3, sha256=_sha(b"abc"))
     (enc_o,) = with_stored([o], {"attachments.tar": (200, _sha(b"ct"))})
-    m = _manifest([enc_o], Encryption(epoch=EPOCH, recipients=["age1x"]))
+    m = _manifest([enc_o], Encryption(epoch=EPOCH, recipients=[RECIPIENT]))
     text = to_json(m)
     data = json.loads(text)
     assert list(data)[-1] == "encryption" and data["encryption"] == {"format": "age", "epoch": EPOCH,
-                                                                     "recipients": ["age1x"]}
+                                                                     "recipients": [RECIPIENT]}
     back = parse_files(text)
     assert back.objects[0].stored_sha256 == _sha(b"ct") and back.stored_key(back.objects[0]) == "attachments.tar.age"
     assert back.stored_bytes == 200 and back.size_bytes == 3
 
 
-@pytest.mark.parametrize("case", ["stored without encryption", "encryption without stored", "half stored"])
+@pytest.mark.parametrize("case", ["stored without encryption", "encryption without stored", "half stored",
+                                  "a recipient that is not a key"])
 def test_a_manifest_that_mixes_stored_fields_and_encryption_does_not_parse(case: str) -> None:
     o: dict[str, Any] = {"path": "attachments.tar", "size": 3, "sha256": _sha(b"abc")}
     enc = None
@@ -63,9 +65,12 @@ def test_a_manifest_that_mixes_stored_fields_and_encryption_does_not_parse(case:
         o |= {"stored_size": 5, "stored_sha256": _sha(b"x")}
     elif case == "encryption without stored":
         enc = {"epoch": EPOCH}
-    else:
+    elif case == "half stored":
         o |= {"stored_size": 5}
         enc = {"epoch": EPOCH}
+    else:
+        o |= {"stored_size": 5, "stored_sha256": _sha(b"x")}
+        enc = {"epoch": EPOCH, "recipients": ["age1\x1b[31mred"]}
     data = json.loads(to_json(_manifest([])))
     data["objects"] = [o]
     if enc:
