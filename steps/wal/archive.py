@@ -264,9 +264,11 @@ def push_encrypted(store: WalStore, key: str, name: str, blob: bytes, meta: dict
     the claims are listed, as for an unencrypted push."""
     ekey = key + ENCRYPTED_SUFFIX
     prefix = wal_claims_prefix(str(meta["system_identifier"]), name)
-    plain_look = _Ahead(lambda: store.stat(key)) if store.verify_after_write else None  # in flight together
-    enc_there = store.stat(ekey)
-    plain_there = plain_look.result() if plain_look is not None else store.stat(key)
+    looks = None
+    if store.verify_after_write:  # both looks in flight while the blob is encrypted
+        looks = (_Ahead(lambda: store.stat(ekey)), _Ahead(lambda: store.stat(key)))
+    cipher, epoch = keys.encrypt(store, blob)
+    enc_there, plain_there = (looks[0].result(), looks[1].result()) if looks else (store.stat(ekey), store.stat(key))
     if plain_there is not None:
         existing = store.get(key)
         if existing is not None:
@@ -277,7 +279,6 @@ def push_encrypted(store: WalStore, key: str, name: str, blob: bytes, meta: dict
     if enc_there is not None:
         _encrypted_already(store, ekey, name, meta, prefix)
         return "already archived"
-    cipher, epoch = keys.encrypt(store, blob)
     store.put_claim(prefix, str(meta["sha256"]))
     try:
         store.put_new(ekey, cipher, {**meta, "epoch": epoch})
@@ -314,15 +315,20 @@ def push_data(stores: Sequence[WalStore], name: str, data: Buffer, sysid: int, l
     """Archive checked bytes into every repository; the header written (name, sha256, size, sysid), plus
     `stored` (per repository: "stored" or "already archived") and `compressed_size`. `keys`: the writer's
     encryption keys, needed when a repository is marked `encrypt: true`."""
+    encrypted = [s for s in stores if s.encrypt]
+    if encrypted and keys is None:
+        raise RunbookError(f"{encrypted[0].describe()} is marked encrypt: true, but no encryption keys were given")
+    ready = _Ahead(lambda: keys.prepare(encrypted)) if encrypted and keys is not None else None  # beside zstd
     blob, meta = pack(name, data, system_identifier=sysid, level=level)
+    if ready is not None:
+        ready.result()
     key = wal_key(str(sysid), name)
     for store in stores:
         store.ensure_marker()  # the first push into a repository marks it as one (wal-fetch believes "missing" there)
     stored: dict[str, str] = {}
     for s in stores:
         if s.encrypt:
-            if keys is None:
-                raise RunbookError(f"{s.describe()} is marked encrypt: true, but no encryption keys were given")
+            assert keys is not None
             stored[s.name] = push_encrypted(s, key, name, blob, meta, keys)
         else:
             stored[s.name] = push_one(s, key, name, blob, meta)

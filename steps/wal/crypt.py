@@ -96,6 +96,15 @@ class WalKeys:
             return None
         return _LazySigner(Path(self.settings.wal_key))
 
+    def prepare(self, stores: list[WalStore]) -> None:
+        """Ready to encrypt for these repositories: their writer keys found (or epochs created) and the age
+        code and `cryptography` loaded, by encrypting nothing. Run beside the compression of a segment
+        (steps.wal.archive.push_data: zstd releases the GIL), so that a synchronous push does not pay it after."""
+        from steps.crypto.age import encrypt_bytes
+
+        for s in stores:
+            encrypt_bytes(b"", self.writer(s).data_recipient)
+
     def encrypt(self, store: WalStore, blob: bytes) -> tuple[bytes, str]:
         """(ciphertext, epoch) of `blob` for `store`."""
         from steps.crypto.age import encrypt_bytes
