@@ -484,13 +484,15 @@ class BaseBackupRun:
         recipient of this host's epoch for that repository (steps.crypto.epochs.writer_key: its public key only),
         stored as `PATH.age`; the manifest of that repository names the epoch and keeps plaintext and stored size
         and sha256 of each object (steps.crypto.stored). The encrypted copies are removed afterwards."""
+        from steps.crypto.age import load_recipients
         from steps.crypto.epochs import writer_key
         from steps.crypto.stored import encrypt_staged, published_entries
         from steps.repository.publish import publish
 
         assert self.signer is not None and self.cfg.encryption is not None
         t0 = time.monotonic()
-        wk = writer_key(store, self.cfg.encryption.recipients, self.state_dir, self.signer)
+        recipients = load_recipients([str(r) for r in self.cfg.encryption.recipients])
+        wk = writer_key(store, recipients, self.state_dir, self.signer)
         out = staging.with_name(f"{staging.name}-{store.name}-encrypted")
         shutil.rmtree(out, ignore_errors=True)
         try:
@@ -498,7 +500,8 @@ class BaseBackupRun:
             self.outcome.timings[f"encrypt_{store.name}_s"] = time.monotonic() - t0
             log.info("encrypted for %s to epoch %s in %.1f s", store.describe(), wk.epoch, time.monotonic() - t0)
             data = to_json(manifest.model_copy(update={"objects": entries,
-                                                       "encryption": Encryption(epoch=wk.epoch)}))
+                                                       "encryption": Encryption(epoch=wk.epoch,
+                                                                              recipients=recipients)}))
             return publish(store, prefix, out, published_entries(entries), data, backup_id=manifest.backup_id,
                            level=level, checks=checks, signer=self.signer, workers=workers)
         finally:

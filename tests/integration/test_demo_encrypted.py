@@ -168,6 +168,7 @@ def test_encrypted_drill_restores_verifies_and_reprotects(latest: Drill) -> None
         m = json.loads((repo / "clusters" / str(new) / kind / str(outs[("reprotect", out)]) / "manifest.json")
                        .read_text())
         assert m["encryption"]["epoch"] and all(o["stored_sha256"] for o in m["objects"])
+        assert m["encryption"]["recipients"] == [latest.recipient]  # whom it was written for, base and logical
 
 
 # ---- scenario 2: pitr, on the same sandbox ------------------------------------------------------------------
