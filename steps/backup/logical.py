@@ -80,6 +80,7 @@ class Outcome:
     level: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     retention: dict[str, Any] | None = None
+    encrypted: dict[str, str] = field(default_factory=dict)  # repository -> epoch, where published encrypted
 
     @property
     def status(self) -> str:
@@ -252,6 +253,8 @@ class BackupRun:
             published = f"published in {where}" if o.published else "published nowhere"
             if o.exit_code == EXIT_OK:
                 line = f"{o.target} {o.backup_id}: ok, {_mb(o.size_bytes)}, {o.level} in {where}"
+                if o.encrypted:
+                    line += f" (encrypted in {', '.join(o.encrypted)})"
                 print(line)
                 log.debug("%s", line)
                 continue
@@ -547,6 +550,8 @@ class BackupRun:
                 continue
             out.timings[f"publish_{store.name}_s"] = out.timings.get(f"publish_{store.name}_s", 0) + time.monotonic() - t0
             out.published.append(store.name)
+            if (sealing := self.sealings.get(store.name)) is not None:
+                out.encrypted[store.name] = sealing.epoch
             out.level = level.name
             log.info("%s: published in %s (%s)", out.target, store.describe(), level.name)
         out.settle_published()

@@ -132,6 +132,8 @@ def enc(source_cluster: Cluster, s3_server: S3Endpoint, tmp_path_factory: pytest
     st = status(tmp)
     assert st["targets"]["app"]["published"] == ["local", "s3"]
     assert st["targets"]["attachments"]["published"] == ["local", "s3"]
+    assert set(st["targets"]["app"]["encrypted"]) == {"local", "s3"}  # repository -> epoch, for monitoring
+    assert "(encrypted in local, s3)" in proc.stdout
     yield Enc(source_cluster, cfg, tmp / "repo", s3_server, bucket, keys / "ops.agekey", recipient,
               keys / "other.agekey", uploads, st["backup_id"], oid, before, tmp)
 
@@ -570,3 +572,14 @@ def test_after_a_rotation_backups_and_status_name_whom_the_epoch_opens_for_now(e
     got = fetch(e, e.config("newcomer.yaml", identities=[e.tmp / "keys" / "newcomer.agekey"]),
                 e.tmp / "newcomer", "s3")
     assert got.code == 0, got.stdout + got.stderr
+
+
+def test_an_identity_file_others_can_read_is_refused_by_name_and_nothing_is_fetched(enc: Enc, tmp_path: Path) -> None:
+    e = enc
+    loose = tmp_path / "loose.agekey"
+    shutil.copy(e.key, loose)
+    loose.chmod(0o644)
+    dest = tmp_path / "loose"
+    got = fetch(e, e.config("loose.yaml", identities=[loose]), dest, "s3")
+    assert_nothing_fetched(got, dest)
+    assert str(loose) in got.stdout and "0644" in got.stdout
