@@ -60,7 +60,6 @@ from steps.repository.manifest import (
     BaseManifest,
     Check,
     ClusterFacts,
-    Encryption,
     Level,
     ObjectEntry,
     Tool,
@@ -480,32 +479,27 @@ class BaseBackupRun:
 
     def _publish_encrypted(self, store: Store, prefix: str, staging: Path, objects: list[ObjectEntry],
                            manifest: BaseManifest, level: Level, checks: list[Check], workers: int) -> Any:
-        """Publish into a repository marked `encrypt: true`: every staged object encrypted with age to the data
-        recipient of this host's epoch for that repository (steps.crypto.epochs.writer_key: its public key only),
-        stored as `PATH.age`; the manifest of that repository names the epoch and keeps plaintext and stored size
-        and sha256 of each object (steps.crypto.stored). The encrypted copies are removed afterwards."""
-        from steps.crypto.age import load_recipients
-        from steps.crypto.epochs import writer_key
-        from steps.crypto.stored import encrypt_staged, published_entries
-        from steps.repository.publish import publish
+        """Publish into a repository marked `encrypt: true`, as the logical backup does (steps.encrypted.writing):
+        every staged object, the tars and backup_manifest, encrypted with age to the data recipient of this host's
+        epoch for that repository (only its public key is here), stored as `PATH.age` and re-read; the manifest
+        of that repository names the epoch and keeps plaintext and stored size and sha256 of each object."""
+        from steps.encrypted.writing import sealing_for, with_stored
+        from steps.repository.publish import Published, commit, store_objects
 
-        assert self.signer is not None and self.cfg.encryption is not None
+        assert self.signer is not None
         t0 = time.monotonic()
-        recipients = load_recipients([str(r) for r in self.cfg.encryption.recipients])
-        wk = writer_key(store, recipients, self.state_dir, self.signer)
-        out = staging.with_name(f"{staging.name}-{store.name}-encrypted")
-        shutil.rmtree(out, ignore_errors=True)
-        try:
-            entries = encrypt_staged(staging, objects, wk.data_recipient, out)
-            self.outcome.timings[f"encrypt_{store.name}_s"] = time.monotonic() - t0
-            log.info("encrypted for %s to epoch %s in %.1f s", store.describe(), wk.epoch, time.monotonic() - t0)
-            data = to_json(manifest.model_copy(update={"objects": entries,
-                                                       "encryption": Encryption(epoch=wk.epoch,
-                                                                              recipients=recipients)}))
-            return publish(store, prefix, out, published_entries(entries), data, backup_id=manifest.backup_id,
-                           level=level, checks=checks, signer=self.signer, workers=workers)
-        finally:
-            shutil.rmtree(out, ignore_errors=True)
+        sealing = sealing_for(self.cfg, store, self.signer)
+        assert sealing is not None  # the caller asked cfg.encrypts(store.name)
+        stored: dict[str, tuple[int, str]] = {}
+        timings = store_objects(store, prefix, staging, objects, workers=workers, encrypt=sealing.encrypt_file,
+                                stored=stored)
+        entries = with_stored(objects, stored)
+        data = to_json(manifest.model_copy(update={"objects": entries, "encryption": sealing.encryption()}))
+        record = commit(store, prefix, entries, data, backup_id=manifest.backup_id, level=level, checks=checks,
+                        signer=self.signer)
+        timings["total_s"] = time.monotonic() - t0
+        log.info("encrypted for %s to epoch %s", store.describe(), sealing.epoch)
+        return Published(store=store, record=record, timings=timings)
 
     def _local_retention(self) -> None:
         from steps.repository.prune import prune_base

@@ -254,13 +254,22 @@ def _read_small(path: Path, limit: int) -> str:
     return data.decode("utf-8")
 
 
-def load_identities(paths: Sequence[Path], what: str = "encryption.identity_files",
-                    also_owner: int | None = None) -> list[Identity]:
+def _server_uid() -> int | None:
+    """The uid of the PostgreSQL server's user (RUNBOOK_SERVER_USER, default postgres), or None."""
+    import pwd
+
+    try:
+        return pwd.getpwnam(os.environ.get("RUNBOOK_SERVER_USER", "postgres")).pw_uid
+    except KeyError:
+        return None
+
+
+def load_identities(paths: Sequence[Path], what: str = "encryption.identity_files") -> list[Identity]:
     """The identities in these files (one `AGE-SECRET-KEY-1...` a line, `#` comments: what `age-keygen -o` and
     `runbook keys create --age` write). Each file must be a regular file of this user (or root) without any group
     or other permission, like the signing keys. EncryptionError naming the file otherwise.
-    `also_owner`: one more owner accepted (root's pitr and verify-backup accept the PostgreSQL server's user, whose
-    identity file its restore_command reads: one file serves both)."""
+    Root also accepts a file of the PostgreSQL server's user (`_server_uid`): on a host that recovers, that user
+    reads the identity in restore_command (wal-fetch), and root's pitr and verify-backup read the same file."""
     out: list[Identity] = []
     for path in paths:
         try:
@@ -277,7 +286,7 @@ def load_identities(paths: Sequence[Path], what: str = "encryption.identity_file
             if st.st_mode & 0o077:
                 raise EncryptionError(f"{what}: the identity file {path} has mode {stat.S_IMODE(st.st_mode):04o}: "
                                       "group or others may read it; it is not used", hint=f"chmod 600 {path}")
-            if st.st_uid not in (os.geteuid(), 0, also_owner):
+            if st.st_uid not in (os.geteuid(), 0) and not (os.geteuid() == 0 and st.st_uid == _server_uid()):
                 raise EncryptionError(f"{what}: the identity file {path} belongs to uid {st.st_uid}, not to this "
                                       f"user ({os.geteuid()}) nor root; it is not used",
                                       hint="chown it to the user that restores")

@@ -85,20 +85,6 @@ class ObjectDecoding:
                  "copy (from: s3 / from: local) or another backup, and find out who could write the repository")
 
 
-def server_owner() -> int | None:
-    """The one owner of an identity file accepted besides this user and root: the PostgreSQL server's user when we
-    are root. On a host that recovers WAL that user's restore_command (wal-fetch) reads the identity, so the file
-    must be its own; root's pitr and verify-backup accept it (steps.crypto.stored.reader_ring), and so do the
-    logical readers here, or one config could not serve both a PITR and the attachments restore that follows."""
-    from steps.pg.server import server_user
-
-    try:
-        pw = server_user()
-    except RunbookError:  # root on a host without the server's user: nobody else's file to accept
-        return None
-    return pw.pw_uid if pw is not None else None
-
-
 class Keys:
     """This host's identities, opened on first need; the epochs they opened, once per process."""
 
@@ -120,8 +106,7 @@ class Keys:
             from steps.crypto.epochs import KeyRing
 
             files = self.identity_files()
-            self._ring = KeyRing(load_identities(files, also_owner=server_owner()) if files else [], self.trust,
-                                 self.allow_unsigned)
+            self._ring = KeyRing(load_identities(files) if files else [], self.trust, self.allow_unsigned)
         return self._ring
 
     def identity(self, store: Store, enc: Encryption, what: str) -> Any:
@@ -212,7 +197,7 @@ def which_keys_open(keys: Keys, store: Store, prefix: str, manifest: Any) -> lis
     proven = False
     for path in keys.identity_files():
         try:
-            ring = KeyRing(load_identities([path], also_owner=server_owner()), keys.trust, keys.allow_unsigned)
+            ring = KeyRing(load_identities([path]), keys.trust, keys.allow_unsigned)
             identity = ring.identity_for(store, enc.epoch)
         except EncryptionError as e:
             proofs.append(KeyProof(path, False, e.message))

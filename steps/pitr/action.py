@@ -93,7 +93,7 @@ def main(args: Args, events: Events) -> int:
     fetch_dir = _make_fetch_dir(args, pgdata, entry.backup_id)
     try:
         copies = usable_copies(entry, source=args.source)
-        fetch_s = fetch_objects(entry, copies, fetch_dir, events, _ring(args, cfg))
+        fetch_s = fetch_objects(entry, copies, fetch_dir, events, _keys(args, cfg, config_path))
         plan, extract_s = restore_files(args, entry, pgdata, fetch_dir, ts_oids, events)
     except BaseBackupInvalid as e:
         raise PitrError(f"base backup {entry.backup_id}: {e.message}", hint="choose another base backup "
@@ -107,21 +107,21 @@ def main(args: Args, events: Events) -> int:
     return 0
 
 
-def _ring(args: Args, cfg: Any) -> Callable[[], Any]:
-    """This host's key ring, made when an encrypted copy is met (steps.crypto.stored): its identity files may
-    be root's or the server user's (the one restore_command reads as that user)."""
+def _keys(args: Args, cfg: Any, config_path: Path) -> Callable[[], Any]:
+    """This host's keys (steps.encrypted.reading.Keys), made when an encrypted copy is met: its identity files
+    may be root's or the server user's (the one restore_command reads as that user: steps.crypto.age)."""
     made: list[Any] = []
 
-    def ring() -> Any:
+    def keys() -> Any:
         if not made:
-            from steps.crypto.stored import reader_ring
-            from steps.pg.server import server_user
+            from steps.encrypted.reading import Keys
+            from steps.repository.signing import trust_from_config
 
-            pw = server_user()
-            made.append(reader_ring(cfg, allow_unsigned=args.allow_unsigned, also_owner=pw.pw_uid if pw else None))
+            made.append(Keys(cfg, trust_from_config(cfg, allow_unsigned=args.allow_unsigned),
+                             allow_unsigned=args.allow_unsigned, config_path=config_path))
         return made[0]
 
-    return ring
+    return keys
 
 
 def _pick(args: Args, cfg: Any, events: Events) -> tuple[Any, list[str]]:

@@ -71,26 +71,34 @@ def choose_backup(entries: list[Any], args: Args) -> Any:
 
 
 def fetch_objects(entry: Any, copies: list[Any], fetch_dir: Path, events: Events,
-                  ring: Callable[[], Any] | None = None) -> float:
+                  keys: Callable[[], Any] | None = None) -> float:
     """Every object of the backup into `fetch_dir`, sha256 checked as it streams, from the first of `copies`
-    that serves them all; returns the seconds it took. A copy stored encrypted (its own manifest names an
-    epoch: steps.crypto.stored) is decrypted while it streams with the identity `ring()` opens for it: a wrong
-    key, an altered or truncated object are named, and the next copy is tried."""
-    from steps.crypto.stored import copy_manifest, fetch_object
+    that serves them all; returns the seconds it took. Each copy is read by its own manifest (re-read, and the
+    one the catalogue verified): a copy stored encrypted is opened with `keys()` (steps.encrypted.reading.Keys)
+    before anything is fetched, and each object decrypted while it streams (stored sha256, age's authentication,
+    plaintext sha256); a wrong key, an altered or truncated object are named, and the next copy is tried."""
+    import hashlib
+
+    from steps.repository import layout
     from steps.repository.manifest import parse_base
+    from steps.repository.store import CorruptObject
 
     t0 = time.monotonic()
     last_err: Exception | None = None
     for copy in copies:
         try:
-            m = copy_manifest(copy, parse_base)  # this copy's own: encrypted or not, its stored sha256
-            identity = None
+            data = copy.store.get_bytes(copy.prefix + layout.MANIFEST)
+            if hashlib.sha256(data).hexdigest() != copy.manifest_sha256:
+                raise CorruptObject(copy.store.describe(), copy.prefix + layout.MANIFEST,
+                                    f"sha256 {copy.manifest_sha256} (as verified)", "other bytes: it changed since")
+            m = parse_base(data)
+            opener = None
             if m.encryption is not None:
-                if ring is None:
-                    raise RunbookError(f"{copy.store.describe()}: the base backup is encrypted, and no key ring "
-                                       "was given")
-                identity = ring().identity_for(copy.store, m.encryption.epoch)
-            total = sum(o.stored_size or o.size for o in m.objects)
+                if keys is None:
+                    raise RunbookError(f"{copy.store.describe()}: base backup {entry.backup_id} is encrypted, and "
+                                       "no keys were given")
+                opener = keys().opener(copy.store, m, f"base backup {entry.backup_id} in {copy.store.describe()}")
+            total = m.stored_bytes
             done = [0]
 
             def progress(n: int, total: int = total, done: list[int] = done) -> None:
@@ -98,7 +106,9 @@ def fetch_objects(entry: Any, copies: list[Any], fetch_dir: Path, events: Events
                 events.progress(round(done[0] / 1e6, 1), round(total / 1e6, 1), "MB", "fetching the base backup")
 
             for o in m.objects:
-                fetch_object(copy.store, copy.prefix, o, fetch_dir / o.path, identity=identity, progress=progress)
+                copy.store.fetch_file(copy.prefix + m.stored_key(o), fetch_dir / o.path, size=o.size,
+                                      sha256=o.sha256, progress=progress,
+                                      decoding=opener.decoding(o) if opener is not None else None)
             last_err = None
             how = f"decrypted (epoch {m.encryption.epoch}), " if m.encryption is not None else ""
             events.check("fetched", "ok", f"{len(m.objects)} objects from {copy.store.describe()}, {how}"

@@ -12,10 +12,10 @@ Keys are relative to the repository root and always use `/`.
 
 Every WAL object is `<name>` + `WAL_SUFFIX`, whatever its kind: one rule for segments, timeline history
 files and backup history files alike, each framed the same way (steps.wal.segment: a zstd skippable frame
-holding the sha256 and size of the original, then the zstd frame; `zstd -d` reads it as it is).
-In a repository marked `encrypt: true` the object is
-that framed file encrypted with age, `<name>.zst.age` (steps.wal.crypt); a repository may hold both forms
-(encryption turned on mid-life). `parse_wal_name` tells the kinds apart and `wal_name_from_key` maps a key back to the name PostgreSQL
+holding the sha256 and size of the original, then the zstd frame; `zstd -d` reads it as it is). In a
+repository marked `encrypt: true` the object is that framed file encrypted with age, `<name>.zst` +
+ENCRYPTED_SUFFIX (steps.wal.crypt); a repository may hold both forms (encryption turned on mid-life).
+`parse_wal_name` tells the kinds apart and `wal_name_from_key` maps a key back to the name PostgreSQL
 asks for (retention and the catalogue use them).
 """
 
@@ -92,7 +92,6 @@ def base_prefix(system_identifier: str, bid: str) -> str:
 # --- WAL archive ------------------------------------------------------------------------------------
 
 WAL_SUFFIX = ".zst"
-ENCRYPTED_SUFFIX = ".age"  # an object encrypted client-side (age): its plaintext key + this
 _SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})(\.partial)?$")
 _HISTORY_RE = re.compile(r"^([0-9A-F]{8})\.history$")
 _BACKUP_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})\.([0-9A-F]{8})\.backup$")
@@ -167,7 +166,7 @@ def wal_prefix(system_identifier: str) -> str:
 
 def wal_key(system_identifier: str, name: str) -> str:
     """The key of one archived WAL file (`name` as PostgreSQL names it: %f), unencrypted; an encrypted one is
-    this key + ENCRYPTED_SUFFIX (`<name>.zst.age`; steps.wal.crypt says which a reader looks for first)."""
+    this key + ENCRYPTED_SUFFIX (`<name>.zst.age`; steps.wal.store.keys_to_try says which a reader looks for first)."""
     parse_wal_name(name)
     return wal_prefix(system_identifier) + name + WAL_SUFFIX
 

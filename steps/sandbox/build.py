@@ -250,8 +250,8 @@ class Sandbox:
         An identity file must be 0600 and its reader's own (or root's) (steps.crypto.age.load_identities), so a
         file root owns is closed to the server's user. When we are root and the server runs as another user,
         scenario 2 therefore names a second copy, in the server user's key directory (beside its WAL key) and
-        owned by it: wal-fetch reads it as its own, and root's readers accept that one owner besides root, as
-        they do for the server's WAL (`also_owner`). Scenario 1 has no restore_command: the operator's own copy."""
+        owned by it: wal-fetch reads it as its own, and root's readers accept that one owner besides root
+        (steps.crypto.age.load_identities). Scenario 1 has no restore_command: the operator's own copy."""
         pw = server_user()
         if not self.archive or pw is None or pw.pw_uid == os.geteuid():
             return self.operator_key

@@ -4,12 +4,13 @@
   encrypted with age to the data recipient of the writer's epoch (steps.crypto.epochs), stored at
   `<name>.zst.age` beside where `<name>.zst` would be: `age -d -i DATA_KEY X.zst.age | zstd -d` gives the
   file back (docs/encryption.md). The signed WAL ledgers keep the sha256 of the file as read from pg_wal, so
-  what a recovery checks after decryption is unchanged. A repository may hold both forms (encryption turned on mid-life);
-  steps.wal.store.keys_to_try says which a reader looks for first.
+  what a recovery checks after decryption is unchanged. A repository may hold both forms (encryption turned on
+  mid-life): steps.wal.store.keys_to_try says which a reader looks for first.
 - **Epoch.** On S3 the object's metadata names its epoch (`x-amz-meta-epoch`, carried by the GET itself:
-  no request of its own). A local directory has no metadata: a reader tries the epochs listed under
-  `encryption/epochs/` (a directory scan), newest first; age tells a wrong epoch from a damaged object
-  (the header names no recipient, but no identity of a wrong epoch opens it).
+  no request of its own). A local directory has no metadata: a reader opens every epoch listed under
+  `encryption/epochs/` that its identities open (a directory scan, once per process) and gives age all their
+  data identities at once; age tells which one opens the file (a wrong one never does), and a damaged file
+  from a wrong key (the first fails authentication, the second finds no identity).
 - **Writer.** The pushing host needs only the public data recipient of its epoch: `writer_key` keeps it in
   the server user's state (`<wal.spool_dir>/encryption/`), and creates an epoch (a data identity wrapped to
   `encryption.recipients`, then forgotten) when there is none, the recipients changed, or the epoch is gone
@@ -54,7 +55,6 @@ class WalKeys:
         self._lock = threading.Lock()
         self._writers: dict[str, Any] = {}
         self._ring: Any = None
-        self.also_owner: int | None = None  # root's verify-backup reads the server user's identity file too
 
     @classmethod
     def of(cls, settings: WalSettings, allow_unsigned: bool = False) -> WalKeys:
@@ -130,7 +130,7 @@ class WalKeys:
                                "this host",
                                hint="name the age identity file(s) of this host in encryption.identity_files "
                                     "(mode 0600, owned by the server's user, who runs restore_command)")
-        identities = load_identities([Path(p) for p in self.settings.identity_files], also_owner=self.also_owner)
+        identities = load_identities([Path(p) for p in self.settings.identity_files])
         trust = (Trust.of(load_public_keys([Path(p) for p in self.settings.public_keys]), self.allow_unsigned)
                  if self.settings.public_keys else None)
         return KeyRing(identities, trust, allow_unsigned=self.allow_unsigned)

@@ -228,6 +228,8 @@ def _prefetch_task(stores: list[WalStore], spool: Path, name: str, sysid: int, k
     data, digest, problems = fetch_checked(stores, wal_key(str(sysid), name), name, 1, sysid, keys)
     if data is None:
         (spool / f"{name}.none").touch()
+        if problems:  # a wrong key, an altered copy, an unreachable store: wal-fetch reads it itself and says so
+            _log(f"{name}: not read ahead: {'; '.join(problems)}")
         return "error" if problems else "missing"
     tmp = spool / f".tmp-{name}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

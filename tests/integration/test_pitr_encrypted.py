@@ -86,7 +86,7 @@ def test_pitr_and_verify_backup_from_an_encrypted_s3_repository(
                     str(p.cluster.datadir.parent / "scratch"), "--json", timeout=180)
         assert r.returncode == 0, r.stdout + r.stderr
         checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
-        assert "decrypted" in checks["sha256 of every object"]["detail"]
+        assert checks["decryption"]["status"] == "ok" and "decrypted" in checks["decryption"]["detail"]
         assert checks["replay to consistency"]["status"] == "ok"
 
         p.crash()
