@@ -216,6 +216,18 @@ def test_encrypted_pitr_drill_recovers_through_the_encrypted_archive(pitr: Drill
     assert _assert_ciphertext_only(repo) > 0
 
 
+def test_backups_says_each_base_backup_is_encrypted_and_for_whom(pitr: Drill) -> None:
+    _ok(pitr)
+    r = run_cli("backups", "-c", str(pitr.sb.config), env={"COLUMNS": "80"}, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("BASE BACKUP"))
+    rows = [i for i in range(head + 1, len(lines)) if lines[i].startswith("  20")]
+    assert len(rows) == 2  # the one PITR started from, and re-protection's on timeline 2
+    for i in rows:
+        assert lines[i + 1].strip().startswith("encrypted in local: 1 recipient: " + pitr.recipient[:10]), lines[i + 1]
+
+
 def test_down_removes_the_operator_key(base: Path, pitr: Drill) -> None:
     keys = pitr.sb.operator_key.parent
     assert keys.exists()
