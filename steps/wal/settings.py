@@ -114,8 +114,9 @@ class WalSettings:
     @property
     def destinations(self) -> str:
         """Where a push must land, as one stable string: every configured repository (the local directory,
-        symbolic links resolved; the S3 endpoint, region, bucket and prefix, as the store addresses them).
-        Credentials, encryption and tuning are left out: they change how, not where. The asynchronous mode's
+        symbolic links resolved; the S3 endpoint, region, bucket and prefix, as the store addresses them), and,
+        when a repository encrypts, which ones and to whom (`encryption.recipients` as configured). Credentials
+        and tuning are left out: they change how, not where or what. The asynchronous mode's
         records name it, and its spool is kept per destination (steps.wal.fast.push_root): a confirmation
         for one destination never answers for another."""
         if self._destinations is None:
@@ -125,6 +126,11 @@ class WalSettings:
             if self.s3 is not None:
                 dest["s3"] = {"endpoint_url": self.s3.get("endpoint_url"), "region": self.s3.get("region"),
                               "bucket": self.s3.get("bucket"), "prefix": str(self.s3.get("prefix") or "").strip("/")}
+            if any(self.encrypt.values()):
+                # What lands there changes with it: an uploader started before encryption was turned on (or its
+                # recipients changed) must not confirm for the new config what it stored the old way.
+                dest["encrypt"] = {"repositories": sorted(k for k, v in self.encrypt.items() if v),
+                                   "recipients": sorted(self.recipients)}
             self._destinations = json.dumps(dest, sort_keys=True, separators=(",", ":"))
         return self._destinations
 

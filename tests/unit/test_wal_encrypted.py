@@ -141,3 +141,15 @@ def test_a_repository_holding_both_forms_serves_both(tmp_path: Path, datadir: Pa
         for n, data in ((1, old), (2, new)):
             assert fetch_file(s, segment(n), str(dest), sysid=str(SYSID)) == 0
             assert dest.read_bytes() == data
+
+
+def test_turning_encryption_on_or_changing_recipients_is_another_destination(tmp_path: Path) -> None:
+    """The asynchronous uploader's records name the destination: one started before encryption was turned on
+    (or with other recipients) confirms nothing for the new config (steps.wal.fast.confirms)."""
+    _, a = age_identity(tmp_path / "keys", "a")
+    _, b = age_identity(tmp_path / "keys", "b")
+    plain = settings(tmp_path, recipients=[a], identities=[], encrypt=False).destinations
+    to_a = settings(tmp_path, recipients=[a], identities=[], encrypt=True).destinations
+    to_b = settings(tmp_path, recipients=[b], identities=[], encrypt=True).destinations
+    assert len({plain, to_a, to_b}) == 3
+    assert '"encrypt":' not in plain  # an unencrypted config's destination is what it always was
