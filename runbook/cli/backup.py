@@ -126,7 +126,7 @@ def cmd_backups(args: argparse.Namespace) -> int:
             if chosen is None:
                 print(f"! {db}: no backup at readable or better: a recovery has nothing to start from")
     if cat.base:
-        _print_base(cat.base, now)
+        _print_base(cat.base, now, wrapped)
         _print_wal(stores, sorted({e.cluster for e in cat.base}))
     if cat.files:
         newest = cat.files[0]
@@ -212,7 +212,7 @@ def _base_json(e: Any) -> dict[str, Any]:
             "server_version": m.cluster.server_version}
 
 
-def _print_base(entries: list[Any], now: datetime) -> None:
+def _print_base(entries: list[Any], now: datetime, wrapped: dict[tuple[str, str], list[str]]) -> None:
     """Base backups: a PITR can reach any moment after a backup's end, as far as the archived WAL goes."""
     print(f"  {'BASE BACKUP':17} {'ENDED (UTC)':20} {'AGE':>7} {'SIZE':>10}  {'LEVEL':11} {'WHERE':9} "
           f"{'TL':>3} {'WAL FROM':24} CLUSTER")
@@ -221,6 +221,8 @@ def _print_base(entries: list[Any], now: datetime) -> None:
         when = e.time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
         print(f"  {e.backup_id:17} {when:20} {_age((now - e.time).total_seconds()):>7} {_mb(e.size_bytes):>10}  "
               f"{e.level.name:11} {','.join(e.locations()):9} {m.timeline:>3} {m.start_wal:24} {e.cluster}")
+        for line in encryption_lines(e, wrapped):
+            print(line)
     print("a point-in-time recovery starts from the newest readable base backup that ended before its target")
 
 

@@ -18,6 +18,12 @@ snapshot) with `runbook backup`, then a steady stream of timestamped writes runs
 strikes half-way and the attachments are wiped; the moment just before it is the profile's target_time, and
 the operator recovers to it with the `pitr` action into a new data directory, then restores the attachments
 snapshot nearest the recovery point.
+
+`--encrypt` (either scenario): the sandbox's repository is marked `encrypt: true`, to an operator age key made
+beside the sandbox (steps.sandbox.build: `operator_key`); every backup, attachments snapshot and WAL segment is
+stored as age ciphertext, `runbook verify-backup` proves before the disaster that the operator's key opens the
+backup (restored into a throwaway cluster), and the recovery decrypts as it fetches. Where the key is is said,
+never the key.
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ def register(sub: Any) -> None:
                         "DROP TABLE undone by point-in-time recovery (scenario 2) (default: restore-latest)")
     d.add_argument("--headless", action="store_true", help="the console front end instead of the TUI")
     d.add_argument("--yes", action="store_true", help="unattended: confirm every step with the sandbox's values")
+    d.add_argument("--encrypt", action="store_true",
+                   help="encrypt the sandbox's repository with age (docs/encryption.md): an operator key is made "
+                        "beside the sandbox (kept across rebuilds, removed by --down), every backup and WAL segment "
+                        "is stored encrypted to it, and the recovery decrypts as it fetches")
     d.add_argument("--down", action="store_true", help="stop and remove the sandbox")
     d.add_argument("--scale", type=int, default=1, help="data size: 1 ≈ 2,000 assets and 4,000 loans (default 1)")
     d.add_argument("--files", type=int, default=200, help="attachment files (default 200)")
@@ -111,26 +121,43 @@ def _runbook_if_any(path: Path) -> Any:
 def _build_and_recover(args: argparse.Namespace, sb: Any, rb: Any, runbook_path: Path, lock: Any) -> int:
     from steps.sandbox.profile import write_profile
 
-    _say(f"building the sandbox in {sb.base}")
+    encrypt = bool(args.encrypt)
+    _say(f"building the sandbox in {sb.base}" + (" (encrypted repository)" if encrypt else ""))
     if args.scenario == "pitr":
-        sb.build(args.scale, args.files, say=_say, archive=True)
+        sb.build(args.scale, args.files, say=_say, archive=True, encrypt=encrypt)
+        if encrypt:
+            _say_encrypted(sb)
         sb.basebackup(say=_say)
         sb.backup(say=_say)  # the daily backup: its attachments snapshot is the one scenario 2 restores
+        if encrypt:
+            sb.verify_backup("base", say=_say)
         story = sb.pitr_disaster(say=_say)
         lost_at = datetime.fromisoformat(story["disaster_at"])
         profile = write_profile(sb, runbook_path, args.scenario, pitr=story)
         _say(f"profile: {profile}")
-        return _recover(args, rb, runbook_path, profile, lost_at, lock)
-    sb.build(args.scale, args.files, say=_say)
+        return _recover(args, sb, rb, runbook_path, profile, lost_at, lock)
+    sb.build(args.scale, args.files, say=_say, encrypt=encrypt)
+    if encrypt:
+        _say_encrypted(sb)
     sb.backup(say=_say)
+    if encrypt:
+        sb.verify_backup("logical", say=_say)
     sb.keep_writing(25, say=_say)
     lost_at = sb.disaster(say=_say)
     profile = write_profile(sb, runbook_path, args.scenario)
     _say(f"profile: {profile}")
-    return _recover(args, rb, runbook_path, profile, lost_at, lock)
+    return _recover(args, sb, rb, runbook_path, profile, lost_at, lock)
 
 
-def _recover(args: argparse.Namespace, rb: Any, runbook_path: Path, profile: Path, lost_at: datetime,
+def _say_encrypted(sb: Any) -> None:
+    """Where the key is, never the key."""
+    _say(f"backups and WAL are encrypted with age (local.encrypt: true) to the operator's key {sb.recipient()}; "
+         f"its identity (private key, 0600) is {sb.operator_key}" +
+         (f", with the server user's copy for restore_command at {sb.server_operator_key}"
+          if sb.identity_file() != sb.operator_key else ""))
+
+
+def _recover(args: argparse.Namespace, sb: Any, rb: Any, runbook_path: Path, profile: Path, lost_at: datetime,
              lock: Any) -> int:
     from runbook.clock import Clock
     from runbook.session import RunOptions, open_new_run
@@ -145,7 +172,9 @@ def _recover(args: argparse.Namespace, rb: Any, runbook_path: Path, profile: Pat
 
         given = load_model(profile, Profile, filename=str(profile)).params
         _say("opening the runbook: recover AssetFlow step by step")
-        return run_new(opts, rb, given, sdir)
+        code = run_new(opts, rb, given, sdir)
+        _say_key_after(args, sb)
+        return code
     from runbook.cli.headless import HeadlessOptions, run_headless
 
     engine = open_new_run(opts, Clock(), state_dir=sdir)
@@ -163,5 +192,12 @@ def _recover(args: argparse.Namespace, rb: Any, runbook_path: Path, profile: Pat
         verdict = "met" if c.elapsed_s <= c.target_s else "MISSED"
         print(f"demo: measured RTO {format_duration(c.elapsed_s)} against {format_duration(c.target_s)}: {verdict}"
               f"{report}")
+    _say_key_after(args, sb)
     sys.stdout.flush()
     return code
+
+
+def _say_key_after(args: argparse.Namespace, sb: Any) -> None:
+    if args.encrypt:
+        _say(f"the sandbox's backups and WAL are stored encrypted (age) to {sb.recipient()}; the operator's key: "
+             f"{sb.operator_key} (removed by `runbook demo --down`)")

@@ -17,6 +17,8 @@ For monitoring and for the last step of re-protection. Each check is `Check(name
 - logical_backup / base_backup: the age of the newest genuine one (base backups may not exist yet: said so);
 - signatures: every backup and record signed by a trusted key (steps.repository.signing); what is refused and
   why; unsigned ones accepted with `--allow-unsigned`; this host's own signing key among the trusted ones;
+- recipients:local / recipients:s3 (warning only): encryption.recipients names a key the repository's encryption
+  journal says was revoked, so new data is still encrypted to it;
 - keys:local / keys:s3: which of this host's identity files (`encryption.identity_files`) open the newest
   logical backup's encrypted copy: its epoch's data key unwrapped, one object decrypted and its sha256 compared
   (steps.encrypted.reading); a host without identities (the backup host) is told so, as information;
@@ -512,6 +514,7 @@ class Checker:
             return
         cat = scan(stores, trust=trust, kinds=("logical", "base"))
         self._signatures(cat, trust)
+        self._revoked(stores, trust)
         mine = [e for e in cat.entries if e.cluster == sysid and e.level >= Level.readable]
         if mine:
             newest = mine[0]
@@ -536,6 +539,37 @@ class Checker:
             self.add("base_backup", status, f"newest {newest_base.backup_id} (in {', '.join(newest_base.locations())}),"
                      f" {rough_duration(age)} old",
                      None if status == "ok" else "is the weekly `runbook basebackup` job running?")
+
+    def _revoked(self, stores: list[Any], trust: Any) -> None:
+        """A writer whose encryption.recipients still name a key the repository's encryption journal says was
+        revoked (`runbook keys revoke`) goes on encrypting new data to it (its epochs are wrapped for its
+        configured recipients): warned per repository this host encrypts into. Only genuine journal records
+        count (signed by a trusted key, as epochs are)."""
+        from steps.crypto.age import load_recipients
+        from steps.crypto.epochs import revoked
+
+        writing = [s for s in stores if self.cfg.encrypts(s.name)]
+        if not writing:
+            return
+        try:
+            configured = load_recipients(self.cfg.encryption.recipients if self.cfg.encryption else [])
+        except RunbookError as e:
+            self.add("recipients", "failed", e.message, e.hint)
+            return
+        for store in writing:
+            try:
+                bad = sorted(revoked(store, trust) & set(configured))
+            except RunbookError as e:
+                self.add(f"recipients:{store.name}", "warning", f"cannot read the encryption journal of "
+                         f"{store.describe()}: {e.message}", e.hint)
+                continue
+            if bad:
+                self.add(f"recipients:{store.name}", "warning",
+                         f"encryption.recipients names {', '.join(bad)}, revoked in the encryption journal of "
+                         f"{store.describe()}: what this host writes there is still encrypted to "
+                         f"{'it' if len(bad) == 1 else 'them'}",
+                         "remove it from encryption.recipients on every host that writes backups or WAL: the next "
+                         "write starts a new epoch without it (docs/encryption.md, \"Revocation\")")
 
     def _keys(self, newest: Any, entry: Any, trust: Any) -> None:
         """Which of this host's identity files open the encrypted copies of the newest backup, or of the newest

@@ -7,7 +7,10 @@ replacement server), `run/` (its socket and log), `repo/` (the local backup repo
 `repository.yaml` (the repository config), `at-backup.json` and `at-disaster.json` (per-table row counts
 and checksums), `sandbox.json` (what was built and when). Beside it, `<sandbox dir>.keys/`: the backup's signing key
 (0600) and its public key, which the config trusts (outside the directory, whose tree is given to the server's
-user when a cluster is initialised in it).
+user when a cluster is initialised in it); `wal/` there, the server user's, holds the WAL signing key; with
+`runbook demo --encrypt`, `operator.agekey` (0600) and its `.pub`: the operator's age identity, the repository's
+recipient (made once, kept across rebuilds like the signing key), and in scenario 2 as root a copy of it in
+`wal/` that the server's user owns, for restore_command (`identity_file`).
 
 Both scenarios end with re-protection (the `reprotect` action): the recovered cluster archives into its own
 directory of `repo/` through the server venv's `runbook wal-push`. Scenario 2 (`pitr`) adds: WAL archiving on
@@ -64,6 +67,8 @@ def default_dir() -> Path:
 @dataclass
 class Sandbox:
     base: Path
+    encrypt: bool = False  # set by build(): the repository config it writes encrypts (runbook demo --encrypt)
+    archive: bool = False  # set by build(): the primary archives its WAL (scenario 2)
 
     @property
     def server(self) -> Server:
@@ -114,12 +119,17 @@ class Sandbox:
 
     # ---- building ----------------------------------------------------------------------------------
 
-    def build(self, scale: int, files: int, say: Any = print, *, archive: bool = False) -> None:
+    def build(self, scale: int, files: int, say: Any = print, *, archive: bool = False,
+              encrypt: bool = False) -> None:
         """A primary with AssetFlow loaded, fresh. Reuses the initialised cluster when there is one.
 
-        `archive`: WAL archiving on, into the sandbox's repository, with `runbook wal-push` (scenario 2)."""
+        `archive`: WAL archiving on, into the sandbox's repository, with `runbook wal-push` (scenario 2).
+        `encrypt`: the repository encrypts everything written to it (age) to the operator's key (`operator_key`),
+        which the config names as the identity of the hosts that restore."""
         self.base.mkdir(parents=True, exist_ok=True)
         os.chmod(self.base, 0o755)
+        self.encrypt = encrypt
+        self.archive = archive
         self._stop_recovered()
         srv = self.server
         if not (srv.datadir / "PG_VERSION").exists():
@@ -221,6 +231,65 @@ class Sandbox:
         os.chmod(key.parent, 0o755)
         return key, pub
 
+    @property
+    def operator_key(self) -> Path:
+        """The operator's age identity (`runbook demo --encrypt`): made once beside the signing keys, kept across
+        rebuilds, removed by `--down`; its public key (`operator.agekey.pub`) is the repository's recipient."""
+        return self.signing_key.with_name("operator.agekey")
+
+    @property
+    def server_operator_key(self) -> Path:
+        """The server user's copy of the operator's identity, for `wal-fetch` in restore_command (scenario 2)."""
+        return self.signing_key.with_name("wal") / "operator.agekey"
+
+    def identity_file(self) -> Path:
+        """The identity file the config names for the hosts that restore.
+
+        Two readers, two users: the operator (fetch-latest-backup, restore-attachments, verify-backup, pitr,
+        check) and, in scenario 2, the PostgreSQL server's user, who runs `runbook wal-fetch` as restore_command.
+        An identity file must be 0600 and its reader's own (or root's) (steps.crypto.age.load_identities), so a
+        file root owns is closed to the server's user. When we are root and the server runs as another user,
+        scenario 2 therefore names a second copy, in the server user's key directory (beside its WAL key) and
+        owned by it: wal-fetch reads it as its own, and root's readers accept that one owner besides root
+        (steps.crypto.age.load_identities). Scenario 1 has no restore_command: the operator's own copy."""
+        pw = server_user()
+        if not self.archive or pw is None or pw.pw_uid == os.geteuid():
+            return self.operator_key
+        return self.server_operator_key
+
+    def recipient(self) -> str:
+        """The operator's public key (age1...): the repository's recipient."""
+        from steps.crypto.age import load_recipients
+
+        return load_recipients([str(self.operator_key.with_name(self.operator_key.name + ".pub"))])[0]
+
+    def _operator_keys(self) -> tuple[Path, str]:
+        """The operator's identity, made when missing, and its copy for the server's user when one is needed
+        (identity_file); returns the file to name in the config and the recipient."""
+        from steps.crypto.keys import create_identity_file
+
+        key = self.operator_key
+        self._keys()  # the key directory, 0755 (the public keys in it are read by the server's user)
+        if not key.exists():
+            create_identity_file(key, "the sandbox operator's age key (runbook demo --encrypt)")
+        wanted = self.identity_file()
+        if wanted != key:
+            pw = server_user()
+            assert pw is not None  # identity_file() names the copy only for another server user
+            self._wal_keys()  # the server user's key directory
+            tmp = wanted.with_name(wanted.name + ".tmp")
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(key.read_bytes())
+                os.fchown(f.fileno(), pw.pw_uid, pw.pw_gid)
+            os.replace(tmp, wanted)
+        return wanted, self.recipient()
+
+    def _encryption_text(self) -> str:
+        identity, recipient = self._operator_keys()
+        return f"encryption: {{recipients: [{recipient}], identity_files: [{identity}]}}\n"
+
     def _config_text(self) -> str:
         key, pub = self._keys()
         wal_key, wal_pub = self._wal_keys()
@@ -229,7 +298,8 @@ class Sandbox:
             "version: 1\n"
             f"cluster: {{host: {self.server.socket_dir}, port: {self.server.port}, user: {BACKUP_ROLE}, "
             f"databases: [{DB}]}}\n"
-            f"local: {{path: {self.repo}}}\n"
+            f"local: {{path: {self.repo}{', encrypt: true' if self.encrypt else ''}}}\n"
+            f"{self._encryption_text() if self.encrypt else ''}"
             "retention: {keep_last: 3, keep_days: 7}\n"
             f"attachments: {{path: {self.uploads}}}\n"
             "checks:\n"
@@ -253,6 +323,18 @@ class Sandbox:
         self._snapshot("at-backup.json")
         (self.base / "attachments-at-backup.json").write_text(
             json.dumps(assetflow.dir_tree_digest(self.uploads), indent=2, sort_keys=True))
+
+    def verify_backup(self, kind: str, say: Any = print) -> None:
+        """`runbook verify-backup` of the newest backup of `kind` (--encrypt): the operator's key opens what the
+        backup host encrypted, and the backup restores into a throwaway cluster (level `restored`)."""
+        say(f"verifying the encrypted {kind} backup with `runbook verify-backup --kind {kind}` (decrypted with the "
+            "operator's key, restored into a throwaway cluster)")
+        proc = subprocess.run([sys.executable, "-m", "runbook", "verify-backup", "-c", str(self.config), "--kind", kind,
+                               "--scratch-dir", str(self.base)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RunbookError(f"the sandbox's verify-backup --kind {kind} failed (exit {proc.returncode}):\n"
+                               f"{(proc.stderr.strip() or proc.stdout.strip())[-3000:]}")
+        say((proc.stdout.strip().splitlines() or ["verified"])[-1])
 
     def keep_writing(self, loans: int, say: Any = print) -> int:
         """The application goes on after the backup: these rows exist only in the database that will burn."""
