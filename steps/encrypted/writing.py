@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from steps.repository.layout import ENCRYPTED_SUFFIX
-from steps.repository.manifest import Encryption, ObjectEntry
-from steps.repository.store import ObjectStream, Store, StoreName
+from steps.repository.manifest import SETTINGS_OBJECT, DatabaseFacts, Encryption, ObjectEntry, settings_json
+from steps.repository.store import ObjectStream, RepositoryError, Store, StoreName
 
 if TYPE_CHECKING:
     from steps.repository.config import RepositoryConfig
@@ -67,6 +67,30 @@ class Sealing:
         from steps.crypto.age import encrypt_file
 
         return encrypt_file(src, dst, self.recipient)
+
+    def seal_settings(self, store: Store, prefix: str, facts: DatabaseFacts) -> tuple[DatabaseFacts, ObjectEntry]:
+        """The database's settings (`name=value`: values can be secrets) as the object SETTINGS_OBJECT, stored
+        encrypted under `prefix` and re-read; returns the facts the manifest gets (`settings` emptied,
+        `settings_path` naming the object) and the object's entry. Written even when there are none, so that the
+        manifest does not tell whether there are. Raises RepositoryError (stored, or re-read, wrongly)."""
+        from steps.crypto.age import Encryptor
+
+        plain = settings_json(facts)
+        parts: list[bytes] = []
+        enc = Encryptor(self.recipient, parts.append)
+        enc.write(plain)
+        enc.close()
+        sealed = b"".join(parts)
+        key = prefix + SETTINGS_OBJECT + ENCRYPTED_SUFFIX
+        store.put_bytes(key, sealed)
+        want = (len(sealed), hashlib.sha256(sealed).hexdigest())
+        got = store.hash_object(key)
+        if got != want:
+            raise RepositoryError(f"{key} in {store.describe()} reads back as {got[0]} bytes, sha256 {got[1]}; "
+                                  f"{want[0]} bytes, sha256 {want[1]} were written")
+        entry = ObjectEntry(path=SETTINGS_OBJECT, size=len(plain), sha256=hashlib.sha256(plain).hexdigest(),
+                            stored_size=want[0], stored_sha256=want[1])
+        return facts.model_copy(update={"settings": [], "settings_path": SETTINGS_OBJECT}), entry
 
 
 def sealing_for(cfg: RepositoryConfig, store: Store, signer: Signer | None) -> Sealing | None:
