@@ -10,6 +10,8 @@ configured recipients when they change. No private key is ever on this host.
 chunks of steps.backup.pipeline go in, the ciphertext goes to the repository's upload as it comes, and is
 hashed on the way), stored under its path + `.age`. The repository's manifest records both: the plaintext's
 size and sha256 (what pg_restore will read) and the stored bytes' (what the repository holds), and the epoch.
+A logical backup's database settings (their values can be secrets) leave the manifest for an object of their own,
+`settings.json`, sealed and listed the same way (`Sealing.seal_settings`).
 
 **What the read-back proves here.** The backup host re-reads each stored object and compares its sha256 with
 the ciphertext it produced: the repository holds exactly what was encrypted. It cannot decrypt (it holds no
