@@ -11,7 +11,9 @@
 4. Same name as the backup's database, and no such database yet: `pg_restore --create`, which brings the
    database-level settings, its ACL and `ALTER ROLE ... IN DATABASE ... SET` along (PostgreSQL 15 dumps them
    only for --create). Another name (or an existing empty database): create it from template0 with the
-   manifest's encoding, locale and owner, then apply those settings and the ACL from the manifest.
+   manifest's encoding, locale and owner, then apply those settings and the ACL from the manifest (a backup from
+   an encrypted repository keeps the settings in their own object, `database.settings_path`: decrypted by the
+   fetch like every object, read once and checked against its sha256 before anything is restored).
 5. `pg_restore --jobs N --exit-on-error` (progress from its --verbose lines; its sessions get, through
    PGOPTIONS, `maintenance_work_mem` and, unless `synchronous_commit`, synchronous_commit off, made durable by
    one synchronous commit after it on a connection opened before it: `_Witness`), then ANALYZE
@@ -41,6 +43,7 @@ from steps.repository.manifest import (
     LogicalManifest,
     invalid_reason,
     parse_logical,
+    parse_settings,
     sha256_bytes,
 )
 from steps.repository.verified import checked_unchanged
@@ -189,6 +192,33 @@ def _sql_file(backup_dir: Path, manifest: LogicalManifest, name: str, *, verify:
     return data.decode()
 
 
+def _sealed_settings(backup_dir: Path, manifest: LogicalManifest) -> DatabaseFacts:
+    """The database facts with their settings: from the manifest, or (a backup from an encrypted repository)
+    from the object `database.settings_path`, which fetch-latest-backup decrypted (the stored sha256, age's
+    authentication and the plaintext sha256 checked on the way): read once, its sha256 checked again, and those
+    very bytes used. Raises RunbookError naming the file."""
+    facts = manifest.database
+    name = facts.settings_path
+    if name is None:
+        return facts
+    try:
+        data = _read_beneath(backup_dir, name)
+    except (OSError, UnsafePath) as e:
+        raise RunbookError(f"{name} (the database's settings) cannot be read in {backup_dir}: "
+                           f"{getattr(e, 'strerror', None) or e}; nothing was restored",
+                           hint="fetch the backup again with fetch-latest-backup (it decrypts every object)") from None
+    entry = next((o for o in manifest.objects if o.path == name), None)
+    if entry is None or (len(data), sha256_bytes(data)) != (entry.size, entry.sha256):
+        raise RunbookError(f"{name} in {backup_dir} does not match its sha256 in the manifest; nothing was restored",
+                           hint="fetch the backup again with fetch-latest-backup")
+    try:
+        settings = parse_settings(data)
+    except ValueError as e:
+        raise RunbookError(f"{name} in {backup_dir} is not a list of settings ({invalid_reason(e)}); nothing was "
+                           "restored") from None
+    return facts.model_copy(update={"settings": settings, "settings_path": None})
+
+
 def _pg_restore(argv: list[str], env: dict[str, str], data_items: int, events: Events) -> None:
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stderr is not None
@@ -228,7 +258,6 @@ def main(args: Args, events: Events) -> int:
                "(fetch-latest-backup makes a private directory)")
         print(f"warning: {msg}")
         events.check("backup directory", "warning", msg)
-    facts = manifest.database
     dump_dir = backup_dir / manifest.dump.path
     for note in manifest.notes:
         print(f"note: the backup says: {note}")
@@ -249,6 +278,13 @@ def main(args: Args, events: Events) -> int:
                 return 1
             note = f"{len(paths)} files match their sha256 ({time.monotonic() - t0:.1f} s)"
         events.check("backup files", "ok", note)
+
+    try:
+        facts = _sealed_settings(backup_dir, manifest)
+    except RunbookError as e:
+        events.check("database settings", "failed", str(e))
+        print(str(e))
+        return 1
 
     conn = Conn(args.host, args.port, args.user)
     target = conn.describe(args.db)

@@ -300,18 +300,25 @@ class BackupRun:
             kept.append(store)
         self.stores = kept
 
-    def _stored_manifest(self, manifest: LogicalManifest | FilesManifest, store: Store,
+    def _stored_manifest(self, manifest: LogicalManifest | FilesManifest, store: Store, prefix: str,
                          stored: dict[str, tuple[int, str]]) -> tuple[list[ObjectEntry], bytes]:
         """The manifest `store` gets: as is for a plaintext repository; for an encrypted one with each object's
-        stored size and sha256 and the epoch (each repository signs its own)."""
+        stored size and sha256 and the epoch (each repository signs its own), and a logical backup's database
+        settings moved into their own encrypted object (steps.encrypted.writing.Sealing.seal_settings)."""
         sealing = self.sealings.get(store.name)
         if sealing is None:
             return manifest.objects, to_json(manifest)
         from steps.encrypted.writing import with_stored
 
         objects = with_stored(manifest.objects, stored)
-        data = manifest.model_dump(mode="json") | {"objects": [o.model_dump(mode="json") for o in objects],
-                                                   "encryption": sealing.encryption().model_dump(mode="json")}
+        update: dict[str, Any] = {}
+        if isinstance(manifest, LogicalManifest):  # its settings' values can be secrets: sealed, not in clear
+            facts, entry = sealing.seal_settings(store, prefix, manifest.database)
+            objects.append(entry)
+            update["database"] = facts.model_dump(mode="json")
+        data = manifest.model_dump(mode="json") | update | {
+            "objects": [o.model_dump(mode="json") for o in objects],
+            "encryption": sealing.encryption().model_dump(mode="json")}
         return objects, to_json(type(manifest).model_validate(data))
 
     def _lock_dir(self) -> Path:
@@ -500,7 +507,7 @@ class BackupRun:
                 log.error("%s: the dump cannot be read back, nothing published: %s", out.target, e)
                 return
             log.info("archive readable: %s", "; ".join(c.detail for c in checks))
-            self._commit_all(out, stored, prefix, lambda s: self._stored_manifest(manifest, s, stored_objects[s.name]),
+            self._commit_all(out, stored, prefix, lambda s: self._stored_manifest(manifest, s, prefix, stored_objects[s.name]),
                              Level.readable, checks)
         finally:
             pool.shutdown(wait=False)
@@ -630,7 +637,7 @@ class BackupRun:
             prefix = layout.files_prefix(self.backup_id)
             stored_objects: dict[str, dict[str, tuple[int, str]]] = {}
             stored = self._store_all(out, prefix, staging, objects, stored_objects)
-            self._commit_all(out, stored, prefix, lambda s: self._stored_manifest(manifest, s, stored_objects[s.name]),
+            self._commit_all(out, stored, prefix, lambda s: self._stored_manifest(manifest, s, prefix, stored_objects[s.name]),
                              Level.checksummed, checks)
         except (RunbookError, OSError) as e:
             out.error = str(e)

@@ -10,6 +10,8 @@ configured recipients when they change. No private key is ever on this host.
 chunks of steps.backup.pipeline go in, the ciphertext goes to the repository's upload as it comes, and is
 hashed on the way), stored under its path + `.age`. The repository's manifest records both: the plaintext's
 size and sha256 (what pg_restore will read) and the stored bytes' (what the repository holds), and the epoch.
+A logical backup's database settings (their values can be secrets) leave the manifest for an object of their own,
+`settings.json`, sealed and listed the same way (`Sealing.seal_settings`).
 
 **What the read-back proves here.** The backup host re-reads each stored object and compares its sha256 with
 the ciphertext it produced: the repository holds exactly what was encrypted. It cannot decrypt (it holds no
@@ -28,8 +30,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from steps.repository.layout import ENCRYPTED_SUFFIX
-from steps.repository.manifest import Encryption, ObjectEntry
-from steps.repository.store import ObjectStream, Store, StoreName
+from steps.repository.manifest import SETTINGS_OBJECT, DatabaseFacts, Encryption, ObjectEntry, settings_json
+from steps.repository.store import ObjectStream, RepositoryError, Store, StoreName
 
 if TYPE_CHECKING:
     from steps.repository.config import RepositoryConfig
@@ -67,6 +69,30 @@ class Sealing:
         from steps.crypto.age import encrypt_file
 
         return encrypt_file(src, dst, self.recipient)
+
+    def seal_settings(self, store: Store, prefix: str, facts: DatabaseFacts) -> tuple[DatabaseFacts, ObjectEntry]:
+        """The database's settings (`name=value`: values can be secrets) as the object SETTINGS_OBJECT, stored
+        encrypted under `prefix` and re-read; returns the facts the manifest gets (`settings` emptied,
+        `settings_path` naming the object) and the object's entry. Written even when there are none, so that the
+        manifest does not tell whether there are. Raises RepositoryError (stored, or re-read, wrongly)."""
+        from steps.crypto.age import Encryptor
+
+        plain = settings_json(facts)
+        parts: list[bytes] = []
+        enc = Encryptor(self.recipient, parts.append)
+        enc.write(plain)
+        enc.close()
+        sealed = b"".join(parts)
+        key = prefix + SETTINGS_OBJECT + ENCRYPTED_SUFFIX
+        store.put_bytes(key, sealed)
+        want = (len(sealed), hashlib.sha256(sealed).hexdigest())
+        got = store.hash_object(key)
+        if got != want:
+            raise RepositoryError(f"{key} in {store.describe()} reads back as {got[0]} bytes, sha256 {got[1]}; "
+                                  f"{want[0]} bytes, sha256 {want[1]} were written")
+        entry = ObjectEntry(path=SETTINGS_OBJECT, size=len(plain), sha256=hashlib.sha256(plain).hexdigest(),
+                            stored_size=want[0], stored_sha256=want[1])
+        return facts.model_copy(update={"settings": [], "settings_path": SETTINGS_OBJECT}), entry
 
 
 def sealing_for(cfg: RepositoryConfig, store: Store, signer: Signer | None) -> Sealing | None:

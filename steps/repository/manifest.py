@@ -208,6 +208,42 @@ class DatabaseFacts(_Record):
     connection_limit: int = -1
     acl: list[AclEntry] | None = Field(None, description="The database's privileges; None: the defaults")
     settings: list[DatabaseSetting] = Field(default_factory=list)
+    settings_path: str | None = Field(
+        None, description="Encrypted repositories: the object holding `settings` (a JSON list of them, sealed like "
+                          "every object: values can be secrets), `settings` then empty; absent where the "
+                          "repository stores plaintext and in manifests written before it")
+
+    @field_validator("settings_path")
+    @classmethod
+    def _settings_path_is_data(cls, v: str | None) -> str | None:
+        return v if v is None else backup_path(v, "settings path")
+
+    @model_validator(mode="after")
+    def _settings_in_one_place(self) -> DatabaseFacts:
+        if self.settings_path is not None and self.settings:
+            raise ValueError("database.settings and database.settings_path are both set: the settings are either "
+                             "in the manifest or in their object")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _plain_stays_as_before(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_none(handler(self), ("settings_path",))
+
+
+SETTINGS_OBJECT = "settings.json"  # encrypted repositories: database.settings, sealed like every object
+
+
+def settings_json(facts: DatabaseFacts) -> bytes:
+    """The bytes of SETTINGS_OBJECT: `facts.settings` as a JSON list of {role, setting}."""
+    return (json.dumps([s.model_dump(mode="json") for s in facts.settings], indent=2) + "\n").encode()
+
+
+def parse_settings(data: bytes) -> list[DatabaseSetting]:
+    """SETTINGS_OBJECT read back (its sha256 checked by the caller). ValueError when it is not such a list."""
+    items = _json(data)
+    if not isinstance(items, list):
+        raise ValueError("not a JSON list")
+    return [DatabaseSetting.model_validate(i) for i in items]
 
 
 class DumpInfo(_Record):
@@ -270,6 +306,10 @@ class LogicalManifest(_Backup):
             backup_path(self.user_mappings, "user_mappings path")
             if self.user_mappings not in paths:
                 raise ValueError(f"user_mappings path {self.user_mappings!r} is not one of the backup's objects")
+        if self.database.settings_path is not None and self.database.settings_path not in paths:
+            raise ValueError(f"settings path {self.database.settings_path!r} is not one of the backup's objects")
+        if self.database.settings_path is not None and self.encryption is None:
+            raise ValueError("database.settings_path is set but the backup says no encryption")
         if self.globals.path and self.globals.path not in paths:
             raise ValueError(f"globals path {self.globals.path!r} is not one of the backup's objects")
         if self.dump.format == "directory" and not any(p.startswith(self.dump.path + "/") for p in paths):

@@ -68,6 +68,7 @@ class Enc:
     oid: int
     before: dict[str, tuple[int, str]]
     tmp: Path
+    secrets: tuple[str, str]  # values of a database setting and of a role's setting in it
 
     def config(self, name: str, *, identities: list[Path] | None = None, s3_url: str | None = None,
                encryption: bool = True) -> Path:
@@ -124,6 +125,10 @@ def enc(source_cluster: Cluster, s3_server: S3Endpoint, tmp_path_factory: pytest
     source_cluster.psql("create table app.blobs(id int primary key, b bytea); insert into app.blobs "
                         "select g, decode(string_agg(md5(g::text || x::text), ''), 'hex') "
                         "from generate_series(1, 400) g, generate_series(1, 2000) x group by g", "app")
+    # Settings whose values are secrets (a pattern of real applications): never in clear in the repository.
+    secrets = (f"sk-live-{os.urandom(12).hex()}", f"tok-{os.urandom(12).hex()}")
+    source_cluster.psql(f"alter database app set app.api_key = '{secrets[0]}'")
+    source_cluster.psql(f"alter role app_reader in database app set app.reader_token = '{secrets[1]}'")
     before = table_checksums(source_cluster, "app")
     cfg = enc_config(tmp / "repo.yaml", source_cluster, tmp / "repo", s3_server.url, bucket, [recipient],
                      keys / "ops.agekey", uploads)
@@ -135,7 +140,7 @@ def enc(source_cluster: Cluster, s3_server: S3Endpoint, tmp_path_factory: pytest
     assert set(st["targets"]["app"]["encrypted"]) == {"local", "s3"}  # repository -> epoch, for monitoring
     assert "(encrypted in local, s3)" in proc.stdout
     yield Enc(source_cluster, cfg, tmp / "repo", s3_server, bucket, keys / "ops.agekey", recipient,
-              keys / "other.agekey", uploads, st["backup_id"], oid, before, tmp)
+              keys / "other.agekey", uploads, st["backup_id"], oid, before, tmp, secrets)
 
 
 def local_backup_dir(e: Enc) -> Path:
@@ -240,6 +245,57 @@ def test_fetched_from_each_copy_decrypted_and_restored_equal_to_the_source(enc: 
     assert att.code == 0, att.stdout + att.stderr
     for rel in ("2026/contract.pdf", "notes.txt"):
         assert (dest / rel).read_bytes() == (e.uploads / rel).read_bytes()
+
+
+def db_role_settings(c: Cluster, db: str) -> list[str]:
+    """pg_db_role_setting of `db`, one `role: {setting,...}` a line (role `-` for the database's own)."""
+    return c.psql("select coalesce(nullif(setrole, 0)::regrole::text, '-') || ': ' || setconfig::text "
+                  "from pg_db_role_setting where setdatabase = (select oid from pg_database where datname = "
+                  f"'{db}') order by 1").splitlines()
+
+
+def test_the_settings_values_are_sealed_in_an_object_and_restored_exactly_under_another_name(
+        enc: Enc, pg_base: Path, pg_template: Path) -> None:
+    e = enc
+    source = db_role_settings(e.cluster, "app")
+    assert any(e.secrets[0] in line for line in source) and any(
+        line.startswith("app_reader: ") and e.secrets[1] in line for line in source)
+    prefix = e.backup_prefix()
+    for m in (json.loads((local_backup_dir(e) / "manifest.json").read_text()),
+              json.loads(e.s3_get(prefix + "manifest.json"))):
+        assert m["database"]["settings"] == [] and m["database"]["settings_path"] == "settings.json"
+        assert "settings.json" in {o["path"] for o in m["objects"]}
+    # Every byte the repositories hold, and what the backup host keeps (state, logs): only ciphertext of them.
+    held = [p.read_bytes() for root in (e.repo, e.tmp / "state") for p in root.rglob("*") if p.is_file()]
+    held += [e.s3_get(k) for k in e.s3_keys()]
+    assert len(held) > 20
+    for secret in (*e.secrets, "app.api_key", "app.reader_token"):
+        assert not [b for b in held if secret.encode() in b], secret
+    # Fetched (settings.json decrypted and checked like every object), then restored under another name: the
+    # database is created from template0 and the settings are applied from that object, not from the dump.
+    got = fetch(e, e.cfg, e.tmp / "restore-settings", "s3")
+    assert got.code == 0, got.stdout + got.stderr
+    fetched = Path(got.outputs["backup_dir"])
+    assert e.secrets[0] in (fetched / "settings.json").read_text()
+    target = make_cluster(pg_base, pg_template, "enc-settings")
+    try:
+        env = {"PGHOST": str(target.socket_dir), "PGPORT": str(target.port), "PGUSER": "postgres"}
+        restored = run_action("restore-logical", {"backup_dir": str(fetched), "db": "app_copy", "jobs": 2}, env=env)
+        assert restored.code == 0, restored.stdout + restored.stderr
+        n = e.cluster.psql("select count(*) from pg_db_role_setting, unnest(setconfig) where setdatabase = "
+                           "(select oid from pg_database where datname = 'app')")
+        assert f"with {n} settings and its ACL" in restored.stdout
+        assert db_role_settings(target, "app_copy") == source
+        assert table_checksums(target, "app_copy") == e.before
+        for secret in e.secrets:
+            assert secret not in restored.stdout + restored.stderr
+        # settings.json changed after the fetch: refused by name, nothing restored.
+        (fetched / "settings.json").write_text('[{"role": null, "setting": "app.api_key=planted"}]\n')
+        again = run_action("restore-logical", {"backup_dir": str(fetched), "db": "app_other", "jobs": 2}, env=env)
+        assert again.code == 1 and "settings.json" in again.stdout
+        assert target.psql("select count(*) from pg_database where datname = 'app_other'") == "0"
+    finally:
+        target.stop()
 
 
 # --- by hand -------------------------------------------------------------------------------------------------------

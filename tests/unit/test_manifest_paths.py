@@ -119,3 +119,45 @@ def test_fetch_file_refuses_a_bad_key_as_a_repository_error_before_opening_the_d
     os.symlink(victim, tmp_path / "out")
     store.fetch_file(key, tmp_path / "out", size=1, sha256=digest)
     assert victim.read_text() == "precious" and (tmp_path / "out").read_bytes() == b"x"
+
+
+ENC = {"epoch": "20261201T020000Z-1a2b3c4d", "recipients": []}
+SEALED = [{**o, "stored_size": 2, "stored_sha256": SHA} for o in
+          [*GOOD, {"path": "settings.json", "size": 1, "sha256": SHA}]]
+
+
+def with_settings_path(path: str, settings: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    d = json.loads(logical([]))["database"]
+    return {**d, "settings_path": path, "settings": settings or []}
+
+
+def test_sealed_settings_are_an_object_of_an_encrypted_backup() -> None:
+    m = parse_logical(logical(SEALED, database=with_settings_path("settings.json"), encryption=ENC))
+    assert m.database.settings_path == "settings.json" and m.database.settings == []
+
+
+@pytest.mark.parametrize(("objects", "database", "encryption"), [
+    (SEALED, with_settings_path("elsewhere.json"), ENC),             # not an object: its sha256 is never checked
+    (SEALED, with_settings_path("../settings.json"), ENC),
+    (SEALED, with_settings_path("settings.json", [{"role": None, "setting": "a=b"}]), ENC),  # both places
+    ([*GOOD, {"path": "settings.json", "size": 1, "sha256": SHA}], with_settings_path("settings.json"), None),
+])
+def test_a_settings_path_that_is_not_a_sealed_object_of_the_backup_is_refused(
+        objects: list[dict[str, Any]], database: dict[str, Any], encryption: dict[str, Any] | None) -> None:
+    more: dict[str, Any] = {"database": database}
+    if encryption is not None:
+        more["encryption"] = encryption
+    with pytest.raises(ValidationError):
+        parse_logical(logical(objects, **more))
+
+
+def test_a_plaintext_manifest_with_settings_is_written_as_before() -> None:
+    from steps.repository.manifest import to_json
+
+    d = json.loads(logical([]))["database"]
+    d["settings"] = [{"role": None, "setting": "app.api_key=x"}, {"role": "r", "setting": "work_mem=8MB"}]
+    m = parse_logical(logical(GOOD, database=d))
+    out = to_json(m)
+    assert b"settings_path" not in out and b"encryption" not in out
+    assert json.loads(out)["database"]["settings"] == d["settings"]
+    assert to_json(parse_logical(out)) == out
