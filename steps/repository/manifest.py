@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from datetime import datetime
 from enum import IntEnum
@@ -234,16 +235,19 @@ SETTINGS_OBJECT = "settings.json"  # encrypted repositories: database.settings, 
 
 
 def settings_json(facts: DatabaseFacts) -> bytes:
-    """The bytes of SETTINGS_OBJECT: `facts.settings` as a JSON list of {role, setting}."""
-    return (json.dumps([s.model_dump(mode="json") for s in facts.settings], indent=2) + "\n").encode()
+    """The bytes of SETTINGS_OBJECT: {"salt", "settings": [{role, setting}, ...]}. The manifest keeps this
+    object's plaintext sha256 in clear, so the random salt is what stops anyone from confirming a guessed
+    setting value (or an empty list) by hashing candidates."""
+    doc = {"salt": os.urandom(16).hex(), "settings": [s.model_dump(mode="json") for s in facts.settings]}
+    return (json.dumps(doc, indent=2) + "\n").encode()
 
 
 def parse_settings(data: bytes) -> list[DatabaseSetting]:
-    """SETTINGS_OBJECT read back (its sha256 checked by the caller). ValueError when it is not such a list."""
-    items = _json(data)
-    if not isinstance(items, list):
-        raise ValueError("not a JSON list")
-    return [DatabaseSetting.model_validate(i) for i in items]
+    """SETTINGS_OBJECT read back (its sha256 checked by the caller). ValueError when it is not such an object."""
+    doc = _json(data)
+    if not isinstance(doc, dict) or not isinstance(doc.get("settings"), list):
+        raise ValueError('not a JSON object with a "settings" list')
+    return [DatabaseSetting.model_validate(i) for i in doc["settings"]]
 
 
 class DumpInfo(_Record):

@@ -161,3 +161,16 @@ def test_a_plaintext_manifest_with_settings_is_written_as_before() -> None:
     assert b"settings_path" not in out and b"encryption" not in out
     assert json.loads(out)["database"]["settings"] == d["settings"]
     assert to_json(parse_logical(out)) == out
+
+
+def test_the_sealed_settings_carry_a_salt_so_their_clear_sha256_confirms_no_guess() -> None:
+    from steps.repository.manifest import DatabaseFacts, DatabaseSetting, parse_settings, settings_json
+
+    facts = DatabaseFacts.model_construct(settings=[DatabaseSetting(role=None, setting="app.api_key=guessable")])
+    empty = DatabaseFacts.model_construct(settings=[])
+    a, b = settings_json(facts), settings_json(facts)
+    assert a != b and hashlib.sha256(a).digest() != hashlib.sha256(b).digest()
+    assert settings_json(empty) != settings_json(empty)
+    assert parse_settings(a) == parse_settings(b) == facts.settings
+    with pytest.raises(ValueError, match="settings"):
+        parse_settings(b'[{"role": null, "setting": "a=b"}]')
