@@ -236,16 +236,33 @@ def test_a_headless_driver_at_a_prompt_lets_go_without_a_key(room: Path) -> None
     assert [e["type"] for e in _events(room, run_id)].count("step-started") == 1  # run once, by the new driver
 
 
-def test_an_operator_alone_is_told_the_way_out_and_it_works(room: Path) -> None:
+def test_an_operator_alone_is_told_the_way_out_and_it_works(room: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Nobody to approve: the waiting driver names the command that goes on without the two-person rule; after an
     interrupt, that resume runs the step and the journal records the policy change."""
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")  # the driver's lines reach the pipe as they are printed
     proc = _driver(room, "--yes", "--confirm", "drop=drop")
-    run_id = _run_id(room)
-    _pending(room, run_id)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=30)
-    way_out = f"runbook resume {run_id} --state-dir {room / 'state'} --approver-policy none"
-    assert way_out in " ".join(out.split())
+    try:
+        assert proc.stdout is not None
+        seen = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if "nobody else on call" in "".join(seen) and "(journaled)" in line:
+                break
+        out = "".join(seen)
+        assert "nobody else on call" in out, out
+        run_id = _run_id(room)
+        way_out = f"runbook resume {run_id} --state-dir {room / 'state'} --approver-policy none"
+        assert way_out in " ".join(out.split())
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
     assert not any(e["type"] == "step-finished" and e.get("step") == "drop" for e in _events(room, run_id))
     resumed = _cli("resume", run_id, "--state-dir", str(room / "state"), "--approver-policy", "none", "--headless",
                    "--yes", "--confirm", "drop=drop")
