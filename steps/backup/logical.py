@@ -186,6 +186,7 @@ class BackupRun:
         self.signer: Signer | None = None
         self.trust: Trust | None = None
         self.sealings: dict[str, Sealing | None] = {}  # repository -> the key it encrypts with (None: plaintext)
+        self._settings_plain: dict[str, bytes] = {}  # backup id/database -> its sealed settings' plaintext, made once
 
     # --- the whole run ---------------------------------------------------------------------------
 
@@ -313,7 +314,11 @@ class BackupRun:
         objects = with_stored(manifest.objects, stored)
         update: dict[str, Any] = {}
         if isinstance(manifest, LogicalManifest):  # its settings' values can be secrets: sealed, not in clear
-            facts, entry = sealing.seal_settings(store, prefix, manifest.database)
+            from steps.repository.manifest import settings_json
+
+            plain = self._settings_plain.setdefault(f"{manifest.backup_id}/{manifest.database.name}",
+                                                    settings_json(manifest.database))
+            facts, entry = sealing.seal_settings(store, prefix, manifest.database, plain)
             objects.append(entry)
             update["database"] = facts.model_dump(mode="json")
         data = manifest.model_dump(mode="json") | update | {

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from steps.repository.layout import ENCRYPTED_SUFFIX
-from steps.repository.manifest import SETTINGS_OBJECT, DatabaseFacts, Encryption, ObjectEntry, settings_json
+from steps.repository.manifest import SETTINGS_OBJECT, DatabaseFacts, Encryption, ObjectEntry
 from steps.repository.store import ObjectStream, RepositoryError, Store, StoreName
 
 if TYPE_CHECKING:
@@ -70,14 +70,15 @@ class Sealing:
 
         return encrypt_file(src, dst, self.recipient)
 
-    def seal_settings(self, store: Store, prefix: str, facts: DatabaseFacts) -> tuple[DatabaseFacts, ObjectEntry]:
-        """The database's settings (`name=value`: values can be secrets) as the object SETTINGS_OBJECT, stored
+    def seal_settings(self, store: Store, prefix: str, facts: DatabaseFacts,
+                      plain: bytes) -> tuple[DatabaseFacts, ObjectEntry]:
+        """The database's settings (`name=value`: values can be secrets), `plain` = settings_json(facts) made once
+        per backup (its random salt then the same in every repository), as the object SETTINGS_OBJECT, stored
         encrypted under `prefix` and re-read; returns the facts the manifest gets (`settings` emptied,
         `settings_path` naming the object) and the object's entry. Written even when there are none, so that the
         manifest does not tell whether there are. Raises RepositoryError (stored, or re-read, wrongly)."""
         from steps.crypto.age import Encryptor
 
-        plain = settings_json(facts)
         parts: list[bytes] = []
         enc = Encryptor(self.recipient, parts.append)
         enc.write(plain)

@@ -240,7 +240,13 @@ def test_an_operator_alone_is_told_the_way_out_and_it_works(room: Path, monkeypa
     """Nobody to approve: the waiting driver names the command that goes on without the two-person rule; after an
     interrupt, that resume runs the step and the journal records the policy change."""
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")  # the driver's lines reach the pipe as they are printed
-    proc = _driver(room, "--yes", "--confirm", "drop=drop")
+    # A terminal's Ctrl-C reaches a process whose SIGINT is not ignored; a test runner may have inherited it
+    # ignored (a background job of a shell), and an ignored SIGINT stays ignored across exec.
+    previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        proc = _driver(room, "--yes", "--confirm", "drop=drop")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         assert proc.stdout is not None
         seen = []
