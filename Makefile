@@ -10,8 +10,9 @@ setup:
 demo: setup
 	$(VENV)/bin/runbook demo
 
+# Three workers on two cores: most of the suite waits on PostgreSQL, S3 and child processes; one module per worker.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 3 --dist loadfile
 
 test-fast: setup
 	$(PY) -m pytest -q tests/unit

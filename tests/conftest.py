@@ -105,10 +105,29 @@ _cluster_numbers = itertools.count(1)
 _LAYERS = {"unit": "unit", "integration": "integration", "tui": "tui"}
 
 
+# The modules that take longest (each builds sandboxes, drives tmux, or runs many recoveries), longest first, as
+# measured with `pytest --durations=0`. `make test` runs the suite on several workers, one module per worker at a
+# time (`--dist loadfile`); starting these first keeps one of them from being the last thing a worker does.
+_LONGEST_FIRST = (
+    "integration/test_demo.py", "integration/test_demo_encrypted.py", "integration/test_signing.py",
+    "integration/test_pitr.py", "integration/test_pitr_encrypted.py", "integration/test_cluster_identity.py",
+    "integration/test_incident_room.py", "tui/test_tmux_watch.py", "integration/test_hostile_base_backup.py",
+    "tui/test_tmux.py", "integration/test_wal.py", "integration/test_wal_check.py", "integration/test_status.py",
+)
+
+
+def _schedule_rank(item: pytest.Item) -> int:
+    rel = Path(str(item.path)).relative_to(ROOT / "tests").as_posix()
+    return _LONGEST_FIRST.index(rel) if rel in _LONGEST_FIRST else len(_LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test with its layer (the directory under tests/ it lives in): `-m unit` is the fast lane."""
+    """Mark each test with its layer (the directory under tests/ it lives in): `-m unit` is the fast lane.
+
+    And put the longest modules first (a stable sort: the order inside a module, and of the rest, is kept)."""
     for item in items:
         layer = _LAYERS.get(Path(str(item.path)).relative_to(ROOT / "tests").parts[0])
         if layer is not None:
             item.add_marker(getattr(pytest.mark, layer))
+    items.sort(key=_schedule_rank)
 from tests.support.server_venv import server_venv  # noqa: E402,F401  (session: the venv the server user runs)

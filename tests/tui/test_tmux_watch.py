@@ -59,7 +59,12 @@ def test_a_watcher_follows_a_sandbox_drill_at_80x24(tmux: Tmux, tmp_path: Path, 
         assert len(seen_titles) >= 3, seen_titles  # it followed the steps one after the other
         numbers = [int(t.split("/")[0]) for t in seen_titles]
         assert numbers == sorted(numbers), seen_titles
-        assert (tmp_path / "exit").read_text().strip() == "0"
+        exit_file = tmp_path / "exit"  # the driver closes its run, then its demo reports and exits
+        deadline = time.monotonic() + 120
+        while not exit_file.exists():
+            assert time.monotonic() < deadline, f"the drill never exited; its terminal:\n{tmux.screen()}"
+            time.sleep(0.2)
+        assert exit_file.read_text().strip() == "0"
         events = read_journal(runs / run_id / "journal.jsonl").events
         assert events[-1]["type"] == "run-finished" and events[-1]["status"] == "completed"
         watcher.keys("q")

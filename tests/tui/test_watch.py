@@ -107,7 +107,7 @@ async def test_the_end_of_the_run_shows_the_summary(state_dir: Path) -> None:
         for sid in ("restore", "verify"):
             d.event("step-skipped", step=sid, reason="drill")
         d.at(41).close("completed")
-        await until(pilot, lambda: isinstance(app.screen, WatchSummaryScreen))
+        await until(pilot, lambda: isinstance(app.screen, WatchSummaryScreen) and bool(app.screen.query("#summary-body")))
         body = _text(app, "#summary-body")
         assert "COMPLETED" in body and "RTO" in body and "0:41:00 of 2:00:00" in body
         assert "fetch: drill: no backup here" in body
@@ -129,7 +129,7 @@ async def test_a_run_that_has_ended_opens_on_its_summary(state_dir: Path) -> Non
     d.at(30).close("aborted")
     app = _app(state_dir, clock)
     async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, WatchSummaryScreen))
+        await until(pilot, lambda: isinstance(app.screen, WatchSummaryScreen) and bool(app.screen.query("#summary-body")))
         assert "ABORTED" in _text(app, "#summary-body")
 
 
@@ -288,7 +288,7 @@ async def test_another_source_plugs_in_without_a_run_directory(state_dir: Path) 
         await pilot.pause(0.1)
         assert isinstance(app.screen, WatchScreen)
         relay.given = len(relay.events)
-        await until(pilot, lambda: isinstance(app.screen, WatchSummaryScreen))
+        await until(pilot, lambda: isinstance(app.screen, WatchSummaryScreen) and bool(app.screen.query("#summary-body")))
         body = _text(app, "#summary-body")
         assert "COMPLETED" in body and "not on this host: run 20261125T031000Z-restore-latest-5eed via a relay" in body
         assert f"runbook report {RUN_ID}, on the host that ran it" in body
