@@ -183,6 +183,12 @@ def gather_fleet(source: Path, file: Path | None, *, explicit_file: bool, state_
         fleet.error = f"no repository config (*.yaml, *.yml) in {source}"
         return fleet
 
+    # What every line imports, imported once before the threads start (not eight threads in the import lock).
+    import steps.proof.check  # noqa: F401
+    import steps.repository.catalogue  # noqa: F401
+    import steps.repository.config  # noqa: F401
+    import steps.wal.store  # noqa: F401
+
     def one(cfg: Path, cluster_dir: str | None = None) -> Callable[[], Report]:
         return lambda: gather(str(cfg), file, explicit_file=explicit_file, state_dir=state_dir, now=now,
                               cluster=cluster, allow_unsigned=allow_unsigned, cluster_dir=cluster_dir)

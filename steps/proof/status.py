@@ -107,13 +107,22 @@ class Report:
 # --- gathering --------------------------------------------------------------------------------------------
 
 
+_RUNBOOKS: dict[tuple[str, int, int], Any] = {}
+
+
 def _runbook_facts(file: Path | None, explicit: bool) -> tuple[Any, dict[str, Any]]:
     from runbook.loader import load_runbook
 
     if file is None or (not explicit and not file.exists()):
         return None, {"file": None, "name": None, "targets": {"rto_s": DEFAULT_RTO_S, "rpo_s": DEFAULT_RPO_S},
                       "note": "no runbook file: the plan's default targets (RTO 2 h, RPO 5 min)"}
-    rb = load_runbook(file)
+    st = file.stat() if file.exists() else None
+    key = (str(file.resolve()), st.st_mtime_ns if st else 0, st.st_size if st else 0)
+    rb = _RUNBOOKS.get(key)
+    if rb is None:  # a fleet's lines read one runbook: parsed and validated once (the models are not changed)
+        rb = load_runbook(file)
+        _RUNBOOKS.clear()
+        _RUNBOOKS[key] = rb
     return rb, {"file": str(file), "name": rb.name, "scenarios": list(rb.scenarios),
                 "targets": {"rto_s": rb.targets.rto.total_seconds(), "rpo_s": rb.targets.rpo.total_seconds()}}
 

@@ -37,10 +37,7 @@ def test_openmetrics_is_read_back_by_prometheus_client() -> None:
     fleet = _fleet()
     text = openmetrics(fleet)
     assert text.endswith("# EOF\n")
-    families = {f.name: f for f in text_string_to_metric_families(text)}
-    # the parser names a family without its unit suffix
-    by_name = {f.name + ("_seconds" if f.unit == "seconds" and not f.name.endswith("_seconds") else ""): f
-               for f in families.values()}
+    by_name = {f.name: f for f in text_string_to_metric_families(text)}
     for name, _, _ in METRICS:
         assert name in by_name, (name, sorted(by_name))
         f = by_name[name]
