@@ -53,13 +53,17 @@ class FleetScreen(Screen[None]):
 
     @staticmethod
     def _label(config: Any, line: dict[str, Any] | None) -> Text:
-        name = Text(f"{config.stem:16} ", style="bold")
+        stem = config.stem if len(config.stem) <= 16 else config.stem[:7] + "…" + config.stem[-8:]
+        name = Text(f"{stem:16} ", style="bold")
         if line is None:
             return name + Text(str(config), style="dim")
         style = {"ok": "green", "warning": "bold yellow"}.get(line["verdict"], "bold red")
         shown = {"ok": "ok", "warning": "WARNING", "red": "RED"}.get(line["verdict"], "ERROR")
         why = (line.get("error") or next(iter(line.get("reasons") or []), "")) if line["verdict"] != "ok" else ""
-        return name + Text(f"{shown:8}", style=style) + Text(f"{why}  ({config})" if why else str(config), style="dim")
+        why = why.split(": ", 1)[1] if why.split(": ", 1)[0] in ("red", "warning") else why
+        why = why.replace(f"{config.absolute()}:", "").strip()
+        why = why if len(why) <= 50 else why[:49] + "…"  # one line at 80 columns; status -c shows the rest
+        return name + Text(f"{shown:8}", style=style) + Text(why or str(config), style="dim")
 
     def on_mount(self) -> None:
         self.query_one(OptionList).focus()
