@@ -5,7 +5,8 @@ runbook's `fleet:`), or a single config. Each config is one line, named after it
 `billing`), judged by `steps.proof.status.gather` exactly as `runbook status -c FILE` judges it. One repository
 may hold several cluster directories (`clusters/<system identifier>/`, steps.repository.layout): a directory that
 no config's cluster claims (the cluster that answers has another identifier, or no config names it) is a line
-of its own, named `<config>/<system identifier>`, judged from the repository alone.
+of its own, named `<config>/<system identifier>`, judged from the repository alone (a name there that is not a
+system identifier, 1 to 20 digits, is not read).
 
 - A config that cannot be read is a line with the verdict `could not run` and the reason; the others still show.
 - A cluster that does not answer is `red` here (a fleet view that cannot see a cluster cannot vouch for it; the
@@ -21,6 +22,7 @@ machine-readable forms are documented in docs/commands.md and kept stable: `as_j
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from steps.proof.status import EXIT, Report, gather, worst
 SCHEMA_VERSION = 1
 CONFIG_SUFFIXES = (".yaml", ".yml")
 MAX_THREADS = 8
+SYSID = re.compile(r"[0-9]{1,20}")  # a system identifier: what a cluster directory is named
 
 
 @dataclass
@@ -209,6 +212,8 @@ def gather_fleet(source: Path, file: Path | None, *, explicit_file: bool, state_
         for cfg, rep in zip(configs, reports, strict=True):
             for r in rep.repositories.values():
                 for sysid in r.get("clusters", []) if r.get("ok") else []:
+                    if not SYSID.fullmatch(sysid):  # the repository is hostile input: only identifiers are read
+                        continue
                     key = (r["where"], sysid)
                     # one line per directory: a config's local and s3 copies of one directory are one cluster
                     if key not in covered and key not in extra and (cfg, sysid) not in {

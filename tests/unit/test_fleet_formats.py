@@ -88,3 +88,26 @@ def test_configs_of_a_directory(tmp_path: Path) -> None:
     assert configs_of(tmp_path / "b.yaml") == [tmp_path / "b.yaml"]
     with pytest.raises(FileNotFoundError, match="neither a directory"):
         configs_of(tmp_path / "missing")
+
+
+def test_cluster_directories_of_a_repository_are_lines_and_only_identifiers_count(tmp_path: Path) -> None:
+    """A repository holding several cluster directories: each one no config claims is a line of its own, judged
+    from the repository alone; a directory whose name is not a system identifier (written by whoever could write
+    the repository: an escape sequence, a dot name) is not read, nor shown."""
+    from steps.proof.fleet import gather_fleet
+
+    repo = tmp_path / "repo"
+    for name in ("123", "456", "bad\x1b[31mname", "..."):
+        (repo / "clusters" / name / "wal").mkdir(parents=True)
+    (tmp_path / "fleet").mkdir()
+    (tmp_path / "fleet" / "alpha.yaml").write_text(
+        f"version: 1\ncluster: {{host: {tmp_path / 'nowhere'}, port: 5432}}\nlocal: {{path: {repo}}}\n")
+    (tmp_path / "fleet" / "broken.yaml").write_text("version: 1\nlocal: [\n")
+    fleet = gather_fleet(tmp_path / "fleet", None, explicit_file=False, state_dir=tmp_path / "state", now=NOW,
+                         cluster=False)
+    assert [ln.name for ln in fleet.lines] == ["alpha", "broken", "alpha/123", "alpha/456"]
+    by = {ln.name: ln for ln in fleet.lines}
+    assert by["alpha/456"].cluster_dir == "456" and by["alpha/456"].verdict == "red"
+    assert any("no readable backup" in r for r in by["alpha/456"].reasons)
+    assert by["broken"].verdict == "could not run" and "broken.yaml" in str(by["broken"].error)
+    assert fleet.exit_code == 3
