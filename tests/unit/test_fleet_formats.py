@@ -111,3 +111,18 @@ def test_cluster_directories_of_a_repository_are_lines_and_only_identifiers_coun
     assert any("no readable backup" in r for r in by["alpha/456"].reasons)
     assert by["broken"].verdict == "could not run" and "broken.yaml" in str(by["broken"].error)
     assert fleet.exit_code == 3
+
+
+def test_a_cluster_that_does_not_answer_is_red_naming_why(tmp_path: Path) -> None:
+    """Its socket directory has no server (no connection is made: nothing listens): the line is red, its reasons
+    say the cluster does not answer and why, and the repository's facts are still there."""
+    from steps.proof.fleet import gather_fleet
+
+    (tmp_path / "repo" / "clusters").mkdir(parents=True)
+    (tmp_path / "fleet").mkdir()
+    (tmp_path / "fleet" / "alpha.yaml").write_text(
+        f"version: 1\ncluster: {{host: {tmp_path / 'nowhere'}, port: 5432}}\nlocal: {{path: {tmp_path / 'repo'}}}\n")
+    (line,) = gather_fleet(tmp_path / "fleet", None, explicit_file=False, state_dir=tmp_path / "state", now=NOW).lines
+    assert line.verdict == "red" and line.reachable is False and line.error is None
+    answer = [r for r in line.reasons if r.startswith("red: the cluster does not answer: ")]
+    assert answer and str(tmp_path / "nowhere") in answer[0] and "\n" not in answer[0]
