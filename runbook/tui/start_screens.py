@@ -45,8 +45,8 @@ class FleetScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(Text.assemble((self.runbook.name, "bold"), " · which cluster?"), id="start-title")
-        yield Static(f"The fleet in {escape(self.source)}: choose the cluster this run recovers (its config becomes "
-                     f"the parameter {escape(self.param)}).", classes="explain")
+        yield Static(f"The fleet in {escape(self.source)}: choose the cluster this run recovers with ↑↓ and Enter "
+                     f"(its config becomes the parameter {escape(self.param)}).", classes="explain")
         yield Static(Text("asking runbook status --all…", style="dim"), id="verdict")
         yield OptionList(*[Option(self._label(c, None), id=str(i)) for i, c in enumerate(self.configs)], id="clusters")
         yield Footer()
