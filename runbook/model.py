@@ -244,6 +244,9 @@ class Runbook(Strict):
     secrets: Secrets | None = None
     repository: str | None = Field(None, description="Template: path of the repository config (backups, WAL); "
                                    "live and drill runs take the recovery lock in it (locks/<target>.json)")
+    fleet: str | None = Field(None, description="Directory of repository configs, one per cluster (relative: to this "
+                              "file's directory): `runbook status --all` reads it, and the start screen lists its "
+                              "clusters and sets the parameter `repository:` names to the config of the one chosen")
     scenarios: dict[Annotated[str, Field(pattern=STEP_ID)], Scenario] = Field(default_factory=dict)
     approvals: Approvals = Field(default_factory=lambda: Approvals.model_validate({}))
     reminders: list[Reminder] = Field(default_factory=list, description="Timed duties that re-arm during the run")

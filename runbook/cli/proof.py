@@ -61,8 +61,15 @@ def register(sub: Any) -> None:
     s = sub.add_parser("status", help="would we make it now? RPO exposure, backups per level, drills, projected RTO "
                        "against the runbook's targets (exit 0 ok, 1 warning, 2 red, 3 could not run)")
     s.add_argument("file", nargs="?", help="the runbook whose targets and scenarios count (default: ./runbook.yaml)")
-    add_config(s)
-    s.add_argument("--json", action="store_true", help="one JSON document for monitoring")
+    s.add_argument("-c", "--config", metavar="REPO_CONFIG|DIR",
+                   help="the repository config (default: $RUNBOOK_CONFIG, then /etc/runbook/repository.yaml); with "
+                        "--all also a directory of configs, one per cluster (default: the runbook's fleet:)")
+    s.add_argument("--all", action="store_true", help="the fleet: one line per cluster of every config in -c DIR "
+                   "(or the runbook's fleet:) and per cluster directory of their repositories; exit: the worst")
+    s.add_argument("--json", action="store_true", help="one JSON document for monitoring (= --format json)")
+    s.add_argument("--format", choices=["text", "json", "openmetrics"], default="text",
+                   help="with --all: text (default), json, or openmetrics (Prometheus: node_exporter's textfile "
+                        "collector, or a scrape)")
     s.add_argument("--one-line", action="store_true", help="only the verdict line")
     add_state_dir(s)
     s.add_argument("--now", metavar="TIME", help="evaluate as if at this ISO 8601 time (what-if; tests)")
@@ -243,6 +250,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     sdir = state_dir(args)
     explicit = args.file is not None
     file = Path(args.file) if explicit else Path("runbook.yaml")
+    if args.all:
+        from runbook.cli.fleet import cmd_status_all
+
+        if args.one_line:
+            print("runbook: status: --one-line shows one cluster; --all shows one line per cluster already",
+                  file=sys.stderr)
+            return status.EXIT["could not run"]
+        return cmd_status_all(args, now, sdir, file, explicit)
+    if args.format == "openmetrics":
+        print("runbook: status: --format openmetrics goes with --all (a fleet of one: -c CONFIG --all)",
+              file=sys.stderr)
+        return status.EXIT["could not run"]
+    if args.format == "json":
+        args.json = True
     try:
         rep = status.gather(args.config, file, explicit_file=explicit, state_dir=sdir, now=now,
                             cluster=not args.no_cluster, allow_unsigned=args.allow_unsigned)

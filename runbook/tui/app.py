@@ -22,11 +22,12 @@ from runbook.session import RunOptions, open_new_run, open_resume
 from runbook.state import RunState, list_runs
 from runbook.tui.modals import ErrorModal
 from runbook.tui.run_screen import RunEnded, RunScreen
-from runbook.tui.start_screens import ParamsScreen, ResumeOfferScreen
+from runbook.tui.start_screens import FleetScreen, ParamsScreen, ResumeOfferScreen
 from runbook.tui.summary_screen import SummaryScreen
 
 EXIT_CODES = {"completed": 0, "failed": 1, "aborted": 1, "detached": 4}
 STATUS_TIMEOUT_S = 8.0  # the start screen's verdict line (runbook status) gives up after this
+FLEET_STATUS_TIMEOUT_S = 20.0  # the fleet screen's verdicts (runbook status --all)
 
 
 class RunbookApp(App[int]):
@@ -59,6 +60,15 @@ class RunbookApp(App[int]):
             self.push_screen(RunScreen(self.engine))
             return
         assert self.runbook is not None
+        fleet = self._fleet()
+        if fleet is not None:
+            self.push_screen(fleet)
+            self.run_worker(self._fleet_verdicts(fleet), group="status", exclusive=True, exit_on_error=False)
+            return
+        self._offer_or_params()
+
+    def _offer_or_params(self) -> None:
+        assert self.runbook is not None
         open_runs = [
             r for r in list_runs(self.state_dir)
             if isinstance(r, RunState) and r.runbook_name == self.runbook.name and not r.closed
@@ -67,6 +77,72 @@ class RunbookApp(App[int]):
             self.push_screen(ResumeOfferScreen(self.runbook, open_runs))
         else:
             self.show_params()
+
+    def _fleet(self) -> FleetScreen | None:
+        """The cluster chooser, when the runbook names a `fleet:` directory holding configs and its `repository:`
+        is one parameter not given yet (`--set`, the profile): choosing sets that parameter."""
+        from runbook.templating import parse_refs
+
+        rb = self.runbook
+        if rb is None or not rb.fleet or not rb.repository:
+            return None
+        try:
+            refs = parse_refs(rb.repository)
+        except Exception:  # noqa: BLE001 - the validator reports a bad template; no chooser
+            return None
+        if len(refs) != 1 or refs[0].kind != "param" or rb.repository.strip() != "{{ " + refs[0].name + " }}" \
+                or refs[0].name in self.given:
+            return None
+        from steps.proof.fleet import configs_of
+
+        source = Path(rb.fleet).expanduser()
+        if not source.is_absolute():
+            source = self.opts.runbook_path.resolve().parent / source
+        try:
+            configs = configs_of(source)
+        except OSError as e:
+            self.notify(f"The runbook's fleet cannot be read: {e}", title="No cluster list", severity="warning",
+                        timeout=12)
+            return None
+        if not configs:
+            return None
+        return FleetScreen(rb, str(source), configs, refs[0].name)
+
+    def choose_cluster(self, config: Path) -> None:
+        """The fleet screen's choice: its config is the `repository:` parameter of the form and of the run."""
+        assert isinstance(self.screen, FleetScreen)
+        self.given = {**self.given, self.screen.param: str(config.absolute())}
+        self._offer_or_params()
+
+    async def _fleet_verdicts(self, screen: FleetScreen) -> None:
+        """`runbook status --all --json` over the fleet in a child process, bounded: the UI never waits on it."""
+        import asyncio
+        import json
+        import sys
+
+        argv = [sys.executable, "-m", "runbook", "status", str(self.opts.runbook_path), "--all", "-c", screen.source,
+                "--state-dir", str(self.state_dir), "--json", "--connect-timeout", "3"]
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout=FLEET_STATUS_TIMEOUT_S)
+        except asyncio.CancelledError:  # a cluster was chosen, or the app quits: the child goes too
+            proc.kill()
+            await asyncio.shield(proc.wait())
+            raise
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            screen.set_fleet(None, f"no answer within {FLEET_STATUS_TIMEOUT_S:g} s (runbook status --all -c "
+                             f"{screen.source})", 3)
+            return
+        try:
+            doc = json.loads(out)
+        except ValueError:
+            screen.set_fleet(None, "runbook status --all gave no answer", 3)
+            return
+        counts = ", ".join(f"{n} {v}" for v, n in doc.get("counts", {}).items() if n)
+        screen.set_fleet(doc, f"fleet: {str(doc.get('verdict', '?')).upper()} ({counts})", proc.returncode)
 
     def action_noop(self) -> None:
         """Ctrl+C does not kill the cockpit mid-step; q quits (asking first while a step runs)."""
@@ -148,6 +224,10 @@ class RunbookApp(App[int]):
                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout=STATUS_TIMEOUT_S)
+        except asyncio.CancelledError:  # the run started, or the app quits: the child goes too
+            proc.kill()
+            await asyncio.shield(proc.wait())
+            raise
         except TimeoutError:
             proc.kill()
             await proc.wait()

@@ -1,4 +1,5 @@
-"""Before a run: offer to resume an open run of this runbook, then the parameter form.
+"""Before a run: the fleet's clusters to choose from (a runbook with `fleet:`), the offer to resume an open run of
+this runbook, then the parameter form.
 
 The form validates each value live against its type and pattern (the same code the engine uses);
 Start stays disabled while anything is wrong. Opening the run (lock, secrets) happens on Start.
@@ -25,6 +26,65 @@ from runbook.model import Runbook
 from runbook.params import coerce, to_text
 from runbook.session import RunOptions
 from runbook.state import RunState
+
+
+class FleetScreen(Screen[None]):
+    """The runbook's `fleet:` lists several clusters (one repository config each): choose the one to recover. The
+    chosen config becomes the parameter the runbook's `repository:` names, for the form and the run. Each line
+    gets its verdict from `runbook status --all` (a child process, bounded) once it answers; choosing does not
+    wait for it."""
+
+    BINDINGS = [Binding("q", "app.quit", "Quit", id="fleet.quit", tooltip="Leave without starting anything")]
+
+    def __init__(self, runbook: Runbook, source: str, configs: list[Any], param: str) -> None:
+        super().__init__()
+        self.runbook = runbook
+        self.source = source
+        self.configs = configs  # Path of each repository config, in the order shown
+        self.param = param
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text.assemble((self.runbook.name, "bold"), " · which cluster?"), id="start-title")
+        yield Static(f"The fleet in {escape(self.source)}: choose the cluster this run recovers with ↑↓ and Enter "
+                     f"(its config becomes the parameter {escape(self.param)}).", classes="explain")
+        yield Static(Text("asking runbook status --all…", style="dim"), id="verdict")
+        yield OptionList(*[Option(self._label(c, None), id=str(i)) for i, c in enumerate(self.configs)], id="clusters")
+        yield Footer()
+
+    @staticmethod
+    def _label(config: Any, line: dict[str, Any] | None) -> Text:
+        stem = config.stem if len(config.stem) <= 16 else config.stem[:7] + "…" + config.stem[-8:]
+        name = Text(f"{stem:16} ", style="bold")
+        if line is None:
+            return name + Text(str(config), style="dim")
+        style = {"ok": "green", "warning": "bold yellow"}.get(line["verdict"], "bold red")
+        shown = {"ok": "ok", "warning": "WARNING", "red": "RED"}.get(line["verdict"], "ERROR")
+        why = (line.get("error") or next(iter(line.get("reasons") or []), "")) if line["verdict"] != "ok" else ""
+        why = why.split(": ", 1)[1] if why.split(": ", 1)[0] in ("red", "warning") else why
+        why = why.replace(f"{config.absolute()}:", "").strip()
+        why = why if len(why) <= 50 else why[:49] + "…"  # one line at 80 columns; status -c shows the rest
+        return name + Text(f"{shown:8}", style=style) + Text(why or str(config), style="dim")
+
+    def on_mount(self) -> None:
+        self.query_one(OptionList).focus()
+
+    def set_fleet(self, doc: dict[str, Any] | None, line: str, exit_code: int | None) -> None:
+        """`runbook status --all --json`'s document (None: it did not answer): each config's line gets its verdict."""
+        style = {0: "green", 1: "bold yellow", 2: "bold red"}.get(exit_code if exit_code is not None else 3, "yellow")
+        with contextlib.suppress(Exception):  # the screen may be gone already (a cluster was chosen)
+            self.query_one("#verdict", Static).update(Text(line, style=style))
+            if doc is None:
+                return
+            lines = {(c["config"], c["name"]): c for c in doc.get("clusters", [])}
+            options = self.query_one(OptionList)
+            for i, config in enumerate(self.configs):
+                found = lines.get((str(config.absolute()), config.stem))
+                if found is not None:
+                    options.replace_option_prompt(str(i), self._label(config, found))
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        app: Any = self.app
+        app.choose_cluster(self.configs[int(str(event.option.id))])
 
 
 class ResumeOfferScreen(Screen[None]):

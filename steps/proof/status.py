@@ -75,6 +75,7 @@ class Report:
     projected: dict[str, dict[str, Any]] = field(default_factory=dict)
     rto: dict[str, Any] = field(default_factory=dict)
     integrity: dict[str, Any] = field(default_factory=dict)  # backups and summaries refused, unsigned accepted
+    cluster_dir: str | None = None  # the repository's cluster directory (system identifier) judged
     verdict: str = "ok"
     error: str | None = None
 
@@ -85,7 +86,7 @@ class Report:
     def as_json(self) -> dict[str, Any]:
         return {"generated_at": self.now.isoformat(), "verdict": self.verdict, "exit_code": self.exit_code,
                 "error": self.error, "runbook": self.runbook, "repositories": self.repositories,
-                "cluster": self.cluster, "rpo": self.rpo, "rto": self.rto, "backups": self.backups,
+                "cluster": self.cluster, "cluster_dir": self.cluster_dir, "rpo": self.rpo, "rto": self.rto, "backups": self.backups,
                 "drills": self.drills, "projected_rto": self.projected, "integrity": self.integrity}
 
     def one_line(self) -> str:
@@ -106,13 +107,22 @@ class Report:
 # --- gathering --------------------------------------------------------------------------------------------
 
 
+_RUNBOOKS: dict[tuple[str, int, int], Any] = {}
+
+
 def _runbook_facts(file: Path | None, explicit: bool) -> tuple[Any, dict[str, Any]]:
     from runbook.loader import load_runbook
 
     if file is None or (not explicit and not file.exists()):
         return None, {"file": None, "name": None, "targets": {"rto_s": DEFAULT_RTO_S, "rpo_s": DEFAULT_RPO_S},
                       "note": "no runbook file: the plan's default targets (RTO 2 h, RPO 5 min)"}
-    rb = load_runbook(file)
+    st = file.stat() if file.exists() else None
+    key = (str(file.resolve()), st.st_mtime_ns if st else 0, st.st_size if st else 0)
+    rb = _RUNBOOKS.get(key)
+    if rb is None:  # a fleet's lines read one runbook: parsed and validated once (the models are not changed)
+        rb = load_runbook(file)
+        _RUNBOOKS.clear()
+        _RUNBOOKS[key] = rb
     return rb, {"file": str(file), "name": rb.name, "scenarios": list(rb.scenarios),
                 "targets": {"rto_s": rb.targets.rto.total_seconds(), "rpo_s": rb.targets.rpo.total_seconds()}}
 
@@ -126,7 +136,7 @@ def _open(cfg: Any, rep: Report) -> list[Any]:
             continue
         try:
             store = open_stores(cfg, which)[0]  # type: ignore[arg-type]
-            store.list_dirs("clusters/")  # can it be read at all?
+            dirs = store.list_dirs("clusters/")  # can it be read at all?
             if which == "local" and not store.root.is_dir():  # type: ignore[attr-defined]
                 raise RunbookError(f"{store.describe()} does not exist")
         except RunbookError as e:
@@ -135,7 +145,7 @@ def _open(cfg: Any, rep: Report) -> list[Any]:
         except Exception as e:  # noqa: BLE001 - an unreachable store fails in many ways; say it, exit 3
             rep.repositories[which] = {"where": None, "ok": False, "error": f"{type(e).__name__}: {e}"}
             continue
-        rep.repositories[which] = {"where": store.describe(), "ok": True, "error": None}
+        rep.repositories[which] = {"where": store.describe(), "ok": True, "error": None, "clusters": sorted(dirs)}
         stores.append(store)
     return stores
 
@@ -237,7 +247,11 @@ def _restore_record(entries: list[Any]) -> tuple[Any, Any] | None:
 
 
 def gather(config: str | None, file: Path | None, *, explicit_file: bool, state_dir: Path,
-           now: datetime | None = None, cluster: bool = True, allow_unsigned: bool = False) -> Report:
+           now: datetime | None = None, cluster: bool = True, allow_unsigned: bool = False,
+           cluster_dir: str | None = None) -> Report:
+    """The facts and verdicts of one cluster. `cluster_dir`: judge this cluster directory (system identifier) of
+    the repository, without asking the cluster (a fleet's line for a directory no config's cluster claims,
+    steps.proof.fleet); by default the directory of the cluster that answers, else the newest one."""
     from steps.repository.catalogue import scan
     from steps.repository.config import load_repository_config
     from steps.repository.manifest import Level
@@ -276,13 +290,15 @@ def gather(config: str | None, file: Path | None, *, explicit_file: bool, state_
         if unsigned := cat.unsigned():
             integrity.raise_to("warning", f"{len(unsigned)} unsigned backups accepted because --allow-unsigned: "
                                + "; ".join(unsigned[:3]) + ("; ..." if len(unsigned) > 3 else ""))
-    facts = _cluster(cfg, path, rpo_s, rep) if cluster else None
-    if not cluster:
-        rep.cluster = {"reachable": False, "error": "not asked (--no-cluster)"}
-    sysid = (facts or {}).get("system_identifier")
+    facts = _cluster(cfg, path, rpo_s, rep) if cluster and cluster_dir is None else None
+    if not cluster or cluster_dir is not None:
+        rep.cluster = {"reachable": False, "error": "not asked (--no-cluster)" if cluster_dir is None else
+                       f"not asked: cluster directory {cluster_dir} is judged from the repository alone"}
+    sysid = (facts or {}).get("system_identifier") or cluster_dir
     # A logical recovery picks the newest backup of the database across cluster directories; PITR needs the
     # base backups of the cluster itself (the one that answers, else the newest cluster directory).
-    logical = [e for e in (cat.entries if cat else []) if not cfg.cluster.databases or e.db in cfg.cluster.databases]
+    logical = [e for e in (cat.entries if cat else []) if (not cfg.cluster.databases or e.db in cfg.cluster.databases)
+               and (cluster_dir is None or e.cluster == cluster_dir)]
     base = [e for e in (cat.base if cat else []) if sysid is None or e.cluster == sysid]
     if sysid is None and base:
         base = [e for e in base if e.cluster == base[0].cluster]  # the newest cluster directory
@@ -292,6 +308,7 @@ def gather(config: str | None, file: Path | None, *, explicit_file: bool, state_
 
         wrapped = recipients_now(stores, trust)
     rep.backups = {"logical": _level_table(logical, rep.now, wrapped), "base": _level_table(base, rep.now, wrapped)}
+    rep.cluster_dir = sysid or (base[0].cluster if base else None)
 
     # --- RPO ---------------------------------------------------------------------------------------
     rpo = Verdict()
