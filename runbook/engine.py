@@ -114,6 +114,8 @@ class Engine:
         self.finished: ev.RunFinished | None = None
         self._approval: tuple[str, str, str] | None = None  # (step id, nonce, hash) while one is awaited
         self.taken_over_by: dict[str, Any] | None = None
+        self._handover_to: dict[str, Any] | None = None  # a take-over from another host, accepted, due at a boundary
+        self._handed_over = False
         self._requests_task: asyncio.Task[None] | None = None
         self._refusals = 0
         self._refusals_said = float("-inf")
@@ -284,6 +286,8 @@ class Engine:
             self._decision.set_result(_Decision("detach", text=reason))
 
     async def _wait_for(self, waiting: ev.Waiting) -> _Decision:
+        if self._handover_to is not None and self._proc is None and not self._handed_over:
+            self._hand_over()  # a take-over from another host waited for this boundary
         self.waiting = waiting
         self._decision = asyncio.get_running_loop().create_future()
         if self._abort_reason:
@@ -313,6 +317,8 @@ class Engine:
         if self.ctx.mirror is not None:  # what the mirror's thread says is journaled and shown from the loop
             loop = asyncio.get_running_loop()
             self.ctx.mirror.notify = lambda text: loop.call_soon_threadsafe(self._mirror_said, text)
+            if self.ctx.lock is not None:  # take-over requests from other hosts, read by the mirror's thread
+                self.ctx.mirror.on_request = lambda req: loop.call_soon_threadsafe(self._on_remote_request, req)
         for w in self.ctx.journal.warnings:
             self._emit(ev.Notice("warning", w))
         try:
@@ -347,6 +353,10 @@ class Engine:
     async def _settle(self, step: Step) -> None:
         """Drive one step until it is done (succeeded, skipped, or failed with on_failure: continue)."""
         while True:
+            if self._handover_to is not None and self._proc is None:  # the boundary a remote take-over waits for
+                if not self._handed_over:
+                    self._hand_over()
+                raise _Detach(self._detach_reason or "handed over")
             s = self.state.steps[step.id]
             if s.status in (StepStatus.succeeded, StepStatus.skipped):
                 return
@@ -557,6 +567,71 @@ class Engine:
         self.taken_over_by = {**to, "at": iso(self.clock.now())}
         self._journal("handover-requested", by=to, step=self.current)
         reason = f"taken over by {to['user']}@{to['host']} (pid {to['pid']}) at {self.taken_over_by['at']}"
+        self._detach_reason = reason
+        self._detached.set()
+        if self._decision is not None and not self._decision.done():
+            self._decision.set_result(_Decision("detach", text=reason))
+
+    def _on_remote_request(self, req: Any) -> None:
+        """A take-over request from another host, read from the repository by the mirror's thread (its signature
+        and form verified there: steps.mirror.requests). A step running here cannot be supervised from there: the
+        run is handed over at the next step boundary (now, when none runs)."""
+        from steps.mirror.requests import RemoteRejected
+
+        if self.finished is not None:
+            return
+        if isinstance(req, RemoteRejected):
+            self._refuse("takeover-refused", remote=True, request=req.key, where=req.where, key_id=req.key_id,
+                          reason=req.reason)
+            self._emit(ev.Notice("warning", f"a take-over request in the repository was refused: {req.key}: "
+                                            f"{req.reason}", self.current))
+            return
+        b = req.body
+        to = {"user": str(b.get("user", "?")), "host": str(b.get("host", "?")), "pid": b.get("pid"),
+              "key_id": req.key_id, "request": req.nonce, "remote": True, "confirmed": str(b.get("confirmed", ""))}
+        addressed = b.get("driver") if isinstance(b.get("driver"), dict) else {}
+        why = None
+        if self._handover_to is not None or self.taken_over_by is not None:
+            first = self._handover_to or self.taken_over_by or {}
+            why = (f"the run is being handed over to {first.get('user')}@{first.get('host')} (pid {first.get('pid')}) "
+                   "already")
+        elif addressed.get("host") != _hostname() or addressed.get("pid") != os.getpid():
+            why = (f"addressed to the driver {addressed.get('host')} pid {addressed.get('pid')}, not to this one "
+                   "(an earlier driver, or a replayed request)")
+        if why is not None:
+            self._refuse("takeover-refused", remote=True, request=req.key, user=to["user"], host=to["host"],
+                          key_id=req.key_id, reason=why)
+            self._emit(ev.Notice("warning", f"take-over by {to['user']}@{to['host']} refused: {why}", self.current))
+            return
+        self._handover_to = to
+        running = self._proc is not None
+        self._journal("handover-requested", by=to, step=self.current, remote=True, running=running)
+        if running:
+            self._emit(ev.Notice("warning", f"{to['user']}@{to['host']} takes this run over: step {self.current} "
+                                            "runs on this host and cannot be supervised from theirs, so the run is "
+                                            "handed over when it ends", self.current))
+            return
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Give the run to the host that asked (at a step boundary): journaled with both names and hosts, the
+        mirror's last live.json says handed-over, and this session lets go of the run (it becomes a watcher)."""
+        import getpass
+
+        to = self._handover_to or {}
+        self._handed_over = True
+        try:
+            me = getpass.getuser()
+        except (KeyError, OSError):
+            me = str(os.getuid())
+        started = self.state.events[0] if self.state.events else {}
+        self.taken_over_by = {**to, "at": iso(self.clock.now()), "repository": str(started.get("repository", ""))}
+        self._journal("handed-over", **{"from": {"user": me, "host": _hostname(), "pid": os.getpid()}}, to=to,
+                      step=self.current)
+        if self.ctx.mirror is not None:
+            self.ctx.mirror.leaving = "handed-over"
+        reason = (f"taken over by {to.get('user')}@{to.get('host')} (pid {to.get('pid')}, another host) at "
+                  f"{self.taken_over_by['at']}")
         self._detach_reason = reason
         self._detached.set()
         if self._decision is not None and not self._decision.done():

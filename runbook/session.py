@@ -325,7 +325,7 @@ def _tie(lock: RunLock | None, rlock: Any, repository: str | None = None, state_
     if repository and state_dir is not None and run_id:
         mirror = _start_mirror(repository, state_dir, run_id, warnings if warnings is not None else [])
         if mirror is not None:
-            lock.on_release.append(lambda closed: mirror.stop("ended" if closed else "detached") and None)
+            lock.on_release.append(lambda closed: mirror.stop("ended" if closed else mirror.leaving) and None)
         lock.on_release.append(lambda closed: _write_summary(repository, state_dir, run_id) if closed else None)
     return mirror
 
@@ -335,11 +335,18 @@ def _start_mirror(repository: str, state_dir: Path, run_id: str, warnings: list[
     started; None when there is none (each reason in `warnings`: the run goes on, unseen from other hosts)."""
     from steps.mirror.writing import JournalMirror, plan
     from steps.repository.recovery_lock import open_for_runbook
-    from steps.repository.signing import SigningError, signer_from_config
+    from steps.repository.signing import SigningError, signer_from_config, trust_from_config
 
     why = "this host has no signing.private_key"
+    trust = None
     try:
         cfg = open_for_runbook(repository)
+        try:
+            trust = trust_from_config(cfg)
+        except SigningError:  # no key to trust: every take-over request from another host is refused, named
+            from steps.repository.signing import Trust
+
+            trust = Trust()
         try:
             signer = signer_from_config(cfg, required=False)
         except SigningError as e:
@@ -355,7 +362,7 @@ def _start_mirror(repository: str, state_dir: Path, run_id: str, warnings: list[
                         "--allow-unsigned")
     rdir = run_dir(state_dir, run_id)
     return JournalMirror(run_id, rdir / "journal.jsonl", where.stores, signer, driver=operator(),
-                         sealers=where.sealers, runbook=rdir / "runbook.yaml").start()
+                         sealers=where.sealers, runbook=rdir / "runbook.yaml", trust=trust).start()
 
 
 def _write_summary(repository: str, state_dir: Path, run_id: str) -> None:
@@ -468,24 +475,60 @@ def _engine(rb: Runbook, path: Path, state_dir: Path, rdir: Path, st: Any, param
     return Engine(ctx, clock, resumed=resumed)
 
 
+def handed_away(st: Any) -> dict[str, Any] | None:
+    """The `handed-over` event when this journal's last driver gave the run to another host (and nobody drove it
+    here since): the run is driven there, from the repository's mirror; None otherwise."""
+    last = None
+    for e in st.events:
+        if e.get("type") == "handed-over":
+            last = e
+        elif e.get("type") in ("run-started", "run-resumed"):
+            last = None
+    return last
+
+
+@dataclass
+class RemoteResume:
+    """What a take-over from another host gives `open_resume` (runbook.remote_takeover): the repository config of
+    this host, this host's secrets file and environment, and what the `handover` event says beyond both names."""
+
+    repository: str
+    secrets_env_file: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    handover: dict[str, Any] = field(default_factory=dict)
+    interrupted_detail: str = ""  # said of a step the journal shows running (it ran on the other host)
+
+
 def open_resume(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str, str] | None = None,
                 break_lock: bool = False, approver_policy: str | None = None,
-                handover_from: dict[str, Any] | None = None) -> Engine:
-    """Rebuild a run from its journal and go on where it stopped. Closed runs (completed, aborted) refuse."""
+                handover_from: dict[str, Any] | None = None, remote: RemoteResume | None = None) -> Engine:
+    """Rebuild a run from its journal and go on where it stopped. Closed runs (completed, aborted) refuse, and so
+    does a run this journal's driver handed over to another host (unless this is that take-over: `remote`)."""
     st = load_state(state_dir, run_id)
     rdir = run_dir(state_dir, run_id)
     if st.status in ("completed", "aborted"):
         raise RunbookError(f"run {run_id} is {st.status}; there is nothing to resume",
                            hint="start a new run with `runbook run`; `runbook report` shows this one")
+    away = handed_away(st) if remote is None else None
+    if away is not None:
+        to = away.get("to") or {}
+        raise RunbookError(f"run {run_id} was handed over to {to.get('user')}@{to.get('host')} at {away.get('ts')}: "
+                           "it is driven from there now (this journal stops at the hand-over)",
+                           hint=f"watch it with `runbook watch -c REPO_CONFIG {run_id}`; to drive it again, "
+                                f"`runbook take-over -c REPO_CONFIG {run_id}`")
     # The runbook as it was when the run started (the file may have changed since).
     rb = load_runbook(rdir / "runbook.yaml")
     original = Path(st.runbook_path) if st.runbook_path else rdir / "runbook.yaml"
     params = resolve(rb, st.scenario, _reloaded_params(rb, rdir, st, sets or {}))
     warnings: list[str] = list(st.warnings)
     secrets_file = st.events[0].get("secrets_file") if st.events else None
+    if remote is not None and remote.secrets_env_file:
+        secrets_file = remote.secrets_env_file  # this host's file (the journal names the other host's)
     if secrets_file and rb.secrets is not None:  # the file this run started with (a profile may have named it)
         rb = rb.model_copy(update={"secrets": rb.secrets.model_copy(update={"env_file": secrets_file})})
     loaded = _load_secrets(rb, original.parent, st.mode, warnings)
+    if remote is not None:
+        loaded.env.update(remote.env)
     redactor = Redactor(loaded.redact + _secret_params(rb, params))
     lock = None
     replaced = None
@@ -496,8 +539,15 @@ def open_resume(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str, s
         try:
             started = st.events[0] if st.events else {}
             repository = started.get("repository") if "repository" in started else repository_path(rb, None, params)
+            if remote is not None:
+                repository = remote.repository
             rlock = _repository_lock(repository, rb, st.target or "default", run_id, state_dir, clock, break_lock,
                                      warnings)
+            if remote is not None and rlock is None:
+                raise RunbookError(f"the recovery lock in the repository ({repository}) could not be taken: "
+                                   f"{warnings[-1] if warnings else 'no repository'}",
+                                   hint="nothing drives the run from this host; check the repository, then take "
+                                        "over again")
             mirror = _tie(lock, rlock, repository, state_dir, run_id, warnings)
         except BaseException:
             lock.release(closed=False)
@@ -509,7 +559,12 @@ def open_resume(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str, s
             journal.append("run-reopened", operator=operator())
         journal.append("run-resumed", operator=operator(), warnings=warnings)
         if handover_from is not None:
-            journal.append("handover", **{"from": handover_from}, to=operator())
+            journal.append("handover", **{"from": handover_from}, to=operator(),
+                           **(remote.handover if remote is not None else {}))
+        if remote is not None and remote.interrupted_detail:
+            for sid in st.order:
+                if st.steps[sid].status.value == "running":
+                    journal.append("step-interrupted", step=sid, detail=remote.interrupted_detail)
         if approver_policy and approver_policy != _policy(st, None):
             journal.append("approver-policy", policy=approver_policy, previous=_policy(st, None), operator=operator())
         _journal_broken_locks(journal, replaced, rlock)

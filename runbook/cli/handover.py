@@ -25,12 +25,27 @@ def register(sub: Any) -> None:
     add_state_dir(a)
     a.set_defaults(func=cmd_approve)
 
-    t = sub.add_parser("take-over", help="take an open run over from its driver (a hand-over on this host)")
+    t = sub.add_parser("take-over", help="take an open run over from its driver (on this host, or with -c from "
+                                         "another host, through the repository)")
     t.add_argument("run_id", help="the open run to drive")
+    t.add_argument("-c", "--config", metavar="REPO_CONFIG",
+                   help="take over from another host, through this repository config (the run's mirror in it)")
+    t.add_argument("--force", action="store_true",
+                   help="with -c: the driver is silent (its host is dead): take over without its hand-over "
+                        "(typed confirmation, journaled as forced)")
+    t.add_argument("--profile", metavar="FILE",
+                   help="with -c: this host's values for the run (params, env, secrets_env_file)")
+    t.add_argument("--wait", type=float, default=None, metavar="S",
+                   help="with -c: how long to wait for the driver's hand-over (default 600 s: it finishes the "
+                        "step it runs first)")
+    t.add_argument("--silent-limit", type=float, default=None, metavar="S",
+                   help="with -c: a driver whose heartbeat is older than this is silent (default 60 s)")
     t.add_argument("--yes", action="store_true", help="no typed confirmation (tests and automation only)")
     t.add_argument("--headless", action="store_true", help="console front end instead of the TUI")
     t.add_argument("--confirm", action="append", metavar="STEP=VALUE", help="typed confirmation for a step")
     t.add_argument("--set", action="append", metavar="K=V", help="a parameter value the run did not save")
+    t.add_argument("--rerun-interrupted", action="store_true",
+                   help="headless: re-run a step that was interrupted (with -c --force: the one the silent host ran)")
     t.add_argument("--approver-policy", choices=["none", "other"],
                    help="change the run's approver policy from here on (journaled)")
     add_state_dir(t)
@@ -100,6 +115,11 @@ def cmd_take_over(args: argparse.Namespace) -> int:
     from runbook.state import load_state
 
     require_terminal(args, "take-over")
+    if args.config:
+        return _take_over_remote(args)
+    for flag in ("force", "profile", "wait", "silent_limit"):
+        if getattr(args, flag) not in (None, False):
+            raise UsageError(f"--{flag.replace('_', '-')} goes with -c REPO_CONFIG (a take-over from another host)")
     sd = state_dir(args)
     st = load_state(sd, args.run_id)
     if not args.yes:
@@ -114,5 +134,34 @@ def cmd_take_over(args: argparse.Namespace) -> int:
 
     engine = open_takeover(args.run_id, Clock(), state_dir=sd, sets=parse_set(args.set or []),
                            approver_policy=args.approver_policy, on_wait=waiting)
+    args.break_lock = False
+    return _drive(engine, args)
+
+
+def _take_over_remote(args: argparse.Namespace) -> int:
+    """`runbook take-over -c REPO_CONFIG RUN_ID`: from another host, through the repository
+    (runbook.remote_takeover)."""
+    from pathlib import Path
+
+    from runbook.cli.runs import _drive
+    from runbook.params import parse_set
+    from runbook.remote_takeover import SILENT_LIMIT_S, WAIT_S, RemoteTakeover
+
+    if args.approver_policy:
+        raise UsageError("--approver-policy is not changed by a take-over from another host",
+                         hint="resume the run with it once you drive it")
+    job = RemoteTakeover(Path(args.config), args.run_id, state_dir(args), Clock(), sets=parse_set(args.set or []),
+                         profile=Path(args.profile) if args.profile else None, force=args.force,
+                         silent_limit_s=args.silent_limit if args.silent_limit is not None else SILENT_LIMIT_S,
+                         wait_s=args.wait if args.wait is not None else WAIT_S)
+    job.prepare()
+    tail = args.run_id[-4:]
+    if args.yes:
+        confirmed = "--yes"
+    else:
+        _typed(job.question(), tail, "a take-over")
+        confirmed = "typed"
+    engine = job.take(confirmed=confirmed, say=lambda text: print(text, file=sys.stderr, flush=True))
+    print(f"run {args.run_id} is driven from this host now ({engine.ctx.state_dir})", file=sys.stderr, flush=True)
     args.break_lock = False
     return _drive(engine, args)

@@ -151,6 +151,10 @@ class Headless:
             self.out.print(f"  [bold yellow]taken over by {escape(str(taken.get('user')))}@"
                            f"{escape(str(taken.get('host')))} at {escape(str(taken.get('at')))}[/]: they drive "
                            "this run now")
+            if taken.get("remote"):
+                self.out.print("  from another host; follow it with "
+                               f"[bold]runbook watch -c {escape(str(taken.get('repository')))} "
+                               f"{escape(self.engine.run_id)}[/]")
         elif f.status == "detached":
             self.out.print("  the run stays open: "
                            f"[bold]{escape(resume_command(self.engine.run_id, self.engine.ctx.state_dir))}[/]")

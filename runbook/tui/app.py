@@ -269,7 +269,17 @@ class RunbookApp(App[int]):
         while len(self.screen_stack) > 1 and not isinstance(self.screen, RunScreen):
             self.pop_screen()  # a question the driver was answering (a modal) is moot now: the run is not theirs
         self.finished_status = f"taken over by {who.get('user')}@{who.get('host')}"
-        view = open_local(self.engine.ctx.state_dir, self.engine.run_id, clock=self.engine.clock)
+        view = None
+        if who.get("remote") and who.get("repository"):  # driven from another host: followed through the repository
+            from runbook.errors import RunbookError
+            from runbook.repository_watch import open_repository
+
+            try:
+                view = open_repository(str(who["repository"]), self.engine.run_id)
+            except RunbookError:
+                view = None  # this host cannot read it: its own journal, up to the hand-over
+        if view is None:
+            view = open_local(self.engine.ctx.state_dir, self.engine.run_id, clock=self.engine.clock)
         self.switch_screen(TakenOverScreen(view, who))
 
     def on_run_ended(self, message: RunEnded) -> None:

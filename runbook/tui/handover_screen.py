@@ -28,7 +28,8 @@ HANDOVER_CSS = """
 
 
 def taken_over_text(who: dict[str, Any]) -> str:
-    return (f"TAKEN OVER by {who.get('user')}@{who.get('host')} at {clock_time(str(who.get('at') or ''))}: "
+    where = " from another host (followed through the repository)" if who.get("remote") else ""
+    return (f"TAKEN OVER by {who.get('user')}@{who.get('host')}{where} at {clock_time(str(who.get('at') or ''))}: "
             "they drive this run now; this screen only watches")
 
 

@@ -61,6 +61,7 @@ class MirrorReader:
         self.chunks = 0
         self.seq = 0
         self.prev = GENESIS
+        self.raw: list[bytes] = []  # every verified line, byte for byte with its newline (a take-over rebuilds from it)
         self._deferred: Exception | None = None
 
     def exists(self) -> bool:
@@ -131,6 +132,7 @@ class MirrorReader:
         if epoch is not None:
             data = self._decrypt(key, data, epoch)
         events: list[dict[str, Any]] = []
+        raws: list[bytes] = []
         seq, prev = self.seq, self.prev
         lines = data.split(b"\n")
         if lines[-1] != b"":
@@ -151,9 +153,11 @@ class MirrorReader:
                 raise MirrorRefused(f"{self.where(key)}:{n}: {problem}: refused")
             seq, prev = seq + 1, str(ev["hash"])
             events.append(ev)
+            raws.append(raw + b"\n")
         if seq != last:
             raise MirrorRefused(f"{self.where(key)}: ends at event {seq}, its name says {last}: refused")
         self.seq, self.prev = seq, prev
+        self.raw += raws
         return events
 
     def runbook(self, sha256: str) -> bytes | None:

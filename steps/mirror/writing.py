@@ -16,6 +16,7 @@ repository are behind"), the recovery too. Nothing here ever raises into the eng
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -84,8 +85,13 @@ class JournalMirror:
 
     def __init__(self, run_id: str, journal: Path, stores: list[Store], signer: Signer | None,
                  notify: Callable[[str], None] | None = None, driver: dict[str, Any] | None = None,
-                 sealers: dict[int, Callable[[], Any]] | None = None, runbook: Path | None = None) -> None:
+                 sealers: dict[int, Callable[[], Any]] | None = None, runbook: Path | None = None,
+                 trust: Any = None) -> None:
         self.run_id = run_id
+        self.trust = trust  # steps.repository.signing.Trust: take-over requests from other hosts are verified with it
+        self.on_request: Callable[[Any], None] | None = None  # the engine's: each request read (steps.mirror.requests)
+        self.leaving = "detached"  # live.json's last state when the run is left open: detached | handed-over
+        self._seen_requests: set[str] = set()
         self.journal = journal
         self.runbook = runbook  # the run directory's copy of the runbook, written once into each store
         self.signer = signer
@@ -144,12 +150,28 @@ class JournalMirror:
                 self._catch_up(t, final)
             except Exception as e:  # noqa: BLE001 - a store fails in many ways; the run goes on regardless
                 self._failed(t, e)
+            if not final:
+                self._requests(t)
             else:
                 if t.behind_since:
                     self._say(f"the journal's mirror in {t.store.describe()} caught up: watchers through the "
                               f"repository were behind since {t.behind_since}")
                     t.behind_since, t.error, t.failures = None, "", 0
                     self._write_live(t)  # live.json no longer says behind
+
+    def _requests(self, t: _Target) -> None:
+        """Take-over requests from other hosts (steps.mirror.requests), verified, handed to the engine."""
+        if self.on_request is None or self.trust is None:
+            return
+        from steps.mirror.requests import read_requests
+
+        try:
+            found = read_requests(t.store, self.run_id, self.trust, self._seen_requests)
+        except Exception:  # noqa: BLE001 - a store that cannot be listed now: read again next round
+            return
+        for req in found:
+            with contextlib.suppress(Exception):  # the engine's loop is gone: nothing drives the run here
+                self.on_request(req)
 
     def _failed(self, t: _Target, e: Exception) -> None:
         t.failures += 1
