@@ -200,6 +200,25 @@ def read_pending(rdir: Path) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
+def approver_refusal(pending: dict[str, Any], uid: int) -> str | None:
+    """Why this user cannot approve what `pending` waits for (None: they may): the driver's own user cannot."""
+    driver = pending.get("driver") or {}
+    if isinstance(driver, dict) and driver.get("uid") == uid:
+        return f"you ({user_name(uid)}) are the driver's own user: the driver cannot approve their own step"
+    return None
+
+
+def send_approval(rdir: Path, run_id: str, pending: dict[str, Any]) -> Path:
+    """As an approver (`runbook approve`, or the watch cockpit's approve key): the approval of what `pending`
+    shows, naming its step, nonce and the hash of the command as shown. The driver's process verifies it."""
+    import socket
+    from datetime import datetime
+
+    return write_request(rdir, "approve", {"run_id": run_id, "step": pending.get("step"), "hash": pending.get("hash"),
+                                           "nonce": pending.get("nonce"), "host": socket.gethostname(),
+                                           "ts": datetime.now().astimezone().isoformat(timespec="seconds")})
+
+
 def check_approval(req: Request, *, run_id: str, step_id: str | None, nonce: str | None, expected_hash: str | None,
                    driver_uid: int) -> str | None:
     """Why this approval is refused, or None when it is good."""

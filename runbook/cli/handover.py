@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from runbook.cli.options import add_state_dir, require_terminal, state_dir
-from runbook.clock import Clock, iso
+from runbook.clock import Clock
 from runbook.errors import RunbookError, UsageError
 
 APPROVE_WAIT_S = 10.0
@@ -64,7 +64,7 @@ def _typed(prompt: str, expected: str, what: str) -> None:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from runbook.requests import read_pending, user_name, write_request
+    from runbook.requests import approver_refusal, read_pending, send_approval, user_name
     from runbook.state import run_dir
 
     rdir = run_dir(state_dir(args), args.run_id)
@@ -78,9 +78,9 @@ def cmd_approve(args: argparse.Namespace) -> int:
         raise UsageError(f"step {args.step} does not wait for approval; step {pending.get('step')} does")
     driver = pending.get("driver") or {}
     me = user_name(os.geteuid())
-    if driver.get("uid") == os.geteuid():
-        raise UsageError(f"you ({me}) are the driver's own user: the driver cannot approve their own step",
-                         hint="another operator, logged in as another user, runs this command")
+    why = approver_refusal(pending, os.geteuid())
+    if why is not None:
+        raise UsageError(why, hint="another operator, logged in as another user, runs this command")
     print(f"run {args.run_id} ({str(pending.get('mode', '')).upper()}), driven by {driver.get('user')}@"
           f"{driver.get('host')}")
     print(f"step {args.step}: {pending.get('title')}")
@@ -91,11 +91,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
     if not args.yes:
         _typed(f"Approve this step as {me}? Type the step id ({args.step}) to approve: ", args.step,
                "an approval")
-    import socket
-
-    write_request(rdir, "approve", {"run_id": args.run_id, "step": args.step, "hash": pending.get("hash"),
-                                    "nonce": pending.get("nonce"), "host": socket.gethostname(),
-                                    "ts": iso(Clock().now())})
+    send_approval(rdir, args.run_id, pending)
     deadline = time.monotonic() + APPROVE_WAIT_S
     while time.monotonic() < deadline:
         now = read_pending(rdir)

@@ -104,6 +104,9 @@ class WatchScreen(RunScreen, inherit_bindings=False):
         Binding("w", "toggle_wrap", "Wrap", id="watch.wrap",
                 tooltip="Output lines wrap at the pane's width (default), or raw: one line each, scroll sideways"),
         Binding("j", "journal", "Journal", id="watch.journal", tooltip="The journal as a timeline"),
+        Binding("a", "approve", "Approve", id="watch.approve",
+                tooltip="A step waits for another operator's approval: see its command, type its id, approve "
+                        "(as `runbook approve`; never the driver's own user)"),
         Binding("question_mark", "help", "Help", id="watch.help", key_display="?", tooltip="What every key does"),
     ]
 
@@ -224,6 +227,75 @@ class WatchScreen(RunScreen, inherit_bindings=False):
         elif t == "note":
             self.notify(escape(str(e.get("text", ""))), title=f"note on {sid}")
 
+    # ---- the two-person rule: the one thing a watcher may send ------------------------------------------
+
+    def action_approve(self) -> None:
+        """Approve the step that waits for another operator: the pending approval the driver wrote (its command
+        with secrets masked) is shown, the step id typed, and the request goes into the run's `requests/`, where
+        the driver's process verifies it as any `runbook approve` (runbook.requests)."""
+        import os
+
+        from runbook.requests import approver_refusal, read_pending
+        from runbook.state import run_dir
+        from runbook.tui.modals import TextModal
+
+        w = self.waiting
+        st = self.view.state
+        if w is None or w.wait != Wait.approval or self._broken is not None:
+            self.notify("no step waits for approval now", title="Approve", severity="warning")
+            return
+        if self.view.ctx.state_dir is None:  # through the repository: requests go into the driver's run directory
+            self.notify(escape(f"an approval is sent from the driver's host: runbook approve {st.run_id} "
+                               f"{w.step_id} (its cockpit shows the exact command)"), title="Approve",
+                        severity="warning", timeout=10)
+            return
+        rdir = run_dir(self.view.ctx.state_dir, st.run_id)
+        try:
+            pending = read_pending(rdir)
+        except RunbookError as e:
+            self.notify(escape(e.message), title="Not approved", severity="error", timeout=10)
+            return
+        if pending is None or pending.get("run_id") != st.run_id or pending.get("step") != w.step_id:
+            self.notify(f"step {w.step_id} no longer waits for approval", title="Approve", severity="warning")
+            return
+        why = approver_refusal(pending, os.geteuid())
+        if why is not None:
+            self.notify(escape(why + "; another operator, logged in as another user, approves"),
+                        title="Not approved", severity="error", timeout=10)
+            return
+        sid = w.step_id
+        driver = pending.get("driver") or {}
+        shown = [f"$ {pending['command']}".rstrip()] if pending.get("command") else []
+        shown += [f"☐ {item}" for item in pending.get("items") or []]
+        modal = TextModal(f"Approve: {pending.get('title') or sid}",
+                          f"Run {escape(st.run_id)} ({escape(str(pending.get('mode', '')).upper())}), driven by "
+                          f"{escape(str(driver.get('user')))}@{escape(str(driver.get('host')))}. Type the step id "
+                          f"[b]{escape(sid)}[/b] to approve it; anything else approves nothing.",
+                          placeholder="the step id shown above")
+        modal.command = "\n".join(shown) or None
+
+        def typed(value: str | None) -> None:
+            self._send_approval(rdir, pending, sid, value)
+
+        self.app.push_screen(modal, typed)
+
+    def _send_approval(self, rdir: Any, pending: dict[str, Any], sid: str, value: str | None) -> None:
+        from runbook.requests import send_approval
+
+        if value is None:
+            return
+        if value.strip() != sid:
+            self.notify(escape(f"typed {value.strip()!r}, not {sid!r}: nothing was approved"), title="Not approved",
+                        severity="warning")
+            return
+        try:
+            send_approval(rdir, self.view.state.run_id, pending)
+        except RunbookError as e:
+            self.notify(escape(e.message), title="Not approved", severity="error", timeout=10)
+            return
+        self.notify(escape(f"your approval of step {sid} is sent: the driver's process verifies it (the step starts "
+                           "when it is accepted)"), title="Approval sent", timeout=8)
+
     def _next_item(self, sid: str) -> int | None:
         step = self.view.ctx.runbook.step(sid)
         acked = self.view.state.steps[sid].acked
@@ -258,7 +330,9 @@ class WatchScreen(RunScreen, inherit_bindings=False):
         self.query_one("#hint", Static).update(hint)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        return True  # every key bound here only looks
+        if action == "approve":  # shown (and run) only while a step waits for another operator's approval
+            return self.waiting is not None and self.waiting.wait == Wait.approval
+        return True  # every other key bound here only looks
 
     # ---- keys ------------------------------------------------------------------------------------------
 

@@ -178,9 +178,9 @@ async def test_no_key_changes_the_run_and_nothing_is_written(state_dir: Path) ->
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, WatchScreen) and "working" in app.screen._lines)
         keys = set(app.screen._bindings.key_to_bindings)
-        assert keys == {"q", "o", "w", "j", "question_mark"}
+        assert keys == {"q", "o", "w", "j", "a", "question_mark"}  # a: approve, only when a step waits for it
         driver_keys = {b.key for b in RunScreen.BINDINGS if hasattr(b, "key")}  # type: ignore[union-attr]
-        assert {"r", "s", "a", "c", "n", "t", "e", "d", "f"} <= driver_keys  # what the driver has, the watcher not
+        assert {"r", "s", "c", "n", "t", "e", "d", "f"} <= driver_keys  # what the driver has, the watcher not
         assert flocks_on(d.lock_path) == 1  # the driver's, and no other
         for key in ("r", "s", "a", "c", "n", "t", "e", "d", "f", "enter", "space", "y"):
             await pilot.press(key)
@@ -292,4 +292,84 @@ async def test_another_source_plugs_in_without_a_run_directory(state_dir: Path) 
         body = _text(app, "#summary-body")
         assert "COMPLETED" in body and "not on this host: run 20261125T031000Z-restore-latest-5eed via a relay" in body
         assert f"runbook report {RUN_ID}, on the host that ran it" in body
+    d.release()
+
+
+def _awaiting_approval(state_dir: Path, clock: FrozenClock, driver_uid: int) -> tuple[HandDriver, dict[str, object]]:
+    """The driver waits for another operator's approval of `restore` (a danger step), as the engine writes it:
+    the journal's approval-awaited, the pending approval (its command with secrets masked) and `requests/`."""
+    from runbook.requests import command_hash, ensure_requests_dir, write_pending
+
+    d = HandDriver(state_dir, clock, mode="live")
+    d.at(20).manual("tell", acked=2)
+    d.at(23).finished("tell", duration_s=180)
+    d.at(24).run("fetch", "echo fetched")
+    d.at(25).finished("fetch")
+    shown = "pg_restore --dbname assetflow_prod --jobs=4 --exit-on-error --password ******"
+    d.at(26).event("step-awaiting", step="restore", command=shown, kind="run")
+    digest = command_hash(RUN_ID, "restore", shown, None)
+    d.event("approval-awaited", step="restore", command_hash=digest)
+    ensure_requests_dir(d.rdir)
+    pending: dict[str, object] = {
+        "run_id": RUN_ID, "step": "restore", "title": "Restore into the new database", "command": shown,
+        "items": None, "hash": digest, "nonce": "ab" * 8, "mode": "live",
+        "driver": {"user": "oncall", "uid": driver_uid, "host": "db-recovery-1"}, "since": "2026-11-25T03:26:00Z"}
+    write_pending(d.rdir, pending)
+    return d, pending
+
+
+async def test_a_watcher_approves_with_the_a_key_through_the_verified_path(state_dir: Path) -> None:
+    """Another operator watching presses a: the command with its values (the secret masked), the step id typed,
+    and the request lands in requests/ where the driver's check (runbook.requests.check_approval) accepts it.
+    A wrong id approves nothing."""
+    from runbook.requests import Request, check_approval, read_requests
+    from runbook.tui.modals import TextModal
+
+    clock = FrozenClock(FROZEN_AT)
+    driver_uid = os.geteuid() + 1  # the driver is another user than this watcher
+    d, pending = _awaiting_approval(state_dir, clock, driver_uid)
+    app = _app(state_dir, clock)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, WatchScreen) and app.screen.waiting is not None
+                    and app.screen.waiting.step_id == "restore")
+        await pilot.press("a")
+        await until(pilot, lambda: isinstance(app.screen, TextModal))
+        modal = app.screen
+        assert modal.command is not None and "--password ******" in modal.command
+        assert "pg_restore --dbname assetflow_prod" in modal.command
+        for ch in "fetch":  # the wrong step id
+            await pilot.press(ch)
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, WatchScreen))
+        assert read_requests(d.rdir) == []  # nothing was sent
+        await pilot.press("a")
+        await until(pilot, lambda: isinstance(app.screen, TextModal))
+        for ch in "restore":
+            await pilot.press(ch)
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, WatchScreen))
+        await pilot.press("q")
+    got = read_requests(d.rdir)
+    assert len(got) == 1 and isinstance(got[0], Request)
+    req = got[0]
+    assert req.kind == "approve" and req.uid == os.geteuid()
+    assert check_approval(req, run_id=RUN_ID, step_id="restore", nonce=str(pending["nonce"]),
+                          expected_hash=str(pending["hash"]), driver_uid=driver_uid) is None
+    d.release()
+
+
+async def test_the_drivers_own_user_cannot_approve_from_the_watch_cockpit(state_dir: Path) -> None:
+    clock = FrozenClock(FROZEN_AT)
+    d, _ = _awaiting_approval(state_dir, clock, os.geteuid())
+    app = _app(state_dir, clock)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, WatchScreen) and app.screen.waiting is not None
+                    and app.screen.waiting.step_id == "restore")
+        await pilot.press("a")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, WatchScreen)  # no dialog: refused at once
+        said = [n.message for n in app._notifications]
+        assert any("the driver cannot approve their own step" in m for m in said), said
+        await pilot.press("q")
+    assert not list((d.rdir / "requests").iterdir())
     d.release()
