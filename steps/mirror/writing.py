@@ -150,14 +150,14 @@ class JournalMirror:
                 self._catch_up(t, final)
             except Exception as e:  # noqa: BLE001 - a store fails in many ways; the run goes on regardless
                 self._failed(t, e)
-            if not final:
-                self._requests(t)
             else:
                 if t.behind_since:
                     self._say(f"the journal's mirror in {t.store.describe()} caught up: watchers through the "
                               f"repository were behind since {t.behind_since}")
                     t.behind_since, t.error, t.failures = None, "", 0
                     self._write_live(t)  # live.json no longer says behind
+            if not final and t.behind_since is None:  # a store that fails writes is not read either, until back
+                self._requests(t)
 
     def _requests(self, t: _Target) -> None:
         """Take-over requests from other hosts (steps.mirror.requests), verified, handed to the engine."""
