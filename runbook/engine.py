@@ -591,6 +591,7 @@ class Engine:
               "key_id": req.key_id, "request": req.nonce, "remote": True, "confirmed": str(b.get("confirmed", ""))}
         addressed = b.get("driver") if isinstance(b.get("driver"), dict) else {}
         why = None
+        first: dict[str, Any] = {}
         if self._handover_to is not None or self.taken_over_by is not None:
             first = self._handover_to or self.taken_over_by or {}
             why = (f"the run is being handed over to {first.get('user')}@{first.get('host')} (pid {first.get('pid')}) "
@@ -600,7 +601,8 @@ class Engine:
                    "(an earlier driver, or a replayed request)")
         if why is not None:
             self._refuse("takeover-refused", remote=True, request=req.key, user=to["user"], host=to["host"],
-                          key_id=req.key_id, reason=why)
+                          key_id=req.key_id, reason=why,
+                          **({"winner": {k: first.get(k) for k in ("user", "host", "pid")}} if first else {}))
             self._emit(ev.Notice("warning", f"take-over by {to['user']}@{to['host']} refused: {why}", self.current))
             return
         self._handover_to = to

@@ -258,6 +258,10 @@ class RemoteTakeover:
                 by = _dict(e.get("by"))
                 to = _dict(e.get("to"))
                 if t == "takeover-refused" and str(e.get("request", "")).endswith(f"takeover-{self.nonce}.json"):
+                    if isinstance(e.get("winner"), dict):  # two hosts at once: the other one was first
+                        raise LockHeld(f"run {self.run_id} is being handed over to {_who(e['winner'])}, who asked "
+                                       "first: the driver refused this take-over",
+                                       hint="watch it, or ask them to hand it over")
                     raise RunbookError(f"the driver refused the take-over: {e.get('reason')}",
                                        hint="nothing was changed: the run goes on with its driver")
                 if t == "handover-requested" and by.get("request") == self.nonce and e.get("running") \

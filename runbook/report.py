@@ -54,6 +54,7 @@ EVENT_TEXT = {
     "request-refused": "request refused",
     "handover-requested": "take-over requested",
     "handover": "handed over",
+    "handed-over": "handed over to another host",
     "takeover-refused": "take-over refused",
     "approver-policy": "approver policy changed",
     "reminder-done": "timed duty done",
@@ -462,10 +463,14 @@ def event_detail(e: dict[str, object]) -> str:
     if t == "handover-requested":
         by = e.get("by") if isinstance(e.get("by"), dict) else {}
         return f"by {_who(by)}"
-    if t == "handover":
+    if t in ("handover", "handed-over"):
         frm = e.get("from") if isinstance(e.get("from"), dict) else {}
         to = e.get("to") if isinstance(e.get("to"), dict) else {}
-        return f"from {_who(frm)} to {_who(to)}"
+        how = ""
+        if e.get("remote"):
+            how = " through the repository" + (f", FORCED: the driver silent for {e.get('silent_s')} s"
+                                               if e.get("forced") else "")
+        return f"from {_who(frm)} to {_who(to)}{how}"
     if t == "approver-policy":
         return f"{e.get('previous')} → {e.get('policy')}"
     if t == "reminder-done":
@@ -514,7 +519,8 @@ def driver_spans(st: RunState) -> list[DriverSpan]:
                        how="started" if t == "run-started" else "resumed")
         elif t == "handover" and cur:
             frm: dict[str, Any] = e["from"] if isinstance(e.get("from"), dict) else {}
-            cur["how"] = f"took over from {frm.get('user', '?')}@{frm.get('host', '?')}"
+            forced = "forced " if e.get("forced") else ""
+            cur["how"] = f"{forced}took over from {frm.get('user', '?')}@{frm.get('host', '?')}"
         elif t in ("run-detached", "run-finished"):
             close(ts)
     close(None)

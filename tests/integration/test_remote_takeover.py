@@ -191,6 +191,10 @@ def test_another_host_takes_over_at_the_step_boundary_and_drives_to_the_end(
     # the whole mirror verifies from either host (A's chunks by A's key, B's by B's), and says it ended
     watched = _mirrored(a.cfg, run_id, lambda evs: bool(evs) and evs[-1]["type"] == "run-finished")
     assert watched == eb
+    # the report (from B's journal alone) shows who drove when, and the hand-over through the repository
+    report = b.runbook("report", run_id)
+    assert report.returncode == 0, report.stderr
+    assert "took over from" in report.stdout and "through the repository" in report.stdout, report.stdout
     # A's own journal stops at the hand-over: resuming it there is refused, named
     again = a.runbook("resume", run_id, "--headless", "--yes")
     assert again.returncode != 0 and "was handed over to" in again.stderr
@@ -211,7 +215,7 @@ def test_two_hosts_at_once_one_wins_the_other_is_told_who(tmp_path: Path) -> Non
         for p in (drv,):
             _stop(p)
     codes = sorted([pb.returncode, pc.returncode])
-    assert codes[0] == 0 and codes[1] != 0, (ob, oc)
+    assert codes == [0, Exit.LOCKED], (ob, oc)
     winner, loser_out = (b, oc) if pb.returncode == 0 else (c, ob)
     evs = winner.journal(run_id)
     assert evs[-1]["type"] == "run-finished"
@@ -278,7 +282,7 @@ def test_an_unreachable_repository_is_a_clear_error_and_nothing_changes(tmp_path
         out = drv.communicate(timeout=60)[0]
     finally:
         _stop(drv)
-    assert took.returncode != 0
+    assert took.returncode == Exit.CANNOT_RUN, took.stderr
     assert "the repository cannot be read" in took.stderr and "nothing was changed" in took.stderr
     assert "Traceback" not in took.stderr
     assert not (b.state / "runs").exists()
@@ -313,6 +317,8 @@ def test_a_dead_driver_is_taken_over_by_force_naming_how_long_it_was_silent(tmp_
     evs = b.journal(run_id)
     hov = next(e for e in evs if e["type"] == "handover")
     assert hov["forced"] is True and hov["silent_s"] >= 3 and hov["from"]["pid"] == drv.pid
+    report = b.runbook("report", run_id)
+    assert "forced took over from" in report.stdout and "FORCED: the driver silent for" in report.stdout
     gone = next(e for e in evs if e["type"] == "step-interrupted")
     assert gone["step"] == "middle" and "was running on" in gone["detail"]
     assert evs[-1]["type"] == "run-finished" and evs[-1]["status"] == "completed"
