@@ -99,7 +99,11 @@ def read_requests(store: Store, run_id: str, trust: Trust, seen: set[str]) -> li
     strict = _strict(trust)
     out: list[RemoteRequest | RemoteRejected] = []
     for key in sorted(listed):
-        if key in seen or (key.endswith(SIG_SUFFIX) and key[: -len(SIG_SUFFIX)] in listed):
+        if key.endswith(SIG_SUFFIX):  # a signature is read with its object (alone: its object is being written)
+            continue
+        if key in seen:  # read already (from another store of the config, which held the same request): removed
+            with contextlib.suppress(Exception):
+                store.delete([key, key + SIG_SUFFIX])
             continue
         if len(out) >= MAX_PER_ROUND:
             break

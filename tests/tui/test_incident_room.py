@@ -236,3 +236,74 @@ async def test_a_flood_of_bad_requests_cannot_drown_the_journal(make_app) -> Non
         flood = [e for e in journal(engine) if e["type"] == "requests-refused"]
         assert len(flood) == 1  # said once a minute at most
         assert waiting_on(app, "drop", "confirm")()  # the run goes on
+
+
+REMOTE = """
+    version: 1
+    name: remote
+    target: "db-host:5432/app"
+    repository: "{{ repository }}"
+    params:
+      repository: {type: path}
+    steps:
+      - id: ask
+        title: Wait at the question
+        run: echo asked
+      - id: done
+        run: echo done
+        confirm: none
+"""
+
+
+async def test_a_take_over_from_another_host_turns_the_cockpit_into_a_watcher_through_the_repository(
+        make_app, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Host B (another process, its own HOME, state directory, config and key) takes the run over through the
+    repository while the driver's cockpit waits at a question: the cockpit turns into the watch cockpit, following
+    the run through the repository (B's events appear in it), under a banner naming B and "another host"."""
+    import subprocess
+    import sys
+
+    from runbook.repository_watch import RepositoryEventSource
+    from runbook.tui.watch_screen import WatchSummaryScreen
+    from tests.conftest import ROOT
+    from tests.support.signing import make_keys
+
+    repo = tmp_path / "repo"
+    keys = {n: make_keys(tmp_path, n) for n in ("a", "b")}
+    trusted = ", ".join(str(pub) for _, pub in keys.values())
+    cfg = {}
+    for n, (private, _) in keys.items():
+        cfg[n] = tmp_path / f"{n}.yaml"
+        cfg[n].write_text(f"version: 1\nlocal: {{path: {repo}}}\nsigning: {{private_key: {private}, public_keys: "
+                          f"[{trusted}]}}\n")
+    app, engine = make_app(REMOTE, mode="drill", sets={"repository": str(cfg["a"])})
+    home = tmp_path / "b-home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "NO_COLOR": "1"}
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, waiting_on(app, "ask", "confirm"))
+        await until(pilot, lambda: (repo / "runs" / engine.run_id / "live.json").exists())
+        b = subprocess.Popen([sys.executable, "-m", "runbook", "take-over", "-c", str(cfg["b"]), engine.run_id,
+                              "--yes", "--headless", "--state-dir", str(tmp_path / "b-state")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+        try:
+            await until(pilot, lambda: isinstance(app.screen, TakenOverScreen)
+                        and bool(app.screen.query("#handover-banner")), timeout=30)
+            banner = str(app.screen.query_one("#handover-banner", Static).render())
+            assert "TAKEN OVER by" in banner and "from another host" in banner, banner
+            assert isinstance(app.screen.view.source, RepositoryEventSource)
+            # B's own events reach this cockpit through the repository
+            await until(pilot, lambda: any(e.get("type") == "handover" for e in app.screen.view.state.events),
+                        timeout=30)
+            assert types(engine)[-2:] == ["handed-over", "run-detached"]
+            out = b.communicate(timeout=60)[0]
+            assert b.returncode == 0, out
+            # B completed the run: this cockpit, following it through the repository, shows its summary
+            await until(pilot, lambda: isinstance(app.screen, WatchSummaryScreen), timeout=30)
+            await pilot.press("q")
+            await until(pilot, lambda: not app.is_running)
+        finally:
+            if b.poll() is None:
+                b.kill()
+                b.communicate()
+    assert app.return_value == 0  # the run completed (in B's hands)
