@@ -33,7 +33,7 @@ from runbook.repository_watch import repository_source
 from steps.mirror.requests import request_key
 from steps.repository.signing import load_private_key
 from tests.conftest import ROOT
-from tests.support.s3server import S3Endpoint, credentials_env, s3_bucket, s3_server  # noqa: F401
+from tests.support.s3server import FaultProxy, S3Endpoint, credentials_env, s3_bucket, s3_server  # noqa: F401
 from tests.support.signing import make_keys
 
 RUNBOOK = """
@@ -290,6 +290,34 @@ def test_an_unreachable_repository_is_a_clear_error_and_nothing_changes(tmp_path
     evs = a.journal(run_id)
     assert not any(e["type"].startswith("handover") or e["type"] == "handed-over" for e in evs)
     assert evs[-1]["status"] == "completed"
+
+
+def test_the_repository_failing_as_the_request_is_written_changes_nothing(
+        tmp_path: Path, s3_server: S3Endpoint, s3_bucket: str) -> None:  # noqa: F811
+    """B reads the mirror, then its request cannot be written (S3 answers 500 to it, through a proxy in front
+    of moto): a clear error, nothing in the repository, A drives on to the end."""
+    with FaultProxy(("127.0.0.1", s3_server.port), fail=lambda m, p: m == "PUT" and "/requests/" in p) as proxy:
+        a, b = _hosts(tmp_path, _repo_yaml("s3", tmp_path, s3_server, s3_bucket))
+        b.cfg.write_text(b.cfg.read_text().replace(s3_server.url, proxy.url))
+        drv = _start_driver(a, tmp_path, pause=3)
+        try:
+            run_id = _run_id(a)
+            _mirrored(a.cfg, run_id, _running("middle"))
+            took = b.runbook("take-over", "-c", str(b.cfg), run_id, "--yes", "--headless", "--set", f"token={TOKEN}")
+            out = drv.communicate(timeout=60)[0]
+        finally:
+            _stop(drv)
+        assert any(m == "PUT" and "/requests/" in p for m, p, _ in proxy.seen)  # it was tried, and failed
+    assert took.returncode == Exit.CANNOT_RUN, took.stderr
+    assert "the take-over request could not be written into the repository" in took.stderr
+    assert "nothing was changed" in took.stderr and "Traceback" not in took.stderr
+    assert not (b.state / "runs").exists()
+    assert drv.returncode == 0, out
+    evs = a.journal(run_id)
+    assert not any(e["type"] in ("handover-requested", "handed-over", "takeover-refused") for e in evs)
+    assert evs[-1]["status"] == "completed"
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
+    assert not [k for k in keys if "/requests/" in k or "/drivers/" in k], keys
 
 
 def test_a_dead_driver_is_taken_over_by_force_naming_how_long_it_was_silent(tmp_path: Path) -> None:
