@@ -303,6 +303,29 @@ def repository_path(rb: Runbook, profile_repository: str | None, params: dict[st
     return render(text, lambda ref: to_text(params[ref.name]) if ref.name in params else "", shell=False) or None
 
 
+def _refuse_if_taken_elsewhere(repository: str, run_id: str, last_seq: int, state_dir: Path) -> None:
+    """A run whose journal here ends where another host claimed it (`take-over -c`, steps.mirror.requests) is
+    driven there: resuming it here would make two drivers. Best effort: a repository that cannot be read does not
+    stop a resume (the recovery lock says so)."""
+    from steps.mirror.requests import claims_from
+    from steps.repository.configured import open_stores
+    from steps.repository.recovery_lock import open_for_runbook
+
+    try:
+        stores = open_stores(open_for_runbook(repository))
+        found = [c for store in stores for c in claims_from(store, run_id, last_seq)]
+    except Exception:  # noqa: BLE001 - unreachable, unreadable: not this check's to refuse
+        return
+    me = {"host": socket.gethostname(), "state_dir": str(state_dir.resolve())}
+    others = [c for c in found if any(c.get(k) != v for k, v in me.items())]
+    if others:
+        c = max(others, key=lambda c: int(c.get("seq") or 0))
+        raise RunbookError(f"run {run_id} was taken over from event {c.get('seq')} by {c.get('user')}@{c.get('host')} "
+                           f"(pid {c.get('pid')}, since {c.get('since')}) through the repository: it is driven there",
+                           hint=f"watch it with `runbook watch -c REPO_CONFIG {run_id}`; to drive it again, "
+                                f"`runbook take-over -c REPO_CONFIG {run_id}`")
+
+
 def _journal_broken_locks(journal: Journal, replaced: Holder | None, rlock: Any) -> None:
     """The claims this run took over: the local lock's previous holder, the repository lock's."""
     if replaced is not None:
@@ -541,6 +564,8 @@ def open_resume(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str, s
             repository = started.get("repository") if "repository" in started else repository_path(rb, None, params)
             if remote is not None:
                 repository = remote.repository
+            elif repository:
+                _refuse_if_taken_elsewhere(repository, run_id, len(st.events), state_dir)
             rlock = _repository_lock(repository, rb, st.target or "default", run_id, state_dir, clock, break_lock,
                                      warnings)
             if remote is not None and rlock is None:

@@ -226,3 +226,20 @@ def _claimed(store: Store, key: str, trust: Trust, run_id: str, seq: int) -> Loc
                                                              "over again")
     return LockHeld(f"run {run_id} was taken over by {who} first (at event {seq})",
                     hint="watch it (`runbook watch -c REPO_CONFIG RUN_ID`), or ask them to hand it over")
+
+
+def claims_from(store: Store, run_id: str, seq: int) -> list[dict[str, Any]]:
+    """The claims in `store` of run `run_id` at event `seq` or later (each a dict with its `seq`): whoever holds
+    one drives the run on from there. Unreadable ones count as claims too (of an unknown holder)."""
+    prefix = f"{run_prefix(run_id)}drivers/"
+    out = []
+    for key, _size in store.list_keys(prefix):
+        m = re.match(r"^(\d{6,})\.json$", key[len(prefix):])
+        if m is None or int(m.group(1)) < seq:
+            continue
+        try:
+            body = json.loads(store.get_bytes(key))
+        except Exception:  # noqa: BLE001 - being written, or not ours: a claim all the same
+            body = None
+        out.append({**(body if isinstance(body, dict) else {"user": "?", "host": "?"}), "seq": int(m.group(1))})
+    return out

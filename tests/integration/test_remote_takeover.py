@@ -350,3 +350,38 @@ def test_a_dead_driver_is_taken_over_by_force_naming_how_long_it_was_silent(tmp_
     gone = next(e for e in evs if e["type"] == "step-interrupted")
     assert gone["step"] == "middle" and "was running on" in gone["detail"]
     assert evs[-1]["type"] == "run-finished" and evs[-1]["status"] == "completed"
+
+
+def test_a_run_nobody_drives_is_taken_without_asking_and_its_old_host_cannot_resume_it(tmp_path: Path) -> None:
+    """A's operator quits at a question (q: the run stays open, live.json says detached): B takes the run at once
+    (no request, nobody to ask), and A's `runbook resume` is refused, naming B, instead of making two drivers."""
+    a, b = _hosts(tmp_path, f"local: {{path: {tmp_path / 'repo'}}}\n")
+    rb = tmp_path / "runbook.yaml"  # the middle step asks before it runs
+    rb.write_text(textwrap.dedent(RUNBOOK).lstrip().replace(
+        'run: "sleep {{ pause }}; echo middle done"\n    confirm: none\n', 'run: "sleep {{ pause }}; echo middle done"\n'))
+    drv = subprocess.Popen([sys.executable, "-m", "runbook", "run", str(rb), "--headless", "--mode", "drill",
+                            "--set", f"repository={a.cfg}", "--set", f"token={TOKEN}", "--set", "pause=0",
+                            "--state-dir", str(a.state)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, env=a.env(), cwd=ROOT)
+    try:
+        run_id = _run_id(a)
+        _mirrored(b.cfg, run_id, lambda evs: any(e["type"] == "step-awaiting" and e.get("step") == "middle"
+                                                 for e in evs))
+        out = drv.communicate("q\n", timeout=60)[0]
+        assert drv.returncode == Exit.LEFT_OPEN, out
+        live = tmp_path / "repo" / "runs" / run_id / "live.json"
+        assert json.loads(live.read_text())["state"] == "detached"
+        took = b.runbook("take-over", "-c", str(b.cfg), run_id, "--yes", "--headless", "--set", f"token={TOKEN}")
+    finally:
+        if drv.poll() is None:
+            drv.kill()
+            drv.communicate()
+    assert took.returncode == 0, took.stdout + took.stderr
+    assert "asked" not in took.stderr  # nobody drives: nobody is asked
+    evs = b.journal(run_id)
+    hov = next(e for e in evs if e["type"] == "handover")
+    assert hov["driver_was"] == "free" and hov["request"] == ""
+    assert evs[-1]["type"] == "run-finished" and evs[-1]["status"] == "completed"
+    again = a.runbook("resume", run_id, "--headless", "--yes", "--set", f"token={TOKEN}")
+    assert again.returncode != 0, again.stdout
+    assert "was taken over from event" in again.stderr and "it is driven there" in again.stderr, again.stderr
