@@ -612,8 +612,10 @@ class Engine:
             self._emit(ev.Notice("warning", f"{to['user']}@{to['host']} takes this run over: step {self.current} "
                                             "runs on this host and cannot be supervised from theirs, so the run is "
                                             "handed over when it ends", self.current))
-            return
-        self._hand_over()
+        if self._decision is not None and not self._decision.done():
+            self._hand_over()  # waiting for the operator: a boundary now
+        # otherwise the walk is between two points (a step starting, ending, or between its retries): it hands
+        # over at the next boundary (`_settle`, `_wait_for`), never while a step it launched still runs here
 
     def _hand_over(self) -> None:
         """Give the run to the host that asked (at a step boundary): journaled with both names and hosts, the

@@ -70,6 +70,10 @@ def test_take_over_from_another_host_between_two_terminals(tmux: Tmux, tmp_path:
         tmux.keys("-t", "a", "C-s")
         _wait_pane(tmux, "a", "tick 2")
         run_id = next((a_state / "runs").iterdir()).name
+        deadline = time.monotonic() + 20
+        while not (repo / "runs" / run_id / "live.json").exists():  # the mirror's first round (every second)
+            assert time.monotonic() < deadline, "the run is not mirrored"
+            time.sleep(0.1)
         tmux("new-session", "-d", "-s", "b", "-x", "80", "-y", "24",
              f"cd {ROOT} && {env['b']} {sys.executable} -m runbook take-over -c {cfg['b']} {run_id} "
              f"--state-dir {b_state}; echo $? > {b_exit}; sleep 30")
