@@ -385,3 +385,44 @@ def test_a_run_nobody_drives_is_taken_without_asking_and_its_old_host_cannot_res
     again = a.runbook("resume", run_id, "--headless", "--yes", "--set", f"token={TOKEN}")
     assert again.returncode != 0, again.stdout
     assert "was taken over from event" in again.stderr and "it is driven there" in again.stderr, again.stderr
+
+
+def test_the_run_is_handed_back_to_its_first_host(tmp_path: Path) -> None:
+    """A -> B -> A: B takes the run while A waits at a question, then A takes it back while B's step runs (B
+    hands over when it ends): A's run directory is brought up to the mirror (its own journal is the mirror's
+    beginning), and A drives on to the end."""
+    a, b = _hosts(tmp_path, f"local: {{path: {tmp_path / 'repo'}}}\n")
+    rb = tmp_path / "runbook.yaml"  # the first step asks before it runs
+    rb.write_text(textwrap.dedent(RUNBOOK).lstrip().replace('run: "echo first"\n    confirm: none\n',
+                                                            'run: "echo first"\n'))
+    drv = subprocess.Popen([sys.executable, "-m", "runbook", "run", str(rb), "--headless", "--mode", "drill",
+                            "--set", f"repository={a.cfg}", "--set", f"token={TOKEN}", "--set", "pause=6",
+                            "--state-dir", str(a.state)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, env=a.env(), cwd=ROOT)
+    b_drv = None
+    try:
+        run_id = _run_id(a)
+        _mirrored(b.cfg, run_id, lambda evs: any(e["type"] == "step-awaiting" for e in evs))
+        b_drv = b.start("take-over", "-c", str(b.cfg), run_id, "--yes", "--headless", "--set", f"token={TOKEN}")
+        drv.wait(timeout=60)  # its stdin stays open: it leaves because it handed over, not at an end of file
+        first = drv.communicate()[0]
+        assert drv.returncode == Exit.LEFT_OPEN and "another host" in first, first
+        _mirrored(a.cfg, run_id, lambda evs: any(e["type"] == "handover" for e in evs) and _running("middle")(evs))
+        back = a.runbook("take-over", "-c", str(a.cfg), run_id, "--yes", "--headless", "--set", f"token={TOKEN}")
+        b_out = b_drv.communicate(timeout=60)[0]
+    finally:
+        for p in (drv, b_drv):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert b_drv.returncode == Exit.LEFT_OPEN, b_out
+    evs, on_b = a.journal(run_id), b.journal(run_id)
+    assert evs[: len(on_b)] == on_b
+    kinds = [e["type"] for e in evs]
+    assert kinds.count("handed-over") == 2 and kinds.count("handover") == 2
+    assert [e["step"] for e in evs if e["type"] == "step-started"] == ["first", "middle", "last"]
+    assert [e["step"] for e in on_b if e["type"] == "step-finished"] == ["first", "middle"]  # middle ended on B
+    assert evs[-1]["type"] == "run-finished" and evs[-1]["status"] == "completed"
+    report = a.runbook("report", run_id)
+    assert report.stdout.count("took over from") == 2, report.stdout
