@@ -27,4 +27,7 @@ opens the epoch with its identities (steps.encrypted.reading.Keys). live.json st
 - steps.mirror.reading: `MirrorReader`, what a watcher reads: chunks after the last one seen, each verified
   (signature, name, hash chain) before any event is returned; live.json, verified; the runbook copy, verified
   (signature, and its sha256 against the one run-started journaled).
+- steps.mirror.requests: a hand-over across hosts (`runbook take-over -c`): the signed take-over requests in
+  `runs/<run id>/requests/` the driver's mirror thread reads, and the new driver's write-once claim
+  `runs/<run id>/drivers/<seq>.json`.
 """
