@@ -642,8 +642,10 @@ def open_takeover(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str,
         else dict(st.operator)
     if LockFile.is_held(path):
         if holder.get("host") not in (None, me["host"]):
-            raise UsageError(f"run {run_id} is driven from {holder.get('host')}; a take-over works on the same "
-                             "host only")
+            raise UsageError(f"run {run_id} is driven from {holder.get('host')}; a take-over without -c works on "
+                             "the same host only",
+                             hint=f"from another host, through the repository: `runbook take-over -c REPO_CONFIG "
+                                  f"{run_id}`")
         write_request(run_dir(state_dir, run_id), "takeover",
                       {"run_id": run_id, "user": me["user"], "host": me["host"], "pid": me["pid"],
                        "ts": iso(clock.now()), "driver_pid": holder.get("pid")})
