@@ -37,6 +37,7 @@ from typing import Any
 
 from runbook.clock import Clock, iso
 from runbook.errors import LockHeld, RunbookError, UsageError
+from runbook.lockfile import current_user, hostname
 from runbook.redact import MASK
 
 SILENT_LIMIT_S = 60.0  # a heartbeat older than this: the driver is taken for dead (only --force goes on)
@@ -185,6 +186,13 @@ class RemoteTakeover:
             self.driving = "silent"
         else:
             self.driving = "driven"
+        to = _dict(away.get("to")) if away is not None else {}
+        mine = to.get("user") == current_user() and to.get("host") == hostname()  # this host's own retry
+        if self.driving == "free" and away is not None and self.silent_s <= self.silent_limit_s and not mine:
+            # handed over a moment ago: its new driver is taking it now
+            raise LockHeld(f"run {self.run_id} was handed over to {_who(to)} {self.silent_s:.0f} s ago: they are "
+                           "taking it", hint=f"watch it; if they never take it, try again after "
+                                             f"{self.silent_limit_s:g} s")
         if self.driving == "silent" and not self.force:
             raise UsageError(f"the driver of run {self.run_id} ({_who(self.previous)}) has been silent for "
                              f"{self.silent_s:.0f} s (its host or its process may be down): it cannot hand over",
