@@ -426,3 +426,66 @@ def test_the_run_is_handed_back_to_its_first_host(tmp_path: Path) -> None:
     assert evs[-1]["type"] == "run-finished" and evs[-1]["status"] == "completed"
     report = a.runbook("report", run_id)
     assert report.stdout.count("took over from") == 2, report.stdout
+
+
+SECRETS_RUNBOOK = """
+version: 1
+name: Hand-over with secrets
+target: "db-host:5432/app"
+repository: "{{ repository }}"
+secrets: {env_file: SECRETS, required: [DB_PASSWORD]}
+params:
+  repository: {type: path}
+  out: {type: path}
+steps:
+  - id: ask
+    run: "echo asked"
+  - id: use
+    run: 'echo "pw=$DB_PASSWORD api=$API_TOKEN" > {{ out }}'
+    confirm: none
+"""
+
+
+def test_the_secrets_file_must_be_given_on_the_new_host_with_every_key(tmp_path: Path) -> None:
+    """The journal holds only the secrets' names: B needs its own file with all of them (refused, named, before A
+    is asked, without it or with a key missing), and B's steps get B's values."""
+    a, b = _hosts(tmp_path, f"local: {{path: {tmp_path / 'repo'}}}\n")
+    a_secrets = a.dir / "secrets.env"
+    a_secrets.write_text("DB_PASSWORD=password-of-host-a\nAPI_TOKEN=api-token-of-host-a\n")
+    os.chmod(a_secrets, 0o600)
+    rb = tmp_path / "runbook.yaml"
+    rb.write_text(textwrap.dedent(SECRETS_RUNBOOK).lstrip().replace("SECRETS", str(a_secrets)))
+    out = tmp_path / "used.txt"
+    drv = subprocess.Popen([sys.executable, "-m", "runbook", "run", str(rb), "--headless", "--mode", "drill",
+                            "--set", f"repository={a.cfg}", "--set", f"out={out}", "--state-dir", str(a.state)],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=a.env(), cwd=ROOT)
+    try:
+        run_id = _run_id(a)
+        _mirrored(b.cfg, run_id, lambda evs: any(e["type"] == "step-awaiting" for e in evs))
+        a_secrets.unlink()  # A's file is A's: not on host B
+        args = ("take-over", "-c", str(b.cfg), run_id, "--yes", "--headless")
+        none = b.runbook(*args)
+        assert none.returncode == Exit.CANNOT_RUN, none.stderr
+        assert "needs its secrets" in none.stderr and "secrets_env_file" in none.stderr
+        b_secrets = b.dir / "secrets.env"
+        b_secrets.write_text("DB_PASSWORD=password-of-host-b\n")
+        os.chmod(b_secrets, 0o600)
+        profile = b.dir / "profile.yaml"
+        profile.write_text(f"version: 1\nsecrets_env_file: {b_secrets}\n")
+        lacking = b.runbook(*args, "--profile", str(profile))
+        assert lacking.returncode == Exit.CANNOT_RUN and "lacks API_TOKEN" in lacking.stderr, lacking.stderr
+        assert drv.poll() is None and not (b.state / "runs").exists()  # nothing was asked, nothing changed
+        evs = a.journal(run_id)
+        assert not any(e["type"] in ("handover-requested", "takeover-refused") for e in evs)
+        b_secrets.write_text("DB_PASSWORD=password-of-host-b\nAPI_TOKEN=api-token-of-host-b\n")
+        took = b.runbook(*args, "--profile", str(profile))
+        drv.wait(timeout=30)
+    finally:
+        if drv.poll() is None:
+            drv.kill()
+        drv.communicate()
+    assert took.returncode == 0, took.stdout + took.stderr
+    assert out.read_text().strip() == "pw=password-of-host-b api=api-token-of-host-b"  # B's step ran with B's secrets
+    journal_text = (b.state / "runs" / run_id / "journal.jsonl").read_text()
+    assert "password-of-host-b" not in journal_text and "api-token-of-host-b" not in journal_text
