@@ -160,6 +160,9 @@ def test_another_host_takes_over_at_the_step_boundary_and_drives_to_the_end(
         assert no_token.returncode == Exit.CANNOT_RUN, no_token.stdout + no_token.stderr
         assert 'param "token" is not in the journal' in no_token.stderr and "--set token=" in no_token.stderr
         assert not (b.state / "runs" / run_id).exists()
+        if where == "local":  # A holds the recovery lock in the repository
+            held = [json.loads(p.read_text()) for p in (tmp_path / "repo" / "locks").glob("*.json")]
+            assert held and all(h["run_id"] == run_id and h["pid"] == drv.pid for h in held), held
         started = time.monotonic()
         took = b.runbook("take-over", "-c", str(b.cfg), run_id, "--yes", "--headless", "--set", f"token={TOKEN}")
         took_s = time.monotonic() - started
@@ -188,6 +191,8 @@ def test_another_host_takes_over_at_the_step_boundary_and_drives_to_the_end(
     assert [e["step"] for e in eb if e["type"] == "step-started"] == ["first", "middle", "last"]
     assert eb[-1]["type"] == "run-finished" and eb[-1]["status"] == "completed"
     assert TOKEN not in (b.state / "runs" / run_id / "journal.jsonl").read_text()
+    if where == "local":  # B held the recovery lock (A's object replaced by B's) and let it go when the run closed
+        assert not list((tmp_path / "repo" / "locks").glob("*.json"))
     # the whole mirror verifies from either host (A's chunks by A's key, B's by B's), and says it ended
     watched = _mirrored(a.cfg, run_id, lambda evs: bool(evs) and evs[-1]["type"] == "run-finished")
     assert watched == eb
