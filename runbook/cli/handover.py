@@ -143,6 +143,9 @@ def _take_over_remote(args: argparse.Namespace) -> int:
     from runbook.params import parse_set
     from runbook.remote_takeover import SILENT_LIMIT_S, WAIT_S, RemoteTakeover
 
+    for flag, value in (("--wait", args.wait), ("--silent-limit", args.silent_limit)):
+        if value is not None and not value > 0:
+            raise UsageError(f"{flag} {value:g}: give a number of seconds greater than 0")
     if args.approver_policy:
         raise UsageError("--approver-policy is not changed by a take-over from another host",
                          hint="resume the run with it once you drive it")

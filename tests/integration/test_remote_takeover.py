@@ -494,3 +494,16 @@ def test_the_secrets_file_must_be_given_on_the_new_host_with_every_key(tmp_path:
     assert out.read_text().strip() == "pw=password-of-host-b api=api-token-of-host-b"  # B's step ran with B's secrets
     journal_text = (b.state / "runs" / run_id / "journal.jsonl").read_text()
     assert "password-of-host-b" not in journal_text and "api-token-of-host-b" not in journal_text
+
+
+def test_bad_flags_are_clear_errors(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    for args, said in [
+        (("--force",), "--force goes with -c REPO_CONFIG"),
+        (("-c", "x.yaml", "--silent-limit", "-3"), "--silent-limit -3: give a number of seconds greater than 0"),
+        (("-c", "x.yaml", "--wait", "0"), "--wait 0: give a number of seconds greater than 0"),
+        (("-c", str(tmp_path / "missing.yaml")), "missing.yaml"),
+    ]:
+        r = run_cli("take-over", "RUN", "--headless", "--state-dir", str(tmp_path / "s"), *args)
+        assert r.returncode == Exit.CANNOT_RUN and said in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
