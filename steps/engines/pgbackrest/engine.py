@@ -1,0 +1,83 @@
+"""pgBackRest as the physical engine (steps.engines.PhysicalEngine): `info --output=json` for the backups and the
+WAL range, `repo-ls` for when the newest WAL was archived, `check`, `backup --type`."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from typing import Any
+
+from steps.engines.facts import ArchiveRange, BaseBackupDone, EngineCheck, PhysicalBackup
+from steps.engines.pgbackrest.info import StanzaInfo, newest_archived_at, parse_info
+from steps.engines.pgbackrest.runner import PgBackRestError, info, run
+from steps.engines.pgbackrest.settings import PgBackRestSettings, settings_from
+
+KINDS = ("full", "diff", "incr")
+
+
+class PgBackRestEngine:
+    name = "pgbackrest"
+
+    def __init__(self, cfg: Any = None, *, settings: PgBackRestSettings | None = None) -> None:
+        self.settings = settings or settings_from(cfg)
+
+    def stanza(self) -> StanzaInfo:
+        """The stanza's facts, read now."""
+        return parse_info(info(self.settings), self.settings.stanza)
+
+    def backups(self) -> list[PhysicalBackup]:
+        return self.stanza().backups
+
+    def archive_range(self) -> ArchiveRange | None:
+        st = self.stanza()
+        a = st.archive
+        if a.max_wal is None or st.archive_id is None:
+            return None
+        return ArchiveRange(min_wal=a.min_wal, max_wal=a.max_wal,
+                            newest_archived_at=self.archived_at(st.archive_id, a.max_wal), where=a.where)
+
+    def archived_at(self, archive_id: str, wal: str) -> datetime | None:
+        """When `wal` reached the repository: its file's time in the archive (pgBackRest's info does not say)."""
+        path = f"archive/{self.settings.stanza}/{archive_id}/{wal[:16]}"
+        proc = run(self.settings, "repo-ls", "--output=json", path, timeout=120)
+        try:
+            doc = json.loads(proc.stdout)
+        except json.JSONDecodeError as e:
+            raise PgBackRestError(f"pgbackrest repo-ls {path} did not print JSON: {e.msg}") from None
+        return newest_archived_at(doc, wal)
+
+    def check(self) -> list[EngineCheck]:
+        out = []
+        try:
+            st = self.stanza()
+        except PgBackRestError as e:
+            return [EngineCheck("pgbackrest info", "failed", e.message, e.hint)]
+        if st.status_code != 0:
+            out.append(EngineCheck("pgbackrest info", "failed" if not st.backups else "warning",
+                                   f"stanza {st.name}: {st.status_message} (status {st.status_code})",
+                                   "pgbackrest info says more"))
+        else:
+            out.append(EngineCheck("pgbackrest info", "ok", f"stanza {st.name}: {len(st.backups)} backups, WAL "
+                                   f"{st.archive.min_wal or '-'} .. {st.archive.max_wal or '-'}"))
+        try:
+            run(self.settings, "check")
+        except PgBackRestError as e:
+            out.append(EngineCheck("pgbackrest check", "failed", e.message, e.hint))
+        else:
+            out.append(EngineCheck("pgbackrest check", "ok", f"stanza {st.name}: the cluster matches it and a "
+                                   "WAL switch reached the repository"))
+        return out
+
+    def basebackup(self, kind: str | None = None) -> BaseBackupDone:
+        if kind is not None and kind not in KINDS:
+            raise PgBackRestError(f"backup type {kind!r} is not one of {', '.join(KINDS)}")
+        before = {b.label for b in self.backups()}
+        t0 = time.monotonic()
+        run(self.settings, "backup", *([f"--type={kind}"] if kind else []))
+        duration = time.monotonic() - t0
+        new = [b for b in self.backups() if b.label not in before]
+        if not new:
+            raise PgBackRestError("pgbackrest backup exited 0 but info lists no new backup",
+                                  hint="pgbackrest info; its log says more")
+        return BaseBackupDone(backup=new[0], duration_s=duration)
