@@ -70,7 +70,9 @@ def recovery_settings(args: Args, config_path: Path, verified: Path | None = Non
         s["recovery_target_lsn"] = args.target.strip()
     elif args.target_kind == "name":
         s["recovery_target_name"] = args.target
-    if args.target_kind != "latest":
+    elif args.target_kind == "immediate":
+        s["recovery_target"] = "immediate"
+    if args.target_kind not in ("latest", "immediate"):
         s["recovery_target_inclusive"] = "on" if args.inclusive else "off"
     return s
 

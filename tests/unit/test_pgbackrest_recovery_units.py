@@ -1,0 +1,103 @@
+"""The pure parts of PITR and verify-backup with engine pgbackrest: the backup set chosen for a target (the own
+engine's rule), the WAL segment size and archive end derived from info, the target options, pgBackRest verify's
+text read, and the records' prefix (a name from the repository never names a place)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from steps.engines.facts import ArchiveRange, PhysicalBackup
+from steps.engines.pgbackrest.records import backup_prefix, info_sha256, record_key
+from steps.engines.pgbackrest.restore import archive_end_lsn, segment_size
+from steps.pitr.args import Args
+from steps.pitr.errors import PitrError
+from steps.pitr.pgbackrest import choose_set, target_options
+from steps.proof.verify_pgbackrest import parse_verify
+
+
+def _b(label: str, stop: str, start_lsn: str = "0/700028", stop_lsn: str = "0/700100",
+       start_wal: str = "000000010000000000000007") -> PhysicalBackup:
+    t = datetime.fromisoformat(stop)
+    return PhysicalBackup(label=label, kind="full", started_at=t, stopped_at=t, start_wal=start_wal,
+                          stop_wal=start_wal, start_lsn=start_lsn, stop_lsn=stop_lsn, size_bytes=1,
+                          system_identifier="42")
+
+
+OLD = _b("20261207-100000F", "2026-12-07T10:00:05+00:00", stop_lsn="0/700100")
+NEW = _b("20261207-110000F", "2026-12-07T11:00:05+00:00", stop_lsn="0/B00100")
+
+
+def _args(**kw: object) -> Args:
+    return Args.model_validate({"config": "/c.yaml", "pgdata": "/x/data", **kw})
+
+
+def test_the_newest_backup_that_ended_before_the_target_is_chosen() -> None:
+    assert choose_set([NEW, OLD], _args(target="2026-12-07T10:30:00+00:00")) is OLD
+    assert choose_set([OLD, NEW], _args(target="2026-12-07T12:00:00+00:00")) is NEW
+    assert choose_set([NEW, OLD], _args(target_kind="lsn", target="0/900000")) is OLD
+    assert choose_set([NEW, OLD], _args(target_kind="immediate")) is NEW
+    assert choose_set([NEW, OLD], _args(target_kind="latest", backup_id=OLD.label)) is OLD
+    with pytest.raises(PitrError, match="target before the backup ends.*20261207-100000F"):
+        choose_set([NEW, OLD], _args(target="2026-12-07T09:00:00+00:00"))
+    with pytest.raises(PitrError, match="no pgBackRest backup of cluster 7"):
+        choose_set([NEW, OLD], _args(target_kind="latest", cluster="7"))
+    with pytest.raises(PitrError, match="no pgBackRest backup in the stanza"):
+        choose_set([], _args(target_kind="latest"))
+
+
+def test_segment_size_and_the_archive_end_come_from_the_backups_start() -> None:
+    assert segment_size(OLD) == 1 << 20  # 0/700028 is in segment 7 of 1 MB segments
+    assert segment_size(_b("20261207-100000F", "2026-12-07T10:00:05+00:00", start_lsn="5/3000028",
+                           start_wal="000000010000000500000003")) == 16 << 20
+
+    class St:
+        backups = [OLD]
+        archive = ArchiveRange("000000010000000000000006", "00000001000000000000000B")
+
+    assert archive_end_lsn(St()) == 0xC << 20
+
+
+def test_target_options() -> None:
+    assert target_options(_args(target_kind="immediate")) == ["--type=immediate"]
+    assert target_options(_args(target_kind="latest")) == ["--type=default"]
+    assert target_options(_args(target="2026-12-07T10:30:00+07:00", inclusive=False)) == [
+        "--type=time", "--target=2026-12-07 10:30:00+07:00", "--target-exclusive"]
+    assert target_options(_args(target_kind="name", target="before-upgrade")) == [
+        "--type=name", "--target=before-upgrade"]
+
+
+VERIFY = """\
+2026-12-07 12:26:55.547 P01   INFO: invalid checksum '20261207-122503F/pg_data/base/5/2601.gz'
+stanza: demo
+status: error
+  archiveId: 15-1, total WAL checked: 6, total valid WAL: 5
+    missing: 0, checksum invalid: 1, size invalid: 0, other: 0
+  backup: 20261207-122455F, status: valid, total files checked: 964, total valid files: 964
+    missing: 0, checksum invalid: 0, size invalid: 0, other: 0
+  backup: 20261207-122503F, status: invalid, total files checked: 965, total valid files: 964
+    missing: 0, checksum invalid: 1, size invalid: 0, other: 0
+"""
+
+
+def test_pgbackrest_verify_text_is_read_per_backup() -> None:
+    status, files, counts, archive = parse_verify(VERIFY, "20261207-122503F")
+    assert status == "invalid" and files == ["invalid checksum 20261207-122503F/pg_data/base/5/2601.gz"]
+    assert "checksum invalid: 1" in counts and archive == [
+        "archive 15-1: missing: 0, checksum invalid: 1, size invalid: 0, other: 0"]
+    status, files, _counts, _ = parse_verify(VERIFY, "20261207-122455F")
+    assert status == "valid" and files == []
+    assert parse_verify(VERIFY, "20261207-000000F")[0] is None
+
+
+def test_record_keys_are_made_of_checked_names_only() -> None:
+    when = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    assert record_key("42", "main", "20261207-122503F", when) == (
+        "clusters/42/pgbackrest/main/20261207-122503F/verifications/20261207T120000.000000Z.json")
+    assert backup_prefix("42", "main", "20261207-122503F_20261207-130000I").endswith("I/")
+    for sysid, stanza, label in (("../x", "main", "20261207-122503F"), ("42", "../etc", "20261207-122503F"),
+                                 ("42", "main", "../../x"), ("42", "a/b", "20261207-122503F")):
+        with pytest.raises(ValueError):
+            backup_prefix(sysid, stanza, label)
+    assert info_sha256({"b": 1, "a": 2}) == info_sha256({"a": 2, "b": 1})
