@@ -235,3 +235,58 @@ def test_a_backup_pgbackrest_marks_in_error_or_of_an_earlier_database_is_not_lis
 
 def test_pgbackrest_is_installed_for_the_tests() -> None:
     assert shutil.which("pgbackrest") == pgbackrest_exe()
+
+
+def _record(label: str, digest: str, passed: bool, level: str, at: datetime) -> Any:
+    from steps.repository.manifest import Check, Tool, VerificationRecord
+
+    return VerificationRecord(backup_id=label, level=level, passed=passed, checked_at=at, repository="local",
+                              manifest_sha256=digest, checks=[Check(name="restore", status="ok" if passed else "failed")],
+                              tool=Tool(version="test"), kind="base", timings={"restore_s": 2.5})
+
+
+def test_the_products_records_about_pgbackrest_backups_live_under_its_own_prefix_signed(tmp_path: Path) -> None:
+    from steps.engines.pgbackrest.records import (
+        WHERE,
+        entries,
+        fingerprint,
+        read_records,
+        records_prefix,
+        write_record,
+    )
+    from steps.repository.manifest import Level
+    from steps.repository.signing import Trust, load_private_key, load_public_keys
+    from steps.repository.store import LocalStore
+    from tests.support.signing import make_keys
+
+    st = parse_info(copy.deepcopy(INFO), "main")
+    incr, full = st.backups
+    sysid = st.system_identifier
+    assert sysid is not None
+    assert records_prefix(sysid, "main", full.label) == f"clusters/{sysid}/pgbackrest/main/{full.label}/"
+    for bad in (("12a", "main", full.label), (sysid, "../x", full.label), (sysid, "main", "../../etc")):
+        with pytest.raises(ValueError):
+            records_prefix(*bad)
+    assert fingerprint("main", full) != fingerprint("other", full) != fingerprint("main", incr)
+    private, public = make_keys()
+    signer, trust = load_private_key(private), Trust.of(load_public_keys([public]))
+    store = LocalStore(tmp_path / "own")
+    (tmp_path / "own").mkdir()
+    t0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    key = write_record(store, signer, sysid, "main", _record(full.label, fingerprint("main", full), True, "restored", t0))
+    assert key.startswith(records_prefix(sysid, "main", full.label) + "verifications/")
+    write_record(store, signer, sysid, "main", _record(incr.label, fingerprint("main", incr), False, "restored", t0))
+    # a forged record (no signature) is refused, never counted
+    forged = records_prefix(sysid, "main", incr.label) + "verifications/20261207T130000.000000Z.json"
+    (tmp_path / "own" / forged).write_bytes((tmp_path / "own" / key).read_bytes().replace(full.label.encode(),
+                                                                                           incr.label.encode()))
+    recs = read_records([store], trust, sysid, "main")
+    assert [r[1] for r in recs.refused] == [forged]
+    listed = entries(st.backups, "main", [store], recs, 1 << 20)
+    by = {e.backup_id: e for e in listed}
+    assert by[full.label].level == Level.restored and by[incr.label].level == Level.none  # its test restore failed
+    assert by[full.label].locations() == [WHERE]
+    assert by[full.label].manifest.start_wal == full.start_wal  # type: ignore[union-attr]
+    assert by[full.label].copies[WHERE].latest_record(Level.restored).timings["restore_s"] == 2.5  # type: ignore[union-attr]
+    # with no record at all, a backup pgBackRest lists is readable
+    assert entries(st.backups, "main", [store], read_records([], trust, sysid, "main"), None)[0].level == Level.readable
