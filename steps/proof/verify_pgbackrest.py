@@ -15,8 +15,8 @@ through `pgbackrest restore` into a fresh scratch directory, replayed to consist
    log fail it, the server's own redo timing recorded), then the same **checks** as the own engine
    (steps.verify_database: expected tables, smoke queries) and the restored size.
 5. **Record**: the same VerificationRecord, signed, in the product's own repository under
-   steps.engines.pgbackrest.records' prefix (never inside pgBackRest's repository), with pgBackRest verify's
-   result among its checks.
+   steps.engines.pgbackrest.records' prefix (never inside pgBackRest's repository), vouching for the backup's
+   fingerprint (records.fingerprint), with pgBackRest verify's result among its checks.
 """
 
 from __future__ import annotations
@@ -89,15 +89,14 @@ class PgBackRestVerification(BaseVerification):
         raise NotImplementedError
 
     def _run_pgbackrest(self) -> None:
-        from steps.engines.pgbackrest.records import info_entry, info_sha256
+        from steps.engines.pgbackrest.records import fingerprint
         from steps.engines.pgbackrest.restore import stanza_facts
-        from steps.engines.pgbackrest.runner import PgBackRestError, info
+        from steps.engines.pgbackrest.runner import PgBackRestError
         from steps.engines.pgbackrest.settings import settings_from
         from steps.pg.server import Server
 
         try:
             s = settings_from(self.cfg)
-            raw = info(s)
             st = stanza_facts(s)
         except RunbookError as e:
             self.out.error = str(e)
@@ -110,7 +109,6 @@ class PgBackRestVerification(BaseVerification):
             self.out.error = (f"no pgBackRest backup {self.backup_id} in stanza {s.stanza}" if self.backup_id else
                               f"no pgBackRest backup in stanza {s.stanza}: take one with `runbook basebackup`")
             return
-        entry = info_entry(raw, b.label) or {}
         self.out.backup_id, self.out.kind, self.out.cluster = b.label, "base", b.system_identifier
         store = self._record_store()
         self.out.repository = store.name
@@ -131,7 +129,7 @@ class PgBackRestVerification(BaseVerification):
             except PgBackRestError as e:
                 raise CannotRun(e.message, hint=e.hint) from None
             self._stop(server)
-            self._record_pgbackrest(store, s.stanza, b, info_sha256(entry))
+            self._record_pgbackrest(store, s.stanza, b, fingerprint(s.stanza, b))
             recorded = True
         except RunbookError as e:
             self.out.error = str(e)
@@ -223,7 +221,8 @@ class PgBackRestVerification(BaseVerification):
     def _record_pgbackrest(self, store: Any, stanza: str, b: Any, entry_sha256: str) -> None:
         """The verification record, signed, under the product's prefix for this pgBackRest backup."""
         from runbook import __version__
-        from steps.engines.pgbackrest.records import record_key
+        from steps.engines.pgbackrest.records import records_prefix
+        from steps.repository.layout import verification_key
         from steps.repository.manifest import Check, Tool, VerificationRecord, to_json
         from steps.repository.signing import signer_from_config
 
@@ -238,7 +237,7 @@ class PgBackRestVerification(BaseVerification):
             timings=dict(self.out.timings), restored_size_bytes=self.out.restored_size_bytes,
             wal_replayed_bytes=self.out.wal_replayed_bytes, wal_replay_s=self.out.wal_replay_s,
         )
-        key = record_key(str(b.system_identifier), stanza, b.label, now)
+        key = verification_key(records_prefix(str(b.system_identifier), stanza, b.label), now)
         try:
             signer = signer_from_config(self.cfg, required=False)
             why = "no signing.private_key on this host"

@@ -1,15 +1,14 @@
 """The pure parts of PITR and verify-backup with engine pgbackrest: the backup set chosen for a target (the own
 engine's rule), the WAL segment size and archive end derived from info, the target options, pgBackRest verify's
-text read, and the records' prefix (a name from the repository never names a place)."""
+text read."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import pytest
 
 from steps.engines.facts import ArchiveRange, PhysicalBackup
-from steps.engines.pgbackrest.records import backup_prefix, info_sha256, record_key
 from steps.engines.pgbackrest.restore import archive_end_lsn, segment_size
 from steps.pitr.args import Args
 from steps.pitr.errors import PitrError
@@ -89,15 +88,3 @@ def test_pgbackrest_verify_text_is_read_per_backup() -> None:
     status, files, _counts, _ = parse_verify(VERIFY, "20261207-122455F")
     assert status == "valid" and files == []
     assert parse_verify(VERIFY, "20261207-000000F")[0] is None
-
-
-def test_record_keys_are_made_of_checked_names_only() -> None:
-    when = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
-    assert record_key("42", "main", "20261207-122503F", when) == (
-        "clusters/42/pgbackrest/main/20261207-122503F/verifications/20261207T120000.000000Z.json")
-    assert backup_prefix("42", "main", "20261207-122503F_20261207-130000I").endswith("I/")
-    for sysid, stanza, label in (("../x", "main", "20261207-122503F"), ("42", "../etc", "20261207-122503F"),
-                                 ("42", "main", "../../x"), ("42", "a/b", "20261207-122503F")):
-        with pytest.raises(ValueError):
-            backup_prefix(sysid, stanza, label)
-    assert info_sha256({"b": 1, "a": 2}) == info_sha256({"a": 2, "b": 1})
