@@ -31,10 +31,10 @@ class PhysicalEngine(Protocol):
         been archived."""
         ...
 
-    def check(self) -> list[EngineCheck]:
+    def check(self, timeout: float | None = None) -> list[EngineCheck]:
         """The engine's own checks, beyond those `runbook check` makes itself (`pgbackrest check`: archiving
-        reaches the repository, the stanza matches the cluster). The product's own engine adds none: its checks
-        are runbook check's."""
+        reaches the repository, the stanza matches the cluster; `timeout`: how long it may wait for WAL). The
+        product's own engine adds none: its checks are runbook check's."""
         ...
 
     def basebackup(self, kind: str | None = None) -> BaseBackupDone:

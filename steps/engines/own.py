@@ -75,7 +75,7 @@ class OwnEngine:
         return ArchiveRange(min_wal=lo[1], max_wal=hi[1], newest_archived_at=datetime.fromtimestamp(hi[2], UTC),
                             where=hi[3])
 
-    def check(self) -> list[EngineCheck]:
+    def check(self, timeout: float | None = None) -> list[EngineCheck]:
         return []  # the own engine's checks are runbook check's (steps.proof.check)
 
     def basebackup(self, kind: str | None = None) -> BaseBackupDone:

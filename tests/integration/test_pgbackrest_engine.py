@@ -62,8 +62,8 @@ def _exercise(p: PgbrPrimary) -> None:
     assert rng.newest_archived_at is not None
     assert before - 2 <= rng.newest_archived_at.timestamp() <= archived_by + 2
     checks = {c.name: c for c in engine.check()}
-    assert checks["pgbackrest info"].status == "ok", checks
-    assert checks["pgbackrest check"].status == "ok", checks
+    assert checks["pgbackrest_info"].status == "ok", checks
+    assert checks["pgbackrest_check"].status == "ok", checks
 
 
 def test_posix_repository_backups_archive_range_check_and_an_incremental_backup(pgbr_primary: PgbrPrimary) -> None:
@@ -97,6 +97,6 @@ def test_broken_archiving_fails_pgbackrest_check_saying_why(pgbr_primary: PgbrPr
     p.break_archiving()
     p.psql("select pg_switch_wal()")
     checks = {c.name: c for c in _engine(p).check()}
-    failed = checks["pgbackrest check"]
+    failed = checks["pgbackrest_check"]
     assert failed.status == "failed"
     assert "ERROR [" in failed.detail and failed.hint and "archive_command" in failed.hint

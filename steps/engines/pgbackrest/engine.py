@@ -30,7 +30,10 @@ class PgBackRestEngine:
         return self.stanza().backups
 
     def archive_range(self) -> ArchiveRange | None:
-        st = self.stanza()
+        return self.archive_range_of(self.stanza())
+
+    def archive_range_of(self, st: StanzaInfo) -> ArchiveRange | None:
+        """The archive range of facts already read (one `info` for the backups and the range)."""
         a = st.archive
         if a.max_wal is None or st.archive_id is None:
             return None
@@ -47,26 +50,33 @@ class PgBackRestEngine:
             raise PgBackRestError(f"pgbackrest repo-ls {path} did not print JSON: {e.msg}") from None
         return newest_archived_at(doc, wal)
 
-    def check(self) -> list[EngineCheck]:
+    def check(self, timeout: float | None = None) -> list[EngineCheck]:
+        """`pgbackrest info` (the stanza's status) and `pgbackrest check` (the cluster matches the stanza; it
+        switches WAL and waits for the segment to reach the repository: `timeout` seconds, as its
+        archive-timeout, unless the options set one)."""
         out = []
         try:
             st = self.stanza()
         except PgBackRestError as e:
-            return [EngineCheck("pgbackrest info", "failed", e.message, e.hint)]
+            return [EngineCheck("pgbackrest_info", "failed", e.message, e.hint)]
         if st.status_code != 0:
-            out.append(EngineCheck("pgbackrest info", "failed" if not st.backups else "warning",
+            out.append(EngineCheck("pgbackrest_info", "failed" if not st.backups else "warning",
                                    f"stanza {st.name}: {st.status_message} (status {st.status_code})",
                                    "pgbackrest info says more"))
         else:
-            out.append(EngineCheck("pgbackrest info", "ok", f"stanza {st.name}: {len(st.backups)} backups, WAL "
+            out.append(EngineCheck("pgbackrest_info", "ok", f"stanza {st.name}: {len(st.backups)} backups, WAL "
                                    f"{st.archive.min_wal or '-'} .. {st.archive.max_wal or '-'}"))
+        extra = []
+        if timeout is not None and "archive-timeout" not in self.settings.options:
+            extra.append(f"--archive-timeout={max(0.1, min(timeout, 86400)):g}")
+        t0 = time.monotonic()
         try:
-            run(self.settings, "check")
+            run(self.settings, "check", *extra, timeout=(timeout or 60) + 60)
         except PgBackRestError as e:
-            out.append(EngineCheck("pgbackrest check", "failed", e.message, e.hint))
+            out.append(EngineCheck("pgbackrest_check", "failed", e.message, e.hint))
         else:
-            out.append(EngineCheck("pgbackrest check", "ok", f"stanza {st.name}: the cluster matches it and a "
-                                   "WAL switch reached the repository"))
+            out.append(EngineCheck("pgbackrest_check", "ok", f"stanza {st.name}: the cluster matches it and a WAL "
+                                   f"switch reached its repository ({time.monotonic() - t0:.1f} s)"))
         return out
 
     def basebackup(self, kind: str | None = None) -> BaseBackupDone:

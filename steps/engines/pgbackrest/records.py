@@ -150,6 +150,26 @@ def level_of(records: list[VerificationRecord], digest: str) -> Level:
     return max(best, Level.readable)
 
 
+def segment_size_of(backups: list[PhysicalBackup]) -> int | None:
+    """The cluster's WAL segment size, told by its backups' start LSN and WAL file (pgBackRest's info does not
+    say it): the power of two from 1 MB to 1 GB that puts every start LSN in its WAL file; None when no backup
+    tells (all start in a file's first segment of a log) or they disagree."""
+    fits = None
+    for b in backups:
+        try:
+            hi, lo = (int(x, 16) for x in b.start_lsn.split("/"))
+            log, seg = int(b.start_wal[8:16], 16), int(b.start_wal[16:24], 16)
+        except ValueError:
+            continue
+        if hi != log:
+            continue
+        ok = {1 << n for n in range(20, 31) if lo // (1 << n) == seg}
+        if seg == 0 and len(ok) > 1:
+            continue
+        fits = ok if fits is None else fits & ok
+    return min(fits) if fits and len(fits) == 1 else None
+
+
 def entries(backups: list[PhysicalBackup], stanza: str, stores: list[Store], records: Records,
             segment_size: int | None) -> list[Entry]:
     """The engine's backups (newest first) as catalogue entries of kind base, with the product's records."""
