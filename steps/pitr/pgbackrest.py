@@ -214,6 +214,7 @@ def pitr(args: Args, cfg: Any, config_path: Path, events: Events) -> int:
     events.output("recovery_point", recovery_point)
     events.output("timeline", timeline)
     events.output("replay_s", round(replay_s, 1))
+    events.output("restore_s", round(restore_s, 1))
     events.output("data_directory", str(pgdata))
     events.output("lsn", lsn)
     events.output("backup_id", b.label)
