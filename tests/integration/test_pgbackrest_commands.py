@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import run_cli
-from tests.support.pgbackrest import PgbrPrimary, pgbr_primary_fixture  # noqa: F401 - fixtures
+from tests.support.pgbackrest import PgbrPrimary, next_pgbr_dir, pgbr_primary_fixture  # noqa: F401 - fixtures
 from tests.support.pitr_cluster import pitr_template_fixture  # noqa: F401 - fixtures
 
 RUNBOOK = """\
@@ -84,3 +84,85 @@ def test_check_and_status_read_pgbackrest_and_go_red_when_archiving_breaks(pgbr_
     code, rep = status(p, tmp_path)
     assert code == 2 and rep["verdict"] == "red"
     assert any("pg_stat_archiver: archiving is failing" in r for r in rep["rpo"]["reasons"]), rep["rpo"]
+
+
+def test_basebackup_runs_pgbackrest_backup_by_type_and_backups_lists_them(pgbr_primary: PgbrPrimary) -> None:
+    p = pgbr_primary
+    r = run_cli("basebackup", "-c", str(p.config), "--type", "full", timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    full = json.loads(p.pgbackrest("info", "--output=json").stdout)[0]["backup"][-1]
+    assert full["type"] == "full"
+    assert f"base {full['label']}: ok, full," in r.stdout and "readable in pgbackrest" in r.stdout
+    status_file = json.loads((p.dest / "state" / "basebackup-status.json").read_text())
+    assert (status_file["engine"], status_file["status"], status_file["backup_id"]) == ("pgbackrest", "ok",
+                                                                                        full["label"])
+    assert status_file["duration_s"] > 0
+    p.psql("INSERT INTO events (note) SELECT 'row-' || g FROM generate_series(1, 200) g")
+    r = run_cli("basebackup", "-c", str(p.config), "--type", "incr", timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    incr = json.loads(p.pgbackrest("info", "--output=json").stdout)[0]["backup"][-1]
+    assert incr["type"] == "incr" and incr["reference"] == [full["label"]]
+    assert f"base {incr['label']}: ok, incr, on {full['label']}" in r.stdout
+
+    r = run_cli("backups", "-c", str(p.config), timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    rows = [ln.split() for ln in lines if ln.strip().startswith(("20",)) and "readable" in ln]
+    assert [row[0] for row in rows] == [incr["label"], full["label"]]  # newest first
+    assert all(row[row.index("readable") + 1] == "pgbackrest" for row in rows)
+    assert f"  {incr['label']}: incr, needs {full['label']}" in lines
+    assert any(ln.startswith(f"WAL of {p.sysid} in pgbackrest (stanza main): ") for ln in lines), r.stdout
+    doc = json.loads(run_cli("backups", "-c", str(p.config), "--json", timeout=120).stdout)
+    assert [b["backup_id"] for b in doc["base_backups"]] == [incr["label"], full["label"]]
+    assert doc["base_backups"][0]["type"] == "incr" and doc["base_backups"][0]["locations"] == ["pgbackrest"]
+    assert doc["pgbackrest"]["archive"]["max_wal"] is not None
+
+    bad = run_cli("basebackup", "-c", str(p.config), "--type", "diff", "--compress", "none", timeout=60)
+    assert bad.returncode == 3 and "compress-type" in bad.stderr  # pg_basebackup's option: said, nothing run
+    # pgBackRest failing (the cluster is down): exit 2, its own ERROR line and a hint, the status file says so
+    p.stop()
+    bad = run_cli("basebackup", "-c", str(p.config), "--type", "diff", timeout=180)
+    assert bad.returncode == 2, bad.stdout + bad.stderr
+    assert "basebackup failed (nothing new published): pgbackrest backup failed: ERROR [056]" in bad.stderr
+    assert "hint: pgBackRest could not reach the cluster" in bad.stderr
+    assert json.loads((p.dest / "state" / "basebackup-status.json").read_text())["status"] == "failed"
+
+
+def test_own_engine_refuses_diff_and_incr(tmp_path: Path) -> None:
+    cfg = tmp_path / "repo.yaml"
+    cfg.write_text(f"version: 1\nlocal: {{path: {tmp_path / 'repo'}}}\n")
+    cfg.chmod(0o600)
+    r = run_cli("basebackup", "-c", str(cfg), "--type", "incr", timeout=60)
+    assert r.returncode == 3 and "--type incr needs engine: pgbackrest" in r.stderr
+
+
+def test_garbled_info_json_makes_status_and_backups_say_so_without_a_traceback(pg_base: Path) -> None:
+    """A fake pgbackrest printing JSON that is not pgBackRest's info: status could not run (3), backups names the
+    field, neither shows a traceback nor the secret option. (In pg_base: the server's user runs it, as root.)"""
+
+    tmp_path = next_pgbr_dir(pg_base)
+    out = tmp_path / "info.json"
+    exe = tmp_path / "pgbackrest"
+    exe.write_text(f"#!/bin/sh\n[ \"$1\" = help ] && exit 0\ncat {out}\n")
+    exe.chmod(0o755)
+    cfg = tmp_path / "repo.yaml"
+    cfg.write_text(f"version: 1\nlocal: {{path: {tmp_path / 'own'}}}\nengine: pgbackrest\npgbackrest:\n  stanza: main\n"
+                   f"  executable: {exe}\n  options: {{repo1-cipher-pass: very-secret-passphrase}}\n")
+    cfg.chmod(0o600)
+    (tmp_path / "own").mkdir()
+    for printed, expect in [
+        ("{not json", "did not print JSON"),
+        (json.dumps([{"name": "main", "status": {"code": 0, "message": "ok"}, "db": [], "archive": [],
+                      "backup": [{"database": {"id": 1}, "label": "../../../etc/passwd"}]}]),
+         "backup[0].label: '../../../etc/passwd' is not"),
+    ]:
+        out.write_text(printed)
+        r = run_cli("status", "-c", str(cfg), "--no-cluster", "--state-dir", str(tmp_path / "state"), "--json",
+                    timeout=60)
+        assert r.returncode == 3, r.stdout + r.stderr
+        rep = json.loads(r.stdout)
+        assert rep["verdict"] == "could not run" and expect in rep["error"], rep["error"]
+        r = run_cli("backups", "-c", str(cfg), timeout=60)
+        assert r.returncode == 1 and expect in r.stderr, r.stdout + r.stderr
+        for text in (r.stdout + r.stderr, json.dumps(rep)):
+            assert "Traceback" not in text and "very-secret-passphrase" not in text
