@@ -9,8 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import run_cli
-from tests.support.pgbackrest import PgbrPrimary, next_pgbr_dir, pgbr_primary_fixture  # noqa: F401 - fixtures
+from tests.support.pgbackrest import (  # noqa: F401 - fixtures
+    PgbrPrimary,
+    make_pgbr_primary,
+    next_pgbr_dir,
+    pgbr_primary_fixture,
+)
 from tests.support.pitr_cluster import pitr_template_fixture  # noqa: F401 - fixtures
+from tests.support.s3server import TlsEndpoint, s3_bucket, s3_server, s3_tls_server  # noqa: F401 - fixtures
 
 RUNBOOK = """\
 version: 1
@@ -166,3 +172,66 @@ def test_garbled_info_json_makes_status_and_backups_say_so_without_a_traceback(p
         assert r.returncode == 1 and expect in r.stderr, r.stdout + r.stderr
         for text in (r.stdout + r.stderr, json.dumps(rep)):
             assert "Traceback" not in text and "very-secret-passphrase" not in text
+
+
+def _write_verified_restore(p: PgbrPrimary, label: str, restore_s: float) -> None:
+    """What `verify-backup --kind base` records about a pgBackRest backup it restored (its shape: the product's
+    VerificationRecord, signed, under the product's own prefix), written here as that command would."""
+    import socket
+    from datetime import UTC, datetime
+
+    from steps.engines.pgbackrest.engine import PgBackRestEngine
+    from steps.engines.pgbackrest.records import fingerprint, write_record
+    from steps.repository.config import load_repository_config
+    from steps.repository.manifest import Check, Tool, VerificationRecord
+    from steps.repository.signing import load_private_key
+    from steps.repository.store import LocalStore
+    from tests.support.signing import make_keys
+
+    cfg = load_repository_config(p.config)[0]
+    backup = next(b for b in PgBackRestEngine(cfg).backups() if b.label == label)
+    record = VerificationRecord(
+        backup_id=label, level="restored", passed=True, checked_at=datetime.now(UTC), repository="local",
+        manifest_sha256=fingerprint(p.stanza, backup), checks=[Check(name="restore", status="ok")],
+        tool=Tool(version="test"), host=socket.gethostname(), kind="base", duration_s=restore_s + 1,
+        timings={"restore_s": restore_s}, restored_size_bytes=backup.size_bytes)
+    write_record(LocalStore(p.own_repo), load_private_key(make_keys()[0]), p.sysid, p.stanza, record)
+
+
+def test_s3_over_tls_basebackup_status_with_a_verified_restore_and_the_fleet(
+        pg_base: Path, pitr_template: Path, s3_tls_server: TlsEndpoint, s3_bucket: str, tmp_path: Path  # noqa: F811
+) -> None:
+    p = make_pgbr_primary(pitr_template, next_pgbr_dir(pg_base), s3=(s3_tls_server, s3_bucket))
+    try:
+        r = run_cli("basebackup", "-c", str(p.config), "--type", "full", "--quiet", timeout=180)
+        assert r.returncode == 0, r.stdout + r.stderr
+        label = json.loads(p.pgbackrest("info", "--output=json").stdout)[0]["backup"][-1]["label"]
+        p.psql("INSERT INTO events (note) VALUES ('after the backup')")
+        p.switch_wal()
+        code, rep = status(p, tmp_path)
+        assert code == 1 and rep["backups"]["base"]["restored"] is None, rep["rto"]
+        assert any("no verified test restore of a base backup" in x for x in rep["rto"]["reasons"])
+
+        _write_verified_restore(p, label, restore_s=42.0)
+        code, rep = status(p, tmp_path)
+        assert rep["backups"]["base"]["restored"]["backup_id"] == label, rep["backups"]
+        proj = rep["projected_rto"]["default"]
+        assert proj["basis"].startswith(f"verify-backup of base backup {label} on "), proj
+        assert proj["restore_s"] >= 42.0 * 0.5 and proj["total_s"] is not None
+        assert not any("no verified test restore" in x for x in rep["rto"]["reasons"])
+        assert (p.own_repo / "clusters" / p.sysid / "pgbackrest" / p.stanza / label / "verifications").is_dir()
+
+        fleet_dir = tmp_path / "fleet"
+        fleet_dir.mkdir()
+        (fleet_dir / "billing.yaml").write_bytes(p.config.read_bytes())
+        (fleet_dir / "billing.yaml").chmod(0o600)
+        rb = tmp_path / "runbook.yaml"
+        r = run_cli("status", str(rb), "--all", "-c", str(fleet_dir), "--state-dir", str(tmp_path / "state"),
+                    "--json", timeout=180)
+        assert r.returncode in (1, 2), r.stdout + r.stderr
+        lines = json.loads(r.stdout)["clusters"]
+        assert [ln["name"] for ln in lines] == ["billing"], lines  # the records' directory is the same cluster
+        assert lines[0]["cluster_dir"] == p.sysid and lines[0]["newest_verified_restore"]["backup_id"] == label, lines[0]
+        assert lines[0]["rpo_exposure_s"] is not None
+    finally:
+        p.stop()
