@@ -346,14 +346,28 @@ def cmd_basebackup(args: argparse.Namespace) -> int:
     except (RunbookError, ValueError) as e:
         print(f"runbook: basebackup could not run: {e}", file=sys.stderr)
         return EXIT_CANNOT_RUN
-    if cfg.engine == "pgbackrest":
+    if cfg.engine == "pgbackrest" and cfg.pgbackrest is not None:  # the config requires the block with it
         from steps.engines.pgbackrest.backup import run_basebackup
 
         if args.compress:
             print("runbook: basebackup could not run: --compress is pg_basebackup's; with engine: pgbackrest set "
                   "compress-type in pgbackrest.options or its pgbackrest.conf", file=sys.stderr)
             return EXIT_CANNOT_RUN
-        return run_basebackup(cfg, path, args.backup_type, console=not args.quiet)
+        if not args.quiet:
+            print(f"basebackup: pgbackrest backup of stanza {cfg.pgbackrest.stanza}"
+                  + (f" --type={args.backup_type}" if args.backup_type else " (its default type)"), flush=True)
+        out = run_basebackup(cfg, path, args.backup_type)
+        if out.done is None:
+            what = "could not run" if out.cannot_run else "failed (nothing new published)"
+            print(f"runbook: basebackup {what}: {out.error}" + (f"\n  hint: {out.hint}" if out.hint else ""),
+                  file=sys.stderr)
+            return out.exit_code
+        b = out.done.backup
+        ref = f", on {b.reference[-1]}" if b.reference else ""
+        stored = "" if b.stored_bytes is None else f" ({_mb(b.stored_bytes)} stored)"
+        print(f"base {b.label}: ok, {b.kind}{ref}, {_mb(b.size_bytes)}{stored}, readable in pgbackrest "
+              f"(pgbackrest backup {out.done.duration_s:.1f} s), WAL {b.start_wal} .. {b.stop_wal}")
+        return out.exit_code
     if args.backup_type not in (None, "full"):
         print(f"runbook: basebackup could not run: --type {args.backup_type} needs engine: pgbackrest (the "
               "product's own engine takes full base backups only)", file=sys.stderr)
