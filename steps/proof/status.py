@@ -221,35 +221,30 @@ def _pgbackrest_facts(cfg: Any, stores: list[Any], trust: Any, facts: dict[str, 
     """engine: pgbackrest: its backups as catalogue entries (with the product's records about them) and its
     newest archived WAL, as `_newest_wal` tells the product's own. pgBackRest not answering is a repository that
     cannot be read (status could not run)."""
-    from steps.engines.pgbackrest.engine import PgBackRestEngine
-    from steps.engines.pgbackrest.records import WHERE, entries, read_records, segment_size_of
+    from steps.engines.pgbackrest.records import WHERE, listed
 
     try:
-        engine = PgBackRestEngine(cfg)
-        st = engine.stanza()
-        rng = engine.archive_range_of(st)
+        got = listed(cfg, stores, trust, (facts or {}).get("wal_segment_size"))
     except RunbookError as e:
         rep.repositories[WHERE] = {"where": f"pgBackRest stanza {cfg.pgbackrest.stanza}", "ok": False,
                                    "error": e.message}
         unreadable[WHERE] = e.message
         return [], None
+    st, rng = got.stanza, got.archive
     rep.repositories[WHERE] = {"where": f"pgBackRest stanza {st.name}", "ok": True, "error": None,
                                "status": st.status_message, "clusters": [st.system_identifier] if
                                st.system_identifier else []}
     if st.status_code != 0:
         integrity.raise_to("warning", f"pgbackrest info: stanza {st.name}: {st.status_message}")
-    records = read_records(stores, trust, st.system_identifier, st.name) if st.system_identifier else None
-    if records is not None and records.refused:
-        rep.integrity.setdefault("refused_records", []).extend(f"{n}: {k}: {why}" for n, k, why in records.refused)
-        integrity.raise_to("warning", f"{len(records.refused)} records about pgBackRest backups not genuine, not "
-                           "counted: " + "; ".join(k for _, k, _ in records.refused[:3]))
-    size = (facts or {}).get("wal_segment_size") or segment_size_of(st.backups)
-    base = entries(st.backups, st.name, stores, records or read_records([], trust, "0", st.name), size)
+    if got.refused:
+        rep.integrity.setdefault("refused_records", []).extend(f"{n}: {k}: {why}" for n, k, why in got.refused)
+        integrity.raise_to("warning", f"{len(got.refused)} records about pgBackRest backups not genuine, not "
+                           "counted: " + "; ".join(k for _, k, _ in got.refused[:3]))
     wal = None
     if rng is not None and rng.max_wal is not None and rng.newest_archived_at is not None:
         wal = {"name": rng.max_wal, "archived_at": rng.newest_archived_at.isoformat(), "where": WHERE,
                "_mtime": rng.newest_archived_at.timestamp()}
-    return base, wal
+    return got.base, wal
 
 
 def _level_table(entries: list[Any], now: datetime,

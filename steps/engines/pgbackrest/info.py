@@ -109,14 +109,10 @@ def parse_info(doc: dict[str, Any], stanza: str) -> StanzaInfo:
     for i, b in enumerate(r.get(doc, "backup", list, where)):
         w = f"backup[{i}]"
         db = r.get(b, "database", dict, w)
-        if r.get(db, "id", int, f"{w}.database") != db_id:
-            continue  # a backup of an earlier database of the stanza (before a stanza-upgrade)
-        label = r.match(b, "label", LABEL, w)
+        label = r.match(b, "label", LABEL, w)  # every backup is checked, also those skipped below
         kind = r.get(b, "type", str, w)
         if kind not in KINDS:
             raise r.fail(f"{w}.type", f"{kind[:20]!r} is not one of {', '.join(KINDS)}")
-        if r.get(b, "error", bool, w, optional=True):
-            continue  # pgBackRest says the backup has errors (checksum, ...): not a backup to recover from
         ts = r.get(b, "timestamp", dict, w)
         arch = r.get(b, "archive", dict, w)
         lsn = r.get(b, "lsn", dict, w, optional=True) or {}
@@ -129,14 +125,20 @@ def parse_info(doc: dict[str, Any], stanza: str) -> StanzaInfo:
         started, stopped = r.time(ts, "start", f"{w}.timestamp"), r.time(ts, "stop", f"{w}.timestamp")
         if stopped < started:
             raise r.fail(f"{w}.timestamp", "stops before it starts")
+        start_wal = r.match(arch, "start", WAL_NAME, f"{w}.archive")
+        stop_wal = r.match(arch, "stop", WAL_NAME, f"{w}.archive")
+        start_lsn = r.match(lsn, "start", LSN, f"{w}.lsn", optional=True) or ""
+        stop_lsn = r.match(lsn, "stop", LSN, f"{w}.lsn", optional=True) or ""
+        size = r.size(inf, "size", f"{w}.info") or 0
+        stored = r.size(repo, "delta", f"{w}.info.repository", optional=True)
+        if r.get(db, "id", int, f"{w}.database") != db_id:
+            continue  # a backup of an earlier database of the stanza (before a stanza-upgrade)
+        if r.get(b, "error", bool, w, optional=True):
+            continue  # pgBackRest says the backup has errors (checksum, ...): not a backup to recover from
         backups.append(PhysicalBackup(
             label=label, kind=kind, started_at=started, stopped_at=stopped,  # type: ignore[arg-type]
-            start_wal=r.match(arch, "start", WAL_NAME, f"{w}.archive"),
-            stop_wal=r.match(arch, "stop", WAL_NAME, f"{w}.archive"),
-            start_lsn=r.match(lsn, "start", LSN, f"{w}.lsn", optional=True) or "",
-            stop_lsn=r.match(lsn, "stop", LSN, f"{w}.lsn", optional=True) or "",
-            size_bytes=r.size(inf, "size", f"{w}.info") or 0,
-            stored_bytes=r.size(repo, "delta", f"{w}.info.repository", optional=True),
+            start_wal=start_wal, stop_wal=stop_wal, start_lsn=start_lsn, stop_lsn=stop_lsn, size_bytes=size,
+            stored_bytes=stored,
             reference=tuple(ref), where=("pgbackrest",), system_identifier=sysid))
     backups.sort(key=lambda x: (x.stopped_at, x.label), reverse=True)
     lo = hi = None

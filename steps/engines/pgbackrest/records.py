@@ -189,3 +189,27 @@ def entries(backups: list[PhysicalBackup], stanza: str, stores: list[Store], rec
                                level=level_of(recs, digest), records=recs, keys=[])
         out.append(e)
     return out
+
+
+@dataclass
+class Listed:
+    """What `backups` and `status` read of pgBackRest in one go: the stanza, its backups as catalogue entries
+    (newest first, with the product's records about them), its archive range, the records refused."""
+
+    stanza: Any  # steps.engines.pgbackrest.info.StanzaInfo
+    base: list[Entry]
+    archive: Any  # steps.engines.facts.ArchiveRange | None
+    refused: list[tuple[str, str, str]]
+
+
+def listed(cfg: Any, stores: list[Store], trust: Trust, segment_size: int | None = None) -> Listed:
+    """pgBackRest's backups and archive (one `info`, one `repo-ls`) with the product's records about them.
+    Raises PgBackRestError (RunbookError) when pgBackRest does not answer."""
+    from steps.engines.pgbackrest.engine import PgBackRestEngine
+
+    engine = PgBackRestEngine(cfg)
+    st = engine.stanza()
+    rng = engine.archive_range_of(st)
+    recs = read_records(stores, trust, st.system_identifier, st.name) if st.system_identifier else Records({}, [])
+    base = entries(st.backups, st.name, stores, recs, segment_size or segment_size_of(st.backups))
+    return Listed(st, base, rng, recs.refused)
