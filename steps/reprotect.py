@@ -383,12 +383,18 @@ def main(args: Args, events: Events) -> int:
         print(msg + "\nhint: a setting given on the server's command line or in postgresql.conf after the include "
               "wins over ALTER SYSTEM: remove it there")
         return 1
+    pgbackrest = getattr(cfg, "engine", "own") == "pgbackrest"
     events.check("archiving", "ok", f"archive_mode on, archive_command = {command!r}, archive_timeout = "
                  f"{args.archive_timeout} s, into cluster directory {sysid}")
-    _say(f"archiving on into clusters/{sysid}/ of the repository")
+    where = (f"pgBackRest stanza {cfg.pgbackrest.stanza}" if pgbackrest and cfg.pgbackrest is not None
+             else f"clusters/{sysid}/ of the repository")
+    _say(f"archiving on into {where}")
 
     t1 = time.monotonic()
-    r = _cli("basebackup", "-c", str(config), "--quiet", timeout=6 * 3600)
+    # With pgBackRest, a full backup: the recovered cluster's protection must not lean on a backup of the old
+    # timeline (pgBackRest's default after a full is an incremental one).
+    r = _cli("basebackup", "-c", str(config), "--quiet", *(["--type", "full"] if pgbackrest else []),
+             timeout=6 * 3600)
     print(r.stdout, end="", flush=True)
     if r.returncode != 0:
         msg = f"the base backup failed (exit {r.returncode}): {(r.stderr or r.stdout).strip()[-800:]}"
@@ -429,6 +435,6 @@ def main(args: Args, events: Events) -> int:
     events.output("logical_backup_id", logical_id or "")
     events.output("config", str(config))
     _say(f"protected again at {protected_at:%H:%M:%S} UTC ({time.monotonic() - t0:.0f} s): WAL archiving into "
-         f"clusters/{sysid}/ (timeline {now['timeline']}), base backup {base_id}, logical backup {logical_id}, "
+         f"{where} (timeline {now['timeline']}), base backup {base_id}, logical backup {logical_id}, "
          "check green")
     return 0

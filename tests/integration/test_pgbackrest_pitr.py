@@ -88,6 +88,7 @@ def test_pitr_to_a_time_between_two_backups_restores_the_older_one(primary: Pgbr
     out = outputs(r)
     assert out["backup_id"] == older and out["backup_id"] != newer  # the newest that ended before the target
     assert out["cluster"] == p.sysid and out["timeline"] == 2 and out["engine"] == "pgbackrest"
+    assert isinstance(out["lsn"], str) and "/" in out["lsn"]  # where redo ended, as PostgreSQL prints it
     assert notes(pgdata) == first + kept and not set(lost) & set(notes(pgdata))
     auto = (pgdata / "postgresql.auto.conf").read_text()
     assert "restore_command" not in auto and "recovery_target" not in auto  # removed after promotion
