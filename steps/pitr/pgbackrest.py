@@ -179,7 +179,9 @@ def pitr(args: Args, cfg: Any, config_path: Path, events: Events) -> int:
     except PgBackRestError as e:
         raise PitrError(e.message, hint=e.hint) from None
     ts_root = Path(args.tablespace_dir) if args.tablespace_dir else Path(f"{pgdata}_tablespaces")
-    extra = [*target_options(args), "--target-action=promote", "--archive-mode=off",
+    # latest: no target, the end of the archive, then promotion (pgBackRest refuses --target-action there)
+    action = [] if args.target_kind == "latest" else ["--target-action=promote"]
+    extra = [*target_options(args), *action, "--archive-mode=off",
              f"--tablespace-map-all={ts_root}",
              *[f"--tablespace-map={k}={v}" for k, v in args.tablespaces.items()],
              *server_options(args.port, socket_dir, args.listen_addresses)]

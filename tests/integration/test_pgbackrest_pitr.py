@@ -21,7 +21,14 @@ import pytest
 from tests.conftest import run_cli
 from tests.support.pgbackrest import PgbrPrimary, make_pgbr_primary, next_pgbr_dir
 from tests.support.pgcluster import PG_BIN, as_server_user, chown_server_user
-from tests.support.pitr_cluster import notes, outputs, pitr, pitr_template_fixture  # noqa: F401 - fixtures
+from tests.support.pitr_cluster import (  # noqa: F401 - fixtures
+    notes,
+    outputs,
+    pitr,
+    pitr_template_fixture,
+    restored_psql,
+)
+from tests.support.s3server import TlsEndpoint, s3_bucket, s3_server, s3_tls_server  # noqa: F401 - fixtures
 
 
 @pytest.fixture(name="primary")
@@ -194,6 +201,7 @@ def test_verify_backup_of_a_good_then_a_damaged_pgbackrest_backup(primary: PgbrP
     assert out["record"] == str(rec.relative_to(p.own_repo))
     # nothing of the product's inside pgBackRest's repository
     assert not [f for f in p.repo.rglob("*") if "verifications" in f.parts]  # type: ignore[union-attr]
+    assert _level(p, label) == "restored"  # `backups` (and status) read the record
 
     # one byte flipped in a repository file of the backup: failed, the file named
     files = sorted(f for f in (p.repo / "backup" / p.stanza / label).rglob("*")  # type: ignore[operator]
@@ -214,3 +222,61 @@ def test_verify_backup_of_a_good_then_a_damaged_pgbackrest_backup(primary: PgbrP
     assert "checksum invalid: 1" in failed[0]["detail"]
     records = _records(p, label)
     assert len(records) == 2 and json.loads(records[-1].read_text())["passed"] is False
+    assert _level(p, label) == "none"  # demoted until a later verification passes
+
+
+def _level(p: PgbrPrimary, label: str) -> str:
+    r = run_cli("backups", "-c", str(p.config), "--json", timeout=120)
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    (b,) = [b for b in json.loads(r.stdout)["base_backups"] if b["backup_id"] == label]
+    return str(b["level"])
+
+
+def test_delta_true_restores_into_the_production_data_directory(primary: PgbrPrimary) -> None:
+    p = primary
+    kept = _write(p, 3, "kept")
+    p.pgbackrest("backup", "--type=full")
+    p.switch_wal()
+    p.stop()  # the broken server is down, as the runbook's stop-server step leaves it
+    (p.cluster.datadir / "base").rename(p.cluster.datadir / "base-damaged")  # the files a --delta repairs
+    r = pitr(_args(p, p.cluster.datadir, target_kind="immediate", delta=True, socket_dir=str(p.dest)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "(--delta)" in r.stdout and outputs(r)["timeline"] == 2
+    assert restored_psql(p.cluster.datadir, "select string_agg(note, ',' order by id) from events") == ",".join(kept)
+
+
+def test_pitr_and_verify_backup_from_an_s3_repository_over_tls(
+        pg_base: Path, pitr_template: Path, s3_tls_server: TlsEndpoint, s3_bucket: str) -> None:  # noqa: F811
+    p = make_pgbr_primary(pitr_template, next_pgbr_dir(pg_base), s3=(s3_tls_server, s3_bucket))
+    restored: list[Path] = []
+    try:
+        kept = _write(p, 3, "s3")
+        p.pgbackrest("backup", "--type=full")
+        (label,) = [b["label"] for b in json.loads(p.pgbackrest("info", "--output=json").stdout)[0]["backup"]]
+        more = _write(p, 2, "s3-after")
+        p.switch_wal()
+        scratch = p.dest / "scratch"
+        scratch.mkdir(mode=0o755)
+        r = run_cli("verify-backup", "-c", str(p.config), "--kind", "base", "--scratch-dir", str(scratch), "--json",
+                    timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert json.loads(r.stdout)["backup_id"] == label
+        assert (p.own_repo / "clusters" / p.sysid / "pgbackrest" / p.stanza / label / "verifications").is_dir()
+
+        d = p.dest / "r-s3"
+        d.mkdir(mode=0o755)
+        chown_server_user(d)
+        pgdata = d / "data"
+        restored.append(pgdata)
+        r = pitr({"config": str(p.config), "pgdata": str(pgdata), "socket_dir": str(d), "port": 5432,
+                  "target_kind": "latest"})
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert outputs(r)["backup_id"] == label and notes(pgdata) == kept + more
+    finally:
+        for d in restored:
+            if (d / "postmaster.pid").exists():
+                import subprocess
+
+                subprocess.run(as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(d), "-m", "immediate", "-w",
+                                               "stop"]), capture_output=True)
+        p.stop()
