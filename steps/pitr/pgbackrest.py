@@ -3,11 +3,11 @@
 product's own engine (steps.pitr.recovery).
 
 1. The backup set is the product's own choice, not pgBackRest's: the newest backup that **ended before** the
-   target (its stop time < a time target; its stop LSN <= an LSN target; the newest for xid, name, latest and
+   target (its stop time, whole seconds, at least a second before a time target; its stop LSN <= an LSN target; the newest for xid, name, latest and
    immediate), or `backup_id` (a pgBackRest label). A target before the oldest backup's end is refused, as
    with the own engine, naming that backup. A time without a zone is refused by the arguments already.
 2. Refused before anything is made: a target the archive range proves unreachable (an LSN past the end of
-   the newest archived segment, a time in the future); the configured production data directory as the
+   the newest archived segment, a time more than a minute in the future); the configured production data directory as the
    target (`pg1-path` in the options or in pgbackrest.conf) unless the runbook asks `delta: true`; a data
    directory that is not new or empty, unless `delta: true` (then pgBackRest's `--delta` rewrites only what
    differs). pgBackRest itself refuses a data directory whose server runs.
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,12 @@ from steps.engines.pgbackrest.runner import PgBackRestError
 from steps.events import Events
 from steps.pitr.args import Args, parse_target_time
 from steps.pitr.errors import PitrError
+
+# pgBackRest records a backup's stop as whole seconds, taken once the backup has stopped: the real end may be up
+# to a second later than the figure. A time target counts a backup as ended only a second after it.
+STOP_SLACK = timedelta(seconds=1)
+# A time target this far past this host's clock is refused as "in the future" (another host's clock may run ahead).
+CLOCK_SLACK = timedelta(seconds=60)
 
 
 def choose_set(backups: list[PhysicalBackup], args: Args) -> PhysicalBackup:
@@ -75,7 +81,7 @@ def choose_set(backups: list[PhysicalBackup], args: Args) -> PhysicalBackup:
     if args.target_kind == "time":
         when = parse_target_time(args.target)
         for b in usable:
-            if b.stopped_at < when:
+            if b.stopped_at + STOP_SLACK <= when:
                 return b
         raise PitrError(
             f"target before the backup ends: the target {when.isoformat()} is before the end of the oldest "
@@ -120,7 +126,7 @@ def refuse_early(args: Args, s: Any, st: Any, pgdata: Path, cfg: Any = None) -> 
                              "(`runbook check`)")
     if args.target_kind == "time":
         when = parse_target_time(args.target)
-        if when > datetime.now(UTC):
+        if when > datetime.now(UTC) + CLOCK_SLACK:
             raise PitrError(f"target beyond the archived WAL: {when.isoformat()} is in the future; nothing was made",
                             hint="choose a moment that has passed (or 'latest')")
 

@@ -40,6 +40,10 @@ def test_the_newest_backup_that_ended_before_the_target_is_chosen() -> None:
     assert choose_set([NEW, OLD], _args(target_kind="latest", backup_id=OLD.label)) is OLD
     with pytest.raises(PitrError, match="target before the backup ends.*20261207-100000F"):
         choose_set([NEW, OLD], _args(target="2026-12-07T09:00:00+00:00"))
+    # pgBackRest's stop time is whole seconds: within the second after it, the backup may not have ended yet
+    with pytest.raises(PitrError, match="target before the backup ends"):
+        choose_set([NEW, OLD], _args(target="2026-12-07T10:00:05.5+00:00"))
+    assert choose_set([NEW, OLD], _args(target="2026-12-07T11:00:06+00:00")) is NEW
     with pytest.raises(PitrError, match="no pgBackRest backup of cluster 7"):
         choose_set([NEW, OLD], _args(target_kind="latest", cluster="7"))
     with pytest.raises(PitrError, match="no pgBackRest backup in the stanza"):
