@@ -247,11 +247,14 @@ def main() -> None:
     print(f"  {'method':42} {'median s':>9} {'min s':>7}")
     for k in (PGBR, HAND, OWN, V_PGBR, V_OWN):
         print(f"  {k:42} {med[k]:9.2f} {min(times[k]):7.2f}")
-    overhead = med[PGBR] - med[HAND]
+    # The overhead per repeat (the two ran one after the other in it), then its median: steadier than the
+    # difference of two medians on a shared machine.
+    paired = statistics.median(a_ - h for a_, h in zip(times[PGBR], times[HAND], strict=True))
     print("\n  | what | figure | goal | met |")
     print("  |---|---|---|---|")
-    print(f"  | the tool's overhead over plain pgbackrest restore + pg_ctl | {overhead:+.2f} s "
-          f"({med[PGBR] / med[HAND]:.2f}x) | under 5 s | {'met' if overhead < 5 else 'NOT met'} |")
+    print(f"  | the tool's overhead over plain pgbackrest restore + pg_ctl (median of the per-repeat differences) "
+          f"| {paired:+.2f} s (medians {med[PGBR]:.2f} s / {med[HAND]:.2f} s = {med[PGBR] / med[HAND]:.2f}x; "
+          f"minima {min(times[PGBR]) - min(times[HAND]):+.2f} s) | under 5 s | {'met' if paired < 5 else 'NOT met'} |")
     print(f"  | PITR, own engine / pgBackRest engine | {med[OWN] / med[PGBR]:.2f}x | (side by side) | |")
     print(f"  | verify-backup, own engine / pgBackRest engine | {med[V_OWN] / med[V_PGBR]:.2f}x | (side by side) | |")
     print("\nparts (median of what each run reported)")
