@@ -65,8 +65,11 @@ def setup(work: Path, exe: str, scale: int, wal_seconds: float) -> tuple[Path, P
         (work / d).mkdir(parents=True, mode=0o700)
     for d in ("repo", "pgbr"):
         give_to_server(work / d)
+    (work / "spool").mkdir(mode=0o700)
+    give_to_server(work / "spool")  # wal-fetch's read-ahead workers, gone soon after the last recovery
     common = (f"cluster: {{host: {srv.socket_dir}, port: {srv.port}, user: backup_user, databases: [postgres], "
-              f"data_directory: {srv.datadir}}}\nbackup: {{state_dir: {work / 'state'}}}\n" + signing_yaml(work))
+              f"data_directory: {srv.datadir}}}\nbackup: {{state_dir: {work / 'state'}}}\n"
+              f"wal: {{spool_dir: {work / 'spool'}, worker_idle_s: 5}}\n" + signing_yaml(work))
     own = work / "own.yaml"
     own.write_text(f"version: 1\nlocal: {{path: {work / 'repo'}}}\n" + common)
     pgbr = work / "pgbr.yaml"
@@ -239,6 +242,7 @@ def main() -> None:
     finally:
         for d in [*work.glob("*/data"), *work.glob("r/*/data")]:
             subprocess.run(as_server([f"{PG_BIN}/pg_ctl", "-D", str(d), "-m", "immediate", "stop"]), capture_output=True)
+        time.sleep(6)  # wal-fetch's idle read-ahead workers end (worker_idle_s) before their venv goes
         shutil.rmtree(work, ignore_errors=True)
 
     med = {k: statistics.median(v) for k, v in times.items()}
