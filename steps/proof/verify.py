@@ -144,7 +144,10 @@ class VerifyRun(LogicalVerification, PgBackRestVerification):
         return self.out
 
     def _run(self) -> None:
-        if getattr(self.cfg, "engine", "own") == "pgbackrest" and self.kind == "base":
+        from steps.engines.pgbackrest.info import LABEL
+
+        if getattr(self.cfg, "engine", "own") == "pgbackrest" and (
+                self.kind == "base" or (self.backup_id is not None and LABEL.match(self.backup_id))):
             self._run_pgbackrest()  # steps.proof.verify_pgbackrest: pgBackRest's backups, the product's record
             return
         from steps.repository.catalogue import scan, trust_notes, usable_copies

@@ -210,8 +210,8 @@ def test_verify_backup_of_a_good_then_a_damaged_pgbackrest_backup(primary: PgbrP
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
-    r = run_cli("verify-backup", "-c", str(p.config), "--kind", "base", "--scratch-dir", str(scratch), "--json",
-                timeout=300)
+    r = run_cli("verify-backup", "-c", str(p.config), "--backup", label, "--scratch-dir", str(scratch), "--json",
+                timeout=300)  # a pgBackRest label names its kind
     assert r.returncode == 2, r.stdout + r.stderr
     out = json.loads(r.stdout)
     assert out["status"] == "failed" and out["backup_id"] == label
