@@ -101,6 +101,8 @@ def test_only_the_options_a_command_takes_go_on_its_command_line_and_secrets_nev
     assert {"--pg1-path=/d", "--pg1-socket-path=/s", "--archive-timeout=20", "--repo1-path=/r"} <= set(bk)
     for cmd in (inf, bk):
         assert not any(SECRET in a for a in cmd)
+    restore = argv(s, "restore", "--pg1-path=/scratch/data", "--type=immediate")
+    assert "--pg1-path=/scratch/data" in restore and "--pg1-path=/d" not in restore  # given: it replaces
     e = env(s)
     assert e["PGBACKREST_REPO1_S3_KEY_SECRET"] == SECRET and e["PGBACKREST_REPO1_CIPHER_PASS"] == SECRET + "2"
     if os.geteuid() == 0:
