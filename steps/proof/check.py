@@ -143,10 +143,7 @@ class Checker:
         """engine: pgbackrest: the server's archiver, pgBackRest's archive (does it hold what the server says it
         archived? the RPO exposure now) and, unless `status` asks, `pgbackrest check` (it switches WAL and waits
         for the segment in its repository: --force-switch's work, always)."""
-        from steps.engines import engine_for
-
-        engine = engine_for(self.cfg, self.path)
-        self.engine = engine
+        engine = self._engine()
         a = self._archiver(conn)
         last = a["last_archived_wal"]
         if self.args.engine_check:
@@ -180,6 +177,14 @@ class Checker:
         self.add("archived_wal", status, f"newest archived {last}, {rough_duration(age)} ago, in pgBackRest's "
                  f"archive ({rng.min_wal} .. {rng.max_wal}); {exposure}",
                  "archiving lags behind: check pg_stat_archiver and the server log" if status == "warning" else None)
+
+    def _engine(self) -> Any:
+        """The physical engine of the config, one for the whole check (pgBackRest's info is read once)."""
+        if getattr(self, "engine", None) is None:
+            from steps.engines import engine_for
+
+            self.engine = engine_for(self.cfg, self.path)
+        return self.engine
 
     def _stores(self) -> list[Any]:
         from steps.repository.configured import checked_stores
@@ -631,10 +636,8 @@ class Checker:
 
     def _pgbackrest_backups(self) -> None:
         """engine: pgbackrest: the newest base backup pgBackRest lists (it backs up tablespaces itself)."""
-        from steps.engines import engine_for
-
         try:
-            backups = engine_for(self.cfg, self.path).backups()
+            backups = self._engine().backups()
         except RunbookError as e:
             self.add("base_backup", "failed", f"pgBackRest's backups cannot be listed: {e.message}", e.hint)
             return

@@ -150,11 +150,15 @@ def _open(cfg: Any, rep: Report) -> list[Any]:
     return stores
 
 
-def _cluster(cfg: Any, config_path: Path, rpo_s: float, rep: Report) -> dict[str, Any] | None:
-    """`runbook check`'s findings on the protected cluster, when it answers (None when it does not)."""
+def _cluster(cfg: Any, config_path: Path, rpo_s: float, rep: Report,
+             checkers: list[Any] | None = None) -> dict[str, Any] | None:
+    """`runbook check`'s findings on the protected cluster, when it answers (None when it does not); the checker
+    goes into `checkers`: the physical engine it asked has read pgBackRest already (not read again)."""
     from steps.proof.check import Checker, CheckOptions
 
     checker = Checker(CheckOptions(config=str(config_path), timeout=10.0, rpo=rpo_s, engine_check=False))
+    if checkers is not None:
+        checkers.append(checker)
     try:
         checker.run()
     except Exception as e:  # noqa: BLE001 - a query failing: the cluster's facts are unknown, said so
@@ -217,14 +221,15 @@ def _newest_wal(cfg: Any, stores: list[Any], sysid: str) -> dict[str, Any] | Non
 
 
 def _pgbackrest_facts(cfg: Any, stores: list[Any], trust: Any, facts: dict[str, Any] | None, rep: Report,
-                      unreadable: dict[str, str], integrity: Verdict) -> tuple[list[Any], dict[str, Any] | None]:
+                      unreadable: dict[str, str], integrity: Verdict,
+                      engine: Any = None) -> tuple[list[Any], dict[str, Any] | None]:
     """engine: pgbackrest: its backups as catalogue entries (with the product's records about them) and its
     newest archived WAL, as `_newest_wal` tells the product's own. pgBackRest not answering is a repository that
     cannot be read (status could not run)."""
     from steps.engines.pgbackrest.records import WHERE, listed
 
     try:
-        got = listed(cfg, stores, trust, (facts or {}).get("wal_segment_size"))
+        got = listed(cfg, stores, trust, (facts or {}).get("wal_segment_size"), engine)
     except RunbookError as e:
         rep.repositories[WHERE] = {"where": f"pgBackRest stanza {cfg.pgbackrest.stanza}", "ok": False,
                                    "error": e.message}
@@ -322,7 +327,8 @@ def gather(config: str | None, file: Path | None, *, explicit_file: bool, state_
         if unsigned := cat.unsigned():
             integrity.raise_to("warning", f"{len(unsigned)} unsigned backups accepted because --allow-unsigned: "
                                + "; ".join(unsigned[:3]) + ("; ..." if len(unsigned) > 3 else ""))
-    facts = _cluster(cfg, path, rpo_s, rep) if cluster and cluster_dir is None else None
+    asked: list[Any] = []
+    facts = _cluster(cfg, path, rpo_s, rep, asked) if cluster and cluster_dir is None else None
     if not cluster or cluster_dir is not None:
         rep.cluster = {"reachable": False, "error": "not asked (--no-cluster)" if cluster_dir is None else
                        f"not asked: cluster directory {cluster_dir} is judged from the repository alone"}
@@ -333,7 +339,8 @@ def gather(config: str | None, file: Path | None, *, explicit_file: bool, state_
                and (cluster_dir is None or e.cluster == cluster_dir)]
     engine_wal: dict[str, Any] | None = None
     if cfg.engine == "pgbackrest":  # the base backups and the WAL archive are pgBackRest's
-        base, engine_wal = _pgbackrest_facts(cfg, stores, trust, facts, rep, unreadable, integrity)
+        base, engine_wal = _pgbackrest_facts(cfg, stores, trust, facts, rep, unreadable, integrity,
+                                             getattr(asked[0], "engine", None) if asked else None)
     else:
         base = [e for e in (cat.base if cat else []) if sysid is None or e.cluster == sysid]
     if cluster_dir is not None:

@@ -101,6 +101,8 @@ def test_only_the_options_a_command_takes_go_on_its_command_line_and_secrets_nev
     assert {"--pg1-path=/d", "--pg1-socket-path=/s", "--archive-timeout=20", "--repo1-path=/r"} <= set(bk)
     for cmd in (inf, bk):
         assert not any(SECRET in a for a in cmd)
+    restore = argv(s, "restore", "--pg1-path=/scratch/data", "--type=immediate")
+    assert "--pg1-path=/scratch/data" in restore and "--pg1-path=/d" not in restore  # given: it replaces
     e = env(s)
     assert e["PGBACKREST_REPO1_S3_KEY_SECRET"] == SECRET and e["PGBACKREST_REPO1_CIPHER_PASS"] == SECRET + "2"
     if os.geteuid() == 0:
@@ -290,3 +292,35 @@ def test_the_products_records_about_pgbackrest_backups_live_under_its_own_prefix
     assert by[full.label].copies[WHERE].latest_record(Level.restored).timings["restore_s"] == 2.5  # type: ignore[union-attr]
     # with no record at all, a backup pgBackRest lists is readable
     assert entries(st.backups, "main", [store], read_records([], trust, sysid, "main"), None)[0].level == Level.readable
+
+
+def test_the_wal_segment_size_is_told_by_the_backups_start_lsn_and_wal_file() -> None:
+    from dataclasses import replace
+
+    from steps.engines.pgbackrest.records import segment_size_of
+
+    st = parse_info(copy.deepcopy(INFO), "main")
+    incr, full = st.backups  # 0/800028 in ...08, 0/700028 in ...07: 1 MB segments
+    assert segment_size_of(st.backups) == 1 << 20
+    big = replace(full, start_lsn="2/3A000028", start_wal="00000001000000020000003A")  # 16 MB: 0x3A000028 // 16 MB
+    assert segment_size_of([big]) == 16 << 20
+    assert segment_size_of([replace(full, start_lsn="0/28", start_wal="000000010000000000000000")]) is None
+    assert segment_size_of([big, full]) is None  # they disagree: not told
+    assert segment_size_of([]) is None
+
+
+def test_as_root_pgbackrest_runs_as_the_owner_of_the_data_directory(tmp_path: Path) -> None:
+    from steps.engines.pgbackrest.settings import default_user
+
+    if os.geteuid() != 0:
+        assert default_user({"pg1-path": str(tmp_path)}, None) is None  # no switch: the current user
+        return
+    d = tmp_path / "data"
+    d.mkdir()
+    os.chown(d, 65534, 65534)
+    import pwd
+
+    nobody = pwd.getpwuid(65534).pw_name
+    assert default_user({"pg1-path": str(d)}, None) == nobody
+    assert default_user({}, str(d)) == nobody
+    assert default_user({"pg1-path": "/nonexistent"}, None) == "postgres"

@@ -21,10 +21,14 @@ class PgBackRestEngine:
 
     def __init__(self, cfg: Any = None, *, settings: PgBackRestSettings | None = None) -> None:
         self.settings = settings or settings_from(cfg)
+        self._stanza: StanzaInfo | None = None
+        self._archived: dict[tuple[str, str], datetime | None] = {}
 
-    def stanza(self) -> StanzaInfo:
-        """The stanza's facts, read now."""
-        return parse_info(info(self.settings), self.settings.stanza)
+    def stanza(self, *, fresh: bool = False) -> StanzaInfo:
+        """The stanza's facts: read once per engine (one command, one status line), again when `fresh`."""
+        if self._stanza is None or fresh:
+            self._stanza = parse_info(info(self.settings), self.settings.stanza)
+        return self._stanza
 
     def backups(self) -> list[PhysicalBackup]:
         return self.stanza().backups
@@ -42,13 +46,16 @@ class PgBackRestEngine:
 
     def archived_at(self, archive_id: str, wal: str) -> datetime | None:
         """When `wal` reached the repository: its file's time in the archive (pgBackRest's info does not say)."""
+        if (archive_id, wal) in self._archived:
+            return self._archived[(archive_id, wal)]
         path = f"archive/{self.settings.stanza}/{archive_id}/{wal[:16]}"
         proc = run(self.settings, "repo-ls", "--output=json", path, timeout=120)
         try:
             doc = json.loads(proc.stdout)
         except json.JSONDecodeError as e:
             raise PgBackRestError(f"pgbackrest repo-ls {path} did not print JSON: {e.msg}") from None
-        return newest_archived_at(doc, wal)
+        found = self._archived[(archive_id, wal)] = newest_archived_at(doc, wal)
+        return found
 
     def check(self, timeout: float | None = None) -> list[EngineCheck]:
         """`pgbackrest info` (the stanza's status) and `pgbackrest check` (the cluster matches the stanza; it
@@ -56,7 +63,7 @@ class PgBackRestEngine:
         archive-timeout, unless the options set one)."""
         out = []
         try:
-            st = self.stanza()
+            st = self.stanza(fresh=True)
         except PgBackRestError as e:
             return [EngineCheck("pgbackrest_info", "failed", e.message, e.hint)]
         if st.status_code != 0:
@@ -70,6 +77,7 @@ class PgBackRestEngine:
         if timeout is not None and "archive-timeout" not in self.settings.options:
             extra.append(f"--archive-timeout={max(0.1, min(timeout, 86400)):g}")
         t0 = time.monotonic()
+        self._stanza = None  # check archives a segment: what info said before is old
         try:
             run(self.settings, "check", *extra, timeout=(timeout or 60) + 60)
         except PgBackRestError as e:
@@ -82,11 +90,11 @@ class PgBackRestEngine:
     def basebackup(self, kind: str | None = None) -> BaseBackupDone:
         if kind is not None and kind not in KINDS:
             raise PgBackRestError(f"backup type {kind!r} is not one of {', '.join(KINDS)}")
-        before = {b.label for b in self.backups()}
+        before = {b.label for b in self.stanza(fresh=True).backups}
         t0 = time.monotonic()
         run(self.settings, "backup", *([f"--type={kind}"] if kind else []))
         duration = time.monotonic() - t0
-        new = [b for b in self.backups() if b.label not in before]
+        new = [b for b in self.stanza(fresh=True).backups if b.label not in before]
         if not new:
             raise PgBackRestError("pgbackrest backup exited 0 but info lists no new backup",
                                   hint="pgbackrest info; its log says more")

@@ -202,12 +202,13 @@ class Listed:
     refused: list[tuple[str, str, str]]
 
 
-def listed(cfg: Any, stores: list[Store], trust: Trust, segment_size: int | None = None) -> Listed:
-    """pgBackRest's backups and archive (one `info`, one `repo-ls`) with the product's records about them.
-    Raises PgBackRestError (RunbookError) when pgBackRest does not answer."""
+def listed(cfg: Any, stores: list[Store], trust: Trust, segment_size: int | None = None,
+           engine: Any = None) -> Listed:
+    """pgBackRest's backups and archive (one `info`, one `repo-ls`, or what `engine` has read already) with the
+    product's records about them. Raises PgBackRestError (RunbookError) when pgBackRest does not answer."""
     from steps.engines.pgbackrest.engine import PgBackRestEngine
 
-    engine = PgBackRestEngine(cfg)
+    engine = engine if isinstance(engine, PgBackRestEngine) else PgBackRestEngine(cfg)
     st = engine.stanza()
     rng = engine.archive_range_of(st)
     recs = read_records(stores, trust, st.system_identifier, st.name) if st.system_identifier else Records({}, [])

@@ -75,12 +75,15 @@ def _takes(valid: frozenset[str] | None, name: str) -> bool:
 
 def argv(s: PgBackRestSettings, command: str, *extra: str) -> list[str]:
     """The command line of `pgbackrest COMMAND EXTRA...` with these settings (secret options are not in it: they
-    go in `env`)."""
+    go in `env`). An option given in `extra` (`--pg1-path=/new/data`) replaces the configured one: pgBackRest
+    refuses an option given twice."""
     valid = valid_options(s, command)
+    given = {e[2:].split("=", 1)[0] for e in extra if e.startswith("--")}
     cmd = [*_prefix(s), s.executable, f"--stanza={s.stanza}"]
     if s.config is not None:
         cmd.append(f"--config={s.config}")
-    cmd += [f"--{k}={v}" for k, v in s.options.items() if not is_secret_option(k) and _takes(valid, k)]
+    cmd += [f"--{k}={v}" for k, v in s.options.items()
+            if not is_secret_option(k) and _takes(valid, k) and k not in given]
     return [*cmd, command, *extra]
 
 
