@@ -1,5 +1,5 @@
 """The pure parts of PITR and verify-backup with engine pgbackrest: the backup set chosen for a target (the own
-engine's rule), the WAL segment size and archive end derived from info, the target options, pgBackRest verify's
+engine's rule), the archive's end derived from info, the target options, pgBackRest verify's
 text read."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from datetime import datetime
 import pytest
 
 from steps.engines.facts import ArchiveRange, PhysicalBackup
-from steps.engines.pgbackrest.restore import archive_end_lsn, segment_size
+from steps.engines.pgbackrest.restore import archive_end_lsn
 from steps.pitr.args import Args
 from steps.pitr.errors import PitrError
 from steps.pitr.pgbackrest import choose_set, target_options
@@ -50,16 +50,19 @@ def test_the_newest_backup_that_ended_before_the_target_is_chosen() -> None:
         choose_set([], _args(target_kind="latest"))
 
 
-def test_segment_size_and_the_archive_end_come_from_the_backups_start() -> None:
-    assert segment_size(OLD) == 1 << 20  # 0/700028 is in segment 7 of 1 MB segments
-    assert segment_size(_b("20261207-100000F", "2026-12-07T10:00:05+00:00", start_lsn="5/3000028",
-                           start_wal="000000010000000500000003")) == 16 << 20
-
+def test_the_archive_end_comes_from_its_newest_segment_and_the_backups_segment_size() -> None:
     class St:
-        backups = [OLD]
+        backups = [OLD]  # 0/700028 in segment 7: 1 MB segments
         archive = ArchiveRange("000000010000000000000006", "00000001000000000000000B")
 
     assert archive_end_lsn(St()) == 0xC << 20
+
+    class Unknown:
+        backups = [_b("20261207-100000F", "2026-12-07T10:00:05+00:00", start_lsn="0/28",
+                      start_wal="000000010000000000000000")]  # segment 0 fits every size: not told
+        archive = ArchiveRange("000000010000000000000006", "00000001000000000000000B")
+
+    assert archive_end_lsn(Unknown()) is None  # then nothing is refused early: the server's FATAL says it
 
 
 def test_target_options() -> None:

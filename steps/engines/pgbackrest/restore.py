@@ -22,7 +22,6 @@ from steps.engines.pgbackrest.runner import PgBackRestError
 
 # Options that name the production cluster: never passed to a restore, which names its own target.
 PRODUCTION_OPTIONS = ("pg1-path", "pg1-port", "pg1-socket-path", "pg1-host", "pg1-user", "pg1-database")
-SEGMENT_SIZES = [1 << n for n in range(20, 31)]  # 1 MB .. 1 GB, what initdb --wal-segsize allows
 
 
 def stanza_facts(s: Any) -> Any:
@@ -34,27 +33,14 @@ def stanza_facts(s: Any) -> Any:
     return parse_info(info(s), s.stanza)
 
 
-def segment_size(b: PhysicalBackup) -> int | None:
-    """The WAL segment size, derived from a backup's start LSN and start segment (pgBackRest does not report
-    it): the size s for which the LSN falls in the segment the name says."""
-    from steps.pg.walnames import parse_lsn
-
-    if not b.start_lsn:
-        return None
-    lsn = parse_lsn(b.start_lsn)
-    high, low = int(b.start_wal[8:16], 16), int(b.start_wal[16:24], 16)
-    for size in SEGMENT_SIZES:
-        if lsn // size == high * ((1 << 32) // size) + low:
-            return size
-    return None
-
-
 def archive_end_lsn(st: Any) -> int | None:
     """The LSN just past the newest archived segment (None when unknown)."""
+    from steps.engines.pgbackrest.records import segment_size_of
+
     newest = st.archive.max_wal
     if not newest or not st.backups:
         return None
-    size = segment_size(st.backups[0])
+    size = segment_size_of(st.backups)
     if size is None:
         return None
     high, low = int(newest[8:16], 16), int(newest[16:24], 16)
