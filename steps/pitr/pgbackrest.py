@@ -6,11 +6,13 @@ product's own engine (steps.pitr.recovery).
    target (its stop time, whole seconds, at least a second before a time target; its stop LSN <= an LSN target; the newest for xid, name, latest and
    immediate), or `backup_id` (a pgBackRest label). A target before the oldest backup's end is refused, as
    with the own engine, naming that backup. A time without a zone is refused by the arguments already.
-2. Refused before anything is made: a target the archive range proves unreachable (an LSN past the end of
-   the newest archived segment, a time more than a minute in the future); the configured production data directory as the
-   target (`pg1-path` in the options or in pgbackrest.conf) unless the runbook asks `delta: true`; a data
-   directory that is not new or empty, unless `delta: true` (then pgBackRest's `--delta` rewrites only what
-   differs). pgBackRest itself refuses a data directory whose server runs.
+2. Refused before anything is made: a target the archive range proves unreachable (an LSN past the end of the
+   newest archived segment, a time more than a minute in the future); the configured production data
+   directory as the target (`pg1-path` in the options or in pgbackrest.conf, `cluster.data_directory`) unless
+   the runbook asks `delta: true`; a data directory that is not new or empty, unless `delta: true` (then
+   pgBackRest's `--delta` rewrites only what differs); with `debian_cluster`, a cluster name that exists
+   already (a new one is made with pg_createcluster, as for the own engine, and pgBackRest restores into its
+   emptied data directory). pgBackRest itself refuses a data directory whose server runs.
 3. `pgbackrest restore --pg1-path=<target> --set=<label> --type=time|xid|lsn|name|immediate|default
    --target=... --target-action=promote --archive-mode=off --tablespace-map-all=<dir>`, run as pgBackRest's
    user (steps.engines.pgbackrest.runner); the server's own settings for the copy (port, socket, hot_standby)
@@ -102,19 +104,20 @@ def choose_set(backups: list[PhysicalBackup], args: Args) -> PhysicalBackup:
 def refuse_early(args: Args, s: Any, st: Any, pgdata: Path, cfg: Any = None) -> None:
     """What can be refused is refused before anything is made (PitrError)."""
     from steps.pg.walnames import format_lsn, parse_lsn
-    from steps.pitr.datadir import check_empty
+    from steps.pitr.datadir import check_empty, precheck_debian
 
     if args.debian_cluster:
-        raise PitrError("debian_cluster is not supported with engine pgbackrest yet: pgBackRest restores into a bare "
-                        "data directory", hint="leave debian_cluster empty and set pgdata to a new directory; make "
-                        "the Debian cluster around it afterwards (pg_createcluster -d)")
+        if args.delta:
+            raise PitrError("delta: true and debian_cluster: a new Debian cluster has nothing to rewrite",
+                            hint="remove delta (a new cluster), or debian_cluster (restore into an existing directory)")
+        precheck_debian(args, pgdata)  # a new cluster name, a new or empty data directory, pg_createcluster
     if any(os.path.realpath(p) == os.path.realpath(pgdata) for p in production_datadirs(s, cfg)):
         if not args.delta:
             raise PitrError(f"pgdata {pgdata} is the production data directory of stanza {s.stanza} (pg1-path): a "
                             "recovery never overwrites it by accident",
                             hint="restore into a new directory; to rewrite the production one in place (pgBackRest's "
                                  "--delta), the runbook must say `delta: true` for this step")
-    elif not args.delta:
+    elif not args.delta and not args.debian_cluster:
         check_empty(pgdata)
     if pgdata.is_symlink():
         raise PitrError(f"{pgdata} is a symlink: a restore never goes through a link", hint="name the real directory")
@@ -147,10 +150,12 @@ def target_options(args: Args) -> list[str]:
     return out
 
 
-def server_options(port: int, socket_dir: str, listen: str) -> list[str]:
-    """The copy's own server settings, written by pgBackRest into postgresql.auto.conf."""
-    return [f"--recovery-option=port={port}", f"--recovery-option=unix_socket_directories={socket_dir}",
-            f"--recovery-option=listen_addresses={listen}", "--recovery-option=hot_standby=on"]
+def server_options(port: int, socket_dir: str | None, listen: str) -> list[str]:
+    """The copy's own server settings, written by pgBackRest into postgresql.auto.conf (a Debian cluster's
+    socket directory is its configuration's: `socket_dir` None)."""
+    return [f"--recovery-option=port={port}", f"--recovery-option=listen_addresses={listen}",
+            "--recovery-option=hot_standby=on",
+            *([f"--recovery-option=unix_socket_directories={socket_dir}"] if socket_dir else [])]
 
 
 def pitr(args: Args, cfg: Any, config_path: Path, events: Events) -> int:
@@ -180,8 +185,12 @@ def pitr(args: Args, cfg: Any, config_path: Path, events: Events) -> int:
                      "archive-get reads the archive")
     socket_dir = args.socket_dir or ("/var/run/postgresql" if Path("/var/run/postgresql").is_dir()
                                      else str(pgdata.parent))
+    if args.debian_cluster:  # pg_createcluster (configuration in /etc/postgresql), its data directory emptied
+        from steps.pitr.datadir import prepare_debian
+
+        prepare_debian(args, pgdata)
     try:
-        make_target_dir(pgdata, run_user(s))
+        make_target_dir(pgdata, run_user(s))  # pgBackRest's user restores into it
     except PgBackRestError as e:
         raise PitrError(e.message, hint=e.hint) from None
     ts_root = Path(args.tablespace_dir) if args.tablespace_dir else Path(f"{pgdata}_tablespaces")
@@ -190,7 +199,7 @@ def pitr(args: Args, cfg: Any, config_path: Path, events: Events) -> int:
     extra = [*target_options(args), *action, "--archive-mode=off",
              f"--tablespace-map-all={ts_root}",
              *[f"--tablespace-map={k}={v}" for k, v in args.tablespaces.items()],
-             *server_options(args.port, socket_dir, args.listen_addresses)]
+             *server_options(args.port, None if args.debian_cluster else socket_dir, args.listen_addresses)]
     print(f"pitr: pgbackrest restore --set={b.label} into {pgdata}" + (" (--delta)" if args.delta else ""),
           flush=True)
     try:

@@ -12,6 +12,10 @@ file fails it, naming the file.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,8 +45,6 @@ def primary_fixture(pg_base: Path, pitr_template: Path) -> Iterator[PgbrPrimary]
     finally:
         for d in restored:
             if (d / "postmaster.pid").exists():
-                import subprocess
-
                 subprocess.run(as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(d), "-m", "immediate", "-w",
                                                "stop"]), capture_output=True)
         p.stop()
@@ -275,8 +277,35 @@ def test_pitr_and_verify_backup_from_an_s3_repository_over_tls(
     finally:
         for d in restored:
             if (d / "postmaster.pid").exists():
-                import subprocess
-
                 subprocess.run(as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(d), "-m", "immediate", "-w",
                                                "stop"]), capture_output=True)
         p.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("pg_createcluster"),
+                    reason="pg_createcluster writes under /etc/postgresql: root and postgresql-common only")
+def test_pitr_into_a_new_debian_cluster(primary: PgbrPrimary) -> None:
+    p = primary
+    rows = _write(p, 4, "deb")
+    p.pgbackrest("backup", "--type=full")
+    p.switch_wal()
+    name = f"rbpgbr{os.getpid()}"
+    pgdata = Path("/var/lib/postgresql/15") / name
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = int(sk.getsockname()[1])
+    try:
+        r = pitr({"config": str(p.config), "pgdata": str(pgdata), "debian_cluster": name, "port": port,
+                  "socket_dir": "/var/run/postgresql", "target_kind": "latest"})
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert (Path("/etc/postgresql/15") / name / "postgresql.conf").exists()
+        out = subprocess.run(as_server_user([str(PG_BIN / "psql"), "-h", "/var/run/postgresql", "-p", str(port),
+                                             "-XAtc", "select string_agg(note, ',' order by id) from events"]),
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert out.split(",") == rows and outputs(r)["timeline"] == 2
+        assert outputs(r)["log_file"] == f"/var/log/postgresql/postgresql-15-{name}.log"
+        r = pitr({"config": str(p.config), "pgdata": str(pgdata) + "b", "debian_cluster": name, "port": port,
+                  "target_kind": "latest"})
+        assert r.returncode == 1 and "exists already" in r.stdout + r.stderr
+    finally:
+        subprocess.run(["pg_dropcluster", "--stop", "15", name], capture_output=True)
