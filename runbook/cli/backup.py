@@ -269,13 +269,15 @@ def _base_json(e: Any) -> dict[str, Any]:
 
 def _print_base(entries: list[Any], now: datetime, wrapped: dict[tuple[str, str], list[str]]) -> None:
     """Base backups: a PITR can reach any moment after a backup's end, as far as the archived WAL goes."""
-    print(f"  {'BASE BACKUP':17} {'ENDED (UTC)':20} {'AGE':>7} {'SIZE':>10}  {'LEVEL':11} {'WHERE':9} "
+    w = max([17] + [len(e.backup_id) for e in entries])  # pgBackRest's labels of diff and incr backups: 33
+    ww = max([9] + [len(",".join(e.locations())) for e in entries])  # "pgbackrest"
+    print(f"  {'BASE BACKUP':{w}} {'ENDED (UTC)':20} {'AGE':>7} {'SIZE':>10}  {'LEVEL':11} {'WHERE':{ww}} "
           f"{'TL':>3} {'WAL FROM':24} CLUSTER")
     for e in entries:
         m = e.manifest
         when = e.time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-        print(f"  {e.backup_id:17} {when:20} {_age((now - e.time).total_seconds()):>7} {_mb(e.size_bytes):>10}  "
-              f"{e.level.name:11} {','.join(e.locations()):9} {m.timeline:>3} {m.start_wal:24} {e.cluster}")
+        print(f"  {e.backup_id:{w}} {when:20} {_age((now - e.time).total_seconds()):>7} {_mb(e.size_bytes):>10}  "
+              f"{e.level.name:11} {','.join(e.locations()):{ww}} {m.timeline:>3} {m.start_wal:24} {e.cluster}")
         for line in encryption_lines(e, wrapped):
             print(line)
     print("a point-in-time recovery starts from the newest readable base backup that ended before its target")

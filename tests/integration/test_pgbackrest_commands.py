@@ -219,7 +219,16 @@ def test_s3_over_tls_basebackup_status_with_a_verified_restore_and_the_fleet(
         assert proj["basis"].startswith(f"verify-backup of base backup {label} on "), proj
         assert proj["restore_s"] >= 42.0 * 0.5 and proj["total_s"] is not None
         assert not any("no verified test restore" in x for x in rep["rto"]["reasons"])
-        assert (p.own_repo / "clusters" / p.sysid / "pgbackrest" / p.stanza / label / "verifications").is_dir()
+        records = p.own_repo / "clusters" / p.sysid / "pgbackrest" / p.stanza / label / "verifications"
+        genuine = next(records.glob("*.json"))
+        # a record planted beside it, unsigned, claiming a much faster restore: refused, named, not counted
+        forged = records / "20991231T000000.000000Z.json"
+        forged.write_text(genuine.read_text().replace('"restore_s": 42.0', '"restore_s": 1.0'))
+        code, rep = status(p, tmp_path)
+        assert rep["projected_rto"]["default"]["restore_s"] >= 42.0 * 0.5
+        assert any("records about pgBackRest backups not genuine" in x and forged.name in x
+                   for x in rep["integrity"]["reasons"]), rep["integrity"]
+        forged.unlink()
 
         fleet_dir = tmp_path / "fleet"
         fleet_dir.mkdir()
