@@ -14,6 +14,12 @@ serial   the fleet gathered in this process one line after another (steps.proof.
 threads  the same with the default threads (what `all` does, without the interpreter's start).
 
 Prints min and median of each, the fleet's verdict counts, and the goal: `all` under 2 s for 20 clusters.
+
+`--engine pgbackrest`: the cluster archives through `pgbackrest archive-push` into a posix repository (stanza
+bench), its base backup is `runbook basebackup` (pgbackrest backup), and every line of the fleet reads pgBackRest
+(`info --output=json`, `repo-ls` of its archive) besides its own copy of the product's repository (the logical
+backup and its verified restore). The base backups have no verified restore (verify-backup of a pgBackRest backup
+is not run here): the lines are warnings for it; what is measured is what reading pgBackRest costs a line.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--keep", action="store_true", help="leave the cluster running and the fleet in place (to look)")
+    ap.add_argument("--engine", choices=["own", "pgbackrest"], default="own",
+                    help="the physical engine of every line (pgbackrest: Debian's package, installed)")
     args = ap.parse_args()
 
     base, work, _tpl, c = source_cluster("runbook-status-bench-")
@@ -80,7 +88,12 @@ def main() -> None:
         scratch = base / "scratch"
         scratch.mkdir()
         os.chmod(scratch, 0o755)
-        for cmd in (["backup", "-c", str(cfg)], ["verify-backup", "-c", str(cfg), "--scratch-dir", str(scratch)]):
+        cmds = [["backup", "-c", str(cfg)], ["verify-backup", "-c", str(cfg), "--scratch-dir", str(scratch)]]
+        if args.engine == "pgbackrest":
+            text += pgbackrest_engine(work, c)
+            cfg.write_text(text)
+            cmds.append(["basebackup", "-c", str(cfg), "--type", "full"])
+        for cmd in cmds:
             r = subprocess.run([PY, "-m", "runbook", *cmd], env=env, capture_output=True, text=True)
             if r.returncode != 0:
                 raise SystemExit(f"runbook {cmd[0]} failed: {r.stdout}\n{r.stderr}")
@@ -127,8 +140,8 @@ def main() -> None:
                 if isinstance(doc, dict) and "counts" in doc:
                     counts = doc["counts"]  # type: ignore[assignment]
                     first = doc["clusters"][0]  # type: ignore[index]
-        print(f"status over {args.clusters} clusters (each its own repository copy, all on one live cluster); "
-              f"{args.repeat} repeats")
+        print(f"status over {args.clusters} clusters (each its own repository copy, all on one live cluster; engine "
+              f"{args.engine}); {args.repeat} repeats")
         print(f"{'':10} {'min s':>8} {'median s':>9}")
         for name in ("one", "one cpu", "all", "all cpu", "serial", "threads"):
             t = times[name]
@@ -145,6 +158,35 @@ def main() -> None:
         else:
             c.stop()
             shutil.rmtree(base, ignore_errors=True)
+
+
+def pgbackrest_engine(work: Path, c: object) -> str:
+    """Archiving through pgBackRest (a posix repository under work/pgbr, stanza bench, the server restarted with
+    archive_mode on), the stanza made; the config's lines that switch the engine."""
+    from tests.support.pgcluster import PG_BIN, as_server_user, chown_server_user
+
+    exe = shutil.which("pgbackrest")
+    if exe is None:
+        raise SystemExit("--engine pgbackrest: pgbackrest is not installed (apt-get install pgbackrest)")
+    d = work / "pgbr"
+    for sub in ("repo", "log", "lock"):
+        (d / sub).mkdir(parents=True)
+    conf = d / "pgbackrest.conf"
+    datadir, sock, port = c.datadir, c.socket_dir, c.port  # type: ignore[attr-defined]
+    conf.write_text(f"[global]\nrepo1-path={d / 'repo'}\nlog-path={d / 'log'}\nlock-path={d / 'lock'}\n"
+                    "log-level-console=warn\nrepo1-retention-full=2\nstart-fast=y\ncompress-type=lz4\n"
+                    f"[bench]\npg1-path={datadir}\npg1-socket-path={sock}\npg1-port={port}\n")
+    chown_server_user(d)
+    os.chmod(d / "repo", 0o700)
+    c.psql("alter system set archive_mode = on")  # type: ignore[attr-defined]
+    c.psql(f"alter system set archive_command = '{exe} --config={conf} --stanza=bench archive-push %p'")  # type: ignore[attr-defined]
+    subprocess.run(as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(datadir), "-l", str(datadir / "server.log"),
+                                   "-w", "restart", "-m", "fast"]), check=True, capture_output=True)
+    r = subprocess.run(as_server_user([exe, f"--config={conf}", "--stanza=bench", "stanza-create"]),
+                       capture_output=True, text=True, cwd="/")
+    if r.returncode != 0:
+        raise SystemExit(f"pgbackrest stanza-create failed: {r.stdout}{r.stderr}")
+    return f"engine: pgbackrest\npgbackrest: {{stanza: bench, config: {conf}}}\n"
 
 
 if __name__ == "__main__":

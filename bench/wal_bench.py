@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.support.pgcluster import PG_BIN, as_server_user, chown_server_user  # noqa: E402
-from tests.support.s3server import ACCESS_KEY, SECRET_KEY  # noqa: E402
+from tests.support.s3server import ACCESS_KEY, SECRET_KEY, start_tls_s3  # noqa: E402,F401 (compare.py uses it)
 from tests.support.server_venv import build_server_venv  # noqa: E402
 
 SEG = 16 * 1024 * 1024
@@ -121,49 +121,6 @@ def start_s3() -> tuple[Any, str]:
     boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=ACCESS_KEY,
                  aws_secret_access_key=SECRET_KEY).create_bucket(Bucket="bench")
     return server, url
-
-
-def start_tls_s3(base: Path) -> tuple[Any, str, Path]:
-    """A second listener of the same moto (the same buckets: moto's state is per process) over HTTPS, with a
-    self-signed certificate for 127.0.0.1 made here: pgBackRest's S3 client speaks TLS only. Returns the
-    server, its URL and the certificate, which both clients verify (pgBackRest's repo-storage-ca-file, ours
-    AWS_CA_BUNDLE): the same transport for both."""
-    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
-    from moto.moto_server.werkzeug_app import (
-        DomainDispatcherApplication,
-        MotoRequestHandler,
-        create_backend_app,
-    )
-    from werkzeug.serving import make_server
-
-    cert, key = base / "tls" / "s3.crt", base / "tls" / "s3.key"
-    cert.parent.mkdir()
-    sh(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-        "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-    os.chmod(cert.parent, 0o755)
-    os.chmod(cert, 0o644)
-
-    class TlsMotoServer(ThreadedMotoServer):
-        def _server_entry(self) -> None:
-            app = DomainDispatcherApplication(create_backend_app)
-            server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler,
-                                 ssl_context=(str(cert), str(key)))
-            plain_shutdown = server.shutdown_request
-
-            def shutdown_request(request: Any) -> None:  # TLS's close_notify first: pgBackRest insists on it
-                with contextlib.suppress(OSError, ValueError):
-                    request.unwrap()
-                plain_shutdown(request)
-
-            server.shutdown_request = shutdown_request  # type: ignore[method-assign]
-            self._server = server
-            self._server_ready_event.set()
-            self._server.serve_forever()
-
-    server = TlsMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    return server, f"https://{host}:{port}", cert
 
 
 def write_configs(base: Path, url: str, spool: Path, tls_url: str | None = None) -> dict[str, Path]:

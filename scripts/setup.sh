@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine lacks, idempotently: the PostgreSQL 15 server,
-# tmux, the virtual environment and the Python dependencies. Safe to run again.
+# pgBackRest, tmux, the virtual environment and the Python dependencies. Safe to run again.
 #
 # The virtual environment is made with an interpreter the server's user (postgres) can execute: PostgreSQL
 # runs archive_command/restore_command (`runbook wal-push`/`wal-fetch`) as that user, and a venv made from an
@@ -75,6 +75,7 @@ need_apt=()
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 command -v age >/dev/null 2>&1 || need_apt+=(age)  # docs/encryption.md's recovery by hand, and its test
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # the HTML report's rendering test
+command -v pgbackrest >/dev/null 2>&1 || need_apt+=(pgbackrest)  # engine: pgbackrest (docs/pgbackrest.md) and its tests
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

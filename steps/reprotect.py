@@ -12,7 +12,8 @@ Until this step the recovered service has no backup at all. In order:
    written beside it (`config_out`, default `<config>.recovered.yaml`, same mode and owner): the scheduled
    `backup`/`basebackup`/`check` jobs must be pointed at it (said in the output).
 3. **Archiving on.** `ALTER SYSTEM SET archive_mode = on, archive_command = '<runbook_exe> wal-push -c CONFIG
-   %p', archive_timeout`; a reload when archive_mode was on already, else a restart (`restart_command`, or
+   %p'` (with `engine: pgbackrest`: `pgbackrest --stanza=... archive-push %p`, the config copy naming the
+   recovered data directory as pg1-path), `archive_timeout`; a reload when archive_mode was on already, else a restart (`restart_command`, or
    `pg_ctl restart` of the data directory as the server's user, or `pg_ctlcluster` for a Debian cluster).
    After PITR the new timeline's `.history` file is queued for the archiver (its `.ready` marker): PostgreSQL
    wrote it at promotion while archiving was off.
@@ -112,9 +113,23 @@ def _same_server(cfg: Any, host: str | None, port: int | None) -> bool:
     return norm_host(cfg.cluster.host) == norm_host(host) and norm_port(cfg.cluster.port) == norm_port(port)
 
 
-def config_for(cfg: Any, path: Path, args: Args) -> Path:
-    """The config whose cluster section is the recovered server: the given one, or a copy pointing at it."""
-    if _same_server(cfg, args.host, args.port):
+def _pgbackrest_moved(cfg: Any, data_directory: str | None) -> bool:
+    """engine pgbackrest: is the recovered data directory another than the one pgBackRest is configured for
+    (pg1-path)? After PITR into a new data directory it is: backups and archive-push must name the new one."""
+    if getattr(cfg, "engine", "own") != "pgbackrest" or not data_directory:
+        return False
+    from steps.engines.pgbackrest.restore import production_datadirs
+    from steps.engines.pgbackrest.settings import settings_from
+
+    known = production_datadirs(settings_from(cfg), cfg)
+    return not any(os.path.realpath(p) == os.path.realpath(data_directory) for p in known)
+
+
+def config_for(cfg: Any, path: Path, args: Args, data_directory: str | None = None) -> Path:
+    """The config whose cluster section is the recovered server: the given one, or a copy pointing at it (with
+    engine pgbackrest, also its data directory: `pgbackrest.options` pg1-path, pg1-socket-path, pg1-port)."""
+    moved = _pgbackrest_moved(cfg, data_directory)
+    if _same_server(cfg, args.host, args.port) and not moved:
         return path
     import yaml
 
@@ -124,6 +139,17 @@ def config_for(cfg: Any, path: Path, args: Args) -> Path:
         cluster["host"] = args.host
     if args.port:
         cluster["port"] = args.port
+    if moved:
+        cluster["data_directory"] = data_directory
+        block = dict(data.get("pgbackrest") or {})
+        options = dict(block.get("options") or {})
+        options["pg1-path"] = data_directory
+        if args.host and args.host.startswith("/"):
+            options["pg1-socket-path"] = args.host
+        if args.port:
+            options["pg1-port"] = args.port
+        block["options"] = options
+        data["pgbackrest"] = block
     data["cluster"] = cluster
     out = Path(args.config_out) if args.config_out else path.with_name(path.stem + ".recovered.yaml")
     text = (f"# Written by `runbook reprotect` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {path.name} for the "
@@ -196,6 +222,27 @@ def _queue_history(facts: dict[str, Any]) -> str | None:
     return name
 
 
+def _archive_command(args: Args, cfg: Any, config: Path) -> str:
+    """`runbook wal-push` into the product's repository; with engine pgbackrest, `pgbackrest archive-push` with
+    the (recovered server's) config's options (secret ones are never on a command line: they belong in the
+    server user's pgbackrest.conf)."""
+    from steps.pitr.args import default_runbook_exe
+
+    if getattr(cfg, "engine", "own") == "pgbackrest":
+        from dataclasses import replace
+
+        from steps.engines.pgbackrest.runner import argv
+        from steps.engines.pgbackrest.settings import settings_from
+        from steps.repository.config import load_repository_config
+
+        recovered, _ = load_repository_config(config)
+        return shlex.join(argv(replace(settings_from(recovered), user=None), "archive-push")) + " %p"
+    exe = args.runbook_exe or default_runbook_exe()
+    if not os.path.isabs(exe):
+        raise ReprotectError(f"runbook_exe must be an absolute path, not {exe!r}")
+    return f"{shlex.quote(exe)} wal-push -c {shlex.quote(str(config))} %p"
+
+
 def _cli(*argv: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "runbook", *argv], capture_output=True, text=True,
                           timeout=timeout)
@@ -208,6 +255,10 @@ def _newest(config: Path, sysid: str, kind: str, db: str | None = None) -> str |
     from steps.repository.signing import trust_from_config
 
     cfg, _ = load_repository_config(config)
+    if kind == "base" and getattr(cfg, "engine", "own") == "pgbackrest":
+        from steps.engines import engine_for
+
+        return next((b.label for b in engine_for(cfg, config).backups() if b.system_identifier == sysid), None)
     cat = scan(open_stores(cfg), trust=trust_from_config(cfg), db=db, kinds=(kind,))  # type: ignore[arg-type]
     entries = cat.base if kind == "base" else cat.entries
     return next((e.backup_id for e in entries if e.cluster == sysid), None)
@@ -262,7 +313,6 @@ def check_until_green(config: Path, timeout_s: float, rpo_s: float, events: Even
 
 def main(args: Args, events: Events) -> int:
     from steps.pg.tools import Conn, connect
-    from steps.pitr.args import default_runbook_exe
     from steps.repository.config import load_repository_config
 
     t0 = time.monotonic()
@@ -294,15 +344,12 @@ def main(args: Args, events: Events) -> int:
             sysid = str(facts["sysid"])
             _say(f"recovered server {conn.describe('postgres')}: system identifier {sysid}, timeline "
                  f"{facts['timeline']}, data directory {facts['data_directory']}")
-            config = config_for(cfg, path, args)
+            config = config_for(cfg, path, args, str(facts["data_directory"]))
             if config != path:
                 _say(f"wrote {config} for the recovered server (cluster: {args.host}:{args.port or 5432}); point "
                      "the scheduled backup, basebackup and check jobs at it")
             events.check("repository config", "ok", str(config))
-            exe = args.runbook_exe or default_runbook_exe()
-            if not os.path.isabs(exe):
-                raise ReprotectError(f"runbook_exe must be an absolute path, not {exe!r}")
-            command = f"{shlex.quote(exe)} wal-push -c {shlex.quote(str(config))} %p"
+            command = _archive_command(args, cfg, config)
             pg.execute("ALTER SYSTEM SET archive_mode = 'on'")
             from psycopg import sql
 
@@ -336,12 +383,18 @@ def main(args: Args, events: Events) -> int:
         print(msg + "\nhint: a setting given on the server's command line or in postgresql.conf after the include "
               "wins over ALTER SYSTEM: remove it there")
         return 1
+    pgbackrest = getattr(cfg, "engine", "own") == "pgbackrest"
     events.check("archiving", "ok", f"archive_mode on, archive_command = {command!r}, archive_timeout = "
                  f"{args.archive_timeout} s, into cluster directory {sysid}")
-    _say(f"archiving on into clusters/{sysid}/ of the repository")
+    where = (f"pgBackRest stanza {cfg.pgbackrest.stanza}" if pgbackrest and cfg.pgbackrest is not None
+             else f"clusters/{sysid}/ of the repository")
+    _say(f"archiving on into {where}")
 
     t1 = time.monotonic()
-    r = _cli("basebackup", "-c", str(config), "--quiet", timeout=6 * 3600)
+    # With pgBackRest, a full backup: the recovered cluster's protection must not lean on a backup of the old
+    # timeline (pgBackRest's default after a full is an incremental one).
+    r = _cli("basebackup", "-c", str(config), "--quiet", *(["--type", "full"] if pgbackrest else []),
+             timeout=6 * 3600)
     print(r.stdout, end="", flush=True)
     if r.returncode != 0:
         msg = f"the base backup failed (exit {r.returncode}): {(r.stderr or r.stdout).strip()[-800:]}"
@@ -382,6 +435,6 @@ def main(args: Args, events: Events) -> int:
     events.output("logical_backup_id", logical_id or "")
     events.output("config", str(config))
     _say(f"protected again at {protected_at:%H:%M:%S} UTC ({time.monotonic() - t0:.0f} s): WAL archiving into "
-         f"clusters/{sysid}/ (timeline {now['timeline']}), base backup {base_id}, logical backup {logical_id}, "
+         f"{where} (timeline {now['timeline']}), base backup {base_id}, logical backup {logical_id}, "
          "check green")
     return 0

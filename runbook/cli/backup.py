@@ -44,6 +44,9 @@ def register_basebackup(sub: Any) -> None:
     add_config(b)
     b.add_argument("--compress", metavar="METHOD", help="override basebackup.compression "
                    "(pg_basebackup -Z: server-zstd:level=1, server-lz4, client-zstd, none, ...)")
+    b.add_argument("--type", dest="backup_type", choices=["full", "diff", "incr"],
+                   help="engine: pgbackrest: pgbackrest backup --type (default: pgBackRest's, incr after a full); "
+                        "the product's own engine takes full backups only")
     b.add_argument("--quiet", action="store_true", help="only the result line and errors on the console")
     b.set_defaults(func=cmd_basebackup)
 
@@ -91,6 +94,16 @@ def cmd_backups(args: argparse.Namespace) -> int:
             errors[which] = str(err)
     cat = scan(stores, trust=trust, db=args.db, kinds=("logical", "files", "base"))
     errors.update(cat.errors)
+    pgbr = None
+    if cfg.engine == "pgbackrest":  # the base backups and the WAL archive are pgBackRest's
+        from steps.engines.pgbackrest.records import listed
+
+        cat.base = []
+        try:
+            pgbr = listed(cfg, stores, trust)
+            cat.base = pgbr.base
+        except RunbookError as err:
+            errors["pgbackrest"] = str(err)
     picks = {db: pick(cat.entries, db) for db in cat.databases()}
     picked_ids = {id(e) for e in picks.values() if e is not None}
     wrapped: dict[tuple[str, str], list[str]] = {}
@@ -99,7 +112,10 @@ def cmd_backups(args: argparse.Namespace) -> int:
 
         wrapped = recipients_now(stores, trust)
     if args.json:
-        print(json.dumps(_catalogue_json(cat, picks, picked_ids, errors, stores, now, wrapped), indent=2))
+        doc = _catalogue_json(cat, picks, picked_ids, errors, stores, now, wrapped)
+        if pgbr is not None:
+            doc["pgbackrest"] = _pgbackrest_json(pgbr)
+        print(json.dumps(doc, indent=2))
         return 1 if errors else 0
     for name, msg in errors.items():
         print(f"runbook: the {name} repository could not be read: {msg}", file=sys.stderr)
@@ -125,7 +141,9 @@ def cmd_backups(args: argparse.Namespace) -> int:
         for db, chosen in picks.items():
             if chosen is None:
                 print(f"! {db}: no backup at readable or better: a recovery has nothing to start from")
-    if cat.base:
+    if pgbr is not None:
+        _print_pgbackrest(pgbr, now, wrapped)
+    elif cat.base:
         _print_base(cat.base, now, wrapped)
         _print_wal(stores, sorted({e.cluster for e in cat.base}))
     if cat.files:
@@ -204,8 +222,45 @@ def _catalogue_json(cat: Any, picks: dict[str, Any], picked_ids: set[int], error
     }
 
 
+def _pgbackrest_json(got: Any) -> dict[str, Any]:
+    st, rng = got.stanza, got.archive
+    return {"stanza": st.name, "status": st.status_message, "system_identifier": st.system_identifier,
+            "archive": None if rng is None else {
+                "min_wal": rng.min_wal, "max_wal": rng.max_wal,
+                "newest_archived_at": rng.newest_archived_at.isoformat() if rng.newest_archived_at else None},
+            "refused_records": [{"repository": n, "key": k, "reason": why} for n, k, why in got.refused]}
+
+
+def _print_pgbackrest(got: Any, now: datetime, wrapped: dict[tuple[str, str], list[str]]) -> None:
+    """engine: pgbackrest: its backups in the base backup table (TYPE instead of nothing: full, diff, incr), and
+    its archive's range."""
+    st, rng = got.stanza, got.archive
+    if got.base:
+        _print_base(got.base, now, wrapped)
+        for e in got.base:
+            m = e.manifest
+            if m.reference:
+                print(f"  {e.backup_id}: {m.kind}, needs {', '.join(m.reference)}")
+    else:
+        print(f"! no pgBackRest backup of stanza {st.name}: point-in-time recovery has nothing to start from")
+    if rng is None or rng.max_wal is None:
+        print(f"! WAL of {st.system_identifier} in pgbackrest (stanza {st.name}): none archived: no PITR past a "
+              "backup's end")
+    else:
+        when = "" if rng.newest_archived_at is None else \
+            f", the newest archived {_age((now - rng.newest_archived_at).total_seconds())} ago"
+        print(f"WAL of {st.system_identifier} in pgbackrest (stanza {st.name}): {rng.min_wal} .. {rng.max_wal}{when}")
+    for n, k, why in got.refused:
+        print(f"! refused, not genuine: {n}: {k}: {why}")
+
+
 def _base_json(e: Any) -> dict[str, Any]:
     m = e.manifest
+    if not hasattr(m, "backup"):  # a pgBackRest backup (steps.engines.pgbackrest.records.BaseFacts)
+        return {"timeline": m.timeline, "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn, "start_wal": m.start_wal,
+                "stop_wal": m.stop_wal, "started_at": m.started_at.isoformat(),
+                "stopped_at": m.stopped_at.isoformat(), "wal_segment_size": m.wal_segment_size, "type": m.kind,
+                "reference": list(m.reference), "engine": "pgbackrest"}
     return {"timeline": m.timeline, "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn, "start_wal": m.start_wal,
             "stop_wal": m.stop_wal, "started_at": m.started_at.isoformat(), "stopped_at": m.stopped_at.isoformat(),
             "wal_segment_size": m.wal_segment_size, "compression": m.backup.compression,
@@ -214,13 +269,15 @@ def _base_json(e: Any) -> dict[str, Any]:
 
 def _print_base(entries: list[Any], now: datetime, wrapped: dict[tuple[str, str], list[str]]) -> None:
     """Base backups: a PITR can reach any moment after a backup's end, as far as the archived WAL goes."""
-    print(f"  {'BASE BACKUP':17} {'ENDED (UTC)':20} {'AGE':>7} {'SIZE':>10}  {'LEVEL':11} {'WHERE':9} "
+    w = max([17] + [len(e.backup_id) for e in entries])  # pgBackRest's labels of diff and incr backups: 33
+    ww = max([9] + [len(",".join(e.locations())) for e in entries])  # "pgbackrest"
+    print(f"  {'BASE BACKUP':{w}} {'ENDED (UTC)':20} {'AGE':>7} {'SIZE':>10}  {'LEVEL':11} {'WHERE':{ww}} "
           f"{'TL':>3} {'WAL FROM':24} CLUSTER")
     for e in entries:
         m = e.manifest
         when = e.time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-        print(f"  {e.backup_id:17} {when:20} {_age((now - e.time).total_seconds()):>7} {_mb(e.size_bytes):>10}  "
-              f"{e.level.name:11} {','.join(e.locations()):9} {m.timeline:>3} {m.start_wal:24} {e.cluster}")
+        print(f"  {e.backup_id:{w}} {when:20} {_age((now - e.time).total_seconds()):>7} {_mb(e.size_bytes):>10}  "
+              f"{e.level.name:11} {','.join(e.locations()):{ww}} {m.timeline:>3} {m.start_wal:24} {e.cluster}")
         for line in encryption_lines(e, wrapped):
             print(line)
     print("a point-in-time recovery starts from the newest readable base backup that ended before its target")
@@ -290,5 +347,31 @@ def cmd_basebackup(args: argparse.Namespace) -> int:
             cfg = cfg.model_copy(update={"basebackup": bb})
     except (RunbookError, ValueError) as e:
         print(f"runbook: basebackup could not run: {e}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    if cfg.engine == "pgbackrest" and cfg.pgbackrest is not None:  # the config requires the block with it
+        from steps.engines.pgbackrest.backup import run_basebackup
+
+        if args.compress:
+            print("runbook: basebackup could not run: --compress is pg_basebackup's; with engine: pgbackrest set "
+                  "compress-type in pgbackrest.options or its pgbackrest.conf", file=sys.stderr)
+            return EXIT_CANNOT_RUN
+        if not args.quiet:
+            print(f"basebackup: pgbackrest backup of stanza {cfg.pgbackrest.stanza}"
+                  + (f" --type={args.backup_type}" if args.backup_type else " (its default type)"), flush=True)
+        out = run_basebackup(cfg, path, args.backup_type)
+        if out.done is None:
+            what = "could not run" if out.cannot_run else "failed (nothing new published)"
+            print(f"runbook: basebackup {what}: {out.error}" + (f"\n  hint: {out.hint}" if out.hint else ""),
+                  file=sys.stderr)
+            return out.exit_code
+        b = out.done.backup
+        ref = f", on {b.reference[-1]}" if b.reference else ""
+        stored = "" if b.stored_bytes is None else f" ({_mb(b.stored_bytes)} stored)"
+        print(f"base {b.label}: ok, {b.kind}{ref}, {_mb(b.size_bytes)}{stored}, readable in pgbackrest "
+              f"(pgbackrest backup {out.done.duration_s:.1f} s), WAL {b.start_wal} .. {b.stop_wal}")
+        return out.exit_code
+    if args.backup_type not in (None, "full"):
+        print(f"runbook: basebackup could not run: --type {args.backup_type} needs engine: pgbackrest (the "
+              "product's own engine takes full base backups only)", file=sys.stderr)
         return EXIT_CANNOT_RUN
     return BaseBackupRun(cfg, path, console=not args.quiet).run()

@@ -19,6 +19,11 @@ strikes half-way and the attachments are wiped; the moment just before it is the
 the operator recovers to it with the `pitr` action into a new data directory, then restores the attachments
 snapshot nearest the recovery point.
 
+`--engine pgbackrest` (scenario 2): the same drill on pgBackRest (steps.sandbox.pgbackrest): the primary
+archives with `pgbackrest archive-push` into a pgBackRest repository of the sandbox, the stanza is made, the
+base backup is `runbook basebackup` (pgbackrest backup), and the same runbook recovers with the `pitr` action
+(pgbackrest restore) and re-protects. Without pgbackrest installed: a clear error naming the package.
+
 `--encrypt` (either scenario): the sandbox's repository is marked `encrypt: true`, to an operator age key made
 beside the sandbox (steps.sandbox.build: `operator_key`); every backup, attachments snapshot and WAL segment is
 stored as age ciphertext, `runbook verify-backup` proves before the disaster that the operator's key opens the
@@ -50,6 +55,11 @@ def register(sub: Any) -> None:
                    help="encrypt the sandbox's repository with age (docs/encryption.md): an operator key is made "
                         "beside the sandbox (kept across rebuilds, removed by --down), every backup and WAL segment "
                         "is stored encrypted to it, and the recovery decrypts as it fetches")
+    d.add_argument("--engine", choices=["own", "pgbackrest"], default="own",
+                   help="the physical engine of --scenario pitr: own (the product's base backups and WAL archive, "
+                        "the default) or pgbackrest (WAL archived with pgbackrest archive-push into a pgBackRest "
+                        "repository of the sandbox, the base backup and the restore by pgBackRest: "
+                        "docs/pgbackrest.md); needs Debian's pgbackrest package")
     d.add_argument("--down", action="store_true", help="stop and remove the sandbox")
     d.add_argument("--scale", type=int, default=1, help="data size: 1 ≈ 2,000 assets and 4,000 loans (default 1)")
     d.add_argument("--files", type=int, default=200, help="attachment files (default 200)")
@@ -88,6 +98,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     if args.yes and not args.headless:
         raise UsageError("--yes is for unattended drills: add --headless (the TUI asks the operator)")
+    _check_engine(args)
     require_terminal(args, "demo")
     runbook_path = Path(args.runbook)
     if not runbook_path.exists():
@@ -107,6 +118,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
         lock.release()
 
 
+def _check_engine(args: argparse.Namespace) -> None:
+    """--engine pgbackrest: scenario 2 only, without --encrypt, with pgbackrest installed."""
+    if args.engine != "pgbackrest":
+        return
+    import shutil
+
+    if args.scenario != "pitr":
+        raise UsageError("--engine pgbackrest is for --scenario pitr: the engine is the physical side (base backups, "
+                         "the WAL archive, PITR); scenario 1 restores a logical backup, the same with either engine",
+                         hint="runbook demo --scenario pitr --engine pgbackrest")
+    if args.encrypt:
+        raise UsageError("--encrypt is the product's own repository encryption; with --engine pgbackrest the "
+                         "physical side is pgBackRest's (its repo1-cipher-type), not the sandbox's",
+                         hint="drop --encrypt, or use --engine own")
+    if shutil.which("pgbackrest") is None:
+        raise UsageError("--engine pgbackrest: pgbackrest is not installed on this machine",
+                         hint="apt-get install pgbackrest (Debian's package; scripts/setup.sh installs it)")
+
+
 def _runbook_if_any(path: Path) -> Any:
     """The runbook, to find a run using the sandbox; None when there is none or it cannot be read."""
     from runbook.errors import RunbookError
@@ -122,9 +152,11 @@ def _build_and_recover(args: argparse.Namespace, sb: Any, rb: Any, runbook_path:
     from steps.sandbox.profile import write_profile
 
     encrypt = bool(args.encrypt)
-    _say(f"building the sandbox in {sb.base}" + (" (encrypted repository)" if encrypt else ""))
+    engine = getattr(args, "engine", "own")
+    _say(f"building the sandbox in {sb.base}" + (" (encrypted repository)" if encrypt else "")
+         + (" on pgBackRest" if engine == "pgbackrest" else ""))
     if args.scenario == "pitr":
-        sb.build(args.scale, args.files, say=_say, archive=True, encrypt=encrypt)
+        sb.build(args.scale, args.files, say=_say, archive=True, encrypt=encrypt, engine=engine)
         if encrypt:
             _say_encrypted(sb)
         sb.basebackup(say=_say)

@@ -8,6 +8,7 @@
   and the checks after promotion that each one is there.
 - `recovery`: the recovery settings, the server started, the replay watched to promotion, its log read.
 - `errors`: `PitrError`.
+- `pgbackrest`: the whole action with `engine: pgbackrest` (pgBackRest's restore, then `recovery`).
 
 Imports run one way (no cycles): action imports the others; backup imports tablespaces and datadir;
 tablespaces imports recovery and datadir; every module may import args and errors, which import neither.

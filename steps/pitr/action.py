@@ -1,9 +1,12 @@
 """pitr: point-in-time recovery from a base backup plus archived WAL, into a new data directory.
 
+With `engine: pgbackrest` in the repository config the whole action is steps.pitr.pgbackrest
+(`pgbackrest restore`, then the same recovery machinery, report and outputs as below).
+
 1. The target: a time (ISO 8601 **with** a zone; one without is refused), an xid, an LSN, a restore point
-   name, or `latest`. The base backup is the newest `readable` one that **ended before** the target (its
-   stop time < the target time; for an LSN, its stop LSN <= the target); none: "target before the backup
-   ends", with the oldest backup's end, and what to do.
+   name, `latest` or `immediate` (the end of the base backup). The base backup is the newest `readable`
+   one that **ended before** the target (its stop time < the target time; for an LSN, its stop LSN <= the
+   target); none: "target before the backup ends", with the oldest backup's end, and what to do.
 2. The data directory must not exist or be empty (a half-restored one is refused); it is created 0700 and
    owned by the server's user. With `debian_cluster`, a new cluster is made with `pg_createcluster` first
    (configuration in /etc/postgresql/15/NAME) and its fresh, empty data directory is replaced; an existing
@@ -84,6 +87,13 @@ def main(args: Args, events: Events) -> int:
     t_begin = time.monotonic()
     cfg, config_path = load_repository_config(args.config)
     config_path = config_path.resolve()
+    if getattr(cfg, "engine", "own") == "pgbackrest":  # the same recovery through pgBackRest's restore
+        from steps.pitr.pgbackrest import pitr
+
+        return pitr(args, cfg, config_path, events)
+    if args.delta:
+        raise PitrError("delta: true is for engine pgbackrest (its restore --delta); the own engine restores only "
+                        "into a new or empty data directory", hint="remove delta, and choose a new data directory")
     pgdata = Path(args.pgdata)
     entry, ts_oids = _pick(args, cfg, events)
     _refuse_early(args, cfg, pgdata, entry, ts_oids, events)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-TargetKind = Literal["time", "xid", "lsn", "name", "latest"]
+TargetKind = Literal["time", "xid", "lsn", "name", "latest", "immediate"]
 
 
 def default_runbook_exe() -> str:
@@ -36,7 +36,8 @@ def parse_target_time(text: str) -> datetime:
 class Args(BaseModel):
     model_config = ConfigDict(extra="forbid")
     config: str = Field(min_length=1, description="The repository config (local and/or S3) to recover from")
-    target_kind: TargetKind = Field("time", description="time | xid | lsn | name | latest")
+    target_kind: TargetKind = Field("time", description="time | xid | lsn | name | latest | immediate "
+                                  "(the end of the base backup: the earliest consistent moment)")
     target: str = Field("", description="The target: an ISO 8601 time with zone, an xid, an LSN, a restore point")
     target_time: str = Field("", description="The time target (kind time), when `target` is not given: so that a "
                              "runbook can pass its target_time parameter and a separate target for other kinds")
@@ -68,6 +69,9 @@ class Args(BaseModel):
     tablespaces: dict[str, str] = Field(default_factory=dict, description="Where tablespaces go: {OID, name or "
                                         "original location: absolute directory, missing or empty}; also "
                                         "'KEY=DIR, KEY=DIR' as text")
+    delta: bool = Field(False, description="engine pgbackrest: restore with --delta into an existing data "
+                        "directory (pgBackRest rewrites only what differs); the configured production data "
+                        "directory (pg1-path) is refused unless this is true. The own engine refuses it")
     tablespace_dir: str | None = Field(None, description="Tablespaces not in `tablespaces` go to DIR/<oid> "
                                        "(default: <pgdata>_tablespaces/<oid>)")
 
@@ -98,7 +102,7 @@ class Args(BaseModel):
                 raise ValueError(f"tablespaces: the directory for {key!r} must be an absolute path, not {directory!r}")
         if self.tablespace_dir is not None and not os.path.isabs(self.tablespace_dir):
             raise ValueError(f"tablespace_dir must be an absolute path, not {self.tablespace_dir!r}")
-        if self.target_kind == "latest":
+        if self.target_kind in ("latest", "immediate"):
             return self
         if not self.target.strip():
             raise ValueError(f"target_kind {self.target_kind} needs a target")

@@ -70,7 +70,9 @@ def recovery_settings(args: Args, config_path: Path, verified: Path | None = Non
         s["recovery_target_lsn"] = args.target.strip()
     elif args.target_kind == "name":
         s["recovery_target_name"] = args.target
-    if args.target_kind != "latest":
+    elif args.target_kind == "immediate":
+        s["recovery_target"] = "immediate"
+    if args.target_kind not in ("latest", "immediate"):
         s["recovery_target_inclusive"] = "on" if args.inclusive else "off"
     return s
 
@@ -332,7 +334,7 @@ def _iso(text: str) -> str:
 
 
 REDO_START_RE = re.compile(r"redo starts at ([0-9A-F]+/[0-9A-F]+)")
-REDO_DONE_RE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+).*?elapsed: ([0-9.]+) s")
+REDO_TIMED_RE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+).*?elapsed: ([0-9.]+) s")
 
 
 def redo_facts(log_text: str) -> tuple[int, float] | None:
@@ -341,7 +343,7 @@ def redo_facts(log_text: str) -> tuple[int, float] | None:
     from steps.pg.walnames import parse_lsn
 
     starts = REDO_START_RE.findall(log_text)
-    dones = REDO_DONE_RE.findall(log_text)
+    dones = REDO_TIMED_RE.findall(log_text)
     if not starts or not dones:
         return None
     start, (end, elapsed) = parse_lsn(starts[-1]), dones[-1]

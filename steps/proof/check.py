@@ -65,6 +65,7 @@ class CheckOptions:
     max_logical_age: float = 26 * 3600.0  # a daily job
     max_base_age: float = 8 * 86400.0  # a weekly job
     allow_unsigned: bool = False  # accept unsigned backups (a repository written before signing), with a warning
+    engine_check: bool = True  # engine: pgbackrest: run `pgbackrest check` (it switches WAL; `status` does not)
 
 
 @dataclass
@@ -112,23 +113,78 @@ class Checker:
             facts = self._facts(conn)
             self._settings(facts)
             self._as_server_user(conn, facts)
-            from steps.wal.store import open_wal_stores
-
-            wal_stores = open_wal_stores(cfg.local.path if cfg.local else None,
-                                         cfg.s3.model_dump(mode="json") if cfg.s3 else None,
-                                         encrypt={"local": cfg.encrypts("local"), "s3": cfg.encrypts("s3")})
-            wal_stores = [s for s in wal_stores if s.name in {x.name for x in stores}]
-            if self.args.force_switch:
-                self._switch(conn, facts, wal_stores)
-                self.now = datetime.now(UTC)
-            self._archived(conn, facts, wal_stores)
-            self._claims(facts, wal_stores)
+            if cfg.engine == "pgbackrest":
+                self._pgbackrest(conn, facts)
+            else:
+                self._own_wal(conn, facts, stores)
             tablespaces = conn.execute(
                 "select oid::text, spcname, pg_tablespace_location(oid) from pg_tablespace"
                 " where spcname not in ('pg_default', 'pg_global') order by oid").fetchall()
         self._backups(facts["sysid"], stores, tablespaces)
         worst = max((EXIT[c.status] for c in self.checks), default=0)
         return worst
+
+    def _own_wal(self, conn: Any, facts: dict[str, Any], stores: list[Any]) -> None:
+        """The product's own WAL archive: the segments in its repositories, sealed, without conflicting claims."""
+        from steps.wal.store import open_wal_stores
+
+        cfg = self.cfg
+        wal_stores = open_wal_stores(cfg.local.path if cfg.local else None,
+                                     cfg.s3.model_dump(mode="json") if cfg.s3 else None,
+                                     encrypt={"local": cfg.encrypts("local"), "s3": cfg.encrypts("s3")})
+        wal_stores = [s for s in wal_stores if s.name in {x.name for x in stores}]
+        if self.args.force_switch:
+            self._switch(conn, facts, wal_stores)
+            self.now = datetime.now(UTC)
+        self._archived(conn, facts, wal_stores)
+        self._claims(facts, wal_stores)
+
+    def _pgbackrest(self, conn: Any, facts: dict[str, Any]) -> None:
+        """engine: pgbackrest: the server's archiver, pgBackRest's archive (does it hold what the server says it
+        archived? the RPO exposure now) and, unless `status` asks, `pgbackrest check` (it switches WAL and waits
+        for the segment in its repository: --force-switch's work, always)."""
+        engine = self._engine()
+        a = self._archiver(conn)
+        last = a["last_archived_wal"]
+        if self.args.engine_check:
+            for c in engine.check(timeout=self.args.timeout):
+                self.add(c.name, c.status, c.detail, c.hint)
+            self.now = datetime.now(UTC)
+            a = self._stat_archiver(conn)
+            last = a["last_archived_wal"]
+        if not last:
+            self.add("archived_wal", "warning", "the server has archived nothing yet (since its statistics reset)",
+                     "runbook check archives a segment now (pgbackrest check switches WAL)")
+            return
+        try:
+            rng = engine.archive_range()
+        except RunbookError as e:
+            self.add("archived_wal", "failed", f"pgBackRest's archive cannot be read: {e.message}", e.hint)
+            return
+        age = (self.now - a["last_archived_time"]).total_seconds()
+        segment = last[:24]
+        if rng is None or rng.max_wal is None or (len(last) == 24 and rng.max_wal < segment):
+            self.add("archived_wal", "failed", f"the server archived {last} {rough_duration(age)} ago, but "
+                     f"pgBackRest's archive ends at {rng.max_wal if rng and rng.max_wal else 'nothing'}",
+                     "is archive_command pushing to this stanza? compare it with pgbackrest.stanza and its config")
+            return
+        insert_lsn = conn.execute("select pg_current_wal_insert_lsn()::text").fetchone()[0] if not facts[
+            "in_recovery"] else None
+        pending = self._pending(insert_lsn, last, int(facts["segment_size"]))
+        exposure = f"RPO exposure now: up to {rough_duration(age)} of WAL not yet archived" if pending else \
+            "no WAL written since: nothing at risk"
+        status: Status = "warning" if pending and age > self.args.rpo else "ok"
+        self.add("archived_wal", status, f"newest archived {last}, {rough_duration(age)} ago, in pgBackRest's "
+                 f"archive ({rng.min_wal} .. {rng.max_wal}); {exposure}",
+                 "archiving lags behind: check pg_stat_archiver and the server log" if status == "warning" else None)
+
+    def _engine(self) -> Any:
+        """The physical engine of the config, one for the whole check (pgBackRest's info is read once)."""
+        if getattr(self, "engine", None) is None:
+            from steps.engines import engine_for
+
+            self.engine = engine_for(self.cfg, self.path)
+        return self.engine
 
     def _stores(self) -> list[Any]:
         from steps.repository.configured import checked_stores
@@ -228,7 +284,9 @@ class Checker:
                      "not archive_command", "clear archive_library to archive with runbook wal-push")
         elif not cmd.strip():
             self.add("archive_command", "failed", "archive_command is empty: WAL piles up in pg_wal unarchived",
-                     "archive_command = '/path/to/venv/bin/runbook wal-push -c CONFIG %p'")
+                     self._archive_hint())
+        elif self.cfg.engine == "pgbackrest":
+            self._pgbackrest_command(cmd)
         elif "wal-push" not in cmd:
             self.add("archive_command", "warning", f"archive_command = {cmd!r} does not use runbook wal-push",
                      "the repository gets no WAL from this server: "
@@ -251,6 +309,31 @@ class Checker:
                      f"{rpo:g} s", f"set archive_timeout to at most {rpo:g} s")
         else:
             self.add("archive_timeout", "ok", f"archive_timeout = {timeout} s (RPO target {rpo:g} s)")
+
+    def _archive_hint(self) -> str:
+        if self.cfg.engine == "pgbackrest" and self.cfg.pgbackrest is not None:
+            return f"archive_command = 'pgbackrest --stanza={self.cfg.pgbackrest.stanza} archive-push %p'"
+        return "archive_command = '/path/to/venv/bin/runbook wal-push -c CONFIG %p'"
+
+    def _pgbackrest_command(self, cmd: str) -> None:
+        """engine: pgbackrest: archive_command is pgBackRest's archive-push, for this config's stanza."""
+        assert self.cfg.pgbackrest is not None
+        stanza = self.cfg.pgbackrest.stanza
+        try:
+            words = shlex.split(cmd)
+        except ValueError:
+            words = cmd.split()
+        given = [w.split("=", 1)[1] for w in words if w.startswith("--stanza=")]
+        given += [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--stanza"]
+        if "archive-push" not in words:
+            self.add("archive_command", "warning", f"archive_command = {cmd!r} does not use pgbackrest archive-push "
+                     "(engine: pgbackrest)", "pgBackRest's archive gets no WAL from this server: "
+                     + self._archive_hint())
+        elif given and given[-1] != stanza:
+            self.add("archive_command", "warning", f"archive_command = {cmd!r} pushes to stanza {given[-1]}, not "
+                     f"{stanza} (pgbackrest.stanza)", "the WAL goes to another stanza than this config's")
+        else:
+            self.add("archive_command", "ok", f"archive_command = {cmd!r}")
 
     def _as_server_user(self, conn: Any, facts: dict[str, Any]) -> None:
         """archive_command and restore_command, looked at and run (`--version`) as the server's user, the owner of
@@ -312,9 +395,11 @@ class Checker:
         return dict(zip(keys, row, strict=True))
 
     def _archived(self, conn: Any, facts: dict[str, Any], stores: list[Any]) -> None:
-        from steps.repository.layout import wal_key
-        from steps.wal.store import stat_archived
+        a = self._archiver(conn)
+        self._archived_in(conn, facts, stores, a)
 
+    def _archiver(self, conn: Any) -> dict[str, Any]:
+        """pg_stat_archiver: is archiving failing now? (its row, for what follows)"""
         a = self._stat_archiver(conn)
         failing = a["last_failed_time"] is not None and (
             a["last_archived_time"] is None or a["last_failed_time"] > a["last_archived_time"])
@@ -328,6 +413,12 @@ class Checker:
             extra = f" ({a['failed_count']} failures earlier, all followed by successes)" if a["failed_count"] else ""
             self.add("pg_stat_archiver", "ok", f"{a['archived_count']} files archived since "
                      f"{a['stats_reset']:%Y-%m-%d %H:%M}, no failure since the last success{extra}")
+        return a
+
+    def _archived_in(self, conn: Any, facts: dict[str, Any], stores: list[Any], a: dict[str, Any]) -> None:
+        from steps.repository.layout import wal_key
+        from steps.wal.store import stat_archived
+
         last = a["last_archived_wal"]
         if not last:
             self.add("archived_wal", "warning", "the server has archived nothing yet (since its statistics reset)",
@@ -527,6 +618,9 @@ class Checker:
         else:
             self.add("logical_backup", "warning", f"no readable logical backup of cluster {sysid}",
                      "run `runbook backup -c CONFIG` (and schedule it daily)")
+        if self.cfg.engine == "pgbackrest":
+            self._pgbackrest_backups()
+            return
         newest_base = next((e for e in cat.base if e.cluster == sysid), None)  # genuine, newest first
         if newest_base is not None and tablespaces:
             self._tablespaces(newest_base, tablespaces)
@@ -539,6 +633,26 @@ class Checker:
             self.add("base_backup", status, f"newest {newest_base.backup_id} (in {', '.join(newest_base.locations())}),"
                      f" {rough_duration(age)} old",
                      None if status == "ok" else "is the weekly `runbook basebackup` job running?")
+
+    def _pgbackrest_backups(self) -> None:
+        """engine: pgbackrest: the newest base backup pgBackRest lists (it backs up tablespaces itself)."""
+        try:
+            backups = self._engine().backups()
+        except RunbookError as e:
+            self.add("base_backup", "failed", f"pgBackRest's backups cannot be listed: {e.message}", e.hint)
+            return
+        if not backups:
+            stanza = self.cfg.pgbackrest.stanza if self.cfg.pgbackrest else "?"
+            self.add("base_backup", "warning", f"no pgBackRest backup of stanza {stanza} yet: "
+                     "point-in-time recovery has nothing to start from",
+                     "run `runbook basebackup -c CONFIG` (pgbackrest backup; schedule it weekly)")
+            return
+        newest = backups[0]
+        age = (self.now - newest.stopped_at).total_seconds()
+        status: Status = "ok" if age <= self.args.max_base_age else "warning"
+        self.add("base_backup", status, f"newest {newest.label} ({newest.kind}, in pgBackRest), "
+                 f"{rough_duration(age)} old",
+                 None if status == "ok" else "is the weekly `runbook basebackup` job running?")
 
     def _revoked(self, stores: list[Any], trust: Any) -> None:
         """A writer whose encryption.recipients still name a key the repository's encryption journal says was

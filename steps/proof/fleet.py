@@ -187,6 +187,7 @@ def gather_fleet(source: Path, file: Path | None, *, explicit_file: bool, state_
         return fleet
 
     # What every line imports, imported once before the threads start (not eight threads in the import lock).
+    import steps.engines.pgbackrest.records  # noqa: F401
     import steps.proof.check  # noqa: F401
     import steps.repository.catalogue  # noqa: F401
     import steps.repository.config  # noqa: F401

@@ -150,11 +150,15 @@ def _open(cfg: Any, rep: Report) -> list[Any]:
     return stores
 
 
-def _cluster(cfg: Any, config_path: Path, rpo_s: float, rep: Report) -> dict[str, Any] | None:
-    """`runbook check`'s findings on the protected cluster, when it answers (None when it does not)."""
+def _cluster(cfg: Any, config_path: Path, rpo_s: float, rep: Report,
+             checkers: list[Any] | None = None) -> dict[str, Any] | None:
+    """`runbook check`'s findings on the protected cluster, when it answers (None when it does not); the checker
+    goes into `checkers`: the physical engine it asked has read pgBackRest already (not read again)."""
     from steps.proof.check import Checker, CheckOptions
 
-    checker = Checker(CheckOptions(config=str(config_path), timeout=10.0, rpo=rpo_s))
+    checker = Checker(CheckOptions(config=str(config_path), timeout=10.0, rpo=rpo_s, engine_check=False))
+    if checkers is not None:
+        checkers.append(checker)
     try:
         checker.run()
     except Exception as e:  # noqa: BLE001 - a query failing: the cluster's facts are unknown, said so
@@ -173,8 +177,9 @@ def _cluster(cfg: Any, config_path: Path, rpo_s: float, rep: Report) -> dict[str
         with connect(Conn(c.host, c.port, c.user), c.databases[0] if c.databases else "postgres",
                      autocommit=True, application_name="runbook status") as pg:
             row = pg.execute("select (select system_identifier::text from pg_control_system()), "
-                             "(select setting::int from pg_settings where name = 'archive_timeout')").fetchone()
-            found["system_identifier"], found["archive_timeout_s"] = row[0], row[1]
+                             "(select setting::int from pg_settings where name = 'archive_timeout'), "
+                             "(select setting::bigint from pg_settings where name = 'wal_segment_size')").fetchone()
+            found["system_identifier"], found["archive_timeout_s"], found["wal_segment_size"] = row
             sizes = {}
             for db in c.databases:
                 r = pg.execute("select pg_database_size(oid) from pg_database where datname = %s", (db,)).fetchone()
@@ -213,6 +218,38 @@ def _newest_wal(cfg: Any, stores: list[Any], sysid: str) -> dict[str, Any] | Non
         return None
     return {"name": best[1], "archived_at": datetime.fromtimestamp(best[2], UTC).isoformat(), "where": best[3],
             "_mtime": best[2]}
+
+
+def _pgbackrest_facts(cfg: Any, stores: list[Any], trust: Any, facts: dict[str, Any] | None, rep: Report,
+                      unreadable: dict[str, str], integrity: Verdict,
+                      engine: Any = None) -> tuple[list[Any], dict[str, Any] | None]:
+    """engine: pgbackrest: its backups as catalogue entries (with the product's records about them) and its
+    newest archived WAL, as `_newest_wal` tells the product's own. pgBackRest not answering is a repository that
+    cannot be read (status could not run)."""
+    from steps.engines.pgbackrest.records import WHERE, listed
+
+    try:
+        got = listed(cfg, stores, trust, (facts or {}).get("wal_segment_size"), engine)
+    except RunbookError as e:
+        rep.repositories[WHERE] = {"where": f"pgBackRest stanza {cfg.pgbackrest.stanza}", "ok": False,
+                                   "error": e.message}
+        unreadable[WHERE] = e.message
+        return [], None
+    st, rng = got.stanza, got.archive
+    rep.repositories[WHERE] = {"where": f"pgBackRest stanza {st.name}", "ok": True, "error": None,
+                               "status": st.status_message, "clusters": [st.system_identifier] if
+                               st.system_identifier else []}
+    if st.status_code != 0:
+        integrity.raise_to("warning", f"pgbackrest info: stanza {st.name}: {st.status_message}")
+    if got.refused:
+        rep.integrity.setdefault("refused_records", []).extend(f"{n}: {k}: {why}" for n, k, why in got.refused)
+        integrity.raise_to("warning", f"{len(got.refused)} records about pgBackRest backups not genuine, not "
+                           "counted: " + "; ".join(k for _, k, _ in got.refused[:3]))
+    wal = None
+    if rng is not None and rng.max_wal is not None and rng.newest_archived_at is not None:
+        wal = {"name": rng.max_wal, "archived_at": rng.newest_archived_at.isoformat(), "where": WHERE,
+               "_mtime": rng.newest_archived_at.timestamp()}
+    return got.base, wal
 
 
 def _level_table(entries: list[Any], now: datetime,
@@ -290,7 +327,8 @@ def gather(config: str | None, file: Path | None, *, explicit_file: bool, state_
         if unsigned := cat.unsigned():
             integrity.raise_to("warning", f"{len(unsigned)} unsigned backups accepted because --allow-unsigned: "
                                + "; ".join(unsigned[:3]) + ("; ..." if len(unsigned) > 3 else ""))
-    facts = _cluster(cfg, path, rpo_s, rep) if cluster and cluster_dir is None else None
+    asked: list[Any] = []
+    facts = _cluster(cfg, path, rpo_s, rep, asked) if cluster and cluster_dir is None else None
     if not cluster or cluster_dir is not None:
         rep.cluster = {"reachable": False, "error": "not asked (--no-cluster)" if cluster_dir is None else
                        f"not asked: cluster directory {cluster_dir} is judged from the repository alone"}
@@ -299,7 +337,14 @@ def gather(config: str | None, file: Path | None, *, explicit_file: bool, state_
     # base backups of the cluster itself (the one that answers, else the newest cluster directory).
     logical = [e for e in (cat.entries if cat else []) if (not cfg.cluster.databases or e.db in cfg.cluster.databases)
                and (cluster_dir is None or e.cluster == cluster_dir)]
-    base = [e for e in (cat.base if cat else []) if sysid is None or e.cluster == sysid]
+    engine_wal: dict[str, Any] | None = None
+    if cfg.engine == "pgbackrest":  # the base backups and the WAL archive are pgBackRest's
+        base, engine_wal = _pgbackrest_facts(cfg, stores, trust, facts, rep, unreadable, integrity,
+                                             getattr(asked[0], "engine", None) if asked else None)
+    else:
+        base = [e for e in (cat.base if cat else []) if sysid is None or e.cluster == sysid]
+    if cluster_dir is not None:
+        base = [e for e in base if e.cluster == cluster_dir]
     if sysid is None and base:
         base = [e for e in base if e.cluster == base[0].cluster]  # the newest cluster directory
     wrapped: dict[tuple[str, str], list[str]] = {}
@@ -317,8 +362,8 @@ def gather(config: str | None, file: Path | None, *, explicit_file: bool, state_
     readable_logical = next((e for e in logical if e.level >= Level.readable), None)
     exposure: float | None = None
     wal_since_base: dict[str, Any] | None = None
-    if readable_base is not None and stores:
-        wal = _newest_wal(cfg, stores, readable_base.cluster)
+    if readable_base is not None and (stores or engine_wal is not None):
+        wal = engine_wal if cfg.engine == "pgbackrest" else _newest_wal(cfg, stores, readable_base.cluster)
         if wal is not None:
             wal_since_base = _wal_since(readable_base, wal["name"])
             mtime = wal.pop("_mtime")

@@ -65,8 +65,8 @@ from steps.proof.verification import (
     ScratchFull,
     Terminated,
 )
-from steps.proof.verify_base import BaseVerification
 from steps.proof.verify_logical import LogicalVerification
+from steps.proof.verify_pgbackrest import PgBackRestVerification
 
 # What runbook.cli.proof uses: the run, its outcome and its exit codes.
 __all__ = ["EXIT_CANNOT_RUN", "EXIT_FAILED", "EXIT_VERIFIED", "Outcome", "VerifyRun"]
@@ -113,7 +113,7 @@ class VerifyLock(LockFile):
 # --- the run --------------------------------------------------------------------------------------------
 
 
-class VerifyRun(LogicalVerification, BaseVerification):
+class VerifyRun(LogicalVerification, PgBackRestVerification):
     """One verify-backup: pick, fetch, restore, check, record (its options: `Verification`)."""
 
     # The whole run, with SIGTERM turned into an exception so that every `finally` runs.
@@ -144,6 +144,12 @@ class VerifyRun(LogicalVerification, BaseVerification):
         return self.out
 
     def _run(self) -> None:
+        from steps.engines.pgbackrest.info import LABEL
+
+        if getattr(self.cfg, "engine", "own") == "pgbackrest" and (
+                self.kind == "base" or (self.backup_id is not None and LABEL.match(self.backup_id))):
+            self._run_pgbackrest()  # steps.proof.verify_pgbackrest: pgBackRest's backups, the product's record
+            return
         from steps.repository.catalogue import scan, trust_notes, usable_copies
         from steps.repository.configured import open_stores
         from steps.repository.manifest import Level
@@ -233,18 +239,22 @@ class VerifyRun(LogicalVerification, BaseVerification):
             self.out.error = str(e)
             self.out.exit_code = EXIT_CANNOT_RUN
         finally:
-            t_clean = time.monotonic()
-            _kill_descendants()  # a child cut short (initdb, pg_restore under runuser) must not outlive us
-            self._stop(server)
-            for _ in range(20):
-                shutil.rmtree(scratch, ignore_errors=True)
-                if not scratch.exists():
-                    break
-                time.sleep(0.1)
-            self.out.scratch_removed = not scratch.exists()
-            self.out.timings["cleanup_s"] = round(time.monotonic() - t_clean, 2)
+            self._cleanup(server, scratch)
         if recorded:
             self.out.exit_code = EXIT_VERIFIED if self.out.passed else EXIT_FAILED
+
+    def _cleanup(self, server: Any, scratch: Path) -> None:
+        """The scratch cluster stopped and its directory removed, whatever happened; its time recorded."""
+        t_clean = time.monotonic()
+        _kill_descendants()  # a child cut short (initdb, pg_restore under runuser) must not outlive us
+        self._stop(server)
+        for _ in range(20):
+            shutil.rmtree(scratch, ignore_errors=True)
+            if not scratch.exists():
+                break
+            time.sleep(0.1)
+        self.out.scratch_removed = not scratch.exists()
+        self.out.timings["cleanup_s"] = round(time.monotonic() - t_clean, 2)
 
     def _make_scratch(self) -> Path:
         """A fresh scratch directory made by steps.fs.private_dir under the scratch root (which must be a real

@@ -205,8 +205,62 @@ class EncryptionConfig(_Strict):
         return self
 
 
+# pgBackRest's stanza names: letters, digits and `_.-`, not starting with a punctuation mark.
+STANZA_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# A pgBackRest option name as its config file spells it (`repo1-path`, `pg1-socket-path`, `compress-type`).
+OPTION_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+# Options with a key of their own in `pgbackrest:`, or that the product sets itself on each command.
+_OWN_OPTIONS = {"stanza": "pgbackrest.stanza", "config": "pgbackrest.config", "output": "(set per command)",
+                "type": "(basebackup --type)"}
+_SECRET_PARTS = ("key", "pass", "secret", "token")
+
+
+def is_secret_option(name: str) -> bool:
+    """Is a pgBackRest option's value a secret (never shown, never on a command line)? By its name."""
+    return any(part in name for part in _SECRET_PARTS)
+
+
+class PgBackRestConfig(_Strict):
+    """`engine: pgbackrest`: the physical side (base backups, the WAL archive, PITR) goes through pgBackRest
+    (steps.engines.pgbackrest; docs/pgbackrest.md)."""
+
+    stanza: str = Field(pattern=STANZA_PATTERN, description="pgBackRest's stanza of the protected cluster")
+    config: Path | None = Field(None, description="An absolute path of a pgbackrest.conf (default: pgBackRest's "
+                                "own, /etc/pgbackrest/pgbackrest.conf)")
+    options: dict[str, str | int | bool] = Field(
+        default_factory=dict, description="pgBackRest options by their config-file names (repo1-path, pg1-path, "
+                                          "...): values whose name says key, pass, secret or token are never shown")
+    executable: str = Field("pgbackrest", min_length=1, description="The pgbackrest command (a name on PATH or "
+                            "an absolute path)")
+    user: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_.-]{0,31}$", description="The OS user pgbackrest runs "
+                             "as (default: the server's user when root, else the current user)")
+    timeout_s: float = Field(21600, gt=0, description="A pgbackrest command, at most")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> PgBackRestConfig:
+        if self.config is not None and not self.config.is_absolute():
+            raise ValueError(f"pgbackrest.config must be an absolute path, not {str(self.config)!r}")
+        if "\n" in self.executable or "\0" in self.executable or (
+                "/" in self.executable and not self.executable.startswith("/")):
+            raise ValueError(f"pgbackrest.executable must be a command name or an absolute path, not "
+                             f"{self.executable!r}")
+        for name, value in self.options.items():
+            shown = "(not shown)" if is_secret_option(name) else repr(value)
+            if not OPTION_PATTERN.match(name):
+                raise ValueError(f"pgbackrest.options: {name[:60]!r} is not a pgBackRest option name (lower case "
+                                 "words joined by '-', as in its config file: repo1-path, pg1-socket-path)")
+            if name in _OWN_OPTIONS:
+                raise ValueError(f"pgbackrest.options.{name} is set by {_OWN_OPTIONS[name]}, not here")
+            if isinstance(value, str) and any(c in value for c in "\n\r\0"):
+                raise ValueError(f"pgbackrest.options.{name}: the value {shown} holds a line break or a NUL")
+        return self
+
+
 class RepositoryConfig(_Strict):
     version: Literal[1]
+    engine: Literal["own", "pgbackrest"] = Field(
+        "own", description="The physical engine: the product's own (pg_basebackup, wal-push) or pgBackRest")
+    pgbackrest: PgBackRestConfig | None = None
     cluster: ClusterConfig = Field(default_factory=lambda: ClusterConfig.model_validate({}))
     local: LocalConfig | None = None
     s3: S3Config | None = None
@@ -223,6 +277,12 @@ class RepositoryConfig(_Strict):
     def _somewhere(self) -> RepositoryConfig:
         if self.local is None and self.s3 is None:
             raise ValueError("configure at least one repository: local: {path: ...} and/or s3: {bucket: ...}")
+        if self.engine == "pgbackrest" and self.pgbackrest is None:
+            raise ValueError("engine: pgbackrest needs a pgbackrest: block (at least pgbackrest.stanza; "
+                             "docs/pgbackrest.md)")
+        if self.engine == "own" and self.pgbackrest is not None:
+            raise ValueError("pgbackrest: is set but engine is own: add engine: pgbackrest to use it, or remove "
+                             "the pgbackrest: block")
         for what in ("private_key", "wal_private_key"):
             key = getattr(self.signing, what) if self.signing else None
             if key is not None and self.local is not None and key.is_relative_to(self.local.path):

@@ -69,6 +69,7 @@ class Sandbox:
     base: Path
     encrypt: bool = False  # set by build(): the repository config it writes encrypts (runbook demo --encrypt)
     archive: bool = False  # set by build(): the primary archives its WAL (scenario 2)
+    engine: str = "own"  # set by build(): `pgbackrest` for `demo --engine pgbackrest` (steps.sandbox.pgbackrest)
 
     @property
     def server(self) -> Server:
@@ -120,16 +121,19 @@ class Sandbox:
     # ---- building ----------------------------------------------------------------------------------
 
     def build(self, scale: int, files: int, say: Any = print, *, archive: bool = False,
-              encrypt: bool = False) -> None:
+              encrypt: bool = False, engine: str = "own") -> None:
         """A primary with AssetFlow loaded, fresh. Reuses the initialised cluster when there is one.
 
         `archive`: WAL archiving on, into the sandbox's repository, with `runbook wal-push` (scenario 2).
         `encrypt`: the repository encrypts everything written to it (age) to the operator's key (`operator_key`),
-        which the config names as the identity of the hosts that restore."""
+        which the config names as the identity of the hosts that restore.
+        `engine`: `pgbackrest` (with `archive`): WAL archived with `pgbackrest archive-push` into a pgBackRest
+        repository of the sandbox, the stanza made (steps.sandbox.pgbackrest)."""
         self.base.mkdir(parents=True, exist_ok=True)
         os.chmod(self.base, 0o755)
         self.encrypt = encrypt
         self.archive = archive
+        self.engine = engine if archive else "own"
         self._stop_recovered()
         srv = self.server
         if not (srv.datadir / "PG_VERSION").exists():
@@ -144,7 +148,16 @@ class Sandbox:
         remove_tree(self.wal_spool)
         self.wal_spool.mkdir()
         give_to_server(self.wal_spool)  # and notes here what its sealer signs (never the operator's state dir)
-        if archive:
+        if archive and self.engine == "pgbackrest":
+            from steps.sandbox import pgbackrest
+
+            pgbackrest.make_dirs(self.base)
+            self._write_config()
+            command = pgbackrest.archive_command(self.config)  # plain words: the sandbox's paths have no quotes
+            srv.start("fsync=off", "archive_mode=on", "archive_timeout=30", "wal_level=replica",
+                      f"archive_command='{command}'")
+            pgbackrest.stanza_create(self.config, say)
+        elif archive:
             exe = self.server_runbook(say)
             self._write_config()
             srv.start("fsync=off", "archive_mode=on", "archive_timeout=30", "wal_level=replica",
@@ -310,7 +323,13 @@ class Sandbox:
             f"backup: {{state_dir: {self.base / 'backup-state'}}}\n"
             f"wal: {{spool_dir: {self.wal_spool}}}\n"
             f"signing: {{private_key: {key}, wal_private_key: {wal_key}, public_keys: [{pub}, {wal_pub}]}}\n"
+            + (self._pgbackrest_text() if self.engine == "pgbackrest" else "")
         )
+
+    def _pgbackrest_text(self) -> str:
+        from steps.sandbox import pgbackrest
+
+        return pgbackrest.config_text(self.base, self.server.datadir, self.server.socket_dir, self.server.port)
 
     # ---- the drill's story -------------------------------------------------------------------------
 

@@ -44,7 +44,12 @@ def write_profile(sb: Any, runbook_path: Path, scenario: str, pitr: dict[str, An
         },
         "secrets_env_file": str(sb.env_file),
     }
-    profile["params"]["runbook_exe"] = sb.server_runbook()  # type: ignore[index]  # reprotect's archive_command
+    if getattr(sb, "engine", "own") == "pgbackrest":  # archive_command is pgbackrest's: no server venv needed
+        import sys
+
+        profile["params"]["runbook_exe"] = str(Path(sys.executable).parent / "runbook")  # type: ignore[index]
+    else:
+        profile["params"]["runbook_exe"] = sb.server_runbook()  # type: ignore[index]  # reprotect's archive_command
     profile["params"]["drill_reprotect"] = True  # type: ignore[index]  # the sandbox's own repository
     if pitr is not None:
         stop = as_server([f"{PG_BIN}/pg_ctl", "-D", str(sb.server.datadir), "-m", "fast", "-w", "stop"])

@@ -1,22 +1,30 @@
 """S3 for tests: moto's standalone server over HTTP on 127.0.0.1, and a proxy that injects faults.
 
 `s3_server` (session) starts one ThreadedMotoServer on a free port and stops it at the end; `s3_bucket`
-makes a fresh bucket per test. `FaultProxy` forwards every request to an upstream S3 endpoint except those
+makes a fresh bucket per test. `s3_tls_server` (session) is a second listener of the same moto (the same buckets)
+over HTTPS with a self-signed certificate made for the run, for pgBackRest, whose S3 client speaks TLS only
+(`start_tls_s3` starts one; the benchmarks use it too). `FaultProxy` forwards every request to an upstream S3 endpoint except those
 its rule rejects (answered 500), or answers 500 to everything without an upstream. Test modules import
 these fixtures: `from tests.support.s3server import s3_server, s3_bucket  # noqa: F401`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import itertools
 import json
 import logging
+import os
+import shutil
+import subprocess
+import tempfile
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -64,6 +72,73 @@ def s3_server() -> Iterator[S3Endpoint]:
         yield S3Endpoint(url=f"http://{host}:{port}", port=port)
     finally:
         server.stop()
+
+
+def start_tls_s3(base: Path) -> tuple[Any, str, Path]:
+    """A second listener of the same moto (the same buckets: moto's state is per process) over HTTPS, with a
+    self-signed certificate for localhost and 127.0.0.1 made here (base/tls/s3.crt, readable by everyone: the
+    server's user verifies with it): pgBackRest's S3 client speaks TLS only. Returns the server (stop() it), its
+    URL and the certificate. pgBackRest checks the DNS name only: reach it as localhost, with the certificate as
+    repo1-storage-ca-file (or repo1-storage-verify-tls=n; docs/pgbackrest.md)."""
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    cert, key = base / "tls" / "s3.crt", base / "tls" / "s3.key"
+    cert.parent.mkdir(parents=True)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    os.chmod(cert.parent, 0o755)
+    os.chmod(cert, 0o644)
+
+    class TlsMotoServer(ThreadedMotoServer):
+        def _server_entry(self) -> None:
+            app = DomainDispatcherApplication(create_backend_app)
+            server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler,
+                                 ssl_context=(str(cert), str(key)))
+            plain_shutdown = server.shutdown_request
+
+            def shutdown_request(request: Any) -> None:  # TLS's close_notify first: pgBackRest insists on it
+                with contextlib.suppress(OSError, ValueError):
+                    request.unwrap()
+                plain_shutdown(request)
+
+            server.shutdown_request = shutdown_request  # type: ignore[method-assign]
+            self._server = server
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    server = TlsMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    return server, f"https://{host}:{port}", cert
+
+
+@dataclass
+class TlsEndpoint:
+    """The HTTPS listener: `url` (https://127.0.0.1:PORT), `port`, and `cert`, its self-signed certificate."""
+
+    url: str
+    port: int
+    cert: Path
+
+
+@pytest.fixture(scope="session")
+def s3_tls_server(s3_server: S3Endpoint) -> Iterator[TlsEndpoint]:
+    base = Path(tempfile.mkdtemp(prefix="runbook-s3-tls-"))
+    os.chmod(base, 0o755)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server, url, cert = start_tls_s3(base)
+    try:
+        yield TlsEndpoint(url=url, port=int(url.rsplit(":", 1)[1]), cert=cert)
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 _buckets = itertools.count(1)
