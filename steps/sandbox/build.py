@@ -144,6 +144,7 @@ class Sandbox:
         srv.stop()  # the settings below need a restart (archive_mode)
         remove_tree(self.repo)
         self.repo.mkdir()
+        (self.base / "backups.json").unlink(missing_ok=True)
         give_to_server(self.repo)  # wal-push writes here as the server's user
         remove_tree(self.wal_spool)
         self.wal_spool.mkdir()
@@ -165,7 +166,10 @@ class Sandbox:
         else:
             srv.start("fsync=off", "archive_mode=off")
         say(f"server up on {srv.socket_dir}" + (" with WAL archiving into the repository" if archive else ""))
-        srv.psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+        # Every database of the sandbox's cluster goes (a game day may have restored under another name), then
+        # the roles that owned them.
+        srv.psql("SELECT format('DROP DATABASE %I WITH (FORCE)', datname) FROM pg_database "
+                 "WHERE datname NOT IN ('postgres', 'template0', 'template1') \\gexec")
         for role in (assetflow.APP_ROLE, BACKUP_ROLE):
             srv.psql(f"DROP ROLE IF EXISTS {role}")
         srv.psql(assetflow.setup_sql(DB))
@@ -342,6 +346,31 @@ class Sandbox:
         self._snapshot("at-backup.json")
         (self.base / "attachments-at-backup.json").write_text(
             json.dumps(assetflow.dir_tree_digest(self.uploads), indent=2, sort_keys=True))
+        self._note_backup()
+
+    def logical_backups(self) -> list[Path]:
+        """The directories of the sandbox cluster's logical backups of the database, oldest first."""
+        root = self.repo / "clusters" / self.source_cluster / "logical" / DB
+        if not self.source_cluster or not root.is_dir():
+            return []
+        return sorted(p for p in root.iterdir() if (p / "manifest.json").is_file())
+
+    def _note_backup(self) -> None:
+        """`backups.json`: each logical backup the sandbox took (id, snapshot time, the rows it holds), as taken:
+        what a clean recovery would reach (a game day's baseline), whatever a fault does to the repository."""
+        made = self.logical_backups()
+        if not made:
+            return
+        try:
+            taken = json.loads((self.base / "backups.json").read_text())
+        except (OSError, ValueError):
+            taken = []
+        if taken and taken[-1].get("backup_id") == made[-1].name:
+            return
+        manifest = json.loads((made[-1] / "manifest.json").read_text())
+        taken.append({"backup_id": made[-1].name, "snapshot_time": manifest.get("snapshot_time"),
+                      "counts": json.loads((self.base / "at-backup-counts.json").read_text())})
+        (self.base / "backups.json").write_text(json.dumps(taken, indent=2))
 
     def verify_backup(self, kind: str, say: Any = print) -> None:
         """`runbook verify-backup` of the newest backup of `kind` (--encrypt): the operator's key opens what the
@@ -416,11 +445,17 @@ class Sandbox:
     # ---- scenario 2: WAL archiving, a base backup, writes, a wrong DROP TABLE ------------------------------
 
     def _stop_recovered(self) -> None:
-        """A server recovered by an earlier drill listens on the same socket: stop it and remove it."""
-        if (self.pitr_datadir / "PG_VERSION").exists():
-            Server(self.pitr_datadir, self.server.socket_dir).stop("immediate")
-        remove_tree(self.pitr_datadir)
-        (self.base / f"{self.pitr_datadir.name}.recovery.log").unlink(missing_ok=True)
+        """A server recovered by an earlier drill listens on the same socket: stop it and remove it (every
+        `pgdata-pitr*` directory: an operator who started again into a new one, as the pitr step says to)."""
+        if not self.base.is_dir():
+            return
+        for datadir in sorted(self.base.glob(f"{self.pitr_datadir.name}*")):
+            if not datadir.is_dir() or datadir.is_symlink():
+                continue
+            if (datadir / "PG_VERSION").exists():
+                Server(datadir, self.server.socket_dir).stop("immediate")
+            remove_tree(datadir)
+            (self.base / f"{datadir.name}.recovery.log").unlink(missing_ok=True)
 
     def server_runbook(self, say: Any = print) -> str:
         """The `runbook` the server's user runs for archive_command/restore_command.
@@ -475,14 +510,15 @@ class Sandbox:
             raise RunbookError(f"the sandbox's base backup failed (exit {proc.returncode}):\n{proc.stderr.strip()}")
         say(proc.stdout.strip())
 
-    def pitr_disaster(self, seconds: float = 4.0, interval: float = 0.1, say: Any = print) -> dict[str, Any]:
+    def pitr_disaster(self, seconds: float = 4.0, interval: float = 0.1, say: Any = print, *,
+                      archived: bool = True) -> dict[str, Any]:
         """A steady stream of timestamped writes into audit_log; half-way, a wrong `DROP TABLE`, and the
         attachments are wiped (the server's disk is lost with them).
 
         Records the moment just before the disaster (the recovery target, server time), which writes were
         acknowledged before it and which started after it, forces a WAL switch so that everything up to the
-        disaster is archived, and waits for the archive. The primary keeps running: stopping it is the
-        runbook's first PITR step."""
+        disaster is archived, and waits for the archive (not when `archived` is false: a game day broke
+        archiving). The primary keeps running: stopping it is the runbook's first PITR step."""
         import psycopg
 
         srv = self.server
@@ -524,7 +560,10 @@ class Sandbox:
         t.join(timeout=10)
         if errors:
             raise RunbookError(f"the sandbox's writer failed: {errors[0]}")
-        self._switch_and_wait()
+        if archived:
+            self._switch_and_wait()
+        else:  # archiving is broken (a game day's fault): nothing more reaches the archive, nobody waits for it
+            srv.psql("SELECT pg_switch_wal()")
         record = {
             "target_time": target.isoformat(), "disaster_at": disaster_at.isoformat(),
             "acked_before_target": [s for s, at in acked if at < before],
