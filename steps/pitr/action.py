@@ -42,6 +42,14 @@ from steps.pitr.backup import choose_backup, fetch_objects, restore_files
 from steps.pitr.datadir import check_empty, precheck_debian
 from steps.pitr.errors import PitrError
 from steps.pitr.ledgers import remove_verified, verified_wal, write_verified
+from steps.pitr.precheck import (
+    check_binaries,
+    check_space,
+    earlier_attempt,
+    refuse_beyond_gap,
+    wal_gap,
+    write_marker,
+)
 from steps.pitr.recovery import (
     archive_end,
     empty_pg_wal,
@@ -87,12 +95,19 @@ def main(args: Args, events: Events) -> int:
     pgdata = Path(args.pgdata)
     entry, ts_oids = _pick(args, cfg, events)
     _refuse_early(args, cfg, pgdata, entry, ts_oids, events)
+    if args.check_only:
+        events.check("recovery can go ahead", "ok", f"base backup {entry.backup_id}, target {args.target_kind} "
+                     f"{args.target}".rstrip() + f", into {pgdata}: nothing was changed (check_only)")
+        print(f"pitr: checks passed; nothing was changed (check_only): base backup {entry.backup_id} into {pgdata}",
+              flush=True)
+        return 0
     index = verified_wal(args, cfg, entry, events)
     socket_dir = args.socket_dir or ("/var/run/postgresql" if Path("/var/run/postgresql").is_dir()
                                      else str(pgdata.parent))
     fetch_dir = _make_fetch_dir(args, pgdata, entry.backup_id)
     try:
         copies = usable_copies(entry, source=args.source)
+        write_marker(pgdata, entry.backup_id, args)  # a retry in this run may move this attempt aside
         fetch_s = fetch_objects(entry, copies, fetch_dir, events, _keys(args, cfg, config_path))
         plan, extract_s = restore_files(args, entry, pgdata, fetch_dir, ts_oids, events)
     except BaseBackupInvalid as e:
@@ -166,13 +181,41 @@ def _pick(args: Args, cfg: Any, events: Events) -> tuple[Any, list[str]]:
 
 def _refuse_early(args: Args, cfg: Any, pgdata: Path, entry: Any, ts_oids: list[str], events: Events) -> None:
     """What can be refused is refused before anything is fetched or created."""
+    check_binaries(args, entry.manifest, events)
+    _check_wal(args, cfg, entry, events)
     if args.debian_cluster:
         precheck_debian(args, pgdata)
     else:
+        if not args.check_only:
+            earlier_attempt(args, pgdata, events)
         check_empty(pgdata)
     precheck_tablespaces(args, pgdata, ts_oids)
     _check_fetch_root(args, pgdata, entry.manifest.size_bytes)
+    check_space(args, pgdata, entry.manifest, Path(args.fetch_dir) if args.fetch_dir else pgdata.parent, events)
     refuse_later_tablespaces(cfg, entry.cluster, entry.backup_id, ts_oids, events)
+
+
+def _check_wal(args: Args, cfg: Any, entry: Any, events: Events) -> None:
+    """A gap in the archived WAL after the base backup, from the archive's listing: a target proven past it is
+    refused before anything is restored, with the best reachable point (steps.pitr.precheck)."""
+    from steps.wal.store import open_wal_stores
+
+    if args.restore_command:
+        return  # the WAL is read some other way: the replay finds out
+    try:
+        stores = open_wal_stores(cfg.local.path if cfg.local else None,
+                                 cfg.s3.model_dump(mode="json") if cfg.s3 else None, args.source)
+        gap = wal_gap(stores[0], entry) if stores else None
+    except Exception as e:  # noqa: BLE001 - the listing only warns early; the replay checks every segment itself
+        events.check("WAL continuity", "warning", f"cannot list the archive: {e}")
+        return
+    if gap is None:
+        events.check("WAL continuity", "ok", f"the archived WAL from {entry.manifest.start_wal} on has no gap")
+        return
+    run_id = os.environ.get("RUNBOOK_RUN_ID")
+    how = (f"`runbook resume {run_id} --set target_kind=latest --set accept_gap=true`, then retry this step"
+           if run_id else "target_kind latest, accept_gap true")
+    refuse_beyond_gap(args, gap, events, how)
 
 
 def _fetch_root(args: Args, pgdata: Path) -> Path:

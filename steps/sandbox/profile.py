@@ -53,6 +53,7 @@ def write_profile(sb: Any, runbook_path: Path, scenario: str, pitr: dict[str, An
             "target_kind": "time",
             "pgdata": str(sb.pitr_datadir),
             "stop_server": shlex.join(stop),
+            "pg_bindir": PG_BIN,
         })
     text = (
         "# Written by `runbook demo`: the sandbox's values for the runbook. Replay the drill with\n"
