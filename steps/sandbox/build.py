@@ -389,6 +389,7 @@ class Sandbox:
 
     def down(self) -> None:
         self._stop_recovered()
+        unmount_under(self.base)  # a game day's small file system (steps.sandbox.faults.disk)
         if (self.server.datadir / "PG_VERSION").exists():
             self.server.stop("immediate")
         remove_tree(self.base)
@@ -400,6 +401,11 @@ class Sandbox:
         """A server recovered by an earlier drill listens on the same socket: stop it and remove it."""
         if (self.pitr_datadir / "PG_VERSION").exists():
             Server(self.pitr_datadir, self.server.socket_dir).stop("immediate")
+        # a recovery the operator pointed elsewhere in the sandbox (a game day: another pgdata), or moved aside
+        for pid in [*self.base.glob("*/postmaster.pid"), *self.base.glob("*/*/postmaster.pid")]:
+            d = pid.parent
+            if d != self.server.datadir and not d.is_symlink() and (d / "PG_VERSION").exists():
+                Server(d, self.server.socket_dir).stop("immediate")
         remove_tree(self.pitr_datadir)
         (self.base / f"{self.pitr_datadir.name}.recovery.log").unlink(missing_ok=True)
 
@@ -571,6 +577,32 @@ class Sandbox:
         (self.base / name).write_text(json.dumps(facts, indent=2))
         (self.base / name.replace(".json", "-counts.json")).write_text(
             json.dumps({t: f["rows"] for t, f in facts.items()}, indent=2))
+
+
+def mounts_under(base: Path) -> list[Path]:
+    """The mount points inside `base` (/proc/self/mounts), deepest first."""
+    root = Path(os.path.realpath(base))
+    found: list[Path] = []
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 1:
+            point = Path(fields[1].replace("\\040", " "))
+            if point != root and root in point.parents:
+                found.append(point)
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def unmount_under(base: Path) -> None:
+    """Unmount every file system mounted inside `base` (a sandbox's), before its tree is removed."""
+    for point in mounts_under(base):
+        proc = subprocess.run(["umount", str(point)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RunbookError(f"cannot unmount {point} inside the sandbox: {proc.stderr.strip()}",
+                               hint=f"unmount it by hand (umount {point}), then run `runbook demo --down` again")
 
 
 def _now() -> str:
