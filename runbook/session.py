@@ -69,6 +69,9 @@ class RunOptions:
     state_dir: Path | None = None
     break_lock: bool = False
     approver_policy: str | None = None  # None: the runbook's rules; "none" | "other" (runbook.engine.needs_approval)
+    # A game day (runbook demo --fault): its id and seed, journaled as a `game-day` event after run-started; never
+    # the faults (the operator is not told before the debrief).
+    game_day: dict[str, Any] | None = None
 
 
 def operator() -> dict[str, Any]:
@@ -454,6 +457,8 @@ def open_new_run(opts: RunOptions, clock: Clock, *, state_dir: Path) -> Engine:
         )
         if lock is not None:
             ensure_requests_dir(rdir)
+        if opts.game_day is not None:
+            journal.append("game-day", game_id=str(opts.game_day["game_id"]), seed=int(opts.game_day["seed"]))
         _journal_broken_locks(journal, replaced, rlock)
         for w in warnings:
             journal.append("warning", text=w)

@@ -29,6 +29,7 @@ never the key.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -46,6 +47,9 @@ def register(sub: Any) -> None:
                         "DROP TABLE undone by point-in-time recovery (scenario 2) (default: restore-latest)")
     d.add_argument("--headless", action="store_true", help="the console front end instead of the TUI")
     d.add_argument("--yes", action="store_true", help="unattended: confirm every step with the sandbox's values")
+    d.add_argument("--answers", metavar="FILE", help="headless: scripted answers per step (YAML: step id -> list of "
+                   "confirm, retry, {skip: REASON}, {type: TEXT}, {set: {K: V}}, stop, ...); a step with none "
+                   "left falls back to --yes (docs/commands.md)")
     d.add_argument("--encrypt", action="store_true",
                    help="encrypt the sandbox's repository with age (docs/encryption.md): an operator key is made "
                         "beside the sandbox (kept across rebuilds, removed by --down), every backup and WAL segment "
@@ -56,6 +60,16 @@ def register(sub: Any) -> None:
     d.add_argument("--dir", help="sandbox directory (default: $RUNBOOK_SANDBOX_DIR, else "
                    "/var/tmp/runbook-sandbox-USER as root (USER: the sudo user, else root), else "
                    "$XDG_STATE_HOME/runbook/sandbox, i.e. ~/.local/state/runbook/sandbox)")
+    g = d.add_argument_group("game day (docs/game-days.md)")
+    g.add_argument("--fault", action="append", metavar="NAME",
+                   help="inject this fault into the sandbox (repeatable), or `random`: one that applies to the "
+                        "scenario, picked with the seed; the operator is not told which until the debrief")
+    g.add_argument("--seed", type=int, help="the seed of --fault random and of the faults' damage: the same seed "
+                   "and scenario replay the same game day (drawn and recorded when not given)")
+    g.add_argument("--faults", action="store_true", help="list the faults (name, scenarios, what it is) and exit")
+    g.add_argument("--reveal", metavar="RUN_ID", help="the trainer's view of a game-day run: its faults, what was "
+                   "done to the sandbox, what the tool shows, how to handle it")
+    g.add_argument("--operator", metavar="NAME", help="who plays the game day (default: the OS user)")
     d.add_argument("--break-lock", action="store_true",
                    help="start a new drill over a run left unfinished on this sandbox (journaled); never over a "
                    "drill that is running")
@@ -73,6 +87,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     sb = Sandbox(Path(args.dir).resolve() if args.dir else default_dir())
     sdir = state_dir(args)
+    if args.faults:
+        return _list_faults(args)
+    if args.reveal:
+        return _reveal(args, sb, sdir)
+    if not args.fault and (args.seed is not None or args.operator):
+        raise UsageError("--seed and --operator are for game days: add --fault NAME or --fault random",
+                         hint="`runbook demo --faults` lists the faults")
     if args.down:
         if not sb.base.exists():
             _say(f"no sandbox at {sb.base}: nothing to remove")
@@ -97,6 +118,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rb = load_runbook(runbook_path)  # a broken runbook fails before the sandbox is touched
     if args.scenario not in rb.scenarios:
         raise UsageError(f"scenario {args.scenario!r} is not in {runbook_path}: {', '.join(rb.scenarios)}")
+    from runbook.cli.runs import answers_of
+
+    args.scripted = answers_of(args, runbook_path)  # a bad answers file fails before the sandbox is touched
+    if args.fault:
+        from steps.sandbox.faults import choose
+
+        args.chosen_faults, args.seed = choose(args.fault, args.scenario, args.seed)  # a bad name fails here
     lock = SandboxLock(sb.base)
     take(lock, sb, rb, sdir)  # held until the drill ends: nobody rebuilds or removes the sandbox under it
     try:
@@ -122,31 +150,115 @@ def _build_and_recover(args: argparse.Namespace, sb: Any, rb: Any, runbook_path:
     from steps.sandbox.profile import write_profile
 
     encrypt = bool(args.encrypt)
+    game = _game(args, sb)
     _say(f"building the sandbox in {sb.base}" + (" (encrypted repository)" if encrypt else ""))
     if args.scenario == "pitr":
         sb.build(args.scale, args.files, say=_say, archive=True, encrypt=encrypt)
         if encrypt:
             _say_encrypted(sb)
+        _phase(game, "build")
         sb.basebackup(say=_say)
         sb.backup(say=_say)  # the daily backup: its attachments snapshot is the one scenario 2 restores
         if encrypt:
             sb.verify_backup("base", say=_say)
+        _phase(game, "after-backup")
         story = sb.pitr_disaster(say=_say)
         lost_at = datetime.fromisoformat(story["disaster_at"])
         profile = write_profile(sb, runbook_path, args.scenario, pitr=story)
+        if game is not None:
+            game.set_baseline(rpo_s=max(0.0, (lost_at - datetime.fromisoformat(story["target_time"])).total_seconds()))
+        _phase(game, "before-run")
         _say(f"profile: {profile}")
-        return _recover(args, sb, rb, runbook_path, profile, lost_at, lock)
+        return _recover(args, sb, rb, runbook_path, profile, lost_at, lock, game)
     sb.build(args.scale, args.files, say=_say, encrypt=encrypt)
     if encrypt:
         _say_encrypted(sb)
+    _phase(game, "build")
     sb.backup(say=_say)
     if encrypt:
         sb.verify_backup("logical", say=_say)
+    _phase(game, "after-backup")
     sb.keep_writing(25, say=_say)
     lost_at = sb.disaster(say=_say)
     profile = write_profile(sb, runbook_path, args.scenario)
+    if game is not None:
+        from steps.sandbox.faults.game import clean_baseline
+
+        game.set_baseline(**clean_baseline(sb, lost_at))
+    _phase(game, "before-run")
     _say(f"profile: {profile}")
-    return _recover(args, sb, rb, runbook_path, profile, lost_at, lock)
+    return _recover(args, sb, rb, runbook_path, profile, lost_at, lock, game)
+
+
+def _game(args: argparse.Namespace, sb: Any) -> Any:
+    """The game day of `--fault`, or None. Says the game id and seed (never the faults: the operator reads this)."""
+    if not args.fault:
+        return None
+    from runbook.lockfile import current_user
+    from steps.sandbox.faults.game import Game
+
+    game = Game(sb, args.chosen_faults, args.seed, args.scenario, args.operator or current_user(), state_dir(args),
+                say=_say)
+    _say(f"game day {game.gd.game_id} (seed {game.gd.seed}, operator {game.gd.operator}): something in this sandbox "
+         "will not go to plan; the runbook and the tool's messages are yours to find it. The trainer's view: "
+         "runbook demo --reveal RUN_ID")
+    return game
+
+
+def _phase(game: Any, name: str) -> None:
+    if game is not None:
+        game.phase(name)
+
+
+def _list_faults(args: argparse.Namespace) -> int:
+    from steps.sandbox.faults import listing
+
+    faults = listing(None)
+    if not faults:
+        print("no faults are registered")
+        return 0
+    width = max(len(f.name) for f in faults)
+    swidth = max(len(",".join(f.scenarios)) for f in faults)
+    print(f"{'FAULT':<{width}}  {'SCENARIOS':<{swidth}}  WHAT GOES WRONG")
+    for f in faults:
+        print(f"{f.name:<{width}}  {','.join(f.scenarios):<{swidth}}  {f.title}")
+    print("\nrunbook demo --fault NAME (repeatable), or --fault random [--seed N]; the trainer's view of a run: "
+          "runbook demo --reveal RUN_ID")
+    return 0
+
+
+def _reveal(args: argparse.Namespace, sb: Any, sdir: Path) -> int:
+    """The trainer's view: the game day of a run (from the sandbox, else from the ledger beside the runs)."""
+    from runbook.errors import RunbookError
+    from steps.sandbox.faults import registry
+    from steps.sandbox.faults.record import for_run, ledger_for_run
+
+    gd = (for_run(sb.base, args.reveal) if sb.base.is_dir() else None) or ledger_for_run(sdir, args.reveal)
+    if gd is None:
+        raise RunbookError(f"run {args.reveal} is not a game day (no record in the sandbox {sb.base} nor in "
+                           f"{sdir}/gamedays.jsonl)", hint="`runbook runs` lists the runs; pass --dir and "
+                           "--state-dir as the game day had them")
+    faults = registry()
+    print(f"game day {gd.game_id} · run {gd.run_id} · scenario {gd.scenario} · seed {gd.seed} · operator "
+          f"{gd.operator} · {gd.created_at}")
+    if gd.baseline:
+        print("a clean run on this sandbox: " + ", ".join(f"{k} {v}" for k, v in sorted(gd.baseline.items())))
+    facts = {i.get("name"): i for i in gd.injected}
+    for name in gd.faults:
+        f = faults.get(name)
+        print(f"\nFAULT {name}" + (f": {f.title}" if f else " (no longer registered)"))
+        if f is not None:
+            for label, text in (("what was done", f.story), ("what the tool shows", f.evidence),
+                                ("how to handle it", f.handling)):
+                print(f"  {label}: {text}")
+        inj = facts.get(name)
+        if inj:
+            print(f"  injected at {inj.get('at')}: " + json.dumps(inj.get("facts", {}), sort_keys=True))
+        else:
+            print("  not injected (the demo stopped before its phase)")
+    print(f"\nseed {gd.seed} replays it: runbook demo --scenario {gd.scenario} "
+          + " ".join(f"--fault {n}" for n in gd.faults) + f" --seed {gd.seed}")
+    return 0
 
 
 def _say_encrypted(sb: Any) -> None:
@@ -158,13 +270,13 @@ def _say_encrypted(sb: Any) -> None:
 
 
 def _recover(args: argparse.Namespace, sb: Any, rb: Any, runbook_path: Path, profile: Path, lost_at: datetime,
-             lock: Any) -> int:
+             lock: Any, game: Any = None) -> int:
     from runbook.clock import Clock
     from runbook.session import RunOptions, open_new_run
     sdir = state_dir(args)
     opts = RunOptions(runbook_path=runbook_path, scenario=args.scenario, mode="drill", profile=profile,
                       incident_start=lost_at.isoformat(), data_lost_at=lost_at.isoformat(), state_dir=sdir,
-                      break_lock=args.break_lock)
+                      break_lock=args.break_lock, game_day=game.journal_event() if game is not None else None)
     if not args.headless:
         from runbook.loader import load_model
         from runbook.session import Profile
@@ -172,15 +284,25 @@ def _recover(args: argparse.Namespace, sb: Any, rb: Any, runbook_path: Path, pro
 
         given = load_model(profile, Profile, filename=str(profile)).params
         _say("opening the runbook: recover AssetFlow step by step")
+        _phase(game, "during-run")  # the run is opened in the TUI: GameContext.find_run() finds it
         code = run_new(opts, rb, given, sdir)
+        if game is not None:
+            from steps.sandbox.faults import run_of_game
+
+            if (rid := run_of_game(sdir, game.gd.game_id)) is not None:
+                game.opened(rid)
+            _say_reveal(args, rid)
         _say_key_after(args, sb)
         return code
     from runbook.cli.headless import HeadlessOptions, run_headless
 
     engine = open_new_run(opts, Clock(), state_dir=sdir)
     lock.set_run(engine.run_id)
+    if game is not None:
+        game.opened(engine.run_id)
+        _phase(game, "during-run")
     confirms = {s.id: v for s in engine.steps if (v := engine.typed_expected(s)) is not None} if args.yes else {}
-    code = run_headless(engine, HeadlessOptions(yes=args.yes, confirms=confirms))
+    code = run_headless(engine, HeadlessOptions(yes=args.yes, confirms=confirms, answers=args.scripted))
     c = engine.clock_status()
     from runbook.durations import format_duration
 
@@ -192,9 +314,17 @@ def _recover(args: argparse.Namespace, sb: Any, rb: Any, runbook_path: Path, pro
         verdict = "met" if c.elapsed_s <= c.target_s else "MISSED"
         print(f"demo: measured RTO {format_duration(c.elapsed_s)} against {format_duration(c.target_s)}: {verdict}"
               f"{report}")
+    if game is not None:
+        _say_reveal(args, engine.run_id)
     _say_key_after(args, sb)
     sys.stdout.flush()
     return code
+
+
+def _say_reveal(args: argparse.Namespace, run_id: str | None) -> None:
+    if run_id is not None:
+        extra = (f" --dir {args.dir}" if args.dir else "") + (f" --state-dir {args.state_dir}" if args.state_dir else "")
+        _say(f"game day over: the trainer's view is `runbook demo --reveal {run_id}{extra}`")
 
 
 def _say_key_after(args: argparse.Namespace, sb: Any) -> None:

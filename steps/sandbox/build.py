@@ -140,6 +140,7 @@ class Sandbox:
         srv.stop()  # the settings below need a restart (archive_mode)
         remove_tree(self.repo)
         self.repo.mkdir()
+        (self.base / "backups.json").unlink(missing_ok=True)
         give_to_server(self.repo)  # wal-push writes here as the server's user
         remove_tree(self.wal_spool)
         self.wal_spool.mkdir()
@@ -323,6 +324,31 @@ class Sandbox:
         self._snapshot("at-backup.json")
         (self.base / "attachments-at-backup.json").write_text(
             json.dumps(assetflow.dir_tree_digest(self.uploads), indent=2, sort_keys=True))
+        self._note_backup()
+
+    def logical_backups(self) -> list[Path]:
+        """The directories of the sandbox cluster's logical backups of the database, oldest first."""
+        root = self.repo / "clusters" / self.source_cluster / "logical" / DB
+        if not self.source_cluster or not root.is_dir():
+            return []
+        return sorted(p for p in root.iterdir() if (p / "manifest.json").is_file())
+
+    def _note_backup(self) -> None:
+        """`backups.json`: each logical backup the sandbox took (id, snapshot time, the rows it holds), as taken:
+        what a clean recovery would reach (a game day's baseline), whatever a fault does to the repository."""
+        made = self.logical_backups()
+        if not made:
+            return
+        try:
+            taken = json.loads((self.base / "backups.json").read_text())
+        except (OSError, ValueError):
+            taken = []
+        if taken and taken[-1].get("backup_id") == made[-1].name:
+            return
+        manifest = json.loads((made[-1] / "manifest.json").read_text())
+        taken.append({"backup_id": made[-1].name, "snapshot_time": manifest.get("snapshot_time"),
+                      "counts": json.loads((self.base / "at-backup-counts.json").read_text())})
+        (self.base / "backups.json").write_text(json.dumps(taken, indent=2))
 
     def verify_backup(self, kind: str, say: Any = print) -> None:
         """`runbook verify-backup` of the newest backup of `kind` (--encrypt): the operator's key opens what the
