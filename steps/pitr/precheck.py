@@ -210,7 +210,7 @@ def refuse_beyond_gap(args: Args, gap: Gap, events: Events, run_hint: str) -> No
         return
     events.check("WAL continuity", "failed", f"{gap.describe()}; {why}")
     if args.target_kind == "latest" and args.accept_gap:
-        events.check("WAL gap accepted", "warning", f"accept_gap is set: the recovery stops at LSN "
+        events.check("gap in the WAL accepted", "warning", f"accept_gap is set: the recovery stops at LSN "
                      f"{format_lsn(gap.reachable_lsn)}; the archived WAL after the gap is not replayed")
         return
     raise PitrError(

@@ -118,7 +118,7 @@ def test_a_target_the_listing_proves_past_the_gap_is_refused_with_the_best_reach
         refuse_beyond_gap(_args(tmp_path, target_kind="latest"), gap, Events(), "HOW")
     ok = Events()
     refuse_beyond_gap(_args(tmp_path, target_kind="latest", accept_gap=True), gap, ok, "HOW")
-    assert ok.checks[-1][:2] == ("WAL gap accepted", "warning")
+    assert ok.checks[-1][:2] == ("gap in the WAL accepted", "warning")
     # a time before the segment after the gap was archived may be reachable: a warning, the replay decides
     early = Events()
     refuse_beyond_gap(_args(tmp_path, target_time=(t0 + timedelta(seconds=40)).isoformat()), gap, early, "HOW")
