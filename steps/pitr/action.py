@@ -43,10 +43,13 @@ from steps.pitr.datadir import check_empty, precheck_debian
 from steps.pitr.errors import PitrError
 from steps.pitr.ledgers import remove_verified, verified_wal, write_verified
 from steps.pitr.precheck import (
+    Gap,
     check_binaries,
     check_space,
+    cut_index,
     earlier_attempt,
     refuse_beyond_gap,
+    stopped_at_gap,
     wal_gap,
     write_marker,
 )
@@ -94,6 +97,7 @@ def main(args: Args, events: Events) -> int:
     config_path = config_path.resolve()
     pgdata = Path(args.pgdata)
     entry, ts_oids = _pick(args, cfg, events)
+    gap = _check_wal(args, cfg, entry, events)
     _refuse_early(args, cfg, pgdata, entry, ts_oids, events)
     if args.check_only:
         events.check("recovery can go ahead", "ok", f"base backup {entry.backup_id}, target {args.target_kind} "
@@ -102,6 +106,8 @@ def main(args: Args, events: Events) -> int:
               flush=True)
         return 0
     index = verified_wal(args, cfg, entry, events)
+    if gap is not None and args.accept_gap and args.target_kind == "latest" and index is not None:
+        index = cut_index(index, gap)  # the replay ends at the gap (accepted) and promotes
     socket_dir = args.socket_dir or ("/var/run/postgresql" if Path("/var/run/postgresql").is_dir()
                                      else str(pgdata.parent))
     fetch_dir = _make_fetch_dir(args, pgdata, entry.backup_id)
@@ -117,7 +123,12 @@ def main(args: Args, events: Events) -> int:
         shutil.rmtree(fetch_dir, ignore_errors=True)
 
     _configure(args, pgdata, plan, config_path, socket_dir, index)
-    recovered = _recover(args, pgdata, socket_dir, entry, copies, plan, events)
+    try:
+        recovered = _recover(args, pgdata, socket_dir, entry, copies, plan, events)
+    except PitrError as e:
+        if gap is None or args.accept_gap:
+            raise
+        raise stopped_at_gap(gap, e, _gap_how()) from None
     _report(args, entry, pgdata, socket_dir, plan, recovered, fetch_s, extract_s, t_begin, events)
     return 0
 
@@ -182,7 +193,6 @@ def _pick(args: Args, cfg: Any, events: Events) -> tuple[Any, list[str]]:
 def _refuse_early(args: Args, cfg: Any, pgdata: Path, entry: Any, ts_oids: list[str], events: Events) -> None:
     """What can be refused is refused before anything is fetched or created."""
     check_binaries(args, entry.manifest, events)
-    _check_wal(args, cfg, entry, events)
     if args.debian_cluster:
         precheck_debian(args, pgdata)
     else:
@@ -195,27 +205,31 @@ def _refuse_early(args: Args, cfg: Any, pgdata: Path, entry: Any, ts_oids: list[
     refuse_later_tablespaces(cfg, entry.cluster, entry.backup_id, ts_oids, events)
 
 
-def _check_wal(args: Args, cfg: Any, entry: Any, events: Events) -> None:
+def _gap_how() -> str:
+    run_id = os.environ.get("RUNBOOK_RUN_ID")
+    return (f"`runbook resume {run_id} --set target_kind=latest --set accept_gap=true`, then retry this step"
+            if run_id else "target_kind latest, accept_gap true")
+
+
+def _check_wal(args: Args, cfg: Any, entry: Any, events: Events) -> Gap | None:
     """A gap in the archived WAL after the base backup, from the archive's listing: a target proven past it is
     refused before anything is restored, with the best reachable point (steps.pitr.precheck)."""
     from steps.wal.store import open_wal_stores
 
     if args.restore_command:
-        return  # the WAL is read some other way: the replay finds out
+        return None  # the WAL is read some other way: the replay finds out
     try:
         stores = open_wal_stores(cfg.local.path if cfg.local else None,
                                  cfg.s3.model_dump(mode="json") if cfg.s3 else None, args.source)
         gap = wal_gap(stores[0], entry) if stores else None
     except Exception as e:  # noqa: BLE001 - the listing only warns early; the replay checks every segment itself
         events.check("WAL continuity", "warning", f"cannot list the archive: {e}")
-        return
+        return None
     if gap is None:
         events.check("WAL continuity", "ok", f"the archived WAL from {entry.manifest.start_wal} on has no gap")
-        return
-    run_id = os.environ.get("RUNBOOK_RUN_ID")
-    how = (f"`runbook resume {run_id} --set target_kind=latest --set accept_gap=true`, then retry this step"
-           if run_id else "target_kind latest, accept_gap true")
-    refuse_beyond_gap(args, gap, events, how)
+        return None
+    refuse_beyond_gap(args, gap, events, _gap_how())
+    return gap
 
 
 def _fetch_root(args: Args, pgdata: Path) -> Path:

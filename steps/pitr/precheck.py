@@ -181,11 +181,7 @@ def refuse_beyond_gap(args: Args, gap: Gap, events: Events, run_hint: str) -> No
     """Refuse a target the listing proves lies past the gap; warn when it may; say the best reachable point."""
     from steps.pg.walnames import format_lsn, parse_lsn
 
-    best = (f"the best reachable point is the end of the WAL before the gap (LSN {format_lsn(gap.reachable_lsn)}"
-            + (f", its last transaction before {gap.last_before_archived.isoformat(timespec='seconds')}"
-               if gap.last_before_archived else "")
-            + "): recover with target_kind latest, which stops there (a time or LSN target needs a record past it "
-              "to stop at, and that record is in the missing segment)")
+    best = _best(gap)
     events.output("reachable_lsn", format_lsn(gap.reachable_lsn))
     if gap.last_before_archived is not None:
         events.output("reachable_before", gap.last_before_archived.isoformat())
@@ -201,7 +197,9 @@ def refuse_beyond_gap(args: Args, gap: Gap, events: Events, run_hint: str) -> No
         proven = target >= gap.after_archived
         why = (f"the target {target.isoformat()} is after {gap.after} was archived "
                f"({gap.after_archived.isoformat(timespec='seconds')}), so every record of the missing WAL is older "
-               "than the target")
+               "than the target" if proven else
+               f"the target {target.isoformat()} may lie past it (the listing cannot tell: {gap.after}, after the "
+               f"gap, was archived only at {gap.after_archived.isoformat(timespec='seconds')})")
     else:
         why = f"the target {args.target_kind} {args.target} may lie past it".rstrip()
     print(f"pitr: {gap.describe()}", flush=True)
@@ -215,8 +213,43 @@ def refuse_beyond_gap(args: Args, gap: Gap, events: Events, run_hint: str) -> No
         return
     raise PitrError(
         f"the target cannot be reached: {gap.describe()}; {why}. Nothing was restored",
-        hint=f"{best}, and set accept_gap to accept that data loss ({run_hint}); if the segment exists elsewhere "
-             "(the old server's pg_wal, another copy of the repository), put it back into the archive and retry")
+        hint=_gap_hint(gap, run_hint))
+
+
+def _best(gap: Gap) -> str:
+    from steps.pg.walnames import format_lsn
+
+    return (f"the best reachable point is the end of the WAL before the gap (LSN {format_lsn(gap.reachable_lsn)}"
+            + (f", its last transaction before {gap.last_before_archived.isoformat(timespec='seconds')}"
+               if gap.last_before_archived else "")
+            + "): recover with target_kind latest, which stops there (a time or LSN target needs a record past it "
+              "to stop at, and that record is in the missing segment)")
+
+
+def _gap_hint(gap: Gap, run_hint: str) -> str:
+    return (f"{_best(gap)}, and set accept_gap to accept that data loss ({run_hint}); if the segment exists "
+            "elsewhere (the old server's pg_wal, another copy of the repository), put it back into the archive and "
+            "retry")
+
+
+def stopped_at_gap(gap: Gap, failure: PitrError, run_hint: str) -> PitrError:
+    """The replay's failure, when the archive's listing showed a gap: it stopped there; what to do."""
+    said = failure.message.strip().splitlines()
+    return PitrError(f"target beyond the archived WAL: the replay stopped at the gap: {gap.describe()}; "
+                     f"{_best(gap)} (the server: {said[-1] if said else failure.message})",
+                     hint=_gap_hint(gap, run_hint) + "; the failed attempt's data directory is left for inspection "
+                          "(a retry in this run moves it aside)")
+
+
+def cut_index(index: Any, gap: Gap) -> Any:
+    """The verified WAL index without the segments from the gap on (`accept_gap`): wal-fetch answers "not
+    archived" for them, so the replay ends at the gap and promotes, instead of stopping on a segment the signed
+    ledgers list but the archive lost."""
+    from steps.wal.ledger import wal_order
+
+    cut = wal_order(gap.missing[0])
+    index.segments = {n: sha for n, sha in index.segments.items() if len(n) != 24 or wal_order(n) < cut}
+    return index
 
 
 # --- an earlier attempt ----------------------------------------------------------------------------------
