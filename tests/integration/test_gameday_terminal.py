@@ -76,3 +76,18 @@ def test_not_handled_the_step_ends_under_its_supervisor_and_the_run_stays_open(g
     assert FAULT.evidence_event is not None and FAULT.handled is not None
     assert FAULT.evidence_event(events) is None and not FAULT.handled(events)
     assert_no_leak([play], fault_words(FAULT))
+
+
+def test_handled_in_scenario_1_the_restore_is_re_attached_and_finished(game: PitrGame) -> None:
+    play = game.demo(FAULT.name, scenario="restore-latest")
+    assert play.code == -signal.SIGHUP, play.output[-5000:]
+    assert play.run_id is not None and first(play.events(), "step-started", step="restore") is not None
+    assert not first(play.events(), "step-finished", step="restore")  # the front end died before it ended
+    again = game.op.resume(play.run_id)
+    assert again.code == 0, again.output[-5000:]
+    events = again.events()
+    assert [e["attempt"] for e in events if e.get("type") == "step-started" and e.get("step") == "restore"] == [1]
+    assert FAULT.evidence_event is not None and FAULT.handled is not None
+    assert FAULT.evidence_event(events) is not None and FAULT.handled(events)
+    assert int(game.sb.server.psql("select count(*) from assets", db=DB)) > 0
+    assert_no_leak([play, again], fault_words(FAULT))

@@ -25,8 +25,9 @@ class PitrGame:
     sb: Sandbox
     state: Path
 
-    def demo(self, fault: str, answers: dict[str, list[Any]] | None = None, seed: int = 20) -> Play:
-        return self.op.demo(self.runbook, self.sb.base, scenario="pitr", faults=[fault], seed=seed, files=5,
+    def demo(self, fault: str, answers: dict[str, list[Any]] | None = None, seed: int = 20,
+             scenario: str = "pitr") -> Play:
+        return self.op.demo(self.runbook, self.sb.base, scenario=scenario, faults=[fault], seed=seed, files=5,
                             answers=answers)
 
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from steps.sandbox.build import Sandbox
 
 RESTORE_STEP = {"restore-latest": "restore", "pitr": "pitr"}
-DELAY_S = 1.0  # after the step started: mid-restore
+DELAY_S = {"restore-latest": 0.2, "pitr": 1.0}  # after the step started: mid-restore (the sandbox's are short)
 WATCH_S = 3600.0
 
 
@@ -53,13 +53,14 @@ def inject(sb: Sandbox, ctx: GameContext) -> dict[str, Any]:
         deadline = time.monotonic() + WATCH_S
         while time.monotonic() < deadline:
             if _started(journal, step):
-                time.sleep(DELAY_S)
+                time.sleep(DELAY_S[ctx.scenario])
                 os.kill(front_end, signal.SIGHUP)
                 return
             time.sleep(0.2)
 
     threading.Thread(target=watch, name="game-day-hangup", daemon=True).start()
-    return {"step": step, "signal": "SIGHUP", "front_end_pid": front_end, "delay_s": DELAY_S}
+    return {"step": step, "signal": "SIGHUP", "front_end_pid": front_end,
+            "delay_s": DELAY_S[ctx.scenario]}
 
 
 def _hangup_step(events: Events) -> str | None:
