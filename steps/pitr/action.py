@@ -113,7 +113,8 @@ def main(args: Args, events: Events) -> int:
     fetch_dir = _make_fetch_dir(args, pgdata, entry.backup_id)
     try:
         copies = usable_copies(entry, source=args.source)
-        write_marker(pgdata, entry.backup_id, args)  # a retry in this run may move this attempt aside
+        if not args.debian_cluster:
+            write_marker(pgdata, entry.backup_id, args)  # a retry in this run may move this attempt aside
         fetch_s = fetch_objects(entry, copies, fetch_dir, events, _keys(args, cfg, config_path))
         plan, extract_s = restore_files(args, entry, pgdata, fetch_dir, ts_oids, events)
     except BaseBackupInvalid as e:
