@@ -48,6 +48,7 @@ from steps.pitr.precheck import (
     check_space,
     cut_index,
     earlier_attempt,
+    ledger_gap,
     refuse_beyond_gap,
     stopped_at_gap,
     wal_gap,
@@ -106,6 +107,8 @@ def main(args: Args, events: Events) -> int:
               flush=True)
         return 0
     index = verified_wal(args, cfg, entry, events)
+    if gap is None and index is not None:
+        gap = _check_ledger_gap(args, cfg, entry, index, events)
     if gap is not None and args.accept_gap and args.target_kind == "latest" and index is not None:
         index = cut_index(index, gap)  # the replay ends at the gap (accepted) and promotes
     socket_dir = args.socket_dir or ("/var/run/postgresql" if Path("/var/run/postgresql").is_dir()
@@ -206,6 +209,22 @@ def _refuse_early(args: Args, cfg: Any, pgdata: Path, entry: Any, ts_oids: list[
     refuse_later_tablespaces(cfg, entry.cluster, entry.backup_id, ts_oids, events)
 
 
+def _check_ledger_gap(args: Args, cfg: Any, entry: Any, index: Any, events: Events) -> Gap | None:
+    """A segment the signed WAL ledgers list as archived but the archive lost (a lost tail, which the listing alone
+    cannot show): named before anything is fetched, as a gap (steps.pitr.precheck.ledger_gap)."""
+    from steps.wal.store import open_wal_stores
+
+    try:
+        stores = open_wal_stores(cfg.local.path if cfg.local else None,
+                                 cfg.s3.model_dump(mode="json") if cfg.s3 else None, args.source)
+        gap = ledger_gap(stores, entry, index) if stores else None
+    except Exception:  # noqa: BLE001 - _check_wal said why the listing failed; the replay checks every segment
+        return None
+    if gap is not None:
+        refuse_beyond_gap(args, gap, events, _gap_how())
+    return gap
+
+
 def _gap_how() -> str:
     run_id = os.environ.get("RUNBOOK_RUN_ID")
     return (f"`runbook resume {run_id} --set target_kind=latest --set accept_gap=true`, then retry this step"
@@ -222,7 +241,7 @@ def _check_wal(args: Args, cfg: Any, entry: Any, events: Events) -> Gap | None:
     try:
         stores = open_wal_stores(cfg.local.path if cfg.local else None,
                                  cfg.s3.model_dump(mode="json") if cfg.s3 else None, args.source)
-        gap = wal_gap(stores[0], entry) if stores else None
+        gap = wal_gap(stores, entry) if stores else None
     except Exception as e:  # noqa: BLE001 - the listing only warns early; the replay checks every segment itself
         events.check("WAL continuity", "warning", f"cannot list the archive: {e}")
         return None

@@ -134,28 +134,44 @@ class Gap:
         more = f" and {len(self.missing) - 1} more" if len(self.missing) > 1 else ""
         when = (f", archived {self.last_before_archived.isoformat(timespec='seconds')}"
                 if self.last_before_archived else "")
-        return (f"WAL segment {self.missing[0]}{more} is missing from the archive (between {self.last_before} and "
-                f"{self.after}): recovery can replay only up to LSN {format_lsn(self.reachable_lsn)}, the end of "
-                f"{self.last_before}{when}")
+        where = f"between {self.last_before} and {self.after}" if self.after else \
+            f"after {self.last_before}; the signed WAL ledgers list it as archived"
+        return (f"WAL segment {self.missing[0]}{more} is missing from the archive ({where}): recovery can replay "
+                f"only up to LSN {format_lsn(self.reachable_lsn)}, the end of {self.last_before}{when}")
 
 
-def wal_gap(store: Any, entry: Any) -> Gap | None:
-    """The first gap in the archive of `entry`'s cluster on its timeline, from its first segment on; None when
-    the segments there are contiguous. `store`: a WAL store (steps.wal.store: `list` gives each object's time)."""
-    from steps.pg.walnames import parse_segment, segment_name
+def _present(stores: list[Any], entry: Any) -> dict[int, float]:
+    """The segment numbers archived on the backup's timeline in any of `stores` (WAL stores, steps.wal.store:
+    `list` gives each object's time; wal-fetch reads from whichever has it), with the earliest time each was
+    stored."""
+    from steps.pg.walnames import parse_segment
     from steps.repository.layout import archived_segment, wal_prefix
 
     m = entry.manifest
     size = int(m.wal_segment_size)
-    tli, first = parse_segment(m.start_wal, size)
+    tli, _first = parse_segment(m.start_wal, size)
     present: dict[int, float] = {}
-    for listed in store.list(wal_prefix(entry.cluster)):
-        seg, mtime = archived_segment(listed.key), listed.mtime
-        if seg is None:
-            continue
-        t, n = parse_segment(seg, size)
-        if t == tli and n >= first:
-            present[n] = max(present.get(n, 0.0), float(mtime or 0))
+    for store in stores:
+        for listed in store.list(wal_prefix(entry.cluster)):
+            seg = archived_segment(listed.key)
+            if seg is None:
+                continue
+            t, n = parse_segment(seg, size)
+            if t == tli:
+                stored = float(listed.mtime or 0)
+                present[n] = min(present[n], stored) if n in present and present[n] else stored
+    return present
+
+
+def wal_gap(stores: list[Any], entry: Any) -> Gap | None:
+    """The first gap in the archive of `entry`'s cluster on its timeline, from its first segment on, across the
+    repositories `stores`; None when the segments there are contiguous."""
+    from steps.pg.walnames import parse_segment, segment_name
+
+    m = entry.manifest
+    size = int(m.wal_segment_size)
+    tli, first = parse_segment(m.start_wal, size)
+    present = {n: t for n, t in _present(stores, entry).items() if n >= first}
     if first not in present:
         return None  # the backup's own WAL: verified with the backup; the replay names it if it is gone
     top = max(present)
@@ -175,6 +191,37 @@ def wal_gap(store: Any, entry: Any) -> Gap | None:
 
     return Gap(missing=missing, last_before=segment_name(tli, n - 1, size), reachable_lsn=n * size,
                last_before_archived=at(n - 1), after=segment_name(tli, k, size), after_archived=at(k))
+
+
+def ledger_gap(stores: list[Any], entry: Any, index: Any) -> Gap | None:
+    """The first segment the signed WAL ledgers (`index`, steps.wal.ledger.Index) list as archived, from the
+    backup's first segment on its timeline, that no repository of `stores` has any more (a lost tail the listing
+    alone cannot show as a gap); None when every listed one is there."""
+    from steps.pg.walnames import parse_segment, segment_name
+
+    m = entry.manifest
+    size = int(m.wal_segment_size)
+    tli, first = parse_segment(m.start_wal, size)
+    present = _present(stores, entry)
+    signed = sorted(n for name in index.segments if len(name) == 24 and name[:8] == m.start_wal[:8]
+                    and (n := parse_segment(name, size)[1]) >= first)
+    lost = [n for n in signed if n not in present]
+    if not lost or lost[0] == first:
+        return None  # nothing lost, or the backup's own WAL: the replay names that itself
+    n = lost[0]
+    missing = []
+    k = n
+    while k not in present and k <= signed[-1]:
+        missing.append(segment_name(tli, k, size))
+        k += 1
+    after = next((x for x in sorted(present) if x > n), None)
+
+    def at(x: int | None) -> datetime | None:
+        return datetime.fromtimestamp(present[x], UTC) if x is not None and present.get(x) else None
+
+    return Gap(missing=missing, last_before=segment_name(tli, n - 1, size), reachable_lsn=n * size,
+               last_before_archived=at(n - 1), after=segment_name(tli, after, size) if after is not None else "",
+               after_archived=at(after))
 
 
 def refuse_beyond_gap(args: Args, gap: Gap, events: Events, run_hint: str) -> None:

@@ -91,20 +91,20 @@ def test_a_missing_segment_between_archived_ones_is_a_gap_with_its_reachable_poi
     t0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
     store = _archive(tmp_path, {3: t0, 4: t0 + timedelta(seconds=30), 6: t0 + timedelta(seconds=90)})
     entry = SimpleNamespace(cluster=SYSID, manifest=_manifest())
-    gap = wal_gap(store, entry)
+    gap = wal_gap([store], entry)
     assert gap is not None
     assert gap.missing == ["000000010000000000000005"] and gap.last_before == "000000010000000000000004"
     assert gap.after == "000000010000000000000006" and gap.reachable_lsn == 5 * SEG
     assert gap.last_before_archived == t0 + timedelta(seconds=30)
     assert "0/500000" in gap.describe()
     # contiguous: no gap; nothing before the backup's first segment counts
-    assert wal_gap(_archive(tmp_path / "b", {2: t0, 3: t0, 4: t0}), entry) is None
+    assert wal_gap([_archive(tmp_path / "b", {2: t0, 3: t0, 4: t0})], entry) is None
 
 
 def test_a_target_the_listing_proves_past_the_gap_is_refused_with_the_best_reachable_point(tmp_path: Path) -> None:
     t0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
     store = _archive(tmp_path, {3: t0, 4: t0 + timedelta(seconds=30), 6: t0 + timedelta(seconds=90)})
-    gap = wal_gap(store, SimpleNamespace(cluster=SYSID, manifest=_manifest()))
+    gap = wal_gap([store], SimpleNamespace(cluster=SYSID, manifest=_manifest()))
     assert gap is not None
     late = _args(tmp_path, target_time=(t0 + timedelta(seconds=120)).isoformat())
     events = Events()
@@ -123,3 +123,35 @@ def test_a_target_the_listing_proves_past_the_gap_is_refused_with_the_best_reach
     early = Events()
     refuse_beyond_gap(_args(tmp_path, target_time=(t0 + timedelta(seconds=40)).isoformat()), gap, early, "HOW")
     assert early.checks[-1][:2] == ("WAL continuity", "warning") and "best reachable point" in early.checks[-1][2]
+
+
+def test_a_segment_in_another_repository_is_no_gap(tmp_path: Path) -> None:
+    t0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    local = _archive(tmp_path / "a", {3: t0, 5: t0})
+    offsite = _archive(tmp_path / "b", {4: t0})
+    entry = SimpleNamespace(cluster=SYSID, manifest=_manifest())
+    assert wal_gap([local], entry) is not None
+    assert wal_gap([local, offsite], entry) is None  # wal-fetch reads from whichever has it
+
+
+def test_a_lost_tail_the_signed_ledgers_list_is_a_gap(tmp_path: Path) -> None:
+    from steps.pitr.precheck import ledger_gap
+
+    t0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    store = _archive(tmp_path, {3: t0, 4: t0 + timedelta(seconds=30)})
+    entry = SimpleNamespace(cluster=SYSID, manifest=_manifest())
+    names = [f"00000001000000000000000{n}" for n in (2, 3, 4, 5, 6)] + ["00000002.history"]
+    index = SimpleNamespace(segments={n: "0" * 64 for n in names})
+    assert wal_gap([store], entry) is None  # the listing alone shows nothing
+    gap = ledger_gap([store], entry, index)
+    assert gap is not None and gap.missing == ["000000010000000000000005", "000000010000000000000006"]
+    assert gap.after == "" and gap.reachable_lsn == 5 * SEG and "signed WAL ledgers list it" in gap.describe()
+    with pytest.raises(PitrError):
+        refuse_beyond_gap(_args(tmp_path, target_kind="latest"), gap, Events(), "HOW")
+    whole = _archive(tmp_path / "whole", {3: t0, 4: t0, 5: t0, 6: t0})
+    assert ledger_gap([whole], entry, index) is None
+    from steps.pitr.precheck import cut_index
+
+    cut = cut_index(index, gap)
+    assert sorted(cut.segments) == ["000000010000000000000002", "000000010000000000000003",
+                                    "000000010000000000000004", "00000002.history"]
