@@ -68,3 +68,45 @@ def test_a_step_redone_with_a_corrected_value_finishes_the_same_run(write_runboo
     assert saved["values"]["target"] == "right"  # a later resume goes on with the corrected value
     rep = run_cli("report", run_id, "--state-dir", str(state_dir))
     assert rep.returncode == 0 and "resume --redo-from" in rep.stdout
+
+
+def test_a_step_still_running_under_its_supervisor_is_never_redone_under_itself(write_runbook, state_dir: Path,
+                                                                                 tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    path = write_runbook(f"""
+        version: 1
+        name: t
+        steps:
+          - {{id: first, run: "echo first", confirm: none}}
+          - {{id: long, run: "sleep 4; touch {tmp_path}/long-done", confirm: none}}
+    """)
+    runner = subprocess.Popen([sys.executable, "-m", "runbook", "run", str(path), "--headless", "--yes",
+                               "--state-dir", str(state_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              cwd=ROOT, start_new_session=True)
+    deadline = time.monotonic() + 20
+    run_id = None
+    while run_id is None and time.monotonic() < deadline:
+        for d in (state_dir / "runs").glob("*") if (state_dir / "runs").exists() else []:
+            try:
+                if any(e["type"] == "step-started" and e["step"] == "long" for e in _events(state_dir, d.name)):
+                    run_id = d.name
+            except Exception:  # noqa: BLE001 - the journal is being written
+                pass
+        time.sleep(0.1)
+    assert run_id is not None
+    os.kill(runner.pid, signal.SIGKILL)  # the terminal dies; the step runs on
+    runner.wait()
+    r = run_cli("resume", run_id, "--redo-from", "first", "--headless", "--yes", "--state-dir", str(state_dir))
+    assert r.returncode != 0 and "step long is running" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not [e for e in _events(state_dir, run_id) if e["type"] == "steps-reopened"]
+    done = run_cli("resume", run_id, "--headless", "--yes", "--state-dir", str(state_dir), timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "long-done").exists()
+    assert len([e for e in _events(state_dir, run_id) if e["type"] == "step-started" and e["step"] == "long"]) == 1
