@@ -130,7 +130,8 @@ def main(args: Args, events: Events) -> int:
     try:
         recovered = _recover(args, pgdata, socket_dir, entry, copies, plan, events)
     except PitrError as e:
-        if gap is None or args.accept_gap:
+        at_gap = gap is not None and (gap.missing[0] in e.message or "target beyond the archived WAL" in e.message)
+        if gap is None or args.accept_gap or not at_gap:
             raise
         raise stopped_at_gap(gap, e, _gap_how()) from None
     _report(args, entry, pgdata, socket_dir, plan, recovered, fetch_s, extract_s, t_begin, events)
@@ -246,7 +247,8 @@ def _check_wal(args: Args, cfg: Any, entry: Any, events: Events) -> Gap | None:
         events.check("WAL continuity", "warning", f"cannot list the archive: {e}")
         return None
     if gap is None:
-        events.check("WAL continuity", "ok", f"the archived WAL from {entry.manifest.start_wal} on has no gap")
+        events.check("WAL continuity", "ok", f"the archive's listing shows no gap in the WAL from "
+                     f"{entry.manifest.start_wal} on")
         return None
     refuse_beyond_gap(args, gap, events, _gap_how())
     return gap

@@ -307,7 +307,15 @@ def marker_path(pgdata: Path) -> Path:
 
 
 def write_marker(pgdata: Path, backup_id: str, args: Args) -> None:
-    """Beside the data directory (ours, 0600, never through a link): this run's pitr made it."""
+    """Beside the data directory (ours, 0600, never through a link): this run's pitr made it. Only where the data
+    directory's parent is root's (or ours): nothing is written into a directory another user owns (as
+    /var/lib/postgresql/15, the server user's), and there an earlier attempt is refused, never moved."""
+    from steps.fs import UnsafePath, check_parent
+
+    try:
+        check_parent(pgdata.parent)
+    except UnsafePath:
+        return
     path = marker_path(pgdata)
     data = json.dumps({"pgdata": str(pgdata), "run_id": os.environ.get("RUNBOOK_RUN_ID", ""),
                        "backup_id": backup_id, "target_kind": args.target_kind, "target": args.target,
