@@ -26,6 +26,8 @@ EVENT_TEXT = {
     "run-started": "run started",
     "run-resumed": "run resumed",
     "run-reopened": "run reopened after a failure",
+    "steps-reopened": "steps to walk again (resume --redo-from)",
+    "params-set": "params changed on resume (--set)",
     "run-detached": "front end left; run stays open",
     "run-finished": "run closed",
     "step-awaiting": "shown to the operator",

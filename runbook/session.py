@@ -150,6 +150,30 @@ def saved_params(rb: Runbook, params: dict[str, Any], redactor: Redactor, profil
     return {"values": values, "not_saved": not_saved}
 
 
+def _save_sets(rdir: Path, rb: Runbook, params: dict[str, Any], redactor: Redactor, names: list[str]) -> None:
+    """`params.json` updated with the values `resume --set` gave (the rules of `saved_params`: no secret, nor a
+    value holding one, is written), so that a later resume goes on with them."""
+    path = rdir / "params.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(saved, dict) or not isinstance(saved.get("values"), dict):
+        return
+    values, not_saved = saved["values"], dict(saved.get("not_saved") or {})
+    for name in names:
+        text = to_text(params.get(name))
+        if rb.params[name].secret or redactor.redact(text) != text:
+            values.pop(name, None)
+            not_saved[name] = {"why": "secret" if rb.params[name].secret else "contains a secret", "from": "--set"}
+        else:
+            values[name] = text
+            not_saved.pop(name, None)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**saved, "values": values, "not_saved": not_saved}, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def _reloaded_params(rb: Runbook, rdir: Path, st: Any, sets: dict[str, str]) -> dict[str, Any]:
     """The given values of a resumed run: the real values `params.json` saved, the ones it could not save found
     again (a default from the run's copy of the runbook, the profile file re-read, or `--set` now), then `sets`.
@@ -529,9 +553,15 @@ class RemoteResume:
 
 def open_resume(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str, str] | None = None,
                 break_lock: bool = False, approver_policy: str | None = None,
-                handover_from: dict[str, Any] | None = None, remote: RemoteResume | None = None) -> Engine:
+                handover_from: dict[str, Any] | None = None, remote: RemoteResume | None = None,
+                redo_from: str | None = None) -> Engine:
     """Rebuild a run from its journal and go on where it stopped. Closed runs (completed, aborted) refuse, and so
-    does a run this journal's driver handed over to another host (unless this is that take-over: `remote`)."""
+    does a run this journal's driver handed over to another host (unless this is that take-over: `remote`).
+
+    `redo_from`: walk that step and every later one again (journaled `steps-reopened`, with the operator): a
+    recovery that went to the wrong target is done again in the same run, each step confirmed again."""
+    from runbook.state import redo_steps
+
     st = load_state(state_dir, run_id)
     rdir = run_dir(state_dir, run_id)
     if st.status in ("completed", "aborted"):
@@ -544,6 +574,7 @@ def open_resume(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str, s
                            "it is driven from there now (this journal stops at the hand-over)",
                            hint=f"watch it with `runbook watch -c REPO_CONFIG {run_id}`; to drive it again, "
                                 f"`runbook take-over -c REPO_CONFIG {run_id}`")
+    reopened = redo_steps(st, redo_from) if redo_from else []
     # The runbook as it was when the run started (the file may have changed since).
     rb = load_runbook(rdir / "runbook.yaml")
     original = Path(st.runbook_path) if st.runbook_path else rdir / "runbook.yaml"
@@ -588,6 +619,13 @@ def open_resume(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str, s
         if st.status == "failed":
             journal.append("run-reopened", operator=operator())
         journal.append("run-resumed", operator=operator(), warnings=warnings)
+        changed = [k for k in (sets or {}) if k in rb.params]
+        if changed:  # what the operator changed, shown as the journal shows params; kept for the next resume
+            journal.append("params-set", params={k: v for k, v in _shown_params(rb, params).items() if k in changed},
+                           operator=operator())
+            _save_sets(rdir, rb, params, redactor, changed)
+        if reopened:
+            journal.append("steps-reopened", from_step=redo_from, steps=reopened, operator=operator())
         if handover_from is not None:
             journal.append("handover", **{"from": handover_from}, to=operator(),
                            **(remote.handover if remote is not None else {}))

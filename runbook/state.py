@@ -143,6 +143,10 @@ def apply_event(st: RunState, ev: dict[str, Any]) -> None:
         elif t == "run-reopened":
             st.status = "open"
             st.ended_at = None
+        elif t == "steps-reopened":  # resume --redo-from: these steps are walked again (their attempts go on)
+            for name in ev.get("steps", []):
+                if name in st.steps:
+                    reopen_step(st, st.steps[name])
         return
     if t == "step-awaiting":
         if step.status in (StepStatus.pending, StepStatus.failed, StepStatus.interrupted):
@@ -187,6 +191,41 @@ def apply_event(st: RunState, ev: dict[str, Any]) -> None:
     elif t == "note":
         st.notes.append({"ts": ev["ts"], "text": ev["text"], "step": sid})
         step.notes.append(ev["text"])
+
+
+def reopen_step(st: RunState, step: StepState) -> None:
+    """A step walked again from the start (`runbook resume --redo-from`): its outcome, outputs and checks of the
+    earlier attempts stay in the journal, not in the state; its attempt count goes on."""
+    step.status = StepStatus.pending
+    step.ended_at = None
+    step.duration_s = None
+    step.exit_code = None
+    step.detail = ""
+    step.outputs = {}
+    step.checks = []
+    step.acked = []
+    step.rehearsed = False
+    step.failed_before = None
+    if st.rto_end_step == step.id:
+        st.rto_end_at = None
+        st.rto_end_step = None
+
+
+def redo_steps(st: RunState, from_step: str) -> list[str]:
+    """The steps `runbook resume --redo-from STEP` walks again: STEP and every step after it that has an outcome.
+    Raises RunbookError when STEP is not in the run, has not been reached, or a step is running."""
+    if from_step not in st.order:
+        raise RunbookError(f"no step {from_step!r} in run {st.run_id} (scenario {st.scenario})",
+                           hint=f"its steps: {', '.join(st.order)}")
+    later = st.order[st.order.index(from_step):]
+    running = [s for s in later if st.steps[s].status == StepStatus.running]
+    if running:
+        raise RunbookError(f"step {running[0]} is running: a step is never walked again under itself",
+                           hint="resume without --redo-from to watch it (or cancel it), then redo")
+    if st.steps[from_step].status in (StepStatus.pending, StepStatus.awaiting):
+        raise RunbookError(f"step {from_step} has not run yet in run {st.run_id}: there is nothing to redo",
+                           hint="resume without --redo-from: the run goes on at its next step")
+    return [s for s in later if st.steps[s].status not in (StepStatus.pending, StepStatus.awaiting)]
 
 
 def load_state(state_dir: Path, run_id: str) -> RunState:

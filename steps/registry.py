@@ -119,8 +119,15 @@ ACTIONS: dict[str, ActionSpec] = {
                 "backup_id": "the base backup it started from",
                 "log_file": "the restored server's log",
                 "tablespaces": "where each tablespace went: a list of {oid, name, location, original}",
+                "reachable_lsn": "when the archived WAL has a gap: the end of the WAL before it (the best reachable "
+                                 "point)",
+                "reachable_before": "when the archived WAL has a gap: when the last segment before it was archived "
+                                    "(its transactions are older)",
             },
-            details="Never into the production data or tablespace directories; `recovery.signal`, "
+            details="Checked first, before anything is fetched or made (also alone with `check_only`): the "
+                    "binaries' major version (`bindir`), free space, the archived WAL's continuity to the target "
+                    "(a gap: the best reachable point, `accept_gap`). A retry in the same run moves its earlier "
+                    "attempt aside. Never into the production data or tablespace directories; `recovery.signal`, "
                     "`restore_command` = `runbook wal-fetch`, archiving off (or `archive_to`), waits for the real "
                     "end of recovery. docs/basebackup.md",
         ),

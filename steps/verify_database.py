@@ -31,6 +31,8 @@ class Args(BaseModel):
     tables: list[str] = Field(default_factory=list, description="More tables that must exist")
     smoke: list[str] = Field(default_factory=list, description="More queries that must return true")
     disaster_counts: str = Field("", description="JSON {schema.table: rows} at the disaster (drills): rows lost")
+    recovery_point: str = Field("", description="After a point-in-time recovery: its recovery point, named when "
+                                "an expected table is missing (the target may be after the table was lost)")
 
 
 def _checks_from_config(path: str | None) -> tuple[list[str], list[str]]:
@@ -44,6 +46,20 @@ def _checks_from_config(path: str | None) -> tuple[list[str], list[str]]:
 
 def _qualified(name: str) -> str:
     return name if "." in name else f"public.{name}"
+
+
+def _missing_hint(table: str, args: Args) -> str:
+    if not args.recovery_point:
+        return "missing after the restore: was it in the backup? see the restore step's output"
+    import os
+
+    run_id = os.environ.get("RUNBOOK_RUN_ID")
+    how = (f"`runbook resume {run_id} --redo-from pitr --set target_time=TIME` (a time with its zone)" if run_id
+           else "the pitr step again with an earlier target_time")
+    return (f"missing at the recovery point {args.recovery_point}: the recovery target is after {table} was lost "
+            "(dropped or emptied before that moment), so replaying up to it dropped the table again. Find when it "
+            "was lost (the old server's log, the application's, the incident notes), then recover again to a moment "
+            f"just before it: {how}; the recovered data directory of this attempt is moved aside, not deleted")
 
 
 def main(args: Args, events: Events) -> int:
@@ -76,8 +92,9 @@ def main(args: Args, events: Events) -> int:
         for t in tables:
             ok = _qualified(t) in present
             failed += not ok
-            events.check(f"table {t} exists", "ok" if ok else "failed",
-                         "" if ok else "missing after the restore: was it in the backup? see the restore step's output")
+            events.check(f"table {t} exists", "ok" if ok else "failed", "" if ok else _missing_hint(t, args))
+            if not ok:
+                print(f"FAIL table {t}: {_missing_hint(t, args)}")
         found = rows.RowCounts()
         try:
             if expected or args.disaster_counts:

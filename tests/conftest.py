@@ -116,6 +116,9 @@ _LONGEST_FIRST = (
     "tui/test_tmux.py", "integration/test_wal.py", "integration/test_wal_check.py", "integration/test_status.py",
     "integration/test_remote_takeover.py",
     "integration/test_pgbackrest_pitr.py",
+    "integration/test_gameday_terminal.py", "integration/test_gameday_wal_gap.py",
+    "integration/test_gameday_target_time.py", "integration/test_gameday_major_version.py",
+    "integration/test_gameday_disk.py",
 )
 
 

@@ -59,6 +59,9 @@ def register(sub: Any) -> None:
     re_ = sub.add_parser("resume", help="go on with an open run")
     re_.add_argument("run_id", help="the open run to go on with (`runbook runs` lists them)")
     re_.add_argument("--rerun-interrupted", action="store_true", help="headless: re-run an interrupted step")
+    re_.add_argument("--redo-from", metavar="STEP", help="walk STEP and every later step again, each confirmed "
+                     "again (journaled): e.g. a point-in-time recovery to a wrong target, redone with --set "
+                     "target_time=... (a running step is refused)")
     run_flags(re_)
     re_.set_defaults(func=cmd_resume)
 
@@ -200,7 +203,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     answers = answers_of(args, run_dir(state_dir(args), args.run_id) / "runbook.yaml")  # the run's own copy
     engine = open_resume(
         args.run_id, Clock(), state_dir=state_dir(args), sets=parse_set(args.set or []), break_lock=args.break_lock,
-        approver_policy=args.approver_policy,
+        approver_policy=args.approver_policy, redo_from=args.redo_from,
     )
     return _drive(engine, args, answers)
 

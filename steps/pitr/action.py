@@ -45,6 +45,18 @@ from steps.pitr.backup import choose_backup, fetch_objects, restore_files
 from steps.pitr.datadir import check_empty, precheck_debian
 from steps.pitr.errors import PitrError
 from steps.pitr.ledgers import remove_verified, verified_wal, write_verified
+from steps.pitr.precheck import (
+    Gap,
+    check_binaries,
+    check_space,
+    cut_index,
+    earlier_attempt,
+    ledger_gap,
+    refuse_beyond_gap,
+    stopped_at_gap,
+    wal_gap,
+    write_marker,
+)
 from steps.pitr.recovery import (
     archive_end,
     empty_pg_wal,
@@ -96,13 +108,26 @@ def main(args: Args, events: Events) -> int:
                         "into a new or empty data directory", hint="remove delta, and choose a new data directory")
     pgdata = Path(args.pgdata)
     entry, ts_oids = _pick(args, cfg, events)
+    gap = _check_wal(args, cfg, entry, events)
     _refuse_early(args, cfg, pgdata, entry, ts_oids, events)
+    if args.check_only:
+        events.check("recovery can go ahead", "ok", f"base backup {entry.backup_id}, target {args.target_kind} "
+                     f"{args.target}".rstrip() + f", into {pgdata}: nothing was changed (check_only)")
+        print(f"pitr: checks passed; nothing was changed (check_only): base backup {entry.backup_id} into {pgdata}",
+              flush=True)
+        return 0
     index = verified_wal(args, cfg, entry, events)
+    if gap is None and index is not None:
+        gap = _check_ledger_gap(args, cfg, entry, index, events)
+    if gap is not None and args.accept_gap and args.target_kind == "latest" and index is not None:
+        index = cut_index(index, gap)  # the replay ends at the gap (accepted) and promotes
     socket_dir = args.socket_dir or ("/var/run/postgresql" if Path("/var/run/postgresql").is_dir()
                                      else str(pgdata.parent))
     fetch_dir = _make_fetch_dir(args, pgdata, entry.backup_id)
     try:
         copies = usable_copies(entry, source=args.source)
+        if not args.debian_cluster:
+            write_marker(pgdata, entry.backup_id, args)  # a retry in this run may move this attempt aside
         fetch_s = fetch_objects(entry, copies, fetch_dir, events, _keys(args, cfg, config_path))
         plan, extract_s = restore_files(args, entry, pgdata, fetch_dir, ts_oids, events)
     except BaseBackupInvalid as e:
@@ -112,7 +137,13 @@ def main(args: Args, events: Events) -> int:
         shutil.rmtree(fetch_dir, ignore_errors=True)
 
     _configure(args, pgdata, plan, config_path, socket_dir, index)
-    recovered = _recover(args, pgdata, socket_dir, entry, copies, plan, events)
+    try:
+        recovered = _recover(args, pgdata, socket_dir, entry, copies, plan, events)
+    except PitrError as e:
+        at_gap = gap is not None and (gap.missing[0] in e.message or "target beyond the archived WAL" in e.message)
+        if gap is None or args.accept_gap or not at_gap:
+            raise
+        raise stopped_at_gap(gap, e, _gap_how()) from None
     _report(args, entry, pgdata, socket_dir, plan, recovered, fetch_s, extract_s, t_begin, events)
     return 0
 
@@ -176,13 +207,61 @@ def _pick(args: Args, cfg: Any, events: Events) -> tuple[Any, list[str]]:
 
 def _refuse_early(args: Args, cfg: Any, pgdata: Path, entry: Any, ts_oids: list[str], events: Events) -> None:
     """What can be refused is refused before anything is fetched or created."""
+    check_binaries(args, entry.manifest, events)
     if args.debian_cluster:
         precheck_debian(args, pgdata)
     else:
+        if not args.check_only:
+            earlier_attempt(args, pgdata, events)
         check_empty(pgdata)
     precheck_tablespaces(args, pgdata, ts_oids)
     _check_fetch_root(args, pgdata, entry.manifest.size_bytes)
+    check_space(args, pgdata, entry.manifest, Path(args.fetch_dir) if args.fetch_dir else pgdata.parent, events)
     refuse_later_tablespaces(cfg, entry.cluster, entry.backup_id, ts_oids, events)
+
+
+def _check_ledger_gap(args: Args, cfg: Any, entry: Any, index: Any, events: Events) -> Gap | None:
+    """A segment the signed WAL ledgers list as archived but the archive lost (a lost tail, which the listing alone
+    cannot show): named before anything is fetched, as a gap (steps.pitr.precheck.ledger_gap)."""
+    from steps.wal.store import open_wal_stores
+
+    try:
+        stores = open_wal_stores(cfg.local.path if cfg.local else None,
+                                 cfg.s3.model_dump(mode="json") if cfg.s3 else None, args.source)
+        gap = ledger_gap(stores, entry, index) if stores else None
+    except Exception:  # noqa: BLE001 - _check_wal said why the listing failed; the replay checks every segment
+        return None
+    if gap is not None:
+        refuse_beyond_gap(args, gap, events, _gap_how())
+    return gap
+
+
+def _gap_how() -> str:
+    run_id = os.environ.get("RUNBOOK_RUN_ID")
+    return (f"`runbook resume {run_id} --set target_kind=latest --set accept_gap=true`, then retry this step"
+            if run_id else "target_kind latest, accept_gap true")
+
+
+def _check_wal(args: Args, cfg: Any, entry: Any, events: Events) -> Gap | None:
+    """A gap in the archived WAL after the base backup, from the archive's listing: a target proven past it is
+    refused before anything is restored, with the best reachable point (steps.pitr.precheck)."""
+    from steps.wal.store import open_wal_stores
+
+    if args.restore_command:
+        return None  # the WAL is read some other way: the replay finds out
+    try:
+        stores = open_wal_stores(cfg.local.path if cfg.local else None,
+                                 cfg.s3.model_dump(mode="json") if cfg.s3 else None, args.source)
+        gap = wal_gap(stores, entry) if stores else None
+    except Exception as e:  # noqa: BLE001 - the listing only warns early; the replay checks every segment itself
+        events.check("WAL continuity", "warning", f"cannot list the archive: {e}")
+        return None
+    if gap is None:
+        events.check("WAL continuity", "ok", f"the archive's listing shows no gap in the WAL from "
+                     f"{entry.manifest.start_wal} on")
+        return None
+    refuse_beyond_gap(args, gap, events, _gap_how())
+    return gap
 
 
 def _fetch_root(args: Args, pgdata: Path) -> Path:

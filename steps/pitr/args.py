@@ -21,6 +21,16 @@ def default_runbook_exe() -> str:
     return str(Path(sys.executable).parent / "runbook")
 
 
+def bindir(args: Args) -> str:
+    """The directory of the server binaries that start the restored copy (`bindir`, else PostgreSQL 15's, or the
+    Debian cluster's version's)."""
+    from steps.pg.tools import PG_BIN
+
+    if args.bindir:
+        return args.bindir
+    return f"/usr/lib/postgresql/{args.pg_version}/bin" if args.debian_cluster else PG_BIN
+
+
 def parse_target_time(text: str) -> datetime:
     """ISO 8601 with a zone. A time without one is refused: the server would read it in *its* zone."""
     try:
@@ -61,6 +71,13 @@ class Args(BaseModel):
     debian_cluster: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$",
                                        description="Restore into a new Debian cluster of this name (pg_createcluster)")
     pg_version: str = Field("15", description="Debian clusters: the major version")
+    bindir: str | None = Field(None, description="The replacement server's PostgreSQL binaries (postgres, pg_ctl); "
+                               "their major version must be the base backup's (default: PostgreSQL 15's, or "
+                               "/usr/lib/postgresql/<pg_version>/bin for a Debian cluster)")
+    check_only: bool = Field(False, description="Check only, change nothing: the base backup chosen, the binaries' "
+                             "major version, the free space, the archived WAL's continuity up to the target")
+    accept_gap: bool = Field(False, description="With target_kind latest: recover up to a gap in the archived WAL "
+                             "(the best reachable point), accepting that the WAL after it is not replayed")
     user: str = Field("postgres", description="Superuser role of the restored cluster, to watch the recovery")
     timeout_s: float = Field(4 * 3600, gt=0, description="Give up waiting for the end of recovery after this")
     fetch_dir: str | None = Field(None, description="Where the backup is fetched: a fresh private (0700) directory "
@@ -80,7 +97,7 @@ class Args(BaseModel):
     def _empty_is_none(cls, data: Any) -> Any:
         if isinstance(data, dict):  # a runbook passes '' for "not set"
             for key in ("debian_cluster", "runbook_exe", "restore_command", "archive_to", "backup_id", "cluster",
-                        "socket_dir", "fetch_dir", "tablespace_dir"):
+                        "socket_dir", "fetch_dir", "tablespace_dir", "bindir"):
                 if data.get(key) == "":
                     data = {**data, key: None}
             if isinstance(data.get("tablespaces"), str) and "{{" not in data["tablespaces"]:  # a template: later
@@ -100,6 +117,8 @@ class Args(BaseModel):
                 raise ValueError("tablespaces: an empty key (use the tablespace's OID, name or original location)")
             if not os.path.isabs(directory):
                 raise ValueError(f"tablespaces: the directory for {key!r} must be an absolute path, not {directory!r}")
+        if self.bindir is not None and not os.path.isabs(self.bindir):
+            raise ValueError(f"bindir must be an absolute path, not {self.bindir!r}")
         if self.tablespace_dir is not None and not os.path.isabs(self.tablespace_dir):
             raise ValueError(f"tablespace_dir must be an absolute path, not {self.tablespace_dir!r}")
         if self.target_kind in ("latest", "immediate"):

@@ -27,7 +27,7 @@ from typing import Any
 from runbook.lock import pid_alive
 from steps.events import Events
 from steps.fs import UnsafePath, read_plain_text
-from steps.pitr.args import Args, default_runbook_exe, parse_target_time
+from steps.pitr.args import Args, bindir, default_runbook_exe, parse_target_time
 from steps.pitr.errors import PitrError
 
 LAST_XACT_RE = re.compile(r"last completed transaction was at log time (.+?)\s*$", re.M)
@@ -171,14 +171,13 @@ def own_log(log: Path, pw: Any) -> None:
 
 def start_server(args: Args, pgdata: Path, log: Path) -> None:
     from steps.pg.server import as_server, server_user
-    from steps.pg.tools import PG_BIN
 
     if args.debian_cluster:
         cmd = ["pg_ctlcluster", args.pg_version, args.debian_cluster, "start"]
     else:
         own_log(log, server_user())
         # -w returns once the server accepts connections (consistent); the end of recovery is waited below.
-        cmd = as_server([os.path.join(PG_BIN, "pg_ctl"), "-D", str(pgdata), "-l", str(log), "-w",
+        cmd = as_server([os.path.join(bindir(args), "pg_ctl"), "-D", str(pgdata), "-l", str(log), "-w",
                          "-t", str(int(min(args.timeout_s, 3600))), "start"])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -194,11 +193,20 @@ def _recovery_failed(log_text: str, fallback: str) -> PitrError:
         redo = REDO_DONE_RE.findall(log_text)
         reached = (f"; the archive ends at LSN {redo[-1]}" if redo else "") + \
                   (f", last transaction at {last[-1]}" if last else "")
+        run_id = os.environ.get("RUNBOOK_RUN_ID")
+        how = (f"`runbook resume {run_id} --set target_kind=latest`, then retry this step (this attempt's data "
+               "directory is moved aside, not deleted)" if run_id else
+               "target_kind latest, into a new data directory")
+        best = (f"the best reachable point is the end of the WAL that could be replayed (LSN {redo[-1]}"
+                if redo else "the best reachable point is the end of the WAL that could be replayed (") + \
+               (f", last transaction at {_iso(last[-1])})" if last else ")")
         return PitrError(
-            f"target beyond the archived WAL: recovery ended before the target was reached{reached}",
-            hint="choose an earlier target (or 'latest'); if the WAL should be there, check archiving "
-                 "(`runbook check`, pg_stat_archiver on the old server) and copy any surviving pg_wal segments "
-                 "into the archive. This data directory is left as it is: start again into a new one")
+            f"target beyond the archived WAL: recovery ended before the target was reached{reached}: the WAL "
+            f"after it is missing (a gap in the archive, or archiving stopped); {best}",
+            hint=f"to recover up to that point (the data after it is lost): {how}; a time or LSN target needs a "
+                 "record past it to stop at, so target latest is how to stop at the end of the WAL. If the WAL "
+                 "should be there, check archiving (`runbook check`, pg_stat_archiver on the old server) and copy "
+                 "any surviving pg_wal segments into the archive")
     detail = "\n".join(fatal[-5:]) if fatal else log_text
     # restore_command's own reason (a wrong key, an altered or refused segment: wal-fetch exits 126, which the
     # server logs as "command not executable"), from the lines it wrote into the server log just before
@@ -268,14 +276,18 @@ def finish_recovery(args: Args, socket_dir: str) -> tuple[int, str | None]:
 
 def stop_immediately(args: Args, pgdata: Path) -> None:
     """Stop the restored server at once (`-m immediate`): `pg_ctl` as the server's user, or `pg_ctlcluster`."""
+    stop_server(args, pgdata, "immediate")
+
+
+def stop_server(args: Args, pgdata: Path, how: str = "fast") -> None:
+    """Stop the restored server (`-m fast` by default): `pg_ctl` as the server's user, or `pg_ctlcluster`."""
     from steps.pg.server import as_server
-    from steps.pg.tools import PG_BIN
 
     if not args.debian_cluster:
-        subprocess.run(as_server([os.path.join(PG_BIN, "pg_ctl"), "-D", str(pgdata), "-m", "immediate", "-w",
+        subprocess.run(as_server([os.path.join(bindir(args), "pg_ctl"), "-D", str(pgdata), "-m", how, "-w",
                                   "stop"]), capture_output=True)
     else:
-        subprocess.run(["pg_ctlcluster", args.pg_version, str(args.debian_cluster), "stop", "-m", "immediate"],
+        subprocess.run(["pg_ctlcluster", args.pg_version, str(args.debian_cluster), "stop", "-m", how],
                        capture_output=True)
 
 

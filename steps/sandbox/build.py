@@ -437,6 +437,7 @@ class Sandbox:
 
     def down(self) -> None:
         self._stop_recovered()
+        unmount_under(self.base)  # a game day's small file system (steps.sandbox.faults.disk)
         if (self.server.datadir / "PG_VERSION").exists():
             self.server.stop("immediate")
         remove_tree(self.base)
@@ -446,9 +447,15 @@ class Sandbox:
 
     def _stop_recovered(self) -> None:
         """A server recovered by an earlier drill listens on the same socket: stop it and remove it (every
-        `pgdata-pitr*` directory: an operator who started again into a new one, as the pitr step says to)."""
+        `pgdata-pitr*` directory: an operator who started again into a new one, as the pitr step says to, or an
+        earlier attempt moved aside); a recovery the operator pointed elsewhere in the sandbox (a game day:
+        another pgdata) is stopped too."""
         if not self.base.is_dir():
             return
+        for pid in [*self.base.glob("*/postmaster.pid"), *self.base.glob("*/*/postmaster.pid")]:
+            d = pid.parent
+            if d != self.server.datadir and not d.is_symlink() and (d / "PG_VERSION").exists():
+                Server(d, self.server.socket_dir).stop("immediate")
         for datadir in sorted(self.base.glob(f"{self.pitr_datadir.name}*")):
             if not datadir.is_dir() or datadir.is_symlink():
                 continue
@@ -629,6 +636,32 @@ class Sandbox:
         (self.base / name).write_text(json.dumps(facts, indent=2))
         (self.base / name.replace(".json", "-counts.json")).write_text(
             json.dumps({t: f["rows"] for t, f in facts.items()}, indent=2))
+
+
+def mounts_under(base: Path) -> list[Path]:
+    """The mount points inside `base` (/proc/self/mounts), deepest first."""
+    root = Path(os.path.realpath(base))
+    found: list[Path] = []
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 1:
+            point = Path(fields[1].replace("\\040", " "))
+            if point != root and root in point.parents:
+                found.append(point)
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def unmount_under(base: Path) -> None:
+    """Unmount every file system mounted inside `base` (a sandbox's), before its tree is removed."""
+    for point in mounts_under(base):
+        proc = subprocess.run(["umount", str(point)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RunbookError(f"cannot unmount {point} inside the sandbox: {proc.stderr.strip()}",
+                               hint=f"unmount it by hand (umount {point}), then run `runbook demo --down` again")
 
 
 def _now() -> str:

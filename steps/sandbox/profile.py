@@ -7,6 +7,7 @@ sandbox.profile.yaml` replays the drill.
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ def write_profile(sb: Any, runbook_path: Path, scenario: str, pitr: dict[str, An
             "target_kind": "time",
             "pgdata": str(sb.pitr_datadir),
             "stop_server": shlex.join(stop),
+            "pg_bindir": PG_BIN,
         })
     text = (
         "# Written by `runbook demo`: the sandbox's values for the runbook. Replay the drill with\n"
@@ -68,7 +70,32 @@ def write_profile(sb: Any, runbook_path: Path, scenario: str, pitr: dict[str, An
         path = place / "sandbox.profile.yaml"
         try:
             path.write_text(text)
-            return path
         except OSError:
             continue
+        info = sb.info()
+        info["profile"] = str(path)
+        sb.info_file.write_text(json.dumps(info, indent=2))
+        return path
     raise RunbookError("cannot write the sandbox profile beside the runbook nor in the sandbox")
+
+
+def set_params(sb: Any, **params: Any) -> dict[str, Any]:
+    """Change params of the profile `write_profile` wrote for this sandbox (a game-day fault: what the operator is
+    given); returns the values they had. Refused when the file there is not this sandbox's profile."""
+    import yaml
+
+    path = Path(str(sb.info().get("profile", "")))
+    try:
+        text = path.read_text() if path.is_file() and not path.is_symlink() else ""
+        header, _, _ = text.partition("version:")
+        data = yaml.safe_load(text) if text else None
+    except (OSError, yaml.YAMLError):
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("params"), dict) or \
+            data["params"].get("repository") != str(sb.config):
+        raise RunbookError(f"no profile of the sandbox {sb.base} to change ({path})",
+                           hint="the sandbox's profile is written by `runbook demo`")
+    before = {k: data["params"].get(k) for k in params}
+    data["params"].update(params)
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return before

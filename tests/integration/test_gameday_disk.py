@@ -1,0 +1,73 @@
+"""Game day `disk-too-small` (scenario pitr, as root): the new data directory is put on a tmpfs a quarter of the
+cluster's size. The space check names it before anything is restored; handled, the operator points pgdata at a file
+system with room and finishes; not handled, the check is skipped and pitr refuses the same. `demo --down` unmounts
+the small file system."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from runbook.errors import Exit
+from steps.sandbox.build import DB, mounts_under
+from steps.sandbox.faults import registry
+from steps.sandbox.faults._pitr_common import at, first
+from steps.sandbox.faults.record import for_run
+from tests.conftest import run_cli
+from tests.support.gameday_pitr import PitrGame, left_open, pitr_game
+from tests.support.operator import assert_no_leak, fault_words
+from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv
+
+FAULT = registry()["disk-too-small"]
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="disk-too-small mounts a tmpfs: root only")
+
+
+@pytest.fixture
+def game(server_runbook: str) -> Iterator[PitrGame]:  # noqa: F811
+    with pitr_game(server_runbook, "disk") as g:
+        yield g
+
+
+def test_handled_the_recovery_is_pointed_at_a_file_system_with_room(game: PitrGame) -> None:
+    elsewhere = game.sb.base / "pgdata-roomy"
+    play = game.demo(FAULT.name, answers={"provision-pitr": [{"set": {"pgdata": str(elsewhere)}}]})
+    assert left_open(play), play.output[-5000:]
+    gd = for_run(game.sb.base, play.run_id)
+    assert gd is not None
+    facts = gd.injected[0]["facts"]
+    assert [str(p) for p in mounts_under(game.sb.base)] == [facts["mount"]]
+    events = play.events()
+    short = first(events, "step-check", step="provision-pitr", name="free space for the recovery", statuses=("failed",))
+    assert short is not None and "MB free" in short["hint"] and "needed" in short["hint"]
+    assert "not enough space for the recovery" in play.stdout
+    assert not first(events, "step-started", step="pitr") and not os.listdir(facts["mount"])  # nothing restored
+    again = game.op.resume(play.run_id, sets=play.sets_asked(), answers={"provision-pitr": ["retry"],
+                                                                          "pitr": ["confirm"]})
+    assert again.code == 0, again.output[-5000:]
+    events = again.events()
+    assert again.status() == "completed" and (elsewhere / "PG_VERSION").exists()
+    assert int(game.sb.server.psql("select count(*) from maintenance_records", db=DB)) > 0
+    assert FAULT.evidence_event is not None and FAULT.handled is not None
+    shown = FAULT.evidence_event(events)
+    retried = first(events, "retry-requested", step="provision-pitr")
+    assert shown is not None and retried is not None and shown == at(short) < at(retried)
+    assert FAULT.handled(events)
+    assert_no_leak([play, again], fault_words(FAULT))
+    down = run_cli("demo", "--down", "--dir", str(game.sb.base), "--state-dir", str(game.state), timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not game.sb.base.exists() and not mounts_under(game.sb.base.parent)
+
+
+def test_not_handled_the_check_is_skipped_and_pitr_refuses_the_same(game: PitrGame) -> None:
+    play = game.demo(FAULT.name, answers={"provision-pitr": [{"skip": "disks are always big enough"}]})
+    assert play.code == Exit.RUN_FAILED, play.output[-5000:]
+    events = play.events()
+    refused = first(events, "step-check", step="pitr", name="free space for the recovery", statuses=("failed",))
+    assert refused is not None
+    gd = for_run(game.sb.base, play.run_id)
+    assert gd is not None and not os.listdir(gd.injected[0]["facts"]["mount"])  # nothing restored
+    assert FAULT.evidence_event is not None and FAULT.handled is not None
+    assert FAULT.evidence_event(events) is not None and not FAULT.handled(events)
+    assert_no_leak([play], fault_words(FAULT))

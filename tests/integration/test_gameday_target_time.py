@@ -1,0 +1,82 @@
+"""Game day `wrong-target-time` (scenario pitr): the target time the operator is given is after the wrong DROP.
+The recovery "succeeds" and the verify step's expected-tables check catches the missing table, naming the recovery
+point. Handled: the operator finds the right moment (the demo's account of the disaster) and recovers again in the
+same run (`resume --redo-from pitr --set target_time=...`), the first attempt moved aside. Not handled: the failed
+check is skipped and the run completes without the table."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from steps.sandbox.build import DB
+from steps.sandbox.faults import registry
+from steps.sandbox.faults._pitr_common import at, first
+from steps.sandbox.faults.record import for_run
+from tests.support.gameday_pitr import PitrGame, left_open, pitr_game
+from tests.support.operator import assert_no_leak, fault_words
+from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv
+
+FAULT = registry()["wrong-target-time"]
+BEFORE = re.compile(r"the moment just before it: (\S+)")
+
+
+@pytest.fixture
+def game(server_runbook: str) -> Iterator[PitrGame]:  # noqa: F811
+    with pitr_game(server_runbook, "target") as g:
+        yield g
+
+
+def _has_table(game: PitrGame) -> bool:
+    return game.sb.server.psql("select count(*) from pg_tables where tablename = 'maintenance_records'", db=DB) == "1"
+
+
+def test_handled_the_recovery_is_redone_to_the_moment_before_the_drop(game: PitrGame) -> None:
+    play = game.demo(FAULT.name, answers={"verify-pitr": ["stop"]})
+    assert left_open(play), play.output[-5000:]
+    gd = for_run(game.sb.base, play.run_id)
+    assert gd is not None
+    facts = gd.injected[0]["facts"]
+    events = play.events()
+    assert first(events, "step-finished", step="pitr", statuses=("succeeded",)) is not None  # it "succeeded"
+    missing = first(events, "step-check", step="verify-pitr", name="table maintenance_records exists",
+                    statuses=("failed",))
+    assert missing is not None and "missing at the recovery point" in missing["hint"]
+    assert "--redo-from pitr --set target_time=" in missing["hint"]
+    assert not _has_table(game)
+    right = BEFORE.findall(play.stdout)[-1]  # the demo's account of the disaster: what the operator reads
+    assert right == facts["right_target_time"] != facts["target_time_given"]
+
+    again = game.op.resume(play.run_id, sets={"target_time": right}, answers={"pitr": ["confirm"]},
+                           extra=["--redo-from", "pitr"])
+    assert again.code == 0, again.output[-5000:]
+    events = again.events()
+    assert again.status() == "completed"
+    assert _has_table(game) and int(game.sb.server.psql("select count(*) from maintenance_records", db=DB)) > 0
+    moved = first(events, "step-check", step="pitr", name="earlier attempt moved aside")
+    assert moved is not None
+    aside = [p for p in game.sb.base.iterdir() if p.name.startswith(f"{game.sb.pitr_datadir.name}.attempt-")
+             and p.is_dir()]
+    assert len(aside) == 1 and (aside[0] / "PG_VERSION").exists()  # kept, not deleted
+    reopened = first(events, "steps-reopened")
+    assert reopened is not None and reopened["steps"][:2] == ["pitr", "verify-pitr"]
+    points = [e["value"] for e in events if e.get("type") == "step-output" and e.get("step") == "pitr"
+              and e.get("name") == "recovery_point"]
+    assert len(points) == 2 and points[1] <= right < points[0]
+    assert FAULT.evidence_event is not None and FAULT.handled is not None
+    shown = FAULT.evidence_event(events)
+    assert shown is not None and shown == at(missing) < at(reopened)
+    assert FAULT.handled(events)
+    assert_no_leak([play, again], fault_words(FAULT))
+
+
+def test_not_handled_the_failed_check_is_skipped_and_the_table_stays_lost(game: PitrGame) -> None:
+    play = game.demo(FAULT.name, answers={"verify-pitr": [{"skip": "the recovery said it succeeded"}]})
+    assert play.code == 0, play.output[-5000:]
+    events = play.events()
+    assert not _has_table(game)
+    assert FAULT.evidence_event is not None and FAULT.handled is not None
+    assert FAULT.evidence_event(events) is not None and not FAULT.handled(events)
+    assert_no_leak([play], fault_words(FAULT))

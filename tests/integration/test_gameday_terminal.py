@@ -1,0 +1,93 @@
+"""Game day `terminal-dies` (scenario pitr): SIGHUP reaches the demo's process (the front end driving the run) a
+second into the pitr step. The step goes on under its supervisor and records its result; handled, the operator
+re-attaches with `runbook resume RUN_ID` and finishes, the step never run twice; not handled, the run stays open."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from runbook.executor import StepProcess
+from runbook.state import load_state, step_dir
+from steps.sandbox.build import DB
+from steps.sandbox.faults import registry
+from steps.sandbox.faults._pitr_common import first
+from tests.conftest import run_cli
+from tests.support.gameday_pitr import PitrGame, pitr_game
+from tests.support.operator import Play, assert_no_leak, fault_words
+from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv
+
+FAULT = registry()["terminal-dies"]
+
+
+@pytest.fixture
+def game(server_runbook: str) -> Iterator[PitrGame]:  # noqa: F811
+    with pitr_game(server_runbook, "hangup") as g:
+        yield g
+
+
+def _hung_up(game: PitrGame) -> Play:
+    play = game.demo(FAULT.name)
+    assert play.code == -signal.SIGHUP, play.output[-5000:]  # the front end died mid-restore
+    assert play.run_id is not None
+    assert "pitr: starting the restored server" in play.stdout or "fetching the base backup" in play.stdout
+    return play
+
+
+def _wait_for_the_step(game: PitrGame, run_id: str, timeout: float = 300) -> str:
+    """The pitr step, left to its supervisor: its state once it stops running."""
+    st = load_state(game.state, run_id)
+    proc = StepProcess.attach(step_dir(game.state / "runs" / run_id, "pitr", st.steps["pitr"].attempt))
+    deadline = time.monotonic() + timeout
+    while (state := proc.state()) == "running" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return state
+
+
+def test_handled_the_operator_re_attaches_and_finishes(game: PitrGame) -> None:
+    play = _hung_up(game)
+    st = load_state(game.state, play.run_id)
+    assert st.status == "open" and st.steps["pitr"].status.value == "running"
+    again = game.op.resume(play.run_id)
+    assert again.code == 0, again.output[-5000:]
+    events = again.events()
+    assert again.status() == "completed"
+    assert [e["attempt"] for e in events if e.get("type") == "step-started" and e.get("step") == "pitr"] == [1]
+    assert "still running" in again.stdout or "ended while nobody watched" in again.stdout
+    assert int(game.sb.server.psql("select count(*) from maintenance_records", db=DB)) > 0
+    assert FAULT.evidence_event is not None and FAULT.handled is not None
+    assert FAULT.evidence_event(events) is not None and FAULT.handled(events)
+    assert first(events, "run-resumed") is not None
+    assert_no_leak([play, again], fault_words(FAULT))
+
+
+def test_not_handled_the_step_ends_under_its_supervisor_and_the_run_stays_open(game: PitrGame) -> None:
+    play = _hung_up(game)
+    assert _wait_for_the_step(game, play.run_id) == "finished"  # it went on, and its outcome was recorded
+    assert (game.sb.pitr_datadir / "PG_VERSION").exists()
+    runs = run_cli("runs", "--json", "--state-dir", str(game.state))
+    (row,) = [r for r in json.loads(runs.stdout) if r.get("run_id") == play.run_id]
+    assert row["status"] == "open"
+    events = play.events()
+    assert FAULT.evidence_event is not None and FAULT.handled is not None
+    assert FAULT.evidence_event(events) is None and not FAULT.handled(events)
+    assert_no_leak([play], fault_words(FAULT))
+
+
+def test_handled_in_scenario_1_the_restore_is_re_attached_and_finished(game: PitrGame) -> None:
+    play = game.demo(FAULT.name, scenario="restore-latest")
+    assert play.code == -signal.SIGHUP, play.output[-5000:]
+    assert play.run_id is not None and first(play.events(), "step-started", step="restore") is not None
+    assert not first(play.events(), "step-finished", step="restore")  # the front end died before it ended
+    again = game.op.resume(play.run_id)
+    assert again.code == 0, again.output[-5000:]
+    events = again.events()
+    assert [e["attempt"] for e in events if e.get("type") == "step-started" and e.get("step") == "restore"] == [1]
+    assert FAULT.evidence_event is not None and FAULT.handled is not None
+    assert FAULT.evidence_event(events) is not None and FAULT.handled(events)
+    assert int(game.sb.server.psql("select count(*) from assets", db=DB)) > 0
+    assert_no_leak([play, again], fault_words(FAULT))
