@@ -160,6 +160,10 @@ def _check_engine(args: argparse.Namespace) -> None:
         raise UsageError("--encrypt is the product's own repository encryption; with --engine pgbackrest the "
                          "physical side is pgBackRest's (its repo1-cipher-type), not the sandbox's",
                          hint="drop --encrypt, or use --engine own")
+    if args.fault:
+        raise UsageError("game-day faults are played on the product's own engine: they damage the sandbox's own "
+                         "archive and backups, not pgBackRest's repository",
+                         hint="drop --engine pgbackrest for a game day (--engine own, the default)")
     if shutil.which("pgbackrest") is None:
         raise UsageError("--engine pgbackrest: pgbackrest is not installed on this machine",
                          hint="apt-get install pgbackrest (Debian's package; scripts/setup.sh installs it)")

@@ -134,6 +134,41 @@ def refuse_early(args: Args, s: Any, st: Any, pgdata: Path, cfg: Any = None) -> 
                             hint="choose a moment that has passed (or 'latest')")
 
 
+def precheck(args: Args, st: Any, b: PhysicalBackup, pgdata: Path, events: Events) -> None:
+    """The own engine's checks before anything is restored (steps.pitr.precheck), on pgBackRest's facts: the
+    replacement server's binaries are the stanza's major version, and the data directory's file system has room
+    for the cluster and the WAL replayed (pgBackRest restores straight into it: nothing is fetched beside it)."""
+    import shutil
+
+    from steps.pitr.args import bindir
+    from steps.pitr.precheck import WAL_MARGIN_SEGMENTS, _existing, binary_version
+
+    where = bindir(args)
+    if st.pg_version:
+        want = int(str(st.pg_version).split(".")[0])
+        for name in ("postgres", "pg_ctl"):
+            text, major = binary_version(os.path.join(where, name))
+            if major != want:
+                events.check("server major version", "failed", f"{name} in {where} is PostgreSQL {text}; stanza "
+                             f"{st.name} is PostgreSQL {st.pg_version}")
+                raise PitrError(f"major version mismatch: the replacement server's {name} ({where}) is PostgreSQL "
+                                f"{text}, the pgBackRest backup {b.label} is of PostgreSQL {st.pg_version}: a base "
+                                f"backup is started and replayed only by PostgreSQL {want}; nothing was restored",
+                                hint=f"install PostgreSQL {want} on the replacement server and set `bindir` to its "
+                                     f"binaries (e.g. /usr/lib/postgresql/{want}/bin)")
+        events.check("server major version", "ok", f"binaries in {where} are PostgreSQL {want}, as the backup")
+    data_at = _existing(pgdata)
+    need = b.size_bytes + WAL_MARGIN_SEGMENTS * 16 * 1024 * 1024
+    free = shutil.disk_usage(data_at).free
+    detail = (f"{free / 1e6:.1f} MB free on the file system of {pgdata} ({data_at}); about {need / 1e6:.1f} MB "
+              f"needed: the cluster ({b.size_bytes / 1e6:.1f} MB) and {WAL_MARGIN_SEGMENTS} WAL segments")
+    if free < need and not args.delta:
+        events.check("free space for the recovery", "failed", detail)
+        raise PitrError(f"not enough space for the recovery: {detail}; nothing was restored",
+                        hint="point `pgdata` at a file system with room (a new, empty directory), or make room there")
+    events.check("free space for the recovery", "ok", detail)
+
+
 def target_options(args: Args) -> list[str]:
     """--type/--target/--target-exclusive for the target kind."""
     if args.target_kind == "latest":
@@ -180,6 +215,13 @@ def pitr(args: Args, cfg: Any, config_path: Path, events: Events) -> int:
     print(f"pitr: pgBackRest backup {b.label} ({b.kind}, stanza {s.stanza}, cluster {b.system_identifier}, ended "
           f"{b.stopped_at.isoformat()})", flush=True)
     refuse_early(args, s, st, pgdata, cfg)
+    precheck(args, st, b, pgdata, events)
+    if args.check_only:
+        events.check("recovery can go ahead", "ok", f"pgBackRest backup {b.label}, target {args.target_kind} "
+                     f"{args.target}".rstrip() + f", into {pgdata}: nothing was changed (check_only)")
+        print(f"pitr: checks passed; nothing was changed (check_only): pgBackRest backup {b.label} into {pgdata}",
+              flush=True)
+        return 0
     if args.restore_command:
         events.check("restore_command", "warning", "restore_command is ignored with engine pgbackrest: pgBackRest's "
                      "archive-get reads the archive")

@@ -78,3 +78,7 @@ def test_engine_pgbackrest_without_pgbackrest_installed_says_how_to_install_it(t
     r = run_cli("demo", "--headless", "--yes", "--scenario", "restore-latest", "--engine", "pgbackrest", "--dir",
                 str(tmp_path / "sb"), "--state-dir", str(tmp_path / "state"))
     assert r.returncode == 3 and "--engine pgbackrest is for --scenario pitr" in r.stderr
+    r = run_cli("demo", "--headless", "--yes", "--scenario", "pitr", "--engine", "pgbackrest", "--fault", "wal-gap",
+                "--dir", str(tmp_path / "sb"), "--state-dir", str(tmp_path / "state"))
+    assert r.returncode == 3 and "game-day faults are played on the product's own engine" in r.stderr, r.stderr
+    assert not (tmp_path / "sb").exists()
