@@ -461,3 +461,85 @@ def debrief_markdown(d: Debrief) -> list[str]:
     for line in debrief_lines(d):
         out.append(f"| {line.label} | {_cell(line.text)} |")
     return out
+
+
+# ---- progress over time: each person's game days (runbook runs --game-days) ----------------------------
+
+
+@dataclass(frozen=True)
+class Played:
+    """One game day of one person, with its score when its run ended."""
+
+    game_id: str
+    run_id: str | None
+    created_at: datetime
+    scenario: str
+    faults: list[str]
+    seed: int
+    status: str  # the run's (completed | failed | aborted | open), else: no run | journal missing | unreadable
+    score: int | None
+    problem: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.status in CLOSED
+
+
+@dataclass(frozen=True)
+class Person:
+    operator: str
+    played: list[Played]  # oldest first
+    last_at: datetime | None  # the newest game day that ended (None: none ended)
+    age_days: float | None
+    stale: bool  # no game day ended within STALE_GAME_DAY
+
+    def by_fault(self) -> dict[str, list[Played]]:
+        out: dict[str, list[Played]] = {}
+        for p in self.played:
+            for f in p.faults:
+                out.setdefault(f, []).append(p)
+        return dict(sorted(out.items()))
+
+
+@dataclass(frozen=True)
+class Progress:
+    people: list[Person]
+    unpractised: list[str]  # registered faults no game day that ended has played
+    registered: list[str]
+
+
+def progress(games: list[GameDay], runs: list[Any], fault_names: list[str], state_dir: Path,
+             now: datetime) -> Progress:
+    """Who practised which fault, with which score, and who has not lately; `runs` as `list_runs` gives them."""
+    by_id = {r.run_id: r for r in runs if isinstance(r, RunState)}
+    unreadable = {r[0]: r[1] for r in runs if not isinstance(r, RunState)}
+    people: dict[str, list[Played]] = {}
+    for g in games:
+        try:
+            created = parse_iso(g.created_at)
+        except ValueError:
+            continue
+        status, score, problem = "no run", None, None
+        st = by_id.get(g.run_id) if g.run_id else None
+        if g.run_id and st is None:
+            status = "unreadable" if g.run_id in unreadable else "journal missing"
+            problem = unreadable.get(g.run_id)
+        elif st is not None:
+            status = st.status
+            try:
+                d = load_debrief(state_dir, st, now, ledger=games, runs=runs)
+            except RunbookError as e:
+                problem = e.message
+            else:
+                score = d.score if d is not None else None
+        people.setdefault(g.operator, []).append(
+            Played(g.game_id, g.run_id, created, g.scenario, list(g.faults), g.seed, status, score, problem))
+    out: list[Person] = []
+    for who, played in sorted(people.items()):
+        played.sort(key=lambda p: p.created_at)
+        ended = [p for p in played if p.ended]
+        last = ended[-1].created_at if ended else None
+        age = max(0.0, (now - last).total_seconds() / 86400) if last else None
+        out.append(Person(who, played, last, age, stale=last is None or now - last > STALE_GAME_DAY))
+    practised = {f for person in out for p in person.played if p.ended for f in p.faults}
+    return Progress(out, [f for f in sorted(fault_names) if f not in practised], sorted(fault_names))
