@@ -76,12 +76,13 @@ def cmd_game_days(args: argparse.Namespace) -> int:
         last = f"last game day {p.last_at:%Y-%m-%d} ({_age(p.age_days)})" if p.last_at else "no game day finished"
         flag = f"  STALE: none in {STALE_GAME_DAY.days} days" if p.stale else ""
         print(f"{p.operator}: {len(p.played)} game day{'s' if len(p.played) != 1 else ''}, {last}{flag}")
-        print(f"  {'FAULT':28} {'PLAYED':16} {'SCORE':6} RUN")
+        print(f"  {'FAULT':28} {'PLAYED':16} {'SCORE':5} RUN")
         for fault, played in p.by_fault().items():
             for g in played:
-                score = f"{g.score}" if g.score is not None else g.status
+                score = f"{g.score}" if g.score is not None else "—"
                 name = fault if len(fault) <= 28 else fault[:27] + "…"
-                print(f"  {name:28} {g.created_at:%Y-%m-%d %H:%M} {score:6} {g.run_id or '-'}")
+                run = (g.run_id or "no run") + ("" if g.score is not None or not g.run_id else f" ({g.status})")
+                print(f"  {name:28} {g.created_at:%Y-%m-%d %H:%M} {score:5} {run}")
     if prog.unpractised:
         print(f"\nFaults nobody has practised: {', '.join(prog.unpractised)}")
     elif prog.registered:
