@@ -47,6 +47,9 @@ def register(sub: Any) -> None:
                         "DROP TABLE undone by point-in-time recovery (scenario 2) (default: restore-latest)")
     d.add_argument("--headless", action="store_true", help="the console front end instead of the TUI")
     d.add_argument("--yes", action="store_true", help="unattended: confirm every step with the sandbox's values")
+    d.add_argument("--answers", metavar="FILE", help="headless: scripted answers per step (YAML: step id -> list of "
+                   "confirm, retry, {skip: REASON}, {type: TEXT}, {set: {K: V}}, stop, ...); a step with none "
+                   "left falls back to --yes (docs/commands.md)")
     d.add_argument("--encrypt", action="store_true",
                    help="encrypt the sandbox's repository with age (docs/encryption.md): an operator key is made "
                         "beside the sandbox (kept across rebuilds, removed by --down), every backup and WAL segment "
@@ -115,6 +118,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rb = load_runbook(runbook_path)  # a broken runbook fails before the sandbox is touched
     if args.scenario not in rb.scenarios:
         raise UsageError(f"scenario {args.scenario!r} is not in {runbook_path}: {', '.join(rb.scenarios)}")
+    from runbook.cli.runs import answers_of
+
+    args.scripted = answers_of(args, runbook_path)  # a bad answers file fails before the sandbox is touched
     if args.fault:
         from steps.sandbox.faults import choose
 
@@ -309,7 +315,7 @@ def _recover(args: argparse.Namespace, sb: Any, rb: Any, runbook_path: Path, pro
         game.opened(engine.run_id)
         _phase(game, "during-run")
     confirms = {s.id: v for s in engine.steps if (v := engine.typed_expected(s)) is not None} if args.yes else {}
-    code = run_headless(engine, HeadlessOptions(yes=args.yes, confirms=confirms))
+    code = run_headless(engine, HeadlessOptions(yes=args.yes, confirms=confirms, answers=args.scripted))
     c = engine.clock_status()
     from runbook.durations import format_duration
 

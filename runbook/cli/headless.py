@@ -2,6 +2,8 @@
 
 `--yes` confirms every step except typed ones (those need `--confirm STEP=VALUE`; in rehearsal, where
 nothing runs, `--yes` passes them too, journaled as such). Without `--yes` the operator answers prompts.
+`--answers FILE` (runbook.cli.answers) scripts the answers step by step; a step with none left falls back to
+`--yes`, else to the prompt.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -20,6 +23,9 @@ from runbook.durations import format_duration
 from runbook.engine import ConfirmRefused, Engine
 from runbook.errors import Exit, RunbookError
 from runbook.events import StepStatus, Wait
+
+if TYPE_CHECKING:
+    from runbook.cli.answers import Answer
 
 GONE = "\0gone"  # what `_ask` answers when the run left this session while it waited
 
@@ -34,6 +40,7 @@ class HeadlessOptions:
     confirms: dict[str, str] = field(default_factory=dict)  # step id -> typed value
     rerun_interrupted: bool = False
     quiet_output: bool = False
+    answers: dict[str, list[Answer]] = field(default_factory=dict)  # step id -> scripted answers, used in order
 
 
 STATUS_STYLE = {
@@ -175,10 +182,68 @@ class Headless:
             self.out.print(f"  nobody else on call: stop here (Ctrl-C), then run "
                            f"[bold]{escape(alone_command(eng.run_id, eng.ctx.state_dir))}[/] (journaled)")
             return
+        if self.opts.answers.get(w.step_id) and await self._decide_answers(w):
+            return
         if self.opts.yes:
             await self._decide_yes(w, rehearsal)
         else:
             await self._decide_prompt(w)
+
+    async def _decide_answers(self, w: ev.Waiting) -> bool:
+        """The step's next scripted answers (--answers), until one decides the wait: True; False when none is
+        left (the caller falls back to --yes or the prompt)."""
+        eng = self.engine
+        queue = self.opts.answers[w.step_id]
+        while queue:
+            a = queue.pop(0)
+            self.out.print(f"  [bold cyan]answer[/] [dim](--answers)[/]: {escape(a.describe())}"
+                           + (f" {escape(a.text)!r}" if a.text and a.kind in ("type", "value") else ""))
+            if a.kind == "wait":
+                await asyncio.sleep(a.seconds)
+                continue
+            if a.kind == "note":
+                await eng.note(a.text)
+                continue
+            if a.kind == "stop":
+                await eng.detach("the operator stopped (--answers)")
+                return True
+            if a.kind == "set":
+                sets = " ".join(f"--set {k}={v}" for k, v in a.sets.items())
+                self.out.print(f"  [bold]the operator leaves the run open to change parameters: resume it with {sets}[/]")
+                await eng.detach(f"the operator stopped to change parameters ({', '.join(a.sets)}) (--answers)")
+                return True
+            if a.kind == "abort":
+                await eng.abort(a.text)
+                return True
+            if a.kind == "skip":
+                await eng.skip(w.step_id, a.text)
+                return True
+            fits = {
+                "confirm": Wait.confirm, "type": Wait.confirm, "ack": Wait.ack, "retry": Wait.failed,
+                "rerun": Wait.interrupted, "done": Wait.interrupted, "value": Wait.value,
+            }
+            if fits.get(a.kind) != w.wait:
+                await eng.detach(f"--answers: {a.describe()} is not an answer to step {w.step_id}, which waits for "
+                                 f"{w.wait.value}")
+                return True
+            if a.kind in ("confirm", "type"):
+                typed = a.text if a.kind == "type" else w.typed_expected
+                try:
+                    await eng.confirm(w.step_id, typed=typed, how="--answers")
+                except ConfirmRefused:
+                    continue  # refused and journaled, as at the prompt: the next answer
+            elif a.kind == "ack":
+                await eng.ack(w.step_id, how="--answers")
+            elif a.kind == "retry":
+                await eng.retry(w.step_id)
+            elif a.kind == "rerun":
+                await eng.rerun(w.step_id)
+            elif a.kind == "done":
+                await eng.mark_done(w.step_id, a.text)
+            elif a.kind == "value":
+                await eng.provide_value(w.step_id, a.text)
+            return True
+        return False
 
     async def _decide_yes(self, w: ev.Waiting, rehearsal: bool) -> None:
         eng = self.engine

@@ -34,6 +34,8 @@ def register(sub: Any) -> None:
         q.add_argument("--yes", action="store_true", help="confirm every step except typed ones")
         q.add_argument("--confirm", action="append", metavar="STEP=VALUE", help="typed confirmation for a step")
         q.add_argument("--set", action="append", metavar="K=V", help="a parameter value")
+        q.add_argument("--answers", metavar="FILE", help="headless: scripted answers per step (YAML: step id -> list "
+                       "of confirm, retry, {skip: REASON}, {type: TEXT}, stop, ...; docs/commands.md)")
         q.add_argument("--break-lock", action="store_true", help="take the run lock over from its holder")
         q.add_argument("--approver-policy", choices=["none", "other"],
                        help="the two-person rule for this run: none (automation: no step waits for another "
@@ -113,15 +115,29 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _headless_opts(args: argparse.Namespace) -> object:
+def _headless_opts(args: argparse.Namespace, answers: dict[str, Any]) -> object:
     from runbook.cli.headless import HeadlessOptions
 
     return HeadlessOptions(
-        yes=args.yes, confirms=_parse_confirms(args.confirm or []), rerun_interrupted=getattr(args, "rerun_interrupted", False)
+        yes=args.yes, confirms=_parse_confirms(args.confirm or []), rerun_interrupted=getattr(args, "rerun_interrupted", False),
+        answers=answers,
     )
 
 
-def _drive(engine: object, args: argparse.Namespace) -> int:
+def answers_of(args: argparse.Namespace, runbook_file: Path) -> dict[str, Any]:
+    """The `--answers FILE` of a headless run, checked against the steps of `runbook_file` before the run opens
+    (none: {})."""
+    if not getattr(args, "answers", None):
+        return {}
+    if not args.headless:
+        raise UsageError("--answers scripts the console front end: add --headless")
+    from runbook.cli.answers import load_answers
+    from runbook.loader import load_runbook
+
+    return load_answers(Path(args.answers), [s.id for s in load_runbook(runbook_file).steps])
+
+
+def _drive(engine: object, args: argparse.Namespace, answers: dict[str, Any] | None = None) -> int:
     """Resume: the engine exists already; the TUI or the console drives it."""
     if not args.headless:
         from runbook.tui.app import run_engine
@@ -129,7 +145,7 @@ def _drive(engine: object, args: argparse.Namespace) -> int:
         return run_engine(engine, state_dir(args))  # type: ignore[arg-type]
     from runbook.cli.headless import run_headless
 
-    return run_headless(engine, _headless_opts(args))  # type: ignore[arg-type]
+    return run_headless(engine, _headless_opts(args, answers or {}))  # type: ignore[arg-type]
 
 
 def _confirm_break_lock(args: argparse.Namespace) -> None:
@@ -156,9 +172,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         data_lost_at=args.data_lost_at, break_lock=args.break_lock, approver_policy=args.approver_policy,
     )
     if not args.headless:
+        answers_of(args, opts.runbook_path)  # refused: --answers without --headless
         return _run_tui(opts, args)
+    answers = answers_of(args, opts.runbook_path)
     engine = open_new_run(opts, Clock(), state_dir=state_dir(args))
-    return _drive(engine, args)
+    return _drive(engine, args, answers)
 
 
 def _run_tui(opts: RunOptions, args: argparse.Namespace) -> int:
@@ -178,14 +196,16 @@ def _run_tui(opts: RunOptions, args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from runbook.params import parse_set
     from runbook.session import open_resume
+    from runbook.state import run_dir
 
     require_terminal(args, "resume")
     _confirm_break_lock(args)
+    answers = answers_of(args, run_dir(state_dir(args), args.run_id) / "runbook.yaml")  # the run's own copy
     engine = open_resume(
         args.run_id, Clock(), state_dir=state_dir(args), sets=parse_set(args.set or []), break_lock=args.break_lock,
         approver_policy=args.approver_policy,
     )
-    return _drive(engine, args)
+    return _drive(engine, args, answers)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

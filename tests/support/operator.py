@@ -1,0 +1,168 @@
+"""A scripted operator for unattended drills and game days.
+
+It plays `runbook demo --headless` (or `runbook run`/`resume --headless`) as a real child process, with per-step
+answers (`--answers FILE`, runbook.cli.answers): confirm, skip, retry, type a typed confirmation (rightly or
+wrongly), stop, or stop to change a parameter and resume with `--set`. Each play records what the run printed,
+and reads what it journaled and what its report says: everything the operator is shown before the debrief
+(`Play.operator_view`), which a game-day test searches for anything of the injected fault (`assert_no_leak`).
+
+    op = ScriptedOperator(state_dir)
+    play = op.demo(runbook, sandbox_dir, faults=["corrupt-newest-backup"], seed=7,
+                   answers={"fetch": ["confirm", {"set": {"backup_id": "..."}}]})
+    if play.sets_asked():
+        play = op.resume(play.run_id, answers={"fetch": ["retry"]}, sets=play.sets_asked())
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runbook.journal import read_journal
+from tests.conftest import run_cli
+
+RUN_ID = re.compile(r"· run (\d{8}T\d{6}Z-[a-z0-9-]+-[0-9a-f]{4})\b")
+SETS = re.compile(r"resume it with ((?:--set \S+=\S*\s?)+)")
+Answers = dict[str, list[Any]]
+
+
+@dataclass
+class Play:
+    """One child process of the drill: its exit code and output, and the run it drove."""
+
+    code: int
+    stdout: str
+    stderr: str
+    run_id: str | None
+    state_dir: Path
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def events(self) -> list[dict[str, Any]]:
+        if self.run_id is None:
+            return []
+        return read_journal(self.state_dir / "runs" / self.run_id / "journal.jsonl").events
+
+    def of_type(self, kind: str, step: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.events() if e.get("type") == kind and (step is None or e.get("step") == step)]
+
+    def outputs(self, step: str) -> dict[str, Any]:
+        """The step's outputs, the last value of each."""
+        return {e["name"]: e["value"] for e in self.of_type("step-output", step)}
+
+    def status(self) -> str | None:
+        from runbook.state import load_state
+
+        return load_state(self.state_dir, self.run_id).status if self.run_id else None
+
+    def report(self, fmt: str = "md") -> str:
+        if self.run_id is None:
+            return ""
+        r = run_cli("report", self.run_id, "--format", fmt, "--state-dir", str(self.state_dir), timeout=120)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    def sets_asked(self) -> dict[str, str]:
+        """The parameters the operator stopped to change (an answer `{set: {K: V}}`), as printed."""
+        found = list(SETS.finditer(self.stdout))
+        if not found:
+            return {}
+        m = found[-1]
+        out = {}
+        for item in m.group(1).split("--set")[1:]:
+            key, _, value = item.strip().partition("=")
+            out[key] = value
+        return out
+
+    def operator_view(self) -> str:
+        """Everything the operator is shown before the debrief: what was printed, the run's journal, its report."""
+        journal = ""
+        if self.run_id is not None:
+            journal = (self.state_dir / "runs" / self.run_id / "journal.jsonl").read_text()
+        return "\n".join((self.stdout, self.stderr, journal, self.report() if self.run_id else ""))
+
+
+def assert_no_leak(plays: Iterable[Play], words: Iterable[str]) -> None:
+    """Nothing of the fault (its name, its title, the words of its story) in what any play showed the operator."""
+    views = [p.operator_view() for p in plays]
+    for w in words:
+        for v in views:
+            assert w.lower() not in v.lower(), f"{w!r} leaked to the operator before the debrief"
+
+
+def fault_words(fault: Any) -> list[str]:
+    """What would name a fault: its name (and with spaces), its title."""
+    return [fault.name, fault.name.replace("-", " "), fault.title]
+
+
+class ScriptedOperator:
+    def __init__(self, state_dir: Path, *, env: dict[str, str] | None = None, timeout: float = 600) -> None:
+        self.state_dir = state_dir
+        self.env = env or {}
+        self.timeout = timeout
+
+    def _answers_file(self, answers: Answers | None) -> list[str]:
+        if not answers:
+            return []
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.state_dir.parent / f"answers-{secrets.token_hex(3)}.yaml"
+        path.write_text(yaml.safe_dump(answers, sort_keys=False))
+        return ["--answers", str(path)]
+
+    def _play(self, argv: list[str], run_id: str | None = None) -> Play:
+        r = run_cli(*argv, timeout=self.timeout, env=self.env)
+        found = RUN_ID.search(r.stdout)
+        return Play(code=r.returncode, stdout=r.stdout, stderr=r.stderr,
+                    run_id=found.group(1) if found else run_id, state_dir=self.state_dir, argv=argv)
+
+    def demo(self, runbook: Path, sandbox_dir: Path, *, answers: Answers | None = None, scenario: str = "restore-latest",
+             faults: Iterable[str] = (), seed: int | None = None, operator: str | None = None, yes: bool = True,
+             files: int = 60, extra: Iterable[str] = ()) -> Play:
+        """`runbook demo --headless` with the answers (and --yes for the steps they leave)."""
+        argv = ["demo", "--headless", "--runbook", str(runbook), "--dir", str(sandbox_dir), "--state-dir",
+                str(self.state_dir), "--scenario", scenario, "--files", str(files), *(["--yes"] if yes else [])]
+        for f in faults:
+            argv += ["--fault", f]
+        if seed is not None:
+            argv += ["--seed", str(seed)]
+        if operator:
+            argv += ["--operator", operator]
+        return self._play(argv + self._answers_file(answers) + list(extra))
+
+    def run(self, runbook: Path, *, answers: Answers | None = None, profile: Path | None = None,
+            sets: dict[str, str] | None = None, yes: bool = True, extra: Iterable[str] = ()) -> Play:
+        argv = ["run", str(runbook), "--headless", "--state-dir", str(self.state_dir), *(["--yes"] if yes else [])]
+        if profile is not None:
+            argv += ["--profile", str(profile)]
+        for k, v in (sets or {}).items():
+            argv += ["--set", f"{k}={v}"]
+        return self._play(argv + self._answers_file(answers) + list(extra))
+
+    def resume(self, run_id: str, *, answers: Answers | None = None, sets: dict[str, str] | None = None,
+               yes: bool = True, confirms: dict[str, str] | None = None, extra: Iterable[str] = ()) -> Play:
+        """`runbook resume RUN_ID --headless`, with `--set` for what the operator stopped to change."""
+        argv = ["resume", run_id, "--headless", "--state-dir", str(self.state_dir), *(["--yes"] if yes else [])]
+        for k, v in (sets or {}).items():
+            argv += ["--set", f"{k}={v}"]
+        for k, v in (confirms or {}).items():
+            argv += ["--confirm", f"{k}={v}"]
+        return self._play(argv + self._answers_file(answers) + list(extra), run_id=run_id)
+
+    def reveal(self, run_id: str, sandbox_dir: Path) -> str:
+        r = run_cli("demo", "--reveal", run_id, "--dir", str(sandbox_dir), "--state-dir", str(self.state_dir))
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+
+def journal_text(play: Play) -> str:
+    return json.dumps(play.events())
