@@ -7,8 +7,8 @@ and, a copy, in the ledger `<state_dir>/gamedays.jsonl`, which outlives the sand
 
 From the journal and the record alone (pure, deterministic, an injectable `now`), `debrief` tells:
 - each fault: its title and story, when the tool first showed the evidence (`Fault.evidence_event`), when the
-  operator first acted after it (a retry, a re-run, a skip, a value given, a note, a resume (with `--set` or
-  not), a step marked done, a cancel, an abort) and whether the operator handled it (`Fault.handled`);
+  operator first acted after it (a retry, a re-run, a skip, a value given, a note, a resume (with what came
+  with it: parameters changed with `--set`, steps walked again), a step marked done, a cancel, an abort) and whether the operator handled it (`Fault.handled`);
 - the steps retried and skipped; the measured RTO and data-loss window beside the clean baseline's;
 - the mistakes (a refused typed confirmation, a retry that failed the same way, an abort);
 - the score out of 100, by the rules below (docs/game-days.md explains them with a worked example).
@@ -59,7 +59,7 @@ MISTAKE_POINTS, MISTAKES_MAX = 10, 30
 
 # What the operator did, by journal event: the first of these after a fault's evidence is "acting on it".
 OPERATOR_ACTIONS = ("retry-requested", "rerun-chosen", "step-skipped", "value-provided", "note", "run-resumed",
-                    "cancel-requested", "step-finished", "run-finished")
+                    "params-set", "steps-reopened", "cancel-requested", "step-finished", "run-finished")
 
 
 class GameDayError(RunbookError):
@@ -185,8 +185,13 @@ def _action_text(e: dict[str, Any]) -> str | None:
     if t == "note":
         return "wrote a note" + (f" at step {step}" if step else "")
     if t == "run-resumed":
-        sets = e.get("sets")
-        return "resumed the run" + (f" with --set {', '.join(map(str, sets))}" if sets else "")
+        return "resumed the run"
+    if t == "params-set":
+        given = e.get("params")
+        return "changed " + (", ".join(map(str, given)) if isinstance(given, dict) and given else "parameters") + \
+            " (--set)"
+    if t == "steps-reopened":
+        return f"walked again from step {e.get('from_step')}"
     if t == "cancel-requested":
         return f"cancelled step {step}"
     if t == "step-finished" and e.get("marked"):
@@ -205,9 +210,27 @@ def first_action(events: list[dict[str, Any]], after: float) -> tuple[float, str
         if at is None or at < after:
             continue
         text = _action_text(e)
-        if text is not None:
-            return at, text
+        if text is None:
+            continue
+        if e.get("type") == "run-resumed":  # what came with the resume (journaled right after it) says more
+            more = [m for m in (_action_text(x) for x in _with_resume(events, e)) if m]
+            text = "; ".join([text, *more])
+        return at, text
     return None
+
+
+# Journaled by a resume right after its run-resumed event.
+_RESUME_EXTRAS = ("params-set", "steps-reopened", "handover", "approver-policy", "lock-broken", "warning")
+
+
+def _with_resume(events: list[dict[str, Any]], resumed: dict[str, Any]) -> list[dict[str, Any]]:
+    i = next(n for n, x in enumerate(events) if x is resumed)
+    out = []
+    for x in events[i + 1:]:
+        if x.get("type") not in _RESUME_EXTRAS:
+            break
+        out.append(x)
+    return out
 
 
 def mistakes(events: list[dict[str, Any]]) -> list[str]:
@@ -317,7 +340,11 @@ def debrief(st: RunState, game: GameDay, faults: Mapping[str, Fault], now: datet
 
     events = st.events
     per_fault = [_fault_debrief(n, game, events, faults) for n in game.faults]
-    retried = sorted({str(e.get("step")) for e in events if e.get("type") in ("retry-requested", "rerun-chosen")})
+    again = [str(e.get("step")) for e in events if e.get("type") in ("retry-requested", "rerun-chosen")]
+    for e in events:  # a resume --redo-from walks these again
+        if e.get("type") == "steps-reopened" and isinstance(e.get("steps"), list):
+            again += [str(x) for x in e["steps"]]
+    retried = list(dict.fromkeys(again))
     skipped = [(str(e.get("step")), str(e.get("reason", ""))) for e in events if e.get("type") == "step-skipped"]
     rto = rto_facts(st, now)
     rpo = rpo_facts(st)

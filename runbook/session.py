@@ -512,9 +512,7 @@ def open_resume(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str, s
         warnings = journal.warnings + [w for w in warnings if w not in journal.warnings]
         if st.status == "failed":
             journal.append("run-reopened", operator=operator())
-        # the names of the parameters given with --set, not their values (runbook.gameday: an operator's action)
-        journal.append("run-resumed", operator=operator(), warnings=warnings,
-                       **({"sets": sorted(sets)} if sets else {}))
+        journal.append("run-resumed", operator=operator(), warnings=warnings)
         if handover_from is not None:
             journal.append("handover", **{"from": handover_from}, to=operator())
         if approver_policy and approver_policy != _policy(st, None):

@@ -192,8 +192,11 @@ def test_the_first_action_is_the_operators_not_the_tools() -> None:
     events.insert(5, {"seq": 0, "ts": at(2.1), "type": "step-started", "step": "fetch", "attempt": 2})
     events.insert(5, {"seq": 0, "ts": at(2.2), "type": "step-check", "step": "fetch", "name": "x", "status": "ok"})
     assert first_action(events, _epoch(2)) == (_epoch(5), "retried step fetch")
-    events.insert(5, {"seq": 0, "ts": at(4), "type": "run-resumed", "operator": {}, "sets": ["backup_id"]})
-    assert first_action(events, _epoch(2)) == (_epoch(4), "resumed the run with --set backup_id")
+    events[5:5] = [{"seq": 0, "ts": at(4), "type": "run-resumed", "operator": {}},
+                   {"seq": 0, "ts": at(4), "type": "params-set", "params": {"backup_id": "20261124T020000Z"}},
+                   {"seq": 0, "ts": at(4), "type": "steps-reopened", "from_step": "fetch", "steps": ["fetch"]}]
+    assert first_action(events, _epoch(2)) == (
+        _epoch(4), "resumed the run; changed backup_id (--set); walked again from step fetch")
 
 
 def test_the_score_rules_appear_in_the_debrief_lines_and_the_markdown() -> None:
