@@ -323,7 +323,7 @@ def _data(window_s: float | None, problem: str | None, baseline_s: float | None,
         return Deduction("data", 0, DATA_MAX, "no more data lost than a clean run")
     if target_s:
         points = min(DATA_MAX, math.ceil(round(DATA_MAX * extra / target_s, 6)))
-        unit = f"of the {format_duration(target_s)} RPO target"
+        unit = f"(20 points for each RPO target of {format_duration(target_s)}, rounded up)"
     else:
         points = min(DATA_MAX, int(extra // 60))
         unit = "(no RPO target: 1 point a minute)"
@@ -471,7 +471,8 @@ def debrief_lines(d: Debrief) -> list[DebriefLine]:
     if d.rows_lost is not None:
         rows = f"; rows lost {d.rows_lost}" + (f" (clean run {d.baseline_rows_lost})"
                                                 if d.baseline_rows_lost is not None else "")
-    out.append(DebriefLine("Data lost", f"window {window}{rows}", alarm=d.window_s is None))
+    rpo_target = f"; target {format_duration(d.rpo_target_s)}" if d.rpo_target_s is not None else ""
+    out.append(DebriefLine("Data lost", f"window {window}{rpo_target}{rows}", alarm=d.window_s is None))
     out.append(DebriefLine("Mistakes", "; ".join(d.mistakes) or "none", alarm=bool(d.mistakes)))
     out.append(DebriefLine("Score", f"{d.score}/100"))
     for x in d.deductions:

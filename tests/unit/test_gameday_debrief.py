@@ -264,3 +264,15 @@ def test_reports_carry_the_debrief_section_only_when_given() -> None:
     assert "## Game day debrief" in md and "bad-backup" in md and "**Score: 92/100**" in md
     html = render_html(st, {}, now, debrief=d)
     assert '<section id="debrief"><h2>Game day debrief</h2>' in html and "92/100" in html and "bad-backup" in html
+
+
+def test_the_worked_example_of_docs_game_days() -> None:
+    """docs/game-days.md, "A worked example": the same journal gives the same lines and 82."""
+    from tests.conftest import ROOT
+
+    d = debrief(drill(refused=1).state(), game(), FAULTS, T0 + timedelta(hours=1))
+    assert points(d) == {"detect": 0, "recover": 4, "data": 4, "mistakes": 10} and d.score == 82
+    page = (ROOT / "docs" / "game-days.md").read_text()
+    for line in debrief_lines(d):
+        if line.label == "Score" or line.text.startswith(("detect", "recover", "data", "mistakes")):
+            assert line.text in page, line.text
