@@ -23,22 +23,25 @@ def debrief_text(d: Any) -> list[str]:
     return [f"  {line.label:<{width}} {line.text}" for line in debrief_lines(d)]
 
 
-def say_debrief(sdir: Path, run_id: str, write: Callable[[str], None] = print) -> bool:
+def say_debrief(sdir: Path, run_id: str, write: Callable[[str], None] = print, prefix: str = "demo") -> bool:
     """Print the debrief of a game-day run that ended; False (nothing printed) for any other run. A record that
     cannot be found is said, never a traceback."""
     from runbook.errors import RunbookError
-    from runbook.gameday import load_debrief
+    from runbook.gameday import GameDayError, load_debrief
     from runbook.state import load_state
 
     try:
         st = load_state(sdir, run_id)
+    except RunbookError:
+        return False  # what is wrong with the run was said by whoever drove it
+    try:
         d = load_debrief(sdir, st, Clock().now())
-    except RunbookError as e:
-        write(f"demo: no game day debrief: {e.message}")
+    except GameDayError as e:
+        write(f"{prefix}: no game day debrief: {e.message}")
         return False
     if d is None:
         return False
-    write(f"demo: game day debrief (score {d.score}/100; the rules: docs/game-days.md)")
+    write(f"{prefix}: game day debrief (score {d.score}/100; the rules: docs/game-days.md)")
     for line in debrief_text(d):
         write(line)
     return True

@@ -143,9 +143,12 @@ def _drive(engine: object, args: argparse.Namespace, answers: dict[str, Any] | N
         from runbook.tui.app import run_engine
 
         return run_engine(engine, state_dir(args))  # type: ignore[arg-type]
+    from runbook.cli.gamedays import say_debrief
     from runbook.cli.headless import run_headless
 
-    return run_headless(engine, _headless_opts(args, answers or {}))  # type: ignore[arg-type]
+    code = run_headless(engine, _headless_opts(args, answers or {}))  # type: ignore[arg-type]
+    say_debrief(state_dir(args), engine.run_id, prefix="runbook")  # type: ignore[attr-defined]  # a game day that ended
+    return code
 
 
 def _confirm_break_lock(args: argparse.Namespace) -> None:
