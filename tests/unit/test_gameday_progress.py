@@ -107,3 +107,18 @@ def test_no_ledger_says_how_to_play(tmp_path: Path) -> None:
     assert r.returncode == 0 and "no game days in" in r.stdout and "runbook demo --fault random" in r.stdout
 
 
+
+
+def test_the_report_has_the_debrief_only_once_the_game_day_ended(ledger_dir: Path) -> None:
+    for fmt in ("md", "html"):
+        ended = run_cli("report", "run-a1", "--format", fmt, "--state-dir", str(ledger_dir))
+        assert ended.returncode == 0, ended.stderr
+        assert "Game day debrief" in ended.stdout and "bad-backup" in ended.stdout and "92/100" in ended.stdout
+        still_open = run_cli("report", "run-b1", "--format", fmt, "--state-dir", str(ledger_dir))
+        assert still_open.returncode == 0, still_open.stderr
+        assert "Game day debrief" not in still_open.stdout and "/100" not in still_open.stdout
+    write_run(ledger_dir, "run-x", with_game(drill(), "gd-20261125T025900Z-0x01"))  # in no ledger
+    r = run_cli("report", "run-x", "--state-dir", str(ledger_dir))
+    assert r.returncode == 0 and "Game day debrief" not in r.stdout
+    assert "warning: no game day debrief: run run-x is game day gd-20261125T025900Z-0x01, whose record is not in" \
+        in r.stderr and "Traceback" not in r.stderr
