@@ -21,9 +21,10 @@ The score: 100 minus four deductions, each with its cap (they sum to 100, so the
   RTO target was missed; else 1 point per full minute of RTO beyond the clean baseline's: the record's `rto_s`,
   else the fastest completed drill of the same runbook and scenario in the state directory that was not a game
   day (`clean_rto`); nothing when neither is known.
-- data (at most 20): the data-loss window beyond the clean baseline's, as a share of the RPO target: 20 points
-  for a whole target's worth, rounded up (1 point per full minute when there is no RPO target); 20 when the
-  window could not be measured (no recovery point reported, or the recovery point is after the loss).
+- data (at most 20): 20 when the service was not restored; else the data-loss window beyond the clean baseline's,
+  as a share of the RPO target: 20 points for a whole target's worth, rounded up (1 point per full minute when
+  there is no RPO target); 20 when the window could not be measured (no recovery point reported, or the recovery
+  point is after the loss).
 - mistakes (at most 30): 10 points each.
 
 Nothing of the fault is shown before the run ended: `load_debrief` answers only for a closed run (completed,
@@ -314,8 +315,10 @@ def _recover(restored: bool, verdict: str, rto_s: float | None, baseline_s: floa
                      f"({sign}{format_duration(abs(extra))})")
 
 
-def _data(window_s: float | None, problem: str | None, baseline_s: float | None,
+def _data(restored: bool, window_s: float | None, problem: str | None, baseline_s: float | None,
           target_s: float | None) -> Deduction:
+    if not restored:
+        return Deduction("data", DATA_MAX, DATA_MAX, "the service was not restored: no data was brought back")
     if window_s is None:
         return Deduction("data", DATA_MAX, DATA_MAX, problem or "the data-loss window could not be measured")
     extra = window_s - (baseline_s or 0.0)
@@ -363,7 +366,7 @@ def debrief(st: RunState, game: GameDay, faults: Mapping[str, Fault], now: datet
     deductions = [
         _detect(per_fault),
         _recover(rto.restored, rto.verdict, rto.achieved_s, base_rto),
-        _data(window, problem, base_rpo, rpo_target),
+        _data(rto.restored, window, problem, base_rpo, rpo_target),
         Deduction("mistakes", min(MISTAKES_MAX, MISTAKE_POINTS * len(found)), MISTAKES_MAX,
                   f"{len(found)} mistake{'s' if len(found) != 1 else ''}"),
     ]

@@ -276,3 +276,16 @@ def test_the_worked_example_of_docs_game_days() -> None:
     for line in debrief_lines(d):
         if line.label == "Score" or line.text.startswith(("detect", "recover", "data", "mistakes")):
             assert line.text in page, line.text
+
+
+def test_a_recovery_point_reached_but_no_service_restored_brings_no_data_back() -> None:
+    b = JournalBuilder(["fetch", "restore", "service"], run_start=1)
+    b.shown(1, "fetch").ran(1, 2, "fetch")
+    b.output(2, "fetch", "snapshot_time", (T0 - timedelta(seconds=60)).isoformat())
+    b.shown(2, "restore").ran(2, 3, "restore", status="failed", exit_code=1, detail="exit 1")
+    b.finish(4, "aborted", "out of time")
+    d = debrief(b.state(), game(), FAULTS, T0 + timedelta(hours=1))
+    assert d.window_s == 60 and not d.restored  # measured, yet nothing was brought back
+    # the test fault did not bite (the fetch never failed): nothing to detect
+    assert points(d) == {"detect": 0, "recover": 30, "data": 20, "mistakes": 10}
+    assert d.score == 40
