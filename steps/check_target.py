@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from steps.events import Events
+from steps.events import Events, resume_with
 from steps.pg.tools import tool
 
 EXPANSION = 2.0
@@ -34,6 +34,8 @@ class Args(BaseModel):
     dest: str = Field(min_length=1, description="Directory the backup will be fetched into")
     allow_unsigned: bool = Field(False, description="Size the check on an unsigned backup too (a repository "
                                  "written before signing)")
+    into: str = Field("", description="The database the restore will create when it is not `db` (empty: `db`): "
+                      "that one must be absent; `db` names the backup")
     absent: bool = Field(True, description="The database must not exist yet (a restore into a new database): "
                          "when it does, the check fails; false: only report it")
 
@@ -60,6 +62,23 @@ def _free(path: str) -> int:
     while not os.path.exists(p):
         p = os.path.dirname(p)
     return shutil.disk_usage(p).free
+
+
+def _describe_db(conn: Any, name: str) -> str:
+    """What a database that exists holds, in a few words: its size, and its tables when it can be connected to."""
+    import psycopg
+
+    size = conn.execute("select pg_size_pretty(pg_database_size(%s))", (name,)).fetchone()[0]
+    info = conn.info
+    kw = {"host": info.host, "port": info.port, "user": info.user}
+    try:
+        with psycopg.connect(dbname=name, autocommit=True, connect_timeout=10, **kw) as db:
+            n = db.execute("select count(*) from pg_class c join pg_namespace s on s.oid = c.relnamespace "
+                           "where c.relkind in ('r', 'p') and s.nspname not in ('pg_catalog', 'information_schema')"
+                           ).fetchone()[0]  # type: ignore[index]
+        return f"{size}, {n} tables"
+    except psycopg.Error:
+        return f"{size}"
 
 
 def _is_local(host: str | None) -> bool:
@@ -91,7 +110,9 @@ def main(args: Args, events: Events) -> int:
         data_dir = None
         with contextlib.suppress(psycopg.Error):  # not a superuser: unknown
             data_dir = conn.execute("show data_directory").fetchone()[0]  # type: ignore[index]
-        exists = conn.execute("select 1 from pg_database where datname = %s", (args.db,)).fetchone() is not None
+        target_db = args.into or args.db
+        exists = conn.execute("select 1 from pg_database where datname = %s", (target_db,)).fetchone() is not None
+        leftover = _describe_db(conn, target_db) if exists else ""
     newest = _newest(args.config, args.db, args.allow_unsigned)
     if newest is not None:
         size, backup_version = newest
@@ -106,12 +127,16 @@ def main(args: Args, events: Events) -> int:
     events.output("server_version", version)
     if exists:
         failed += args.absent
-        events.check(f"database {args.db} absent", "failed" if args.absent else "warning",
-                     "it exists already: the restore step refuses it; make sure it is not the one to keep, then "
-                     "drop or rename it, or restore under another db_name" if args.absent else
-                     "it exists already (reported only: absent is false)")
+        events.check(f"database {target_db} absent", "failed" if args.absent else "warning",
+                     f"it exists already ({leftover}): the restore refuses to write over it. A restore started "
+                     "and given up, or the wrong server? Look at what it holds first. Keep it and restore under a "
+                     f"new name: set restore_db (quit, `{resume_with('--set restore_db=NEW_NAME')}`, retry this "
+                     "step; the application then points at NEW_NAME); or, once sure it is nobody's, drop it "
+                     f"(`DROP DATABASE {target_db}` on this server) and retry this step" if args.absent else
+                     f"it exists already ({leftover}; reported only: absent is false)")
+        print(f"database {target_db} exists already on this server ({leftover})")
     else:
-        events.check(f"database {args.db} absent", "ok", "")
+        events.check(f"database {target_db} absent", "ok", "")
     need = int(size * EXPANSION)
     free = _free(args.dest)
     ok = free >= size

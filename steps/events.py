@@ -42,3 +42,16 @@ class Events:
         if self._out is not None:
             self._out.close()
             self._out = None
+
+
+def resume_with(sets: str) -> str:
+    """The command an operator runs to go on with this run after quitting, with `sets` (`--set K=V`): the run's
+    own id and state directory when the engine runs this action (RUNBOOK_RUN_ID, RUNBOOK_RUN_DIR), else RUN_ID."""
+    from pathlib import Path
+
+    run_id, run_dir = os.environ.get("RUNBOOK_RUN_ID"), os.environ.get("RUNBOOK_RUN_DIR")
+    if run_id and run_dir:
+        from runbook.report import resume_command
+
+        return f"{resume_command(run_id, Path(run_dir).parent.parent)} {sets}"
+    return f"runbook resume RUN_ID {sets}"

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from runbook.errors import RunbookError
-from steps.events import Events
+from steps.events import Events, resume_with
 from steps.fs import (
     UnsafePath,
     check_parent,
@@ -229,8 +229,11 @@ def main(args: Args, events: Events) -> int:
             os.makedirs(dest, mode=0o750, exist_ok=True)
         check_parent(dest, "fetch destination")
         with open_dir(dest) as dest_fd:
-            return _fetch_into(args, events, entry, dest, dest_fd, final_name,
+            code = _fetch_into(args, events, entry, dest, dest_fd, final_name,
                                Keys(cfg, trust, allow_unsigned=args.allow_unsigned, config_path=cfg_path))
+        if code != 0 and not args.backup_id:
+            _offer_previous(args, events, entries, entry)
+        return code
     except UnsafePath as e:
         events.check("destination", "failed", str(e))
         print(f"{e}; nothing was fetched")
@@ -331,6 +334,38 @@ def _fetch_into(args: Args, events: Events, entry: Any, dest: Path, dest_fd: int
     print(f"no copy of backup {entry.backup_id} could be fetched intact; nothing was restored. "
           f"Pass backup_id to use an older backup deliberately (`runbook backups` lists them).")
     return 1
+
+
+def _offer_previous(args: Args, events: Events, entries: list[Any], failed: Any) -> None:
+    """The newest backup could not be fetched intact: name the previous usable backup of the same cluster and
+    database, how much older it is (the data written in between is lost too), and how to take it (backup_id)."""
+    from steps.repository.catalogue import usable_copies
+
+    older = sorted((e for e in entries if e.db == args.db and e.cluster == failed.cluster
+                    and e.backup_id < failed.backup_id and usable_copies(e, source=args.source)),
+                   key=lambda e: e.backup_id, reverse=True)
+    if not older:
+        msg = (f"there is no older usable backup of {args.db} (cluster {failed.cluster}) to fall back to: "
+               "`runbook backups` lists what there is")
+        events.check("previous verified backup", "failed", msg)
+        print(msg)
+        return
+    prev = older[0]
+    gap = max(0.0, (failed.time - prev.time).total_seconds())
+    resume = f"`{resume_with('--set backup_id=' + prev.backup_id)}`"
+    msg = (f"the previous verified backup is {prev.backup_id}: snapshot {prev.time.astimezone(UTC):%Y-%m-%d %H:%M:%S} "
+           f"UTC, {_gap(gap)} older than {failed.backup_id}, level {prev.level.name}, copies in "
+           f"{', '.join(prev.locations())}. Recovering from it loses {_gap(gap)} more data (everything written "
+           f"after its snapshot). To use it: quit, then {resume} and retry this step")
+    events.check("previous verified backup", "warning", msg)
+    events.output("previous_backup_id", prev.backup_id)
+    print(msg, flush=True)
+
+
+def _gap(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return _age(seconds)
 
 
 class _Progress:

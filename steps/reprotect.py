@@ -58,6 +58,8 @@ class Args(BaseModel):
     user: str | None = Field(None, description="A superuser of it, for ALTER SYSTEM (default: PGUSER)")
     db: list[str] = Field(default_factory=list, description="Databases to back up logically (default: the config's "
                           "cluster.databases)")
+    into: str = Field("", description="The database the recovery restored when it is not `db` (restored under a "
+                      "new name): backed up instead of `db` (empty: `db`)")
     runbook_exe: str | None = Field(None, description="Absolute path of `runbook` that the server's user can run, "
                                     "for archive_command (default: the one beside this Python)")
     archive_timeout: int = Field(60, ge=1, le=3600, description="archive_timeout in seconds (at most the RPO target)")
@@ -260,6 +262,25 @@ def check_until_green(config: Path, timeout_s: float, rpo_s: float, events: Even
         time.sleep(2)
 
 
+def _unreachable(cfg: Any, path: Path, events: Events) -> str | None:
+    """Every configured repository must answer before archiving is turned on: wal-push writes each segment into
+    all of them, so one that is down would stall archiving (and the base backup waiting for its WAL) for good.
+    The message when one does not (None: all answer)."""
+    from steps.repository.configured import checked_stores
+    from steps.repository.store import RepositoryError
+
+    for name, got in checked_stores(cfg, RepositoryError):
+        if isinstance(got, RepositoryError):
+            msg = (f"the {name} repository cannot be reached ({got.message}): WAL archiving and the backups write "
+                   "into every configured repository, so the recovered server cannot be protected while it is down; "
+                   "nothing was changed on the server. Bring it back and retry this step; or protect into the other "
+                   f"copy alone for now (its section removed from {path}, noted in the journal) and retry. The "
+                   "service itself is back whatever this step says")
+            events.check(f"{name} repository", "failed", msg)
+            return msg
+    return None
+
+
 def main(args: Args, events: Events) -> int:
     from steps.pg.tools import Conn, connect
     from steps.pitr.args import default_runbook_exe
@@ -276,6 +297,9 @@ def main(args: Args, events: Events) -> int:
         return 0
     cfg, path = load_repository_config(args.config)
     path = path.absolute()
+    if (down := _unreachable(cfg, path, events)) is not None:
+        print(down)
+        return 1
     conn = Conn(args.host, args.port, args.user)
     try:
         pg = connect(conn, "postgres", autocommit=True, application_name="runbook reprotect")
@@ -351,7 +375,7 @@ def main(args: Args, events: Events) -> int:
     base_id = _newest(config, sysid, "base")
     events.check("base backup", "ok", f"{base_id} ({time.monotonic() - t1:.0f} s)")
 
-    dbs = args.db or list(cfg.cluster.databases)
+    dbs = [args.into] if args.into else (args.db or list(cfg.cluster.databases))
     logical_id = None
     t2 = time.monotonic()
     r = _cli("backup", "-c", str(config), *[x for d in dbs for x in ("--db", d)], timeout=6 * 3600)

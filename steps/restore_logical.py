@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from runbook.errors import RunbookError
 from steps.events import Events
@@ -55,6 +55,8 @@ class Args(BaseModel):
     db: str = Field(min_length=1, max_length=63,
                     description="Name of the database to restore into, taken as a name: never a connection "
                                 "string (`dbname=x` is a database called that)")
+    into: str = Field("", max_length=63, description="Restore under this name instead of `db` (empty: `db`): when "
+                      "the database `db` exists on the target and must be kept (a restore given up half-way, say)")
     jobs: int = Field(2, ge=1, le=64, description="pg_restore --jobs (about the target's cores)")
     host: str | None = Field(None, description="Target server host or socket directory (default: PGHOST)")
     port: int | None = Field(None, description="Target server port (default: PGPORT)")
@@ -70,6 +72,12 @@ class Args(BaseModel):
                                      "flush (false: they do not, and one synchronous commit after pg_restore, on a "
                                      "connection opened before it, flushes it all before the restore is reported "
                                      "done; measured faster with many objects: docs/performance.md)")
+
+    @model_validator(mode="after")
+    def _into(self) -> Args:
+        if self.into:
+            self.db, self.into = self.into, ""
+        return self
 
 
 _NOT_EMPTY = """

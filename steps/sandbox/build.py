@@ -153,7 +153,10 @@ class Sandbox:
         else:
             srv.start("fsync=off", "archive_mode=off")
         say(f"server up on {srv.socket_dir}" + (" with WAL archiving into the repository" if archive else ""))
-        srv.psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+        # Every database of the sandbox's cluster goes (a game day may have restored under another name), then
+        # the roles that owned them.
+        srv.psql("SELECT format('DROP DATABASE %I WITH (FORCE)', datname) FROM pg_database "
+                 "WHERE datname NOT IN ('postgres', 'template0', 'template1') \\gexec")
         for role in (assetflow.APP_ROLE, BACKUP_ROLE):
             srv.psql(f"DROP ROLE IF EXISTS {role}")
         srv.psql(assetflow.setup_sql(DB))
