@@ -175,3 +175,30 @@ class ScriptedOperator:
 
 def journal_text(play: Play) -> str:
     return json.dumps(play.events())
+
+
+def assert_debrief(play: Play, fault: Any) -> Any:
+    """The debrief of a game-day play whose run ended (runbook.gameday.Debrief): printed at the end of the run
+    (its score, the fault named with its title), in the report's section, with the fault's evidence timed. Each
+    fault's drills assert its score rule by rule on what this returns."""
+    from datetime import UTC, datetime
+
+    from runbook.gameday import load_debrief
+    from runbook.state import load_state
+
+    assert play.run_id is not None
+    d = load_debrief(play.state_dir, load_state(play.state_dir, play.run_id), datetime.now(UTC))
+    assert d is not None, "not a game-day run that ended"
+    printed = play.debrief()
+    assert f"game day debrief (score {d.score}/100" in printed, play.output[-3000:]
+    assert f"Fault      {fault.name}: {fault.title}" in printed
+    report = play.report()
+    assert DEBRIEF_SECTION in report and f"**Score: {d.score}/100**" in report and fault.name in report
+    named = [f for f in d.faults if f.name == fault.name]
+    assert named and named[0].evidence_at is not None, "the tool never showed the fault's evidence"
+    return d
+
+
+def points(d: Any) -> dict[str, int]:
+    """A debrief's deductions by rule (detect, recover, data, mistakes)."""
+    return {x.rule: x.points for x in d.deductions}
