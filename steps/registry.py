@@ -125,6 +125,16 @@ ACTIONS: dict[str, ActionSpec] = {
                     "end of recovery. docs/basebackup.md",
         ),
         ActionSpec(
+            name="status",
+            summary="`runbook status` as a step: the RPO exposure now, whether archiving works, the newest backups, "
+                    "the projected RTO, against the runbook's targets",
+            module="steps.status_step",
+            details="Each verdict is a check (`rpo`, `rto`; red is failed) with its reasons. The step shows, it does "
+                    "not decide: exit 0 whatever the verdict, 1 only when the facts cannot be gathered.",
+            outputs={"verdict": "ok, warning or red", "rpo_exposure_s": "seconds of data a recovery now would lose",
+                     "newest_wal_age_s": "age of the newest archived WAL (when there is one)"},
+        ),
+        ActionSpec(
             name="reprotect",
             summary="Protect the recovered server again: WAL archiving into its cluster directory of the "
                     "repository, a base backup, a logical backup, `runbook check` until green",

@@ -162,7 +162,7 @@ def _build_and_recover(args: argparse.Namespace, sb: Any, rb: Any, runbook_path:
         if encrypt:
             sb.verify_backup("base", say=_say)
         _phase(game, "after-backup")
-        story = sb.pitr_disaster(say=_say)
+        story = sb.pitr_disaster(say=_say, archived=not (game is not None and game.ctx.facts.get("archiving_broken")))
         lost_at = datetime.fromisoformat(story["disaster_at"])
         profile = write_profile(sb, runbook_path, args.scenario, pitr=story)
         if game is not None:

@@ -426,11 +426,17 @@ class Sandbox:
     # ---- scenario 2: WAL archiving, a base backup, writes, a wrong DROP TABLE ------------------------------
 
     def _stop_recovered(self) -> None:
-        """A server recovered by an earlier drill listens on the same socket: stop it and remove it."""
-        if (self.pitr_datadir / "PG_VERSION").exists():
-            Server(self.pitr_datadir, self.server.socket_dir).stop("immediate")
-        remove_tree(self.pitr_datadir)
-        (self.base / f"{self.pitr_datadir.name}.recovery.log").unlink(missing_ok=True)
+        """A server recovered by an earlier drill listens on the same socket: stop it and remove it (every
+        `pgdata-pitr*` directory: an operator who started again into a new one, as the pitr step says to)."""
+        if not self.base.is_dir():
+            return
+        for datadir in sorted(self.base.glob(f"{self.pitr_datadir.name}*")):
+            if not datadir.is_dir() or datadir.is_symlink():
+                continue
+            if (datadir / "PG_VERSION").exists():
+                Server(datadir, self.server.socket_dir).stop("immediate")
+            remove_tree(datadir)
+            (self.base / f"{datadir.name}.recovery.log").unlink(missing_ok=True)
 
     def server_runbook(self, say: Any = print) -> str:
         """The `runbook` the server's user runs for archive_command/restore_command.
@@ -485,14 +491,15 @@ class Sandbox:
             raise RunbookError(f"the sandbox's base backup failed (exit {proc.returncode}):\n{proc.stderr.strip()}")
         say(proc.stdout.strip())
 
-    def pitr_disaster(self, seconds: float = 4.0, interval: float = 0.1, say: Any = print) -> dict[str, Any]:
+    def pitr_disaster(self, seconds: float = 4.0, interval: float = 0.1, say: Any = print, *,
+                      archived: bool = True) -> dict[str, Any]:
         """A steady stream of timestamped writes into audit_log; half-way, a wrong `DROP TABLE`, and the
         attachments are wiped (the server's disk is lost with them).
 
         Records the moment just before the disaster (the recovery target, server time), which writes were
         acknowledged before it and which started after it, forces a WAL switch so that everything up to the
-        disaster is archived, and waits for the archive. The primary keeps running: stopping it is the
-        runbook's first PITR step."""
+        disaster is archived, and waits for the archive (not when `archived` is false: a game day broke
+        archiving). The primary keeps running: stopping it is the runbook's first PITR step."""
         import psycopg
 
         srv = self.server
@@ -534,7 +541,10 @@ class Sandbox:
         t.join(timeout=10)
         if errors:
             raise RunbookError(f"the sandbox's writer failed: {errors[0]}")
-        self._switch_and_wait()
+        if archived:
+            self._switch_and_wait()
+        else:  # archiving is broken (a game day's fault): nothing more reaches the archive, nobody waits for it
+            srv.psql("SELECT pg_switch_wal()")
         record = {
             "target_time": target.isoformat(), "disaster_at": disaster_at.isoformat(),
             "acked_before_target": [s for s, at in acked if at < before],

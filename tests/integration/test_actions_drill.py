@@ -223,7 +223,9 @@ async def test_check_target(write_runbook, state_dir: Path, tmp_path: Path, pg_c
     checks = {e.name: e for e in seen if isinstance(e, ev.CheckReported)}
     assert checks["server answers"].status == "ok"
     assert checks["database app absent"].status == "failed"
-    assert "drop or rename it" in (checks["database app absent"].hint or "")
+    hint = checks["database app absent"].hint or ""
+    assert "restore refuses to write over it" in hint and "--set restore_db=NEW_NAME" in hint  # the two ways on
+    assert "DROP DATABASE app" in hint
     assert checks["free space for the fetch"].status == "ok"
     assert engine.state.steps["provision"].outputs["server_version"] // 10000 == 15
 
