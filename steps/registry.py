@@ -129,9 +129,10 @@ ACTIONS: dict[str, ActionSpec] = {
             summary="`runbook status` as a step: the RPO exposure now, whether archiving works, the newest backups, "
                     "the projected RTO, against the runbook's targets",
             module="steps.status_step",
-            details="Each verdict is a check (`rpo`, `rto`; red is failed) with its reasons. The step shows, it does "
-                    "not decide: exit 0 whatever the verdict, 1 only when the facts cannot be gathered.",
-            outputs={"verdict": "ok, warning or red", "rpo_exposure_s": "seconds of data a recovery now would lose",
+            details="Each verdict is a check (`rpo`, `rto`; red is failed) with its reasons; a repository that cannot "
+                    "be read is a failed check `status` (could not run). The step shows, it does not decide: exit 0 "
+                    "whatever the verdict.",
+            outputs={"verdict": "ok, warning, red or could not run", "rpo_exposure_s": "seconds of data a recovery now would lose",
                      "newest_wal_age_s": "age of the newest archived WAL (when there is one)"},
         ),
         ActionSpec(

@@ -3,8 +3,9 @@
 Would we make it now? The RPO exposure (the newest archived WAL, or the newest readable logical backup), whether
 archiving works (the cluster asked when it answers), the newest backups and the projected RTO, judged against
 the runbook's targets (steps.proof.status). Each verdict is a check (`rpo`, `rto`; red is `failed`) with its
-reasons, so the journal keeps what the operator was shown before choosing how to recover. The step shows, it
-does not decide: it succeeds whatever the verdict (exit 0), unless the facts cannot be gathered at all.
+reasons, so the journal keeps what the operator was shown before choosing how to recover; a repository that
+cannot be read is a failed check `status` (could not run), with what could be gathered shown all the same. The
+step shows, it does not decide: it succeeds whatever the verdict (exit 0).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from runbook.errors import RunbookError
 from steps.events import Events
 
 STATUS = {"ok": "ok", "warning": "warning", "red": "failed"}
@@ -38,15 +40,23 @@ def main(args: Args, events: Events) -> int:
     from runbook.paths import state_home
     from steps.proof import status
 
-    rep = status.gather(args.config, Path(args.runbook) if args.runbook else None,
-                        explicit_file=args.runbook is not None,
-                        state_dir=Path(args.state_dir) if args.state_dir else state_home(), cluster=args.cluster)
-    if rep.verdict == "could not run":
-        events.check("status", "failed", rep.error or "could not run")
+    try:
+        rep = status.gather(args.config, Path(args.runbook) if args.runbook else None,
+                            explicit_file=args.runbook is not None,
+                            state_dir=Path(args.state_dir) if args.state_dir else state_home(), cluster=args.cluster)
+    except RunbookError as e:
+        events.check("status", "failed", f"could not run: {e.message}")
+        events.output("verdict", "could not run")
+        print(f"status: could not run: {e}")
+        return 0
+    if rep.verdict == "could not run":  # a repository could not be read: what was gathered is shown all the same
+        events.check("status", "failed", f"could not run: {rep.error or 'see runbook status'}")
+        print(f"status: could not run: {rep.error}")
+    else:
         print(rep.one_line())
-        return 1
-    print(rep.one_line())
     for name, part in (("rpo", rep.rpo), ("rto", rep.rto)):
+        if not part:
+            continue
         verdict = str(part.get("verdict", "ok"))
         reasons = [str(r) for r in part.get("reasons", [])]
         basis = part.get("basis")

@@ -49,6 +49,8 @@ def test_archive_broken_not_handled(place: tuple[Path, ScriptedOperator]) -> Non
     days = gd.injected[0]["facts"]["days"]
     checks = {e["name"]: e for e in play.of_type("step-check", "assess")}
     assert checks["rpo"]["status"] == "failed"
+    assert [e["status"] for e in play.of_type("step-finished", "assess")] == ["succeeded"]  # it shows, not decides
+    assert play.outputs("assess")["verdict"] == "red"
     assert f"loses up to {days}" in checks["rpo"]["hint"] and "pg_stat_archiver: archiving is failing" in \
         checks["rpo"]["hint"]
     assert "target beyond the archived WAL" in play.stdout  # the pitr step, short of its target

@@ -236,3 +236,27 @@ def test_a_game_day_run_journals_its_id_and_seed_and_nothing_of_its_faults(write
     assert "corrupt-newest-backup" not in (state_dir / "runs" / engine.run_id / "journal.jsonl").read_text()
     assert run_of_game(state_dir, gd.game_id) == engine.run_id
     assert run_of_game(state_dir, new_game_day(1, "pitr", [], "x").game_id) is None
+
+
+def test_a_game_refuses_to_inject_into_a_production_looking_sandbox(tmp_path: Path) -> None:
+    from steps.sandbox.faults.game import Game
+
+    called: list[str] = []
+
+    def inject(sb: Sandbox, ctx: GameContext) -> dict[str, Any]:
+        called.append(sb.base.name)
+        return {}
+
+    fault = Fault(name="spy", title="t", scenarios=("restore-latest",), story="", evidence="", handling="",
+                  phase="after-backup", inject=inject)
+    sb = _sandbox_like(tmp_path)
+    good = sb.config.read_text()
+    sb.config.write_text(good.replace(f"path: {sb.repo}", "path: /var/backups/postgresql"))
+    game = Game(sb, [fault], 1, "restore-latest", "x", tmp_path / "state", say=lambda _t: None)
+    with pytest.raises(FaultRefused, match="beyond the sandbox"):
+        game.phase("after-backup")
+    assert called == [] and not (sb.base / "gameday").exists()
+    sb.config.write_text(good)
+    game.phase("before-run")  # not this fault's phase: nothing
+    game.phase("after-backup")
+    assert called == ["sandbox"] and load(sb.base, game.gd.game_id).injected[0]["name"] == "spy"
