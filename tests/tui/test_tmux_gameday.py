@@ -78,8 +78,9 @@ def test_a_game_day_in_a_real_terminal_ends_on_its_debrief(tmux: Tmux, tmp_path:
         assert "COMPLETED" in summary and "press d for the debrief" in summary
         tmux.keys("d")
         shown = tmux.wait_for("Game day debrief")
-        assert f"{fault.name}:" in shown and "/100" in shown
-        assert all(len(line) <= 80 for line in shown.splitlines())
+        lines = shown.splitlines()
+        assert "Game day debrief · score" in lines[0] and "/100" in lines[0]  # the title, first, with the score
+        assert "Fault" in shown and f"{fault.name}:" in shown and "Back" in lines[-1]  # the footer's keys in sight
         tmux.keys("b")
         tmux.wait_for("Write report")
         tmux.keys("q")
