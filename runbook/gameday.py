@@ -7,8 +7,9 @@ and, a copy, in the ledger `<state_dir>/gamedays.jsonl`, which outlives the sand
 
 From the journal and the record alone (pure, deterministic, an injectable `now`), `debrief` tells:
 - each fault: its title and story, when the tool first showed the evidence (`Fault.evidence_event`), when the
-  operator first acted after it (a retry, a re-run, a skip, a value given, a note, a resume (with what came
-  with it: parameters changed with `--set`, steps walked again), a step marked done, a cancel, an abort) and whether the operator handled it (`Fault.handled`);
+  operator first acted after it (a retry, a re-run, a skip, a value given, a note, leaving the run to act
+  outside it (the operator's quit, not a `--yes` that cannot go on), a resume (with what came with it:
+  parameters changed with `--set`, steps walked again), a step marked done, a cancel, an abort) and whether the operator handled it (`Fault.handled`);
 - the steps retried and skipped; the measured RTO and data-loss window beside the clean baseline's;
 - the mistakes (a refused typed confirmation, a retry that failed the same way, an abort);
 - the score out of 100, by the rules below (docs/game-days.md explains them with a worked example).
@@ -59,8 +60,8 @@ DATA_MAX = 20
 MISTAKE_POINTS, MISTAKES_MAX = 10, 30
 
 # What the operator did, by journal event: the first of these after a fault's evidence is "acting on it".
-OPERATOR_ACTIONS = ("retry-requested", "rerun-chosen", "step-skipped", "value-provided", "note", "run-resumed",
-                    "params-set", "steps-reopened", "cancel-requested", "step-finished", "run-finished")
+OPERATOR_ACTIONS = ("retry-requested", "rerun-chosen", "step-skipped", "value-provided", "note", "run-detached",
+                    "run-resumed", "params-set", "steps-reopened", "cancel-requested", "step-finished", "run-finished")
 
 
 class GameDayError(RunbookError):
@@ -185,6 +186,8 @@ def _action_text(e: dict[str, Any]) -> str | None:
         return f"gave a value for {e.get('name')} (step {e.get('for_step') or step})"
     if t == "note":
         return "wrote a note" + (f" at step {step}" if step else "")
+    if t == "run-detached" and str(e.get("reason", "")).startswith("the operator"):  # not a --yes or a closed stdin
+        return f"left the run to act outside it ({e.get('reason')})"
     if t == "run-resumed":
         return "resumed the run"
     if t == "params-set":

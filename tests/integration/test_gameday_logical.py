@@ -127,7 +127,9 @@ def test_corrupt_newest_backup_handled_with_the_previous_backup_and_a_larger_los
     assert first.debrief() == ""  # left open: nothing told yet
     d = _debrief(second, "corrupt-newest-backup")
     (fd,) = d.faults
-    assert fd.handled is True and fd.acted.startswith("resumed the run") and fd.reaction_s is not None
+    assert fd.handled is True and fd.reaction_s is not None
+    assert fd.acted == "left the run to act outside it (the operator stopped to change parameters (backup_id) " \
+        "(--answers))"
     assert d.retried == ["fetch"] and d.mistakes == [] and d.restored
     assert d.rows_lost == rows_lost and d.baseline_rows_lost == gd.baseline["rows_lost"]
     # the previous backup is older than the newest a clean run restores: more data lost, as a share of the RPO
@@ -178,7 +180,8 @@ def test_target_database_exists_handled_under_a_new_name(day: Day) -> None:
     assert f.handled(second.events())  # type: ignore[misc]
     _no_leak("target-database-exists", first, second)
     d = _debrief(second, "target-database-exists")
-    assert d.faults[0].handled is True and d.faults[0].acted.startswith("resumed the run")
+    assert d.faults[0].handled is True and d.faults[0].acted.startswith("left the run to act outside it (the "
+                                                                        "operator stopped to change parameters")
     assert d.retried == ["provision"] and d.restored and d.mistakes == []
     assert points(d)["data"] == 0  # the newest backup restored, under another name: what a clean run loses
     assert d.score == 100 - points(d)["detect"] and points(d)["detect"] == 2 * int((d.faults[0].reaction_s or 0) // 60)

@@ -192,6 +192,14 @@ def test_the_first_action_is_the_operators_not_the_tools() -> None:
     events.insert(5, {"seq": 0, "ts": at(2.1), "type": "step-started", "step": "fetch", "attempt": 2})
     events.insert(5, {"seq": 0, "ts": at(2.2), "type": "step-check", "step": "fetch", "name": "x", "status": "ok"})
     assert first_action(events, _epoch(2)) == (_epoch(5), "retried step fetch")
+    events.insert(5, {"seq": 0, "ts": at(3.5), "type": "run-detached", "reason": "stdin closed", "step": "fetch"})
+    assert first_action(events, _epoch(2)) == (_epoch(5), "retried step fetch")  # not the operator's doing
+    events.insert(6, {"seq": 0, "ts": at(3.6), "type": "run-detached", "reason": "the operator quit the TUI",
+                      "step": "fetch"})
+    assert first_action(events, _epoch(2)) == (_epoch(3.6), "left the run to act outside it (the operator quit "
+                                                            "the TUI)")
+    assert first_action(events, _epoch(3.7)) == (_epoch(5), "retried step fetch")
+    del events[5:7]
     events[5:5] = [{"seq": 0, "ts": at(4), "type": "run-resumed", "operator": {}},
                    {"seq": 0, "ts": at(4), "type": "params-set", "params": {"backup_id": "20261124T020000Z"}},
                    {"seq": 0, "ts": at(4), "type": "steps-reopened", "from_step": "fetch", "steps": ["fetch"]}]
