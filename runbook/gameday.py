@@ -9,7 +9,8 @@ From the journal and the record alone (pure, deterministic, an injectable `now`)
 - each fault: its title and story, when the tool first showed the evidence (`Fault.evidence_event`), when the
   operator first acted after it (a retry, a re-run, a skip, a value given, a note, leaving the run to act
   outside it (the operator's quit, not a `--yes` that cannot go on), a resume (with what came with it:
-  parameters changed with `--set`, steps walked again), a step marked done, a cancel, an abort) and whether the operator handled it (`Fault.handled`);
+  parameters changed with `--set`, steps walked again), a step marked done, a cancel, an abort) and whether the
+  operator handled it (`Fault.handled`);
 - the steps retried and skipped; the measured RTO and data-loss window beside the clean baseline's;
 - the mistakes (a refused typed confirmation, a retry that failed the same way, an abort);
 - the score out of 100, by the rules below (docs/game-days.md explains them with a worked example).
@@ -120,6 +121,7 @@ class FaultDebrief:
     acted: str  # what that action was
     handled: bool | None  # None: the fault has no judge of handling
     known: bool = True  # False: the fault is no longer in the registry (only its name is known)
+    problem: str | None = None  # its judges could not read this journal
 
     @property
     def reaction_s(self) -> float | None:
@@ -272,16 +274,22 @@ def _fault_debrief(name: str, game: GameDay, events: list[dict[str, Any]],
                             False, None, None, "", None, known=False)
     evidence_at = acted_at = None
     acted = ""
-    if f.evidence_event is not None:
-        shown = f.evidence_event(events)
+    problem = None
+    try:  # a judge is the fault module's code over a journal: one that fails is said, the debrief goes on
+        shown = f.evidence_event(events) if f.evidence_event is not None else None
+        handled = bool(f.handled(events)) if f.handled is not None else None
         if shown is not None:
-            evidence_at = datetime.fromtimestamp(shown, UTC)
-            first = first_action(events, shown)
-            if first is not None:
-                acted_at, acted = datetime.fromtimestamp(first[0], UTC), first[1]
-    handled = f.handled(events) if f.handled is not None else None
+            evidence_at = datetime.fromtimestamp(float(shown), UTC)
+    except (ArithmeticError, AttributeError, KeyError, LookupError, TypeError, ValueError) as e:
+        shown, handled = None, None
+        problem = f"its judge of the journal failed ({type(e).__name__}: {e}): not timed, not judged"
+    if shown is not None:
+        first = first_action(events, float(shown))
+        if first is not None:
+            acted_at, acted = datetime.fromtimestamp(first[0], UTC), first[1]
     return FaultDebrief(f.name, f.title, f.story, f.evidence, f.handling, injected.get("at"), facts,
-                        f.evidence_event is not None, evidence_at, acted_at, acted, handled)
+                        f.evidence_event is not None and problem is None, evidence_at, acted_at, acted, handled,
+                        problem=problem)
 
 
 def _detect(faults: list[FaultDebrief]) -> Deduction:
@@ -450,7 +458,9 @@ def debrief_lines(d: Debrief) -> list[DebriefLine]:
             out.append(DebriefLine("", f"what was done: {f.story}"))
         if not f.known:
             continue
-        if not f.timed:
+        if f.problem:
+            out.append(DebriefLine("", f"{f.problem}", alarm=True))
+        elif not f.timed:
             out.append(DebriefLine("", "evidence: not timed (the fault has no detector)"))
         elif f.evidence_at is None:
             out.append(DebriefLine("", "evidence: the tool never showed it in this run"))

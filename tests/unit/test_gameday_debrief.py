@@ -297,3 +297,16 @@ def test_a_recovery_point_reached_but_no_service_restored_brings_no_data_back() 
     # the test fault did not bite (the fetch never failed): nothing to detect
     assert points(d) == {"detect": 0, "recover": 30, "data": 20, "mistakes": 10}
     assert d.score == 40
+
+
+def test_a_fault_judge_that_fails_on_a_journal_is_said_not_raised() -> None:
+    def broken(events: list[dict[str, Any]]) -> float | None:
+        return float(events[0]["no-such-key"])
+
+    bad = Fault(name="bad-judge", title="A fault whose judge fails", scenarios=("restore-latest",), story="s",
+                evidence="e", handling="h", phase="build", inject=_noop, evidence_event=broken, handled=None)
+    d = debrief(drill().state(), game(("bad-judge",)), {"bad-judge": bad}, T0 + timedelta(hours=1))
+    (f,) = d.faults
+    assert f.evidence_at is None and not f.timed and f.problem is not None and "KeyError" in f.problem
+    assert points(d)["detect"] == 0
+    assert any(ln.alarm and "its judge of the journal failed (KeyError" in ln.text for ln in debrief_lines(d))
