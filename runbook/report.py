@@ -15,12 +15,15 @@ import shlex
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runbook.clock import parse_iso
 from runbook.durations import format_duration, rough_duration
 from runbook.events import StepStatus
 from runbook.state import RunState, StepState
+
+if TYPE_CHECKING:
+    from runbook.gameday import Debrief
 
 EVENT_TEXT = {
     "run-started": "run started",
@@ -595,7 +598,9 @@ def rpo_rows(rpo: RpoFacts) -> list[tuple[str, str]]:
 # ---- Markdown ----------------------------------------------------------------------------------------
 
 
-def render_markdown(st: RunState, titles: dict[str, str], now: datetime) -> str:
+def render_markdown(st: RunState, titles: dict[str, str], now: datetime, debrief: Debrief | None = None) -> str:
+    """The report in Markdown; `debrief`: a game-day run's debrief (runbook.gameday.load_debrief), given only once
+    the run has ended, shown after the RTO and RPO."""
     rto = rto_facts(st, now)
     out: list[str] = []
     out.append(f"# Recovery report: {st.runbook_name}")
@@ -648,6 +653,10 @@ def render_markdown(st: RunState, titles: dict[str, str], now: datetime) -> str:
             out += ["", f"The RPO could not be measured: {rpo.problem}."]
         if rpo.logical_warning:
             out += ["", f"> {rpo.logical_warning}"]
+    if debrief is not None:
+        from runbook.gameday import debrief_markdown
+
+        out += debrief_markdown(debrief)
     out.append("")
     out.append("## Steps")
     out.append("")

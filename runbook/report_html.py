@@ -16,6 +16,7 @@ import math
 import re
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from runbook import __version__
 from runbook.durations import format_duration, short_duration
@@ -43,6 +44,9 @@ from runbook.report import (
     window_text,
 )
 from runbook.state import RunState
+
+if TYPE_CHECKING:
+    from runbook.gameday import Debrief
 
 # Outcome colours: distinct in print and for the common colour-vision deficiencies (with the labels and
 # the skipped hatch, colour is never the only cue).
@@ -109,6 +113,7 @@ td.wrap, .pre { white-space: pre-wrap; overflow-wrap: anywhere; }
 .pill.muted { background: #eef1f4; color: #4a5568; border-color: #d5dbe2; }
 .callout { border-left: 5px solid var(--warn); background: #fff8ee; padding: 9px 14px; margin: 12px 0; }
 .callout.bad { border-left-color: var(--bad); background: #fff3f3; }
+td.bad { color: var(--bad); font-weight: 600; }
 .callout.info { border-left-color: #6b46c1; background: #f6f2ff; }
 .muted { color: var(--muted); }
 code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, "DejaVu Sans Mono", monospace; font-size: 12.5px; }
@@ -626,8 +631,22 @@ def _timeline_table(st: RunState) -> str:
     return "".join(out)
 
 
-def render_html(st: RunState, titles: dict[str, str], now: datetime) -> str:
-    """The whole report as one HTML document."""
+def _debrief_section(d: Debrief) -> str:
+    """A game-day run's debrief: the same labelled lines as the Markdown report and the screens."""
+    from runbook.gameday import debrief_lines
+
+    out = ['<section id="debrief"><h2>Game day debrief</h2>',
+           f'<p class="callout"><strong>Score: {d.score}/100</strong> (the rules: docs/game-days.md)</p>',
+           '<table class="kv">']
+    for line in debrief_lines(d):
+        cls = ' class="bad"' if line.alarm else ""
+        out.append(f"<tr><th>{h(line.label)}</th><td{cls}>{h(line.text)}</td></tr>")
+    out.append("</table></section>")
+    return "".join(out)
+
+
+def render_html(st: RunState, titles: dict[str, str], now: datetime, debrief: Debrief | None = None) -> str:
+    """The whole report as one HTML document; `debrief` as in `runbook.report.render_markdown`."""
     rto = rto_facts(st, now)
     rpo = rpo_facts(st)
     parts = [
@@ -640,6 +659,7 @@ def render_html(st: RunState, titles: dict[str, str], now: datetime) -> str:
         _cards(st, rto, rpo),
         _rto_section(st, titles, rto),
         _rpo_section(rpo) if rpo is not None else "",
+        _debrief_section(debrief) if debrief is not None else "",
         '<section id="chart"><h2>Timeline chart</h2><figure>',
         gantt_svg(st, titles, rto, now),
         _legend(),

@@ -110,7 +110,7 @@ _LAYERS = {"unit": "unit", "integration": "integration", "tui": "tui"}
 # time (`--dist loadfile`); starting these first keeps one of them from being the last thing a worker does.
 _LONGEST_FIRST = (
     "integration/test_demo.py", "integration/test_gameday_logical.py", "integration/test_demo_encrypted.py",
-    "integration/test_signing.py", "integration/test_gameday_archive.py",
+    "integration/test_signing.py", "integration/test_gameday_archive.py", "tui/test_tmux_gameday.py",
     "integration/test_pitr.py", "integration/test_pitr_encrypted.py", "integration/test_cluster_identity.py",
     "integration/test_incident_room.py", "tui/test_tmux_watch.py", "integration/test_hostile_base_backup.py",
     "tui/test_tmux.py", "integration/test_wal.py", "integration/test_wal_check.py", "integration/test_status.py",

@@ -294,6 +294,12 @@ def _reveal(args: argparse.Namespace, sb: Any, sdir: Path) -> int:
             print("  not injected (the demo stopped before its phase)")
     print(f"\nseed {gd.seed} replays it: runbook demo --scenario {gd.scenario} "
           + " ".join(f"--fault {n}" for n in gd.faults) + f" --seed {gd.seed}")
+    if gd.run_id and (sdir / "runs" / gd.run_id / "journal.jsonl").exists():
+        from runbook.cli.gamedays import say_debrief
+
+        print()
+        if not say_debrief(sdir, gd.run_id):
+            print("the run has not ended: its debrief comes when it does")
     return 0
 
 
@@ -321,12 +327,19 @@ def _recover(args: argparse.Namespace, sb: Any, rb: Any, runbook_path: Path, pro
         given = load_model(profile, Profile, filename=str(profile)).params
         _say("opening the runbook: recover AssetFlow step by step")
         _phase(game, "during-run")  # the run is opened in the TUI: GameContext.find_run() finds it
+        if game is not None:  # the ledger has the game before the TUI opens: its Debrief screen reads it
+            from steps.sandbox.faults.record import append_ledger
+
+            append_ledger(sdir, game.gd)
         code = run_new(opts, rb, given, sdir)
         if game is not None:
             from steps.sandbox.faults import run_of_game
 
             if (rid := run_of_game(sdir, game.gd.game_id)) is not None:
                 game.opened(rid)
+                from runbook.cli.gamedays import say_debrief
+
+                say_debrief(sdir, rid)
             _say_reveal(args, rid)
         _say_key_after(args, sb)
         return code
@@ -351,6 +364,9 @@ def _recover(args: argparse.Namespace, sb: Any, rb: Any, runbook_path: Path, pro
         print(f"demo: measured RTO {format_duration(c.elapsed_s)} against {format_duration(c.target_s)}: {verdict}"
               f"{report}")
     if game is not None:
+        from runbook.cli.gamedays import say_debrief
+
+        say_debrief(sdir, engine.run_id)
         _say_reveal(args, engine.run_id)
     _say_key_after(args, sb)
     sys.stdout.flush()

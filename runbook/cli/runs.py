@@ -69,6 +69,9 @@ def register(sub: Any) -> None:
     ls.add_argument("file", nargs="?", help="a runbook file: its scenarios never run show as stale too")
     ls.add_argument("--json", action="store_true", help="one JSON document: every run and the last good drill "
                     "per scenario")
+    ls.add_argument("--game-days", action="store_true",
+                    help="each person's game days (runbook demo --fault) by fault with their score, the faults "
+                         "nobody has practised, and who has played none for 90 days (docs/game-days.md)")
     add_state_dir(ls)
     ls.set_defaults(func=cmd_runs)
 
@@ -143,9 +146,12 @@ def _drive(engine: object, args: argparse.Namespace, answers: dict[str, Any] | N
         from runbook.tui.app import run_engine
 
         return run_engine(engine, state_dir(args))  # type: ignore[arg-type]
+    from runbook.cli.gamedays import say_debrief
     from runbook.cli.headless import run_headless
 
-    return run_headless(engine, _headless_opts(args, answers or {}))  # type: ignore[arg-type]
+    code = run_headless(engine, _headless_opts(args, answers or {}))  # type: ignore[arg-type]
+    say_debrief(state_dir(args), engine.run_id, prefix="runbook")  # type: ignore[attr-defined]  # a game day that ended
+    return code
 
 
 def _confirm_break_lock(args: argparse.Namespace) -> None:
@@ -209,6 +215,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    if args.game_days:
+        from runbook.cli.gamedays import cmd_game_days
+
+        return cmd_game_days(args)
     from runbook.durations import format_duration
     from runbook.report import rto_facts
     from runbook.staleness import STALE_AFTER, last_good_drills
@@ -283,6 +293,18 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _debrief(sdir: Path, st: Any, now: Any) -> Any:
+    """A game-day run's debrief once it ended (None otherwise); a record that cannot be found is said on stderr,
+    and the report is written without it."""
+    from runbook.gameday import GameDayError, load_debrief
+
+    try:
+        return load_debrief(sdir, st, now)
+    except GameDayError as e:
+        print(f"warning: no game day debrief: {e.message}" + (f" ({e.hint})" if e.hint else ""), file=sys.stderr)
+        return None
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from runbook.loader import load_runbook
     from runbook.report import render_markdown
@@ -297,7 +319,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     except RunbookError:
         titles = {}
     render = render_html if args.format == "html" else render_markdown
-    text = render(st, titles, Clock().now())
+    now = Clock().now()
+    text = render(st, titles, now, debrief=_debrief(sdir, st, now))
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"report written to {args.output}")

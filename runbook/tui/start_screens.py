@@ -237,8 +237,8 @@ class ParamsScreen(Screen[None]):
         scenario = self._scenario()
         needed = p.required or (scenario is not None and p.scenarios is not None and scenario in p.scenarios)
         msg = ""
-        if value == "":
-            if needed:
+        if value == "":  # an empty field gives nothing: the profile's value or the default stands (runbook.params)
+            if needed and p.default is None and self.given.get(name) is None:
                 msg = "required here"
         else:
             try:

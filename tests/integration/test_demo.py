@@ -130,6 +130,48 @@ def test_the_recovered_cluster_is_protected_again_in_its_new_cluster_directory(d
     assert "Protection restored" in rep.stdout
 
 
+def test_the_debrief_of_a_real_drill_against_its_clean_baseline(drill) -> None:
+    """runbook.gameday over this real run's journal, as if a game day had been played on it: a fault whose evidence
+    is the rows-lost warning of step verify; a clean recovery loses exactly what the sandbox's clean baseline says
+    (steps.sandbox.faults.game.clean_baseline, from the backups as taken), so no data points are lost; --yes never
+    acts on the warning, so detect costs its whole share."""
+    from datetime import datetime
+    from math import isclose
+
+    from runbook.gameday import debrief, debrief_lines
+    from runbook.state import load_state
+    from steps.sandbox.faults import Fault
+    from steps.sandbox.faults.game import clean_baseline
+    from steps.sandbox.faults.record import GameDay
+
+    sb, state, r = drill
+    assert r.returncode == 0, r.stderr
+    (run_dir,) = (state / "runs").iterdir()
+    st = load_state(state, run_dir.name)
+    assert st.incident_start is not None
+    baseline = clean_baseline(sb, st.incident_start)
+    assert baseline["rows_lost"] == 50 and baseline["rpo_s"] > 0
+
+    def warned(events: list[dict[str, object]]) -> float | None:
+        return next((datetime.fromisoformat(str(e["ts"])).timestamp() for e in events
+                     if e["type"] == "step-check" and e.get("step") == "verify" and e.get("status") == "warning"), None)
+
+    fault = Fault(name="rows-lost", title="rows were written after the backup", scenarios=("restore-latest",),
+                  story="the application kept writing", evidence="verify warns of the rows lost", handling="report them",
+                  phase="before-run", inject=lambda sb, ctx: {}, evidence_event=warned, handled=None)
+    game = GameDay(game_id="gd-20261125T030000Z-cafe", seed=1, scenario="restore-latest", faults=[fault.name],
+                   operator="ci", created_at=st.incident_start.isoformat(), run_id=st.run_id, baseline=baseline)
+    d = debrief(st, game, {fault.name: fault}, datetime.now(st.incident_start.tzinfo))
+    assert d.restored and d.status == "completed" and d.rows_lost == 50 and d.baseline_rows_lost == 50
+    assert d.window_s is not None and isclose(d.window_s, baseline["rpo_s"], abs_tol=0.01)
+    (f,) = d.faults
+    assert f.evidence_at is not None and f.acted_at is None  # --yes confirmed the next step: no action
+    assert {x.rule: x.points for x in d.deductions} == {"detect": 20, "recover": 0, "data": 0, "mistakes": 0}
+    assert d.score == 80 and d.rto_s is not None and 0 < d.rto_s < 300
+    text = "\n".join(ln.text for ln in debrief_lines(d))
+    assert "acted on: never" in text and "rows lost 50 (clean run 50)" in text
+
+
 def test_down_removes_the_sandbox_and_a_second_demo_rebuilds(tmp_path: Path, server_runbook: str) -> None:  # noqa: F811
     base = make_base_dir("runbook-demo2-")
     try:

@@ -4,6 +4,7 @@ scripted operator once not handled and once handled (recovering to what the arch
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from steps.sandbox.build import Sandbox
 from steps.sandbox.faults import FAULTS, registry
 from steps.sandbox.faults.record import for_run
 from tests.conftest import ROOT, run_cli
-from tests.support.operator import ScriptedOperator, assert_no_leak, fault_words
+from tests.support.operator import ScriptedOperator, assert_debrief, assert_no_leak, fault_words, points
 from tests.support.pgcluster import make_base_dir
 from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv (archive_command)
 
@@ -63,6 +64,9 @@ def test_archive_broken_not_handled(place: tuple[Path, ScriptedOperator]) -> Non
     assert f.evidence_event(events) is not None  # type: ignore[misc]
     assert not f.handled(events)  # type: ignore[misc]
     assert_no_leak([play], fault_words(f))
+    d = assert_debrief(play, f)  # --yes stopped at the pitr that fell short: nothing done about it
+    assert d.faults[0].acted_at is None and d.faults[0].handled is False and not d.restored
+    assert points(d) == {"detect": 20, "recover": 30, "data": 20, "mistakes": 0} and d.score == 30
 
 
 def test_archive_broken_handled_by_recovering_what_the_archive_holds(place: tuple[Path, ScriptedOperator]) -> None:
@@ -81,3 +85,12 @@ def test_archive_broken_handled_by_recovering_what_the_archive_holds(place: tupl
     events = second.events()
     assert f.handled(events)  # type: ignore[misc]
     assert_no_leak([first, second], fault_words(f))
+    assert first.debrief() == ""  # left open: nothing told yet
+    d = assert_debrief(second, f)
+    (fd,) = d.faults
+    assert fd.handled is True and fd.acted == "wrote a note at step pitr" and d.retried == ["pitr"] and d.restored
+    # the note came seconds after the assess step showed the archive's age; what the archive lacked is data lost
+    assert points(d)["detect"] == 2 * int((fd.reaction_s or 0) // 60) and d.mistakes == []
+    assert d.window_s is not None and d.baseline_rpo_s is not None and d.window_s > d.baseline_rpo_s
+    assert points(d)["data"] == min(20, math.ceil(round(20 * (d.window_s - d.baseline_rpo_s) / 300, 6)))
+    assert d.score == 100 - sum(points(d).values())

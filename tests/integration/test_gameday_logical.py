@@ -8,6 +8,7 @@ One sandbox for the module (its cluster initialised once), rebuilt by each demo.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from steps.sandbox.build import DB, Sandbox
 from steps.sandbox.faults import FAULTS, registry
 from steps.sandbox.faults.record import all_game_days, for_run, ledger_for_run
 from tests.conftest import ROOT, run_cli
-from tests.support.operator import Play, ScriptedOperator, assert_no_leak, fault_words
+from tests.support.operator import Play, ScriptedOperator, assert_debrief, assert_no_leak, fault_words, points
 from tests.support.pgcluster import make_base_dir
 from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv (reprotect's archive_command)
 
@@ -65,6 +66,10 @@ def _no_leak(fault: str, *plays: Play) -> None:
     assert_no_leak(plays, fault_words(_fault(fault)) + ["game-day fault", "injected"])
 
 
+def _debrief(play: Play, fault: str):  # noqa: ANN202
+    return assert_debrief(play, _fault(fault))
+
+
 # ---- corrupt-newest-backup ------------------------------------------------------------------------------------
 
 
@@ -86,6 +91,10 @@ def test_corrupt_newest_backup_not_handled(day: Day) -> None:
     assert [e for e in events if e["type"] == "game-day"] == [
         {**[e for e in events if e["type"] == "game-day"][0], "game_id": gd.game_id, "seed": 11}]
     _no_leak("corrupt-newest-backup", play)
+    d = _debrief(play, "corrupt-newest-backup")  # stopped at the failed fetch: nothing done about it
+    assert d.faults[0].acted_at is None and d.faults[0].handled is False and not d.restored
+    assert points(d) == {"detect": 20, "recover": 30, "data": 20, "mistakes": 0} and d.score == 30
+    assert "acted on: never" in play.debrief() and "handled: NO" in play.debrief()
 
 
 def test_corrupt_newest_backup_handled_with_the_previous_backup_and_a_larger_loss(day: Day) -> None:
@@ -115,6 +124,19 @@ def test_corrupt_newest_backup_handled_with_the_previous_backup_and_a_larger_los
     seen = f.evidence_event(events)  # type: ignore[misc]
     assert seen is not None
     _no_leak("corrupt-newest-backup", first, second)
+    assert first.debrief() == ""  # left open: nothing told yet
+    d = _debrief(second, "corrupt-newest-backup")
+    (fd,) = d.faults
+    assert fd.handled is True and fd.reaction_s is not None
+    assert fd.acted == "left the run to act outside it (the operator stopped to change parameters (backup_id) " \
+        "(--answers))"
+    assert d.retried == ["fetch"] and d.mistakes == [] and d.restored
+    assert d.rows_lost == rows_lost and d.baseline_rows_lost == gd.baseline["rows_lost"]
+    # the previous backup is older than the newest a clean run restores: more data lost, as a share of the RPO
+    assert d.window_s is not None and d.baseline_rpo_s is not None and d.window_s > d.baseline_rpo_s
+    data = math.ceil(round(20 * (d.window_s - d.baseline_rpo_s) / 300, 6))
+    assert points(d) == {"detect": 2 * int(fd.reaction_s // 60), "recover": 0, "data": data, "mistakes": 0}
+    assert 1 <= data < 20 and d.score == 100 - sum(points(d).values())
 
 
 # ---- target-database-exists -----------------------------------------------------------------------------------
@@ -138,6 +160,10 @@ def test_target_database_exists_not_handled(day: Day) -> None:
                               "where schemaname = 'public'", db=DB)
     assert left.split(",") == gd.injected[0]["facts"]["tables"]  # nothing was written over it
     _no_leak("target-database-exists", play)
+    d = _debrief(play, "target-database-exists")  # acted (a skip), wrongly: not handled
+    assert d.faults[0].acted.startswith("skipped step provision (looks fine)") and d.faults[0].handled is False
+    assert d.skipped == [("provision", "looks fine")] and not d.restored
+    assert points(d) == {"detect": 20, "recover": 30, "data": 20, "mistakes": 0} and d.score == 30
 
 
 def test_target_database_exists_handled_under_a_new_name(day: Day) -> None:
@@ -153,6 +179,12 @@ def test_target_database_exists_handled_under_a_new_name(day: Day) -> None:
     f = _fault("target-database-exists")
     assert f.handled(second.events())  # type: ignore[misc]
     _no_leak("target-database-exists", first, second)
+    d = _debrief(second, "target-database-exists")
+    assert d.faults[0].handled is True and d.faults[0].acted.startswith("left the run to act outside it (the "
+                                                                        "operator stopped to change parameters")
+    assert d.retried == ["provision"] and d.restored and d.mistakes == []
+    assert points(d)["data"] == 0  # the newest backup restored, under another name: what a clean run loses
+    assert d.score == 100 - points(d)["detect"] and points(d)["detect"] == 2 * int((d.faults[0].reaction_s or 0) // 60)
 
 
 # ---- s3-unreachable -------------------------------------------------------------------------------------------
@@ -175,6 +207,9 @@ def test_s3_unreachable_not_handled(day: Day) -> None:
     finished = [e for e in events if e["type"] == "step-finished" and e["step"] == "reprotect"]
     assert finished[0]["status"] == "failed" and finished[0]["duration_s"] < 60 and started
     _no_leak("s3-unreachable", play)
+    d = _debrief(play, "s3-unreachable")  # the service is back (from the local copy); re-protection failed
+    assert d.restored and d.status == "failed" and d.faults[0].handled is False
+    assert points(d) == {"detect": 20, "recover": 0, "data": 0, "mistakes": 0} and d.score == 80
 
 
 def test_s3_unreachable_handled_from_the_local_copy(day: Day) -> None:
@@ -187,6 +222,10 @@ def test_s3_unreachable_handled_from_the_local_copy(day: Day) -> None:
     f = _fault("s3-unreachable")
     assert f.handled(play.events())  # type: ignore[misc]
     _no_leak("s3-unreachable", play)
+    d = _debrief(play, "s3-unreachable")
+    assert d.faults[0].handled is True and d.faults[0].acted.startswith("skipped step reprotect (off-site S3 copy down")
+    assert d.skipped == [("reprotect", "off-site S3 copy down: ticket raised, re-protect when it answers")]
+    assert points(d)["data"] == 0 and points(d)["recover"] == 0 and d.mistakes == []
 
 
 # ---- the trainer's view and the seed ------------------------------------------------------------------------
@@ -199,6 +238,8 @@ def test_reveal_names_the_fault_after_the_run(day: Day) -> None:
     f = _fault("s3-unreachable")
     assert f"FAULT {f.name}: {f.title}" in shown and f.handling in shown and "seed 5" in shown
     assert "operator trainee" in shown and "--fault s3-unreachable --seed 5" in shown
+    assert "demo: game day debrief (score " in shown and "Fault      s3-unreachable" in shown  # the same debrief
+    assert "game day debrief" not in shown.split("FAULT s3-unreachable")[0]  # after the record, not instead
     run_cli("demo", "--down", "--dir", str(day.sb.base), timeout=120)
     r = run_cli("demo", "--reveal", play.run_id, "--dir", str(day.sb.base), "--state-dir", str(day.state))
     assert r.returncode == 0 and f"FAULT {f.name}" in r.stdout  # from the ledger: the sandbox is gone

@@ -31,6 +31,8 @@ from tests.conftest import run_cli
 RUN_ID = re.compile(r"· run (\d{8}T\d{6}Z-[a-z0-9-]+-[0-9a-f]{4})\b")
 SETS = re.compile(r"resume it with ((?:--set \S+=\S*\s?)+)")
 Answers = dict[str, list[Any]]
+DEBRIEF_MARK = ": game day debrief (score "  # runbook.cli.gamedays.say_debrief's first line
+DEBRIEF_SECTION = "## Game day debrief"  # the report's section (runbook.gameday.debrief_markdown)
 
 
 @dataclass
@@ -85,11 +87,18 @@ class Play:
         return out
 
     def operator_view(self) -> str:
-        """Everything the operator is shown before the debrief: what was printed, the run's journal, its report."""
+        """Everything the operator is shown before the debrief: what was printed, the run's journal, its report;
+        the debrief itself (printed once the run ended, the report's section) is where the fault is named."""
         journal = ""
         if self.run_id is not None:
             journal = (self.state_dir / "runs" / self.run_id / "journal.jsonl").read_text()
-        return "\n".join((self.stdout, self.stderr, journal, self.report() if self.run_id else ""))
+        report = self.report().split(DEBRIEF_SECTION)[0] if self.run_id else ""
+        return "\n".join((self.stdout.split(DEBRIEF_MARK)[0], self.stderr, journal, report))
+
+    def debrief(self) -> str:
+        """The debrief as printed when the game-day run ended ("" when none was)."""
+        found = self.stdout.find(DEBRIEF_MARK)
+        return self.stdout[found:] if found >= 0 else ""
 
 
 def assert_no_leak(plays: Iterable[Play], words: Iterable[str]) -> None:
@@ -166,3 +175,30 @@ class ScriptedOperator:
 
 def journal_text(play: Play) -> str:
     return json.dumps(play.events())
+
+
+def assert_debrief(play: Play, fault: Any) -> Any:
+    """The debrief of a game-day play whose run ended (runbook.gameday.Debrief): printed at the end of the run
+    (its score, the fault named with its title), in the report's section, with the fault's evidence timed. Each
+    fault's drills assert its score rule by rule on what this returns."""
+    from datetime import UTC, datetime
+
+    from runbook.gameday import load_debrief
+    from runbook.state import load_state
+
+    assert play.run_id is not None
+    d = load_debrief(play.state_dir, load_state(play.state_dir, play.run_id), datetime.now(UTC))
+    assert d is not None, "not a game-day run that ended"
+    printed = play.debrief()
+    assert f"game day debrief (score {d.score}/100" in printed, play.output[-3000:]
+    assert f"Fault      {fault.name}: {fault.title}" in printed
+    report = play.report()
+    assert DEBRIEF_SECTION in report and f"**Score: {d.score}/100**" in report and fault.name in report
+    named = [f for f in d.faults if f.name == fault.name]
+    assert named and named[0].evidence_at is not None, "the tool never showed the fault's evidence"
+    return d
+
+
+def points(d: Any) -> dict[str, int]:
+    """A debrief's deductions by rule (detect, recover, data, mistakes)."""
+    return {x.rule: x.points for x in d.deductions}

@@ -336,3 +336,21 @@ async def test_the_form_asks_only_what_the_chosen_scenario_uses(tmp_path: Path, 
         await until(pilot, lambda: isinstance(app.screen, RunScreen))
         engine = app.screen.engine  # type: ignore[attr-defined]
         assert engine.state.scenario == "restore-latest" and engine.state.params["restore_dir"] == "/var/tmp/restore"
+
+
+async def test_an_empty_field_whose_default_is_empty_is_no_error(tmp_path: Path, state_dir: Path) -> None:
+    """A parameter of one scenario with an empty default (`backup_id: {default: '', scenarios: [restore-latest]}`:
+    empty means the newest) is resolved as the core resolves it: left empty, the default stands. The form said
+    "required here" and refused to start, though `runbook run` accepts it."""
+    path = _write(tmp_path, SCENARIO_PARAMS.replace(
+        "      pgdata:", "      backup_id: {default: '', pattern: '^([0-9]{8}T[0-9]{6}Z)?$', scenarios: [restore-latest]}\n"
+        "      pgdata:").replace('run: "echo {{ db_name }} {{ restore_dir }}"', 'run: "echo {{ db_name }} {{ backup_id }}"'))
+    app = RunbookApp(clock=Clock(), state_dir=state_dir, runbook=load_runbook(path),
+                     opts=RunOptions(runbook_path=path, mode="rehearsal", scenario="restore-latest"), given={})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ParamsScreen))
+        screen = app.screen
+        assert screen.query_one("#field-backup_id").display
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(app.screen, RunScreen))
+        assert app.screen.engine.state.params["backup_id"] == ""  # type: ignore[attr-defined]
