@@ -5,6 +5,7 @@ and the rows of the lost segment and after are missing; not handled, the run fai
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import pytest
@@ -15,7 +16,7 @@ from steps.sandbox.faults import registry
 from steps.sandbox.faults._pitr_common import at, first
 from steps.sandbox.faults.record import for_run
 from tests.support.gameday_pitr import PitrGame, pitr_game
-from tests.support.operator import assert_no_leak, fault_words
+from tests.support.operator import assert_debrief, assert_no_leak, fault_words, points
 from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv
 
 FAULT = registry()["wal-gap"]
@@ -63,6 +64,23 @@ def test_handled_the_recovery_goes_to_the_best_reachable_point(game: PitrGame) -
     assert shown is not None and shown == at(listed)
     assert FAULT.handled(events)
     assert_no_leak([play, second], fault_words(FAULT))
+    assert play.debrief() == ""  # left open: nothing told yet
+    d = assert_debrief(second, FAULT)
+    (fd,) = d.faults
+    # the evidence is the listing's warning; the operator acted when the replay stopped at the gap: they stopped
+    # to change the target (the answers' `set`), which is leaving the run to act outside it
+    assert fd.evidence_at is not None and abs(fd.evidence_at.timestamp() - at(listed)) < 1e-3
+    assert fd.acted_at is not None and fd.acted_at.timestamp() >= at(failed)
+    assert fd.acted.startswith("left the run to act outside it (the operator stopped to change parameters")
+    assert "target_kind" in fd.acted and "accept_gap" in fd.acted and fd.handled is True
+    assert "evidence shown " in second.debrief() and "acted on " in second.debrief()
+    assert d.retried == ["pitr"] and d.skipped == [] and d.mistakes == [] and d.restored
+    assert d.baseline_rto_s is None  # no clean drill in this state directory: the RTO is judged by its target
+    # recovered to the gap, not to the target a clean run reaches: the second batch and after are lost too
+    assert d.window_s is not None and d.baseline_rpo_s is not None and d.window_s > d.baseline_rpo_s
+    data = min(20, math.ceil(round(20 * (d.window_s - d.baseline_rpo_s) / 300, 6)))
+    assert points(d) == {"detect": 2 * int((fd.reaction_s or 0) // 60), "recover": 0, "data": data, "mistakes": 0}
+    assert data >= 1 and d.score == 100 - sum(points(d).values())
 
 
 def test_not_handled_the_run_fails_at_the_gap(game: PitrGame) -> None:
@@ -73,3 +91,8 @@ def test_not_handled_the_run_fails_at_the_gap(game: PitrGame) -> None:
     assert FAULT.evidence_event is not None and FAULT.handled is not None
     assert FAULT.evidence_event(events) is not None and not FAULT.handled(events)
     assert_no_leak([play], fault_words(FAULT))
+    d = assert_debrief(play, FAULT)  # --yes stopped at the pitr step short of its target: nothing done about it
+    (fd,) = d.faults
+    assert fd.acted_at is None and fd.handled is False and not d.restored and d.status == "failed"
+    assert "acted on: never" in play.debrief() and "handled: NO" in play.debrief()
+    assert points(d) == {"detect": 20, "recover": 30, "data": 20, "mistakes": 0} and d.score == 30
