@@ -5,20 +5,23 @@ re-attaches with `runbook resume RUN_ID` and finishes, the step never run twice;
 from __future__ import annotations
 
 import json
+import math
 import signal
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 
 from runbook.executor import StepProcess
+from runbook.gameday import load_debrief
 from runbook.state import load_state, step_dir
 from steps.sandbox.build import DB
 from steps.sandbox.faults import registry
-from steps.sandbox.faults._pitr_common import first
+from steps.sandbox.faults._pitr_common import at, first
 from tests.conftest import run_cli
 from tests.support.gameday_pitr import PitrGame, pitr_game
-from tests.support.operator import Play, assert_no_leak, fault_words
+from tests.support.operator import Play, assert_debrief, assert_no_leak, fault_words, points
 from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv
 
 FAULT = registry()["terminal-dies"]
@@ -48,6 +51,26 @@ def _wait_for_the_step(game: PitrGame, run_id: str, timeout: float = 300) -> str
     return state
 
 
+def _re_attached(play: Play, again: Play) -> None:
+    """The debrief of a run re-attached after the hang-up: the evidence is the resume that found the step under
+    its supervisor, which is the operator acting on it at once; nothing retried; scored rule by rule."""
+    assert play.debrief() == ""  # the front end died: no debrief, the run is open
+    d = assert_debrief(again, FAULT)
+    (fd,) = d.faults
+    resumed = first(again.events(), "run-resumed")
+    assert resumed is not None and fd.evidence_at is not None and fd.acted_at is not None
+    assert abs(fd.evidence_at.timestamp() - at(resumed)) < 1e-3 and fd.acted_at == fd.evidence_at
+    assert fd.acted.startswith("resumed the run") and fd.reaction_s == 0 and fd.handled is True
+    assert "evidence shown " in again.debrief() and "acted on " in again.debrief()
+    assert d.retried == [] and d.skipped == [] and d.mistakes == [] and d.restored and d.status == "completed"
+    assert d.baseline_rto_s is None  # no clean drill in this state directory: the RTO is judged by its target
+    assert d.window_s is not None and d.baseline_rpo_s is not None
+    extra = d.window_s - d.baseline_rpo_s
+    data = 0 if extra <= 0 else min(20, math.ceil(round(20 * extra / 300, 6)))
+    assert points(d) == {"detect": 0, "recover": 0, "data": data, "mistakes": 0}
+    assert d.score == 100 - data
+
+
 def test_handled_the_operator_re_attaches_and_finishes(game: PitrGame) -> None:
     play = _hung_up(game)
     st = load_state(game.state, play.run_id)
@@ -63,6 +86,7 @@ def test_handled_the_operator_re_attaches_and_finishes(game: PitrGame) -> None:
     assert FAULT.evidence_event(events) is not None and FAULT.handled(events)
     assert first(events, "run-resumed") is not None
     assert_no_leak([play, again], fault_words(FAULT))
+    _re_attached(play, again)
 
 
 def test_not_handled_the_step_ends_under_its_supervisor_and_the_run_stays_open(game: PitrGame) -> None:
@@ -76,6 +100,9 @@ def test_not_handled_the_step_ends_under_its_supervisor_and_the_run_stays_open(g
     assert FAULT.evidence_event is not None and FAULT.handled is not None
     assert FAULT.evidence_event(events) is None and not FAULT.handled(events)
     assert_no_leak([play], fault_words(FAULT))
+    # never re-attached: the run is open, so there is no debrief yet (it may still be resumed) and none printed
+    assert play.debrief() == "" and load_debrief(game.state, load_state(game.state, play.run_id), datetime.now(UTC)) \
+        is None
 
 
 def test_handled_in_scenario_1_the_restore_is_re_attached_and_finished(game: PitrGame) -> None:
@@ -91,3 +118,4 @@ def test_handled_in_scenario_1_the_restore_is_re_attached_and_finished(game: Pit
     assert FAULT.evidence_event(events) is not None and FAULT.handled(events)
     assert int(game.sb.server.psql("select count(*) from assets", db=DB)) > 0
     assert_no_leak([play, again], fault_words(FAULT))
+    _re_attached(play, again)
