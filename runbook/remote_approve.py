@@ -88,6 +88,23 @@ class RemoteApproval:
                                hint="is the run driven with this repository (its runbook's repository:)? "
                                     "`runbook watch -c` shows what the repository holds")
 
+    @classmethod
+    def watching(cls, source: Any, events: list[dict[str, Any]], clock: Clock) -> RemoteApproval:
+        """For the watch cockpit under `watch -c`: its source (already following the mirror) and the events it
+        holds; this host's key and the config's stores loaded to write the approval."""
+        from steps.repository.config import load_repository_config
+        from steps.repository.configured import open_stores
+        from steps.repository.signing import signer_from_config
+
+        if not getattr(source, "config_path", ""):
+            raise UsageError("this cockpit follows no repository config: an approval is sent through one",
+                             hint="watch with -c REPO_CONFIG, or approve on the driver's host")
+        job = cls(Path(source.config_path), source.run_id, clock, source=source, events=list(events))
+        cfg, _ = load_repository_config(job.config_path)
+        job.signer = signer_from_config(cfg, required=True)
+        job.stores = open_stores(cfg)
+        return job
+
     def refresh(self) -> list[dict[str, Any]]:
         got: list[dict[str, Any]] = self.source.poll()
         if self.source.unreachable_since is not None:

@@ -206,3 +206,64 @@ def test_an_unreachable_repository_is_a_clear_error_on_b_and_the_driver_keeps_wa
     evs = a.journal(run_id)
     assert not [e for e in evs if e["type"] in ("approved", "approval-refused") or
                 (e["type"] == "step-started" and e.get("step") == "drop")], out
+
+
+async def test_the_watch_cockpit_through_the_repository_approves_with_the_a_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`watch -c` on host B: the a key shows the command from the verified mirror (the secret masked), refuses
+    the driver's own user on its host, approves nothing for a wrong id, and sends a signed approval for the
+    right one; the driver's verdict comes back through the mirror and is said."""
+    from textual.widgets import Static
+
+    from runbook.repository_watch import open_repository
+    from runbook.tui.modals import TextModal
+    from runbook.tui.watch_screen import WatchApp, WatchScreen
+    from tests.tui.conftest import until
+
+    repo = tmp_path / "repo"
+    a, b = _hosts(tmp_path, f"local: {{path: {repo}}}\n")
+    drv = _start_driver(a, tmp_path)
+    notes: list[str] = []
+    try:
+        run_id = _run_id(a)
+        _mirrored(b.cfg, run_id, _awaiting)
+        app = WatchApp(open_repository(b.cfg, run_id), poll_s=0.2)
+        async with app.run_test(size=(120, 30)) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, WatchScreen) and app.screen.waiting is not None
+                        and app.screen.waiting.step_id == "drop", timeout=30)
+            screen = app.screen
+            assert isinstance(screen, WatchScreen)
+            original = screen.notify
+            monkeypatch.setattr(screen, "notify", lambda text, **kw: (notes.append(str(text)), original(text, **kw)))
+            assert f"runbook approve -c {b.cfg} {run_id} drop" in str(screen.query_one("#hint", Static).content)
+            await pilot.press("a")  # as the driver's own user, on the driver's host: refused, no dialog
+            await pilot.pause(0.3)
+            assert isinstance(app.screen, WatchScreen) and "the driver cannot approve their own step" in notes[-1]
+            monkeypatch.setenv("LOGNAME", "carol")
+            monkeypatch.setenv("USER", "carol")
+            await pilot.press("a")
+            await until(pilot, lambda: isinstance(app.screen, TextModal))
+            modal = app.screen
+            assert isinstance(modal, TextModal) and modal.command == f"$ {SHOWN}"
+            for ch in "first":  # the wrong step id
+                await pilot.press(ch)
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, WatchScreen))
+            assert "nothing was approved" in notes[-1]
+            assert not list((repo / "runs" / run_id).rglob("approve-*"))
+            await pilot.press("a")
+            await until(pilot, lambda: isinstance(app.screen, TextModal))
+            for ch in "drop":
+                await pilot.press(ch)
+            await pilot.press("enter")
+            await until(pilot, lambda: any("accepted your approval" in n for n in notes), timeout=30)
+            assert any("is in the repository (signed with key" in n for n in notes)
+            await pilot.press("q")
+        out = drv.communicate(timeout=60)[0]
+    finally:
+        _stop(drv)
+    assert drv.returncode == 0, out
+    approved = [e for e in a.journal(run_id) if e["type"] == "approved"]
+    assert len(approved) == 1 and approved[0]["approver"] == "carol" and approved[0]["remote"] is True
+    assert approved[0]["key_id"] == load_private_key(b.key).key_id
+    assert TOKEN not in "\n".join(notes)
