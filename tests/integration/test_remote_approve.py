@@ -10,8 +10,9 @@ written and by the driver when the request is written anyway.
 
 Faults: an unsigned request and one signed by a key nobody trusts (refused, named); a genuine request naming the
 hash of a command other than the one that waits (refused: changed since); the driver's own user and host
-(refused); the repository unreachable from B (a clear error, the driver keeps waiting). The secret in the command
-is masked wherever B shows it, and the report names the approver's host.
+(refused); an earlier wait's (refused); the repository unreachable from B, or failing as the approval is written
+(a clear error, nothing written, the driver keeps waiting). The secret in the command is masked wherever B shows
+it, and the report names the approver's host. The watch cockpit under `watch -c` approves with its a key.
 """
 
 from __future__ import annotations
@@ -267,3 +268,31 @@ async def test_the_watch_cockpit_through_the_repository_approves_with_the_a_key(
     assert len(approved) == 1 and approved[0]["approver"] == "carol" and approved[0]["remote"] is True
     assert approved[0]["key_id"] == load_private_key(b.key).key_id
     assert TOKEN not in "\n".join(notes)
+
+
+def test_the_repository_failing_as_the_approval_is_written_approves_nothing(
+        tmp_path: Path, s3_server: S3Endpoint, s3_bucket: str) -> None:  # noqa: F811
+    """B reads the mirror, then its approval cannot be written (S3 answers 500 to it, through a proxy in front of
+    moto): a clear error on B, nothing in the repository, the driver keeps waiting."""
+    from tests.support.s3server import FaultProxy
+
+    with FaultProxy(("127.0.0.1", s3_server.port), fail=lambda m, p: m == "PUT" and "/requests/" in p) as proxy:
+        a, b = _hosts(tmp_path, _repo_yaml("s3", tmp_path, s3_server, s3_bucket))
+        b.cfg.write_text(b.cfg.read_text().replace(s3_server.url, proxy.url))
+        drv = _start_driver(a, tmp_path)
+        try:
+            run_id = _run_id(a)
+            _mirrored(a.cfg, run_id, _awaiting)
+            r = _as(b, "carol", "approve", "-c", str(b.cfg), run_id, "drop", "--yes")
+            time.sleep(1)
+            assert drv.poll() is None
+        finally:
+            out = _stop(drv)
+        assert any(m == "PUT" and "/requests/" in p for m, p, _ in proxy.seen)  # it was tried, and failed
+    assert r.returncode == Exit.CANNOT_RUN, r.stdout + r.stderr
+    assert "the approval could not be written into the repository" in r.stderr
+    assert "keeps waiting" in r.stderr and "Traceback" not in r.stderr
+    evs = a.journal(run_id)
+    assert not [e for e in evs if e["type"] in ("approved", "approval-refused")], out
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
+    assert not [k for k in keys if "/requests/" in k], keys
