@@ -479,6 +479,8 @@ class Engine:
             from runbook.report import alone_command, approve_command
 
             how = approve_command(self.run_id, step.id, self.ctx.state_dir)
+            if self.ctx.mirror is not None:  # mirrored into a repository: another host may approve through it
+                how += f" (from another host: runbook approve -c REPO_CONFIG {self.run_id} {step.id})"
             alone = alone_command(self.run_id, self.ctx.state_dir)
             d = await self._wait_for(ev.Waiting(step.id, Wait.approval, command,
                                                 detail=f"waiting for approval by another operator: {how}; "

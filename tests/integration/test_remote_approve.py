@@ -114,6 +114,7 @@ def test_another_host_approves_after_seeing_the_command_and_the_report_names_its
     finally:
         _stop(drv)
     assert drv.returncode == 0, out
+    assert f"or from another host runbook approve -c REPO_CONFIG {run_id} drop" in " ".join(out.split()), out
     evs = a.journal(run_id)
     drop = [e for e in evs if e.get("step") == "drop" and e["type"] in ("approval-awaited", "approved",
                                                                          "step-confirmed", "step-started")]
