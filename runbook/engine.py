@@ -470,12 +470,17 @@ class Engine:
             "driver": {"user": user_name(os.geteuid()), "uid": os.geteuid(), "host": _hostname()},
             "since": iso(self.clock.now()),
         })
-        self._journal("approval-awaited", step=step.id, command_hash=digest)
+        # the wait's nonce is in the journal too: an approver on another host reads it from the mirror (it only
+        # binds an approval to this wait; the approval's signature says who wrote it)
+        self._journal("approval-awaited", step=step.id, command_hash=digest, wait=nonce,
+                      **({"items": step.manual} if step.manual else {}))
         self._approval = (step.id, nonce, digest)
         try:
             from runbook.report import alone_command, approve_command
 
             how = approve_command(self.run_id, step.id, self.ctx.state_dir)
+            if self.ctx.mirror is not None:  # mirrored into a repository: another host may approve through it
+                how += f" (from another host: runbook approve -c REPO_CONFIG {self.run_id} {step.id})"
             alone = alone_command(self.run_id, self.ctx.state_dir)
             d = await self._wait_for(ev.Waiting(step.id, Wait.approval, command,
                                                 detail=f"waiting for approval by another operator: {how}; "
@@ -580,6 +585,15 @@ class Engine:
 
         if self.finished is not None:
             return
+        if isinstance(req, RemoteRejected) and req.kind == "approve":
+            self._refuse("approval-refused", remote=True, request=req.key, where=req.where, key_id=req.key_id,
+                          step=self._approval[0] if self._approval else None, reason=req.reason)
+            self._emit(ev.Notice("warning", f"an approval in the repository was refused: {req.key}: {req.reason}",
+                                 self.current))
+            return
+        if not isinstance(req, RemoteRejected) and req.kind == "approve":
+            self._on_remote_approval(req)
+            return
         if isinstance(req, RemoteRejected):
             self._refuse("takeover-refused", remote=True, request=req.key, where=req.where, key_id=req.key_id,
                           reason=req.reason)
@@ -616,6 +630,46 @@ class Engine:
             self._hand_over()  # waiting for the operator: a boundary now
         # otherwise the walk is between two points (a step starting, ending, or between its retries): it hands
         # over at the next boundary (`_settle`, `_wait_for`), never while a step it launched still runs here
+
+    def _on_remote_approval(self, req: Any) -> None:
+        """An approval from another host, read from the repository (its signature by a trusted key and its form
+        verified by the mirror's thread). Accepted when it answers the wait in progress (step and nonce), names the
+        command as it stands now (its sha256, secrets masked), and comes from another operator: another user name,
+        or another host's key. The driver's own user on the driver's host, or signing with the driver's own key,
+        is the driver (refused)."""
+        from runbook.lockfile import current_user
+
+        b = req.body
+        user, host = str(b.get("user", "?")), str(b.get("host", "?"))
+        step_id, nonce, digest = self._approval or (None, None, None)
+        if step_id is not None:  # the command as it stands now, not as it was when the wait began
+            step = self.ctx.runbook.step(step_id)
+            digest = self.approval_hash(step, self._render_command(step, placeholders=True)[0])
+        mine = self.ctx.mirror.signer.key_id if self.ctx.mirror is not None and self.ctx.mirror.signer else None
+        me = current_user()
+        why = None
+        if user == me and (host == _hostname() or (mine is not None and req.key_id == mine)):
+            why = (f"the approver {user}@{host} is the driver's own user on the driver's host (or with its key): "
+                   "another operator must approve (another user, or another host's key)")
+        elif step_id is None or nonce is None:
+            why = f"no step waits for approval now (it names step {b.get('step')!r})"
+        elif b.get("step") != step_id:
+            why = f"it names step {b.get('step')!r}; step {step_id} waits for approval"
+        elif b.get("wait") != nonce:
+            why = "it answers an earlier wait for approval, not this one (approve again)"
+        elif b.get("command_hash") != digest:
+            why = "the step's command has changed since the approver saw it (approve again)"
+        if why is not None:
+            self._refuse("approval-refused", remote=True, request=req.key, step=step_id,
+                          named_step=str(b.get("step", "")), approver=user, approver_host=host, key_id=req.key_id,
+                          reason=why)
+            self._emit(ev.Notice("warning", f"approval from {user}@{host} refused: {why}", step_id))
+            return
+        self._journal("approved", step=step_id, approver=user, approver_host=host, key_id=req.key_id, remote=True,
+                      request=req.key, command_hash=digest)
+        self._emit(ev.Notice("info", f"step {step_id} approved by {user}@{host} (through the repository)", step_id))
+        if self._decision is not None and not self._decision.done():
+            self._decision.set_result(_Decision("approved", how=f"{user}@{host}"))
 
     def _hand_over(self) -> None:
         """Give the run to the host that asked (at a step boundary): journaled with both names and hosts, the

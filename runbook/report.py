@@ -461,9 +461,13 @@ def event_detail(e: dict[str, object]) -> str:
         text = f"{e.get('error')}: {e.get('message')}" if e.get("message") else str(e.get("error"))
         return text + (f" — hint: {e['hint']}" if e.get("hint") else "")
     if t == "approved":
-        return f"by {e.get('approver')} (command {str(e.get('command_hash', ''))[:12]})"
+        return f"by {approver_text(e)} (command {str(e.get('command_hash', ''))[:12]})"
     if t in ("approval-refused", "takeover-refused", "request-refused"):
         who = e.get("approver") or e.get("user")
+        if who and (e.get("approver_host") or e.get("host")):
+            who = f"{who}@{e.get('approver_host') or e.get('host')}"
+        if e.get("remote") and e.get("request"):
+            who = f"{who or 'the repository'} ({str(e['request']).rsplit('/', 1)[-1]})"
         return (f"from {who}: " if who else "") + str(e.get("reason", ""))
     if t == "handover-requested":
         by = e.get("by") if isinstance(e.get("by"), dict) else {}
@@ -541,8 +545,18 @@ class ApprovalRecord:
 
 
 def approvals(st: RunState) -> list[ApprovalRecord]:
-    return [ApprovalRecord(str(e.get("step")), str(e.get("approver")), str(e["ts"]), str(e.get("command_hash", "")))
+    return [ApprovalRecord(str(e.get("step")), approver_text(e), str(e["ts"]), str(e.get("command_hash", "")))
             for e in st.events if e.get("type") == "approved"]
+
+
+def approver_text(e: dict[str, Any]) -> str:
+    """Who approved, on which host (and, from another host, with which key, through the repository)."""
+    who = str(e.get("approver"))
+    if e.get("approver_host"):
+        who += f"@{e['approver_host']}"
+    if e.get("remote"):
+        who += f" (another host, key {e.get('key_id')}, through the repository)"
+    return who
 
 
 def refusals(st: RunState) -> list[dict[str, Any]]:

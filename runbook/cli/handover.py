@@ -21,6 +21,9 @@ def register(sub: Any) -> None:
     a = sub.add_parser("approve", help="approve a step that waits for another operator (the two-person rule)")
     a.add_argument("run_id", help="the run (its driver's cockpit shows the exact command to type)")
     a.add_argument("step", help="the step that waits for approval")
+    a.add_argument("-c", "--config", metavar="REPO_CONFIG",
+                   help="approve from another host, through this repository config (the run's mirror in it; "
+                        "the approval is signed with this host's key)")
     a.add_argument("--yes", action="store_true", help="no typed confirmation (tests and automation only)")
     add_state_dir(a)
     a.set_defaults(func=cmd_approve)
@@ -67,6 +70,8 @@ def cmd_approve(args: argparse.Namespace) -> int:
     from runbook.requests import approver_refusal, read_pending, send_approval, user_name
     from runbook.state import run_dir
 
+    if args.config:
+        return _approve_remote(args)
     rdir = run_dir(state_dir(args), args.run_id)
     if not rdir.is_dir():
         raise RunbookError(f"no run {args.run_id} under {state_dir(args)}",
@@ -101,6 +106,38 @@ def cmd_approve(args: argparse.Namespace) -> int:
         time.sleep(0.2)
     print(f"your approval is written; the driver's process has not accepted it within {APPROVE_WAIT_S:g} s "
           "(refused, or not running: the driver's cockpit says which)", file=sys.stderr)
+    return 1
+
+
+def _approve_remote(args: argparse.Namespace) -> int:
+    """`runbook approve -c REPO_CONFIG RUN_ID STEP`: from another host, through the repository
+    (runbook.remote_approve)."""
+    from pathlib import Path
+
+    from runbook.lockfile import current_user, hostname
+    from runbook.remote_approve import RemoteApproval
+
+    job = RemoteApproval(Path(args.config), args.run_id, Clock())
+    job.prepare()
+    p = job.check(args.step)
+    print(f"run {args.run_id} ({p.mode.upper()}), driven by {p.driver.get('user')}@{p.driver.get('host')} "
+          f"(through {job.source.describe()})")
+    print(f"step {p.step}: {p.title}")
+    if p.command:
+        print("  $ " + p.command.rstrip().replace("\n", "\n    "))
+    for item in p.items or []:
+        print(f"  ☐ {item}")
+    me = f"{current_user()}@{hostname()}"
+    if not args.yes:
+        _typed(f"Approve this step as {me}? Type the step id ({p.step}) to approve: ", p.step, "an approval")
+    nonce = job.send(p)
+    print(f"approval {nonce} written into the repository, signed with key {job.signer.key_id}; waiting for the "
+          "driver's process to verify it...", file=sys.stderr, flush=True)
+    ok, text = job.await_verdict()
+    if ok:
+        print(f"approved: the driver's process accepted your approval ({text})")
+        return 0
+    print(f"refused by the driver's process: {text}", file=sys.stderr)
     return 1
 
 

@@ -182,7 +182,9 @@ class Headless:
 
             self.out.print(f"  [bold yellow]waiting for approval by another operator[/]: they run "
                            f"[bold]{escape(approve_command(eng.run_id, w.step_id, eng.ctx.state_dir))}[/] from "
-                           "their own session")
+                           "their own session" + (f", or from another host [bold]runbook approve -c REPO_CONFIG "
+                                                  f"{escape(eng.run_id)} {escape(w.step_id)}[/] (through the "
+                                                  "repository)" if eng.ctx.mirror is not None else ""))
             self.out.print(f"  nobody else on call: stop here (Ctrl-C), then run "
                            f"[bold]{escape(alone_command(eng.run_id, eng.ctx.state_dir))}[/] (journaled)")
             return

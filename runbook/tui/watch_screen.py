@@ -117,6 +117,7 @@ class WatchScreen(RunScreen, inherit_bindings=False):
         self._tail: tuple[str, int, int] | None = None  # the step whose output is followed: id, attempt, offset
         self._broken: str | None = None
         self._banner_shown: tuple[str, str] | None = None
+        self._sent: str | None = None  # the nonce of this cockpit's approval through the repository, until answered
 
     def compose(self) -> ComposeResult:
         yield Static(id="watch-banner")
@@ -169,6 +170,15 @@ class WatchScreen(RunScreen, inherit_bindings=False):
         t = e.get("type")
         sid = e.get("step")
         st = self.view.state
+        if self._sent is not None and str(e.get("request", "")).endswith(f"approve-{self._sent}.json"):
+            if t == "approved":  # the driver's verdict on this cockpit's approval through the repository
+                self._sent = None
+                self.notify(escape(f"the driver's process accepted your approval of step {sid}"), title="Approved",
+                            timeout=8)
+            elif t == "approval-refused":
+                self._sent = None
+                self.notify(escape(f"the driver's process refused your approval: {e.get('reason')}"),
+                            title="Not approved", severity="error", timeout=15)
         if not isinstance(sid, str) or sid not in st.steps:
             if t in ("note", "warning"):
                 self.notify(escape(str(e.get("text", ""))), title=str(t),
@@ -185,7 +195,11 @@ class WatchScreen(RunScreen, inherit_bindings=False):
         elif t == "approval-awaited":  # the two-person rule: shown to watchers too, with the command to approve
             from runbook.report import approve_command
 
-            how = approve_command(st.run_id, sid, self.view.ctx.state_dir) if self.view.ctx.state_dir else ""
+            if self.view.ctx.state_dir:
+                how = approve_command(st.run_id, sid, self.view.ctx.state_dir)
+            else:  # through the repository: here (a), or `approve -c` on any host that trusts the driver's key
+                cfg = getattr(self.view.source, "config_path", "") or "REPO_CONFIG"
+                how = f"press a here, or runbook approve -c {cfg} {st.run_id} {sid}"
             self.waiting = ev.Waiting(sid, Wait.approval, command=self.waiting.command if self.waiting else None,
                                       detail=f"waiting for approval: {how}")
             self.focus_step = sid
@@ -244,10 +258,8 @@ class WatchScreen(RunScreen, inherit_bindings=False):
         if w is None or w.wait != Wait.approval or self._broken is not None:
             self.notify("no step waits for approval now", title="Approve", severity="warning")
             return
-        if self.view.ctx.state_dir is None:  # through the repository: requests go into the driver's run directory
-            self.notify(escape(f"an approval is sent from the driver's host: runbook approve {st.run_id} "
-                               f"{w.step_id} (its cockpit shows the exact command)"), title="Approve",
-                        severity="warning", timeout=10)
+        if self.view.ctx.state_dir is None:  # through the repository: a signed approval (runbook.remote_approve)
+            self._approve_remote(w.step_id)
             return
         rdir = run_dir(self.view.ctx.state_dir, st.run_id)
         try:
@@ -295,6 +307,56 @@ class WatchScreen(RunScreen, inherit_bindings=False):
             return
         self.notify(escape(f"your approval of step {sid} is sent: the driver's process verifies it (the step starts "
                            "when it is accepted)"), title="Approval sent", timeout=8)
+
+    def _approve_remote(self, step_id: str) -> None:
+        """Approve from another host, through the repository: the command as the verified mirror shows it
+        (secrets masked), the step id typed, then a signed approval into `runs/<id>/requests/`; the driver's
+        verdict comes back through the mirror (`_watch_event`)."""
+        from runbook.remote_approve import RemoteApproval
+        from runbook.tui.modals import TextModal
+
+        st = self.view.state
+        try:
+            job = RemoteApproval.watching(self.view.source, st.events, self.view.clock)
+            p = job.check(step_id)
+        except RunbookError as e:
+            self.notify(escape(e.message + (f" ({e.hint})" if e.hint else "")), title="Not approved",
+                        severity="error", timeout=10)
+            return
+        shown = [f"$ {p.command}".rstrip()] if p.command else []
+        shown += [f"☐ {item}" for item in p.items or []]
+        modal = TextModal(f"Approve: {p.title}",
+                          f"Run {escape(st.run_id)} ({escape(p.mode.upper())}), driven by "
+                          f"{escape(str(p.driver.get('user')))}@{escape(str(p.driver.get('host')))}, through the "
+                          f"repository (signed with this host's key {escape(job.signer.key_id)}). Type the step id "
+                          f"[b]{escape(p.step)}[/b] to approve it; anything else approves nothing.",
+                          placeholder="the step id shown above")
+        modal.command = "\n".join(shown) or None
+
+        def typed(value: str | None) -> None:
+            if value is None:
+                return
+            if value.strip() != p.step:
+                self.notify(escape(f"typed {value.strip()!r}, not {p.step!r}: nothing was approved"),
+                            title="Not approved", severity="warning")
+                return
+            self.run_worker(self._send_remote(job, p), group="approve")
+
+        self.app.push_screen(modal, typed)
+
+    async def _send_remote(self, job: Any, p: Any) -> None:
+        import asyncio
+
+        try:
+            nonce = await asyncio.to_thread(job.send, p)
+        except RunbookError as e:
+            self.notify(escape(f"{e.message} ({e.hint})" if e.hint else e.message), title="Not approved",
+                        severity="error", timeout=15)
+            return
+        self._sent = nonce
+        self.notify(escape(f"your approval of step {p.step} is in the repository (signed with key "
+                           f"{job.signer.key_id}): the driver's process verifies it"), title="Approval sent",
+                    timeout=8)
 
     def _next_item(self, sid: str) -> int | None:
         step = self.view.ctx.runbook.step(sid)

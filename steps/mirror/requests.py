@@ -6,6 +6,9 @@ host B that wants to drive the run (`runbook take-over -c REPO_CONFIG RUN_ID`) d
 ```
 runs/<run id>/requests/takeover-<nonce>.json (+ .sig)   who asks (user, host, pid), the driver it is addressed
                                                        to (host, pid, from live.json), how it was confirmed
+runs/<run id>/requests/approve-<nonce>.json (+ .sig)    an approval (the two-person rule) from another host: the
+                                                       step, the wait it answers, the sha256 of the command as
+                                                       the approver saw it, who approves (user, host)
 runs/<run id>/drivers/<seq>.json (+ .sig)              the claim of whoever drives the run on from event <seq>:
                                                        written once; the second claimant is told the first
 ```
@@ -38,7 +41,8 @@ if TYPE_CHECKING:
     from steps.repository.signing import Signer, Trust
     from steps.repository.store import Store
 
-REQUEST_RE = re.compile(r"^takeover-([0-9a-f]{16})\.json$")
+REQUEST_RE = re.compile(r"^(takeover|approve)-([0-9a-f]{16})\.json$")
+KINDS = ("takeover", "approve")
 MAX_REQUEST_BYTES = 16 * 1024
 MAX_PER_ROUND = 32
 
@@ -47,8 +51,8 @@ def requests_prefix(run_id: str) -> str:
     return f"{run_prefix(run_id)}requests/"
 
 
-def request_key(run_id: str, nonce: str) -> str:
-    return f"{requests_prefix(run_id)}takeover-{nonce}.json"
+def request_key(run_id: str, nonce: str, kind: str = "takeover") -> str:
+    return f"{requests_prefix(run_id)}{kind}-{nonce}.json"
 
 
 def claim_key(run_id: str, seq: int) -> str:
@@ -61,7 +65,7 @@ def new_nonce() -> str:
 
 @dataclass(frozen=True)
 class RemoteRequest:
-    """A take-over request whose signature and form hold (the engine decides whether it is for it)."""
+    """A take-over or approval request whose signature and form hold (the engine decides whether it is for it)."""
 
     key: str
     where: str  # the store, for messages
@@ -72,6 +76,10 @@ class RemoteRequest:
     def nonce(self) -> str:
         return str(self.body.get("nonce", ""))
 
+    @property
+    def kind(self) -> str:
+        return str(self.body.get("kind", ""))
+
 
 @dataclass(frozen=True)
 class RemoteRejected:
@@ -81,6 +89,11 @@ class RemoteRejected:
     where: str
     reason: str
     key_id: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """What its name says it is (an approval, or a take-over request: how its refusal is journaled)."""
+        return "approve" if self.key.rsplit("/", 1)[-1].startswith("approve-") else "takeover"
 
 
 def _strict(trust: Trust) -> Trust:
@@ -119,7 +132,8 @@ def _verify(store: Store, key: str, size: int, signed: bool, run_id: str, trust:
     name = key.rsplit("/", 1)[-1]
     m = REQUEST_RE.match(name)
     if m is None:
-        return RemoteRejected(key, where, "its name is not takeover-<nonce>.json: not a request runbook writes")
+        return RemoteRejected(key, where, "its name is not takeover-<nonce>.json nor approve-<nonce>.json: not a "
+                                          "request runbook writes")
     if size > MAX_REQUEST_BYTES:
         return RemoteRejected(key, where, f"{size} bytes, more than a request ever holds: refused unread")
     data = store.get_bytes(key)
@@ -130,9 +144,9 @@ def _verify(store: Store, key: str, size: int, signed: bool, run_id: str, trust:
         body = json.loads(data)
     except ValueError:
         return RemoteRejected(key, where, "not JSON", verdict.key_id)
-    if not isinstance(body, dict) or body.get("kind") != "takeover":
-        return RemoteRejected(key, where, "not a take-over request", verdict.key_id)
-    if body.get("nonce") != m.group(1):
+    if not isinstance(body, dict) or body.get("kind") != m.group(1):
+        return RemoteRejected(key, where, f"not the {m.group(1)} request its name says", verdict.key_id)
+    if body.get("nonce") != m.group(2):
         return RemoteRejected(key, where, "its nonce is not the one its name carries (copied)", verdict.key_id)
     if body.get("run_id") != run_id:
         return RemoteRejected(key, where, f"it names run {body.get('run_id')!r}, not this run (copied)",
@@ -140,12 +154,13 @@ def _verify(store: Store, key: str, size: int, signed: bool, run_id: str, trust:
     return RemoteRequest(key, where, body, verdict.key_id)
 
 
-def write_request(stores: list[Store], signer: Signer, run_id: str, body: dict[str, Any]) -> str:
-    """As the would-be driver: drop a signed request into every store (each one the driver may read). Returns
-    its nonce. Raises RunbookError when no store took it."""
+def write_request(stores: list[Store], signer: Signer, run_id: str, body: dict[str, Any],
+                  kind: str = "takeover") -> str:
+    """As the would-be driver (or an approver): drop a signed request into every store (each one the driver may
+    read). Returns its nonce. Raises RunbookError when no store took it."""
     nonce = new_nonce()
-    key = request_key(run_id, nonce)
-    data = (json.dumps({"kind": "takeover", "run_id": run_id, "nonce": nonce, **body}, indent=1) + "\n").encode()
+    key = request_key(run_id, nonce, kind)
+    data = (json.dumps({"kind": kind, "run_id": run_id, "nonce": nonce, **body}, indent=1) + "\n").encode()
     problems = []
     written = 0
     for store in stores:
@@ -155,16 +170,18 @@ def write_request(stores: list[Store], signer: Signer, run_id: str, body: dict[s
         except Exception as e:  # noqa: BLE001 - an unreachable store fails in many ways: said below
             problems.append(f"{store.describe()}: {e.message if isinstance(e, RunbookError) else e}")
     if not written:
-        raise RunbookError(f"the take-over request could not be written into the repository ({'; '.join(problems)})",
-                           hint="nothing was changed: the driver goes on. Check the repository, then try again")
+        what = "approval" if kind == "approve" else "take-over request"
+        raise RunbookError(f"the {what} could not be written into the repository ({'; '.join(problems)})",
+                           hint="nothing was changed: the driver goes on (and keeps waiting). Check the "
+                                "repository, then try again")
     return nonce
 
 
-def withdraw(stores: list[Store], run_id: str, nonce: str) -> None:
+def withdraw(stores: list[Store], run_id: str, nonce: str, kind: str = "takeover") -> None:
     """Remove a request that was not answered (best effort: the driver refuses one addressed to it twice)."""
     from steps.repository.signing import SIG_SUFFIX
 
-    key = request_key(run_id, nonce)
+    key = request_key(run_id, nonce, kind)
     for store in stores:
         with contextlib.suppress(Exception):
             store.delete([key, key + SIG_SUFFIX])

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -130,7 +131,7 @@ def test_another_user_approves_and_the_driver_runs_the_step(room: Path, server_v
     assert [e["type"] for e in drop] == ["approval-awaited", "approved", "step-confirmed", "step-started"]
     assert drop[1]["approver"] == PG_USER and drop[1]["command_hash"] == pending["hash"]
     report = _cli("report", run_id, "--state-dir", str(room / "state"))
-    assert f"| drop | {PG_USER} |" in report.stdout
+    assert f"| drop | {PG_USER}@{socket.gethostname()} |" in report.stdout  # the approver's host named
 
 
 def test_stale_hostile_and_own_requests_are_refused_and_nothing_runs(room: Path) -> None:

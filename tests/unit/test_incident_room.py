@@ -146,3 +146,33 @@ def test_an_approval_is_checked_against_what_waits_now() -> None:
     assert "not this run" in (why({**good, "run_id": "r2"}) or "")
     assert "no step waits" in (why(good, step=None) or "")
     assert command_hash("r1", "drop", "a") != command_hash("r1", "drop2", "a")
+
+
+def test_the_pending_approval_read_from_a_mirrored_journal() -> None:
+    """What `approve -c` finds in the mirror: the last wait not ended (approved, the step started or skipped, the
+    driver gone), its command and the hash recomputed from it; a hash that does not match its command refused."""
+    from runbook.errors import RunbookError
+    from runbook.remote_approve import pending_of
+
+    shown = "echo dropping old_db with ******"
+    good = command_hash("r1", "drop", shown, None)
+
+    def journal(*extra: tuple[str, dict[str, object]], digest: str = good, wait: str | None = "a1" * 8,
+                ) -> list[dict[str, object]]:
+        b = JournalBuilder(["first", "drop"])
+        b.shown(1, "drop", command=shown)
+        b.add(1, "approval-awaited", step="drop", command_hash=digest, **({"wait": wait} if wait else {}))
+        for t, data in extra:
+            b.add(2, t, **data)
+        return b.events
+
+    p = pending_of("r1", journal())
+    assert p is not None and (p.step, p.command, p.wait, p.command_hash) == ("drop", shown, "a1" * 8, good)
+    assert p.driver["user"] == journal()[0]["operator"]["user"]  # type: ignore[index]
+    assert pending_of("r1", journal(("approved", {"step": "drop", "approver": "carol"}))) is None
+    assert pending_of("r1", journal(("step-skipped", {"step": "drop", "reason": "no"}))) is None
+    assert pending_of("r1", journal(("run-detached", {"reason": "quit"}))) is None
+    assert pending_of("r1", journal(("approved", {"step": "other"}))) is not None  # another step's: still waits
+    assert pending_of("r1", journal(wait=None)) is None  # a wait without its nonce (an older driver): none to answer
+    with pytest.raises(RunbookError, match="does not match"):
+        pending_of("r1", journal(digest="0" * 64))
