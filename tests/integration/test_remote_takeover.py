@@ -151,7 +151,7 @@ def _stop(proc: subprocess.Popen[str]) -> str:
 def test_another_host_takes_over_at_the_step_boundary_and_drives_to_the_end(
         where: str, tmp_path: Path, s3_server: S3Endpoint, s3_bucket: str) -> None:  # noqa: F811
     a, b = _hosts(tmp_path, _repo_yaml(where, tmp_path, s3_server, s3_bucket))
-    drv = _start_driver(a, tmp_path, pause=6)
+    drv = _start_driver(a, tmp_path, pause=12)  # long enough for B's two commands on 2 loaded cores
     try:
         run_id = _run_id(a)
         _mirrored(b.cfg, run_id, _running("middle"))
@@ -207,7 +207,7 @@ def test_another_host_takes_over_at_the_step_boundary_and_drives_to_the_end(
 
 def test_two_hosts_at_once_one_wins_the_other_is_told_who(tmp_path: Path) -> None:
     a, b, c = _hosts(tmp_path, f"local: {{path: {tmp_path / 'repo'}}}\n", ("a", "b", "c"))
-    drv = _start_driver(a, tmp_path, pause=5)
+    drv = _start_driver(a, tmp_path, pause=10)  # both hosts ask while A still runs, even on 2 loaded cores
     try:
         run_id = _run_id(a)
         _mirrored(b.cfg, run_id, _running("middle"))
@@ -234,7 +234,7 @@ def test_planted_requests_are_refused_named_and_the_run_goes_on(tmp_path: Path) 
     repo = tmp_path / "repo"
     a, b = _hosts(tmp_path, f"local: {{path: {repo}}}\n")
     stranger, _ = make_keys(tmp_path, "stranger")  # a key neither host trusts
-    drv = _start_driver(a, tmp_path, pause=4)
+    drv = _start_driver(a, tmp_path, pause=6)
     try:
         run_id = _run_id(a)
         _mirrored(b.cfg, run_id, _running("middle"))
@@ -304,7 +304,7 @@ def test_the_repository_failing_as_the_request_is_written_changes_nothing(
     with FaultProxy(("127.0.0.1", s3_server.port), fail=lambda m, p: m == "PUT" and "/requests/" in p) as proxy:
         a, b = _hosts(tmp_path, _repo_yaml("s3", tmp_path, s3_server, s3_bucket))
         b.cfg.write_text(b.cfg.read_text().replace(s3_server.url, proxy.url))
-        drv = _start_driver(a, tmp_path, pause=3)
+        drv = _start_driver(a, tmp_path, pause=10)  # B asks while A still runs, even on 2 loaded cores
         try:
             run_id = _run_id(a)
             _mirrored(a.cfg, run_id, _running("middle"))

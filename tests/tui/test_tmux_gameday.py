@@ -77,8 +77,14 @@ def test_a_game_day_in_a_real_terminal_ends_on_its_debrief(tmux: Tmux, tmp_path:
         summary = _walk(tmux, [fault.name, fault.title])
         assert "COMPLETED" in summary and "press d for the debrief" in summary
         tmux.keys("d")
-        shown = tmux.wait_for("Game day debrief")
-        lines = shown.splitlines()
+        tmux.wait_for("Game day debrief")
+        deadline = time.monotonic() + 20  # the screen is painted in parts: read it once its footer is there too
+        while True:
+            shown = tmux.screen()
+            lines = shown.rstrip("\n").splitlines()
+            if (lines and "Back" in lines[-1]) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert "Game day debrief · score" in lines[0] and "/100" in lines[0]  # the title, first, with the score
         assert "Fault" in shown and f"{fault.name}:" in shown and "Back" in lines[-1]  # the footer's keys in sight
         tmux.keys("b")
