@@ -60,7 +60,8 @@ class Verdict:
 
     def raise_to(self, verdict: str, reason: str) -> None:
         self.verdict = worst(self.verdict, verdict)
-        self.reasons.append(f"{verdict}: {reason}")
+        if f"{verdict}: {reason}" not in self.reasons:  # one reason once, however many projections found it
+            self.reasons.append(f"{verdict}: {reason}")
 
 
 @dataclass
