@@ -176,6 +176,8 @@ def write_configs(base: Path, url: str, spool: Path, tls_url: str | None = None)
     cfg("s3", False, True, {})
     cfg("both", True, True, {})
     cfg("local-async", True, False, {"async": True, "worker_idle_s": 5})
+    for n in (1, 4, 8, 32):  # the uploader's read-ahead measured (wal.push_ahead; 16 by default)
+        cfg(f"local-async-p{n}", True, False, {"async": True, "worker_idle_s": 5, "push_ahead": n})
     cfg("s3-async", False, True, {"async": True, "worker_idle_s": 5})
     cfg("both-async", True, True, {"async": True, "worker_idle_s": 5})
     cfg("noprefetch", True, True, {"prefetch": 0})
@@ -273,7 +275,9 @@ def measure_push(base: Path, src: Server, corpus: list[Path], runbook: str, cfgs
         "cp + sync (floor)": lambda n, _d: ["sh", "-c", f"cp pg_wal/{n} {cp_dir}/{n}.tmp && sync {cp_dir}/{n}.tmp && "
                                         f"mv {cp_dir}/{n}.tmp {cp_dir}/{n}"],
     }
-    for name in ("local", "local-sealed", "s3", "both", "local-async", "local-async-sealed", "s3-async",
+    for name in ("local", "local-sealed", "s3", "both", "local-async", "local-async-p1", "local-async-p4",
+                 "local-async-p8", "local-async-p32",
+                 "local-async-sealed", "s3-async",
                  "both-async", "s3-enc", "s3-async-enc"):
         methods[f"ours: {name}"] = lambda n, _d, c=cfgs[name]: [runbook, "wal-push", "-c", str(c), f"pg_wal/{n}"]
     pgbr_confs: dict[str, Path] = {}
@@ -723,7 +727,8 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work directory (clusters, logs, repositories)")
     ap.add_argument("--only", choices=["compression", "push", "lag", "replay"], action="append")
     ap.add_argument("--push-methods", nargs="+", metavar="NAME",
-                    help="part 2 only for these (local, local-sealed, s3, both, local-async, local-async-sealed, "
+                    help="part 2 only for these (local, local-sealed, s3, both, local-async, local-async-pN (N = 1, 4, 8, "
+                         "32: wal.push_ahead), local-async-sealed, "
                          "s3-async, both-async, s3-enc, s3-async-enc); cp + sync always")
     ap.add_argument("--replay-methods", nargs="+", metavar="WORD",
                     help="part 4 only for the restore_commands whose label holds one of these words (e.g. "

@@ -135,7 +135,9 @@ class WalConfig(_Strict):
                          "(wal-push still confirms a segment only once every repository holds it)")
     spool_dir: Path | None = Field(None, description="Spool of the asynchronous mode and of fetch read-ahead, "
                                    "writable by the server's user (default: $XDG_STATE_HOME/runbook/wal-spool)")
-    max_parallel: int = Field(4, ge=1, le=32, description="Segments the asynchronous worker uploads at once")
+    max_parallel: int = Field(4, ge=1, le=32, description="Segments the read-ahead of wal-fetch moves at once")
+    push_ahead: int = Field(16, ge=1, le=64, description="Ready files the asynchronous uploader pushes at once, "
+                            "ahead of PostgreSQL's calls for them (measured: bench/wal_bench.py)")
     push_timeout_s: float = Field(60, gt=0, le=3600, description="How long wal-push waits for its segment's upload")
     worker_idle_s: float = Field(120, gt=0, le=3600, description="A worker with nothing to do exits after this "
                                  "(longer than archive_timeout: a quiet server keeps its uploader warm)")

@@ -91,6 +91,7 @@ class WalSettings:
         self.async_mode = bool(wal.get("async", False))
         self.spool_dir = Path(spool)
         self.max_parallel = int(wal.get("max_parallel", 4))
+        self.push_ahead = int(wal.get("push_ahead", 16))
         self.push_timeout_s = float(wal.get("push_timeout_s", 60))
         self.worker_idle_s = float(wal.get("worker_idle_s", 120))
         self.prefetch = int(wal.get("prefetch", 8))

@@ -16,7 +16,7 @@ archive-push, with `wal: {async: true}`:
   new config looks, and holds no lock the new one needs.
 - The uploader (`wal-push --async-worker`, one per cluster, an flock on `push-worker.lock`, started detached by
   `wal-push`, its log in `push-worker.log`) reads ahead of `pg_wal/archive_status/*.ready` (history files
-  first, then oldest first, as PostgreSQL does), pushes up to `max_parallel` files at once through the very
+  first, then oldest first, as PostgreSQL does), pushes up to `push_ahead` files at once through the very
   code of the synchronous mode (steps.wal.archive.push_data: checked, written once, durable, in every repository),
   and records `.ok` only after that (with the sha256 that push computed while compressing: no second hash). It removes the records of files PostgreSQL has marked `.done`, and exits
   after `worker_idle_s` with nothing to do.
@@ -136,7 +136,7 @@ def run_push_worker(settings: WalSettings, pg_wal: Path, sysid: int) -> int:
     status_dir = pg_wal / "archive_status"
     destinations = settings.destinations
     write_record(root / "destinations.json", destinations)  # for a person reading the spool
-    _log(f"uploader started for {pg_wal} (cluster {sysid}, {settings.max_parallel} in parallel) "
+    _log(f"uploader started for {pg_wal} (cluster {sysid}, {settings.push_ahead} in parallel) "
          f"to {destinations}")
     stores = open_wal_stores(settings.local_path, settings.s3, encrypt=settings.encrypt)
     keys = None
@@ -145,7 +145,10 @@ def run_push_worker(settings: WalSettings, pg_wal: Path, sysid: int) -> int:
 
         keys = WalKeys.of(settings)
     sealer = _start_sealer(settings, sysid)
-    pool = ThreadPoolExecutor(max_workers=settings.max_parallel, thread_name_prefix="wal-push")
+    # Every ready file at once (up to push_ahead), as pgBackRest's asynchronous archive-push reads ahead of the
+    # whole archive_status: a burst is pushed in one wave while PostgreSQL's calls come one by one, and the
+    # calls after the first find their record there. Measured against 1, 2, 4 and 8 at once (docs/wal.md).
+    pool = ThreadPoolExecutor(max_workers=settings.push_ahead, thread_name_prefix="wal-push")
     inflight: dict[str, Future[None]] = {}
     idle_since = time.monotonic()
     next_sweep = 0.0
@@ -157,7 +160,7 @@ def run_push_worker(settings: WalSettings, pg_wal: Path, sysid: int) -> int:
                 _log(f"{status_dir} is gone: stopping")
                 break
             for name in ready:
-                if len(inflight) >= settings.max_parallel * 2:
+                if len(inflight) >= settings.push_ahead:
                     break
                 if name in inflight or (out / f"{name}.ok").exists() or (out / f"{name}.error").exists():
                     continue

@@ -475,6 +475,68 @@ def test_the_first_push_of_a_burst_and_a_killed_uploader(wal_cluster: Factory) -
     os.kill(_uploader_pid(spool) or 0, signal.SIGTERM)
 
 
+def test_the_uploader_pushes_a_burst_in_one_wave_and_a_kill_mid_wave_confirms_nothing_unarchived(
+        wal_cluster: Factory) -> None:  # noqa: F811
+    """Every ready file at once (`wal.push_ahead`): after the first call of a burst, the uploader pushes all the
+    others without waiting for their calls. Killed in the middle of that wave, it leaves an `.ok` only for a
+    segment whose archived copy is complete (each is durable before its record is written); the calls that
+    follow confirm the rest, each archived byte for byte."""
+    import signal
+
+    wc = wal_cluster()
+    wc.cluster.start()
+    names = [wc.switch() for _ in range(6)]
+    held = [_held_ready(wc, n) for n in names]
+    spool, repo = server_dir(wc.base, "spool"), server_dir(wc.base, "repo")
+    cfg = write_config(wc.base / "repository.yaml", wc.cluster, local=repo,
+                       wal={"async": True, "spool_dir": str(spool), "worker_idle_s": 20, "push_timeout_s": 30,
+                            "push_ahead": 5})
+    key = {n: wal_key(wc.sysid(), n) for n in names}
+
+    def archived(i: int) -> bool:
+        return (repo / key[names[i]]).exists() and unpack((repo / key[names[i]]).read_bytes(),
+                                                          names[i])[0] == held[i].read_bytes()
+
+    r = wc.runbook("wal-push", "-c", str(cfg), str(held[0]))
+    assert r.returncode == 0, r.stderr
+    (held[0].parent / "archive_status" / f"{names[0]}.ready").rename(
+        held[0].parent / "archive_status" / f"{names[0]}.done")
+    deadline = time.monotonic() + 30
+    while not any(_ok_records(spool, n) for n in names[1:]):  # the wave is under way: kill it at its first record
+        assert time.monotonic() < deadline, "the uploader pushed nothing ahead of the calls"
+        time.sleep(0.002)
+    pid = _uploader_pid(spool)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    log = next(spool.rglob("push-worker.log")).read_text()
+    assert "(cluster " in log and "5 in parallel" in log, log
+    confirmed = [i for i in range(1, 6) if _ok_records(spool, names[i])]
+    for i in confirmed:
+        assert archived(i), f"{names[i]} has an .ok record but is not archived whole"
+    for i in range(1, 6):  # PostgreSQL's calls, one by one: the rest pushed by a new uploader
+        r = wc.runbook("wal-push", "-c", str(cfg), str(held[i]))
+        assert r.returncode == 0, r.stderr
+        assert archived(i)
+        (held[i].parent / "archive_status" / f"{names[i]}.ready").rename(
+            held[i].parent / "archive_status" / f"{names[i]}.done")
+    if (pid := _uploader_pid(spool)) is not None:
+        os.kill(pid, signal.SIGTERM)
+
+    # Without a kill, a new burst is pushed ahead of every call: all records there before the calls come.
+    more = [wc.switch() for _ in range(4)]
+    held2 = [_held_ready(wc, n) for n in more]
+    r = wc.runbook("wal-push", "-c", str(cfg), str(held2[0]))
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 30
+    while not all(_ok_records(spool, n) for n in more[1:]):
+        assert time.monotonic() < deadline, "the uploader did not push the whole burst ahead of its calls"
+        time.sleep(0.05)
+    for seg in held2[1:]:
+        assert wc.runbook("wal-push", "-c", str(cfg), str(seg)).returncode == 0
+    if (pid := _uploader_pid(spool)) is not None:
+        os.kill(pid, signal.SIGTERM)
+
+
 def test_an_s3_outage_during_read_ahead_never_answers_missing(both: tuple[WalCluster, Path, Path],
                                                               s3_server: S3Endpoint,  # noqa: F811
                                                               s3_bucket: str) -> None:  # noqa: F811

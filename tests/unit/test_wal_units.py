@@ -132,6 +132,22 @@ def test_the_config_is_validated_once_then_read_from_the_cache(tmp_path: Path, m
     assert "repo.yaml:3:7" in str(e.value) and "asynch" in str(e.value)
 
 
+def test_the_uploader_pushes_sixteen_ahead_unless_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runbook.errors import InvalidFile
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cfg = tmp_path / "repo.yaml"
+    cfg.write_text(f"version: 1\nlocal: {{path: {tmp_path}/repo}}\nwal: {{async: true}}\n")
+    assert WalSettings.load(str(cfg)).push_ahead == 16
+    cfg.write_text(f"version: 1\nlocal: {{path: {tmp_path}/repo}}\nwal: {{async: true, push_ahead: 3}}\n")
+    assert WalSettings.load(str(cfg)).push_ahead == 3
+    for bad in (0, 65):
+        cfg.write_text(f"version: 1\nlocal: {{path: {tmp_path}/repo}}\nwal: {{push_ahead: {bad}}}\n")
+        with pytest.raises(InvalidFile) as e:
+            WalSettings.load(str(cfg))
+        assert "push_ahead" in str(e.value)
+
+
 def test_the_fast_path_takes_only_the_plain_forms() -> None:
     assert plain_args(["-c", "x.yaml", "pg_wal/1"], 1) == ("x.yaml", ["pg_wal/1"], "any", None)
     assert plain_args(["--config=x.yaml", "a", "b"], 2) == ("x.yaml", ["a", "b"], "any", None)
