@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,17 +65,27 @@ def render() -> str:
     return "\n".join([BEGIN, *rows, END])
 
 
+def replace_section(text: str, begin: str, end: str, rendered: str) -> str:
+    """`text` with its generated section (from the `begin` marker to the `end` one) replaced by `rendered`."""
+    start, stop = text.index(begin), text.index(end) + len(end)
+    return text[:start] + rendered + text[stop:]
+
+
+def section_main(argv: list[str], doc: Path, render_section: Callable[[], str], begin: str, end: str) -> int:
+    """The command line of a generated section: `--write` replaces it in `doc`, else it is printed."""
+    if argv == ["--write"]:
+        doc.write_text(replace_section(doc.read_text(), begin, end, render_section()))
+        return 0
+    print(render_section())
+    return 0
+
+
 def replace_in(text: str) -> str:
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    return text[:start] + render() + text[end:]
+    return replace_section(text, BEGIN, END, render())
 
 
 def main(argv: list[str]) -> int:
-    if argv == ["--write"]:
-        DOC.write_text(replace_in(DOC.read_text()))
-        return 0
-    print(render())
-    return 0
+    return section_main(argv, DOC, render, BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from runbook.actions_doc import replace_section, section_main
+
 BEGIN = "<!-- faults: made by `python -m runbook.faults_doc --write` from steps/sandbox/faults/; do not edit by hand -->"
 END = "<!-- end of the faults -->"
 DOC = Path(__file__).resolve().parent.parent / "docs" / "game-days.md"
@@ -49,16 +51,11 @@ def render() -> str:
 
 
 def replace_in(text: str) -> str:
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    return text[:start] + render() + text[end:]
+    return replace_section(text, BEGIN, END, render())
 
 
 def main(argv: list[str]) -> int:
-    if argv == ["--write"]:
-        DOC.write_text(replace_in(DOC.read_text()))
-        return 0
-    print(render())
-    return 0
+    return section_main(argv, DOC, render, BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,25 @@ def completed(events: Events) -> bool:
     return bool(done) and done[-1].get("status") == "completed"
 
 
+def failed_check(check: str) -> Any:
+    """A fault's `evidence_event`: when the check named `check` first failed."""
+    def evidence_event(events: Events) -> float | None:
+        return when(first(events, "step-check", name=check, statuses=("failed",)))
+    return evidence_event
+
+
+def check_passed_after_failing(check: str) -> Any:
+    """A fault's `handled`: the check named `check` failed, passed after that (what it named was put right), and
+    the run completed."""
+    def handled(events: Events) -> bool:
+        failed = first(events, "step-check", name=check, statuses=("failed",))
+        if failed is None:
+            return False
+        return completed(events) and first(events, "step-check", name=check, statuses=("ok",),
+                                           after=when(failed)) is not None
+    return handled
+
+
 def switch_wal(sb: Sandbox, timeout: float = 60) -> str:
     """pg_switch_wal() on the sandbox's primary; returns the segment it closed, once it is archived."""
     srv = sb.server

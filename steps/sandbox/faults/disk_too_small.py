@@ -14,7 +14,7 @@ import subprocess
 from typing import TYPE_CHECKING, Any
 
 from steps.sandbox.faults import Fault, GameContext, register
-from steps.sandbox.faults._pitr_common import Events, completed, first, when
+from steps.sandbox.faults._pitr_common import check_passed_after_failing, failed_check
 from steps.sandbox.faults.guard import FaultRefused, sandbox_path
 
 if TYPE_CHECKING:
@@ -58,19 +58,6 @@ def inject(sb: Sandbox, ctx: GameContext) -> dict[str, Any]:
     return {"mount": str(volume), "size_bytes": size, "pgdata": str(pgdata), "profile_pgdata_was": before["pgdata"]}
 
 
-def evidence_event(events: Events) -> float | None:
-    return when(first(events, "step-check", name=CHECK, statuses=("failed",)))
-
-
-def handled(events: Events) -> bool:
-    """The recovery was pointed at a file system with room (the check passed after it failed), and it completed."""
-    failed = first(events, "step-check", name=CHECK, statuses=("failed",))
-    if failed is None:
-        return False
-    return completed(events) and first(events, "step-check", name=CHECK, statuses=("ok",),
-                                       after=when(failed)) is not None
-
-
 FAULT = register(Fault(
     name="disk-too-small",
     title="the new data directory's file system is too small for the restore",
@@ -83,6 +70,6 @@ FAULT = register(Fault(
              "pgdata=DIR`, then retry the step (the pitr step's typed confirmation is the new path).",
     phase="before-run",
     inject=inject,
-    evidence_event=evidence_event,
-    handled=handled,
+    evidence_event=failed_check(CHECK),
+    handled=check_passed_after_failing(CHECK),  # pointed at a file system with room, then completed
 ))

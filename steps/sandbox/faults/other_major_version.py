@@ -12,7 +12,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from steps.sandbox.faults import Fault, GameContext, register
-from steps.sandbox.faults._pitr_common import Events, completed, first, when
+from steps.sandbox.faults._pitr_common import check_passed_after_failing, failed_check
 from steps.sandbox.faults.guard import sandbox_path
 
 if TYPE_CHECKING:
@@ -46,19 +46,6 @@ def inject(sb: Sandbox, ctx: GameContext) -> dict[str, Any]:
     return {"bindir": str(bindir), "reports": f"PostgreSQL {VERSION}", "profile_pg_bindir_was": before["pg_bindir"]}
 
 
-def evidence_event(events: Events) -> float | None:
-    return when(first(events, "step-check", name=CHECK, statuses=("failed",)))
-
-
-def handled(events: Events) -> bool:
-    """The binaries were corrected (the check passed after it failed) and the run completed."""
-    failed = first(events, "step-check", name=CHECK, statuses=("failed",))
-    if failed is None:
-        return False
-    return completed(events) and first(events, "step-check", name=CHECK, statuses=("ok",),
-                                       after=when(failed)) is not None
-
-
 FAULT = register(Fault(
     name="other-major-version",
     title="the replacement server runs another PostgreSQL major version than the backup's",
@@ -74,6 +61,6 @@ FAULT = register(Fault(
              "pg_bindir=/usr/lib/postgresql/15/bin`, then retry the step; upgrade only after the recovery.",
     phase="before-run",
     inject=inject,
-    evidence_event=evidence_event,
-    handled=handled,
+    evidence_event=failed_check(CHECK),
+    handled=check_passed_after_failing(CHECK),  # binaries were corrected, then completed
 ))
