@@ -681,6 +681,8 @@ def open_takeover(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str,
     path = run_lock_path(state_dir, st)
     holder = LockFile.read_holder(path) or {}
     me = operator()
+    if holder.get("run_id") == run_id and _since(holder) > _process_started() and LockFile.is_held(path):
+        raise _lost_race(run_id, holder)  # it got the run while this command was starting: at once, and it won
     previous = {k: holder.get(k) for k in ("user", "host", "pid", "since")} if holder.get("run_id") == run_id \
         else dict(st.operator)
     if LockFile.is_held(path):
@@ -719,6 +721,28 @@ def open_takeover(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str,
 
 def _who(h: dict[str, Any]) -> str:
     return f"{h.get('user')}@{h.get('host')} (pid {h.get('pid')})"
+
+
+def _process_started() -> float:
+    """When this process started (epoch seconds, to ~10 ms): two take-overs started together are "at once" even
+    when one of them reaches the run's lock after the other has won it (its interpreter was slower to start)."""
+    import time
+
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks since boot
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return time.time() - max(0.0, age)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.time()
+
+
+def _since(holder: dict[str, Any]) -> float:
+    """When the holder took the run's lock (epoch seconds; 0 when its record does not say)."""
+    try:
+        return parse_iso(str(holder.get("since"))).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def _lost_race(run_id: str, winner: dict[str, Any]) -> RunbookError:
