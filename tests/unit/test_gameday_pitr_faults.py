@@ -72,14 +72,17 @@ def test_disk_too_small_is_refused_without_root(tmp_path: Path, monkeypatch: pyt
     assert not mounts_under(sb.base)
 
 
-def test_terminal_dies_needs_an_open_run(tmp_path: Path) -> None:
+def test_terminal_dies_needs_the_demos_state_directory_and_its_refusal_names_no_fault(tmp_path: Path) -> None:
+    """Without a state directory it cannot find the run (the cockpit opens it later, found by its game id): refused,
+    and the operator reads the refusal, so it names no fault."""
     import random
 
     from steps.sandbox.faults import GameContext
 
     sb, _ = _sandbox(tmp_path)
-    with pytest.raises(FaultRefused, match="the run is not open"):
+    with pytest.raises(FaultRefused, match="cannot follow the run") as refused:
         registry()["terminal-dies"].inject(sb, GameContext(scenario="pitr", seed=1, rng=random.Random(1)))
+    assert "terminal" not in refused.value.message and "dies" not in refused.value.message
 
 
 def test_each_fault_has_its_texts_and_reads_nothing_from_an_empty_journal() -> None:

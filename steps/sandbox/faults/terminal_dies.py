@@ -43,16 +43,19 @@ def _started(journal: Any, step: str) -> bool:
 
 
 def inject(sb: Sandbox, ctx: GameContext) -> dict[str, Any]:
-    if ctx.run_id is None or ctx.state_dir is None:
-        raise FaultRefused("terminal-dies strikes during the run: the run is not open")
+    if ctx.state_dir is None:  # said to the operator: nothing of the fault in it
+        raise FaultRefused("the game day cannot follow the run: the demo has no state directory")
+    state_dir = ctx.state_dir
     step = RESTORE_STEP[ctx.scenario]
-    journal = ctx.state_dir / "runs" / ctx.run_id / "journal.jsonl"
     front_end = os.getpid()
 
     def watch() -> None:
         deadline = time.monotonic() + WATCH_S
+        run_id = ctx.run_id
         while time.monotonic() < deadline:
-            if _started(journal, step):
+            if run_id is None:  # the cockpit opens the run once the operator starts it: find it by its game id
+                run_id = ctx.find_run()
+            elif _started(state_dir / "runs" / run_id / "journal.jsonl", step):
                 time.sleep(DELAY_S[ctx.scenario])
                 os.kill(front_end, signal.SIGHUP)
                 return
