@@ -77,6 +77,13 @@ def test_the_quick_answers_import_nothing_beyond_the_interpreters_start(wal_clus
     assert unpack((repo / wal_key(wc.sysid(), second)).read_bytes(), second)[0] == (pg_wal / second).read_bytes()
     assert not HEAVY & modules, f"the confirmed push imported {sorted(HEAVY & modules)}"
     assert "steps.wal.hot" in modules  # answered from the hot cache
+    # The installed command itself (what archive_command runs) adds nothing: not pip's wrapper, which imports re.
+    r = subprocess.run(as_server_user([str(wc.venv.python), "-X", "importtime", str(wc.venv.runbook), "wal-push",
+                                       "-c", str(cfg), str(pg_wal / second)]),
+                       cwd=wc.datadir, capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "runbook.launch" in imported and not HEAVY & imported, sorted(HEAVY & imported)
 
     # Replay: the first fetch reads the repository and starts the read-ahead, which fetches the next segment.
     restore = server_dir(wc.base, "restore")
