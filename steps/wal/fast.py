@@ -59,6 +59,7 @@ POLL_S = 0.003  # a look is two failed opens (~20 µs): a waiting wal-push sees 
 PREFETCH_WAIT_S = 10.0  # the longest a wal-fetch waits for a segment the prefetcher is fetching
 _HEX = frozenset("0123456789ABCDEF")
 RECORD_MAGIC = "runbook-record 1"  # the first line of every record below
+RECORDS_MARK = ".records"  # in a read-ahead spool: its prefetcher reads `.want` in this format
 
 
 def short_hash(text: str) -> str:
@@ -475,6 +476,8 @@ def wait_prefetched(settings: Settings, spool: str, name: str, dest: str, source
         want = read_record(os.path.join(spool, ".want"))
     except OSError:
         return False
+    if not os.path.exists(os.path.join(spool, RECORDS_MARK)):
+        return False  # a prefetcher of an older build, which cannot read our `.want`: not worth waiting for
     if want is None or want.get("source", "any") != source or not in_window(want, name, window_depth(settings, spool)):
         return False
     lock = os.path.join(spool, ".lock")

@@ -47,6 +47,8 @@ from typing import Any
 from runbook.errors import RunbookError
 from steps.repository.layout import next_segment, parse_wal_name, wal_key
 from steps.wal.fast import (
+    RECORD_MAGIC,
+    RECORDS_MARK,
     format_record,
     note_pushed,
     prefetch_cap,
@@ -295,6 +297,7 @@ def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
     changed = time.monotonic()
     depth, cap = settings.prefetch, prefetch_cap(settings)
     write_record(spool / ".depth", str(depth))
+    write_record(spool / RECORDS_MARK, RECORD_MAGIC)  # we read `.want` as key=value lines (steps.wal.fast)
     waits: list[float] = []  # what the last wal-fetches waited for our copy, ms
     from steps.wal.archive import reader_keys
 

@@ -16,6 +16,8 @@ import pytest
 
 from steps.wal.fast import (
     RACY_NS,
+    RECORD_MAGIC,
+    RECORDS_MARK,
     confirms_unchanged,
     file_identity,
     format_record,
@@ -75,6 +77,7 @@ def test_a_wal_fetch_waits_for_a_segment_of_the_grown_window_only(tmp_path: Path
     (spool / ".want").write_text(format_record({"name": "000000010000000000000010", "segment_size": 16 * MB,
                                              "source": "any"}))
     name = "00000001000000000000001C"  # 12 after
+    (spool / RECORDS_MARK).write_text(RECORD_MAGIC)
     fd = os.open(spool / ".lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)  # a prefetcher at work
     try:

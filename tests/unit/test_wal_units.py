@@ -27,6 +27,8 @@ from steps.repository.layout import (
 )
 from steps.repository.store import RepositoryError
 from steps.wal.fast import (
+    RECORD_MAGIC,
+    RECORDS_MARK,
     confirms,
     format_record,
     in_window,
@@ -289,6 +291,8 @@ def test_a_wait_for_the_prefetcher_ends_when_it_cannot_help(tmp_path: Path) -> N
     fd = os.open(spool / ".lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)  # a prefetcher at work
     try:
+        assert not wait_prefetched(settings, str(spool), name, str(dest), "any")  # of an older build: no wait
+        (spool / RECORDS_MARK).write_text(RECORD_MAGIC)  # one that reads our `.want`
         (spool / f"{name}.none").touch()  # ... that could not get it
         assert not wait_prefetched(settings, str(spool), name, str(dest), "any")
         assert time.monotonic() - t0 < 2  # every case above answers at once
