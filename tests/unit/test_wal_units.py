@@ -35,6 +35,7 @@ from steps.wal.fast import (
     is_segment_name,
     parse_record,
     push_root,
+    short_hash,
     take,
     wait_prefetched,
 )
@@ -331,6 +332,11 @@ def test_the_destination_names_every_repository_and_only_where_it_is(tmp_path: P
     assert len({base.destinations, *(s.destinations for s in others)}) == len(others) + 1
     assert len({push_root(s, 1, "/d/pg_wal") for s in [base, *others]}) == len(others) + 1
     assert push_root(base, 1, "/d/pg_wal") == push_root(same[0], 1, "/d/pg_wal")
+    # the directories' names are what they were with hashlib (the built-in _sha256 gives the same digest)
+    old = (f"push-{hashlib.sha256(b'/d/pg_wal').hexdigest()[:12]}-"
+           f"{hashlib.sha256(base.destinations.encode()).hexdigest()[:12]}")
+    assert push_root(base, 1, "/d/pg_wal") == os.path.join(str(tmp_path / "spool"), "1", old)
+    assert short_hash("/ü/x") == hashlib.sha256("/ü/x".encode()).hexdigest()[:12]
 
     rec = parse_record(format_record({"sha256": "ab" * 32, "size": MB, "system_identifier": "1",
                                       "destinations": base.destinations}))
