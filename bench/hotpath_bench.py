@@ -34,7 +34,7 @@ from tests.support.server_venv import build_server_venv  # noqa: E402
 
 # Runs as the server's user, in the server venv's interpreter: plan (JSON) in argv[1], results (JSON) on stdout.
 DRIVER = r'''
-import json, os, signal, statistics, struct, subprocess, sys, time
+import atexit, json, os, signal, struct, subprocess, sys, time
 
 plan = json.loads(sys.argv[1])
 R, MB, SYSID = plan["runs"], 1024 * 1024, 7000000000000000001
@@ -84,6 +84,21 @@ def find(root, suffix):
 
 builds = {}
 n_seg = 2 * R + 3
+
+
+@atexit.register
+def stop_workers():
+    """End the uploaders and prefetchers started here, by the pids in their locks (also when a step failed)."""
+    for b in builds.values():
+        for d, _, files in os.walk(b["spool"]):
+            for f in files:
+                if f in ("push-worker.lock", ".lock"):
+                    try:
+                        os.kill(int(open(os.path.join(d, f)).read().split()[0]), signal.SIGTERM)
+                    except (OSError, ValueError, IndexError):
+                        pass
+
+
 for b in plan["builds"]:
     d = b["dir"]
     data, repo, spool = f"{d}/data", f"{d}/repo", f"{d}/spool"
@@ -94,7 +109,7 @@ for b in plan["builds"]:
     cfg = f"{d}/repository.yaml"
     with open(cfg, "w") as f:
         f.write(f"version: 1\nlocal: {{path: {repo}}}\ncluster: {{data_directory: {data}}}\n"
-                f"wal: {{async: true, spool_dir: {spool}, worker_idle_s: 600, push_timeout_s: 60}}\n")
+                f"wal: {{async: true, spool_dir: {spool}, worker_idle_s: 120, push_timeout_s: 60}}\n")
     for i in range(1, n_seg + 1):
         with open(f"{data}/pg_wal/{name(i)}", "wb") as f:
             f.write(segment(i))
@@ -165,14 +180,6 @@ for label, b in builds.items():
                                     "heavy": sorted(mods & {"json", "re", "enum", "pathlib", "hashlib", "_hashlib",
                                                             "typing", "subprocess", "urllib.parse"})}
 
-for b in builds.values():  # end the uploaders and prefetchers started here, by the pids in their locks
-    for d, _, files in os.walk(b["spool"]):
-        for f in files:
-            if f in ("push-worker.lock", ".lock"):
-                try:
-                    os.kill(int(open(os.path.join(d, f)).read().split()[0]), signal.SIGTERM)
-                except (OSError, ValueError, IndexError):
-                    pass
 print(json.dumps({"times": res, "imports": imports}))
 '''
 
