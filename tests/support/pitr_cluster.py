@@ -47,6 +47,11 @@ class Primary:
     restored: list[Path] = field(default_factory=list)
 
     @property
+    def home(self) -> Path:
+        """The directory make_primary filled: the data directory, the repository, the config, the socket."""
+        return self.cluster.socket_dir
+
+    @property
     def wal_dir(self) -> Path:
         return self.repo / "clusters" / self.sysid / "wal"
 
@@ -203,6 +208,33 @@ def primary_fixture(pg_base: Path, pitr_template: Path, server_runbook: str) -> 
     finally:
         p.stop_restored()
         p.crash()
+
+
+@pytest.fixture(name="archiving_primary")
+def archiving_primary_fixture(pg_base: Path, pitr_template: Path, server_runbook: str) -> Iterator[Primary]:
+    """The primary fixture's, with archive_timeout = 60 (the RPO `runbook status` holds the archive to)."""
+    p = make_primary(pitr_template, next_dir(pg_base), venv_runbook=server_runbook,
+                     extra_conf="archive_timeout = 60\n")
+    try:
+        yield p
+    finally:
+        p.crash()
+
+
+def serve_app(p: Primary, items: str) -> tuple[str, str]:
+    """The primary serves the database `app` (a table `items`, made and filled by the SQL `items`, readable by the
+    backup role); its config's cluster names it, with checks that the table is there and not empty. Returns the
+    config's text before and after."""
+    before = p.config.read_text()
+    cluster = f"cluster: {{host: {p.home}, port: 5432, user: {BACKUP_ROLE}}}"
+    assert cluster in before
+    after = before.replace(cluster, cluster[:-1] + ", databases: [app]}") + \
+        "checks: {expect_tables: [items], smoke: ['select count(*) > 0 from items']}\n"
+    p.config.write_text(after)
+    p.psql("create database app")
+    p.psql(items, "app")
+    p.psql(f"grant select on all tables in schema public to {BACKUP_ROLE}", "app")
+    return before, after
 
 
 # --- running the pitr action and basebackup as the engine and an operator would ---------------------
