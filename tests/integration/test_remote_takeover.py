@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -99,6 +100,20 @@ def _repo_yaml(where: str, tmp_path: Path, s3: S3Endpoint | None, bucket: str | 
     assert s3 is not None
     return (f"s3: {{bucket: {bucket}, endpoint_url: '{s3.url}', region: us-east-1, max_attempts: 1, "
             "connect_timeout_s: 2, read_timeout_s: 5}\n")
+
+
+def _hosts_b_unreachable(tmp_path: Path) -> list[Host]:
+    """Hosts a and b of a local repository, b's config pointing instead at an S3 endpoint where nothing answers
+    (a free port, one attempt, timeouts of a second)."""
+    a, b = _hosts(tmp_path, f"local: {{path: {tmp_path / 'repo'}}}\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    b.cfg.write_text(b.cfg.read_text().replace(
+        f"local: {{path: {tmp_path / 'repo'}}}",
+        f"s3: {{bucket: gone, endpoint_url: 'http://127.0.0.1:{port}', region: us-east-1, max_attempts: 1, "
+        "connect_timeout_s: 1, read_timeout_s: 1}"))
+    return [a, b]
 
 
 def _hosts(tmp_path: Path, repo: str, names: tuple[str, ...] = ("a", "b")) -> list[Host]:
@@ -268,17 +283,7 @@ def test_planted_requests_are_refused_named_and_the_run_goes_on(tmp_path: Path) 
 
 
 def test_an_unreachable_repository_is_a_clear_error_and_nothing_changes(tmp_path: Path) -> None:
-    a, b = _hosts(tmp_path, f"local: {{path: {tmp_path / 'repo'}}}\n")
-    # B's config points at an S3 endpoint where nothing answers
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    b.cfg.write_text(b.cfg.read_text().replace(
-        f"local: {{path: {tmp_path / 'repo'}}}",
-        f"s3: {{bucket: gone, endpoint_url: 'http://127.0.0.1:{port}', region: us-east-1, max_attempts: 1, "
-        "connect_timeout_s: 1, read_timeout_s: 1}"))
+    a, b = _hosts_b_unreachable(tmp_path)
     drv = _start_driver(a, tmp_path, pause=3)
     try:
         run_id = _run_id(a)
