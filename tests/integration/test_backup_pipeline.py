@@ -99,6 +99,16 @@ def start_backup(cfg: Path) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **cli_env()})
 
 
+def backup_writing_the_big_table(cfg: Path, repo: Path) -> tuple[subprocess.Popen[str], int, Path]:
+    """`runbook backup -c cfg` started, once its pg_dump holds the big table's file open in the staging directory
+    of the local repository `repo`: the backup's process, that pg_dump's pid, the file."""
+    proc = start_backup(cfg)
+    found = wait_for(lambda: writer_of_big_file(repo / ".staging"), timeout=60)
+    assert found, "never saw pg_dump writing the big table"
+    pid, big = found  # type: ignore[misc]
+    return proc, pid, big
+
+
 def local_data_files(repo: Path) -> list[Path]:
     return sorted(repo.glob("clusters/*/logical/*/*/dump/*.dat.gz"))
 
@@ -114,12 +124,10 @@ def test_finished_files_are_published_and_read_while_pg_dump_still_writes(
     repo = tmp_path / "repo"
     cfg = write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db], local=repo,
                        s3={"bucket": s3_bucket, "prefix": "p", "endpoint_url": s3_server.url})
-    proc = start_backup(cfg)
+    proc, pid, big = backup_writing_the_big_table(cfg, repo)
     stopped: int | None = None
     try:
-        found = wait_for(lambda: writer_of_big_file(repo / ".staging"), timeout=60)
-        assert found, "never saw pg_dump writing the big table"
-        stopped, big = found  # type: ignore[misc]
+        stopped = pid
         os.kill(stopped, signal.SIGSTOP)
         # pg_dump cannot finish now; the small tables' files and toc.dat reach both repositories all the same.
         assert wait_for(lambda: len(local_data_files(repo)) >= 4, timeout=60, step=0.05), \
@@ -157,10 +165,7 @@ def test_pg_dump_killed_after_files_were_uploaded_leaves_no_backup(
     repo = tmp_path / "repo"
     cfg = write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db], local=repo,
                        s3={"bucket": s3_bucket, "prefix": "p", "endpoint_url": s3_server.url})
-    proc = start_backup(cfg)
-    found = wait_for(lambda: writer_of_big_file(repo / ".staging"), timeout=60)
-    assert found, "never saw pg_dump writing the big table"
-    pid, _big = found  # type: ignore[misc]
+    proc, pid, _big = backup_writing_the_big_table(cfg, repo)
     os.kill(pid, signal.SIGSTOP)
     try:
         assert wait_for(lambda: sum(k.endswith(".dat.gz") for k in s3_keys(s3_server, s3_bucket)) >= 4,
@@ -201,10 +206,7 @@ def test_s3_going_away_mid_dump_keeps_the_local_backup_and_gives_s3_no_manifest(
     with FaultProxy(upstream, fail=lambda m, p: gone["now"]) as proxy:
         cfg = write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db], local=repo,
                            s3={"bucket": s3_bucket, "prefix": "p", "endpoint_url": proxy.url, "max_attempts": 2})
-        proc = start_backup(cfg)
-        found = wait_for(lambda: writer_of_big_file(repo / ".staging"), timeout=60)
-        assert found, "never saw pg_dump writing the big table"
-        pid, _big = found  # type: ignore[misc]
+        proc, pid, _big = backup_writing_the_big_table(cfg, repo)
         os.kill(pid, signal.SIGSTOP)
         try:
             assert wait_for(lambda: sum(k.endswith(".dat.gz") for k in s3_keys(s3_server, s3_bucket)) >= 1,
