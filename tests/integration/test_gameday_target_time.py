@@ -6,7 +6,6 @@ check is skipped and the run completes without the table."""
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator
 
@@ -17,7 +16,16 @@ from steps.sandbox.faults import registry
 from steps.sandbox.faults._pitr_common import at, first
 from steps.sandbox.faults.record import for_run
 from tests.support.gameday_pitr import PitrGame, left_open, pitr_game
-from tests.support.operator import assert_debrief, assert_no_leak, fault_words, points
+from tests.support.operator import (
+    assert_debrief,
+    assert_handled,
+    assert_no_leak,
+    assert_scored,
+    assert_skipped,
+    fault_words,
+    points,
+    reaction_points,
+)
 from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv
 
 FAULT = registry()["wrong-target-time"]
@@ -76,16 +84,10 @@ def test_handled_the_recovery_is_redone_to_the_moment_before_the_drop(game: Pitr
     (fd,) = d.faults
     assert fd.evidence_at is not None and abs(fd.evidence_at.timestamp() - at(missing)) < 1e-3
     assert fd.acted == "left the run to act outside it (the operator stopped (--answers))" and fd.handled is True
-    assert "evidence shown " in again.debrief() and "acted on " in again.debrief()
     # the steps walked again by --redo-from are the steps retried
-    assert d.retried == reopened["steps"] and d.skipped == [] and d.mistakes == [] and d.restored
-    assert d.baseline_rto_s is None  # no clean drill in this state directory: the RTO is judged by its target
+    assert_handled(again, d, retried=reopened["steps"])
     # recovered to just before the DROP, what a clean run reaches (the demo's target): the window is measured
-    assert d.window_s is not None and d.baseline_rpo_s is not None
-    extra = d.window_s - d.baseline_rpo_s
-    data = 0 if extra <= 0 else min(20, math.ceil(round(20 * extra / 300, 6)))
-    assert points(d) == {"detect": 2 * int((fd.reaction_s or 0) // 60), "recover": 0, "data": data, "mistakes": 0}
-    assert d.score == 100 - sum(points(d).values())
+    assert_scored(d, detect=reaction_points(fd))
 
 
 def test_not_handled_the_failed_check_is_skipped_and_the_table_stays_lost(game: PitrGame) -> None:
@@ -100,8 +102,7 @@ def test_not_handled_the_failed_check_is_skipped_and_the_table_stays_lost(game: 
     (fd,) = d.faults
     # acted on the failed check, wrongly (a skip): not handled; the service is back, but without the table: the
     # recovery point is after the loss, so no window can be claimed and the data points are all lost
-    assert fd.acted == "skipped step verify-pitr (the recovery said it succeeded)" and fd.handled is False
-    assert d.skipped == [("verify-pitr", "the recovery said it succeeded")] and d.restored and d.status == "completed"
+    assert_skipped(play, d, "verify-pitr", "the recovery said it succeeded")
+    assert d.restored and d.status == "completed"
     assert d.window_s is None and d.window_problem is not None and "after the loss" in d.window_problem
-    assert "handled: NO" in play.debrief()
     assert points(d) == {"detect": 20, "recover": 0, "data": 20, "mistakes": 0} and d.score == 60
