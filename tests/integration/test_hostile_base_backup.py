@@ -40,20 +40,11 @@ from tests.support.pitr_cluster import (  # noqa: F401 - fixtures
     write_rows,
 )
 from tests.support.signing import sign_file
+from tests.support.victims import snapshot
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attacks are on what root does as root")
 
 Member = tuple[tarfile.TarInfo, bytes | None]
-
-
-def snapshot(top: Path) -> dict[str, tuple[int, int, int, int, bytes | str]]:
-    """Every entry under `top` (itself included): mode, owner, mtime_ns, size and content (or link target)."""
-    out: dict[str, tuple[int, int, int, int, bytes | str]] = {}
-    for p in [top, *sorted(top.rglob("*"))]:
-        st = os.lstat(p)
-        body: bytes | str = os.readlink(p) if p.is_symlink() else (p.read_bytes() if p.is_file() else b"")
-        out[str(p.relative_to(top))] = (st.st_mode, st.st_uid, st.st_mtime_ns, st.st_size, body)
-    return out
 
 
 @dataclass

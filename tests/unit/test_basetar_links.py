@@ -12,17 +12,8 @@ from pathlib import Path
 import pytest
 
 from steps.backup.basetar import BaseBackupInvalid, check_tars, parse_server_manifest, tar_files
+from tests.support.victims import snapshot
 from tests.unit.test_base_units import FILES, _manifest
-
-
-def snapshot(top: Path) -> dict[str, tuple[int, int, int, int, bytes | str]]:
-    """Every entry under `top` (itself included): mode, uid, mtime_ns, size and content (or link target)."""
-    out: dict[str, tuple[int, int, int, int, bytes | str]] = {}
-    for p in [top, *sorted(top.rglob("*"))]:
-        st = os.lstat(p)
-        body: bytes | str = os.readlink(p) if p.is_symlink() else (p.read_bytes() if p.is_file() else b"")
-        out[str(p.relative_to(top))] = (st.st_mode, st.st_uid, st.st_mtime_ns, st.st_size, body)
-    return out
 
 
 @pytest.fixture
