@@ -16,17 +16,8 @@ from steps.sandbox.faults import registry
 from steps.sandbox.faults._pitr_common import at, first
 from steps.sandbox.faults.record import for_run
 from tests.conftest import run_cli
-from tests.support.gameday_pitr import PitrGame, left_open, pitr_game
-from tests.support.operator import (
-    assert_debrief,
-    assert_handled,
-    assert_no_leak,
-    assert_scored,
-    assert_skipped,
-    fault_words,
-    points,
-    reaction_points,
-)
+from tests.support.gameday_pitr import PitrGame, assert_changed_and_retried, left_open, pitr_game
+from tests.support.operator import assert_debrief, assert_no_leak, assert_skipped, fault_words, points
 from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv
 
 FAULT = registry()["disk-too-small"]
@@ -55,23 +46,9 @@ def test_handled_the_recovery_is_pointed_at_a_file_system_with_room(game: PitrGa
     again = game.op.resume(play.run_id, sets=play.sets_asked(), answers={"provision-pitr": ["retry"],
                                                                           "pitr": ["confirm"]})
     assert again.code == 0, again.output[-5000:]
-    events = again.events()
     assert again.status() == "completed" and (elsewhere / "PG_VERSION").exists()
     assert int(game.sb.server.psql("select count(*) from maintenance_records", db=DB)) > 0
-    assert FAULT.evidence_event is not None and FAULT.handled is not None
-    shown = FAULT.evidence_event(events)
-    retried = first(events, "retry-requested", step="provision-pitr")
-    assert shown is not None and retried is not None and shown == at(short) < at(retried)
-    assert FAULT.handled(events)
-    assert play.debrief() == ""  # left open: nothing told yet
-    d = assert_debrief(again, FAULT)
-    (fd,) = d.faults
-    assert fd.evidence_at is not None and abs(fd.evidence_at.timestamp() - shown) < 1e-3
-    assert fd.acted == "left the run to act outside it (the operator stopped to change parameters (pgdata) " \
-        "(--answers))" and fd.handled is True
-    assert_handled(again, d, retried=["provision-pitr"])
-    # refused before anything was restored, then recovered to the target a clean run reaches
-    assert_scored(d, detect=reaction_points(fd))
+    assert assert_changed_and_retried(play, again, FAULT, "pgdata") == at(short)
     assert_no_leak([play, again], fault_words(FAULT))
     down = run_cli("demo", "--down", "--dir", str(game.sb.base), "--state-dir", str(game.state), timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr

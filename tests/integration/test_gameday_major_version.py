@@ -12,18 +12,9 @@ import pytest
 from runbook.errors import Exit
 from steps.pg.tools import PG_BIN
 from steps.sandbox.faults import registry
-from steps.sandbox.faults._pitr_common import at, first
-from tests.support.gameday_pitr import PitrGame, pitr_game
-from tests.support.operator import (
-    assert_debrief,
-    assert_handled,
-    assert_no_leak,
-    assert_scored,
-    assert_skipped,
-    fault_words,
-    points,
-    reaction_points,
-)
+from steps.sandbox.faults._pitr_common import first
+from tests.support.gameday_pitr import PitrGame, assert_changed_and_retried, pitr_game
+from tests.support.operator import assert_debrief, assert_no_leak, assert_skipped, fault_words, points
 from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv
 
 FAULT = registry()["other-major-version"]
@@ -45,22 +36,8 @@ def test_handled_the_binaries_are_corrected_and_the_recovery_finishes(game: Pitr
     second = game.op.resume(first_play.run_id, sets=first_play.sets_asked(),
                             answers={"provision-pitr": ["retry"], "pitr": ["confirm"]})
     assert second.code == 0, second.output[-5000:]
-    events = second.events()
     assert second.status() == "completed"
-    assert FAULT.evidence_event is not None and FAULT.handled is not None
-    shown = FAULT.evidence_event(events)
-    retried = first(events, "retry-requested", step="provision-pitr")
-    assert shown is not None and retried is not None and shown < at(retried)
-    assert FAULT.handled(events)
-    assert first_play.debrief() == ""  # left open: nothing told yet
-    d = assert_debrief(second, FAULT)
-    (fd,) = d.faults
-    assert fd.evidence_at is not None and abs(fd.evidence_at.timestamp() - shown) < 1e-3
-    assert fd.acted == "left the run to act outside it (the operator stopped to change parameters (pg_bindir) " \
-        "(--answers))" and fd.handled is True
-    assert_handled(second, d, retried=["provision-pitr"])
-    # refused before anything was restored, then recovered to the target a clean run reaches
-    assert_scored(d, detect=reaction_points(fd))
+    assert_changed_and_retried(first_play, second, FAULT, "pg_bindir")
     assert int(game.sb.server.psql("select count(*) from maintenance_records", db="assetflow_prod")) > 0
     assert_no_leak([first_play, second], fault_words(FAULT))
     trainer = game.op.reveal(first_play.run_id, game.sb.base)
