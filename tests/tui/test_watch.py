@@ -8,8 +8,6 @@ import io
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,14 +27,7 @@ from tests.tui.conftest import FROZEN_AT, until
 POLL = 0.05
 
 
-@pytest.fixture(autouse=True)
-def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The banner's times are this host's local time: UTC here, whatever the machine says."""
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+pytestmark = pytest.mark.usefixtures("utc")  # the banner's times are this host's local time
 
 
 def _text(app: WatchApp, selector: str) -> str:
