@@ -20,6 +20,7 @@ from tests.support.operator import (
     assert_debrief,
     assert_handled,
     assert_no_leak,
+    assert_not_handled,
     assert_scored,
     assert_skipped,
     fault_words,
@@ -93,13 +94,8 @@ def test_handled_the_recovery_is_redone_to_the_moment_before_the_drop(game: Pitr
 def test_not_handled_the_failed_check_is_skipped_and_the_table_stays_lost(game: PitrGame) -> None:
     play = game.demo(FAULT.name, answers={"verify-pitr": [{"skip": "the recovery said it succeeded"}]})
     assert play.code == 0, play.output[-5000:]
-    events = play.events()
     assert not _has_table(game)
-    assert FAULT.evidence_event is not None and FAULT.handled is not None
-    assert FAULT.evidence_event(events) is not None and not FAULT.handled(events)
-    assert_no_leak([play], fault_words(FAULT))
-    d = assert_debrief(play, FAULT)
-    (fd,) = d.faults
+    d = assert_not_handled(play, FAULT)
     # acted on the failed check, wrongly (a skip): not handled; the service is back, but without the table: the
     # recovery point is after the loss, so no window can be claimed and the data points are all lost
     assert_skipped(play, d, "verify-pitr", "the recovery said it succeeded")

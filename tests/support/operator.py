@@ -230,6 +230,18 @@ def assert_handled(play: Play, d: Any, retried: list[str]) -> None:
     assert d.baseline_rto_s is None
 
 
+def assert_not_handled(play: Play, fault: Any) -> Any:
+    """A play that ended with the fault's evidence shown and nothing that handles it, none of the fault told
+    before the debrief: its debrief (assert_debrief), of that one fault."""
+    events = play.events()
+    assert fault.evidence_event is not None and fault.handled is not None
+    assert fault.evidence_event(events) is not None and not fault.handled(events)
+    assert_no_leak([play], fault_words(fault))
+    d = assert_debrief(play, fault)
+    assert len(d.faults) == 1
+    return d
+
+
 def assert_skipped(play: Play, d: Any, step: str, why: str) -> None:
     """A drill's debrief where the operator acted on the fault's evidence wrongly, by skipping the step: not
     handled, the skip and its reason told."""
