@@ -25,6 +25,7 @@ from tests.conftest import ROOT
 from tests.support.backup_helpers import (  # noqa: F401
     backups_json,
     cli_env,
+    new_database,
     source_cluster,
     status,
     write_config,
@@ -32,20 +33,15 @@ from tests.support.backup_helpers import (  # noqa: F401
 from tests.support.pgcluster import Cluster
 from tests.support.s3server import FaultProxy, S3Endpoint, s3_bucket, s3_server  # noqa: F401
 
-_dbs = iter(range(1, 1000))
-
 
 @pytest.fixture
 def db(source_cluster: Cluster) -> str:  # noqa: F811
     """One big table (its file stays open for a while) and a few small ones."""
-    name = f"p{next(_dbs)}"
-    source_cluster.psql(f"create database {name}")
-    source_cluster.psql("create table big(id int, body text); "
-                        "insert into big select g, repeat(md5(g::text), 4) from generate_series(1, 300000) g", name)
-    for i in range(4):
-        source_cluster.psql(f"create table small{i}(id int primary key, n text); "
-                            f"insert into small{i} select g, md5(g::text) from generate_series(1, 500) g", name)
-    return name
+    return new_database(source_cluster, "p", "create table big(id int, body text); "
+                        "insert into big select g, repeat(md5(g::text), 4) from generate_series(1, 300000) g",
+                        *(f"create table small{i}(id int primary key, n text); "
+                          f"insert into small{i} select g, md5(g::text) from generate_series(1, 500) g"
+                          for i in range(4)))
 
 
 def pg_dump_pids(staging_root: Path) -> list[int]:
