@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,10 +86,15 @@ class Primary:
         return args
 
     def stop_restored(self) -> None:
-        for d in self.restored:
-            if (d / "postmaster.pid").exists():
-                subprocess.run(as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(d), "-m", "immediate", "-w", "stop"]),
-                               capture_output=True)
+        stop_servers(self.restored)
+
+
+def stop_servers(datadirs: Iterable[Path]) -> None:
+    """The servers still running on these data directories (restored ones), stopped at once."""
+    for d in datadirs:
+        if (d / "postmaster.pid").exists():
+            subprocess.run(as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(d), "-m", "immediate", "-w", "stop"]),
+                           capture_output=True)
 
 
 def restored_psql(pgdata: Path, sql: str, db: str = "postgres") -> str:
