@@ -6,7 +6,6 @@ the small file system."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,18 +15,17 @@ from steps.sandbox.faults import registry
 from steps.sandbox.faults._pitr_common import at, first
 from steps.sandbox.faults.record import for_run
 from tests.conftest import run_cli
-from tests.support.gameday_pitr import PitrGame, assert_changed_and_retried, left_open, pitr_game
+from tests.support.gameday_pitr import (
+    PitrGame,
+    assert_changed_and_retried,
+    game_fixture,  # noqa: F401 - the game day
+    left_open,
+)
 from tests.support.operator import assert_no_leak, assert_not_handled, assert_skipped, fault_words, points
 from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv
 
 FAULT = registry()["disk-too-small"]
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="disk-too-small mounts a tmpfs: root only")
-
-
-@pytest.fixture
-def game(server_runbook: str) -> Iterator[PitrGame]:  # noqa: F811
-    with pitr_game(server_runbook, "disk") as g:
-        yield g
 
 
 def test_handled_the_recovery_is_pointed_at_a_file_system_with_room(game: PitrGame) -> None:

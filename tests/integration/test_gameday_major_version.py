@@ -5,25 +5,19 @@ ever restored by the wrong major version."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from runbook.errors import Exit
 from steps.pg.tools import PG_BIN
 from steps.sandbox.faults import registry
 from steps.sandbox.faults._pitr_common import first
-from tests.support.gameday_pitr import PitrGame, assert_changed_and_retried, pitr_game
+from tests.support.gameday_pitr import (
+    PitrGame,
+    assert_changed_and_retried,
+    game_fixture,  # noqa: F401 - the game day
+)
 from tests.support.operator import assert_no_leak, assert_not_handled, assert_skipped, fault_words, points
 from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv
 
 FAULT = registry()["other-major-version"]
-
-
-@pytest.fixture
-def game(server_runbook: str) -> Iterator[PitrGame]:  # noqa: F811
-    with pitr_game(server_runbook, "major") as g:
-        yield g
 
 
 def test_handled_the_binaries_are_corrected_and_the_recovery_finishes(game: PitrGame) -> None:

@@ -7,15 +7,16 @@ check is skipped and the run completes without the table."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-
-import pytest
 
 from steps.sandbox.build import DB
 from steps.sandbox.faults import registry
 from steps.sandbox.faults._pitr_common import at, first
 from steps.sandbox.faults.record import for_run
-from tests.support.gameday_pitr import PitrGame, left_open, pitr_game
+from tests.support.gameday_pitr import (
+    PitrGame,
+    game_fixture,  # noqa: F401 - the game day
+    left_open,
+)
 from tests.support.operator import (
     assert_debrief,
     assert_handled,
@@ -31,12 +32,6 @@ from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - th
 
 FAULT = registry()["wrong-target-time"]
 BEFORE = re.compile(r"the moment just before it: (\S+)")
-
-
-@pytest.fixture
-def game(server_runbook: str) -> Iterator[PitrGame]:  # noqa: F811
-    with pitr_game(server_runbook, "target") as g:
-        yield g
 
 
 def _has_table(game: PitrGame) -> bool:

@@ -7,10 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
-
-import pytest
 
 from runbook.executor import StepProcess
 from runbook.gameday import load_debrief
@@ -19,7 +16,10 @@ from steps.sandbox.build import DB
 from steps.sandbox.faults import registry
 from steps.sandbox.faults._pitr_common import at, first
 from tests.conftest import run_cli
-from tests.support.gameday_pitr import PitrGame, pitr_game
+from tests.support.gameday_pitr import (
+    PitrGame,
+    game_fixture,  # noqa: F401 - the game day
+)
 from tests.support.operator import (
     Play,
     assert_debrief,
@@ -31,12 +31,6 @@ from tests.support.operator import (
 from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv
 
 FAULT = registry()["terminal-dies"]
-
-
-@pytest.fixture
-def game(server_runbook: str) -> Iterator[PitrGame]:  # noqa: F811
-    with pitr_game(server_runbook, "hangup") as g:
-        yield g
 
 
 def _hung_up(game: PitrGame) -> Play:

@@ -5,16 +5,15 @@ and the rows of the lost segment and after are missing; not handled, the run fai
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from runbook.errors import Exit
 from steps.sandbox.build import DB
 from steps.sandbox.faults import registry
 from steps.sandbox.faults._pitr_common import at, first
 from steps.sandbox.faults.record import for_run
-from tests.support.gameday_pitr import PitrGame, pitr_game
+from tests.support.gameday_pitr import (
+    PitrGame,
+    game_fixture,  # noqa: F401 - the game day
+)
 from tests.support.operator import (
     assert_debrief,
     assert_handled,
@@ -28,12 +27,6 @@ from tests.support.operator import (
 from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv
 
 FAULT = registry()["wal-gap"]
-
-
-@pytest.fixture
-def game(server_runbook: str) -> Iterator[PitrGame]:  # noqa: F811
-    with pitr_game(server_runbook, "walgap") as g:
-        yield g
 
 
 def test_handled_the_recovery_goes_to_the_best_reachable_point(game: PitrGame) -> None:

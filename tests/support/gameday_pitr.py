@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from runbook.errors import Exit
 from steps.sandbox.build import Sandbox
 from tests.conftest import ROOT, run_cli
@@ -46,6 +48,14 @@ def pitr_game(server_runbook: str, name: str) -> Iterator[PitrGame]:
         if down.returncode != 0:
             sb.down()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(name="game")
+def game_fixture(server_runbook: str, request: pytest.FixtureRequest) -> Iterator[PitrGame]:
+    """The PITR game day of one test, named after its module (test_gameday_NAME). A module imports it with
+    the server venv's fixture (tests.support.pitr_cluster.server_runbook_fixture)."""
+    with pitr_game(server_runbook, request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_gameday_")) as g:
+        yield g
 
 
 def left_open(play: Play) -> bool:
