@@ -249,13 +249,18 @@ def job_bare_fd(runs: Runs, env_bk: dict[str, str], fd1: Path, jobs: int,
     return bare_fd
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    """The options the backup and restore benches share: the database built (build), the repeats, the jobs, S3."""
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--text-mb", type=int, default=200, help="text-like data to add, in MB on disk (about)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--no-s3", action="store_true", help="local repository only")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(ap)
     ap.add_argument("--backup-only", action="store_true", help="skip the restores")
     ap.add_argument("--baseline-tree", type=Path, help="also run `runbook backup` from this source tree (before/after)")
     ap.add_argument("--encrypted", action="store_true", help="also back up into encrypting repositories, and "

@@ -41,6 +41,7 @@ from backup_bench import (  # noqa: E402
     ROLE,
     ROOT,
     Runs,
+    add_common_args,
     build,
     run_rotated,
     sh,
@@ -154,11 +155,7 @@ def restore_jobs(runs: Runs, c: Cluster, env: dict[str, str], work: Path, cfg: P
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scale", type=int, default=10)
-    ap.add_argument("--text-mb", type=int, default=200, help="text-like data to add, in MB on disk (about)")
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--no-s3", action="store_true", help="local repository only")
+    add_common_args(ap)
     ap.add_argument("--baseline-tree", type=Path, help="also run the two steps from this source tree (before/after)")
     ap.add_argument("--tables", type=int, default=0,
                     help="also this many small tables (a key, an index, 10 rows each): a schema of many objects")

@@ -496,11 +496,8 @@ def open_new_run(opts: RunOptions, clock: Clock, *, state_dir: Path) -> Engine:
         if lock is not None:
             lock.release(closed=True)
         raise
-    journal.warnings = warnings
-    st = load_state(state_dir, run_id)
-    engine = _engine(rb, path, state_dir, rdir, st, params, loaded, redactor, journal, lock, clock, resumed=False)
-    engine.ctx.mirror = mirror
-    return engine
+    return _engine(rb, path, state_dir, rdir, run_id, params, loaded, redactor, journal, warnings, lock, clock, mirror,
+                   resumed=False)
 
 
 def _policy(st: Any, given: str | None) -> str:
@@ -514,15 +511,19 @@ def _policy(st: Any, given: str | None) -> str:
     return policy if policy in ("runbook", "none", "other") else "runbook"
 
 
-def _engine(rb: Runbook, path: Path, state_dir: Path, rdir: Path, st: Any, params: dict[str, Any],
-            loaded: LoadedSecrets, redactor: Redactor, journal: Journal, lock: RunLock | None, clock: Clock,
-            *, resumed: bool) -> Engine:
+def _engine(rb: Runbook, path: Path, state_dir: Path, rdir: Path, run_id: str, params: dict[str, Any],
+            loaded: LoadedSecrets, redactor: Redactor, journal: Journal, warnings: list[str], lock: RunLock | None,
+            clock: Clock, mirror: Any, *, resumed: bool) -> Engine:
+    """The engine of a run just started or resumed: its journal says the warnings found opening it, its state is
+    read from the journal as it now stands, its mirror (if any) goes with it."""
+    journal.warnings = warnings
+    st = load_state(state_dir, run_id)
     declared = {s.id: s.expect_duration.total_seconds() for s in rb.steps if s.expect_duration}
     expected = expected_durations(past_runs(state_dir, rb.name, exclude=st.run_id), declared)
     ctx = RunContext(
         runbook=rb, runbook_path=path, state_dir=state_dir, rdir=rdir, state=st, params=params,
         secrets=loaded, redactor=redactor, journal=journal, lock=lock, expected=expected,
-        approver_policy=_policy(st, None),
+        approver_policy=_policy(st, None), mirror=mirror,
     )
     return Engine(ctx, clock, resumed=resumed)
 
@@ -642,11 +643,8 @@ def open_resume(run_id: str, clock: Clock, *, state_dir: Path, sets: dict[str, s
         if lock is not None:
             lock.release(closed=False)
         raise
-    journal.warnings = warnings
-    st = load_state(state_dir, run_id)
-    engine = _engine(rb, original, state_dir, rdir, st, params, loaded, redactor, journal, lock, clock, resumed=True)
-    engine.ctx.mirror = mirror
-    return engine
+    return _engine(rb, original, state_dir, rdir, run_id, params, loaded, redactor, journal, warnings, lock, clock,
+                   mirror, resumed=True)
 
 
 TAKEOVER_WAIT_S = 15.0

@@ -116,33 +116,23 @@ class RunbookApp(App[int]):
 
     async def _fleet_verdicts(self, screen: FleetScreen) -> None:
         """`runbook status --all --json` over the fleet in a child process, bounded: the UI never waits on it."""
-        import asyncio
         import json
-        import sys
 
-        argv = [sys.executable, "-m", "runbook", "status", str(self.opts.runbook_path), "--all", "-c", screen.source,
-                "--state-dir", str(self.state_dir), "--json", "--connect-timeout", "3"]
-        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout=FLEET_STATUS_TIMEOUT_S)
-        except asyncio.CancelledError:  # a cluster was chosen, or the app quits: the child goes too
-            proc.kill()
-            await asyncio.shield(proc.wait())
-            raise
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        # cancelled when a cluster is chosen, or the app quits
+        answer = await _status_child([str(self.opts.runbook_path), "--all", "-c", screen.source, "--state-dir",
+                                      str(self.state_dir), "--json", "--connect-timeout", "3"], FLEET_STATUS_TIMEOUT_S)
+        if answer is None:
             screen.set_fleet(None, f"no answer within {FLEET_STATUS_TIMEOUT_S:g} s (runbook status --all -c "
                              f"{screen.source})", 3)
             return
+        code, out, _ = answer
         try:
             doc = json.loads(out)
         except ValueError:
             screen.set_fleet(None, "runbook status --all gave no answer", 3)
             return
         counts = ", ".join(f"{n} {v}" for v, n in doc.get("counts", {}).items() if n)
-        screen.set_fleet(doc, f"fleet: {str(doc.get('verdict', '?')).upper()} ({counts})", proc.returncode)
+        screen.set_fleet(doc, f"fleet: {str(doc.get('verdict', '?')).upper()} ({counts})", code)
 
     def action_noop(self) -> None:
         """Ctrl+C does not kill the cockpit mid-step; q quits (asking first while a step runs)."""
@@ -215,27 +205,16 @@ class RunbookApp(App[int]):
 
     async def _verdict(self, screen: ParamsScreen, repository: str) -> None:
         """`runbook status --one-line` in a child process, bounded: the UI never waits on the network."""
-        import asyncio
-        import sys
-
-        argv = [sys.executable, "-m", "runbook", "status", str(self.opts.runbook_path), "-c", repository,
-                "--state-dir", str(self.state_dir), "--one-line", "--connect-timeout", "3"]
-        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout=STATUS_TIMEOUT_S)
-        except asyncio.CancelledError:  # the run started, or the app quits: the child goes too
-            proc.kill()
-            await asyncio.shield(proc.wait())
-            raise
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        # cancelled when the run starts, or the app quits
+        answer = await _status_child([str(self.opts.runbook_path), "-c", repository, "--state-dir",
+                                      str(self.state_dir), "--one-line", "--connect-timeout", "3"], STATUS_TIMEOUT_S)
+        if answer is None:
             screen.set_verdict(f"would we make it now? no answer within {STATUS_TIMEOUT_S:g} s "
                                f"(runbook status -c {repository})", 3)
             return
+        code, out, err = answer
         lines = (out or err).decode(errors="replace").strip().splitlines()
-        screen.set_verdict(lines[-1] if lines else "would we make it now? unknown", proc.returncode)
+        screen.set_verdict(lines[-1] if lines else "would we make it now? unknown", code)
 
     def _start(self, engine: Engine) -> None:
         self.engine = engine
@@ -299,6 +278,28 @@ class RunbookApp(App[int]):
             return
         assert self.engine is not None
         self.switch_screen(SummaryScreen(self.engine, message.finished))
+
+
+async def _status_child(args: list[str], timeout: float) -> tuple[int | None, bytes, bytes] | None:
+    """`runbook status ARGS` in a child process, bounded: its exit code, stdout and stderr; None when it gave no
+    answer within `timeout` seconds (it is killed). Cancelled, it kills the child too."""
+    import asyncio
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "runbook", "status", *args,
+                                                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
+    except asyncio.CancelledError:  # the child goes with whoever waited for it
+        proc.kill()
+        await asyncio.shield(proc.wait())
+        raise
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return None
+    return proc.returncode, out, err
 
 
 def _exit_code(app: RunbookApp, code: int | None) -> int:

@@ -46,6 +46,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -208,36 +209,49 @@ class VerifyRun(LogicalVerification, PgBackRestVerification):
         self.say(f"verifying {entry.kind} backup {entry.backup_id}" + (f" of {entry.db}" if entry.db else "")
                  + f" (cluster {entry.cluster}, {entry.size_bytes / 1e6:.1f} MB, level {copy.level.name}"
                  + ("" if usable else ", not picked by a recovery now") + f") from {copy.store.describe()}")
-        scratch = self._make_scratch()
-        self.out.scratch = str(scratch)
-        from steps.pg.server import Server
 
-        server = Server(scratch / "cluster" / "data", scratch / "cluster" / "run")
-        recorded = False
-        try:
+        def restore(scratch: Path, server: Any) -> None:
             try:
                 if entry.kind == "logical":
                     self._verify_logical(entry, copy, scratch, server)
                 else:
                     self._verify_base(entry, copy, scratch, server)
-                self.out.passed = all(c.status != "failed" for c in self.out.checks)
-            except BackupBad as e:
-                self.out.checks.append(CheckResult(e.check, "failed", e.detail))
-                self.out.passed = False
             except OSError as e:
                 if e.errno == errno.ENOSPC:
                     raise ScratchFull(f"the scratch disk filled up during the test restore ({scratch}): "
                                       f"{e.strerror}") from None
                 raise CannotRun(f"the test restore could not run: {e}") from None
+
+        self._test_restore(restore, lambda: self._record(entry, copy))
+
+    def _test_restore(self, restore: Callable[[Path, Any], None], record: Callable[[], None]) -> None:
+        """The test restore in a fresh scratch directory, whatever the kind of backup: `restore(scratch,
+        server)` restores and checks (a BackupBad is a failed check); then the scratch cluster is stopped and
+        `record()` writes the verification record, which decides the exit code. A full scratch disk judges
+        nothing (no record); another RunbookError is the run's error, its exit code kept when it is a failure.
+        The scratch directory is removed whatever happened."""
+        from steps.pg.server import Server
+
+        scratch = self._make_scratch()
+        self.out.scratch = str(scratch)
+        server = Server(scratch / "cluster" / "data", scratch / "cluster" / "run")
+        recorded = False
+        try:
+            try:
+                restore(scratch, server)
+                self.out.passed = all(c.status != "failed" for c in self.out.checks)
+            except BackupBad as e:
+                self.out.checks.append(CheckResult(e.check, "failed", e.detail))
+                self.out.passed = False
             self._stop(server)
-            self._record(entry, copy)
+            record()
             recorded = True
         except ScratchFull as e:
             self.out.error = f"{e.message}; the backup was not judged (no record written)"
             self.out.exit_code = EXIT_FAILED
         except RunbookError as e:
             self.out.error = str(e)
-            self.out.exit_code = EXIT_CANNOT_RUN
+            self.out.exit_code = EXIT_FAILED if e.exit_code == EXIT_FAILED else EXIT_CANNOT_RUN
         finally:
             self._cleanup(server, scratch)
         if recorded:

@@ -25,6 +25,7 @@ import os
 import re
 import socket
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,9 +33,6 @@ from typing import Any
 
 from runbook.errors import RunbookError
 from steps.proof.verification import (
-    EXIT_CANNOT_RUN,
-    EXIT_FAILED,
-    EXIT_VERIFIED,
     BackupBad,
     CannotRun,
     CheckResult,
@@ -82,18 +80,11 @@ def parse_verify(text: str, label: str) -> tuple[str | None, list[str], str, lis
 class PgBackRestVerification(BaseVerification):
     """verify-backup --kind base when the repository config says `engine: pgbackrest`."""
 
-    def _make_scratch(self) -> Path:  # VerifyRun's
-        raise NotImplementedError
-
-    def _stop(self, server: Any) -> None:  # VerifyRun's
-        raise NotImplementedError
-
     def _run_pgbackrest(self) -> None:
         from steps.engines.pgbackrest.records import fingerprint
         from steps.engines.pgbackrest.restore import stanza_facts
         from steps.engines.pgbackrest.runner import PgBackRestError
         from steps.engines.pgbackrest.settings import settings_from
-        from steps.pg.server import Server
 
         try:
             s = settings_from(self.cfg)
@@ -114,33 +105,18 @@ class PgBackRestVerification(BaseVerification):
         self.out.repository = store.name
         self.say(f"verifying pgBackRest {b.kind} backup {b.label} of stanza {s.stanza} (cluster "
                  f"{b.system_identifier}, {b.size_bytes / 1e6:.1f} MB, ended {b.stopped_at:%Y-%m-%d %H:%M:%S} UTC)")
-        scratch = self._make_scratch()
-        self.out.scratch = str(scratch)
-        server = Server(scratch / "cluster" / "data", scratch / "cluster" / "run")
-        recorded = False
-        try:
+
+        def restore(scratch: Path, server: Any) -> None:
             try:
                 self._pgbackrest_verify(s, b.label)
                 self._pgbackrest_restore(s, b, scratch, server)
-                self.out.passed = all(c.status != "failed" for c in self.out.checks)
-            except BackupBad as e:
-                self.out.checks.append(CheckResult(e.check, "failed", e.detail))
-                self.out.passed = False
             except PgBackRestError as e:
                 raise CannotRun(e.message, hint=e.hint) from None
-            self._stop(server)
-            self._record_pgbackrest(store, s.stanza, b, fingerprint(s.stanza, b))
-            recorded = True
-        except RunbookError as e:
-            self.out.error = str(e)
-            self.out.exit_code = EXIT_FAILED if getattr(e, "exit_code", None) == EXIT_FAILED else EXIT_CANNOT_RUN
-        finally:
-            self._cleanup(server, scratch)
-        if recorded:
-            self.out.exit_code = EXIT_VERIFIED if self.out.passed else EXIT_FAILED
 
-    def _cleanup(self, server: Any, scratch: Path) -> None:  # VerifyRun's (the scratch removed, its time)
-        raise NotImplementedError
+        self._test_restore(restore, lambda: self._record_pgbackrest(store, s.stanza, b, fingerprint(s.stanza, b)))
+
+    def _test_restore(self, restore: Callable[[Path, Any], None], record: Callable[[], None]) -> None:
+        raise NotImplementedError  # VerifyRun's (the scratch, its cluster, the record, the exit code)
 
     def _record_store(self) -> Any:
         """The product's own repository that keeps the record: the local one first (or `--from`)."""

@@ -131,24 +131,52 @@ def _db(cluster: Any) -> None:
                  "from generate_series(1, 100) g", db="app")
 
 
-async def test_verify_database_reports_each_check(write_runbook, state_dir: Path, tmp_path: Path, pg_cluster) -> None:
-    _db(pg_cluster)
+def _backup_of_100_items(tmp_path: Path) -> Path:
+    """A backup directory whose manifest says public.items held 100 rows (what _db makes)."""
     backup = tmp_path / "backup"
     backup.mkdir()
     (backup / "manifest.json").write_text(json.dumps({"row_counts": {"public.items": 100}}))
+    return backup
+
+
+async def _one_step(write_runbook, state_dir: Path, step: str, action: str, with_: str,  # type: ignore[no-untyped-def]
+                    name: str = "runbook.yaml") -> tuple[Any, Any, list[ev.CheckReported]]:
+    """A runbook (file `name`) of one step `step` running `action` with `with_` inside its `with:` mapping,
+    driven with yes: the engine, the step's end, its checks in order."""
     path = write_runbook(f"""
         version: 1
         name: t
         steps:
-          - id: verify
-            action: verify-database
-            with: {{db: app, host: "{pg_cluster.socket_dir}", port: {pg_cluster.port}, user: postgres,
-                    backup_dir: "{backup}", tables: [items, missing_table], smoke: ["select count(*) = 100 from items"]}}
+          - id: {step}
+            action: {action}
+            with: {{{with_}}}
             confirm: none
-    """)
+    """, name=name)
     engine = open_run(path, state_dir)
     finished, seen = await drive(engine, yes)
-    checks = {e.name: e for e in seen if isinstance(e, ev.CheckReported)}
+    return engine, finished, [e for e in seen if isinstance(e, ev.CheckReported)]
+
+
+def _on(cluster: Any) -> str:
+    """The `with:` entries that connect to _db's database on `cluster`."""
+    return f'db: app, host: "{cluster.socket_dir}", port: {cluster.port}, user: postgres'
+
+
+async def _verify(write_runbook, state_dir: Path, cluster: Any,  # type: ignore[no-untyped-def]
+                  more: str) -> tuple[Any, Any, dict[str, ev.CheckReported]]:
+    """A runbook of one verify-database step on _db's database, with `more` in its `with:`, driven with yes:
+    the engine, the step's end, its checks by name."""
+    engine, finished, checks = await _one_step(write_runbook, state_dir, "verify", "verify-database",
+                                               f"{_on(cluster)}, {more}")
+    return engine, finished, {c.name: c for c in checks}
+
+
+async def test_verify_database_reports_each_check(write_runbook, state_dir: Path, tmp_path: Path, pg_cluster) -> None:
+    _db(pg_cluster)
+    backup = _backup_of_100_items(tmp_path)
+    engine, finished, checks = await _verify(write_runbook, state_dir, pg_cluster,
+                                             f'backup_dir: "{backup}", tables: [items, missing_table], '
+                                             'smoke: ["select count(*) = 100 from items"]')
     assert checks["table items exists"].status == "ok"
     assert checks["table missing_table exists"].status == "failed"
     assert checks["rows in public.items"].status == "ok"
@@ -163,18 +191,7 @@ async def test_verify_database_after_pitr_counts_the_tables_it_checked(write_run
     """The reproduced case: with no manifest (after a PITR) it reported 0 tables checked after checking them."""
     _db(pg_cluster)
     pg_cluster.psql("create table loans (id int)", db="app")
-    path = write_runbook(f"""
-        version: 1
-        name: t
-        steps:
-          - id: verify
-            action: verify-database
-            with: {{db: app, host: "{pg_cluster.socket_dir}", port: {pg_cluster.port}, user: postgres,
-                    tables: [items, public.loans]}}
-            confirm: none
-    """)
-    engine = open_run(path, state_dir)
-    finished, _ = await drive(engine, yes)
+    engine, finished, _ = await _verify(write_runbook, state_dir, pg_cluster, "tables: [items, public.loans]")
     assert finished.status == "completed", finished.detail
     outputs = engine.state.steps["verify"].outputs
     assert outputs["tables_checked"] == 2 and outputs["row_counts_compared"] == 0
@@ -183,21 +200,8 @@ async def test_verify_database_after_pitr_counts_the_tables_it_checked(write_run
 async def test_verify_database_catches_a_short_table(write_runbook, state_dir: Path, tmp_path: Path, pg_cluster) -> None:
     _db(pg_cluster)
     pg_cluster.psql("delete from items where id > 95", db="app")
-    backup = tmp_path / "backup"
-    backup.mkdir()
-    (backup / "manifest.json").write_text(json.dumps({"row_counts": {"public.items": 100}}))
-    path = write_runbook(f"""
-        version: 1
-        name: t
-        steps:
-          - id: verify
-            action: verify-database
-            with: {{db: app, host: "{pg_cluster.socket_dir}", port: {pg_cluster.port}, user: postgres, backup_dir: "{backup}"}}
-            confirm: none
-    """)
-    engine = open_run(path, state_dir)
-    finished, seen = await drive(engine, yes)
-    checks = {e.name: e for e in seen if isinstance(e, ev.CheckReported)}
+    _, finished, checks = await _verify(write_runbook, state_dir, pg_cluster,
+                                        f'backup_dir: "{_backup_of_100_items(tmp_path)}"')
     assert checks["rows in public.items"].status == "failed"
     assert checks["rows in public.items"].hint == "95 rows, the backup holds 100"
     assert finished.status == "failed"
@@ -205,22 +209,12 @@ async def test_verify_database_catches_a_short_table(write_runbook, state_dir: P
 
 async def test_check_target(write_runbook, state_dir: Path, tmp_path: Path, pg_cluster) -> None:
     _db(pg_cluster)
-    path = write_runbook(f"""
-        version: 1
-        name: t
-        steps:
-          - id: provision
-            action: check-target
-            with: {{db: app, host: "{pg_cluster.socket_dir}", port: {pg_cluster.port}, user: postgres,
-                    dest: "{tmp_path}/restore"}}
-            confirm: none
-    """)
-    engine = open_run(path, state_dir)
-    finished, seen = await drive(engine, yes)
+    engine, finished, seen = await _one_step(write_runbook, state_dir, "provision", "check-target",
+                                             f'{_on(pg_cluster)}, dest: "{tmp_path}/restore"')
     # The reproduced case: "database exists already" was a warning and the step succeeded, in the scenario
     # whose next step needs it absent. It fails now, saying what to do.
     assert finished.status == "failed", finished.detail
-    checks = {e.name: e for e in seen if isinstance(e, ev.CheckReported)}
+    checks = {c.name: c for c in seen}
     assert checks["server answers"].status == "ok"
     assert checks["database app absent"].status == "failed"
     hint = checks["database app absent"].hint or ""
@@ -229,26 +223,16 @@ async def test_check_target(write_runbook, state_dir: Path, tmp_path: Path, pg_c
     assert checks["free space for the fetch"].status == "ok"
     assert engine.state.steps["provision"].outputs["server_version"] // 10000 == 15
 
-    reported = write_runbook(path.read_text().replace('dest: "', 'absent: false, dest: "'), name="r2.yaml")
-    engine = open_run(reported, state_dir)
-    finished, seen = await drive(engine, yes)
+    _, finished, seen = await _one_step(write_runbook, state_dir, "provision", "check-target",
+                                        f'{_on(pg_cluster)}, absent: false, dest: "{tmp_path}/restore"',
+                                        name="r2.yaml")
     assert finished.status == "completed", finished.detail
-    checks = {e.name: e for e in seen if isinstance(e, ev.CheckReported)}
+    checks = {c.name: c for c in seen}
     assert checks["database app absent"].status == "warning"  # absent: false only reports it
 
 
 async def test_check_target_server_down(write_runbook, state_dir: Path, tmp_path: Path) -> None:
-    path = write_runbook(f"""
-        version: 1
-        name: t
-        steps:
-          - id: provision
-            action: check-target
-            with: {{db: app, host: "{tmp_path}", port: 5999, dest: "{tmp_path}"}}
-            confirm: none
-    """)
-    engine = open_run(path, state_dir)
-    finished, seen = await drive(engine, yes)
+    _, finished, checks = await _one_step(write_runbook, state_dir, "provision", "check-target",
+                                          f'db: app, host: "{tmp_path}", port: 5999, dest: "{tmp_path}"')
     assert finished.status == "failed"
-    checks = [e for e in seen if isinstance(e, ev.CheckReported)]
     assert checks[0].name == "server answers" and checks[0].status == "failed"

@@ -25,6 +25,7 @@ from tests.support.backup_helpers import (  # noqa: F401
     BACKUP_ROLE,
     backup,
     backups_json,
+    new_database,
     run_action,
     source_cluster,
     status,
@@ -33,18 +34,13 @@ from tests.support.backup_helpers import (  # noqa: F401
 from tests.support.pgcluster import Cluster
 from tests.support.s3server import FaultProxy, S3Endpoint, s3_bucket, s3_server  # noqa: F401
 
-_dbs = iter(range(1, 1000))
-
 
 @pytest.fixture
 def db(source_cluster: Cluster) -> str:  # noqa: F811
     """A fresh small database in the module's cluster."""
-    name = f"d{next(_dbs)}"
-    source_cluster.psql(f"create database {name}")
-    source_cluster.psql("create table items(id int primary key, body text); "
+    return new_database(source_cluster, "d", "create table items(id int primary key, body text); "
                         "insert into items select g, repeat(md5(g::text), 4) from generate_series(1, 2000) g; "
-                        "create table notes(id int primary key, n text); insert into notes values (1, 'x')", name)
-    return name
+                        "create table notes(id int primary key, n text); insert into notes values (1, 'x')")
 
 
 def manifests(root: Path) -> list[Path]:

@@ -25,6 +25,7 @@ from tests.conftest import ROOT
 from tests.support.backup_helpers import (  # noqa: F401
     backups_json,
     cli_env,
+    new_database,
     source_cluster,
     status,
     write_config,
@@ -32,20 +33,15 @@ from tests.support.backup_helpers import (  # noqa: F401
 from tests.support.pgcluster import Cluster
 from tests.support.s3server import FaultProxy, S3Endpoint, s3_bucket, s3_server  # noqa: F401
 
-_dbs = iter(range(1, 1000))
-
 
 @pytest.fixture
 def db(source_cluster: Cluster) -> str:  # noqa: F811
     """One big table (its file stays open for a while) and a few small ones."""
-    name = f"p{next(_dbs)}"
-    source_cluster.psql(f"create database {name}")
-    source_cluster.psql("create table big(id int, body text); "
-                        "insert into big select g, repeat(md5(g::text), 4) from generate_series(1, 300000) g", name)
-    for i in range(4):
-        source_cluster.psql(f"create table small{i}(id int primary key, n text); "
-                            f"insert into small{i} select g, md5(g::text) from generate_series(1, 500) g", name)
-    return name
+    return new_database(source_cluster, "p", "create table big(id int, body text); "
+                        "insert into big select g, repeat(md5(g::text), 4) from generate_series(1, 300000) g",
+                        *(f"create table small{i}(id int primary key, n text); "
+                          f"insert into small{i} select g, md5(g::text) from generate_series(1, 500) g"
+                          for i in range(4)))
 
 
 def pg_dump_pids(staging_root: Path) -> list[int]:
@@ -99,6 +95,16 @@ def start_backup(cfg: Path) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **cli_env()})
 
 
+def backup_writing_the_big_table(cfg: Path, repo: Path) -> tuple[subprocess.Popen[str], int, Path]:
+    """`runbook backup -c cfg` started, once its pg_dump holds the big table's file open in the staging directory
+    of the local repository `repo`: the backup's process, that pg_dump's pid, the file."""
+    proc = start_backup(cfg)
+    found = wait_for(lambda: writer_of_big_file(repo / ".staging"), timeout=60)
+    assert found, "never saw pg_dump writing the big table"
+    pid, big = found  # type: ignore[misc]
+    return proc, pid, big
+
+
 def local_data_files(repo: Path) -> list[Path]:
     return sorted(repo.glob("clusters/*/logical/*/*/dump/*.dat.gz"))
 
@@ -114,12 +120,10 @@ def test_finished_files_are_published_and_read_while_pg_dump_still_writes(
     repo = tmp_path / "repo"
     cfg = write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db], local=repo,
                        s3={"bucket": s3_bucket, "prefix": "p", "endpoint_url": s3_server.url})
-    proc = start_backup(cfg)
+    proc, pid, big = backup_writing_the_big_table(cfg, repo)
     stopped: int | None = None
     try:
-        found = wait_for(lambda: writer_of_big_file(repo / ".staging"), timeout=60)
-        assert found, "never saw pg_dump writing the big table"
-        stopped, big = found  # type: ignore[misc]
+        stopped = pid
         os.kill(stopped, signal.SIGSTOP)
         # pg_dump cannot finish now; the small tables' files and toc.dat reach both repositories all the same.
         assert wait_for(lambda: len(local_data_files(repo)) >= 4, timeout=60, step=0.05), \
@@ -157,10 +161,7 @@ def test_pg_dump_killed_after_files_were_uploaded_leaves_no_backup(
     repo = tmp_path / "repo"
     cfg = write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db], local=repo,
                        s3={"bucket": s3_bucket, "prefix": "p", "endpoint_url": s3_server.url})
-    proc = start_backup(cfg)
-    found = wait_for(lambda: writer_of_big_file(repo / ".staging"), timeout=60)
-    assert found, "never saw pg_dump writing the big table"
-    pid, _big = found  # type: ignore[misc]
+    proc, pid, _big = backup_writing_the_big_table(cfg, repo)
     os.kill(pid, signal.SIGSTOP)
     try:
         assert wait_for(lambda: sum(k.endswith(".dat.gz") for k in s3_keys(s3_server, s3_bucket)) >= 4,
@@ -201,10 +202,7 @@ def test_s3_going_away_mid_dump_keeps_the_local_backup_and_gives_s3_no_manifest(
     with FaultProxy(upstream, fail=lambda m, p: gone["now"]) as proxy:
         cfg = write_config(tmp_path / "repo.yaml", source_cluster, dbs=[db], local=repo,
                            s3={"bucket": s3_bucket, "prefix": "p", "endpoint_url": proxy.url, "max_attempts": 2})
-        proc = start_backup(cfg)
-        found = wait_for(lambda: writer_of_big_file(repo / ".staging"), timeout=60)
-        assert found, "never saw pg_dump writing the big table"
-        pid, _big = found  # type: ignore[misc]
+        proc, pid, _big = backup_writing_the_big_table(cfg, repo)
         os.kill(pid, signal.SIGSTOP)
         try:
             assert wait_for(lambda: sum(k.endswith(".dat.gz") for k in s3_keys(s3_server, s3_bucket)) >= 1,

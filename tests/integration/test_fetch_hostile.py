@@ -136,6 +136,15 @@ def fetch(cfg: Path, dest: Path, **more: Any) -> Any:
     return run_action("fetch-latest-backup", {"config": str(cfg), "db": DB, "dest": str(dest), **more})
 
 
+def fetched_genuine(s3_repo: tuple[Repo, Path], dest: Path) -> Path:
+    """The genuine backup published to the bucket and fetched into `dest`: the directory it was fetched into."""
+    repo, cfg = s3_repo
+    genuine(repo)
+    res = fetch(cfg, dest)
+    assert res.code == 0, res.stdout + res.stderr
+    return Path(res.outputs["backup_dir"])
+
+
 def test_a_traversing_object_path_from_s3_is_refused_by_name_and_the_genuine_backup_is_fetched(
     s3_repo: tuple[Repo, Path], tmp_path: Path
 ) -> None:
@@ -192,12 +201,9 @@ def test_a_traversing_key_in_the_local_repository_opens_nothing(tmp_path: Path) 
 
 
 def test_the_fetch_directory_is_private_and_its_parent_must_be_ours(s3_repo: tuple[Repo, Path], tmp_path: Path) -> None:
-    repo, cfg = s3_repo
-    genuine(repo)
+    _, cfg = s3_repo
     dest = tmp_path / "restore"
-    res = fetch(cfg, dest)
-    assert res.code == 0, res.stdout + res.stderr
-    got = Path(res.outputs["backup_dir"])
+    got = fetched_genuine(s3_repo, dest)
     assert got.parent == dest and got.name == f"{DB}-20261201T020000Z"
     assert stat.S_IMODE(dest.stat().st_mode) == 0o750
     assert stat.S_IMODE(got.stat().st_mode) == 0o700
@@ -279,11 +285,7 @@ def roles(cluster: Cluster) -> str:
 def test_an_in_place_edit_with_its_mtime_restored_is_hashed_again_and_refused(
     s3_repo: tuple[Repo, Path], tmp_path: Path, pg_cluster: Cluster
 ) -> None:
-    repo, cfg = s3_repo
-    genuine(repo)
-    res = fetch(cfg, tmp_path / "restore")
-    assert res.code == 0, res.stdout
-    got = Path(res.outputs["backup_dir"])
+    got = fetched_genuine(s3_repo, tmp_path / "restore")
     victim = got / "globals.sql"
     st = victim.stat()
     with open(victim, "r+b") as f:  # in place: same inode, same size
@@ -302,11 +304,7 @@ def test_a_stamp_is_trusted_only_from_a_directory_nobody_else_may_write(
     s3_repo: tuple[Repo, Path], tmp_path: Path, pg_cluster: Cluster
 ) -> None:
     """A planted stamp (or a directory another user could have prepared) buys no shortcut: hashed again."""
-    repo, cfg = s3_repo
-    genuine(repo)
-    res = fetch(cfg, tmp_path / "restore")
-    assert res.code == 0, res.stdout
-    got = Path(res.outputs["backup_dir"])
+    got = fetched_genuine(s3_repo, tmp_path / "restore")
     # Control: untouched, the stamp is trusted (the restore then fails on the forged dump, after the globals).
     first = restore(got, pg_cluster, db="first")
     assert "not hashed again" in first.stdout, first.stdout
@@ -335,11 +333,7 @@ def test_restore_logical_refuses_a_linked_directory_and_a_manifest_naming_places
     s3_repo: tuple[Repo, Path], tmp_path: Path
 ) -> None:
     """Both refused before any server is contacted (PGHOST points nowhere)."""
-    repo, cfg = s3_repo
-    genuine(repo)
-    res = fetch(cfg, tmp_path / "restore")
-    assert res.code == 0, res.stdout
-    got = Path(res.outputs["backup_dir"])
+    got = fetched_genuine(s3_repo, tmp_path / "restore")
     env = {"PGHOST": str(tmp_path / "no-server"), "PGPORT": "1"}
     os.symlink(got, tmp_path / "latest")
     linked = run_action("restore-logical", {"backup_dir": str(tmp_path / "latest"), "db": "x"}, env=env)

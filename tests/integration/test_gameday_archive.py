@@ -4,7 +4,6 @@ scripted operator once not handled and once handled (recovering to what the arch
 
 from __future__ import annotations
 
-import math
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,15 @@ from steps.sandbox.build import Sandbox
 from steps.sandbox.faults import FAULTS, registry
 from steps.sandbox.faults.record import for_run
 from tests.conftest import ROOT, run_cli
-from tests.support.operator import ScriptedOperator, assert_debrief, assert_no_leak, fault_words, points
+from tests.support.operator import (
+    ScriptedOperator,
+    assert_debrief,
+    assert_no_leak,
+    data_points,
+    fault_words,
+    points,
+    reaction_points,
+)
 from tests.support.pgcluster import make_base_dir
 from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv (archive_command)
 
@@ -90,7 +97,7 @@ def test_archive_broken_handled_by_recovering_what_the_archive_holds(place: tupl
     (fd,) = d.faults
     assert fd.handled is True and fd.acted == "wrote a note at step pitr" and d.retried == ["pitr"] and d.restored
     # the note came seconds after the assess step showed the archive's age; what the archive lacked is data lost
-    assert points(d)["detect"] == 2 * int((fd.reaction_s or 0) // 60) and d.mistakes == []
+    assert points(d)["detect"] == reaction_points(fd) and d.mistakes == []
     assert d.window_s is not None and d.baseline_rpo_s is not None and d.window_s > d.baseline_rpo_s
-    assert points(d)["data"] == min(20, math.ceil(round(20 * (d.window_s - d.baseline_rpo_s) / 300, 6)))
+    assert points(d)["data"] == data_points(d)
     assert d.score == 100 - sum(points(d).values())

@@ -5,9 +5,7 @@ the small file system."""
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,18 +15,17 @@ from steps.sandbox.faults import registry
 from steps.sandbox.faults._pitr_common import at, first
 from steps.sandbox.faults.record import for_run
 from tests.conftest import run_cli
-from tests.support.gameday_pitr import PitrGame, left_open, pitr_game
-from tests.support.operator import assert_debrief, assert_no_leak, fault_words, points
+from tests.support.gameday_pitr import (
+    PitrGame,
+    assert_changed_and_retried,
+    game_fixture,  # noqa: F401 - the game day
+    left_open,
+)
+from tests.support.operator import assert_no_leak, assert_not_handled, assert_skipped, fault_words, points
 from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv
 
 FAULT = registry()["disk-too-small"]
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="disk-too-small mounts a tmpfs: root only")
-
-
-@pytest.fixture
-def game(server_runbook: str) -> Iterator[PitrGame]:  # noqa: F811
-    with pitr_game(server_runbook, "disk") as g:
-        yield g
 
 
 def test_handled_the_recovery_is_pointed_at_a_file_system_with_room(game: PitrGame) -> None:
@@ -47,29 +44,9 @@ def test_handled_the_recovery_is_pointed_at_a_file_system_with_room(game: PitrGa
     again = game.op.resume(play.run_id, sets=play.sets_asked(), answers={"provision-pitr": ["retry"],
                                                                           "pitr": ["confirm"]})
     assert again.code == 0, again.output[-5000:]
-    events = again.events()
     assert again.status() == "completed" and (elsewhere / "PG_VERSION").exists()
     assert int(game.sb.server.psql("select count(*) from maintenance_records", db=DB)) > 0
-    assert FAULT.evidence_event is not None and FAULT.handled is not None
-    shown = FAULT.evidence_event(events)
-    retried = first(events, "retry-requested", step="provision-pitr")
-    assert shown is not None and retried is not None and shown == at(short) < at(retried)
-    assert FAULT.handled(events)
-    assert play.debrief() == ""  # left open: nothing told yet
-    d = assert_debrief(again, FAULT)
-    (fd,) = d.faults
-    assert fd.evidence_at is not None and abs(fd.evidence_at.timestamp() - shown) < 1e-3
-    assert fd.acted == "left the run to act outside it (the operator stopped to change parameters (pgdata) " \
-        "(--answers))" and fd.handled is True
-    assert "evidence shown " in again.debrief() and "acted on " in again.debrief()
-    assert d.retried == ["provision-pitr"] and d.skipped == [] and d.mistakes == [] and d.restored
-    assert d.baseline_rto_s is None  # no clean drill in this state directory: the RTO is judged by its target
-    # refused before anything was restored, then recovered to the target a clean run reaches
-    assert d.window_s is not None and d.baseline_rpo_s is not None
-    extra = d.window_s - d.baseline_rpo_s
-    data = 0 if extra <= 0 else min(20, math.ceil(round(20 * extra / 300, 6)))
-    assert points(d) == {"detect": 2 * int((fd.reaction_s or 0) // 60), "recover": 0, "data": data, "mistakes": 0}
-    assert d.score == 100 - sum(points(d).values())
+    assert assert_changed_and_retried(play, again, FAULT, "pgdata") == at(short)
     assert_no_leak([play, again], fault_words(FAULT))
     down = run_cli("demo", "--down", "--dir", str(game.sb.base), "--state-dir", str(game.state), timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
@@ -84,13 +61,8 @@ def test_not_handled_the_check_is_skipped_and_pitr_refuses_the_same(game: PitrGa
     assert refused is not None
     gd = for_run(game.sb.base, play.run_id)
     assert gd is not None and not os.listdir(gd.injected[0]["facts"]["mount"])  # nothing restored
-    assert FAULT.evidence_event is not None and FAULT.handled is not None
-    assert FAULT.evidence_event(events) is not None and not FAULT.handled(events)
-    assert_no_leak([play], fault_words(FAULT))
-    d = assert_debrief(play, FAULT)
-    (fd,) = d.faults
+    d = assert_not_handled(play, FAULT)
     # acted on the failed check, wrongly (a skip): not handled, and the pitr step refused all the same
-    assert fd.acted == "skipped step provision-pitr (disks are always big enough)" and fd.handled is False
-    assert d.skipped == [("provision-pitr", "disks are always big enough")] and not d.restored and d.status == "failed"
-    assert "handled: NO" in play.debrief()
+    assert_skipped(play, d, "provision-pitr", "disks are always big enough")
+    assert not d.restored and d.status == "failed"
     assert points(d) == {"detect": 20, "recover": 30, "data": 20, "mistakes": 0} and d.score == 30

@@ -8,7 +8,6 @@ One sandbox for the module (its cluster initialised once), rebuilt by each demo.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,16 @@ from steps.sandbox.build import DB, Sandbox
 from steps.sandbox.faults import FAULTS, registry
 from steps.sandbox.faults.record import all_game_days, for_run, ledger_for_run
 from tests.conftest import ROOT, run_cli
-from tests.support.operator import Play, ScriptedOperator, assert_debrief, assert_no_leak, fault_words, points
+from tests.support.operator import (
+    Play,
+    ScriptedOperator,
+    assert_debrief,
+    assert_no_leak,
+    assert_scored,
+    fault_words,
+    points,
+    reaction_points,
+)
 from tests.support.pgcluster import make_base_dir
 from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv (reprotect's archive_command)
 
@@ -134,9 +142,7 @@ def test_corrupt_newest_backup_handled_with_the_previous_backup_and_a_larger_los
     assert d.rows_lost == rows_lost and d.baseline_rows_lost == gd.baseline["rows_lost"]
     # the previous backup is older than the newest a clean run restores: more data lost, as a share of the RPO
     assert d.window_s is not None and d.baseline_rpo_s is not None and d.window_s > d.baseline_rpo_s
-    data = math.ceil(round(20 * (d.window_s - d.baseline_rpo_s) / 300, 6))
-    assert points(d) == {"detect": 2 * int(fd.reaction_s // 60), "recover": 0, "data": data, "mistakes": 0}
-    assert 1 <= data < 20 and d.score == 100 - sum(points(d).values())
+    assert 1 <= assert_scored(d, detect=reaction_points(fd)) < 20
 
 
 # ---- target-database-exists -----------------------------------------------------------------------------------
@@ -185,7 +191,7 @@ def test_target_database_exists_handled_under_a_new_name(day: Day) -> None:
                                                                         "operator stopped to change parameters")
     assert d.retried == ["provision"] and d.restored and d.mistakes == []
     assert points(d)["data"] == 0  # the newest backup restored, under another name: what a clean run loses
-    assert d.score == 100 - points(d)["detect"] and points(d)["detect"] == 2 * int((d.faults[0].reaction_s or 0) // 60)
+    assert d.score == 100 - points(d)["detect"] and points(d)["detect"] == reaction_points(d.faults[0])
 
 
 # ---- s3-unreachable -------------------------------------------------------------------------------------------

@@ -5,26 +5,19 @@ ever restored by the wrong major version."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
-
-import pytest
-
 from runbook.errors import Exit
 from steps.pg.tools import PG_BIN
 from steps.sandbox.faults import registry
-from steps.sandbox.faults._pitr_common import at, first
-from tests.support.gameday_pitr import PitrGame, pitr_game
-from tests.support.operator import assert_debrief, assert_no_leak, fault_words, points
+from steps.sandbox.faults._pitr_common import first
+from tests.support.gameday_pitr import (
+    PitrGame,
+    assert_changed_and_retried,
+    game_fixture,  # noqa: F401 - the game day
+)
+from tests.support.operator import assert_no_leak, assert_not_handled, assert_skipped, fault_words, points
 from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv
 
 FAULT = registry()["other-major-version"]
-
-
-@pytest.fixture
-def game(server_runbook: str) -> Iterator[PitrGame]:  # noqa: F811
-    with pitr_game(server_runbook, "major") as g:
-        yield g
 
 
 def test_handled_the_binaries_are_corrected_and_the_recovery_finishes(game: PitrGame) -> None:
@@ -37,28 +30,8 @@ def test_handled_the_binaries_are_corrected_and_the_recovery_finishes(game: Pitr
     second = game.op.resume(first_play.run_id, sets=first_play.sets_asked(),
                             answers={"provision-pitr": ["retry"], "pitr": ["confirm"]})
     assert second.code == 0, second.output[-5000:]
-    events = second.events()
     assert second.status() == "completed"
-    assert FAULT.evidence_event is not None and FAULT.handled is not None
-    shown = FAULT.evidence_event(events)
-    retried = first(events, "retry-requested", step="provision-pitr")
-    assert shown is not None and retried is not None and shown < at(retried)
-    assert FAULT.handled(events)
-    assert first_play.debrief() == ""  # left open: nothing told yet
-    d = assert_debrief(second, FAULT)
-    (fd,) = d.faults
-    assert fd.evidence_at is not None and abs(fd.evidence_at.timestamp() - shown) < 1e-3
-    assert fd.acted == "left the run to act outside it (the operator stopped to change parameters (pg_bindir) " \
-        "(--answers))" and fd.handled is True
-    assert "evidence shown " in second.debrief() and "acted on " in second.debrief()
-    assert d.retried == ["provision-pitr"] and d.skipped == [] and d.mistakes == [] and d.restored
-    assert d.baseline_rto_s is None  # no clean drill in this state directory: the RTO is judged by its target
-    # refused before anything was restored, then recovered to the target a clean run reaches
-    assert d.window_s is not None and d.baseline_rpo_s is not None
-    extra = d.window_s - d.baseline_rpo_s
-    data = 0 if extra <= 0 else min(20, math.ceil(round(20 * extra / 300, 6)))
-    assert points(d) == {"detect": 2 * int((fd.reaction_s or 0) // 60), "recover": 0, "data": data, "mistakes": 0}
-    assert d.score == 100 - sum(points(d).values())
+    assert_changed_and_retried(first_play, second, FAULT, "pg_bindir")
     assert int(game.sb.server.psql("select count(*) from maintenance_records", db="assetflow_prod")) > 0
     assert_no_leak([first_play, second], fault_words(FAULT))
     trainer = game.op.reveal(first_play.run_id, game.sb.base)
@@ -72,13 +45,8 @@ def test_not_handled_the_check_is_skipped_and_pitr_refuses_the_same(game: PitrGa
     refused = first(events, "step-finished", step="pitr", statuses=("failed",))
     assert refused is not None and "major version mismatch" in refused["detail"] + play.stdout
     assert not (game.sb.pitr_datadir / "PG_VERSION").exists()  # nothing restored
-    assert FAULT.evidence_event is not None and FAULT.handled is not None
-    assert FAULT.evidence_event(events) is not None and not FAULT.handled(events)
-    assert_no_leak([play], fault_words(FAULT))
-    d = assert_debrief(play, FAULT)
-    (fd,) = d.faults
+    d = assert_not_handled(play, FAULT)
     # acted on the failed check, wrongly (a skip): not handled, and the pitr step refused all the same
-    assert fd.acted == "skipped step provision-pitr (the versions look fine to me)" and fd.handled is False
-    assert d.skipped == [("provision-pitr", "the versions look fine to me")] and not d.restored and d.status == "failed"
-    assert "handled: NO" in play.debrief()
+    assert_skipped(play, d, "provision-pitr", "the versions look fine to me")
+    assert not d.restored and d.status == "failed"
     assert points(d) == {"detect": 20, "recover": 30, "data": 20, "mistakes": 0} and d.score == 30

@@ -6,28 +6,32 @@ check is skipped and the run completes without the table."""
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Iterator
-
-import pytest
 
 from steps.sandbox.build import DB
 from steps.sandbox.faults import registry
 from steps.sandbox.faults._pitr_common import at, first
 from steps.sandbox.faults.record import for_run
-from tests.support.gameday_pitr import PitrGame, left_open, pitr_game
-from tests.support.operator import assert_debrief, assert_no_leak, fault_words, points
+from tests.support.gameday_pitr import (
+    PitrGame,
+    game_fixture,  # noqa: F401 - the game day
+    left_open,
+)
+from tests.support.operator import (
+    assert_debrief,
+    assert_handled,
+    assert_no_leak,
+    assert_not_handled,
+    assert_scored,
+    assert_skipped,
+    fault_words,
+    points,
+    reaction_points,
+)
 from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv
 
 FAULT = registry()["wrong-target-time"]
 BEFORE = re.compile(r"the moment just before it: (\S+)")
-
-
-@pytest.fixture
-def game(server_runbook: str) -> Iterator[PitrGame]:  # noqa: F811
-    with pitr_game(server_runbook, "target") as g:
-        yield g
 
 
 def _has_table(game: PitrGame) -> bool:
@@ -76,32 +80,20 @@ def test_handled_the_recovery_is_redone_to_the_moment_before_the_drop(game: Pitr
     (fd,) = d.faults
     assert fd.evidence_at is not None and abs(fd.evidence_at.timestamp() - at(missing)) < 1e-3
     assert fd.acted == "left the run to act outside it (the operator stopped (--answers))" and fd.handled is True
-    assert "evidence shown " in again.debrief() and "acted on " in again.debrief()
     # the steps walked again by --redo-from are the steps retried
-    assert d.retried == reopened["steps"] and d.skipped == [] and d.mistakes == [] and d.restored
-    assert d.baseline_rto_s is None  # no clean drill in this state directory: the RTO is judged by its target
+    assert_handled(again, d, retried=reopened["steps"])
     # recovered to just before the DROP, what a clean run reaches (the demo's target): the window is measured
-    assert d.window_s is not None and d.baseline_rpo_s is not None
-    extra = d.window_s - d.baseline_rpo_s
-    data = 0 if extra <= 0 else min(20, math.ceil(round(20 * extra / 300, 6)))
-    assert points(d) == {"detect": 2 * int((fd.reaction_s or 0) // 60), "recover": 0, "data": data, "mistakes": 0}
-    assert d.score == 100 - sum(points(d).values())
+    assert_scored(d, detect=reaction_points(fd))
 
 
 def test_not_handled_the_failed_check_is_skipped_and_the_table_stays_lost(game: PitrGame) -> None:
     play = game.demo(FAULT.name, answers={"verify-pitr": [{"skip": "the recovery said it succeeded"}]})
     assert play.code == 0, play.output[-5000:]
-    events = play.events()
     assert not _has_table(game)
-    assert FAULT.evidence_event is not None and FAULT.handled is not None
-    assert FAULT.evidence_event(events) is not None and not FAULT.handled(events)
-    assert_no_leak([play], fault_words(FAULT))
-    d = assert_debrief(play, FAULT)
-    (fd,) = d.faults
+    d = assert_not_handled(play, FAULT)
     # acted on the failed check, wrongly (a skip): not handled; the service is back, but without the table: the
     # recovery point is after the loss, so no window can be claimed and the data points are all lost
-    assert fd.acted == "skipped step verify-pitr (the recovery said it succeeded)" and fd.handled is False
-    assert d.skipped == [("verify-pitr", "the recovery said it succeeded")] and d.restored and d.status == "completed"
+    assert_skipped(play, d, "verify-pitr", "the recovery said it succeeded")
+    assert d.restored and d.status == "completed"
     assert d.window_s is None and d.window_problem is not None and "after the loss" in d.window_problem
-    assert "handled: NO" in play.debrief()
     assert points(d) == {"detect": 20, "recover": 0, "data": 20, "mistakes": 0} and d.score == 60

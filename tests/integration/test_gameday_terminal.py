@@ -5,13 +5,9 @@ re-attaches with `runbook resume RUN_ID` and finishes, the step never run twice;
 from __future__ import annotations
 
 import json
-import math
 import signal
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
-
-import pytest
 
 from runbook.executor import StepProcess
 from runbook.gameday import load_debrief
@@ -20,17 +16,21 @@ from steps.sandbox.build import DB
 from steps.sandbox.faults import registry
 from steps.sandbox.faults._pitr_common import at, first
 from tests.conftest import run_cli
-from tests.support.gameday_pitr import PitrGame, pitr_game
-from tests.support.operator import Play, assert_debrief, assert_no_leak, fault_words, points
+from tests.support.gameday_pitr import (
+    PitrGame,
+    game_fixture,  # noqa: F401 - the game day
+)
+from tests.support.operator import (
+    Play,
+    assert_debrief,
+    assert_handled,
+    assert_no_leak,
+    assert_scored,
+    fault_words,
+)
 from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv
 
 FAULT = registry()["terminal-dies"]
-
-
-@pytest.fixture
-def game(server_runbook: str) -> Iterator[PitrGame]:  # noqa: F811
-    with pitr_game(server_runbook, "hangup") as g:
-        yield g
 
 
 def _hung_up(game: PitrGame) -> Play:
@@ -63,14 +63,9 @@ def _re_attached(play: Play, again: Play) -> None:
     assert resumed is not None and fd.evidence_at is not None and fd.acted_at is not None
     assert abs(fd.evidence_at.timestamp() - at(resumed)) < 1e-3 and fd.acted_at == fd.evidence_at
     assert fd.acted.startswith("resumed the run") and fd.reaction_s == 0 and fd.handled is True
-    assert "evidence shown " in again.debrief() and "acted on " in again.debrief()
-    assert d.retried == [] and d.skipped == [] and d.mistakes == [] and d.restored and d.status == "completed"
-    assert d.baseline_rto_s is None  # no clean drill in this state directory: the RTO is judged by its target
-    assert d.window_s is not None and d.baseline_rpo_s is not None
-    extra = d.window_s - d.baseline_rpo_s
-    data = 0 if extra <= 0 else min(20, math.ceil(round(20 * extra / 300, 6)))
-    assert points(d) == {"detect": 0, "recover": 0, "data": data, "mistakes": 0}
-    assert d.score == 100 - data
+    assert_handled(again, d, retried=[])
+    assert d.status == "completed"
+    assert_scored(d, detect=0)
 
 
 def test_handled_the_operator_re_attaches_and_finishes(game: PitrGame) -> None:

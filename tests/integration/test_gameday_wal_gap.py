@@ -5,27 +5,28 @@ and the rows of the lost segment and after are missing; not handled, the run fai
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
-
-import pytest
-
 from runbook.errors import Exit
 from steps.sandbox.build import DB
 from steps.sandbox.faults import registry
 from steps.sandbox.faults._pitr_common import at, first
 from steps.sandbox.faults.record import for_run
-from tests.support.gameday_pitr import PitrGame, pitr_game
-from tests.support.operator import assert_debrief, assert_no_leak, fault_words, points
+from tests.support.gameday_pitr import (
+    PitrGame,
+    game_fixture,  # noqa: F401 - the game day
+)
+from tests.support.operator import (
+    assert_debrief,
+    assert_handled,
+    assert_no_leak,
+    assert_not_handled,
+    assert_scored,
+    fault_words,
+    points,
+    reaction_points,
+)
 from tests.support.pitr_cluster import server_runbook_fixture  # noqa: F401 - the server venv
 
 FAULT = registry()["wal-gap"]
-
-
-@pytest.fixture
-def game(server_runbook: str) -> Iterator[PitrGame]:  # noqa: F811
-    with pitr_game(server_runbook, "walgap") as g:
-        yield g
 
 
 def test_handled_the_recovery_goes_to_the_best_reachable_point(game: PitrGame) -> None:
@@ -73,25 +74,17 @@ def test_handled_the_recovery_goes_to_the_best_reachable_point(game: PitrGame) -
     assert fd.acted_at is not None and fd.acted_at.timestamp() >= at(failed)
     assert fd.acted.startswith("left the run to act outside it (the operator stopped to change parameters")
     assert "target_kind" in fd.acted and "accept_gap" in fd.acted and fd.handled is True
-    assert "evidence shown " in second.debrief() and "acted on " in second.debrief()
-    assert d.retried == ["pitr"] and d.skipped == [] and d.mistakes == [] and d.restored
-    assert d.baseline_rto_s is None  # no clean drill in this state directory: the RTO is judged by its target
+    assert_handled(second, d, retried=["pitr"])
     # recovered to the gap, not to the target a clean run reaches: the second batch and after are lost too
     assert d.window_s is not None and d.baseline_rpo_s is not None and d.window_s > d.baseline_rpo_s
-    data = min(20, math.ceil(round(20 * (d.window_s - d.baseline_rpo_s) / 300, 6)))
-    assert points(d) == {"detect": 2 * int((fd.reaction_s or 0) // 60), "recover": 0, "data": data, "mistakes": 0}
-    assert data >= 1 and d.score == 100 - sum(points(d).values())
+    assert assert_scored(d, detect=reaction_points(fd)) >= 1
 
 
 def test_not_handled_the_run_fails_at_the_gap(game: PitrGame) -> None:
     play = game.demo(FAULT.name)
     assert play.code == Exit.RUN_FAILED, play.output[-5000:]
-    events = play.events()
     assert "target beyond the archived WAL" in play.stdout
-    assert FAULT.evidence_event is not None and FAULT.handled is not None
-    assert FAULT.evidence_event(events) is not None and not FAULT.handled(events)
-    assert_no_leak([play], fault_words(FAULT))
-    d = assert_debrief(play, FAULT)  # --yes stopped at the pitr step short of its target: nothing done about it
+    d = assert_not_handled(play, FAULT)  # --yes stopped at the pitr step short of its target: nothing done about it
     (fd,) = d.faults
     assert fd.acted_at is None and fd.handled is False and not d.restored and d.status == "failed"
     assert "acted on: never" in play.debrief() and "handled: NO" in play.debrief()

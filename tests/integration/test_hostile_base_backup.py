@@ -40,20 +40,11 @@ from tests.support.pitr_cluster import (  # noqa: F401 - fixtures
     write_rows,
 )
 from tests.support.signing import sign_file
+from tests.support.victims import snapshot
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attacks are on what root does as root")
 
 Member = tuple[tarfile.TarInfo, bytes | None]
-
-
-def snapshot(top: Path) -> dict[str, tuple[int, int, int, int, bytes | str]]:
-    """Every entry under `top` (itself included): mode, owner, mtime_ns, size and content (or link target)."""
-    out: dict[str, tuple[int, int, int, int, bytes | str]] = {}
-    for p in [top, *sorted(top.rglob("*"))]:
-        st = os.lstat(p)
-        body: bytes | str = os.readlink(p) if p.is_symlink() else (p.read_bytes() if p.is_file() else b"")
-        out[str(p.relative_to(top))] = (st.st_mode, st.st_uid, st.st_mtime_ns, st.st_size, body)
-    return out
 
 
 @dataclass
@@ -175,20 +166,26 @@ def run_pitr(src: Source, f: Forged, pgdata: Path, **kw: object) -> subprocess.C
     return pitr(args)
 
 
+def forged_against_a_victim(src: Source, plant: Callable[[Path, list[Member]], list[Member]]) -> tuple[Forged, Path]:
+    """A forged copy of the repository whose base tar's members are `plant(victim, members)`, and the victim: a
+    directory (victim_dir) the planted members aim at."""
+    victim = victim_dir(forge(src))
+    return forge(src, lambda members: plant(victim, members)), victim
+
+
+def pg_wal_linked_to(victim: Path, members: list[Member]) -> list[Member]:
+    """The base tar's pg_wal replaced by a symbolic link to `victim`."""
+    kept = [(m, d) for m, d in members if not m.name.rstrip("/").startswith("pg_wal")]
+    return [(link("pg_wal", str(victim)), None), *kept]
+
+
 def verify_base(f: Forged, scratch: Path) -> subprocess.CompletedProcess[str]:
     return run_cli("verify-backup", "-c", str(f.config), "--kind", "base", "--scratch-dir", str(scratch),
                    timeout=180)
 
 
 def test_a_pg_wal_link_in_the_base_tar_is_refused_and_what_it_points_at_is_never_emptied(source: Source) -> None:
-    f0 = forge(source)
-    victim = victim_dir(f0)
-
-    def plant(members: list[Member]) -> list[Member]:
-        kept = [(m, d) for m, d in members if not m.name.rstrip("/").startswith("pg_wal")]
-        return [(link("pg_wal", str(victim)), None), *kept]
-
-    f = forge(source, plant)
+    f, victim = forged_against_a_victim(source, pg_wal_linked_to)
     before = snapshot(victim)
     pgdata = f.restore / "data"
     r = run_pitr(source, f, pgdata)
@@ -199,14 +196,7 @@ def test_a_pg_wal_link_in_the_base_tar_is_refused_and_what_it_points_at_is_never
 
 
 def test_a_routine_verify_of_a_base_tar_with_a_pg_wal_link_empties_nothing(source: Source) -> None:
-    f0 = forge(source)
-    victim = victim_dir(f0)
-
-    def plant(members: list[Member]) -> list[Member]:
-        kept = [(m, d) for m, d in members if not m.name.rstrip("/").startswith("pg_wal")]
-        return [(link("pg_wal", str(victim)), None), *kept]
-
-    f = forge(source, plant)
+    f, victim = forged_against_a_victim(source, pg_wal_linked_to)
     before = snapshot(victim)
     r = verify_base(f, f.work / "scratch")
     assert snapshot(victim) == before, r.stdout + r.stderr
@@ -216,13 +206,10 @@ def test_a_routine_verify_of_a_base_tar_with_a_pg_wal_link_empties_nothing(sourc
 
 
 def test_a_link_then_a_regular_member_of_its_name_cannot_write_through(source: Source) -> None:
-    f0 = forge(source)
-    victim = victim_dir(f0)
-
-    def plant(members: list[Member]) -> list[Member]:
+    def plant(victim: Path, members: list[Member]) -> list[Member]:
         return [(link("PG_VERSION", str(victim / "notes")), None), *members]  # PG_VERSION follows, as checked
 
-    f = forge(source, plant)
+    f, victim = forged_against_a_victim(source, plant)
     before = snapshot(victim)
     r = run_pitr(source, f, f.restore / "data")
     assert snapshot(victim) == before and (victim / "notes").read_text() == "precious\n"
@@ -231,14 +218,11 @@ def test_a_link_then_a_regular_member_of_its_name_cannot_write_through(source: S
 
 
 def test_a_directory_member_through_a_link_never_chmods_its_target(source: Source) -> None:
-    f0 = forge(source)
-    victim = victim_dir(f0)
-
-    def plant(members: list[Member]) -> list[Member]:
+    def plant(victim: Path, members: list[Member]) -> list[Member]:
         return [(link("global", str(victim)), None), (directory("global"), None),
                 *[(m, d) for m, d in members if m.name.rstrip("/") != "global"]]
 
-    f = forge(source, plant)
+    f, victim = forged_against_a_victim(source, plant)
     before = snapshot(victim)
     r = run_pitr(source, f, f.restore / "data")
     assert snapshot(victim) == before  # still 0755: not chmodded 0700

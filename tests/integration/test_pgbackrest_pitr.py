@@ -31,6 +31,7 @@ from tests.support.pitr_cluster import (  # noqa: F401 - fixtures
     pitr,
     pitr_template_fixture,
     restored_psql,
+    stop_servers,
 )
 from tests.support.s3server import TlsEndpoint, s3_bucket, s3_server, s3_tls_server  # noqa: F401 - fixtures
 
@@ -43,10 +44,7 @@ def primary_fixture(pg_base: Path, pitr_template: Path) -> Iterator[PgbrPrimary]
     try:
         yield p
     finally:
-        for d in restored:
-            if (d / "postmaster.pid").exists():
-                subprocess.run(as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(d), "-m", "immediate", "-w",
-                                               "stop"]), capture_output=True)
+        stop_servers(restored)
         p.stop()
 
 
@@ -275,10 +273,7 @@ def test_pitr_and_verify_backup_from_an_s3_repository_over_tls(
         assert r.returncode == 0, r.stdout + r.stderr
         assert outputs(r)["backup_id"] == label and notes(pgdata) == kept + more
     finally:
-        for d in restored:
-            if (d / "postmaster.pid").exists():
-                subprocess.run(as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(d), "-m", "immediate", "-w",
-                                               "stop"]), capture_output=True)
+        stop_servers(restored)
         p.stop()
 
 

@@ -18,7 +18,6 @@ it, and the report names the approver's host. The watch cockpit under `watch -c`
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import textwrap
@@ -35,7 +34,15 @@ from runbook.requests import command_hash
 from steps.mirror.requests import request_key
 from steps.repository.signing import load_private_key
 from tests.conftest import ROOT
-from tests.integration.test_remote_takeover import Host, _hosts, _mirrored, _repo_yaml, _run_id, _stop
+from tests.integration.test_remote_takeover import (
+    Host,
+    _hosts,
+    _hosts_b_unreachable,
+    _mirrored,
+    _repo_yaml,
+    _run_id,
+    _stop,
+)
 from tests.support.s3server import S3Endpoint, s3_bucket, s3_server  # noqa: F401
 from tests.support.signing import make_keys
 
@@ -185,14 +192,7 @@ def test_forged_stale_and_own_approvals_are_refused_named_and_the_driver_keeps_w
 
 
 def test_an_unreachable_repository_is_a_clear_error_on_b_and_the_driver_keeps_waiting(tmp_path: Path) -> None:
-    a, b = _hosts(tmp_path, f"local: {{path: {tmp_path / 'repo'}}}\n")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    b.cfg.write_text(b.cfg.read_text().replace(
-        f"local: {{path: {tmp_path / 'repo'}}}",
-        f"s3: {{bucket: gone, endpoint_url: 'http://127.0.0.1:{port}', region: us-east-1, max_attempts: 1, "
-        "connect_timeout_s: 1, read_timeout_s: 1}"))
+    a, b = _hosts_b_unreachable(tmp_path)
     drv = _start_driver(a, tmp_path)
     try:
         run_id = _run_id(a)

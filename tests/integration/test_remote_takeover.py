@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -99,6 +100,35 @@ def _repo_yaml(where: str, tmp_path: Path, s3: S3Endpoint | None, bucket: str | 
     assert s3 is not None
     return (f"s3: {{bucket: {bucket}, endpoint_url: '{s3.url}', region: us-east-1, max_attempts: 1, "
             "connect_timeout_s: 2, read_timeout_s: 5}\n")
+
+
+def _take_over_while_a_drives(a: Host, b: Host, tmp_path: Path,
+                              pause: float) -> tuple[str, subprocess.CompletedProcess[str], subprocess.Popen[str], str]:
+    """A drives a run (its steps `pause` seconds long); once its mirror says the middle step runs, B takes it over
+    with the token; A is waited for. Returns the run id, B's take-over, A's process (ended) and its output."""
+    drv = _start_driver(a, tmp_path, pause=pause)
+    try:
+        run_id = _run_id(a)
+        _mirrored(a.cfg, run_id, _running("middle"))
+        took = b.runbook("take-over", "-c", str(b.cfg), run_id, "--yes", "--headless", "--set", f"token={TOKEN}")
+        out = drv.communicate(timeout=60)[0]
+    finally:
+        _stop(drv)
+    return run_id, took, drv, out
+
+
+def _hosts_b_unreachable(tmp_path: Path) -> list[Host]:
+    """Hosts a and b of a local repository, b's config pointing instead at an S3 endpoint where nothing answers
+    (a free port, one attempt, timeouts of a second)."""
+    a, b = _hosts(tmp_path, f"local: {{path: {tmp_path / 'repo'}}}\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    b.cfg.write_text(b.cfg.read_text().replace(
+        f"local: {{path: {tmp_path / 'repo'}}}",
+        f"s3: {{bucket: gone, endpoint_url: 'http://127.0.0.1:{port}', region: us-east-1, max_attempts: 1, "
+        "connect_timeout_s: 1, read_timeout_s: 1}"))
+    return [a, b]
 
 
 def _hosts(tmp_path: Path, repo: str, names: tuple[str, ...] = ("a", "b")) -> list[Host]:
@@ -268,25 +298,8 @@ def test_planted_requests_are_refused_named_and_the_run_goes_on(tmp_path: Path) 
 
 
 def test_an_unreachable_repository_is_a_clear_error_and_nothing_changes(tmp_path: Path) -> None:
-    a, b = _hosts(tmp_path, f"local: {{path: {tmp_path / 'repo'}}}\n")
-    # B's config points at an S3 endpoint where nothing answers
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    b.cfg.write_text(b.cfg.read_text().replace(
-        f"local: {{path: {tmp_path / 'repo'}}}",
-        f"s3: {{bucket: gone, endpoint_url: 'http://127.0.0.1:{port}', region: us-east-1, max_attempts: 1, "
-        "connect_timeout_s: 1, read_timeout_s: 1}"))
-    drv = _start_driver(a, tmp_path, pause=3)
-    try:
-        run_id = _run_id(a)
-        _mirrored(a.cfg, run_id, _running("middle"))
-        took = b.runbook("take-over", "-c", str(b.cfg), run_id, "--yes", "--headless", "--set", f"token={TOKEN}")
-        out = drv.communicate(timeout=60)[0]
-    finally:
-        _stop(drv)
+    a, b = _hosts_b_unreachable(tmp_path)
+    run_id, took, drv, out = _take_over_while_a_drives(a, b, tmp_path, pause=3)
     assert took.returncode == Exit.CANNOT_RUN, took.stderr
     assert "the repository cannot be read" in took.stderr and "nothing was changed" in took.stderr
     assert "Traceback" not in took.stderr
@@ -304,14 +317,8 @@ def test_the_repository_failing_as_the_request_is_written_changes_nothing(
     with FaultProxy(("127.0.0.1", s3_server.port), fail=lambda m, p: m == "PUT" and "/requests/" in p) as proxy:
         a, b = _hosts(tmp_path, _repo_yaml("s3", tmp_path, s3_server, s3_bucket))
         b.cfg.write_text(b.cfg.read_text().replace(s3_server.url, proxy.url))
-        drv = _start_driver(a, tmp_path, pause=10)  # B asks while A still runs, even on 2 loaded cores
-        try:
-            run_id = _run_id(a)
-            _mirrored(a.cfg, run_id, _running("middle"))
-            took = b.runbook("take-over", "-c", str(b.cfg), run_id, "--yes", "--headless", "--set", f"token={TOKEN}")
-            out = drv.communicate(timeout=60)[0]
-        finally:
-            _stop(drv)
+        # B asks while A still runs, even on 2 loaded cores
+        run_id, took, drv, out = _take_over_while_a_drives(a, b, tmp_path, pause=10)
         assert any(m == "PUT" and "/requests/" in p for m, p, _ in proxy.seen)  # it was tried, and failed
     assert took.returncode == Exit.CANNOT_RUN, took.stderr
     assert "the take-over request could not be written into the repository" in took.stderr

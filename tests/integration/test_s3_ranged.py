@@ -36,18 +36,23 @@ def _store(s3_server: S3Endpoint, bucket: str, range_get_mb: int = 5,  # noqa: F
     return store, calls
 
 
+def _fetch(store: Any, into: Path, name: str, data: bytes) -> None:
+    """Object `name` (holding `data`: its size and sha256) fetched from the store into directory `into`."""
+    fd = os.open(into, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        store.fetch_beneath(name, fd, name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    finally:
+        os.close(fd)
+
+
 def test_a_big_object_is_fetched_by_ranges_in_order_and_checked(s3_server: S3Endpoint, s3_bucket: str,  # noqa: F811
                                                                  tmp_path: Path) -> None:
     store, calls = _store(s3_server, s3_bucket)
     data = os.urandom(3 * RANGE_PART + 12345)  # four parts, the last one short
     s3_server.client().put_object(Bucket=s3_bucket, Key="r/big.dat", Body=data)
     s3_server.client().put_object(Bucket=s3_bucket, Key="r/small.dat", Body=data[:1000])
-    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        store.fetch_beneath("big.dat", fd, "big.dat", size=len(data), sha256=hashlib.sha256(data).hexdigest())
-        store.fetch_beneath("small.dat", fd, "small.dat", size=1000, sha256=hashlib.sha256(data[:1000]).hexdigest())
-    finally:
-        os.close(fd)
+    _fetch(store, tmp_path, "big.dat", data)
+    _fetch(store, tmp_path, "small.dat", data[:1000])
     assert (tmp_path / "big.dat").read_bytes() == data
     assert (tmp_path / "small.dat").read_bytes() == data[:1000]
     big = sorted(r for k, r in calls if k == "r/big.dat")
@@ -68,12 +73,8 @@ def test_a_big_object_that_is_not_what_the_manifest_says_is_refused(s3_server: S
     else:
         del stored[-1]
     s3_server.client().put_object(Bucket=s3_bucket, Key="r/big.dat", Body=bytes(stored))
-    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        with pytest.raises(CorruptObject):
-            store.fetch_beneath("big.dat", fd, "big.dat", size=len(data), sha256=hashlib.sha256(data).hexdigest())
-    finally:
-        os.close(fd)
+    with pytest.raises(CorruptObject):
+        _fetch(store, tmp_path, "big.dat", data)
     assert os.listdir(tmp_path) == []  # nothing left, not even the temporary file
 
 
@@ -82,11 +83,7 @@ def test_without_range_get_mb_a_big_object_is_one_get(s3_server: S3Endpoint, s3_
     store, calls = _store(s3_server, s3_bucket, range_get_mb=0)
     data = os.urandom(3 * RANGE_PART)
     s3_server.client().put_object(Bucket=s3_bucket, Key="r/big.dat", Body=data)
-    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        store.fetch_beneath("big.dat", fd, "big.dat", size=len(data), sha256=hashlib.sha256(data).hexdigest())
-    finally:
-        os.close(fd)
+    _fetch(store, tmp_path, "big.dat", data)
     assert (tmp_path / "big.dat").read_bytes() == data
     assert calls == [("r/big.dat", "")]
 
@@ -106,12 +103,8 @@ def test_an_object_replaced_between_two_parts_is_refused_naming_it(s3_server: S3
         return resp
 
     store.client.get_object = replaced_after_the_first_part
-    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        with pytest.raises(ObjectChanged) as e:
-            store.fetch_beneath("big.dat", fd, "big.dat", size=len(data), sha256=hashlib.sha256(data).hexdigest())
-    finally:
-        os.close(fd)
+    with pytest.raises(ObjectChanged) as e:
+        _fetch(store, tmp_path, "big.dat", data)
     assert "big.dat" in str(e.value) and "changed while it was read in parts" in str(e.value)
     assert all(r for _, r in calls)  # only ranged GETs: no part was taken from the new object unnoticed
     assert os.listdir(tmp_path) == []
@@ -141,11 +134,7 @@ def test_a_part_read_short_is_refused_naming_the_object(s3_server: S3Endpoint, s
         return resp
 
     store.client.get_object = short_second_part
-    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        with pytest.raises(CorruptObject) as e:
-            store.fetch_beneath("big.dat", fd, "big.dat", size=len(data), sha256=hashlib.sha256(data).hexdigest())
-    finally:
-        os.close(fd)
+    with pytest.raises(CorruptObject) as e:
+        _fetch(store, tmp_path, "big.dat", data)
     assert "big.dat" in str(e.value) and f"{RANGE_PART} bytes at {RANGE_PART}" in str(e.value)
     assert os.listdir(tmp_path) == []

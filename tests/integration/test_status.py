@@ -16,9 +16,9 @@ from pathlib import Path
 from tests.conftest import run_cli
 from tests.support.pitr_cluster import (  # noqa: F401 - fixtures
     Primary,
-    make_primary,
-    next_dir,
+    archiving_primary_fixture,
     pitr_template_fixture,
+    serve_app,
     server_runbook_fixture,
     write_rows,
 )
@@ -53,24 +53,10 @@ def status(config: Path, runbook: Path, state: Path, *more: str) -> tuple[int, d
     return r.returncode, json.loads(r.stdout)
 
 
-def test_status_from_no_backup_to_proven_to_stale(pg_base: Path, pitr_template: Path, server_runbook: str,
-                                                  tmp_path: Path) -> None:
-    dest = next_dir(pg_base)
-    p: Primary = make_primary(pitr_template, dest, venv_runbook=server_runbook, extra_conf="archive_timeout = 60\n")
-    try:
-        _scenario(p, dest, tmp_path)
-    finally:
-        p.crash()
-
-
-def _scenario(p: Primary, dest: Path, tmp_path: Path) -> None:
-    text = p.config.read_text().replace(f"cluster: {{host: {dest}, port: 5432, user: backup_user}}",
-                                        f"cluster: {{host: {dest}, port: 5432, user: backup_user, databases: [app]}}")
-    p.config.write_text(text + "checks: {expect_tables: [items], smoke: ['select count(*) > 0 from items']}\n")
-    p.psql("create database app")
-    p.psql("create table items(id int primary key, name text); "
-           "insert into items select g, 'item ' || g from generate_series(1, 500) g", "app")
-    p.psql("grant select on all tables in schema public to backup_user", "app")
+def test_status_from_no_backup_to_proven_to_stale(archiving_primary: Primary, tmp_path: Path) -> None:
+    p = archiving_primary
+    serve_app(p, "create table items(id int primary key, name text); "
+                 "insert into items select g, 'item ' || g from generate_series(1, 500) g")
     runbook = tmp_path / "runbook.yaml"
     runbook.write_text(textwrap.dedent(RUNBOOK).lstrip())
     state = tmp_path / "state"
@@ -99,7 +85,7 @@ def _scenario(p: Primary, dest: Path, tmp_path: Path) -> None:
     assert any("no verified test restore" in r for r in s["rto"]["reasons"])
 
     # 3. a verified test restore and a drill whose measured RTO missed the target: red, from the measured time
-    r = run_cli("verify-backup", "-c", str(p.config), "--scratch-dir", str(dest / "scratch"), timeout=180)
+    r = run_cli("verify-backup", "-c", str(p.config), "--scratch-dir", str(p.home / "scratch"), timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     three_hours_ago = (datetime.now(UTC) - timedelta(hours=3)).isoformat()
     drill = run_cli("run", str(runbook), "--mode", "drill", "--headless", "--yes", "--state-dir", str(state),

@@ -27,9 +27,9 @@ from tests.integration.test_status import RUNBOOK
 from tests.support.pgcluster import config_as_documented
 from tests.support.pitr_cluster import (  # noqa: F401 - fixtures
     Primary,
-    make_primary,
-    next_dir,
+    archiving_primary_fixture,
     pitr_template_fixture,
+    serve_app,
     server_runbook_fixture,
     write_rows,
 )
@@ -41,26 +41,11 @@ def _ok(r: object) -> None:
     assert r.returncode == 0, r.stdout + r.stderr  # type: ignore[attr-defined]
 
 
-def test_fleet_of_three_one_red_one_broken(pg_base: Path, pitr_template: Path, server_runbook: str,
-                                           tmp_path: Path) -> None:
-    dest = next_dir(pg_base)
-    p: Primary = make_primary(pitr_template, dest, venv_runbook=server_runbook, extra_conf="archive_timeout = 60\n")
-    try:
-        _fleet(p, dest, tmp_path)
-    finally:
-        p.crash()
-
-
-def _fleet(p: Primary, dest: Path, tmp_path: Path) -> None:
-    text = p.config.read_text()
+def test_fleet_of_three_one_red_one_broken(archiving_primary: Primary, tmp_path: Path) -> None:
+    p = archiving_primary
+    dest = p.home
+    text, a_text = serve_app(p, "create table items(id int primary key); insert into items select generate_series(1, 200)")
     base = f"cluster: {{host: {dest}, port: 5432, user: backup_user}}"
-    assert base in text
-    a_text = text.replace(base, base[:-1] + ", databases: [app]}") + \
-        "checks: {expect_tables: [items], smoke: ['select count(*) > 0 from items']}\n"
-    p.config.write_text(a_text)
-    p.psql("create database app")
-    p.psql("create table items(id int primary key); insert into items select generate_series(1, 200)", "app")
-    p.psql("grant select on all tables in schema public to backup_user", "app")
     _ok(run_cli("backup", "-c", str(p.config), timeout=120))
     _ok(run_cli("basebackup", "-c", str(p.config), timeout=120))
     write_rows(p, 3, "after")

@@ -6,6 +6,7 @@ Fixtures here are imported by the test modules that use them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -45,6 +46,19 @@ def source_cluster(pg_base: Path, pg_template: Path, request: pytest.FixtureRequ
         yield cluster
     finally:
         cluster.stop()
+
+
+_databases = itertools.count(1)
+
+
+def new_database(cluster: Cluster, prefix: str, *sql: str) -> str:
+    """A database of a name not used before in this process (`prefix` and a number) in `cluster`, filled by the
+    `sql` statements run in it: its name."""
+    name = f"{prefix}{next(_databases)}"
+    cluster.psql(f"create database {name}")
+    for statement in sql:
+        cluster.psql(statement, name)
+    return name
 
 
 def write_config(path: Path, cluster: Cluster, *, dbs: list[str], local: Path | None = None,

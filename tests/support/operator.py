@@ -16,6 +16,7 @@ and reads what it journaled and what its report says: everything the operator is
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 from collections.abc import Iterable
@@ -202,3 +203,54 @@ def assert_debrief(play: Play, fault: Any) -> Any:
 def points(d: Any) -> dict[str, int]:
     """A debrief's deductions by rule (detect, recover, data, mistakes)."""
     return {x.rule: x.points for x in d.deductions}
+
+
+def data_points(d: Any) -> int:
+    """The data rule: a point per 15 s lost beyond what a clean run loses (20 per 300 s, 20 at the most), none when
+    the window is no longer than a clean run's."""
+    assert d.window_s is not None and d.baseline_rpo_s is not None
+    extra = d.window_s - d.baseline_rpo_s
+    return 0 if extra <= 0 else min(20, math.ceil(round(20 * extra / 300, 6)))
+
+
+def assert_scored(d: Any, *, detect: int, recover: int = 0, mistakes: int = 0) -> int:
+    """The debrief's score rule by rule: the deductions given, the data points from its window (data_points), and
+    the score 100 less their sum. Returns the data points (a drill asserts what it expects of them)."""
+    data = data_points(d)
+    assert points(d) == {"detect": detect, "recover": recover, "data": data, "mistakes": mistakes}
+    assert d.score == 100 - sum(points(d).values())
+    return data
+
+
+def assert_handled(play: Play, d: Any, retried: list[str]) -> None:
+    """A handled PITR drill's debrief: the evidence and the action told, the steps retried, nothing skipped, no
+    mistake, restored; no clean drill in its state directory, so the RTO is judged by its target."""
+    assert "evidence shown " in play.debrief() and "acted on " in play.debrief()
+    assert d.retried == retried and d.skipped == [] and d.mistakes == [] and d.restored
+    assert d.baseline_rto_s is None
+
+
+def assert_not_handled(play: Play, fault: Any) -> Any:
+    """A play that ended with the fault's evidence shown and nothing that handles it, none of the fault told
+    before the debrief: its debrief (assert_debrief), of that one fault."""
+    events = play.events()
+    assert fault.evidence_event is not None and fault.handled is not None
+    assert fault.evidence_event(events) is not None and not fault.handled(events)
+    assert_no_leak([play], fault_words(fault))
+    d = assert_debrief(play, fault)
+    assert len(d.faults) == 1
+    return d
+
+
+def assert_skipped(play: Play, d: Any, step: str, why: str) -> None:
+    """A drill's debrief where the operator acted on the fault's evidence wrongly, by skipping the step: not
+    handled, the skip and its reason told."""
+    (fd,) = d.faults
+    assert fd.acted == f"skipped step {step} ({why})" and fd.handled is False
+    assert d.skipped == [(step, why)]
+    assert "handled: NO" in play.debrief()
+
+
+def reaction_points(fd: Any) -> int:
+    """The detect rule for a handled fault: 2 points a whole minute between its evidence and the action."""
+    return 2 * int((fd.reaction_s or 0) // 60)

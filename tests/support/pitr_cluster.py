@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +45,11 @@ class Primary:
     restore_command: str | None  # None: the pitr action's default (runbook wal-fetch)
     runbook_exe: str | None
     restored: list[Path] = field(default_factory=list)
+
+    @property
+    def home(self) -> Path:
+        """The directory make_primary filled: the data directory, the repository, the config, the socket."""
+        return self.cluster.socket_dir
 
     @property
     def wal_dir(self) -> Path:
@@ -81,10 +86,15 @@ class Primary:
         return args
 
     def stop_restored(self) -> None:
-        for d in self.restored:
-            if (d / "postmaster.pid").exists():
-                subprocess.run(as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(d), "-m", "immediate", "-w", "stop"]),
-                               capture_output=True)
+        stop_servers(self.restored)
+
+
+def stop_servers(datadirs: Iterable[Path]) -> None:
+    """The servers still running on these data directories (restored ones), stopped at once."""
+    for d in datadirs:
+        if (d / "postmaster.pid").exists():
+            subprocess.run(as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(d), "-m", "immediate", "-w", "stop"]),
+                           capture_output=True)
 
 
 def restored_psql(pgdata: Path, sql: str, db: str = "postgres") -> str:
@@ -203,6 +213,33 @@ def primary_fixture(pg_base: Path, pitr_template: Path, server_runbook: str) -> 
     finally:
         p.stop_restored()
         p.crash()
+
+
+@pytest.fixture(name="archiving_primary")
+def archiving_primary_fixture(pg_base: Path, pitr_template: Path, server_runbook: str) -> Iterator[Primary]:
+    """The primary fixture's, with archive_timeout = 60 (the RPO `runbook status` holds the archive to)."""
+    p = make_primary(pitr_template, next_dir(pg_base), venv_runbook=server_runbook,
+                     extra_conf="archive_timeout = 60\n")
+    try:
+        yield p
+    finally:
+        p.crash()
+
+
+def serve_app(p: Primary, items: str) -> tuple[str, str]:
+    """The primary serves the database `app` (a table `items`, made and filled by the SQL `items`, readable by the
+    backup role); its config's cluster names it, with checks that the table is there and not empty. Returns the
+    config's text before and after."""
+    before = p.config.read_text()
+    cluster = f"cluster: {{host: {p.home}, port: 5432, user: {BACKUP_ROLE}}}"
+    assert cluster in before
+    after = before.replace(cluster, cluster[:-1] + ", databases: [app]}") + \
+        "checks: {expect_tables: [items], smoke: ['select count(*) > 0 from items']}\n"
+    p.config.write_text(after)
+    p.psql("create database app")
+    p.psql(items, "app")
+    p.psql(f"grant select on all tables in schema public to {BACKUP_ROLE}", "app")
+    return before, after
 
 
 # --- running the pitr action and basebackup as the engine and an operator would ---------------------

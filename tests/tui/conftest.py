@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,25 @@ def short_key_guard(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequ
     """Most tests press keys right after a step appears; the guard has its own test with the real delay."""
     if "real_guard" not in request.keywords:
         monkeypatch.setattr(run_screen, "ARM_DELAY_S", 0.0)
+
+
+@pytest.fixture
+def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This host's local time is UTC for the test, whatever the machine says (the screens show local times)."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def relative_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A relative state directory (the test runs in its temporary directory): paths on screen are the same on
+    every machine, and as long as an operator's."""
+    monkeypatch.chdir(tmp_path)
+    d = Path("var/lib/runbook")
+    d.mkdir(parents=True)
+    return d
 
 
 @pytest.fixture

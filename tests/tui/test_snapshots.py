@@ -10,8 +10,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ from runbook.tui.modals import TextModal
 from runbook.tui.start_screens import ParamsScreen, ResumeOfferScreen
 from runbook.tui.summary_screen import SummaryScreen
 from tests.conftest import ROOT
-from tests.tui.conftest import FROZEN_AT, INCIDENT, until, waiting_on
+from tests.tui.conftest import FROZEN_AT, INCIDENT, relative_state_dir, until, waiting_on
 
 SIZES = pytest.mark.parametrize("size", [(80, 24), (160, 50)], ids=["80x24", "160x50"])
 
@@ -140,25 +138,15 @@ RECOVERY_POINT = "2026-11-25T02:41:07.512306+00:00"
 
 
 @pytest.fixture(autouse=True)
-def same_everywhere(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The run id's random part, the operator and the time zone, fixed: the snapshots hold them."""
+def same_everywhere(monkeypatch: pytest.MonkeyPatch, utc: None) -> None:
+    """The run id's random part, the operator and (utc) the time zone, fixed: the snapshots hold them."""
     monkeypatch.setattr(session, "new_run_id", lambda clock, scenario: f"{clock.now():%Y%m%dT%H%M%SZ}-{scenario}-5eed")
     monkeypatch.setattr(session, "operator", lambda: {"user": "oncall", "host": "db-recovery-1", "pid": 4242})
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 @pytest.fixture
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A relative state directory (the test runs in its temporary directory): paths on screen are the same on
-    every machine, and as long as an operator's."""
-    monkeypatch.chdir(tmp_path)
-    d = Path("var/lib/runbook")
-    d.mkdir(parents=True)
-    return d
+    return relative_state_dir(tmp_path, monkeypatch)
 
 
 def _start_app(state_dir: Path, mode: str, **given: str) -> RunbookApp:

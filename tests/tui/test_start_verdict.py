@@ -6,6 +6,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import pytest
 from textual.widgets import Input, Static
 
 from runbook.clock import Clock
@@ -57,3 +58,19 @@ async def test_no_repository_no_verdict_line(tmp_path: Path, state_dir: Path) ->
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, ParamsScreen))
         assert not app.screen.query("#verdict")
+
+
+async def test_a_status_that_does_not_answer_in_time_says_so(tmp_path: Path, state_dir: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child is given less time than an interpreter takes to start: the line says it gave no answer (and how
+    to ask by hand), with the colour of "could not run"."""
+    from runbook.tui import app as app_module
+
+    monkeypatch.setattr(app_module, "STATUS_TIMEOUT_S", 0.001)
+    cfg = tmp_path / "repository.yaml"
+    cfg.write_text("version: 1\n")
+    app = _app(tmp_path, state_dir, cfg)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ParamsScreen))
+        await until(pilot, lambda: "no answer within" in _text(app), timeout=30)
+        assert f"would we make it now? no answer within 0.001 s (runbook status -c {cfg})" in _text(app)

@@ -8,8 +8,6 @@ import io
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,14 +27,7 @@ from tests.tui.conftest import FROZEN_AT, until
 POLL = 0.05
 
 
-@pytest.fixture(autouse=True)
-def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The banner's times are this host's local time: UTC here, whatever the machine says."""
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+pytestmark = pytest.mark.usefixtures("utc")  # the banner's times are this host's local time
 
 
 def _text(app: WatchApp, selector: str) -> str:
@@ -50,15 +41,25 @@ def _text(app: WatchApp, selector: str) -> str:
     return cap.get()
 
 
+def _driving(state_dir: Path, *, told: bool = True) -> tuple[FrozenClock, HandDriver]:
+    """The clock stopped at FROZEN_AT and a driver at 03:20 in the tell step's checklist: told, both items acked
+    and the step finished at 03:23 (3 min); else one item acked, the step still running."""
+    clock = FrozenClock(FROZEN_AT)
+    d = HandDriver(state_dir, clock)
+    if told:
+        d.at(20).manual("tell", acked=2)
+        d.at(23).finished("tell", duration_s=180)
+    else:
+        d.at(20).manual("tell", acked=1)
+    return clock, d
+
+
 def _app(state_dir: Path, clock: FrozenClock, given: str = RUN_ID) -> WatchApp:
     return WatchApp(open_local(state_dir, given, clock=clock), poll_s=POLL)
 
 
 async def test_replays_the_journal_so_far_then_follows_the_driver(state_dir: Path) -> None:
-    clock = FrozenClock(FROZEN_AT)
-    d = HandDriver(state_dir, clock)
-    d.at(20).manual("tell", acked=2)
-    d.at(23).finished("tell", duration_s=180)
+    clock, d = _driving(state_dir)
     d.at(24).run("fetch", "fetch-latest-backup --dest /var/tmp/restore")
     d.output("fetch", "listing s3://backups/assetflow/", "picked 20261124T180000Z")
     app = _app(state_dir, clock, given=RUN_ID[:12])  # a unique prefix names the run
@@ -96,10 +97,7 @@ async def test_replays_the_journal_so_far_then_follows_the_driver(state_dir: Pat
 
 
 async def test_the_end_of_the_run_shows_the_summary(state_dir: Path) -> None:
-    clock = FrozenClock(FROZEN_AT)
-    d = HandDriver(state_dir, clock)
-    d.at(20).manual("tell", acked=2)
-    d.at(23).finished("tell", duration_s=180)
+    clock, d = _driving(state_dir)
     app = _app(state_dir, clock)
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, WatchScreen) and app.screen.focus_step == "tell")
@@ -122,10 +120,7 @@ async def test_the_end_of_the_run_shows_the_summary(state_dir: Path) -> None:
 
 
 async def test_a_run_that_has_ended_opens_on_its_summary(state_dir: Path) -> None:
-    clock = FrozenClock(FROZEN_AT)
-    d = HandDriver(state_dir, clock)
-    d.at(20).manual("tell", acked=2)
-    d.at(23).finished("tell", duration_s=180)
+    clock, d = _driving(state_dir)
     d.at(30).close("aborted")
     app = _app(state_dir, clock)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -142,9 +137,7 @@ def _dead_pid() -> int:
 async def test_a_silent_driver_is_said_with_since_when(state_dir: Path) -> None:
     """The driver's process dies mid-run (its claim stays in the lock file, its pid is gone): the banner turns to
     SILENT with the time it was last heard, and back when a driver holds the run again."""
-    clock = FrozenClock(FROZEN_AT)
-    d = HandDriver(state_dir, clock)
-    d.at(20).manual("tell", acked=1)
+    clock, d = _driving(state_dir, told=False)
     app = _app(state_dir, clock)
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, WatchScreen) and app.screen.focus_step == "tell")
@@ -166,10 +159,7 @@ async def test_a_silent_driver_is_said_with_since_when(state_dir: Path) -> None:
 
 
 async def test_no_key_changes_the_run_and_nothing_is_written(state_dir: Path) -> None:
-    clock = FrozenClock(FROZEN_AT)
-    d = HandDriver(state_dir, clock)
-    d.at(20).manual("tell", acked=2)
-    d.at(23).finished("tell", duration_s=180)
+    clock, d = _driving(state_dir)
     d.at(24).run("fetch", "fetch-latest-backup")
     d.output("fetch", "working")
     before = tree(state_dir)
@@ -203,9 +193,7 @@ async def test_no_key_changes_the_run_and_nothing_is_written(state_dir: Path) ->
 
 
 async def test_several_watchers_at_once(state_dir: Path) -> None:
-    clock = FrozenClock(FROZEN_AT)
-    d = HandDriver(state_dir, clock)
-    d.at(20).manual("tell", acked=1)
+    clock, d = _driving(state_dir, told=False)
     first, second = _app(state_dir, clock), _app(state_dir, clock)
     async with first.run_test(size=(80, 24)) as p1, second.run_test(size=(160, 50)) as p2:
         for app, pilot in ((first, p1), (second, p2)):
@@ -223,9 +211,7 @@ async def test_several_watchers_at_once(state_dir: Path) -> None:
 async def test_a_journal_edited_under_the_watcher_stops_it_and_says_where(state_dir: Path) -> None:
     """A note full of markup is shown as text; a journal line changed after it was written stops the following,
     the banner naming the line (the watcher shows nothing the chain does not vouch for)."""
-    clock = FrozenClock(FROZEN_AT)
-    d = HandDriver(state_dir, clock)
-    d.at(20).manual("tell", acked=1)
+    clock, d = _driving(state_dir, told=False)
     app = _app(state_dir, clock)
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, WatchScreen) and app.screen.focus_step == "tell")
@@ -268,10 +254,7 @@ class Relayed:
 
 
 async def test_another_source_plugs_in_without_a_run_directory(state_dir: Path) -> None:
-    clock = FrozenClock(FROZEN_AT)
-    d = HandDriver(state_dir, clock)
-    d.at(20).manual("tell", acked=2)
-    d.at(23).finished("tell", duration_s=180)
+    clock, d = _driving(state_dir)
     d.at(24).run("fetch", "fetch-latest-backup")
     d.at(30).finished("fetch", duration_s=360)
     for sid in ("restore", "verify"):

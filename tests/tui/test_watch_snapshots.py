@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,26 +19,17 @@ from runbook.tui import watch_screen
 from runbook.tui.watch_screen import WatchApp, WatchScreen, WatchSummaryScreen
 from runbook.watching import open_local
 from tests.support.watched import RUN_ID, HandDriver
-from tests.tui.conftest import FROZEN_AT, until
+from tests.tui.conftest import FROZEN_AT, relative_state_dir, until
 
 SIZES = pytest.mark.parametrize("size", [(80, 24), (160, 50)], ids=["80x24", "160x50"])
 
 
-@pytest.fixture(autouse=True)
-def same_everywhere(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+pytestmark = pytest.mark.usefixtures("utc")
 
 
 @pytest.fixture
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    d = Path("var/lib/runbook")
-    d.mkdir(parents=True)
-    return d
+    return relative_state_dir(tmp_path, monkeypatch)
 
 
 def _restoring(state_dir: Path) -> tuple[HandDriver, FrozenClock]:

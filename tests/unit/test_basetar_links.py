@@ -12,17 +12,8 @@ from pathlib import Path
 import pytest
 
 from steps.backup.basetar import BaseBackupInvalid, check_tars, parse_server_manifest, tar_files
+from tests.support.victims import snapshot
 from tests.unit.test_base_units import FILES, _manifest
-
-
-def snapshot(top: Path) -> dict[str, tuple[int, int, int, int, bytes | str]]:
-    """Every entry under `top` (itself included): mode, uid, mtime_ns, size and content (or link target)."""
-    out: dict[str, tuple[int, int, int, int, bytes | str]] = {}
-    for p in [top, *sorted(top.rglob("*"))]:
-        st = os.lstat(p)
-        body: bytes | str = os.readlink(p) if p.is_symlink() else (p.read_bytes() if p.is_file() else b"")
-        out[str(p.relative_to(top))] = (st.st_mode, st.st_uid, st.st_mtime_ns, st.st_size, body)
-    return out
 
 
 @pytest.fixture
@@ -74,6 +65,15 @@ def _extract(d: Path, pgdata: Path | None) -> None:
                skip=lambda p: p.startswith("pg_wal/"))
 
 
+def _refused_untouched(victim: Path, d: Path, pgdata: Path, match: str) -> None:
+    """Extracting backup `d` into `pgdata` is refused (BaseBackupInvalid matching `match`), and nothing under
+    `victim` changed."""
+    before = snapshot(victim)
+    with pytest.raises(BaseBackupInvalid, match=match):
+        _extract(d, pgdata)
+    assert snapshot(victim) == before
+
+
 def _all_files(tf: tarfile.TarFile) -> None:
     for name, data in FILES.items():
         _file(tf, name, data)
@@ -85,10 +85,7 @@ def test_a_pg_wal_symlink_member_is_refused_and_its_target_untouched(tmp_path: P
         _all_files(tf)
 
     d, pgdata = _backup(tmp_path, write)
-    before = snapshot(victim)
-    with pytest.raises(BaseBackupInvalid, match=r"'pg_wal' is a symlink .*refusing"):
-        _extract(d, pgdata)
-    assert snapshot(victim) == before
+    _refused_untouched(victim, d, pgdata, r"'pg_wal' is a symlink .*refusing")
     assert not os.path.lexists(pgdata / "pg_wal")
     with pytest.raises(BaseBackupInvalid, match="symlink"):  # the check alone (backup's `readable`) refuses it too
         _extract(d, None)
@@ -100,10 +97,8 @@ def test_a_symlink_then_a_regular_member_of_the_same_name_cannot_write_through(t
         _all_files(tf)  # PG_VERSION, listed in the backup_manifest with these very bytes
 
     d, pgdata = _backup(tmp_path, write)
-    before = snapshot(victim)
-    with pytest.raises(BaseBackupInvalid, match="symlink"):
-        _extract(d, pgdata)
-    assert snapshot(victim) == before and (victim / "precious").read_bytes() == b"keep me\n"
+    _refused_untouched(victim, d, pgdata, "symlink")
+    assert (victim / "precious").read_bytes() == b"keep me\n"
 
 
 @pytest.mark.parametrize("member", ["global", "global/sub"])
@@ -116,10 +111,7 @@ def test_a_directory_member_through_a_planted_link_never_chmods_its_target(tmp_p
 
     d, pgdata = _backup(tmp_path, write)
     os.symlink(victim, pgdata / "global")
-    before = snapshot(victim)
-    with pytest.raises(BaseBackupInvalid, match="not a plain directory"):
-        _extract(d, pgdata)
-    assert snapshot(victim) == before
+    _refused_untouched(victim, d, pgdata, "not a plain directory")
     assert not (victim / "sub" / "x").exists()
 
 
@@ -130,19 +122,13 @@ def test_a_symlink_member_then_a_directory_member_of_its_name_is_refused(tmp_pat
         _all_files(tf)
 
     d, pgdata = _backup(tmp_path, write)
-    before = snapshot(victim)
-    with pytest.raises(BaseBackupInvalid, match="symlink"):
-        _extract(d, pgdata)
-    assert snapshot(victim) == before
+    _refused_untouched(victim, d, pgdata, "symlink")
 
 
 def test_a_regular_member_over_a_planted_link_is_refused(tmp_path: Path, victim: Path) -> None:
     d, pgdata = _backup(tmp_path, _all_files)
     os.symlink(victim / "precious", pgdata / "PG_VERSION")
-    before = snapshot(victim)
-    with pytest.raises(BaseBackupInvalid, match="exists already"):
-        _extract(d, pgdata)
-    assert snapshot(victim) == before
+    _refused_untouched(victim, d, pgdata, "exists already")
     assert [p.name for p in pgdata.iterdir() if p.name.startswith(".")] == []  # no temporary file left
 
 
@@ -152,10 +138,7 @@ def test_a_hardlink_member_is_refused(tmp_path: Path, victim: Path) -> None:
         _all_files(tf)
 
     d, pgdata = _backup(tmp_path, write)
-    before = snapshot(victim)
-    with pytest.raises(BaseBackupInvalid, match="hardlink"):
-        _extract(d, pgdata)
-    assert snapshot(victim) == before
+    _refused_untouched(victim, d, pgdata, "hardlink")
 
 
 @pytest.mark.parametrize("name", ["../victim/precious", "/victim/precious", "global/../../victim/precious"])
@@ -165,20 +148,14 @@ def test_a_member_name_leaving_the_directory_is_refused(tmp_path: Path, victim: 
         _all_files(tf)
 
     d, pgdata = _backup(tmp_path, write)
-    before = snapshot(victim)
-    with pytest.raises(BaseBackupInvalid, match="unsafe member name"):
-        _extract(d, pgdata)
-    assert snapshot(victim) == before
+    _refused_untouched(victim, d, pgdata, "unsafe member name")
 
 
 def test_a_data_directory_that_is_a_symlink_is_refused(tmp_path: Path, victim: Path) -> None:
     d, _ = _backup(tmp_path, _all_files)
     link = tmp_path / "link"
     os.symlink(victim, link)
-    before = snapshot(victim)
-    with pytest.raises(BaseBackupInvalid, match="is a symlink"):
-        _extract(d, link)
-    assert snapshot(victim) == before
+    _refused_untouched(victim, d, link, "is a symlink")
 
 
 def test_a_file_that_fails_its_check_is_never_at_its_name(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,14 @@ from tests.support.signing import make_keys
 def _ident() -> tuple[object, str]:
     secret, recipient = generate_identity()
     return parse_identity(secret, f"/keys/{recipient[-6:]}.agekey:1"), recipient
+
+
+def _one_wrap(store: LocalStore, signer: object) -> tuple[object, str, Any, Path]:
+    """An epoch made for one new identity: the identity, its recipient, the epoch and its one wrap file."""
+    ops, r_ops = _ident()
+    key = create_epoch(store, [r_ops], signer)  # type: ignore[arg-type]
+    (wrap,) = (store.root / EPOCHS / key.epoch).glob("wrap-*.age")
+    return ops, r_ops, key, wrap
 
 
 @pytest.fixture
@@ -155,10 +164,7 @@ def test_forged_unsigned_and_copied_epochs_are_refused_by_name(store: LocalStore
 def test_a_wrap_holding_another_key_than_the_data_recipient_is_refused(store: LocalStore,
                                                                       keys) -> None:  # type: ignore[no-untyped-def]
     signer, trust = keys
-    ops, r_ops = _ident()
-    key = create_epoch(store, [r_ops], signer)
-    d = store.root / EPOCHS / key.epoch
-    (wrap,) = d.glob("wrap-*.age")
+    ops, r_ops, key, wrap = _one_wrap(store, signer)
     # The attacker replaces the wrap with one of their key (to our recipient), and fixes the sidecar's sha256:
     # the sidecar's signature no longer holds
     evil_secret, _ = generate_identity()
@@ -184,10 +190,7 @@ def test_a_wrap_holding_another_key_than_the_data_recipient_is_refused(store: Lo
 def test_a_bad_wrap_file_is_refused_without_a_traceback(store: LocalStore, tmp_path: Path, kind: str,
                                                         keys) -> None:  # type: ignore[no-untyped-def]
     signer, trust = keys
-    ops, r_ops = _ident()
-    key = create_epoch(store, [r_ops], signer)
-    d = store.root / EPOCHS / key.epoch
-    (wrap,) = d.glob("wrap-*.age")
+    ops, r_ops, key, wrap = _one_wrap(store, signer)
     os.unlink(wrap)
     if kind == "symlink":
         target = tmp_path / "elsewhere.age"

@@ -18,7 +18,7 @@ from steps.pitr.tablespaces import (
     precheck_tablespaces,
     write_tablespace_map,
 )
-from tests.unit.test_basetar_links import snapshot
+from tests.support.victims import snapshot
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ the watcher takes no lock and writes nothing."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from runbook.errors import JournalError, RunbookError
 from runbook.journal import Journal, read_journal
 from runbook.lock import lock_name
 from runbook.watching import LocalEventSource, resolve_run_id
+from tests.support.watched import tree
 
 RUN_ID = "20261125T031000Z-restore-latest-ab12"
 RUNBOOK = "AssetFlow PostgreSQL disaster recovery"
@@ -94,17 +94,6 @@ def driven(state_dir: Path, tmp_path: Path) -> Any:
         d.kill()
 
 
-def _tree(*dirs: Path) -> dict[str, str]:
-    """Every file under the directories with its content's digest and mode (what a watcher must not change)."""
-    out = {}
-    for base in dirs:
-        for p in sorted(base.rglob("*")):
-            if p.is_file():
-                st = p.stat()
-                out[str(p)] = f"{hashlib.sha256(p.read_bytes()).hexdigest()} {st.st_mode:o} {st.st_mtime_ns}"
-    return out
-
-
 def test_follows_another_process_event_by_event_and_waits_for_whole_lines(state_dir: Path, driven: Any) -> None:
     driver, data = driven
     lines = data.split(b"\n")[:-1]
@@ -141,7 +130,7 @@ def test_a_dead_driver_is_reported_silent_and_the_watcher_changes_nothing(state_
     driver, data = driven
     lines = data.split(b"\n")[:-1]
     driver.write(sum(len(line) + 1 for line in lines[:3]))  # started, not finished
-    before = _tree(state_dir)
+    before = tree(state_dir)
     clock = FrozenClock(datetime(2026, 11, 25, 3, 10, tzinfo=UTC))  # the journal's events were written then
     src = LocalEventSource(state_dir, RUN_ID, clock=clock)
     assert [e["type"] for e in src.poll()] == ["run-started", "step-awaiting", "step-started"]
@@ -154,7 +143,7 @@ def test_a_dead_driver_is_reported_silent_and_the_watcher_changes_nothing(state_
     assert not status.ended and status.silent_s == 90
     assert status.last_heard is not None and f"pid {driver.p.pid}" in status.note and "gone" in status.note
     assert src.poll() == []
-    assert _tree(state_dir) == before  # nothing written, no mode or time changed, no lock file touched
+    assert tree(state_dir) == before  # nothing written, no mode or time changed, no lock file touched
     assert not _pid_holds_a_lock_on(lock)
 
 
