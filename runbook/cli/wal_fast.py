@@ -63,7 +63,11 @@ def _quick(fetch: bool, config: str | None, args: list[str], source: str, verifi
     settings = WalSettings.load(config)
     if fetch:
         name, dest = args
-        return 0 if fast.fetch_prefetched(settings, name, dest, source, verified) else None
+        if fast.fetch_prefetched(settings, name, dest, source, verified):
+            return 0
+        from steps.wal.ask import fetch_asked  # not in the read-ahead: the running prefetcher reads it for us
+
+        return fetch_asked(settings, name, dest, source, verified)
     return fast.push_async(settings, args[0])
 
 
