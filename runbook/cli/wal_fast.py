@@ -8,7 +8,8 @@ even loaded for them:
     wal-fetch [-c CONFIG | --config=CONFIG] [--from local|s3|any | --from=...] [--verified INDEX] NAME DEST
 
 For those, the quick answers of steps.wal.fast come first (a segment the read-ahead holds, a push the
-asynchronous uploader confirms); then the whole job (runbook.cli.wal's `push`/`fetch`). Any other form, and
+asynchronous uploader confirms; a name it does not hold asked of the running prefetcher: steps.wal.ask); then the
+whole job (runbook.cli.wal's `push`/`fetch`). Any other form, and
 every doubt, goes to runbook.cli.wal's argparse parser, which says what is wrong.
 """
 

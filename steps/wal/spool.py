@@ -29,7 +29,9 @@ written after it. A later `wal-fetch` takes its segment from there (a rename whe
 file system); when the prefetcher is still fetching it, it waits for it rather than read the repository a
 second time. A segment the prefetcher could not get is marked `NAME.none` (and tried again later): the
 waiting `wal-fetch` then reads the repository itself. The spool never answers "missing": only the
-repository does.
+repository does. A name neither in the spool nor in the window (a `.history` file, the segments after the
+archive's end that every recovery asks for) is asked of the running prefetcher (steps.wal.ask, `_AskServer`):
+it reads it with the stores it has open, and answers "missing" only as the full path would, proven, for that ask.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import threading
 import time
 import traceback
@@ -341,7 +344,7 @@ def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
                     retry_at[n] = now + (1.0 if result == "missing" else 3.0)
             if asks.poll():  # an ask is work: the prefetcher is not idle while recovery asks
                 changed = now
-            time.sleep(0.01)
+            asks.wait(0.01)  # 10 ms, or less when a wal-fetch asks
     finally:
         asks.close()
         pool.shutdown(wait=True)
@@ -366,17 +369,23 @@ class _AskServer:
 
     def __init__(self, settings: WalSettings, spool: Path, sysid: int, keys: Any,
                  opened: dict[str, list[WalStore]]) -> None:
-        from steps.wal.ask import ASKS
+        from steps.wal.ask import ASKS, WAKE
 
         self.settings, self.sysid, self.keys, self.opened = settings, sysid, keys, opened
         self.dir = spool / ASKS
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ask")
         self.inflight: dict[str, Future[None]] = {}
         self.next_sweep = 0.0
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.scandir(self.dir):  # answers of an earlier prefetcher; asks are still answered
-                if not entry.name.endswith(".ask"):
-                    os.unlink(entry.path)
+        _mkdirs(self.dir)
+        for entry in os.scandir(self.dir):  # answers of an earlier prefetcher; asks are still answered
+            if not entry.name.endswith(".ask"):
+                os.unlink(entry.path)
+        # The wake-up: a wal-fetch that asks writes a byte into this FIFO, and the loop, waiting on it instead of
+        # sleeping its 10 ms, takes the ask up at once. We hold its write end too: no reader ever sees an end.
+        wake = self.dir / WAKE
+        os.mkfifo(wake, 0o600)
+        self.wake_r = os.open(wake, os.O_RDONLY | os.O_NONBLOCK)
+        self.wake_w = os.open(wake, os.O_WRONLY | os.O_NONBLOCK)
 
     def poll(self) -> bool:
         """Take up every new ask (one listing of a small directory a loop, ~20 µs); True when one was."""
@@ -438,14 +447,24 @@ class _AskServer:
         write_record(self.dir / f"{name}.{answer}", nonce + "\n")
         _log(f"{name}: asked from {source}: {answer} ({time.monotonic() - t0:.3f} s){': ' + why if why else ''}")
 
+    def wait(self, timeout: float) -> None:
+        """Sleep `timeout`, or until a wal-fetch wakes us (its ask is then taken up by the next poll)."""
+        if select.select([self.wake_r], [], [], timeout)[0]:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self.wake_r, 4096)
+
     def _sweep(self) -> None:
+        from steps.wal.ask import WAKE
+
         now = time.time()
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.dir):
                 with contextlib.suppress(FileNotFoundError):
-                    if now - entry.stat().st_mtime > self.KEEP_S:
+                    if entry.name != WAKE and now - entry.stat().st_mtime > self.KEEP_S:
                         os.unlink(entry.path)
 
     def close(self) -> None:
         """Answer what was taken up before the lock is let go (a waiting asker looks once more when it is)."""
         self.pool.shutdown(wait=True)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
