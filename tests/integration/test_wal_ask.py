@@ -10,7 +10,8 @@ path), nor boto3.
   exit 1, quietly, from the prefetcher's proven answer;
 - with `--verified`, a miss the signed ledgers list goes to the full path ("deleted", 126), one they do not list
   is a miss;
-- a `.history` file is taken through an ask, byte for byte;
+- a `.history` file is taken through an ask, byte for byte, from a repository in clear or encrypted (the
+  prefetcher decrypts it with the keys it holds);
 - the repository replaced by an empty directory (unmounted) while the prefetcher runs: 126 from the full path,
   never 1;
 - a `.missing` answer of another ask (another nonce) is not taken;
@@ -32,6 +33,7 @@ import pytest
 from steps.repository.layout import next_segment
 from steps.wal.fast import worker_alive
 from steps.wal.ledger import Index, write_index
+from tests.integration.test_wal_encrypted import age_identity, encrypted_config
 from tests.support.pgcluster import as_server_user, chown_server_user
 from tests.support.s3server import S3Endpoint, s3_bucket, s3_server  # noqa: F401
 from tests.support.wal_helpers import (
@@ -94,6 +96,20 @@ def loaded(stderr: str) -> tuple[set[str], list[str]]:
     return modules, other
 
 
+def push_history(wc: WalCluster, cfg: Path) -> None:
+    history = server_dir(wc.base, "history") / "00000002.history"
+    history.write_bytes(HISTORY)
+    chown_server_user(history)
+    r = wc.runbook("wal-push", "-c", str(cfg), str(history))
+    assert r.returncode == 0, r.stderr
+
+
+def stop_prefetchers(spool: Path) -> None:
+    for lock in spool.rglob(".lock"):  # the prefetchers a test started
+        if worker_alive(lock):
+            os.kill(int(lock.read_text().split()[0]), signal.SIGKILL)
+
+
 @pytest.fixture
 def archive(wal_cluster: Factory, s3_server: S3Endpoint, s3_bucket: str) -> Iterator[Archive]:  # noqa: F811
     wc = wal_cluster()
@@ -108,18 +124,11 @@ def archive(wal_cluster: Factory, s3_server: S3Endpoint, s3_bucket: str) -> Iter
     wc.cluster.start()
     names = [wc.switch() for _ in range(3)]
     wc.wait_archived(names[-1])
-    history = server_dir(wc.base, "history") / "00000002.history"
-    history.write_bytes(HISTORY)
-    chown_server_user(history)
-    r = wc.runbook("wal-push", "-c", str(push_cfg), str(history))
-    assert r.returncode == 0, r.stderr
-    a = Archive(wc, cfg, repo, spool, names, server_dir(wc.base, "fetched"))
+    push_history(wc, push_cfg)
     try:
-        yield a
+        yield Archive(wc, cfg, repo, spool, names, server_dir(wc.base, "fetched"))
     finally:
-        for lock in spool.rglob(".lock"):  # the prefetchers this test started
-            if worker_alive(lock):
-                os.kill(int(lock.read_text().split()[0]), signal.SIGKILL)
+        stop_prefetchers(spool)
 
 
 @pytest.mark.parametrize("source", ["local", "s3"])
@@ -163,6 +172,36 @@ def test_a_history_file_is_taken_through_an_ask(archive: Archive) -> None:
     assert (a.dest / "00000002.history").read_bytes() == HISTORY
     assert "00000002.history: asked from s3: found" in a.prefetcher_log()
     assert not (a.read_ahead_spool() / ".asks" / "00000002.history").exists()  # taken (renamed), not copied
+
+
+def test_an_encrypted_history_file_and_miss_through_an_ask(wal_cluster: Factory, s3_server: S3Endpoint,  # noqa: F811
+                                                            s3_bucket: str) -> None:  # noqa: F811
+    wc = wal_cluster()
+    identity, public = age_identity(server_dir(wc.base, "keys"), "restore")
+    s3 = s3_section(s3_server.url, s3_bucket, credentials_file(wc.base))
+    cfg = encrypted_config(wc, s3, identity, public)
+    wc.archive_with(cfg)
+    wc.cluster.start()
+    names = [wc.switch() for _ in range(2)]
+    wc.wait_archived(names[-1])
+    push_history(wc, cfg)
+    assert list((wc.base / "repo").rglob("00000002.history.zst.age"))
+    cfg = encrypted_config(wc, s3, identity, public, {"worker_idle_s": 60})  # the same repositories, read from now
+    a = Archive(wc, cfg, wc.base / "repo", wc.base / "spool", names, server_dir(wc.base, "fetched"))
+    try:
+        for source in ("local", "s3"):
+            a.start_prefetcher(source)
+            r = a.fetch("00000002.history", source, env=IMPORTS)
+            modules, other = loaded(r.stderr)
+            assert (r.returncode, other) == (0, []), r.stderr
+            assert (a.dest / "00000002.history").read_bytes() == HISTORY
+            assert not {"steps.wal.archive", "steps.wal.crypt", "pyrage", "boto3"} & modules, source
+            (a.dest / "00000002.history").unlink()
+            r = a.fetch("00000077.history", source, env=IMPORTS)
+            modules, other = loaded(r.stderr)
+            assert (r.returncode, other) == (1, []) and "steps.wal.archive" not in modules, r.stderr
+    finally:
+        stop_prefetchers(wc.base / "spool")
 
 
 def test_a_repository_gone_while_the_prefetcher_runs_stops_recovery_never_a_miss(archive: Archive) -> None:
