@@ -39,6 +39,7 @@ class HeadlessOptions:
     yes: bool = False
     confirms: dict[str, str] = field(default_factory=dict)  # step id -> typed value
     rerun_interrupted: bool = False
+    retry_failed: bool = False  # resume: try the step the run failed at once more (then, failing again, stop)
     quiet_output: bool = False
     answers: dict[str, list[Answer]] = field(default_factory=dict)  # step id -> scripted answers, used in order
 
@@ -58,6 +59,7 @@ class Headless:
         self.out = console or Console(highlight=False, soft_wrap=True)
         self._numbers = {sid: i for i, sid in enumerate(engine.state.order, start=1)}
         self._total = len(engine.state.order)
+        self._retried: set[str] = set()  # steps --retry-failed tried again in this session
         self._last_step: str | None = None
         self._inbuf = b""  # what stdin gave beyond the last line answered (runbook.cli.headless._ask)
         self._eof = False
@@ -165,6 +167,10 @@ class Headless:
         elif f.status == "detached":
             self.out.print("  the run stays open: "
                            f"[bold]{escape(resume_command(self.engine.run_id, self.engine.ctx.state_dir))}[/]")
+        elif f.status == "failed" and any(s.status == StepStatus.failed for s in self.engine.state.steps.values()):
+            self.out.print("  to try the failed step again: [bold]"
+                           f"{escape(resume_command(self.engine.run_id, self.engine.ctx.state_dir))} --headless --yes "
+                           "--retry-failed[/] (or resume it in the cockpit to retry, skip or abort)")
         self.out.print(f"  journal: {self.engine.ctx.rdir / 'journal.jsonl'}")
         self.out.print(f"  report:  {escape(report_command(self.engine.run_id, self.engine.ctx.state_dir))}")
 
@@ -274,7 +280,12 @@ class Headless:
             self.out.print(f"  [cyan]rehearsal: shown, not run; marked succeeded by --yes{typed}[/]")
             await eng.mark(w.step_id, True, "marked by --yes" + typed)
         elif w.wait == Wait.failed:
-            await eng.stop_failed(w.step_id)
+            if self.opts.retry_failed and w.step_id not in self._retried:
+                self._retried.add(w.step_id or "")
+                self.out.print("  [bold]retrying (--retry-failed)[/]")
+                await eng.retry(w.step_id)
+            else:
+                await eng.stop_failed(w.step_id)
         elif w.wait == Wait.interrupted:
             if self.opts.rerun_interrupted:
                 await eng.rerun(w.step_id)

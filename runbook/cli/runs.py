@@ -59,6 +59,8 @@ def register(sub: Any) -> None:
     re_ = sub.add_parser("resume", help="go on with an open run")
     re_.add_argument("run_id", help="the open run to go on with (`runbook runs` lists them)")
     re_.add_argument("--rerun-interrupted", action="store_true", help="headless: re-run an interrupted step")
+    re_.add_argument("--retry-failed", action="store_true",
+                     help="headless: try the step the run failed at once more (failing again, the run stops)")
     re_.add_argument("--redo-from", metavar="STEP", help="walk STEP and every later step again, each confirmed "
                      "again (journaled): e.g. a point-in-time recovery to a wrong target, redone with --set "
                      "target_time=... (a running step is refused)")
@@ -123,7 +125,7 @@ def _headless_opts(args: argparse.Namespace, answers: dict[str, Any]) -> object:
 
     return HeadlessOptions(
         yes=args.yes, confirms=_parse_confirms(args.confirm or []), rerun_interrupted=getattr(args, "rerun_interrupted", False),
-        answers=answers,
+        retry_failed=getattr(args, "retry_failed", False), answers=answers,
     )
 
 

@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import os
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: typing costs an import on the per-segment path
+if TYPE_CHECKING:
+    from steps.wal.fast import Settings
+
 
 def plain_args(argv: list[str], positionals: int,
                source: bool = False) -> tuple[str | None, list[str], str, str | None] | None:
@@ -59,9 +63,13 @@ def _quick(fetch: bool, config: str | None, args: list[str], source: str, verifi
     if os.geteuid() == 0:
         return None
     from steps.wal import fast
-    from steps.wal.settings import WalSettings
+    from steps.wal.hot import load_hot
 
-    settings = WalSettings.load(config)
+    settings: Settings | None = load_hot(config)
+    if settings is None:  # no hot cache yet, or a changed config: the full load (which writes it)
+        from steps.wal.settings import WalSettings
+
+        settings = WalSettings.load(config)
     if fetch:
         name, dest = args
         if fast.fetch_prefetched(settings, name, dest, source, verified):

@@ -1,4 +1,4 @@
-"""The hot paths of `wal-push`/`wal-fetch`, on the standard library alone (os, json, hashlib, struct, fcntl).
+"""The hot paths of `wal-push`/`wal-fetch`, on what the interpreter has loaded at start (os, sys, time, fcntl).
 
 PostgreSQL starts these commands once per segment and waits for each: during a replay the startup process
 is stalled for as long as `wal-fetch` runs, so every millisecond of interpreter start and import is paid
@@ -14,24 +14,128 @@ calls them, and sends everything else (and every doubt: an option, a missing cac
 steps.wal.archive, which does the whole job. Both paths keep the contract of steps.wal.archive: an `.ok` is the
 only confirmation a segment gets, and the spool never answers "missing". This module imports no other module
 of steps.wal at run time (the settings are only a type here): archive and spool build on it, never the reverse.
+
+On the quick answers nothing heavier is imported: no json, re, enum, pathlib, hashlib or typing (~11 ms of
+imports per segment, more than the interpreter's own start). The records they read (the uploader's `NAME.ok`, the
+read-ahead's `NAME.json`, `.want`) are `key=value` lines (`format_record`, `parse_record`); the short hashes of
+paths come from the interpreter's built-in `_sha256` (`short_hash`), the same digest as hashlib's. The doubts
+(a record of other bytes: hash the file) import what they need when they need it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 import time
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: typing costs an import
 if TYPE_CHECKING:
+    from typing import Protocol
 
-    from steps.wal.settings import WalSettings
+    class Settings(Protocol):
+        """What these answers read of the config: steps.wal.settings.WalSettings (the full load) or
+        steps.wal.hot.HotSettings (its hot cache), whose attributes have these names."""
+
+        @property
+        def path(self) -> str | os.PathLike[str]: ...
+        @property
+        def destinations(self) -> str: ...
+        @property
+        def dest_hash(self) -> str: ...
+        @property
+        def spool_dir(self) -> str | os.PathLike[str]: ...
+        @property
+        def async_mode(self) -> bool: ...
+        @property
+        def push_timeout_s(self) -> float: ...
+        @property
+        def prefetch(self) -> int: ...
+        @property
+        def wal_key(self) -> str | None: ...
+        @property
+        def data_directory(self) -> str | None: ...
 
 POLL_S = 0.003  # a look is two failed opens (~20 µs): a waiting wal-push sees its record within 3 ms
 PREFETCH_WAIT_S = 10.0  # the longest a wal-fetch waits for a segment the prefetcher is fetching
 _HEX = frozenset("0123456789ABCDEF")
+RECORD_MAGIC = "runbook-record 1"  # the first line of every record below
+RECORDS_MARK = ".records"  # in a read-ahead spool: its prefetcher reads `.want` in this format
+
+
+def short_hash(text: str) -> str:
+    """sha256 of `text` (UTF-8), hex, its first 12 digits: a directory's tag. Through the interpreter's built-in
+    `_sha256` (3.11; `_sha2` from 3.12), not hashlib, which loads OpenSSL (~2 ms): the same digest."""
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        try:
+            from _sha2 import sha256  # type: ignore[import-not-found,no-redef,unused-ignore]
+        except ImportError:
+            from hashlib import sha256  # type: ignore[assignment,unused-ignore]
+    return str(sha256(text.encode()).hexdigest())[:12]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _unescape(value: str) -> str:
+    if "\\" not in value:
+        return value
+    return "\\".join(p.replace("\\n", "\n").replace("\\r", "\r") for p in value.split("\\\\"))
+
+
+def _flat(value: object) -> str:
+    if isinstance(value, list | tuple):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def format_record(fields: dict[str, object]) -> str:
+    """A record as `key=value` lines after RECORD_MAGIC: a list as its items joined by spaces (an identity), a
+    dict as `key.sub=value` lines, None left out; backslashes and line breaks in values escaped."""
+    lines = [RECORD_MAGIC]
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            lines += [f"{key}.{k}={_escape(_flat(v))}" for k, v in value.items() if v is not None]
+        elif value is not None:
+            lines.append(f"{key}={_escape(_flat(value))}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_record(text: str) -> dict[str, str] | None:
+    """A record written by format_record, every value a string; None when it is not one whole (a record that does
+    not parse confirms nothing). A JSON object (what an uploader or prefetcher started before the upgrade still
+    writes) is read through json, loaded for it alone, into the same flat form."""
+    if text.startswith("{"):
+        return _from_json(text)
+    if not text.startswith(RECORD_MAGIC + "\n") or not text.endswith("\n"):
+        return None
+    rec: dict[str, str] = {}
+    for line in text[len(RECORD_MAGIC) + 1:-1].split("\n"):
+        key, sep, value = line.partition("=")
+        if not sep or not key:
+            return None
+        rec[key] = _unescape(value)
+    return rec
+
+
+def _from_json(text: str) -> dict[str, str] | None:
+    import json
+
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    return parse_record(format_record(obj))
+
+
+def read_record(path: str) -> dict[str, str] | None:
+    """The record in a file; None when it does not parse. OSError (FileNotFoundError) when it cannot be read."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return parse_record(f.read())
 
 
 def is_segment_name(name: str) -> bool:
@@ -40,6 +144,7 @@ def is_segment_name(name: str) -> bool:
 
 def sha256_file(path: str | os.PathLike[str]) -> tuple[int, str]:
     """(size, sha256) of a file, hashed through a mapping (no copy of a 16 MB segment into the process)."""
+    import hashlib
     import mmap
 
     with open(path, "rb") as f:
@@ -106,7 +211,7 @@ def cluster_identity(wal_path: str, configured: str | None) -> tuple[int | None,
 # --- asynchronous push: the waiting side -------------------------------------------------------------
 
 
-def push_root(settings: WalSettings, sysid: int, pg_wal: str) -> str:
+def push_root(settings: Settings, sysid: int, pg_wal: str) -> str:
     """The spool of one cluster's pg_wal pushed to one destination: `push-<pg_wal>-<destination>`.
 
     A restored copy of a cluster (same identifier) on the same host gets an uploader of its own; so does a
@@ -114,17 +219,16 @@ def push_root(settings: WalSettings, sysid: int, pg_wal: str) -> str:
     The uploader puts its records where its own config says, and `wal-push` looks only where its config
     says: a record made for another destination is never even read, and an uploader still serving the old
     destination does not hold up the new one."""
-    where = hashlib.sha256(os.path.abspath(pg_wal).encode()).hexdigest()[:12]
-    dest = hashlib.sha256(settings.destinations.encode()).hexdigest()[:12]
-    return os.path.join(os.fspath(settings.spool_dir), str(sysid), f"push-{where}-{dest}")
+    where = short_hash(os.path.abspath(pg_wal))
+    return os.path.join(os.fspath(settings.spool_dir), str(sysid), f"push-{where}-{settings.dest_hash}")
 
 
-def confirms(rec: dict[str, object], settings: WalSettings, sysid: int, size: int, sha256: str) -> bool:
-    """Does an uploader's `.ok` record confirm this file, in this cluster's directory, in every repository
-    configured now? All of it must match: the destination (in full, not the spool directory's short hash),
-    the system identifier it is archived under, the size and sha256 of the file as it is now."""
+def confirms(rec: dict[str, str], settings: Settings, sysid: int, size: int, sha256: str) -> bool:
+    """Does an uploader's `.ok` record (parse_record) confirm this file, in this cluster's directory, in every
+    repository configured now? All of it must match: the destination (in full, not the spool directory's short
+    hash), the system identifier it is archived under, the size and sha256 of the file as it is now."""
     return (rec.get("destinations") == settings.destinations and rec.get("system_identifier") == str(sysid)
-            and rec.get("size") == size and rec.get("sha256") == sha256)
+            and rec.get("size") == str(size) and rec.get("sha256") == sha256)
 
 
 def file_identity(st: os.stat_result) -> list[int]:
@@ -147,20 +251,21 @@ def read_identity(before: os.stat_result, after: os.stat_result, looked_ns: int)
     return ident
 
 
-def confirms_unchanged(rec: dict[str, object], settings: WalSettings, sysid: int, path: str) -> bool:
+def confirms_unchanged(rec: dict[str, str], settings: Settings, sysid: int, path: str) -> bool:
     """Does the record confirm the file without hashing it again? When the uploader saw the file, before and
     after reading it, with the identity it has now (same inode, size, mtime and ctime to the nanosecond): the
     bytes it hashed and stored are the bytes here. PostgreSQL never writes into a segment it marked ready; a
     file of another life under this name (a recycled segment, a restored copy of the cluster) has another
     ctime, which no user process can set. Anything else: hash the file and compare (`confirms`)."""
     ident = rec.get("identity")
-    if not isinstance(ident, list):
+    if not ident:
         return False
     try:
         st = os.stat(path)
     except OSError:
         return False
-    return ident == file_identity(st) and confirms(rec, settings, sysid, st.st_size, str(rec.get("sha256")))
+    return (ident == " ".join(str(i) for i in file_identity(st))
+            and confirms(rec, settings, sysid, st.st_size, str(rec.get("sha256"))))
 
 
 _PUSHING_MYSELF: dict[str, tuple[int, str]] = {}  # name -> (the locked `NAME.self` of this process, its out/)
@@ -190,10 +295,10 @@ def record_own_push(name: str, record: dict[str, object]) -> None:
     the uploader would have written it, so that the uploader does not push it again before PostgreSQL marks
     it done. Nothing when this process is not pushing NAME for the uploader."""
     if name in _PUSHING_MYSELF:
-        write_record(os.path.join(_PUSHING_MYSELF[name][1], f"{name}.ok"), json.dumps(record))
+        write_record(os.path.join(_PUSHING_MYSELF[name][1], f"{name}.ok"), format_record(record))
 
 
-def push_via_worker(settings: WalSettings, path: str, name: str, sysid: int, datadir: str | None) -> int | None:
+def push_via_worker(settings: Settings, path: str, name: str, sysid: int, datadir: str | None) -> int | None:
     """Exit 0 only on the uploader's `.ok` record of this very file; 1 on its `.error` or after the bound.
     None: the caller pushes the file itself, in full, as the synchronous mode does: when it is not marked
     ready in its pg_wal (run by hand: the uploader would never see it), or when no uploader runs (the first
@@ -219,14 +324,11 @@ def push_via_worker(settings: WalSettings, path: str, name: str, sysid: int, dat
     mine: tuple[int, str] | None = None
     while True:
         try:
-            with open(ok) as f:
-                rec = json.load(f)
+            rec = read_record(ok)
+            if rec is None:
+                rec = {}  # not a record of ours: confirms nothing
         except FileNotFoundError:
             rec = None
-        except ValueError:
-            rec = {}
-        if rec is not None and not isinstance(rec, dict):
-            rec = {}  # not a record of ours: confirms nothing
         if rec is not None:
             if confirms_unchanged(rec, settings, sysid, path):
                 return 0
@@ -274,9 +376,9 @@ def _unlink(path: str) -> None:
 # --- fetch read-ahead: the taking side ---------------------------------------------------------------
 
 
-def fetch_spool(settings: WalSettings, sysid: int, datadir: str) -> str | None:
+def fetch_spool(settings: Settings, sysid: int, datadir: str) -> str | None:
     """The read-ahead spool of one recovering data directory (created), or None when it cannot be."""
-    tag = hashlib.sha256(os.path.abspath(datadir).encode()).hexdigest()[:12]
+    tag = short_hash(os.path.abspath(datadir))
     path = os.path.join(os.fspath(settings.spool_dir), str(sysid), f"in-{tag}")
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
@@ -297,12 +399,13 @@ def take(spool: str, name: str, dest: str, verified: str | None = None) -> bool:
     list: anything else is left to the full path, which refuses it with the reason."""
     data_path, rec_path = os.path.join(spool, name), os.path.join(spool, f"{name}.json")
     try:
-        with open(rec_path) as f:
-            rec = json.load(f)
+        rec = read_record(rec_path)
         size = os.stat(data_path).st_size
-    except (OSError, ValueError):
+    except OSError:
         return False
-    if size != rec.get("size"):
+    if rec is None:
+        return False
+    if str(size) != rec.get("size"):
         print(f"runbook wal-fetch: warning: the prefetched {name} in {spool} is {size} bytes, not the "
               f"{rec.get('size')} archived; reading it from the repository", file=sys.stderr)
         _unlink(data_path)
@@ -333,10 +436,10 @@ def _segment_index(name: str, segment_size: int) -> tuple[int, int]:
     return int(name[:8], 16), int(name[8:16], 16) * per_log + int(name[16:], 16)
 
 
-def in_window(want: dict[str, object], name: str, depth: int) -> bool:
+def in_window(want: dict[str, str], name: str, depth: int) -> bool:
     """Is `name` among the segments the prefetcher was asked for (the `depth` after want["name"])?"""
     try:
-        size = int(want["segment_size"])  # type: ignore[call-overload]  # JSON: checked by int()
+        size = int(want["segment_size"])
         tli, pos = _segment_index(name, size)
         want_tli, want_pos = _segment_index(str(want["name"]), size)
     except (KeyError, ValueError, TypeError, ZeroDivisionError):
@@ -344,12 +447,12 @@ def in_window(want: dict[str, object], name: str, depth: int) -> bool:
     return tli == want_tli and 1 <= pos - want_pos <= depth
 
 
-def prefetch_cap(settings: WalSettings) -> int:
+def prefetch_cap(settings: Settings) -> int:
     """The deepest the read-ahead grows: four times `wal.prefetch` (32 segments, 512 MB of spool, by default)."""
     return 4 * settings.prefetch
 
 
-def window_depth(settings: WalSettings, spool: str) -> int:
+def window_depth(settings: Settings, spool: str) -> int:
     """How many segments after the last one asked for the running prefetcher fetches: `wal.prefetch`, or more
     once it has grown the window (it writes `.depth` before it fetches deeper, and never shrinks it while it
     runs, so a wal-fetch never waits for a segment nobody fetches)."""
@@ -361,7 +464,7 @@ def window_depth(settings: WalSettings, spool: str) -> int:
     return max(settings.prefetch, min(depth, prefetch_cap(settings)))
 
 
-def wait_prefetched(settings: WalSettings, spool: str, name: str, dest: str, source: str,
+def wait_prefetched(settings: Settings, spool: str, name: str, dest: str, source: str,
                     verified: str | None = None) -> bool:
     """Take `name` from the spool once the running prefetcher has it, when it is already fetching it.
 
@@ -370,11 +473,12 @@ def wait_prefetched(settings: WalSettings, spool: str, name: str, dest: str, sou
     once when no prefetcher runs or `name` is not in what it was asked for, and as soon as it says it could
     not get it (`NAME.none`), or after a bound: the caller then reads the repository itself."""
     try:
-        with open(os.path.join(spool, ".want")) as f:
-            want = json.load(f)
-    except (OSError, ValueError):
+        want = read_record(os.path.join(spool, ".want"))
+    except OSError:
         return False
-    if want.get("source", "any") != source or not in_window(want, name, window_depth(settings, spool)):
+    if not os.path.exists(os.path.join(spool, RECORDS_MARK)):
+        return False  # a prefetcher of an older build, which cannot read our `.want`: not worth waiting for
+    if want is None or want.get("source", "any") != source or not in_window(want, name, window_depth(settings, spool)):
         return False
     lock = os.path.join(spool, ".lock")
     none = os.path.join(spool, f"{name}.none")
@@ -393,15 +497,15 @@ def wait_prefetched(settings: WalSettings, spool: str, name: str, dest: str, sou
         time.sleep(0.002)
 
 
-def request_after(settings: WalSettings, spool: str, sysid: int, name: str, segment_size: int,
+def request_after(settings: Settings, spool: str, sysid: int, name: str, segment_size: int,
                   source: str = "any", waited_ms: float = 0.0) -> None:
     """Ask the prefetcher for the segments after `name`, and start it when none runs. `waited_ms`: how long
     this wal-fetch waited for the prefetcher's copy of `name` (0: it was ready): the prefetcher reads ahead
     deeper while replay keeps waiting for it."""
     try:
         write_record(os.path.join(spool, ".want"),
-                     json.dumps({"name": name, "segment_size": segment_size, "source": source,
-                                 "waited_ms": round(waited_ms, 1)}))
+                     format_record({"name": name, "segment_size": segment_size, "source": source,
+                                    "waited_ms": round(waited_ms, 1)}))
         if not worker_alive(os.path.join(spool, ".lock")):
             spawn(["wal-fetch", "-c", str(settings.path), "--prefetch-worker", "--spool", spool,
                    "--sysid", str(sysid)], os.path.join(spool, ".prefetch.log"), None)
@@ -420,7 +524,7 @@ def segment_size_of(path: str) -> int:
 # --- the two quick answers ---------------------------------------------------------------------------
 
 
-def fetch_prefetched(settings: WalSettings, name: str, dest: str, source: str = "any",
+def fetch_prefetched(settings: Settings, name: str, dest: str, source: str = "any",
                      verified: str | None = None) -> bool:
     """`wal-fetch NAME DEST` from the read-ahead spool: True when DEST now holds NAME (taken from the spool,
     or waited for while the prefetcher was fetching it) and the segments after it are asked for; False when
@@ -443,7 +547,7 @@ def fetch_prefetched(settings: WalSettings, name: str, dest: str, source: str = 
     return True
 
 
-def push_async(settings: WalSettings, path: str) -> int | None:
+def push_async(settings: Settings, path: str) -> int | None:
     """`wal-push PATH` in the asynchronous mode: the exit code from the uploader's record (push_via_worker);
     None when the mode is off, the cluster cannot be told, or the file is not marked ready: push it in full."""
     if not settings.async_mode:
@@ -458,14 +562,13 @@ def push_async(settings: WalSettings, path: str) -> int | None:
 # --- signed WAL ledgers: the pushing side's note, the fetching side's lookup (steps.wal.ledger) -------------
 
 
-def seal_root(settings: WalSettings, sysid: int) -> str:
+def seal_root(settings: Settings, sysid: int) -> str:
     """Where this host notes what it archived for one cluster and one destination, until the sealer signs it:
     `<spool_dir>/<sysid>/seal-<destination>/` (`pending/NAME` files, `seal-worker.lock`, `seal-worker.log`)."""
-    dest = hashlib.sha256(settings.destinations.encode()).hexdigest()[:12]
-    return os.path.join(os.fspath(settings.spool_dir), str(sysid), f"seal-{dest}")
+    return os.path.join(os.fspath(settings.spool_dir), str(sysid), f"seal-{settings.dest_hash}")
 
 
-def note_pushed(settings: WalSettings, sysid: int, name: str, sha256: str, size: int) -> str | None:
+def note_pushed(settings: Settings, sysid: int, name: str, sha256: str, size: int) -> str | None:
     """After a push is stored: note `NAME sha256 size` for the sealer (steps.wal.ledger), and start it when none
     runs. A small file written whole and a lock probed: ~0.2 ms, no import beyond the standard library.
     Nothing when no WAL key is configured (`signing.wal_private_key`). Returns why the note could not be

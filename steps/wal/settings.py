@@ -7,6 +7,8 @@ time is paid thousands of times. Validating the YAML with the schema (pydantic, 
 (`$XDG_CACHE_HOME/runbook/`, else `~/.cache/runbook/`, mode 0600), keyed by the file's device, inode,
 size, mtime and ctime and by the schema module's own mtime. A changed file, or a changed tool, is
 validated again. When the cache cannot be written the file is simply validated every time.
+Each load also writes the hot cache (steps.wal.hot): the few values the quick answers of steps.wal.fast read,
+in a form they read without json or pathlib.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 
 from runbook import __version__
 from runbook.paths import chosen_config_path, state_home
+from steps.wal import hot
+from steps.wal.fast import format_record, short_hash
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms on a path run per segment
 if TYPE_CHECKING:
@@ -79,6 +83,7 @@ class WalSettings:
 
     def __init__(self, path: Path, data: dict[str, Any]) -> None:
         wal = data.get("wal") or {}
+        self.raw_wal: dict[str, Any] = wal
         spool = wal.get("spool_dir")
         if not spool:
             spool = str(state_home() / "wal-spool")
@@ -135,7 +140,46 @@ class WalSettings:
             self._destinations = json.dumps(dest, sort_keys=True, separators=(",", ":"))
         return self._destinations
 
+    @property
+    def dest_hash(self) -> str:
+        """The short hash of `destinations` that names the spool directories (steps.wal.fast.push_root)."""
+        return short_hash(self.destinations)
+
     @classmethod
     def load(cls, given: str | None) -> WalSettings:
+        """The config validated (or from the JSON cache), and the hot cache written when it is not current."""
+        try:
+            at: str | None = hot.stamp(hot.config_key(given))
+        except OSError:
+            at = None
         data, path = load_config_dict(given)
-        return cls(path, data)
+        settings = cls(path, data)
+        if at is not None and hot.load_hot(given) is None:
+            write_hot(given, settings, at)
+        return settings
+
+
+def write_hot(given: str | None, settings: WalSettings, at: str) -> None:
+    """Write the hot cache (steps.wal.hot) of the config just loaded (`at`: its stamp taken before it was read; a
+    change while it was read leaves a stale stamp, read again next time). Nothing when it cannot be written."""
+    key = hot.config_key(given)
+    local = os.fspath(settings.local_path) if settings.local_path is not None else None
+    rec: dict[str, object] = {
+        "key": key, "stamp": at, "config": str(settings.path),
+        "destinations": settings.destinations, "dest_hash": settings.dest_hash,
+        "local": local, "local_real": os.path.realpath(local) if local is not None else None,
+        "spool_dir": os.fspath(settings.spool_dir) if settings.raw_wal.get("spool_dir") else None,
+        "async": "1" if settings.async_mode else "0", "push_timeout_s": repr(settings.push_timeout_s),
+        "prefetch": settings.prefetch, "wal_key": settings.wal_key or None,
+        "data_directory": settings.data_directory or None,
+    }
+    path = hot.hot_file(key)
+    tmp = f"{path}.{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(format_record(rec))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # no cache for this user: the full load every time, still correct

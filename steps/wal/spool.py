@@ -37,7 +37,6 @@ it reads it with the stores it has open, and answers "missing" only as the full 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
 import threading
@@ -50,7 +49,18 @@ from typing import Any
 
 from runbook.errors import RunbookError
 from steps.repository.layout import next_segment, parse_wal_name, wal_key
-from steps.wal.fast import note_pushed, prefetch_cap, push_root, read_identity, worker_alive, write_record
+from steps.wal.fast import (
+    RECORD_MAGIC,
+    RECORDS_MARK,
+    format_record,
+    note_pushed,
+    prefetch_cap,
+    push_root,
+    read_identity,
+    read_record,
+    worker_alive,
+    write_record,
+)
 from steps.wal.settings import WalSettings
 from steps.wal.store import WalStore, open_wal_stores
 from steps.wal.worker import WorkerLock
@@ -106,7 +116,7 @@ def _push_task(stores: list[WalStore], settings: WalSettings, pg_wal: Path, name
         write_record(out / f"{name}.error", unnoted)
         _log(f"{name}: FAILED: {unnoted}")
         return
-    write_record(out / f"{name}.ok", json.dumps(record))
+    write_record(out / f"{name}.ok", format_record(record))
     _log(f"{name}: {', '.join(f'{k} {v}' for k, v in meta['stored'].items())} "
          f"({meta['compressed_size']} bytes, {time.monotonic() - t0:.3f} s)")
 
@@ -244,7 +254,7 @@ def _prefetch_task(stores: list[WalStore], spool: Path, name: str, sysid: int, k
         f.write(data)
     os.replace(tmp, spool / name)
     write_record(spool / f"{name}.json",
-                  json.dumps({"size": len(data), "sha256": digest}))  # checked by unpack just now
+                 format_record({"size": len(data), "sha256": digest}))  # checked by unpack just now
     return "ok"
 
 
@@ -291,6 +301,7 @@ def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
     changed = time.monotonic()
     depth, cap = settings.prefetch, prefetch_cap(settings)
     write_record(spool / ".depth", str(depth))
+    write_record(spool / RECORDS_MARK, RECORD_MAGIC)  # we read `.want` as key=value lines (steps.wal.fast)
     waits: list[float] = []  # what the last wal-fetches waited for our copy, ms
     from steps.wal.archive import reader_keys
 
@@ -299,8 +310,8 @@ def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
     try:
         while True:
             try:
-                want = json.loads((spool / ".want").read_text())
-            except (OSError, ValueError):
+                want = read_record(str(spool / ".want"))
+            except OSError:
                 want = None
                 if not spool.is_dir():  # the recovering cluster and its spool were removed: nobody will ask
                     _log(f"{spool} is gone: stopping")

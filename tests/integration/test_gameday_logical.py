@@ -147,7 +147,8 @@ def test_target_database_exists_not_handled(day: Day) -> None:
                     extra=[])
     # The check failed; the operator skipped it; the restore refuses to write over the database: the run fails.
     assert play.code == Exit.RUN_FAILED, play.output[-3000:]
-    assert f"check database {DB} absent: failed" in play.stdout and "restore refuses to write over it" in play.stdout
+    assert f"check database {DB} absent: failed" in play.stdout and "restore refuses to write over it" in play.stdout, \
+        play.output[-3000:]
     assert "--set restore_db=NEW_NAME" in play.stdout
     assert f"database {DB} exists on" in play.stdout and "nothing was restored" in play.stdout
     gd = day.record(play)

@@ -2,7 +2,7 @@
 
 By default pg_restore's sessions commit without waiting for the WAL flush (synchronous_commit off) and build
 indexes with the action's maintenance_work_mem: seen by pg_restore's own sessions (a CHECK constraint of the
-backup's calls a function that writes down the settings of the session loading the rows) and in the server's
+backup's calls a function that logs the settings of the session loading the rows) and in the server's
 log (trace_sort: each index build's sort names its workMem). The restore is durable at the end, and a server
 that crashed during it, or a lost durability connection, makes it a failed restore, never a silent one.
 """
@@ -42,10 +42,12 @@ def fetched(source_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -
              "execute format('create table t%s(id int primary key, body text)', i); "
              "execute format('insert into t%s select g, md5(g::text) from generate_series(1, 300) g', i); "
              "execute format('create index on t%s(body)', i); end loop; end $$", "many")
-    src.psql("create table public.seen(app text, sync text, mwm text); "
-             "create function public.note_settings() returns boolean language sql volatile as $$ "
-             "insert into public.seen values (current_setting('application_name'), "
-             "current_setting('synchronous_commit'), current_setting('maintenance_work_mem')) returning true $$; "
+    # Into the server's log, not a table: a parallel pg_restore truncates each table it created before loading
+    # its data, so rows written into a restored table by another table's load could be lost, depending on the order.
+    src.psql("create function public.note_settings() returns boolean language plpgsql volatile as $$ begin "
+             "raise log 'settings-seen db=% app=% sync=% mwm=%', current_database(), "
+             "current_setting('application_name'), current_setting('synchronous_commit'), "
+             "current_setting('maintenance_work_mem'); return true; end $$; "
              "create table public.checked(id int check (public.note_settings())); "
              "insert into public.checked select generate_series(1, 5)", "many")
     base = tmp_path_factory.mktemp("settings")
@@ -58,12 +60,14 @@ def fetched(source_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def rows(c: Cluster, db: str) -> dict:
-    return {t: v for t, v in table_checksums(c, db).items() if t != "public.seen"}
+    return table_checksums(c, db)
 
 
 def seen(c: Cluster, db: str) -> list[str]:
-    """The settings of the sessions that loaded public.checked's rows."""
-    return c.psql("select distinct sync || ' ' || mwm from public.seen where app = 'pg_restore'", db).splitlines()
+    """The settings of the sessions that loaded public.checked's rows into `db` (the server log's lines)."""
+    log = (c.datadir / "server.log").read_text()
+    return sorted({f"{sync} {mwm}" for sync, mwm in
+                   re.findall(rf"settings-seen db={re.escape(db)} app=pg_restore sync=(\S+) mwm=(\S+)", log)})
 
 
 @pytest.fixture

@@ -543,3 +543,34 @@ def test_values_not_saved_are_asked_for_again_on_resume(write_runbook, state_dir
     assert out.read_text() == f"given|{token}|{url}|{password}"
     for secret in (password, token):
         assert secret not in r.stdout + r.stderr + _files_text(state_dir)
+
+
+def test_headless_resume_retries_the_failed_step_once_when_asked(write_runbook, state_dir: Path, tmp_path: Path) -> None:
+    flag = tmp_path / "fixed"
+    path = write_runbook(f"""
+        version: 1
+        name: t
+        steps:
+          - {{id: one, run: "echo one"}}
+          - {{id: two, run: "test -e {flag} || exit 3"}}
+          - {{id: three, run: "echo three-ran"}}
+    """)
+    r = run_cli("run", str(path), "--headless", "--yes", "--mode", "drill", "--state-dir", str(state_dir))
+    assert r.returncode == 1, r.stdout + r.stderr
+    (run_id,) = _runs(state_dir)
+    assert f"runbook resume {run_id} --state-dir {state_dir} --headless --yes --retry-failed" in r.stdout
+
+    def attempts() -> list[int]:
+        return [e["attempt"] for e in _journal(state_dir, run_id) if e.get("type") == "step-started"
+                and e.get("step") == "two"]
+
+    r = run_cli("resume", run_id, "--headless", "--yes", "--state-dir", str(state_dir))
+    assert r.returncode == 1 and attempts() == [1]  # without the flag a failed step is not tried again
+    r = run_cli("resume", run_id, "--headless", "--yes", "--retry-failed", "--state-dir", str(state_dir))
+    assert r.returncode == 1, r.stdout + r.stderr  # tried once more, failed again: the run stops, no loop
+    assert attempts() == [1, 2] and "three-ran" not in r.stdout
+    flag.touch()
+    r = run_cli("resume", run_id, "--headless", "--yes", "--retry-failed", "--state-dir", str(state_dir))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert attempts() == [1, 2, 3] and "three-ran" in r.stdout
+    assert sum(e.get("type") == "retry-requested" for e in _journal(state_dir, run_id)) == 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -17,8 +16,12 @@ import pytest
 
 from steps.wal.fast import (
     RACY_NS,
+    RECORD_MAGIC,
+    RECORDS_MARK,
     confirms_unchanged,
     file_identity,
+    format_record,
+    parse_record,
     prefetch_cap,
     push_myself,
     read_identity,
@@ -71,9 +74,10 @@ def test_a_wal_fetch_waits_for_a_segment_of_the_grown_window_only(tmp_path: Path
     settings = _settings(tmp_path, prefetch=8)
     spool, dest = tmp_path / "in", tmp_path / "RECOVERYXLOG"
     spool.mkdir()
-    (spool / ".want").write_text(json.dumps({"name": "000000010000000000000010", "segment_size": 16 * MB,
+    (spool / ".want").write_text(format_record({"name": "000000010000000000000010", "segment_size": 16 * MB,
                                              "source": "any"}))
     name = "00000001000000000000001C"  # 12 after
+    (spool / RECORDS_MARK).write_text(RECORD_MAGIC)
     fd = os.open(spool / ".lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)  # a prefetcher at work
     try:
@@ -85,7 +89,7 @@ def test_a_wal_fetch_waits_for_a_segment_of_the_grown_window_only(tmp_path: Path
         def deliver() -> None:
             time.sleep(0.3)
             (spool / name).write_bytes(b"v" * 10)
-            (spool / f"{name}.json").write_text(json.dumps({"size": 10, "sha256": hashlib.sha256(b"v" * 10).hexdigest()}))
+            (spool / f"{name}.json").write_text(format_record({"size": 10, "sha256": hashlib.sha256(b"v" * 10).hexdigest()}))
 
         threading.Thread(target=deliver).start()
         assert wait_prefetched(settings, str(spool), name, str(dest), "any") and dest.read_bytes() == b"v" * 10
@@ -98,18 +102,20 @@ def test_a_confirmation_without_a_second_hash_needs_the_very_file_the_uploader_r
     seg = tmp_path / "000000010000000000000003"
     seg.write_bytes(b"a" * 1000)
     time.sleep(RACY_NS / 1e9 + 0.01)  # as the uploader records it: a change from now on moves the ctime
-    rec = {"sha256": hashlib.sha256(b"a" * 1000).hexdigest(), "size": 1000, "system_identifier": "7",
-           "destinations": settings.destinations, "identity": file_identity(os.stat(seg))}
+    rec = parse_record(format_record({  # as the uploader writes it, as wal-push reads it
+        "sha256": hashlib.sha256(b"a" * 1000).hexdigest(), "size": 1000, "system_identifier": "7",
+        "destinations": settings.destinations, "identity": file_identity(os.stat(seg))}))
+    assert rec is not None and rec["identity"] == " ".join(str(i) for i in file_identity(os.stat(seg)))
     assert confirms_unchanged(rec, settings, 7, str(seg))
     assert not confirms_unchanged(rec, settings, 8, str(seg))  # another cluster's directory
     assert not confirms_unchanged({**rec, "destinations": "{}"}, settings, 7, str(seg))  # another destination
     assert not confirms_unchanged({k: v for k, v in rec.items() if k != "identity"}, settings, 7, str(seg))
-    assert not confirms_unchanged({**rec, "size": 999}, settings, 7, str(seg))
+    assert not confirms_unchanged({**rec, "size": "999"}, settings, 7, str(seg))
     st = os.stat(seg)
     time.sleep(RACY_NS / 1e9 + 0.01)
     os.utime(seg, ns=(st.st_atime_ns, st.st_mtime_ns))  # the same times set again: the ctime still moves
     assert not confirms_unchanged(rec, settings, 7, str(seg))
-    rec["identity"] = file_identity(os.stat(seg))
+    rec["identity"] = " ".join(str(i) for i in file_identity(os.stat(seg)))
     assert confirms_unchanged(rec, settings, 7, str(seg))
     time.sleep(RACY_NS / 1e9 + 0.01)
     seg.unlink()
@@ -166,6 +172,6 @@ def test_the_request_says_how_long_replay_waited(tmp_path: Path, waited: float) 
         request_after(settings, str(spool), 7, "000000010000000000000003", 16 * MB, "local", waited)
     finally:
         os.close(fd)
-    want = json.loads((spool / ".want").read_text())
-    assert want == {"name": "000000010000000000000003", "segment_size": 16 * MB, "source": "local",
-                    "waited_ms": waited}
+    want = parse_record((spool / ".want").read_text())
+    assert want == {"name": "000000010000000000000003", "segment_size": str(16 * MB), "source": "local",
+                    "waited_ms": str(waited)}

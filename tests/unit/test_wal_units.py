@@ -26,7 +26,19 @@ from steps.repository.layout import (
     wal_prefix,
 )
 from steps.repository.store import RepositoryError
-from steps.wal.fast import confirms, in_window, is_segment_name, push_root, take, wait_prefetched
+from steps.wal.fast import (
+    RECORD_MAGIC,
+    RECORDS_MARK,
+    confirms,
+    format_record,
+    in_window,
+    is_segment_name,
+    parse_record,
+    push_root,
+    short_hash,
+    take,
+    wait_prefetched,
+)
 from steps.wal.segment import (
     CorruptWal,
     WalFileError,
@@ -132,6 +144,72 @@ def test_the_config_is_validated_once_then_read_from_the_cache(tmp_path: Path, m
     assert "repo.yaml:3:7" in str(e.value) and "asynch" in str(e.value)
 
 
+def test_the_hot_cache_holds_what_the_quick_answers_read_and_goes_stale_with_the_config(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quick answers read the config from the hot cache (steps.wal.hot), written by every full load beside
+    the JSON one, keyed the same way; a changed file, a changed tool, a repository symlink moved, or a cache that
+    does not parse: no hot settings (the caller loads in full, which writes it again)."""
+    from steps.wal import hot
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    cfg = tmp_path / "repo.yaml"
+    cfg.write_text(f"version: 1\nlocal: {{path: {tmp_path}/link}}\nwal: {{async: true, push_timeout_s: 7.5}}\n"
+                   f"cluster: {{data_directory: {tmp_path}/pg}}\n")
+    assert hot.load_hot(str(cfg)) is None  # nothing loaded yet
+    full = WalSettings.load(str(cfg))
+    quick = hot.load_hot(str(cfg))
+    assert quick is not None
+    assert oct(os.stat(hot.hot_file(hot.config_key(str(cfg)))).st_mode & 0o777) == "0o600"
+    for attr in ("destinations", "dest_hash", "async_mode", "push_timeout_s", "prefetch", "wal_key", "data_directory"):
+        assert getattr(quick, attr) == getattr(full, attr), attr
+    assert (quick.path, quick.spool_dir) == (str(full.path), os.fspath(full.spool_dir))
+    assert push_root(quick, 5, "/d/pg_wal") == push_root(full, 5, "/d/pg_wal")
+    assert str(tmp_path / "a") in quick.destinations
+
+    (tmp_path / "link").unlink()
+    (tmp_path / "link").symlink_to(tmp_path / "b")  # the same config, another directory: another destination
+    assert hot.load_hot(str(cfg)) is None
+    assert str(tmp_path / "b") in WalSettings.load(str(cfg)).destinations
+    moved = hot.load_hot(str(cfg))
+    assert moved is not None and str(tmp_path / "b") in moved.destinations
+
+    cfg.write_text(f"version: 1\nlocal: {{path: {tmp_path}/a}}\nwal: {{spool_dir: {tmp_path}/sp, prefetch: 3}}\n")
+    assert hot.load_hot(str(cfg)) is None  # the file changed
+    WalSettings.load(str(cfg))
+    quick = hot.load_hot(str(cfg))
+    assert quick is not None and (quick.async_mode, quick.prefetch, quick.spool_dir) == (False, 3, f"{tmp_path}/sp")
+    assert quick.data_directory is None
+
+    monkeypatch.setattr(hot, "__version__", "0.0.0-other")  # another build of the tool
+    assert hot.load_hot(str(cfg)) is None
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rec = Path(hot.hot_file(hot.config_key(str(cfg))))
+    for broken in (rec.read_text()[:-20], "not a record\n", rec.read_text().replace("prefetch=3", "prefetch=x")):
+        rec.write_text(broken)
+        assert hot.load_hot(str(cfg)) is None
+
+
+def test_records_are_key_value_lines_that_escape_line_breaks_and_refuse_what_is_not_whole() -> None:
+    rec = {"name": "n", "tricky": "a=b\\nc\nd\\\\", "identity": [1, 2, 3], "stored": {"local": "stored"},
+           "gone": None}
+    text = format_record(rec)
+    assert text.count("\n") == 5  # the magic line and four fields: no line break of a value is written raw
+    assert parse_record(text) == {"name": "n", "tricky": "a=b\\nc\nd\\\\", "identity": "1 2 3",
+                                  "stored.local": "stored"}
+    assert parse_record(text[:-1]) is None  # cut short
+    assert parse_record(text.replace("runbook-record 1", "runbook-record 2")) is None
+    assert parse_record(text + "no equals sign\n") is None
+    assert parse_record("") is None and parse_record("{not json") is None and parse_record("[1]") is None
+    # what an uploader started before the upgrade still writes: read the same way
+    assert parse_record(json.dumps({"size": 5, "identity": [1, 2], "system_identifier": "7"})) == {
+        "size": "5", "identity": "1 2", "system_identifier": "7"}
+
+
 def test_the_uploader_pushes_sixteen_ahead_unless_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from runbook.errors import InvalidFile
 
@@ -177,7 +255,7 @@ def test_the_read_ahead_window_follows_timeline_and_segment_size() -> None:
 
 def _spooled(spool: Path, name: str, data: bytes) -> None:
     (spool / name).write_bytes(data)
-    (spool / f"{name}.json").write_text(json.dumps({"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}))
+    (spool / f"{name}.json").write_text(format_record({"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}))
 
 
 def test_a_spooled_segment_is_taken_whole_or_not_at_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -207,13 +285,15 @@ def test_a_wait_for_the_prefetcher_ends_when_it_cannot_help(tmp_path: Path) -> N
     name = "000000010000000000000003"
     t0 = time.monotonic()
     assert not wait_prefetched(settings, str(spool), name, str(dest), "any")  # nothing asked for
-    (spool / ".want").write_text(json.dumps({"name": "000000010000000000000002", "segment_size": 16 * MB,
+    (spool / ".want").write_text(format_record({"name": "000000010000000000000002", "segment_size": 16 * MB,
                                              "source": "any"}))
     assert not wait_prefetched(settings, str(spool), name, str(dest), "s3")  # asked for another repository
     assert not wait_prefetched(settings, str(spool), name, str(dest), "any")  # no prefetcher holds the lock
     fd = os.open(spool / ".lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)  # a prefetcher at work
     try:
+        assert not wait_prefetched(settings, str(spool), name, str(dest), "any")  # of an older build: no wait
+        (spool / RECORDS_MARK).write_text(RECORD_MAGIC)  # one that reads our `.want`
         (spool / f"{name}.none").touch()  # ... that could not get it
         assert not wait_prefetched(settings, str(spool), name, str(dest), "any")
         assert time.monotonic() - t0 < 2  # every case above answers at once
@@ -252,9 +332,15 @@ def test_the_destination_names_every_repository_and_only_where_it_is(tmp_path: P
     assert len({base.destinations, *(s.destinations for s in others)}) == len(others) + 1
     assert len({push_root(s, 1, "/d/pg_wal") for s in [base, *others]}) == len(others) + 1
     assert push_root(base, 1, "/d/pg_wal") == push_root(same[0], 1, "/d/pg_wal")
+    # the directories' names are what they were with hashlib (the built-in _sha256 gives the same digest)
+    old = (f"push-{hashlib.sha256(b'/d/pg_wal').hexdigest()[:12]}-"
+           f"{hashlib.sha256(base.destinations.encode()).hexdigest()[:12]}")
+    assert push_root(base, 1, "/d/pg_wal") == os.path.join(str(tmp_path / "spool"), "1", old)
+    assert short_hash("/ü/x") == hashlib.sha256("/ü/x".encode()).hexdigest()[:12]
 
-    rec = {"sha256": "ab" * 32, "size": MB, "system_identifier": "1", "destinations": base.destinations}
-    assert confirms(rec, base, 1, MB, "ab" * 32)
+    rec = parse_record(format_record({"sha256": "ab" * 32, "size": MB, "system_identifier": "1",
+                                      "destinations": base.destinations}))
+    assert rec is not None and confirms(rec, base, 1, MB, "ab" * 32)
     assert not confirms(rec, others[0], 1, MB, "ab" * 32)  # another destination
     assert not confirms(rec, base, 2, MB, "ab" * 32)  # another cluster's directory
     assert not confirms(rec, base, 1, MB, "cd" * 32)  # the file changed
