@@ -4,11 +4,12 @@ At the end of every recovery PostgreSQL asks for names that do not exist (the se
 twice; the next timeline's `.history`; others), and a `.history` file is never in the read-ahead, which holds
 segments. Each of those used to take the full path (steps.wal.archive.fetch_file): a cold process importing the
 stores (from S3: boto3, a client, a GET and the marker's HEAD, ~300 ms a call). While a prefetcher runs for this
-recovery (its lock held), it has all of that open already, so `fetch_asked`:
+recovery (its lock held) and answers asks (its FIFO `.asks/.wake` has a reader: not a prefetcher of an older
+build, which would leave the ask unanswered), it has all of that open already, so `fetch_asked`:
 
 - writes an ask, `<spool>/.asks/NAME.ask`: three lines, a nonce (pid and time), the repository asked
   (`--from`) and the config's destinations (every repository configured: a prefetcher started with another
-  config answers nothing);
+  config answers nothing); then a byte into the FIFO, which wakes the prefetcher's loop;
 - waits (polling every 2 ms, at most ASK_WAIT_S, the prefetcher's lock probed every ASK_PROBE_S) for the
   answer carrying its nonce (steps.wal.spool answers it with steps.wal.archive.fetch_checked, exactly as the full
   path reads a name):
@@ -86,21 +87,6 @@ def _answer(asks: str, name: str, nonce: str) -> str | None:
     return None
 
 
-def _wake(fifo: str) -> None:
-    """Wake the prefetcher's loop (a byte into its FIFO, never waiting): nothing when it cannot be (no FIFO, no
-    reader, a full pipe); the prefetcher then finds the ask within 10 ms."""
-    try:
-        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-    except OSError:
-        return
-    try:
-        os.write(fd, b"\n")
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _listed_or_unreadable(verified: str, name: str) -> bool:
     """With a verified index: does it list NAME (a miss is then a deletion), or can it not be read? Either way
     the full path decides (and stops recovery with the reason)."""
@@ -130,13 +116,20 @@ def fetch_asked(settings: AskSettings, name: str, dest: str, source: str = "any"
     if not worker_alive(lock):
         return None
     asks = os.path.join(spool, ASKS)
-    try:
-        os.makedirs(asks, mode=0o700, exist_ok=True)
-        nonce = f"{os.getpid()}-{time.time_ns()}"
-        write_record(os.path.join(asks, f"{name}.ask"), format_ask(nonce, source, settings.destinations))
+    try:  # its FIFO open for reading: a prefetcher that answers asks (not one of an older build) runs
+        wake = os.open(os.path.join(asks, WAKE), os.O_WRONLY | os.O_NONBLOCK)
     except OSError:
         return None
-    _wake(os.path.join(asks, WAKE))
+    try:
+        nonce = f"{os.getpid()}-{time.time_ns()}"
+        write_record(os.path.join(asks, f"{name}.ask"), format_ask(nonce, source, settings.destinations))
+        os.write(wake, b"\n")  # its loop takes the ask up at once
+    except BlockingIOError:
+        pass  # the pipe is full of wake-ups: it finds the ask within 10 ms
+    except OSError:
+        return None
+    finally:
+        os.close(wake)
     t0 = time.monotonic()
     deadline, next_probe = t0 + ASK_WAIT_S, t0 + ASK_PROBE_S
     gone = False
