@@ -387,16 +387,24 @@ class _AskServer:
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ask")
         self.inflight: dict[str, Future[None]] = {}
         self.next_sweep = 0.0
-        _mkdirs(self.dir)
-        for entry in os.scandir(self.dir):  # answers of an earlier prefetcher; asks are still answered
-            if not entry.name.endswith(".ask"):
-                os.unlink(entry.path)
-        # The wake-up: a wal-fetch that asks writes a byte into this FIFO, and the loop, waiting on it instead of
-        # sleeping its 10 ms, takes the ask up at once. We hold its write end too: no reader ever sees an end.
-        wake = self.dir / WAKE
-        os.mkfifo(wake, 0o600)
-        self.wake_r = os.open(wake, os.O_RDONLY | os.O_NONBLOCK)
-        self.wake_w = os.open(wake, os.O_WRONLY | os.O_NONBLOCK)
+        self.wake_r: int | None = None
+        self.wake_w: int | None = None
+        try:
+            _mkdirs(self.dir)
+            for entry in os.scandir(self.dir):  # answers of an earlier prefetcher; asks are still answered
+                if not entry.name.endswith(".ask"):
+                    with contextlib.suppress(OSError):  # (not ours to remove: a directory, say)
+                        os.unlink(entry.path)
+            # The wake-up: a wal-fetch asks only while this FIFO has a reader (us), and writes a byte into it; the
+            # loop, waiting on it instead of sleeping its 10 ms, takes the ask up at once. We hold its write end
+            # too: the reader never sees an end.
+            wake = self.dir / WAKE
+            os.mkfifo(wake, 0o600)
+            self.wake_r = os.open(wake, os.O_RDONLY | os.O_NONBLOCK)
+            self.wake_w = os.open(wake, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as e:  # no FIFO read: nobody asks us; the read-ahead goes on
+            _log(f"asks not served: {self.dir}: {e}")
+            self._close_wake()
 
     def poll(self) -> bool:
         """Take up every new ask (one listing of a small directory a loop, ~20 µs); True when one was."""
@@ -406,7 +414,7 @@ class _AskServer:
             del self.inflight[name]
         try:
             entries = os.listdir(self.dir)
-        except FileNotFoundError:
+        except OSError:
             return False
         took = False
         for entry in entries:
@@ -460,7 +468,9 @@ class _AskServer:
 
     def wait(self, timeout: float) -> None:
         """Sleep `timeout`, or until a wal-fetch wakes us (its ask is then taken up by the next poll)."""
-        if select.select([self.wake_r], [], [], timeout)[0]:
+        if self.wake_r is None:
+            time.sleep(timeout)
+        elif select.select([self.wake_r], [], [], timeout)[0]:
             with contextlib.suppress(BlockingIOError):
                 os.read(self.wake_r, 4096)
 
@@ -468,14 +478,20 @@ class _AskServer:
         from steps.wal.ask import WAKE
 
         now = time.time()
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             for entry in os.scandir(self.dir):
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):
                     if entry.name != WAKE and now - entry.stat().st_mtime > self.KEEP_S:
                         os.unlink(entry.path)
 
     def close(self) -> None:
-        """Answer what was taken up before the lock is let go (a waiting asker looks once more when it is)."""
+        """No new asks (the FIFO's reader gone), and what was taken up answered before the lock is let go (an
+        asker that wrote its ask meanwhile looks once more when it is, then reads the repository itself)."""
+        self._close_wake()
         self.pool.shutdown(wait=True)
-        os.close(self.wake_r)
-        os.close(self.wake_w)
+
+    def _close_wake(self) -> None:
+        for fd in (self.wake_r, self.wake_w):
+            if fd is not None:
+                os.close(fd)
+        self.wake_r = self.wake_w = None

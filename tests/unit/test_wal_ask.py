@@ -105,3 +105,43 @@ def test_an_ask_answered_with_its_nonce_and_a_foreign_answer_ignored(tmp_path: P
     finally:
         os.close(reader)
         os.close(lock)
+
+
+def test_the_prefetcher_answers_as_the_full_path_would(tmp_path: Path) -> None:
+    """The prefetcher's side (steps.wal.spool._AskServer) in a thread, a real local repository: a `.history` file
+    found is taken byte for byte; a name the repository does not hold, with its marker, is a miss; with the
+    repository gone (an empty mount point) no miss is answered. Something unexpected in `.asks` (a directory)
+    does not stop it from serving."""
+    from steps.wal.archive import push_data
+    from steps.wal.spool import _AskServer
+    from steps.wal.store import open_wal_stores
+
+    settings, spool, dest = _recovering(tmp_path)
+    history = b"1\t0/3000000\tno recovery target specified\n"
+    push_data(open_wal_stores(settings.local_path, settings.s3), "00000002.history", history, 7, 1)
+    os.makedirs(os.path.join(spool, ASKS, "junk"))
+    lock = os.open(os.path.join(spool, ".lock"), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    stop = threading.Event()
+    server = _AskServer(settings, Path(spool), 7, None, {})
+
+    def serve() -> None:
+        while not stop.is_set():
+            server.poll()
+            server.wait(0.01)
+        server.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        assert fetch_asked(settings, "00000002.history", dest) == 0
+        assert Path(dest).read_bytes() == history
+        assert fetch_asked(settings, "00000003.history", dest) == 1
+        os.rename(tmp_path / "repo", tmp_path / "repo-elsewhere")
+        os.mkdir(tmp_path / "repo")  # the mount point, empty
+        assert fetch_asked(settings, "00000003.history", dest) is None
+        assert fetch_asked(settings, "00000002.history", dest) is None
+    finally:
+        stop.set()
+        t.join()
+        os.close(lock)
