@@ -71,18 +71,28 @@ class Archive:
         return spools[0]
 
     def start_prefetcher(self, source: str) -> int:
-        """The first fetch of a replay (the full path) starts the prefetcher: its pid once it holds its lock."""
+        """The first fetch of a replay (the full path) starts the prefetcher: its pid once it holds its lock and
+        reads its FIFO of asks (before that, a wal-fetch does not ask it: the full path answers)."""
         r = self.fetch(self.names[0], source)
         assert r.returncode == 0, r.stderr
-        lock = self.read_ahead_spool() / ".lock"
+        spool = self.read_ahead_spool()
         deadline = time.monotonic() + 30
-        while not worker_alive(lock):
+        while not (worker_alive(spool / ".lock") and serves_asks(spool)):
             assert time.monotonic() < deadline, "the prefetcher never started"
             time.sleep(0.02)
-        return int(lock.read_text().split()[0])
+        return int((spool / ".lock").read_text().split()[0])
 
     def prefetcher_log(self) -> str:
         return (self.read_ahead_spool() / ".prefetch.log").read_text()
+
+
+def serves_asks(spool: Path) -> bool:
+    """Does a prefetcher read the FIFO of asks? (an open for writing that does not wait fails without a reader)"""
+    try:
+        os.close(os.open(spool / ".asks" / ".wake", os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        return False
+    return True
 
 
 def loaded(stderr: str) -> tuple[set[str], list[str]]:
