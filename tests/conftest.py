@@ -114,7 +114,7 @@ _LONGEST_FIRST = (
     "integration/test_pitr.py", "integration/test_pitr_encrypted.py", "integration/test_cluster_identity.py",
     "integration/test_incident_room.py", "tui/test_tmux_watch.py", "integration/test_hostile_base_backup.py",
     "tui/test_tmux.py", "integration/test_wal.py", "integration/test_wal_check.py", "integration/test_status.py",
-    "integration/test_wal_hotpath.py",
+    "integration/test_wal_hotpath.py", "integration/test_wal_ask.py",
     "integration/test_remote_takeover.py",
     "integration/test_pgbackrest_pitr.py",
     "integration/test_gameday_terminal.py", "integration/test_gameday_wal_gap.py",

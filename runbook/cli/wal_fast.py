@@ -8,7 +8,8 @@ even loaded for them:
     wal-fetch [-c CONFIG | --config=CONFIG] [--from local|s3|any | --from=...] [--verified INDEX] NAME DEST
 
 For those, the quick answers of steps.wal.fast come first (a segment the read-ahead holds, a push the
-asynchronous uploader confirms); then the whole job (runbook.cli.wal's `push`/`fetch`). Any other form, and
+asynchronous uploader confirms; a name it does not hold asked of the running prefetcher: steps.wal.ask); then the
+whole job (runbook.cli.wal's `push`/`fetch`). Any other form, and
 every doubt, goes to runbook.cli.wal's argparse parser, which says what is wrong.
 """
 
@@ -71,7 +72,11 @@ def _quick(fetch: bool, config: str | None, args: list[str], source: str, verifi
         settings = WalSettings.load(config)
     if fetch:
         name, dest = args
-        return 0 if fast.fetch_prefetched(settings, name, dest, source, verified) else None
+        if fast.fetch_prefetched(settings, name, dest, source, verified):
+            return 0
+        from steps.wal.ask import fetch_asked  # not in the read-ahead: the running prefetcher reads it for us
+
+        return fetch_asked(settings, name, dest, source, verified)
     return fast.push_async(settings, args[0])
 
 

@@ -29,13 +29,16 @@ written after it. A later `wal-fetch` takes its segment from there (a rename whe
 file system); when the prefetcher is still fetching it, it waits for it rather than read the repository a
 second time. A segment the prefetcher could not get is marked `NAME.none` (and tried again later): the
 waiting `wal-fetch` then reads the repository itself. The spool never answers "missing": only the
-repository does.
+repository does. A name neither in the spool nor in the window (a `.history` file, the segments after the
+archive's end that every recovery asks for) is asked of the running prefetcher (steps.wal.ask, `_AskServer`):
+it reads it with the stores it has open, and answers "missing" only as the full path would, proven, for that ask.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import threading
 import time
 import traceback
@@ -235,10 +238,11 @@ def _sweep(out: Path, status_dir: Path, ready: set[str]) -> None:
 # --- fetch read-ahead -------------------------------------------------------------------------------------
 
 
-def _prefetch_task(stores: list[WalStore], spool: Path, name: str, sysid: int, keys: Any = None) -> str:
+def _prefetch_task(stores: list[WalStore], spool: Path, name: str, sysid: int, keys: Any = None,
+                   attempts: int = 1) -> str:
     from steps.wal.archive import fetch_checked
 
-    data, digest, problems = fetch_checked(stores, wal_key(str(sysid), name), name, 1, sysid, keys)
+    data, digest, problems = fetch_checked(stores, wal_key(str(sysid), name), name, attempts, sysid, keys)
     if data is None:
         (spool / f"{name}.none").touch()
         if problems:  # a wrong key, an altered copy, an unreachable store: wal-fetch reads it itself and says so
@@ -302,6 +306,7 @@ def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
     from steps.wal.archive import reader_keys
 
     keys = reader_keys(settings)  # epochs opened once for the whole replay, not once per segment
+    asks = _AskServer(settings, spool, sysid, keys, opened)
     try:
         while True:
             try:
@@ -348,8 +353,145 @@ def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
                     result = "error"
                 if result != "ok":
                     retry_at[n] = now + (1.0 if result == "missing" else 3.0)
-            time.sleep(0.01)
+            if asks.poll():  # an ask is work: the prefetcher is not idle while recovery asks
+                changed = now
+            asks.wait(0.01)  # 10 ms, or less when a wal-fetch asks
     finally:
+        asks.close()
         pool.shutdown(wait=True)
         lock.release()
     return 0
+
+
+# --- asks: a wal-fetch that found nothing in the read-ahead asks us (steps.wal.ask) --------------------------
+
+
+class _AskServer:
+    """The prefetcher's side of steps.wal.ask: a `wal-fetch` that finds NAME neither in the spool nor in the
+    window asks us (`<spool>/.asks/NAME.ask`) instead of starting the stores, boto3 and the keys cold. We read
+    NAME with fetch_checked as the full path does (its attempts, its checks, the marker's proof of a miss asked
+    now, encrypted copies with the keys we hold) and answer, with the ask's nonce: `NAME.found` after the file
+    and its record (taken as a read-ahead segment is), `NAME.missing` only when every repository said it does
+    not exist and proved it is the repository, `NAME.none` for anything else (the asker's full path then
+    reports it). Two threads of their own: an ask never waits behind the read-ahead's fetches."""
+
+    SWEEP_S = 10.0
+    KEEP_S = 60.0  # answers nobody took (an asker that gave up) and asks nobody waits for any more
+
+    def __init__(self, settings: WalSettings, spool: Path, sysid: int, keys: Any,
+                 opened: dict[str, list[WalStore]]) -> None:
+        from steps.wal.ask import ASKS, WAKE
+
+        self.settings, self.sysid, self.keys, self.opened = settings, sysid, keys, opened
+        self.dir = spool / ASKS
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ask")
+        self.inflight: dict[str, Future[None]] = {}
+        self.next_sweep = 0.0
+        self.wake_r: int | None = None
+        self.wake_w: int | None = None
+        try:
+            _mkdirs(self.dir)
+            for entry in os.scandir(self.dir):  # answers of an earlier prefetcher; asks are still answered
+                if not entry.name.endswith(".ask"):
+                    with contextlib.suppress(OSError):  # (not ours to remove: a directory, say)
+                        os.unlink(entry.path)
+            # The wake-up: a wal-fetch asks only while this FIFO has a reader (us), and writes a byte into it; the
+            # loop, waiting on it instead of sleeping its 10 ms, takes the ask up at once. We hold its write end
+            # too: the reader never sees an end.
+            wake = self.dir / WAKE
+            os.mkfifo(wake, 0o600)
+            self.wake_r = os.open(wake, os.O_RDONLY | os.O_NONBLOCK)
+            self.wake_w = os.open(wake, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as e:  # no FIFO read: nobody asks us; the read-ahead goes on
+            _log(f"asks not served: {self.dir}: {e}")
+            self._close_wake()
+
+    def poll(self) -> bool:
+        """Take up every new ask (one listing of a small directory a loop, ~20 µs); True when one was."""
+        from steps.wal.ask import parse_ask
+
+        for name in [n for n, f in self.inflight.items() if f.done()]:
+            del self.inflight[name]
+        try:
+            entries = os.listdir(self.dir)
+        except OSError:
+            return False
+        took = False
+        for entry in entries:
+            if not entry.endswith(".ask"):
+                continue
+            name = entry[: -len(".ask")]
+            if name in self.inflight:
+                continue  # asked again while we read it: taken up once this answer is written
+            path = self.dir / entry
+            try:
+                text = path.read_text()
+                path.unlink()
+            except (OSError, UnicodeDecodeError):
+                continue
+            ask = parse_ask(text)
+            if ask is None:
+                continue  # not an ask whole: nobody can be waiting for an answer to it
+            self.inflight[name] = self.pool.submit(self._answer, name, *ask)
+            took = True
+        now = time.monotonic()
+        if now >= self.next_sweep:
+            self.next_sweep = now + self.SWEEP_S
+            self._sweep()
+        return took
+
+    def _answer(self, name: str, nonce: str, source: str, destinations: str) -> None:
+        from steps.wal.ask import askable
+
+        t0 = time.monotonic()
+        try:
+            if destinations != self.settings.destinations:
+                answer, why = "none", "asked with another repository config than ours"
+            elif not askable(name):
+                answer, why = "none", "not a segment or history file name"
+            else:
+                stores = self.opened.get(source)
+                if stores is None:
+                    stores = open_wal_stores(self.settings.local_path, self.settings.s3, source,
+                                             self.settings.encrypt)
+                    self.opened.setdefault(source, stores)
+                result = _prefetch_task(stores, self.dir, name, self.sysid, self.keys, self.settings.fetch_attempts)
+                answer = {"ok": "found", "missing": "missing"}.get(result, "none")
+                why = "" if answer != "none" else "see above"
+        except Exception as e:  # noqa: BLE001 - any doubt: the asker's full path reads it and reports
+            answer, why = "none", f"{type(e).__name__}: {e}"
+        if answer != "none":
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / f"{name}.none").unlink()  # _prefetch_task's mark of a miss, without a nonce
+        write_record(self.dir / f"{name}.{answer}", nonce + "\n")
+        _log(f"{name}: asked from {source}: {answer} ({time.monotonic() - t0:.3f} s){': ' + why if why else ''}")
+
+    def wait(self, timeout: float) -> None:
+        """Sleep `timeout`, or until a wal-fetch wakes us (its ask is then taken up by the next poll)."""
+        if self.wake_r is None:
+            time.sleep(timeout)
+        elif select.select([self.wake_r], [], [], timeout)[0]:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self.wake_r, 4096)
+
+    def _sweep(self) -> None:
+        from steps.wal.ask import WAKE
+
+        now = time.time()
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.dir):
+                with contextlib.suppress(OSError):
+                    if entry.name != WAKE and now - entry.stat().st_mtime > self.KEEP_S:
+                        os.unlink(entry.path)
+
+    def close(self) -> None:
+        """No new asks (the FIFO's reader gone), and what was taken up answered before the lock is let go (an
+        asker that wrote its ask meanwhile looks once more when it is, then reads the repository itself)."""
+        self._close_wake()
+        self.pool.shutdown(wait=True)
+
+    def _close_wake(self) -> None:
+        for fd in (self.wake_r, self.wake_w):
+            if fd is not None:
+                os.close(fd)
+        self.wake_r = self.wake_w = None
