@@ -9,6 +9,7 @@ import json
 import os
 import pwd
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -37,9 +38,18 @@ DANGER = """
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="a request of another user is made with chown (root)")
 
 
-def _as_user(path: str, user: str) -> None:
+def _request_as(user: str, rdir: Path, kind: str, body: dict) -> Path:
+    """A request of another user, as that user's session would drop it: whole and already theirs when it appears
+    in the run's requests/ (written beside the state directory, given to the user, then renamed in). Written in
+    place and given away afterwards, the driver could read it first, as its own user's."""
+    staging = rdir.parent.parent.parent / f"staging-{kind}"
+    (staging / "requests").mkdir(parents=True, exist_ok=True)
+    made = write_request(staging, kind, body)
     pw = pwd.getpwnam(user)
-    os.chown(path, pw.pw_uid, pw.pw_gid)
+    os.chown(made, pw.pw_uid, pw.pw_gid)
+    final = rdir / "requests" / made.name
+    os.rename(made, final)
+    return final
 
 
 def header_text(engine) -> str:  # type: ignore[no-untyped-def]
@@ -76,9 +86,8 @@ async def test_danger_step_in_live_mode_waits_for_another_operator(make_app) -> 
         assert "driver's own user" in refused[0]["reason"]
         assert waiting_on(app, "drop", "approval")()
         # another user's approval: verified, journaled, and the step becomes runnable (typed confirmation next)
-        req = write_request(rdir, "approve", {"run_id": engine.run_id, "step": "drop", "hash": pending["hash"],
-                                              "nonce": pending["nonce"]})
-        _as_user(str(req), "postgres")
+        _request_as("postgres", rdir, "approve", {"run_id": engine.run_id, "step": "drop", "hash": pending["hash"],
+                                                  "nonce": pending["nonce"]})
         await until(pilot, waiting_on(app, "drop", "confirm"))
         approved = [e for e in journal(engine) if e["type"] == "approved"]
         assert approved[0]["approver"] == "postgres" and approved[0]["command_hash"] == pending["hash"]
@@ -179,9 +188,8 @@ async def test_a_watcher_sees_the_approval_wait_and_its_end(make_app, state_dir)
             assert "Waiting for approval by another operator" in hint(watcher)
             assert f"runbook approve {engine.run_id} drop" in hint(watcher)
             pending = json.loads((engine.ctx.rdir / PENDING).read_text())
-            req = write_request(engine.ctx.rdir, "approve", {"run_id": engine.run_id, "step": "drop",
-                                                             "hash": pending["hash"], "nonce": pending["nonce"]})
-            _as_user(str(req), "postgres")
+            _request_as("postgres", engine.ctx.rdir, "approve", {"run_id": engine.run_id, "step": "drop",
+                                                                 "hash": pending["hash"], "nonce": pending["nonce"]})
             await until(pilot, waiting_on(app, "drop", "confirm"))
             await until(wpilot, waiting_on(watcher, "drop", "confirm"))
 
