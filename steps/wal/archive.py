@@ -513,11 +513,14 @@ def fetch_file(settings: WalSettings, name: str, dest: str, source: str = "any",
             "directory, beside DEST's pg_wal, or at cluster.data_directory",
             hint="PostgreSQL runs restore_command in the data directory; by hand, pass --sysid")
     spool = None
+    started = False
     if settings.prefetch > 0 and w.kind == "segment" and datadir is not None:
         spool = walfast.fetch_spool(settings, cluster_sysid, str(datadir))
         if spool is not None and walfast.take(spool, name, str(target), verified):
             walfast.request_after(settings, spool, cluster_sysid, name, walfast.segment_size_of(str(target)), source)
             return 0
+        if spool is not None:  # the read-ahead starts beside this read, not after it (the first call of a replay)
+            started = walfast.start_prefetcher(settings, spool, cluster_sysid)
     t0 = time.monotonic()
     stores = open_wal_stores(settings.local_path, settings.s3, source, settings.encrypt)
     data, digest, problems = fetch_checked(stores, wal_key(str(cluster_sysid), name), name, settings.fetch_attempts,
@@ -548,9 +551,9 @@ def fetch_file(settings: WalSettings, name: str, dest: str, source: str = "any",
     if spool is not None:
         # A prefetcher running without this segment ready: replay outran the read-ahead and waited for the
         # repository (what we spent here), which tells the prefetcher to read ahead deeper.
-        missed = walfast.worker_alive(os.path.join(spool, ".lock"))
+        missed = not started and walfast.worker_alive(os.path.join(spool, ".lock"))
         walfast.request_after(settings, spool, cluster_sysid, name, segment_header(data).segment_size, source,
-                              (time.monotonic() - t0) * 1000 if missed else 0.0)
+                              (time.monotonic() - t0) * 1000 if missed else 0.0, started=started)
     return 0
 
 

@@ -497,18 +497,39 @@ def wait_prefetched(settings: Settings, spool: str, name: str, dest: str, source
         time.sleep(0.002)
 
 
+def _spawn_prefetcher(settings: Settings, spool: str, sysid: int) -> None:
+    spawn(["wal-fetch", "-c", str(settings.path), "--prefetch-worker", "--spool", spool, "--sysid", str(sysid)],
+          os.path.join(spool, ".prefetch.log"), None)
+
+
+def start_prefetcher(settings: Settings, spool: str, sysid: int) -> bool:
+    """Start the spool's prefetcher now, when none runs, before this call reads the repository itself (the full
+    path): its interpreter and stores open while ours do, instead of after, so the next wal-fetch finds it
+    running rather than waiting for its start. It waits for a `.want` (an earlier recovery's is removed first: no
+    prefetcher runs to read it). True when this call started it (request_after then does not start another)."""
+    try:
+        if worker_alive(os.path.join(spool, ".lock")):
+            return False
+        _unlink(os.path.join(spool, ".want"))
+        _spawn_prefetcher(settings, spool, sysid)
+        return True
+    except OSError as e:
+        print(f"runbook wal-fetch: warning: read-ahead not started: {e}", file=sys.stderr)
+        return False
+
+
 def request_after(settings: Settings, spool: str, sysid: int, name: str, segment_size: int,
-                  source: str = "any", waited_ms: float = 0.0) -> None:
-    """Ask the prefetcher for the segments after `name`, and start it when none runs. `waited_ms`: how long
-    this wal-fetch waited for the prefetcher's copy of `name` (0: it was ready): the prefetcher reads ahead
-    deeper while replay keeps waiting for it."""
+                  source: str = "any", waited_ms: float = 0.0, started: bool = False) -> None:
+    """Ask the prefetcher for the segments after `name`, and start it when none runs (`started`: this process
+    started it a moment ago, start_prefetcher: it may not hold its lock yet). `waited_ms`: how long this
+    wal-fetch waited for the prefetcher's copy of `name` (0: it was ready): the prefetcher reads ahead deeper
+    while replay keeps waiting for it."""
     try:
         write_record(os.path.join(spool, ".want"),
                      format_record({"name": name, "segment_size": segment_size, "source": source,
                                     "waited_ms": round(waited_ms, 1)}))
-        if not worker_alive(os.path.join(spool, ".lock")):
-            spawn(["wal-fetch", "-c", str(settings.path), "--prefetch-worker", "--spool", spool,
-                   "--sysid", str(sysid)], os.path.join(spool, ".prefetch.log"), None)
+        if not started and not worker_alive(os.path.join(spool, ".lock")):
+            _spawn_prefetcher(settings, spool, sysid)
     except OSError as e:
         print(f"runbook wal-fetch: warning: read-ahead not started: {e}", file=sys.stderr)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -399,6 +400,30 @@ def test_a_recovery_replays_through_wal_fetch_and_its_read_ahead(both: tuple[Wal
     assert "restored log file" in log and "FATAL" not in log
     spools = list((wc.base / "spool" / wc.sysid()).glob("in-*"))
     assert spools and (spools[0] / ".want").exists(), "the read-ahead never ran"
+
+
+def test_the_first_wal_fetch_that_reads_the_repository_starts_the_read_ahead_beside_its_read(
+        both: tuple[WalCluster, Path, Path]) -> None:
+    """Replay's first call reads the repository itself (nothing is read ahead yet): it starts the prefetcher
+    before that read, not after it, so the next call finds it running. Seen with a name the repository does not
+    hold: the call answers "missing" (exit 1) and the prefetcher it started runs, with no `.want` to serve (an
+    earlier recovery's is removed, not served)."""
+    from steps.wal.fast import worker_alive
+
+    wc, cfg, _ = both
+    wc.wait_archived(wc.switch())
+    spool_root = wc.base / "spool" / wc.sysid()
+    assert not list(spool_root.glob("in-*"))  # no read-ahead for this data directory yet
+    r = wc.runbook("wal-fetch", "-c", str(cfg), "0000000100000000000000FF", str(wc.datadir / "pg_wal" / "RECOVERYXLOG"))
+    assert (r.returncode, r.stderr) == (1, ""), r
+    (spool,) = spool_root.glob("in-*")
+    deadline = time.monotonic() + 30
+    while not worker_alive(spool / ".lock"):
+        assert time.monotonic() < deadline, "no prefetcher was started"
+        time.sleep(0.05)
+    assert not (spool / ".want").exists()
+    pid = int((spool / ".lock").read_text().split()[0])
+    os.kill(pid, signal.SIGTERM)
 
 
 def _uploader_pid(spool: Path) -> int | None:
