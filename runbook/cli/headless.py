@@ -280,8 +280,9 @@ class Headless:
             self.out.print(f"  [cyan]rehearsal: shown, not run; marked succeeded by --yes{typed}[/]")
             await eng.mark(w.step_id, True, "marked by --yes" + typed)
         elif w.wait == Wait.failed:
-            if self.opts.retry_failed and w.step_id not in self._retried:
-                self._retried.add(w.step_id or "")
+            step = w.step_id or ""
+            if self.opts.retry_failed and step not in self._retried:
+                self._retried.add(step)
                 self.out.print("  [bold]retrying (--retry-failed)[/]")
                 await eng.retry(w.step_id)
             else:

@@ -440,8 +440,6 @@ def test_the_first_push_of_a_burst_and_a_killed_uploader(wal_cluster: Factory) -
     """The first call of a burst pushes its segment itself (durably, in every repository) while the uploader
     it started comes up for the next ones; an uploader killed mid-burst, while a wal-push waits for it, is
     replaced, and every segment is confirmed only once it is archived byte for byte."""
-    import signal
-
     wc = wal_cluster()
     wc.cluster.start()
     names = [wc.switch() for _ in range(4)]
@@ -508,8 +506,6 @@ def test_the_uploader_pushes_a_burst_in_one_wave_and_a_kill_mid_wave_confirms_no
     others without waiting for their calls. Killed in the middle of that wave, it leaves an `.ok` only for a
     segment whose archived copy is complete (each is durable before its record is written); the calls that
     follow confirm the rest, each archived byte for byte."""
-    import signal
-
     wc = wal_cluster()
     wc.cluster.start()
     names = [wc.switch() for _ in range(6)]
