@@ -631,6 +631,7 @@ def measure_replay(base: Path, runbook: str, cfgs: dict[str, Path], source: Repl
                    recovery_target_timeline="current")
             (r.data / "recovery.signal").touch()
             chown_server_user(r.data)
+            quiesce(base)
             t0 = time.monotonic()
             r.start()
             while True:
@@ -697,6 +698,20 @@ def make_corpus(base: Path, n: int, init_scale: int = 10) -> tuple[Server, list[
     corpus = sorted(corpus_dir / name for name in set(os.listdir(corpus_dir)) - before if len(name) == 24)[:n]
     print(f"corpus: {len(corpus)} pgbench segments of 16 MB in {corpus_dir}", flush=True)
     return src, corpus
+
+
+def quiesce(base: Path) -> None:
+    """Before a timed run: no process an earlier run started is left (a read-ahead still polling the archive's
+    end, pgBackRest's asynchronous archive-get: every one names a file under `base`), and nothing is left to
+    write back (the copied data directory, the last run's files): each run starts on a quiet machine."""
+    deadline = time.monotonic() + 30
+    while subprocess.run(["pkill", "-TERM", "-f", str(base) + "/"], capture_output=True).returncode == 0:
+        if time.monotonic() > deadline:
+            subprocess.run(["pkill", "-KILL", "-f", str(base) + "/"], capture_output=True)
+            break
+        time.sleep(0.2)
+    subprocess.run(["sync"], check=True)
+    time.sleep(0.5)
 
 
 def stop_workers(spool: Path) -> None:

@@ -83,6 +83,7 @@ def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
                         "with these very bytes is handed to PostgreSQL (default: none, no such check)")
     p.add_argument("--prefetch-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--spool", help=argparse.SUPPRESS)
+    p.add_argument("--datadir", help=argparse.SUPPRESS)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -108,7 +109,7 @@ def run(command: str, args: argparse.Namespace) -> int:
     """The parsed command's job (the workers' hidden flags included), as `push`/`fetch`."""
     if command == "wal-fetch":
         if args.prefetch_worker:
-            return _guarded(command, lambda: _prefetch_worker(args.config, args.spool, args.sysid))
+            return _guarded(command, lambda: _prefetch_worker(args.config, args.spool, args.sysid, args.datadir))
         return fetch(args.config, args.name, args.dest, source=args.source, sysid=args.sysid, verified=args.verified)
     if args.seal_worker:
         return _guarded(command, lambda: _seal_worker(args.config, args.sysid))
@@ -161,11 +162,12 @@ def _seal_worker(config: str | None, sysid: str) -> int:
     return run_seal_worker(_settings("wal-push", config), int(sysid))
 
 
-def _prefetch_worker(config: str | None, spool: str, sysid: str) -> int:
-    """`wal-fetch --prefetch-worker --spool DIR --sysid N`: the read-ahead of one recovering cluster."""
+def _prefetch_worker(config: str | None, spool: str, sysid: str, datadir: str | None) -> int:
+    """`wal-fetch --prefetch-worker --spool DIR --sysid N [--datadir D]`: the read-ahead of one recovering
+    cluster (in D: it stops once D's recovery has ended)."""
     from steps.wal.spool import run_prefetch_worker
 
-    return run_prefetch_worker(_settings("wal-fetch", config), Path(spool), int(sysid))
+    return run_prefetch_worker(_settings("wal-fetch", config), Path(spool), int(sysid), datadir)
 
 
 def _settings(command: str, config: str | None) -> WalSettings:

@@ -517,10 +517,12 @@ def fetch_file(settings: WalSettings, name: str, dest: str, source: str = "any",
     if settings.prefetch > 0 and w.kind == "segment" and datadir is not None:
         spool = walfast.fetch_spool(settings, cluster_sysid, str(datadir))
         if spool is not None and walfast.take(spool, name, str(target), verified):
-            walfast.request_after(settings, spool, cluster_sysid, name, walfast.segment_size_of(str(target)), source)
+            walfast.request_after(settings, spool, cluster_sysid, str(datadir), name,
+                                  walfast.segment_size_of(str(target)), source)
             return 0
         if spool is not None:  # the read-ahead starts beside this read, not after it (the first call of a replay)
-            started = walfast.start_prefetcher(settings, spool, cluster_sysid)
+            started = walfast.start_prefetcher(settings, spool, cluster_sysid, str(datadir), name,
+                                               walfast.control_segment_size(str(datadir)), source)
     t0 = time.monotonic()
     stores = open_wal_stores(settings.local_path, settings.s3, source, settings.encrypt)
     data, digest, problems = fetch_checked(stores, wal_key(str(cluster_sysid), name), name, settings.fetch_attempts,
@@ -531,6 +533,8 @@ def fetch_file(settings: WalSettings, name: str, dest: str, source: str = "any",
                               "has it: it was deleted", hint="recovery stops here rather than end early with it "
                               "missing; look for another copy (--from local|s3), or recover to a point before it")
         if not problems:
+            if spool is not None:
+                walfast.withdraw_want(spool, name)
             return EXIT_MISSING  # every repository says it does not exist: quietly
         raise FetchFailed(f"cannot restore {name}: " + "; ".join(problems),
                           hint="recovery stops here rather than end early with this WAL missing; fix the repository "
@@ -540,6 +544,8 @@ def fetch_file(settings: WalSettings, name: str, dest: str, source: str = "any",
     if verified is not None:
         verdict, why = walfast.signed_verdict(verified, name, digest)
         if verdict == "end":
+            if spool is not None:
+                walfast.withdraw_want(spool, name)
             print(f"runbook wal-fetch: {why}", file=sys.stderr)
             return EXIT_MISSING
         if verdict != "ok":
@@ -552,7 +558,7 @@ def fetch_file(settings: WalSettings, name: str, dest: str, source: str = "any",
         # A prefetcher running without this segment ready: replay outran the read-ahead and waited for the
         # repository (what we spent here), which tells the prefetcher to read ahead deeper.
         missed = not started and walfast.worker_alive(os.path.join(spool, ".lock"))
-        walfast.request_after(settings, spool, cluster_sysid, name, segment_header(data).segment_size, source,
+        walfast.request_after(settings, spool, cluster_sysid, str(datadir), name, segment_header(data).segment_size, source,
                               (time.monotonic() - t0) * 1000 if missed else 0.0, started=started)
     return 0
 

@@ -141,7 +141,7 @@ def fetch_asked(settings: AskSettings, name: str, dest: str, source: str = "any"
             if len(name) == 24:  # the read-ahead goes on from here (a segment outside its window: a new timeline)
                 from steps.wal.fast import request_after, segment_size_of
 
-                request_after(settings, spool, sysid, name, segment_size_of(dest), source,  # type: ignore[arg-type]
+                request_after(settings, spool, sysid, datadir, name, segment_size_of(dest), source,  # type: ignore[arg-type]
                               (time.monotonic() - t0) * 1000)
             return 0
         if kind == "missing":

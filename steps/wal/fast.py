@@ -208,6 +208,39 @@ def cluster_identity(wal_path: str, configured: str | None) -> tuple[int | None,
     return None, None
 
 
+# pg_control's check value for the floating-point format (FLOATFORMAT_VALUE, the double 1234567.0), which is
+# followed, in every version since PostgreSQL 11, by blcksz, relseg_size, xlog_blcksz and xlog_seg_size (uint32).
+_FLOAT_FORMAT = (0x4132D68700000000).to_bytes(8, sys.byteorder)
+
+
+def _power_of_two(n: int, low: int, high: int) -> bool:
+    return low <= n <= high and n & (n - 1) == 0
+
+
+def control_segment_size(datadir: str) -> int | None:
+    """The WAL segment size `global/pg_control` records (`xlog_seg_size`), found after its floating-point check
+    value rather than at a fixed offset, which moves between major versions; None when the file cannot be read,
+    the check value is not there, or the sizes after it are not the powers of two PostgreSQL allows (1 MB-1 GB
+    segments, 1-64 kB pages). The first wal-fetch of a replay knows, before it reads its segment, which ones
+    come next."""
+    try:
+        with open(os.path.join(datadir, "global", "pg_control"), "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return None
+    at = head.find(_FLOAT_FORMAT)
+    while at != -1 and at % 8:
+        at = head.find(_FLOAT_FORMAT, at + 1)
+    if at == -1 or len(head) < at + 24:
+        return None
+    blcksz, _relseg, xlog_blcksz, seg_size = (int.from_bytes(head[at + 8 + 4 * i:at + 12 + 4 * i], sys.byteorder)
+                                              for i in range(4))
+    if not (_power_of_two(blcksz, 1024, 65536) and _power_of_two(xlog_blcksz, 1024, 65536)
+            and _power_of_two(seg_size, 1024 * 1024, 1024 * 1024 * 1024)):
+        return None
+    return seg_size
+
+
 # --- asynchronous push: the waiting side -------------------------------------------------------------
 
 
@@ -497,28 +530,48 @@ def wait_prefetched(settings: Settings, spool: str, name: str, dest: str, source
         time.sleep(0.002)
 
 
-def _spawn_prefetcher(settings: Settings, spool: str, sysid: int) -> None:
-    spawn(["wal-fetch", "-c", str(settings.path), "--prefetch-worker", "--spool", spool, "--sysid", str(sysid)],
-          os.path.join(spool, ".prefetch.log"), None)
+def _spawn_prefetcher(settings: Settings, spool: str, sysid: int, datadir: str | None) -> None:
+    spawn(["wal-fetch", "-c", str(settings.path), "--prefetch-worker", "--spool", spool, "--sysid", str(sysid),
+           *(["--datadir", datadir] if datadir else [])], os.path.join(spool, ".prefetch.log"), None)
 
 
-def start_prefetcher(settings: Settings, spool: str, sysid: int) -> bool:
-    """Start the spool's prefetcher now, when none runs, before this call reads the repository itself (the full
-    path): its interpreter and stores open while ours do, instead of after, so the next wal-fetch finds it
-    running rather than waiting for its start. It waits for a `.want` (an earlier recovery's is removed first: no
-    prefetcher runs to read it). True when this call started it (request_after then does not start another)."""
+def start_prefetcher(settings: Settings, spool: str, sysid: int, datadir: str | None, name: str | None = None,
+                     segment_size: int | None = None, source: str = "any") -> bool:
+    """Before a wal-fetch reads `name` from the repository itself (the full path: the first call of a replay, or
+    a call replay sent ahead of the read-ahead), ask for the segments after it, when the segment size is known
+    (control_segment_size), and start the spool's prefetcher when none runs: its interpreter, its stores and
+    the next segments' reads run beside ours, instead of after, so the next wal-fetch finds its segment read.
+    Without a size, a prefetcher it starts waits for the `.want` this call writes at its end (request_after;
+    an earlier recovery's is removed first: nobody asked for it). True when this call started it
+    (request_after then does not start another)."""
+    want = os.path.join(spool, ".want")
     try:
+        if name is not None and segment_size:
+            write_record(want, format_record({"name": name, "segment_size": segment_size, "source": source,
+                                              "waited_ms": 0.0}))
         if worker_alive(os.path.join(spool, ".lock")):
             return False
-        _unlink(os.path.join(spool, ".want"))
-        _spawn_prefetcher(settings, spool, sysid)
+        if not (name is not None and segment_size):
+            _unlink(want)
+        _spawn_prefetcher(settings, spool, sysid, datadir)
         return True
     except OSError as e:
         print(f"runbook wal-fetch: warning: read-ahead not started: {e}", file=sys.stderr)
         return False
 
 
-def request_after(settings: Settings, spool: str, sysid: int, name: str, segment_size: int,
+def withdraw_want(spool: str, name: str) -> None:
+    """The segment a wal-fetch asked the read-ahead to follow (start_prefetcher) is not in the archive: nothing
+    after it is read ahead."""
+    try:
+        want = read_record(os.path.join(spool, ".want"))
+    except OSError:
+        return
+    if want is not None and want.get("name") == name:
+        _unlink(os.path.join(spool, ".want"))
+
+
+def request_after(settings: Settings, spool: str, sysid: int, datadir: str | None, name: str, segment_size: int,
                   source: str = "any", waited_ms: float = 0.0, started: bool = False) -> None:
     """Ask the prefetcher for the segments after `name`, and start it when none runs (`started`: this process
     started it a moment ago, start_prefetcher: it may not hold its lock yet). `waited_ms`: how long this
@@ -529,7 +582,7 @@ def request_after(settings: Settings, spool: str, sysid: int, name: str, segment
                      format_record({"name": name, "segment_size": segment_size, "source": source,
                                     "waited_ms": round(waited_ms, 1)}))
         if not started and not worker_alive(os.path.join(spool, ".lock")):
-            _spawn_prefetcher(settings, spool, sysid)
+            _spawn_prefetcher(settings, spool, sysid, datadir)
     except OSError as e:
         print(f"runbook wal-fetch: warning: read-ahead not started: {e}", file=sys.stderr)
 
@@ -564,7 +617,7 @@ def fetch_prefetched(settings: Settings, name: str, dest: str, source: str = "an
         if not wait_prefetched(settings, spool, name, dest, source, verified):
             return False
         waited_ms = (time.monotonic() - t0) * 1000
-    request_after(settings, spool, sysid, name, segment_size_of(dest), source, waited_ms)
+    request_after(settings, spool, sysid, datadir, name, segment_size_of(dest), source, waited_ms)
     return True
 
 

@@ -282,7 +282,37 @@ def _adapt_depth(spool: Path, want: dict[str, Any], waits: list[float], depth: i
     return grown
 
 
-def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
+class _RecoveryWatch:
+    """Has the recovery of `datadir` that a read-ahead serves ended? PostgreSQL removes `recovery.signal` (or a
+    promoted standby's `standby.signal`) when its archive recovery ends: a signal file there when the
+    prefetcher started and gone now means nothing more will be replayed; a data directory without pg_control
+    has been removed. Looked at every 0.2 s (two stats). A prefetcher started outside a recovery (wal-fetch by
+    hand) is never ended by the signal files."""
+
+    EVERY_S = 0.2
+
+    def __init__(self, datadir: str | None) -> None:
+        self.datadir = datadir
+        names = ("recovery.signal", "standby.signal")
+        self.signals = [os.path.join(datadir, n) for n in names if os.path.exists(os.path.join(datadir, n))] \
+            if datadir else []
+        self.next_look = 0.0
+
+    def ended(self, now: float) -> str | None:
+        if self.datadir is None or now < self.next_look:
+            return None
+        self.next_look = now + self.EVERY_S
+        if not os.path.exists(os.path.join(self.datadir, "global", "pg_control")):
+            return f"the data directory {self.datadir} is gone"
+        if self.signals and not any(os.path.exists(p) for p in self.signals):
+            return f"the recovery of {self.datadir} has ended"
+        return None
+
+
+ASK_LINGER_S = 5.0  # after the recovery ends, the asks PostgreSQL still sends (timeline history) are answered
+
+
+def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int, datadir: str | None = None) -> int:
     lock = WorkerLock(spool / ".lock")
     if not lock.try_acquire():
         return 0
@@ -297,6 +327,7 @@ def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
     pool = ThreadPoolExecutor(max_workers=min(settings.max_parallel, settings.prefetch), thread_name_prefix="prefetch")
     inflight: dict[str, Future[str]] = {}
     retry_at: dict[str, float] = {}
+    missing: set[str] = set()  # names the repository said it does not hold, at their last try
     last_want: Any = None
     changed = time.monotonic()
     depth, cap = settings.prefetch, prefetch_cap(settings)
@@ -307,21 +338,30 @@ def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
 
     keys = reader_keys(settings)  # epochs opened once for the whole replay, not once per segment
     asks = _AskServer(settings, spool, sysid, keys, opened)
+    watch = _RecoveryWatch(datadir)
+    ended: str | None = None
     try:
         while True:
+            now = time.monotonic()
+            if ended is None and (ended := watch.ended(now)) is not None:
+                # Nothing more is replayed: no read-ahead, no retries; the asks are answered a little longer.
+                _log(f"{ended}: reading ahead no more")
+                if "gone" in ended:
+                    break
+                changed = now
             try:
-                want = read_record(str(spool / ".want"))
+                want = None if ended else read_record(str(spool / ".want"))
             except OSError:
                 want = None
                 if not spool.is_dir():  # the recovering cluster and its spool were removed: nobody will ask
                     _log(f"{spool} is gone: stopping")
                     break
-            now = time.monotonic()
             if want != last_want:
                 last_want, changed = want, now
                 if isinstance(want, dict):
                     depth = _adapt_depth(spool, want, waits, depth, cap)
-            if now - changed > settings.worker_idle_s and not inflight:
+            idle_s = ASK_LINGER_S if ended else settings.worker_idle_s
+            if now - changed > idle_s and not inflight:
                 break
             if want:
                 source = str(want.get("source") or "any")
@@ -338,12 +378,24 @@ def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
                     base = entry.name.removesuffix(".json").removesuffix(".none")
                     if not entry.name.startswith(".") and base not in keep:
                         os.unlink(entry.path)
+                blocked = False  # WAL is archived in order: what comes after a missing segment waits for it
                 for n in window:
-                    if n in inflight or retry_at.get(n, 0) > now or (spool / f"{n}.json").exists():
+                    if n in inflight:
+                        blocked = blocked or n in missing
+                        continue
+                    if (spool / f"{n}.json").exists():
+                        continue
+                    if blocked:  # not tried: a wal-fetch that wants it does not wait for us, it asks
+                        if not (spool / f"{n}.none").exists():
+                            (spool / f"{n}.none").touch()
+                        continue
+                    if retry_at.get(n, 0) > now:
+                        blocked = n in missing
                         continue
                     with contextlib.suppress(FileNotFoundError):
                         (spool / f"{n}.none").unlink()  # tried again: a waiting wal-fetch waits for this try
                     inflight[n] = pool.submit(_prefetch_task, opened[source], spool, n, sysid, keys)
+                    blocked = n in missing  # one try at the archive's end at a time
             for n in [n for n, f in inflight.items() if f.done()]:
                 fut = inflight.pop(n)
                 try:
@@ -353,6 +405,7 @@ def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int) -> int:
                     result = "error"
                 if result != "ok":
                     retry_at[n] = now + (1.0 if result == "missing" else 3.0)
+                (missing.add if result == "missing" else missing.discard)(n)
             if asks.poll():  # an ask is work: the prefetcher is not idle while recovery asks
                 changed = now
             asks.wait(0.01)  # 10 ms, or less when a wal-fetch asks

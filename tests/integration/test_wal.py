@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -400,6 +401,15 @@ def test_a_recovery_replays_through_wal_fetch_and_its_read_ahead(both: tuple[Wal
     assert "restored log file" in log and "FATAL" not in log
     spools = list((wc.base / "spool" / wc.sysid()).glob("in-*"))
     assert spools and (spools[0] / ".want").exists(), "the read-ahead never ran"
+    # The recovery has ended (recovery.signal removed): the prefetcher reads ahead no more and, once the asks
+    # PostgreSQL sends at the end are answered, exits, rather than poll the archive's end for worker_idle_s.
+    from steps.wal.fast import worker_alive
+
+    deadline = time.monotonic() + 30
+    while worker_alive(spools[0] / ".lock"):
+        assert time.monotonic() < deadline, (spools[0] / ".prefetch.log").read_text()
+        time.sleep(0.2)
+    assert "has ended: reading ahead no more" in (spools[0] / ".prefetch.log").read_text()
 
 
 def test_the_first_wal_fetch_that_reads_the_repository_starts_the_read_ahead_beside_its_read(
@@ -424,6 +434,128 @@ def test_the_first_wal_fetch_that_reads_the_repository_starts_the_read_ahead_bes
     assert not (spool / ".want").exists()
     pid = int((spool / ".lock").read_text().split()[0])
     os.kill(pid, signal.SIGTERM)
+
+
+def test_the_segment_size_is_read_from_pg_control_of_any_size(wal_cluster: Factory, tmp_path: Path) -> None:  # noqa: F811
+    """The first wal-fetch of a replay names the segments after its own before it has read it: their size comes
+    from pg_control (after its floating-point check value, not at an offset of one version), as pg_controldata
+    reads it, for the tests' 1 MB segments and a cluster made with 64 MB ones; a pg_control without the check
+    value, or with sizes PostgreSQL does not allow, gives no size (the name is then sent after the read)."""
+    import struct
+
+    from steps.wal.fast import control_segment_size
+    from tests.support.pgcluster import initdb
+
+    def controldata(datadir: Path) -> int:
+        out = subprocess.run(as_server_user([str(PG_BIN / "pg_controldata"), str(datadir)]), check=True,
+                             capture_output=True, text=True).stdout
+        (line,) = [ln for ln in out.splitlines() if ln.startswith("Bytes per WAL segment:")]
+        return int(line.split(":")[1])
+
+    wc = wal_cluster()
+    big = wc.base / "big" / "data"  # (a directory the server user can reach)
+    initdb(big, "--wal-segsize=64")
+    for datadir, size in ((wc.datadir, 1024 * 1024), (big, 64 * 1024 * 1024)):
+        assert control_segment_size(str(datadir)) == controldata(datadir) == size
+    forged = tmp_path / "forged"
+    (forged / "global").mkdir(parents=True)
+    control = bytearray((big / "global" / "pg_control").read_bytes())
+    at = control.index(struct.pack("=d", 1234567.0))  # pg_control's floatFormat
+    control[at + 20:at + 24] = (3 * 1024 * 1024).to_bytes(4, sys.byteorder)  # not a power of two
+    (forged / "global" / "pg_control").write_bytes(bytes(control))
+    assert control_segment_size(str(forged)) is None
+    (forged / "global" / "pg_control").write_bytes(bytes(512))
+    assert control_segment_size(str(forged)) is None
+    assert control_segment_size(str(tmp_path / "nowhere")) is None
+
+
+def test_the_first_wal_fetch_asks_for_the_next_segments_before_its_own_read(
+        both: tuple[WalCluster, Path, Path], s3_server: S3Endpoint, s3_bucket: str) -> None:  # noqa: F811
+    """Replay's first call, which reads its segment from S3 itself, has the read-ahead fetch the segments after
+    it while its own read is under way, not after: its GET is held at the S3 endpoint until the prefetcher
+    it started has read the next segment, and the next call takes that one from the read-ahead."""
+    wc, _, repo = both
+    names = [wc.switch() for _ in range(3)]
+    wc.wait_archived(names[-1])
+    archived = {n: unpack((repo / wal_key(wc.sysid(), n)).read_bytes(), n)[0] for n in names}
+    next_read = threading.Event()
+
+    def hold(method: str, path: str) -> threading.Event | None:
+        return next_read if method == "GET" and f"/wal/{names[0]}" in path else None
+
+    with FaultProxy(("127.0.0.1", s3_server.port), fail=lambda m, p: False, hold=hold) as proxy:
+        spool = server_dir(wc.base, "spool-first")
+        cfg = write_config(wc.base / "via-proxy.yaml", wc.cluster,
+                           s3=s3_section(proxy.url, s3_bucket, credentials_file(wc.base)),
+                           wal={"spool_dir": str(spool), "prefetch": 2})
+
+        def release_after_the_next_read() -> None:
+            deadline = time.monotonic() + 60
+            while not any(m == "GET" and f"/wal/{names[1]}" in p and s == 200 for m, p, s in proxy.seen):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            next_read.set()
+
+        releaser = threading.Thread(target=release_after_the_next_read)
+        releaser.start()
+        dest = server_dir(wc.base, "fetched")
+        r = wc.runbook("wal-fetch", "-c", str(cfg), "--from", "s3", names[0], str(dest / names[0]))
+        releaser.join()
+        assert r.returncode == 0, r.stderr
+        order = [p for m, p, s in proxy.seen if m == "GET" and (f"/wal/{names[0]}" in p or f"/wal/{names[1]}" in p)]
+        assert names[1] in order[0], f"the next segment was read after the first one's own read: {order}"
+        gets = len(order)
+        r = wc.runbook("wal-fetch", "-c", str(cfg), "--from", "s3", names[1], str(dest / names[1]))
+        assert r.returncode == 0, r.stderr
+        assert [(dest / n).read_bytes() for n in names[:2]] == [archived[n] for n in names[:2]]
+        assert len([p for m, p, s in proxy.seen if m == "GET" and f"/wal/{names[1]}" in p]) == 1 and gets == 2, \
+            "the second call read the repository instead of the read-ahead"
+        for lock in spool.rglob(".lock"):  # the prefetcher this test started
+            from steps.wal.fast import worker_alive
+
+            if worker_alive(lock):
+                os.kill(int(lock.read_text().split()[0]), signal.SIGTERM)
+
+
+def test_at_the_archive_s_end_the_read_ahead_tries_only_the_next_segment(
+        both: tuple[WalCluster, Path, Path], s3_server: S3Endpoint, s3_bucket: str) -> None:  # noqa: F811
+    """Past the last archived segment the read-ahead tries the next one (again each second: it may be archived
+    any moment), not every segment of its window: WAL is archived in order, and a replay at the archive's end
+    would otherwise have the repository asked for `wal.prefetch` names a second until the prefetcher idles out."""
+    wc, _, _ = both
+    last = wc.switch()
+    wc.wait_archived(last)
+    after = [next_segment(last, 1024 * 1024, i) for i in range(1, 5)]
+    with FaultProxy(("127.0.0.1", s3_server.port), fail=lambda m, p: False) as proxy:
+        spool = server_dir(wc.base, "spool-end")
+        cfg = write_config(wc.base / "via-proxy.yaml", wc.cluster,
+                           s3=s3_section(proxy.url, s3_bucket, credentials_file(wc.base)),
+                           wal={"spool_dir": str(spool), "prefetch": 4})
+        dest = server_dir(wc.base, "fetched")
+        r = wc.runbook("wal-fetch", "-c", str(cfg), "--from", "s3", last, str(dest / last))
+        assert r.returncode == 0, r.stderr
+
+        def tried(name: str) -> int:
+            return len([p for m, p, _ in proxy.seen if m == "GET" and f"/wal/{name}" in p])
+
+        deadline = time.monotonic() + 30
+        while not all(tried(n) for n in after):  # the first wave tries the whole window once
+            assert time.monotonic() < deadline, proxy.seen
+            time.sleep(0.1)
+        time.sleep(0.5)
+        first_wave, before = [tried(n) for n in after[1:]], tried(after[0])
+        time.sleep(3)
+        assert [tried(n) for n in after[1:]] == first_wave, proxy.seen  # not again
+        assert tried(after[0]) >= before + 2, proxy.seen  # again, about once a second
+        # A wal-fetch for a name it did not try does not wait for it: the prefetcher answers its ask.
+        r = wc.runbook("wal-fetch", "-c", str(cfg), "--from", "s3", after[2], str(dest / after[2]))
+        assert (r.returncode, r.stderr) == (1, ""), r
+        for lock in spool.rglob(".lock"):  # the prefetcher this test started
+            from steps.wal.fast import worker_alive
+
+            if worker_alive(lock):
+                os.kill(int(lock.read_text().split()[0]), signal.SIGTERM)
 
 
 def _uploader_pid(spool: Path) -> int | None:

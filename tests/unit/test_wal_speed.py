@@ -169,7 +169,7 @@ def test_the_request_says_how_long_replay_waited(tmp_path: Path, waited: float) 
     fd = os.open(spool / ".lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)  # a prefetcher runs: none is started
     try:
-        request_after(settings, str(spool), 7, "000000010000000000000003", 16 * MB, "local", waited)
+        request_after(settings, str(spool), 7, None, "000000010000000000000003", 16 * MB, "local", waited)
     finally:
         os.close(fd)
     want = parse_record((spool / ".want").read_text())
