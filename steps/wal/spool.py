@@ -298,14 +298,15 @@ class _RecoveryWatch:
             if datadir else []
         self.next_look = 0.0
 
-    def ended(self, now: float) -> str | None:
+    def ended(self, now: float) -> tuple[str, bool] | None:
+        """None while the recovery goes on; else why it is over, and whether nobody can even ask any more."""
         if self.datadir is None or now < self.next_look:
             return None
         self.next_look = now + self.EVERY_S
         if not os.path.exists(os.path.join(self.datadir, "global", "pg_control")):
-            return f"the data directory {self.datadir} is gone"
+            return f"the data directory {self.datadir} is gone", True
         if self.signals and not any(os.path.exists(p) for p in self.signals):
-            return f"the recovery of {self.datadir} has ended"
+            return f"the recovery of {self.datadir} has ended", False
         return None
 
 
@@ -339,16 +340,17 @@ def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int, datadir:
     keys = reader_keys(settings)  # epochs opened once for the whole replay, not once per segment
     asks = _AskServer(settings, spool, sysid, keys, opened)
     watch = _RecoveryWatch(datadir)
-    ended: str | None = None
+    ended = False
     try:
         while True:
             now = time.monotonic()
-            if ended is None and (ended := watch.ended(now)) is not None:
+            if not ended and (over := watch.ended(now)) is not None:
                 # Nothing more is replayed: no read-ahead, no retries; the asks are answered a little longer.
-                _log(f"{ended}: reading ahead no more")
-                if "gone" in ended:
+                why, nobody_asks = over
+                _log(f"{why}: reading ahead no more")
+                ended, changed = True, now
+                if nobody_asks:
                     break
-                changed = now
             try:
                 want = None if ended else read_record(str(spool / ".want"))
             except OSError:
@@ -412,6 +414,11 @@ def run_prefetch_worker(settings: WalSettings, spool: Path, sysid: int, datadir:
     finally:
         asks.close()
         pool.shutdown(wait=True)
+        if ended:  # what was read ahead and never replayed (up to the window's 512 MB) is not kept
+            for entry in os.scandir(spool):
+                if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
         lock.release()
     return 0
 

@@ -410,6 +410,7 @@ def test_a_recovery_replays_through_wal_fetch_and_its_read_ahead(both: tuple[Wal
         assert time.monotonic() < deadline, (spools[0] / ".prefetch.log").read_text()
         time.sleep(0.2)
     assert "has ended: reading ahead no more" in (spools[0] / ".prefetch.log").read_text()
+    assert [p.name for p in spools[0].iterdir() if not p.name.startswith(".")] == []  # nothing left read ahead
 
 
 def test_the_first_wal_fetch_that_reads_the_repository_starts_the_read_ahead_beside_its_read(
