@@ -12,9 +12,11 @@ server venv), with moto's S3 server on 127.0.0.1 in this process. 16 MB segments
    with `signing.wal_private_key`, the sealer signing WAL ledgers beside it (what WAL signing costs);
 3. the archive lag under pgbench load (time from a segment's `.ready` to its `.done`), for `cp` + `sync`,
    ours synchronous (local + S3) and ours asynchronous (local + S3);
-4. the replay of the same WAL (~40 segments after a pg_basebackup) with `restore_command` = `cp`, ours from
-   the local repository, ours from S3 (both with read-ahead), ours without read-ahead, and ours from S3
-   encrypted with age (read-ahead; issue 17).
+4. the replay of the same WAL (~40 segments after a pg_basebackup) with `restore_command` = `cp` (as it runs,
+   and with every file read into the page cache first), ours from the local repository, ours from S3 (both
+   with read-ahead), ours without read-ahead, and ours from S3 encrypted with age (read-ahead; issue 17).
+   Before each timed recovery every process an earlier one started is stopped (a read-ahead, pgBackRest's
+   asynchronous archive-get) and the page cache is synced: no run pays for the one before it.
 The peers run beside ours when installed: pgBackRest (local repository, lz4, sync and async; its S3 client
 speaks TLS only, moto serves HTTP) in parts 2 and 4, and barman-cloud (`barman-cloud-wal-archive` with no
 compression, `barman-cloud-wal-restore`, S3 over HTTP with --endpoint-url) in parts 2 and 4.
