@@ -1,6 +1,5 @@
-"""`python -m runbook` is the same as the `runbook` command (runbook.launch: the WAL commands, and the workers
-they start this way, skip the rest of the command line's imports)."""
+"""`python -m runbook` is the same as the `runbook` console script."""
 
-from runbook.launch import main
+from runbook.cli.main import main
 
 raise SystemExit(main())
