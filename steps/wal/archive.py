@@ -558,8 +558,8 @@ def fetch_file(settings: WalSettings, name: str, dest: str, source: str = "any",
         # A prefetcher running without this segment ready: replay outran the read-ahead and waited for the
         # repository (what we spent here), which tells the prefetcher to read ahead deeper.
         missed = not started and walfast.worker_alive(os.path.join(spool, ".lock"))
-        walfast.request_after(settings, spool, cluster_sysid, str(datadir), name, segment_header(data).segment_size, source,
-                              (time.monotonic() - t0) * 1000 if missed else 0.0, started=started)
+        walfast.request_after(settings, spool, cluster_sysid, str(datadir), name, segment_header(data).segment_size,
+                              source, (time.monotonic() - t0) * 1000 if missed else 0.0, started=started)
     return 0
 
 

@@ -545,13 +545,14 @@ def start_prefetcher(settings: Settings, spool: str, sysid: int, datadir: str | 
     an earlier recovery's is removed first: nobody asked for it). True when this call started it
     (request_after then does not start another)."""
     want = os.path.join(spool, ".want")
+    announce = name is not None and bool(segment_size)
     try:
-        if name is not None and segment_size:
+        if announce:
             write_record(want, format_record({"name": name, "segment_size": segment_size, "source": source,
                                               "waited_ms": 0.0}))
         if worker_alive(os.path.join(spool, ".lock")):
             return False
-        if not (name is not None and segment_size):
+        if not announce:
             _unlink(want)
         _spawn_prefetcher(settings, spool, sysid, datadir)
         return True

@@ -293,9 +293,8 @@ class _RecoveryWatch:
 
     def __init__(self, datadir: str | None) -> None:
         self.datadir = datadir
-        names = ("recovery.signal", "standby.signal")
-        self.signals = [os.path.join(datadir, n) for n in names if os.path.exists(os.path.join(datadir, n))] \
-            if datadir else []
+        paths = [os.path.join(datadir, n) for n in ("recovery.signal", "standby.signal")] if datadir else []
+        self.signals = [p for p in paths if os.path.exists(p)]
         self.next_look = 0.0
 
     def ended(self, now: float) -> tuple[str, bool] | None:

@@ -559,6 +559,42 @@ def test_at_the_archive_s_end_the_read_ahead_tries_only_the_next_segment(
                 os.kill(int(lock.read_text().split()[0]), signal.SIGTERM)
 
 
+def test_the_read_ahead_stops_at_once_when_its_data_directory_is_removed(
+        both: tuple[WalCluster, Path, Path]) -> None:
+    """A recovering data directory removed mid-replay (a restore abandoned, the directory wiped to start over):
+    its prefetcher, started by the first wal-fetch run in it, stops at once, without waiting to answer asks
+    nobody can send, and leaves nothing it read ahead in the spool."""
+    from steps.wal.fast import worker_alive
+
+    wc, cfg, _ = both
+    name = wc.switch()
+    wc.wait_archived(name)
+    copy = server_dir(wc.base, "recovering")
+    for d in ("global", "pg_wal"):
+        server_dir(copy, d)
+    subprocess.run(as_server_user(["cp", str(wc.datadir / "global" / "pg_control"), str(copy / "global")]),
+                   check=True)
+    subprocess.run(as_server_user(["touch", str(copy / "recovery.signal")]), check=True)
+    r = wc.runbook("wal-fetch", "-c", str(cfg), "--from", "local", name, str(copy / "pg_wal" / "RECOVERYXLOG"),
+                   cwd=copy)
+    assert r.returncode == 0, r.stderr
+    (spool,) = (wc.base / "spool" / wc.sysid()).glob("in-*")
+    deadline = time.monotonic() + 30
+    while not worker_alive(spool / ".lock"):
+        assert time.monotonic() < deadline, "no prefetcher was started"
+        time.sleep(0.05)
+    (copy / "global" / "pg_control").unlink()  # first: the signal file still says "recovering"
+    subprocess.run(["rm", "-rf", str(copy)], check=True)
+    deadline = time.monotonic() + 30
+    while worker_alive(spool / ".lock"):
+        assert time.monotonic() < deadline, (spool / ".prefetch.log").read_text()
+        time.sleep(0.1)
+    log = (spool / ".prefetch.log").read_text()
+    assert f"the data directory {copy} is gone: reading ahead no more" in log, log
+    assert "has ended" not in log
+    assert [p.name for p in spool.iterdir() if not p.name.startswith(".")] == []
+
+
 def _uploader_pid(spool: Path) -> int | None:
     """The pid of the live asynchronous uploader serving `spool` (its lock names it), or None."""
     from steps.wal.fast import worker_alive
