@@ -43,6 +43,7 @@ from runbook.lockfile import current_user
 from runbook.paths import state_home
 from steps.pg.server import Server, give_to_server, remove_tree, server_user
 from steps.sandbox import assetflow
+from steps.wal.worker import stop_workers
 
 DB = "assetflow_prod"
 BACKUP_ROLE = "backup_user"
@@ -142,6 +143,7 @@ class Sandbox:
             srv.initdb("--data-checksums")
             self._reclaim_base()
         srv.stop()  # the settings below need a restart (archive_mode)
+        stop_workers(self.wal_spool)  # an uploader or sealer of the last build still writing into the repository
         remove_tree(self.repo)
         self.repo.mkdir()
         (self.base / "backups.json").unlink(missing_ok=True)
@@ -440,6 +442,7 @@ class Sandbox:
         unmount_under(self.base)  # a game day's small file system (steps.sandbox.faults.disk)
         if (self.server.datadir / "PG_VERSION").exists():
             self.server.stop("immediate")
+        stop_workers(self.wal_spool)
         remove_tree(self.base)
         remove_tree(self.signing_key.parent)
 
