@@ -210,6 +210,17 @@ class RunScreen(Screen[None]):
         facts_box.styles.max_height = max(1, facts_rows) if facts_rows < facts_need else None
         self.query_one("#why-box", VerticalScroll).styles.max_height = 1 + min(WHY_MAX_ROWS - 1, room)
 
+    def _show(self, box_id: str, text: Text) -> None:
+        """Put a text in one of the boxes whose rows `_fit` counts, and give the box those rows. Not Textual's
+        auto height: a Static updated twice before a layout pass can keep the first text's height for good
+        (textual 8.2: its box model is cached under a count that the second update does not move), and the
+        running hint lost its second line at 80x24 on a loaded machine."""
+        rows = self._lines_of(text, self._panel_width())
+        self._rows[box_id] = rows
+        box = self.query_one(f"#{box_id}", Static)
+        box.update(text)
+        box.styles.height = rows
+
     def _lines_of(self, text: Text, width: int) -> int:
         return len(text.wrap(self.app.console, max(1, width))) if text.plain else 0
 
@@ -231,8 +242,8 @@ class RunScreen(Screen[None]):
             title.append("  ⚠ DANGER", style="bold white on red")
         title.append(f"   {s.status.icon} {s.status.value}", style="dim")
         width = self._panel_width()
-        self._rows = {"title": self._lines_of(title, width)}
-        self.query_one("#step-title", Static).update(title)
+        self._rows = {}
+        self._show("step-title", title)
         self.query_one("#why", Markdown).update(step.description.strip() or "_No description._")
         w = self.waiting if self.waiting and self.waiting.step_id == sid else None
         command = (w.command if w and w.command else None) or s.command or eng.display_command(step)
@@ -247,17 +258,14 @@ class RunScreen(Screen[None]):
         chk = self.query_one("#checklist", Static)
         if step.manual:
             current = w.item_index if w and w.wait == Wait.ack else None
-            items = checklist(step, s.acked, current, width)
-            self._rows["checklist"] = self._lines_of(items, width)
-            chk.update(items)
+            self._show("checklist", checklist(step, s.acked, current, width))
             chk.display = True
         else:
             chk.display = False
         hint = hint_for(w, step, self.running == sid, eng.state.mode == "rehearsal")
         if w and w.detail and w.wait in (Wait.failed, Wait.interrupted, Wait.value):
             hint = Text.assemble(hint, "\n", (w.detail, "yellow"))
-        self._rows["hint"] = self._lines_of(hint, width)
-        self.query_one("#hint", Static).update(hint)
+        self._show("hint", hint)
         self._draw_facts()
 
     def _draw_facts(self) -> None:

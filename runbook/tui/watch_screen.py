@@ -388,8 +388,7 @@ class WatchScreen(RunScreen, inherit_bindings=False):
         w = self.waiting
         if w is not None and w.step_id == self.focus_step and w.detail and w.wait in (Wait.failed, Wait.interrupted):
             hint = Text.assemble(hint, "\n", (w.detail, "yellow"))
-        self._rows["hint"] = self._lines_of(hint, self._panel_width())
-        self.query_one("#hint", Static).update(hint)
+        self._show("hint", hint)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "approve":  # shown (and run) only while a step waits for another operator's approval

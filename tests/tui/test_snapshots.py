@@ -297,6 +297,8 @@ def test_running_step(snap_compare: Any, make_app: Any, size: tuple[int, int]) -
     async def before(pilot: Any) -> None:
         await until(pilot, lambda: app.screen.running == "restore")
         await until(pilot, lambda: "processing item" in "\n".join(app.screen._lines))
+        # all of the running hint (it kept the height of the hint before it on a loaded machine: RunScreen._show)
+        await until(pilot, lambda: app.screen.query_one("#hint").size.height == app.screen._rows["hint"], timeout=5)
         await pilot.pause(0.3)
 
     try:
