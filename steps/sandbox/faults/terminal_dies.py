@@ -42,12 +42,24 @@ def _started(journal: Any, step: str) -> bool:
     return False
 
 
+def _hang_up_like_a_terminal() -> None:
+    """A demo started under `nohup` (or from a shell that ignores SIGHUP) would shrug the hang-up off, finish, and
+    score the game "not handled" for a fault that never happened: the default action (the process ends) is put
+    back. Only an ignored SIGHUP is changed; the injector runs in the demo's main thread."""
+    try:
+        if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    except ValueError:  # not the main thread: leave it
+        pass
+
+
 def inject(sb: Sandbox, ctx: GameContext) -> dict[str, Any]:
     if ctx.state_dir is None:  # said to the operator: nothing of the fault in it
         raise FaultRefused("the game day cannot follow the run: the demo has no state directory")
     state_dir = ctx.state_dir
     step = RESTORE_STEP[ctx.scenario]
     front_end = os.getpid()
+    _hang_up_like_a_terminal()
 
     def watch() -> None:
         deadline = time.monotonic() + WATCH_S
