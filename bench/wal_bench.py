@@ -549,7 +549,13 @@ def prepare_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: 
     barman_url = url if BARMAN_PUSH and BARMAN_GET and url else None
     if barman_url:
         archive += " && " + " ".join(barman(base, barman_url, str(BARMAN_PUSH), "%p"))
-    src.conf(archive_mode="on", archive_command=archive, wal_compression="off")
+    # Every method's command in one script: PostgreSQL 15 cuts an archive_command longer than 1024 bytes once %p
+    # is expanded (pgarch.c's MAXPGPATH buffer), and then pg_basebackup -X none waits for archiving for ever.
+    script = base / "replay-archive.sh"
+    script.write_text("#!/bin/sh\nset -e\n" + archive.replace("%p", '"$1"').replace("%f", '"$(basename "$1")"')
+                      + "\n")
+    script.chmod(0o755)
+    src.conf(archive_mode="on", archive_command=f"{script} %p", wal_compression="off")
     src.start()
     for conf in (pgbr_conf, pgbr_s3_conf):
         if conf:
@@ -558,8 +564,11 @@ def prepare_replay(base: Path, runbook: str, cfgs: dict[str, Path], n_segments: 
     backup = base / "replay-base"
     backup.mkdir(mode=0o700)
     chown_server_user(backup)
-    as_pg([str(PG_BIN / "pg_basebackup"), "-h", str(src.dir), "-U", "postgres", "-D", str(backup), "-X", "none",
-           "-c", "fast"], check=True)
+    try:
+        as_pg([str(PG_BIN / "pg_basebackup"), "-h", str(src.dir), "-U", "postgres", "-D", str(backup), "-X", "none",
+               "-c", "fast"], check=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"pg_basebackup waited 10 min for its WAL to be archived: see {src.dir / 'log'}") from None
     lsn0 = src.psql("select pg_current_wal_lsn()")
     while int(src.psql(f"select pg_current_wal_lsn() - '{lsn0}'::pg_lsn")) < n_segments * SEG:
         src.pgbench("-c", "4", "-j", "2", "-T", "3", "-n")  # full segments: no forced switch
