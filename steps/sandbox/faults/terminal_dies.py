@@ -109,7 +109,7 @@ FAULT = register(Fault(
     scenarios=("restore-latest", "pitr"),
     story="A watcher in the demo's process sent SIGHUP to it (the front end driving the run) a second after the "
           "restore step started, as a dropped SSH session would: the demo ended; the step went on under its "
-          "supervisor.",
+          "supervisor. (A demo started with SIGHUP ignored, as under `nohup`, has the default action put back first.)",
     evidence="The demo's screen is gone mid-restore; `runbook runs` shows the run open; `runbook resume RUN_ID` "
              "says the step is still running (re-attached) or ended while nobody watched, with its result.",
     handling="Do not start a new run nor re-run the restore: `runbook resume RUN_ID` (or `runbook watch` from another "
