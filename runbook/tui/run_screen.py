@@ -543,7 +543,10 @@ class RunScreen(Screen[None]):
     def _folded(self, lines: list[str]) -> list[str]:
         if not self.wrap:
             return lines
-        return [part for line in lines for part in fold(line, self._width())]
+        width = self._width()  # once a batch: asked per line, it cost 1 s of 200,000 lines (bench/tui_bench.py)
+        if all(len(line) <= width for line in lines):
+            return lines
+        return [part for line in lines for part in fold(line, width)]
 
     def _out(self, lines: list[str]) -> None:
         self._lines.extend(lines)
