@@ -35,26 +35,50 @@ class WorkerLock(LockFile):
 LOCK_NAMES = ("push-worker.lock", "seal-worker.lock", ".lock")
 
 
+def _lock_files(spool_dir: Path) -> list[Path]:
+    """The workers' lock files under a spool directory: regular files, found without following a symlink."""
+    found = []
+    for root, _dirs, files in os.walk(spool_dir):  # os.walk does not descend into symlinked directories
+        for name in files:
+            p = Path(root, name)
+            if name in LOCK_NAMES and p.is_file() and not p.is_symlink():
+                found.append(p)
+    return found
+
+
+def _holders(locks: list[Path]) -> set[int]:
+    """The pids holding a flock on any of `locks`, as the kernel says (/proc/locks), not as the files say: a lock
+    file is the server's user's to write, and root must not signal a pid written into it."""
+    keys = set()
+    for p in locks:
+        with contextlib.suppress(OSError):
+            st = p.lstat()
+            keys.add(f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}")
+    pids = set()
+    try:
+        with open("/proc/locks") as f:
+            for line in f:  # "1: FLOCK  ADVISORY  WRITE PID MAJ:MIN:INODE 0 EOF"; a waiter has "->" after "1:"
+                parts = line.split()
+                if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] in keys and parts[4].isdigit():
+                    pids.add(int(parts[4]))
+    except OSError:
+        pass
+    return pids
+
+
 def stop_workers(spool_dir: Path, timeout: float = 10.0) -> list[int]:
     """Stop every WAL worker of a spool directory (uploader, sealer, read-ahead: each holds one of LOCK_NAMES),
     SIGTERM then, after `timeout`, SIGKILL; returns when none holds its lock any more. For a sandbox rebuild,
     which wipes the repository these workers write into. Returns the pids signalled."""
-    from runbook.flockprobe import is_held
-
-    held = [p for p in spool_dir.rglob("*") if p.name in LOCK_NAMES and not p.is_symlink() and p.is_file()
-            and is_held(p)] if spool_dir.is_dir() else []
-    pids: list[int] = []
-    for lock in held:
-        record = WorkerLock.read_holder(lock)
-        if record is not None and record["pid"] > 1:
-            pids.append(record["pid"])
+    locks = _lock_files(spool_dir) if spool_dir.is_dir() else []
+    pids = sorted(_holders(locks) - {os.getpid()})
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
         for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + wait
-        while any(is_held(p) for p in held) and time.monotonic() < deadline:
+        while (held := _holders(locks)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if not any(is_held(p) for p in held):
+        if not held:
             break
     return pids

@@ -65,3 +65,22 @@ def test_released_locks_and_other_files_are_left_alone(tmp_path: Path) -> None:
     (tmp_path / "1" / "other.lock").write_text("2\n")
     assert stop_workers(tmp_path, timeout=0.2) == []
     assert stop_workers(tmp_path / "missing") == []
+
+
+def test_the_pid_comes_from_the_kernel_not_from_the_lock_file(tmp_path: Path) -> None:
+    """A lock file is the server's user's to write: a pid planted in it is never signalled; the process that
+    really holds the lock is. A directory symlinked into the spool is not followed."""
+    lock = tmp_path / "1" / "push-worker.lock"
+    holder = _holder(lock)
+    victim = subprocess.Popen(["sleep", "60"])
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    outside = _holder(elsewhere / "push-worker.lock")
+    (tmp_path / "2").symlink_to(elsewhere, target_is_directory=True)
+    try:
+        lock.write_text(f"{victim.pid}\n")
+        assert stop_workers(tmp_path, timeout=5) == [holder.pid]
+        assert holder.wait(timeout=5) is not None
+        assert victim.poll() is None and outside.poll() is None
+    finally:
+        for p in (holder, victim, outside):
+            p.kill()
