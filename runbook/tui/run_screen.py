@@ -207,7 +207,8 @@ class RunScreen(Screen[None]):
         cmd_rows += more
         room -= more
         cmd.styles.max_height = max(1, cmd_rows)
-        facts_box.styles.max_height = max(1, facts_rows) if facts_rows < facts_need else None
+        if facts_box.display:  # its rows given, as RunScreen._show gives them (it scrolls when short of them)
+            facts_box.styles.height = max(1, facts_rows)
         self.query_one("#why-box", VerticalScroll).styles.max_height = 1 + min(WHY_MAX_ROWS - 1, room)
 
     def _show(self, box_id: str, text: Text) -> None:
@@ -281,6 +282,7 @@ class RunScreen(Screen[None]):
         compact = facts(self.engine, self.focus_step, width, compact=True)
         self._facts = (text, compact or text)
         box.update(text)
+        box.styles.height = self._lines_of(text, width)  # _fit shares the rows out unless the output is full
         box.display = True
         self._fit()
 
